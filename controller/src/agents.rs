@@ -1,0 +1,258 @@
+//! The agent channel: a bidirectional stream the agent opens. The agent registers (with every
+//! task it runs), heartbeats and reports task status; the controller sends start/stop/log
+//! requests. On every (re)connect the controller reconciles what the agent runs with what it
+//! has stored. Every message is idempotent by task id.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use skiff_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::convert;
+use crate::core::{Core, CoreError};
+use crate::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
+use crate::model::{now_ms, Node, NodeState};
+use crate::scheduler;
+use crate::validate;
+
+use pb::controller_message::Body as Out;
+
+pub struct AgentService {
+    pub core: Arc<Core>,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_channel_server::AgentChannel for AgentService {
+    type SessionStream = OutStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream closed before register"))?;
+        let Some(pb::agent_message::Body::Register(reg)) = first.body else {
+            return Err(Status::invalid_argument(
+                "the first message must be register",
+            ));
+        };
+        validate::check_name("register.node_id", &reg.node_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !(reg.cpu.is_finite() && reg.cpu > 0.0) || reg.memory_mib == 0 {
+            return Err(Status::invalid_argument(
+                "register.cpu and register.memory_mib: must be positive",
+            ));
+        }
+        let core = self.core.clone();
+        let node_id = reg.node_id.clone();
+        let prior = core.store.node(&node_id).map_err(internal)?;
+        let node = Node {
+            id: node_id.clone(),
+            labels: reg.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
+            cpu: reg.cpu,
+            memory_mib: reg.memory_mib,
+            state: prior.as_ref().map_or(NodeState::Ready, |p| match p.state {
+                NodeState::Down => NodeState::Ready,
+                s => s,
+            }),
+            version: reg.version.clone(),
+            registered_at_ms: prior.as_ref().map_or(now_ms(), |p| p.registered_at_ms),
+            last_seen_ms: now_ms(),
+        };
+        core.store.put_node(&node).await.map_err(internal)?;
+
+        let (tx, rx) = mpsc::channel(1024);
+        let conn_id = core.attach(&node_id, tx.clone());
+        info!(node_id = %node_id, tasks = reg.tasks.len(), "agent connected");
+        let _ = tx
+            .send(pb::ControllerMessage {
+                body: Some(Out::Registered(pb::Registered {
+                    heartbeat_interval_ms: core.timing.heartbeat_interval.as_millis() as u32,
+                })),
+            })
+            .await;
+
+        tokio::spawn(async move {
+            if let Err(e) = reconcile(&core, &node_id, &reg.tasks).await {
+                warn!(node_id = %node_id, error = %e, "reconcile failed");
+            }
+            core.kick.notify_one();
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(node_id = %node_id, error = %e, "agent stream broke");
+                        break;
+                    }
+                };
+                core.seen(&node_id);
+                match msg.body {
+                    Some(pb::agent_message::Body::Heartbeat(_)) | None => {}
+                    Some(pb::agent_message::Body::Task(report)) => {
+                        if let Err(e) = handle_report(&core, &node_id, &report).await {
+                            warn!(node_id = %node_id, task_id = %report.task_id, error = %e, "report not applied");
+                        }
+                    }
+                    Some(pb::agent_message::Body::Log(data)) => core.route_log(data).await,
+                    Some(pb::agent_message::Body::Register(_)) => {
+                        warn!(node_id = %node_id, "register sent twice; ignored");
+                    }
+                }
+            }
+            core.detach(&node_id, conn_id);
+            info!(node_id = %node_id, "agent disconnected");
+        });
+
+        let out = ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// Applies one task report from a node.
+async fn handle_report(core: &Core, node_id: &str, r: &pb::TaskReport) -> Result<(), CoreError> {
+    let Some(task) = core.store.task(&r.task_id)? else {
+        // Not ours (a data dir was wiped?): it must not run.
+        warn!(task_id = %r.task_id, node_id, "agent runs an unknown task; stopping it");
+        return stop_on_agent(
+            core,
+            node_id,
+            &r.task_id,
+            StopCode::TaskFailedToStart,
+            "unknown to the controller",
+        )
+        .await;
+    };
+    if task.node_id.as_deref() != Some(node_id) {
+        warn!(task_id = %r.task_id, node_id, "task reported by a node it is not placed on; stopping it there");
+        return stop_on_agent(
+            core,
+            node_id,
+            &r.task_id,
+            StopCode::TaskFailedToStart,
+            "placed on another node",
+        )
+        .await;
+    }
+    let containers = convert::container_states(&task.spec, &r.containers);
+    let event = match r.status.as_str() {
+        "PENDING" => TaskEvent::Placed {
+            node_id: node_id.to_string(),
+        },
+        "RUNNING" => TaskEvent::Started { containers },
+        "STOPPING" => TaskEvent::Stopping { containers },
+        "STOPPED" => TaskEvent::Stopped {
+            code: convert::stop_code(&r.stop_code),
+            reason: r.reason.clone(),
+            containers,
+        },
+        other => {
+            warn!(task_id = %r.task_id, status = other, "unknown status in report");
+            return Ok(());
+        }
+    };
+    let (task, _) = match core.transition(&r.task_id, event).await {
+        Ok(t) => t,
+        Err(CoreError::Illegal(e)) => {
+            // e.g. RUNNING reported for a task already STOPPED: the agent must stop it.
+            warn!(task_id = %r.task_id, error = %e, "stale report");
+            let t = core
+                .store
+                .task(&r.task_id)?
+                .ok_or_else(|| CoreError::NoSuchTask(r.task_id.clone()))?;
+            (t, false)
+        }
+        Err(e) => return Err(e),
+    };
+    if task.status == TaskStatus::Stopped {
+        if r.status == "STOPPED" {
+            core.send(
+                node_id,
+                Out::Forget(pb::ForgetTask {
+                    task_id: task.id.clone(),
+                }),
+            )
+            .await?;
+        } else {
+            let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
+            stop_on_agent(core, node_id, &task.id, code, &task.stopped_reason).await?;
+        }
+    } else if task.desired == DesiredStatus::Stopped && r.status != "STOPPED" {
+        let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
+        stop_on_agent(core, node_id, &task.id, code, &task.stopped_reason).await?;
+    }
+    Ok(())
+}
+
+pub async fn stop_on_agent(
+    core: &Core,
+    node_id: &str,
+    task_id: &str,
+    code: StopCode,
+    reason: &str,
+) -> Result<(), CoreError> {
+    core.send(
+        node_id,
+        Out::Stop(pb::StopTask {
+            task_id: task_id.to_string(),
+            stop_code: code.as_str().to_string(),
+            reason: reason.to_string(),
+        }),
+    )
+    .await
+}
+
+/// Brings stored state and the agent's reality together after a (re)connect.
+async fn reconcile(
+    core: &Core,
+    node_id: &str,
+    reports: &[pb::TaskReport],
+) -> Result<(), CoreError> {
+    for r in reports {
+        if let Err(e) = handle_report(core, node_id, r).await {
+            warn!(task_id = %r.task_id, error = %e, "report during reconcile not applied");
+        }
+    }
+    for task in core.store.active_tasks()? {
+        if task.node_id.as_deref() != Some(node_id) || reports.iter().any(|r| r.task_id == task.id)
+        {
+            continue;
+        }
+        match task.status {
+            TaskStatus::Pending => {
+                info!(task_id = %task.id, node_id, "resending start after reconnect");
+                scheduler::send_start(core, node_id, &task).await;
+            }
+            TaskStatus::Running | TaskStatus::Stopping => {
+                let reason = "the agent no longer has this task (its state was lost)".to_string();
+                core.transition(
+                    &task.id,
+                    TaskEvent::Stopped {
+                        code: StopCode::NodeLost,
+                        reason,
+                        containers: vec![],
+                    },
+                )
+                .await?;
+            }
+            TaskStatus::Provisioning | TaskStatus::Stopped => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! The public gRPC API: task definitions, tasks, nodes, events. Thin: it validates input,
+//! converts at the edge and calls into `Core`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use skiff_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::agents::stop_on_agent;
+use crate::convert;
+use crate::core::{Core, CoreError};
+use crate::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
+use crate::model::{now_ms, DefinitionStatus, Task, TaskDefinition, TaskSpec};
+use crate::scheduler::node_loads;
+use crate::store::StoreError;
+use crate::validate::{self, InvalidField};
+
+type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn invalid(e: InvalidField) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+impl From<CoreError> for Status {
+    fn from(e: CoreError) -> Status {
+        match e {
+            CoreError::NoSuchTask(id) => Status::not_found(format!("no task {id}")),
+            CoreError::Illegal(e) => Status::failed_precondition(e.to_string()),
+            CoreError::NodeOffline(n) => Status::unavailable(format!("node {n} is not connected")),
+            CoreError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        Status::internal(format!("state store: {e}"))
+    }
+}
+
+/// Resolves `family` (latest ACTIVE revision) or `family:rev`.
+fn resolve_taskdef(core: &Core, field: &str, reference: &str) -> Result<TaskDefinition, Status> {
+    let (family, rev) = validate::taskdef_ref(field, reference).map_err(invalid)?;
+    let def = match rev {
+        Some(r) => core.store.taskdef(&family, r)?,
+        None => core
+            .store
+            .taskdefs(Some(&family))?
+            .into_iter()
+            .rev()
+            .find(|d| d.status == DefinitionStatus::Active),
+    };
+    def.ok_or_else(|| Status::not_found(format!("{field}: no task definition {reference:?}")))
+}
+
+pub struct TaskDefinitionsApi {
+    pub core: Arc<Core>,
+}
+
+#[tonic::async_trait]
+impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterTaskDefinitionRequest>,
+    ) -> Result<Response<pb::TaskDefinition>, Status> {
+        let input = req
+            .into_inner()
+            .definition
+            .ok_or_else(|| Status::invalid_argument("definition: missing"))?;
+        validate::check_name("family", &input.family).map_err(invalid)?;
+        let spec = validate::task_spec(&input).map_err(invalid)?;
+        let def = self
+            .core
+            .store
+            .register_taskdef(&input.family, |revision| TaskDefinition {
+                family: input.family.clone(),
+                revision,
+                spec,
+                status: DefinitionStatus::Active,
+                registered_at_ms: now_ms(),
+            })
+            .await?;
+        Ok(Response::new(convert::task_definition(&def)))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListTaskDefinitionsRequest>,
+    ) -> Result<Response<pb::ListTaskDefinitionsResponse>, Status> {
+        let req = req.into_inner();
+        let family = (!req.family.is_empty()).then_some(req.family.as_str());
+        let definitions = self
+            .core
+            .store
+            .taskdefs(family)?
+            .iter()
+            .filter(|d| req.include_inactive || d.status == DefinitionStatus::Active)
+            .map(convert::task_definition)
+            .collect();
+        Ok(Response::new(pb::ListTaskDefinitionsResponse {
+            definitions,
+        }))
+    }
+
+    async fn describe(
+        &self,
+        req: Request<pb::DescribeTaskDefinitionRequest>,
+    ) -> Result<Response<pb::TaskDefinition>, Status> {
+        let def = resolve_taskdef(
+            &self.core,
+            "task_definition",
+            &req.into_inner().task_definition,
+        )?;
+        Ok(Response::new(convert::task_definition(&def)))
+    }
+
+    async fn deregister(
+        &self,
+        req: Request<pb::DescribeTaskDefinitionRequest>,
+    ) -> Result<Response<pb::TaskDefinition>, Status> {
+        let reference = req.into_inner().task_definition;
+        if !reference.contains(':') {
+            return Err(Status::invalid_argument(
+                "task_definition: deregister needs family:revision",
+            ));
+        }
+        let mut def = resolve_taskdef(&self.core, "task_definition", &reference)?;
+        def.status = DefinitionStatus::Inactive;
+        self.core.store.put_taskdef(&def).await?;
+        Ok(Response::new(convert::task_definition(&def)))
+    }
+}
+
+pub struct TasksApi {
+    pub core: Arc<Core>,
+}
+
+fn new_task(
+    id: String,
+    def: Option<&TaskDefinition>,
+    spec: TaskSpec,
+    group: String,
+    started_by: String,
+) -> Task {
+    Task {
+        id,
+        task_definition: def.map(|d| d.reference()),
+        group: if group.is_empty() {
+            def.map_or_else(|| "adhoc".to_string(), |d| format!("family:{}", d.family))
+        } else {
+            group
+        },
+        started_by,
+        containers: spec
+            .containers
+            .iter()
+            .map(|c| crate::model::ContainerState {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                essential: c.essential,
+                last_status: TaskStatus::Provisioning.as_str().to_string(),
+                exit_code: None,
+                reason: String::new(),
+            })
+            .collect(),
+        spec,
+        node_id: None,
+        status: TaskStatus::Provisioning,
+        desired: DesiredStatus::Running,
+        stop_code: None,
+        stopped_reason: String::new(),
+        status_reason: String::new(),
+        created_at_ms: now_ms(),
+        pending_at_ms: 0,
+        started_at_ms: 0,
+        stopping_at_ms: 0,
+        stopped_at_ms: 0,
+        version: 1,
+    }
+}
+
+fn get_task(core: &Core, id: &str) -> Result<Task, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("id: missing"));
+    }
+    core.store
+        .task(id)?
+        .ok_or_else(|| Status::not_found(format!("no task {id}")))
+}
+
+#[tonic::async_trait]
+impl pb::tasks_server::Tasks for TasksApi {
+    async fn run(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let req = req.into_inner();
+        let (def, spec) = match &req.source {
+            Some(pb::run_task_request::Source::TaskDefinition(r)) => {
+                let def = resolve_taskdef(&self.core, "task_definition", r)?;
+                let spec = def.spec.clone();
+                (Some(def), spec)
+            }
+            Some(pb::run_task_request::Source::AdHoc(input)) => {
+                (None, validate::task_spec(input).map_err(invalid)?)
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "source: give a task_definition or an ad_hoc definition",
+                ))
+            }
+        };
+        let spec = match &req.overrides {
+            Some(o) => validate::apply_overrides(spec, o).map_err(invalid)?,
+            None => spec,
+        };
+        let task = new_task(
+            ulid::Ulid::new().to_string().to_lowercase(),
+            def.as_ref(),
+            spec,
+            req.group,
+            req.started_by,
+        );
+        let task = self.core.create_task(task).await?;
+        tracing::info!(task_id = %task.id, "task accepted");
+        Ok(Response::new(convert::task(&task)))
+    }
+
+    async fn stop(&self, req: Request<pb::StopTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let req = req.into_inner();
+        get_task(&self.core, &req.id)?;
+        let reason = if req.reason.is_empty() {
+            "stopped by user".to_string()
+        } else {
+            req.reason
+        };
+        let event = TaskEvent::StopRequested {
+            code: StopCode::UserInitiated,
+            reason,
+        };
+        let (task, _) = self.core.transition(&req.id, event).await?;
+        if task.status == TaskStatus::Stopping {
+            if let Some(node) = &task.node_id {
+                let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
+                // If the agent is away, reconciliation sends the stop when it returns.
+                let _ = stop_on_agent(&self.core, node, &task.id, code, &task.stopped_reason).await;
+            }
+        }
+        Ok(Response::new(convert::task(&task)))
+    }
+
+    async fn describe(&self, req: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
+        Ok(Response::new(convert::task(&get_task(
+            &self.core,
+            &req.into_inner().id,
+        )?)))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let req = req.into_inner();
+        let status = match req.status.as_str() {
+            "" => None,
+            s => Some(TaskStatus::parse(s).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "status: {s:?} is not a task status (PROVISIONING, PENDING, RUNNING, STOPPING, STOPPED)"
+                ))
+            })?),
+        };
+        let tasks = match status {
+            Some(s) if s.is_active() => self.core.store.active_tasks()?,
+            _ => self.core.store.tasks()?,
+        };
+        let mut tasks: Vec<pb::Task> = tasks
+            .iter()
+            .filter(|t| status.is_none_or(|s| t.status == s))
+            .filter(|t| req.family.is_empty() || t.family() == Some(req.family.as_str()))
+            .filter(|t| {
+                req.node_id.is_empty() || t.node_id.as_deref() == Some(req.node_id.as_str())
+            })
+            .map(convert::task)
+            .collect();
+        // Newest first; ids are ULIDs, so their order is creation order.
+        tasks.sort_by(|a, b| b.id.cmp(&a.id));
+        if req.limit > 0 {
+            tasks.truncate(req.limit as usize);
+        }
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn wait(&self, req: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
+        let id = req.into_inner().id;
+        let mut changes = self.core.subscribe();
+        loop {
+            let task = get_task(&self.core, &id)?;
+            if task.status == TaskStatus::Stopped {
+                return Ok(Response::new(convert::task(&task)));
+            }
+            if changes.changed().await.is_err() {
+                return Err(Status::unavailable("controller is shutting down"));
+            }
+        }
+    }
+
+    type LogsStream = ApiStream<pb::LogChunk>;
+
+    async fn logs(
+        &self,
+        req: Request<pb::TaskLogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let req = req.into_inner();
+        let task = get_task(&self.core, &req.id)?;
+        if !req.container.is_empty()
+            && !task.spec.containers.iter().any(|c| c.name == req.container)
+        {
+            return Err(Status::invalid_argument(format!(
+                "container: task {} has no container {:?}",
+                task.id, req.container
+            )));
+        }
+        let node = task.node_id.clone().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "task {} has not been placed on a node yet; no logs",
+                task.id
+            ))
+        })?;
+        let request_id = self.core.next_id();
+        let (route_tx, mut route_rx) = mpsc::channel::<pb::LogData>(64);
+        self.core.open_log_route(request_id, route_tx);
+        let sent = self
+            .core
+            .send(
+                &node,
+                pb::controller_message::Body::Logs(pb::LogRequest {
+                    request_id,
+                    task_id: task.id.clone(),
+                    container: req.container.clone(),
+                    follow: req.follow,
+                }),
+            )
+            .await;
+        if let Err(e) = sent {
+            self.core.close_log_route(request_id);
+            return Err(Status::unavailable(format!(
+                "logs of task {} live on node {node}: {e}",
+                task.id
+            )));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            while let Some(d) = route_rx.recv().await {
+                if !d.error.is_empty() {
+                    let _ = tx.send(Err(Status::not_found(d.error))).await;
+                    break;
+                }
+                if !d.data.is_empty() {
+                    let chunk = pb::LogChunk {
+                        container: d.container,
+                        stream: d.stream,
+                        data: d.data,
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        break;
+                    }
+                }
+                if d.eof {
+                    break;
+                }
+            }
+            core.close_log_route(request_id);
+            let cancel = pb::controller_message::Body::CancelLogs(pb::LogCancel { request_id });
+            let _ = core.send(&node, cancel).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+pub struct NodesApi {
+    pub core: Arc<Core>,
+}
+
+#[tonic::async_trait]
+impl pb::nodes_server::Nodes for NodesApi {
+    async fn list(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let active = self.core.store.active_tasks()?;
+        let loads = node_loads(&self.core, &active)?;
+        let nodes = self
+            .core
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|n| {
+                let load = loads.iter().find(|l| l.id == n.id);
+                let connected = load.is_some_and(|l| l.connected);
+                pb::Node {
+                    running_tasks: active
+                        .iter()
+                        .filter(|t| t.node_id.as_deref() == Some(n.id.as_str()))
+                        .count() as u32,
+                    cpu_used: load.map_or(0.0, |l| l.cpu_used),
+                    memory_used_mib: load.map_or(0, |l| l.memory_used_mib),
+                    state: n.state.as_str().to_string(),
+                    labels: n.labels.into_iter().collect(),
+                    id: n.id,
+                    cpu: n.cpu,
+                    memory_mib: n.memory_mib,
+                    connected,
+                    last_heartbeat_ms: n.last_seen_ms,
+                    version: n.version,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+}
+
+pub struct EventsApi {
+    pub core: Arc<Core>,
+}
+
+#[tonic::async_trait]
+impl pb::events_server::Events for EventsApi {
+    type WatchStream = ApiStream<pb::Event>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        let mut cursor = match req.after.as_str() {
+            "" => None,
+            id => {
+                ulid::Ulid::from_string(id).map_err(|_| {
+                    Status::invalid_argument(format!("after: {id:?} is not an event id"))
+                })?;
+                Some(id.to_string())
+            }
+        };
+        if cursor.is_none() && req.tail > 0 {
+            let last = self.core.store.last_events(req.tail as usize + 1)?;
+            if last.len() > req.tail as usize {
+                cursor = Some(last[0].id.clone());
+            }
+        }
+        let core = self.core.clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            // Subscribe before the first read, so no append between read and wait is missed.
+            let mut changes = core.subscribe();
+            const BATCH: usize = 512;
+            loop {
+                let batch = match core.store.events_after(cursor.as_deref(), BATCH) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                let full = batch.len() == BATCH;
+                for e in batch {
+                    cursor = Some(e.id.clone());
+                    if tx.send(Ok(convert::event(&e))).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                if !req.follow {
+                    return;
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

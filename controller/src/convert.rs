@@ -1,0 +1,137 @@
+//! Conversions between domain types and the generated protobuf types: the one place where the
+//! two meet, so a proto change does not ripple through the controller.
+
+use skiff_proto::v1 as pb;
+
+use crate::lifecycle::StopCode;
+use crate::model::{ContainerDef, ContainerState, Event, Task, TaskDefinition, TaskSpec};
+
+pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
+    pb::ContainerDefinition {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        entrypoint: c.entrypoint.clone(),
+        command: c.command.clone(),
+        environment: c.environment.clone().into_iter().collect(),
+        cpu: c.cpu,
+        memory_mib: c.memory_mib,
+        essential: Some(c.essential),
+        stop_timeout_seconds: Some(c.stop_timeout_secs),
+        working_dir: c.working_dir.clone(),
+    }
+}
+
+pub fn task_definition(d: &TaskDefinition) -> pb::TaskDefinition {
+    pb::TaskDefinition {
+        family: d.family.clone(),
+        revision: d.revision,
+        containers: d.spec.containers.iter().map(container_def).collect(),
+        network_mode: d.spec.network_mode.as_str().to_string(),
+        timeout_seconds: d.spec.timeout_secs,
+        status: match d.status {
+            crate::model::DefinitionStatus::Active => "ACTIVE",
+            crate::model::DefinitionStatus::Inactive => "INACTIVE",
+        }
+        .to_string(),
+        registered_at_ms: d.registered_at_ms,
+    }
+}
+
+pub fn task(t: &Task) -> pb::Task {
+    pb::Task {
+        id: t.id.clone(),
+        task_definition: t.task_definition.clone().unwrap_or_default(),
+        group: t.group.clone(),
+        node_id: t.node_id.clone().unwrap_or_default(),
+        last_status: t.status.as_str().to_string(),
+        desired_status: t.desired.as_str().to_string(),
+        stop_code: t
+            .stop_code
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
+        stopped_reason: t.stopped_reason.clone(),
+        containers: t
+            .containers
+            .iter()
+            .map(|c| pb::ContainerState {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                last_status: c.last_status.clone(),
+                exit_code: c.exit_code,
+                reason: c.reason.clone(),
+                essential: c.essential,
+            })
+            .collect(),
+        cpu: t.spec.cpu(),
+        memory_mib: t.spec.memory_mib(),
+        timeout_seconds: t.spec.timeout_secs,
+        network_mode: t.spec.network_mode.as_str().to_string(),
+        started_by: t.started_by.clone(),
+        status_reason: t.status_reason.clone(),
+        created_at_ms: t.created_at_ms,
+        pending_at_ms: t.pending_at_ms,
+        started_at_ms: t.started_at_ms,
+        stopping_at_ms: t.stopping_at_ms,
+        stopped_at_ms: t.stopped_at_ms,
+        version: t.version,
+    }
+}
+
+pub fn event(e: &Event) -> pb::Event {
+    pb::Event {
+        id: e.id.clone(),
+        source: e.source.clone(),
+        detail_type: e.detail_type.clone(),
+        time_ms: e.time_ms,
+        resources: e.resources.clone(),
+        detail_json: e.detail.to_string(),
+    }
+}
+
+/// What the agent needs to run a task.
+pub fn start_task(id: &str, spec: &TaskSpec) -> pb::StartTask {
+    pb::StartTask {
+        task_id: id.to_string(),
+        containers: spec
+            .containers
+            .iter()
+            .map(|c| pb::ContainerSpec {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                entrypoint: c.entrypoint.clone(),
+                command: c.command.clone(),
+                environment: c.environment.clone().into_iter().collect(),
+                cpu: c.cpu,
+                memory_mib: c.memory_mib,
+                essential: c.essential,
+                stop_timeout_seconds: c.stop_timeout_secs,
+                working_dir: c.working_dir.clone(),
+            })
+            .collect(),
+        network_mode: spec.network_mode.as_str().to_string(),
+        timeout_seconds: spec.timeout_secs,
+    }
+}
+
+/// Container states from an agent report, keeping what the spec knows (image, essential).
+pub fn container_states(spec: &TaskSpec, reports: &[pb::ContainerReport]) -> Vec<ContainerState> {
+    spec.containers
+        .iter()
+        .map(|c| {
+            let r = reports.iter().find(|r| r.name == c.name);
+            ContainerState {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                essential: c.essential,
+                last_status: r.map_or_else(|| "PENDING".to_string(), |r| r.status.clone()),
+                exit_code: r.and_then(|r| r.exit_code),
+                reason: r.map(|r| r.reason.clone()).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// An agent's stop code, defaulting sensibly when an older or confused agent sends none.
+pub fn stop_code(s: &str) -> StopCode {
+    StopCode::parse(s).unwrap_or(StopCode::EssentialContainerExited)
+}

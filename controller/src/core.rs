@@ -1,0 +1,300 @@
+//! The controller's shared state and the operations every entry point uses: creating tasks,
+//! moving them through the lifecycle (each move stored with its event), and talking to agents.
+//! It knows nothing about gRPC servers; `api.rs` and `agents.rs` translate to and from it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use skiff_proto::v1 as pb;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::lifecycle::{self, Outcome, TaskEvent};
+use crate::model::{now_ms, Event, Task};
+use crate::store::{Decision, Store, StoreError};
+
+pub const TASK_SOURCE: &str = "skiff.task";
+pub const TASK_STATE_CHANGE: &str = "Task State Change";
+
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A node silent for this long is lost: its tasks become STOPPED/NodeLost.
+    pub node_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_interval: Duration::from_secs(5),
+            node_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One connected agent.
+struct Session {
+    conn_id: u64,
+    tx: mpsc::Sender<pb::ControllerMessage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no task {0}")]
+    NoSuchTask(String),
+    #[error(transparent)]
+    Illegal(#[from] lifecycle::IllegalTransition),
+    #[error("node {0} is not connected")]
+    NodeOffline(String),
+}
+
+pub struct Core {
+    pub store: Store,
+    pub timing: Timing,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// When each node was last heard from, for the node reaper.
+    last_seen: Mutex<HashMap<String, Instant>>,
+    /// Bumped after every durable task or event write; waiters re-read what they watch.
+    head: watch::Sender<u64>,
+    /// Wakes the scheduler: a task was created, capacity was freed, or a node came.
+    pub kick: Notify,
+    log_routes: Mutex<HashMap<u64, mpsc::Sender<pb::LogData>>>,
+    next_id: AtomicU64,
+}
+
+impl Core {
+    pub fn new(store: Store, timing: Timing) -> Core {
+        let (head, _) = watch::channel(0);
+        // Nodes known from before a restart get a full timeout to come back.
+        let now = Instant::now();
+        let last_seen = store
+            .nodes()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| (n.id, now))
+            .collect();
+        Core {
+            store,
+            timing,
+            sessions: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(last_seen),
+            head,
+            kick: Notify::new(),
+            log_routes: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    fn bump(&self) {
+        self.head.send_modify(|v| *v += 1);
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stores a new PROVISIONING task with its first event and wakes the scheduler.
+    pub async fn create_task(&self, task: Task) -> Result<Task, CoreError> {
+        self.store
+            .create_task(&task, |id| state_change_event(id, &task))
+            .await?;
+        self.bump();
+        self.kick.notify_one();
+        Ok(task)
+    }
+
+    /// Moves a task through the lifecycle. Returns the task as stored afterwards and whether it
+    /// moved. A repeated event is a no-op; an illegal one is an error and changes nothing.
+    pub async fn transition(&self, id: &str, event: TaskEvent) -> Result<(Task, bool), CoreError> {
+        let now = now_ms();
+        let decision = self
+            .store
+            .update_task(id, |mut task, next_event_id| {
+                match lifecycle::apply(&mut task, event, now)? {
+                    Outcome::Unchanged => Ok::<_, CoreError>(Decision::Keep(task)),
+                    Outcome::Moved(_) => {
+                        let ev = state_change_event(next_event_id(), &task);
+                        Ok(Decision::Write {
+                            task,
+                            event: Some(ev),
+                        })
+                    }
+                }
+            })
+            .await??
+            .ok_or_else(|| CoreError::NoSuchTask(id.to_string()))?;
+        match decision {
+            Decision::Keep(task) => Ok((task, false)),
+            Decision::Write { task, .. } => {
+                self.bump();
+                if !task.status.is_active() {
+                    // Capacity was freed.
+                    self.kick.notify_one();
+                }
+                Ok((task, true))
+            }
+        }
+    }
+
+    /// Records why a PROVISIONING task is still waiting (not a lifecycle move: no event).
+    pub async fn set_status_reason(&self, id: &str, reason: &str) -> Result<(), CoreError> {
+        self.store
+            .update_task(id, |mut task, _| {
+                if task.status_reason == reason {
+                    return Ok::<_, CoreError>(Decision::Keep(task));
+                }
+                task.status_reason = reason.to_string();
+                task.version += 1;
+                Ok(Decision::Write { task, event: None })
+            })
+            .await??;
+        self.bump();
+        Ok(())
+    }
+
+    // --- agent sessions ---
+
+    /// Registers a new connection for a node, replacing an older one.
+    pub fn attach(&self, node_id: &str, tx: mpsc::Sender<pb::ControllerMessage>) -> u64 {
+        let conn_id = self.next_id();
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(node_id.to_string(), Session { conn_id, tx });
+        self.seen(node_id);
+        conn_id
+    }
+
+    /// Forgets a connection, unless a newer one replaced it already.
+    pub fn detach(&self, node_id: &str, conn_id: u64) {
+        let mut sessions = self.sessions.lock().unwrap();
+        if sessions.get(node_id).is_some_and(|s| s.conn_id == conn_id) {
+            sessions.remove(node_id);
+        }
+        drop(sessions);
+        self.seen(node_id);
+    }
+
+    pub fn seen(&self, node_id: &str) {
+        self.last_seen
+            .lock()
+            .unwrap()
+            .insert(node_id.to_string(), Instant::now());
+    }
+
+    pub fn is_connected(&self, node_id: &str) -> bool {
+        self.sessions.lock().unwrap().contains_key(node_id)
+    }
+
+    /// Nodes that are not connected and have been silent for longer than the node timeout.
+    pub fn lost_nodes(&self) -> Vec<String> {
+        let sessions = self.sessions.lock().unwrap();
+        let cutoff = self.timing.node_timeout;
+        self.last_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, at)| !sessions.contains_key(*id) && at.elapsed() > cutoff)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Forgets the silence timer of a node whose tasks were all marked lost.
+    pub fn forget_node_timer(&self, node_id: &str) {
+        self.last_seen.lock().unwrap().remove(node_id);
+    }
+
+    /// Sends a message to a node's agent.
+    pub async fn send(
+        &self,
+        node_id: &str,
+        body: pb::controller_message::Body,
+    ) -> Result<(), CoreError> {
+        let tx = self
+            .sessions
+            .lock()
+            .unwrap()
+            .get(node_id)
+            .map(|s| s.tx.clone())
+            .ok_or_else(|| CoreError::NodeOffline(node_id.to_string()))?;
+        tx.send(pb::ControllerMessage { body: Some(body) })
+            .await
+            .map_err(|_| CoreError::NodeOffline(node_id.to_string()))
+    }
+
+    // --- log routing: agent LogData → the API call that asked for it ---
+
+    pub fn open_log_route(&self, request_id: u64, tx: mpsc::Sender<pb::LogData>) {
+        self.log_routes.lock().unwrap().insert(request_id, tx);
+    }
+
+    pub fn close_log_route(&self, request_id: u64) {
+        self.log_routes.lock().unwrap().remove(&request_id);
+    }
+
+    pub async fn route_log(&self, data: pb::LogData) {
+        let tx = self
+            .log_routes
+            .lock()
+            .unwrap()
+            .get(&data.request_id)
+            .cloned();
+        if let Some(tx) = tx {
+            let _ = tx.send(data).await;
+        }
+    }
+}
+
+/// The `Task State Change` event for a task as it is now. The detail mirrors the ECS event.
+pub fn state_change_event(id: String, t: &Task) -> Event {
+    let ts = |ms: i64| {
+        (ms > 0).then(|| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        })
+    };
+    let detail = json!({
+        "taskArn": t.id,
+        "taskDefinitionArn": t.task_definition,
+        "group": t.group,
+        "startedBy": t.started_by,
+        "nodeId": t.node_id,
+        "lastStatus": t.status.as_str(),
+        "desiredStatus": t.desired.as_str(),
+        "stopCode": t.stop_code.map(|c| c.as_str()),
+        "stoppedReason": (!t.stopped_reason.is_empty()).then_some(&t.stopped_reason),
+        "cpu": t.spec.cpu(),
+        "memory": t.spec.memory_mib(),
+        "containers": t.containers.iter().map(|c| json!({
+            "name": c.name,
+            "image": c.image,
+            "lastStatus": c.last_status,
+            "exitCode": c.exit_code,
+            "reason": (!c.reason.is_empty()).then_some(&c.reason),
+            "essential": c.essential,
+        })).collect::<Vec<_>>(),
+        "createdAt": ts(t.created_at_ms),
+        "pullStartedAt": ts(t.pending_at_ms),
+        "startedAt": ts(t.started_at_ms),
+        "stoppingAt": ts(t.stopping_at_ms),
+        "stoppedAt": ts(t.stopped_at_ms),
+        "version": t.version,
+    });
+    Event {
+        id,
+        source: TASK_SOURCE.to_string(),
+        detail_type: TASK_STATE_CHANGE.to_string(),
+        time_ms: now_ms(),
+        resources: vec![format!("skiff:task/{}", t.id)],
+        detail,
+    }
+}

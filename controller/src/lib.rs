@@ -1,0 +1,134 @@
+//! skiff's controller: durable state (sled), the task lifecycle, placement, the agent channel
+//! and the public gRPC API. A library, so tests can run it in-process; the `skiff` binary only
+//! parses flags and calls [`Controller::serve`].
+
+pub mod agents;
+pub mod api;
+pub mod convert;
+pub mod core;
+pub mod lifecycle;
+pub mod model;
+pub mod placement;
+pub mod scheduler;
+pub mod store;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use skiff_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use crate::core::Timing;
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub timing: Timing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("opening the state store in {path}: {source}")]
+    Store {
+        path: PathBuf,
+        source: store::StoreError,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+pub struct Controller {
+    core: Arc<core::Core>,
+    listener: TcpListener,
+}
+
+impl Controller {
+    /// Opens the state store and binds the listener (so the address is known before serving).
+    pub async fn bind(cfg: ControllerConfig) -> Result<Controller, ControllerError> {
+        let path = cfg.data_dir.join("state");
+        let store =
+            store::Store::open(&path).map_err(|source| ControllerError::Store { path, source })?;
+        let listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| ControllerError::Listen {
+                    addr: cfg.listen,
+                    source,
+                })?;
+        Ok(Controller {
+            core: Arc::new(core::Core::new(store, cfg.timing)),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves the API and runs the scheduler until `shutdown` completes.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ControllerError> {
+        let core = self.core;
+        let scheduler = tokio::spawn(scheduler::run(core.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<pb::tasks_server::TasksServer<api::TasksApi>>()
+            .await;
+        health.set_serving::<pb::task_definitions_server::TaskDefinitionsServer<api::TaskDefinitionsApi>>().await;
+        health
+            .set_serving::<pb::nodes_server::NodesServer<api::NodesApi>>()
+            .await;
+        health
+            .set_serving::<pb::events_server::EventsServer<api::EventsApi>>()
+            .await;
+        health
+            .set_serving::<pb::agent_channel_server::AgentChannelServer<agents::AgentService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(pb::tasks_server::TasksServer::new(api::TasksApi {
+                core: core.clone(),
+            }))
+            .add_service(pb::task_definitions_server::TaskDefinitionsServer::new(
+                api::TaskDefinitionsApi { core: core.clone() },
+            ))
+            .add_service(pb::nodes_server::NodesServer::new(api::NodesApi {
+                core: core.clone(),
+            }))
+            .add_service(pb::events_server::EventsServer::new(api::EventsApi {
+                core: core.clone(),
+            }))
+            .add_service(pb::agent_channel_server::AgentChannelServer::new(
+                agents::AgentService { core: core.clone() },
+            ))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await;
+        scheduler.abort();
+        // Make sure everything acknowledged is on disk before the process ends.
+        let _ = core.store.commit().await;
+        Ok(result?)
+    }
+}

@@ -1,0 +1,406 @@
+//! The task state machine: the only place that decides how a task's status may change.
+//!
+//! States only move forward (PROVISIONING → PENDING → RUNNING → STOPPING → STOPPED). A repeated
+//! report of the state a task is already in is a no-op, so every agent message is idempotent.
+//! Everything here is pure; the store persists what `apply` returns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ContainerState, Task};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TaskStatus {
+    Provisioning,
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Provisioning,
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Stopping,
+        TaskStatus::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Provisioning => "PROVISIONING",
+            TaskStatus::Pending => "PENDING",
+            TaskStatus::Running => "RUNNING",
+            TaskStatus::Stopping => "STOPPING",
+            TaskStatus::Stopped => "STOPPED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// Whether the task still holds (or may soon hold) resources on a node.
+    pub fn is_active(self) -> bool {
+        self != TaskStatus::Stopped
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DesiredStatus {
+    Running,
+    Stopped,
+}
+
+impl DesiredStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredStatus::Running => "RUNNING",
+            DesiredStatus::Stopped => "STOPPED",
+        }
+    }
+}
+
+/// Why a task stopped (ECS names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopCode {
+    TaskFailedToStart,
+    EssentialContainerExited,
+    UserInitiated,
+    ServiceSchedulerInitiated,
+    TimedOut,
+    NodeLost,
+}
+
+impl StopCode {
+    pub const ALL: [StopCode; 6] = [
+        StopCode::TaskFailedToStart,
+        StopCode::EssentialContainerExited,
+        StopCode::UserInitiated,
+        StopCode::ServiceSchedulerInitiated,
+        StopCode::TimedOut,
+        StopCode::NodeLost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopCode::TaskFailedToStart => "TaskFailedToStart",
+            StopCode::EssentialContainerExited => "EssentialContainerExited",
+            StopCode::UserInitiated => "UserInitiated",
+            StopCode::ServiceSchedulerInitiated => "ServiceSchedulerInitiated",
+            StopCode::TimedOut => "TimedOut",
+            StopCode::NodeLost => "NodeLost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StopCode> {
+        StopCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// Something that happened to a task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskEvent {
+    /// The scheduler assigned the task to a node.
+    Placed { node_id: String },
+    /// The agent started the task's containers.
+    Started { containers: Vec<ContainerState> },
+    /// Someone (user, scheduler, timeout) asked the task to stop.
+    StopRequested { code: StopCode, reason: String },
+    /// The agent reports the task is winding down (an essential container exited).
+    Stopping { containers: Vec<ContainerState> },
+    /// The task is over: the agent reported it, it never could start, or its node was lost.
+    Stopped {
+        code: StopCode,
+        reason: String,
+        containers: Vec<ContainerState>,
+    },
+}
+
+impl TaskEvent {
+    fn name(&self) -> &'static str {
+        match self {
+            TaskEvent::Placed { .. } => "Placed",
+            TaskEvent::Started { .. } => "Started",
+            TaskEvent::StopRequested { .. } => "StopRequested",
+            TaskEvent::Stopping { .. } => "Stopping",
+            TaskEvent::Stopped { .. } => "Stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task in {from} cannot take event {event}")]
+pub struct IllegalTransition {
+    pub from: &'static str,
+    pub event: &'static str,
+}
+
+/// The outcome of a legal event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The task moved to a new status (emit a Task State Change event).
+    Moved(TaskStatus),
+    /// A repeat of what the task already knows: nothing to store.
+    Unchanged,
+}
+
+/// The transition table. Returns the status the event leads to, or why it cannot happen.
+pub fn next_status(from: TaskStatus, event: &TaskEvent) -> Result<Outcome, IllegalTransition> {
+    use Outcome::*;
+    use TaskStatus::*;
+    let illegal = || IllegalTransition {
+        from: from.as_str(),
+        event: event.name(),
+    };
+    match (from, event) {
+        (Provisioning, TaskEvent::Placed { .. }) => Ok(Moved(Pending)),
+        (Pending, TaskEvent::Placed { .. }) => Ok(Unchanged),
+        (Provisioning, TaskEvent::Started { .. }) => Err(illegal()),
+        (Pending, TaskEvent::Started { .. }) => Ok(Moved(Running)),
+        (Running, TaskEvent::Started { .. }) => Ok(Unchanged),
+        // A task that never reached a node has nothing to wind down.
+        (Provisioning, TaskEvent::StopRequested { .. }) => Ok(Moved(Stopped)),
+        (Pending | Running, TaskEvent::StopRequested { .. }) => Ok(Moved(Stopping)),
+        (Stopping | Stopped, TaskEvent::StopRequested { .. }) => Ok(Unchanged),
+        (Pending | Running, TaskEvent::Stopping { .. }) => Ok(Moved(Stopping)),
+        (Stopping | Stopped, TaskEvent::Stopping { .. }) => Ok(Unchanged),
+        (Provisioning, TaskEvent::Stopping { .. }) => Err(illegal()),
+        (Stopped, TaskEvent::Stopped { .. }) => Ok(Unchanged),
+        (_, TaskEvent::Stopped { .. }) => Ok(Moved(Stopped)),
+        (Stopping | Stopped, TaskEvent::Placed { .. } | TaskEvent::Started { .. }) => {
+            Err(illegal())
+        }
+        (Running, TaskEvent::Placed { .. }) => Err(illegal()),
+    }
+}
+
+/// Applies an event to a task at time `now_ms`, updating status, timestamps and stop details.
+pub fn apply(task: &mut Task, event: TaskEvent, now_ms: i64) -> Result<Outcome, IllegalTransition> {
+    let outcome = next_status(task.status, &event)?;
+    match event {
+        TaskEvent::Placed { node_id } => {
+            if outcome != Outcome::Unchanged {
+                task.node_id = Some(node_id);
+                task.status_reason.clear();
+            }
+        }
+        TaskEvent::Started { containers } | TaskEvent::Stopping { containers } => {
+            if !containers.is_empty() {
+                task.containers = containers;
+            }
+        }
+        TaskEvent::StopRequested { code, reason } => {
+            // The first reason to stop is the one that counts.
+            if task.desired != DesiredStatus::Stopped {
+                task.desired = DesiredStatus::Stopped;
+                task.stop_code = Some(code);
+                task.stopped_reason = reason;
+            }
+        }
+        TaskEvent::Stopped {
+            code,
+            reason,
+            containers,
+        } => {
+            if outcome != Outcome::Unchanged {
+                task.desired = DesiredStatus::Stopped;
+                if task.stop_code.is_none() {
+                    task.stop_code = Some(code);
+                    task.stopped_reason = reason;
+                }
+                if !containers.is_empty() {
+                    task.containers = containers;
+                }
+                for c in &mut task.containers {
+                    c.last_status = TaskStatus::Stopped.as_str().to_string();
+                }
+            }
+        }
+    }
+    if let Outcome::Moved(to) = outcome {
+        task.status = to;
+        let stamp = match to {
+            TaskStatus::Provisioning => &mut task.created_at_ms,
+            TaskStatus::Pending => &mut task.pending_at_ms,
+            TaskStatus::Running => &mut task.started_at_ms,
+            TaskStatus::Stopping => &mut task.stopping_at_ms,
+            TaskStatus::Stopped => &mut task.stopped_at_ms,
+        };
+        *stamp = now_ms;
+        task.version += 1;
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NetworkMode, TaskSpec};
+
+    fn events() -> Vec<TaskEvent> {
+        vec![
+            TaskEvent::Placed {
+                node_id: "n1".into(),
+            },
+            TaskEvent::Started { containers: vec![] },
+            TaskEvent::StopRequested {
+                code: StopCode::UserInitiated,
+                reason: "asked".into(),
+            },
+            TaskEvent::Stopping { containers: vec![] },
+            TaskEvent::Stopped {
+                code: StopCode::EssentialContainerExited,
+                reason: "exited".into(),
+                containers: vec![],
+            },
+        ]
+    }
+
+    fn task_in(status: TaskStatus) -> Task {
+        Task {
+            id: "t".into(),
+            task_definition: None,
+            group: String::new(),
+            started_by: String::new(),
+            spec: TaskSpec {
+                containers: vec![],
+                network_mode: NetworkMode::None,
+                timeout_secs: 0,
+            },
+            node_id: None,
+            status,
+            desired: DesiredStatus::Running,
+            stop_code: None,
+            stopped_reason: String::new(),
+            status_reason: String::new(),
+            containers: vec![],
+            created_at_ms: 0,
+            pending_at_ms: 0,
+            started_at_ms: 0,
+            stopping_at_ms: 0,
+            stopped_at_ms: 0,
+            version: 0,
+        }
+    }
+
+    /// The whole table, written out independently of `next_status`: (from, event index) → result.
+    /// `None` = illegal, `Some(None)` = unchanged, `Some(Some(s))` = moved to s.
+    fn expected(from: TaskStatus, event: usize) -> Option<Option<TaskStatus>> {
+        use TaskStatus::*;
+        let table: [[Option<Option<TaskStatus>>; 5]; 5] = [
+            // Placed, Started, StopRequested, Stopping, Stopped
+            [
+                Some(Some(Pending)),
+                None,
+                Some(Some(Stopped)),
+                None,
+                Some(Some(Stopped)),
+            ], // PROVISIONING
+            [
+                Some(None),
+                Some(Some(Running)),
+                Some(Some(Stopping)),
+                Some(Some(Stopping)),
+                Some(Some(Stopped)),
+            ], // PENDING
+            [
+                None,
+                Some(None),
+                Some(Some(Stopping)),
+                Some(Some(Stopping)),
+                Some(Some(Stopped)),
+            ], // RUNNING
+            [None, None, Some(None), Some(None), Some(Some(Stopped))], // STOPPING
+            [None, None, Some(None), Some(None), Some(None)],          // STOPPED
+        ];
+        let row = TaskStatus::ALL.iter().position(|s| *s == from).unwrap();
+        table[row][event]
+    }
+
+    #[test]
+    fn every_state_and_event_follows_the_table() {
+        for from in TaskStatus::ALL {
+            for (i, ev) in events().into_iter().enumerate() {
+                let got = next_status(from, &ev);
+                match expected(from, i) {
+                    None => assert!(got.is_err(), "{from:?} + {ev:?} should be illegal"),
+                    Some(None) => assert_eq!(got, Ok(Outcome::Unchanged), "{from:?} + {ev:?}"),
+                    Some(Some(to)) => assert_eq!(got, Ok(Outcome::Moved(to)), "{from:?} + {ev:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn status_never_moves_backwards() {
+        for from in TaskStatus::ALL {
+            for ev in events() {
+                if let Ok(Outcome::Moved(to)) = next_status(from, &ev) {
+                    assert!(to > from, "{from:?} -> {to:?} goes backwards");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn apply_stamps_times_and_bumps_version_only_on_moves() {
+        let mut t = task_in(TaskStatus::Provisioning);
+        apply(&mut t, events()[0].clone(), 10).unwrap();
+        assert_eq!(
+            (t.status, t.pending_at_ms, t.version),
+            (TaskStatus::Pending, 10, 1)
+        );
+        assert_eq!(t.node_id.as_deref(), Some("n1"));
+        // A repeat is a no-op.
+        apply(&mut t, events()[0].clone(), 20).unwrap();
+        assert_eq!((t.pending_at_ms, t.version), (10, 1));
+        apply(&mut t, events()[1].clone(), 30).unwrap();
+        assert_eq!((t.status, t.started_at_ms), (TaskStatus::Running, 30));
+    }
+
+    #[test]
+    fn first_stop_code_wins() {
+        let mut t = task_in(TaskStatus::Running);
+        apply(&mut t, events()[2].clone(), 1).unwrap();
+        assert_eq!(t.status, TaskStatus::Stopping);
+        assert_eq!(t.desired, DesiredStatus::Stopped);
+        apply(&mut t, events()[4].clone(), 2).unwrap();
+        assert_eq!(t.status, TaskStatus::Stopped);
+        assert_eq!(t.stop_code, Some(StopCode::UserInitiated));
+        assert_eq!(t.stopped_reason, "asked");
+    }
+
+    #[test]
+    fn natural_exit_records_its_own_code() {
+        let mut t = task_in(TaskStatus::Running);
+        apply(&mut t, events()[4].clone(), 5).unwrap();
+        assert_eq!(t.stop_code, Some(StopCode::EssentialContainerExited));
+        assert_eq!(t.desired, DesiredStatus::Stopped);
+        assert_eq!(t.stopped_at_ms, 5);
+    }
+
+    #[test]
+    fn stopping_a_provisioning_task_stops_it_at_once() {
+        let mut t = task_in(TaskStatus::Provisioning);
+        apply(&mut t, events()[2].clone(), 7).unwrap();
+        assert_eq!(t.status, TaskStatus::Stopped);
+        assert_eq!(t.stopped_at_ms, 7);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in TaskStatus::ALL {
+            assert_eq!(TaskStatus::parse(s.as_str()), Some(s));
+        }
+        for c in StopCode::ALL {
+            assert_eq!(StopCode::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(TaskStatus::parse("running"), Some(TaskStatus::Running));
+        assert_eq!(TaskStatus::parse("nope"), None);
+    }
+}

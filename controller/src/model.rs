@@ -1,0 +1,179 @@
+//! The controller's domain types. Generated protobuf types never reach past `convert.rs`; these
+//! are what the store persists and what the pure modules (lifecycle, placement) reason about.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::{DesiredStatus, StopCode, TaskStatus};
+
+/// Default seconds between SIGTERM and SIGKILL, as in ECS.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Own network namespace with only loopback.
+    #[default]
+    None,
+    /// The node's network namespace.
+    Host,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Host => "host",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerDef {
+    pub name: String,
+    pub image: String,
+    pub entrypoint: Vec<String>,
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    /// vCPUs, fractional; 0 = unlimited.
+    pub cpu: f64,
+    /// Hard limit in MiB; 0 = unlimited.
+    pub memory_mib: u64,
+    pub essential: bool,
+    pub stop_timeout_secs: u32,
+    pub working_dir: String,
+}
+
+/// What a task runs: the part of a task definition that a task copies (with overrides applied),
+/// so a task never changes when its definition is later deregistered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub containers: Vec<ContainerDef>,
+    pub network_mode: NetworkMode,
+    pub timeout_secs: u64,
+}
+
+impl TaskSpec {
+    /// Total vCPUs the task reserves on its node.
+    pub fn cpu(&self) -> f64 {
+        self.containers.iter().map(|c| c.cpu).sum()
+    }
+
+    /// Total MiB the task reserves on its node.
+    pub fn memory_mib(&self) -> u64 {
+        self.containers.iter().map(|c| c.memory_mib).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DefinitionStatus {
+    Active,
+    Inactive,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskDefinition {
+    pub family: String,
+    pub revision: u32,
+    pub spec: TaskSpec,
+    pub status: DefinitionStatus,
+    pub registered_at_ms: i64,
+}
+
+impl TaskDefinition {
+    /// The `family:revision` reference tasks carry.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.family, self.revision)
+    }
+}
+
+/// Per-container runtime state as last reported by the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub name: String,
+    pub image: String,
+    pub essential: bool,
+    pub last_status: String,
+    pub exit_code: Option<i32>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub task_definition: Option<String>,
+    pub group: String,
+    pub started_by: String,
+    pub spec: TaskSpec,
+    pub node_id: Option<String>,
+    pub status: TaskStatus,
+    pub desired: DesiredStatus,
+    pub stop_code: Option<StopCode>,
+    pub stopped_reason: String,
+    /// Why a PROVISIONING task is still waiting (e.g. no node fits).
+    pub status_reason: String,
+    pub containers: Vec<ContainerState>,
+    pub created_at_ms: i64,
+    pub pending_at_ms: i64,
+    pub started_at_ms: i64,
+    pub stopping_at_ms: i64,
+    pub stopped_at_ms: i64,
+    /// Bumped on every stored change, like ECS's task `version`.
+    pub version: u64,
+}
+
+impl Task {
+    /// The family the task came from, if any.
+    pub fn family(&self) -> Option<&str> {
+        self.task_definition
+            .as_deref()
+            .map(|r| r.rsplit_once(':').map_or(r, |(f, _)| f))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NodeState {
+    Ready,
+    Draining,
+    Down,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "READY",
+            NodeState::Draining => "DRAINING",
+            NodeState::Down => "DOWN",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpu: f64,
+    pub memory_mib: u64,
+    pub state: NodeState,
+    pub version: String,
+    pub registered_at_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// An event on the bus, in the EventBridge envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub detail_type: String,
+    pub time_ms: i64,
+    pub resources: Vec<String>,
+    pub detail: serde_json::Value,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,128 @@
+//! Placement: which node gets a task. A pure function over a snapshot of nodes and what they
+//! already run; the scheduler commits its answer.
+
+use crate::model::{NodeState, TaskSpec};
+
+/// A node as placement sees it: capacity and what is already reserved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeLoad {
+    pub id: String,
+    pub state: NodeState,
+    pub connected: bool,
+    pub cpu: f64,
+    pub memory_mib: u64,
+    pub cpu_used: f64,
+    pub memory_used_mib: u64,
+}
+
+impl NodeLoad {
+    fn fits(&self, cpu: f64, memory_mib: u64) -> bool {
+        // A small epsilon so 4 × 0.25 vCPU fits in 1 vCPU despite float rounding.
+        self.cpu_used + cpu <= self.cpu + 1e-9
+            && self.memory_used_mib + memory_mib <= self.memory_mib
+    }
+
+    /// Reserves a placed task's resources, so the next decision in the same pass sees them.
+    pub fn reserve(&mut self, spec: &TaskSpec) {
+        self.cpu_used += spec.cpu();
+        self.memory_used_mib += spec.memory_mib();
+    }
+}
+
+/// Picks the first READY, connected node with room for the task, or says why none fits.
+pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad, String> {
+    let (cpu, mem) = (spec.cpu(), spec.memory_mib());
+    let ready: Vec<&NodeLoad> = nodes
+        .iter()
+        .filter(|n| n.connected && n.state == NodeState::Ready)
+        .collect();
+    if ready.is_empty() {
+        return Err("no READY agent is connected".to_string());
+    }
+    if let Some(n) = ready.iter().find(|n| n.fits(cpu, mem)) {
+        return Ok(n);
+    }
+    let biggest = ready
+        .iter()
+        .any(|n| n.cpu + 1e-9 >= cpu && n.memory_mib >= mem);
+    Err(if biggest {
+        format!("no node has {cpu} vCPU and {mem} MiB free right now; waiting for capacity")
+    } else {
+        format!("no node can ever fit {cpu} vCPU and {mem} MiB (largest node is smaller)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerDef, NetworkMode};
+
+    fn spec(cpu: f64, mem: u64) -> TaskSpec {
+        TaskSpec {
+            containers: vec![ContainerDef {
+                name: "main".into(),
+                image: "dir:/x".into(),
+                entrypoint: vec![],
+                command: vec![],
+                environment: Default::default(),
+                cpu,
+                memory_mib: mem,
+                essential: true,
+                stop_timeout_secs: 30,
+                working_dir: String::new(),
+            }],
+            network_mode: NetworkMode::None,
+            timeout_secs: 0,
+        }
+    }
+
+    fn node(id: &str, cpu: f64, mem: u64) -> NodeLoad {
+        NodeLoad {
+            id: id.into(),
+            state: NodeState::Ready,
+            connected: true,
+            cpu,
+            memory_mib: mem,
+            cpu_used: 0.0,
+            memory_used_mib: 0,
+        }
+    }
+
+    #[test]
+    fn first_fitting_node_wins() {
+        let nodes = vec![node("a", 1.0, 256), node("b", 4.0, 4096)];
+        assert_eq!(place(&spec(2.0, 128), &nodes).unwrap().id, "b");
+        assert_eq!(place(&spec(0.5, 128), &nodes).unwrap().id, "a");
+    }
+
+    #[test]
+    fn reservations_fill_a_node() {
+        let mut nodes = vec![node("a", 1.0, 1024), node("b", 1.0, 1024)];
+        for _ in 0..4 {
+            let id = place(&spec(0.25, 10), &nodes).unwrap().id.clone();
+            assert_eq!(id, "a");
+            nodes[0].reserve(&spec(0.25, 10));
+        }
+        assert_eq!(place(&spec(0.25, 10), &nodes).unwrap().id, "b");
+    }
+
+    #[test]
+    fn draining_and_disconnected_nodes_get_nothing() {
+        let mut a = node("a", 8.0, 8192);
+        a.state = NodeState::Draining;
+        let mut b = node("b", 8.0, 8192);
+        b.connected = false;
+        let err = place(&spec(1.0, 1), &[a, b]).unwrap_err();
+        assert!(err.contains("no READY agent"), "{err}");
+    }
+
+    #[test]
+    fn too_big_says_so() {
+        let err = place(&spec(16.0, 1), &[node("a", 2.0, 100)]).unwrap_err();
+        assert!(err.contains("can ever fit"), "{err}");
+        let mut busy = node("a", 2.0, 100);
+        busy.cpu_used = 2.0;
+        let err = place(&spec(1.0, 1), &[busy]).unwrap_err();
+        assert!(err.contains("waiting for capacity"), "{err}");
+    }
+}

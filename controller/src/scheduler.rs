@@ -1,0 +1,144 @@
+//! The scheduler loop: places PROVISIONING tasks on nodes and declares silent nodes lost.
+//! Decisions come from the pure `placement` module; this loop only reads a snapshot, asks, and
+//! commits the answer through `Core::transition`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_proto::v1 as pb;
+use tracing::{info, warn};
+
+use crate::convert;
+use crate::core::{Core, CoreError};
+use crate::lifecycle::{StopCode, TaskEvent, TaskStatus};
+use crate::model::Task;
+use crate::placement::{self, NodeLoad};
+
+/// How often the loop runs even when nothing kicked it (node timeouts, retries).
+const TICK: Duration = Duration::from_millis(1000);
+
+pub async fn run(core: Arc<Core>) {
+    loop {
+        if let Err(e) = pass(&core).await {
+            warn!(error = %e, "scheduler pass failed");
+        }
+        tokio::select! {
+            _ = core.kick.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+async fn pass(core: &Core) -> Result<(), CoreError> {
+    reap_lost_nodes(core).await?;
+    let active = core.store.active_tasks()?;
+    let mut loads = node_loads(core, &active)?;
+    for task in active
+        .iter()
+        .filter(|t| t.status == TaskStatus::Provisioning)
+    {
+        let node_id = match placement::place(&task.spec, &loads) {
+            Ok(n) => n.id.clone(),
+            Err(reason) => {
+                core.set_status_reason(&task.id, &reason).await?;
+                continue;
+            }
+        };
+        let (placed, moved) = core
+            .transition(
+                &task.id,
+                TaskEvent::Placed {
+                    node_id: node_id.clone(),
+                },
+            )
+            .await?;
+        if !moved {
+            continue;
+        }
+        if let Some(load) = loads.iter_mut().find(|l| l.id == node_id) {
+            load.reserve(&placed.spec);
+        }
+        info!(task_id = %placed.id, node_id = %node_id, "placed");
+        send_start(core, &node_id, &placed).await;
+    }
+    Ok(())
+}
+
+/// Sends a task to its agent. If the agent just went away, reconciliation resends it later.
+pub async fn send_start(core: &Core, node_id: &str, task: &Task) {
+    let start = convert::start_task(&task.id, &task.spec);
+    if let Err(e) = core
+        .send(node_id, pb::controller_message::Body::Start(start))
+        .await
+    {
+        warn!(task_id = %task.id, error = %e, "start not delivered; will resend on reconnect");
+    }
+}
+
+/// Capacity and reservations of every known node, from the store and the live sessions.
+pub fn node_loads(core: &Core, active: &[Task]) -> Result<Vec<NodeLoad>, CoreError> {
+    let mut used: HashMap<&str, (f64, u64)> = HashMap::new();
+    for t in active {
+        if let Some(n) = t.node_id.as_deref() {
+            let e = used.entry(n).or_default();
+            e.0 += t.spec.cpu();
+            e.1 += t.spec.memory_mib();
+        }
+    }
+    let mut nodes = core.store.nodes()?;
+    nodes.sort_by(|a, b| {
+        a.registered_at_ms
+            .cmp(&b.registered_at_ms)
+            .then(a.id.cmp(&b.id))
+    });
+    Ok(nodes
+        .into_iter()
+        .map(|n| {
+            let (cpu_used, memory_used_mib) = used.get(n.id.as_str()).copied().unwrap_or_default();
+            NodeLoad {
+                connected: core.is_connected(&n.id),
+                id: n.id,
+                state: n.state,
+                cpu: n.cpu,
+                memory_mib: n.memory_mib,
+                cpu_used,
+                memory_used_mib,
+            }
+        })
+        .collect())
+}
+
+/// Tasks on nodes silent past the timeout are STOPPED with NodeLost.
+async fn reap_lost_nodes(core: &Core) -> Result<(), CoreError> {
+    let lost = core.lost_nodes();
+    if lost.is_empty() {
+        return Ok(());
+    }
+    for task in core.store.active_tasks()? {
+        let Some(node) = task.node_id.as_deref() else {
+            continue;
+        };
+        if !lost.iter().any(|l| l == node) {
+            continue;
+        }
+        let reason = format!(
+            "node {node} was silent for more than {}s",
+            core.timing.node_timeout.as_secs()
+        );
+        warn!(task_id = %task.id, node_id = %node, "node lost");
+        core.transition(
+            &task.id,
+            TaskEvent::Stopped {
+                code: StopCode::NodeLost,
+                reason,
+                containers: vec![],
+            },
+        )
+        .await?;
+    }
+    for node in lost {
+        core.forget_node_timer(&node);
+    }
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! Durable state. The only module that knows sled.
+//!
+//! Values are stored as one version byte followed by JSON, so a newer binary can read (and
+//! migrate) an older data dir. A write is acknowledged only after `commit()` has flushed it;
+//! concurrent writers share one flush (group commit), which is what keeps durable writes fast.
+//! A task change and the event it emits are written in one sled transaction: never half-written.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::model::{Event, Node, Task, TaskDefinition};
+
+/// The on-disk format version of every record this binary writes.
+const RECORD_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(#[from] sled::Error),
+    #[error("record in tree {tree} is corrupt: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+    #[error("record in tree {tree} has format version {found}, newer than this binary ({RECORD_VERSION})")]
+    TooNew { tree: &'static str, found: u8 },
+    #[error("the group-commit flusher has stopped")]
+    FlusherGone,
+    #[error("{0}")]
+    Rejected(String),
+}
+
+fn encode<V: Serialize>(v: &V) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION];
+    serde_json::to_writer(&mut out, v).expect("domain records always serialize");
+    out
+}
+
+fn decode<V: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<V, StoreError> {
+    let (&version, body) = bytes.split_first().ok_or(StoreError::Corrupt {
+        tree,
+        detail: "empty record".into(),
+    })?;
+    if version > RECORD_VERSION {
+        return Err(StoreError::TooNew {
+            tree,
+            found: version,
+        });
+    }
+    // Version 1 is the only format so far; older versions would be migrated here.
+    serde_json::from_slice(body).map_err(|e| StoreError::Corrupt {
+        tree,
+        detail: e.to_string(),
+    })
+}
+
+/// Batches flush requests so that many concurrent writers pay for one fsync.
+#[derive(Clone)]
+struct GroupCommit {
+    tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+}
+
+impl GroupCommit {
+    fn start(db: sled::Db) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
+        std::thread::Builder::new()
+            .name("skiff-group-commit".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut waiters = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        waiters.push(more);
+                    }
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            })
+            .expect("spawning the group-commit thread");
+        GroupCommit { tx }
+    }
+
+    async fn commit(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).map_err(|_| StoreError::FlusherGone)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Engine(sled::Error::Unsupported(e))),
+            Err(_) => Err(StoreError::FlusherGone),
+        }
+    }
+}
+
+/// What a task update closure decided.
+pub enum Decision {
+    /// Store this task, with this event if any.
+    Write { task: Task, event: Option<Event> },
+    /// Nothing changed; here is the task as it is.
+    Keep(Task),
+}
+
+impl Decision {
+    pub fn task(&self) -> &Task {
+        match self {
+            Decision::Write { task, .. } | Decision::Keep(task) => task,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    taskdefs: sled::Tree,
+    tasks: sled::Tree,
+    /// Ids of tasks that are not STOPPED: what the scheduler and reconciler scan.
+    active: sled::Tree,
+    events: sled::Tree,
+    nodes: sled::Tree,
+    commit: GroupCommit,
+    /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
+    /// cursor never skips an event that commits late.
+    writer: Arc<Mutex<ulid::Generator>>,
+}
+
+impl Store {
+    pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Store {
+            taskdefs: db.open_tree("taskdefs")?,
+            tasks: db.open_tree("tasks")?,
+            active: db.open_tree("tasks_active")?,
+            events: db.open_tree("events")?,
+            nodes: db.open_tree("nodes")?,
+            commit: GroupCommit::start(db.clone()),
+            writer: Arc::new(Mutex::new(ulid::Generator::new())),
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.commit.commit().await
+    }
+
+    // --- task definitions: key = family \0 revision (big-endian) ---
+
+    fn taskdef_key(family: &str, revision: u32) -> Vec<u8> {
+        let mut k = family.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(&revision.to_be_bytes());
+        k
+    }
+
+    fn family_prefix(family: &str) -> Vec<u8> {
+        let mut k = family.as_bytes().to_vec();
+        k.push(0);
+        k
+    }
+
+    /// Registers the next revision of a family. Durable on return.
+    pub async fn register_taskdef(
+        &self,
+        family: &str,
+        make: impl FnOnce(u32) -> TaskDefinition,
+    ) -> Result<TaskDefinition, StoreError> {
+        let _guard = self.writer.lock().await;
+        let last = match self
+            .taskdefs
+            .scan_prefix(Self::family_prefix(family))
+            .last()
+        {
+            Some(kv) => decode::<TaskDefinition>("taskdefs", &kv?.1)?.revision,
+            None => 0,
+        };
+        let def = make(last + 1);
+        self.taskdefs
+            .insert(Self::taskdef_key(&def.family, def.revision), encode(&def))?;
+        drop(_guard);
+        self.commit().await?;
+        Ok(def)
+    }
+
+    pub async fn put_taskdef(&self, def: &TaskDefinition) -> Result<(), StoreError> {
+        self.taskdefs
+            .insert(Self::taskdef_key(&def.family, def.revision), encode(def))?;
+        self.commit().await
+    }
+
+    pub fn taskdef(
+        &self,
+        family: &str,
+        revision: u32,
+    ) -> Result<Option<TaskDefinition>, StoreError> {
+        self.taskdefs
+            .get(Self::taskdef_key(family, revision))?
+            .map(|v| decode("taskdefs", &v))
+            .transpose()
+    }
+
+    /// All revisions of a family (or of every family), oldest first.
+    pub fn taskdefs(&self, family: Option<&str>) -> Result<Vec<TaskDefinition>, StoreError> {
+        let iter = match family {
+            Some(f) => self.taskdefs.scan_prefix(Self::family_prefix(f)),
+            None => self.taskdefs.iter(),
+        };
+        iter.map(|kv| decode("taskdefs", &kv?.1)).collect()
+    }
+
+    // --- tasks ---
+
+    pub fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        self.tasks.get(id)?.map(|v| decode("tasks", &v)).transpose()
+    }
+
+    pub fn tasks(&self) -> Result<Vec<Task>, StoreError> {
+        self.tasks
+            .iter()
+            .map(|kv| decode("tasks", &kv?.1))
+            .collect()
+    }
+
+    /// Tasks that are not STOPPED, in creation order.
+    pub fn active_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.active.iter().keys() {
+            if let Some(t) = self.tasks.get(key?)? {
+                out.push(decode("tasks", &t)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a task and its first event atomically. Durable on return.
+    pub async fn create_task(
+        &self,
+        task: &Task,
+        event: impl FnOnce(String) -> Event,
+    ) -> Result<Event, StoreError> {
+        let mut gen = self.writer.lock().await;
+        let event = event(next_event_id(&mut gen));
+        self.write_task_and_event(task, Some(&event))?;
+        drop(gen);
+        self.commit().await?;
+        Ok(event)
+    }
+
+    /// Reads a task, lets `change` decide what it becomes, and writes the task with its event
+    /// atomically. Ok(Ok(None)) means there is no such task. Durable on return.
+    pub async fn update_task<E>(
+        &self,
+        id: &str,
+        change: impl FnOnce(Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
+    ) -> Result<Result<Option<Decision>, E>, StoreError> {
+        let mut gen = self.writer.lock().await;
+        let Some(task) = self.task(id)? else {
+            return Ok(Ok(None));
+        };
+        let mut next_id = || next_event_id(&mut gen);
+        let decision = match change(task, &mut next_id) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        let wrote = matches!(decision, Decision::Write { .. });
+        if let Decision::Write { task, event } = &decision {
+            self.write_task_and_event(task, event.as_ref())?;
+        }
+        drop(gen);
+        if wrote {
+            self.commit().await?;
+        }
+        Ok(Ok(Some(decision)))
+    }
+
+    fn write_task_and_event(&self, task: &Task, event: Option<&Event>) -> Result<(), StoreError> {
+        let task_bytes = encode(task);
+        let event_row = event.map(|e| (event_key(&e.id), encode(e)));
+        let active = task.status.is_active();
+        let res: Result<(), TransactionError<()>> = (&self.tasks, &self.active, &self.events)
+            .transaction(|(tasks, act, events)| {
+                tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
+                if active {
+                    act.insert(task.id.as_bytes(), &[])?;
+                } else {
+                    act.remove(task.id.as_bytes())?;
+                }
+                if let Some((k, v)) = &event_row {
+                    events.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Engine(e)),
+            Err(TransactionError::Abort(())) => {
+                Err(StoreError::Rejected("transaction aborted".into()))
+            }
+        }
+    }
+
+    // --- events: key = ULID bytes, so key order is append order ---
+
+    /// Appends an event that belongs to no task. Durable on return.
+    pub async fn append_event(
+        &self,
+        event: impl FnOnce(String) -> Event,
+    ) -> Result<Event, StoreError> {
+        let mut gen = self.writer.lock().await;
+        let event = event(next_event_id(&mut gen));
+        self.events.insert(event_key(&event.id), encode(&event))?;
+        drop(gen);
+        self.commit().await?;
+        Ok(event)
+    }
+
+    /// Up to `limit` events strictly after `after` (an event id; None = from the start).
+    pub fn events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let start = match after {
+            Some(id) => Bound::Excluded(event_key(id)),
+            None => Bound::Unbounded,
+        };
+        self.events
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|kv| decode("events", &kv?.1))
+            .collect()
+    }
+
+    /// The last `n` events, oldest first.
+    pub fn last_events(&self, n: usize) -> Result<Vec<Event>, StoreError> {
+        let mut out: Vec<Event> = self
+            .events
+            .iter()
+            .rev()
+            .take(n)
+            .map(|kv| decode("events", &kv?.1))
+            .collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    // --- nodes ---
+
+    pub async fn put_node(&self, node: &Node) -> Result<(), StoreError> {
+        self.nodes.insert(node.id.as_bytes(), encode(node))?;
+        self.commit().await
+    }
+
+    pub fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
+        self.nodes.get(id)?.map(|v| decode("nodes", &v)).transpose()
+    }
+
+    pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.nodes
+            .iter()
+            .map(|kv| decode("nodes", &kv?.1))
+            .collect()
+    }
+
+    /// Size of the data dir on disk, for diagnostics.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn next_event_id(gen: &mut ulid::Generator) -> String {
+    // The monotonic generator only fails after 2^80 ids in one millisecond; fall back to a fresh one.
+    gen.generate()
+        .unwrap_or_else(|_| ulid::Ulid::new())
+        .to_string()
+}
+
+/// A malformed cursor sorts before every real id, so it reads from the start rather than failing
+/// here; the API layer validates cursors before they get this far.
+fn event_key(id: &str) -> Vec<u8> {
+    ulid::Ulid::from_string(id)
+        .map(|u| u.to_bytes().to_vec())
+        .unwrap_or_default()
+}

@@ -1,0 +1,389 @@
+//! Validation of user input. Every error names the field (`containers[1].memory_mib`) and says
+//! what is wrong, so a person can fix it without reading code. Nothing here panics on input.
+
+use std::collections::{BTreeMap, HashSet};
+
+use skiff_proto::v1 as pb;
+
+use crate::model::{ContainerDef, NetworkMode, TaskSpec, DEFAULT_STOP_TIMEOUT_SECS};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidField {
+    pub field: String,
+    pub problem: String,
+}
+
+fn bad(field: impl Into<String>, problem: impl Into<String>) -> InvalidField {
+    InvalidField {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Largest memory limit accepted: 1 TiB.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Largest CPU reservation accepted.
+pub const MAX_CPU: f64 = 1024.0;
+/// Longest stop timeout accepted: one hour.
+pub const MAX_STOP_TIMEOUT_SECS: u32 = 3600;
+
+/// Names of families, containers and nodes: letters, digits, `-` and `_`, 1 to 255 characters.
+pub fn check_name(field: &str, name: &str) -> Result<(), InvalidField> {
+    if name.is_empty() {
+        return Err(bad(field, "must not be empty"));
+    }
+    if name.len() > 255 {
+        return Err(bad(
+            field,
+            format!("is {} characters long; at most 255", name.len()),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(bad(
+            field,
+            format!("{name:?} contains {c:?}; use letters, digits, '-' and '_'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Image references this build can run (registry pulls come with the image issue).
+pub fn check_image(field: &str, image: &str) -> Result<(), InvalidField> {
+    let path = image
+        .strip_prefix("dir:")
+        .or_else(|| image.strip_prefix("oci:"));
+    match path {
+        None if image.is_empty() => Err(bad(field, "must not be empty")),
+        None => Err(bad(
+            field,
+            format!("{image:?} is not a supported image source; use dir:/path/to/rootfs or oci:/path/to/layout[:tag]"),
+        )),
+        Some(p) if !p.starts_with('/') => Err(bad(field, format!("{image:?}: the path must be absolute"))),
+        Some(_) => Ok(()),
+    }
+}
+
+fn check_cpu(field: &str, cpu: f64) -> Result<(), InvalidField> {
+    if !cpu.is_finite() || cpu < 0.0 {
+        return Err(bad(
+            field,
+            format!("{cpu} is not a CPU amount; give vCPUs >= 0, e.g. 0.5"),
+        ));
+    }
+    if cpu > MAX_CPU {
+        return Err(bad(
+            field,
+            format!("{cpu} vCPU is more than the maximum {MAX_CPU}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_memory(field: &str, mib: u64) -> Result<(), InvalidField> {
+    if mib > MAX_MEMORY_MIB {
+        return Err(bad(
+            field,
+            format!("{mib} MiB is more than the maximum {MAX_MEMORY_MIB} MiB"),
+        ));
+    }
+    if mib != 0 && mib < 4 {
+        return Err(bad(
+            field,
+            format!("{mib} MiB is too small to start a container; at least 4 MiB"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), InvalidField> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(bad(
+                format!("{field}[{k:?}]"),
+                "names must be non-empty, without '=' or NUL",
+            ));
+        }
+        if v.contains('\0') {
+            return Err(bad(
+                format!("{field}[{k:?}]"),
+                "values must not contain NUL",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_args(field: &str, args: &[String]) -> Result<(), InvalidField> {
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(bad(format!("{field}[{i}]"), "must not contain NUL"));
+    }
+    Ok(())
+}
+
+fn network_mode(field: &str, mode: &str) -> Result<NetworkMode, InvalidField> {
+    match mode {
+        "" | "none" => Ok(NetworkMode::None),
+        "host" => Ok(NetworkMode::Host),
+        other => Err(bad(
+            field,
+            format!("{other:?} is not a network mode; use none or host"),
+        )),
+    }
+}
+
+fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, InvalidField> {
+    let f = |name: &str| format!("containers[{i}].{name}");
+    check_name(&f("name"), &c.name)?;
+    check_image(&f("image"), &c.image)?;
+    check_cpu(&f("cpu"), c.cpu)?;
+    check_memory(&f("memory_mib"), c.memory_mib)?;
+    check_args(&f("entrypoint"), &c.entrypoint)?;
+    check_args(&f("command"), &c.command)?;
+    let environment: BTreeMap<String, String> = c.environment.clone().into_iter().collect();
+    check_env(&f("environment"), &environment)?;
+    let stop_timeout_secs = c.stop_timeout_seconds.unwrap_or(DEFAULT_STOP_TIMEOUT_SECS);
+    if stop_timeout_secs > MAX_STOP_TIMEOUT_SECS {
+        return Err(bad(
+            f("stop_timeout_seconds"),
+            format!("{stop_timeout_secs} s is more than the maximum {MAX_STOP_TIMEOUT_SECS} s"),
+        ));
+    }
+    if !c.working_dir.is_empty() && !c.working_dir.starts_with('/') {
+        return Err(bad(f("working_dir"), "must be an absolute path"));
+    }
+    Ok(ContainerDef {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        entrypoint: c.entrypoint.clone(),
+        command: c.command.clone(),
+        environment,
+        cpu: c.cpu,
+        memory_mib: c.memory_mib,
+        essential: c.essential.unwrap_or(true),
+        stop_timeout_secs,
+        working_dir: c.working_dir.clone(),
+    })
+}
+
+/// Validates a task definition (or an ad-hoc task) and turns it into the spec tasks run.
+pub fn task_spec(input: &pb::TaskDefinitionInput) -> Result<TaskSpec, InvalidField> {
+    if input.containers.is_empty() {
+        return Err(bad("containers", "at least one container is required"));
+    }
+    let mut names = HashSet::new();
+    let mut containers = Vec::with_capacity(input.containers.len());
+    for (i, c) in input.containers.iter().enumerate() {
+        let def = container(i, c)?;
+        if !names.insert(def.name.clone()) {
+            return Err(bad(
+                format!("containers[{i}].name"),
+                format!("{:?} is used twice", def.name),
+            ));
+        }
+        containers.push(def);
+    }
+    if !containers.iter().any(|c| c.essential) {
+        return Err(bad(
+            "containers",
+            "at least one container must be essential",
+        ));
+    }
+    Ok(TaskSpec {
+        containers,
+        network_mode: network_mode("network_mode", &input.network_mode)?,
+        timeout_secs: input.timeout_seconds,
+    })
+}
+
+/// Applies run-time overrides (ECS `overrides`) to a spec.
+pub fn apply_overrides(
+    mut spec: TaskSpec,
+    o: &pb::TaskOverrides,
+) -> Result<TaskSpec, InvalidField> {
+    for (i, co) in o.containers.iter().enumerate() {
+        let f = |name: &str| format!("overrides.containers[{i}].{name}");
+        let Some(c) = spec.containers.iter_mut().find(|c| c.name == co.name) else {
+            let known: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+            return Err(bad(
+                f("name"),
+                format!("no container {:?} in the task (it has {known:?})", co.name),
+            ));
+        };
+        if !co.command.is_empty() {
+            check_args(&f("command"), &co.command)?;
+            c.command = co.command.clone();
+        }
+        let env: BTreeMap<String, String> = co.environment.clone().into_iter().collect();
+        check_env(&f("environment"), &env)?;
+        c.environment.extend(env);
+        if let Some(cpu) = co.cpu {
+            check_cpu(&f("cpu"), cpu)?;
+            c.cpu = cpu;
+        }
+        if let Some(mem) = co.memory_mib {
+            check_memory(&f("memory_mib"), mem)?;
+            c.memory_mib = mem;
+        }
+    }
+    if let Some(t) = o.timeout_seconds {
+        spec.timeout_secs = t;
+    }
+    Ok(spec)
+}
+
+/// Parses `family` or `family:revision`.
+pub fn taskdef_ref(field: &str, s: &str) -> Result<(String, Option<u32>), InvalidField> {
+    let (family, rev) = match s.rsplit_once(':') {
+        Some((f, r)) => {
+            let rev: u32 =
+                r.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    bad(field, format!("{r:?} is not a revision number (1, 2, ...)"))
+                })?;
+            (f, Some(rev))
+        }
+        None => (s, None),
+    };
+    check_name(field, family)?;
+    Ok((family.to_string(), rev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(c: pb::ContainerDefinition) -> pb::TaskDefinitionInput {
+        pb::TaskDefinitionInput {
+            family: "web".into(),
+            containers: vec![c],
+            network_mode: String::new(),
+            timeout_seconds: 0,
+        }
+    }
+
+    fn ok_container() -> pb::ContainerDefinition {
+        pb::ContainerDefinition {
+            name: "main".into(),
+            image: "dir:/images/busybox".into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        }
+    }
+
+    fn err_of(c: pb::ContainerDefinition) -> InvalidField {
+        task_spec(&input(c)).unwrap_err()
+    }
+
+    #[test]
+    fn a_good_definition_gets_defaults() {
+        let spec = task_spec(&input(ok_container())).unwrap();
+        let c = &spec.containers[0];
+        assert!(c.essential);
+        assert_eq!(c.stop_timeout_secs, DEFAULT_STOP_TIMEOUT_SECS);
+        assert_eq!(spec.network_mode, NetworkMode::None);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err_of(pb::ContainerDefinition {
+            memory_mib: 1 << 40,
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].memory_mib");
+        let e = err_of(pb::ContainerDefinition {
+            cpu: f64::NAN,
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].cpu");
+        let e = err_of(pb::ContainerDefinition {
+            cpu: -1.0,
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].cpu");
+        let e = err_of(pb::ContainerDefinition {
+            image: "alpine".into(),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].image");
+        assert!(e.problem.contains("dir:"), "{e}");
+        let e = err_of(pb::ContainerDefinition {
+            image: "dir:relative".into(),
+            ..ok_container()
+        });
+        assert!(e.problem.contains("absolute"), "{e}");
+        let e = err_of(pb::ContainerDefinition {
+            name: "a b".into(),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].name");
+        let e = err_of(pb::ContainerDefinition {
+            stop_timeout_seconds: Some(99999),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].stop_timeout_seconds");
+        let mut env = std::collections::HashMap::new();
+        env.insert("A=B".to_string(), "x".to_string());
+        let e = err_of(pb::ContainerDefinition {
+            environment: env,
+            ..ok_container()
+        });
+        assert!(e.field.starts_with("containers[0].environment"), "{e}");
+    }
+
+    #[test]
+    fn task_level_rules() {
+        let mut i = input(ok_container());
+        i.network_mode = "bridge2".into();
+        assert_eq!(task_spec(&i).unwrap_err().field, "network_mode");
+        let mut i = input(pb::ContainerDefinition {
+            essential: Some(false),
+            ..ok_container()
+        });
+        assert_eq!(task_spec(&i).unwrap_err().field, "containers");
+        i.containers = vec![ok_container(), ok_container()];
+        assert_eq!(task_spec(&i).unwrap_err().field, "containers[1].name");
+        i.containers.clear();
+        assert_eq!(task_spec(&i).unwrap_err().field, "containers");
+    }
+
+    #[test]
+    fn overrides_apply_and_check() {
+        let spec = task_spec(&input(ok_container())).unwrap();
+        let o = pb::TaskOverrides {
+            containers: vec![pb::ContainerOverride {
+                name: "main".into(),
+                command: vec!["echo".into(), "hi".into()],
+                memory_mib: Some(64),
+                ..Default::default()
+            }],
+            timeout_seconds: Some(5),
+        };
+        let s = apply_overrides(spec.clone(), &o).unwrap();
+        assert_eq!(s.containers[0].command, vec!["echo", "hi"]);
+        assert_eq!(s.containers[0].memory_mib, 64);
+        assert_eq!(s.timeout_secs, 5);
+        let o = pb::TaskOverrides {
+            containers: vec![pb::ContainerOverride {
+                name: "nope".into(),
+                ..Default::default()
+            }],
+            timeout_seconds: None,
+        };
+        assert_eq!(
+            apply_overrides(spec, &o).unwrap_err().field,
+            "overrides.containers[0].name"
+        );
+    }
+
+    #[test]
+    fn taskdef_refs() {
+        assert_eq!(taskdef_ref("t", "web").unwrap(), ("web".into(), None));
+        assert_eq!(taskdef_ref("t", "web:3").unwrap(), ("web".into(), Some(3)));
+        assert!(taskdef_ref("t", "web:0").is_err());
+        assert!(taskdef_ref("t", "web:x").is_err());
+        assert!(taskdef_ref("t", ":1").is_err());
+    }
+}
