@@ -1,1 +1,300 @@
+//! skiff's agent: runs task containers on this node and reports on them to the controller.
+//!
+//! The agent never calls libcontainer itself: each container is owned by a `skiff shim`
+//! process (see `shim.rs`) that outlives agent restarts. The agent prepares images and rootfs,
+//! launches and watches shims, serves logs, and keeps one stream open to the controller.
 
+pub mod bundle;
+mod connection;
+pub mod image;
+pub mod logs;
+mod logserve;
+pub mod rootfs;
+pub mod runtime;
+pub mod shim;
+pub mod spec;
+pub mod supervisor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use skiff_proto::v1 as pb;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::supervisor::{Phase, StopRequest, TaskRecord, TASK_FILE};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_id: String,
+    /// The controller's gRPC address, e.g. http://127.0.0.1:7400.
+    pub controller: String,
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    /// Capacity offered to the scheduler; defaults to the machine's.
+    pub cpu: Option<f64>,
+    pub memory_mib: Option<u64>,
+    /// The binary to run as `BINARY shim DIR`; normally the running `skiff` itself.
+    pub shim_exe: PathBuf,
+    pub log_max_bytes: u64,
+    pub log_keep: u32,
+}
+
+impl AgentConfig {
+    pub fn new(node_id: String, controller: String, data_dir: PathBuf) -> AgentConfig {
+        AgentConfig {
+            node_id,
+            controller,
+            data_dir,
+            labels: BTreeMap::new(),
+            cpu: None,
+            memory_mib: None,
+            shim_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
+            log_max_bytes: 10 * 1024 * 1024,
+            log_keep: 3,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+struct TaskEntry {
+    record: TaskRecord,
+    stop: watch::Sender<StopRequest>,
+}
+
+/// State shared by the agent's tasks and connection.
+pub struct AgentInner {
+    pub cfg: AgentConfig,
+    pub images: image::ImageStore,
+    tasks: Mutex<HashMap<String, TaskEntry>>,
+    /// The live connection's outbox; None while disconnected (the next register carries state).
+    outbox: Mutex<Option<mpsc::Sender<pb::AgentMessage>>>,
+    log_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
+}
+
+impl AgentInner {
+    pub fn record(&self, task_id: &str) -> Option<TaskRecord> {
+        self.tasks
+            .lock()
+            .unwrap()
+            .get(task_id)
+            .map(|e| e.record.clone())
+    }
+
+    /// Changes a task's record, persists it, and reports it if anything changed.
+    pub fn update(&self, task_id: &str, change: impl FnOnce(&mut TaskRecord)) {
+        let report = {
+            let mut tasks = self.tasks.lock().unwrap();
+            let Some(entry) = tasks.get_mut(task_id) else {
+                return;
+            };
+            let before = entry.record.clone();
+            change(&mut entry.record);
+            if entry.record == before {
+                return;
+            }
+            self.persist(task_id, &entry.record);
+            report_of(task_id, &entry.record)
+        };
+        self.send(pb::agent_message::Body::Task(report));
+    }
+
+    fn persist(&self, task_id: &str, record: &TaskRecord) {
+        let dir = supervisor::task_dir(&self.cfg.data_dir, task_id);
+        let write = std::fs::create_dir_all(&dir).and_then(|_| {
+            shim::write_atomic(
+                &dir.join(TASK_FILE),
+                &serde_json::to_vec(record).expect("serializable"),
+            )
+        });
+        if let Err(e) = write {
+            warn!(task_id, error = %e, "persisting the task record failed");
+        }
+    }
+
+    fn send(&self, body: pb::agent_message::Body) {
+        let tx = self.outbox.lock().unwrap().clone();
+        if let Some(tx) = tx {
+            // A full or closed outbox means the connection is going; register resends state.
+            let _ = tx.try_send(pb::AgentMessage { body: Some(body) });
+        }
+    }
+
+    fn reports(&self) -> Vec<pb::TaskReport> {
+        self.tasks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, e)| report_of(id, &e.record))
+            .collect()
+    }
+
+    /// Starts a task unless it is already known (StartTask is idempotent by task id).
+    fn start_task(self: &Arc<Self>, spec: spec::TaskSpec) {
+        let id = spec.task_id.clone();
+        let rx = {
+            let mut tasks = self.tasks.lock().unwrap();
+            if let Some(e) = tasks.get(&id) {
+                let report = report_of(&id, &e.record);
+                drop(tasks);
+                self.send(pb::agent_message::Body::Task(report));
+                return;
+            }
+            let record = TaskRecord::new(spec);
+            self.persist(&id, &record);
+            let (stop, rx) = watch::channel(None);
+            tasks.insert(id.clone(), TaskEntry { record, stop });
+            rx
+        };
+        self.update(&id, |_| {});
+        let report = self.record(&id).map(|r| report_of(&id, &r));
+        if let Some(r) = report {
+            self.send(pb::agent_message::Body::Task(r));
+        }
+        tokio::spawn(supervisor::run(self.clone(), id, false, rx));
+    }
+
+    fn stop_task(&self, task_id: &str, code: String, reason: String) {
+        let tasks = self.tasks.lock().unwrap();
+        match tasks.get(task_id) {
+            Some(e) if e.record.phase != Phase::Stopped => {
+                e.stop.send_if_modified(|cur| {
+                    if cur.is_none() {
+                        *cur = Some((code, reason));
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Some(e) => {
+                let report = report_of(task_id, &e.record);
+                drop(tasks);
+                self.send(pb::agent_message::Body::Task(report));
+            }
+            None => {}
+        }
+    }
+
+    /// The controller has recorded the task as STOPPED: drop its record (logs stay on disk).
+    fn forget_task(&self, task_id: &str) {
+        let mut tasks = self.tasks.lock().unwrap();
+        if tasks
+            .get(task_id)
+            .is_some_and(|e| e.record.phase == Phase::Stopped)
+        {
+            tasks.remove(task_id);
+            let _ = std::fs::remove_file(
+                supervisor::task_dir(&self.cfg.data_dir, task_id).join(TASK_FILE),
+            );
+        }
+    }
+}
+
+fn report_of(task_id: &str, r: &TaskRecord) -> pb::TaskReport {
+    pb::TaskReport {
+        task_id: task_id.to_string(),
+        status: r.phase.as_str().to_string(),
+        containers: r
+            .containers
+            .iter()
+            .map(|c| pb::ContainerReport {
+                name: c.name.clone(),
+                status: c.phase.as_str().to_string(),
+                exit_code: c.exit_code,
+                reason: c.reason.clone(),
+            })
+            .collect(),
+        stop_code: r.stop_code.clone(),
+        reason: r.reason.clone(),
+        time_ms: chrono::Utc::now().timestamp_millis(),
+    }
+}
+
+pub struct Agent {
+    inner: Arc<AgentInner>,
+}
+
+impl Agent {
+    /// Prepares the data dir and re-adopts every task a previous agent left running.
+    pub fn open(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        for sub in ["tasks", "images", "run"] {
+            let path = cfg.data_dir.join(sub);
+            std::fs::create_dir_all(&path)
+                .map_err(|source| AgentError::DataDir { path, source })?;
+        }
+        let inner = Arc::new(AgentInner {
+            images: image::ImageStore::new(cfg.data_dir.join("images")),
+            cfg,
+            tasks: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(None),
+            log_cancels: Mutex::new(HashMap::new()),
+        });
+        Ok(Agent { inner })
+    }
+
+    /// Runs until `shutdown` resolves: re-adopts old tasks, then stays connected to the
+    /// controller. Shutting the agent down leaves containers running (their shims own them).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        self.readopt();
+        tokio::select! {
+            _ = connection::run(self.inner.clone()) => {}
+            _ = shutdown => info!("agent shutting down; containers keep running"),
+        }
+    }
+
+    fn readopt(&self) {
+        let dir = self.inner.cfg.data_dir.join("tasks");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path().join(TASK_FILE);
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let record: TaskRecord = match serde_json::from_slice(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "unreadable task record skipped");
+                    continue;
+                }
+            };
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let phase = record.phase;
+            let (stop, rx) = watch::channel(None);
+            self.inner
+                .tasks
+                .lock()
+                .unwrap()
+                .insert(id.clone(), TaskEntry { record, stop });
+            if phase != Phase::Stopped {
+                info!(task_id = %id, phase = phase.as_str(), "re-adopting");
+                tokio::spawn(supervisor::run(self.inner.clone(), id, true, rx));
+            }
+        }
+    }
+}
+
+/// Capacity of this machine: CPUs and total memory.
+pub fn machine_capacity() -> (f64, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(1024 * 1024);
+    (cpus, mem_kib / 1024)
+}

@@ -1,0 +1,273 @@
+//! Builds the OCI runtime spec (`config.json`) for one container from the task's container
+//! spec and the image config, with ECS/Docker precedence: the task's entrypoint and command
+//! override the image's; setting an entrypoint without a command drops the image's Cmd.
+
+use std::path::Path;
+
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, ProcessBuilder,
+    RootBuilder, Spec, UserBuilder,
+};
+
+use crate::image::ImageConfig;
+use crate::spec::{ContainerSpec, NetworkMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error(
+        "container {container}: nothing to run (no entrypoint or command in the task or the image)"
+    )]
+    NoCommand { container: String },
+    #[error("container {container}: user {user:?} is not numeric uid[:gid]")]
+    User { container: String, user: String },
+    #[error("building the runtime spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+/// CFS period used for CPU limits (100 ms, the kernel default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+pub fn process_args(c: &ContainerSpec, image: &ImageConfig) -> Vec<String> {
+    let entrypoint = if c.entrypoint.is_empty() {
+        &image.entrypoint
+    } else {
+        &c.entrypoint
+    };
+    let command: &[String] = if !c.command.is_empty() {
+        &c.command
+    } else if c.entrypoint.is_empty() {
+        &image.cmd
+    } else {
+        &[]
+    };
+    entrypoint.iter().chain(command).cloned().collect()
+}
+
+pub fn environment(
+    c: &ContainerSpec,
+    image: &ImageConfig,
+    extra: &[(String, String)],
+) -> Vec<String> {
+    let mut env: Vec<(String, String)> = vec![(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    )];
+    let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(e) => e.1 = v.to_string(),
+        None => env.push((k.to_string(), v.to_string())),
+    };
+    for kv in &image.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            set(k, v);
+        }
+    }
+    for (k, v) in extra {
+        set(k, v);
+    }
+    for (k, v) in &c.environment {
+        set(k, v);
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn parse_user(container: &str, user: &str) -> Result<(u32, u32), BundleError> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let err = || BundleError::User {
+        container: container.to_string(),
+        user: user.to_string(),
+    };
+    let (u, g) = user.split_once(':').unwrap_or((user, user));
+    Ok((u.parse().map_err(|_| err())?, g.parse().map_err(|_| err())?))
+}
+
+/// Everything that makes one container's runtime spec.
+pub struct BundleInput<'a> {
+    pub container: &'a ContainerSpec,
+    pub image: &'a ImageConfig,
+    pub rootfs: &'a Path,
+    pub hostname: &'a str,
+    pub network: NetworkMode,
+    pub cgroup_path: &'a str,
+    pub extra_env: &'a [(String, String)],
+}
+
+pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
+    let c = input.container;
+    let args = process_args(c, input.image);
+    if args.is_empty() {
+        return Err(BundleError::NoCommand {
+            container: c.name.clone(),
+        });
+    }
+    let cwd = if !c.working_dir.is_empty() {
+        c.working_dir.clone()
+    } else if !input.image.working_dir.is_empty() {
+        input.image.working_dir.clone()
+    } else {
+        "/".to_string()
+    };
+    let (uid, gid) = parse_user(&c.name, &input.image.user)?;
+    let mut spec = Spec::default();
+    let default_process = spec.process().clone().unwrap_or_default();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(args)
+        .env(environment(c, input.image, input.extra_env))
+        .cwd(cwd)
+        .user(UserBuilder::default().uid(uid).gid(gid).build()?)
+        .no_new_privileges(true)
+        .capabilities(default_process.capabilities().clone().unwrap_or_default())
+        .rlimits(default_process.rlimits().clone().unwrap_or_default())
+        .build()?;
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(input.rootfs)
+            .readonly(false)
+            .build()?,
+    ));
+    spec.set_hostname(Some(input.hostname.to_string()));
+
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    if input.network == NetworkMode::Host {
+        let namespaces = linux
+            .namespaces()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
+            .collect();
+        linux.set_namespaces(Some(namespaces));
+    }
+    let mut resources = LinuxResourcesBuilder::default();
+    if c.memory_mib > 0 {
+        let bytes = (c.memory_mib * 1024 * 1024) as i64;
+        // Swap equal to the limit: no swap on top, so the limit is hard.
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes)
+                .swap(bytes)
+                .build()?,
+        );
+    }
+    if c.cpu > 0.0 {
+        let quota = (c.cpu * CPU_PERIOD_US as f64).round().max(1000.0) as i64;
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(CPU_PERIOD_US)
+                .build()?,
+        );
+    }
+    linux.set_resources(Some(resources.build()?));
+    linux.set_cgroups_path(Some(input.cgroup_path.into()));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cspec() -> ContainerSpec {
+        ContainerSpec {
+            name: "main".into(),
+            image: "dir:/x".into(),
+            entrypoint: vec![],
+            command: vec![],
+            environment: Default::default(),
+            cpu: 0.5,
+            memory_mib: 64,
+            essential: true,
+            stop_timeout_secs: 1,
+            working_dir: String::new(),
+        }
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            env: vec!["A=image".into(), "B=image".into()],
+            working_dir: "/app".into(),
+            user: "1000:1000".into(),
+        }
+    }
+
+    #[test]
+    fn ecs_precedence_for_args() {
+        let img = image();
+        assert_eq!(process_args(&cspec(), &img), vec!["/entry", "serve"]);
+        let c = ContainerSpec {
+            command: vec!["x".into()],
+            ..cspec()
+        };
+        assert_eq!(process_args(&c, &img), vec!["/entry", "x"]);
+        let c = ContainerSpec {
+            entrypoint: vec!["/other".into()],
+            ..cspec()
+        };
+        assert_eq!(process_args(&c, &img), vec!["/other"]);
+    }
+
+    #[test]
+    fn task_env_overrides_image_env() {
+        let mut c = cspec();
+        c.environment.insert("B".into(), "task".into());
+        let env = environment(&c, &image(), &[]);
+        assert!(env.contains(&"A=image".to_string()));
+        assert!(env.contains(&"B=task".to_string()));
+        assert!(env.iter().any(|e| e.starts_with("PATH=")));
+    }
+
+    #[test]
+    fn limits_and_namespaces() {
+        let img = image();
+        let c = cspec();
+        let input = BundleInput {
+            container: &c,
+            image: &img,
+            rootfs: Path::new("/r"),
+            hostname: "h",
+            network: NetworkMode::Host,
+            cgroup_path: "/skiff/t",
+            extra_env: &[],
+        };
+        let spec = runtime_spec(&input).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.memory().unwrap().limit(), Some(64 * 1024 * 1024));
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(!ns.contains(&LinuxNamespaceType::Network));
+        assert!(ns.contains(&LinuxNamespaceType::Pid));
+        assert_eq!(spec.process().as_ref().unwrap().cwd(), Path::new("/app"));
+        assert_eq!(spec.process().as_ref().unwrap().user().uid(), 1000);
+    }
+
+    #[test]
+    fn nothing_to_run_is_an_error() {
+        let c = cspec();
+        let input = BundleInput {
+            container: &c,
+            image: &ImageConfig::default(),
+            rootfs: Path::new("/r"),
+            hostname: "h",
+            network: NetworkMode::None,
+            cgroup_path: "/skiff/t",
+            extra_env: &[],
+        };
+        assert!(matches!(
+            runtime_spec(&input),
+            Err(BundleError::NoCommand { .. })
+        ));
+    }
+}

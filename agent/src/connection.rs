@@ -1,0 +1,90 @@
+//! The agent's end of the agent channel: dial the controller, register with every task this
+//! node has, heartbeat, and act on what the controller sends. Reconnects with backoff forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use crate::spec::TaskSpec;
+use crate::{logserve, machine_capacity, AgentInner};
+
+use pb::controller_message::Body as In;
+
+pub async fn run(agent: Arc<AgentInner>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&agent).await {
+            Ok(()) => info!("controller closed the session; reconnecting"),
+            Err(e) => warn!(error = %e, "controller session failed; reconnecting"),
+        }
+        *agent.outbox.lock().unwrap() = None;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(agent.cfg.controller.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await?;
+    let mut client = pb::agent_channel_client::AgentChannelClient::new(channel);
+
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(1024);
+    let (machine_cpu, machine_mem) = machine_capacity();
+    let register = pb::Register {
+        node_id: agent.cfg.node_id.clone(),
+        labels: agent.cfg.labels.clone().into_iter().collect(),
+        cpu: agent.cfg.cpu.unwrap_or(machine_cpu),
+        memory_mib: agent.cfg.memory_mib.unwrap_or(machine_mem),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        tasks: agent.reports(),
+    };
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Register(register)),
+    })
+    .await?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    // From here, reports go out live.
+    *agent.outbox.lock().unwrap() = Some(tx.clone());
+    // Anything that changed between building the register and now is re-sent.
+    for r in agent.reports() {
+        let _ = tx.try_send(pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Task(r)),
+        });
+    }
+    info!(controller = %agent.cfg.controller, node_id = %agent.cfg.node_id, "connected");
+
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let Some(msg) = msg? else { return Ok(()) };
+                match msg.body {
+                    Some(In::Registered(r)) => {
+                        let every = Duration::from_millis(r.heartbeat_interval_ms.max(100) as u64);
+                        heartbeat = tokio::time::interval(every);
+                    }
+                    Some(In::Start(s)) => agent.start_task(TaskSpec::from_proto(&s)),
+                    Some(In::Stop(s)) => agent.stop_task(&s.task_id, s.stop_code, s.reason),
+                    Some(In::Forget(f)) => agent.forget_task(&f.task_id),
+                    Some(In::Logs(req)) => logserve::start(agent.clone(), req),
+                    Some(In::CancelLogs(c)) => logserve::cancel(agent, c.request_id),
+                    None => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                let hb = pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})) };
+                if tx.send(hb).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Serves log requests from the controller: reads a task's container logs from disk (rotated
+//! files oldest first) and, when following, keeps sending what the shim appends until the
+//! container has exited and its log is drained, or the request is cancelled.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_proto::v1 as pb;
+use tokio::sync::watch;
+
+use crate::logs::{self, Record, LOG_FILE};
+use crate::shim::EXIT;
+use crate::supervisor::task_dir;
+use crate::AgentInner;
+
+pub fn start(agent: Arc<AgentInner>, req: pb::LogRequest) {
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    agent
+        .log_cancels
+        .lock()
+        .unwrap()
+        .insert(req.request_id, cancel_tx);
+    tokio::spawn(async move {
+        let result = serve(&agent, &req, cancel_rx).await;
+        let (eof, error) = match result {
+            Ok(()) => (true, String::new()),
+            Err(e) => (true, e),
+        };
+        agent.send(pb::agent_message::Body::Log(pb::LogData {
+            request_id: req.request_id,
+            eof,
+            error,
+            ..Default::default()
+        }));
+        agent.log_cancels.lock().unwrap().remove(&req.request_id);
+    });
+}
+
+pub fn cancel(agent: &AgentInner, request_id: u64) {
+    if let Some(tx) = agent.log_cancels.lock().unwrap().remove(&request_id) {
+        let _ = tx.send(true);
+    }
+}
+
+async fn serve(
+    agent: &Arc<AgentInner>,
+    req: &pb::LogRequest,
+    cancel: watch::Receiver<bool>,
+) -> Result<(), String> {
+    if req.task_id.is_empty() || req.task_id.contains('/') || req.task_id.contains("..") {
+        return Err(format!("bad task id {:?}", req.task_id));
+    }
+    let dir = task_dir(&agent.cfg.data_dir, &req.task_id);
+    let mut containers: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|_| {
+            format!(
+                "no logs for task {} on node {}",
+                req.task_id, agent.cfg.node_id
+            )
+        })?
+        .flatten()
+        .filter(|e| e.path().join(LOG_FILE).exists() || e.path().join("shim.json").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    containers.sort();
+    if !req.container.is_empty() {
+        containers.retain(|c| *c == req.container);
+    }
+    let mut followers = Vec::new();
+    for name in containers {
+        let agent = agent.clone();
+        let cdir = dir.join(&name);
+        let (request_id, follow, cancel) = (req.request_id, req.follow, cancel.clone());
+        followers.push(tokio::spawn(async move {
+            stream_container(&agent, request_id, &name, &cdir, follow, cancel).await
+        }));
+    }
+    for f in followers {
+        let _ = f.await;
+    }
+    Ok(())
+}
+
+/// A log file being read, identified by inode so rotation is noticed.
+struct Tail {
+    reader: BufReader<File>,
+    inode: u64,
+    carry: Vec<u8>,
+}
+
+impl Tail {
+    fn open(path: &Path) -> Option<Tail> {
+        let f = File::open(path).ok()?;
+        let inode = f.metadata().ok()?.ino();
+        Some(Tail {
+            reader: BufReader::new(f),
+            inode,
+            carry: Vec::new(),
+        })
+    }
+}
+
+async fn stream_container(
+    agent: &AgentInner,
+    request_id: u64,
+    name: &str,
+    dir: &Path,
+    follow: bool,
+    cancel: watch::Receiver<bool>,
+) {
+    let path: PathBuf = dir.join(LOG_FILE);
+    let send = |records: Vec<Record>| {
+        for chunk in group(records) {
+            agent.send(pb::agent_message::Body::Log(pb::LogData {
+                request_id,
+                container: name.to_string(),
+                stream: chunk.stream.as_str().to_string(),
+                data: chunk.data,
+                eof: false,
+                error: String::new(),
+            }));
+        }
+    };
+    // Rotated files first, oldest first, then the live file.
+    for old in logs::log_files(&path).into_iter().filter(|p| *p != path) {
+        if let Some(mut t) = Tail::open(&old) {
+            send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default());
+        }
+    }
+    let mut tail = Tail::open(&path);
+    loop {
+        if *cancel.borrow() {
+            return;
+        }
+        let exited = dir.join(EXIT).exists();
+        if let Some(t) = tail.as_mut() {
+            send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default());
+            // Rotated under us: finish the old file (done above), switch to the new one.
+            let rotated = std::fs::metadata(&path)
+                .map(|m| m.ino() != t.inode)
+                .unwrap_or(false);
+            if rotated {
+                tail = Tail::open(&path);
+                continue;
+            }
+        } else {
+            tail = Tail::open(&path);
+        }
+        if !follow || exited {
+            if let Some(t) = tail.as_mut() {
+                send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default());
+            }
+            return;
+        }
+        let mut c = cancel.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = c.changed() => {}
+        }
+    }
+}
+
+/// Joins consecutive records of one stream into chunks of at most 32 KiB.
+fn group(records: Vec<Record>) -> Vec<Record> {
+    let mut out: Vec<Record> = Vec::new();
+    for r in records {
+        match out.last_mut() {
+            Some(last)
+                if last.stream == r.stream && last.data.len() + r.data.len() <= 32 * 1024 =>
+            {
+                last.data.extend_from_slice(&r.data)
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}

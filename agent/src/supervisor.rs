@@ -1,0 +1,354 @@
+//! One task's life on this node: prepare images and rootfs, launch a shim per container, watch
+//! them, stop the rest when an essential container exits, enforce the task timeout, clean up,
+//! and report every change. The task's record is persisted at each step (`task.json`), so a
+//! restarted agent can pick the task up where it was.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::bundle::{self, BundleInput};
+use crate::rootfs;
+use crate::runtime::{self, ShimHandle};
+use crate::shim::{self, ShimConfig};
+use crate::spec::TaskSpec;
+use crate::AgentInner;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Phase {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "PENDING",
+            Phase::Running => "RUNNING",
+            Phase::Stopping => "STOPPING",
+            Phase::Stopped => "STOPPED",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainerRecord {
+    pub name: String,
+    pub phase: Phase,
+    pub exit_code: Option<i32>,
+    pub reason: String,
+}
+
+/// What the agent keeps about a task, in memory and in `task.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskRecord {
+    pub spec: TaskSpec,
+    pub phase: Phase,
+    pub containers: Vec<ContainerRecord>,
+    pub stop_code: String,
+    pub reason: String,
+    pub started_at_ms: i64,
+}
+
+/// A stop request: (stop code, reason).
+pub type StopRequest = Option<(String, String)>;
+
+pub const TASK_FILE: &str = "task.json";
+
+pub fn task_dir(data_dir: &Path, task_id: &str) -> PathBuf {
+    data_dir.join("tasks").join(task_id)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl TaskRecord {
+    pub fn new(spec: TaskSpec) -> TaskRecord {
+        TaskRecord {
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| ContainerRecord {
+                    name: c.name.clone(),
+                    phase: Phase::Pending,
+                    exit_code: None,
+                    reason: String::new(),
+                })
+                .collect(),
+            spec,
+            phase: Phase::Pending,
+            stop_code: String::new(),
+            reason: String::new(),
+            started_at_ms: 0,
+        }
+    }
+}
+
+/// Runs (or, with `adopt`, resumes) a task to its end.
+pub async fn run(
+    agent: Arc<AgentInner>,
+    task_id: String,
+    adopt: bool,
+    mut stop: watch::Receiver<StopRequest>,
+) {
+    let span = tracing::info_span!("task", task_id = %task_id);
+    let _enter = span.enter();
+    let Some(record) = agent.record(&task_id) else {
+        return;
+    };
+    let dir = task_dir(&agent.cfg.data_dir, &task_id);
+    let handles: Vec<Option<ShimHandle>> = if adopt && record.phase != Phase::Pending {
+        record
+            .spec
+            .containers
+            .iter()
+            .map(|c| runtime::adopt(&dir.join(&c.name)))
+            .collect()
+    } else {
+        if adopt {
+            // The agent died while starting this task: whatever started must go.
+            for c in &record.spec.containers {
+                if let Some(h) = runtime::adopt(&dir.join(&c.name)) {
+                    h.stop();
+                    h.exited().await;
+                }
+            }
+            finish(
+                &agent,
+                &task_id,
+                "TaskFailedToStart",
+                "the agent restarted while the task was starting".into(),
+            )
+            .await;
+            return;
+        }
+        match start(&agent, &task_id, &record.spec).await {
+            Ok(h) => h.into_iter().map(Some).collect(),
+            Err(reason) => {
+                finish(&agent, &task_id, "TaskFailedToStart", reason).await;
+                return;
+            }
+        }
+    };
+    if !adopt || record.phase == Phase::Pending {
+        agent.update(&task_id, |r| {
+            r.phase = Phase::Running;
+            r.started_at_ms = now_ms();
+            for c in &mut r.containers {
+                c.phase = Phase::Running;
+            }
+        });
+        info!("running");
+    } else {
+        info!("re-adopted");
+    }
+    supervise(&agent, &task_id, &dir, handles, &mut stop).await;
+}
+
+/// Prepares every container and launches their shims. On failure, stops what started.
+async fn start(
+    agent: &Arc<AgentInner>,
+    task_id: &str,
+    spec: &TaskSpec,
+) -> Result<Vec<ShimHandle>, String> {
+    let mut handles = Vec::new();
+    for c in &spec.containers {
+        let agent2 = agent.clone();
+        let (task_id2, c2, network) = (task_id.to_string(), c.clone(), spec.network);
+        let launched = tokio::task::spawn_blocking(move || -> Result<ShimHandle, String> {
+            let dir = task_dir(&agent2.cfg.data_dir, &task_id2).join(&c2.name);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let image = agent2
+                .images
+                .resolve(&c2.image)
+                .map_err(|e| e.to_string())?;
+            let rootfs = rootfs::prepare(&image.rootfs, &dir)
+                .map_err(|e| format!("preparing the rootfs: {e}"))?;
+            let container_id = format!("{task_id2}-{}", c2.name);
+            let cgroup_path = format!("/skiff/{container_id}");
+            let hostname: String = task_id2.chars().take(12).collect();
+            let extra_env = vec![
+                ("SKIFF_TASK_ID".to_string(), task_id2.clone()),
+                ("SKIFF_CONTAINER_NAME".to_string(), c2.name.clone()),
+            ];
+            let spec = bundle::runtime_spec(&BundleInput {
+                container: &c2,
+                image: &image.config,
+                rootfs: &rootfs,
+                hostname: &hostname,
+                network,
+                cgroup_path: &cgroup_path,
+                extra_env: &extra_env,
+            })
+            .map_err(|e| e.to_string())?;
+            spec.save(dir.join("config.json"))
+                .map_err(|e| format!("writing config.json: {e}"))?;
+            runtime::write_shim_config(
+                &dir,
+                &ShimConfig {
+                    container_id,
+                    bundle: dir.clone(),
+                    state_root: agent2.cfg.data_dir.join("run"),
+                    log_path: dir.join(crate::logs::LOG_FILE),
+                    log_max_bytes: agent2.cfg.log_max_bytes,
+                    log_keep: agent2.cfg.log_keep,
+                    stop_timeout_secs: c2.stop_timeout_secs,
+                    cgroup_path,
+                },
+            )
+            .map_err(|e| format!("writing shim.json: {e}"))?;
+            runtime::launch(&agent2.cfg.shim_exe, &dir)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("preparing container: {e}")));
+        match launched {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                for h in handles {
+                    h.stop();
+                    h.exited().await;
+                }
+                cleanup(agent, task_id, spec).await;
+                return Err(format!("container {}: {e}", c.name));
+            }
+        }
+    }
+    Ok(handles)
+}
+
+async fn supervise(
+    agent: &Arc<AgentInner>,
+    task_id: &str,
+    dir: &Path,
+    handles: Vec<Option<ShimHandle>>,
+    stop: &mut watch::Receiver<StopRequest>,
+) {
+    let Some(record) = agent.record(task_id) else {
+        return;
+    };
+    let spec = record.spec.clone();
+    let mut pids: Vec<Option<runtime::ShimStopper>> = Vec::new();
+    let mut waiting = FuturesUnordered::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        pids.push(h.as_ref().and_then(ShimHandle::stopper));
+        // None: gone while the agent was away; its exit is already recorded (or lost).
+        waiting.push(async move {
+            if let Some(h) = h {
+                h.exited().await;
+            }
+            i
+        });
+    }
+    let deadline = (spec.timeout_secs > 0).then(|| {
+        let end = record.started_at_ms + (spec.timeout_secs as i64) * 1000;
+        tokio::time::Instant::now() + Duration::from_millis((end - now_ms()).max(0) as u64)
+    });
+    let mut stopping: Option<(String, String)> = None;
+    if record.phase == Phase::Stopping {
+        stopping = Some((record.stop_code.clone(), record.reason.clone()));
+    }
+    // A stop that arrived before or during start.
+    let mut pending_stop = stop.borrow_and_update().clone();
+    loop {
+        if let Some((code, reason)) = pending_stop.take() {
+            if stopping.is_none() {
+                info!(stop_code = %code, "stopping");
+                stopping = Some((code.clone(), reason.clone()));
+                agent.update(task_id, |r| {
+                    r.phase = Phase::Stopping;
+                    r.stop_code = code;
+                    r.reason = reason;
+                });
+                for p in pids.iter().flatten() {
+                    p.stop();
+                }
+            }
+        }
+        tokio::select! {
+            done = waiting.next() => {
+                let Some(i) = done else { break };
+                let c = &spec.containers[i];
+                let exit = runtime::exit_record(&dir.join(&c.name));
+                pids[i] = None;
+                let reason = if exit.oom_killed {
+                    "OutOfMemoryError: Container killed due to memory usage".to_string()
+                } else {
+                    exit.error.clone().unwrap_or_default()
+                };
+                info!(container = %c.name, exit_code = ?exit.exit_code, %reason, "container exited");
+                agent.update(task_id, |r| {
+                    if let Some(cr) = r.containers.get_mut(i) {
+                        cr.phase = Phase::Stopped;
+                        cr.exit_code = exit.exit_code;
+                        cr.reason = reason.clone();
+                    }
+                });
+                if c.essential && stopping.is_none() {
+                    pending_stop = Some((
+                        "EssentialContainerExited".to_string(),
+                        format!("Essential container in task exited ({}: exit code {})", c.name,
+                            exit.exit_code.map_or("unknown".to_string(), |c| c.to_string())),
+                    ));
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_ok() {
+                    pending_stop = stop.borrow_and_update().clone();
+                }
+            }
+            _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() && stopping.is_none() => {
+                pending_stop = Some((
+                    "TimedOut".to_string(),
+                    format!("Task exceeded its timeout of {}s", spec.timeout_secs),
+                ));
+            }
+        }
+    }
+    let (code, reason) = stopping.unwrap_or_else(|| {
+        (
+            "EssentialContainerExited".to_string(),
+            "All containers exited".to_string(),
+        )
+    });
+    cleanup(agent, task_id, &spec).await;
+    finish(agent, task_id, &code, reason).await;
+}
+
+async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
+    let dir = task_dir(&agent.cfg.data_dir, task_id);
+    let names: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for n in names {
+            let cdir = dir.join(&n);
+            if let Err(e) = rootfs::release(&cdir) {
+                warn!(container = %n, error = %e, "rootfs cleanup failed");
+            }
+            let _ = std::fs::remove_file(cdir.join(shim::SHIM_PID));
+        }
+    })
+    .await;
+}
+
+async fn finish(agent: &Arc<AgentInner>, task_id: &str, code: &str, reason: String) {
+    info!(stop_code = code, %reason, "stopped");
+    agent.update(task_id, |r| {
+        r.phase = Phase::Stopped;
+        if r.stop_code.is_empty() || code == "TaskFailedToStart" {
+            r.stop_code = code.to_string();
+            r.reason = reason;
+        }
+        for c in &mut r.containers {
+            c.phase = Phase::Stopped;
+        }
+    });
+}
