@@ -11,6 +11,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // JSON output for the CLI (`-o json`) and scripts, in the camelCase of ECS/EventBridge.
+        .type_attribute(
+            ".skiff.v1",
+            "#[derive(serde::Serialize)] #[serde(rename_all = \"camelCase\")]",
+        )
         .file_descriptor_set_path(out.join("skiff_descriptor.bin"))
         .compile_protos(&files, &["."])?;
     for f in files {

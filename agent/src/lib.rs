@@ -280,6 +280,10 @@ impl Agent {
             if phase != Phase::Stopped {
                 info!(task_id = %id, phase = phase.as_str(), "re-adopting");
                 tokio::spawn(supervisor::run(self.inner.clone(), id, true, rx));
+            } else if let Some(record) = self.inner.record(&id) {
+                // It may have stopped just before the old agent could clean up.
+                let inner = self.inner.clone();
+                tokio::spawn(async move { supervisor::cleanup(&inner, &id, &record.spec).await });
             }
         }
     }

@@ -55,6 +55,7 @@ pub fn release(dir: &Path) -> io::Result<()> {
         // Not mounted (copy fallback, or already released) is fine.
         let _ = umount2(&merged, MntFlags::MNT_DETACH);
     }
+    // A volatile overlay leaves work/incompat/volatile behind; it goes with `work`.
     for d in ["rootfs", "upper", "work"] {
         match fs::remove_dir_all(dir.join(d)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

@@ -67,9 +67,10 @@ pub struct ExitRecord {
 /// Writes a file atomically (temp file + rename), so readers never see half of it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
+    // No fsync: these files matter only within one boot (containers do not survive a reboot),
+    // and the rename alone makes them atomic against process crashes.
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
     fs::rename(tmp, path)
 }
 

@@ -320,11 +320,14 @@ async fn supervise(
             "All containers exited".to_string(),
         )
     });
-    cleanup(agent, task_id, &spec).await;
+    // Report first: the containers are gone and their cgroups deleted, so the task no longer
+    // holds node resources. The rootfs removal that follows is idempotent and is redone on
+    // agent restart for every STOPPED task, so it cannot be lost.
     finish(agent, task_id, &code, reason).await;
+    cleanup(agent, task_id, &spec).await;
 }
 
-async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
+pub async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
     let dir = task_dir(&agent.cfg.data_dir, task_id);
     let names: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
     let _ = tokio::task::spawn_blocking(move || {

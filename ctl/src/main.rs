@@ -1,1 +1,104 @@
-fn main() {}
+//! The `skiff` binary: argument parsing and wiring only. The controller and agent are
+//! libraries; the client commands are thin gRPC calls; only this crate knows about terminals.
+
+mod client;
+mod config;
+mod output;
+mod run_task;
+mod serve;
+mod taskdef_file;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Self-hosted, event-driven container scheduler"
+)]
+struct Cli {
+    /// Controller gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "SKIFF_ADDR",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    addr: String,
+    /// Output format for client commands.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = output::Format::Table)]
+    output: output::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Controller and a local agent in one process, with embedded defaults.
+    Dev(serve::DevArgs),
+    /// Run the controller.
+    Controller(serve::ControllerArgs),
+    /// Run an agent on this node.
+    Agent(serve::AgentArgs),
+    /// Run a one-off task.
+    RunTask(run_task::RunTaskArgs),
+    /// Inspect and control tasks.
+    #[command(subcommand)]
+    Tasks(client::TasksCmd),
+    /// Register and inspect task definitions.
+    #[command(subcommand)]
+    Taskdefs(client::TaskdefsCmd),
+    /// Inspect nodes.
+    #[command(subcommand)]
+    Nodes(client::NodesCmd),
+    /// Read the event bus.
+    #[command(subcommand)]
+    Events(client::EventsCmd),
+    /// Internal: own one container (started by the agent).
+    #[command(hide = true)]
+    Shim { dir: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The shim must stay single-threaded: libcontainer forks and clones. No runtime for it.
+    if let Command::Shim { dir } = &cli.command {
+        return ExitCode::from(skiff_agent::shim::main(dir) as u8);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skiff: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        let fmt = cli.output;
+        match cli.command {
+            Command::Dev(a) => serve::dev(a).await.map(|_| 0),
+            Command::Controller(a) => serve::controller(a).await.map(|_| 0),
+            Command::Agent(a) => serve::agent(a, &cli.addr).await.map(|_| 0),
+            Command::RunTask(a) => run_task::run(&cli.addr, fmt, a).await,
+            Command::Tasks(c) => client::tasks(&cli.addr, fmt, c).await,
+            Command::Taskdefs(c) => client::taskdefs(&cli.addr, fmt, c).await,
+            Command::Nodes(c) => client::nodes(&cli.addr, fmt, c).await,
+            Command::Events(c) => client::events(&cli.addr, fmt, c).await,
+            Command::Shim { .. } => unreachable!("handled above"),
+        }
+    });
+    // Client streams may leave tasks behind; do not wait for them.
+    rt.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("skiff: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

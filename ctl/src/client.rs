@@ -1,0 +1,527 @@
+//! Client commands: thin gRPC calls with human or JSON output.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use skiff_proto::v1 as pb;
+use tonic::transport::Channel;
+
+use crate::output::{self, Format};
+
+pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .with_context(|| format!("--addr: {addr:?} is not a URL like http://127.0.0.1:7400"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    endpoint.connect().await.with_context(|| {
+        format!(
+            "cannot reach the skiff controller at {addr} (is it running? set --addr or SKIFF_ADDR)"
+        )
+    })
+}
+
+/// Turns an API error into a message a person can act on.
+pub fn api_error(s: tonic::Status) -> anyhow::Error {
+    use tonic::Code::*;
+    let kind = match s.code() {
+        InvalidArgument => "invalid input",
+        NotFound => "not found",
+        FailedPrecondition => "not possible now",
+        Unavailable => "unavailable",
+        PermissionDenied => "permission denied",
+        Unauthenticated => "not authenticated",
+        _ => "error",
+    };
+    anyhow::anyhow!("{kind}: {}", s.message())
+}
+
+#[derive(Subcommand)]
+pub enum TasksCmd {
+    /// List tasks, newest first.
+    Ls {
+        /// PROVISIONING, PENDING, RUNNING, STOPPING or STOPPED.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        family: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one task.
+    Describe { id: String },
+    /// Stop a task (SIGTERM, then SIGKILL after the stop timeout).
+    Stop {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Print a task's logs.
+    Logs {
+        id: String,
+        /// Keep streaming until the task stops.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        container: Option<String>,
+    },
+    /// Wait until a task is STOPPED and exit with its essential container's exit code.
+    Wait { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum TaskdefsCmd {
+    /// Register a new revision from a JSON or TOML file.
+    Register {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List task definitions.
+    Ls {
+        #[arg(long)]
+        family: Option<String>,
+        /// Include deregistered revisions.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show FAMILY (latest) or FAMILY:REVISION.
+    Describe { task_definition: String },
+    /// Mark FAMILY:REVISION inactive.
+    Deregister { task_definition: String },
+}
+
+#[derive(Subcommand)]
+pub enum NodesCmd {
+    /// List nodes with capacity and use.
+    Ls,
+}
+
+#[derive(Subcommand)]
+pub enum EventsCmd {
+    /// Print events from the bus.
+    Tail {
+        /// Keep streaming new events.
+        #[arg(short, long)]
+        follow: bool,
+        /// Start after this event id.
+        #[arg(long)]
+        after: Option<String>,
+        /// Only the last N events (before following).
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+    },
+}
+
+fn task_rows(tasks: &[pb::Task]) -> String {
+    output::table(
+        &[
+            "ID",
+            "DEFINITION",
+            "STATUS",
+            "DESIRED",
+            "NODE",
+            "STOP CODE",
+            "EXIT",
+            "CREATED",
+        ],
+        tasks
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    if t.task_definition.is_empty() {
+                        "-".into()
+                    } else {
+                        t.task_definition.clone()
+                    },
+                    t.last_status.clone(),
+                    t.desired_status.clone(),
+                    if t.node_id.is_empty() {
+                        "-".into()
+                    } else {
+                        t.node_id.clone()
+                    },
+                    if t.stop_code.is_empty() {
+                        "-".into()
+                    } else {
+                        t.stop_code.clone()
+                    },
+                    essential_exit(t).map_or("-".into(), |c| c.to_string()),
+                    output::time(t.created_at_ms),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// The exit code of the first essential container that has one.
+pub fn essential_exit(t: &pb::Task) -> Option<i32> {
+    t.containers
+        .iter()
+        .filter(|c| c.essential)
+        .find_map(|c| c.exit_code)
+}
+
+pub fn describe_task(t: &pb::Task) -> String {
+    let mut s = String::new();
+    let mut kv = |k: &str, v: String| {
+        if !v.is_empty() {
+            s.push_str(&format!("{k:<16}{v}\n"));
+        }
+    };
+    kv("Task:", t.id.clone());
+    kv("Definition:", t.task_definition.clone());
+    kv("Group:", t.group.clone());
+    kv(
+        "Status:",
+        format!("{} (desired {})", t.last_status, t.desired_status),
+    );
+    kv("Waiting:", t.status_reason.clone());
+    kv("Node:", t.node_id.clone());
+    kv(
+        "Resources:",
+        format!(
+            "{} vCPU, {} MiB, network {}",
+            t.cpu, t.memory_mib, t.network_mode
+        ),
+    );
+    if t.timeout_seconds > 0 {
+        kv("Timeout:", format!("{}s", t.timeout_seconds));
+    }
+    kv("Stop code:", t.stop_code.clone());
+    kv("Stopped reason:", t.stopped_reason.clone());
+    kv("Created:", output::time(t.created_at_ms));
+    kv("Started:", output::time(t.started_at_ms));
+    kv("Stopped:", output::time(t.stopped_at_ms));
+    kv(
+        "Ran for:",
+        output::span(
+            t.started_at_ms,
+            if t.stopped_at_ms > 0 {
+                t.stopped_at_ms
+            } else {
+                chrono::Utc::now().timestamp_millis()
+            },
+        ),
+    );
+    s.push_str("Containers:\n");
+    s.push_str(&output::table(
+        &["  NAME", "IMAGE", "STATUS", "ESSENTIAL", "EXIT", "REASON"],
+        t.containers
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("  {}", c.name),
+                    c.image.clone(),
+                    c.last_status.clone(),
+                    c.essential.to_string(),
+                    c.exit_code.map_or("-".into(), |e| e.to_string()),
+                    if c.reason.is_empty() {
+                        "-".into()
+                    } else {
+                        c.reason.clone()
+                    },
+                ]
+            })
+            .collect(),
+    ));
+    s
+}
+
+pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32> {
+    let mut client = pb::tasks_client::TasksClient::new(connect(addr).await?);
+    match cmd {
+        TasksCmd::Ls {
+            status,
+            family,
+            node,
+            limit,
+        } => {
+            let resp = client
+                .list(pb::ListTasksRequest {
+                    status: status.unwrap_or_default(),
+                    family: family.unwrap_or_default(),
+                    node_id: node.unwrap_or_default(),
+                    limit,
+                })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            match fmt {
+                Format::Json => println!("{}", output::json(&resp.tasks)),
+                Format::Table => println!("{}", task_rows(&resp.tasks)),
+            }
+        }
+        TasksCmd::Describe { id } => {
+            let t = client
+                .describe(pb::TaskRef { id })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            match fmt {
+                Format::Json => println!("{}", output::json(&t)),
+                Format::Table => print!("{}", describe_task(&t)),
+            }
+        }
+        TasksCmd::Stop { id, reason } => {
+            let t = client
+                .stop(pb::StopTaskRequest {
+                    id,
+                    reason: reason.unwrap_or_default(),
+                })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            match fmt {
+                Format::Json => println!("{}", output::json(&t)),
+                Format::Table => {
+                    println!("{} {} (desired {})", t.id, t.last_status, t.desired_status)
+                }
+            }
+        }
+        TasksCmd::Logs {
+            id,
+            follow,
+            container,
+        } => {
+            stream_logs(&mut client, &id, follow, container.unwrap_or_default()).await?;
+        }
+        TasksCmd::Wait { id } => {
+            let t = client
+                .wait(pb::TaskRef { id })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            if fmt == Format::Json {
+                println!("{}", output::json(&t));
+            }
+            return Ok(crate::run_task::exit_status(&t));
+        }
+    }
+    Ok(0)
+}
+
+/// Copies a task's logs to stdout/stderr, each line to the stream the container wrote it to.
+pub async fn stream_logs(
+    client: &mut pb::tasks_client::TasksClient<Channel>,
+    id: &str,
+    follow: bool,
+    container: String,
+) -> anyhow::Result<()> {
+    let mut stream = client
+        .logs(pb::TaskLogsRequest {
+            id: id.to_string(),
+            container,
+            follow,
+        })
+        .await
+        .map_err(api_error)?
+        .into_inner();
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    while let Some(chunk) = stream.message().await.map_err(api_error)? {
+        if chunk.stream == "stderr" {
+            err.write_all(&chunk.data)?;
+        } else {
+            out.write_all(&chunk.data)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn taskdefs(addr: &str, fmt: Format, cmd: TaskdefsCmd) -> anyhow::Result<i32> {
+    let mut client = pb::task_definitions_client::TaskDefinitionsClient::new(connect(addr).await?);
+    let show = |d: &pb::TaskDefinition| match fmt {
+        Format::Json => output::json(d),
+        Format::Table => {
+            let mut s = format!("{}:{} ({})\n", d.family, d.revision, d.status);
+            for c in &d.containers {
+                s.push_str(&format!(
+                    "  {}  {}  {:?} {:?}  cpu={} memory={}MiB essential={}\n",
+                    c.name,
+                    c.image,
+                    c.entrypoint,
+                    c.command,
+                    c.cpu,
+                    c.memory_mib,
+                    c.essential.unwrap_or(true)
+                ));
+            }
+            s.trim_end().to_string()
+        }
+    };
+    match cmd {
+        TaskdefsCmd::Register { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let definition = crate::taskdef_file::parse(&file, &text)?;
+            let d = client
+                .register(pb::RegisterTaskDefinitionRequest {
+                    definition: Some(definition),
+                })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            match fmt {
+                Format::Json => println!("{}", output::json(&d)),
+                Format::Table => println!("registered {}:{}", d.family, d.revision),
+            }
+        }
+        TaskdefsCmd::Ls { family, all } => {
+            let resp = client
+                .list(pb::ListTaskDefinitionsRequest {
+                    family: family.unwrap_or_default(),
+                    include_inactive: all,
+                })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            match fmt {
+                Format::Json => println!("{}", output::json(&resp.definitions)),
+                Format::Table => println!(
+                    "{}",
+                    output::table(
+                        &["DEFINITION", "STATUS", "CONTAINERS", "REGISTERED"],
+                        resp.definitions
+                            .iter()
+                            .map(|d| vec![
+                                format!("{}:{}", d.family, d.revision),
+                                d.status.clone(),
+                                d.containers
+                                    .iter()
+                                    .map(|c| c.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                                output::time(d.registered_at_ms),
+                            ])
+                            .collect()
+                    )
+                ),
+            }
+        }
+        TaskdefsCmd::Describe { task_definition } => {
+            let d = client
+                .describe(pb::DescribeTaskDefinitionRequest { task_definition })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            println!("{}", show(&d));
+        }
+        TaskdefsCmd::Deregister { task_definition } => {
+            let d = client
+                .deregister(pb::DescribeTaskDefinitionRequest { task_definition })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            println!("{}", show(&d));
+        }
+    }
+    Ok(0)
+}
+
+pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32> {
+    let mut client = pb::nodes_client::NodesClient::new(connect(addr).await?);
+    let NodesCmd::Ls = cmd;
+    let resp = client
+        .list(pb::ListNodesRequest {})
+        .await
+        .map_err(api_error)?
+        .into_inner();
+    match fmt {
+        Format::Json => println!("{}", output::json(&resp.nodes)),
+        Format::Table => println!(
+            "{}",
+            output::table(
+                &[
+                    "NODE",
+                    "STATE",
+                    "CONNECTED",
+                    "CPU (USED/TOTAL)",
+                    "MEMORY MiB (USED/TOTAL)",
+                    "TASKS",
+                    "VERSION"
+                ],
+                resp.nodes
+                    .iter()
+                    .map(|n| vec![
+                        n.id.clone(),
+                        n.state.clone(),
+                        if n.connected {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        format!("{}/{}", n.cpu_used, n.cpu),
+                        format!("{}/{}", n.memory_used_mib, n.memory_mib),
+                        n.running_tasks.to_string(),
+                        n.version.clone(),
+                    ])
+                    .collect()
+            )
+        ),
+    }
+    Ok(0)
+}
+
+pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i32> {
+    let mut client = pb::events_client::EventsClient::new(connect(addr).await?);
+    let EventsCmd::Tail {
+        follow,
+        after,
+        lines,
+    } = cmd;
+    let mut stream = client
+        .watch(pb::WatchEventsRequest {
+            after: after.clone().unwrap_or_default(),
+            follow,
+            tail: if after.is_some() { 0 } else { lines },
+        })
+        .await
+        .map_err(api_error)?
+        .into_inner();
+    while let Some(e) = stream.message().await.map_err(api_error)? {
+        match fmt {
+            Format::Json => {
+                // One EventBridge-style envelope per line, for jq.
+                let detail: serde_json::Value =
+                    serde_json::from_str(&e.detail_json).unwrap_or(serde_json::Value::Null);
+                let v = serde_json::json!({
+                    "version": "0", "id": e.id, "source": e.source, "detail-type": e.detail_type,
+                    "time": chrono::DateTime::from_timestamp_millis(e.time_ms).map(|d| d.to_rfc3339()),
+                    "resources": e.resources, "detail": detail,
+                });
+                println!("{v}");
+            }
+            Format::Table => {
+                let detail: serde_json::Value =
+                    serde_json::from_str(&e.detail_json).unwrap_or_default();
+                let summary = match (detail.get("taskArn"), detail.get("lastStatus")) {
+                    (Some(t), Some(s)) => format!(
+                        "task {} {}{}",
+                        t.as_str().unwrap_or("?"),
+                        s.as_str().unwrap_or("?"),
+                        detail
+                            .get("stopCode")
+                            .and_then(|c| c.as_str())
+                            .map(|c| format!(" ({c})"))
+                            .unwrap_or_default()
+                    ),
+                    _ => e.detail_json.clone(),
+                };
+                println!(
+                    "{}  {}  {}  {}  {}",
+                    e.id,
+                    output::time(e.time_ms),
+                    e.source,
+                    e.detail_type,
+                    summary
+                );
+            }
+        }
+    }
+    Ok(0)
+}

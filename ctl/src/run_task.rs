@@ -1,0 +1,250 @@
+//! `skiff run-task`: start a one-off task from flags or a task definition, optionally wait for
+//! it (exiting with its exit code) and follow its logs.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use clap::Args;
+use skiff_proto::v1 as pb;
+
+use crate::client::{api_error, connect, describe_task, essential_exit, stream_logs};
+use crate::output::{self, Format};
+
+#[derive(Args)]
+pub struct RunTaskArgs {
+    /// Image to run: dir:/path/to/rootfs or oci:/path/to/layout[:tag].
+    #[arg(long, conflicts_with = "task_def")]
+    image: Option<String>,
+    /// Run a registered task definition, FAMILY or FAMILY:REVISION.
+    #[arg(long = "task-def")]
+    task_def: Option<String>,
+    /// vCPUs (fractional).
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// Memory hard limit in MiB.
+    #[arg(long, value_parser = parse_memory)]
+    memory: Option<u64>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = crate::serve::parse_kv)]
+    env: Vec<(String, String)>,
+    /// Stop the task after this long (e.g. 30s, 5m): stop code TimedOut.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when stopping (e.g. 10s).
+    #[arg(long = "stop-timeout", value_parser = parse_duration)]
+    stop_timeout: Option<u64>,
+    /// Network mode: none or host.
+    #[arg(long)]
+    network: Option<String>,
+    /// Container name (ad-hoc tasks).
+    #[arg(long, default_value = "main")]
+    name: String,
+    /// Override the entrypoint (ad-hoc tasks).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Task group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Wait until the task stops and exit with its exit code.
+    #[arg(long)]
+    wait: bool,
+    /// Stream the task's logs (implies --wait).
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Command and arguments.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .or_else(|_| s.parse::<u64>())
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 5m)"))
+}
+
+/// MiB, or with a unit: 64, 64M, 64MiB, 1G, 1GiB.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = lower
+        .strip_suffix("gib")
+        .or_else(|| lower.strip_suffix("g"))
+    {
+        (n, 1024)
+    } else if let Some(n) = lower
+        .strip_suffix("mib")
+        .or_else(|| lower.strip_suffix("m"))
+    {
+        (n, 1)
+    } else {
+        (lower.as_str(), 1)
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a memory size in MiB (e.g. 64, 512M, 2G)"))
+}
+
+/// The exit code `--wait` ends with, after saying why when the task did not simply exit.
+pub fn exit_status(t: &pb::Task) -> i32 {
+    let code = essential_exit(t);
+    let oom = t
+        .containers
+        .iter()
+        .find(|c| c.reason.starts_with("OutOfMemoryError"));
+    match (t.stop_code.as_str(), oom) {
+        (_, Some(c)) => {
+            eprintln!(
+                "skiff: task {} container {} was killed: {}",
+                t.id, c.name, c.reason
+            );
+            c.exit_code.unwrap_or(137)
+        }
+        ("TaskFailedToStart", _) => {
+            eprintln!("skiff: task {} failed to start: {}", t.id, t.stopped_reason);
+            125
+        }
+        ("TimedOut", _) => {
+            eprintln!("skiff: task {} timed out: {}", t.id, t.stopped_reason);
+            124
+        }
+        ("NodeLost", _) => {
+            eprintln!(
+                "skiff: task {} was lost with its node: {}",
+                t.id, t.stopped_reason
+            );
+            125
+        }
+        ("UserInitiated", _) | ("ServiceSchedulerInitiated", _) => {
+            eprintln!("skiff: task {} was stopped: {}", t.id, t.stopped_reason);
+            code.unwrap_or(143)
+        }
+        _ => code.unwrap_or(1),
+    }
+}
+
+pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32> {
+    let source = match (&a.image, &a.task_def) {
+        (Some(image), None) => pb::run_task_request::Source::AdHoc(pb::TaskDefinitionInput {
+            family: String::new(),
+            containers: vec![pb::ContainerDefinition {
+                name: a.name.clone(),
+                image: image.clone(),
+                entrypoint: a.entrypoint.iter().cloned().collect(),
+                command: a.command.clone(),
+                environment: a.env.iter().cloned().collect(),
+                cpu: a.cpu.unwrap_or(0.0),
+                memory_mib: a.memory.unwrap_or(0),
+                essential: Some(true),
+                stop_timeout_seconds: a.stop_timeout.map(|s| s.min(u32::MAX as u64) as u32),
+                working_dir: String::new(),
+            }],
+            network_mode: a.network.clone().unwrap_or_default(),
+            timeout_seconds: a.timeout.unwrap_or(0),
+        }),
+        (None, Some(def)) => pb::run_task_request::Source::TaskDefinition(def.clone()),
+        (None, None) => anyhow::bail!("give --image REF (ad hoc) or --task-def FAMILY[:REV]"),
+        (Some(_), Some(_)) => unreachable!("clap rejects --image with --task-def"),
+    };
+    let overrides = if a.task_def.is_some() {
+        anyhow::ensure!(
+            a.network.is_none(),
+            "--network: set it in the task definition"
+        );
+        let container_override =
+            (!a.command.is_empty() || !a.env.is_empty() || a.cpu.is_some() || a.memory.is_some())
+                .then(|| pb::ContainerOverride {
+                    name: a.name.clone(),
+                    command: a.command.clone(),
+                    environment: a.env.iter().cloned().collect::<HashMap<_, _>>(),
+                    cpu: a.cpu,
+                    memory_mib: a.memory,
+                });
+        Some(pb::TaskOverrides {
+            containers: container_override.into_iter().collect(),
+            timeout_seconds: a.timeout,
+        })
+    } else {
+        None
+    };
+    let channel = connect(addr).await?;
+    let mut client = pb::tasks_client::TasksClient::new(channel);
+    let task = client
+        .run(pb::RunTaskRequest {
+            source: Some(source),
+            overrides,
+            group: a.group.unwrap_or_default(),
+            started_by: "skiff run-task".into(),
+        })
+        .await
+        .map_err(api_error)?
+        .into_inner();
+    if !(a.wait || a.follow) {
+        match fmt {
+            Format::Json => println!("{}", output::json(&task)),
+            Format::Table => println!("{}", task.id),
+        }
+        return Ok(0);
+    }
+    if a.follow {
+        // Logs exist once the task is placed and started; the stream ends when it stops.
+        wait_until_placed(&mut client, &task.id).await?;
+        stream_logs(&mut client, &task.id, true, String::new()).await?;
+    }
+    let done = client
+        .wait(pb::TaskRef {
+            id: task.id.clone(),
+        })
+        .await
+        .map_err(api_error)
+        .context("waiting for the task")?
+        .into_inner();
+    if fmt == Format::Json {
+        println!("{}", output::json(&done));
+    } else if done.stop_code == "TaskFailedToStart" && a.follow {
+        eprint!("{}", describe_task(&done));
+    }
+    Ok(exit_status(&done))
+}
+
+async fn wait_until_placed(
+    client: &mut pb::tasks_client::TasksClient<tonic::transport::Channel>,
+    id: &str,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let t = client
+            .describe(pb::TaskRef { id: id.to_string() })
+            .await
+            .map_err(api_error)?
+            .into_inner();
+        if !t.node_id.is_empty() && t.last_status != "PENDING" {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "task {id} was not placed within 10 minutes: {}",
+                t.status_reason
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_units() {
+        assert_eq!(parse_memory("64"), Ok(64));
+        assert_eq!(parse_memory("64M"), Ok(64));
+        assert_eq!(parse_memory("2g"), Ok(2048));
+        assert_eq!(parse_memory("1GiB"), Ok(1024));
+        assert!(parse_memory("lots")
+            .unwrap_err()
+            .contains("not a memory size"));
+        assert!(parse_memory("-5").is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! `skiff dev`, `skiff controller`, `skiff agent`: the long-running processes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use skiff_agent::{Agent, AgentConfig};
+use skiff_controller::{Controller, ControllerConfig, Timing};
+
+use crate::config::{self, AgentFile, ControllerFile};
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where state, images and task files live.
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "SKIFF_LISTEN", default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Node id of the embedded agent.
+    #[arg(long, default_value = "local")]
+    node_id: String,
+}
+
+#[derive(Args)]
+pub struct ControllerArgs {
+    /// TOML config file (see deploy/controller.toml).
+    #[arg(long, short = 'c', env = "SKIFF_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "SKIFF_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// How often agents heartbeat (e.g. 5s).
+    #[arg(long, env = "SKIFF_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<String>,
+    /// Silence after which a node's tasks are STOPPED/NodeLost (e.g. 30s).
+    #[arg(long, env = "SKIFF_NODE_TIMEOUT")]
+    node_timeout: Option<String>,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// TOML config file (see deploy/agent.toml).
+    #[arg(long, short = 'c', env = "SKIFF_CONFIG")]
+    config: Option<PathBuf>,
+    /// Controller address (defaults to --addr).
+    #[arg(long, env = "SKIFF_CONTROLLER")]
+    controller: Option<String>,
+    #[arg(long, env = "SKIFF_NODE_ID")]
+    node_id: Option<String>,
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// vCPUs offered to the scheduler (default: this machine's).
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// MiB offered to the scheduler (default: this machine's).
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Node label, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_kv)]
+    labels: Vec<(String, String)>,
+}
+
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,h2=warn,tower=warn,hyper=warn,libcontainer=warn,libcgroups=warn",
+        )
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn default_data_dir(name: &str) -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib"))
+        .join(".local/share/skiff")
+        .join(name)
+}
+
+pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let data_dir = a.data_dir.unwrap_or_else(|| default_data_dir("dev"));
+    let ctl = Controller::bind(ControllerConfig {
+        data_dir: data_dir.join("controller"),
+        listen: a.listen,
+        timing: Timing::default(),
+    })
+    .await
+    .context("starting the controller")?;
+    let addr = ctl.local_addr();
+    let mut acfg = AgentConfig::new(a.node_id, format!("http://{addr}"), data_dir.join("agent"));
+    acfg.labels.insert("skiff.dev".into(), "true".into());
+    let agent = Agent::open(acfg).context("starting the agent")?;
+    println!(
+        "skiff dev: controller listening on http://{addr} (data in {})",
+        data_dir.display()
+    );
+    println!("skiff dev: try  skiff run-task --wait --image dir:/path/to/rootfs -- echo hello");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent_task = tokio::spawn(agent.run({
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    }));
+    let serve = ctl.serve(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    serve.await.context("controller")?;
+    let _ = agent_task.await;
+    println!("skiff dev: stopped");
+    Ok(())
+}
+
+pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let file: ControllerFile = config::load(a.config.as_deref())?;
+    let mut timing = Timing::default();
+    if let Some(s) = a.heartbeat_interval.or(file.heartbeat_interval) {
+        timing.heartbeat_interval = config::duration("heartbeat_interval", &s)?;
+    }
+    if let Some(s) = a.node_timeout.or(file.node_timeout) {
+        timing.node_timeout = config::duration("node_timeout", &s)?;
+    }
+    if timing.node_timeout <= timing.heartbeat_interval {
+        anyhow::bail!("node_timeout must be longer than heartbeat_interval");
+    }
+    let listen = match (a.listen, file.listen) {
+        (Some(l), _) => l,
+        (None, Some(s)) => s
+            .parse()
+            .with_context(|| format!("listen: {s:?} is not HOST:PORT"))?,
+        (None, None) => "127.0.0.1:7400".parse().expect("valid default"),
+    };
+    let data_dir = a
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/controller"));
+    let ctl = Controller::bind(ControllerConfig {
+        data_dir: data_dir.clone(),
+        listen,
+        timing,
+    })
+    .await
+    .context("starting the controller")?;
+    println!(
+        "skiff controller: listening on http://{} (state in {})",
+        ctl.local_addr(),
+        data_dir.display()
+    );
+    ctl.serve(shutdown_signal()).await.context("controller")?;
+    Ok(())
+}
+
+pub async fn agent(a: AgentArgs, default_controller: &str) -> anyhow::Result<()> {
+    init_tracing();
+    let file: AgentFile = config::load(a.config.as_deref())?;
+    let node_id = a
+        .node_id
+        .or(file.node_id)
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .context("node_id: not set and /etc/hostname is unreadable")?;
+    let controller = a
+        .controller
+        .or(file.controller)
+        .unwrap_or_else(|| default_controller.to_string());
+    let data_dir = a
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/agent"));
+    let mut cfg = AgentConfig::new(node_id, controller, data_dir);
+    cfg.cpu = a.cpu.or(file.cpu);
+    cfg.memory_mib = a.memory.or(file.memory_mib);
+    cfg.labels = file.labels;
+    cfg.labels.extend(a.labels);
+    if let Some(b) = file.log_max_bytes {
+        cfg.log_max_bytes = b;
+    }
+    if let Some(k) = file.log_keep {
+        cfg.log_keep = k;
+    }
+    if let Some(cpu) = cfg.cpu {
+        anyhow::ensure!(
+            cpu.is_finite() && cpu > 0.0,
+            "cpu: {cpu} must be a positive number of vCPUs"
+        );
+    }
+    println!(
+        "skiff agent: node {} reporting to {} (data in {})",
+        cfg.node_id,
+        cfg.controller,
+        cfg.data_dir.display()
+    );
+    let agent = Agent::open(cfg).context("starting the agent")?;
+    agent.run(shutdown_signal()).await;
+    // Give in-flight reports a moment to leave; containers keep running under their shims.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The task definition file format for `skiff taskdefs register -f FILE`: JSON or TOML (by
+//! extension), strict about unknown fields so a typo is an error, not a silent default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+use skiff_proto::v1 as pb;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDefFile {
+    pub family: String,
+    pub containers: Vec<ContainerFile>,
+    #[serde(default)]
+    pub network_mode: String,
+    /// Task wall-clock limit, e.g. "10m" (or seconds as a number).
+    #[serde(default)]
+    pub timeout: Option<DurationField>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerFile {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cpu: f64,
+    /// MiB.
+    #[serde(default)]
+    pub memory: u64,
+    pub essential: Option<bool>,
+    pub stop_timeout: Option<DurationField>,
+    #[serde(default)]
+    pub working_dir: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DurationField {
+    Seconds(u64),
+    Text(String),
+}
+
+impl DurationField {
+    fn seconds(&self, field: &str) -> anyhow::Result<u64> {
+        match self {
+            DurationField::Seconds(s) => Ok(*s),
+            DurationField::Text(t) => Ok(crate::config::duration(field, t)?.as_secs()),
+        }
+    }
+}
+
+pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput> {
+    let file: TaskDefFile = match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => toml::from_str(text).with_context(|| format!("{}", path.display()))?,
+        _ => serde_json::from_str(text).with_context(|| format!("{}", path.display()))?,
+    };
+    let mut containers = Vec::new();
+    for (i, c) in file.containers.into_iter().enumerate() {
+        let stop_timeout_seconds = match &c.stop_timeout {
+            Some(d) => Some(
+                u32::try_from(d.seconds(&format!("containers[{i}].stop_timeout"))?)
+                    .context("stop_timeout too large")?,
+            ),
+            None => None,
+        };
+        containers.push(pb::ContainerDefinition {
+            name: c.name,
+            image: c.image,
+            entrypoint: c.entrypoint,
+            command: c.command,
+            environment: c.environment.into_iter().collect(),
+            cpu: c.cpu,
+            memory_mib: c.memory,
+            essential: c.essential,
+            stop_timeout_seconds,
+            working_dir: c.working_dir,
+        });
+    }
+    Ok(pb::TaskDefinitionInput {
+        family: file.family,
+        containers,
+        network_mode: file.network_mode,
+        timeout_seconds: match &file.timeout {
+            Some(d) => d.seconds("timeout")?,
+            None => 0,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_toml_parse_alike() {
+        let json = r#"{"family":"web","timeout":"2m","containers":[{"name":"main","image":"dir:/x","command":["sh"],"memory":64,"stop_timeout":3}]}"#;
+        let toml = "family = \"web\"\ntimeout = \"2m\"\n[[containers]]\nname = \"main\"\nimage = \"dir:/x\"\ncommand = [\"sh\"]\nmemory = 64\nstop_timeout = 3\n";
+        let a = parse(Path::new("a.json"), json).unwrap();
+        let b = parse(Path::new("a.toml"), toml).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.timeout_seconds, 120);
+        assert_eq!(a.containers[0].stop_timeout_seconds, Some(3));
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let e = parse(
+            Path::new("a.json"),
+            r#"{"family":"web","containers":[{"name":"m","image":"dir:/x","memroy":5}]}"#,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("memroy"), "{e:#}");
+    }
+}
