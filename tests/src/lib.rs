@@ -1,1 +1,439 @@
+//! Harness for skiff's end-to-end tests: starts real `skiff` processes (stopped by PID on every
+//! path), builds test images on this machine from the static busybox, and waits for conditions
+//! with deadlines instead of sleeping.
 
+pub mod images;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `skiff` binary built from this workspace (the test command builds it first).
+pub fn skiff_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SKIFF_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> → target/<profile>/skiff
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("skiff");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --bin skiff)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
+        fs::create_dir_all(dir).unwrap();
+        let stdout = dir.join(format!("{name}.out"));
+        let stderr = dir.join(format!("{name}.err"));
+        let child = Command::new(skiff_bin())
+            .args(args)
+            .env("SKIFF_LOG", "info,skiff_agent=debug,skiff_controller=debug")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(-1, |c| c.id() as i32)
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn stdout_text(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for the "listening on http://ADDR" line a controller or dev prints.
+    pub fn listen_addr(&self) -> String {
+        wait_for(
+            &format!("{} to print its address", self.name),
+            Duration::from_secs(20),
+            || {
+                self.stdout_text().lines().find_map(|l| {
+                    let i = l.find("listening on http://")?;
+                    Some(
+                        l[i + "listening on http://".len()..]
+                            .split_whitespace()
+                            .next()?
+                            .to_string(),
+                    )
+                })
+            },
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Output of one CLI call.
+pub struct Cli {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cli {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `skiff ARGS` against a controller address.
+pub fn cli(addr: &str, args: &[&str]) -> Cli {
+    let out: Output = Command::new(skiff_bin())
+        .args(args)
+        .env("SKIFF_ADDR", addr)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running skiff");
+    Cli {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A test's working area: processes, data dirs, and the cleanup of every container left behind.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub procs: Vec<Proc>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let base = std::env::var_os("SKIFF_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        fs::create_dir_all(&base).unwrap();
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("skiff-e2e-")
+                .tempdir_in(base)
+                .unwrap(),
+            procs: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Starts `skiff dev` on a free port; returns its address.
+    pub fn dev(&mut self) -> String {
+        let data = self.path("dev");
+        let p = Proc::spawn(
+            "dev",
+            self.dir.path(),
+            &[
+                "dev",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        );
+        let addr = format!("http://{}", p.listen_addr());
+        self.procs.push(p);
+        wait_for("the dev agent to connect", Duration::from_secs(20), || {
+            node_connected(&addr, "local").then_some(())
+        });
+        addr
+    }
+
+    /// Starts a controller (on `listen`, e.g. 127.0.0.1:0) with a short node timeout.
+    pub fn controller(&mut self, listen: &str, extra: &[&str]) -> (usize, String) {
+        let data = self.path("controller");
+        let mut args = vec![
+            "controller",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            listen,
+            "--heartbeat-interval",
+            "500ms",
+        ];
+        args.extend_from_slice(extra);
+        let p = Proc::spawn("controller", self.dir.path(), &args);
+        let addr = format!("http://{}", p.listen_addr());
+        self.procs.push(p);
+        (self.procs.len() - 1, addr)
+    }
+
+    /// Starts an agent named `node` (with its own data dir) reporting to `addr`.
+    pub fn agent(&mut self, addr: &str, node: &str, extra: &[&str]) -> usize {
+        let data = self.path(&format!("agent-{node}"));
+        let mut args = vec![
+            "agent",
+            "--controller",
+            addr,
+            "--node-id",
+            node,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.procs.push(Proc::spawn(
+            &format!("agent-{node}"),
+            self.dir.path(),
+            &args,
+        ));
+        let idx = self.procs.len() - 1;
+        wait_for(
+            &format!("agent {node} to connect"),
+            Duration::from_secs(20),
+            || node_connected(addr, node).then_some(()),
+        );
+        idx
+    }
+
+    /// What every process printed, for a failing test's message.
+    pub fn logs(&self) -> String {
+        self.procs
+            .iter()
+            .map(|p| format!("=== {}\n{}{}", p.name, p.stdout_text(), p.stderr_text()))
+            .collect()
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            p.kill9();
+        }
+        kill_shims_under(self.dir.path());
+        unmount_under(self.dir.path());
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+            // Keep the directory for a post-mortem.
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("test files kept in {}", kept.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap(),
+            ));
+        }
+    }
+}
+
+/// Shims outlive agents by design; a test must not leave them (or their containers) behind.
+pub fn kill_shims_under(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    for _ in 0..50 {
+        let mut found = false;
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            if args.iter().any(|a| *a == b"shim") && args.iter().any(|a| a.starts_with(needle)) {
+                found = true;
+                // SIGKILL the shim's children (the container init) first, then the shim.
+                for child in children_of(pid) {
+                    unsafe { libc::kill(child, libc::SIGKILL) };
+                }
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pids of the processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // Field 4 is the ppid; the comm field (2) may contain spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Shims running for containers under `dir`.
+pub fn shims_under(dir: &Path) -> Vec<i32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.iter().any(|a| *a == b"shim") && args.iter().any(|a| a.starts_with(needle)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn unmount_under(dir: &Path) {
+    let Ok(mut f) = fs::File::open("/proc/self/mounts") else {
+        return;
+    };
+    let mut text = String::new();
+    let _ = f.read_to_string(&mut text);
+    let prefix = dir.to_string_lossy();
+    let mut targets: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(prefix.as_ref()))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        if let Ok(c) = std::ffi::CString::new(t) {
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Whether the controller lists `node` as connected.
+pub fn node_connected(addr: &str, node: &str) -> bool {
+    let out = cli(addr, &["nodes", "ls", "-o", "json"]);
+    out.code == 0
+        && serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n["id"] == node && n["connected"] == true)
+            })
+}
+
+/// A task as `skiff tasks describe -o json` shows it.
+pub fn task(addr: &str, id: &str) -> serde_json::Value {
+    let out = cli(addr, &["tasks", "describe", id, "-o", "json"]);
+    assert_eq!(out.code, 0, "describe {id}: {out:?}");
+    out.json()
+}
+
+/// Waits until a task reaches `status`; returns the task.
+pub fn wait_status(addr: &str, id: &str, status: &str, timeout: Duration) -> serde_json::Value {
+    wait_for(&format!("task {id} to be {status}"), timeout, || {
+        let t = task(addr, id);
+        (t["lastStatus"] == status).then_some(t)
+    })
+}
+
+/// Starts a task (without waiting) and returns its id.
+pub fn run_task(addr: &str, args: &[&str]) -> String {
+    let mut all = vec!["run-task"];
+    all.extend_from_slice(args);
+    let out = cli(addr, &all);
+    assert_eq!(out.code, 0, "run-task: {out:?}");
+    out.stdout.trim().to_string()
+}

@@ -1,0 +1,682 @@
+//! End-to-end tests against one real `skiff dev` process running real containers.
+
+use std::time::Duration;
+
+use skiff_tests::images::{self, ImageConfig};
+use skiff_tests::{cli, run_task, task, wait_for, wait_status, Env};
+
+fn rootfs(env: &Env) -> String {
+    format!(
+        "dir:{}",
+        images::busybox_rootfs(&env.path("busybox")).display()
+    )
+}
+
+#[test]
+fn exit_code_and_output_of_a_command() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(out.stdout, "to-out\n", "{out:?}");
+    assert!(out.stderr.contains("to-err"), "{out:?}");
+
+    let id = run_task(&addr, &["--image", &img, "--", "sh", "-c", "echo later"]);
+    let t = wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+    assert_eq!(t["stopCode"], "EssentialContainerExited");
+    assert_eq!(t["containers"][0]["exitCode"], 0);
+    assert_eq!(t["nodeId"], "local");
+    let logs = cli(&addr, &["tasks", "logs", &id]);
+    assert_eq!(logs.stdout, "later\n", "{logs:?}");
+    // The task's rootfs is gone once it stopped; its log stays.
+    let cdir = env.path(&format!("dev/agent/tasks/{id}/main"));
+    wait_for("rootfs cleanup", Duration::from_secs(10), || {
+        (!cdir.join("rootfs").exists()).then_some(())
+    });
+    assert!(cdir.join("container.log").exists());
+}
+
+#[test]
+fn env_limits_and_namespaces_inside_the_container() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let script = "echo FOO=$FOO; \
+        echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); \
+        echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us); \
+        echo period=$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us); \
+        echo nets=$(ls /sys/class/net); \
+        echo procs=$(ls /proc | grep -c '^[0-9]'); \
+        echo host=$(hostname); echo task=$SKIFF_TASK_ID";
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--env",
+            "FOO=bar baz",
+            "--memory",
+            "48",
+            "--cpu",
+            "0.25",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let s = &out.stdout;
+    assert!(s.contains("FOO=bar baz\n"), "{s}");
+    assert!(s.contains(&format!("mem={}\n", 48 * 1024 * 1024)), "{s}");
+    assert!(
+        s.contains("quota=25000\n") && s.contains("period=100000\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("nets=lo\n"),
+        "network mode none has only loopback: {s}"
+    );
+    // PID namespace: sh, and the ls/grep of the command substitution; never the host's processes.
+    let procs: u32 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(procs <= 4, "{s}");
+    let task_id = s.lines().find_map(|l| l.strip_prefix("task=")).unwrap();
+    let host = s.lines().find_map(|l| l.strip_prefix("host=")).unwrap();
+    assert_eq!(
+        host,
+        &task_id[..12],
+        "UTS namespace with the task's hostname"
+    );
+
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--network",
+            "host",
+            "--",
+            "sh",
+            "-c",
+            "ls /sys/class/net",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let host_nets = std::fs::read_dir("/sys/class/net").unwrap().count();
+    assert_eq!(
+        out.stdout.lines().count(),
+        host_nets,
+        "host mode sees the host's interfaces: {out:?}"
+    );
+}
+
+#[test]
+fn a_memory_hog_is_stopped_with_out_of_memory_error() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived";
+    let out = cli(
+        &addr,
+        &[
+            "run-task", "--wait", "-o", "json", "--image", &img, "--memory", "16", "--", "sh",
+            "-c", hog,
+        ],
+    );
+    assert_eq!(out.code, 137, "{out:?}");
+    assert!(
+        out.stderr.contains("OutOfMemoryError"),
+        "the CLI says why: {out:?}"
+    );
+    let t = out.json();
+    assert_eq!(t["lastStatus"], "STOPPED");
+    assert_eq!(t["containers"][0]["exitCode"], 137);
+    assert!(
+        t["containers"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("OutOfMemoryError"),
+        "{t}"
+    );
+}
+
+#[test]
+fn stop_and_timeout() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+
+    // A container that handles SIGTERM exits cleanly on stop.
+    let id = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.1; done",
+        ],
+    );
+    wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    wait_for("the container to print up", Duration::from_secs(10), || {
+        cli(&addr, &["tasks", "logs", &id])
+            .stdout
+            .contains("up")
+            .then_some(())
+    });
+    let stop = cli(&addr, &["tasks", "stop", &id, "--reason", "test says so"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    let waited = cli(&addr, &["tasks", "wait", &id]);
+    assert_eq!(waited.code, 0, "exit code of the trap: {waited:?}");
+    let t = task(&addr, &id);
+    assert_eq!(t["stopCode"], "UserInitiated");
+    assert_eq!(t["stoppedReason"], "test says so");
+    assert!(cli(&addr, &["tasks", "logs", &id]).stdout.contains("bye"));
+
+    // One that ignores SIGTERM (sleep as PID 1) is killed after its stop timeout.
+    let id = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
+    let t = wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "SIGKILL came before the stop timeout"
+    );
+    assert_eq!(t["containers"][0]["exitCode"], 137);
+
+    // The task timeout stops it with TimedOut, and run-task --wait says so.
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--wait",
+            "--image",
+            &img,
+            "--timeout",
+            "1s",
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    assert_eq!(out.code, 124, "{out:?}");
+    assert!(out.stderr.contains("timed out"), "{out:?}");
+    let listed = cli(&addr, &["tasks", "ls", "--status", "STOPPED", "-o", "json"]).json();
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["stopCode"] == "TimedOut"));
+
+    // Stopping a stopped task changes nothing.
+    let again = cli(&addr, &["tasks", "stop", &id]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(task(&addr, &id)["stopCode"], "UserInitiated");
+}
+
+#[test]
+fn logs_follow_streams_while_the_task_runs() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let id = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done",
+        ],
+    );
+    wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    let out = cli(&addr, &["tasks", "logs", "-f", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "line 1\nline 2\nline 3\nline 4\nline 5\n");
+    assert_eq!(
+        task(&addr, &id)["lastStatus"],
+        "STOPPED",
+        "-f returns only once the task has stopped"
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run-task", "--image", "alpine", "--", "true"],
+            "containers[0].image",
+        ),
+        (
+            vec![
+                "run-task", "--image", &img, "--memory", "lots", "--", "true",
+            ],
+            "not a memory size",
+        ),
+        (
+            vec![
+                "run-task", "--image", &img, "--memory", "99999999", "--", "true",
+            ],
+            "containers[0].memory_mib",
+        ),
+        (
+            vec!["run-task", "--image", &img, "--cpu=-1", "--", "true"],
+            "containers[0].cpu",
+        ),
+        (
+            vec![
+                "run-task",
+                "--image",
+                &img,
+                "--network",
+                "bridge9",
+                "--",
+                "true",
+            ],
+            "network_mode",
+        ),
+        (
+            vec![
+                "run-task", "--image", &img, "--env", "NOEQUALS", "--", "true",
+            ],
+            "KEY=VALUE",
+        ),
+        (
+            vec!["run-task", "--task-def", "nope", "--", "true"],
+            "no task definition",
+        ),
+        (
+            vec!["tasks", "describe", "no-such-task"],
+            "no task no-such-task",
+        ),
+        (vec!["tasks", "ls", "--status", "SLEEPING"], "status"),
+        (vec!["events", "tail", "--after", "not-an-id"], "after"),
+    ];
+    for (args, needle) in cases {
+        let out = cli(&addr, &args);
+        assert_ne!(out.code, 0, "{args:?} should fail: {out:?}");
+        assert!(
+            out.stderr.contains(needle),
+            "{args:?}: error should mention {needle:?}: {out:?}"
+        );
+    }
+    // A task whose image has nothing to run fails to start, with a reason.
+    let out = cli(
+        &addr,
+        &["run-task", "--wait", "-o", "json", "--image", &img],
+    );
+    assert_eq!(out.code, 125, "{out:?}");
+    assert_eq!(out.json()["stopCode"], "TaskFailedToStart");
+    assert!(
+        out.json()["stoppedReason"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to run"),
+        "{out:?}"
+    );
+    // A command that does not exist in the image.
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--wait",
+            "-o",
+            "json",
+            "--image",
+            &img,
+            "--",
+            "/no/such/binary",
+        ],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    // Unreachable controller.
+    let out = cli("http://127.0.0.1:1", &["tasks", "ls"]);
+    assert!(
+        out.code != 0 && out.stderr.contains("cannot reach the skiff controller"),
+        "{out:?}"
+    );
+    // Nothing half-written: no task was created by the rejected calls.
+    let tasks = cli(&addr, &["tasks", "ls", "-o", "json"]).json();
+    assert_eq!(
+        tasks.as_array().unwrap().len(),
+        2,
+        "only the two tasks that were accepted: {tasks}"
+    );
+}
+
+#[test]
+fn task_definitions_register_run_and_override() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let file = env.path("web.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "family = \"web\"\ntimeout = \"1m\"\n[[containers]]\nname = \"main\"\nimage = \"{img}\"\ncommand = [\"sh\", \"-c\", \"echo rev1 $GREETING\"]\nmemory = 32\n[containers.environment]\nGREETING = \"hello\"\n"
+        ),
+    )
+    .unwrap();
+    let reg = cli(
+        &addr,
+        &["taskdefs", "register", "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(reg.code, 0, "{reg:?}");
+    assert_eq!(reg.stdout.trim(), "registered web:1");
+    let reg2 = cli(
+        &addr,
+        &[
+            "taskdefs",
+            "register",
+            "-f",
+            file.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(reg2.json()["revision"], 2);
+
+    let out = cli(&addr, &["run-task", "--follow", "--task-def", "web"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "rev1 hello\n"),
+        "{out:?}"
+    );
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--task-def",
+            "web:1",
+            "--env",
+            "GREETING=override",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING",
+        ],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "override\n"),
+        "{out:?}"
+    );
+    let t = cli(&addr, &["tasks", "ls", "--family", "web", "-o", "json"]).json();
+    assert_eq!(t.as_array().unwrap().len(), 2);
+    assert_eq!(t[0]["taskDefinition"], "web:1");
+    assert_eq!(t[1]["taskDefinition"], "web:2");
+
+    assert_eq!(cli(&addr, &["taskdefs", "deregister", "web:2"]).code, 0);
+    let d = cli(&addr, &["taskdefs", "describe", "web", "-o", "json"]).json();
+    assert_eq!(d["revision"], 1, "the latest ACTIVE revision");
+    let ls = cli(&addr, &["taskdefs", "ls", "-o", "json"]).json();
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+
+    std::fs::write(
+        &file,
+        "family = \"web\"\n[[containers]]\nname = \"m\"\nimage = \"dir:/x\"\nmemroy = 5\n",
+    )
+    .unwrap();
+    let bad = cli(
+        &addr,
+        &["taskdefs", "register", "-f", file.to_str().unwrap()],
+    );
+    assert!(bad.code != 0 && bad.stderr.contains("memroy"), "{bad:?}");
+}
+
+#[test]
+fn oci_layout_images_with_whiteouts_and_config() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let base = images::busybox_rootfs(&env.path("busybox"));
+    std::fs::write(base.join("etc/removed"), "old").unwrap();
+    std::fs::write(base.join("etc/motd"), "base").unwrap();
+    let top = images::layer_with(&[("etc/.wh.removed", b""), ("etc/motd", b"top layer")]);
+    let layout = images::oci_layout(
+        &env.path("layout"),
+        &[(images::layer_of(&base), true), (top, false)],
+        &ImageConfig {
+            entrypoint: &["/bin/sh", "-c"],
+            cmd: &["echo $FROM_IMAGE in $(pwd); cat /etc/motd; test -e /etc/removed && echo still-there; true"],
+            env: &["FROM_IMAGE=image-env", "PATH=/bin"],
+            working_dir: "/tmp",
+        },
+        "v1",
+    );
+    let image = format!("oci:{}:v1", layout.display());
+    let out = cli(&addr, &["run-task", "--follow", "--image", &image]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "image-env in /tmp\ntop layer", "{out:?}");
+
+    // A corrupted layer is refused with a reason, never run.
+    let blobs = layout.join("blobs/sha256");
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&biggest, bytes).unwrap();
+    std::fs::remove_dir_all(env.path("dev/agent/images")).unwrap();
+    let out = cli(
+        &addr,
+        &["run-task", "--wait", "-o", "json", "--image", &image],
+    );
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.json()["stoppedReason"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt"),
+        "{out:?}"
+    );
+    let missing = cli(
+        &addr,
+        &[
+            "run-task",
+            "--wait",
+            "-o",
+            "json",
+            "--image",
+            &format!("oci:{}:v2", layout.display()),
+        ],
+    );
+    assert!(
+        missing.json()["stoppedReason"]
+            .as_str()
+            .unwrap()
+            .contains("no tag \"v2\""),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn every_transition_is_an_event_and_the_stream_resumes_from_a_cursor() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let out = cli(
+        &addr,
+        &[
+            "run-task", "--wait", "-o", "json", "--image", &img, "--", "true",
+        ],
+    );
+    let id = out.json()["id"].as_str().unwrap().to_string();
+    let events = cli(&addr, &["events", "tail", "-n", "100", "-o", "json"]);
+    let lines: Vec<serde_json::Value> = events
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let statuses: Vec<&str> = lines
+        .iter()
+        .filter(|e| e["detail"]["taskArn"] == id.as_str())
+        .map(|e| e["detail"]["lastStatus"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["PROVISIONING", "PENDING", "RUNNING", "STOPPING", "STOPPED"]
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(last["source"], "skiff.task");
+    assert_eq!(last["detail-type"], "Task State Change");
+    assert_eq!(last["detail"]["stopCode"], "EssentialContainerExited");
+    assert_eq!(last["detail"]["containers"][0]["exitCode"], 0);
+
+    // Resume after the last seen event: only newer events arrive.
+    let cursor = last["id"].as_str().unwrap().to_string();
+    let mut follow = std::process::Command::new(skiff_tests::skiff_bin())
+        .args([
+            "events", "tail", "--follow", "--after", &cursor, "-o", "json",
+        ])
+        .env("SKIFF_ADDR", &addr)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id2 = run_task(&addr, &["--image", &img, "--", "true"]);
+    wait_status(&addr, &id2, "STOPPED", Duration::from_secs(30));
+    let stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            let done = v["detail"]["lastStatus"] == "STOPPED";
+            seen.push(v);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let seen = wait_for(
+        "the follower to see the second task stop",
+        Duration::from_secs(20),
+        || reader.is_finished().then_some(()),
+    );
+    let _ = seen;
+    let seen = reader.join().unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        seen.iter().all(|e| e["detail"]["taskArn"] == id2.as_str()),
+        "nothing before the cursor: {seen:?}"
+    );
+    assert_eq!(
+        seen.first().unwrap()["detail"]["lastStatus"],
+        "PROVISIONING"
+    );
+}
+
+#[test]
+fn grpc_reflection_and_health_work_like_grpcurl_expects() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let services = rt.block_on(async {
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = client
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let msg = resp.message().await.unwrap().unwrap();
+        match msg.message_response.unwrap() {
+            MessageResponse::ListServicesResponse(l) => {
+                l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    });
+    for s in [
+        "skiff.v1.Tasks",
+        "skiff.v1.TaskDefinitions",
+        "skiff.v1.Nodes",
+        "skiff.v1.Events",
+        "skiff.v1.AgentChannel",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            services.iter().any(|x| x == s),
+            "{s} missing from {services:?}"
+        );
+    }
+    let status = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+        h.check(tonic_health::pb::HealthCheckRequest {
+            service: "skiff.v1.Tasks".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+    });
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
