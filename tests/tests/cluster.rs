@@ -1,0 +1,291 @@
+//! End-to-end tests with a controller and agents as separate real processes: crashes, restarts,
+//! re-adoption, placement across nodes.
+
+use std::time::Duration;
+
+use skiff_tests::images;
+use skiff_tests::{cli, node_connected, run_task, shims_under, task, wait_for, wait_status, Env};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn rootfs(env: &Env) -> String {
+    format!(
+        "dir:{}",
+        images::busybox_rootfs(&env.path("busybox")).display()
+    )
+}
+
+/// The host:port part of an address, to restart a controller on the same port.
+fn hostport(addr: &str) -> &str {
+    addr.trim_start_matches("http://")
+}
+
+#[test]
+fn controller_kill_9_and_restart_loses_no_task() {
+    let mut env = Env::new();
+    let (ctl, addr) = env.controller("127.0.0.1:0", &[]);
+    env.agent(&addr, "n1", &[]);
+    let img = rootfs(&env);
+
+    let long = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "sleep 2; echo finished; exit 4",
+        ],
+    );
+    wait_status(&addr, &long, "RUNNING", LONG);
+    let done = cli(
+        &addr,
+        &[
+            "run-task", "--wait", "-o", "json", "--image", &img, "--", "true",
+        ],
+    )
+    .json();
+    // Acknowledged right before the crash: it must survive it.
+    let last = run_task(
+        &addr,
+        &["--image", &img, "--", "sh", "-c", "echo after-crash"],
+    );
+    env.procs[ctl].kill9();
+
+    let (_, addr2) = env.controller(hostport(&addr), &[]);
+    assert_eq!(addr2, addr);
+    wait_for("the agent to reconnect", LONG, || {
+        node_connected(&addr, "n1").then_some(())
+    });
+    // The task that ran through the crash finishes normally and is recorded once.
+    let t = wait_status(&addr, &long, "STOPPED", LONG);
+    assert_eq!(t["containers"][0]["exitCode"], 4, "{t}");
+    assert_eq!(t["stopCode"], "EssentialContainerExited");
+    assert_eq!(cli(&addr, &["tasks", "logs", &long]).stdout, "finished\n");
+    let t = wait_status(&addr, &last, "STOPPED", LONG);
+    assert_eq!(t["containers"][0]["exitCode"], 0, "{t}");
+    assert_eq!(
+        task(&addr, done["id"].as_str().unwrap())["lastStatus"],
+        "STOPPED"
+    );
+    let all = cli(&addr, &["tasks", "ls", "-o", "json"]).json();
+    assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
+    // One event per transition, no duplicates across the restart.
+    let events = cli(&addr, &["events", "tail", "-n", "1000", "-o", "json"]);
+    let stopped = events
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| {
+            e["detail"]["taskArn"] == long.as_str() && e["detail"]["lastStatus"] == "STOPPED"
+        })
+        .count();
+    assert_eq!(stopped, 1, "{}", events.stdout);
+}
+
+#[test]
+fn agent_restart_readopts_running_containers() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "20s"]);
+    let agent = env.agent(&addr, "n1", &[]);
+    let img = rootfs(&env);
+    let agent_dir = env.path("agent-n1");
+
+    let id = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "echo started; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo released; exit 5",
+        ],
+    );
+    wait_status(&addr, &id, "RUNNING", LONG);
+    let shim_before = shims_under(&agent_dir);
+    assert_eq!(shim_before.len(), 1);
+
+    env.procs[agent].kill9();
+    // The container keeps running without its agent.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        shims_under(&agent_dir),
+        shim_before,
+        "the shim outlives the agent"
+    );
+    env.agent(&addr, "n1", &[]);
+    assert_eq!(task(&addr, &id)["lastStatus"], "RUNNING");
+    assert_eq!(
+        shims_under(&agent_dir),
+        shim_before,
+        "re-adopted, not started again"
+    );
+
+    // Let it finish (through the container's own rootfs mount); the new agent reports the exit.
+    std::fs::write(agent_dir.join(format!("tasks/{id}/main/rootfs/tmp/go")), "").unwrap();
+    let t = wait_status(&addr, &id, "STOPPED", LONG);
+    assert_eq!(t["containers"][0]["exitCode"], 5, "{t}");
+    assert_eq!(
+        cli(&addr, &["tasks", "logs", &id]).stdout,
+        "started\nreleased\n"
+    );
+    assert!(shims_under(&agent_dir).is_empty());
+}
+
+#[test]
+fn a_container_that_exits_while_its_agent_is_down_is_reported_with_its_exit_code() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "20s"]);
+    let agent = env.agent(&addr, "n1", &[]);
+    let img = rootfs(&env);
+    let agent_dir = env.path("agent-n1");
+    let id = run_task(
+        &addr,
+        &["--image", &img, "--", "sh", "-c", "sleep 1; exit 9"],
+    );
+    wait_status(&addr, &id, "RUNNING", LONG);
+    env.procs[agent].kill9();
+    let exit_file = agent_dir.join(format!("tasks/{id}/main/exit.json"));
+    wait_for(
+        "the container to exit while the agent is down",
+        LONG,
+        || exit_file.exists().then_some(()),
+    );
+    assert_eq!(
+        task(&addr, &id)["lastStatus"],
+        "RUNNING",
+        "nobody has told the controller yet"
+    );
+    env.agent(&addr, "n1", &[]);
+    let t = wait_status(&addr, &id, "STOPPED", LONG);
+    assert_eq!(t["containers"][0]["exitCode"], 9, "{t}");
+    assert_eq!(t["stopCode"], "EssentialContainerExited");
+    // And its rootfs was cleaned up by the new agent.
+    let rootfs_dir = agent_dir.join(format!("tasks/{id}/main/rootfs"));
+    wait_for("rootfs cleanup", LONG, || {
+        (!rootfs_dir.exists()).then_some(())
+    });
+}
+
+#[test]
+fn two_agents_both_receive_work_and_capacity_is_respected() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
+    env.agent(&addr, "a", &["--cpu", "1", "--memory", "512"]);
+    env.agent(&addr, "b", &["--cpu", "1", "--memory", "512"]);
+    let img = rootfs(&env);
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            run_task(
+                &addr,
+                &[
+                    "--image",
+                    &img,
+                    "--cpu",
+                    "1",
+                    "--memory",
+                    "64",
+                    "--stop-timeout",
+                    "1s",
+                    "--",
+                    "sleep",
+                    "30",
+                ],
+            )
+        })
+        .collect();
+    let nodes: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            wait_status(&addr, id, "RUNNING", LONG)["nodeId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut sorted = nodes.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["a", "b"], "one task per node");
+
+    // Both nodes are full: the next one waits, saying why.
+    let waiting = run_task(&addr, &["--image", &img, "--cpu", "0.5", "--", "true"]);
+    let t = wait_for("a status reason", LONG, || {
+        let t = task(&addr, &waiting);
+        (!t["statusReason"].as_str().unwrap_or("").is_empty()).then_some(t)
+    });
+    assert_eq!(t["lastStatus"], "PROVISIONING");
+    assert!(
+        t["statusReason"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for capacity"),
+        "{t}"
+    );
+    // One that can never fit says that instead.
+    let never = run_task(&addr, &["--image", &img, "--cpu", "8", "--", "true"]);
+    let t = wait_for("a status reason", LONG, || {
+        let t = task(&addr, &never);
+        (!t["statusReason"].as_str().unwrap_or("").is_empty()).then_some(t)
+    });
+    assert!(
+        t["statusReason"].as_str().unwrap().contains("can ever fit"),
+        "{t}"
+    );
+    let nodes_ls = cli(&addr, &["nodes", "ls", "-o", "json"]).json();
+    assert!(
+        nodes_ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["cpuUsed"] == 1.0),
+        "{nodes_ls}"
+    );
+
+    // Freeing a node places the waiting task.
+    assert_eq!(cli(&addr, &["tasks", "stop", &ids[0]]).code, 0);
+    let t = wait_status(&addr, &waiting, "STOPPED", LONG);
+    assert_eq!(t["nodeId"], nodes[0].as_str());
+    assert_eq!(t["containers"][0]["exitCode"], 0);
+    // A PROVISIONING task can be stopped without ever running.
+    assert_eq!(cli(&addr, &["tasks", "stop", &never]).code, 0);
+    let t = task(&addr, &never);
+    assert_eq!(
+        (t["lastStatus"].as_str(), t["stopCode"].as_str()),
+        (Some("STOPPED"), Some("UserInitiated"))
+    );
+    let by_node = cli(&addr, &["tasks", "ls", "--node", "b", "-o", "json"]).json();
+    assert!(by_node
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["nodeId"] == "b"));
+    assert_eq!(cli(&addr, &["tasks", "stop", &ids[1]]).code, 0);
+}
+
+#[test]
+fn a_silent_node_loses_its_tasks_as_node_lost() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "2s"]);
+    let agent = env.agent(&addr, "n1", &[]);
+    let img = rootfs(&env);
+    let id = run_task(
+        &addr,
+        &["--image", &img, "--stop-timeout", "1s", "--", "sleep", "60"],
+    );
+    wait_status(&addr, &id, "RUNNING", LONG);
+    env.procs[agent].kill9();
+    let t = wait_status(&addr, &id, "STOPPED", LONG);
+    assert_eq!(t["stopCode"], "NodeLost", "{t}");
+    assert!(
+        t["stoppedReason"].as_str().unwrap().contains("silent"),
+        "{t}"
+    );
+    // When the agent comes back it is told to stop the orphaned container.
+    env.agent(&addr, "n1", &[]);
+    let agent_dir = env.path("agent-n1");
+    wait_for("the orphan to be stopped", LONG, || {
+        shims_under(&agent_dir).is_empty().then_some(())
+    });
+}
