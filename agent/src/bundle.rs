@@ -18,7 +18,7 @@ pub enum BundleError {
         "container {container}: nothing to run (no entrypoint or command in the task or the image)"
     )]
     NoCommand { container: String },
-    #[error("container {container}: user {user:?} is not numeric uid[:gid]")]
+    #[error("the image user {user:?} is not numeric uid[:gid]")]
     User { container: String, user: String },
     #[error("building the runtime spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),

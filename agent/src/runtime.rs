@@ -119,10 +119,8 @@ pub fn adopt(dir: &Path) -> Option<ShimHandle> {
     // The pid could have been reused by an unrelated process: check it is our shim for DIR.
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_ours = args.iter().any(|a| *a == b"shim")
-        && args
-            .iter()
-            .any(|a| *a == dir.as_os_str().as_encoded_bytes());
+    let is_ours =
+        args.contains(&b"shim".as_slice()) && args.contains(&dir.as_os_str().as_encoded_bytes());
     is_ours.then_some(ShimHandle { pid, pidfd })
 }
 

@@ -289,3 +289,79 @@ fn a_silent_node_loses_its_tasks_as_node_lost() {
         shims_under(&agent_dir).is_empty().then_some(())
     });
 }
+
+#[test]
+fn agent_config_file_and_log_rotation_end_to_end() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
+    let cfg = env.path("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "controller = \"{addr}\"\nnode_id = \"from-file\"\ndata_dir = \"{}\"\ncpu = 1.5\nlog_max_bytes = 8192\nlog_keep = 2\n[labels]\nzone = \"attic\"\n",
+            env.path("agent-from-file").display()
+        ),
+    )
+    .unwrap();
+    env.procs.push(skiff_tests::Proc::spawn(
+        "agent-file",
+        env.dir.path(),
+        &["agent", "-c", cfg.to_str().unwrap()],
+    ));
+    wait_for("the configured agent", LONG, || {
+        node_connected(&addr, "from-file").then_some(())
+    });
+    let nodes = cli(&addr, &["nodes", "ls", "-o", "json"]).json();
+    assert_eq!(nodes[0]["cpu"], 1.5);
+    assert_eq!(nodes[0]["labels"]["zone"], "attic");
+
+    let img = rootfs(&env);
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--wait",
+            "-o",
+            "json",
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "seq 1 5000",
+        ],
+    );
+    let id = out.json()["id"].as_str().unwrap().to_string();
+    let dir = env.path(&format!("agent-from-file/tasks/{id}/main"));
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("container.log"))
+        .collect();
+    assert_eq!(files.len(), 3, "current + 2 rotated: {files:?}");
+    for f in &files {
+        assert!(std::fs::metadata(dir.join(f)).unwrap().len() <= 8192);
+    }
+    // The kept logs read back in order, ending at the last line.
+    let logs = cli(&addr, &["tasks", "logs", &id]).stdout;
+    let nums: Vec<u32> = logs.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(*nums.last().unwrap(), 5000);
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, no gaps within what is kept"
+    );
+    assert!(nums[0] > 1, "the oldest lines were rotated away");
+
+    std::fs::write(&cfg, "controler = \"typo\"\n").unwrap();
+    let bad = std::process::Command::new(skiff_tests::skiff_bin())
+        .args(["agent", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("controler"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -125,11 +125,76 @@ fn env_limits_and_namespaces_inside_the_container() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     let host_nets = std::fs::read_dir("/sys/class/net").unwrap().count();
+    assert!(out.stdout.lines().count() > 1, "{out:?}");
     assert_eq!(
         out.stdout.lines().count(),
         host_nets,
         "host mode sees the host's interfaces: {out:?}"
     );
+}
+
+#[test]
+fn each_container_gets_its_own_namespaces() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let kinds = ["pid", "mnt", "uts", "ipc", "net"];
+    let script = kinds
+        .iter()
+        .map(|k| format!("echo {k}=$(stat -L -c %i /proc/self/ns/{k})"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let inside = |network: &str| {
+        let out = cli(
+            &addr,
+            &[
+                "run-task",
+                "--follow",
+                "--network",
+                network,
+                "--image",
+                &img,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout
+    };
+    let host_ns = |k: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/self/ns/{k}"))
+            .unwrap()
+            .ino()
+            .to_string()
+    };
+    let none = inside("none");
+    for k in kinds {
+        let v = none
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing: {none}"));
+        assert_ne!(v, host_ns(k), "{k} namespace must be the container's own");
+    }
+    let host = inside("host");
+    let net = host.lines().find_map(|l| l.strip_prefix("net=")).unwrap();
+    assert_eq!(
+        net,
+        host_ns("net"),
+        "network mode host shares the node's network namespace"
+    );
+    let pid = host.lines().find_map(|l| l.strip_prefix("pid=")).unwrap();
+    assert_ne!(pid, host_ns("pid"));
+}
+
+#[test]
+fn dev_stops_cleanly_on_sigterm() {
+    let mut env = Env::new();
+    let _addr = env.dev();
+    assert_eq!(env.procs[0].terminate(), Some(0), "{}", env.logs());
+    assert!(env.procs[0].stdout_text().contains("skiff dev: stopped"));
 }
 
 #[test]
@@ -355,6 +420,28 @@ fn bad_input_gets_clear_errors() {
             .contains("nothing to run"),
         "{out:?}"
     );
+    // An image that does not exist.
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--wait",
+            "-o",
+            "json",
+            "--image",
+            "dir:/no/such/rootfs",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.json()["stoppedReason"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/rootfs is not a directory"),
+        "{out:?}"
+    );
     // A command that does not exist in the image.
     let out = cli(
         &addr,
@@ -380,8 +467,8 @@ fn bad_input_gets_clear_errors() {
     let tasks = cli(&addr, &["tasks", "ls", "-o", "json"]).json();
     assert_eq!(
         tasks.as_array().unwrap().len(),
-        2,
-        "only the two tasks that were accepted: {tasks}"
+        3,
+        "only the three tasks that were accepted: {tasks}"
     );
 }
 
@@ -594,12 +681,11 @@ fn every_transition_is_an_event_and_the_stream_resumes_from_a_cursor() {
         }
         seen
     });
-    let seen = wait_for(
+    wait_for(
         "the follower to see the second task stop",
         Duration::from_secs(20),
         || reader.is_finished().then_some(()),
     );
-    let _ = seen;
     let seen = reader.join().unwrap();
     let _ = follow.kill();
     let _ = follow.wait();
