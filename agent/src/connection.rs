@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use skiff_proto::v1 as pb;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
 use crate::spec::TaskSpec;
@@ -27,16 +27,22 @@ pub async fn run(agent: Arc<AgentInner>) {
     }
 }
 
+/// How the agent reaches the controller.
+pub fn endpoint(controller: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(controller.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10)),
+    )
+}
+
 async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(agent.cfg.controller.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint.connect().await?;
+    let channel = endpoint(&agent.cfg.controller)?.connect().await?;
     let mut client = pb::agent_channel_client::AgentChannelClient::new(channel);
 
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(1024);
+    let (tx, rx) = mpsc::unbounded_channel::<pb::AgentMessage>();
     let (machine_cpu, machine_mem) = machine_capacity();
     let register = pb::Register {
         node_id: agent.cfg.node_id.clone(),
@@ -48,14 +54,16 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
     };
     tx.send(pb::AgentMessage {
         body: Some(pb::agent_message::Body::Register(register)),
-    })
-    .await?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    })?;
+    let mut inbound = client
+        .session(UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
     // From here, reports go out live.
     *agent.outbox.lock().unwrap() = Some(tx.clone());
     // Anything that changed between building the register and now is re-sent.
     for r in agent.reports() {
-        let _ = tx.try_send(pb::AgentMessage {
+        let _ = tx.send(pb::AgentMessage {
             body: Some(pb::agent_message::Body::Task(r)),
         });
     }
@@ -81,7 +89,7 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
             }
             _ = heartbeat.tick() => {
                 let hb = pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})) };
-                if tx.send(hb).await.is_err() {
+                if tx.send(hb).is_err() {
                     return Ok(());
                 }
             }

@@ -5,7 +5,7 @@
 //! launches and watches shims, serves logs, and keeps one stream open to the controller.
 
 pub mod bundle;
-mod connection;
+pub(crate) mod connection;
 pub mod image;
 pub mod logs;
 mod logserve;
@@ -76,8 +76,10 @@ pub struct AgentInner {
     pub cfg: AgentConfig,
     pub images: image::ImageStore,
     tasks: Mutex<HashMap<String, TaskEntry>>,
-    /// The live connection's outbox; None while disconnected (the next register carries state).
-    outbox: Mutex<Option<mpsc::Sender<pb::AgentMessage>>>,
+    /// The live session's outbox; None while disconnected (the next register carries state).
+    /// Unbounded on purpose: it carries only small control messages (reports, heartbeats), and a
+    /// report must never be dropped; bulk log data goes on connections of its own.
+    outbox: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
     log_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
 }
 
@@ -122,10 +124,9 @@ impl AgentInner {
     }
 
     fn send(&self, body: pb::agent_message::Body) {
-        let tx = self.outbox.lock().unwrap().clone();
-        if let Some(tx) = tx {
-            // A full or closed outbox means the connection is going; register resends state.
-            let _ = tx.try_send(pb::AgentMessage { body: Some(body) });
+        if let Some(tx) = self.outbox.lock().unwrap().as_ref() {
+            // A closed outbox means the connection is going; the next register resends state.
+            let _ = tx.send(pb::AgentMessage { body: Some(body) });
         }
     }
 
@@ -181,7 +182,23 @@ impl AgentInner {
                 drop(tasks);
                 self.send(pb::agent_message::Body::Task(report));
             }
-            None => {}
+            None => {
+                // Its start never arrived (or it is long forgotten): nothing runs, say so.
+                drop(tasks);
+                let mut record = TaskRecord::new(spec::TaskSpec {
+                    task_id: task_id.to_string(),
+                    containers: vec![],
+                    network: spec::NetworkMode::None,
+                    timeout_secs: 0,
+                });
+                record.phase = Phase::Stopped;
+                record.stop_code = code;
+                record.reason = format!(
+                    "{reason} (the task never started on node {})",
+                    self.cfg.node_id
+                );
+                self.send(pb::agent_message::Body::Task(report_of(task_id, &record)));
+            }
         }
     }
 

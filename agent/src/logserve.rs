@@ -10,13 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_proto::v1 as pb;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::logs::{self, Record, LOG_FILE};
 use crate::shim::EXIT;
 use crate::supervisor::task_dir;
 use crate::AgentInner;
 
+/// Answers a log request on a connection of its own to the controller: HTTP/2 flow control is
+/// also per connection, so a stalled reader's unread data on the session's connection would
+/// hold up the task reports sharing it.
 pub fn start(agent: Arc<AgentInner>, req: pb::LogRequest) {
     let (cancel_tx, cancel_rx) = watch::channel(false);
     agent
@@ -25,17 +29,38 @@ pub fn start(agent: Arc<AgentInner>, req: pb::LogRequest) {
         .unwrap()
         .insert(req.request_id, cancel_tx);
     tokio::spawn(async move {
-        let result = serve(&agent, &req, cancel_rx).await;
-        let (eof, error) = match result {
-            Ok(()) => (true, String::new()),
-            Err(e) => (true, e),
+        let channel = match crate::connection::endpoint(&agent.cfg.controller) {
+            Ok(e) => e.connect().await,
+            Err(e) => Err(e),
         };
-        agent.send(pb::agent_message::Body::Log(pb::LogData {
+        let mut client = match channel {
+            Ok(c) => pb::agent_channel_client::AgentChannelClient::new(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a log connection to the controller");
+                agent.log_cancels.lock().unwrap().remove(&req.request_id);
+                return;
+            }
+        };
+        // Small buffer: the stream's own flow control paces the file reading.
+        let (tx, rx) = mpsc::channel::<pb::LogData>(8);
+        let call = tokio::spawn(async move { client.logs(ReceiverStream::new(rx)).await });
+        // Attach the stream to the request at once, even if there is no data yet.
+        let hello = pb::LogData {
             request_id: req.request_id,
-            eof,
+            ..Default::default()
+        };
+        let _ = tx.send(hello).await;
+        let result = serve(&agent, &req, cancel_rx, &tx).await;
+        let error = result.err().unwrap_or_default();
+        let last = pb::LogData {
+            request_id: req.request_id,
+            eof: true,
             error,
             ..Default::default()
-        }));
+        };
+        let _ = tx.send(last).await;
+        drop(tx);
+        let _ = call.await;
         agent.log_cancels.lock().unwrap().remove(&req.request_id);
     });
 }
@@ -50,6 +75,7 @@ async fn serve(
     agent: &Arc<AgentInner>,
     req: &pb::LogRequest,
     cancel: watch::Receiver<bool>,
+    out: &mpsc::Sender<pb::LogData>,
 ) -> Result<(), String> {
     if req.task_id.is_empty() || req.task_id.contains('/') || req.task_id.contains("..") {
         return Err(format!("bad task id {:?}", req.task_id));
@@ -72,11 +98,11 @@ async fn serve(
     }
     let mut followers = Vec::new();
     for name in containers {
-        let agent = agent.clone();
         let cdir = dir.join(&name);
-        let (request_id, follow, cancel) = (req.request_id, req.follow, cancel.clone());
+        let (request_id, follow, cancel, out) =
+            (req.request_id, req.follow, cancel.clone(), out.clone());
         followers.push(tokio::spawn(async move {
-            stream_container(&agent, request_id, &name, &cdir, follow, cancel).await
+            stream_container(request_id, &name, &cdir, follow, cancel, out).await
         }));
     }
     for f in followers {
@@ -105,40 +131,52 @@ impl Tail {
 }
 
 async fn stream_container(
-    agent: &AgentInner,
     request_id: u64,
     name: &str,
     dir: &Path,
     follow: bool,
     cancel: watch::Receiver<bool>,
+    out: mpsc::Sender<pb::LogData>,
 ) {
     let path: PathBuf = dir.join(LOG_FILE);
+    // Returns false once the reader is gone.
     let send = |records: Vec<Record>| {
-        for chunk in group(records) {
-            agent.send(pb::agent_message::Body::Log(pb::LogData {
-                request_id,
-                container: name.to_string(),
-                stream: chunk.stream.as_str().to_string(),
-                data: chunk.data,
-                eof: false,
-                error: String::new(),
-            }));
+        let out = out.clone();
+        async move {
+            for chunk in group(records) {
+                let data = pb::LogData {
+                    request_id,
+                    container: name.to_string(),
+                    stream: chunk.stream.as_str().to_string(),
+                    data: chunk.data,
+                    eof: false,
+                    error: String::new(),
+                };
+                if out.send(data).await.is_err() {
+                    return false;
+                }
+            }
+            true
         }
     };
     // Rotated files first, oldest first, then the live file.
     for old in logs::log_files(&path).into_iter().filter(|p| *p != path) {
         if let Some(mut t) = Tail::open(&old) {
-            send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default());
+            if !send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default()).await {
+                return;
+            }
         }
     }
     let mut tail = Tail::open(&path);
     loop {
-        if *cancel.borrow() {
+        if *cancel.borrow() || out.is_closed() {
             return;
         }
         let exited = dir.join(EXIT).exists();
         if let Some(t) = tail.as_mut() {
-            send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default());
+            if !send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default()).await {
+                return;
+            }
             // Rotated under us: finish the old file (done above), switch to the new one.
             let rotated = std::fs::metadata(&path)
                 .map(|m| m.ino() != t.inode)
@@ -152,7 +190,7 @@ async fn stream_container(
         }
         if !follow || exited {
             if let Some(t) = tail.as_mut() {
-                send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default());
+                send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default()).await;
             }
             return;
         }

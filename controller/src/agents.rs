@@ -106,7 +106,6 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                             warn!(node_id = %node_id, task_id = %report.task_id, error = %e, "report not applied");
                         }
                     }
-                    Some(pb::agent_message::Body::Log(data)) => core.route_log(data).await,
                     Some(pb::agent_message::Body::Register(_)) => {
                         warn!(node_id = %node_id, "register sent twice; ignored");
                     }
@@ -119,6 +118,40 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         let out = ReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(out)))
     }
+
+    async fn logs(
+        &self,
+        request: Request<Streaming<pb::LogData>>,
+    ) -> Result<Response<pb::LogsDone>, Status> {
+        forward_logs(&self.core, request.into_inner()).await?;
+        Ok(Response::new(pb::LogsDone {}))
+    }
+}
+
+/// Forwards one log request's data to the API call that asked for it. Each request has its own
+/// stream, so waiting for a slow reader here holds up nothing else.
+pub async fn forward_logs(core: &Core, mut inbound: Streaming<pb::LogData>) -> Result<(), Status> {
+    let Some(first) = inbound.message().await? else {
+        return Ok(());
+    };
+    let request_id = first.request_id;
+    let route = core
+        .log_route(request_id)
+        .ok_or_else(|| Status::not_found(format!("no log request {request_id}")))?;
+    // However this stream ends, the reader's stream ends with it.
+    core.close_log_route(request_id);
+    let mut next = Some(first);
+    while let Some(data) = next {
+        let eof = data.eof;
+        if route.send(data).await.is_err() {
+            return Err(Status::cancelled("the log reader went away"));
+        }
+        if eof {
+            return Ok(());
+        }
+        next = inbound.message().await?;
+    }
+    Ok(())
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -241,15 +274,7 @@ async fn reconcile(
             }
             TaskStatus::Running | TaskStatus::Stopping => {
                 let reason = "the agent no longer has this task (its state was lost)".to_string();
-                core.transition(
-                    &task.id,
-                    TaskEvent::Stopped {
-                        code: StopCode::NodeLost,
-                        reason,
-                        containers: vec![],
-                    },
-                )
-                .await?;
+                core.mark_lost(&task.id, reason).await?;
             }
             TaskStatus::Provisioning | TaskStatus::Stopped => {}
         }

@@ -349,12 +349,25 @@ impl pb::tasks_server::Tasks for TasksApi {
                 task.id
             )));
         }
+        // The agent attaches its stream with an empty first message; a node that cannot answer
+        // (it just went away) must not leave the caller hanging.
+        let attached =
+            tokio::time::timeout(std::time::Duration::from_secs(10), route_rx.recv()).await;
+        if !matches!(attached, Ok(Some(_))) {
+            self.core.close_log_route(request_id);
+            return Err(Status::unavailable(format!(
+                "node {node} did not answer the log request for task {}",
+                task.id
+            )));
+        }
         let (tx, rx) = mpsc::channel(64);
         let core = self.core.clone();
         tokio::spawn(async move {
+            let mut finished = false;
             while let Some(d) = route_rx.recv().await {
                 if !d.error.is_empty() {
                     let _ = tx.send(Err(Status::not_found(d.error))).await;
+                    finished = true;
                     break;
                 }
                 if !d.data.is_empty() {
@@ -368,8 +381,16 @@ impl pb::tasks_server::Tasks for TasksApi {
                     }
                 }
                 if d.eof {
+                    finished = true;
                     break;
                 }
+            }
+            if !finished && !tx.is_closed() {
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "the log stream from node {node} broke; retry"
+                    ))))
+                    .await;
             }
             core.close_log_route(request_id);
             let cancel = pb::controller_message::Body::CancelLogs(pb::LogCancel { request_id });

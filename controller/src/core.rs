@@ -145,6 +145,16 @@ impl Core {
         }
     }
 
+    /// Marks a task STOPPED/`NodeLost`: its node is gone or no longer has it.
+    pub async fn mark_lost(&self, id: &str, reason: String) -> Result<(), CoreError> {
+        let event = TaskEvent::Stopped {
+            code: crate::lifecycle::StopCode::NodeLost,
+            reason,
+            containers: vec![],
+        };
+        self.transition(id, event).await.map(|_| ())
+    }
+
     /// Records why a PROVISIONING task is still waiting (not a lifecycle move: no event).
     pub async fn set_status_reason(&self, id: &str, reason: &str) -> Result<(), CoreError> {
         self.store
@@ -231,7 +241,7 @@ impl Core {
             .map_err(|_| CoreError::NodeOffline(node_id.to_string()))
     }
 
-    // --- log routing: agent LogData → the API call that asked for it ---
+    // --- log routing: an agent's Logs stream → the API call that asked for it ---
 
     pub fn open_log_route(&self, request_id: u64, tx: mpsc::Sender<pb::LogData>) {
         self.log_routes.lock().unwrap().insert(request_id, tx);
@@ -241,16 +251,8 @@ impl Core {
         self.log_routes.lock().unwrap().remove(&request_id);
     }
 
-    pub async fn route_log(&self, data: pb::LogData) {
-        let tx = self
-            .log_routes
-            .lock()
-            .unwrap()
-            .get(&data.request_id)
-            .cloned();
-        if let Some(tx) = tx {
-            let _ = tx.send(data).await;
-        }
+    pub fn log_route(&self, request_id: u64) -> Option<mpsc::Sender<pb::LogData>> {
+        self.log_routes.lock().unwrap().get(&request_id).cloned()
     }
 }
 

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::convert;
 use crate::core::{Core, CoreError};
-use crate::lifecycle::{StopCode, TaskEvent, TaskStatus};
+use crate::lifecycle::{TaskEvent, TaskStatus};
 use crate::model::Task;
 use crate::placement::{self, NodeLoad};
 
@@ -127,15 +127,7 @@ async fn reap_lost_nodes(core: &Core) -> Result<(), CoreError> {
             core.timing.node_timeout.as_secs()
         );
         warn!(task_id = %task.id, node_id = %node, "node lost");
-        core.transition(
-            &task.id,
-            TaskEvent::Stopped {
-                code: StopCode::NodeLost,
-                reason,
-                containers: vec![],
-            },
-        )
-        .await?;
+        core.mark_lost(&task.id, reason).await?;
     }
     for node in lost {
         core.forget_node_timer(&node);

@@ -312,28 +312,17 @@ impl Drop for Env {
 
 /// Shims outlive agents by design; a test must not leave them (or their containers) behind.
 pub fn kill_shims_under(dir: &Path) {
-    let needle = dir.as_os_str().as_encoded_bytes();
     for _ in 0..50 {
-        let mut found = false;
-        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-            if args.iter().any(|a| *a == b"shim") && args.iter().any(|a| a.starts_with(needle)) {
-                found = true;
-                // SIGKILL the shim's children (the container init) first, then the shim.
-                for child in children_of(pid) {
-                    unsafe { libc::kill(child, libc::SIGKILL) };
-                }
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        if !found {
+        let shims = shims_under(dir);
+        if shims.is_empty() {
             return;
+        }
+        for pid in shims {
+            // SIGKILL the shim's children (the container init) first, then the shim.
+            for child in children_of(pid) {
+                unsafe { libc::kill(child, libc::SIGKILL) };
+            }
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -427,6 +416,17 @@ pub fn wait_status(addr: &str, id: &str, status: &str, timeout: Duration) -> ser
         let t = task(addr, id);
         (t["lastStatus"] == status).then_some(t)
     })
+}
+
+/// Runs a task that must fail to start (`run-task --wait` exits 125); returns its stopped reason.
+pub fn failed_to_start(addr: &str, args: &[&str]) -> String {
+    let mut all = vec!["run-task", "--wait", "-o", "json"];
+    all.extend_from_slice(args);
+    let out = cli(addr, &all);
+    assert_eq!(out.code, 125, "{args:?} should fail to start: {out:?}");
+    let t = out.json();
+    assert_eq!(t["stopCode"], "TaskFailedToStart", "{t}");
+    t["stoppedReason"].as_str().unwrap_or_default().to_string()
 }
 
 /// Starts a task (without waiting) and returns its id.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use skiff_tests::images::{self, ImageConfig};
-use skiff_tests::{cli, run_task, task, wait_for, wait_status, Env};
+use skiff_tests::{cli, failed_to_start, run_task, task, wait_for, wait_status, Env};
 
 fn rootfs(env: &Env) -> String {
     format!(
@@ -344,6 +344,73 @@ fn logs_follow_streams_while_the_task_runs() {
 }
 
 #[test]
+fn a_stalled_log_reader_does_not_hold_up_other_tasks() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let chatty = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "yes a-line-of-log-output | head -n 3000000; sleep 600",
+        ],
+    );
+    wait_status(&addr, &chatty, "RUNNING", Duration::from_secs(30));
+    // A reader that never reads: its pipe fills, then the gRPC stream's window, then the
+    // controller's buffer for it.
+    let mut stalled = std::process::Command::new(skiff_tests::skiff_bin())
+        .args(["tasks", "logs", "-f", &chatty])
+        .env("SKIFF_ADDR", &addr)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log rotates at 10 MB (keeping 3): count every file of it.
+    let dir = env.path(&format!("dev/agent/tasks/{chatty}/main"));
+    let written = || -> u64 {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("container.log"))
+                    .map(|e| e.metadata().map_or(0, |m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    wait_for(
+        "the chatty task to write 20 MB of log",
+        Duration::from_secs(120),
+        || (written() > 20_000_000).then_some(()),
+    );
+    // Meanwhile other tasks on the same node start, run and report as usual.
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--wait",
+            "--timeout",
+            "20s",
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "exit 6",
+        ],
+    );
+    assert_eq!(out.code, 6, "{out:?}");
+    assert_eq!(cli(&addr, &["tasks", "stop", &chatty]).code, 0);
+    wait_status(&addr, &chatty, "STOPPED", Duration::from_secs(30));
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+}
+
+#[test]
 fn bad_input_gets_clear_errors() {
     let mut env = Env::new();
     let addr = env.dev();
@@ -407,56 +474,17 @@ fn bad_input_gets_clear_errors() {
         );
     }
     // A task whose image has nothing to run fails to start, with a reason.
-    let out = cli(
-        &addr,
-        &["run-task", "--wait", "-o", "json", "--image", &img],
-    );
-    assert_eq!(out.code, 125, "{out:?}");
-    assert_eq!(out.json()["stopCode"], "TaskFailedToStart");
-    assert!(
-        out.json()["stoppedReason"]
-            .as_str()
-            .unwrap()
-            .contains("nothing to run"),
-        "{out:?}"
-    );
+    let reason = failed_to_start(&addr, &["--image", &img]);
+    assert!(reason.contains("nothing to run"), "{reason}");
     // An image that does not exist.
-    let out = cli(
-        &addr,
-        &[
-            "run-task",
-            "--wait",
-            "-o",
-            "json",
-            "--image",
-            "dir:/no/such/rootfs",
-            "--",
-            "true",
-        ],
-    );
-    assert_eq!(out.code, 125, "{out:?}");
+    let reason = failed_to_start(&addr, &["--image", "dir:/no/such/rootfs", "--", "true"]);
     assert!(
-        out.json()["stoppedReason"]
-            .as_str()
-            .unwrap()
-            .contains("/no/such/rootfs is not a directory"),
-        "{out:?}"
+        reason.contains("/no/such/rootfs is not a directory"),
+        "{reason}"
     );
     // A command that does not exist in the image.
-    let out = cli(
-        &addr,
-        &[
-            "run-task",
-            "--wait",
-            "-o",
-            "json",
-            "--image",
-            &img,
-            "--",
-            "/no/such/binary",
-        ],
-    );
-    assert_ne!(out.code, 0, "{out:?}");
+    let reason = failed_to_start(&addr, &["--image", &img, "--", "/no/such/binary"]);
+    assert!(reason.contains("/no/such/binary"), "{reason}");
     // Unreachable controller.
     let out = cli("http://127.0.0.1:1", &["tasks", "ls"]);
     assert!(
@@ -590,36 +618,10 @@ fn oci_layout_images_with_whiteouts_and_config() {
     bytes[n / 2] ^= 0xff;
     std::fs::write(&biggest, bytes).unwrap();
     std::fs::remove_dir_all(env.path("dev/agent/images")).unwrap();
-    let out = cli(
-        &addr,
-        &["run-task", "--wait", "-o", "json", "--image", &image],
-    );
-    assert_eq!(out.code, 125, "{out:?}");
-    assert!(
-        out.json()["stoppedReason"]
-            .as_str()
-            .unwrap()
-            .contains("corrupt"),
-        "{out:?}"
-    );
-    let missing = cli(
-        &addr,
-        &[
-            "run-task",
-            "--wait",
-            "-o",
-            "json",
-            "--image",
-            &format!("oci:{}:v2", layout.display()),
-        ],
-    );
-    assert!(
-        missing.json()["stoppedReason"]
-            .as_str()
-            .unwrap()
-            .contains("no tag \"v2\""),
-        "{missing:?}"
-    );
+    let reason = failed_to_start(&addr, &["--image", &image]);
+    assert!(reason.contains("corrupt"), "{reason}");
+    let reason = failed_to_start(&addr, &["--image", &format!("oci:{}:v2", layout.display())]);
+    assert!(reason.contains("no tag \"v2\""), "{reason}");
 }
 
 #[test]
