@@ -68,10 +68,22 @@ fn main() -> ExitCode {
     if let Command::Shim { dir } = &cli.command {
         return ExitCode::from(skiff_agent::shim::main(dir) as u8);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Servers get worker threads; a client command is one request at a time, and starting
+    // worker threads would only add to every command's latency.
+    let serving = matches!(
+        cli.command,
+        Command::Dev(_) | Command::Controller(_) | Command::Agent(_)
+    );
+    let built = if serving {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("skiff: cannot start the async runtime: {e}");

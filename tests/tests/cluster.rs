@@ -365,3 +365,85 @@ fn agent_config_file_and_log_rotation_end_to_end() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn acknowledged_tasks_survive_repeated_controller_crashes() {
+    let mut env = Env::new();
+    let (ctl, addr) = env.controller("127.0.0.1:0", &[]);
+    env.agent(&addr, "n1", &[]);
+    let img = rootfs(&env);
+    let port = hostport(&addr).to_string();
+
+    // A client submits tasks as fast as it can while the controller is killed three times.
+    let submitter = {
+        let (addr, img) = (addr.clone(), img.clone());
+        std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(6);
+            while std::time::Instant::now() < deadline {
+                let out = cli(
+                    &addr,
+                    &[
+                        "run-task",
+                        "--image",
+                        &img,
+                        "--",
+                        "sh",
+                        "-c",
+                        "echo ran $SKIFF_TASK_ID",
+                    ],
+                );
+                if out.code == 0 {
+                    acknowledged.push(out.stdout.trim().to_string());
+                }
+            }
+            acknowledged
+        })
+    };
+    let mut ctl = ctl;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1200));
+        env.procs[ctl].kill9();
+        ctl = env.controller(&port, &[]).0;
+    }
+    let acknowledged = submitter.join().unwrap();
+    assert!(
+        acknowledged.len() >= 10,
+        "the test should submit a fair number: {}",
+        acknowledged.len()
+    );
+    wait_for("the agent to reconnect", LONG, || {
+        node_connected(&addr, "n1").then_some(())
+    });
+
+    // Every acknowledged task exists, runs exactly once, and stops normally.
+    for id in &acknowledged {
+        let t = wait_status(&addr, id, "STOPPED", LONG);
+        assert_eq!(t["containers"][0]["exitCode"], 0, "{t}");
+        assert_eq!(
+            cli(&addr, &["tasks", "logs", id]).stdout,
+            format!("ran {id}\n"),
+            "ran once"
+        );
+    }
+    let all = cli(&addr, &["tasks", "ls", "--limit", "0", "-o", "json"]).json();
+    let stored: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    for id in &acknowledged {
+        assert!(
+            stored.contains(&id.as_str()),
+            "acknowledged task {id} was lost"
+        );
+    }
+    // Tasks whose acknowledgement was lost in a crash may exist too, but none may be stuck.
+    for t in all.as_array().unwrap() {
+        let id = t["id"].as_str().unwrap();
+        let t = wait_status(&addr, id, "STOPPED", LONG);
+        assert_eq!(t["containers"][0]["exitCode"], 0, "{t}");
+    }
+    let _ = ctl;
+}

@@ -768,3 +768,58 @@ fn grpc_reflection_and_health_work_like_grpcurl_expects() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+#[test]
+fn essential_and_non_essential_containers() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = rootfs(&env);
+    let file = env.path("pair.json");
+    let def = serde_json::json!({
+        "family": "pair",
+        "containers": [
+            {"name": "main", "image": img, "command": ["sh", "-c", "sleep 1; echo main done; exit 3"]},
+            {"name": "helper", "image": img, "essential": false, "command": ["sh", "-c", "echo helper quits early; exit 1"]},
+            {"name": "sidecar", "image": img, "essential": false, "stop_timeout": "5s",
+             "command": ["sh", "-c", "trap 'echo sidecar stopped; exit 0' TERM; while true; do sleep 0.1; done"]}
+        ]
+    });
+    std::fs::write(&file, def.to_string()).unwrap();
+    assert_eq!(
+        cli(
+            &addr,
+            &["taskdefs", "register", "-f", file.to_str().unwrap()]
+        )
+        .code,
+        0
+    );
+    let out = cli(
+        &addr,
+        &["run-task", "--wait", "-o", "json", "--task-def", "pair"],
+    );
+    assert_eq!(out.code, 3, "the essential container's exit code: {out:?}");
+    let t = out.json();
+    assert_eq!(t["stopCode"], "EssentialContainerExited");
+    let exit = |name: &str| {
+        t["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["exitCode"]
+            .clone()
+    };
+    // The helper exited first without stopping the task; the sidecar was stopped when main exited.
+    assert_eq!(
+        (exit("main"), exit("helper"), exit("sidecar")),
+        (3.into(), 1.into(), 0.into()),
+        "{t}"
+    );
+    let id = t["id"].as_str().unwrap();
+    let logs = |c: &str| cli(&addr, &["tasks", "logs", id, "--container", c]).stdout;
+    assert_eq!(logs("main"), "main done\n");
+    assert_eq!(logs("helper"), "helper quits early\n");
+    assert_eq!(logs("sidecar"), "sidecar stopped\n");
+    let all = cli(&addr, &["tasks", "logs", id]).stdout;
+    assert_eq!(all.lines().count(), 3, "{all}");
+}
