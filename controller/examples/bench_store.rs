@@ -6,35 +6,23 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use skiff_controller::lifecycle::{DesiredStatus, TaskStatus};
 use skiff_controller::model::{now_ms, Event, NetworkMode, Task, TaskSpec};
 use skiff_controller::store::Store;
 
 fn task(i: usize) -> Task {
-    Task {
-        id: format!("bench-{i:08}"),
-        task_definition: None,
-        group: "bench".into(),
-        started_by: String::new(),
-        spec: TaskSpec {
-            containers: vec![],
-            network_mode: NetworkMode::None,
-            timeout_secs: 0,
-        },
-        node_id: None,
-        status: TaskStatus::Provisioning,
-        desired: DesiredStatus::Running,
-        stop_code: None,
-        stopped_reason: String::new(),
-        status_reason: String::new(),
+    let spec = TaskSpec {
         containers: vec![],
-        created_at_ms: now_ms(),
-        pending_at_ms: 0,
-        started_at_ms: 0,
-        stopping_at_ms: 0,
-        stopped_at_ms: 0,
-        version: 1,
-    }
+        network_mode: NetworkMode::None,
+        timeout_secs: 0,
+    };
+    Task::new(
+        format!("bench-{i:08}"),
+        None,
+        "bench".into(),
+        String::new(),
+        spec,
+        now_ms(),
+    )
 }
 
 fn event(id: String) -> Event {

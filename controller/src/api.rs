@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 use crate::agents::stop_on_agent;
 use crate::convert;
 use crate::core::{Core, CoreError};
-use crate::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
-use crate::model::{now_ms, DefinitionStatus, Task, TaskDefinition, TaskSpec};
+use crate::lifecycle::{StopCode, TaskEvent, TaskStatus};
+use crate::model::{now_ms, DefinitionStatus, Task, TaskDefinition};
 use crate::scheduler::node_loads;
 use crate::store::StoreError;
 use crate::validate::{self, InvalidField};
@@ -139,50 +139,6 @@ pub struct TasksApi {
     pub core: Arc<Core>,
 }
 
-fn new_task(
-    id: String,
-    def: Option<&TaskDefinition>,
-    spec: TaskSpec,
-    group: String,
-    started_by: String,
-) -> Task {
-    Task {
-        id,
-        task_definition: def.map(|d| d.reference()),
-        group: if group.is_empty() {
-            def.map_or_else(|| "adhoc".to_string(), |d| format!("family:{}", d.family))
-        } else {
-            group
-        },
-        started_by,
-        containers: spec
-            .containers
-            .iter()
-            .map(|c| crate::model::ContainerState {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                essential: c.essential,
-                last_status: TaskStatus::Provisioning.as_str().to_string(),
-                exit_code: None,
-                reason: String::new(),
-            })
-            .collect(),
-        spec,
-        node_id: None,
-        status: TaskStatus::Provisioning,
-        desired: DesiredStatus::Running,
-        stop_code: None,
-        stopped_reason: String::new(),
-        status_reason: String::new(),
-        created_at_ms: now_ms(),
-        pending_at_ms: 0,
-        started_at_ms: 0,
-        stopping_at_ms: 0,
-        stopped_at_ms: 0,
-        version: 1,
-    }
-}
-
 fn get_task(core: &Core, id: &str) -> Result<Task, Status> {
     if id.is_empty() {
         return Err(Status::invalid_argument("id: missing"));
@@ -215,12 +171,19 @@ impl pb::tasks_server::Tasks for TasksApi {
             Some(o) => validate::apply_overrides(spec, o).map_err(invalid)?,
             None => spec,
         };
-        let task = new_task(
+        let group = if req.group.is_empty() {
+            def.as_ref()
+                .map_or_else(|| "adhoc".to_string(), |d| format!("family:{}", d.family))
+        } else {
+            req.group
+        };
+        let task = Task::new(
             ulid::Ulid::new().to_string().to_lowercase(),
-            def.as_ref(),
-            spec,
-            req.group,
+            def.as_ref().map(|d| d.reference()),
+            group,
             req.started_by,
+            spec,
+            now_ms(),
         );
         let task = self.core.create_task(task).await?;
         tracing::info!(task_id = %task.id, "task accepted");

@@ -262,30 +262,15 @@ mod tests {
     }
 
     fn task_in(status: TaskStatus) -> Task {
-        Task {
-            id: "t".into(),
-            task_definition: None,
-            group: String::new(),
-            started_by: String::new(),
-            spec: TaskSpec {
-                containers: vec![],
-                network_mode: NetworkMode::None,
-                timeout_secs: 0,
-            },
-            node_id: None,
-            status,
-            desired: DesiredStatus::Running,
-            stop_code: None,
-            stopped_reason: String::new(),
-            status_reason: String::new(),
+        let spec = TaskSpec {
             containers: vec![],
-            created_at_ms: 0,
-            pending_at_ms: 0,
-            started_at_ms: 0,
-            stopping_at_ms: 0,
-            stopped_at_ms: 0,
-            version: 0,
-        }
+            network_mode: NetworkMode::None,
+            timeout_secs: 0,
+        };
+        let mut t = Task::new("t".into(), None, String::new(), String::new(), spec, 0);
+        t.status = status;
+        t.version = 0;
+        t
     }
 
     /// The whole table, written out independently of `next_status`: (from, event index) → result.

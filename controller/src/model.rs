@@ -125,6 +125,48 @@ pub struct Task {
 }
 
 impl Task {
+    /// A task just accepted: PROVISIONING, desired RUNNING, its containers not yet started.
+    pub fn new(
+        id: String,
+        task_definition: Option<String>,
+        group: String,
+        started_by: String,
+        spec: TaskSpec,
+        now_ms: i64,
+    ) -> Task {
+        Task {
+            id,
+            task_definition,
+            group,
+            started_by,
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| ContainerState {
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    essential: c.essential,
+                    last_status: TaskStatus::Provisioning.as_str().to_string(),
+                    exit_code: None,
+                    reason: String::new(),
+                })
+                .collect(),
+            spec,
+            node_id: None,
+            status: TaskStatus::Provisioning,
+            desired: DesiredStatus::Running,
+            stop_code: None,
+            stopped_reason: String::new(),
+            status_reason: String::new(),
+            created_at_ms: now_ms,
+            pending_at_ms: 0,
+            started_at_ms: 0,
+            stopping_at_ms: 0,
+            stopped_at_ms: 0,
+            version: 1,
+        }
+    }
+
     /// The family the task came from, if any.
     pub fn family(&self) -> Option<&str> {
         self.task_definition
