@@ -79,7 +79,10 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
                         let every = Duration::from_millis(r.heartbeat_interval_ms.max(100) as u64);
                         heartbeat = tokio::time::interval(every);
                     }
-                    Some(In::Start(s)) => agent.start_task(TaskSpec::from_proto(&s)),
+                    Some(In::Start(s)) => match TaskSpec::from_proto(&s) {
+                        Ok(spec) => agent.start_task(spec),
+                        Err(e) => agent.report_never_started(&s.task_id, "TaskFailedToStart", e),
+                    },
                     Some(In::Stop(s)) => agent.stop_task(&s.task_id, s.stop_code, s.reason),
                     Some(In::Forget(f)) => agent.forget_task(&f.task_id),
                     Some(In::Logs(req)) => logserve::start(agent.clone(), req),

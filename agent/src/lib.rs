@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub shim_exe: PathBuf,
     pub log_max_bytes: u64,
     pub log_keep: u32,
+    /// How long a container may take to be created and started before the task fails.
+    pub start_timeout: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -53,6 +55,7 @@ impl AgentConfig {
             shim_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 3,
+            start_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -185,21 +188,27 @@ impl AgentInner {
             None => {
                 // Its start never arrived (or it is long forgotten): nothing runs, say so.
                 drop(tasks);
-                let mut record = TaskRecord::new(spec::TaskSpec {
-                    task_id: task_id.to_string(),
-                    containers: vec![],
-                    network: spec::NetworkMode::None,
-                    timeout_secs: 0,
-                });
-                record.phase = Phase::Stopped;
-                record.stop_code = code;
-                record.reason = format!(
+                let reason = format!(
                     "{reason} (the task never started on node {})",
                     self.cfg.node_id
                 );
-                self.send(pb::agent_message::Body::Task(report_of(task_id, &record)));
+                self.report_never_started(task_id, &code, reason);
             }
         }
+    }
+
+    /// Reports a task this agent does not run (and will not) as STOPPED.
+    fn report_never_started(&self, task_id: &str, code: &str, reason: String) {
+        let mut record = TaskRecord::new(spec::TaskSpec {
+            task_id: task_id.to_string(),
+            containers: vec![],
+            network: spec::NetworkMode::None,
+            timeout_secs: 0,
+        });
+        record.phase = Phase::Stopped;
+        record.stop_code = code.to_string();
+        record.reason = reason;
+        self.send(pb::agent_message::Body::Task(report_of(task_id, &record)));
     }
 
     /// The controller has recorded the task as STOPPED: drop its record (logs stay on disk).

@@ -3,11 +3,12 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
@@ -69,9 +70,14 @@ impl ShimHandle {
     }
 }
 
-/// Launches `skiff shim DIR` and waits (blocking) until it reports the container started.
-/// On failure returns the shim's own error message.
-pub fn launch(shim_exe: &Path, dir: &Path) -> Result<ShimHandle, String> {
+/// Launches `skiff shim DIR` and waits (blocking, at most the start timeout) until it reports
+/// the container started. On failure returns the shim's own error message.
+pub fn launch(
+    shim_exe: &Path,
+    dir: &Path,
+    cgroup_path: &str,
+    start_timeout: std::time::Duration,
+) -> Result<ShimHandle, String> {
     let shim_log =
         fs::File::create(dir.join("shim.log")).map_err(|e| format!("creating shim.log: {e}"))?;
     let mut child = Command::new(shim_exe)
@@ -90,6 +96,21 @@ pub fn launch(shim_exe: &Path, dir: &Path) -> Result<ShimHandle, String> {
     let handle = ShimHandle { pid, pidfd };
     let mut line = String::new();
     let stdout = child.stdout.take().expect("stdout is piped");
+    // A shim that hangs before its container starts must not leave the task PENDING forever.
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLIN)];
+    let timeout_ms = i32::try_from(start_timeout.as_millis()).unwrap_or(i32::MAX);
+    let ready = poll(
+        &mut fds,
+        PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::MAX),
+    );
+    if matches!(ready, Ok(0)) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        kill_cgroup(cgroup_path);
+        let _ = child.wait();
+        return Err(format!(
+            "the container did not start within {start_timeout:?} (the agent's start_timeout)"
+        ));
+    }
     let _ = BufReader::new(stdout).read_line(&mut line);
     let line = line.trim();
     if line.starts_with("started") {
@@ -106,6 +127,26 @@ pub fn launch(shim_exe: &Path, dir: &Path) -> Result<ShimHandle, String> {
             )
         }
     })
+}
+
+/// SIGKILLs every process in a container's cgroups (v1 hierarchies and v2), for a container
+/// whose shim could not be trusted to stop it.
+fn kill_cgroup(cgroup_path: &str) {
+    let rel = cgroup_path.trim_start_matches('/');
+    let roots = [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup",
+    ];
+    for root in roots {
+        let Ok(procs) = fs::read_to_string(Path::new(root).join(rel).join("cgroup.procs")) else {
+            continue;
+        };
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 /// Finds a shim that outlived an agent restart. None if it is no longer running.

@@ -34,9 +34,27 @@ pub struct TaskSpec {
     pub timeout_secs: u64,
 }
 
+/// Whether a task id or container name is safe to use as one path component: the agent builds
+/// directories from them, so it checks them itself rather than trusting the sender.
+pub fn safe_component(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 impl TaskSpec {
-    pub fn from_proto(s: &pb::StartTask) -> TaskSpec {
-        TaskSpec {
+    /// Converts a StartTask, refusing ids and names that are not safe path components.
+    pub fn from_proto(s: &pb::StartTask) -> Result<TaskSpec, String> {
+        if !safe_component(&s.task_id) {
+            return Err(format!("task id {:?} is not a safe name", s.task_id));
+        }
+        if let Some(c) = s.containers.iter().find(|c| !safe_component(&c.name)) {
+            return Err(format!("container name {:?} is not a safe name", c.name));
+        }
+        Ok(TaskSpec {
             task_id: s.task_id.clone(),
             containers: s
                 .containers
@@ -60,6 +78,39 @@ impl TaskSpec {
                 NetworkMode::None
             },
             timeout_secs: s.timeout_seconds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_components_are_checked() {
+        for ok in ["01m83mk2xvm4xst6xgehek67ez", "main", "side-car_1", "v1.2"] {
+            assert!(safe_component(ok), "{ok}");
         }
+        for bad in ["", ".", "..", "../etc", "a/b", "a\0b", "x y"] {
+            assert!(!safe_component(bad), "{bad:?}");
+        }
+        let start = pb::StartTask {
+            task_id: "../../etc".into(),
+            ..Default::default()
+        };
+        assert!(TaskSpec::from_proto(&start)
+            .unwrap_err()
+            .contains("task id"));
+        let start = pb::StartTask {
+            task_id: "t1".into(),
+            containers: vec![pb::ContainerSpec {
+                name: "../x".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(TaskSpec::from_proto(&start)
+            .unwrap_err()
+            .contains("container name"));
     }
 }

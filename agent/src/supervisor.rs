@@ -203,11 +203,16 @@ async fn start(
                     log_max_bytes: agent2.cfg.log_max_bytes,
                     log_keep: agent2.cfg.log_keep,
                     stop_timeout_secs: c2.stop_timeout_secs,
-                    cgroup_path,
+                    cgroup_path: cgroup_path.clone(),
                 },
             )
             .map_err(|e| format!("writing shim.json: {e}"))?;
-            runtime::launch(&agent2.cfg.shim_exe, &dir)
+            runtime::launch(
+                &agent2.cfg.shim_exe,
+                &dir,
+                &cgroup_path,
+                agent2.cfg.start_timeout,
+            )
         })
         .await
         .unwrap_or_else(|e| Err(format!("preparing container: {e}")));

@@ -28,6 +28,7 @@ pub struct AgentFile {
     pub labels: BTreeMap<String, String>,
     pub log_max_bytes: Option<u64>,
     pub log_keep: Option<u32>,
+    pub start_timeout: Option<String>,
 }
 
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {

@@ -208,6 +208,9 @@ pub async fn agent(a: AgentArgs, default_controller: &str) -> anyhow::Result<()>
     if let Some(k) = file.log_keep {
         cfg.log_keep = k;
     }
+    if let Some(t) = &file.start_timeout {
+        cfg.start_timeout = config::duration("start_timeout", t)?;
+    }
     if let Some(cpu) = cfg.cpu {
         anyhow::ensure!(
             cpu.is_finite() && cpu > 0.0,

@@ -447,3 +447,36 @@ fn acknowledged_tasks_survive_repeated_controller_crashes() {
     }
     let _ = ctl;
 }
+
+#[test]
+fn a_container_that_does_not_start_in_time_fails_cleanly() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
+    let cfg = env.path("agent.toml");
+    let data = env.path("agent-slow");
+    std::fs::write(
+        &cfg,
+        format!("controller = \"{addr}\"\nnode_id = \"slow\"\ndata_dir = \"{}\"\nstart_timeout = \"1ms\"\n", data.display()),
+    )
+    .unwrap();
+    env.procs.push(skiff_tests::Proc::spawn(
+        "agent-slow",
+        env.dir.path(),
+        &["agent", "-c", cfg.to_str().unwrap()],
+    ));
+    wait_for("the agent", LONG, || {
+        node_connected(&addr, "slow").then_some(())
+    });
+    let img = rootfs(&env);
+    let reason = skiff_tests::failed_to_start(&addr, &["--image", &img, "--", "sleep", "600"]);
+    assert!(reason.contains("did not start within 1ms"), "{reason}");
+    // Nothing of it is left running: no shim, no container process.
+    assert!(shims_under(&data).is_empty());
+    let leftover = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| c.starts_with(b"sleep\x00600"))
+        .count();
+    assert_eq!(leftover, 0, "the container's process was killed");
+}
