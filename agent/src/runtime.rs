@@ -2,7 +2,6 @@
 //! single-threaded shim processes. Nothing here calls libcontainer; the shim does.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -15,10 +14,14 @@ use tokio::io::unix::AsyncFd;
 
 use crate::shim::{self, ExitRecord, ShimConfig};
 
-/// A running shim: its pid and a pidfd (immune to pid reuse) to signal and await it.
+/// A running shim: its pid, a pidfd (immune to pid reuse) to signal and await it, and for a
+/// shim this agent launched, its status pipe.
 pub struct ShimHandle {
     pub pid: i32,
     pidfd: OwnedFd,
+    /// The shim says `exited` here as soon as its container has exited and `exit.json` is
+    /// written, before it spends milliseconds deleting the container's cgroups.
+    status: Option<OwnedFd>,
 }
 
 /// Asks a shim to stop its container (SIGTERM; the shim escalates to SIGKILL after the
@@ -38,12 +41,32 @@ fn stop_via(pidfd: &OwnedFd) {
     }
 }
 
-/// A second handle on a shim that can only ask it to stop.
-pub struct ShimStopper(OwnedFd);
+/// Waits until a file descriptor is readable (data, EOF, or for a pidfd: the process ended).
+async fn readable(fd: OwnedFd) {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open for as long as it is
+    // registered and is closed only after deregistration.
+    let registered = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+    if let Ok(afd) = registered {
+        let _ = afd.readable().await;
+    }
+}
 
-impl ShimStopper {
+/// A further handle on a shim: to ask it to stop, or to await its end.
+pub struct ShimRef {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl ShimRef {
     pub fn stop(&self) {
-        stop_via(&self.0)
+        stop_via(&self.pidfd)
+    }
+
+    /// Resolves when the shim process has ended, and reaps it if it was our child (an
+    /// adopted shim is someone else's child: ECHILD).
+    pub async fn gone(self) {
+        readable(self.pidfd).await;
+        let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
     }
 }
 
@@ -52,22 +75,51 @@ impl ShimHandle {
         stop_via(&self.pidfd)
     }
 
-    pub fn stopper(&self) -> Option<ShimStopper> {
-        self.pidfd.try_clone().ok().map(ShimStopper)
+    pub fn stopper(&self) -> Option<ShimRef> {
+        let pidfd = self.pidfd.try_clone().ok()?;
+        Some(ShimRef {
+            pid: self.pid,
+            pidfd,
+        })
     }
 
-    /// Resolves when the shim process has exited (whether or not it is our child).
-    pub async fn exited(self) {
-        // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open for as long as it is
-        // registered and is closed only after deregistration.
-        let registered =
-            unsafe { AsyncFd::register_with_interest(self.pidfd, tokio::io::Interest::READABLE) };
-        if let Ok(afd) = registered {
-            let _ = afd.readable().await;
+    /// Resolves when the container has exited: at the shim's `exited` line, or when the shim
+    /// process is gone (an adopted shim has no status pipe; a shim may also die). Returns the
+    /// handle to await the shim's own end (after it deleted the container).
+    pub async fn exited(self) -> ShimRef {
+        let shim = ShimRef {
+            pid: self.pid,
+            pidfd: self.pidfd,
+        };
+        let process_end = shim.pidfd.try_clone().ok();
+        match (self.status, process_end) {
+            (Some(status), Some(end)) => {
+                tokio::select! {
+                    _ = readable(status) => {}
+                    _ = readable(end) => {}
+                }
+            }
+            (_, Some(end)) => readable(end).await,
+            (_, None) => {}
         }
-        // Reap it if it was our child; an adopted shim is someone else's child (ECHILD).
-        let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
+        shim
     }
+}
+
+/// Reads the shim's first status line one byte at a time, so nothing after it (the `exited`
+/// line of a container that ends at once) is consumed.
+fn read_status_line(fd: &OwnedFd) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 4096 {
+        match nix::unistd::read(fd.as_raw_fd(), &mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
 }
 
 /// Launches `skiff shim DIR` and waits (blocking, at most the start timeout) until it reports
@@ -93,7 +145,11 @@ pub fn launch(
     let pid = child.id() as i32;
     let pidfd =
         shim::pidfd_open(Pid::from_raw(pid)).map_err(|e| format!("pidfd_open(shim): {e}"))?;
-    let handle = ShimHandle { pid, pidfd };
+    let mut handle = ShimHandle {
+        pid,
+        pidfd,
+        status: None,
+    };
     let mut line = String::new();
     let stdout = child.stdout.take().expect("stdout is piped");
     // A shim that hangs before its container starts must not leave the task PENDING forever.
@@ -111,9 +167,11 @@ pub fn launch(
             "the container did not start within {start_timeout:?} (the agent's start_timeout)"
         ));
     }
-    let _ = BufReader::new(stdout).read_line(&mut line);
+    let status = OwnedFd::from(stdout);
+    line.push_str(&read_status_line(&status));
     let line = line.trim();
     if line.starts_with("started") {
+        handle.status = Some(status);
         return Ok(handle);
     }
     let _ = child.wait();
@@ -162,7 +220,11 @@ pub fn adopt(dir: &Path) -> Option<ShimHandle> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let is_ours =
         args.contains(&b"shim".as_slice()) && args.contains(&dir.as_os_str().as_encoded_bytes());
-    is_ours.then_some(ShimHandle { pid, pidfd })
+    is_ours.then_some(ShimHandle {
+        pid,
+        pidfd,
+        status: None,
+    })
 }
 
 /// The exit record a shim left, or a record saying it left none.

@@ -99,7 +99,7 @@ pub fn main(dir: &Path) -> i32 {
                 &dir.join(EXIT),
                 &serde_json::to_vec(&rec).unwrap_or_default(),
             );
-            let _ = writeln!(status_line, "failed {e}");
+            let _ = status_line.write_all(format!("failed {e}\n").as_bytes());
             1
         }
     }
@@ -164,9 +164,8 @@ fn run(dir: &Path, status_line: &mut File) -> Result<(), String> {
         &serde_json::to_vec(&started).unwrap_or_default(),
     )
     .map_err(|e| format!("writing {STARTED}: {e}"))?;
-    let _ = writeln!(status_line, "started {}", pid.as_raw());
-    // The agent only listens for the first line; detach from it.
-    let _ = nix::unistd::dup2(devnull_fd().as_raw_fd(), 1);
+    // One write, so the agent never sees half a line.
+    let _ = status_line.write_all(format!("started {}\n", pid.as_raw()).as_bytes());
 
     let pidfd = pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
     let mut pipes = [Some(out_r), Some(err_r)];
@@ -240,7 +239,6 @@ fn run(dir: &Path, status_line: &mut File) -> Result<(), String> {
         WaitStatus::Signaled(_, sig, _) => (Some(128 + sig as i32), Some(sig as i32)),
         _ => (None, None),
     };
-    let _ = container.delete(true);
     let rec = ExitRecord {
         exit_code,
         signal,
@@ -253,11 +251,11 @@ fn run(dir: &Path, status_line: &mut File) -> Result<(), String> {
         &serde_json::to_vec(&rec).unwrap_or_default(),
     )
     .map_err(|e| format!("writing {EXIT}: {e}"))?;
+    // Tell the agent now; deleting the container's cgroups takes milliseconds more. (If the
+    // agent is gone, the write fails and a new agent sees exit.json.)
+    let _ = status_line.write_all(b"exited\n");
+    let _ = container.delete(true);
     Ok(())
-}
-
-fn devnull_fd() -> File {
-    File::open("/dev/null").expect("/dev/null exists")
 }
 
 fn set_nonblocking(fd: &OwnedFd) {

@@ -119,7 +119,7 @@ pub async fn run(
             for c in &record.spec.containers {
                 if let Some(h) = runtime::adopt(&dir.join(&c.name)) {
                     h.stop();
-                    h.exited().await;
+                    h.exited().await.gone().await;
                 }
             }
             finish(
@@ -221,7 +221,7 @@ async fn start(
             Err(e) => {
                 for h in handles {
                     h.stop();
-                    h.exited().await;
+                    h.exited().await.gone().await;
                 }
                 cleanup(agent, task_id, spec).await;
                 return Err(format!("container {}: {e}", c.name));
@@ -242,18 +242,21 @@ async fn supervise(
         return;
     };
     let spec = record.spec.clone();
-    let mut pids: Vec<Option<runtime::ShimStopper>> = Vec::new();
+    let mut pids: Vec<Option<runtime::ShimRef>> = Vec::new();
     let mut waiting = FuturesUnordered::new();
     for (i, h) in handles.into_iter().enumerate() {
         pids.push(h.as_ref().and_then(ShimHandle::stopper));
         // None: gone while the agent was away; its exit is already recorded (or lost).
         waiting.push(async move {
-            if let Some(h) = h {
-                h.exited().await;
-            }
-            i
+            let ending = match h {
+                Some(h) => Some(h.exited().await),
+                None => None,
+            };
+            (i, ending)
         });
     }
+    // Shims whose containers have exited but which may still be deleting them.
+    let mut ending: Vec<runtime::ShimRef> = Vec::new();
     let deadline = (spec.timeout_secs > 0).then(|| {
         let end = record.started_at_ms + (spec.timeout_secs as i64) * 1000;
         tokio::time::Instant::now() + Duration::from_millis((end - now_ms()).max(0) as u64)
@@ -281,7 +284,8 @@ async fn supervise(
         }
         tokio::select! {
             done = waiting.next() => {
-                let Some(i) = done else { break };
+                let Some((i, shim)) = done else { break };
+                ending.extend(shim);
                 let c = &spec.containers[i];
                 let exit = runtime::exit_record(&dir.join(&c.name));
                 pids[i] = None;
@@ -325,10 +329,13 @@ async fn supervise(
             "All containers exited".to_string(),
         )
     });
-    // Report first: the containers are gone and their cgroups deleted, so the task no longer
-    // holds node resources. The rootfs removal that follows is idempotent and is redone on
-    // agent restart for every STOPPED task, so it cannot be lost.
+    // Report first: every container has exited, so the task no longer uses node resources.
+    // Then let the shims finish deleting their containers (cgroups, state), and remove the
+    // rootfs: idempotent, and redone on agent restart for every STOPPED task.
     finish(agent, task_id, &code, reason).await;
+    for shim in ending {
+        shim.gone().await;
+    }
     cleanup(agent, task_id, &spec).await;
 }
 
