@@ -159,7 +159,6 @@ impl AgentInner {
             tasks.insert(id.clone(), TaskEntry { record, stop });
             rx
         };
-        self.update(&id, |_| {});
         let report = self.record(&id).map(|r| report_of(&id, &r));
         if let Some(r) = report {
             self.send(pb::agent_message::Body::Task(r));

@@ -207,6 +207,14 @@ impl Env {
         self.dir.path().join(p)
     }
 
+    /// A busybox rootfs for this test, as a `dir:` image reference.
+    pub fn busybox_image(&self) -> String {
+        format!(
+            "dir:{}",
+            images::busybox_rootfs(&self.path("busybox")).display()
+        )
+    }
+
     /// Starts `skiff dev` on a free port; returns its address.
     pub fn dev(&mut self) -> String {
         let data = self.path("dev");

@@ -3,17 +3,9 @@
 
 use std::time::Duration;
 
-use skiff_tests::images;
 use skiff_tests::{cli, node_connected, run_task, shims_under, task, wait_for, wait_status, Env};
 
 const LONG: Duration = Duration::from_secs(30);
-
-fn rootfs(env: &Env) -> String {
-    format!(
-        "dir:{}",
-        images::busybox_rootfs(&env.path("busybox")).display()
-    )
-}
 
 /// The host:port part of an address, to restart a controller on the same port.
 fn hostport(addr: &str) -> &str {
@@ -25,7 +17,7 @@ fn controller_kill_9_and_restart_loses_no_task() {
     let mut env = Env::new();
     let (ctl, addr) = env.controller("127.0.0.1:0", &[]);
     env.agent(&addr, "n1", &[]);
-    let img = rootfs(&env);
+    let img = env.busybox_image();
 
     let long = run_task(
         &addr,
@@ -89,7 +81,7 @@ fn agent_restart_readopts_running_containers() {
     let mut env = Env::new();
     let (_, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "20s"]);
     let agent = env.agent(&addr, "n1", &[]);
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let agent_dir = env.path("agent-n1");
 
     let id = run_task(
@@ -139,7 +131,7 @@ fn a_container_that_exits_while_its_agent_is_down_is_reported_with_its_exit_code
     let mut env = Env::new();
     let (_, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "20s"]);
     let agent = env.agent(&addr, "n1", &[]);
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let agent_dir = env.path("agent-n1");
     let id = run_task(
         &addr,
@@ -175,7 +167,7 @@ fn two_agents_both_receive_work_and_capacity_is_respected() {
     let (_, addr) = env.controller("127.0.0.1:0", &[]);
     env.agent(&addr, "a", &["--cpu", "1", "--memory", "512"]);
     env.agent(&addr, "b", &["--cpu", "1", "--memory", "512"]);
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let ids: Vec<String> = (0..2)
         .map(|_| {
             run_task(
@@ -269,7 +261,7 @@ fn a_silent_node_loses_its_tasks_as_node_lost() {
     let mut env = Env::new();
     let (_, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "2s"]);
     let agent = env.agent(&addr, "n1", &[]);
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let id = run_task(
         &addr,
         &["--image", &img, "--stop-timeout", "1s", "--", "sleep", "60"],
@@ -315,7 +307,7 @@ fn agent_config_file_and_log_rotation_end_to_end() {
     assert_eq!(nodes[0]["cpu"], 1.5);
     assert_eq!(nodes[0]["labels"]["zone"], "attic");
 
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let out = cli(
         &addr,
         &[
@@ -371,7 +363,7 @@ fn acknowledged_tasks_survive_repeated_controller_crashes() {
     let mut env = Env::new();
     let (ctl, addr) = env.controller("127.0.0.1:0", &[]);
     env.agent(&addr, "n1", &[]);
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let port = hostport(&addr).to_string();
 
     // A client submits tasks as fast as it can while the controller is killed three times.
@@ -467,7 +459,7 @@ fn a_container_that_does_not_start_in_time_fails_cleanly() {
     wait_for("the agent", LONG, || {
         node_connected(&addr, "slow").then_some(())
     });
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let reason = skiff_tests::failed_to_start(&addr, &["--image", &img, "--", "sleep", "600"]);
     assert!(reason.contains("did not start within 1ms"), "{reason}");
     // Nothing of it is left running: no shim, no container process.

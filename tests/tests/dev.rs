@@ -5,18 +5,11 @@ use std::time::Duration;
 use skiff_tests::images::{self, ImageConfig};
 use skiff_tests::{cli, failed_to_start, run_task, task, wait_for, wait_status, Env};
 
-fn rootfs(env: &Env) -> String {
-    format!(
-        "dir:{}",
-        images::busybox_rootfs(&env.path("busybox")).display()
-    )
-}
-
 #[test]
 fn exit_code_and_output_of_a_command() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let out = cli(
         &addr,
         &[
@@ -53,7 +46,7 @@ fn exit_code_and_output_of_a_command() {
 fn env_limits_and_namespaces_inside_the_container() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let script = "echo FOO=$FOO; \
         echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); \
         echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us); \
@@ -137,7 +130,7 @@ fn env_limits_and_namespaces_inside_the_container() {
 fn each_container_gets_its_own_namespaces() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let kinds = ["pid", "mnt", "uts", "ipc", "net"];
     let script = kinds
         .iter()
@@ -201,7 +194,7 @@ fn dev_stops_cleanly_on_sigterm() {
 fn a_memory_hog_is_stopped_with_out_of_memory_error() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived";
     let out = cli(
         &addr,
@@ -231,7 +224,7 @@ fn a_memory_hog_is_stopped_with_out_of_memory_error() {
 fn stop_and_timeout() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
 
     // A container that handles SIGTERM exits cleanly on stop.
     let id = run_task(
@@ -320,7 +313,7 @@ fn stop_and_timeout() {
 fn logs_follow_streams_while_the_task_runs() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let id = run_task(
         &addr,
         &[
@@ -347,7 +340,7 @@ fn logs_follow_streams_while_the_task_runs() {
 fn a_stalled_log_reader_does_not_hold_up_other_tasks() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let chatty = run_task(
         &addr,
         &[
@@ -414,7 +407,7 @@ fn a_stalled_log_reader_does_not_hold_up_other_tasks() {
 fn bad_input_gets_clear_errors() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["run-task", "--image", "alpine", "--", "true"],
@@ -504,7 +497,7 @@ fn bad_input_gets_clear_errors() {
 fn task_definitions_register_run_and_override() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let file = env.path("web.toml");
     std::fs::write(
         &file,
@@ -628,7 +621,7 @@ fn oci_layout_images_with_whiteouts_and_config() {
 fn every_transition_is_an_event_and_the_stream_resumes_from_a_cursor() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let out = cli(
         &addr,
         &[
@@ -773,7 +766,7 @@ fn grpc_reflection_and_health_work_like_grpcurl_expects() {
 fn essential_and_non_essential_containers() {
     let mut env = Env::new();
     let addr = env.dev();
-    let img = rootfs(&env);
+    let img = env.busybox_image();
     let file = env.path("pair.json");
     let def = serde_json::json!({
         "family": "pair",
