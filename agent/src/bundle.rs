@@ -9,7 +9,7 @@ use oci_spec::runtime::{
     RootBuilder, Spec, UserBuilder,
 };
 
-use crate::image::ImageConfig;
+use crate::images::ImageConfig;
 use crate::spec::{ContainerSpec, NetworkMode};
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +183,8 @@ mod tests {
             essential: true,
             stop_timeout_secs: 1,
             working_dir: String::new(),
+            pull_policy: Default::default(),
+            registry_auth: None,
         }
     }
 

@@ -6,7 +6,7 @@
 
 pub mod bundle;
 pub(crate) mod connection;
-pub mod image;
+pub mod images;
 pub mod logs;
 mod logserve;
 pub mod rootfs;
@@ -41,6 +41,12 @@ pub struct AgentConfig {
     pub log_keep: u32,
     /// How long a container may take to be created and started before the task fails.
     pub start_timeout: std::time::Duration,
+    /// A docker-style config.json with this node's registry credentials.
+    pub docker_config: Option<PathBuf>,
+    /// Registries (host[:port]) that are reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Unused images are garbage-collected, least recently used first, above this size.
+    pub image_disk_budget: Option<u64>,
 }
 
 impl AgentConfig {
@@ -56,6 +62,12 @@ impl AgentConfig {
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 3,
             start_timeout: std::time::Duration::from_secs(60),
+            docker_config: std::env::var_os("DOCKER_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+                .map(|d| d.join("config.json")),
+            insecure_registries: Vec::new(),
+            image_disk_budget: None,
         }
     }
 }
@@ -77,7 +89,7 @@ struct TaskEntry {
 /// State shared by the agent's tasks and connection.
 pub struct AgentInner {
     pub cfg: AgentConfig,
-    pub images: image::ImageStore,
+    pub images: images::ImageStore,
     tasks: Mutex<HashMap<String, TaskEntry>>,
     /// The live session's outbox; None while disconnected (the next register carries state).
     /// Unbounded on purpose: it carries only small control messages (reports, heartbeats), and a
@@ -257,8 +269,16 @@ impl Agent {
             std::fs::create_dir_all(&path)
                 .map_err(|source| AgentError::DataDir { path, source })?;
         }
+        let root = cfg.data_dir.join("images");
+        let images = images::ImageStore::open(images::ImageStoreConfig {
+            root: root.clone(),
+            docker_config: cfg.docker_config.clone(),
+            insecure_registries: cfg.insecure_registries.clone(),
+            disk_budget: cfg.image_disk_budget,
+        })
+        .map_err(|source| AgentError::DataDir { path: root, source })?;
         let inner = Arc::new(AgentInner {
-            images: image::ImageStore::new(cfg.data_dir.join("images")),
+            images,
             cfg,
             tasks: Mutex::new(HashMap::new()),
             outbox: Mutex::new(None),

@@ -1,6 +1,7 @@
-//! A root filesystem per task container: an overlay mount with the (shared, read-only) image as
-//! the lower layer and a per-container upper layer, so tasks never see each other's writes and
-//! starting one costs a mount, not a copy. Where overlayfs is unavailable, a copy.
+//! A root filesystem per task container: an overlay mount with the image's (shared, read-only)
+//! layer directories as the lower layers and a per-container upper layer, so tasks never see
+//! each other's writes and starting one costs a mount, not a copy. Where overlayfs is
+//! unavailable (or the layer list is too long for one mount), the layers are copied instead.
 
 use std::fs;
 use std::io;
@@ -8,44 +9,54 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-/// Creates `<dir>/rootfs` over `image_rootfs`. Blocking.
-pub fn prepare(image_rootfs: &Path, dir: &Path) -> io::Result<PathBuf> {
+/// The kernel takes at most one page of mount options.
+const MAX_MOUNT_OPTIONS: usize = 4000;
+
+/// Creates `<dir>/rootfs` from `layers` (lowest first). Blocking.
+pub fn prepare(layers: &[PathBuf], dir: &Path) -> io::Result<PathBuf> {
     let upper = dir.join("upper");
     let work = dir.join("work");
     let merged = dir.join("rootfs");
     for d in [&upper, &work, &merged] {
         fs::create_dir_all(d)?;
     }
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|l| l.display().to_string())
+        .collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
-        image_rootfs.display(),
+        lower.join(":"),
         upper.display(),
         work.display()
     );
-    match mount(
-        Some("overlay"),
-        &merged,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
-    ) {
-        Ok(()) => Ok(merged),
-        Err(errno) => {
-            tracing::warn!(error = %errno, "overlay mount failed; copying the image instead");
-            let status = std::process::Command::new("cp")
-                .arg("-a")
-                .arg(format!("{}/.", image_rootfs.display()))
-                .arg(&merged)
-                .status()?;
-            if !status.success() {
-                return Err(io::Error::other(format!(
-                    "copying {} failed",
-                    image_rootfs.display()
-                )));
+    let mountable = !layers.is_empty()
+        && opts.len() + ",volatile".len() <= MAX_MOUNT_OPTIONS
+        && lower.iter().all(|l| !l.contains([':', ',']));
+    if mountable {
+        // `volatile` (Linux 5.10+) skips the sync of the upper layer on unmount: a task's
+        // writes do not outlive it, so syncing them only slows down every stop.
+        let volatile = format!("{opts},volatile");
+        let mut last = None;
+        for o in [volatile.as_str(), opts.as_str()] {
+            match mount(
+                Some("overlay"),
+                &merged,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(o),
+            ) {
+                Ok(()) => return Ok(merged),
+                Err(errno) => last = Some(errno),
             }
-            Ok(merged)
+        }
+        if let Some(errno) = last {
+            tracing::warn!(error = %errno, "overlay mount failed; copying the image instead");
         }
     }
+    crate::images::layer::flatten(layers, &merged)?;
+    Ok(merged)
 }
 
 /// Unmounts and removes a container's rootfs and its upper layer. Idempotent. Blocking.

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use skiff_proto::v1 as pb;
 
+use crate::images::{Credentials, PullPolicy};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
@@ -24,6 +26,11 @@ pub struct ContainerSpec {
     pub essential: bool,
     pub stop_timeout_secs: u32,
     pub working_dir: String,
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    /// Credentials for the image's registry, from the controller. Never written to disk.
+    #[serde(skip)]
+    pub registry_auth: Option<Credentials>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,12 +61,21 @@ impl TaskSpec {
         if let Some(c) = s.containers.iter().find(|c| !safe_component(&c.name)) {
             return Err(format!("container name {:?} is not a safe name", c.name));
         }
+        let mut policies = Vec::new();
+        for c in &s.containers {
+            policies.push(
+                c.pull_policy
+                    .parse::<PullPolicy>()
+                    .map_err(|e| format!("container {}: pullPolicy: {e}", c.name))?,
+            );
+        }
         Ok(TaskSpec {
             task_id: s.task_id.clone(),
             containers: s
                 .containers
                 .iter()
-                .map(|c| ContainerSpec {
+                .zip(policies)
+                .map(|(c, pull_policy)| ContainerSpec {
                     name: c.name.clone(),
                     image: c.image.clone(),
                     entrypoint: c.entrypoint.clone(),
@@ -70,6 +86,11 @@ impl TaskSpec {
                     essential: c.essential,
                     stop_timeout_secs: c.stop_timeout_seconds,
                     working_dir: c.working_dir.clone(),
+                    pull_policy,
+                    registry_auth: c.registry_auth.as_ref().map(|a| Credentials {
+                        username: a.username.clone(),
+                        password: a.password.clone(),
+                    }),
                 })
                 .collect(),
             network: if s.network_mode == "host" {

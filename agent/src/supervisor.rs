@@ -160,19 +160,30 @@ async fn start(
     task_id: &str,
     spec: &TaskSpec,
 ) -> Result<Vec<ShimHandle>, String> {
+    // Every image first, concurrently: a task whose image cannot be had starts nothing.
+    let pulls = spec.containers.iter().map(|c| async move {
+        agent
+            .images
+            .ensure(&c.image, c.pull_policy, c.registry_auth.as_ref())
+            .await
+            .map_err(|e| format!("container {}: {e}", c.name))
+    });
+    let images = match futures::future::try_join_all(pulls).await {
+        Ok(images) => images,
+        Err(e) => {
+            cleanup(agent, task_id, spec).await;
+            return Err(e);
+        }
+    };
     let mut handles = Vec::new();
-    for c in &spec.containers {
+    for (c, image) in spec.containers.iter().zip(images) {
         let agent2 = agent.clone();
         let (task_id2, c2, network) = (task_id.to_string(), c.clone(), spec.network);
         let launched = tokio::task::spawn_blocking(move || -> Result<ShimHandle, String> {
             let dir = task_dir(&agent2.cfg.data_dir, &task_id2).join(&c2.name);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            let image = agent2
-                .images
-                .resolve(&c2.image)
-                .map_err(|e| e.to_string())?;
-            let rootfs = rootfs::prepare(&image.rootfs, &dir)
+            let rootfs = rootfs::prepare(&image.layers, &dir)
                 .map_err(|e| format!("preparing the rootfs: {e}"))?;
             let container_id = format!("{task_id2}-{}", c2.name);
             let cgroup_path = format!("/skiff/{container_id}");
@@ -227,6 +238,15 @@ async fn start(
                 return Err(format!("container {}: {e}", c.name));
             }
         }
+    }
+    if agent.images.config().disk_budget.is_some() {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let r = agent.images.enforce_budget().await;
+            if !r.images_removed.is_empty() {
+                info!(images = ?r.images_removed, bytes = r.bytes_freed, "image disk budget enforced");
+            }
+        });
     }
     Ok(handles)
 }

@@ -18,6 +18,8 @@ pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
         essential: Some(c.essential),
         stop_timeout_seconds: Some(c.stop_timeout_secs),
         working_dir: c.working_dir.clone(),
+        pull_policy: c.pull_policy.clone(),
+        repository_credentials: c.repository_credentials.clone(),
     }
 }
 
@@ -88,8 +90,13 @@ pub fn event(e: &Event) -> pb::Event {
     }
 }
 
-/// What the agent needs to run a task.
-pub fn start_task(id: &str, spec: &TaskSpec) -> pb::StartTask {
+/// What the agent needs to run a task; `creds` resolves a container's named registry
+/// credentials (the agent receives them, they are never stored with the task).
+pub fn start_task(
+    id: &str,
+    spec: &TaskSpec,
+    creds: impl Fn(&str) -> Option<pb::RegistryAuth>,
+) -> pb::StartTask {
     pb::StartTask {
         task_id: id.to_string(),
         containers: spec
@@ -106,6 +113,10 @@ pub fn start_task(id: &str, spec: &TaskSpec) -> pb::StartTask {
                 essential: c.essential,
                 stop_timeout_seconds: c.stop_timeout_secs,
                 working_dir: c.working_dir.clone(),
+                pull_policy: c.pull_policy.clone(),
+                registry_auth: (!c.repository_credentials.is_empty())
+                    .then(|| creds(&c.repository_credentials))
+                    .flatten(),
             })
             .collect(),
         network_mode: spec.network_mode.as_str().to_string(),

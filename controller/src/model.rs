@@ -43,6 +43,12 @@ pub struct ContainerDef {
     pub essential: bool,
     pub stop_timeout_secs: u32,
     pub working_dir: String,
+    /// "always", "if-not-present" or "never".
+    #[serde(default)]
+    pub pull_policy: String,
+    /// Name of stored registry credentials; empty = none.
+    #[serde(default)]
+    pub repository_credentials: String,
 }
 
 /// What a task runs: the part of a task definition that a task copies (with overrides applied),

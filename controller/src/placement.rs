@@ -70,6 +70,8 @@ mod tests {
                 essential: true,
                 stop_timeout_secs: 30,
                 working_dir: String::new(),
+                pull_policy: String::new(),
+                repository_credentials: String::new(),
             }],
             network_mode: NetworkMode::None,
             timeout_secs: 0,

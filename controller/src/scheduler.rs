@@ -67,7 +67,7 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
 
 /// Sends a task to its agent. If the agent just went away, reconciliation resends it later.
 pub async fn send_start(core: &Core, node_id: &str, task: &Task) {
-    let start = convert::start_task(&task.id, &task.spec);
+    let start = convert::start_task(&task.id, &task.spec, |_| None);
     if let Err(e) = core
         .send(node_id, pb::controller_message::Body::Start(start))
         .await

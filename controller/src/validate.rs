@@ -53,17 +53,42 @@ pub fn check_name(field: &str, name: &str) -> Result<(), InvalidField> {
 
 /// Image references this build can run (registry pulls come with the image issue).
 pub fn check_image(field: &str, image: &str) -> Result<(), InvalidField> {
-    let path = image
-        .strip_prefix("dir:")
-        .or_else(|| image.strip_prefix("oci:"));
-    match path {
-        None if image.is_empty() => Err(bad(field, "must not be empty")),
-        None => Err(bad(
-            field,
-            format!("{image:?} is not a supported image source; use dir:/path/to/rootfs or oci:/path/to/layout[:tag]"),
-        )),
-        Some(p) if !p.starts_with('/') => Err(bad(field, format!("{image:?}: the path must be absolute"))),
+    if image.is_empty() {
+        return Err(bad(field, "must not be empty"));
+    }
+    let local = ["dir:", "oci:", "oci-archive:", "docker-archive:"]
+        .iter()
+        .find_map(|p| image.strip_prefix(p));
+    match local {
+        Some(p) if !p.starts_with('/') => {
+            Err(bad(field, format!("{image:?}: the path must be absolute")))
+        }
         Some(_) => Ok(()),
+        None => oci_spec::distribution::Reference::try_from(image)
+            .map(|_| ())
+            .map_err(|e| {
+                bad(
+                    field,
+                    format!(
+                        "{image:?} is not a valid image reference ({e}); name images like \
+                         alpine:3.20, registry.lan:5000/team/app:v2, app@sha256:<digest>, \
+                         or a local source dir:/rootfs, oci:/layout[:tag], \
+                         oci-archive:/image.tar, docker-archive:/saved.tar"
+                    ),
+                )
+            }),
+    }
+}
+
+/// The canonical pull policy; empty means the default.
+fn pull_policy(field: &str, policy: &str) -> Result<String, InvalidField> {
+    match policy {
+        "" | "if-not-present" => Ok("if-not-present".into()),
+        "always" | "never" => Ok(policy.into()),
+        other => Err(bad(
+            field,
+            format!("{other:?} is not a pull policy; use always, if-not-present or never"),
+        )),
     }
 }
 
@@ -155,6 +180,10 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
     if !c.working_dir.is_empty() && !c.working_dir.starts_with('/') {
         return Err(bad(f("working_dir"), "must be an absolute path"));
     }
+    let pull_policy = pull_policy(&f("pull_policy"), &c.pull_policy)?;
+    if !c.repository_credentials.is_empty() {
+        check_name(&f("repository_credentials"), &c.repository_credentials)?;
+    }
     Ok(ContainerDef {
         name: c.name.clone(),
         image: c.image.clone(),
@@ -166,6 +195,8 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
         essential: c.essential.unwrap_or(true),
         stop_timeout_secs,
         working_dir: c.working_dir.clone(),
+        pull_policy,
+        repository_credentials: c.repository_credentials.clone(),
     })
 }
 
@@ -304,11 +335,28 @@ mod tests {
         });
         assert_eq!(e.field, "containers[0].cpu");
         let e = err_of(pb::ContainerDefinition {
-            image: "alpine".into(),
+            image: "Alpine:3.20".into(),
             ..ok_container()
         });
         assert_eq!(e.field, "containers[0].image");
-        assert!(e.problem.contains("dir:"), "{e}");
+        assert!(e.problem.contains("not a valid image reference"), "{e}");
+        for good in [
+            "alpine",
+            "alpine:3.20",
+            "registry.lan:5000/team/app:v2",
+            "oci-archive:/x.tar",
+        ] {
+            let c = pb::ContainerDefinition {
+                image: good.into(),
+                ..ok_container()
+            };
+            assert!(task_spec(&input(c)).is_ok(), "{good}");
+        }
+        let e = err_of(pb::ContainerDefinition {
+            pull_policy: "sometimes".into(),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].pull_policy");
         let e = err_of(pb::ContainerDefinition {
             image: "dir:relative".into(),
             ..ok_container()

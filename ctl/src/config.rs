@@ -29,6 +29,10 @@ pub struct AgentFile {
     pub log_max_bytes: Option<u64>,
     pub log_keep: Option<u32>,
     pub start_timeout: Option<String>,
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    pub docker_config: Option<PathBuf>,
+    pub image_disk_budget: Option<String>,
 }
 
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
@@ -43,4 +47,54 @@ pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyh
 pub fn duration(field: &str, s: &str) -> anyhow::Result<std::time::Duration> {
     humantime::parse_duration(s)
         .with_context(|| format!("{field}: {s:?} is not a duration (e.g. 5s, 2m)"))
+}
+
+/// A byte count: a plain number, or with a unit (KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB
+/// of 1024), e.g. `20GiB`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 500MiB, 20GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000_u64.pow(2),
+        "gb" => 1000_u64.pow(3),
+        "tb" => 1000_u64.pow(4),
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    let bytes = n * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_bytes("1.5 MB").unwrap(), 1_500_000);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("lots").unwrap_err().contains("not a size"));
+        assert!(parse_bytes("3 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+    }
 }

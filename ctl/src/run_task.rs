@@ -12,9 +12,16 @@ use crate::output::{self, Format};
 
 #[derive(Args)]
 pub struct RunTaskArgs {
-    /// Image to run: dir:/path/to/rootfs or oci:/path/to/layout[:tag].
+    /// Image to run: a registry reference (alpine:3.20, registry.lan:5000/team/app:v2) or a
+    /// local source (dir:/rootfs, oci:/layout[:tag], oci-archive:/x.tar, docker-archive:/x.tar).
     #[arg(long, conflicts_with = "task_def")]
     image: Option<String>,
+    /// When the agent contacts the image's registry: always, if-not-present, never.
+    #[arg(long = "pull-policy", conflicts_with = "task_def")]
+    pull_policy: Option<String>,
+    /// Name of registry credentials stored in the controller (`skiff registry-creds put`).
+    #[arg(long = "registry-creds", conflicts_with = "task_def")]
+    registry_creds: Option<String>,
     /// Run a registered task definition, FAMILY or FAMILY:REVISION.
     #[arg(long = "task-def")]
     task_def: Option<String>,
@@ -139,6 +146,8 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
                 essential: Some(true),
                 stop_timeout_seconds: a.stop_timeout.map(|s| s.min(u32::MAX as u64) as u32),
                 working_dir: String::new(),
+                pull_policy: a.pull_policy.clone().unwrap_or_default(),
+                repository_credentials: a.registry_creds.clone().unwrap_or_default(),
             }],
             network_mode: a.network.clone().unwrap_or_default(),
             timeout_seconds: a.timeout.unwrap_or(0),

@@ -22,6 +22,46 @@ pub struct DevArgs {
     /// Node id of the embedded agent.
     #[arg(long, default_value = "local")]
     node_id: String,
+    #[command(flatten)]
+    images: ImageArgs,
+}
+
+/// Image settings shared by `skiff dev` and `skiff agent`.
+#[derive(Args)]
+pub struct ImageArgs {
+    /// Registry (HOST[:PORT]) to reach over plain HTTP (repeatable). Only for registries you
+    /// trust on a network you trust.
+    #[arg(
+        long = "insecure-registry",
+        env = "SKIFF_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+    /// Docker-style config.json with registry credentials (default: ~/.docker/config.json).
+    #[arg(long = "docker-config", env = "SKIFF_DOCKER_CONFIG")]
+    docker_config: Option<PathBuf>,
+    /// Disk budget for images (e.g. 20GiB): unused images are removed, least recently used
+    /// first, above it.
+    #[arg(long = "image-disk-budget", value_parser = config::parse_bytes)]
+    image_disk_budget: Option<u64>,
+}
+
+impl ImageArgs {
+    fn apply(self, file: &AgentFile, cfg: &mut AgentConfig) -> anyhow::Result<()> {
+        cfg.insecure_registries = file.insecure_registries.clone();
+        cfg.insecure_registries.extend(self.insecure_registries);
+        if let Some(p) = self.docker_config.or_else(|| file.docker_config.clone()) {
+            cfg.docker_config = Some(p);
+        }
+        cfg.image_disk_budget = match (self.image_disk_budget, &file.image_disk_budget) {
+            (Some(b), _) => Some(b),
+            (None, Some(s)) => Some(
+                config::parse_bytes(s).map_err(|e| anyhow::anyhow!("image_disk_budget: {e}"))?,
+            ),
+            (None, None) => None,
+        };
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -62,6 +102,8 @@ pub struct AgentArgs {
     /// Node label, KEY=VALUE (repeatable).
     #[arg(long = "label", value_parser = parse_kv)]
     labels: Vec<(String, String)>,
+    #[command(flatten)]
+    images: ImageArgs,
 }
 
 pub fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -114,6 +156,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
     let addr = ctl.local_addr();
     let mut acfg = AgentConfig::new(a.node_id, format!("http://{addr}"), data_dir.join("agent"));
     acfg.labels.insert("skiff.dev".into(), "true".into());
+    a.images.apply(&AgentFile::default(), &mut acfg)?;
     let agent = Agent::open(acfg).context("starting the agent")?;
     println!(
         "skiff dev: controller listening on http://{addr} (data in {})",
@@ -182,7 +225,7 @@ pub async fn agent(a: AgentArgs, default_controller: &str) -> anyhow::Result<()>
     let file: AgentFile = config::load(a.config.as_deref())?;
     let node_id = a
         .node_id
-        .or(file.node_id)
+        .or(file.node_id.clone())
         .or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
@@ -191,16 +234,17 @@ pub async fn agent(a: AgentArgs, default_controller: &str) -> anyhow::Result<()>
         .context("node_id: not set and /etc/hostname is unreadable")?;
     let controller = a
         .controller
-        .or(file.controller)
+        .or(file.controller.clone())
         .unwrap_or_else(|| default_controller.to_string());
     let data_dir = a
         .data_dir
-        .or(file.data_dir)
+        .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/agent"));
     let mut cfg = AgentConfig::new(node_id, controller, data_dir);
+    a.images.apply(&file, &mut cfg)?;
     cfg.cpu = a.cpu.or(file.cpu);
     cfg.memory_mib = a.memory.or(file.memory_mib);
-    cfg.labels = file.labels;
+    cfg.labels = file.labels.clone();
     cfg.labels.extend(a.labels);
     if let Some(b) = file.log_max_bytes {
         cfg.log_max_bytes = b;
@@ -211,6 +255,7 @@ pub async fn agent(a: AgentArgs, default_controller: &str) -> anyhow::Result<()>
     if let Some(t) = &file.start_timeout {
         cfg.start_timeout = config::duration("start_timeout", t)?;
     }
+
     if let Some(cpu) = cfg.cpu {
         anyhow::ensure!(
             cpu.is_finite() && cpu > 0.0,

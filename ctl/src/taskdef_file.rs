@@ -40,6 +40,12 @@ pub struct ContainerFile {
     pub stop_timeout: Option<DurationField>,
     #[serde(default)]
     pub working_dir: String,
+    /// always, if-not-present (default) or never.
+    #[serde(default)]
+    pub pull_policy: String,
+    /// Name of registry credentials stored in the controller.
+    #[serde(default)]
+    pub repository_credentials: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +89,8 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
             essential: c.essential,
             stop_timeout_seconds,
             working_dir: c.working_dir,
+            pull_policy: c.pull_policy,
+            repository_credentials: c.repository_credentials,
         });
     }
     Ok(pb::TaskDefinitionInput {

@@ -3,6 +3,7 @@
 //! with deadlines instead of sleeping.
 
 pub mod images;
+pub mod registry;
 
 use std::fs;
 use std::io::Read;
@@ -217,18 +218,21 @@ impl Env {
 
     /// Starts `skiff dev` on a free port; returns its address.
     pub fn dev(&mut self) -> String {
+        self.dev_with(&[])
+    }
+
+    /// Starts `skiff dev` with extra flags; returns its address.
+    pub fn dev_with(&mut self, extra: &[&str]) -> String {
         let data = self.path("dev");
-        let p = Proc::spawn(
+        let mut args = vec![
             "dev",
-            self.dir.path(),
-            &[
-                "dev",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-        );
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let p = Proc::spawn("dev", self.dir.path(), &args);
         let addr = format!("http://{}", p.listen_addr());
         self.procs.push(p);
         wait_for("the dev agent to connect", Duration::from_secs(20), || {

@@ -410,8 +410,20 @@ fn bad_input_gets_clear_errors() {
     let img = env.busybox_image();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["run-task", "--image", "alpine", "--", "true"],
+            vec!["run-task", "--image", "Alpine:Latest", "--", "true"],
             "containers[0].image",
+        ),
+        (
+            vec![
+                "run-task",
+                "--image",
+                &img,
+                "--pull-policy",
+                "often",
+                "--",
+                "true",
+            ],
+            "containers[0].pull_policy",
         ),
         (
             vec![
@@ -598,21 +610,32 @@ fn oci_layout_images_with_whiteouts_and_config() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout, "image-env in /tmp\ntop layer", "{out:?}");
 
-    // A corrupted layer is refused with a reason, never run.
-    let blobs = layout.join("blobs/sha256");
-    let biggest = std::fs::read_dir(&blobs)
-        .unwrap()
-        .flatten()
-        .max_by_key(|e| e.metadata().unwrap().len())
-        .unwrap()
-        .path();
-    let mut bytes = std::fs::read(&biggest).unwrap();
+    // A corrupted layer is refused with a reason, never run. (The agent verifies what it
+    // stores: a layer of another layout whose blob is damaged on disk.)
+    let other_top = images::layer_with(&[("etc/motd", b"other top layer")]);
+    let other = images::oci_layout(
+        &env.path("layout2"),
+        &[(images::layer_of(&base), true), (other_top.clone(), false)],
+        &ImageConfig {
+            entrypoint: &[],
+            cmd: &["cat", "/etc/motd"],
+            env: &[],
+            working_dir: "",
+        },
+        "v1",
+    );
+    let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&other_top));
+    let blob = other.join("blobs/sha256").join(&hex);
+    let mut bytes = std::fs::read(&blob).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
-    std::fs::write(&biggest, bytes).unwrap();
-    std::fs::remove_dir_all(env.path("dev/agent/images")).unwrap();
-    let reason = failed_to_start(&addr, &["--image", &image]);
-    assert!(reason.contains("corrupt"), "{reason}");
+    std::fs::write(&blob, bytes).unwrap();
+    let reason = failed_to_start(&addr, &["--image", &format!("oci:{}:v1", other.display())]);
+    assert!(reason.contains("digest mismatch"), "{reason}");
+    assert!(!env
+        .path("dev/agent/images/layers/sha256")
+        .join(&hex)
+        .exists());
     let reason = failed_to_start(&addr, &["--image", &format!("oci:{}:v2", layout.display())]);
     assert!(reason.contains("no tag \"v2\""), "{reason}");
 }
