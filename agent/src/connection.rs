@@ -87,6 +87,7 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
                     Some(In::Forget(f)) => agent.forget_task(&f.task_id),
                     Some(In::Logs(req)) => logserve::start(agent.clone(), req),
                     Some(In::CancelLogs(c)) => logserve::cancel(agent, c.request_id),
+                    Some(In::Image(cmd)) => crate::imageserve::start(agent.clone(), cmd),
                     None => {}
                 }
             }

@@ -7,6 +7,7 @@
 pub mod bundle;
 pub(crate) mod connection;
 pub mod images;
+mod imageserve;
 pub mod logs;
 mod logserve;
 pub mod rootfs;
@@ -138,7 +139,7 @@ impl AgentInner {
         }
     }
 
-    fn send(&self, body: pb::agent_message::Body) {
+    pub(crate) fn send(&self, body: pb::agent_message::Body) {
         if let Some(tx) = self.outbox.lock().unwrap().as_ref() {
             // A closed outbox means the connection is going; the next register resends state.
             let _ = tx.send(pb::AgentMessage { body: Some(body) });

@@ -90,6 +90,7 @@ impl TaskSpec {
                     registry_auth: c.registry_auth.as_ref().map(|a| Credentials {
                         username: a.username.clone(),
                         password: a.password.clone(),
+                        server: a.server.clone(),
                     }),
                 })
                 .collect(),

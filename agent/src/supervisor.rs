@@ -239,16 +239,23 @@ async fn start(
             }
         }
     }
-    if agent.images.config().disk_budget.is_some() {
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            let r = agent.images.enforce_budget().await;
-            if !r.images_removed.is_empty() {
-                info!(images = ?r.images_removed, bytes = r.bytes_freed, "image disk budget enforced");
-            }
-        });
-    }
+    enforce_image_budget(agent);
     Ok(handles)
+}
+
+/// Keeps images under the disk budget, in the background: after a start (a new image may
+/// have pushed use over it) and after a task's cleanup (its image became evictable).
+fn enforce_image_budget(agent: &Arc<AgentInner>) {
+    if agent.images.config().disk_budget.is_none() {
+        return;
+    }
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        let r = agent.images.enforce_budget().await;
+        if !r.images_removed.is_empty() {
+            info!(images = ?r.images_removed, bytes = r.bytes_freed, "image disk budget enforced");
+        }
+    });
 }
 
 async fn supervise(
@@ -372,6 +379,7 @@ pub async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
         }
     })
     .await;
+    enforce_image_budget(agent);
 }
 
 async fn finish(agent: &Arc<AgentInner>, task_id: &str, code: &str, reason: String) {

@@ -106,6 +106,9 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                             warn!(node_id = %node_id, task_id = %report.task_id, error = %e, "report not applied");
                         }
                     }
+                    Some(pb::agent_message::Body::Image(reply)) => {
+                        core.image_reply(&node_id, reply);
+                    }
                     Some(pb::agent_message::Body::Register(_)) => {
                         warn!(node_id = %node_id, "register sent twice; ignored");
                     }

@@ -19,7 +19,7 @@ use crate::scheduler::node_loads;
 use crate::store::StoreError;
 use crate::validate::{self, InvalidField};
 
-type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn invalid(e: InvalidField) -> Status {
     Status::invalid_argument(e.to_string())
@@ -73,6 +73,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
             .ok_or_else(|| Status::invalid_argument("definition: missing"))?;
         validate::check_name("family", &input.family).map_err(invalid)?;
         let spec = validate::task_spec(&input).map_err(invalid)?;
+        crate::images_api::check_credentials_exist(&self.core, &spec)?;
         let def = self
             .core
             .store
@@ -171,6 +172,7 @@ impl pb::tasks_server::Tasks for TasksApi {
             Some(o) => validate::apply_overrides(spec, o).map_err(invalid)?,
             None => spec,
         };
+        crate::images_api::check_credentials_exist(&self.core, &spec)?;
         let group = if req.group.is_empty() {
             def.as_ref()
                 .map_or_else(|| "adhoc".to_string(), |d| format!("family:{}", d.family))

@@ -64,6 +64,8 @@ pub struct Core {
     /// Wakes the scheduler: a task was created, capacity was freed, or a node came.
     pub kick: Notify,
     log_routes: Mutex<HashMap<u64, mpsc::Sender<pb::LogData>>>,
+    /// Image command replies: request id → (node, the API call waiting for them).
+    image_routes: Mutex<HashMap<u64, (String, mpsc::UnboundedSender<pb::ImageReply>)>>,
     next_id: AtomicU64,
 }
 
@@ -86,6 +88,7 @@ impl Core {
             head,
             kick: Notify::new(),
             log_routes: Mutex::new(HashMap::new()),
+            image_routes: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
     }
@@ -189,6 +192,11 @@ impl Core {
         let mut sessions = self.sessions.lock().unwrap();
         if sessions.get(node_id).is_some_and(|s| s.conn_id == conn_id) {
             sessions.remove(node_id);
+            // Image commands in flight on that node will get no answer: end their waits.
+            self.image_routes
+                .lock()
+                .unwrap()
+                .retain(|_, (node, _)| node != node_id);
         }
         drop(sessions);
         self.seen(node_id);
@@ -253,6 +261,52 @@ impl Core {
 
     pub fn log_route(&self, request_id: u64) -> Option<mpsc::Sender<pb::LogData>> {
         self.log_routes.lock().unwrap().get(&request_id).cloned()
+    }
+
+    // --- image commands: replies on a node's session → the API call that sent the command ---
+
+    /// Sends an image command to a node; its replies arrive on the returned receiver, which
+    /// ends after the final reply or when the node disconnects.
+    pub async fn image_command(
+        &self,
+        node_id: &str,
+        op: pb::image_command::Op,
+    ) -> Result<mpsc::UnboundedReceiver<pb::ImageReply>, CoreError> {
+        let request_id = self.next_id();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.image_routes
+            .lock()
+            .unwrap()
+            .insert(request_id, (node_id.to_string(), tx));
+        let cmd = pb::ImageCommand {
+            request_id,
+            op: Some(op),
+        };
+        if let Err(e) = self
+            .send(node_id, pb::controller_message::Body::Image(cmd))
+            .await
+        {
+            self.image_routes.lock().unwrap().remove(&request_id);
+            return Err(e);
+        }
+        Ok(rx)
+    }
+
+    /// Delivers an image reply from `node_id`; the final one closes the route.
+    pub fn image_reply(&self, node_id: &str, reply: pb::ImageReply) {
+        let mut routes = self.image_routes.lock().unwrap();
+        let Some((node, tx)) = routes.get(&reply.request_id) else {
+            return;
+        };
+        if node != node_id {
+            return;
+        }
+        let id = reply.request_id;
+        let done = reply.done;
+        let _ = tx.send(reply);
+        if done {
+            routes.remove(&id);
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod api;
 pub mod convert;
 pub mod core;
+pub mod images_api;
 pub mod lifecycle;
 pub mod model;
 pub mod placement;
@@ -99,6 +100,14 @@ impl Controller {
         health
             .set_serving::<pb::agent_channel_server::AgentChannelServer<agents::AgentService>>()
             .await;
+        health
+            .set_serving::<pb::images_server::ImagesServer<images_api::ImagesApi>>()
+            .await;
+        health
+            .set_serving::<pb::registry_credentials_server::RegistryCredentialsServer<
+                images_api::RegistryCredentialsApi,
+            >>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -120,6 +129,14 @@ impl Controller {
             .add_service(pb::events_server::EventsServer::new(api::EventsApi {
                 core: core.clone(),
             }))
+            .add_service(pb::images_server::ImagesServer::new(
+                images_api::ImagesApi { core: core.clone() },
+            ))
+            .add_service(
+                pb::registry_credentials_server::RegistryCredentialsServer::new(
+                    images_api::RegistryCredentialsApi { core: core.clone() },
+                ),
+            )
             .add_service(pb::agent_channel_server::AgentChannelServer::new(
                 agents::AgentService { core: core.clone() },
             ))

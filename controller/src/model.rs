@@ -225,3 +225,26 @@ pub struct Event {
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+/// Credentials for one registry, stored by the controller and sent only to the agent that
+/// pulls for a task naming them. Debug never shows the password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistryCreds {
+    pub name: String,
+    /// HOST[:PORT], or docker.io.
+    pub server: String,
+    pub username: String,
+    pub password: String,
+    pub created_ms: i64,
+}
+
+impl std::fmt::Debug for RegistryCreds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCreds")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}

@@ -67,12 +67,31 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
 
 /// Sends a task to its agent. If the agent just went away, reconciliation resends it later.
 pub async fn send_start(core: &Core, node_id: &str, task: &Task) {
-    let start = convert::start_task(&task.id, &task.spec, |_| None);
+    let start = convert::start_task(&task.id, &task.spec, |name| registry_auth(core, name));
     if let Err(e) = core
         .send(node_id, pb::controller_message::Body::Start(start))
         .await
     {
         warn!(task_id = %task.id, error = %e, "start not delivered; will resend on reconnect");
+    }
+}
+
+/// The stored registry credentials `name`, as the agent receives them.
+pub fn registry_auth(core: &Core, name: &str) -> Option<pb::RegistryAuth> {
+    match core.store.registry_creds(name) {
+        Ok(Some(c)) => Some(pb::RegistryAuth {
+            username: c.username,
+            password: c.password,
+            server: c.server,
+        }),
+        Ok(None) => {
+            warn!(name, "registry credentials named by a task no longer exist");
+            None
+        }
+        Err(e) => {
+            warn!(name, error = %e, "reading registry credentials failed");
+            None
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::model::{Event, Node, Task, TaskDefinition};
+use crate::model::{Event, Node, RegistryCreds, Task, TaskDefinition};
 
 /// The on-disk format version of every record this binary writes.
 const RECORD_VERSION: u8 = 1;
@@ -118,6 +118,7 @@ pub struct Store {
     active: sled::Tree,
     events: sled::Tree,
     nodes: sled::Tree,
+    registry_creds: sled::Tree,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -133,6 +134,7 @@ impl Store {
             active: db.open_tree("tasks_active")?,
             events: db.open_tree("events")?,
             nodes: db.open_tree("nodes")?,
+            registry_creds: db.open_tree("registry_creds")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
@@ -360,6 +362,40 @@ impl Store {
             .iter()
             .map(|kv| decode("nodes", &kv?.1))
             .collect()
+    }
+
+    // --- registry credentials: key = name ---
+
+    pub async fn put_registry_creds(&self, c: &RegistryCreds) -> Result<(), StoreError> {
+        self.registry_creds.insert(c.name.as_bytes(), encode(c))?;
+        self.commit().await
+    }
+
+    pub fn registry_creds(&self, name: &str) -> Result<Option<RegistryCreds>, StoreError> {
+        self.registry_creds
+            .get(name)?
+            .map(|v| decode("registry_creds", &v))
+            .transpose()
+    }
+
+    pub fn all_registry_creds(&self) -> Result<Vec<RegistryCreds>, StoreError> {
+        self.registry_creds
+            .iter()
+            .map(|kv| decode("registry_creds", &kv?.1))
+            .collect()
+    }
+
+    pub async fn delete_registry_creds(
+        &self,
+        name: &str,
+    ) -> Result<Option<RegistryCreds>, StoreError> {
+        let old = self
+            .registry_creds
+            .remove(name)?
+            .map(|v| decode("registry_creds", &v))
+            .transpose()?;
+        self.commit().await?;
+        Ok(old)
     }
 
     /// Size of the data dir on disk, for diagnostics.

@@ -80,6 +80,35 @@ pub fn check_image(field: &str, image: &str) -> Result<(), InvalidField> {
     }
 }
 
+/// A registry host as credentials name it: `HOST[:PORT]` (a scheme and path are dropped, and
+/// Docker Hub's aliases become `docker.io`).
+pub fn registry_server(field: &str, server: &str) -> Result<String, InvalidField> {
+    let host = server
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    {
+        return Err(bad(
+            field,
+            format!("{server:?} is not a registry host; give HOST[:PORT], e.g. registry.lan:5000"),
+        ));
+    }
+    Ok(match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".into()
+        }
+        _ => host,
+    })
+}
+
 /// The canonical pull policy; empty means the default.
 fn pull_policy(field: &str, policy: &str) -> Result<String, InvalidField> {
     match policy {

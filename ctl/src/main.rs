@@ -3,6 +3,7 @@
 
 mod client;
 mod config;
+mod images;
 mod output;
 mod run_task;
 mod serve;
@@ -57,6 +58,12 @@ enum Command {
     /// Read the event bus.
     #[command(subcommand)]
     Events(client::EventsCmd),
+    /// Images on the nodes: list, pull, remove, prune.
+    #[command(subcommand)]
+    Images(images::ImagesCmd),
+    /// Registry credentials kept by the controller for task definitions to name.
+    #[command(subcommand, name = "registry-creds")]
+    RegistryCreds(images::RegistryCredsCmd),
     /// Internal: own one container (started by the agent).
     #[command(hide = true)]
     Shim { dir: PathBuf },
@@ -101,6 +108,8 @@ fn main() -> ExitCode {
             Command::Taskdefs(c) => client::taskdefs(&cli.addr, fmt, c).await,
             Command::Nodes(c) => client::nodes(&cli.addr, fmt, c).await,
             Command::Events(c) => client::events(&cli.addr, fmt, c).await,
+            Command::Images(c) => images::images(&cli.addr, fmt, c).await,
+            Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } => unreachable!("handled above"),
         }
     });

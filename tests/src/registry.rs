@@ -248,6 +248,16 @@ impl Registry {
             .count()
     }
 
+    /// How many of those fetches were range requests answered 206 (a resumed download).
+    pub fn blob_range_fetches(&self, digest: &str) -> usize {
+        let needle = format!("/blobs/{digest} ");
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(&needle) && l.contains("\" 206 "))
+            .count()
+    }
+
     /// Overwrites a stored blob with other bytes, as disk corruption or tampering would.
     pub fn corrupt_blob(&self, digest: &str) {
         let hex = digest.trim_start_matches("sha256:");

@@ -332,3 +332,305 @@ fn docker_and_oci_archives_are_imported() {
     let layers = env.path("dev/agent/images/layers/sha256");
     assert_eq!(std::fs::read_dir(layers).unwrap().count(), 3);
 }
+
+fn json(addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = cli(addr, &all);
+    assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    out.json()
+}
+
+/// The images of node `local` as `skiff images ls -o json` shows them.
+fn node_images(addr: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let v = json(addr, &["images", "ls", "--node", "local"]);
+    let n = &v[0];
+    (
+        n["images"].as_array().cloned().unwrap_or_default(),
+        n["disk"].clone(),
+    )
+}
+
+fn has_image(images: &[serde_json::Value], name: &str) -> bool {
+    images.iter().any(|i| {
+        i["references"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == name)
+    })
+}
+
+#[test]
+fn images_are_listed_pulled_removed_and_pruned_from_the_cli() {
+    let mut env = Env::new();
+    let reg = Registry::start(&env.path("registry"), None);
+    let base = base_layer(&env);
+    let one = app_image(&base, "one\n", &[]);
+    let two = app_image(&base, "two\n", &[]);
+    let one_digest = reg.push("team/one", "v1", &one);
+    reg.push("team/two", "v1", &two);
+    let addr = env.dev_with(&["--insecure-registry", &reg.addr]);
+    let (one_ref, two_ref) = (
+        format!("{}/team/one:v1", reg.addr),
+        format!("{}/team/two:v1", reg.addr),
+    );
+
+    let pulled = json(&addr, &["images", "pull", &one_ref]);
+    assert_eq!(pulled[0]["nodeId"], "local");
+    assert_eq!(
+        pulled[0]["image"]["digest"],
+        one_digest.as_str(),
+        "{pulled}"
+    );
+    let (images, disk) = node_images(&addr);
+    assert!(has_image(&images, &one_ref), "{images:?}");
+    let layers_bytes = disk["layersBytes"].as_u64().unwrap();
+    assert!(layers_bytes > 1_000_000, "busybox is in there: {disk}");
+    // The human table names the image and the node's total.
+    let table = cli(&addr, &["images", "ls"]);
+    assert!(table.stdout.contains(&one_ref), "{table:?}");
+    assert!(table.stdout.contains("node local: images use"), "{table:?}");
+
+    // A running task keeps its image's layers, even when its image is removed.
+    let long = run_task(
+        &addr,
+        &[
+            "--stop-timeout",
+            "1s",
+            "--image",
+            &two_ref,
+            "--",
+            "sleep",
+            "60",
+        ],
+    );
+    wait_status(&addr, &long, "RUNNING", Duration::from_secs(60));
+    let (images, _) = node_images(&addr);
+    let two_info = images
+        .iter()
+        .find(|i| i["references"][0] == two_ref.as_str())
+        .unwrap();
+    assert_eq!(two_info["inUse"], true, "{two_info}");
+    let pruned = json(&addr, &["images", "prune"]);
+    let removed = pruned[0]["imagesRemoved"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "only the unused image goes: {pruned}");
+    assert_eq!(removed[0], one_digest.as_str());
+    // one's own layer is gone; the shared base stays (two uses it).
+    let layers = env.path("dev/agent/images/layers/sha256");
+    assert!(!layers.join(&sha256(&one.layers[1])[7..]).exists());
+    assert!(layers.join(&sha256(&base)[7..]).exists());
+
+    let removed = json(&addr, &["images", "rm", &two_ref]);
+    assert_eq!(removed[0]["imagesRemoved"].as_array().unwrap().len(), 1);
+    assert_eq!(removed[0]["layersRemoved"], 0, "still mounted: {removed}");
+    assert!(layers.join(&sha256(&base)[7..]).exists());
+    let out = cli(&addr, &["tasks", "logs", &long]);
+    assert_eq!(out.code, 0);
+    assert_eq!(cli(&addr, &["tasks", "stop", &long]).code, 0);
+    wait_status(&addr, &long, "STOPPED", Duration::from_secs(30));
+    skiff_tests::wait_for(
+        "the stopped task's layers to be collectable",
+        Duration::from_secs(20),
+        || {
+            let p = json(&addr, &["images", "prune"]);
+            (std::fs::read_dir(&layers).unwrap().count() == 0).then_some(p)
+        },
+    );
+    let (images, disk) = node_images(&addr);
+    assert!(images.is_empty(), "{images:?}");
+    assert_eq!(disk["layersBytes"], 0);
+
+    let out = cli(&addr, &["images", "rm", "nothing:here"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("no image"), "{out:?}");
+    let out = cli(&addr, &["images", "ls", "--node", "elsewhere"]);
+    assert!(out.code != 0 && out.stderr.contains("node_id"), "{out:?}");
+}
+
+#[test]
+fn registry_credentials_stored_in_the_controller_are_used_and_never_shown() {
+    let mut env = Env::new();
+    let private = Registry::start(&env.path("private"), Some(("alice", "wonderland")));
+    let other = Registry::start(&env.path("other"), None);
+    let base = base_layer(&env);
+    private.push("team/app", "v1", &app_image(&base, "private bits\n", &[]));
+    other.push("team/app", "v1", &app_image(&base, "other bits\n", &[]));
+    let addr = env.dev_with(&[
+        "--insecure-registry",
+        &format!("{},{}", private.addr, other.addr),
+    ]);
+
+    let mut put = std::process::Command::new(skiff_tests::skiff_bin())
+        .args(["--addr", &addr, "registry-creds", "put", "priv", "--server"])
+        .arg(format!("http://{}", private.addr))
+        .args(["--username", "alice", "-o", "json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    put.stdin
+        .take()
+        .unwrap()
+        .write_all(b"wonderland\n")
+        .unwrap();
+    let out = put.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.contains(&private.addr) && !shown.contains("wonderland"),
+        "{shown}"
+    );
+    let ls = cli(&addr, &["registry-creds", "ls", "-o", "json"]);
+    assert!(!ls.stdout.contains("wonderland"), "{ls:?}");
+    assert_eq!(ls.json()[0]["username"], "alice");
+
+    let image = format!("{}/team/app:v1", private.addr);
+    let out = follow(&addr, &["--registry-creds", "priv", "--image", &image]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", env.logs());
+    assert_eq!(out.stdout, "private bits\n");
+    // Also through a task definition, and for `images pull`.
+    let def = env.path("def.json");
+    std::fs::write(
+        &def,
+        format!(
+            r#"{{"family":"priv","containers":[{{"name":"main","image":"{image}",
+            "repository_credentials":"priv","pull_policy":"always"}}]}}"#
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        cli(
+            &addr,
+            &["taskdefs", "register", "-f", def.to_str().unwrap()]
+        )
+        .code,
+        0
+    );
+    let out = cli(&addr, &["run-task", "--follow", "--task-def", "priv"]);
+    assert_eq!(out.stdout, "private bits\n", "{out:?}");
+    let described = cli(&addr, &["taskdefs", "describe", "priv", "-o", "json"]);
+    assert!(!described.stdout.contains("wonderland"), "{described:?}");
+    let pulled = json(
+        &addr,
+        &["images", "pull", &image, "--registry-creds", "priv"],
+    );
+    assert_eq!(pulled[0]["error"], "", "{pulled}");
+
+    // Credentials are never sent to another registry.
+    let elsewhere = format!("{}/team/app:v1", other.addr);
+    let reason = failed_to_start(&addr, &["--registry-creds", "priv", "--image", &elsewhere]);
+    assert!(reason.contains("not sent"), "{reason}");
+    assert!(!reason.contains("wonderland"), "{reason}");
+    // Unknown names are refused up front, naming the field.
+    let out = cli(
+        &addr,
+        &["run-task", "--registry-creds", "nope", "--image", &image],
+    );
+    assert!(
+        out.code != 0 && out.stderr.contains("repository_credentials"),
+        "{out:?}"
+    );
+    assert_eq!(cli(&addr, &["registry-creds", "rm", "priv"]).code, 0);
+    assert!(cli(&addr, &["registry-creds", "ls", "-o", "json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let out = cli(
+        &addr,
+        &[
+            "registry-creds",
+            "put",
+            "x",
+            "--server",
+            "bad host!",
+            "--username",
+            "u",
+        ],
+    );
+    assert!(out.code != 0 && out.stderr.contains("server"), "{out:?}");
+}
+
+#[test]
+fn an_interrupted_download_is_resumed_and_a_bad_partial_is_replaced() {
+    let mut env = Env::new();
+    let reg = Registry::start(&env.path("registry"), None);
+    let base = base_layer(&env);
+    let img = app_image(&base, "resumed\n", &[]);
+    reg.push("team/app", "v1", &img);
+    let addr = env.dev_with(&["--insecure-registry", &reg.addr]);
+    // What an agent killed mid-download leaves: the first half of the layer.
+    let partial_dir = env.path("dev/agent/images/blobs/partial");
+    let base_digest = sha256(&base);
+    std::fs::write(partial_dir.join(&base_digest[7..]), &base[..base.len() / 2]).unwrap();
+    let out = follow(&addr, &["--image", &format!("{}/team/app:v1", reg.addr)]);
+    assert_eq!(out.stdout, "resumed\n", "{out:?}\n{}", env.logs());
+    assert_eq!(
+        reg.blob_range_fetches(&base_digest),
+        1,
+        "{}",
+        reg.log_text()
+    );
+    assert_eq!(reg.blob_fetches(&base_digest), 1);
+
+    // A partial with a wrong prefix: the resumed whole fails its digest, so it is fetched
+    // again from zero, and the task runs.
+    let img2 = app_image(&base, "second\n", &[]);
+    reg.push("team/app", "v2", &img2);
+    let top = sha256(&img2.layers[1]);
+    let mut junk = img2.layers[1].clone();
+    junk.truncate(junk.len() / 2);
+    junk[0] ^= 0xff;
+    std::fs::write(partial_dir.join(&top[7..]), &junk).unwrap();
+    let out = follow(&addr, &["--image", &format!("{}/team/app:v2", reg.addr)]);
+    assert_eq!(out.stdout, "second\n", "{out:?}\n{}", env.logs());
+    assert_eq!(reg.blob_range_fetches(&top), 1);
+    assert_eq!(reg.blob_fetches(&top), 2, "one resumed, one whole");
+}
+
+#[test]
+fn the_disk_budget_evicts_the_least_recently_used_image() {
+    let mut env = Env::new();
+    let reg = Registry::start(&env.path("registry"), None);
+    // Two images with nothing in common, each about 2 MiB unpacked.
+    let rootfs = busybox_rootfs(&env.path("busybox"));
+    let first = {
+        let layers = vec![layer_of(&rootfs)];
+        let config = TestImage::config("amd64", &["echo", "first"], &[], &layers);
+        TestImage { layers, config }
+    };
+    std::fs::write(rootfs.join("etc/marker"), "second").unwrap();
+    let second = {
+        let layers = vec![layer_of(&rootfs)];
+        let config = TestImage::config("amd64", &["echo", "second"], &[], &layers);
+        TestImage { layers, config }
+    };
+    reg.push("team/first", "v1", &first);
+    reg.push("team/second", "v1", &second);
+    let addr = env.dev_with(&[
+        "--insecure-registry",
+        &reg.addr,
+        "--image-disk-budget",
+        "3MiB",
+    ]);
+    let (a, b) = (
+        format!("{}/team/first:v1", reg.addr),
+        format!("{}/team/second:v1", reg.addr),
+    );
+    assert_eq!(follow(&addr, &["--image", &a]).stdout, "first\n");
+    assert_eq!(follow(&addr, &["--image", &b]).stdout, "second\n");
+    let images = skiff_tests::wait_for(
+        "the budget to evict the first image",
+        Duration::from_secs(20),
+        || {
+            let (images, disk) = node_images(&addr);
+            (!has_image(&images, &a) && disk["layersBytes"].as_u64().unwrap() <= 3 << 20)
+                .then_some(images)
+        },
+    );
+    assert!(has_image(&images, &b), "the newest stays: {images:?}");
+    // Evicted means pulled again when needed.
+    assert_eq!(follow(&addr, &["--image", &a]).stdout, "first\n");
+    assert_eq!(reg.blob_fetches(&sha256(&first.layers[0])), 2);
+}

@@ -12,11 +12,14 @@ use serde::Deserialize;
 pub struct Credentials {
     pub username: String,
     pub password: String,
+    /// The registry they are for (HOST[:PORT], `docker.io`); they are sent nowhere else.
+    pub server: String,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
+            .field("server", &self.server)
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .finish()
@@ -79,6 +82,7 @@ pub fn from_docker_config(path: &Path, registry: &str) -> Result<Option<Credenti
         return Ok(Some(Credentials {
             username: u.clone(),
             password: p.clone(),
+            server: want,
         }));
     }
     let Some(auth) = &entry.auth else {
@@ -98,6 +102,7 @@ pub fn from_docker_config(path: &Path, registry: &str) -> Result<Option<Credenti
     Ok(Some(Credentials {
         username: username.into(),
         password: password.into(),
+        server: want,
     }))
 }
 

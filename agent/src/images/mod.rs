@@ -192,12 +192,12 @@ pub(crate) fn image_config(c: &manifest::ConfigFile) -> ImageConfig {
     }
 }
 
-/// Layer directories that some overlay mount on this machine uses as a lower layer.
-fn mounted_lowers() -> BTreeSet<PathBuf> {
+/// The lower-layer lists (top first, as in the mount options) of this machine's overlay mounts.
+fn overlay_lowers() -> Vec<Vec<PathBuf>> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return BTreeSet::new();
+        return Vec::new();
     };
-    let mut set = BTreeSet::new();
+    let mut mounts = Vec::new();
     for line in info.lines() {
         let Some((_, post)) = line.split_once(" - ") else {
             continue;
@@ -209,11 +209,11 @@ fn mounted_lowers() -> BTreeSet<PathBuf> {
         let opts = f.nth(1).unwrap_or_default();
         for o in opts.split(',') {
             if let Some(l) = o.strip_prefix("lowerdir=") {
-                set.extend(l.split(':').map(PathBuf::from));
+                mounts.push(l.split(':').map(PathBuf::from).collect());
             }
         }
     }
-    set
+    mounts
 }
 
 impl ImageStore {
@@ -477,18 +477,30 @@ impl ImageStore {
         Ok(scratch)
     }
 
-    fn in_use(&self) -> BTreeSet<String> {
-        let mounted = mounted_lowers();
+    /// Layer digests some overlay mount uses: never collected.
+    fn mounted_layers(&self, mounts: &[Vec<PathBuf>]) -> BTreeSet<String> {
         let dir = self.layers_dir.join("sha256");
-        mounted
+        mounts
             .iter()
+            .flatten()
             .filter(|p| p.parent() == Some(dir.as_path()))
             .filter_map(|p| p.file_name()?.to_str().map(|h| format!("sha256:{h}")))
             .collect()
     }
 
+    /// Whether a task runs `rec`: some overlay is mounted over exactly its layers.
+    fn image_in_use(&self, rec: &ImageRecord, mounts: &[Vec<PathBuf>]) -> bool {
+        let mut want: Vec<PathBuf> = rec
+            .layers
+            .iter()
+            .filter_map(|l| self.layer_path(l).ok())
+            .collect();
+        want.reverse();
+        !want.is_empty() && mounts.contains(&want)
+    }
+
     pub fn list(&self) -> Vec<ImageSummary> {
-        let used = self.in_use();
+        let mounts = overlay_lowers();
         let catalog = self.catalog.lock().unwrap();
         catalog
             .images()
@@ -497,7 +509,7 @@ impl ImageStore {
                 references: r.references.iter().cloned().collect(),
                 size: r.size,
                 unpacked_size: r.layers.iter().map(|l| catalog.layer_size(l)).sum(),
-                in_use: r.layers.last().is_some_and(|l| used.contains(l)),
+                in_use: self.image_in_use(r, &mounts),
                 created_ms: r.created_ms,
                 last_used_ms: r.last_used_ms,
             })
@@ -556,13 +568,13 @@ impl ImageStore {
     /// Removes every image no running task uses, then unreferenced content.
     pub async fn prune(&self) -> GcReport {
         let _gc = self.gc_lock.write().await;
-        let used = self.in_use();
+        let mounts = overlay_lowers();
         let victims: Vec<String> = self
             .catalog
             .lock()
             .unwrap()
             .images()
-            .filter(|r| !r.layers.iter().any(|l| used.contains(l)))
+            .filter(|r| !self.image_in_use(r, &mounts))
             .map(|r| r.digest.clone())
             .collect();
         for d in &victims {
@@ -583,13 +595,13 @@ impl ImageStore {
         };
         let _gc = self.gc_lock.write().await;
         let mut report = self.collect();
-        let used = self.in_use();
+        let mounts = overlay_lowers();
         let mut candidates: Vec<(i64, String)> = self
             .catalog
             .lock()
             .unwrap()
             .images()
-            .filter(|r| !r.layers.iter().any(|l| used.contains(l)))
+            .filter(|r| !self.image_in_use(r, &mounts))
             .map(|r| (r.last_used_ms, r.digest.clone()))
             .collect();
         candidates.sort();
@@ -611,7 +623,7 @@ impl ImageStore {
     /// Deletes layers and blobs no image references and no task has mounted. Call with the
     /// GC lock held exclusively.
     fn collect(&self) -> GcReport {
-        let used = self.in_use();
+        let used = self.mounted_layers(&overlay_lowers());
         let mut report = GcReport::default();
         let mut catalog = self.catalog.lock().unwrap();
         let referenced = catalog.referenced();

@@ -49,6 +49,20 @@ pub(super) async fn pull(
     creds: Option<&Credentials>,
 ) -> Result<ImageRecord, ImageError> {
     let registry = r.resolve_registry().to_string();
+    if let Some(c) = creds {
+        let (theirs, ours) = (
+            auth::normalize_registry(&c.server),
+            auth::normalize_registry(r.registry()),
+        );
+        if theirs != ours {
+            return Err(ImageError::Invalid {
+                image: image.into(),
+                problem: format!(
+                    "the task's registry credentials are for {theirs}, not {ours}; they were not sent"
+                ),
+            });
+        }
+    }
     let auth = match creds {
         Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
         None => match &store.cfg.docker_config {
@@ -206,6 +220,7 @@ async fn download(
                 .map(BlobResponse::Full)
         };
         let response = response.map_err(|e| classify(image, registry, e))?;
+        let full_response = matches!(response, BlobResponse::Full(_));
         let (mut stream, mut file, mut done) = match response {
             BlobResponse::Full(s) => (s, store.blobs.partial_writer(digest, true), 0),
             BlobResponse::Partial(s) => (s, store.blobs.partial_writer(digest, false), offset),
@@ -250,26 +265,32 @@ async fn download(
             e.get_ref()
                 .is_some_and(|inner| inner.to_string().to_lowercase().contains("digest"))
         });
-        match failure {
-            // All bytes arrived, or the stream's own verification failed: the store checks
-            // the digest (and drops a corrupt partial).
-            None => return store.blobs.commit(digest).map_err(blob_err),
-            Some(_) if verification_failed => {
-                return store.blobs.commit(digest).map_err(blob_err);
+        let resumed = offset > 0 && done > offset && !full_response;
+        // All bytes arrived, or the stream's own verification failed: the store checks the
+        // digest (and drops a corrupt partial). A resumed download whose whole does not check
+        // out may have had a bad prefix: it is fetched once more, from zero.
+        let Some(e) = failure.filter(|_| !verification_failed) else {
+            match store.blobs.commit(digest) {
+                Err(BlobError::Mismatch { .. }) if resumed && attempt < ATTEMPTS => {
+                    tracing::warn!(%image, layer = %digest,
+                        "resumed download does not match its digest; downloading it again");
+                    continue;
+                }
+                r => return r.map_err(blob_err),
             }
-            Some(e) if attempt < ATTEMPTS => {
-                tracing::warn!(%image, layer = %digest, bytes = done, error = %e,
-                    "layer download interrupted; resuming");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            }
-            Some(e) => {
-                return Err(ImageError::Registry {
-                    image: image.into(),
-                    registry: registry.into(),
-                    detail: format!("downloading layer {digest}: {e} (after {ATTEMPTS} attempts; {done} bytes kept to resume)"),
-                })
-            }
+        };
+        if attempt >= ATTEMPTS {
+            return Err(ImageError::Registry {
+                image: image.into(),
+                registry: registry.into(),
+                detail: format!(
+                    "downloading layer {digest}: {e} (after {ATTEMPTS} attempts; {done} bytes kept to resume)"
+                ),
+            });
         }
+        tracing::warn!(%image, layer = %digest, bytes = done, error = %e,
+            "layer download interrupted; resuming");
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
     }
 }
 
