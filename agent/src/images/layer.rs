@@ -280,6 +280,26 @@ mod tests {
     }
 
     #[test]
+    fn files_without_parent_entries_unpack() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tar_of(&[("opt/deep/payload.bin", Some(b"x"))]);
+        let r = unpack(&t[..], &dir.path().join("l"));
+        if let Err(e) = &r {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(x) = src {
+                s += &format!(": {x}");
+                src = x.source();
+            }
+            panic!("{s}");
+        }
+        assert_eq!(
+            fs::read(dir.path().join("l/opt/deep/payload.bin")).unwrap(),
+            b"x"
+        );
+    }
+
+    #[test]
     fn zstd_layers_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("blob");

@@ -177,6 +177,21 @@ pub struct ImageStore {
     progress: tokio::sync::broadcast::Sender<ProgressEvent>,
 }
 
+/// An error with its sources, as one line ("failed to unpack x: No space left on device").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        source = inner.source();
+    }
+    s
+}
+
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -432,7 +447,7 @@ impl ImageStore {
                 let _ = std::fs::remove_dir_all(&scratch);
                 return Err(ImageError::Invalid {
                     image: image.into(),
-                    problem: format!("unpacking layer {digest}: {e}"),
+                    problem: format!("unpacking layer {digest}: {}", error_chain(&e)),
                 });
             }
         };

@@ -297,7 +297,7 @@ async fn download(
 /// Turns a registry client error into the reason a user reads.
 fn classify(image: &str, registry: &str, e: OciDistributionError) -> ImageError {
     let (image, registry) = (image.to_string(), registry.to_string());
-    let detail = error_chain(&e);
+    let detail = super::error_chain(&e);
     match e {
         OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::AuthenticationFailure(_) => ImageError::Unauthorized {
@@ -371,18 +371,4 @@ fn classify(image: &str, registry: &str, e: OciDistributionError) -> ImageError 
             detail,
         },
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        source = inner.source();
-    }
-    s
 }
