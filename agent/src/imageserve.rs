@@ -84,36 +84,40 @@ async fn pull(agent: &Arc<AgentInner>, request_id: u64, p: pb::ImagePull) -> pb:
         password: a.password,
         server: a.server,
     });
-    // Forward this image's download progress while the pull runs.
+    // Forward this image's download progress while the pull runs, and whatever is still
+    // queued once it is done (so every progress message precedes the final reply).
     let mut progress = agent.images.subscribe_progress();
-    let forwarder = {
-        let agent = agent.clone();
-        let image = p.image.clone();
-        tokio::spawn(async move {
-            loop {
-                match progress.recv().await {
-                    Ok(ev) if ev.image == image => {
-                        agent.send(pb::agent_message::Body::Image(pb::ImageReply {
-                            request_id,
-                            progress: Some(pb::ImagePullProgress {
-                                layer: ev.layer,
-                                done: ev.done,
-                                total: ev.total,
-                            }),
-                            ..Default::default()
-                        }));
-                    }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return,
-                }
-            }
-        })
+    let forward = |ev: crate::images::ProgressEvent| {
+        if ev.image == p.image {
+            agent.send(pb::agent_message::Body::Image(pb::ImageReply {
+                request_id,
+                progress: Some(pb::ImagePullProgress {
+                    layer: ev.layer,
+                    done: ev.done,
+                    total: ev.total,
+                }),
+                ..Default::default()
+            }));
+        }
     };
-    let result = agent
+    let pulling = agent
         .images
-        .ensure(&p.image, PullPolicy::Always, creds.as_ref())
-        .await;
-    forwarder.abort();
+        .ensure(&p.image, PullPolicy::Always, creds.as_ref());
+    tokio::pin!(pulling);
+    let result = loop {
+        tokio::select! {
+            biased;
+            ev = progress.recv() => match ev {
+                Ok(ev) => forward(ev),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break (&mut pulling).await,
+            },
+            r = &mut pulling => break r,
+        }
+    };
+    while let Ok(ev) = progress.try_recv() {
+        forward(ev);
+    }
     match result {
         Ok(image) => {
             let digest = image.digest.clone().unwrap_or_default();

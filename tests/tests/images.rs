@@ -634,3 +634,83 @@ fn the_disk_budget_evicts_the_least_recently_used_image() {
     assert_eq!(follow(&addr, &["--image", &a]).stdout, "first\n");
     assert_eq!(reg.blob_fetches(&sha256(&first.layers[0])), 2);
 }
+
+#[test]
+fn a_pull_reaches_every_agent_and_streams_progress() {
+    use skiff_proto::v1 as pb;
+    let mut env = Env::new();
+    let reg = Registry::start(&env.path("registry"), None);
+    let base = base_layer(&env);
+    let img = app_image(&base, "everywhere\n", &[]);
+    let digest = reg.push("team/app", "v1", &img);
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
+    env.agent(&addr, "n1", &["--insecure-registry", &reg.addr]);
+    env.agent(&addr, "n2", &["--insecure-registry", &reg.addr]);
+    let image = format!("{}/team/app:v1", reg.addr);
+
+    // Through the API, as an app would call it: progress per node and layer, then results.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let messages: Vec<pb::PullImageProgress> = rt.block_on(async {
+        let mut c = pb::images_client::ImagesClient::connect(addr.clone())
+            .await
+            .unwrap();
+        let mut s = c
+            .pull(pb::PullImageRequest {
+                image: image.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut all = Vec::new();
+        while let Some(m) = s.message().await.unwrap() {
+            all.push(m);
+        }
+        all
+    });
+    for node in ["n1", "n2"] {
+        let mine: Vec<&pb::PullImageProgress> =
+            messages.iter().filter(|m| m.node_id == node).collect();
+        let last = mine.last().unwrap();
+        assert!(last.done && last.error.is_empty(), "{last:?}");
+        assert_eq!(last.image.as_ref().unwrap().digest, digest);
+        for layer in &img.layers {
+            let d = sha256(layer);
+            let p = mine
+                .iter()
+                .filter_map(|m| m.progress.as_ref())
+                .filter(|p| p.layer == d)
+                .last()
+                .unwrap_or_else(|| panic!("no progress for {d} on {node}: {mine:?}"));
+            assert_eq!((p.done, p.total), (layer.len() as u64, layer.len() as u64));
+        }
+    }
+    // Every node has it; `images ls` covers both; each downloaded it once.
+    let ls = cli(&addr, &["images", "ls", "-o", "json"]).json();
+    let nodes: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["nodeId"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 2, "{ls}");
+    for n in ls.as_array().unwrap() {
+        assert_eq!(n["images"][0]["digest"], digest.as_str(), "{n}");
+    }
+    assert_eq!(reg.blob_fetches(&sha256(&base)), 2, "once per node");
+    // A pull to one node only.
+    let out = cli(
+        &addr,
+        &["images", "pull", "--node", "n1", &image, "-o", "json"],
+    );
+    assert_eq!(out.json().as_array().unwrap().len(), 1, "{out:?}");
+    let out = cli(
+        &addr,
+        &["images", "pull", "--node", "n1", "127.0.0.1:1/x:y"],
+    );
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("node n1"), "{out:?}");
+}
