@@ -682,8 +682,7 @@ fn a_pull_reaches_every_agent_and_streams_progress() {
             let p = mine
                 .iter()
                 .filter_map(|m| m.progress.as_ref())
-                .filter(|p| p.layer == d)
-                .last()
+                .rfind(|p| p.layer == d)
                 .unwrap_or_else(|| panic!("no progress for {d} on {node}: {mine:?}"));
             assert_eq!((p.done, p.total), (layer.len() as u64, layer.len() as u64));
         }
