@@ -18,8 +18,12 @@ pub enum BundleError {
         "container {container}: nothing to run (no entrypoint or command in the task or the image)"
     )]
     NoCommand { container: String },
-    #[error("the image user {user:?} is not numeric uid[:gid]")]
-    User { container: String, user: String },
+    #[error("container {container}: image user {user:?}: {problem}")]
+    User {
+        container: String,
+        user: String,
+        problem: String,
+    },
     #[error("building the runtime spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
 }
@@ -70,16 +74,73 @@ pub fn environment(
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-fn parse_user(container: &str, user: &str) -> Result<(u32, u32), BundleError> {
+/// Reads `etc/<file>` of the container's rootfs, refusing symlinks (which would resolve on
+/// the host, not in the container). None if absent or unreadable.
+fn rootfs_etc(rootfs: &Path, file: &str) -> Option<String> {
+    let etc = rootfs.join("etc");
+    let path = etc.join(file);
+    for p in [&etc, &path] {
+        if std::fs::symlink_metadata(p).ok()?.file_type().is_symlink() {
+            return None;
+        }
+    }
+    std::fs::read_to_string(path).ok()
+}
+
+/// Finds `name` (or a numeric id) in a passwd/group-style file: (id, primary gid field).
+fn lookup(db: &str, name: &str) -> Option<(u32, Option<u32>)> {
+    db.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 3 && f[0] == name)
+            .then(|| (f[2].parse().ok(), f.get(3).and_then(|g| g.parse().ok())))
+            .and_then(|(id, gid)| id.map(|id| (id, gid)))
+    })
+}
+
+/// The image's `User` as Docker reads it: `user`, `user:group`, `uid`, `uid:gid`, names looked
+/// up in the image's own /etc/passwd and /etc/group; without a group, the user's primary group
+/// (or 0 when the uid has no passwd entry).
+fn resolve_user(container: &str, user: &str, rootfs: &Path) -> Result<(u32, u32), BundleError> {
     if user.is_empty() {
         return Ok((0, 0));
     }
-    let err = || BundleError::User {
+    let err = |problem: &str| BundleError::User {
         container: container.to_string(),
         user: user.to_string(),
+        problem: problem.to_string(),
     };
-    let (u, g) = user.split_once(':').unwrap_or((user, user));
-    Ok((u.parse().map_err(|_| err())?, g.parse().map_err(|_| err())?))
+    let passwd = rootfs_etc(rootfs, "passwd").unwrap_or_default();
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(uid) => {
+            let primary = passwd.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 4 && f[2].parse() == Ok(uid))
+                    .then(|| f[3].parse().ok())
+                    .flatten()
+            });
+            (uid, primary)
+        }
+        Err(_) => {
+            lookup(&passwd, u).ok_or_else(|| err("no such user in the image's /etc/passwd"))?
+        }
+    };
+    let gid = match g {
+        None => primary.unwrap_or(0),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let group = rootfs_etc(rootfs, "group").unwrap_or_default();
+                lookup(&group, g)
+                    .map(|(gid, _)| gid)
+                    .ok_or_else(|| err("no such group in the image's /etc/group"))?
+            }
+        },
+    };
+    Ok((uid, gid))
 }
 
 /// Everything that makes one container's runtime spec.
@@ -108,7 +169,7 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
     } else {
         "/".to_string()
     };
-    let (uid, gid) = parse_user(&c.name, &input.image.user)?;
+    let (uid, gid) = resolve_user(&c.name, &input.image.user, input.rootfs)?;
     let mut spec = Spec::default();
     let default_process = spec.process().clone().unwrap_or_default();
     let process = ProcessBuilder::default()
@@ -253,6 +314,44 @@ mod tests {
         assert!(ns.contains(&LinuxNamespaceType::Pid));
         assert_eq!(spec.process().as_ref().unwrap().cwd(), Path::new("/app"));
         assert_eq!(spec.process().as_ref().unwrap().user().uid(), 1000);
+    }
+
+    #[test]
+    fn named_users_resolve_in_the_images_own_passwd_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1001:1002::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("etc/group"),
+            "root:x:0:\nstaff:x:50:\napp:x:1002:\n",
+        )
+        .unwrap();
+        let r = |u: &str| resolve_user("main", u, root);
+        assert_eq!(r("").unwrap(), (0, 0));
+        assert_eq!(r("app").unwrap(), (1001, 1002));
+        assert_eq!(r("app:staff").unwrap(), (1001, 50));
+        assert_eq!(
+            r("1001").unwrap(),
+            (1001, 1002),
+            "a known uid gets its primary group"
+        );
+        assert_eq!(r("4242").unwrap(), (4242, 0));
+        assert_eq!(r("4242:7").unwrap(), (4242, 7));
+        let e = r("nobody").unwrap_err().to_string();
+        assert!(e.contains("nobody") && e.contains("/etc/passwd"), "{e}");
+        assert!(r("app:wheel")
+            .unwrap_err()
+            .to_string()
+            .contains("/etc/group"));
+        // A passwd that is a symlink would be read on the host: it is not followed.
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("etc/passwd")).unwrap();
+        assert!(r("root").is_err());
     }
 
     #[test]

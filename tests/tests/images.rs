@@ -58,6 +58,26 @@ fn an_image_pulled_from_a_registry_runs_with_its_config() {
     );
     assert_eq!(out.stdout, "hi\n", "{out:?}");
 
+    // The image's User, by name, resolved in the image's own /etc/passwd and /etc/group.
+    let users = gz(&layer_with(&[
+        (
+            "etc/passwd",
+            b"root:x:0:0::/root:/bin/sh\napp:x:1001:1002::/tmp:/bin/sh\n",
+        ),
+        ("etc/group", b"root:x:0:\napp:x:1002:\n"),
+    ]));
+    let layers = vec![base.clone(), users];
+    let mut config = TestImage::config(
+        "amd64",
+        &["sh", "-c", "echo $(id -u):$(id -g)"],
+        &[],
+        &layers,
+    );
+    config["config"]["User"] = "app".into();
+    reg.push("team/user", "v1", &TestImage { layers, config });
+    let out = follow(&addr, &["--image", &format!("{}/team/user:v1", reg.addr)]);
+    assert_eq!(out.stdout, "1001:1002\n", "{out:?}");
+
     // A registry that is not marked insecure is only spoken to over TLS.
     let mut env2 = Env::new();
     let addr2 = env2.dev();
