@@ -4,6 +4,7 @@
 
 pub mod images;
 pub mod registry;
+pub mod token_server;
 
 use std::fs;
 use std::io::Read;

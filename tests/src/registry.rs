@@ -89,14 +89,30 @@ impl TestImage {
 }
 
 impl Registry {
-    /// Starts a registry storing under `dir`; with `auth`, every request needs that user.
+    /// Starts a registry storing under `dir`; with `auth`, every request needs that user
+    /// (htpasswd basic auth).
     pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> Registry {
+        Self::start_with(dir, auth, None)
+    }
+
+    /// Starts a registry that accepts only tokens from `tokens` (Docker's token auth); the
+    /// pusher gets them with `auth`.
+    pub fn start_with_tokens(
+        dir: &Path,
+        auth: (&str, &str),
+        tokens: &crate::token_server::TokenServer,
+    ) -> Registry {
+        Self::start_with(dir, Some(auth), Some(tokens.registry_auth_config()))
+    }
+
+    fn start_with(dir: &Path, auth: Option<(&str, &str)>, token_cfg: Option<String>) -> Registry {
         let root = dir.join("storage");
         fs::create_dir_all(&root).unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let auth_cfg = match auth {
-            Some((user, pass)) => {
+        let auth_cfg = match (auth, token_cfg) {
+            (_, Some(cfg)) => cfg,
+            (Some((user, pass)), None) => {
                 let hash = bcrypt::hash(pass, 4).unwrap();
                 let htpasswd = dir.join("htpasswd");
                 fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
@@ -105,7 +121,7 @@ impl Registry {
                     htpasswd.display()
                 )
             }
-            None => String::new(),
+            (None, None) => String::new(),
         };
         let config = dir.join("config.yml");
         fs::write(

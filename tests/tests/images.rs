@@ -215,23 +215,8 @@ fn credentials_from_a_docker_config_open_a_private_registry() {
 }
 
 fn base64_of(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = chunk.len();
-        let v = (chunk[0] as u32) << 16
-            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
-            | *chunk.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= n {
-                out.push(T[((v >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 #[test]
@@ -732,4 +717,49 @@ fn a_pull_reaches_every_agent_and_streams_progress() {
     );
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("node n1"), "{out:?}");
+}
+
+#[test]
+fn a_registry_with_token_auth_is_pulled_from_with_stored_credentials() {
+    use skiff_tests::token_server::TokenServer;
+    let mut env = Env::new();
+    let tokens = TokenServer::start(&env.path("tokens"), "bob", "builder");
+    let reg = Registry::start_with_tokens(&env.path("registry"), ("bob", "builder"), &tokens);
+    let base = base_layer(&env);
+    reg.push("team/app", "v1", &app_image(&base, "behind a token\n", &[]));
+    let pushed_with = tokens.tokens_issued();
+    assert!(
+        pushed_with > 0,
+        "the push itself went through the token server"
+    );
+    let addr = env.dev_with(&["--insecure-registry", &reg.addr]);
+    let image = format!("{}/team/app:v1", reg.addr);
+
+    // Without credentials: the token server refuses, the registry refuses.
+    let reason = failed_to_start(&addr, &["--image", &image]);
+    assert!(reason.contains("unauthorized"), "{reason}");
+
+    let mut put = std::process::Command::new(skiff_tests::skiff_bin())
+        .args([
+            "--addr",
+            &addr,
+            "registry-creds",
+            "put",
+            "builder",
+            "--server",
+            &reg.addr,
+        ])
+        .args(["--username", "bob"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    put.stdin.take().unwrap().write_all(b"builder").unwrap();
+    assert!(put.wait().unwrap().success());
+    let out = follow(&addr, &["--registry-creds", "builder", "--image", &image]);
+    assert_eq!(out.stdout, "behind a token\n", "{out:?}\n{}", env.logs());
+    assert!(
+        tokens.tokens_issued() > pushed_with,
+        "the pull asked for a token"
+    );
 }
