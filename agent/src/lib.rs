@@ -97,9 +97,35 @@ pub struct AgentInner {
     /// report must never be dropped; bulk log data goes on connections of its own.
     outbox: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
     log_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
+    /// A shim started ahead of need, taken by the next container start.
+    standby: Mutex<Option<runtime::StandbyShim>>,
 }
 
 impl AgentInner {
+    /// The standby shim, if one is ready; a replacement starts in the background.
+    pub(crate) fn take_standby(self: &Arc<Self>) -> Option<runtime::StandbyShim> {
+        let taken = self.standby.lock().unwrap().take();
+        self.refill_standby();
+        taken
+    }
+
+    fn refill_standby(self: &Arc<Self>) {
+        let agent = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // Spawned outside the lock, so a start never waits for a fork; a spare (two
+            // refills racing) is dropped, which ends it.
+            match runtime::StandbyShim::spawn(&agent.cfg.shim_exe) {
+                Ok(s) => {
+                    let mut slot = agent.standby.lock().unwrap();
+                    if slot.is_none() {
+                        *slot = Some(s);
+                    }
+                }
+                Err(e) => warn!(error = %e, "starting a standby shim failed"),
+            }
+        });
+    }
+
     pub fn record(&self, task_id: &str) -> Option<TaskRecord> {
         self.tasks
             .lock()
@@ -284,6 +310,7 @@ impl Agent {
             tasks: Mutex::new(HashMap::new()),
             outbox: Mutex::new(None),
             log_cancels: Mutex::new(HashMap::new()),
+            standby: Mutex::new(None),
         });
         Ok(Agent { inner })
     }
@@ -292,10 +319,14 @@ impl Agent {
     /// controller. Shutting the agent down leaves containers running (their shims own them).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         self.readopt();
+        self.inner.refill_standby();
         tokio::select! {
             _ = connection::run(self.inner.clone()) => {}
             _ = shutdown => info!("agent shutting down; containers keep running"),
         }
+        // Task supervisors still hold the agent: drop the session's sender so the stream to
+        // the controller ends now (a controller shutting down gracefully waits for it).
+        *self.inner.outbox.lock().unwrap() = None;
     }
 
     fn readopt(&self) {

@@ -2,10 +2,11 @@
 //! single-threaded shim processes. Nothing here calls libcontainer; the shim does.
 
 use std::fs;
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitPidFlag};
@@ -122,26 +123,82 @@ fn read_status_line(fd: &OwnedFd) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
-/// Launches `skiff shim DIR` and waits (blocking, at most the start timeout) until it reports
-/// the container started. On failure returns the shim's own error message.
+/// A `skiff shim --standby` started ahead of need: exec and runtime start, a few ms, are
+/// already paid when a container has to start. Handing it a directory makes it that
+/// container's shim; dropping it (closing its stdin) makes it exit.
+pub struct StandbyShim {
+    /// Taken when the shim is handed a container.
+    child: Option<Child>,
+}
+
+impl Drop for StandbyShim {
+    /// An unused standby exits at EOF on its stdin; reap it so no zombie is left.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            drop(c.stdin.take());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl StandbyShim {
+    pub fn spawn(shim_exe: &Path) -> std::io::Result<StandbyShim> {
+        let child = Command::new(shim_exe)
+            .args(["shim", "--standby"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .env("RUST_LOG", "warn")
+            .process_group(0)
+            .spawn()?;
+        Ok(StandbyShim { child: Some(child) })
+    }
+}
+
+/// Launches the shim for the container in `dir` — the standby one if given and still
+/// alive, else a fresh `skiff shim DIR` — and waits (blocking, at most the start timeout)
+/// until it reports the container started. On failure returns the shim's own error message.
 pub fn launch(
+    standby: Option<StandbyShim>,
     shim_exe: &Path,
     dir: &Path,
     cgroup_path: &str,
     start_timeout: std::time::Duration,
 ) -> Result<ShimHandle, String> {
-    let shim_log =
-        fs::File::create(dir.join("shim.log")).map_err(|e| format!("creating shim.log: {e}"))?;
-    let mut child = Command::new(shim_exe)
-        .arg("shim")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(shim_log)
-        .env("RUST_LOG", "warn")
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("starting the shim {}: {e}", shim_exe.display()))?;
+    let mut child = None;
+    if let Some(mut c) = standby.and_then(|mut s| s.child.take()) {
+        let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
+        line.push(b'\n');
+        let handed = c
+            .stdin
+            .take()
+            .is_some_and(|mut stdin| stdin.write_all(&line).is_ok());
+        if handed {
+            child = Some(c);
+        } else {
+            // It died meanwhile: reap it and start a fresh one.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    let mut child = match child {
+        Some(c) => c,
+        None => {
+            let shim_log = fs::File::create(dir.join("shim.log"))
+                .map_err(|e| format!("creating shim.log: {e}"))?;
+            Command::new(shim_exe)
+                .arg("shim")
+                .arg(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(shim_log)
+                .env("RUST_LOG", "warn")
+                .process_group(0)
+                .spawn()
+                .map_err(|e| format!("starting the shim {}: {e}", shim_exe.display()))?
+        }
+    };
     let pid = child.id() as i32;
     let pidfd =
         shim::pidfd_open(Pid::from_raw(pid)).map_err(|e| format!("pidfd_open(shim): {e}"))?;
@@ -209,17 +266,22 @@ fn kill_cgroup(cgroup_path: &str) {
 
 /// Finds a shim that outlived an agent restart. None if it is no longer running.
 pub fn adopt(dir: &Path) -> Option<ShimHandle> {
-    let pid: i32 = fs::read_to_string(dir.join(shim::SHIM_PID))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let text = fs::read_to_string(dir.join(shim::SHIM_PID)).ok()?;
+    let mut fields = text.split_whitespace();
+    let pid: i32 = fields.next()?.parse().ok()?;
+    let started: Option<u64> = fields.next().and_then(|t| t.parse().ok());
     let pidfd = shim::pidfd_open(Pid::from_raw(pid)).ok()?;
-    // The pid could have been reused by an unrelated process: check it is our shim for DIR.
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_ours =
-        args.contains(&b"shim".as_slice()) && args.contains(&dir.as_os_str().as_encoded_bytes());
+    // The pid could have been reused by an unrelated process: check it is our shim.
+    let is_ours = match started {
+        // A shim records its start time; a process with the same pid and start time is it.
+        Some(t) => shim::process_start_time(pid) == Some(t),
+        // Older shims wrote only the pid: their command line names the directory.
+        None => {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.contains(&b"shim".as_slice()) && args.contains(&dir.as_os_str().as_encoded_bytes())
+        }
+    };
     is_ours.then_some(ShimHandle {
         pid,
         pidfd,

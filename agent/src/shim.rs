@@ -11,6 +11,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,6 +80,32 @@ fn now_ms() -> i64 {
 }
 
 /// Entry point of `skiff shim DIR`. Returns the process exit code.
+/// A shim started ahead of need: it has paid for its exec and runtime start already and
+/// waits for its container directory on stdin (one line). EOF — the agent went away before
+/// using it — ends it quietly.
+pub fn standby() -> i32 {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(0, &mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return 0,
+        }
+    }
+    let dir = PathBuf::from(std::ffi::OsString::from_vec(line));
+    // From here on it is an ordinary shim for `dir`: its stderr goes to the shim log, and
+    // stdin is closed (the container must not inherit the agent's pipe).
+    if let Ok(log) = File::create(dir.join("shim.log")) {
+        let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+    }
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+    }
+    main(&dir)
+}
+
 pub fn main(dir: &Path) -> i32 {
     // Our own session: the agent's process group, terminal or restart never signal us.
     let _ = nix::unistd::setsid();
@@ -110,11 +137,14 @@ fn run(dir: &Path, status_line: &mut File) -> Result<(), String> {
         &fs::read(dir.join(SHIM_CONFIG)).map_err(|e| format!("reading {SHIM_CONFIG}: {e}"))?,
     )
     .map_err(|e| format!("parsing {SHIM_CONFIG}: {e}"))?;
-    write_atomic(
-        &dir.join(SHIM_PID),
-        std::process::id().to_string().as_bytes(),
-    )
-    .map_err(|e| format!("writing {SHIM_PID}: {e}"))?;
+    // "PID STARTTIME": the start time tells this process from a later one with the same pid.
+    let pid = std::process::id() as i32;
+    let identity = match process_start_time(pid) {
+        Some(t) => format!("{pid} {t}"),
+        None => pid.to_string(),
+    };
+    write_atomic(&dir.join(SHIM_PID), identity.as_bytes())
+        .map_err(|e| format!("writing {SHIM_PID}: {e}"))?;
 
     // Signals arrive as bytes on a socket, so the poll loop sees them. Handlers (unlike a
     // blocked mask or SIG_IGN) are reset by exec, so the container does not inherit them.
@@ -296,6 +326,14 @@ fn reap_orphans() {
             break;
         }
     }
+}
+
+/// A process's start time (field 22 of /proc/PID/stat, clock ticks since boot).
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {

@@ -64,16 +64,26 @@ enum Command {
     /// Registry credentials kept by the controller for task definitions to name.
     #[command(subcommand, name = "registry-creds")]
     RegistryCreds(images::RegistryCredsCmd),
-    /// Internal: own one container (started by the agent).
+    /// Internal: own one container (started by the agent). With --standby, wait for the
+    /// container directory on standard input (a shim started ahead of need).
     #[command(hide = true)]
-    Shim { dir: PathBuf },
+    Shim {
+        #[arg(required_unless_present = "standby")]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        standby: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The shim must stay single-threaded: libcontainer forks and clones. No runtime for it.
-    if let Command::Shim { dir } = &cli.command {
-        return ExitCode::from(skiff_agent::shim::main(dir) as u8);
+    if let Command::Shim { dir, standby } = &cli.command {
+        let code = match dir {
+            Some(dir) if !standby => skiff_agent::shim::main(dir),
+            _ => skiff_agent::shim::standby(),
+        };
+        return ExitCode::from(code as u8);
     }
     // Servers get worker threads; a client command is one request at a time, and starting
     // worker threads would only add to every command's latency.

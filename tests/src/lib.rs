@@ -363,10 +363,36 @@ pub fn children_of(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Shims running for containers under `dir`.
+/// Shims running for containers under `dir`: those named by a `shim.pid` there (pid and
+/// start time, as the agent checks them: a shim started on standby has no directory in its
+/// command line), and any `skiff shim DIR` whose DIR is under `dir`.
 pub fn shims_under(dir: &Path) -> Vec<i32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
     let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() && depth < 5 && e.file_name() != "rootfs" {
+                stack.push((p, depth + 1));
+            } else if e.file_name() == "shim.pid" {
+                let text = fs::read_to_string(&p).unwrap_or_default();
+                let mut f = text.split_whitespace();
+                let (Some(pid), start) = (f.next().and_then(|s| s.parse::<i32>().ok()), f.next())
+                else {
+                    continue;
+                };
+                let alive_same = match start.and_then(|s| s.parse::<u64>().ok()) {
+                    Some(t) => shim_start_time(pid) == Some(t),
+                    None => shim_start_time(pid).is_some(),
+                };
+                if alive_same && !out.contains(&pid) {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    let needle = dir.as_os_str().as_encoded_bytes();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -375,11 +401,26 @@ pub fn shims_under(dir: &Path) -> Vec<i32> {
             continue;
         };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == b"shim") && args.iter().any(|a| a.starts_with(needle)) {
+        if args.iter().any(|a| *a == b"shim")
+            && args.iter().any(|a| a.starts_with(needle))
+            && !out.contains(&pid)
+        {
             out.push(pid);
         }
     }
     out
+}
+
+/// Field 22 of /proc/PID/stat (the process's start time), as the shim records it; None for a
+/// process that is gone or only a zombie waiting to be reaped.
+fn shim_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z") | Some("X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 fn unmount_under(dir: &Path) {

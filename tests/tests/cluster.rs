@@ -123,7 +123,12 @@ fn agent_restart_readopts_running_containers() {
         cli(&addr, &["tasks", "logs", &id]).stdout,
         "started\nreleased\n"
     );
-    assert!(shims_under(&agent_dir).is_empty());
+    let left = shims_under(&agent_dir);
+    let what: Vec<String> = left
+        .iter()
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default())
+        .collect();
+    assert!(left.is_empty(), "{left:?} {what:?}");
 }
 
 #[test]

@@ -839,3 +839,36 @@ fn essential_and_non_essential_containers() {
     let all = cli(&addr, &["tasks", "logs", id]).stdout;
     assert_eq!(all.lines().count(), 3, "{all}");
 }
+
+#[test]
+fn sigterm_stops_dev_promptly_while_a_task_runs_and_a_restart_readopts_it() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let id = run_task(
+        &addr,
+        &[
+            "--stop-timeout",
+            "1s",
+            "--image",
+            &img,
+            "--",
+            "sleep",
+            "120",
+        ],
+    );
+    wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    // Ctrl-C / SIGTERM: the process ends cleanly (exit 0) and leaves the container running.
+    let code = env.procs[0].terminate();
+    assert_eq!(code, Some(0), "{}", env.logs());
+    let shims = skiff_tests::shims_under(&env.path("dev"));
+    assert_eq!(shims.len(), 1, "the container outlives skiff dev");
+    // The next `skiff dev` on the same data dir finds it again.
+    let addr = env.dev();
+    let t = wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    assert_eq!(t["containers"][0]["exitCode"], serde_json::Value::Null);
+    assert_eq!(skiff_tests::shims_under(&env.path("dev")), shims);
+    assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
+    let t = wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+    assert_eq!(t["stopCode"], "UserInitiated", "{t}");
+}
