@@ -169,7 +169,17 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
     } else {
         "/".to_string()
     };
-    let (uid, gid) = resolve_user(&c.name, &input.image.user, input.rootfs)?;
+    let user = if c.user.is_empty() {
+        &input.image.user
+    } else {
+        &c.user
+    };
+    let (uid, gid) = resolve_user(&c.name, user, input.rootfs)?;
+    let caps = if c.privileged {
+        crate::hardening::all_capabilities()
+    } else {
+        crate::hardening::default_capabilities()
+    };
     let mut spec = Spec::default();
     let default_process = spec.process().clone().unwrap_or_default();
     let process = ProcessBuilder::default()
@@ -179,14 +189,14 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
         .cwd(cwd)
         .user(UserBuilder::default().uid(uid).gid(gid).build()?)
         .no_new_privileges(true)
-        .capabilities(default_process.capabilities().clone().unwrap_or_default())
+        .capabilities(crate::hardening::capabilities(caps)?)
         .rlimits(default_process.rlimits().clone().unwrap_or_default())
         .build()?;
     spec.set_process(Some(process));
     spec.set_root(Some(
         RootBuilder::default()
             .path(input.rootfs)
-            .readonly(false)
+            .readonly(c.readonly_rootfs)
             .build()?,
     ));
     spec.set_hostname(Some(input.hostname.to_string()));
@@ -224,6 +234,14 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
     }
     linux.set_resources(Some(resources.build()?));
     linux.set_cgroups_path(Some(input.cgroup_path.into()));
+    if c.privileged {
+        // Nothing masked or read-only under /proc and /sys, no filter: the host's view.
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+        linux.set_seccomp(None);
+    } else {
+        linux.set_seccomp(Some(crate::hardening::default_seccomp()?));
+    }
     spec.set_linux(Some(linux));
     Ok(spec)
 }
@@ -246,6 +264,9 @@ mod tests {
             working_dir: String::new(),
             pull_policy: Default::default(),
             registry_auth: None,
+            privileged: false,
+            readonly_rootfs: false,
+            user: String::new(),
         }
     }
 

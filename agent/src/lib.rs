@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub(crate) mod connection;
+pub mod hardening;
 pub mod images;
 mod imageserve;
 pub mod logs;

@@ -31,6 +31,13 @@ pub struct ContainerSpec {
     /// Credentials for the image's registry, from the controller. Never written to disk.
     #[serde(skip)]
     pub registry_auth: Option<Credentials>,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// Overrides the image's User when set.
+    #[serde(default)]
+    pub user: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,6 +99,9 @@ impl TaskSpec {
                         password: a.password.clone(),
                         server: a.server.clone(),
                     }),
+                    privileged: c.privileged,
+                    readonly_rootfs: c.readonly_root_filesystem,
+                    user: c.user.clone(),
                 })
                 .collect(),
             network: if s.network_mode == "host" {

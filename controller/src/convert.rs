@@ -20,6 +20,9 @@ pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
         working_dir: c.working_dir.clone(),
         pull_policy: c.pull_policy.clone(),
         repository_credentials: c.repository_credentials.clone(),
+        privileged: c.privileged,
+        readonly_root_filesystem: c.readonly_root_filesystem,
+        user: c.user.clone(),
     }
 }
 
@@ -117,6 +120,9 @@ pub fn start_task(
                 registry_auth: (!c.repository_credentials.is_empty())
                     .then(|| creds(&c.repository_credentials))
                     .flatten(),
+                privileged: c.privileged,
+                readonly_root_filesystem: c.readonly_root_filesystem,
+                user: c.user.clone(),
             })
             .collect(),
         network_mode: spec.network_mode.as_str().to_string(),

@@ -49,6 +49,13 @@ pub struct ContainerDef {
     /// Name of stored registry credentials; empty = none.
     #[serde(default)]
     pub repository_credentials: String,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub readonly_root_filesystem: bool,
+    /// user[:group] or uid[:gid]; empty = the image's.
+    #[serde(default)]
+    pub user: String,
 }
 
 /// What a task runs: the part of a task definition that a task copies (with overrides applied),

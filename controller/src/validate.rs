@@ -109,6 +109,31 @@ pub fn registry_server(field: &str, server: &str) -> Result<String, InvalidField
     })
 }
 
+/// `user`, `user:group`, `uid` or `uid:gid`; names as /etc/passwd allows them.
+fn check_user(field: &str, user: &str) -> Result<(), InvalidField> {
+    if user.is_empty() {
+        return Ok(());
+    }
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 32
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    let ok = match user.split_once(':') {
+        Some((u, g)) => part_ok(u) && part_ok(g),
+        None => part_ok(user),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!("{user:?} is not user, user:group, uid or uid:gid"),
+        ))
+    }
+}
+
 /// The canonical pull policy; empty means the default.
 fn pull_policy(field: &str, policy: &str) -> Result<String, InvalidField> {
     match policy {
@@ -210,6 +235,7 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
         return Err(bad(f("working_dir"), "must be an absolute path"));
     }
     let pull_policy = pull_policy(&f("pull_policy"), &c.pull_policy)?;
+    check_user(&f("user"), &c.user)?;
     if !c.repository_credentials.is_empty() {
         check_name(&f("repository_credentials"), &c.repository_credentials)?;
     }
@@ -226,6 +252,9 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
         working_dir: c.working_dir.clone(),
         pull_policy,
         repository_credentials: c.repository_credentials.clone(),
+        privileged: c.privileged,
+        readonly_root_filesystem: c.readonly_root_filesystem,
+        user: c.user.clone(),
     })
 }
 
@@ -386,6 +415,11 @@ mod tests {
             ..ok_container()
         });
         assert_eq!(e.field, "containers[0].pull_policy");
+        let e = err_of(pb::ContainerDefinition {
+            user: "root:".into(),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].user");
         let e = err_of(pb::ContainerDefinition {
             image: "dir:relative".into(),
             ..ok_container()

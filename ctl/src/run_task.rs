@@ -22,6 +22,15 @@ pub struct RunTaskArgs {
     /// Name of registry credentials stored in the controller (`skiff registry-creds put`).
     #[arg(long = "registry-creds", conflicts_with = "task_def")]
     registry_creds: Option<String>,
+    /// Run as user, user:group, uid or uid:gid (overrides the image's User).
+    #[arg(long, conflicts_with = "task_def")]
+    user: Option<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long = "read-only", conflicts_with = "task_def")]
+    read_only: bool,
+    /// Every capability and no seccomp filter (only for what truly needs the host).
+    #[arg(long, conflicts_with = "task_def")]
+    privileged: bool,
     /// Run a registered task definition, FAMILY or FAMILY:REVISION.
     #[arg(long = "task-def")]
     task_def: Option<String>,
@@ -148,6 +157,9 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
                 working_dir: String::new(),
                 pull_policy: a.pull_policy.clone().unwrap_or_default(),
                 repository_credentials: a.registry_creds.clone().unwrap_or_default(),
+                privileged: a.privileged,
+                readonly_root_filesystem: a.read_only,
+                user: a.user.clone().unwrap_or_default(),
             }],
             network_mode: a.network.clone().unwrap_or_default(),
             timeout_seconds: a.timeout.unwrap_or(0),

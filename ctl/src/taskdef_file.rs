@@ -46,6 +46,12 @@ pub struct ContainerFile {
     /// Name of registry credentials stored in the controller.
     #[serde(default)]
     pub repository_credentials: String,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub readonly_root_filesystem: bool,
+    #[serde(default)]
+    pub user: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +97,9 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
             working_dir: c.working_dir,
             pull_policy: c.pull_policy,
             repository_credentials: c.repository_credentials,
+            privileged: c.privileged,
+            readonly_root_filesystem: c.readonly_root_filesystem,
+            user: c.user,
         });
     }
     Ok(pb::TaskDefinitionInput {

@@ -872,3 +872,63 @@ fn sigterm_stops_dev_promptly_while_a_task_runs_and_a_restart_readopts_it() {
     let t = wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
     assert_eq!(t["stopCode"], "UserInitiated", "{t}");
 }
+
+/// The `CapEff:` and `Seccomp:` lines of /proc/self/status inside a container, and whether
+/// it could make a user namespace and write to its root.
+fn security_view(addr: &str, img: &str, extra: &[&str]) -> String {
+    let mut args = vec!["run-task", "--follow", "--image", img];
+    args.extend_from_slice(extra);
+    args.extend([
+        "--",
+        "sh",
+        "-c",
+        "grep -E '^(CapEff|Seccomp):' /proc/self/status; \
+         unshare -U true 2>/dev/null && echo userns=yes || echo userns=no; \
+         touch /written 2>/dev/null && echo rootfs=rw || echo rootfs=ro; echo uid=$(id -u):$(id -g)",
+    ]);
+    let out = cli(addr, &args);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.stdout.replace('\t', " ")
+}
+
+#[test]
+fn containers_are_hardened_by_default() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    // Docker's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
+    // NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+    let docker: u64 = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31]
+        .iter()
+        .map(|b| 1u64 << b)
+        .sum();
+    let v = security_view(&addr, &img, &[]);
+    assert!(v.contains(&format!("CapEff: {docker:016x}\n")), "{v}");
+    assert!(
+        v.contains("Seccomp: 2\n"),
+        "a seccomp filter is installed: {v}"
+    );
+    assert!(v.contains("userns=no"), "namespaces are refused: {v}");
+    assert!(v.contains("rootfs=rw") && v.contains("uid=0:0"), "{v}");
+
+    let v = security_view(&addr, &img, &["--read-only", "--user", "1000:1000"]);
+    assert!(v.contains("rootfs=ro"), "{v}");
+    assert!(v.contains("uid=1000:1000"), "{v}");
+    assert!(
+        v.contains("CapEff: 0000000000000000"),
+        "a non-root user has no effective caps: {v}"
+    );
+
+    // Privileged: every capability skiff itself holds, no filter.
+    let own_bounding = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string()))
+        .unwrap();
+    let v = security_view(&addr, &img, &["--privileged"]);
+    assert!(v.contains(&format!("CapEff: {own_bounding}\n")), "{v}");
+    assert!(
+        v.contains("Seccomp: 0\n") && v.contains("userns=yes"),
+        "{v}"
+    );
+}
