@@ -42,6 +42,17 @@ impl From<StoreError> for Status {
     }
 }
 
+/// Privileged containers are an admin's decision.
+fn check_privileged(spec: &crate::model::TaskSpec, role: crate::auth::Role) -> Result<(), Status> {
+    match spec.containers.iter().position(|c| c.privileged) {
+        Some(i) if role < crate::auth::Role::Admin => Err(Status::permission_denied(format!(
+            "containers[{i}].privileged: only an admin token may ask for a privileged container (this token is {})",
+            role.as_str()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Resolves `family` (latest ACTIVE revision) or `family:rev`.
 fn resolve_taskdef(core: &Core, field: &str, reference: &str) -> Result<TaskDefinition, Status> {
     let (family, rev) = validate::taskdef_ref(field, reference).map_err(invalid)?;
@@ -67,12 +78,14 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
         &self,
         req: Request<pb::RegisterTaskDefinitionRequest>,
     ) -> Result<Response<pb::TaskDefinition>, Status> {
+        let role = crate::auth::caller_role(&req);
         let input = req
             .into_inner()
             .definition
             .ok_or_else(|| Status::invalid_argument("definition: missing"))?;
         validate::check_name("family", &input.family).map_err(invalid)?;
         let spec = validate::task_spec(&input).map_err(invalid)?;
+        check_privileged(&spec, role)?;
         crate::images_api::check_credentials_exist(&self.core, &spec)?;
         let def = self
             .core
@@ -152,6 +165,7 @@ fn get_task(core: &Core, id: &str) -> Result<Task, Status> {
 #[tonic::async_trait]
 impl pb::tasks_server::Tasks for TasksApi {
     async fn run(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let role = crate::auth::caller_role(&req);
         let req = req.into_inner();
         let (def, spec) = match &req.source {
             Some(pb::run_task_request::Source::TaskDefinition(r)) => {
@@ -160,7 +174,11 @@ impl pb::tasks_server::Tasks for TasksApi {
                 (Some(def), spec)
             }
             Some(pb::run_task_request::Source::AdHoc(input)) => {
-                (None, validate::task_spec(input).map_err(invalid)?)
+                let spec = validate::task_spec(input).map_err(invalid)?;
+                // A registered privileged definition was approved by an admin; an ad-hoc one
+                // needs one now.
+                check_privileged(&spec, role)?;
+                (None, spec)
             }
             None => {
                 return Err(Status::invalid_argument(

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 pub mod convert;
 pub mod core;
 pub mod images_api;
@@ -12,6 +13,7 @@ pub mod model;
 pub mod placement;
 pub mod scheduler;
 pub mod store;
+pub mod tokens_api;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -51,6 +53,8 @@ pub enum ControllerError {
 pub struct Controller {
     core: Arc<core::Core>,
     listener: TcpListener,
+    /// Where the first admin token was written, when this start created it.
+    bootstrap_token: Option<PathBuf>,
 }
 
 impl Controller {
@@ -66,10 +70,23 @@ impl Controller {
                     addr: cfg.listen,
                     source,
                 })?;
+        let bootstrap_token =
+            tokens_api::bootstrap(&store, &cfg.data_dir)
+                .await
+                .map_err(|source| ControllerError::Store {
+                    path: cfg.data_dir.clone(),
+                    source,
+                })?;
         Ok(Controller {
             core: Arc::new(core::Core::new(store, cfg.timing)),
             listener,
+            bootstrap_token,
         })
+    }
+
+    /// The admin token file this start wrote (first start only).
+    pub fn bootstrap_token(&self) -> Option<&std::path::Path> {
+        self.bootstrap_token.as_deref()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -104,6 +121,9 @@ impl Controller {
             .set_serving::<pb::images_server::ImagesServer<images_api::ImagesApi>>()
             .await;
         health
+            .set_serving::<pb::tokens_server::TokensServer<tokens_api::TokensApi>>()
+            .await;
+        health
             .set_serving::<pb::registry_credentials_server::RegistryCredentialsServer<
                 images_api::RegistryCredentialsApi,
             >>()
@@ -115,6 +135,7 @@ impl Controller {
 
         let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(auth::AuthLayer { core: core.clone() })
             .add_service(health_service)
             .add_service(reflection)
             .add_service(pb::tasks_server::TasksServer::new(api::TasksApi {
@@ -129,6 +150,9 @@ impl Controller {
             .add_service(pb::events_server::EventsServer::new(api::EventsApi {
                 core: core.clone(),
             }))
+            .add_service(pb::tokens_server::TokensServer::new(
+                tokens_api::TokensApi { core: core.clone() },
+            ))
             .add_service(pb::images_server::ImagesServer::new(
                 images_api::ImagesApi { core: core.clone() },
             ))

@@ -255,3 +255,17 @@ impl std::fmt::Debug for RegistryCreds {
             .finish()
     }
 }
+
+/// An API token as stored: never the secret, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub secret_sha256: String,
+    pub created_ms: i64,
+    /// 0 = never.
+    pub expires_ms: i64,
+    /// 0 = not revoked.
+    pub revoked_ms: i64,
+}

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::model::{Event, Node, RegistryCreds, Task, TaskDefinition};
+use crate::model::{ApiToken, Event, Node, RegistryCreds, Task, TaskDefinition};
 
 /// The on-disk format version of every record this binary writes.
 const RECORD_VERSION: u8 = 1;
@@ -29,6 +29,8 @@ pub enum StoreError {
     FlusherGone,
     #[error("{0}")]
     Rejected(String),
+    #[error("{0}")]
+    Io(String),
 }
 
 fn encode<V: Serialize>(v: &V) -> Vec<u8> {
@@ -119,6 +121,7 @@ pub struct Store {
     events: sled::Tree,
     nodes: sled::Tree,
     registry_creds: sled::Tree,
+    tokens: sled::Tree,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -135,6 +138,7 @@ impl Store {
             events: db.open_tree("events")?,
             nodes: db.open_tree("nodes")?,
             registry_creds: db.open_tree("registry_creds")?,
+            tokens: db.open_tree("api_tokens")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
@@ -396,6 +400,27 @@ impl Store {
             .transpose()?;
         self.commit().await?;
         Ok(old)
+    }
+
+    // --- API tokens: key = id ---
+
+    pub async fn put_token(&self, t: &ApiToken) -> Result<(), StoreError> {
+        self.tokens.insert(t.id.as_bytes(), encode(t))?;
+        self.commit().await
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<ApiToken>, StoreError> {
+        self.tokens
+            .get(id)?
+            .map(|v| decode("api_tokens", &v))
+            .transpose()
+    }
+
+    pub fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|kv| decode("api_tokens", &kv?.1))
+            .collect()
     }
 
     /// Size of the data dir on disk, for diagnostics.

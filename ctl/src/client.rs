@@ -11,16 +11,83 @@ use tonic::transport::Channel;
 
 use crate::output::{self, Format};
 
-pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
+/// A connection to the controller that sends the caller's API token with every call.
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
+
+/// Adds `authorization: Bearer TOKEN` to each request.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Where the CLI keeps tokens: `$XDG_CONFIG_HOME/skiff` or `~/.config/skiff`.
+pub fn config_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|d| d.join("skiff"))
+}
+
+/// The token file for one controller address (`skiff dev` writes its admin token there).
+pub fn token_file_for(addr: &str) -> Option<PathBuf> {
+    let key: String = addr
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    config_dir().map(|d| d.join("tokens").join(key))
+}
+
+/// The API token to use: `SKIFF_TOKEN`, else the token file for this address, else
+/// `<config dir>/token`.
+fn token_for(addr: &str) -> Option<String> {
+    if let Ok(t) = std::env::var("SKIFF_TOKEN") {
+        return Some(t.trim().to_string());
+    }
+    let candidates = [token_file_for(addr), config_dir().map(|d| d.join("token"))];
+    candidates
+        .into_iter()
+        .flatten()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.trim().to_string())
+}
+
+pub async fn connect(addr: &str) -> anyhow::Result<Conn> {
     let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("--addr: {addr:?} is not a URL like http://127.0.0.1:7400"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    endpoint.connect().await.with_context(|| {
+    let token = match token_for(addr) {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the API token (SKIFF_TOKEN or token file) is not valid text")?,
+        ),
+        None => None,
+    };
+    let channel = endpoint.connect().await.with_context(|| {
         format!(
             "cannot reach the skiff controller at {addr} (is it running? set --addr or SKIFF_ADDR)"
         )
-    })
+    })?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        BearerToken(token),
+    ))
 }
 
 /// Turns an API error into a message a person can act on.
@@ -33,6 +100,7 @@ pub fn api_error(s: tonic::Status) -> anyhow::Error {
         Unavailable => "unavailable",
         PermissionDenied => "permission denied",
         Unauthenticated => "not authenticated",
+        Unimplemented => "not supported by this controller (older version?)",
         _ => "error",
     };
     anyhow::anyhow!("{kind}: {}", s.message())
@@ -307,7 +375,7 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
 
 /// Copies a task's logs to stdout/stderr, each line to the stream the container wrote it to.
 pub async fn stream_logs(
-    client: &mut pb::tasks_client::TasksClient<Channel>,
+    client: &mut pb::tasks_client::TasksClient<Conn>,
     id: &str,
     follow: bool,
     container: String,
@@ -520,6 +588,116 @@ pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i
                     e.detail_type,
                     summary
                 );
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Subcommand)]
+pub enum TokensCmd {
+    /// Create an API token; it is printed once and never shown again.
+    Create {
+        /// admin, operator or read-only.
+        #[arg(long)]
+        role: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Lifetime (e.g. 30d, 12h); default: no expiry.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    Ls,
+    /// Revoke a token by id: every call with it fails from now on.
+    Revoke { id: String },
+}
+
+fn token_row(t: &pb::TokenInfo) -> Vec<String> {
+    let state = if t.revoked_ms != 0 {
+        "revoked".to_string()
+    } else if t.expires_ms != 0 && t.expires_ms <= chrono::Utc::now().timestamp_millis() {
+        "expired".to_string()
+    } else {
+        "active".to_string()
+    };
+    vec![
+        t.id.clone(),
+        t.role.clone(),
+        t.name.clone(),
+        state,
+        output::time(t.created_ms),
+        if t.expires_ms == 0 {
+            "never".into()
+        } else {
+            output::time(t.expires_ms)
+        },
+    ]
+}
+
+fn token_json(t: &pb::TokenInfo) -> serde_json::Value {
+    serde_json::json!({"id": t.id, "role": t.role, "name": t.name, "createdMs": t.created_ms,
+        "expiresMs": t.expires_ms, "revokedMs": t.revoked_ms})
+}
+
+pub async fn tokens(addr: &str, fmt: Format, cmd: TokensCmd) -> anyhow::Result<i32> {
+    let mut c = pb::tokens_client::TokensClient::new(connect(addr).await?);
+    let header = ["ID", "ROLE", "NAME", "STATE", "CREATED", "EXPIRES"];
+    match cmd {
+        TokensCmd::Create { role, name, ttl } => {
+            let ttl_seconds = match ttl {
+                Some(t) => crate::config::duration("--ttl", &t)?.as_secs(),
+                None => 0,
+            };
+            let r = c
+                .create(pb::CreateTokenRequest {
+                    role,
+                    name,
+                    ttl_seconds,
+                })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            let info = r.info.unwrap_or_default();
+            if fmt == Format::Json {
+                let mut v = token_json(&info);
+                v["token"] = r.token.into();
+                println!("{}", output::json(&v));
+            } else {
+                println!("{}", r.token);
+                eprintln!(
+                    "skiff: token {} ({}) created; it is shown only this once",
+                    info.id, info.role
+                );
+            }
+        }
+        TokensCmd::Ls => {
+            let r = c
+                .list(pb::ListTokensRequest {})
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            if fmt == Format::Json {
+                let v: Vec<_> = r.tokens.iter().map(token_json).collect();
+                println!("{}", output::json(&v));
+            } else {
+                println!(
+                    "{}",
+                    output::table(&header, r.tokens.iter().map(token_row).collect())
+                );
+            }
+        }
+        TokensCmd::Revoke { id } => {
+            let t = c
+                .revoke(pb::RevokeTokenRequest { id })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            if fmt == Format::Json {
+                println!("{}", output::json(&token_json(&t)));
+            } else {
+                println!("{}", output::table(&header, vec![token_row(&t)]));
             }
         }
     }

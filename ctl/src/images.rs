@@ -241,7 +241,7 @@ fn print_gc(fmt: Format, r: &pb::ImageGcResponse) -> i32 {
 }
 
 async fn pull(
-    c: &mut pb::images_client::ImagesClient<tonic::transport::Channel>,
+    c: &mut pb::images_client::ImagesClient<crate::client::Conn>,
     fmt: Format,
     image: String,
     node: Option<String>,

@@ -61,6 +61,9 @@ enum Command {
     /// Images on the nodes: list, pull, remove, prune.
     #[command(subcommand)]
     Images(images::ImagesCmd),
+    /// API tokens and their roles (admin, operator, read-only).
+    #[command(subcommand)]
+    Tokens(client::TokensCmd),
     /// Registry credentials kept by the controller for task definitions to name.
     #[command(subcommand, name = "registry-creds")]
     RegistryCreds(images::RegistryCredsCmd),
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
             Command::Nodes(c) => client::nodes(&cli.addr, fmt, c).await,
             Command::Events(c) => client::events(&cli.addr, fmt, c).await,
             Command::Images(c) => images::images(&cli.addr, fmt, c).await,
+            Command::Tokens(c) => client::tokens(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } => unreachable!("handled above"),
         }

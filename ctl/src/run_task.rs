@@ -230,7 +230,7 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
 }
 
 async fn wait_until_placed(
-    client: &mut pb::tasks_client::TasksClient<tonic::transport::Channel>,
+    client: &mut pb::tasks_client::TasksClient<crate::client::Conn>,
     id: &str,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);

@@ -154,6 +154,16 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
     .await
     .context("starting the controller")?;
     let addr = ctl.local_addr();
+    // The local CLI finds the admin token in its token file for this address.
+    let admin = data_dir
+        .join("controller")
+        .join(skiff_controller::tokens_api::ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&admin)
+        .with_context(|| format!("reading the admin token {}", admin.display()))?;
+    let cli_file = crate::client::token_file_for(&format!("http://{addr}"))
+        .context("no config directory for the CLI's token ($HOME or $XDG_CONFIG_HOME)")?;
+    skiff_controller::tokens_api::write_secret(&cli_file, token.trim())
+        .with_context(|| format!("writing the CLI's token {}", cli_file.display()))?;
     let mut acfg = AgentConfig::new(a.node_id, format!("http://{addr}"), data_dir.join("agent"));
     acfg.labels.insert("skiff.dev".into(), "true".into());
     a.images.apply(&AgentFile::default(), &mut acfg)?;
@@ -161,6 +171,10 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
     println!(
         "skiff dev: controller listening on http://{addr} (data in {})",
         data_dir.display()
+    );
+    println!(
+        "skiff dev: admin API token in {} (the CLI reads it from there for this address)",
+        cli_file.display()
     );
     println!("skiff dev: try  skiff run-task --wait --image dir:/path/to/rootfs -- echo hello");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -216,6 +230,13 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         ctl.local_addr(),
         data_dir.display()
     );
+    if let Some(path) = ctl.bootstrap_token() {
+        println!(
+            "skiff controller: first start: an admin API token is in {} (export SKIFF_TOKEN=$(cat {}))",
+            path.display(),
+            path.display()
+        );
+    }
     ctl.serve(shutdown_signal()).await.context("controller")?;
     Ok(())
 }

@@ -59,7 +59,7 @@ impl Proc {
         fs::create_dir_all(dir).unwrap();
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        let child = Command::new(skiff_bin())
+        let child = skiff_command()
             .args(args)
             .env("SKIFF_LOG", "info,skiff_agent=debug,skiff_controller=debug")
             .stdin(Stdio::null())
@@ -169,9 +169,55 @@ impl std::fmt::Debug for Cli {
     }
 }
 
+/// The CLI's config directory for every process the tests start (XDG_CONFIG_HOME), so the
+/// API tokens `skiff dev` writes for the CLI stay out of the real home directory.
+pub fn config_home() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = std::env::var_os("SKIFF_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let d = base.join(format!("skiff-test-config-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        d
+    })
+    .clone()
+}
+
+/// `skiff` as a command, with the tests' config directory.
+pub fn skiff_command() -> Command {
+    let mut c = Command::new(skiff_bin());
+    c.env("XDG_CONFIG_HOME", config_home());
+    c
+}
+
+/// Where the CLI looks for the token of a controller address (as `skiff` computes it).
+pub fn token_file(addr: &str) -> PathBuf {
+    let key: String = addr
+        .trim_start_matches("http://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    config_home().join("skiff/tokens").join(key)
+}
+
+/// The admin API token the CLI uses for `addr`.
+pub fn admin_token(addr: &str) -> String {
+    fs::read_to_string(token_file(addr))
+        .unwrap_or_else(|e| panic!("no token for {addr}: {e}"))
+        .trim()
+        .to_string()
+}
+
 /// Runs `skiff ARGS` against a controller address.
 pub fn cli(addr: &str, args: &[&str]) -> Cli {
-    let out: Output = Command::new(skiff_bin())
+    let out: Output = skiff_command()
         .args(args)
         .env("SKIFF_ADDR", addr)
         .stdin(Stdio::null())
@@ -257,6 +303,13 @@ impl Env {
         args.extend_from_slice(extra);
         let p = Proc::spawn("controller", self.dir.path(), &args);
         let addr = format!("http://{}", p.listen_addr());
+        // What `skiff dev` does for its CLI, done here for a standalone controller: the
+        // bootstrap admin token goes where the CLI looks for this address.
+        let token =
+            fs::read_to_string(data.join("admin.token")).expect("the controller's admin token");
+        let file = token_file(&addr);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, token.trim()).unwrap();
         self.procs.push(p);
         (self.procs.len() - 1, addr)
     }

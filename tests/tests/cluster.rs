@@ -351,7 +351,7 @@ fn agent_config_file_and_log_rotation_end_to_end() {
     assert!(nums[0] > 1, "the oldest lines were rotated away");
 
     std::fs::write(&cfg, "controler = \"typo\"\n").unwrap();
-    let bad = std::process::Command::new(skiff_tests::skiff_bin())
+    let bad = skiff_tests::skiff_command()
         .args(["agent", "-c", cfg.to_str().unwrap()])
         .output()
         .unwrap();

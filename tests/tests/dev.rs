@@ -357,7 +357,7 @@ fn a_stalled_log_reader_does_not_hold_up_other_tasks() {
     wait_status(&addr, &chatty, "RUNNING", Duration::from_secs(30));
     // A reader that never reads: its pipe fills, then the gRPC stream's window, then the
     // controller's buffer for it.
-    let mut stalled = std::process::Command::new(skiff_tests::skiff_bin())
+    let mut stalled = skiff_tests::skiff_command()
         .args(["tasks", "logs", "-f", &chatty])
         .env("SKIFF_ADDR", &addr)
         .stdout(std::process::Stdio::piped())
@@ -675,7 +675,7 @@ fn every_transition_is_an_event_and_the_stream_resumes_from_a_cursor() {
 
     // Resume after the last seen event: only newer events arrive.
     let cursor = last["id"].as_str().unwrap().to_string();
-    let mut follow = std::process::Command::new(skiff_tests::skiff_bin())
+    let mut follow = skiff_tests::skiff_command()
         .args([
             "events", "tail", "--follow", "--after", &cursor, "-o", "json",
         ])
@@ -931,4 +931,134 @@ fn containers_are_hardened_by_default() {
         v.contains("Seccomp: 0\n") && v.contains("userns=yes"),
         "{v}"
     );
+}
+
+/// `skiff ARGS` with an explicit token (None: no token at all, not even the dev's file).
+fn cli_as(addr: &str, token: Option<&str>, args: &[&str]) -> skiff_tests::Cli {
+    let empty = tempfile::tempdir().unwrap();
+    let mut c = skiff_tests::skiff_command();
+    c.args(args).env("SKIFF_ADDR", addr);
+    match token {
+        Some(t) => c.env("SKIFF_TOKEN", t),
+        None => c
+            .env("XDG_CONFIG_HOME", empty.path())
+            .env_remove("SKIFF_TOKEN"),
+    };
+    let out = c.stdin(std::process::Stdio::null()).output().unwrap();
+    skiff_tests::Cli {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn new_token(addr: &str, role: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "tokens", "create", "--role", role, "--name", "test", "-o", "json",
+    ];
+    args.extend_from_slice(extra);
+    let v = cli(addr, &args).json();
+    (
+        v["token"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn api_tokens_and_roles_guard_every_call() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+
+    let out = cli_as(&addr, None, &["tasks", "ls"]);
+    assert!(
+        out.code != 0 && out.stderr.contains("not authenticated"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("SKIFF_TOKEN"),
+        "says how to fix it: {out:?}"
+    );
+    let out = cli_as(&addr, Some("skiff_0123_4567"), &["tasks", "ls"]);
+    assert!(out.stderr.contains("not valid"), "{out:?}");
+
+    let (viewer, _) = new_token(&addr, "read-only", &[]);
+    assert_eq!(cli_as(&addr, Some(&viewer), &["tasks", "ls"]).code, 0);
+    let out = cli_as(
+        &addr,
+        Some(&viewer),
+        &["run-task", "--image", &img, "--", "true"],
+    );
+    assert!(
+        out.code != 0 && out.stderr.contains("permission denied"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("operator"),
+        "names the role needed: {out:?}"
+    );
+
+    let (op, op_id) = new_token(&addr, "operator", &[]);
+    let out = cli_as(
+        &addr,
+        Some(&op),
+        &["run-task", "--wait", "--image", &img, "--", "true"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    for admin_only in [
+        vec!["tokens", "ls"],
+        vec!["tokens", "create", "--role", "admin"],
+        vec!["registry-creds", "rm", "x"],
+    ] {
+        let out = cli_as(&addr, Some(&op), &admin_only);
+        assert!(
+            out.stderr.contains("permission denied"),
+            "{admin_only:?}: {out:?}"
+        );
+    }
+    // Privileged containers are an admin's call.
+    let out = cli_as(
+        &addr,
+        Some(&op),
+        &["run-task", "--privileged", "--image", &img, "--", "true"],
+    );
+    assert!(out.stderr.contains("containers[0].privileged"), "{out:?}");
+    assert_eq!(
+        cli(
+            &addr,
+            &[
+                "run-task",
+                "--wait",
+                "--privileged",
+                "--image",
+                &img,
+                "--",
+                "true"
+            ]
+        )
+        .code,
+        0
+    );
+
+    // Listing shows roles and states, never a secret.
+    let ls = cli(&addr, &["tokens", "ls", "-o", "json"]);
+    let secret = op.rsplit('_').next().unwrap();
+    assert!(!ls.stdout.contains(secret), "{ls:?}");
+    assert_eq!(cli(&addr, &["tokens", "revoke", &op_id]).code, 0);
+    let out = cli_as(&addr, Some(&op), &["tasks", "ls"]);
+    assert!(out.stderr.contains("revoked"), "{out:?}");
+
+    let (brief, _) = new_token(&addr, "read-only", &["--ttl", "1s"]);
+    assert_eq!(cli_as(&addr, Some(&brief), &["nodes", "ls"]).code, 0);
+    let out = wait_for(
+        "the short-lived token to expire",
+        Duration::from_secs(10),
+        || {
+            let out = cli_as(&addr, Some(&brief), &["nodes", "ls"]);
+            (out.code != 0).then_some(out)
+        },
+    );
+    assert!(out.stderr.contains("expired"), "{out:?}");
+    let out = cli(&addr, &["tokens", "create", "--role", "root"]);
+    assert!(out.stderr.contains("role"), "{out:?}");
 }

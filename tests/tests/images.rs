@@ -466,7 +466,7 @@ fn registry_credentials_stored_in_the_controller_are_used_and_never_shown() {
         &format!("{},{}", private.addr, other.addr),
     ]);
 
-    let mut put = std::process::Command::new(skiff_tests::skiff_bin())
+    let mut put = skiff_tests::skiff_command()
         .args(["--addr", &addr, "registry-creds", "put", "priv", "--server"])
         .arg(format!("http://{}", private.addr))
         .args(["--username", "alice", "-o", "json"])
@@ -662,14 +662,14 @@ fn a_pull_reaches_every_agent_and_streams_progress() {
         let mut c = pb::images_client::ImagesClient::connect(addr.clone())
             .await
             .unwrap();
-        let mut s = c
-            .pull(pb::PullImageRequest {
-                image: image.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut req = tonic::Request::new(pb::PullImageRequest {
+            image: image.clone(),
+            ..Default::default()
+        });
+        let bearer = format!("Bearer {}", skiff_tests::admin_token(&addr));
+        req.metadata_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        let mut s = c.pull(req).await.unwrap().into_inner();
         let mut all = Vec::new();
         while let Some(m) = s.message().await.unwrap() {
             all.push(m);
@@ -739,7 +739,7 @@ fn a_registry_with_token_auth_is_pulled_from_with_stored_credentials() {
     let reason = failed_to_start(&addr, &["--image", &image]);
     assert!(reason.contains("unauthorized"), "{reason}");
 
-    let mut put = std::process::Command::new(skiff_tests::skiff_bin())
+    let mut put = skiff_tests::skiff_command()
         .args([
             "--addr",
             &addr,

@@ -1,0 +1,120 @@
+//! The Tokens API, and the bootstrap admin token a new controller writes for its operator.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use skiff_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{self, Role};
+use crate::core::Core;
+use crate::model::{now_ms, ApiToken};
+use crate::store::{Store, StoreError};
+
+/// The file (in the data dir) holding the first admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+fn info(t: &ApiToken) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        role: t.role.clone(),
+        created_ms: t.created_ms,
+        expires_ms: t.expires_ms,
+        revoked_ms: t.revoked_ms,
+    }
+}
+
+/// On a controller's first start (no token at all yet), mints an admin token and writes it to
+/// `<data_dir>/admin.token`, readable by its owner only. Returns the file's path.
+pub async fn bootstrap(store: &Store, data_dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    if !store.tokens()?.is_empty() {
+        return Ok(None);
+    }
+    let (token, record) = auth::mint(Role::Admin, "bootstrap admin", 0);
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    write_secret(&path, &token).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+    // Stored after the file exists: a crash in between leaves no token nobody can see.
+    store.put_token(&record).await?;
+    Ok(Some(path))
+}
+
+/// Writes a secret to a new file with mode 0600 (replacing any old one).
+pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A name of its own per writer (with_extension would cut "127.0.0.1_7400" at its dots).
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+pub struct TokensApi {
+    pub core: Arc<Core>,
+}
+
+#[tonic::async_trait]
+impl pb::tokens_server::Tokens for TokensApi {
+    async fn create(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreatedToken>, Status> {
+        let r = req.into_inner();
+        let role = Role::parse(&r.role).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "role: {:?} is not a role; use admin, operator or read-only",
+                r.role
+            ))
+        })?;
+        if r.name.len() > 200 {
+            return Err(Status::invalid_argument("name: at most 200 characters"));
+        }
+        if r.ttl_seconds > 10 * 365 * 24 * 3600 {
+            return Err(Status::invalid_argument("ttl_seconds: at most ten years"));
+        }
+        let (token, record) = auth::mint(role, &r.name, r.ttl_seconds);
+        self.core.store.put_token(&record).await?;
+        Ok(Response::new(pb::CreatedToken {
+            info: Some(info(&record)),
+            token,
+        }))
+    }
+
+    async fn list(
+        &self,
+        _: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let mut tokens: Vec<pb::TokenInfo> = self.core.store.tokens()?.iter().map(info).collect();
+        tokens.sort_by_key(|t| t.created_ms);
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        let id = &req.get_ref().id;
+        let mut t = self
+            .core
+            .store
+            .token(id)?
+            .ok_or_else(|| Status::not_found(format!("id: no token {id:?}")))?;
+        if t.revoked_ms == 0 {
+            t.revoked_ms = now_ms();
+            self.core.store.put_token(&t).await?;
+        }
+        Ok(Response::new(info(&t)))
+    }
+}
