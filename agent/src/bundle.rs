@@ -152,6 +152,8 @@ pub struct BundleInput<'a> {
     pub network: NetworkMode,
     pub cgroup_path: &'a str,
     pub extra_env: &'a [(String, String)],
+    /// Secret files: (file on the node's tmpfs, path in the container), bound read-only.
+    pub secret_files: &'a [(std::path::PathBuf, String)],
 }
 
 pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
@@ -234,6 +236,24 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
     }
     linux.set_resources(Some(resources.build()?));
     linux.set_cgroups_path(Some(input.cgroup_path.into()));
+    if !input.secret_files.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for (host, dest) in input.secret_files {
+            mounts.push(
+                oci_spec::runtime::MountBuilder::default()
+                    .destination(dest)
+                    .typ("bind")
+                    .source(host)
+                    .options(
+                        ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                            .map(String::from)
+                            .to_vec(),
+                    )
+                    .build()?,
+            );
+        }
+        spec.set_mounts(Some(mounts));
+    }
     if c.privileged {
         // Nothing masked or read-only under /proc and /sys, no filter: the host's view.
         linux.set_masked_paths(None);
@@ -267,6 +287,7 @@ mod tests {
             privileged: false,
             readonly_rootfs: false,
             user: String::new(),
+            secrets: vec![],
         }
     }
 
@@ -318,6 +339,7 @@ mod tests {
             network: NetworkMode::Host,
             cgroup_path: "/skiff/t",
             extra_env: &[],
+            secret_files: &[],
         };
         let spec = runtime_spec(&input).unwrap();
         let linux = spec.linux().as_ref().unwrap();
@@ -386,6 +408,7 @@ mod tests {
             network: NetworkMode::None,
             cgroup_path: "/skiff/t",
             extra_env: &[],
+            secret_files: &[],
         };
         assert!(matches!(
             runtime_spec(&input),

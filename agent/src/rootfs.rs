@@ -59,6 +59,56 @@ pub fn prepare(layers: &[PathBuf], dir: &Path) -> io::Result<PathBuf> {
     Ok(merged)
 }
 
+/// Puts a container's secrets where it gets them: env vars into `env`, files onto a tmpfs of
+/// their own at `<dir>/secrets` (never the node's disk), returned as (file, container path)
+/// for read-only bind mounts. With any secret at all, the tmpfs is there (the container's
+/// bundle goes on it too, since its spec carries the env). Blocking.
+pub fn place_secrets(
+    dir: &Path,
+    secrets: &[crate::spec::SecretValue],
+    env: &mut Vec<(String, String)>,
+) -> io::Result<Vec<(PathBuf, String)>> {
+    let mut files = Vec::new();
+    let wanted: usize = secrets.iter().map(|s| s.value.len() + 4096).sum();
+    if wanted > 0 {
+        let store = dir.join("secrets");
+        fs::create_dir_all(&store)?;
+        let _ = umount2(&store, MntFlags::MNT_DETACH);
+        // Room for the files and the bundle's config.json.
+        let opts = format!("size={},mode=0700", wanted + (1 << 20));
+        mount(
+            Some("tmpfs"),
+            &store,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(opts.as_str()),
+        )
+        .map_err(|e| io::Error::other(format!("tmpfs for secrets: {e}")))?;
+    }
+    for (i, s) in secrets.iter().enumerate() {
+        if s.file.is_empty() {
+            let value = String::from_utf8(s.value.clone()).map_err(|_| {
+                io::Error::other(format!(
+                    "the secret for {} is not UTF-8 text; deliver it as a file",
+                    s.name
+                ))
+            })?;
+            env.push((s.name.clone(), value));
+        } else {
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = dir.join("secrets").join(i.to_string());
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&path)?;
+            io::Write::write_all(&mut f, &s.value)?;
+            files.push((path, s.file.clone()));
+        }
+    }
+    Ok(files)
+}
+
 /// Unmounts and removes a container's rootfs and its upper layer. Idempotent. Blocking.
 pub fn release(dir: &Path) -> io::Result<()> {
     let merged = dir.join("rootfs");
@@ -66,8 +116,12 @@ pub fn release(dir: &Path) -> io::Result<()> {
         // Not mounted (copy fallback, or already released) is fine.
         let _ = umount2(&merged, MntFlags::MNT_DETACH);
     }
+    let secrets = dir.join("secrets");
+    if secrets.exists() {
+        let _ = umount2(&secrets, MntFlags::MNT_DETACH);
+    }
     // A volatile overlay leaves work/incompat/volatile behind; it goes with `work`.
-    for d in ["rootfs", "upper", "work"] {
+    for d in ["rootfs", "upper", "work", "secrets"] {
         match fs::remove_dir_all(dir.join(d)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}

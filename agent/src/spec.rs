@@ -38,6 +38,28 @@ pub struct ContainerSpec {
     /// Overrides the image's User when set.
     #[serde(default)]
     pub user: String,
+    /// Secret values for this container. Never written to disk (task.json skips them).
+    #[serde(skip)]
+    pub secrets: Vec<SecretValue>,
+}
+
+/// One secret for a container: env var `name`, or a file at `file` (absolute, in the
+/// container). Debug never shows the value.
+#[derive(Clone, PartialEq)]
+pub struct SecretValue {
+    pub name: String,
+    pub file: String,
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .field("value", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,6 +124,15 @@ impl TaskSpec {
                     privileged: c.privileged,
                     readonly_rootfs: c.readonly_root_filesystem,
                     user: c.user.clone(),
+                    secrets: c
+                        .secrets
+                        .iter()
+                        .map(|s| SecretValue {
+                            name: s.name.clone(),
+                            file: s.file.clone(),
+                            value: s.value.clone(),
+                        })
+                        .collect(),
                 })
                 .collect(),
             network: if s.network_mode == "host" {

@@ -188,10 +188,12 @@ async fn start(
             let container_id = format!("{task_id2}-{}", c2.name);
             let cgroup_path = format!("/skiff/{container_id}");
             let hostname: String = task_id2.chars().take(12).collect();
-            let extra_env = vec![
+            let mut extra_env = vec![
                 ("SKIFF_TASK_ID".to_string(), task_id2.clone()),
                 ("SKIFF_CONTAINER_NAME".to_string(), c2.name.clone()),
             ];
+            let secret_files = rootfs::place_secrets(&dir, &c2.secrets, &mut extra_env)
+                .map_err(|e| format!("delivering secrets: {e}"))?;
             let spec = bundle::runtime_spec(&BundleInput {
                 container: &c2,
                 image: &image.config,
@@ -200,15 +202,23 @@ async fn start(
                 network,
                 cgroup_path: &cgroup_path,
                 extra_env: &extra_env,
+                secret_files: &secret_files,
             })
             .map_err(|e| e.to_string())?;
-            spec.save(dir.join("config.json"))
+            // A container with secrets has them in its spec (env): its bundle lives on the
+            // secrets tmpfs, never on the node's disk.
+            let bundle_dir = if c2.secrets.is_empty() {
+                dir.clone()
+            } else {
+                dir.join("secrets")
+            };
+            spec.save(bundle_dir.join("config.json"))
                 .map_err(|e| format!("writing config.json: {e}"))?;
             runtime::write_shim_config(
                 &dir,
                 &ShimConfig {
                     container_id,
-                    bundle: dir.clone(),
+                    bundle: bundle_dir,
                     state_root: agent2.cfg.data_dir.join("run"),
                     log_path: dir.join(crate::logs::LOG_FILE),
                     log_max_bytes: agent2.cfg.log_max_bytes,

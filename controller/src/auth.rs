@@ -73,6 +73,10 @@ pub fn required_role(path: &str) -> Option<Role> {
             "List" => Role::ReadOnly,
             _ => Role::Operator,
         }),
+        "skiff.v1.Secrets" => Some(match method {
+            "List" => Role::Operator,
+            _ => Role::Admin,
+        }),
         "skiff.v1.RegistryCredentials" => Some(match method {
             "List" => Role::Operator,
             _ => Role::Admin,

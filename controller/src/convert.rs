@@ -23,6 +23,15 @@ pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
         privileged: c.privileged,
         readonly_root_filesystem: c.readonly_root_filesystem,
         user: c.user.clone(),
+        secrets: c
+            .secrets
+            .iter()
+            .map(|r| pb::SecretRef {
+                name: r.name.clone(),
+                value_from: r.value_from.clone(),
+                file: r.file.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -95,17 +104,32 @@ pub fn event(e: &Event) -> pb::Event {
 
 /// What the agent needs to run a task; `creds` resolves a container's named registry
 /// credentials (the agent receives them, they are never stored with the task).
+/// `secret` opens a stored secret by name; a secret that cannot be had fails the start.
 pub fn start_task(
     id: &str,
     spec: &TaskSpec,
     creds: impl Fn(&str) -> Option<pb::RegistryAuth>,
-) -> pb::StartTask {
-    pb::StartTask {
+    secret: impl Fn(&str) -> Result<Vec<u8>, String>,
+) -> Result<pb::StartTask, String> {
+    let mut secrets = Vec::new();
+    for c in &spec.containers {
+        let mut values = Vec::new();
+        for r in &c.secrets {
+            values.push(pb::SecretValue {
+                name: r.name.clone(),
+                file: r.file.clone(),
+                value: secret(&r.value_from).map_err(|e| format!("container {}: {e}", c.name))?,
+            });
+        }
+        secrets.push(values);
+    }
+    Ok(pb::StartTask {
         task_id: id.to_string(),
         containers: spec
             .containers
             .iter()
-            .map(|c| pb::ContainerSpec {
+            .zip(secrets)
+            .map(|(c, secrets)| pb::ContainerSpec {
                 name: c.name.clone(),
                 image: c.image.clone(),
                 entrypoint: c.entrypoint.clone(),
@@ -123,11 +147,12 @@ pub fn start_task(
                 privileged: c.privileged,
                 readonly_root_filesystem: c.readonly_root_filesystem,
                 user: c.user.clone(),
+                secrets,
             })
             .collect(),
         network_mode: spec.network_mode.as_str().to_string(),
         timeout_seconds: spec.timeout_secs,
-    }
+    })
 }
 
 /// Container states from an agent report, keeping what the spec knows (image, essential).
@@ -151,4 +176,50 @@ pub fn container_states(spec: &TaskSpec, reports: &[pb::ContainerReport]) -> Vec
 /// An agent's stop code, defaulting sensibly when an older or confused agent sends none.
 pub fn stop_code(s: &str) -> StopCode {
     StopCode::parse(s).unwrap_or(StopCode::EssentialContainerExited)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerDef, NetworkMode, SecretRef};
+
+    #[test]
+    fn a_secret_that_cannot_be_opened_fails_the_start_by_name() {
+        let spec = TaskSpec {
+            containers: vec![ContainerDef {
+                name: "main".into(),
+                image: "dir:/x".into(),
+                entrypoint: vec![],
+                command: vec![],
+                environment: Default::default(),
+                cpu: 0.0,
+                memory_mib: 0,
+                essential: true,
+                stop_timeout_secs: 1,
+                working_dir: String::new(),
+                pull_policy: String::new(),
+                repository_credentials: String::new(),
+                privileged: false,
+                readonly_root_filesystem: false,
+                user: String::new(),
+                secrets: vec![SecretRef {
+                    name: "PW".into(),
+                    value_from: "gone".into(),
+                    file: String::new(),
+                }],
+            }],
+            network_mode: NetworkMode::None,
+            timeout_secs: 0,
+        };
+        let err = start_task(
+            "t",
+            &spec,
+            |_| None,
+            |n| Err(format!("secret {n:?} does not exist")),
+        )
+        .unwrap_err();
+        assert_eq!(err, "container main: secret \"gone\" does not exist");
+        let ok = start_task("t", &spec, |_| None, |_| Ok(b"v".to_vec())).unwrap();
+        assert_eq!(ok.containers[0].secrets[0].value, b"v");
+    }
 }

@@ -56,6 +56,8 @@ pub enum CoreError {
 pub struct Core {
     pub store: Store,
     pub timing: Timing,
+    /// Seals and opens secrets (the key lives in the data dir, apart from the store).
+    pub secrets: crate::secrets::SecretBox,
     sessions: Mutex<HashMap<String, Session>>,
     /// When each node was last heard from, for the node reaper.
     last_seen: Mutex<HashMap<String, Instant>>,
@@ -70,7 +72,7 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(store: Store, timing: Timing) -> Core {
+    pub fn new(store: Store, timing: Timing, secrets: crate::secrets::SecretBox) -> Core {
         let (head, _) = watch::channel(0);
         // Nodes known from before a restart get a full timeout to come back.
         let now = Instant::now();
@@ -83,6 +85,7 @@ impl Core {
         Core {
             store,
             timing,
+            secrets,
             sessions: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(last_seen),
             head,

@@ -55,9 +55,17 @@ async fn ask(core: &Core, node: &str, op: pb::image_command::Op) -> Result<pb::I
     Err(format!("node {node} disconnected before answering"))
 }
 
-/// Every registry credentials name a spec uses must exist.
+/// Every registry credentials and secret name a spec uses must exist.
 pub fn check_credentials_exist(core: &Core, spec: &TaskSpec) -> Result<(), Status> {
     for (i, c) in spec.containers.iter().enumerate() {
+        for (j, r) in c.secrets.iter().enumerate() {
+            if core.store.secret(&r.value_from)?.is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "containers[{i}].secrets[{j}].value_from: no secret named {:?} (see skiff secrets ls)",
+                    r.value_from
+                )));
+            }
+        }
         if !c.repository_credentials.is_empty()
             && core
                 .store

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod placement;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 pub mod tokens_api;
 pub mod validate;
@@ -42,6 +43,11 @@ pub enum ControllerError {
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the secrets key {path}: {source}")]
+    SecretsKey {
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error("gRPC server: {0}")]
@@ -77,8 +83,14 @@ impl Controller {
                     path: cfg.data_dir.clone(),
                     source,
                 })?;
+        let sealer = secrets::SecretBox::open(&cfg.data_dir).map_err(|source| {
+            ControllerError::SecretsKey {
+                path: cfg.data_dir.join(secrets::KEY_FILE),
+                source,
+            }
+        })?;
         Ok(Controller {
-            core: Arc::new(core::Core::new(store, cfg.timing)),
+            core: Arc::new(core::Core::new(store, cfg.timing, sealer)),
             listener,
             bootstrap_token,
         })
@@ -124,6 +136,9 @@ impl Controller {
             .set_serving::<pb::tokens_server::TokensServer<tokens_api::TokensApi>>()
             .await;
         health
+            .set_serving::<pb::secrets_server::SecretsServer<secrets::SecretsApi>>()
+            .await;
+        health
             .set_serving::<pb::registry_credentials_server::RegistryCredentialsServer<
                 images_api::RegistryCredentialsApi,
             >>()
@@ -150,6 +165,9 @@ impl Controller {
             .add_service(pb::events_server::EventsServer::new(api::EventsApi {
                 core: core.clone(),
             }))
+            .add_service(pb::secrets_server::SecretsServer::new(
+                secrets::SecretsApi { core: core.clone() },
+            ))
             .add_service(pb::tokens_server::TokensServer::new(
                 tokens_api::TokensApi { core: core.clone() },
             ))

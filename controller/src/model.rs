@@ -56,6 +56,30 @@ pub struct ContainerDef {
     /// user[:group] or uid[:gid]; empty = the image's.
     #[serde(default)]
     pub user: String,
+    /// Secrets by name; their values are resolved only when the task starts.
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecretRef {
+    /// The env var (when `file` is empty).
+    pub name: String,
+    pub value_from: String,
+    /// An absolute path in the container, or empty.
+    pub file: String,
+}
+
+/// A stored secret: its value sealed with the controller's secrets key (AES-256-GCM).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub name: String,
+    pub version: u32,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub size: u64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
 }
 
 /// What a task runs: the part of a task definition that a task copies (with overrides applied),

@@ -75,6 +75,7 @@ mod tests {
                 privileged: false,
                 readonly_root_filesystem: false,
                 user: String::new(),
+                secrets: vec![],
             }],
             network_mode: NetworkMode::None,
             timeout_secs: 0,

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::convert;
 use crate::core::{Core, CoreError};
-use crate::lifecycle::{TaskEvent, TaskStatus};
+use crate::lifecycle::{StopCode, TaskEvent, TaskStatus};
 use crate::model::Task;
 use crate::placement::{self, NodeLoad};
 
@@ -67,12 +67,41 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
 
 /// Sends a task to its agent. If the agent just went away, reconciliation resends it later.
 pub async fn send_start(core: &Core, node_id: &str, task: &Task) {
-    let start = convert::start_task(&task.id, &task.spec, |name| registry_auth(core, name));
+    let start = convert::start_task(
+        &task.id,
+        &task.spec,
+        |name| registry_auth(core, name),
+        |name| open_secret(core, name),
+    );
+    let start = match start {
+        Ok(s) => s,
+        Err(reason) => {
+            warn!(task_id = %task.id, %reason, "task cannot start");
+            let event = TaskEvent::Stopped {
+                code: StopCode::TaskFailedToStart,
+                reason,
+                containers: vec![],
+            };
+            if let Err(e) = core.transition(&task.id, event).await {
+                warn!(task_id = %task.id, error = %e, "recording the failed start failed");
+            }
+            return;
+        }
+    };
     if let Err(e) = core
         .send(node_id, pb::controller_message::Body::Start(start))
         .await
     {
         warn!(task_id = %task.id, error = %e, "start not delivered; will resend on reconnect");
+    }
+}
+
+/// The value of the stored secret `name`; the error names the secret, never a value.
+fn open_secret(core: &Core, name: &str) -> Result<Vec<u8>, String> {
+    match core.store.secret(name) {
+        Ok(Some(s)) => core.secrets.open_sealed(&s),
+        Ok(None) => Err(format!("secret {name:?} does not exist")),
+        Err(e) => Err(format!("reading secret {name:?}: {e}")),
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::model::{ApiToken, Event, Node, RegistryCreds, Task, TaskDefinition};
+use crate::model::{ApiToken, Event, Node, RegistryCreds, SealedSecret, Task, TaskDefinition};
 
 /// The on-disk format version of every record this binary writes.
 const RECORD_VERSION: u8 = 1;
@@ -122,6 +122,7 @@ pub struct Store {
     nodes: sled::Tree,
     registry_creds: sled::Tree,
     tokens: sled::Tree,
+    secrets: sled::Tree,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -139,6 +140,7 @@ impl Store {
             nodes: db.open_tree("nodes")?,
             registry_creds: db.open_tree("registry_creds")?,
             tokens: db.open_tree("api_tokens")?,
+            secrets: db.open_tree("secrets")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
@@ -421,6 +423,37 @@ impl Store {
             .iter()
             .map(|kv| decode("api_tokens", &kv?.1))
             .collect()
+    }
+
+    // --- secrets (sealed): key = name ---
+
+    pub async fn put_secret(&self, s: &SealedSecret) -> Result<(), StoreError> {
+        self.secrets.insert(s.name.as_bytes(), encode(s))?;
+        self.commit().await
+    }
+
+    pub fn secret(&self, name: &str) -> Result<Option<SealedSecret>, StoreError> {
+        self.secrets
+            .get(name)?
+            .map(|v| decode("secrets", &v))
+            .transpose()
+    }
+
+    pub fn all_secrets(&self) -> Result<Vec<SealedSecret>, StoreError> {
+        self.secrets
+            .iter()
+            .map(|kv| decode("secrets", &kv?.1))
+            .collect()
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<Option<SealedSecret>, StoreError> {
+        let old = self
+            .secrets
+            .remove(name)?
+            .map(|v| decode("secrets", &v))
+            .transpose()?;
+        self.commit().await?;
+        Ok(old)
     }
 
     /// Size of the data dir on disk, for diagnostics.

@@ -41,6 +41,11 @@ pub async fn bootstrap(store: &Store, data_dir: &Path) -> Result<Option<PathBuf>
 
 /// Writes a secret to a new file with mode 0600 (replacing any old one).
 pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    write_secret_bytes(path, secret.as_bytes())
+}
+
+/// [`write_secret`] for bytes.
+pub fn write_secret_bytes(path: &Path, secret: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
@@ -56,7 +61,7 @@ pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(secret.as_bytes())?;
+    f.write_all(secret)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }

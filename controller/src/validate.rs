@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use skiff_proto::v1 as pb;
 
-use crate::model::{ContainerDef, NetworkMode, TaskSpec, DEFAULT_STOP_TIMEOUT_SECS};
+use crate::model::{ContainerDef, NetworkMode, SecretRef, TaskSpec, DEFAULT_STOP_TIMEOUT_SECS};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -107,6 +107,63 @@ pub fn registry_server(field: &str, server: &str) -> Result<String, InvalidField
         }
         _ => host,
     })
+}
+
+/// A container's secret references: a stored secret name each, delivered as an env var (a
+/// valid name, not also set in `environment`) or a file (an absolute path without `..`);
+/// no target twice.
+fn secret_refs(
+    field: &str,
+    refs: &[pb::SecretRef],
+    environment: &BTreeMap<String, String>,
+) -> Result<Vec<SecretRef>, InvalidField> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in refs.iter().enumerate() {
+        let f = |n: &str| format!("{field}[{i}].{n}");
+        check_name(&f("value_from"), &r.value_from)?;
+        let target = if r.file.is_empty() {
+            let valid = !r.name.is_empty()
+                && !r.name.starts_with(|c: char| c.is_ascii_digit())
+                && r.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(bad(
+                    f("name"),
+                    format!("{:?} is not an environment variable name", r.name),
+                ));
+            }
+            if environment.contains_key(&r.name) {
+                return Err(bad(
+                    f("name"),
+                    format!("{} is also set in environment", r.name),
+                ));
+            }
+            format!("env:{}", r.name)
+        } else {
+            if !r.file.starts_with('/')
+                || r.file.split('/').any(|p| p == "..")
+                || r.file.contains('\0')
+                || r.file == "/"
+            {
+                return Err(bad(
+                    f("file"),
+                    format!("{:?} must be an absolute file path without ..", r.file),
+                ));
+            }
+            format!("file:{}", r.file)
+        };
+        if !seen.insert(target.clone()) {
+            return Err(bad(field, format!("{target} is given twice")));
+        }
+        out.push(SecretRef {
+            name: r.name.clone(),
+            value_from: r.value_from.clone(),
+            file: r.file.clone(),
+        });
+    }
+    Ok(out)
 }
 
 /// `user`, `user:group`, `uid` or `uid:gid`; names as /etc/passwd allows them.
@@ -235,6 +292,7 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
         return Err(bad(f("working_dir"), "must be an absolute path"));
     }
     let pull_policy = pull_policy(&f("pull_policy"), &c.pull_policy)?;
+    let secrets = secret_refs(&f("secrets"), &c.secrets, &environment)?;
     check_user(&f("user"), &c.user)?;
     if !c.repository_credentials.is_empty() {
         check_name(&f("repository_credentials"), &c.repository_credentials)?;
@@ -255,6 +313,7 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
         privileged: c.privileged,
         readonly_root_filesystem: c.readonly_root_filesystem,
         user: c.user.clone(),
+        secrets,
     })
 }
 

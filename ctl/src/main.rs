@@ -61,6 +61,9 @@ enum Command {
     /// Images on the nodes: list, pull, remove, prune.
     #[command(subcommand)]
     Images(images::ImagesCmd),
+    /// Secrets for task definitions: stored encrypted, values never shown.
+    #[command(subcommand)]
+    Secrets(client::SecretsCmd),
     /// API tokens and their roles (admin, operator, read-only).
     #[command(subcommand)]
     Tokens(client::TokensCmd),
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
             Command::Events(c) => client::events(&cli.addr, fmt, c).await,
             Command::Images(c) => images::images(&cli.addr, fmt, c).await,
             Command::Tokens(c) => client::tokens(&cli.addr, fmt, c).await,
+            Command::Secrets(c) => client::secrets(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } => unreachable!("handled above"),
         }

@@ -31,6 +31,12 @@ pub struct RunTaskArgs {
     /// Every capability and no seccomp filter (only for what truly needs the host).
     #[arg(long, conflicts_with = "task_def")]
     privileged: bool,
+    /// A stored secret as an env var: VAR=SECRET (repeatable).
+    #[arg(long = "secret", value_parser = crate::serve::parse_kv, conflicts_with = "task_def")]
+    secrets: Vec<(String, String)>,
+    /// A stored secret as a read-only file: /PATH=SECRET (repeatable).
+    #[arg(long = "secret-file", value_parser = crate::serve::parse_kv, conflicts_with = "task_def")]
+    secret_files: Vec<(String, String)>,
     /// Run a registered task definition, FAMILY or FAMILY:REVISION.
     #[arg(long = "task-def")]
     task_def: Option<String>,
@@ -160,6 +166,20 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
                 privileged: a.privileged,
                 readonly_root_filesystem: a.read_only,
                 user: a.user.clone().unwrap_or_default(),
+                secrets: a
+                    .secrets
+                    .iter()
+                    .map(|(var, secret)| pb::SecretRef {
+                        name: var.clone(),
+                        value_from: secret.clone(),
+                        file: String::new(),
+                    })
+                    .chain(a.secret_files.iter().map(|(path, secret)| pb::SecretRef {
+                        name: String::new(),
+                        value_from: secret.clone(),
+                        file: path.clone(),
+                    }))
+                    .collect(),
             }],
             network_mode: a.network.clone().unwrap_or_default(),
             timeout_seconds: a.timeout.unwrap_or(0),

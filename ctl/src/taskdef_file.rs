@@ -52,6 +52,20 @@ pub struct ContainerFile {
     pub readonly_root_filesystem: bool,
     #[serde(default)]
     pub user: String,
+    /// Stored secrets: `{name = "DB_PASSWORD", value_from = "db"}` (an env var) or
+    /// `{file = "/run/secrets/db", value_from = "db"}` (a read-only file).
+    #[serde(default)]
+    pub secrets: Vec<SecretFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretFile {
+    #[serde(default)]
+    pub name: String,
+    pub value_from: String,
+    #[serde(default)]
+    pub file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +114,15 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
             privileged: c.privileged,
             readonly_root_filesystem: c.readonly_root_filesystem,
             user: c.user,
+            secrets: c
+                .secrets
+                .into_iter()
+                .map(|s| pb::SecretRef {
+                    name: s.name,
+                    value_from: s.value_from,
+                    file: s.file,
+                })
+                .collect(),
         });
     }
     Ok(pb::TaskDefinitionInput {
