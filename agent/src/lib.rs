@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod shim;
 pub mod spec;
 pub mod supervisor;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -100,6 +101,8 @@ pub struct AgentInner {
     log_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
     /// A shim started ahead of need, taken by the next container start.
     standby: Mutex<Option<runtime::StandbyShim>>,
+    /// TLS to the controller (cluster CA + node certificate), when the agent has joined.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl AgentInner {
@@ -297,6 +300,7 @@ impl Agent {
             std::fs::create_dir_all(&path)
                 .map_err(|source| AgentError::DataDir { path, source })?;
         }
+        let cfg_data_dir = cfg.data_dir.clone();
         let root = cfg.data_dir.join("images");
         let images = images::ImageStore::open(images::ImageStoreConfig {
             root: root.clone(),
@@ -312,6 +316,7 @@ impl Agent {
             outbox: Mutex::new(None),
             log_cancels: Mutex::new(HashMap::new()),
             standby: Mutex::new(None),
+            tls: tls::client_config(&cfg_data_dir),
         });
         Ok(Agent { inner })
     }

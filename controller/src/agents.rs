@@ -38,6 +38,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let cert = authenticate_node(&self.core, &request)?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -50,6 +51,14 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         };
         validate::check_name("register.node_id", &reg.node_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(c) = &cert {
+            if c.node_id != reg.node_id {
+                return Err(Status::permission_denied(format!(
+                    "this certificate is node {}'s, not {}'s",
+                    c.node_id, reg.node_id
+                )));
+            }
+        }
         if !(reg.cpu.is_finite() && reg.cpu > 0.0) || reg.memory_mib == 0 {
             return Err(Status::invalid_argument(
                 "register.cpu and register.memory_mib: must be positive",
@@ -98,6 +107,13 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                         break;
                     }
                 };
+                if cert
+                    .as_ref()
+                    .is_some_and(|c| cert_revoked(&core, &c.fingerprint))
+                {
+                    warn!(node_id = %node_id, "node revoked; closing its session");
+                    break;
+                }
                 core.seen(&node_id);
                 match msg.body {
                     Some(pb::agent_message::Body::Heartbeat(_)) | None => {}
@@ -122,10 +138,44 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         Ok(Response::new(Box::pin(out)))
     }
 
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let pki = self.core.pki.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this controller does not serve TLS; agents join without --join",
+            )
+        })?;
+        let r = request.into_inner();
+        validate::check_name("node_id", &r.node_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::tokens_api::redeem_join_token(&self.core, &r.token).await?;
+        let (cert_pem, fingerprint) = pki
+            .sign_node(&r.csr_pem, &r.node_id)
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        self.core
+            .store
+            .put_node_cert(&crate::model::NodeCert {
+                fingerprint,
+                node_id: r.node_id.clone(),
+                issued_ms: crate::model::now_ms(),
+                revoked_ms: 0,
+            })
+            .await
+            .map_err(internal)?;
+        info!(node_id = %r.node_id, "node joined");
+        Ok(Response::new(pb::JoinResponse {
+            cert_pem,
+            ca_pem: pki.ca_pem.clone(),
+        }))
+    }
+
     async fn logs(
         &self,
         request: Request<Streaming<pb::LogData>>,
     ) -> Result<Response<pb::LogsDone>, Status> {
+        authenticate_node(&self.core, &request)?;
         forward_logs(&self.core, request.into_inner()).await?;
         Ok(Response::new(pb::LogsDone {}))
     }
@@ -155,6 +205,45 @@ pub async fn forward_logs(core: &Core, mut inbound: Streaming<pb::LogData>) -> R
         next = inbound.message().await?;
     }
     Ok(())
+}
+
+/// On a TLS controller, the node whose certificate the peer presented (refused if it is
+/// missing, unknown or revoked); None on a plaintext controller.
+fn authenticate_node<T>(
+    core: &Core,
+    request: &Request<T>,
+) -> Result<Option<crate::model::NodeCert>, Status> {
+    if core.pki.is_none() {
+        return Ok(None);
+    }
+    let certs = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("the agent channel needs a node certificate (skiff agent --join)")
+    })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no node certificate presented"))?;
+    let fingerprint = crate::pki::fingerprint(leaf.as_ref());
+    let cert = core
+        .store
+        .node_cert(&fingerprint)
+        .map_err(internal)?
+        .ok_or_else(|| Status::unauthenticated("this node certificate was not issued here"))?;
+    if cert.revoked_ms != 0 {
+        return Err(Status::permission_denied(format!(
+            "node {} has been revoked",
+            cert.node_id
+        )));
+    }
+    Ok(Some(cert))
+}
+
+/// Whether a node's certificate has been revoked since its session began.
+pub fn cert_revoked(core: &Core, fingerprint: &str) -> bool {
+    core.store
+        .node_cert(fingerprint)
+        .ok()
+        .flatten()
+        .is_none_or(|c| c.revoked_ms != 0)
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {

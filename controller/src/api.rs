@@ -389,6 +389,27 @@ pub struct NodesApi {
 
 #[tonic::async_trait]
 impl pb::nodes_server::Nodes for NodesApi {
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeNodeRequest>,
+    ) -> Result<Response<pb::RevokeNodeResponse>, Status> {
+        let node = &req.get_ref().node_id;
+        if self.core.store.node(node)?.is_none() {
+            return Err(Status::not_found(format!("node_id: no node {node:?}")));
+        }
+        let mut revoked = 0;
+        for mut c in self.core.store.node_certs()? {
+            if c.node_id == *node && c.revoked_ms == 0 {
+                c.revoked_ms = crate::model::now_ms();
+                self.core.store.put_node_cert(&c).await?;
+                revoked += 1;
+            }
+        }
+        Ok(Response::new(pb::RevokeNodeResponse {
+            certificates_revoked: revoked,
+        }))
+    }
+
     async fn list(
         &self,
         _: Request<pb::ListNodesRequest>,

@@ -68,7 +68,11 @@ pub fn required_role(path: &str) -> Option<Role> {
             "Describe" | "List" | "Wait" | "Logs" => Role::ReadOnly,
             _ => Role::Operator,
         }),
-        "skiff.v1.Nodes" | "skiff.v1.Events" => Some(Role::ReadOnly),
+        "skiff.v1.Nodes" => Some(match method {
+            "Revoke" => Role::Admin,
+            _ => Role::ReadOnly,
+        }),
+        "skiff.v1.Events" => Some(Role::ReadOnly),
         "skiff.v1.Images" => Some(match method {
             "List" => Role::ReadOnly,
             _ => Role::Operator,

@@ -58,6 +58,8 @@ pub struct Core {
     pub timing: Timing,
     /// Seals and opens secrets (the key lives in the data dir, apart from the store).
     pub secrets: crate::secrets::SecretBox,
+    /// The cluster CA, when the controller serves TLS.
+    pub pki: Option<crate::pki::Pki>,
     sessions: Mutex<HashMap<String, Session>>,
     /// When each node was last heard from, for the node reaper.
     last_seen: Mutex<HashMap<String, Instant>>,
@@ -86,6 +88,7 @@ impl Core {
             store,
             timing,
             secrets,
+            pki: None,
             sessions: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(last_seen),
             head,

@@ -10,6 +10,7 @@ pub mod core;
 pub mod images_api;
 pub mod lifecycle;
 pub mod model;
+pub mod pki;
 pub mod placement;
 pub mod scheduler;
 pub mod secrets;
@@ -31,6 +32,9 @@ pub struct ControllerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub timing: Timing,
+    /// Serve TLS (server certificate from the cluster CA, valid for these extra names besides
+    /// localhost and 127.0.0.1), and authenticate agents by their node certificates.
+    pub tls: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,8 @@ pub enum ControllerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("certificates: {0}")]
+    Pki(#[from] pki::PkiError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -59,6 +65,8 @@ pub enum ControllerError {
 pub struct Controller {
     core: Arc<core::Core>,
     listener: TcpListener,
+    /// The server identity (cert, key PEM) when serving TLS.
+    tls_identity: Option<(String, String)>,
     /// Where the first admin token was written, when this start created it.
     bootstrap_token: Option<PathBuf>,
 }
@@ -89,11 +97,33 @@ impl Controller {
                 source,
             }
         })?;
+        let (pki, tls_identity) = match &cfg.tls {
+            Some(names) => {
+                let pki = pki::Pki::load_or_create(&cfg.data_dir)?;
+                let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+                if !cfg.listen.ip().is_unspecified() {
+                    all.push(cfg.listen.ip().to_string());
+                }
+                all.extend(names.iter().cloned());
+                all.dedup();
+                let identity = pki.server_identity(&all)?;
+                (Some(pki), Some(identity))
+            }
+            None => (None, None),
+        };
+        let mut core = core::Core::new(store, cfg.timing, sealer);
+        core.pki = pki;
         Ok(Controller {
-            core: Arc::new(core::Core::new(store, cfg.timing, sealer)),
+            core: Arc::new(core),
             listener,
+            tls_identity,
             bootstrap_token,
         })
+    }
+
+    /// The cluster CA certificate (PEM) when serving TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.core.pki.as_ref().map(|p| p.ca_pem.as_str())
     }
 
     /// The admin token file this start wrote (first start only).
@@ -148,7 +178,18 @@ impl Controller {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let (Some((cert, key)), Some(pki)) = (&self.tls_identity, &core.pki) {
+            // Client certificates are optional at the TLS layer (the CLI and apps have none);
+            // the agent channel insists on a node certificate itself.
+            builder = builder.tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key))
+                    .client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+                    .client_auth_optional(true),
+            )?;
+        }
+        let result = builder
             .tcp_nodelay(true)
             .layer(auth::AuthLayer { core: core.clone() })
             .add_service(health_service)

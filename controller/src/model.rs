@@ -293,3 +293,13 @@ pub struct ApiToken {
     /// 0 = not revoked.
     pub revoked_ms: i64,
 }
+
+/// A node certificate the controller issued, found by the SHA-256 of its DER.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeCert {
+    pub fingerprint: String,
+    pub node_id: String,
+    pub issued_ms: i64,
+    /// 0 = not revoked.
+    pub revoked_ms: i64,
+}

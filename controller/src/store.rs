@@ -12,7 +12,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::model::{ApiToken, Event, Node, RegistryCreds, SealedSecret, Task, TaskDefinition};
+use crate::model::{
+    ApiToken, Event, Node, NodeCert, RegistryCreds, SealedSecret, Task, TaskDefinition,
+};
 
 /// The on-disk format version of every record this binary writes.
 const RECORD_VERSION: u8 = 1;
@@ -123,6 +125,7 @@ pub struct Store {
     registry_creds: sled::Tree,
     tokens: sled::Tree,
     secrets: sled::Tree,
+    node_certs: sled::Tree,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -141,6 +144,7 @@ impl Store {
             registry_creds: db.open_tree("registry_creds")?,
             tokens: db.open_tree("api_tokens")?,
             secrets: db.open_tree("secrets")?,
+            node_certs: db.open_tree("node_certs")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
@@ -454,6 +458,28 @@ impl Store {
             .transpose()?;
         self.commit().await?;
         Ok(old)
+    }
+
+    // --- node certificates: key = fingerprint ---
+
+    pub async fn put_node_cert(&self, c: &NodeCert) -> Result<(), StoreError> {
+        self.node_certs
+            .insert(c.fingerprint.as_bytes(), encode(c))?;
+        self.commit().await
+    }
+
+    pub fn node_cert(&self, fingerprint: &str) -> Result<Option<NodeCert>, StoreError> {
+        self.node_certs
+            .get(fingerprint)?
+            .map(|v| decode("node_certs", &v))
+            .transpose()
+    }
+
+    pub fn node_certs(&self) -> Result<Vec<NodeCert>, StoreError> {
+        self.node_certs
+            .iter()
+            .map(|kv| decode("node_certs", &kv?.1))
+            .collect()
     }
 
     /// Size of the data dir on disk, for diagnostics.

@@ -70,6 +70,67 @@ pub struct TokensApi {
     pub core: Arc<Core>,
 }
 
+/// Join strings: `skiffjoin:<token>:<CA certificate PEM, base64url>`. The agent learns the CA
+/// to trust from the string itself, so its first connection is already verified.
+pub const JOIN_PREFIX: &str = "skiffjoin:";
+
+/// Default lifetime of a join token.
+const JOIN_TTL_SECS: u64 = 24 * 3600;
+
+impl TokensApi {
+    async fn create_join(
+        &self,
+        r: &pb::CreateTokenRequest,
+    ) -> Result<Response<pb::CreatedToken>, Status> {
+        let pki = self.core.pki.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "role: join tokens need a TLS controller (skiff controller --tls)",
+            )
+        })?;
+        let ttl = if r.ttl_seconds == 0 {
+            JOIN_TTL_SECS
+        } else {
+            r.ttl_seconds
+        };
+        let (token, mut record) = auth::mint(Role::ReadOnly, &r.name, ttl);
+        record.role = "join".into();
+        self.core.store.put_token(&record).await?;
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&pki.ca_pem);
+        Ok(Response::new(pb::CreatedToken {
+            info: Some(info(&record)),
+            token: format!("{JOIN_PREFIX}{token}:{ca}"),
+        }))
+    }
+}
+
+/// Checks a join token and uses it up (one node per token).
+pub async fn redeem_join_token(core: &Core, token: &str) -> Result<(), Status> {
+    let bad = || Status::unauthenticated("token: not a valid join token");
+    let (id, secret) = token
+        .strip_prefix("skiff_")
+        .and_then(|t| t.split_once('_'))
+        .ok_or_else(bad)?;
+    let mut record = core.store.token(id)?.ok_or_else(bad)?;
+    let given = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()));
+    if record.role != "join" || given != record.secret_sha256 {
+        return Err(bad());
+    }
+    if record.revoked_ms != 0 {
+        return Err(Status::unauthenticated(
+            "token: this join token was already used (or revoked)",
+        ));
+    }
+    if record.expires_ms != 0 && now_ms() >= record.expires_ms {
+        return Err(Status::unauthenticated(
+            "token: this join token has expired",
+        ));
+    }
+    record.revoked_ms = now_ms();
+    core.store.put_token(&record).await?;
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl pb::tokens_server::Tokens for TokensApi {
     async fn create(
@@ -77,9 +138,12 @@ impl pb::tokens_server::Tokens for TokensApi {
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreatedToken>, Status> {
         let r = req.into_inner();
+        if r.role == "join" {
+            return self.create_join(&r).await;
+        }
         let role = Role::parse(&r.role).ok_or_else(|| {
             Status::invalid_argument(format!(
-                "role: {:?} is not a role; use admin, operator or read-only",
+                "role: {:?} is not a role; use admin, operator, read-only or join",
                 r.role
             ))
         })?;

@@ -52,6 +52,27 @@ pub fn token_file_for(addr: &str) -> Option<PathBuf> {
     config_dir().map(|d| d.join("tokens").join(key))
 }
 
+/// The CA certificate file the CLI trusts for an https:// controller: `SKIFF_CA_FILE`, else
+/// `<config dir>/cas/<address>.crt`, else `<config dir>/ca.crt`.
+pub fn ca_file_for(addr: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SKIFF_CA_FILE") {
+        return Some(PathBuf::from(p));
+    }
+    let per_addr = token_file_for(addr).and_then(|t| {
+        let name = t.file_name()?.to_string_lossy().into_owned();
+        Some(
+            t.parent()?
+                .parent()?
+                .join("cas")
+                .join(format!("{name}.crt")),
+        )
+    });
+    [per_addr, config_dir().map(|d| d.join("ca.crt"))]
+        .into_iter()
+        .flatten()
+        .find(|p| p.exists())
+}
+
 /// The API token to use: `SKIFF_TOKEN`, else the token file for this address, else
 /// `<config dir>/token`.
 fn token_for(addr: &str) -> Option<String> {
@@ -78,6 +99,21 @@ pub async fn connect(addr: &str) -> anyhow::Result<Conn> {
                 .context("the API token (SKIFF_TOKEN or token file) is not valid text")?,
         ),
         None => None,
+    };
+    let endpoint = if addr.starts_with("https://") {
+        let ca_file = ca_file_for(addr).with_context(|| {
+            format!("{addr} is https: give the cluster CA certificate (SKIFF_CA_FILE)")
+        })?;
+        let ca = std::fs::read_to_string(&ca_file)
+            .with_context(|| format!("reading the CA certificate {}", ca_file.display()))?;
+        endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .context("TLS settings")?
+    } else {
+        endpoint
     };
     let channel = endpoint.connect().await.with_context(|| {
         format!(
@@ -166,6 +202,8 @@ pub enum TaskdefsCmd {
 pub enum NodesCmd {
     /// List nodes with capacity and use.
     Ls,
+    /// Cut a node off: its certificates are refused from now on (TLS controllers).
+    Revoke { node: String },
 }
 
 #[derive(Subcommand)]
@@ -493,7 +531,20 @@ pub async fn taskdefs(addr: &str, fmt: Format, cmd: TaskdefsCmd) -> anyhow::Resu
 
 pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32> {
     let mut client = pb::nodes_client::NodesClient::new(connect(addr).await?);
-    let NodesCmd::Ls = cmd;
+    if let NodesCmd::Revoke { node } = cmd {
+        let r = client
+            .revoke(pb::RevokeNodeRequest {
+                node_id: node.clone(),
+            })
+            .await
+            .map_err(api_error)?
+            .into_inner();
+        println!(
+            "node {node}: {} certificate(s) revoked",
+            r.certificates_revoked
+        );
+        return Ok(0);
+    }
     let resp = client
         .list(pb::ListNodesRequest {})
         .await

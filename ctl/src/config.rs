@@ -14,6 +14,9 @@ pub struct ControllerFile {
     pub data_dir: Option<PathBuf>,
     pub heartbeat_interval: Option<String>,
     pub node_timeout: Option<String>,
+    pub tls: Option<bool>,
+    #[serde(default)]
+    pub tls_names: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -83,6 +83,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Two TLS stacks link rustls with different crypto backends (the registry client's and
+    // tonic's); name the one every TLS connection of this process uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // The shim must stay single-threaded: libcontainer forks and clones. No runtime for it.
     if let Command::Shim { dir, standby } = &cli.command {
         let code = match dir {

@@ -79,6 +79,13 @@ pub struct ControllerArgs {
     /// Silence after which a node's tasks are STOPPED/NodeLost (e.g. 30s).
     #[arg(long, env = "SKIFF_NODE_TIMEOUT")]
     node_timeout: Option<String>,
+    /// Serve TLS with the cluster's own CA (created on first start in <data>/pki) and
+    /// authenticate agents by node certificates (skiff tokens create --role join).
+    #[arg(long)]
+    tls: bool,
+    /// Extra DNS name or IP the server certificate is valid for (repeatable).
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
 }
 
 #[derive(Args)]
@@ -102,6 +109,10 @@ pub struct AgentArgs {
     /// Node label, KEY=VALUE (repeatable).
     #[arg(long = "label", value_parser = parse_kv)]
     labels: Vec<(String, String)>,
+    /// Join a TLS controller with a join string (skiff tokens create --role join); used once,
+    /// the node certificate is kept in <data>/pki for later starts.
+    #[arg(long, env = "SKIFF_JOIN")]
+    join: Option<String>,
     #[command(flatten)]
     images: ImageArgs,
 }
@@ -150,6 +161,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
         data_dir: data_dir.join("controller"),
         listen: a.listen,
         timing: Timing::default(),
+        tls: None,
     })
     .await
     .context("starting the controller")?;
@@ -218,18 +230,35 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/controller"));
+    let tls = (a.tls || file.tls.unwrap_or(false)).then(|| {
+        let mut names = file.tls_names.clone();
+        names.extend(a.tls_names.iter().cloned());
+        names
+    });
     let ctl = Controller::bind(ControllerConfig {
         data_dir: data_dir.clone(),
         listen,
         timing,
+        tls,
     })
     .await
     .context("starting the controller")?;
+    let scheme = if ctl.ca_pem().is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!(
-        "skiff controller: listening on http://{} (state in {})",
+        "skiff controller: listening on {scheme}://{} (state in {})",
         ctl.local_addr(),
         data_dir.display()
     );
+    if ctl.ca_pem().is_some() {
+        println!(
+            "skiff controller: cluster CA certificate {} (clients: SKIFF_CA_FILE)",
+            data_dir.join("pki/ca.crt").display()
+        );
+    }
     if let Some(path) = ctl.bootstrap_token() {
         println!(
             "skiff controller: first start: an admin API token is in {} (export SKIFF_TOKEN=$(cat {}))",
@@ -261,6 +290,14 @@ pub async fn agent(a: AgentArgs, default_controller: &str) -> anyhow::Result<()>
         .data_dir
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/agent"));
+    if let Some(j) = &a.join {
+        if !skiff_agent::tls::joined(&data_dir) {
+            skiff_agent::tls::join(&controller, &data_dir, &node_id, j)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("skiff agent: joined the cluster as node {node_id}");
+        }
+    }
     let mut cfg = AgentConfig::new(node_id, controller, data_dir);
     a.images.apply(&file, &mut cfg)?;
     cfg.cpu = a.cpu.or(file.cpu);

@@ -119,16 +119,17 @@ impl Proc {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Waits for the "listening on http://ADDR" line a controller or dev prints.
-    pub fn listen_addr(&self) -> String {
+    /// Waits for the "listening on http[s]://ADDR" line a controller or dev prints; returns
+    /// the URL.
+    pub fn listen_url(&self) -> String {
         wait_for(
             &format!("{} to print its address", self.name),
             Duration::from_secs(20),
             || {
                 self.stdout_text().lines().find_map(|l| {
-                    let i = l.find("listening on http://")?;
+                    let i = l.find("listening on http")?;
                     Some(
-                        l[i + "listening on http://".len()..]
+                        l[i + "listening on ".len()..]
                             .split_whitespace()
                             .next()?
                             .to_string(),
@@ -136,6 +137,13 @@ impl Proc {
                 })
             },
         )
+    }
+
+    /// The HOST:PORT of [`Proc::listen_url`].
+    pub fn listen_addr(&self) -> String {
+        let url = self.listen_url();
+        url.split_once("://")
+            .map_or(url.clone(), |(_, a)| a.to_string())
     }
 }
 
@@ -195,6 +203,7 @@ pub fn skiff_command() -> Command {
 pub fn token_file(addr: &str) -> PathBuf {
     let key: String = addr
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
@@ -302,7 +311,22 @@ impl Env {
         ];
         args.extend_from_slice(extra);
         let p = Proc::spawn("controller", self.dir.path(), &args);
-        let addr = format!("http://{}", p.listen_addr());
+        let addr = p.listen_url();
+        if addr.starts_with("https://") {
+            // The CLI trusts the cluster CA for this address.
+            let ca = token_file(&addr)
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("cas")
+                .join(format!(
+                    "{}.crt",
+                    token_file(&addr).file_name().unwrap().to_string_lossy()
+                ));
+            fs::create_dir_all(ca.parent().unwrap()).unwrap();
+            fs::copy(data.join("pki/ca.crt"), ca).unwrap();
+        }
         // What `skiff dev` does for its CLI, done here for a standalone controller: the
         // bootstrap admin token goes where the CLI looks for this address.
         let token =

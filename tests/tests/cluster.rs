@@ -477,3 +477,151 @@ fn a_container_that_does_not_start_in_time_fails_cleanly() {
         .count();
     assert_eq!(leftover, 0, "the container's process was killed");
 }
+
+/// A join string from the controller (`skiff tokens create --role join`).
+fn join_string(addr: &str, extra: &[&str]) -> String {
+    let mut args = vec!["tokens", "create", "--role", "join", "-o", "json"];
+    args.extend_from_slice(extra);
+    let out = cli(addr, &args);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()["token"].as_str().unwrap().to_string()
+}
+
+/// Starts `skiff agent` and waits for it to exit; returns its stderr.
+fn agent_that_must_fail(env: &Env, addr: &str, node: &str, extra: &[&str]) -> String {
+    let data = env.path(&format!("agent-{node}"));
+    let mut args = vec![
+        "--addr",
+        addr,
+        "agent",
+        "--controller",
+        addr,
+        "--node-id",
+        node,
+    ];
+    let d = data.to_str().unwrap().to_string();
+    args.extend(["--data-dir", &d]);
+    args.extend_from_slice(extra);
+    let out = skiff_tests::skiff_command()
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "agent {node} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn tls_join_tokens_node_certificates_and_revocation() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &["--tls"]);
+    assert!(addr.starts_with("https://"), "{addr}");
+    assert_eq!(
+        cli(&addr, &["nodes", "ls"]).code,
+        0,
+        "the CLI trusts the cluster CA"
+    );
+    // Plain HTTP to it does not work; a client trusting another CA refuses it.
+    let plain = addr.replace("https://", "http://");
+    assert_ne!(cli(&plain, &["nodes", "ls"]).code, 0);
+    let other_ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let fake_ca = env.path("other-ca.crt");
+    std::fs::write(&fake_ca, other_ca.cert.pem()).unwrap();
+    let out = skiff_tests::skiff_command()
+        .args(["--addr", &addr, "nodes", "ls"])
+        .env("SKIFF_CA_FILE", &fake_ca)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a server not signed by the trusted CA is refused"
+    );
+
+    // Join: one token, one node; the key stays on the agent.
+    let join = join_string(&addr, &[]);
+    let n1 = env.agent(&addr, "n1", &["--join", &join]);
+    let img = env.busybox_image();
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--",
+            "echo",
+            "over mTLS",
+        ],
+    );
+    assert_eq!(out.stdout, "over mTLS\n", "{out:?}\n{}", env.logs());
+    let pki = env.path("agent-n1/pki");
+    let key_mode = std::fs::metadata(pki.join("node.key"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777,
+        0o600
+    );
+    let reused = agent_that_must_fail(&env, &addr, "n2", &["--join", &join]);
+    assert!(reused.contains("already used"), "{reused}");
+    let brief = join_string(&addr, &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let expired = agent_that_must_fail(&env, &addr, "n3", &["--join", &brief]);
+    assert!(expired.contains("expired"), "{expired}");
+    assert!(
+        agent_that_must_fail(&env, &addr, "n4", &["--join", "skiffjoin:nope"]).contains("--join")
+    );
+
+    // A restarted agent comes back with its certificate, no token needed.
+    env.procs[n1].kill9();
+    env.agent(&addr, "n1", &[]);
+
+    // A certificate the cluster CA did not sign gets no session.
+    let rogue_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut rogue_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    rogue_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(rogue_params, rogue_ca_key);
+    let node_key = rcgen::KeyPair::generate().unwrap();
+    let mut node_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    node_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rogue");
+    node_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let node_cert = node_params.signed_by(&node_key, &issuer).unwrap();
+    let rogue_pki = env.path("agent-rogue/pki");
+    std::fs::create_dir_all(&rogue_pki).unwrap();
+    std::fs::copy(pki.join("ca.crt"), rogue_pki.join("ca.crt")).unwrap();
+    std::fs::write(rogue_pki.join("node.crt"), node_cert.pem()).unwrap();
+    std::fs::write(rogue_pki.join("node.key"), node_key.serialize_pem()).unwrap();
+    let data = env.path("agent-rogue");
+    let rogue = skiff_tests::Proc::spawn(
+        "agent-rogue",
+        env.dir.path(),
+        &[
+            "agent",
+            "--controller",
+            &addr,
+            "--node-id",
+            "rogue",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    wait_for("the rogue agent to be refused", LONG, || {
+        rogue.stderr_text().contains("session failed").then_some(())
+    });
+    assert!(!node_connected(&addr, "rogue"));
+    env.procs.push(rogue);
+
+    // Revocation cuts a node off at once and for good.
+    let out = cli(&addr, &["nodes", "revoke", "n1"]);
+    assert!(out.stdout.contains("1 certificate(s) revoked"), "{out:?}");
+    wait_for("n1 to be disconnected", LONG, || {
+        (!node_connected(&addr, "n1")).then_some(())
+    });
+    let agent_log = env.logs();
+    wait_for("n1's reconnects to be refused", LONG, || {
+        env.logs().contains("has been revoked").then_some(())
+    });
+    assert!(!node_connected(&addr, "n1"), "{agent_log}");
+}
