@@ -79,10 +79,12 @@ pub struct ControllerArgs {
     /// Silence after which a node's tasks are STOPPED/NodeLost (e.g. 30s).
     #[arg(long, env = "SKIFF_NODE_TIMEOUT")]
     node_timeout: Option<String>,
-    /// Serve TLS with the cluster's own CA (created on first start in <data>/pki) and
-    /// authenticate agents by node certificates (skiff tokens create --role join).
+    /// Serve plaintext HTTP/2 instead of TLS: API tokens, secrets and the agent channel then
+    /// cross the network unprotected and agents are not authenticated. Only for loopback or a
+    /// network you trust. (By default the controller serves TLS with the cluster's own CA,
+    /// created on first start in <data>/pki, and agents join with node certificates.)
     #[arg(long)]
-    tls: bool,
+    plaintext: bool,
     /// Extra DNS name or IP the server certificate is valid for (repeatable).
     #[arg(long = "tls-name")]
     tls_names: Vec<String>,
@@ -230,7 +232,8 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/controller"));
-    let tls = (a.tls || file.tls.unwrap_or(false)).then(|| {
+    let tls = !(a.plaintext || file.tls == Some(false));
+    let tls = tls.then(|| {
         let mut names = file.tls_names.clone();
         names.extend(a.tls_names.iter().cloned());
         names

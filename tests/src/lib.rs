@@ -224,6 +224,13 @@ pub fn admin_token(addr: &str) -> String {
         .to_string()
 }
 
+/// A fresh join string from a TLS controller (`skiff tokens create --role join`).
+pub fn join_token(addr: &str) -> String {
+    let out = cli(addr, &["tokens", "create", "--role", "join", "-o", "json"]);
+    assert_eq!(out.code, 0, "join token: {out:?}");
+    out.json()["token"].as_str().unwrap().to_string()
+}
+
 /// Runs `skiff ARGS` against a controller address.
 pub fn cli(addr: &str, args: &[&str]) -> Cli {
     let out: Output = skiff_command()
@@ -351,6 +358,15 @@ impl Env {
             data.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
+        // A TLS controller admits a new agent with a join string.
+        let join;
+        if addr.starts_with("https://")
+            && !extra.contains(&"--join")
+            && !data.join("pki/node.crt").exists()
+        {
+            join = join_token(addr);
+            args.extend(["--join", join.as_str()]);
+        }
         self.procs.push(Proc::spawn(
             &format!("agent-{node}"),
             self.dir.path(),

@@ -10,6 +10,7 @@ const LONG: Duration = Duration::from_secs(30);
 /// The host:port part of an address, to restart a controller on the same port.
 fn hostport(addr: &str) -> &str {
     addr.trim_start_matches("http://")
+        .trim_start_matches("https://")
 }
 
 #[test]
@@ -300,10 +301,11 @@ fn agent_config_file_and_log_rotation_end_to_end() {
         ),
     )
     .unwrap();
+    let join = skiff_tests::join_token(&addr);
     env.procs.push(skiff_tests::Proc::spawn(
         "agent-file",
         env.dir.path(),
-        &["agent", "-c", cfg.to_str().unwrap()],
+        &["agent", "-c", cfg.to_str().unwrap(), "--join", &join],
     ));
     wait_for("the configured agent", LONG, || {
         node_connected(&addr, "from-file").then_some(())
@@ -456,10 +458,11 @@ fn a_container_that_does_not_start_in_time_fails_cleanly() {
         format!("controller = \"{addr}\"\nnode_id = \"slow\"\ndata_dir = \"{}\"\nstart_timeout = \"1ms\"\n", data.display()),
     )
     .unwrap();
+    let join = skiff_tests::join_token(&addr);
     env.procs.push(skiff_tests::Proc::spawn(
         "agent-slow",
         env.dir.path(),
-        &["agent", "-c", cfg.to_str().unwrap()],
+        &["agent", "-c", cfg.to_str().unwrap(), "--join", &join],
     ));
     wait_for("the agent", LONG, || {
         node_connected(&addr, "slow").then_some(())
@@ -514,7 +517,7 @@ fn agent_that_must_fail(env: &Env, addr: &str, node: &str, extra: &[&str]) -> St
 #[test]
 fn tls_join_tokens_node_certificates_and_revocation() {
     let mut env = Env::new();
-    let (_, addr) = env.controller("127.0.0.1:0", &["--tls"]);
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
     assert!(addr.starts_with("https://"), "{addr}");
     assert_eq!(
         cli(&addr, &["nodes", "ls"]).code,
@@ -540,6 +543,13 @@ fn tls_join_tokens_node_certificates_and_revocation() {
     // Join: one token, one node; the key stays on the agent.
     let join = join_string(&addr, &[]);
     let n1 = env.agent(&addr, "n1", &["--join", &join]);
+    assert!(
+        env.procs[n1]
+            .stdout_text()
+            .contains("joined the cluster as node n1"),
+        "{}",
+        env.logs()
+    );
     let img = env.busybox_image();
     let out = cli(
         &addr,

@@ -659,9 +659,19 @@ fn a_pull_reaches_every_agent_and_streams_progress() {
         .build()
         .unwrap();
     let messages: Vec<pb::PullImageProgress> = rt.block_on(async {
-        let mut c = pb::images_client::ImagesClient::connect(addr.clone())
+        // As an app would: TLS with the cluster CA, and an API token.
+        let ca = std::fs::read_to_string(env.path("controller/pki/ca.crt")).unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .unwrap()
+            .connect()
             .await
             .unwrap();
+        let mut c = pb::images_client::ImagesClient::new(channel);
         let mut req = tonic::Request::new(pb::PullImageRequest {
             image: image.clone(),
             ..Default::default()
