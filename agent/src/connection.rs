@@ -44,7 +44,7 @@ pub fn endpoint(
 }
 
 async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let channel = endpoint(&agent.cfg.controller, agent.tls.as_ref())?
+    let channel = endpoint(&agent.cfg.controller, agent.tls().as_ref())?
         .connect()
         .await?;
     let mut client = pb::agent_channel_client::AgentChannelClient::new(channel);

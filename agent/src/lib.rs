@@ -101,11 +101,44 @@ pub struct AgentInner {
     log_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
     /// A shim started ahead of need, taken by the next container start.
     standby: Mutex<Option<runtime::StandbyShim>>,
-    /// TLS to the controller (cluster CA + node certificate), when the agent has joined.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// TLS to the controller (cluster CA + node certificate), when the agent has joined;
+    /// replaced when the certificate is renewed.
+    tls: Mutex<Option<tonic::transport::ClientTlsConfig>>,
 }
 
 impl AgentInner {
+    /// The TLS settings for a new connection to the controller.
+    pub(crate) fn tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.tls.lock().unwrap().clone()
+    }
+
+    /// Renews the node certificate when two thirds of its life are over (checked every
+    /// minute, or sooner for short-lived certificates). Failures are retried.
+    async fn keep_certificate_fresh(self: Arc<Self>) {
+        loop {
+            let Some(due) = tls::renew_at_ms(&self.cfg.data_dir) else {
+                return; // not a joined agent
+            };
+            let now = chrono::Utc::now().timestamp_millis();
+            if now < due {
+                let wait = (due - now).clamp(50, 60_000) as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                continue;
+            }
+            let Some(current) = self.tls() else { return };
+            match tls::renew(&self.cfg.controller, &self.cfg.data_dir, &current).await {
+                Ok(fresh) => {
+                    *self.tls.lock().unwrap() = Some(fresh);
+                    info!("node certificate renewed");
+                }
+                Err(e) => {
+                    warn!(error = %e, "renewing the node certificate failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
     /// The standby shim, if one is ready; a replacement starts in the background.
     pub(crate) fn take_standby(self: &Arc<Self>) -> Option<runtime::StandbyShim> {
         let taken = self.standby.lock().unwrap().take();
@@ -316,7 +349,7 @@ impl Agent {
             outbox: Mutex::new(None),
             log_cancels: Mutex::new(HashMap::new()),
             standby: Mutex::new(None),
-            tls: tls::client_config(&cfg_data_dir),
+            tls: Mutex::new(tls::client_config(&cfg_data_dir)),
         });
         Ok(Agent { inner })
     }
@@ -326,6 +359,7 @@ impl Agent {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         self.readopt();
         self.inner.refill_standby();
+        tokio::spawn(self.inner.clone().keep_certificate_fresh());
         tokio::select! {
             _ = connection::run(self.inner.clone()) => {}
             _ = shutdown => info!("agent shutting down; containers keep running"),

@@ -73,10 +73,7 @@ pub async fn join(
         ));
     }
     let key = rcgen::KeyPair::generate().map_err(|e| format!("making the node key: {e}"))?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .and_then(|p| p.serialize_request(&key))
-        .and_then(|r| r.pem())
-        .map_err(|e| format!("making the CSR: {e}"))?;
+    let csr = csr_for(&key)?;
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
     let channel = crate::connection::endpoint(controller, Some(&tls))
         .map_err(|e| format!("--controller: {e}"))?
@@ -99,15 +96,74 @@ pub async fn join(
         .into_inner();
     let dir = pki(data_dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ca = dir.join("ca.crt");
+    write_private(&ca, &resp.ca_pem).map_err(|e| format!("{}: {e}", ca.display()))?;
+    store_node_cert(data_dir, &key, &resp)
+}
+
+/// Writes a node key + certificate and when it was issued / expires. New names first, then
+/// renames, the certificate last (its presence means "joined"): a crash leaves the old pair
+/// or the new one.
+fn store_node_cert(
+    data_dir: &Path,
+    key: &rcgen::KeyPair,
+    resp: &pb::JoinResponse,
+) -> Result<(), String> {
+    let dir = pki(data_dir);
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    let (ca, crt, k) = (
-        dir.join("ca.crt"),
+    let (crt, k, meta) = (
         dir.join("node.crt"),
         dir.join("node.key"),
+        dir.join("node.meta"),
     );
-    write_private(&k, &key.serialize_pem()).map_err(|e| io(&k, e))?;
-    write_private(&ca, &resp.ca_pem).map_err(|e| io(&ca, e))?;
-    // Last: its presence means "joined".
-    write_private(&crt, &resp.cert_pem).map_err(|e| io(&crt, e))?;
+    let tmp = |p: &Path| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(".new");
+        PathBuf::from(s)
+    };
+    write_private(&tmp(&k), &key.serialize_pem()).map_err(|e| io(&k, e))?;
+    write_private(&tmp(&crt), &resp.cert_pem).map_err(|e| io(&crt, e))?;
+    let times = format!("{} {}", resp.issued_ms, resp.expires_ms);
+    write_private(&tmp(&meta), &times).map_err(|e| io(&meta, e))?;
+    for p in [&k, &meta, &crt] {
+        std::fs::rename(tmp(p), p).map_err(|e| io(p, e))?;
+    }
     Ok(())
+}
+
+fn csr_for(key: &rcgen::KeyPair) -> Result<String, String> {
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(key))
+        .and_then(|r| r.pem())
+        .map_err(|e| format!("making the CSR: {e}"))
+}
+
+/// When the current node certificate should be renewed: after two thirds of its life.
+pub fn renew_at_ms(data_dir: &Path) -> Option<i64> {
+    let text = std::fs::read_to_string(pki(data_dir).join("node.meta")).ok()?;
+    let mut f = text.split_whitespace().map(|v| v.parse::<i64>().ok());
+    let (issued, expires) = (f.next()??, f.next()??);
+    Some(issued + (expires - issued) * 2 / 3)
+}
+
+/// Renews the node certificate with a new key, authenticated by the current certificate.
+pub async fn renew(
+    controller: &str,
+    data_dir: &Path,
+    current: &ClientTlsConfig,
+) -> Result<ClientTlsConfig, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("making the node key: {e}"))?;
+    let csr = csr_for(&key)?;
+    let channel = crate::connection::endpoint(controller, Some(current))
+        .map_err(|e| format!("--controller: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to {controller}: {e}"))?;
+    let resp = pb::agent_channel_client::AgentChannelClient::new(channel)
+        .renew(pb::RenewRequest { csr_pem: csr })
+        .await
+        .map_err(|s| format!("renewing: {}", s.message()))?
+        .into_inner();
+    store_node_cert(data_dir, &key, &resp)?;
+    client_config(data_dir).ok_or_else(|| "the renewed certificate is unreadable".into())
 }

@@ -151,24 +151,26 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         validate::check_name("node_id", &r.node_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         crate::tokens_api::redeem_join_token(&self.core, &r.token).await?;
-        let (cert_pem, fingerprint) = pki
-            .sign_node(&r.csr_pem, &r.node_id)
-            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
-        self.core
-            .store
-            .put_node_cert(&crate::model::NodeCert {
-                fingerprint,
-                node_id: r.node_id.clone(),
-                issued_ms: crate::model::now_ms(),
-                revoked_ms: 0,
-            })
-            .await
-            .map_err(internal)?;
+        let resp = issue_node_cert(&self.core, pki, &r.csr_pem, &r.node_id).await?;
         info!(node_id = %r.node_id, "node joined");
-        Ok(Response::new(pb::JoinResponse {
-            cert_pem,
-            ca_pem: pki.ca_pem.clone(),
-        }))
+        Ok(Response::new(resp))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let pki = self
+            .core
+            .pki
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this controller does not serve TLS"))?;
+        let cert = authenticate_node(&self.core, &request)?
+            .ok_or_else(|| Status::unauthenticated("no node certificate"))?;
+        let resp =
+            issue_node_cert(&self.core, pki, &request.get_ref().csr_pem, &cert.node_id).await?;
+        info!(node_id = %cert.node_id, "node certificate renewed");
+        Ok(Response::new(resp))
     }
 
     async fn logs(
@@ -205,6 +207,34 @@ pub async fn forward_logs(core: &Core, mut inbound: Streaming<pb::LogData>) -> R
         next = inbound.message().await?;
     }
     Ok(())
+}
+
+/// Signs a node's CSR and records the certificate as the node's.
+async fn issue_node_cert(
+    core: &Core,
+    pki: &crate::pki::Pki,
+    csr_pem: &str,
+    node_id: &str,
+) -> Result<pb::JoinResponse, Status> {
+    let (cert_pem, fingerprint) = pki
+        .sign_node(csr_pem, node_id)
+        .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+    let issued_ms = crate::model::now_ms();
+    core.store
+        .put_node_cert(&crate::model::NodeCert {
+            fingerprint,
+            node_id: node_id.to_string(),
+            issued_ms,
+            revoked_ms: 0,
+        })
+        .await
+        .map_err(internal)?;
+    Ok(pb::JoinResponse {
+        cert_pem,
+        ca_pem: pki.ca_pem.clone(),
+        issued_ms,
+        expires_ms: issued_ms + pki.node_cert_ttl.as_millis() as i64,
+    })
 }
 
 /// On a TLS controller, the node whose certificate the peer presented (refused if it is

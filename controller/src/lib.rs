@@ -35,6 +35,8 @@ pub struct ControllerConfig {
     /// Serve TLS (server certificate from the cluster CA, valid for these extra names besides
     /// localhost and 127.0.0.1), and authenticate agents by their node certificates.
     pub tls: Option<Vec<String>>,
+    /// Lifetime of node certificates (default 30 days).
+    pub node_cert_ttl: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +101,10 @@ impl Controller {
         })?;
         let (pki, tls_identity) = match &cfg.tls {
             Some(names) => {
-                let pki = pki::Pki::load_or_create(&cfg.data_dir)?;
+                let mut pki = pki::Pki::load_or_create(&cfg.data_dir)?;
+                if let Some(ttl) = cfg.node_cert_ttl {
+                    pki.node_cert_ttl = ttl;
+                }
                 let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string()];
                 if !cfg.listen.ip().is_unspecified() {
                     all.push(cfg.listen.ip().to_string());

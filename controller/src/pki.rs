@@ -26,10 +26,12 @@ pub enum PkiError {
 pub struct Pki {
     pub ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// How long node certificates are valid (agents renew after two thirds of it).
+    pub node_cert_ttl: std::time::Duration,
 }
 
-/// How long node certificates are valid (agents renew before the end).
-pub const NODE_CERT_DAYS: i64 = 30;
+/// Default lifetime of node certificates.
+pub const NODE_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
@@ -60,7 +62,11 @@ impl Pki {
         let key_pem = std::fs::read_to_string(&key).map_err(io(&key))?;
         let key_pair = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, key_pair)?;
-        Ok(Pki { ca_pem, issuer })
+        Ok(Pki {
+            ca_pem,
+            issuer,
+            node_cert_ttl: NODE_CERT_TTL,
+        })
     }
 
     /// A server certificate for the controller, valid for `names` (DNS names or IPs).
@@ -95,8 +101,10 @@ impl Pki {
         csr.params.is_ca = IsCa::ExplicitNoCa;
         csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        csr.params.not_before = time_now() - time::Duration::hours(1);
-        csr.params.not_after = time_now() + time::Duration::days(NODE_CERT_DAYS);
+        // Not backdated: the agent times its renewal from the moment of issue.
+        csr.params.not_before = time_now() - time::Duration::seconds(5);
+        csr.params.not_after = time_now()
+            + time::Duration::try_from(self.node_cert_ttl).unwrap_or(time::Duration::days(30));
         let cert = csr.signed_by(&self.issuer)?;
         let fingerprint = hex::encode(Sha256::digest(cert.der()));
         Ok((cert.pem(), fingerprint))

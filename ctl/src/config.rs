@@ -17,6 +17,7 @@ pub struct ControllerFile {
     pub tls: Option<bool>,
     #[serde(default)]
     pub tls_names: Vec<String>,
+    pub node_cert_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

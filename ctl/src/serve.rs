@@ -88,6 +88,9 @@ pub struct ControllerArgs {
     /// Extra DNS name or IP the server certificate is valid for (repeatable).
     #[arg(long = "tls-name")]
     tls_names: Vec<String>,
+    /// Lifetime of node certificates (default 30d); agents renew after two thirds of it.
+    #[arg(long = "node-cert-ttl")]
+    node_cert_ttl: Option<String>,
 }
 
 #[derive(Args)]
@@ -164,6 +167,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
         listen: a.listen,
         timing: Timing::default(),
         tls: None,
+        node_cert_ttl: None,
     })
     .await
     .context("starting the controller")?;
@@ -238,11 +242,16 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         names.extend(a.tls_names.iter().cloned());
         names
     });
+    let node_cert_ttl = match a.node_cert_ttl.or(file.node_cert_ttl.clone()) {
+        Some(t) => Some(config::duration("node_cert_ttl", &t)?),
+        None => None,
+    };
     let ctl = Controller::bind(ControllerConfig {
         data_dir: data_dir.clone(),
         listen,
         timing,
         tls,
+        node_cert_ttl,
     })
     .await
     .context("starting the controller")?;

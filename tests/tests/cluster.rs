@@ -635,3 +635,40 @@ fn tls_join_tokens_node_certificates_and_revocation() {
     });
     assert!(!node_connected(&addr, "n1"), "{agent_log}");
 }
+
+#[test]
+fn node_certificates_are_renewed_before_they_expire() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &["--node-cert-ttl", "6s"]);
+    let n1 = env.agent(&addr, "n1", &[]);
+    let crt = env.path("agent-n1/pki/node.crt");
+    let first = std::fs::read_to_string(&crt).unwrap();
+    let joined_at = std::time::Instant::now();
+    // Renewed after two thirds of its life (~4 s), before it expires at 6 s.
+    let renewed = wait_for("the node certificate to be renewed", LONG, || {
+        let now = std::fs::read_to_string(&crt).unwrap_or_default();
+        (now != first && now.contains("BEGIN CERTIFICATE")).then_some(now)
+    });
+    assert!(
+        joined_at.elapsed() < Duration::from_secs(6),
+        "renewed in time"
+    );
+    assert!(env.procs[n1]
+        .stderr_text()
+        .contains("node certificate renewed"));
+    // Past the first certificate's end, a restarted agent connects with the renewed one.
+    while joined_at.elapsed() < Duration::from_millis(6500) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.procs[n1].kill9();
+    assert_eq!(std::fs::read_to_string(&crt).unwrap(), renewed);
+    env.agent(&addr, "n1", &[]);
+    let img = env.busybox_image();
+    let out = cli(
+        &addr,
+        &[
+            "run-task", "--follow", "--image", &img, "--", "echo", "renewed",
+        ],
+    );
+    assert_eq!(out.stdout, "renewed\n", "{out:?}\n{}", env.logs());
+}
