@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "env", "sleep", "true", "false", "ls", "hostname", "head", "tr", "id",
     "wc", "grep", "ps", "mkdir", "rm", "touch", "mount", "kill", "test", "[", "printf", "seq",
-    "dd", "yes", "stat", "pwd", "nproc", "unshare",
+    "dd", "yes", "stat", "pwd", "nproc", "unshare", "insmod",
 ];
 
 /// Where the static busybox is (`SKIFF_TEST_BUSYBOX` overrides).

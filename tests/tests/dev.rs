@@ -911,6 +911,24 @@ fn containers_are_hardened_by_default() {
     assert!(v.contains("userns=no"), "namespaces are refused: {v}");
     assert!(v.contains("rootfs=rw") && v.contains("uid=0:0"), "{v}");
 
+    // What the dropped capabilities and the filter forbid, as root in the container.
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /mnt 2>/dev/null && echo mount=yes || echo mount=no; \
+             hostname intruder 2>/dev/null && echo hostname=yes || echo hostname=no; \
+             echo x > /tmp/m.ko; insmod /tmp/m.ko 2>/dev/null && echo insmod=yes || echo insmod=no",
+        ],
+    );
+    assert_eq!(out.stdout, "mount=no\nhostname=no\ninsmod=no\n", "{out:?}");
+
     let v = security_view(&addr, &img, &["--read-only", "--user", "1000:1000"]);
     assert!(v.contains("rootfs=ro"), "{v}");
     assert!(v.contains("uid=1000:1000"), "{v}");
@@ -975,6 +993,7 @@ fn api_tokens_and_roles_guard_every_call() {
         out.code != 0 && out.stderr.contains("not authenticated"),
         "{out:?}"
     );
+    let tasks_before = cli(&addr, &["tasks", "ls", "-o", "json"]).json();
     assert!(
         out.stderr.contains("SKIFF_TOKEN"),
         "says how to fix it: {out:?}"
@@ -996,6 +1015,16 @@ fn api_tokens_and_roles_guard_every_call() {
     assert!(
         out.stderr.contains("operator"),
         "names the role needed: {out:?}"
+    );
+
+    // Refused calls change nothing.
+    let out = cli_as(&addr, None, &["run-task", "--image", &img, "--", "true"]);
+    assert!(out.stderr.contains("not authenticated"), "{out:?}");
+    let out = cli_as(&addr, Some(&viewer), &["taskdefs", "deregister", "x:1"]);
+    assert!(out.stderr.contains("permission denied"), "{out:?}");
+    assert_eq!(
+        cli(&addr, &["tasks", "ls", "-o", "json"]).json(),
+        tasks_before
     );
 
     let (op, op_id) = new_token(&addr, "operator", &[]);
@@ -1162,6 +1191,8 @@ fn secrets_reach_the_container_and_nothing_else() {
         .filter(|p| !p.ends_with("container.log"))
         .collect();
     assert!(hits.is_empty(), "the secret is on disk in {hits:?}");
+    // Nor any line skiff logged (at debug level here).
+    assert!(!env.logs().contains(value), "a log line shows the secret");
 
     // Missing secrets are refused up front and named.
     let out = cli(
