@@ -231,19 +231,39 @@ pub fn join_token(addr: &str) -> String {
     out.json()["token"].as_str().unwrap().to_string()
 }
 
+impl From<Output> for Cli {
+    fn from(out: Output) -> Cli {
+        Cli {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// Runs `skiff ARGS` against a controller address.
 pub fn cli(addr: &str, args: &[&str]) -> Cli {
-    let out: Output = skiff_command()
+    skiff_command()
         .args(args)
         .env("SKIFF_ADDR", addr)
         .stdin(Stdio::null())
         .output()
+        .expect("running skiff")
+        .into()
+}
+
+/// Runs `skiff ARGS` with `input` on its standard input (passwords, secret values).
+pub fn cli_stdin(addr: &str, args: &[&str], input: &[u8]) -> Cli {
+    let mut child = skiff_command()
+        .args(args)
+        .env("SKIFF_ADDR", addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running skiff");
-    Cli {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+    child.wait_with_output().expect("running skiff").into()
 }
 
 /// A test's working area: processes, data dirs, and the cleanup of every container left behind.

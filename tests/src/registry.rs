@@ -174,6 +174,16 @@ impl Registry {
         })
     }
 
+    /// A client authorised to push to `reference`'s repository.
+    async fn push_client(&self, reference: &Reference) -> Client {
+        let client = self.client();
+        client
+            .auth(reference, &self.auth(), RegistryOperation::Push)
+            .await
+            .unwrap();
+        client
+    }
+
     fn auth(&self) -> RegistryAuth {
         match &self.auth {
             Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
@@ -194,11 +204,7 @@ impl Registry {
         let config = serde_json::to_vec(&image.config).unwrap();
         let reference: Reference = format!("{}/{repo}:{tag}", self.addr).parse().unwrap();
         Self::runtime().block_on(async {
-            let client = self.client();
-            client
-                .auth(&reference, &self.auth(), RegistryOperation::Push)
-                .await
-                .unwrap();
+            let client = self.push_client(&reference).await;
             for layer in &image.layers {
                 client
                     .push_blob(&reference, layer.clone(), &sha256(layer))
@@ -237,12 +243,8 @@ impl Registry {
         .unwrap();
         let reference: Reference = format!("{}/{repo}:{tag}", self.addr).parse().unwrap();
         Self::runtime().block_on(async {
-            let client = self.client();
-            client
-                .auth(&reference, &self.auth(), RegistryOperation::Push)
+            self.push_client(&reference)
                 .await
-                .unwrap();
-            client
                 .push_manifest_raw(
                     &reference,
                     index.clone(),

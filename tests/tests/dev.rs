@@ -962,12 +962,10 @@ fn cli_as(addr: &str, token: Option<&str>, args: &[&str]) -> skiff_tests::Cli {
             .env("XDG_CONFIG_HOME", empty.path())
             .env_remove("SKIFF_TOKEN"),
     };
-    let out = c.stdin(std::process::Stdio::null()).output().unwrap();
-    skiff_tests::Cli {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    c.stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .into()
 }
 
 fn new_token(addr: &str, role: &str, extra: &[&str]) -> (String, String) {
@@ -1121,24 +1119,13 @@ fn secrets_reach_the_container_and_nothing_else() {
     let addr = env.dev();
     let img = env.busybox_image();
     let value = "s3cr3t-value-4711";
-    let mut put = skiff_tests::skiff_command()
-        .args([
-            "--addr",
-            &addr,
-            "secrets",
-            "put",
-            "db-password",
-            "-o",
-            "json",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut put.stdin.take().unwrap(), value.as_bytes()).unwrap();
-    let out = put.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(value));
+    let out = skiff_tests::cli_stdin(
+        &addr,
+        &["secrets", "put", "db-password", "-o", "json"],
+        value.as_bytes(),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains(value));
 
     let def = env.path("def.toml");
     std::fs::write(

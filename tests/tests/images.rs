@@ -466,22 +466,24 @@ fn registry_credentials_stored_in_the_controller_are_used_and_never_shown() {
         &format!("{},{}", private.addr, other.addr),
     ]);
 
-    let mut put = skiff_tests::skiff_command()
-        .args(["--addr", &addr, "registry-creds", "put", "priv", "--server"])
-        .arg(format!("http://{}", private.addr))
-        .args(["--username", "alice", "-o", "json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    put.stdin
-        .take()
-        .unwrap()
-        .write_all(b"wonderland\n")
-        .unwrap();
-    let out = put.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    let server = format!("http://{}", private.addr);
+    let out = skiff_tests::cli_stdin(
+        &addr,
+        &[
+            "registry-creds",
+            "put",
+            "priv",
+            "--server",
+            &server,
+            "--username",
+            "alice",
+            "-o",
+            "json",
+        ],
+        b"wonderland\n",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let shown = out.stdout.clone();
     assert!(
         shown.contains(&private.addr) && !shown.contains("wonderland"),
         "{shown}"
@@ -749,23 +751,20 @@ fn a_registry_with_token_auth_is_pulled_from_with_stored_credentials() {
     let reason = failed_to_start(&addr, &["--image", &image]);
     assert!(reason.contains("unauthorized"), "{reason}");
 
-    let mut put = skiff_tests::skiff_command()
-        .args([
-            "--addr",
-            &addr,
+    let out = skiff_tests::cli_stdin(
+        &addr,
+        &[
             "registry-creds",
             "put",
             "builder",
             "--server",
             &reg.addr,
-        ])
-        .args(["--username", "bob"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    put.stdin.take().unwrap().write_all(b"builder").unwrap();
-    assert!(put.wait().unwrap().success());
+            "--username",
+            "bob",
+        ],
+        b"builder",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
     let out = follow(&addr, &["--registry-creds", "builder", "--image", &image]);
     assert_eq!(out.stdout, "behind a token\n", "{out:?}\n{}", env.logs());
     assert!(

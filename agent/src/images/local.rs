@@ -12,7 +12,7 @@ use super::blobs::{sha256_file, sha256_of, Blobs};
 use super::catalog::ImageRecord;
 use super::manifest::{self, ConfigFile, Manifest};
 use super::source::Source;
-use super::{now_ms, ImageError, ImageStore};
+use super::{ImageError, ImageStore};
 
 pub(super) async fn import(
     store: &ImageStore,
@@ -151,16 +151,12 @@ async fn from_layout(
             })
             .await?;
     }
-    Ok(ImageRecord {
+    Ok(super::new_record(
         digest,
-        references: Default::default(),
-        config: super::image_config(&config),
-        config_digest: config_desc.digest,
-        layers: m.layers.iter().map(|l| l.digest.clone()).collect(),
-        size: m.layers.iter().map(|l| l.size).sum(),
-        created_ms: now_ms(),
-        last_used_ms: now_ms(),
-    })
+        &config,
+        config_desc.digest,
+        &m.layers,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -279,17 +275,13 @@ async fn from_docker_save(
     let bytes = serde_json::to_vec(&manifest).expect("a JSON value serializes");
     let digest = sha256_of(&bytes);
     store.blobs.put(&digest, &bytes).map_err(blob_err)?;
-    Ok(ImageRecord {
+    let descriptors: Vec<manifest::Descriptor> =
+        serde_json::from_value(serde_json::Value::Array(layers))
+            .map_err(|e| invalid(image, format!("layer descriptors: {e}")))?;
+    Ok(super::new_record(
         digest,
-        references: Default::default(),
-        config: super::image_config(&config),
+        &config,
         config_digest,
-        layers: layers
-            .iter()
-            .map(|l| l["digest"].as_str().unwrap_or_default().to_string())
-            .collect(),
-        size: layers.iter().map(|l| l["size"].as_u64().unwrap_or(0)).sum(),
-        created_ms: now_ms(),
-        last_used_ms: now_ms(),
-    })
+        &descriptors,
+    ))
 }

@@ -196,6 +196,25 @@ pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The catalog record of a freshly stored image (no names yet: the caller adds its own).
+pub(crate) fn new_record(
+    digest: String,
+    config: &manifest::ConfigFile,
+    config_digest: String,
+    layers: &[manifest::Descriptor],
+) -> ImageRecord {
+    ImageRecord {
+        digest,
+        references: Default::default(),
+        config: image_config(config),
+        config_digest,
+        layers: layers.iter().map(|l| l.digest.clone()).collect(),
+        size: layers.iter().map(|l| l.size).sum(),
+        created_ms: now_ms(),
+        last_used_ms: now_ms(),
+    }
+}
+
 pub(crate) fn image_config(c: &manifest::ConfigFile) -> ImageConfig {
     let c = c.config.as_ref();
     ImageConfig {

@@ -17,7 +17,7 @@ use super::auth::{self, Credentials};
 use super::blobs::BlobError;
 use super::catalog::ImageRecord;
 use super::manifest::{self, ConfigFile, Descriptor, Manifest};
-use super::{now_ms, ImageError, ImageStore, ProgressEvent};
+use super::{ImageError, ImageStore, ProgressEvent};
 
 const ACCEPT: &[&str] = &[
     manifest::OCI_MANIFEST,
@@ -160,16 +160,12 @@ pub(super) async fn pull(
         .try_collect::<Vec<()>>()
         .await?;
 
-    Ok(ImageRecord {
+    Ok(super::new_record(
         digest,
-        references: Default::default(),
-        config: super::image_config(&config),
-        config_digest: config_desc.digest,
-        layers: m.layers.iter().map(|l| l.digest.clone()).collect(),
-        size: m.layers.iter().map(|l| l.size).sum(),
-        created_ms: now_ms(),
-        last_used_ms: now_ms(),
-    })
+        &config,
+        config_desc.digest,
+        &m.layers,
+    ))
 }
 
 fn oci_desc(d: &Descriptor) -> OciDescriptor {
