@@ -42,6 +42,20 @@ impl From<StoreError> for Status {
     }
 }
 
+/// Resolves once the task is STOPPED.
+async fn wait_stopped(core: &Core, id: &str) -> Result<Task, Status> {
+    let mut changes = core.subscribe();
+    loop {
+        let task = get_task(core, id)?;
+        if task.status == TaskStatus::Stopped {
+            return Ok(task);
+        }
+        if changes.changed().await.is_err() {
+            return Err(Status::unavailable("controller is shutting down"));
+        }
+    }
+}
+
 /// Privileged containers are an admin's decision.
 fn check_privileged(spec: &crate::model::TaskSpec, role: crate::auth::Role) -> Result<(), Status> {
     match spec.containers.iter().position(|c| c.privileged) {
@@ -276,16 +290,8 @@ impl pb::tasks_server::Tasks for TasksApi {
 
     async fn wait(&self, req: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
         let id = req.into_inner().id;
-        let mut changes = self.core.subscribe();
-        loop {
-            let task = get_task(&self.core, &id)?;
-            if task.status == TaskStatus::Stopped {
-                return Ok(Response::new(convert::task(&task)));
-            }
-            if changes.changed().await.is_err() {
-                return Err(Status::unavailable("controller is shutting down"));
-            }
-        }
+        let task = wait_stopped(&self.core, &id).await?;
+        Ok(Response::new(convert::task(&task)))
     }
 
     type LogsStream = ApiStream<pb::LogChunk>;
@@ -345,6 +351,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         }
         let (tx, rx) = mpsc::channel(64);
         let core = self.core.clone();
+        let (follow, task_id) = (req.follow, task.id.clone());
         tokio::spawn(async move {
             let mut finished = false;
             while let Some(d) = route_rx.recv().await {
@@ -365,6 +372,16 @@ impl pb::tasks_server::Tasks for TasksApi {
                 }
                 if d.eof {
                     finished = true;
+                    if follow {
+                        // The log ends when the container does; the task is STOPPED a report
+                        // later. A follower returns after that, so `logs -f; describe` in a
+                        // script sees the final state.
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_secs(10),
+                            wait_stopped(&core, &task_id),
+                        )
+                        .await;
+                    }
                     break;
                 }
             }
