@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -121,11 +121,7 @@ impl Blobs {
         if self.has(digest) {
             return Ok(());
         }
-        let partial = self.partial_path(digest)?;
-        let mut f = File::create(&partial).map_err(io_at(&partial))?;
-        f.write_all(bytes).map_err(io_at(&partial))?;
-        drop(f);
-        self.commit(digest)
+        self.store_whole(digest, &mut &bytes[..])
     }
 
     /// Copies `reader` into the store under `digest`, verifying it.
@@ -133,11 +129,36 @@ impl Blobs {
         if self.has(digest) {
             return Ok(());
         }
-        let partial = self.partial_path(digest)?;
-        let mut f = File::create(&partial).map_err(io_at(&partial))?;
-        io::copy(reader, &mut f).map_err(io_at(&partial))?;
-        drop(f);
-        self.commit(digest)
+        self.store_whole(digest, reader)
+    }
+
+    /// Writes a whole blob under a name of its own (two pulls of one image may store the same
+    /// manifest at once, without the per-digest lock), verifies it, and renames it into place.
+    fn store_whole(&self, digest: &str, reader: &mut dyn Read) -> Result<(), BlobError> {
+        let hex = digest_hex(digest)?;
+        let tmp = self
+            .root
+            .join("partial")
+            .join(format!("{hex}.{}", ulid::Ulid::new()));
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
+            io::copy(reader, &mut f).map_err(io_at(&tmp))?;
+            f.sync_all().map_err(io_at(&tmp))?;
+            drop(f);
+            let actual = sha256_file(&tmp).map_err(io_at(&tmp))?;
+            if actual != digest {
+                return Err(BlobError::Mismatch {
+                    expected: digest.into(),
+                    actual,
+                });
+            }
+            let dest = self.path(digest)?;
+            fs::rename(&tmp, &dest).map_err(io_at(&dest))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// How many bytes of `digest` an earlier, interrupted download left behind.
@@ -235,6 +256,26 @@ impl Blobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_same_blob_stored_at_once_by_many_pulls_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(Blobs::open(dir.path().to_path_buf()).unwrap());
+        let data = vec![7u8; 1 << 20];
+        let d = sha256_of(&data);
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (blobs, data, d) = (blobs.clone(), data.clone(), d.clone());
+                std::thread::spawn(move || blobs.put(&d, &data))
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap().unwrap();
+        }
+        assert_eq!(blobs.read(&d).unwrap(), data);
+        assert_eq!(blobs.partial_bytes(), 0, "no scratch left behind");
+    }
 
     #[test]
     fn a_blob_enters_only_with_its_digest() {

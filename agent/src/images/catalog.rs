@@ -63,10 +63,18 @@ impl Catalog {
     }
 
     fn save(&self) -> io::Result<()> {
+        self.write(true)
+    }
+
+    /// Replaces the file atomically; `durable` also fsyncs it (a record of what is on disk
+    /// must survive a crash; a last-use time may be lost).
+    fn write(&self, durable: bool) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.file).map_err(io::Error::other)?;
         let tmp = self.path.with_extension("json.tmp");
         std::fs::write(&tmp, bytes)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
+        if durable {
+            std::fs::File::open(&tmp)?.sync_all()?;
+        }
         std::fs::rename(&tmp, &self.path)
     }
 
@@ -120,11 +128,13 @@ impl Catalog {
         self.save()
     }
 
+    /// Records a use (for LRU eviction). Not fsynced: it is on every task start's path, and
+    /// a lost last-use time only makes an image look older.
     pub fn touch(&mut self, digest: &str, now_ms: i64) -> io::Result<()> {
         if let Some(r) = self.file.images.get_mut(digest) {
             r.last_used_ms = now_ms;
         }
-        self.save()
+        self.write(false)
     }
 
     pub fn remove(&mut self, digest: &str) -> io::Result<Option<ImageRecord>> {
