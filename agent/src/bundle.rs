@@ -236,6 +236,24 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
     }
     linux.set_resources(Some(resources.build()?));
     linux.set_cgroups_path(Some(input.cgroup_path.into()));
+    if !c.mounts.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for m in &c.mounts {
+            let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+            if m.read_only {
+                options.push("ro".into());
+            }
+            mounts.push(
+                oci_spec::runtime::MountBuilder::default()
+                    .destination(&m.target)
+                    .typ("bind")
+                    .source(&m.source)
+                    .options(options)
+                    .build()?,
+            );
+        }
+        spec.set_mounts(Some(mounts));
+    }
     if !input.secret_files.is_empty() {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         for (host, dest) in input.secret_files {
@@ -288,6 +306,7 @@ mod tests {
             readonly_rootfs: false,
             user: String::new(),
             secrets: vec![],
+            mounts: vec![],
         }
     }
 

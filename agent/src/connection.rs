@@ -95,6 +95,7 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
                     Some(In::Logs(req)) => logserve::start(agent.clone(), req),
                     Some(In::CancelLogs(c)) => logserve::cancel(agent, c.request_id),
                     Some(In::Image(cmd)) => crate::imageserve::start(agent.clone(), cmd),
+                    Some(In::Credentials(reply)) => agent.credentials.answered(reply),
                     None => {}
                 }
             }

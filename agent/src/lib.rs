@@ -6,11 +6,13 @@
 
 pub mod bundle;
 pub(crate) mod connection;
+pub mod credserve;
 pub mod hardening;
 pub mod images;
 mod imageserve;
 pub mod logs;
 mod logserve;
+pub mod peer;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;
@@ -50,6 +52,9 @@ pub struct AgentConfig {
     pub insecure_registries: Vec<String>,
     /// Unused images are garbage-collected, least recently used first, above this size.
     pub image_disk_budget: Option<u64>,
+    /// Where the container-credentials endpoint listens (a loopback address: containers with
+    /// the host network reach it there). A restarted agent keeps the port it had.
+    pub credentials_listen: std::net::SocketAddr,
 }
 
 impl AgentConfig {
@@ -71,6 +76,7 @@ impl AgentConfig {
                 .map(|d| d.join("config.json")),
             insecure_registries: Vec::new(),
             image_disk_budget: None,
+            credentials_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 51679)),
         }
     }
 }
@@ -104,6 +110,8 @@ pub struct AgentInner {
     /// TLS to the controller (cluster CA + node certificate), when the agent has joined;
     /// replaced when the certificate is renewed.
     tls: Mutex<Option<tonic::transport::ClientTlsConfig>>,
+    /// The container-credentials endpoint's key, cache and pending requests.
+    pub credentials: credserve::Credentials,
 }
 
 impl AgentInner {
@@ -202,6 +210,15 @@ impl AgentInner {
         }
     }
 
+    /// Sends now if connected; false when there is no session to send on.
+    pub(crate) fn send_now(&self, body: pb::agent_message::Body) -> bool {
+        self.outbox
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|tx| tx.send(pb::AgentMessage { body: Some(body) }).is_ok())
+    }
+
     pub(crate) fn send(&self, body: pb::agent_message::Body) {
         if let Some(tx) = self.outbox.lock().unwrap().as_ref() {
             // A closed outbox means the connection is going; the next register resends state.
@@ -279,6 +296,7 @@ impl AgentInner {
             containers: vec![],
             network: spec::NetworkMode::None,
             timeout_secs: 0,
+            identity: None,
         });
         record.phase = Phase::Stopped;
         record.stop_code = code.to_string();
@@ -294,6 +312,7 @@ impl AgentInner {
             .is_some_and(|e| e.record.phase == Phase::Stopped)
         {
             tasks.remove(task_id);
+            self.credentials.forget(task_id);
             let _ = std::fs::remove_file(
                 supervisor::task_dir(&self.cfg.data_dir, task_id).join(TASK_FILE),
             );
@@ -342,6 +361,11 @@ impl Agent {
             disk_budget: cfg.image_disk_budget,
         })
         .map_err(|source| AgentError::DataDir { path: root, source })?;
+        let credentials =
+            credserve::Credentials::open(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+                path: cfg.data_dir.join(credserve::KEY_FILE),
+                source,
+            })?;
         let inner = Arc::new(AgentInner {
             images,
             cfg,
@@ -350,6 +374,7 @@ impl Agent {
             log_cancels: Mutex::new(HashMap::new()),
             standby: Mutex::new(None),
             tls: Mutex::new(tls::client_config(&cfg_data_dir)),
+            credentials,
         });
         Ok(Agent { inner })
     }
@@ -360,6 +385,20 @@ impl Agent {
         self.readopt();
         self.inner.refill_standby();
         tokio::spawn(self.inner.clone().keep_certificate_fresh());
+        let listen = self.inner.cfg.credentials_listen;
+        match credserve::bind(&self.inner, listen).await {
+            Ok(listener) => {
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = credserve::serve(inner, listener).await {
+                        warn!(error = %e, "the credentials endpoint stopped");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(%listen, error = %e, "the credentials endpoint is not available; tasks with roles cannot start")
+            }
+        }
         tokio::select! {
             _ = connection::run(self.inner.clone()) => {}
             _ = shutdown => info!("agent shutting down; containers keep running"),

@@ -41,6 +41,38 @@ pub struct ContainerSpec {
     /// Secret values for this container. Never written to disk (task.json skips them).
     #[serde(skip)]
     pub secrets: Vec<SecretValue>,
+    /// Host paths bind-mounted into the container.
+    #[serde(default)]
+    pub mounts: Vec<MountPoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MountPoint {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// A task running under a role: what its containers are told (see `credserve.rs`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskIdentity {
+    pub role: String,
+    /// The first SKIFF_TASK_TOKEN. Never written to disk.
+    #[serde(skip)]
+    pub skiff_token: String,
+    /// The role grants object-store access: serve it credentials.
+    pub storage: bool,
+    pub region: String,
+    pub storage_endpoint: String,
+}
+
+impl std::fmt::Debug for TaskIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskIdentity")
+            .field("role", &self.role)
+            .field("storage", &self.storage)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One secret for a container: env var `name`, or a file at `file` (absolute, in the
@@ -68,6 +100,8 @@ pub struct TaskSpec {
     pub containers: Vec<ContainerSpec>,
     pub network: NetworkMode,
     pub timeout_secs: u64,
+    #[serde(default)]
+    pub identity: Option<TaskIdentity>,
 }
 
 /// Whether a task id or container name is safe to use as one path component: the agent builds
@@ -133,6 +167,15 @@ impl TaskSpec {
                             value: s.value.clone(),
                         })
                         .collect(),
+                    mounts: c
+                        .mounts
+                        .iter()
+                        .map(|m| MountPoint {
+                            source: m.source.clone(),
+                            target: m.target.clone(),
+                            read_only: m.read_only,
+                        })
+                        .collect(),
                 })
                 .collect(),
             network: if s.network_mode == "host" {
@@ -141,6 +184,13 @@ impl TaskSpec {
                 NetworkMode::None
             },
             timeout_secs: s.timeout_seconds,
+            identity: s.identity.as_ref().map(|i| TaskIdentity {
+                role: i.role.clone(),
+                skiff_token: i.skiff_token.clone(),
+                storage: i.storage,
+                region: i.region.clone(),
+                storage_endpoint: i.storage_endpoint.clone(),
+            }),
         })
     }
 }

@@ -179,6 +179,7 @@ async fn start(
     for (c, image) in spec.containers.iter().zip(images) {
         let agent2 = agent.clone();
         let (task_id2, c2, network) = (task_id.to_string(), c.clone(), spec.network);
+        let identity = spec.identity.clone();
         let launched = tokio::task::spawn_blocking(move || -> Result<ShimHandle, String> {
             let dir = task_dir(&agent2.cfg.data_dir, &task_id2).join(&c2.name);
             std::fs::create_dir_all(&dir)
@@ -192,7 +193,28 @@ async fn start(
                 ("SKIFF_TASK_ID".to_string(), task_id2.clone()),
                 ("SKIFF_CONTAINER_NAME".to_string(), c2.name.clone()),
             ];
-            let secret_files = rootfs::place_secrets(&dir, &c2.secrets, &mut extra_env)
+            if let Some(m) = c2
+                .mounts
+                .iter()
+                .find(|m| !std::path::Path::new(&m.source).exists())
+            {
+                return Err(format!(
+                    "mount source {} does not exist on node {}",
+                    m.source, agent2.cfg.node_id
+                ));
+            }
+            // A role's tokens travel like secrets: env vars whose spec lives on the tmpfs.
+            let mut secrets = c2.secrets.clone();
+            if let Some(identity) = &identity {
+                for (name, value) in crate::credserve::environment(&agent2, &task_id2, identity)? {
+                    secrets.push(crate::spec::SecretValue {
+                        name,
+                        file: String::new(),
+                        value: value.into_bytes(),
+                    });
+                }
+            }
+            let secret_files = rootfs::place_secrets(&dir, &secrets, &mut extra_env)
                 .map_err(|e| format!("delivering secrets: {e}"))?;
             let spec = bundle::runtime_spec(&BundleInput {
                 container: &c2,
@@ -207,7 +229,7 @@ async fn start(
             .map_err(|e| e.to_string())?;
             // A container with secrets has them in its spec (env): its bundle lives on the
             // secrets tmpfs, never on the node's disk.
-            let bundle_dir = if c2.secrets.is_empty() {
+            let bundle_dir = if secrets.is_empty() {
                 dir.clone()
             } else {
                 dir.join("secrets")

@@ -14,6 +14,7 @@ fn task(i: usize) -> Task {
         containers: vec![],
         network_mode: NetworkMode::None,
         timeout_secs: 0,
+        task_role: String::new(),
     };
     Task::new(
         format!("bench-{i:08}"),

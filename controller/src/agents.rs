@@ -128,6 +128,18 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                     Some(pb::agent_message::Body::Register(_)) => {
                         warn!(node_id = %node_id, "register sent twice; ignored");
                     }
+                    Some(pb::agent_message::Body::Credentials(req)) => {
+                        // STS may take a while; never hold up the session for it.
+                        let (core, node_id, tx) = (core.clone(), node_id.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let reply = crate::credentials::answer(&core, &node_id, req).await;
+                            let _ = tx
+                                .send(pb::ControllerMessage {
+                                    body: Some(Out::Credentials(reply)),
+                                })
+                                .await;
+                        });
+                    }
                 }
             }
             core.detach(&node_id, conn_id);

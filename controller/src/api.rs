@@ -56,15 +56,30 @@ async fn wait_stopped(core: &Core, id: &str) -> Result<Task, Status> {
     }
 }
 
-/// Privileged containers are an admin's decision.
+/// Privileged containers and host bind mounts are an admin's decision: either reaches the
+/// whole node.
 fn check_privileged(spec: &crate::model::TaskSpec, role: crate::auth::Role) -> Result<(), Status> {
-    match spec.containers.iter().position(|c| c.privileged) {
-        Some(i) if role < crate::auth::Role::Admin => Err(Status::permission_denied(format!(
+    if role >= crate::auth::Role::Admin {
+        return Ok(());
+    }
+    if let Some(i) = spec.containers.iter().position(|c| c.privileged) {
+        return Err(Status::permission_denied(format!(
             "containers[{i}].privileged: only an admin token may ask for a privileged container (this token is {})",
             role.as_str()
-        ))),
-        _ => Ok(()),
+        )));
     }
+    if let Some(i) = spec.containers.iter().position(|c| !c.mounts.is_empty()) {
+        return Err(Status::permission_denied(format!(
+            "containers[{i}].mounts: only an admin token may mount host paths (this token is {})",
+            role.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// The resource a task role names to run or stop tasks of a family.
+fn task_resource(family: Option<&str>) -> String {
+    family.map_or_else(|| "ad-hoc".to_string(), |f| format!("task-definition/{f}"))
 }
 
 /// Resolves `family` (latest ACTIVE revision) or `family:rev`.
@@ -180,6 +195,12 @@ fn get_task(core: &Core, id: &str) -> Result<Task, Status> {
 impl pb::tasks_server::Tasks for TasksApi {
     async fn run(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::Task>, Status> {
         let role = crate::auth::caller_role(&req);
+        let family = match &req.get_ref().source {
+            Some(pb::run_task_request::Source::TaskDefinition(r)) => r.split(':').next(),
+            _ => None,
+        };
+        // A task's role names the definitions it may run (ad-hoc tasks: the resource "ad-hoc").
+        crate::auth::check_task_resource(&req, "tasks:Run", &task_resource(family))?;
         let req = req.into_inner();
         let (def, spec) = match &req.source {
             Some(pb::run_task_request::Source::TaskDefinition(r)) => {
@@ -225,8 +246,9 @@ impl pb::tasks_server::Tasks for TasksApi {
     }
 
     async fn stop(&self, req: Request<pb::StopTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let target = get_task(&self.core, &req.get_ref().id)?;
+        crate::auth::check_task_resource(&req, "tasks:Stop", &task_resource(target.family()))?;
         let req = req.into_inner();
-        get_task(&self.core, &req.id)?;
         let reason = if req.reason.is_empty() {
             "stopped by user".to_string()
         } else {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use crate::core::Core;
-use crate::model::{now_ms, ApiToken};
+use crate::model::{now_ms, ApiToken, TaskRole};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -46,7 +46,30 @@ impl Role {
 pub struct Caller {
     pub token_id: String,
     pub role: Role,
+    /// Set when the caller is a task with its SKIFF_TASK_TOKEN: its role's grants decide, not
+    /// `role` (which is then read-only, so admin-only checks refuse it).
+    pub task: Option<TaskCaller>,
 }
+
+#[derive(Clone, Debug)]
+pub struct TaskCaller {
+    pub task_id: String,
+    pub role: Arc<TaskRole>,
+}
+
+/// The action name a role grants for a method path: `/skiff.v1.Tasks/Run` → `tasks:Run`.
+pub fn action_name(path: &str) -> String {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    let service = service.rsplit('.').next().unwrap_or(service);
+    format!("{}:{method}", service.to_ascii_lowercase())
+}
+
+/// Actions whose handlers check the resource they act on (`check_task_resource`); for every
+/// other action a task's role needs a grant on "*".
+const RESOURCE_SCOPED: &[&str] = &["tasks:Run", "tasks:Stop"];
 
 /// The role a method needs; None = open to all (health, reflection, and the agent channel,
 /// whose peers are authenticated by the transport).
@@ -79,6 +102,10 @@ pub fn required_role(path: &str) -> Option<Role> {
         }),
         "skiff.v1.Secrets" => Some(match method {
             "List" => Role::Operator,
+            _ => Role::Admin,
+        }),
+        "skiff.v1.Roles" => Some(match method {
+            "List" | "Get" => Role::Operator,
             _ => Role::Admin,
         }),
         "skiff.v1.RegistryCredentials" => Some(match method {
@@ -123,6 +150,45 @@ pub fn mint(role: Role, name: &str, ttl_secs: u64) -> (String, ApiToken) {
     (format!("skiff_{id}_{secret}"), record)
 }
 
+/// Checks a task's SKIFF_TASK_TOKEN: signed by this controller, unexpired, its task not
+/// STOPPED and still under the role the token names.
+fn authenticate_task(core: &Core, token: &str) -> Result<Caller, Status> {
+    let claims = core
+        .task_keys
+        .verify(token, now_ms())
+        .map_err(Status::unauthenticated)?;
+    let store_err = |e: crate::store::StoreError| Status::internal(format!("state store: {e}"));
+    let task = core
+        .store
+        .task(&claims.t)
+        .map_err(store_err)?
+        .ok_or_else(|| Status::unauthenticated("the task token's task does not exist"))?;
+    if task.status == crate::lifecycle::TaskStatus::Stopped {
+        return Err(Status::unauthenticated(format!(
+            "task {} has stopped; its token is no longer valid",
+            task.id
+        )));
+    }
+    if task.spec.task_role != claims.r {
+        return Err(Status::unauthenticated("the task token is not valid"));
+    }
+    let role = core
+        .store
+        .role(&claims.r)
+        .map_err(store_err)?
+        .ok_or_else(|| {
+            Status::permission_denied(format!("the task's role {:?} no longer exists", claims.r))
+        })?;
+    Ok(Caller {
+        token_id: format!("task:{}", task.id),
+        role: Role::ReadOnly,
+        task: Some(TaskCaller {
+            task_id: task.id,
+            role: Arc::new(role),
+        }),
+    })
+}
+
 /// Checks a bearer token against the store.
 pub fn authenticate(core: &Core, header: Option<&str>) -> Result<Caller, Status> {
     let token = header
@@ -132,6 +198,9 @@ pub fn authenticate(core: &Core, header: Option<&str>) -> Result<Caller, Status>
                 "no API token: send authorization: Bearer TOKEN (the CLI reads SKIFF_TOKEN)",
             )
         })?;
+    if token.starts_with(crate::task_tokens::PREFIX) {
+        return authenticate_task(core, token);
+    }
     let bad = || Status::unauthenticated("the API token is not valid");
     let (id, secret) = token
         .strip_prefix("skiff_")
@@ -164,6 +233,7 @@ pub fn authenticate(core: &Core, header: Option<&str>) -> Result<Caller, Status>
     Ok(Caller {
         token_id: record.id,
         role,
+        task: None,
     })
 }
 
@@ -173,6 +243,17 @@ pub fn authorize(core: &Core, path: &str, header: Option<&str>) -> Result<Option
         return Ok(None);
     };
     let caller = authenticate(core, header)?;
+    if let Some(task) = &caller.task {
+        let action = action_name(path);
+        let resource = (!RESOURCE_SCOPED.contains(&action.as_str())).then_some("*");
+        if !crate::roles::allows(&task.role, &action, resource) {
+            return Err(Status::permission_denied(format!(
+                "{action}: task role {:?} does not grant it",
+                task.role.name
+            )));
+        }
+        return Ok(Some(caller));
+    }
     if caller.role < needed {
         return Err(Status::permission_denied(format!(
             "{path} needs the {} role; this token is {}",
@@ -188,6 +269,28 @@ pub fn caller_role<T>(req: &tonic::Request<T>) -> Role {
     req.extensions()
         .get::<Caller>()
         .map_or(Role::Admin, |c| c.role)
+}
+
+/// For a task caller, checks that its role grants `action` on `resource`; other callers were
+/// decided by their role already.
+pub fn check_task_resource<T>(
+    req: &tonic::Request<T>,
+    action: &str,
+    resource: &str,
+) -> Result<(), Status> {
+    match req
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.task.as_ref())
+    {
+        Some(t) if !crate::roles::allows(&t.role, action, Some(resource)) => {
+            Err(Status::permission_denied(format!(
+                "{action} on {resource}: task role {:?} does not grant it",
+                t.role.name
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Clone)]
@@ -266,6 +369,11 @@ mod tests {
         assert_eq!(required_role("/skiff.v1.Unknown/X"), Some(Role::Admin));
         assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::ReadOnly);
+        assert_eq!(action_name("/skiff.v1.Tasks/Run"), "tasks:Run");
+        assert_eq!(
+            action_name("/skiff.v1.TaskDefinitions/List"),
+            "taskdefinitions:List"
+        );
     }
 
     #[test]

@@ -32,6 +32,15 @@ pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
                 file: r.file.clone(),
             })
             .collect(),
+        mounts: c.mounts.iter().map(mount).collect(),
+    }
+}
+
+fn mount(m: &crate::model::MountPoint) -> pb::MountPoint {
+    pb::MountPoint {
+        source: m.source.clone(),
+        target: m.target.clone(),
+        read_only: m.read_only,
     }
 }
 
@@ -48,6 +57,7 @@ pub fn task_definition(d: &TaskDefinition) -> pb::TaskDefinition {
         }
         .to_string(),
         registered_at_ms: d.registered_at_ms,
+        task_role: d.spec.task_role.clone(),
     }
 }
 
@@ -88,6 +98,7 @@ pub fn task(t: &Task) -> pb::Task {
         stopping_at_ms: t.stopping_at_ms,
         stopped_at_ms: t.stopped_at_ms,
         version: t.version,
+        task_role: t.spec.task_role.clone(),
     }
 }
 
@@ -105,9 +116,11 @@ pub fn event(e: &Event) -> pb::Event {
 /// What the agent needs to run a task; `creds` resolves a container's named registry
 /// credentials (the agent receives them, they are never stored with the task).
 /// `secret` opens a stored secret by name; a secret that cannot be had fails the start.
+/// `identity` is the task's role identity, when it runs under one.
 pub fn start_task(
     id: &str,
     spec: &TaskSpec,
+    identity: Option<pb::TaskIdentity>,
     creds: impl Fn(&str) -> Option<pb::RegistryAuth>,
     secret: impl Fn(&str) -> Result<Vec<u8>, String>,
 ) -> Result<pb::StartTask, String> {
@@ -148,10 +161,12 @@ pub fn start_task(
                 readonly_root_filesystem: c.readonly_root_filesystem,
                 user: c.user.clone(),
                 secrets,
+                mounts: c.mounts.iter().map(mount).collect(),
             })
             .collect(),
         network_mode: spec.network_mode.as_str().to_string(),
         timeout_seconds: spec.timeout_secs,
+        identity,
     })
 }
 
@@ -207,19 +222,22 @@ mod tests {
                     value_from: "gone".into(),
                     file: String::new(),
                 }],
+                mounts: vec![],
             }],
             network_mode: NetworkMode::None,
             timeout_secs: 0,
+            task_role: String::new(),
         };
         let err = start_task(
             "t",
             &spec,
+            None,
             |_| None,
             |n| Err(format!("secret {n:?} does not exist")),
         )
         .unwrap_err();
         assert_eq!(err, "container main: secret \"gone\" does not exist");
-        let ok = start_task("t", &spec, |_| None, |_| Ok(b"v".to_vec())).unwrap();
+        let ok = start_task("t", &spec, None, |_| None, |_| Ok(b"v".to_vec())).unwrap();
         assert_eq!(ok.containers[0].secrets[0].value, b"v");
     }
 }

@@ -58,6 +58,8 @@ pub struct Core {
     pub timing: Timing,
     /// Seals and opens secrets (the key lives in the data dir, apart from the store).
     pub secrets: crate::secrets::SecretBox,
+    /// Signs and checks SKIFF_TASK_TOKENs.
+    pub task_keys: crate::task_tokens::TaskTokenKey,
     /// The cluster CA, when the controller serves TLS.
     pub pki: Option<crate::pki::Pki>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -74,7 +76,12 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(store: Store, timing: Timing, secrets: crate::secrets::SecretBox) -> Core {
+    pub fn new(
+        store: Store,
+        timing: Timing,
+        secrets: crate::secrets::SecretBox,
+        task_keys: crate::task_tokens::TaskTokenKey,
+    ) -> Core {
         let (head, _) = watch::channel(0);
         // Nodes known from before a restart get a full timeout to come back.
         let now = Instant::now();
@@ -88,6 +95,7 @@ impl Core {
             store,
             timing,
             secrets,
+            task_keys,
             pki: None,
             sessions: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(last_seen),

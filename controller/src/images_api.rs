@@ -78,6 +78,12 @@ pub fn check_credentials_exist(core: &Core, spec: &TaskSpec) -> Result<(), Statu
             )));
         }
     }
+    if !spec.task_role.is_empty() && core.store.role(&spec.task_role)?.is_none() {
+        return Err(Status::invalid_argument(format!(
+            "task_role: no role named {:?} (see skiff roles ls)",
+            spec.task_role
+        )));
+    }
     Ok(())
 }
 

@@ -7,14 +7,17 @@ pub mod api;
 pub mod auth;
 pub mod convert;
 pub mod core;
+pub mod credentials;
 pub mod images_api;
 pub mod lifecycle;
 pub mod model;
 pub mod pki;
 pub mod placement;
+pub mod roles;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
+pub mod task_tokens;
 pub mod tokens_api;
 pub mod validate;
 
@@ -51,7 +54,7 @@ pub enum ControllerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the secrets key {path}: {source}")]
+    #[error("the key file {path}: {source}")]
     SecretsKey {
         path: PathBuf,
         source: std::io::Error,
@@ -99,6 +102,12 @@ impl Controller {
                 source,
             }
         })?;
+        let task_keys = task_tokens::TaskTokenKey::open(&cfg.data_dir).map_err(|source| {
+            ControllerError::SecretsKey {
+                path: cfg.data_dir.join(task_tokens::KEY_FILE),
+                source,
+            }
+        })?;
         let (pki, tls_identity) = match &cfg.tls {
             Some(names) => {
                 let mut pki = pki::Pki::load_or_create(&cfg.data_dir)?;
@@ -116,7 +125,7 @@ impl Controller {
             }
             None => (None, None),
         };
-        let mut core = core::Core::new(store, cfg.timing, sealer);
+        let mut core = core::Core::new(store, cfg.timing, sealer, task_keys);
         core.pki = pki;
         Ok(Controller {
             core: Arc::new(core),
@@ -178,6 +187,9 @@ impl Controller {
                 images_api::RegistryCredentialsApi,
             >>()
             .await;
+        health
+            .set_serving::<pb::roles_server::RolesServer<roles::RolesApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -214,6 +226,9 @@ impl Controller {
             .add_service(pb::secrets_server::SecretsServer::new(
                 secrets::SecretsApi { core: core.clone() },
             ))
+            .add_service(pb::roles_server::RolesServer::new(roles::RolesApi {
+                core: core.clone(),
+            }))
             .add_service(pb::tokens_server::TokensServer::new(
                 tokens_api::TokensApi { core: core.clone() },
             ))

@@ -266,6 +266,7 @@ mod tests {
             containers: vec![],
             network_mode: NetworkMode::None,
             timeout_secs: 0,
+            task_role: String::new(),
         };
         let mut t = Task::new("t".into(), None, String::new(), String::new(), spec, 0);
         t.status = status;

@@ -59,6 +59,18 @@ pub struct ContainerDef {
     /// Secrets by name; their values are resolved only when the task starts.
     #[serde(default)]
     pub secrets: Vec<SecretRef>,
+    /// Host paths bind-mounted into the container (admin only).
+    #[serde(default)]
+    pub mounts: Vec<MountPoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MountPoint {
+    /// Absolute path on the node.
+    pub source: String,
+    /// Absolute path in the container.
+    pub target: String,
+    pub read_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,6 +101,9 @@ pub struct TaskSpec {
     pub containers: Vec<ContainerDef>,
     pub network_mode: NetworkMode,
     pub timeout_secs: u64,
+    /// The task role's name; empty = none.
+    #[serde(default)]
+    pub task_role: String,
 }
 
 impl TaskSpec {
@@ -302,4 +317,71 @@ pub struct NodeCert {
     pub issued_ms: i64,
     /// 0 = not revoked.
     pub revoked_ms: i64,
+}
+
+/// A task role: what tasks running under it may reach (see `roles.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRole {
+    pub name: String,
+    pub description: String,
+    pub api: Vec<ApiGrant>,
+    pub storage: Option<StorageAccess>,
+    pub version: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiGrant {
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StorageAccess {
+    pub provider: CredentialProvider,
+    pub grants: Vec<StorageGrant>,
+    pub duration_secs: u32,
+    pub region: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialProvider {
+    Sts {
+        endpoint: String,
+        role_arn: String,
+        access_key_id_secret: String,
+        secret_access_key_secret: String,
+    },
+    StaticKeys {
+        access_key_id_secret: String,
+        secret_access_key_secret: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read-write",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StorageGrant {
+    pub bucket: String,
+    pub prefix: String,
+    pub access: Access,
 }

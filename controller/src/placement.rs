@@ -76,9 +76,11 @@ mod tests {
                 readonly_root_filesystem: false,
                 user: String::new(),
                 secrets: vec![],
+                mounts: vec![],
             }],
             network_mode: NetworkMode::None,
             timeout_secs: 0,
+            task_role: String::new(),
         }
     }
 

@@ -67,12 +67,15 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
 
 /// Sends a task to its agent. If the agent just went away, reconciliation resends it later.
 pub async fn send_start(core: &Core, node_id: &str, task: &Task) {
-    let start = convert::start_task(
-        &task.id,
-        &task.spec,
-        |name| registry_auth(core, name),
-        |name| open_secret(core, name),
-    );
+    let start = task_identity(core, task).and_then(|identity| {
+        convert::start_task(
+            &task.id,
+            &task.spec,
+            identity,
+            |name| registry_auth(core, name),
+            |name| open_secret(core, name),
+        )
+    });
     let start = match start {
         Ok(s) => s,
         Err(reason) => {
@@ -94,6 +97,40 @@ pub async fn send_start(core: &Core, node_id: &str, task: &Task) {
     {
         warn!(task_id = %task.id, error = %e, "start not delivered; will resend on reconnect");
     }
+}
+
+/// What a task under a role needs from the agent: its first SKIFF_TASK_TOKEN, and whether to
+/// serve it object-store credentials. A role deleted since the task was accepted fails the start.
+fn task_identity(core: &Core, task: &Task) -> Result<Option<pb::TaskIdentity>, String> {
+    if task.spec.task_role.is_empty() {
+        return Ok(None);
+    }
+    let role = match core.store.role(&task.spec.task_role) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Err(format!(
+                "task role {:?} does not exist",
+                task.spec.task_role
+            ))
+        }
+        Err(e) => return Err(format!("reading task role {:?}: {e}", task.spec.task_role)),
+    };
+    let claims = crate::credentials::skiff_claims(&task.id, &role.name);
+    Ok(Some(pb::TaskIdentity {
+        role: role.name.clone(),
+        skiff_token: core.task_keys.mint(&claims),
+        storage: role.storage.is_some(),
+        region: role
+            .storage
+            .as_ref()
+            .map(|s| s.region.clone())
+            .unwrap_or_default(),
+        storage_endpoint: role
+            .storage
+            .as_ref()
+            .map(|s| s.endpoint.clone())
+            .unwrap_or_default(),
+    }))
 }
 
 /// The value of the stored secret `name`; the error names the secret, never a value.

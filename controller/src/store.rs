@@ -13,7 +13,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
-    ApiToken, Event, Node, NodeCert, RegistryCreds, SealedSecret, Task, TaskDefinition,
+    ApiToken, Event, Node, NodeCert, RegistryCreds, SealedSecret, Task, TaskDefinition, TaskRole,
 };
 
 /// The on-disk format version of every record this binary writes.
@@ -126,6 +126,7 @@ pub struct Store {
     tokens: sled::Tree,
     secrets: sled::Tree,
     node_certs: sled::Tree,
+    roles: sled::Tree,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -145,6 +146,7 @@ impl Store {
             tokens: db.open_tree("api_tokens")?,
             secrets: db.open_tree("secrets")?,
             node_certs: db.open_tree("node_certs")?,
+            roles: db.open_tree("task_roles")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
@@ -455,6 +457,37 @@ impl Store {
             .secrets
             .remove(name)?
             .map(|v| decode("secrets", &v))
+            .transpose()?;
+        self.commit().await?;
+        Ok(old)
+    }
+
+    // --- task roles: key = name ---
+
+    pub async fn put_role(&self, r: &TaskRole) -> Result<(), StoreError> {
+        self.roles.insert(r.name.as_bytes(), encode(r))?;
+        self.commit().await
+    }
+
+    pub fn role(&self, name: &str) -> Result<Option<TaskRole>, StoreError> {
+        self.roles
+            .get(name)?
+            .map(|v| decode("task_roles", &v))
+            .transpose()
+    }
+
+    pub fn roles(&self) -> Result<Vec<TaskRole>, StoreError> {
+        self.roles
+            .iter()
+            .map(|kv| decode("task_roles", &kv?.1))
+            .collect()
+    }
+
+    pub async fn delete_role(&self, name: &str) -> Result<Option<TaskRole>, StoreError> {
+        let old = self
+            .roles
+            .remove(name)?
+            .map(|v| decode("task_roles", &v))
             .transpose()?;
         self.commit().await?;
         Ok(old)

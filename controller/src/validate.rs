@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use skiff_proto::v1 as pb;
 
-use crate::model::{ContainerDef, NetworkMode, SecretRef, TaskSpec, DEFAULT_STOP_TIMEOUT_SECS};
+use crate::model::{
+    ContainerDef, MountPoint, NetworkMode, SecretRef, TaskSpec, DEFAULT_STOP_TIMEOUT_SECS,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -166,6 +168,52 @@ fn secret_refs(
     Ok(out)
 }
 
+/// An absolute path without `..`, NUL or a trailing component that would escape.
+fn check_abs_path(field: &str, path: &str) -> Result<(), InvalidField> {
+    if !path.starts_with('/') {
+        return Err(bad(field, format!("{path:?} must be an absolute path")));
+    }
+    if path.contains('\0') {
+        return Err(bad(field, "must not contain NUL"));
+    }
+    if path.split('/').any(|p| p == "..") {
+        return Err(bad(field, format!("{path:?} must not contain '..'")));
+    }
+    Ok(())
+}
+
+/// Bind mounts: absolute paths, not over the root or the kernel filesystems the runtime
+/// mounts itself, no target twice.
+fn mounts(field: &str, mounts: &[pb::MountPoint]) -> Result<Vec<MountPoint>, InvalidField> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(mounts.len());
+    for (i, m) in mounts.iter().enumerate() {
+        let f = |name: &str| format!("{field}[{i}].{name}");
+        check_abs_path(&f("source"), &m.source)?;
+        check_abs_path(&f("target"), &m.target)?;
+        let target = m.target.trim_end_matches('/');
+        if target.is_empty()
+            || ["/proc", "/sys", "/dev"]
+                .iter()
+                .any(|k| target == *k || target.starts_with(&format!("{k}/")))
+        {
+            return Err(bad(
+                f("target"),
+                format!("{:?}: cannot mount over /, /proc, /sys or /dev", m.target),
+            ));
+        }
+        if !seen.insert(target.to_string()) {
+            return Err(bad(f("target"), format!("{target:?} is mounted twice")));
+        }
+        out.push(MountPoint {
+            source: m.source.clone(),
+            target: target.to_string(),
+            read_only: m.read_only,
+        });
+    }
+    Ok(out)
+}
+
 /// `user`, `user:group`, `uid` or `uid:gid`; names as /etc/passwd allows them.
 fn check_user(field: &str, user: &str) -> Result<(), InvalidField> {
     if user.is_empty() {
@@ -294,6 +342,7 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
     let pull_policy = pull_policy(&f("pull_policy"), &c.pull_policy)?;
     let secrets = secret_refs(&f("secrets"), &c.secrets, &environment)?;
     check_user(&f("user"), &c.user)?;
+    let mounts = mounts(&f("mounts"), &c.mounts)?;
     if !c.repository_credentials.is_empty() {
         check_name(&f("repository_credentials"), &c.repository_credentials)?;
     }
@@ -314,6 +363,7 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
         readonly_root_filesystem: c.readonly_root_filesystem,
         user: c.user.clone(),
         secrets,
+        mounts,
     })
 }
 
@@ -340,11 +390,31 @@ pub fn task_spec(input: &pb::TaskDefinitionInput) -> Result<TaskSpec, InvalidFie
             "at least one container must be essential",
         ));
     }
-    Ok(TaskSpec {
+    let spec = TaskSpec {
         containers,
         network_mode: network_mode("network_mode", &input.network_mode)?,
         timeout_secs: input.timeout_seconds,
-    })
+        task_role: input.task_role.clone(),
+    };
+    check_task_role("task_role", &spec)?;
+    Ok(spec)
+}
+
+/// A role needs a network: its containers reach their credentials endpoint on the node's
+/// loopback, which a task without a network cannot.
+fn check_task_role(field: &str, spec: &TaskSpec) -> Result<(), InvalidField> {
+    if spec.task_role.is_empty() {
+        return Ok(());
+    }
+    check_name(field, &spec.task_role)?;
+    if spec.network_mode == NetworkMode::None {
+        return Err(bad(
+            field,
+            "a task with a role needs network_mode host (without a network it cannot reach \
+             its credentials endpoint)",
+        ));
+    }
+    Ok(())
 }
 
 /// Applies run-time overrides (ECS `overrides`) to a spec.
@@ -380,6 +450,10 @@ pub fn apply_overrides(
     if let Some(t) = o.timeout_seconds {
         spec.timeout_secs = t;
     }
+    if let Some(role) = &o.task_role {
+        spec.task_role = role.clone();
+        check_task_role("overrides.task_role", &spec)?;
+    }
     Ok(spec)
 }
 
@@ -409,6 +483,7 @@ mod tests {
             containers: vec![c],
             network_mode: String::new(),
             timeout_seconds: 0,
+            task_role: String::new(),
         }
     }
 
@@ -517,6 +592,41 @@ mod tests {
         assert_eq!(task_spec(&i).unwrap_err().field, "containers[1].name");
         i.containers.clear();
         assert_eq!(task_spec(&i).unwrap_err().field, "containers");
+
+        let mut i = input(ok_container());
+        i.task_role = "thumbs".into();
+        let e = task_spec(&i).unwrap_err();
+        assert_eq!(e.field, "task_role");
+        assert!(e.problem.contains("network_mode host"), "{e}");
+        i.network_mode = "host".into();
+        assert_eq!(task_spec(&i).unwrap().task_role, "thumbs");
+        i.task_role = "no way".into();
+        assert_eq!(task_spec(&i).unwrap_err().field, "task_role");
+    }
+
+    #[test]
+    fn mounts_are_absolute_and_stay_off_kernel_filesystems() {
+        let m = |source: &str, target: &str| pb::MountPoint {
+            source: source.into(),
+            target: target.into(),
+            read_only: true,
+        };
+        let with = |ms: Vec<pb::MountPoint>| pb::ContainerDefinition {
+            mounts: ms,
+            ..ok_container()
+        };
+        let spec = task_spec(&input(with(vec![m("/usr", "/usr/")]))).unwrap();
+        assert_eq!(spec.containers[0].mounts[0].target, "/usr");
+        for (bad_mount, field) in [
+            (m("usr", "/usr"), "containers[0].mounts[0].source"),
+            (m("/usr", "/"), "containers[0].mounts[0].target"),
+            (m("/usr", "/proc/x"), "containers[0].mounts[0].target"),
+            (m("/a/../etc", "/x"), "containers[0].mounts[0].source"),
+        ] {
+            assert_eq!(err_of(with(vec![bad_mount])).field, field);
+        }
+        let e = err_of(with(vec![m("/a", "/x"), m("/b", "/x")]));
+        assert_eq!(e.field, "containers[0].mounts[1].target");
     }
 
     #[test]
@@ -530,6 +640,7 @@ mod tests {
                 ..Default::default()
             }],
             timeout_seconds: Some(5),
+            task_role: None,
         };
         let s = apply_overrides(spec.clone(), &o).unwrap();
         assert_eq!(s.containers[0].command, vec!["echo", "hi"]);
@@ -541,6 +652,7 @@ mod tests {
                 ..Default::default()
             }],
             timeout_seconds: None,
+            task_role: None,
         };
         assert_eq!(
             apply_overrides(spec, &o).unwrap_err().field,

@@ -2,6 +2,7 @@
 //! documented in `deploy/*.toml`; flags and `SKIFF_*` variables override it.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -37,6 +38,8 @@ pub struct AgentFile {
     pub insecure_registries: Vec<String>,
     pub docker_config: Option<PathBuf>,
     pub image_disk_budget: Option<String>,
+    /// Where the container-credentials endpoint listens (default 127.0.0.1:51679).
+    pub credentials_listen: Option<SocketAddr>,
 }
 
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {

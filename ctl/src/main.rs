@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod images;
 mod output;
+mod roles;
 mod run_task;
 mod serve;
 mod taskdef_file;
@@ -64,6 +65,9 @@ enum Command {
     /// Secrets for task definitions: stored encrypted, values never shown.
     #[command(subcommand)]
     Secrets(client::SecretsCmd),
+    /// Task roles: what tasks running under them may reach (skiff API, object store).
+    #[command(subcommand)]
+    Roles(roles::RolesCmd),
     /// API tokens and their roles (admin, operator, read-only).
     #[command(subcommand)]
     Tokens(client::TokensCmd),
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             Command::Images(c) => images::images(&cli.addr, fmt, c).await,
             Command::Tokens(c) => client::tokens(&cli.addr, fmt, c).await,
             Command::Secrets(c) => client::secrets(&cli.addr, fmt, c).await,
+            Command::Roles(c) => roles::roles(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } => unreachable!("handled above"),
         }

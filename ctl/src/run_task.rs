@@ -37,6 +37,12 @@ pub struct RunTaskArgs {
     /// A stored secret as a read-only file: /PATH=SECRET (repeatable).
     #[arg(long = "secret-file", value_parser = crate::serve::parse_kv, conflicts_with = "task_def")]
     secret_files: Vec<(String, String)>,
+    /// Bind-mount a host path: /HOST/PATH:/IN/CONTAINER[:ro] (repeatable; admin only).
+    #[arg(long = "mount", value_parser = parse_mount, conflicts_with = "task_def")]
+    mounts: Vec<pb::MountPoint>,
+    /// Run under this task role (`skiff roles put`): its containers get credentials for it.
+    #[arg(long)]
+    role: Option<String>,
     /// Run a registered task definition, FAMILY or FAMILY:REVISION.
     #[arg(long = "task-def")]
     task_def: Option<String>,
@@ -180,9 +186,11 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
                         file: path.clone(),
                     }))
                     .collect(),
+                mounts: a.mounts.clone(),
             }],
             network_mode: a.network.clone().unwrap_or_default(),
             timeout_seconds: a.timeout.unwrap_or(0),
+            task_role: a.role.clone().unwrap_or_default(),
         }),
         (None, Some(def)) => pb::run_task_request::Source::TaskDefinition(def.clone()),
         (None, None) => anyhow::bail!("give --image REF (ad hoc) or --task-def FAMILY[:REV]"),
@@ -205,6 +213,7 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
         Some(pb::TaskOverrides {
             containers: container_override.into_iter().collect(),
             timeout_seconds: a.timeout,
+            task_role: a.role.clone(),
         })
     } else {
         None
@@ -271,6 +280,22 @@ async fn wait_until_placed(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// `/host:/container` or `/host:/container:ro`.
+fn parse_mount(s: &str) -> Result<pb::MountPoint, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (source, target, read_only) = match parts.as_slice() {
+        [src, dst] => (src, dst, false),
+        [src, dst, "ro"] => (src, dst, true),
+        [src, dst, "rw"] => (src, dst, false),
+        _ => return Err(format!("{s:?}: write /HOST/PATH:/IN/CONTAINER[:ro]")),
+    };
+    Ok(pb::MountPoint {
+        source: source.to_string(),
+        target: target.to_string(),
+        read_only,
+    })
 }
 
 #[cfg(test)]

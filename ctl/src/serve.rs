@@ -23,12 +23,12 @@ pub struct DevArgs {
     #[arg(long, default_value = "local")]
     node_id: String,
     #[command(flatten)]
-    images: ImageArgs,
+    images: NodeArgs,
 }
 
-/// Image settings shared by `skiff dev` and `skiff agent`.
+/// Node settings shared by `skiff dev` and `skiff agent`: images and the credentials endpoint.
 #[derive(Args)]
-pub struct ImageArgs {
+pub struct NodeArgs {
     /// Registry (HOST[:PORT]) to reach over plain HTTP (repeatable). Only for registries you
     /// trust on a network you trust.
     #[arg(
@@ -44,9 +44,13 @@ pub struct ImageArgs {
     /// first, above it.
     #[arg(long = "image-disk-budget", value_parser = config::parse_bytes)]
     image_disk_budget: Option<u64>,
+    /// Where the container-credentials endpoint for tasks with roles listens (loopback;
+    /// port 0 picks one, kept across agent restarts).
+    #[arg(long = "credentials-listen", env = "SKIFF_CREDENTIALS_LISTEN")]
+    credentials_listen: Option<SocketAddr>,
 }
 
-impl ImageArgs {
+impl NodeArgs {
     fn apply(self, file: &AgentFile, cfg: &mut AgentConfig) -> anyhow::Result<()> {
         cfg.insecure_registries = file.insecure_registries.clone();
         cfg.insecure_registries.extend(self.insecure_registries);
@@ -60,6 +64,9 @@ impl ImageArgs {
             ),
             (None, None) => None,
         };
+        if let Some(a) = self.credentials_listen.or(file.credentials_listen) {
+            cfg.credentials_listen = a;
+        }
         Ok(())
     }
 }
@@ -119,7 +126,7 @@ pub struct AgentArgs {
     #[arg(long, env = "SKIFF_JOIN")]
     join: Option<String>,
     #[command(flatten)]
-    images: ImageArgs,
+    images: NodeArgs,
 }
 
 pub fn parse_kv(s: &str) -> Result<(String, String), String> {

@@ -18,6 +18,9 @@ pub struct TaskDefFile {
     /// Task wall-clock limit, e.g. "10m" (or seconds as a number).
     #[serde(default)]
     pub timeout: Option<DurationField>,
+    /// The task role (`skiff roles put`) its containers get credentials for.
+    #[serde(default)]
+    pub task_role: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +59,19 @@ pub struct ContainerFile {
     /// `{file = "/run/secrets/db", value_from = "db"}` (a read-only file).
     #[serde(default)]
     pub secrets: Vec<SecretFile>,
+    /// Host paths bind-mounted into the container (admin only):
+    /// `{source = "/srv/data", target = "/data", read_only = true}`.
+    #[serde(default)]
+    pub mounts: Vec<MountFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountFile {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,7 +92,7 @@ pub enum DurationField {
 }
 
 impl DurationField {
-    fn seconds(&self, field: &str) -> anyhow::Result<u64> {
+    pub(crate) fn seconds(&self, field: &str) -> anyhow::Result<u64> {
         match self {
             DurationField::Seconds(s) => Ok(*s),
             DurationField::Text(t) => Ok(crate::config::duration(field, t)?.as_secs()),
@@ -87,6 +103,9 @@ impl DurationField {
 pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput> {
     let file: TaskDefFile = match path.extension().and_then(|e| e.to_str()) {
         Some("toml") => toml::from_str(text).with_context(|| format!("{}", path.display()))?,
+        Some("yaml" | "yml") => {
+            yaml_serde::from_str(text).with_context(|| format!("{}", path.display()))?
+        }
         _ => serde_json::from_str(text).with_context(|| format!("{}", path.display()))?,
     };
     let mut containers = Vec::new();
@@ -123,6 +142,15 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
                     file: s.file,
                 })
                 .collect(),
+            mounts: c
+                .mounts
+                .into_iter()
+                .map(|m| pb::MountPoint {
+                    source: m.source,
+                    target: m.target,
+                    read_only: m.read_only,
+                })
+                .collect(),
         });
     }
     Ok(pb::TaskDefinitionInput {
@@ -133,6 +161,7 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
             Some(d) => d.seconds("timeout")?,
             None => 0,
         },
+        task_role: file.task_role,
     })
 }
 

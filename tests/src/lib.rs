@@ -3,6 +3,7 @@
 //! with deadlines instead of sleeping.
 
 pub mod images;
+pub mod moto;
 pub mod registry;
 pub mod token_server;
 
@@ -250,6 +251,20 @@ pub fn cli(addr: &str, args: &[&str]) -> Cli {
         .output()
         .expect("running skiff")
         .into()
+}
+
+/// `skiff ARGS` with an explicit token (None: no token at all, not even the dev's file).
+pub fn cli_as(addr: &str, token: Option<&str>, args: &[&str]) -> Cli {
+    let empty = tempfile::tempdir().unwrap();
+    let mut c = skiff_command();
+    c.args(args).env("SKIFF_ADDR", addr);
+    match token {
+        Some(t) => c.env("SKIFF_TOKEN", t),
+        None => c
+            .env("XDG_CONFIG_HOME", empty.path())
+            .env_remove("SKIFF_TOKEN"),
+    };
+    c.stdin(Stdio::null()).output().unwrap().into()
 }
 
 /// Runs `skiff ARGS` with `input` on its standard input (passwords, secret values).

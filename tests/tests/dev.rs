@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use skiff_tests::images::{self, ImageConfig};
-use skiff_tests::{cli, failed_to_start, run_task, task, wait_for, wait_status, Env};
+use skiff_tests::{cli, cli_as, failed_to_start, run_task, task, wait_for, wait_status, Env};
 
 #[test]
 fn exit_code_and_output_of_a_command() {
@@ -949,23 +949,6 @@ fn containers_are_hardened_by_default() {
         v.contains("Seccomp: 0\n") && v.contains("userns=yes"),
         "{v}"
     );
-}
-
-/// `skiff ARGS` with an explicit token (None: no token at all, not even the dev's file).
-fn cli_as(addr: &str, token: Option<&str>, args: &[&str]) -> skiff_tests::Cli {
-    let empty = tempfile::tempdir().unwrap();
-    let mut c = skiff_tests::skiff_command();
-    c.args(args).env("SKIFF_ADDR", addr);
-    match token {
-        Some(t) => c.env("SKIFF_TOKEN", t),
-        None => c
-            .env("XDG_CONFIG_HOME", empty.path())
-            .env_remove("SKIFF_TOKEN"),
-    };
-    c.stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-        .into()
 }
 
 fn new_token(addr: &str, role: &str, extra: &[&str]) -> (String, String) {

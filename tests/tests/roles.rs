@@ -1,0 +1,462 @@
+//! Task roles end to end: a real object store with STS (moto in server mode), real containers,
+//! and unmodified AWS SDK code (boto3) inside them reading its credentials from the agent's
+//! container-credentials endpoint.
+
+use std::time::Duration;
+
+use skiff_tests::moto::{python_mounts, Moto};
+use skiff_tests::{cli, cli_as, cli_stdin, run_task, wait_for, wait_status, Env};
+
+fn put_secret(addr: &str, name: &str, value: &str) {
+    let out = cli_stdin(addr, &["secrets", "put", name], value.as_bytes());
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// `skiff dev` with the provider's keys stored as secrets and two roles: `thumbnailer`
+/// (STS: read incoming/, read-write thumbs/; may run and stop `thumbs` tasks, list and
+/// describe any) and `reports` (static keys that may read reports/ only).
+fn cluster_with_roles(env: &mut Env, moto: &Moto) -> String {
+    let addr = env.dev_with(&["--credentials-listen", "127.0.0.1:0"]);
+    put_secret(&addr, "sts-key-id", &moto.controller_key_id);
+    put_secret(&addr, "sts-secret", &moto.controller_secret);
+    put_secret(&addr, "static-key-id", &moto.static_key_id);
+    put_secret(&addr, "static-secret", &moto.static_secret);
+    let thumbnailer = env.path("thumbnailer.yaml");
+    std::fs::write(
+        &thumbnailer,
+        format!(
+            "name: thumbnailer\n\
+             description: reads uploads, writes thumbnails\n\
+             api:\n\
+             \x20 - actions: [tasks:Run, tasks:Stop]\n\
+             \x20   resources: [task-definition/thumbs]\n\
+             \x20 - actions: [tasks:Describe, tasks:List]\n\
+             \x20   resources: ['*']\n\
+             storage:\n\
+             \x20 sts:\n\
+             \x20   endpoint: {ep}\n\
+             \x20   role_arn: {arn}\n\
+             \x20   access_key_id_secret: sts-key-id\n\
+             \x20   secret_access_key_secret: sts-secret\n\
+             \x20 endpoint: {ep}\n\
+             \x20 duration: 15m\n\
+             \x20 grants:\n\
+             \x20   - {{bucket: photos, prefix: incoming/, access: read}}\n\
+             \x20   - {{bucket: photos, prefix: thumbs/, access: read-write}}\n",
+            ep = moto.endpoint,
+            arn = moto.role_arn
+        ),
+    )
+    .unwrap();
+    let reports = env.path("reports.json");
+    std::fs::write(
+        &reports,
+        serde_json::json!({
+            "name": "reports",
+            "storage": {
+                "static_keys": {"access_key_id_secret": "static-key-id",
+                                "secret_access_key_secret": "static-secret"},
+                "endpoint": moto.endpoint,
+                "grants": [{"bucket": "photos", "prefix": "reports/", "access": "read"}],
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    for f in [&thumbnailer, &reports] {
+        let out = cli(&addr, &["roles", "put", "-f", f.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    addr
+}
+
+/// Runs a container with the host's python and boto3 under `role`; returns its output.
+fn run_python(env: &Env, addr: &str, role: &str, script: &str) -> String {
+    let (python, mounts) = python_mounts();
+    let img = env.busybox_image();
+    let mut args = vec![
+        "run-task",
+        "-f",
+        "--image",
+        &img,
+        "--network",
+        "host",
+        "--role",
+        role,
+    ];
+    for m in &mounts {
+        args.extend_from_slice(&["--mount", m]);
+    }
+    let python = python.to_str().unwrap().to_string();
+    args.extend_from_slice(&["--", &python, "-c", script]);
+    let out = cli(addr, &args);
+    assert_eq!(out.code, 0, "{out:?}\n{}", env.logs());
+    out.stdout
+}
+
+const BOTO3_PROBE: &str = r#"
+import os, boto3, botocore
+s3 = boto3.client("s3")
+def attempt(f):
+    try:
+        f()
+        return "ok"
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+creds = boto3.Session().get_credentials()
+print("method", creds.method)
+print("incoming", s3.get_object(Bucket="photos", Key="incoming/a.txt")["Body"].read().decode())
+print("private", attempt(lambda: s3.get_object(Bucket="photos", Key="private/b.txt")))
+print("write-incoming", attempt(lambda: s3.put_object(Bucket="photos", Key="incoming/n.txt", Body=b"x")))
+print("write-thumbs", attempt(lambda: s3.put_object(Bucket="photos", Key="thumbs/a.jpg", Body=b"thumb")))
+print("thumbs", s3.get_object(Bucket="photos", Key="thumbs/a.jpg")["Body"].read().decode())
+print("reports", attempt(lambda: s3.get_object(Bucket="photos", Key="reports/r.txt")))
+print("key", creds.access_key)
+"#;
+
+#[test]
+fn boto3_in_a_container_gets_credentials_for_exactly_its_roles_prefixes() {
+    let moto = Moto::start();
+    let mut env = Env::new();
+    let addr = cluster_with_roles(&mut env, &moto);
+
+    // STS AssumeRole with the role's session policy: the provider's role may do anything in
+    // the bucket, the task only what its grants say.
+    let out = run_python(&env, &addr, "thumbnailer", BOTO3_PROBE);
+    for line in [
+        "method container-role",
+        "incoming hello from incoming",
+        "private AccessDenied",
+        "write-incoming AccessDenied",
+        "write-thumbs ok",
+        "thumbs thumb",
+        "reports AccessDenied",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "{line:?} missing in:\n{out}"
+        );
+    }
+    let minted = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key "))
+        .unwrap()
+        .to_string();
+    assert_ne!(minted, moto.controller_key_id, "tasks get session keys");
+
+    // Static keys: handed out as they are, so they can do what the store lets them.
+    let out = run_python(
+        &env,
+        &addr,
+        "reports",
+        r#"
+import boto3, botocore
+s3 = boto3.client("s3")
+print("reports", s3.get_object(Bucket="photos", Key="reports/r.txt")["Body"].read().decode())
+try:
+    s3.get_object(Bucket="photos", Key="incoming/a.txt")
+    print("incoming ok")
+except botocore.exceptions.ClientError as e:
+    print("incoming", e.response["Error"]["Code"])
+"#,
+    );
+    assert!(out.contains("reports quarterly report\n"), "{out}");
+    assert!(out.contains("incoming AccessDenied\n"), "{out}");
+
+    // The provider's keys are never shown: not by roles, tasks, events nor any log line.
+    let shown: String = [
+        cli(&addr, &["roles", "ls", "-o", "json"]).stdout,
+        cli(&addr, &["roles", "get", "thumbnailer"]).stdout,
+        cli(&addr, &["tasks", "ls", "-o", "json"]).stdout,
+        cli(&addr, &["events", "tail", "-o", "json"]).stdout,
+        env.logs(),
+    ]
+    .concat();
+    assert!(shown.contains("sts-key-id"), "roles name their secrets");
+    for secret in [&moto.controller_secret, &moto.static_secret] {
+        assert!(!shown.contains(secret.as_str()), "a provider key leaked");
+    }
+}
+
+#[test]
+fn task_tokens_work_only_for_their_own_running_task_and_its_roles_grants() {
+    let moto = Moto::start();
+    let mut env = Env::new();
+    let addr = cluster_with_roles(&mut env, &moto);
+    let img = env.busybox_image();
+    for family in ["thumbs", "other"] {
+        let def = env.path(&format!("{family}.json"));
+        std::fs::write(
+            &def,
+            serde_json::json!({"family": family, "containers": [
+                {"name": "main", "image": img, "command": ["sleep", "300"]}]})
+            .to_string(),
+        )
+        .unwrap();
+        let out = cli(
+            &addr,
+            &["taskdefs", "register", "-f", def.to_str().unwrap()],
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+
+    // Task A prints its tokens and keeps running.
+    let a = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--network",
+            "host",
+            "--role",
+            "thumbnailer",
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "echo $AWS_CONTAINER_AUTHORIZATION_TOKEN $SKIFF_TASK_TOKEN; sleep 300",
+        ],
+    );
+    wait_status(&addr, &a, "RUNNING", Duration::from_secs(30));
+    let printed = wait_for("task A's tokens", Duration::from_secs(10), || {
+        let logs = cli(&addr, &["tasks", "logs", &a]).stdout;
+        (logs.split_whitespace().count() == 2).then_some(logs)
+    });
+    let mut it = printed.split_whitespace();
+    let (a_token, a_skiff) = (
+        it.next().unwrap().to_string(),
+        it.next().unwrap().to_string(),
+    );
+
+    // Task B, under the same role, gets its own credentials but none with A's token, nor with
+    // a token made from its own for A's id; it refreshes its skiff token at the endpoint.
+    let probe = r#"
+get() { wget -q -O - --header "Authorization: $1" "$2" 2>&1; }
+echo "own $(get "$AWS_CONTAINER_AUTHORIZATION_TOKEN" "$AWS_CONTAINER_CREDENTIALS_FULL_URI" | grep -o '"AccessKeyId"')"
+echo "other $(get "$OTHER" "$AWS_CONTAINER_CREDENTIALS_FULL_URI" | grep -o '403 Forbidden')"
+echo "forged $(get "${OTHER%%.*}.${AWS_CONTAINER_AUTHORIZATION_TOKEN#*.}" "$AWS_CONTAINER_CREDENTIALS_FULL_URI" | grep -o '403 Forbidden')"
+echo "none $(wget -q -O - "$AWS_CONTAINER_CREDENTIALS_FULL_URI" 2>&1 | grep -o '401 Unauthorized')"
+echo "refreshed $(get "$AWS_CONTAINER_AUTHORIZATION_TOKEN" "$SKIFF_TASK_TOKEN_URI")"
+"#;
+    let other_env = format!("OTHER={a_token}");
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "-f",
+            "--image",
+            &img,
+            "--network",
+            "host",
+            "--role",
+            "thumbnailer",
+            "-e",
+            &other_env,
+            "--",
+            "sh",
+            "-c",
+            probe,
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    for line in [
+        "own \"AccessKeyId\"",
+        "other 403 Forbidden",
+        "forged 403 Forbidden",
+        "none 401 Unauthorized",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "{line:?} in:\n{}",
+            out.stdout
+        );
+    }
+    let refreshed: serde_json::Value = serde_json::from_str(
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("refreshed "))
+            .unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let refreshed = refreshed["Token"].as_str().unwrap().to_string();
+    // B has stopped: its refreshed token died with it.
+    let b_gone = cli_as(&addr, Some(&refreshed), &["tasks", "ls"]);
+    assert_ne!(b_gone.code, 0, "{b_gone:?}");
+    assert!(b_gone.stderr.contains("has stopped"), "{b_gone:?}");
+
+    // A's skiff token calls exactly what the role grants.
+    let ok = |args: &[&str]| {
+        let out = cli_as(&addr, Some(&a_skiff), args);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        out
+    };
+    let denied = |args: &[&str], what: &str| {
+        let out = cli_as(&addr, Some(&a_skiff), args);
+        assert_ne!(out.code, 0, "{args:?} should be refused: {out:?}");
+        assert!(
+            out.stderr.contains("PermissionDenied") || out.stderr.contains("permission"),
+            "{args:?}: {out:?}"
+        );
+        assert!(out.stderr.contains(what), "{args:?}: {out:?}");
+    };
+    ok(&["tasks", "ls"]);
+    let thumbs = ok(&["run-task", "--task-def", "thumbs"])
+        .stdout
+        .trim()
+        .to_string();
+    ok(&["tasks", "stop", &thumbs]);
+    denied(
+        &["run-task", "--task-def", "other"],
+        "task-definition/other",
+    );
+    denied(&["run-task", "--image", &img, "--", "true"], "ad-hoc");
+    denied(&["tokens", "ls"], "tokens:List");
+    denied(&["secrets", "ls"], "secrets:List");
+    let other = run_task(&addr, &["--task-def", "other"]);
+    denied(&["tasks", "stop", &other], "task-definition/other");
+    wait_status(&addr, &other, "RUNNING", Duration::from_secs(30));
+
+    // Once A is STOPPED its skiff token is refused.
+    assert_eq!(cli(&addr, &["tasks", "stop", &a]).code, 0);
+    wait_status(&addr, &a, "STOPPED", Duration::from_secs(30));
+    let out = cli_as(&addr, Some(&a_skiff), &["tasks", "ls"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("has stopped"), "{out:?}");
+    assert_eq!(cli(&addr, &["tasks", "stop", &other]).code, 0);
+}
+
+#[test]
+fn roles_are_checked_when_defined_and_when_used() {
+    let moto = Moto::start();
+    let mut env = Env::new();
+    let addr = cluster_with_roles(&mut env, &moto);
+    let img = env.busybox_image();
+
+    // Only an admin defines roles and mounts host paths.
+    let operator = cli(
+        &addr,
+        &[
+            "tokens", "create", "--role", "operator", "--name", "ci", "-o", "json",
+        ],
+    )
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let role = env.path("r.yaml");
+    std::fs::write(
+        &role,
+        "name: r\napi: [{actions: ['*'], resources: ['*']}]\n",
+    )
+    .unwrap();
+    let out = cli_as(
+        &addr,
+        Some(&operator),
+        &["roles", "put", "-f", role.to_str().unwrap()],
+    );
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("admin"), "{out:?}");
+    let out = cli_as(
+        &addr,
+        Some(&operator),
+        &[
+            "run-task",
+            "--image",
+            &img,
+            "--mount",
+            "/etc:/host-etc:ro",
+            "--",
+            "true",
+        ],
+    );
+    assert!(out.stderr.contains("containers[0].mounts"), "{out:?}");
+    // An operator may run a task under an existing role.
+    let out = cli_as(
+        &addr,
+        Some(&operator),
+        &[
+            "run-task",
+            "--image",
+            &img,
+            "--network",
+            "host",
+            "--role",
+            "thumbnailer",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // Bad roles and bad uses are refused, naming the field.
+    let bad = env.path("bad.yaml");
+    for (yaml, field) in [
+        (
+            "name: r\nstorage:\n  static_keys: {access_key_id_secret: nope, secret_access_key_secret: nope}\n  grants: [{bucket: photos, access: read}]\n",
+            "storage.static_keys.access_key_id_secret",
+        ),
+        (
+            "name: r\nstorage:\n  static_keys: {access_key_id_secret: static-key-id, secret_access_key_secret: static-secret}\n  grants: [{bucket: photos, access: everything}]\n",
+            "storage.grants[0].access",
+        ),
+        ("name: r\napi: [{actions: [Tasks.Run], resources: ['*']}]\n", "api[0].actions[0]"),
+    ] {
+        std::fs::write(&bad, yaml).unwrap();
+        let out = cli(&addr, &["roles", "put", "-f", bad.to_str().unwrap()]);
+        assert_ne!(out.code, 0, "{yaml}");
+        assert!(out.stderr.contains(field), "{field}: {out:?}");
+    }
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--image",
+            &img,
+            "--role",
+            "thumbnailer",
+            "--",
+            "true",
+        ],
+    );
+    assert!(
+        out.stderr.contains("task_role") && out.stderr.contains("network_mode host"),
+        "{out:?}"
+    );
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--image",
+            &img,
+            "--network",
+            "host",
+            "--role",
+            "ghost",
+            "--",
+            "true",
+        ],
+    );
+    assert!(
+        out.stderr.contains("task_role: no role named \"ghost\""),
+        "{out:?}"
+    );
+
+    // A task without a role has no credentials endpoint in its environment.
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "-f",
+            "--image",
+            &img,
+            "--network",
+            "host",
+            "--",
+            "sh",
+            "-c",
+            "echo uri=${AWS_CONTAINER_CREDENTIALS_FULL_URI:-none} token=${SKIFF_TASK_TOKEN:-none}",
+        ],
+    );
+    assert_eq!(out.stdout, "uri=none token=none\n", "{out:?}");
+}
