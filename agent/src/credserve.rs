@@ -5,8 +5,10 @@
 //! Each task's token is `<task id>.<HMAC-SHA256(agent key, task id)>`: the agent can check any
 //! token without storing it (so tasks re-adopted after an agent restart keep working), and a
 //! task cannot make a token for another task without the agent's key. A token works only while
-//! its task runs on this agent; credentials come from the controller, which checks again, and
-//! are cached here until two thirds of their life are over.
+//! its task runs on this agent, and only from a container of that task (`peer.rs` traces the
+//! caller's connection to its cgroup), so a leaked token is useless elsewhere. Credentials come
+//! from the controller, which checks again, and are cached here until two thirds of their life
+//! are over.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -649,9 +649,12 @@ pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i
 pub enum TokensCmd {
     /// Create an API token; it is printed once and never shown again.
     Create {
-        /// admin, operator or read-only.
-        #[arg(long)]
-        role: String,
+        /// admin, operator or read-only (or join: same as --join).
+        #[arg(long, required_unless_present = "join")]
+        role: Option<String>,
+        /// A one-time join string for `skiff agent --join` (TLS controllers).
+        #[arg(long, conflicts_with = "role")]
+        join: bool,
         /// What it is for.
         #[arg(long, default_value = "")]
         name: String,
@@ -696,7 +699,17 @@ pub async fn tokens(addr: &str, fmt: Format, cmd: TokensCmd) -> anyhow::Result<i
     let mut c = pb::tokens_client::TokensClient::new(connect(addr).await?);
     let header = ["ID", "ROLE", "NAME", "STATE", "CREATED", "EXPIRES"];
     match cmd {
-        TokensCmd::Create { role, name, ttl } => {
+        TokensCmd::Create {
+            role,
+            join,
+            name,
+            ttl,
+        } => {
+            let role = if join {
+                "join".to_string()
+            } else {
+                role.unwrap_or_default()
+            };
             let ttl_seconds = match ttl {
                 Some(t) => crate::config::duration("--ttl", &t)?.as_secs(),
                 None => 0,

@@ -227,7 +227,7 @@ pub fn admin_token(addr: &str) -> String {
 
 /// A fresh join string from a TLS controller (`skiff tokens create --role join`).
 pub fn join_token(addr: &str) -> String {
-    let out = cli(addr, &["tokens", "create", "--role", "join", "-o", "json"]);
+    let out = cli(addr, &["tokens", "create", "--join", "-o", "json"]);
     assert_eq!(out.code, 0, "join token: {out:?}");
     out.json()["token"].as_str().unwrap().to_string()
 }

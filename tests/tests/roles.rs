@@ -442,6 +442,47 @@ fn roles_are_checked_when_defined_and_when_used() {
         "{out:?}"
     );
 
+    // Credentials are served from the agent's cache until two thirds of their life are over,
+    // then fetched anew (here static keys that "expire" after 3 s).
+    let short = env.path("short.yaml");
+    std::fs::write(
+        &short,
+        "name: short
+storage:
+  static_keys: {access_key_id_secret: static-key-id, \
+         secret_access_key_secret: static-secret}
+  duration: 3
+  \
+         grants: [{bucket: photos, prefix: reports/, access: read}]
+",
+    )
+    .unwrap();
+    assert_eq!(
+        cli(&addr, &["roles", "put", "-f", short.to_str().unwrap()]).code,
+        0
+    );
+    let out = cli(
+        &addr,
+        &["run-task", "-f", "--image", &img, "--network", "host", "--role", "short", "--",
+          "sh", "-c",
+          "get() { wget -q -O - --header \"Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN\" \"$AWS_CONTAINER_CREDENTIALS_FULL_URI\"; echo; }; \
+           get; get; sleep 2.5; get"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let expirations: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+            assert_eq!(v["AccessKeyId"], moto.static_key_id.as_str());
+            v["Expiration"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(expirations.len(), 3, "{}", out.stdout);
+    assert_eq!(expirations[0], expirations[1], "served from the cache");
+    assert!(expirations[2] > expirations[1], "renewed: {expirations:?}");
+
     // A task without a role has no credentials endpoint in its environment.
     let out = cli(
         &addr,
@@ -459,4 +500,61 @@ fn roles_are_checked_when_defined_and_when_used() {
         ],
     );
     assert_eq!(out.stdout, "uri=none token=none\n", "{out:?}");
+}
+
+#[test]
+fn a_restarted_agent_serves_running_containers_at_the_same_address() {
+    let moto = Moto::start();
+    let mut env = Env::new();
+    let addr = cluster_with_roles(&mut env, &moto);
+    let img = env.busybox_image();
+    let id = run_task(
+        &addr,
+        &[
+            "--image", &img, "--network", "host", "--role", "reports", "--stop-timeout", "1s",
+            "--", "sh", "-c",
+            "while true; do \
+               if wget -q -O /dev/null --header \"Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN\" \
+                  \"$AWS_CONTAINER_CREDENTIALS_FULL_URI\"; then echo ok; else echo fail; fi; \
+               sleep 0.2; done",
+        ],
+    );
+    wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    wait_for(
+        "credentials before the restart",
+        Duration::from_secs(10),
+        || {
+            cli(&addr, &["tasks", "logs", &id])
+                .stdout
+                .contains("ok\n")
+                .then_some(())
+        },
+    );
+    assert_eq!(env.procs[0].terminate(), Some(0), "{}", env.logs());
+    // While no agent listens the container's calls fail (its log is on the node's disk);
+    // the next agent (asked for any free port) takes the old address again, where the
+    // container keeps asking.
+    let log = env.path(&format!("dev/agent/tasks/{id}/main/container.log"));
+    wait_for(
+        "a failed call while no agent runs",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("stdout F fail")
+                .then_some(())
+        },
+    );
+    let addr = env.dev_with(&["--credentials-listen", "127.0.0.1:0"]);
+    wait_for(
+        "credentials after the restart",
+        Duration::from_secs(20),
+        || {
+            let logs = cli(&addr, &["tasks", "logs", &id]).stdout;
+            let gap = logs.find("fail\n")?;
+            logs[gap..].contains("ok\n").then_some(())
+        },
+    );
+    assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
+    wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
 }
