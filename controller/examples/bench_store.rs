@@ -15,6 +15,7 @@ fn task(i: usize) -> Task {
         network_mode: NetworkMode::None,
         timeout_secs: 0,
         task_role: String::new(),
+        input: None,
     };
     Task::new(
         format!("bench-{i:08}"),

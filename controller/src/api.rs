@@ -14,7 +14,7 @@ use crate::agents::stop_on_agent;
 use crate::convert;
 use crate::core::{Core, CoreError};
 use crate::lifecycle::{StopCode, TaskEvent, TaskStatus};
-use crate::model::{now_ms, DefinitionStatus, Task, TaskDefinition};
+use crate::model::{now_ms, DefinitionStatus, Event, Task, TaskDefinition};
 use crate::scheduler::node_loads;
 use crate::store::StoreError;
 use crate::validate::{self, InvalidField};
@@ -548,4 +548,144 @@ impl pb::events_server::Events for EventsApi {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn put(
+        &self,
+        req: Request<pb::PutEventsRequest>,
+    ) -> Result<Response<pb::PutEventsResponse>, Status> {
+        let entries = &req.get_ref().entries;
+        if entries.is_empty() || entries.len() > MAX_PUT_ENTRIES {
+            return Err(Status::invalid_argument(format!(
+                "entries: give 1 to {MAX_PUT_ENTRIES} entries, not {}",
+                entries.len()
+            )));
+        }
+        let mut results: Vec<pb::PutEventsResult> = Vec::with_capacity(entries.len());
+        let mut accepted: Vec<(usize, Event)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let resource = format!("source/{}", e.source);
+            let checked = check_entry(e).and_then(|ev| {
+                crate::auth::check_task_resource(&req, "events:Put", &resource)
+                    .map(|_| ev)
+                    .map_err(|s| ("AccessDeniedException", s.message().to_string()))
+            });
+            match checked {
+                Ok(ev) => {
+                    accepted.push((i, ev));
+                    results.push(pb::PutEventsResult::default());
+                }
+                Err((code, message)) => results.push(pb::PutEventsResult {
+                    event_id: String::new(),
+                    error_code: code.to_string(),
+                    error_message: format!("entries[{i}]: {message}"),
+                }),
+            }
+        }
+        if !accepted.is_empty() {
+            let makers: Vec<Box<dyn FnOnce(String) -> Event + Send>> = accepted
+                .iter()
+                .map(|(_, ev)| {
+                    let ev = ev.clone();
+                    Box::new(move |id: String| Event { id, ..ev })
+                        as Box<dyn FnOnce(String) -> Event + Send>
+                })
+                .collect();
+            let stored = self.core.store.append_events(makers).await?;
+            self.core.events_appended();
+            for ((i, _), ev) in accepted.iter().zip(stored) {
+                results[*i].event_id = ev.id;
+            }
+        }
+        Ok(Response::new(pb::PutEventsResponse {
+            failed_entry_count: results.iter().filter(|r| !r.error_code.is_empty()).count() as u32,
+            entries: results,
+        }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        req: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let r = req.into_inner();
+        let mut out = Vec::new();
+        for d in self.core.store.dead_letters()?.into_iter().rev() {
+            if !r.rule.is_empty() && d.rule != r.rule {
+                continue;
+            }
+            let event_json = self
+                .core
+                .store
+                .event(&d.event_id)?
+                .map(|e| e.envelope().to_string())
+                .unwrap_or_default();
+            out.push(pb::DeadLetter {
+                rule: d.rule,
+                target: d.target,
+                event_id: d.event_id,
+                attempts: d.attempts,
+                last_error: d.last_error,
+                first_attempt_ms: d.first_attempt_ms,
+                dead_ms: d.dead_ms,
+                event_json,
+            });
+            if r.limit > 0 && out.len() >= r.limit as usize {
+                break;
+            }
+        }
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: out,
+        }))
+    }
+}
+
+/// Most entries in one PutEvents call.
+pub const MAX_PUT_ENTRIES: usize = 100;
+/// Largest detail of one entry (EventBridge's event size limit).
+pub const MAX_DETAIL_BYTES: usize = 256 * 1024;
+
+/// One PutEvents entry as an event (its id assigned when stored), or (error code, message).
+fn check_entry(e: &pb::PutEventsEntry) -> Result<Event, (&'static str, String)> {
+    let bad = |m: String| ("InvalidArgument", m);
+    if e.source.is_empty() || e.source.len() > 256 {
+        return Err(bad("source: 1 to 256 characters".into()));
+    }
+    if e.source.starts_with("skiff.") || e.source == "skiff" {
+        return Err(bad(format!(
+            "source: {:?}: skiff.* is reserved for skiff's own events",
+            e.source
+        )));
+    }
+    if e.detail_type.is_empty() || e.detail_type.len() > 128 {
+        return Err(bad("detail_type: 1 to 128 characters".into()));
+    }
+    if e.detail_json.len() > MAX_DETAIL_BYTES {
+        return Err(bad(format!(
+            "detail_json: {} bytes is more than {MAX_DETAIL_BYTES}",
+            e.detail_json.len()
+        )));
+    }
+    let detail: serde_json::Value = if e.detail_json.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(&e.detail_json).map_err(|err| {
+            (
+                "MalformedDetail",
+                format!("detail_json: not valid JSON: {err}"),
+            )
+        })?
+    };
+    if !detail.is_object() {
+        return Err((
+            "MalformedDetail",
+            "detail_json: must be a JSON object".into(),
+        ));
+    }
+    Ok(Event {
+        id: String::new(),
+        source: e.source.clone(),
+        detail_type: e.detail_type.clone(),
+        time_ms: if e.time_ms > 0 { e.time_ms } else { now_ms() },
+        resources: e.resources.clone(),
+        detail,
+    })
 }

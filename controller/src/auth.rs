@@ -69,7 +69,7 @@ pub fn action_name(path: &str) -> String {
 
 /// Actions whose handlers check the resource they act on (`check_task_resource`); for every
 /// other action a task's role needs a grant on "*".
-const RESOURCE_SCOPED: &[&str] = &["tasks:Run", "tasks:Stop"];
+const RESOURCE_SCOPED: &[&str] = &["tasks:Run", "tasks:Stop", "events:Put"];
 
 /// The role a method needs; None = open to all (health, reflection, and the agent channel,
 /// whose peers are authenticated by the transport).
@@ -95,7 +95,14 @@ pub fn required_role(path: &str) -> Option<Role> {
             "Revoke" => Role::Admin,
             _ => Role::ReadOnly,
         }),
-        "skiff.v1.Events" => Some(Role::ReadOnly),
+        "skiff.v1.Events" => Some(match method {
+            "Put" => Role::Operator,
+            _ => Role::ReadOnly,
+        }),
+        "skiff.v1.Rules" => Some(match method {
+            "Get" | "List" => Role::ReadOnly,
+            _ => Role::Operator,
+        }),
         "skiff.v1.Images" => Some(match method {
             "List" => Role::ReadOnly,
             _ => Role::Operator,

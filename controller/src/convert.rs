@@ -113,6 +113,11 @@ pub fn event(e: &Event) -> pb::Event {
     }
 }
 
+/// Where a rule-started task's containers find the event.
+pub const EVENT_FILE: &str = "/run/skiff/event.json";
+/// Larger inputs go only to the file (one env string may hold at most 128 KiB).
+pub const EVENT_ENV_MAX: usize = 64 * 1024;
+
 /// What the agent needs to run a task; `creds` resolves a container's named registry
 /// credentials (the agent receives them, they are never stored with the task).
 /// `secret` opens a stored secret by name; a secret that cannot be had fails the start.
@@ -127,6 +132,21 @@ pub fn start_task(
     let mut secrets = Vec::new();
     for c in &spec.containers {
         let mut values = Vec::new();
+        if let Some(input) = &spec.input {
+            // The event travels like a secret: on the container's tmpfs, never the node's disk.
+            if input.len() < EVENT_ENV_MAX {
+                values.push(pb::SecretValue {
+                    name: "SKIFF_EVENT".into(),
+                    file: String::new(),
+                    value: input.clone().into_bytes(),
+                });
+            }
+            values.push(pb::SecretValue {
+                name: String::new(),
+                file: EVENT_FILE.into(),
+                value: input.clone().into_bytes(),
+            });
+        }
         for r in &c.secrets {
             values.push(pb::SecretValue {
                 name: r.name.clone(),
@@ -227,6 +247,7 @@ mod tests {
             network_mode: NetworkMode::None,
             timeout_secs: 0,
             task_role: String::new(),
+            input: None,
         };
         let err = start_task(
             "t",

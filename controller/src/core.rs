@@ -73,6 +73,10 @@ pub struct Core {
     /// Image command replies: request id → (node, the API call waiting for them).
     image_routes: Mutex<HashMap<u64, (String, mpsc::UnboundedSender<pb::ImageReply>)>>,
     next_id: AtomicU64,
+    /// Bumped when rules change, so the dispatcher recompiles them.
+    rules_version: AtomicU64,
+    /// Wakes the rule dispatcher.
+    pub bus_kick: Notify,
 }
 
 impl Core {
@@ -104,6 +108,8 @@ impl Core {
             log_routes: Mutex::new(HashMap::new()),
             image_routes: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            rules_version: AtomicU64::new(0),
+            bus_kick: Notify::new(),
         }
     }
 
@@ -117,6 +123,42 @@ impl Core {
 
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn rules_version(&self) -> u64 {
+        self.rules_version.load(Ordering::Acquire)
+    }
+
+    /// A rule was put, deleted, enabled or disabled.
+    pub fn rules_changed(&self) {
+        self.rules_version.fetch_add(1, Ordering::AcqRel);
+        self.bus_kick.notify_one();
+    }
+
+    /// New events were appended (PutEvents): wake whoever watches the log.
+    pub fn events_appended(&self) {
+        self.bump();
+    }
+
+    /// Stores a task for delivery `key` unless that delivery already made one (then
+    /// Err(its task id)); wakes the scheduler.
+    pub async fn create_task_once(
+        &self,
+        key: &str,
+        task: Task,
+    ) -> Result<Result<Task, String>, CoreError> {
+        match self
+            .store
+            .create_task_once(key, &task, |id| state_change_event(id, &task))
+            .await?
+        {
+            Ok(_) => {
+                self.bump();
+                self.kick.notify_one();
+                Ok(Ok(task))
+            }
+            Err(existing) => Ok(Err(existing)),
+        }
     }
 
     /// Stores a new PROVISIONING task with its first event and wakes the scheduler.

@@ -5,20 +5,24 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod bus;
 pub mod convert;
 pub mod core;
 pub mod credentials;
 pub mod images_api;
 pub mod lifecycle;
 pub mod model;
+pub mod pattern;
 pub mod pki;
 pub mod placement;
 pub mod roles;
+pub mod rules_api;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
 pub mod task_tokens;
 pub mod tokens_api;
+pub mod transform;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -158,6 +162,7 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let core = self.core;
         let scheduler = tokio::spawn(scheduler::run(core.clone()));
+        let dispatcher = tokio::spawn(bus::run(core.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -189,6 +194,9 @@ impl Controller {
             .await;
         health
             .set_serving::<pb::roles_server::RolesServer<roles::RolesApi>>()
+            .await;
+        health
+            .set_serving::<pb::rules_server::RulesServer<rules_api::RulesApi>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -229,6 +237,9 @@ impl Controller {
             .add_service(pb::roles_server::RolesServer::new(roles::RolesApi {
                 core: core.clone(),
             }))
+            .add_service(pb::rules_server::RulesServer::new(rules_api::RulesApi {
+                core: core.clone(),
+            }))
             .add_service(pb::tokens_server::TokensServer::new(
                 tokens_api::TokensApi { core: core.clone() },
             ))
@@ -251,6 +262,7 @@ impl Controller {
             )
             .await;
         scheduler.abort();
+        dispatcher.abort();
         // Make sure everything acknowledged is on disk before the process ends.
         let _ = core.store.commit().await;
         Ok(result?)

@@ -267,6 +267,7 @@ mod tests {
             network_mode: NetworkMode::None,
             timeout_secs: 0,
             task_role: String::new(),
+            input: None,
         };
         let mut t = Task::new("t".into(), None, String::new(), String::new(), spec, 0);
         t.status = status;

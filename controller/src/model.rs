@@ -104,6 +104,10 @@ pub struct TaskSpec {
     /// The task role's name; empty = none.
     #[serde(default)]
     pub task_role: String,
+    /// The input of the event that started it (a rule's task target), given to every container
+    /// as SKIFF_EVENT and /run/skiff/event.json.
+    #[serde(default)]
+    pub input: Option<String>,
 }
 
 impl TaskSpec {
@@ -384,4 +388,132 @@ pub struct StorageGrant {
     pub bucket: String,
     pub prefix: String,
     pub access: Access,
+}
+
+/// A rule: an EventBridge event pattern and where matching events go (see `bus.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    pub name: String,
+    pub description: String,
+    /// The pattern as given (checked by `pattern::Pattern::compile` before it is stored).
+    pub pattern: serde_json::Value,
+    pub enabled: bool,
+    pub targets: Vec<Target>,
+    pub version: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub id: String,
+    pub kind: TargetKind,
+    pub input: TargetInput,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    Task {
+        task_definition: String,
+        overrides: Overrides,
+        group: String,
+    },
+    Queue(String),
+    Topic(String),
+}
+
+/// Run-time overrides of a task definition, as a rule's task target keeps them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Overrides {
+    pub containers: Vec<ContainerOverride>,
+    pub timeout_secs: Option<u64>,
+    pub task_role: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerOverride {
+    pub name: String,
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub cpu: Option<f64>,
+    pub memory_mib: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetInput {
+    /// The whole event, as EventBridge JSON.
+    Event,
+    /// The part of the event at a JSON path (`$.detail`).
+    Path(String),
+    Transformer {
+        paths: BTreeMap<String, String>,
+        template: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub max_event_age_secs: u32,
+}
+
+impl Default for RetryPolicy {
+    /// EventBridge's defaults: 185 attempts, 24 hours.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 185,
+            max_event_age_secs: 86_400,
+        }
+    }
+}
+
+/// A delivery that failed and waits for its next attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingRetry {
+    pub rule: String,
+    pub target: String,
+    pub event_id: String,
+    pub attempts: u32,
+    pub first_attempt_ms: i64,
+    pub next_attempt_ms: i64,
+    pub last_error: String,
+}
+
+/// A delivery that ran out of attempts or time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub rule: String,
+    pub target: String,
+    pub event_id: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub first_attempt_ms: i64,
+    pub dead_ms: i64,
+}
+
+/// The account and region fields of skiff's EventBridge envelopes.
+pub const BUS_ACCOUNT: &str = "000000000000";
+pub const BUS_REGION: &str = "local";
+
+impl Event {
+    /// The event as EventBridge shapes it: what patterns match and targets receive.
+    pub fn envelope(&self) -> serde_json::Value {
+        serde_json::json!({
+            "version": "0",
+            "id": self.id,
+            "detail-type": self.detail_type,
+            "source": self.source,
+            "account": BUS_ACCOUNT,
+            "time": chrono::DateTime::from_timestamp_millis(self.time_ms)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "region": BUS_REGION,
+            "resources": self.resources,
+            "detail": self.detail,
+        })
+    }
 }

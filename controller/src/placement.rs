@@ -81,6 +81,7 @@ mod tests {
             network_mode: NetworkMode::None,
             timeout_secs: 0,
             task_role: String::new(),
+            input: None,
         }
     }
 

@@ -13,7 +13,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
-    ApiToken, Event, Node, NodeCert, RegistryCreds, SealedSecret, Task, TaskDefinition, TaskRole,
+    ApiToken, DeadLetter, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule, SealedSecret,
+    Task, TaskDefinition, TaskRole,
 };
 
 /// The on-disk format version of every record this binary writes.
@@ -127,6 +128,14 @@ pub struct Store {
     secrets: sled::Tree,
     node_certs: sled::Tree,
     roles: sled::Tree,
+    rules: sled::Tree,
+    /// The rule dispatcher's cursor: the last event whose deliveries are all recorded.
+    bus: sled::Tree,
+    /// (rule, target, event id) → the task it created: task creation at most once.
+    deliveries: sled::Tree,
+    /// (rule, target, event id) → a failed delivery waiting for its next attempt.
+    retries: sled::Tree,
+    dead_letters: sled::Tree,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -147,6 +156,11 @@ impl Store {
             secrets: db.open_tree("secrets")?,
             node_certs: db.open_tree("node_certs")?,
             roles: db.open_tree("task_roles")?,
+            rules: db.open_tree("rules")?,
+            bus: db.open_tree("bus")?,
+            deliveries: db.open_tree("deliveries")?,
+            retries: db.open_tree("retries")?,
+            dead_letters: db.open_tree("dead_letters")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
@@ -345,6 +359,32 @@ impl Store {
             .collect()
     }
 
+    /// Appends a batch of events (ids in order) with one flush. Durable on return.
+    pub async fn append_events(
+        &self,
+        events: Vec<Box<dyn FnOnce(String) -> Event + Send>>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut gen = self.writer.lock().await;
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::with_capacity(events.len());
+        for make in events {
+            let e = make(next_event_id(&mut gen));
+            batch.insert(event_key(&e.id), encode(&e));
+            out.push(e);
+        }
+        self.events.apply_batch(batch)?;
+        drop(gen);
+        self.commit().await?;
+        Ok(out)
+    }
+
+    pub fn event(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        self.events
+            .get(event_key(id))?
+            .map(|v| decode("events", &v))
+            .transpose()
+    }
+
     /// The last `n` events, oldest first.
     pub fn last_events(&self, n: usize) -> Result<Vec<Event>, StoreError> {
         let mut out: Vec<Event> = self
@@ -491,6 +531,171 @@ impl Store {
             .transpose()?;
         self.commit().await?;
         Ok(old)
+    }
+
+    // --- rules: key = name ---
+
+    pub async fn put_rule(&self, r: &Rule) -> Result<(), StoreError> {
+        self.rules.insert(r.name.as_bytes(), encode(r))?;
+        self.commit().await
+    }
+
+    pub fn rule(&self, name: &str) -> Result<Option<Rule>, StoreError> {
+        self.rules
+            .get(name)?
+            .map(|v| decode("rules", &v))
+            .transpose()
+    }
+
+    pub fn rules(&self) -> Result<Vec<Rule>, StoreError> {
+        self.rules
+            .iter()
+            .map(|kv| decode("rules", &kv?.1))
+            .collect()
+    }
+
+    pub async fn delete_rule(&self, name: &str) -> Result<Option<Rule>, StoreError> {
+        let old = self
+            .rules
+            .remove(name)?
+            .map(|v| decode("rules", &v))
+            .transpose()?;
+        self.commit().await?;
+        Ok(old)
+    }
+
+    // --- rule deliveries ---
+
+    pub fn bus_cursor(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .bus
+            .get("cursor")?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub async fn set_bus_cursor(&self, event_id: &str) -> Result<(), StoreError> {
+        self.bus.insert("cursor", event_id.as_bytes())?;
+        self.commit().await
+    }
+
+    /// The task a delivery created, if it did.
+    pub fn delivered(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .deliveries
+            .get(key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Creates the task of delivery `key` unless that delivery already created one: the task,
+    /// its first event, the delivery record and the end of any pending retry are one
+    /// transaction. Returns Err(existing task id) when it had. Durable on return.
+    pub async fn create_task_once(
+        &self,
+        key: &str,
+        task: &Task,
+        event: impl FnOnce(String) -> Event,
+    ) -> Result<Result<Event, String>, StoreError> {
+        let mut gen = self.writer.lock().await;
+        let event = event(next_event_id(&mut gen));
+        let task_bytes = encode(task);
+        let (ek, ev) = (event_key(&event.id), encode(&event));
+        let res: Result<Option<String>, TransactionError<()>> = (
+            &self.tasks,
+            &self.active,
+            &self.events,
+            &self.deliveries,
+            &self.retries,
+        )
+            .transaction(|(tasks, act, events, deliveries, retries)| {
+                if let Some(existing) = deliveries.get(key)? {
+                    return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
+                }
+                tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
+                act.insert(task.id.as_bytes(), &[])?;
+                events.insert(ek.as_slice(), ev.as_slice())?;
+                deliveries.insert(key, task.id.as_bytes())?;
+                retries.remove(key)?;
+                Ok(None)
+            });
+        drop(gen);
+        let existing = match res {
+            Ok(e) => e,
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Engine(e)),
+            Err(TransactionError::Abort(())) => {
+                return Err(StoreError::Rejected("transaction aborted".into()))
+            }
+        };
+        match existing {
+            Some(id) => Ok(Err(id)),
+            None => {
+                self.commit().await?;
+                Ok(Ok(event))
+            }
+        }
+    }
+
+    /// Records a delivery that needs no task (a target kind that completes at once).
+    pub async fn mark_delivered(&self, key: &str, what: &str) -> Result<(), StoreError> {
+        (&self.deliveries, &self.retries)
+            .transaction(|(d, r)| {
+                d.insert(key, what.as_bytes())?;
+                r.remove(key)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::Engine(e),
+                TransactionError::Abort(()) => StoreError::Rejected("transaction aborted".into()),
+            })?;
+        self.commit().await
+    }
+
+    pub fn retry(&self, key: &str) -> Result<Option<PendingRetry>, StoreError> {
+        self.retries
+            .get(key)?
+            .map(|v| decode("retries", &v))
+            .transpose()
+    }
+
+    pub async fn put_retry(&self, key: &str, r: &PendingRetry) -> Result<(), StoreError> {
+        self.retries.insert(key, encode(r))?;
+        self.commit().await
+    }
+
+    pub fn retries(&self) -> Result<Vec<(String, PendingRetry)>, StoreError> {
+        self.retries
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("retries", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Ends a delivery's retries in the dead-letter list, in one transaction.
+    pub async fn dead_letter(&self, key: &str, d: &DeadLetter) -> Result<(), StoreError> {
+        let bytes = encode(d);
+        (&self.dead_letters, &self.retries, &self.deliveries)
+            .transaction(|(dl, r, del)| {
+                dl.insert(d.id.as_bytes(), bytes.as_slice())?;
+                r.remove(key)?;
+                del.insert(key, format!("dead-letter:{}", d.id).as_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::Engine(e),
+                TransactionError::Abort(()) => StoreError::Rejected("transaction aborted".into()),
+            })?;
+        self.commit().await
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.dead_letters
+            .iter()
+            .map(|kv| decode("dead_letters", &kv?.1))
+            .collect()
     }
 
     // --- node certificates: key = fingerprint ---

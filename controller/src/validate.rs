@@ -395,6 +395,7 @@ pub fn task_spec(input: &pb::TaskDefinitionInput) -> Result<TaskSpec, InvalidFie
         network_mode: network_mode("network_mode", &input.network_mode)?,
         timeout_secs: input.timeout_seconds,
         task_role: input.task_role.clone(),
+        input: None,
     };
     check_task_role("task_role", &spec)?;
     Ok(spec)

@@ -220,6 +220,82 @@ pub enum EventsCmd {
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: u32,
     },
+    /// Put an app event on the bus (like EventBridge PutEvents); prints its id.
+    Put {
+        #[arg(long)]
+        source: String,
+        #[arg(long = "detail-type")]
+        detail_type: String,
+        /// The detail: a JSON object, or @FILE.
+        #[arg(long, default_value = "{}")]
+        detail: String,
+        #[arg(long = "resource")]
+        resources: Vec<String>,
+    },
+    /// Deliveries that ran out of retries.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+    /// Check an event pattern against an event, locally (like `aws events
+    /// test-event-pattern`): prints {"result": true|false}; exits 0 on a match, 1 on none,
+    /// 2 when the pattern or the event is invalid.
+    TestPattern {
+        /// The pattern: JSON text, or @FILE.
+        #[arg(long)]
+        pattern: String,
+        /// The event: JSON text, or @FILE.
+        #[arg(long)]
+        event: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DlqCmd {
+    /// List dead letters, newest first.
+    Ls {
+        #[arg(long)]
+        rule: Option<String>,
+    },
+}
+
+/// `skiff events test-pattern`: no controller involved.
+pub fn test_pattern(pattern: &str, event: &str) -> i32 {
+    let read = |what: &str, arg: &str| -> Result<String, String> {
+        match arg.strip_prefix('@') {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| format!("--{what}: reading {path}: {e}"))
+            }
+            None => Ok(arg.to_string()),
+        }
+    };
+    let checked = read("pattern", pattern).and_then(|p| {
+        skiff_controller::pattern::Pattern::parse(&p).map_err(|e| format!("--pattern: {e}"))
+    });
+    let event = read("event", event).and_then(|e| {
+        serde_json::from_str::<serde_json::Value>(&e)
+            .map_err(|e| format!("--event: not valid JSON: {e}"))
+            .and_then(|v| {
+                if v.is_object() {
+                    Ok(v)
+                } else {
+                    Err("--event: an event is a JSON object".to_string())
+                }
+            })
+    });
+    match (checked, event) {
+        (Ok(p), Ok(e)) => {
+            let result = p.matches(&e);
+            println!("{}", serde_json::json!({ "result": result }));
+            if result {
+                0
+            } else {
+                1
+            }
+        }
+        (Err(msg), _) | (_, Err(msg)) => {
+            eprintln!("skiff: {msg}");
+            2
+        }
+    }
 }
 
 fn task_rows(tasks: &[pb::Task]) -> String {
@@ -587,12 +663,26 @@ pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32
 }
 
 pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i32> {
+    let (follow, after, lines) = match cmd {
+        EventsCmd::Tail {
+            follow,
+            after,
+            lines,
+        } => (follow, after, lines),
+        EventsCmd::TestPattern { pattern, event } => return Ok(test_pattern(&pattern, &event)),
+        EventsCmd::Put {
+            source,
+            detail_type,
+            detail,
+            resources,
+        } => {
+            return crate::rules::put_event(addr, fmt, source, detail_type, detail, resources).await
+        }
+        EventsCmd::Dlq(DlqCmd::Ls { rule }) => {
+            return crate::rules::dead_letters(addr, fmt, rule).await
+        }
+    };
     let mut client = pb::events_client::EventsClient::new(connect(addr).await?);
-    let EventsCmd::Tail {
-        follow,
-        after,
-        lines,
-    } = cmd;
     let mut stream = client
         .watch(pb::WatchEventsRequest {
             after: after.clone().unwrap_or_default(),

@@ -6,6 +6,7 @@ mod config;
 mod images;
 mod output;
 mod roles;
+mod rules;
 mod run_task;
 mod serve;
 mod taskdef_file;
@@ -65,6 +66,9 @@ enum Command {
     /// Secrets for task definitions: stored encrypted, values never shown.
     #[command(subcommand)]
     Secrets(client::SecretsCmd),
+    /// Rules: event patterns and the targets matching events go to.
+    #[command(subcommand)]
+    Rules(rules::RulesCmd),
     /// Task roles: what tasks running under them may reach (skiff API, object store).
     #[command(subcommand)]
     Roles(roles::RolesCmd),
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             Command::Tokens(c) => client::tokens(&cli.addr, fmt, c).await,
             Command::Secrets(c) => client::secrets(&cli.addr, fmt, c).await,
             Command::Roles(c) => roles::roles(&cli.addr, fmt, c).await,
+            Command::Rules(c) => rules::rules(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } => unreachable!("handled above"),
         }

@@ -1,0 +1,395 @@
+//! The rule dispatcher: reads the event log after its durable cursor, matches every event
+//! against the enabled rules, and delivers it to each matching rule's targets.
+//!
+//! Delivery is at least once: the cursor moves past an event only after every delivery it
+//! caused is recorded (a task created, a retry scheduled or a dead letter kept), so a crash
+//! replays at most the batch in flight. Task creation is at most once per (rule, target, event
+//! id): the task and its delivery record are one transaction (`Store::create_task_once`), and
+//! a replayed delivery finds the record.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::core::{Core, CoreError};
+use crate::model::{now_ms, DeadLetter, Event, PendingRetry, Rule, Target, TargetKind, Task};
+use crate::pattern::Pattern;
+
+/// Events read per pass.
+const BATCH: usize = 256;
+/// Longest wait between attempts of a failing delivery.
+const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
+
+/// The enabled rules, compiled, with an index from exact `source` values to the rules that
+/// name them (rules without one are checked for every event).
+pub struct RuleSet {
+    rules: Vec<(Rule, Pattern)>,
+    by_source: HashMap<String, Vec<usize>>,
+    any_source: Vec<usize>,
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<Rule>) -> RuleSet {
+        let mut set = RuleSet {
+            rules: Vec::new(),
+            by_source: HashMap::new(),
+            any_source: Vec::new(),
+        };
+        for rule in rules.into_iter().filter(|r| r.enabled) {
+            let Ok(pattern) = Pattern::compile(&rule.pattern) else {
+                // Checked when it was put; a stored rule that no longer compiles is skipped.
+                warn!(rule = %rule.name, "stored rule pattern does not compile; skipped");
+                continue;
+            };
+            let i = set.rules.len();
+            match pattern
+                .exact_top_level()
+                .into_iter()
+                .find(|(field, _)| *field == "source")
+            {
+                Some((_, values)) => {
+                    for v in values {
+                        set.by_source.entry(v.to_string()).or_default().push(i);
+                    }
+                }
+                None => set.any_source.push(i),
+            }
+            set.rules.push((rule, pattern));
+        }
+        set
+    }
+
+    /// The rules `event` (an EventBridge envelope) matches, in a stable order.
+    pub fn matching<'a>(&'a self, event: &Value) -> Vec<&'a Rule> {
+        let source = event.get("source").and_then(Value::as_str).unwrap_or("");
+        let mut idx: Vec<usize> = self
+            .by_source
+            .get(source)
+            .into_iter()
+            .flatten()
+            .chain(&self.any_source)
+            .copied()
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .filter(|&i| self.rules[i].1.matches(event))
+            .map(|i| &self.rules[i].0)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+pub fn delivery_key(rule: &str, target: &str, event_id: &str) -> String {
+    format!("{rule}\0{target}\0{event_id}")
+}
+
+pub async fn run(core: Arc<Core>) {
+    let mut head = core.subscribe();
+    let mut rules: Option<(u64, RuleSet)> = None;
+    loop {
+        let version = core.rules_version();
+        if rules.as_ref().is_none_or(|(v, _)| *v != version) {
+            match core.store.rules() {
+                Ok(all) => rules = Some((version, RuleSet::new(all))),
+                Err(e) => warn!(error = %e, "reading rules failed"),
+            }
+        }
+        let Some((_, set)) = &rules else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let progressed = match pass(&core, set).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "rule dispatch pass failed");
+                false
+            }
+        };
+        if let Err(e) = retry_due(&core).await {
+            warn!(error = %e, "retrying deliveries failed");
+        }
+        if progressed {
+            continue;
+        }
+        tokio::select! {
+            _ = head.changed() => {}
+            _ = core.bus_kick.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// One batch of events after the cursor. Returns whether there were any.
+async fn pass(core: &Core, rules: &RuleSet) -> Result<bool, CoreError> {
+    let cursor = core.store.bus_cursor()?;
+    let events = core.store.events_after(cursor.as_deref(), BATCH)?;
+    let Some(last) = events.last() else {
+        return Ok(false);
+    };
+    if !rules.is_empty() {
+        for ev in &events {
+            let envelope = ev.envelope();
+            for rule in rules.matching(&envelope) {
+                for target in &rule.targets {
+                    deliver(core, rule, target, ev, &envelope).await?;
+                }
+            }
+        }
+    }
+    core.store.set_bus_cursor(&last.id).await?;
+    Ok(true)
+}
+
+/// A first delivery: skipped when already done or owned by the retry loop.
+async fn deliver(
+    core: &Core,
+    rule: &Rule,
+    target: &Target,
+    ev: &Event,
+    envelope: &Value,
+) -> Result<(), CoreError> {
+    let key = delivery_key(&rule.name, &target.id, &ev.id);
+    if core.store.delivered(&key)?.is_some() || core.store.retry(&key)?.is_some() {
+        return Ok(());
+    }
+    if let Err(reason) = attempt(core, &key, rule, target, ev, envelope).await? {
+        failed(core, &key, rule, target, ev, None, reason).await?;
+    }
+    Ok(())
+}
+
+/// One attempt: Ok(Err(reason)) when the target refused it (to be retried).
+async fn attempt(
+    core: &Core,
+    key: &str,
+    rule: &Rule,
+    target: &Target,
+    ev: &Event,
+    envelope: &Value,
+) -> Result<Result<(), String>, CoreError> {
+    match &target.kind {
+        TargetKind::Task {
+            task_definition,
+            overrides,
+            group,
+        } => {
+            let input = crate::transform::render(&target.input, envelope, &rule.name, ev.time_ms);
+            let task = match task_for(core, task_definition, overrides, group, rule, ev, input) {
+                Ok(t) => t,
+                Err(reason) => return Ok(Err(reason)),
+            };
+            match core.create_task_once(key, task).await? {
+                Ok(task) => {
+                    info!(rule = %rule.name, target = %target.id, event_id = %ev.id, task_id = %task.id, "rule started a task");
+                }
+                Err(existing) => {
+                    info!(rule = %rule.name, event_id = %ev.id, task_id = %existing, "delivery already done");
+                }
+            }
+            Ok(Ok(()))
+        }
+        TargetKind::Queue(q) => Ok(Err(format!("queue {q:?}: queues are not available yet"))),
+        TargetKind::Topic(t) => Ok(Err(format!("topic {t:?}: topics are not available yet"))),
+    }
+}
+
+/// The task a task target runs for one event.
+fn task_for(
+    core: &Core,
+    reference: &str,
+    overrides: &crate::model::Overrides,
+    group: &str,
+    rule: &Rule,
+    ev: &Event,
+    input: String,
+) -> Result<Task, String> {
+    let (family, rev) =
+        crate::validate::taskdef_ref("task_definition", reference).map_err(|e| e.to_string())?;
+    let defs = core
+        .store
+        .taskdefs(Some(&family))
+        .map_err(|e| e.to_string())?;
+    let def = match rev {
+        Some(r) => defs.iter().find(|d| d.revision == r),
+        None => defs
+            .iter()
+            .rev()
+            .find(|d| d.status == crate::model::DefinitionStatus::Active),
+    }
+    .ok_or_else(|| format!("no active task definition {reference:?}"))?;
+    let mut spec = crate::validate::apply_overrides(
+        def.spec.clone(),
+        &crate::rules_api::overrides_pb(overrides),
+    )
+    .map_err(|e| format!("overrides: {e}"))?;
+    crate::images_api::check_credentials_exist(core, &spec).map_err(|s| s.message().to_string())?;
+    spec.input = Some(input);
+    Ok(Task::new(
+        ulid::Ulid::new().to_string().to_lowercase(),
+        Some(def.reference()),
+        if group.is_empty() {
+            format!("rule:{}", rule.name)
+        } else {
+            group.to_string()
+        },
+        format!("rule/{}/{}", rule.name, ev.id),
+        spec,
+        now_ms(),
+    ))
+}
+
+/// Exponential backoff: 1 s, 2 s, 4 s, … up to five minutes.
+pub fn backoff_ms(attempts: u32) -> i64 {
+    (1000i64 << attempts.saturating_sub(1).min(20)).min(MAX_BACKOFF_MS)
+}
+
+/// Schedules the next attempt of a failed delivery, or ends it in the dead-letter list.
+async fn failed(
+    core: &Core,
+    key: &str,
+    rule: &Rule,
+    target: &Target,
+    ev: &Event,
+    prev: Option<PendingRetry>,
+    reason: String,
+) -> Result<(), CoreError> {
+    let now = now_ms();
+    let attempts = prev.as_ref().map_or(1, |p| p.attempts + 1);
+    let first = prev.as_ref().map_or(now, |p| p.first_attempt_ms);
+    let too_old = now - ev.time_ms >= i64::from(target.retry.max_event_age_secs) * 1000;
+    if attempts >= target.retry.max_attempts || too_old {
+        warn!(rule = %rule.name, target = %target.id, event_id = %ev.id, attempts, %reason, "delivery dead-lettered");
+        let dl = DeadLetter {
+            id: ulid::Ulid::new().to_string(),
+            rule: rule.name.clone(),
+            target: target.id.clone(),
+            event_id: ev.id.clone(),
+            attempts,
+            last_error: reason,
+            first_attempt_ms: first,
+            dead_ms: now,
+        };
+        core.store.dead_letter(key, &dl).await?;
+        return Ok(());
+    }
+    warn!(rule = %rule.name, target = %target.id, event_id = %ev.id, attempts, %reason, "delivery failed; will retry");
+    core.store
+        .put_retry(
+            key,
+            &PendingRetry {
+                rule: rule.name.clone(),
+                target: target.id.clone(),
+                event_id: ev.id.clone(),
+                attempts,
+                first_attempt_ms: first,
+                next_attempt_ms: now + backoff_ms(attempts),
+                last_error: reason,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Attempts every delivery whose retry is due.
+async fn retry_due(core: &Core) -> Result<(), CoreError> {
+    let now = now_ms();
+    for (key, r) in core.store.retries()? {
+        if r.next_attempt_ms > now {
+            continue;
+        }
+        let rule = core.store.rule(&r.rule)?;
+        let target = rule
+            .as_ref()
+            .and_then(|rule| rule.targets.iter().find(|t| t.id == r.target).cloned());
+        let event = core.store.event(&r.event_id)?;
+        let (Some(rule), Some(target), Some(ev)) = (rule, target, event) else {
+            // The rule, its target or the event is gone: nothing left to deliver to.
+            let dl = DeadLetter {
+                id: ulid::Ulid::new().to_string(),
+                rule: r.rule.clone(),
+                target: r.target.clone(),
+                event_id: r.event_id.clone(),
+                attempts: r.attempts,
+                last_error: format!(
+                    "{} (then the rule, target or event was removed)",
+                    r.last_error
+                ),
+                first_attempt_ms: r.first_attempt_ms,
+                dead_ms: now,
+            };
+            core.store.dead_letter(&key, &dl).await?;
+            continue;
+        };
+        let envelope = ev.envelope();
+        if let Err(reason) = attempt(core, &key, &rule, &target, &ev, &envelope).await? {
+            failed(core, &key, &rule, &target, &ev, Some(r), reason).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{RetryPolicy, TargetInput};
+    use serde_json::json;
+
+    fn rule(name: &str, pattern: Value, enabled: bool) -> Rule {
+        Rule {
+            name: name.into(),
+            description: String::new(),
+            pattern,
+            enabled,
+            targets: vec![Target {
+                id: "t".into(),
+                kind: TargetKind::Queue("q".into()),
+                input: TargetInput::Event,
+                retry: RetryPolicy::default(),
+            }],
+            version: 1,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_source_index_finds_the_same_rules_as_checking_all() {
+        let set = RuleSet::new(vec![
+            rule("by-source", json!({"source": ["app", "other"]}), true),
+            rule("by-detail", json!({"detail": {"k": ["v"]}}), true),
+            rule("disabled", json!({"source": ["app"]}), false),
+            rule("prefix", json!({"source": [{"prefix": "ap"}]}), true),
+        ]);
+        assert_eq!(set.len(), 3);
+        let names =
+            |e: Value| -> Vec<String> { set.matching(&e).iter().map(|r| r.name.clone()).collect() };
+        assert_eq!(
+            names(json!({"source": "app", "detail": {"k": "v"}})),
+            ["by-source", "by-detail", "prefix"]
+        );
+        assert_eq!(
+            names(json!({"source": "zzz", "detail": {"k": "v"}})),
+            ["by-detail"]
+        );
+        assert!(names(json!({"source": "zzz"})).is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff_ms(1), 1000);
+        assert_eq!(backoff_ms(2), 2000);
+        assert_eq!(backoff_ms(5), 16000);
+        assert_eq!(backoff_ms(100), MAX_BACKOFF_MS);
+    }
+}

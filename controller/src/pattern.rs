@@ -1,0 +1,843 @@
+//! EventBridge event patterns: parsed and checked once ([`Pattern::compile`]), then matched
+//! against events ([`Pattern::matches`]) without re-reading the pattern's JSON.
+//!
+//! Semantics follow EventBridge (and its open-source matcher, event-ruler): every field named
+//! must match (AND), any value listed for a field may match (OR), `$or` lists alternative
+//! sub-patterns; an array in the event matches if any element does; fields of a nested pattern
+//! must all match inside the *same* element of an array of objects ("array-consistent"
+//! matching); `exists` looks at leaves only (an object is not a leaf); numbers compare at six
+//! decimal places; strings, numbers, booleans and null never match each other.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+/// A pattern that does not make sense, with the path of the offending part
+/// (`detail.size[0].numeric`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct PatternError {
+    pub path: String,
+    pub problem: String,
+}
+
+fn err(path: &str, problem: impl Into<String>) -> PatternError {
+    PatternError {
+        path: if path.is_empty() {
+            "pattern".into()
+        } else {
+            path.into()
+        },
+        problem: problem.into(),
+    }
+}
+
+/// EventBridge's numeric range: values beyond it cannot be compared at full precision.
+const NUMERIC_LIMIT: f64 = 5.0e9;
+
+/// A compiled event pattern.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pattern {
+    fields: Vec<(String, Node)>,
+    /// Each entry is one `$or`: at least one of its alternatives must match.
+    ors: Vec<Vec<Pattern>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Nested(Pattern),
+    Leaf(Vec<Matcher>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Matcher {
+    Str(String),
+    /// Scaled by 10⁶ and rounded: numbers equal to six decimal places are equal.
+    Num(i64),
+    Bool(bool),
+    Null,
+    Prefix(String),
+    PrefixIgnoreCase(String),
+    Suffix(String),
+    SuffixIgnoreCase(String),
+    EqualsIgnoreCase(String),
+    Wildcard(Wildcard),
+    AnythingBut(Excluded),
+    Numeric {
+        lower: Option<(i64, bool)>,
+        upper: Option<(i64, bool)>,
+    },
+    Cidr(Cidr),
+    Exists(bool),
+}
+
+/// What `anything-but` excludes.
+#[derive(Debug, Clone, PartialEq)]
+enum Excluded {
+    Strings(Vec<String>),
+    Numbers(Vec<i64>),
+    Prefix(String),
+    Suffix(String),
+    IgnoreCase(Vec<String>),
+    Wildcards(Vec<Wildcard>),
+}
+
+/// A wildcard value split at its unescaped `*`s.
+#[derive(Debug, Clone, PartialEq)]
+struct Wildcard {
+    parts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+fn scaled(n: f64) -> i64 {
+    (n * 1e6).round() as i64
+}
+
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+impl Wildcard {
+    fn parse(path: &str, s: &str) -> Result<Wildcard, PatternError> {
+        let mut parts = vec![String::new()];
+        let mut chars = s.chars().peekable();
+        let mut last_star = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(e @ ('*' | '\\')) => {
+                        parts.last_mut().unwrap().push(e);
+                        last_star = false;
+                    }
+                    _ => {
+                        return Err(err(
+                            path,
+                            format!("{s:?}: a backslash may only escape '*' or '\\'"),
+                        ))
+                    }
+                },
+                '*' => {
+                    if last_star {
+                        return Err(err(path, format!("{s:?}: consecutive '*' are not allowed")));
+                    }
+                    parts.push(String::new());
+                    last_star = true;
+                }
+                c => {
+                    parts.last_mut().unwrap().push(c);
+                    last_star = false;
+                }
+            }
+        }
+        Ok(Wildcard { parts })
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        let (first, rest) = self.parts.split_first().expect("at least one part");
+        let Some(mut s) = s.strip_prefix(first.as_str()) else {
+            return false;
+        };
+        let Some((last, middle)) = rest.split_last() else {
+            return s.is_empty();
+        };
+        for part in middle {
+            match s.find(part.as_str()) {
+                Some(i) => s = &s[i + part.len()..],
+                None => return false,
+            }
+        }
+        s.len() >= last.len() && s.ends_with(last.as_str())
+    }
+}
+
+impl Cidr {
+    fn parse(path: &str, s: &str) -> Result<Cidr, PatternError> {
+        let bad = || {
+            err(
+                path,
+                format!("{s:?} is not a CIDR block (10.0.0.0/24, 2001:db8::/32)"),
+            )
+        };
+        let (ip, bits) = s.split_once('/').ok_or_else(bad)?;
+        let net: IpAddr = ip.parse().map_err(|_| bad())?;
+        let bits: u8 = bits.parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        if bits > max {
+            return Err(bad());
+        }
+        Ok(Cidr { net, bits })
+    }
+
+    fn contains(&self, s: &str) -> bool {
+        let Ok(ip) = s.parse::<IpAddr>() else {
+            return false;
+        };
+        let mask = |bits: u8, width: u32| -> u128 {
+            if bits == 0 {
+                0
+            } else {
+                (!0u128 << (width - u32::from(bits)))
+                    & (if width == 128 {
+                        !0
+                    } else {
+                        (1u128 << width) - 1
+                    })
+            }
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = mask(self.bits, 32);
+                (u128::from(u32::from(n)) & m) == (u128::from(u32::from(a)) & m)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = mask(self.bits, 128);
+                (u128::from(n) & m) == (u128::from(a) & m)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn one_string(path: &str, op: &str, v: &Value) -> Result<String, PatternError> {
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| err(path, format!("\"{op}\" needs a string, got {v}")))
+}
+
+fn strings(path: &str, op: &str, v: &Value) -> Result<Vec<String>, PatternError> {
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(a) if !a.is_empty() => a.iter().map(|x| one_string(path, op, x)).collect(),
+        _ => Err(err(
+            path,
+            format!("\"{op}\" needs a string or a non-empty list of strings, got {v}"),
+        )),
+    }
+}
+
+fn checked_number(path: &str, v: &Value) -> Result<i64, PatternError> {
+    let n = number(v).ok_or_else(|| err(path, format!("{v} is not a number")))?;
+    if !(-NUMERIC_LIMIT..=NUMERIC_LIMIT).contains(&n) {
+        return Err(err(
+            path,
+            format!("{n} is outside the numeric range -5e9..5e9"),
+        ));
+    }
+    Ok(scaled(n))
+}
+
+fn numeric(path: &str, v: &Value) -> Result<Matcher, PatternError> {
+    let bad = |why: &str| {
+        err(
+            path,
+            format!("\"numeric\": {why}; write e.g. [\">\", 0, \"<=\", 5] or [\"=\", 3]"),
+        )
+    };
+    let a = v.as_array().ok_or_else(|| bad("needs a list"))?;
+    if a.is_empty() || a.len() % 2 != 0 || a.len() > 4 {
+        return Err(bad("needs one or two operator/number pairs"));
+    }
+    if a.len() == 4 && !matches!(a[0].as_str(), Some(">" | ">=")) {
+        return Err(bad(
+            "with two bounds, the lower one (\">\" or \">=\") comes first",
+        ));
+    }
+    let mut lower = None;
+    let mut upper = None;
+    for pair in a.chunks(2) {
+        let op = pair[0]
+            .as_str()
+            .ok_or_else(|| bad("operators are strings"))?;
+        let n = checked_number(path, &pair[1])?;
+        match op {
+            "=" if a.len() == 2 => {
+                lower = Some((n, true));
+                upper = Some((n, true));
+            }
+            ">" | ">=" if lower.is_none() => lower = Some((n, op == ">=")),
+            "<" | "<=" if upper.is_none() => upper = Some((n, op == "<=")),
+            "=" | ">" | ">=" | "<" | "<=" => {
+                return Err(bad(&format!("{op:?} cannot be combined like this")))
+            }
+            other => return Err(bad(&format!("{other:?} is not an operator"))),
+        }
+    }
+    if let (Some((lo, _)), Some((hi, _))) = (lower, upper) {
+        if lo > hi {
+            return Err(bad("the lower bound is above the upper bound"));
+        }
+    }
+    Ok(Matcher::Numeric { lower, upper })
+}
+
+/// `{"equals-ignore-case": "x"}` inside prefix/suffix, or a plain string.
+fn affix(path: &str, op: &str, v: &Value) -> Result<(String, bool), PatternError> {
+    match v {
+        Value::String(s) => Ok((s.clone(), false)),
+        Value::Object(o) if o.len() == 1 && o.contains_key("equals-ignore-case") => Ok((
+            one_string(
+                &format!("{path}.equals-ignore-case"),
+                "equals-ignore-case",
+                &o["equals-ignore-case"],
+            )?
+            .to_lowercase(),
+            true,
+        )),
+        _ => Err(err(
+            path,
+            format!("\"{op}\" needs a string or {{\"equals-ignore-case\": string}}, got {v}"),
+        )),
+    }
+}
+
+fn anything_but(path: &str, v: &Value) -> Result<Matcher, PatternError> {
+    let ex = match v {
+        Value::String(s) => Excluded::Strings(vec![s.clone()]),
+        Value::Number(_) => Excluded::Numbers(vec![checked_number(path, v)?]),
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_string) => {
+            Excluded::Strings(a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+        }
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_number) => Excluded::Numbers(
+            a.iter()
+                .map(|x| checked_number(path, x))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) if o.len() == 1 => {
+            let (op, inner) = o.iter().next().unwrap();
+            let p = format!("{path}.{op}");
+            match op.as_str() {
+                "prefix" => Excluded::Prefix(one_string(&p, op, inner)?),
+                "suffix" => Excluded::Suffix(one_string(&p, op, inner)?),
+                "equals-ignore-case" => Excluded::IgnoreCase(
+                    strings(&p, op, inner)?.iter().map(|s| s.to_lowercase()).collect(),
+                ),
+                "wildcard" => Excluded::Wildcards(
+                    strings(&p, op, inner)?
+                        .iter()
+                        .map(|s| Wildcard::parse(&p, s))
+                        .collect::<Result<_, _>>()?,
+                ),
+                other => {
+                    return Err(err(
+                        path,
+                        format!("\"anything-but\" does not take {other:?}; use prefix, suffix, equals-ignore-case or wildcard"),
+                    ))
+                }
+            }
+        }
+        _ => {
+            return Err(err(
+                path,
+                format!("\"anything-but\" needs a string, a number, a list of only strings or only numbers, or an object; got {v}"),
+            ))
+        }
+    };
+    Ok(Matcher::AnythingBut(ex))
+}
+
+fn matcher(path: &str, v: &Value) -> Result<Matcher, PatternError> {
+    match v {
+        Value::String(s) => Ok(Matcher::Str(s.clone())),
+        Value::Number(_) => Ok(Matcher::Num(checked_number(path, v)?)),
+        Value::Bool(b) => Ok(Matcher::Bool(*b)),
+        Value::Null => Ok(Matcher::Null),
+        Value::Array(_) => Err(err(path, "a list inside a list of values is not allowed")),
+        Value::Object(o) => {
+            if o.len() != 1 {
+                return Err(err(
+                    path,
+                    format!(
+                        "an operator object has exactly one key, this one has {}",
+                        o.len()
+                    ),
+                ));
+            }
+            let (op, inner) = o.iter().next().unwrap();
+            let p = format!("{path}.{op}");
+            Ok(match op.as_str() {
+                "prefix" => match affix(&p, op, inner)? {
+                    (s, false) => Matcher::Prefix(s),
+                    (s, true) => Matcher::PrefixIgnoreCase(s),
+                },
+                "suffix" => match affix(&p, op, inner)? {
+                    (s, false) => Matcher::Suffix(s),
+                    (s, true) => Matcher::SuffixIgnoreCase(s),
+                },
+                "equals-ignore-case" => {
+                    Matcher::EqualsIgnoreCase(one_string(&p, op, inner)?.to_lowercase())
+                }
+                "wildcard" => Matcher::Wildcard(Wildcard::parse(&p, &one_string(&p, op, inner)?)?),
+                "anything-but" => anything_but(&p, inner)?,
+                "numeric" => numeric(&p, inner)?,
+                "cidr" => Matcher::Cidr(Cidr::parse(&p, &one_string(&p, op, inner)?)?),
+                "exists" => Matcher::Exists(inner.as_bool().ok_or_else(|| {
+                    err(&p, format!("\"exists\" needs true or false, got {inner}"))
+                })?),
+                other => {
+                    return Err(err(
+                        path,
+                        format!(
+                            "unknown operator {other:?}; use prefix, suffix, equals-ignore-case, \
+                             wildcard, anything-but, numeric, cidr or exists"
+                        ),
+                    ))
+                }
+            })
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl Pattern {
+    /// Parses and checks a pattern given as JSON text.
+    pub fn parse(text: &str) -> Result<Pattern, PatternError> {
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| err("", format!("not valid JSON: {e}")))?;
+        Pattern::compile(&v)
+    }
+
+    /// Checks a pattern and compiles it.
+    pub fn compile(v: &Value) -> Result<Pattern, PatternError> {
+        Pattern::object("", v)
+    }
+
+    fn object(path: &str, v: &Value) -> Result<Pattern, PatternError> {
+        let o = v
+            .as_object()
+            .ok_or_else(|| err(path, format!("a pattern is a JSON object, got {v}")))?;
+        if o.is_empty() {
+            return Err(err(path, "a pattern must name at least one field"));
+        }
+        let mut p = Pattern {
+            fields: Vec::new(),
+            ors: Vec::new(),
+        };
+        for (key, sub) in o {
+            let here = join(path, key);
+            if key == "$or" {
+                let alts = sub
+                    .as_array()
+                    .filter(|a| a.len() >= 2)
+                    .ok_or_else(|| err(&here, "\"$or\" needs a list of at least two patterns"))?;
+                p.ors.push(
+                    alts.iter()
+                        .enumerate()
+                        .map(|(i, a)| Pattern::object(&format!("{here}[{i}]"), a))
+                        .collect::<Result<_, _>>()?,
+                );
+                continue;
+            }
+            let node = match sub {
+                Value::Object(_) => Node::Nested(Pattern::object(&here, sub)?),
+                Value::Array(values) => {
+                    if values.is_empty() {
+                        return Err(err(&here, "a list of values must not be empty"));
+                    }
+                    Node::Leaf(
+                        values
+                            .iter()
+                            .enumerate()
+                            .map(|(i, m)| matcher(&format!("{here}[{i}]"), m))
+                            .collect::<Result<_, _>>()?,
+                    )
+                }
+                other => {
+                    return Err(err(
+                        &here,
+                        format!(
+                        "a field's value must be a list of values ([{other}]) or a nested pattern"
+                    ),
+                    ))
+                }
+            };
+            p.fields.push((key.clone(), node));
+        }
+        Ok(p)
+    }
+
+    /// Whether `event` matches.
+    pub fn matches(&self, event: &Value) -> bool {
+        self.matches_object(Some(event))
+    }
+
+    /// `v` is where this (sub-)pattern's fields are looked up; None = absent.
+    fn matches_object(&self, v: Option<&Value>) -> bool {
+        // An array of objects: the whole sub-pattern must match within one element.
+        if let Some(Value::Array(items)) = v {
+            let mut objects = Vec::new();
+            flatten_objects(items, &mut objects);
+            if !objects.is_empty() {
+                return objects.iter().any(|o| self.matches_object(Some(o)));
+            }
+        }
+        let obj = v.and_then(Value::as_object);
+        self.fields.iter().all(|(key, node)| {
+            let field = obj.and_then(|o| o.get(key));
+            match node {
+                Node::Nested(p) => p.matches_object(field),
+                Node::Leaf(ms) => {
+                    let mut leaves = Vec::new();
+                    if let Some(f) = field {
+                        collect_leaves(f, &mut leaves);
+                    }
+                    ms.iter().any(|m| m.matches(&leaves))
+                }
+            }
+        }) && self
+            .ors
+            .iter()
+            .all(|alts| alts.iter().any(|p| p.matches_object(v)))
+    }
+
+    /// Top-level fields whose values are all exact strings (for indexing many rules by, say,
+    /// `source`): (field, values).
+    pub fn exact_top_level(&self) -> Vec<(&str, Vec<&str>)> {
+        self.fields
+            .iter()
+            .filter_map(|(k, n)| match n {
+                Node::Leaf(ms) => ms
+                    .iter()
+                    .map(|m| match m {
+                        Matcher::Str(s) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .map(|vals| (k.as_str(), vals)),
+                Node::Nested(_) => None,
+            })
+            .collect()
+    }
+}
+
+fn flatten_objects<'a>(items: &'a [Value], out: &mut Vec<&'a Value>) {
+    for i in items {
+        match i {
+            Value::Object(_) => out.push(i),
+            Value::Array(a) => flatten_objects(a, out),
+            _ => {}
+        }
+    }
+}
+
+/// The leaf values at a field: the value itself, or the non-object elements of (nested) arrays.
+fn collect_leaves<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(a) => a.iter().for_each(|x| collect_leaves(x, out)),
+        Value::Object(_) => {}
+        other => out.push(other),
+    }
+}
+
+impl Matcher {
+    fn matches(&self, leaves: &[&Value]) -> bool {
+        match self {
+            Matcher::Exists(want) => *want != leaves.is_empty(),
+            _ => leaves.iter().any(|v| self.matches_value(v)),
+        }
+    }
+
+    fn matches_value(&self, v: &Value) -> bool {
+        let s = v.as_str();
+        match self {
+            Matcher::Str(x) => s == Some(x.as_str()),
+            Matcher::Num(x) => number(v).is_some_and(|n| scaled(n) == *x),
+            Matcher::Bool(b) => v.as_bool() == Some(*b),
+            Matcher::Null => v.is_null(),
+            Matcher::Prefix(p) => s.is_some_and(|s| s.starts_with(p.as_str())),
+            Matcher::PrefixIgnoreCase(p) => {
+                s.is_some_and(|s| s.to_lowercase().starts_with(p.as_str()))
+            }
+            Matcher::Suffix(p) => s.is_some_and(|s| s.ends_with(p.as_str())),
+            Matcher::SuffixIgnoreCase(p) => {
+                s.is_some_and(|s| s.to_lowercase().ends_with(p.as_str()))
+            }
+            Matcher::EqualsIgnoreCase(x) => s.is_some_and(|s| s.to_lowercase() == *x),
+            Matcher::Wildcard(w) => s.is_some_and(|s| w.matches(s)),
+            Matcher::Cidr(c) => s.is_some_and(|s| c.contains(s)),
+            Matcher::Numeric { lower, upper } => number(v).is_some_and(|n| {
+                let n = scaled(n);
+                lower.is_none_or(|(lo, inc)| if inc { n >= lo } else { n > lo })
+                    && upper.is_none_or(|(hi, inc)| if inc { n <= hi } else { n < hi })
+            }),
+            Matcher::AnythingBut(ex) => match ex {
+                Excluded::Strings(xs) => !s.is_some_and(|s| xs.iter().any(|x| x == s)),
+                Excluded::Numbers(xs) => !number(v).is_some_and(|n| xs.contains(&scaled(n))),
+                Excluded::Prefix(p) => s.is_some_and(|s| !s.starts_with(p.as_str())),
+                Excluded::Suffix(p) => s.is_some_and(|s| !s.ends_with(p.as_str())),
+                Excluded::IgnoreCase(xs) => s.is_some_and(|s| !xs.contains(&s.to_lowercase())),
+                Excluded::Wildcards(ws) => s.is_some_and(|s| !ws.iter().any(|w| w.matches(s))),
+            },
+            Matcher::Exists(_) => unreachable!("decided on the whole field"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn m(pattern: Value, event: Value) -> bool {
+        Pattern::compile(&pattern)
+            .unwrap_or_else(|e| panic!("{pattern}: {e}"))
+            .matches(&event)
+    }
+
+    fn invalid(pattern: Value) -> PatternError {
+        Pattern::compile(&pattern).expect_err(&pattern.to_string())
+    }
+
+    #[test]
+    fn exact_values_arrays_and_nesting() {
+        let ev = json!({"source": "aws.s3", "detail": {"bucket": {"name": "photos"}, "size": 300},
+                        "resources": ["arn:a", "arn:b"]});
+        assert!(m(json!({"source": ["aws.s3"]}), ev.clone()));
+        assert!(m(json!({"source": ["x", "aws.s3"]}), ev.clone()));
+        assert!(!m(json!({"source": ["aws.ec2"]}), ev.clone()));
+        assert!(m(
+            json!({"detail": {"bucket": {"name": ["photos"]}}}),
+            ev.clone()
+        ));
+        assert!(m(json!({"resources": ["arn:b", "arn:z"]}), ev.clone()));
+        assert!(!m(json!({"resources": ["arn:z"]}), ev.clone()));
+        // AND across fields; a missing field fails.
+        assert!(!m(json!({"source": ["aws.s3"], "nope": ["x"]}), ev.clone()));
+        // Types never cross: "300" is not 300; 300 equals 300.0 and 3e2.
+        assert!(!m(json!({"detail": {"size": ["300"]}}), ev.clone()));
+        assert!(m(json!({"detail": {"size": [300.0]}}), ev.clone()));
+        assert!(m(json!({"detail": {"size": [3e2]}}), ev.clone()));
+        assert!(!m(json!({"detail": {"size": [true]}}), ev));
+    }
+
+    #[test]
+    fn null_empty_string_and_exists() {
+        let ev = json!({"a": null, "b": "", "c": {"d": 1}, "e": []});
+        assert!(m(json!({"a": [null]}), ev.clone()));
+        assert!(!m(json!({"b": [null]}), ev.clone()));
+        assert!(m(json!({"b": [""]}), ev.clone()));
+        assert!(!m(json!({"missing": [null]}), ev.clone()));
+        assert!(m(json!({"a": [{"exists": true}]}), ev.clone()));
+        assert!(m(json!({"missing": [{"exists": false}]}), ev.clone()));
+        assert!(!m(json!({"b": [{"exists": false}]}), ev.clone()));
+        // Only leaves exist: an object is not one.
+        assert!(m(json!({"c": [{"exists": false}]}), ev.clone()));
+        assert!(!m(json!({"c": [{"exists": true}]}), ev.clone()));
+        assert!(m(json!({"e": [{"exists": false}]}), ev.clone()));
+        // Under a missing parent, everything is absent.
+        assert!(m(json!({"x": {"y": [{"exists": false}]}}), ev));
+    }
+
+    #[test]
+    fn string_operators() {
+        let ev = json!({"key": "input/Photo Of Me.JPG", "ip": "10.0.0.33", "ip6": "2001:db8::1"});
+        assert!(m(json!({"key": [{"prefix": "input/"}]}), ev.clone()));
+        assert!(!m(json!({"key": [{"prefix": "Input/"}]}), ev.clone()));
+        assert!(m(
+            json!({"key": [{"prefix": {"equals-ignore-case": "INPUT/"}}]}),
+            ev.clone()
+        ));
+        assert!(m(json!({"key": [{"suffix": ".JPG"}]}), ev.clone()));
+        assert!(m(
+            json!({"key": [{"suffix": {"equals-ignore-case": ".jpg"}}]}),
+            ev.clone()
+        ));
+        assert!(m(
+            json!({"key": [{"equals-ignore-case": "INPUT/photo of me.jpg"}]}),
+            ev.clone()
+        ));
+        assert!(m(json!({"key": [{"wildcard": "input/*.JPG"}]}), ev.clone()));
+        assert!(m(json!({"key": [{"wildcard": "*Of*"}]}), ev.clone()));
+        assert!(!m(
+            json!({"key": [{"wildcard": "input/*.png"}]}),
+            ev.clone()
+        ));
+        assert!(m(
+            json!({"s": [{"wildcard": "a\\*b"}]}),
+            json!({"s": "a*b"})
+        ));
+        assert!(!m(
+            json!({"s": [{"wildcard": "a\\*b"}]}),
+            json!({"s": "axxb"})
+        ));
+        assert!(m(
+            json!({"s": [{"wildcard": "ab*ab"}]}),
+            json!({"s": "abab"})
+        ));
+        assert!(!m(
+            json!({"s": [{"wildcard": "ab*ab"}]}),
+            json!({"s": "aba"})
+        ));
+        assert!(m(json!({"ip": [{"cidr": "10.0.0.0/24"}]}), ev.clone()));
+        assert!(!m(json!({"ip": [{"cidr": "10.0.1.0/24"}]}), ev.clone()));
+        assert!(m(json!({"ip6": [{"cidr": "2001:db8::/32"}]}), ev.clone()));
+        assert!(m(json!({"ip": [{"cidr": "0.0.0.0/0"}]}), ev.clone()));
+        // String operators never match numbers.
+        assert!(!m(json!({"n": [{"prefix": "1"}]}), json!({"n": 12})));
+    }
+
+    #[test]
+    fn anything_but() {
+        let ev = json!({"state": "running", "n": 5, "list": ["a", "b"]});
+        assert!(m(
+            json!({"state": [{"anything-but": "stopped"}]}),
+            ev.clone()
+        ));
+        assert!(!m(
+            json!({"state": [{"anything-but": ["running", "x"]}]}),
+            ev.clone()
+        ));
+        assert!(m(json!({"n": [{"anything-but": [1, 2]}]}), ev.clone()));
+        assert!(!m(json!({"n": [{"anything-but": 5}]}), ev.clone()));
+        assert!(!m(
+            json!({"state": [{"anything-but": {"prefix": "run"}}]}),
+            ev.clone()
+        ));
+        assert!(m(
+            json!({"state": [{"anything-but": {"suffix": "x"}}]}),
+            ev.clone()
+        ));
+        assert!(!m(
+            json!({"state": [{"anything-but": {"equals-ignore-case": ["RUNNING"]}}]}),
+            ev.clone()
+        ));
+        assert!(!m(
+            json!({"state": [{"anything-but": {"wildcard": "r*g"}}]}),
+            ev.clone()
+        ));
+        // Any element other than the excluded ones matches; a missing field does not.
+        assert!(m(json!({"list": [{"anything-but": "a"}]}), ev.clone()));
+        assert!(!m(json!({"missing": [{"anything-but": "a"}]}), ev));
+    }
+
+    #[test]
+    fn numeric_ranges() {
+        let ev = json!({"size": 300, "f": 0.5});
+        assert!(m(
+            json!({"size": [{"numeric": [">", 0, "<=", 300]}]}),
+            ev.clone()
+        ));
+        assert!(!m(
+            json!({"size": [{"numeric": [">", 0, "<", 300]}]}),
+            ev.clone()
+        ));
+        assert!(m(json!({"size": [{"numeric": ["=", 3.0e2]}]}), ev.clone()));
+        assert!(m(json!({"f": [{"numeric": [">=", 0.5]}]}), ev.clone()));
+        assert!(!m(json!({"size": [{"numeric": ["<", 10]}]}), ev.clone()));
+        assert!(!m(
+            json!({"size": [{"numeric": [">", 0]}]}),
+            json!({"size": "300"})
+        ));
+        // Several values are OR'ed: outside a range.
+        assert!(m(
+            json!({"size": [{"numeric": ["<", 10]}, {"numeric": [">", 100]}]}),
+            ev
+        ));
+    }
+
+    #[test]
+    fn or_and_arrays_of_objects() {
+        let ev = json!({"source": "app", "detail": {"employees": [
+            {"first": "John", "last": "Doe"}, {"first": "Anna", "last": "Smith"},
+            [{"first": "Peter", "last": "Jones"}]]}});
+        assert!(m(
+            json!({"detail": {"employees": {"first": ["Anna"]}}}),
+            ev.clone()
+        ));
+        assert!(m(
+            json!({"detail": {"employees": {"first": ["Peter"], "last": ["Jones"]}}}),
+            ev.clone()
+        ));
+        // Array-consistent: Anna and Jones are in different elements.
+        assert!(!m(
+            json!({"detail": {"employees": {"first": ["Anna"], "last": ["Jones"]}}}),
+            ev.clone()
+        ));
+        assert!(m(
+            json!({"source": ["app"], "$or": [{"detail": {"employees": {"first": ["Nobody"]}}},
+                                               {"source": ["app"]}]}),
+            ev.clone()
+        ));
+        assert!(!m(
+            json!({"$or": [{"source": ["x"]}, {"detail": {"employees": {"last": ["Nobody"]}}}]}),
+            ev.clone()
+        ));
+        // $or nested inside a nested pattern.
+        assert!(m(
+            json!({"detail": {"employees": {"$or": [{"first": ["Anna"]}, {"last": ["X"]}]}}}),
+            ev
+        ));
+    }
+
+    #[test]
+    fn bad_patterns_name_the_path_and_operator() {
+        let cases = [
+            (json!({"source": "aws.s3"}), "source"),
+            (json!({"source": []}), "source"),
+            (json!({}), "pattern"),
+            (json!({"a": [{"prefix": 5}]}), "a[0].prefix"),
+            (json!({"a": [{"numeric": [">", "x"]}]}), "a[0].numeric"),
+            (
+                json!({"a": [{"numeric": ["<", 1, ">", 0]}]}),
+                "a[0].numeric",
+            ),
+            (
+                json!({"a": [{"numeric": [">", 5, "<", 1]}]}),
+                "a[0].numeric",
+            ),
+            (json!({"a": [{"numeric": ["=", 1e10]}]}), "a[0].numeric"),
+            (json!({"a": [{"cidr": "10.0.0.0/33"}]}), "a[0].cidr"),
+            (json!({"a": [{"exists": "yes"}]}), "a[0].exists"),
+            (json!({"a": [{"wildcard": "a**b"}]}), "a[0].wildcard"),
+            (json!({"a": [{"wildcard": "a\\b"}]}), "a[0].wildcard"),
+            (
+                json!({"a": [{"anything-but": ["x", 1]}]}),
+                "a[0].anything-but",
+            ),
+            (
+                json!({"a": [{"anything-but": {"numeric": [">", 1]}}]}),
+                "a[0].anything-but",
+            ),
+            (json!({"a": [{"regex": "x"}]}), "a[0]"),
+            (json!({"a": [{"prefix": "x", "suffix": "y"}]}), "a[0]"),
+            (json!({"a": [["x"]]}), "a[0]"),
+            (json!({"$or": [{"a": ["x"]}]}), "$or"),
+            (
+                json!({"d": {"$or": [{"a": ["x"]}, {"b": "y"}]}}),
+                "d.$or[1].b",
+            ),
+        ];
+        for (p, path) in cases {
+            let e = invalid(p.clone());
+            assert_eq!(e.path, path, "{p}: {e}");
+        }
+        assert!(invalid(json!({"a": [{"regex": "x"}]}))
+            .problem
+            .contains("unknown operator \"regex\""));
+        assert!(Pattern::parse("{")
+            .unwrap_err()
+            .problem
+            .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn exact_top_level_fields_are_offered_for_indexing() {
+        let p = Pattern::compile(
+            &json!({"source": ["a", "b"], "detail-type": [{"prefix": "x"}],
+                                         "detail": {"k": ["v"]}}),
+        )
+        .unwrap();
+        assert_eq!(p.exact_top_level(), vec![("source", vec!["a", "b"])]);
+    }
+}

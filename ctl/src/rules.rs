@@ -1,0 +1,377 @@
+//! `skiff rules` (rule files in YAML, JSON or TOML) and `skiff events put` / `dlq`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Deserialize;
+use skiff_proto::v1 as pb;
+
+use crate::client::{api_error, connect};
+use crate::output::{self, Format};
+use crate::taskdef_file::DurationField;
+
+#[derive(Subcommand)]
+pub enum RulesCmd {
+    /// Create or replace a rule from a file (rule.yaml, .json or .toml).
+    Put {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Ls,
+    Describe {
+        name: String,
+    },
+    Rm {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// An EventBridge pattern: a mapping, or JSON text.
+    pattern: serde_json::Value,
+    enabled: Option<bool>,
+    #[serde(default)]
+    targets: Vec<TargetFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFile {
+    id: String,
+    task: Option<TaskTargetFile>,
+    queue: Option<String>,
+    topic: Option<String>,
+    #[serde(default)]
+    input_path: String,
+    input_transformer: Option<TransformerFile>,
+    retry: Option<RetryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskTargetFile {
+    task_definition: String,
+    #[serde(default)]
+    group: String,
+    overrides: Option<OverridesFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverridesFile {
+    #[serde(default)]
+    containers: Vec<ContainerOverrideFile>,
+    timeout: Option<DurationField>,
+    task_role: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerOverrideFile {
+    name: String,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    cpu: Option<f64>,
+    /// MiB.
+    memory: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransformerFile {
+    #[serde(default)]
+    input_paths: BTreeMap<String, String>,
+    input_template: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    max_attempts: Option<u32>,
+    /// e.g. "1h" (or seconds).
+    max_event_age: Option<DurationField>,
+}
+
+/// Reads a rule file; the format follows the extension (YAML unless .json or .toml).
+pub fn load(path: &Path) -> anyhow::Result<pb::Rule> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: RuleFile = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
+        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
+        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
+    }
+    .with_context(|| format!("{} is not a valid rule file", path.display()))?;
+    let pattern_json = match &file.pattern {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let mut targets = Vec::new();
+    for (i, t) in file.targets.into_iter().enumerate() {
+        let kind = match (t.task, t.queue, t.topic) {
+            (Some(task), None, None) => {
+                let overrides = match task.overrides {
+                    None => None,
+                    Some(o) => Some(pb::TaskOverrides {
+                        containers: o
+                            .containers
+                            .into_iter()
+                            .map(|c| pb::ContainerOverride {
+                                name: c.name,
+                                command: c.command,
+                                environment: c.environment.into_iter().collect(),
+                                cpu: c.cpu,
+                                memory_mib: c.memory,
+                            })
+                            .collect(),
+                        timeout_seconds: o
+                            .timeout
+                            .map(|d| d.seconds(&format!("targets[{i}].task.overrides.timeout")))
+                            .transpose()?,
+                        task_role: o.task_role,
+                    }),
+                };
+                pb::target::Kind::Task(pb::TaskTarget {
+                    task_definition: task.task_definition,
+                    overrides,
+                    group: task.group,
+                })
+            }
+            (None, Some(q), None) => pb::target::Kind::Queue(q),
+            (None, None, Some(t)) => pb::target::Kind::Topic(t),
+            _ => anyhow::bail!("targets[{i}]: give exactly one of task, queue or topic"),
+        };
+        let retry = match t.retry {
+            None => None,
+            Some(r) => Some(pb::RetryPolicy {
+                max_attempts: r.max_attempts.unwrap_or(0),
+                max_event_age_seconds: match r.max_event_age {
+                    Some(d) => {
+                        u32::try_from(d.seconds(&format!("targets[{i}].retry.max_event_age"))?)
+                            .context("max_event_age: too long")?
+                    }
+                    None => 0,
+                },
+            }),
+        };
+        targets.push(pb::Target {
+            id: t.id,
+            kind: Some(kind),
+            input_path: t.input_path,
+            input_transformer: t.input_transformer.map(|tr| pb::InputTransformer {
+                input_paths: tr.input_paths.into_iter().collect(),
+                input_template: tr.input_template,
+            }),
+            retry,
+        });
+    }
+    Ok(pb::Rule {
+        name: file.name,
+        description: file.description,
+        pattern_json,
+        enabled: file.enabled,
+        targets,
+        ..Default::default()
+    })
+}
+
+fn target_text(t: &pb::Target) -> String {
+    match &t.kind {
+        Some(pb::target::Kind::Task(task)) => format!("{}: task {}", t.id, task.task_definition),
+        Some(pb::target::Kind::Queue(q)) => format!("{}: queue {q}", t.id),
+        Some(pb::target::Kind::Topic(q)) => format!("{}: topic {q}", t.id),
+        None => t.id.clone(),
+    }
+}
+
+fn print(fmt: Format, rules: &[pb::Rule]) {
+    if fmt == Format::Json {
+        let v: Vec<_> = rules
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name, "description": r.description, "enabled": r.enabled.unwrap_or(true),
+                    "pattern": serde_json::from_str::<serde_json::Value>(&r.pattern_json).unwrap_or_default(),
+                    "targets": r.targets.iter().map(target_text).collect::<Vec<_>>(),
+                    "version": r.version, "updatedMs": r.updated_ms,
+                })
+            })
+            .collect();
+        println!("{}", output::json(&v));
+        return;
+    }
+    let rows = rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                if r.enabled.unwrap_or(true) {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
+                .into(),
+                r.pattern_json.clone(),
+                r.targets
+                    .iter()
+                    .map(target_text)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(&["NAME", "STATE", "PATTERN", "TARGETS"], rows)
+    );
+}
+
+pub async fn rules(addr: &str, fmt: Format, cmd: RulesCmd) -> anyhow::Result<i32> {
+    let mut c = pb::rules_client::RulesClient::new(connect(addr).await?);
+    let r = match cmd {
+        RulesCmd::Put { file } => vec![c.put(load(&file)?).await.map_err(api_error)?.into_inner()],
+        RulesCmd::Ls => {
+            c.list(pb::ListRulesRequest {})
+                .await
+                .map_err(api_error)?
+                .into_inner()
+                .rules
+        }
+        RulesCmd::Describe { name } => {
+            vec![c
+                .get(pb::RuleRef { name })
+                .await
+                .map_err(api_error)?
+                .into_inner()]
+        }
+        RulesCmd::Rm { name } => {
+            vec![c
+                .delete(pb::RuleRef { name })
+                .await
+                .map_err(api_error)?
+                .into_inner()]
+        }
+        RulesCmd::Enable { name } => vec![c
+            .set_enabled(pb::SetRuleEnabledRequest {
+                name,
+                enabled: true,
+            })
+            .await
+            .map_err(api_error)?
+            .into_inner()],
+        RulesCmd::Disable { name } => vec![c
+            .set_enabled(pb::SetRuleEnabledRequest {
+                name,
+                enabled: false,
+            })
+            .await
+            .map_err(api_error)?
+            .into_inner()],
+    };
+    print(fmt, &r);
+    Ok(0)
+}
+
+/// `skiff events put`: one app event. Exits 1 if the bus refused it.
+pub async fn put_event(
+    addr: &str,
+    fmt: Format,
+    source: String,
+    detail_type: String,
+    detail: String,
+    resources: Vec<String>,
+) -> anyhow::Result<i32> {
+    let detail = match detail.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("--detail: reading {path}"))?
+        }
+        None => detail,
+    };
+    let mut c = pb::events_client::EventsClient::new(connect(addr).await?);
+    let r = c
+        .put(pb::PutEventsRequest {
+            entries: vec![pb::PutEventsEntry {
+                source,
+                detail_type,
+                detail_json: detail,
+                resources,
+                time_ms: 0,
+            }],
+        })
+        .await
+        .map_err(api_error)?
+        .into_inner();
+    let e = r.entries.into_iter().next().unwrap_or_default();
+    if !e.error_code.is_empty() {
+        eprintln!("skiff: {}: {}", e.error_code, e.error_message);
+        return Ok(1);
+    }
+    match fmt {
+        Format::Json => println!("{}", serde_json::json!({"eventId": e.event_id})),
+        Format::Table => println!("{}", e.event_id),
+    }
+    Ok(0)
+}
+
+/// `skiff events dlq ls`.
+pub async fn dead_letters(addr: &str, fmt: Format, rule: Option<String>) -> anyhow::Result<i32> {
+    let mut c = pb::events_client::EventsClient::new(connect(addr).await?);
+    let r = c
+        .list_dead_letters(pb::ListDeadLettersRequest {
+            rule: rule.unwrap_or_default(),
+            limit: 0,
+        })
+        .await
+        .map_err(api_error)?
+        .into_inner();
+    if fmt == Format::Json {
+        let v: Vec<_> = r
+            .dead_letters
+            .iter()
+            .map(|d| {
+                serde_json::json!({"rule": d.rule, "target": d.target, "eventId": d.event_id,
+                    "attempts": d.attempts, "lastError": d.last_error, "deadMs": d.dead_ms,
+                    "event": serde_json::from_str::<serde_json::Value>(&d.event_json).unwrap_or_default()})
+            })
+            .collect();
+        println!("{}", output::json(&v));
+    } else {
+        let rows = r
+            .dead_letters
+            .iter()
+            .map(|d| {
+                vec![
+                    d.rule.clone(),
+                    d.target.clone(),
+                    d.event_id.clone(),
+                    d.attempts.to_string(),
+                    output::time(d.dead_ms),
+                    d.last_error.clone(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            output::table(
+                &["RULE", "TARGET", "EVENT", "ATTEMPTS", "DEAD", "LAST ERROR"],
+                rows
+            )
+        );
+    }
+    Ok(0)
+}
