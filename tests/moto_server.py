@@ -8,7 +8,8 @@ the test needs:
 - role `skiff-tasks` trusts that user and may do anything in bucket `photos`: skiff's session
   policy is what narrows the credentials each task gets;
 - bucket `photos` with incoming/a.txt, private/b.txt and reports/r.txt;
-- user `static-reader` (for the static-keys provider) may read photos/reports/* only.
+- user `static-reader` (for the static-keys provider) may read photos/reports/* only;
+- user `uploader` may do anything in `photos` (the tests' own uploads, and bucket watchers).
 
 moto 5 evaluates only the assumed role's own policies and ignores the session policy passed to
 AssumeRole; AWS allows an action only if both permit it. The patch below adds that rule, so the
@@ -94,6 +95,19 @@ def main():
             {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::photos/reports/*"}
         ),
     )
+    iam.create_user(UserName="uploader")
+    uploader_key = iam.create_access_key(UserName="uploader")["AccessKey"]
+    iam.put_user_policy(
+        UserName="uploader",
+        PolicyName="photos",
+        PolicyDocument=policy(
+            {
+                "Effect": "Allow",
+                "Action": "s3:*",
+                "Resource": ["arn:aws:s3:::photos", "arn:aws:s3:::photos/*"],
+            }
+        ),
+    )
     s3.create_bucket(Bucket="photos")
     s3.put_object(Bucket="photos", Key="incoming/a.txt", Body=b"hello from incoming")
     s3.put_object(Bucket="photos", Key="private/b.txt", Body=b"private")
@@ -110,6 +124,8 @@ def main():
                 "controller_secret": controller_key["SecretAccessKey"],
                 "static_key_id": static_key["AccessKeyId"],
                 "static_secret": static_key["SecretAccessKey"],
+                "uploader_key_id": uploader_key["AccessKeyId"],
+                "uploader_secret": uploader_key["SecretAccessKey"],
             }
         ),
         flush=True,

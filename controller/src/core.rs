@@ -77,6 +77,8 @@ pub struct Core {
     rules_version: AtomicU64,
     /// Wakes the rule dispatcher.
     pub bus_kick: Notify,
+    /// Wakes the watcher supervisor: a source changed.
+    pub sources_kick: Notify,
 }
 
 impl Core {
@@ -110,6 +112,7 @@ impl Core {
             next_id: AtomicU64::new(1),
             rules_version: AtomicU64::new(0),
             bus_kick: Notify::new(),
+            sources_kick: Notify::new(),
         }
     }
 

@@ -9,9 +9,11 @@ pub mod bus;
 pub mod convert;
 pub mod core;
 pub mod credentials;
+pub mod http;
 pub mod images_api;
 pub mod lifecycle;
 pub mod model;
+pub mod objects;
 pub mod pattern;
 pub mod pki;
 pub mod placement;
@@ -19,11 +21,13 @@ pub mod roles;
 pub mod rules_api;
 pub mod scheduler;
 pub mod secrets;
+pub mod sources_api;
 pub mod store;
 pub mod task_tokens;
 pub mod tokens_api;
 pub mod transform;
 pub mod validate;
+pub mod watcher;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +48,10 @@ pub struct ControllerConfig {
     pub tls: Option<Vec<String>>,
     /// Lifetime of node certificates (default 30 days).
     pub node_cert_ttl: Option<std::time::Duration>,
+    /// The HTTP listener (object-store notifications, health); None = none.
+    pub http_listen: Option<SocketAddr>,
+    /// Serve this directory's subdirectories as local buckets, watched (source "local").
+    pub local_buckets: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,7 @@ pub enum ControllerError {
 pub struct Controller {
     core: Arc<core::Core>,
     listener: TcpListener,
+    http_listener: Option<TcpListener>,
     /// The server identity (cert, key PEM) when serving TLS.
     tls_identity: Option<(String, String)>,
     /// Where the first admin token was written, when this start created it.
@@ -129,11 +138,28 @@ impl Controller {
             }
             None => (None, None),
         };
+        let http_listener = match cfg.http_listen {
+            Some(addr) => Some(
+                http::bind(addr)
+                    .await
+                    .map_err(|source| ControllerError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let mut core = core::Core::new(store, cfg.timing, sealer, task_keys);
         core.pki = pki;
+        if let Some(dir) = &cfg.local_buckets {
+            local_source(&core, dir)
+                .await
+                .map_err(|source| ControllerError::Store {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
         Ok(Controller {
             core: Arc::new(core),
             listener,
+            http_listener,
             tls_identity,
             bootstrap_token,
         })
@@ -147,6 +173,13 @@ impl Controller {
     /// The admin token file this start wrote (first start only).
     pub fn bootstrap_token(&self) -> Option<&std::path::Path> {
         self.bootstrap_token.as_deref()
+    }
+
+    /// The HTTP listener's address, when there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -163,6 +196,15 @@ impl Controller {
         let core = self.core;
         let scheduler = tokio::spawn(scheduler::run(core.clone()));
         let dispatcher = tokio::spawn(bus::run(core.clone()));
+        let watchers = tokio::spawn(watcher::run(core.clone()));
+        let http_server = self.http_listener.map(|l| {
+            let core = core.clone();
+            tokio::spawn(async move {
+                if let Err(e) = http::serve(core, l).await {
+                    tracing::warn!(error = %e, "the HTTP listener stopped");
+                }
+            })
+        });
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -197,6 +239,9 @@ impl Controller {
             .await;
         health
             .set_serving::<pb::rules_server::RulesServer<rules_api::RulesApi>>()
+            .await;
+        health
+            .set_serving::<pb::sources_server::SourcesServer<sources_api::SourcesApi>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -240,6 +285,9 @@ impl Controller {
             .add_service(pb::rules_server::RulesServer::new(rules_api::RulesApi {
                 core: core.clone(),
             }))
+            .add_service(pb::sources_server::SourcesServer::new(
+                sources_api::SourcesApi { core: core.clone() },
+            ))
             .add_service(pb::tokens_server::TokensServer::new(
                 tokens_api::TokensApi { core: core.clone() },
             ))
@@ -263,8 +311,41 @@ impl Controller {
             .await;
         scheduler.abort();
         dispatcher.abort();
+        watchers.abort();
+        if let Some(h) = http_server {
+            h.abort();
+        }
         // Make sure everything acknowledged is on disk before the process ends.
         let _ = core.store.commit().await;
         Ok(result?)
     }
 }
+
+/// Makes sure the local-buckets source exists: every directory under `dir` is a bucket, listed
+/// every second.
+async fn local_source(core: &core::Core, dir: &std::path::Path) -> Result<(), store::StoreError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| store::StoreError::Rejected(format!("{}: {e}", dir.display())))?;
+    let path = dir.to_string_lossy().into_owned();
+    let wanted = model::SourceKind::Local { path };
+    if let Some(s) = core.store.source(LOCAL_SOURCE)? {
+        if s.kind == wanted {
+            return Ok(());
+        }
+    }
+    let now = model::now_ms();
+    core.store
+        .put_source(&model::Source {
+            name: LOCAL_SOURCE.into(),
+            kind: wanted,
+            bucket: String::new(),
+            prefix: String::new(),
+            poll_interval_secs: 1,
+            created_ms: now,
+            updated_ms: now,
+        })
+        .await
+}
+
+/// The name of `skiff dev`'s local-buckets source.
+pub const LOCAL_SOURCE: &str = "local";

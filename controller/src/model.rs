@@ -517,3 +517,30 @@ impl Event {
         })
     }
 }
+
+/// Where object-store events come from (see `objects.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    pub bucket: String,
+    pub prefix: String,
+    /// 0 = no watcher.
+    pub poll_interval_secs: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    S3 {
+        endpoint: String,
+        region: String,
+        access_key_id_secret: String,
+        secret_access_key_secret: String,
+    },
+    Local {
+        path: String,
+    },
+}

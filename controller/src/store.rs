@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
     ApiToken, DeadLetter, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule, SealedSecret,
-    Task, TaskDefinition, TaskRole,
+    Source, Task, TaskDefinition, TaskRole,
 };
 
 /// The on-disk format version of every record this binary writes.
@@ -136,6 +136,11 @@ pub struct Store {
     /// (rule, target, event id) → a failed delivery waiting for its next attempt.
     retries: sled::Tree,
     dead_letters: sled::Tree,
+    sources: sled::Tree,
+    /// Object versions already on the bus (source, bucket, key, etag, size) → event id.
+    object_seen: sled::Tree,
+    /// What each watcher last listed: (source, bucket, key) → "etag size".
+    watch_state: sled::Tree,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -161,6 +166,9 @@ impl Store {
             deliveries: db.open_tree("deliveries")?,
             retries: db.open_tree("retries")?,
             dead_letters: db.open_tree("dead_letters")?,
+            sources: db.open_tree("sources")?,
+            object_seen: db.open_tree("object_seen")?,
+            watch_state: db.open_tree("watch_state")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
@@ -695,6 +703,109 @@ impl Store {
         self.dead_letters
             .iter()
             .map(|kv| decode("dead_letters", &kv?.1))
+            .collect()
+    }
+
+    // --- object-store sources ---
+
+    pub async fn put_source(&self, s: &Source) -> Result<(), StoreError> {
+        self.sources.insert(s.name.as_bytes(), encode(s))?;
+        self.commit().await
+    }
+
+    pub fn source(&self, name: &str) -> Result<Option<Source>, StoreError> {
+        self.sources
+            .get(name)?
+            .map(|v| decode("sources", &v))
+            .transpose()
+    }
+
+    pub fn sources(&self) -> Result<Vec<Source>, StoreError> {
+        self.sources
+            .iter()
+            .map(|kv| decode("sources", &kv?.1))
+            .collect()
+    }
+
+    pub async fn delete_source(&self, name: &str) -> Result<Option<Source>, StoreError> {
+        let old = self
+            .sources
+            .remove(name)?
+            .map(|v| decode("sources", &v))
+            .transpose()?;
+        self.commit().await?;
+        Ok(old)
+    }
+
+    /// Appends an object event unless that object version is already on the bus (then
+    /// Ok(None)); with `watch`, records what the watcher saw in the same transaction (None as
+    /// its value = the object is gone). Durable on return.
+    pub async fn append_object_event(
+        &self,
+        seen_key: Option<&str>,
+        watch: Option<(&str, Option<&str>)>,
+        make: impl FnOnce(String) -> Event,
+    ) -> Result<Option<Event>, StoreError> {
+        let mut gen = self.writer.lock().await;
+        let event = make(next_event_id(&mut gen));
+        let (ek, ev) = (event_key(&event.id), encode(&event));
+        let res: Result<bool, TransactionError<()>> =
+            (&self.events, &self.object_seen, &self.watch_state).transaction(
+                |(events, seen, state)| {
+                    if let Some((k, v)) = watch {
+                        match v {
+                            Some(v) => state.insert(k, v)?,
+                            None => state.remove(k)?,
+                        };
+                    }
+                    if let Some(sk) = seen_key {
+                        if seen.get(sk)?.is_some() {
+                            return Ok(false);
+                        }
+                        seen.insert(sk, event.id.as_bytes())?;
+                    }
+                    events.insert(ek.as_slice(), ev.as_slice())?;
+                    Ok(true)
+                },
+            );
+        drop(gen);
+        let appended = match res {
+            Ok(a) => a,
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Engine(e)),
+            Err(TransactionError::Abort(())) => {
+                return Err(StoreError::Rejected("transaction aborted".into()))
+            }
+        };
+        self.commit().await?;
+        Ok(appended.then_some(event))
+    }
+
+    /// Records a watcher's listing as it is (its baseline), with one flush.
+    pub async fn put_watch_state(&self, entries: &[(String, String)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in entries {
+            batch.insert(k.as_bytes(), v.as_bytes());
+        }
+        self.watch_state.apply_batch(batch)?;
+        self.commit().await
+    }
+
+    /// A watcher's last listing of one source: key (source NUL bucket NUL object) →
+    /// "etag size".
+    pub fn watch_state(
+        &self,
+        source: &str,
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let prefix = format!("{source}\0");
+        self.watch_state
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
             .collect()
     }
 

@@ -19,6 +19,8 @@ pub struct ControllerFile {
     #[serde(default)]
     pub tls_names: Vec<String>,
     pub node_cert_ttl: Option<String>,
+    /// The HTTP listener for object-store notifications and health ("off" = none).
+    pub http_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,6 +9,7 @@ mod roles;
 mod rules;
 mod run_task;
 mod serve;
+mod sources;
 mod taskdef_file;
 
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ enum Command {
     /// Rules: event patterns and the targets matching events go to.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
+    /// Object-store sources: buckets whose new objects become events.
+    #[command(subcommand)]
+    Sources(sources::SourcesCmd),
     /// Task roles: what tasks running under them may reach (skiff API, object store).
     #[command(subcommand)]
     Roles(roles::RolesCmd),
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
             Command::Secrets(c) => client::secrets(&cli.addr, fmt, c).await,
             Command::Roles(c) => roles::roles(&cli.addr, fmt, c).await,
             Command::Rules(c) => rules::rules(&cli.addr, fmt, c).await,
+            Command::Sources(c) => sources::sources(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } => unreachable!("handled above"),
         }

@@ -16,6 +16,13 @@ pub struct DevArgs {
     /// Where state, images and task files live.
     #[arg(long, env = "SKIFF_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// HTTP listen address for object-store notifications (POST /notify/<source>).
+    #[arg(
+        long = "http-listen",
+        env = "SKIFF_HTTP_LISTEN",
+        default_value = "127.0.0.1:7480"
+    )]
+    http_listen: SocketAddr,
     /// gRPC listen address.
     #[arg(long, env = "SKIFF_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
@@ -80,6 +87,10 @@ pub struct ControllerArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, env = "SKIFF_LISTEN")]
     listen: Option<SocketAddr>,
+    /// HTTP listen address for object-store notifications and /healthz (default
+    /// 127.0.0.1:7480; "off" for none).
+    #[arg(long = "http-listen", env = "SKIFF_HTTP_LISTEN")]
+    http_listen: Option<String>,
     /// How often agents heartbeat (e.g. 5s).
     #[arg(long, env = "SKIFF_HEARTBEAT_INTERVAL")]
     heartbeat_interval: Option<String>,
@@ -175,6 +186,8 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
         timing: Timing::default(),
         tls: None,
         node_cert_ttl: None,
+        http_listen: Some(a.http_listen),
+        local_buckets: Some(data_dir.join("buckets")),
     })
     .await
     .context("starting the controller")?;
@@ -201,6 +214,12 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
         "skiff dev: admin API token in {} (the CLI reads it from there for this address)",
         cli_file.display()
     );
+    if let Some(http) = ctl.http_addr() {
+        println!(
+            "skiff dev: local buckets in {} (every directory is a bucket; new files become events); notifications on http://{http}/notify/<source>",
+            data_dir.join("buckets").display()
+        );
+    }
     println!("skiff dev: try  skiff run-task --wait --image dir:/path/to/rootfs -- echo hello");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(agent.run({
@@ -253,12 +272,22 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         Some(t) => Some(config::duration("node_cert_ttl", &t)?),
         None => None,
     };
+    let http_listen = match a.http_listen.or(file.http_listen) {
+        Some(s) if s == "off" => None,
+        Some(s) => Some(
+            s.parse::<SocketAddr>()
+                .with_context(|| format!("--http-listen: {s:?} is not HOST:PORT or off"))?,
+        ),
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
+    };
     let ctl = Controller::bind(ControllerConfig {
         data_dir: data_dir.clone(),
         listen,
         timing,
         tls,
         node_cert_ttl,
+        http_listen,
+        local_buckets: None,
     })
     .await
     .context("starting the controller")?;
@@ -272,6 +301,9 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         ctl.local_addr(),
         data_dir.display()
     );
+    if let Some(http) = ctl.http_addr() {
+        println!("skiff controller: notifications on http://{http}/notify/<source>");
+    }
     if ctl.ca_pem().is_some() {
         println!(
             "skiff controller: cluster CA certificate {} (clients: SKIFF_CA_FILE)",

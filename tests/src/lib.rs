@@ -140,6 +140,22 @@ impl Proc {
         )
     }
 
+    /// The base URL of the HTTP listener (object-store notifications) a controller or dev
+    /// prints: http://HOST:PORT.
+    pub fn http_url(&self) -> String {
+        wait_for(
+            &format!("{} to print its HTTP address", self.name),
+            Duration::from_secs(20),
+            || {
+                self.stdout_text().lines().find_map(|l| {
+                    let i = l.find("notifications on http://")?;
+                    let url = &l[i + "notifications on ".len()..];
+                    Some(url.split("/notify").next()?.to_string())
+                })
+            },
+        )
+    }
+
     /// The HOST:PORT of [`Proc::listen_url`].
     pub fn listen_addr(&self) -> String {
         let url = self.listen_url();
@@ -267,6 +283,39 @@ pub fn cli_as(addr: &str, token: Option<&str>, args: &[&str]) -> Cli {
     c.stdin(Stdio::null()).output().unwrap().into()
 }
 
+/// A plain HTTP/1.1 request (loopback test servers): returns the status and the body.
+pub fn http(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host).expect("connecting");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // A server refusing a large body may answer and close before reading it all.
+    let _ = s.write_all(body);
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Runs `skiff ARGS` with `input` on its standard input (passwords, secret values).
 pub fn cli_stdin(addr: &str, args: &[&str], input: &[u8]) -> Cli {
     let mut child = skiff_command()
@@ -328,6 +377,8 @@ impl Env {
             data.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
         let p = Proc::spawn("dev", self.dir.path(), &args);
@@ -350,6 +401,8 @@ impl Env {
             listen,
             "--heartbeat-interval",
             "500ms",
+            "--http-listen",
+            "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
         let p = Proc::spawn("controller", self.dir.path(), &args);

@@ -19,6 +19,9 @@ pub struct Moto {
     /// Keys of a user that may read photos/reports/* only (the static-keys provider).
     pub static_key_id: String,
     pub static_secret: String,
+    /// Keys of a user that may do anything in `photos`.
+    pub uploader_key_id: String,
+    pub uploader_secret: String,
 }
 
 /// The venv holding moto and boto3.
@@ -88,7 +91,30 @@ impl Moto {
             controller_secret: s("controller_secret"),
             static_key_id: s("static_key_id"),
             static_secret: s("static_secret"),
+            uploader_key_id: s("uploader_key_id"),
+            uploader_secret: s("uploader_secret"),
         }
+    }
+
+    /// Runs Python with boto3 as the uploader: `s3` is a client for this server. Returns what
+    /// the script printed; panics if it failed.
+    pub fn s3(&self, script: &str) -> String {
+        let prelude = "import boto3, os\n\
+            s3 = boto3.client('s3', endpoint_url=os.environ['MOTO'], region_name='us-east-1', \
+            aws_access_key_id=os.environ['KEY'], aws_secret_access_key=os.environ['SECRET'])\n";
+        let out = Command::new(venv().join("bin/python"))
+            .args(["-c", &format!("{prelude}{script}")])
+            .env("MOTO", &self.endpoint)
+            .env("KEY", &self.uploader_key_id)
+            .env("SECRET", &self.uploader_secret)
+            .output()
+            .expect("running python");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 }
 

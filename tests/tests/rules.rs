@@ -320,3 +320,63 @@ fn a_controller_killed_mid_burst_loses_no_event_and_starts_no_task_twice() {
     }
     assert_eq!(tasks.len(), acknowledged.len());
 }
+
+#[test]
+fn test_pattern_runs_locally_with_eventbridges_exit_codes() {
+    let env = Env::new();
+    let event = env.path("event.json");
+    std::fs::write(
+        &event,
+        r#"{"source": "aws.s3", "detail-type": "Object Created",
+            "detail": {"bucket": {"name": "photos"}, "object": {"key": "input/a b.jpg", "size": 2048}}}"#,
+    )
+    .unwrap();
+    let ev = format!("@{}", event.display());
+    // No controller is running at this address: the command must not need one.
+    let run = |pattern: &str| {
+        cli(
+            "http://127.0.0.1:1",
+            &[
+                "events",
+                "test-pattern",
+                "--pattern",
+                pattern,
+                "--event",
+                &ev,
+            ],
+        )
+    };
+    let out = run(
+        r#"{"detail": {"object": {"key": [{"prefix": "input/"}], "size": [{"numeric": [">", 1024]}]}}}"#,
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "{\"result\":true}\n"),
+        "{out:?}"
+    );
+    let out = run(r#"{"detail": {"object": {"key": [{"suffix": ".png"}]}}}"#);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (1, "{\"result\":false}\n"),
+        "{out:?}"
+    );
+    let out = run(r#"{"detail": {"object": {"size": [{"numeric": [">", "big"]}]}}}"#);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("detail.object.size[0].numeric"),
+        "{out:?}"
+    );
+    let out = cli(
+        "http://127.0.0.1:1",
+        &[
+            "events",
+            "test-pattern",
+            "--pattern",
+            r#"{"a": ["b"]}"#,
+            "--event",
+            "not json",
+        ],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--event"), "{out:?}");
+}

@@ -91,6 +91,8 @@ fn main() {
             data.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
         ],
     );
     let addr = format!("http://{}", dev.listen_addr());

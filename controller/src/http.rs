@@ -1,0 +1,108 @@
+//! The controller's HTTP listener, for what speaks HTTP rather than gRPC: object-store
+//! notifications (`POST /notify/<source>`, as S3/MinIO webhooks and EventBridge API
+//! destinations send them) and `GET /healthz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::auth::Role;
+use crate::core::Core;
+
+/// Largest notification body accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/notify/{source}", post(notify))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(core)
+}
+
+pub async fn serve(core: Arc<Core>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, router(core)).await
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Webhooks send `Authorization: Bearer TOKEN` (MinIO's `auth_token`); some send the token
+/// bare. Either way it must be an API token of an operator or admin.
+fn authorize(core: &Core, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            if v.starts_with("Bearer ") {
+                v.to_string()
+            } else {
+                format!("Bearer {v}")
+            }
+        });
+    let caller = crate::auth::authenticate(core, header.as_deref())
+        .map_err(|s| (StatusCode::UNAUTHORIZED, s.message().to_string()))?;
+    if caller.task.is_some() || caller.role < Role::Operator {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "notifications need an operator or admin token (this token is {})",
+                caller.role.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn notify(
+    State(core): State<Arc<Core>>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err((status, message)) = authorize(&core, &headers) {
+        return error(status, message);
+    }
+    let source = match core.store.source(&source) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no source {source:?} (skiff sources put)"),
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("state store: {e}"),
+            )
+        }
+    };
+    let parsed = match crate::objects::parse_notification(&body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match crate::objects::ingest(&core, &source, "webhook", parsed.changes).await {
+        Ok(done) => Json(json!({
+            "accepted": done.event_ids.len(),
+            "eventIds": done.event_ids,
+            "duplicates": done.duplicates,
+            "outOfScope": done.out_of_scope,
+            "ignored": parsed.ignored,
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("state store: {e}")),
+    }
+}

@@ -1,0 +1,138 @@
+//! `skiff sources`: object stores whose new objects become events (notified to
+//! `POST /notify/<name>`, and/or listed by a watcher every `poll`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Deserialize;
+use skiff_proto::v1 as pb;
+
+use crate::client::{api_error, connect};
+use crate::output::{self, Format};
+use crate::taskdef_file::DurationField;
+
+#[derive(Subcommand)]
+pub enum SourcesCmd {
+    /// Create or replace a source from a file (source.yaml, .json or .toml).
+    Put {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Ls,
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFile {
+    name: String,
+    /// s3 or local.
+    kind: String,
+    #[serde(default)]
+    endpoint: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    bucket: String,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    access_key_id_secret: String,
+    #[serde(default)]
+    secret_access_key_secret: String,
+    /// List the bucket this often (e.g. "10s"); absent = notifications only.
+    poll: Option<DurationField>,
+}
+
+fn load(path: &Path) -> anyhow::Result<pb::Source> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: SourceFile = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
+        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
+        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
+    }
+    .with_context(|| format!("{} is not a valid source file", path.display()))?;
+    let poll_interval_seconds = match f.poll {
+        Some(d) => u32::try_from(d.seconds("poll")?).context("poll: too long")?,
+        None => 0,
+    };
+    Ok(pb::Source {
+        name: f.name,
+        kind: f.kind,
+        endpoint: f.endpoint,
+        region: f.region,
+        bucket: f.bucket,
+        prefix: f.prefix,
+        path: f.path,
+        access_key_id_secret: f.access_key_id_secret,
+        secret_access_key_secret: f.secret_access_key_secret,
+        poll_interval_seconds,
+        ..Default::default()
+    })
+}
+
+fn print(fmt: Format, sources: &[pb::Source]) {
+    if fmt == Format::Json {
+        println!("{}", output::json(&sources));
+        return;
+    }
+    let rows = sources
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.kind.clone(),
+                if s.kind == "local" {
+                    s.path.clone()
+                } else {
+                    s.endpoint.clone()
+                },
+                format!(
+                    "{}/{}",
+                    if s.bucket.is_empty() { "*" } else { &s.bucket },
+                    s.prefix
+                ),
+                if s.poll_interval_seconds == 0 {
+                    "notifications only".into()
+                } else {
+                    format!("every {}s", s.poll_interval_seconds)
+                },
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(&["NAME", "KIND", "WHERE", "BUCKET/PREFIX", "WATCHER"], rows)
+    );
+}
+
+pub async fn sources(addr: &str, fmt: Format, cmd: SourcesCmd) -> anyhow::Result<i32> {
+    let mut c = pb::sources_client::SourcesClient::new(connect(addr).await?);
+    let out = match cmd {
+        SourcesCmd::Put { file } => {
+            vec![c.put(load(&file)?).await.map_err(api_error)?.into_inner()]
+        }
+        SourcesCmd::Ls => {
+            c.list(pb::ListSourcesRequest {})
+                .await
+                .map_err(api_error)?
+                .into_inner()
+                .sources
+        }
+        SourcesCmd::Rm { name } => {
+            vec![c
+                .delete(pb::SourceRef { name })
+                .await
+                .map_err(api_error)?
+                .into_inner()]
+        }
+    };
+    print(fmt, &out);
+    Ok(0)
+}
