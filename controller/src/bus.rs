@@ -94,10 +94,22 @@ pub fn delivery_key(rule: &str, target: &str, event_id: &str) -> String {
     format!("{rule}\0{target}\0{event_id}")
 }
 
+/// How long dedup records are kept (design: "dedup keys with TTL").
+pub const DEDUP_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
 pub async fn run(core: Arc<Core>) {
     let mut head = core.subscribe();
     let mut rules: Option<(u64, RuleSet)> = None;
+    let mut last_gc: Option<std::time::Instant> = None;
     loop {
+        if last_gc.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+            last_gc = Some(std::time::Instant::now());
+            match core.store.gc_dedup(now_ms() - DEDUP_TTL_MS).await {
+                Ok(0) => {}
+                Ok(n) => info!(removed = n, "old dedup records forgotten"),
+                Err(e) => warn!(error = %e, "dedup GC failed"),
+            }
+        }
         let version = core.rules_version();
         if rules.as_ref().is_none_or(|(v, _)| *v != version) {
             match core.store.rules() {

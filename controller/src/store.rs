@@ -642,6 +642,35 @@ impl Store {
         }
     }
 
+    /// Forgets dedup records of events older than `cutoff_ms` (their ULIDs carry the time):
+    /// delivery records (no retry lasts that long, and the dispatcher never replays that far
+    /// back) and object versions seen. Returns how many went.
+    pub async fn gc_dedup(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let old = |event_id: &str| {
+            ulid::Ulid::from_string(event_id).is_ok_and(|u| (u.timestamp_ms() as i64) < cutoff_ms)
+        };
+        let mut removed = 0;
+        for kv in self.deliveries.iter() {
+            let (k, _) = kv?;
+            let key = String::from_utf8_lossy(&k);
+            if key.rsplit('\0').next().is_some_and(old) && self.retries.get(&k)?.is_none() {
+                self.deliveries.remove(&k)?;
+                removed += 1;
+            }
+        }
+        for kv in self.object_seen.iter() {
+            let (k, v) = kv?;
+            if old(&String::from_utf8_lossy(&v)) {
+                self.object_seen.remove(&k)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.commit().await?;
+        }
+        Ok(removed)
+    }
+
     /// Records a delivery that needs no task (a target kind that completes at once).
     pub async fn mark_delivered(&self, key: &str, what: &str) -> Result<(), StoreError> {
         (&self.deliveries, &self.retries)
@@ -850,4 +879,37 @@ fn event_key(id: &str) -> Vec<u8> {
     ulid::Ulid::from_string(id)
         .map(|u| u.to_bytes().to_vec())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dedup_records_older_than_the_cutoff_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old_id = ulid::Ulid::from_parts(1_000, 1).to_string();
+        let new_id = ulid::Ulid::from_parts(5_000, 1).to_string();
+        for id in [&old_id, &new_id] {
+            store
+                .mark_delivered(&format!("r\0t\0{id}"), "done")
+                .await
+                .unwrap();
+            store
+                .object_seen
+                .insert(format!("s\0{id}"), id.as_bytes())
+                .unwrap();
+        }
+        assert_eq!(store.gc_dedup(2_000).await.unwrap(), 2);
+        assert!(store
+            .delivered(&format!("r\0t\0{old_id}"))
+            .unwrap()
+            .is_none());
+        assert!(store
+            .delivered(&format!("r\0t\0{new_id}"))
+            .unwrap()
+            .is_some());
+        assert_eq!(store.object_seen.len(), 1);
+    }
 }

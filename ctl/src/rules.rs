@@ -375,3 +375,25 @@ pub async fn dead_letters(addr: &str, fmt: Format, rule: Option<String>) -> anyh
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in deploy/ stays loadable: every file parses, the pattern compiles.
+    #[test]
+    fn the_upload_processing_example_loads() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/upload-processing");
+        let rule = load(&dir.join("rule.yaml")).unwrap();
+        assert_eq!(rule.targets.len(), 1);
+        skiff_controller::pattern::Pattern::parse(&rule.pattern_json).unwrap();
+        let role = crate::roles::load(&dir.join("role.yaml")).unwrap();
+        assert_eq!(role.storage.unwrap().grants.len(), 2);
+        crate::sources::load(&dir.join("source.yaml")).unwrap();
+        let def = dir.join("thumbnail.toml");
+        let text = std::fs::read_to_string(&def).unwrap();
+        let def = crate::taskdef_file::parse(&def, &text).unwrap();
+        assert_eq!(def.task_role, "thumbnailer");
+    }
+}

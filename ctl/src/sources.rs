@@ -49,7 +49,7 @@ struct SourceFile {
     poll: Option<DurationField>,
 }
 
-fn load(path: &Path) -> anyhow::Result<pb::Source> {
+pub fn load(path: &Path) -> anyhow::Result<pb::Source> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let f: SourceFile = match path.extension().and_then(|e| e.to_str()) {

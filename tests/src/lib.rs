@@ -2,6 +2,7 @@
 //! path), builds test images on this machine from the static busybox, and waits for conditions
 //! with deadlines instead of sleeping.
 
+pub mod bench;
 pub mod images;
 pub mod moto;
 pub mod registry;

@@ -313,6 +313,10 @@ echo "refreshed $(get "$AWS_CONTAINER_AUTHORIZATION_TOKEN" "$SKIFF_TASK_TOKEN_UR
     denied(&["run-task", "--image", &img, "--", "true"], "ad-hoc");
     denied(&["tokens", "ls"], "tokens:List");
     denied(&["secrets", "ls"], "secrets:List");
+    denied(
+        &["events", "put", "--source", "app", "--detail-type", "x"],
+        "events:Put",
+    );
     let other = run_task(&addr, &["--task-def", "other"]);
     denied(&["tasks", "stop", &other], "task-definition/other");
     wait_status(&addr, &other, "RUNNING", Duration::from_secs(30));

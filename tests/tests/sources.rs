@@ -285,3 +285,95 @@ fn a_file_copied_into_a_dev_bucket_starts_the_rules_task() {
     assert_eq!(shown["size"], 5);
     assert_eq!(rule_tasks(&addr, "uploads").len(), 1);
 }
+
+#[test]
+fn a_burst_of_1000_uploads_is_processed_once_each_across_a_controller_crash() {
+    let moto = Moto::start();
+    let mut env = Env::new();
+    let (ctl, addr) = env.controller("127.0.0.1:0", &["--plaintext"]);
+    env.agent(&addr, "n1", &[]);
+    for (name, value) in [
+        ("lister-key-id", &moto.uploader_key_id),
+        ("lister-secret", &moto.uploader_secret),
+    ] {
+        assert_eq!(
+            cli_stdin(&addr, &["secrets", "put", name], value.as_bytes()).code,
+            0
+        );
+    }
+    // A quarter CPU each: the node runs eight at a time, the rest wait for room.
+    let def = serde_json::json!({"family": "burst", "containers": [
+        {"name": "main", "image": env.busybox_image(), "command": ["true"], "cpu": 0.25}]});
+    let def = write(&env, "burst.json", &def.to_string());
+    assert_eq!(cli(&addr, &["taskdefs", "register", "-f", &def]).code, 0);
+    let source = write(
+        &env,
+        "source.yaml",
+        &format!(
+            "name: photos\nkind: s3\nendpoint: {}\nbucket: photos\nprefix: burst/\n\
+             access_key_id_secret: lister-key-id\nsecret_access_key_secret: lister-secret\npoll: 1s\n",
+            moto.endpoint
+        ),
+    );
+    assert_eq!(cli(&addr, &["sources", "put", "-f", &source]).code, 0);
+    let rule = write(
+        &env,
+        "rule.yaml",
+        "name: burst\npattern: {source: [skiff.s3], detail: {object: {key: [{prefix: burst/}]}}}\n\
+         targets: [{id: run, task: {task_definition: burst}}]\n",
+    );
+    assert_eq!(cli(&addr, &["rules", "put", "-f", &rule]).code, 0);
+    wait_for("the watcher's baseline", LONG, || {
+        env.logs().contains("baseline listed").then_some(())
+    });
+    moto.s3("for i in range(1000):\n  s3.put_object(Bucket='photos', Key=f'burst/{i:04}.jpg', Body=str(i).encode())");
+    // Killed while the burst is being turned into tasks.
+    wait_for("the first tasks of the burst", LONG, || {
+        (rule_tasks(&addr, "burst").len() >= 20).then_some(())
+    });
+    env.procs[ctl].kill9();
+    let hostport = addr.trim_start_matches("http://").to_string();
+    let (_, addr2) = env.controller(&hostport, &["--plaintext"]);
+    assert_eq!(addr2, addr);
+    let long = Duration::from_secs(600);
+    let tasks = wait_for("every upload's task to finish", long, || {
+        let out = cli(&addr, &["tasks", "ls", "--limit", "5000", "-o", "json"]);
+        let tasks: Vec<serde_json::Value> = out
+            .json()
+            .as_array()?
+            .iter()
+            .filter(|t| t["group"] == "rule:burst")
+            .cloned()
+            .collect();
+        (tasks.len() >= 1000 && tasks.iter().all(|t| t["lastStatus"] == "STOPPED")).then_some(tasks)
+    });
+    // One event per object, one task per event, each exiting 0.
+    let events = cli(&addr, &["events", "tail", "-n", "0", "-o", "json"]).stdout;
+    let mut keys = std::collections::HashMap::new();
+    for line in events.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        if e["source"] == "skiff.s3" {
+            let key = e["detail"]["object"]["key"].as_str().unwrap().to_string();
+            assert!(
+                keys.insert(key.clone(), e["id"].as_str().unwrap().to_string())
+                    .is_none(),
+                "{key} emitted twice"
+            );
+        }
+    }
+    assert_eq!(keys.len(), 1000);
+    let mut started: Vec<String> = tasks
+        .iter()
+        .map(|t| t["startedBy"].as_str().unwrap().to_string())
+        .collect();
+    started.sort();
+    started.dedup();
+    assert_eq!(started.len(), tasks.len(), "an event started two tasks");
+    for id in keys.values() {
+        assert!(
+            started.binary_search(&format!("rule/burst/{id}")).is_ok(),
+            "event {id} started no task"
+        );
+    }
+    assert!(tasks.iter().all(|t| t["containers"][0]["exitCode"] == 0));
+}

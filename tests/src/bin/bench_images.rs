@@ -9,25 +9,10 @@ use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use skiff_tests::bench::summary;
 use skiff_tests::images::{busybox_rootfs, layer_of};
 use skiff_tests::registry::{Registry, TestImage};
 use skiff_tests::{cli, wait_status, Env};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn summary(name: &str, mut ms: Vec<f64>) -> f64 {
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let p50 = percentile(&ms, 0.5);
-    println!(
-        "{name:<34} n={:<3} p50={p50:>8.1} ms  p95={:>8.1} ms  min={:>8.1} ms",
-        ms.len(),
-        percentile(&ms, 0.95),
-        ms[0]
-    );
-    p50
-}
 
 /// Disk blocks used under `path` on its own filesystem (overlay mounts not entered), KiB.
 fn du_kib(path: &std::path::Path) -> u64 {
@@ -102,8 +87,8 @@ fn main() {
         cold.push(run(&["--", "true"]));
         warm.push(run(&["--", "true"]));
     }
-    let c = summary("cold: pull + unpack + start", cold);
-    let w = summary("warm: start (image on the node)", warm);
+    let (c, _) = summary("cold: pull + unpack + start", cold);
+    let (w, _) = summary("warm: start (image on the node)", warm);
     println!("cold / warm p50: {:.1}x", c / w);
 
     // Ten tasks of one image.

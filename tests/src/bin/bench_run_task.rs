@@ -9,24 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use skiff_tests::bench::summary;
 use skiff_tests::{cli, images, node_connected, wait_for, Env, Proc};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let (p50, p95) = (percentile(&ms, 0.5), percentile(&ms, 0.95));
-    println!(
-        "{name:<28} n={:<4} p50={p50:>7.2} ms  p95={p95:>7.2} ms  min={:>7.2} ms  max={:>7.2} ms",
-        ms.len(),
-        ms[0],
-        ms[ms.len() - 1]
-    );
-    (p50, p95)
-}
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -1,0 +1,20 @@
+//! What the benchmark programs share: percentiles and one summary line per series.
+
+/// The value at fraction `p` (0..=1) of a sorted series.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+/// Prints n, p50, p95, min and max of a series in milliseconds; returns (p50, p95).
+pub fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p95) = (percentile(&ms, 0.5), percentile(&ms, 0.95));
+    println!(
+        "{name:<28} n={:<4} p50={p50:>7.2} ms  p95={p95:>7.2} ms  min={:>7.2} ms  max={:>7.2} ms",
+        ms.len(),
+        ms[0],
+        ms[ms.len() - 1]
+    );
+    (p50, p95)
+}
