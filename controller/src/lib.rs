@@ -19,6 +19,7 @@ pub mod pki;
 pub mod placement;
 pub mod roles;
 pub mod rules_api;
+pub mod schedule;
 pub mod scheduler;
 pub mod secrets;
 pub mod sources_api;
