@@ -99,6 +99,10 @@ pub fn required_role(path: &str) -> Option<Role> {
             "Put" => Role::Operator,
             _ => Role::ReadOnly,
         }),
+        "skiff.v1.Schedules" => Some(match method {
+            "Describe" | "List" => Role::ReadOnly,
+            _ => Role::Operator,
+        }),
         "skiff.v1.Sources" => Some(match method {
             "List" => Role::ReadOnly,
             _ => Role::Admin,

@@ -79,6 +79,8 @@ pub struct Core {
     pub bus_kick: Notify,
     /// Wakes the watcher supervisor: a source changed.
     pub sources_kick: Notify,
+    /// Wakes the schedules loop: a schedule changed.
+    pub schedules_kick: Notify,
 }
 
 impl Core {
@@ -113,6 +115,7 @@ impl Core {
             rules_version: AtomicU64::new(0),
             bus_kick: Notify::new(),
             sources_kick: Notify::new(),
+            schedules_kick: Notify::new(),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod roles;
 pub mod rules_api;
 pub mod schedule;
 pub mod scheduler;
+pub mod schedules;
 pub mod secrets;
 pub mod sources_api;
 pub mod store;
@@ -198,6 +199,7 @@ impl Controller {
         let scheduler = tokio::spawn(scheduler::run(core.clone()));
         let dispatcher = tokio::spawn(bus::run(core.clone()));
         let watchers = tokio::spawn(watcher::run(core.clone()));
+        let schedules_loop = tokio::spawn(schedules::run(core.clone()));
         let http_server = self.http_listener.map(|l| {
             let core = core.clone();
             tokio::spawn(async move {
@@ -244,6 +246,9 @@ impl Controller {
         health
             .set_serving::<pb::sources_server::SourcesServer<sources_api::SourcesApi>>()
             .await;
+        health
+            .set_serving::<pb::schedules_server::SchedulesServer<schedules::SchedulesApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -289,6 +294,9 @@ impl Controller {
             .add_service(pb::sources_server::SourcesServer::new(
                 sources_api::SourcesApi { core: core.clone() },
             ))
+            .add_service(pb::schedules_server::SchedulesServer::new(
+                schedules::SchedulesApi { core: core.clone() },
+            ))
             .add_service(pb::tokens_server::TokensServer::new(
                 tokens_api::TokensApi { core: core.clone() },
             ))
@@ -313,6 +321,7 @@ impl Controller {
         scheduler.abort();
         dispatcher.abort();
         watchers.abort();
+        schedules_loop.abort();
         if let Some(h) = http_server {
             h.abort();
         }

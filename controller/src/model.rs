@@ -544,3 +544,57 @@ pub enum SourceKind {
         path: String,
     },
 }
+
+/// A schedule (see `schedules.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    pub description: String,
+    pub expression: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub flexible_window_secs: u32,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    pub catch_up_limit: u32,
+    pub task_definition: String,
+    pub overrides: Overrides,
+    pub group: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overlap {
+    Allow,
+    Forbid,
+    Replace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatchUp {
+    Skip,
+    RunOnce,
+    RunAll,
+}
+
+/// Where a schedule stands: durable, so a restart neither double-fires nor forgets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// The next fire time not yet handled (None = computed from now on first sight).
+    pub next_fire_ms: Option<i64>,
+    /// The last runs, newest last (at most 20).
+    pub runs: Vec<ScheduleRun>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRun {
+    pub scheduled_ms: i64,
+    pub fired_ms: i64,
+    pub task_id: String,
+    pub outcome: String,
+}

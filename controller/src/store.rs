@@ -13,8 +13,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
-    ApiToken, DeadLetter, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule, SealedSecret,
-    Source, Task, TaskDefinition, TaskRole,
+    ApiToken, DeadLetter, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule, Schedule,
+    ScheduleState, SealedSecret, Source, Task, TaskDefinition, TaskRole,
 };
 
 /// The on-disk format version of every record this binary writes.
@@ -141,6 +141,8 @@ pub struct Store {
     object_seen: sled::Tree,
     /// What each watcher last listed: (source, bucket, key) → "etag size".
     watch_state: sled::Tree,
+    schedules: sled::Tree,
+    schedule_state: sled::Tree,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -169,6 +171,8 @@ impl Store {
             sources: db.open_tree("sources")?,
             object_seen: db.open_tree("object_seen")?,
             watch_state: db.open_tree("watch_state")?,
+            schedules: db.open_tree("schedules")?,
+            schedule_state: db.open_tree("schedule_state")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
@@ -733,6 +737,71 @@ impl Store {
             .iter()
             .map(|kv| decode("dead_letters", &kv?.1))
             .collect()
+    }
+
+    // --- schedules: key = name ---
+
+    pub async fn put_schedule(&self, s: &Schedule) -> Result<(), StoreError> {
+        // A changed schedule starts over from now: its old next fire time may not apply.
+        (&self.schedules, &self.schedule_state)
+            .transaction(|(sch, st)| {
+                sch.insert(s.name.as_bytes(), encode(s))?;
+                let mut state: ScheduleState = match st.get(s.name.as_bytes())? {
+                    Some(v) => decode("schedule_state", &v).unwrap_or_default(),
+                    None => ScheduleState::default(),
+                };
+                state.next_fire_ms = None;
+                st.insert(s.name.as_bytes(), encode(&state))?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::Engine(e),
+                TransactionError::Abort(()) => StoreError::Rejected("transaction aborted".into()),
+            })?;
+        self.commit().await
+    }
+
+    pub fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        self.schedules
+            .get(name)?
+            .map(|v| decode("schedules", &v))
+            .transpose()
+    }
+
+    pub fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        self.schedules
+            .iter()
+            .map(|kv| decode("schedules", &kv?.1))
+            .collect()
+    }
+
+    pub async fn delete_schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        let old = self
+            .schedules
+            .remove(name)?
+            .map(|v| decode("schedules", &v))
+            .transpose()?;
+        self.schedule_state.remove(name)?;
+        self.commit().await?;
+        Ok(old)
+    }
+
+    pub fn schedule_state(&self, name: &str) -> Result<ScheduleState, StoreError> {
+        Ok(self
+            .schedule_state
+            .get(name)?
+            .map(|v| decode("schedule_state", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub async fn put_schedule_state(
+        &self,
+        name: &str,
+        st: &ScheduleState,
+    ) -> Result<(), StoreError> {
+        self.schedule_state.insert(name, encode(st))?;
+        self.commit().await
     }
 
     // --- object-store sources ---

@@ -8,6 +8,7 @@ mod output;
 mod roles;
 mod rules;
 mod run_task;
+mod schedules;
 mod serve;
 mod sources;
 mod taskdef_file;
@@ -70,6 +71,9 @@ enum Command {
     /// Rules: event patterns and the targets matching events go to.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
+    /// Schedules: cron, rate and at expressions that run tasks.
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCmd),
     /// Object-store sources: buckets whose new objects become events.
     #[command(subcommand)]
     Sources(sources::SourcesCmd),
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
             Command::Roles(c) => roles::roles(&cli.addr, fmt, c).await,
             Command::Rules(c) => rules::rules(&cli.addr, fmt, c).await,
             Command::Sources(c) => sources::sources(&cli.addr, fmt, c).await,
+            Command::Schedules(c) => schedules::schedules(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } => unreachable!("handled above"),
         }

@@ -62,7 +62,7 @@ struct TargetFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TaskTargetFile {
+pub(crate) struct TaskTargetFile {
     task_definition: String,
     #[serde(default)]
     group: String,
@@ -125,32 +125,7 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Rule> {
     for (i, t) in file.targets.into_iter().enumerate() {
         let kind = match (t.task, t.queue, t.topic) {
             (Some(task), None, None) => {
-                let overrides = match task.overrides {
-                    None => None,
-                    Some(o) => Some(pb::TaskOverrides {
-                        containers: o
-                            .containers
-                            .into_iter()
-                            .map(|c| pb::ContainerOverride {
-                                name: c.name,
-                                command: c.command,
-                                environment: c.environment.into_iter().collect(),
-                                cpu: c.cpu,
-                                memory_mib: c.memory,
-                            })
-                            .collect(),
-                        timeout_seconds: o
-                            .timeout
-                            .map(|d| d.seconds(&format!("targets[{i}].task.overrides.timeout")))
-                            .transpose()?,
-                        task_role: o.task_role,
-                    }),
-                };
-                pb::target::Kind::Task(pb::TaskTarget {
-                    task_definition: task.task_definition,
-                    overrides,
-                    group: task.group,
-                })
+                pb::target::Kind::Task(task_target(&format!("targets[{i}].task"), task)?)
             }
             (None, Some(q), None) => pb::target::Kind::Queue(q),
             (None, None, Some(t)) => pb::target::Kind::Topic(t),
@@ -187,6 +162,36 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Rule> {
         enabled: file.enabled,
         targets,
         ..Default::default()
+    })
+}
+
+/// A task target as files write it (rules and schedules).
+pub(crate) fn task_target(field: &str, task: TaskTargetFile) -> anyhow::Result<pb::TaskTarget> {
+    let overrides = match task.overrides {
+        None => None,
+        Some(o) => Some(pb::TaskOverrides {
+            containers: o
+                .containers
+                .into_iter()
+                .map(|c| pb::ContainerOverride {
+                    name: c.name,
+                    command: c.command,
+                    environment: c.environment.into_iter().collect(),
+                    cpu: c.cpu,
+                    memory_mib: c.memory,
+                })
+                .collect(),
+            timeout_seconds: o
+                .timeout
+                .map(|d| d.seconds(&format!("{field}.overrides.timeout")))
+                .transpose()?,
+            task_role: o.task_role,
+        }),
+    };
+    Ok(pb::TaskTarget {
+        task_definition: task.task_definition,
+        overrides,
+        group: task.group,
     })
 }
 

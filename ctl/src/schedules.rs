@@ -1,0 +1,220 @@
+//! `skiff schedules`: cron, rate and at schedules that run a task.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Deserialize;
+use skiff_proto::v1 as pb;
+
+use crate::client::{api_error, connect};
+use crate::output::{self, Format};
+use crate::rules::TaskTargetFile;
+use crate::taskdef_file::DurationField;
+
+#[derive(Subcommand)]
+pub enum SchedulesCmd {
+    /// Create or replace a schedule from a file (schedule.yaml, .json or .toml).
+    Put {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Ls,
+    /// A schedule, its next 5 fire times (in its zone) and its last runs.
+    Describe {
+        name: String,
+    },
+    Rm {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// cron(...), rate(...) or at(...).
+    expression: String,
+    #[serde(default)]
+    timezone: String,
+    enabled: Option<bool>,
+    #[serde(default)]
+    start: String,
+    #[serde(default)]
+    end: String,
+    flexible_window: Option<DurationField>,
+    #[serde(default)]
+    overlap: String,
+    #[serde(default)]
+    catch_up: String,
+    #[serde(default)]
+    catch_up_limit: u32,
+    task: TaskTargetFile,
+}
+
+pub fn load(path: &Path) -> anyhow::Result<pb::Schedule> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: ScheduleFile = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
+        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
+        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
+    }
+    .with_context(|| format!("{} is not a valid schedule file", path.display()))?;
+    Ok(pb::Schedule {
+        name: f.name,
+        description: f.description,
+        expression: f.expression,
+        timezone: f.timezone,
+        enabled: f.enabled,
+        start: f.start,
+        end: f.end,
+        flexible_window_seconds: match f.flexible_window {
+            Some(d) => {
+                u32::try_from(d.seconds("flexible_window")?).context("flexible_window: too long")?
+            }
+            None => 0,
+        },
+        overlap: f.overlap,
+        catch_up: f.catch_up,
+        catch_up_limit: f.catch_up_limit,
+        task: Some(crate::rules::task_target("task", f.task)?),
+        ..Default::default()
+    })
+}
+
+fn print(fmt: Format, list: &[pb::ScheduleStatus], detailed: bool) {
+    if fmt == Format::Json {
+        println!("{}", output::json(&list));
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|st| {
+            let s = st.schedule.clone().unwrap_or_default();
+            vec![
+                s.name,
+                s.expression,
+                if s.timezone.is_empty() {
+                    "UTC".into()
+                } else {
+                    s.timezone
+                },
+                if s.enabled.unwrap_or(true) {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
+                .into(),
+                st.next_fire_times
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "-".into()),
+                s.task.map(|t| t.task_definition).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &["NAME", "EXPRESSION", "ZONE", "STATE", "NEXT", "TASK"],
+            rows
+        )
+    );
+    if detailed {
+        for st in list {
+            println!("\nnext fire times:");
+            for t in &st.next_fire_times {
+                println!("  {t}");
+            }
+            let rows = st
+                .runs
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.scheduled_time.clone(),
+                        r.task_id.clone(),
+                        r.outcome.clone(),
+                    ]
+                })
+                .collect();
+            println!(
+                "\nlast runs:\n{}",
+                output::table(&["SCHEDULED", "TASK", "OUTCOME"], rows)
+            );
+        }
+    }
+}
+
+pub async fn schedules(addr: &str, fmt: Format, cmd: SchedulesCmd) -> anyhow::Result<i32> {
+    let mut c = pb::schedules_client::SchedulesClient::new(connect(addr).await?);
+    let describe = |name: String| pb::ScheduleRef { name };
+    match cmd {
+        SchedulesCmd::Put { file } => {
+            let s = c.put(load(&file)?).await.map_err(api_error)?.into_inner();
+            let st = c
+                .describe(describe(s.name))
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            print(fmt, &[st], false);
+        }
+        SchedulesCmd::Ls => {
+            let r = c
+                .list(pb::ListSchedulesRequest {})
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            print(fmt, &r.schedules, false);
+        }
+        SchedulesCmd::Describe { name } => {
+            let st = c
+                .describe(describe(name))
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            print(fmt, &[st], true);
+        }
+        SchedulesCmd::Rm { name } => {
+            c.delete(describe(name.clone())).await.map_err(api_error)?;
+            println!("{name}");
+        }
+        SchedulesCmd::Enable { name } => {
+            c.set_enabled(pb::SetScheduleEnabledRequest {
+                name: name.clone(),
+                enabled: true,
+            })
+            .await
+            .map_err(api_error)?;
+            let st = c
+                .describe(describe(name))
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            print(fmt, &[st], false);
+        }
+        SchedulesCmd::Disable { name } => {
+            c.set_enabled(pb::SetScheduleEnabledRequest {
+                name: name.clone(),
+                enabled: false,
+            })
+            .await
+            .map_err(api_error)?;
+            let st = c
+                .describe(describe(name))
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            print(fmt, &[st], false);
+        }
+    }
+    Ok(0)
+}

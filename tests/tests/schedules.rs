@@ -1,0 +1,219 @@
+//! Schedules end to end: real containers on a fast rate, overlap policies with a long-running
+//! task, and catch-up after the controller was down across fire times.
+
+use std::time::Duration;
+
+use skiff_tests::{cli, wait_for, Env};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn register(env: &Env, addr: &str, family: &str, command: &[&str]) {
+    let def = env.path(&format!("{family}.json"));
+    std::fs::write(
+        &def,
+        serde_json::json!({"family": family, "containers": [
+            {"name": "main", "image": env.busybox_image(), "command": command, "stop_timeout": 1}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = cli(addr, &["taskdefs", "register", "-f", def.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+fn put(env: &Env, addr: &str, name: &str, yaml: &str) {
+    let f = env.path(&format!("{name}.yaml"));
+    std::fs::write(&f, yaml).unwrap();
+    let out = cli(addr, &["schedules", "put", "-f", f.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+fn tasks(addr: &str, schedule: &str) -> Vec<serde_json::Value> {
+    cli(addr, &["tasks", "ls", "--limit", "1000", "-o", "json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["group"] == format!("schedule:{schedule}"))
+        .cloned()
+        .collect()
+}
+
+fn describe(addr: &str, name: &str) -> serde_json::Value {
+    let out = cli(addr, &["schedules", "describe", name, "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()[0].clone()
+}
+
+#[test]
+fn a_fast_schedule_runs_real_containers_and_describe_shows_its_runs() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    register(&env, &addr, "tick", &["cat", "/run/skiff/event.json"]);
+    put(
+        &env,
+        &addr,
+        "tick",
+        "name: tick\nexpression: rate(2 seconds)\ntimezone: Europe/Berlin\noverlap: allow\n\
+         task: {task_definition: tick}\n",
+    );
+    let done = wait_for("two runs of the schedule", LONG, || {
+        let t = tasks(&addr, "tick");
+        let stopped: Vec<_> = t
+            .into_iter()
+            .filter(|t| t["lastStatus"] == "STOPPED")
+            .collect();
+        (stopped.len() >= 2).then_some(stopped)
+    });
+    for t in &done {
+        assert_eq!(t["containers"][0]["exitCode"], 0, "{t}");
+        let id = t["id"].as_str().unwrap();
+        let event: serde_json::Value =
+            serde_json::from_str(&cli(&addr, &["tasks", "logs", id]).stdout).unwrap();
+        assert_eq!(event["schedule"], "tick");
+        // The scheduled time, in the schedule's zone.
+        let when = event["scheduledTime"].as_str().unwrap();
+        assert!(when.ends_with("+01:00"), "{when}");
+        assert_eq!(t["startedBy"], format!("schedule/tick/{when}"));
+    }
+    let d = describe(&addr, "tick");
+    assert_eq!(d["nextFireTimes"].as_array().unwrap().len(), 5, "{d}");
+    let runs = d["runs"].as_array().unwrap();
+    assert!(runs.len() >= 2, "{d}");
+    assert!(
+        runs.iter().any(|r| r["outcome"] == "STOPPED, exit 0"),
+        "{d}"
+    );
+    assert_eq!(cli(&addr, &["schedules", "disable", "tick"]).code, 0);
+    assert_eq!(
+        describe(&addr, "tick")["nextFireTimes"],
+        serde_json::json!([])
+    );
+    // Bad expressions and zones are refused, naming the field.
+    for (expr, zone, want) in [
+        ("cron(0 25 * * *)", "UTC", "hour field"),
+        ("rate(5 fortnights)", "UTC", "fortnights"),
+        ("rate(5 minutes)", "Mars/Base", "timezone"),
+    ] {
+        let f = env.path("bad.yaml");
+        std::fs::write(&f, format!("name: bad\nexpression: {expr}\ntimezone: {zone}\ntask: {{task_definition: tick}}\n")).unwrap();
+        let out = cli(&addr, &["schedules", "put", "-f", f.to_str().unwrap()]);
+        assert_ne!(out.code, 0);
+        assert!(out.stderr.contains(want), "{want:?} in {out:?}");
+    }
+}
+
+#[test]
+fn overlapping_runs_are_forbidden_or_replaced() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    register(&env, &addr, "long", &["sleep", "60"]);
+    put(
+        &env,
+        &addr,
+        "solo",
+        "name: solo\nexpression: rate(2 seconds)\noverlap: forbid\ntask: {task_definition: long}\n",
+    );
+    put(&env, &addr, "fresh", "name: fresh\nexpression: rate(2 seconds)\noverlap: replace\ntask: {task_definition: long}\n");
+    // forbid: the first run keeps going; later fire times are skipped and recorded.
+    wait_for("a skipped overlapping run", LONG, || {
+        describe(&addr, "solo")["runs"]
+            .as_array()?
+            .iter()
+            .any(|r| {
+                r["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("skipped-overlap"))
+            })
+            .then_some(())
+    });
+    assert_eq!(tasks(&addr, "solo").len(), 1);
+    // replace: the previous run is stopped by the scheduler when the next one starts.
+    let replaced = wait_for("a replaced run", LONG, || {
+        tasks(&addr, "fresh")
+            .into_iter()
+            .find(|t| t["stopCode"] == "ServiceSchedulerInitiated")
+    });
+    assert!(replaced["stoppedReason"]
+        .as_str()
+        .unwrap()
+        .contains("replaced by the run of"));
+    for s in ["solo", "fresh"] {
+        assert_eq!(cli(&addr, &["schedules", "rm", s]).code, 0);
+    }
+    for t in tasks(&addr, "solo")
+        .into_iter()
+        .chain(tasks(&addr, "fresh"))
+    {
+        cli(&addr, &["tasks", "stop", t["id"].as_str().unwrap()]);
+    }
+}
+
+#[test]
+fn missed_fire_times_follow_the_catch_up_policy_after_downtime() {
+    let mut env = Env::new();
+    let (ctl, addr) = env.controller("127.0.0.1:0", &["--plaintext"]);
+    env.agent(&addr, "n1", &[]);
+    register(&env, &addr, "job", &["true"]);
+    for (name, policy) in [
+        ("skip", "skip"),
+        ("once", "run-once"),
+        ("all", "run-all\ncatch_up_limit: 2"),
+    ] {
+        put(
+            &env,
+            &addr,
+            name,
+            &format!("name: {name}\nexpression: rate(2 seconds)\noverlap: allow\ncatch_up: {policy}\ntask: {{task_definition: job}}\n"),
+        );
+    }
+    // Each has run at least once before the controller goes down.
+    wait_for("the first runs", LONG, || {
+        ["skip", "once", "all"]
+            .iter()
+            .all(|s| !tasks(&addr, s).is_empty())
+            .then_some(())
+    });
+    let before: Vec<usize> = ["skip", "once", "all"]
+        .iter()
+        .map(|s| tasks(&addr, s).len())
+        .collect();
+    env.procs[ctl].terminate();
+    // Down across several fire times (each schedule fires every 2 s).
+    let down = std::time::Instant::now();
+    wait_for("the downtime", Duration::from_secs(20), || {
+        (down.elapsed() >= Duration::from_secs(7)).then_some(())
+    });
+    let hostport = addr.trim_start_matches("http://").to_string();
+    env.controller(&hostport, &["--plaintext"]);
+    // The first pass after the restart applies each policy; the next on-time fire follows.
+    let outcome = |name: &str| -> Vec<serde_json::Value> {
+        describe(&addr, name)["runs"].as_array().unwrap().clone()
+    };
+    wait_for("the skip policy's record", LONG, || {
+        outcome("skip")
+            .iter()
+            .any(|r| {
+                r["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("skipped-catch-up"))
+            })
+            .then_some(())
+    });
+    let caught_up = |name: &str| -> usize {
+        outcome(name)
+            .iter()
+            .filter(|r| {
+                r["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.ends_with("(catch-up)"))
+            })
+            .count()
+    };
+    wait_for("run-once and run-all to catch up", LONG, || {
+        (caught_up("once") >= 1 && caught_up("all") >= 2).then_some(())
+    });
+    assert_eq!(caught_up("skip"), 0);
+    assert_eq!(caught_up("once"), 1);
+    assert_eq!(caught_up("all"), 2);
+    assert!(tasks(&addr, "once").len() > before[1]);
+}
