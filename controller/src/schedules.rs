@@ -30,10 +30,11 @@ fn utc(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
+/// A time in the schedule's zone, RFC 3339 (with milliseconds only when it has them).
 fn in_zone(t: &Timing, ms: i64) -> String {
     utc(ms)
         .with_timezone(&t.tz)
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// Where a schedule's fire times count from (rates): its start, else its creation.
@@ -55,24 +56,36 @@ fn window_offset_ms(name: &str, scheduled_ms: i64, window_secs: u32) -> i64 {
 
 pub async fn run(core: Arc<Core>) {
     loop {
-        if let Err(e) = tick(&core).await {
-            warn!(error = %e, "schedules pass failed");
-        }
+        // Sleep until the earliest next fire (at most a second: schedules may change).
+        let wait_ms = match tick(&core).await {
+            Ok(Some(next)) => (next - now_ms()).clamp(0, 1000),
+            Ok(None) => 1000,
+            Err(e) => {
+                warn!(error = %e, "schedules pass failed");
+                1000
+            }
+        };
         tokio::select! {
             _ = core.schedules_kick.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
         }
     }
 }
 
-async fn tick(core: &Core) -> Result<(), CoreError> {
+/// Fires what is due; returns the earliest moment something is due next.
+async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
     let now = now_ms();
+    let mut earliest: Option<i64> = None;
     for s in core.store.schedules()? {
         if s.enabled {
             handle(core, &s, now).await?;
+            if let Some(next) = core.store.schedule_state(&s.name)?.next_fire_ms {
+                let at = next + window_offset_ms(&s.name, next, s.flexible_window_secs);
+                earliest = Some(earliest.map_or(at, |e: i64| e.min(at)));
+            }
         }
     }
-    Ok(())
+    Ok(earliest)
 }
 
 fn record(st: &mut ScheduleState, run: ScheduleRun) {

@@ -401,4 +401,19 @@ mod tests {
         let def = crate::taskdef_file::parse(&def, &text).unwrap();
         assert_eq!(def.task_role, "thumbnailer");
     }
+
+    #[test]
+    fn the_hourly_batch_example_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/hourly-batch");
+        let s = crate::schedules::load(&dir.join("schedule.yaml")).unwrap();
+        assert_eq!(s.flexible_window_seconds, 300);
+        skiff_controller::schedule::Timing::parse(&s.expression, &s.timezone).unwrap();
+        crate::roles::load(&dir.join("role.yaml")).unwrap();
+        let def = dir.join("batch.toml");
+        let text = std::fs::read_to_string(&def).unwrap();
+        assert_eq!(
+            crate::taskdef_file::parse(&def, &text).unwrap().task_role,
+            "batch"
+        );
+    }
 }

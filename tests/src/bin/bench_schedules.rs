@@ -1,0 +1,84 @@
+//! Benchmark: fire-time jitter with many schedules active. A `skiff dev` with N schedules
+//! (default 100), each `rate(10 seconds)` running a trivial task; after the run, each task's
+//! lateness is its PENDING time (placed on the node) minus the fire time it stands for.
+//!
+//! Usage: bench_schedules [--schedules N] [--seconds S] [--skiff PATH]
+
+use std::time::{Duration, Instant};
+
+use skiff_tests::bench::{percentile, summary};
+use skiff_tests::{cli, Env};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let n: usize = arg("--schedules").map_or(100, |s| s.parse().expect("--schedules N"));
+    let seconds: u64 = arg("--seconds").map_or(45, |s| s.parse().expect("--seconds S"));
+    if let Some(s) = arg("--skiff") {
+        std::env::set_var("SKIFF_BIN", s);
+    }
+    let mut env = Env::new();
+    let addr = env.dev();
+    let def = env.path("job.json");
+    std::fs::write(
+        &def,
+        serde_json::json!({"family": "job", "containers": [
+            {"name": "main", "image": env.busybox_image(), "command": ["true"]}]})
+        .to_string(),
+    )
+    .unwrap();
+    assert_eq!(
+        cli(
+            &addr,
+            &["taskdefs", "register", "-f", def.to_str().unwrap()]
+        )
+        .code,
+        0
+    );
+    for i in 0..n {
+        let f = env.path("s.yaml");
+        std::fs::write(
+            &f,
+            format!("name: s{i}\nexpression: rate(10 seconds)\noverlap: allow\ntask: {{task_definition: job}}\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            cli(&addr, &["schedules", "put", "-f", f.to_str().unwrap()]).code,
+            0
+        );
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for i in 0..n {
+        cli(&addr, &["schedules", "disable", &format!("s{i}")]);
+    }
+    let tasks = cli(&addr, &["tasks", "ls", "--limit", "100000", "-o", "json"]).json();
+    let mut late = Vec::new();
+    for t in tasks.as_array().unwrap() {
+        let Some(when) = t["startedBy"].as_str().and_then(|s| s.rsplit('/').next()) else {
+            continue;
+        };
+        let Ok(scheduled) = chrono::DateTime::parse_from_rfc3339(when) else {
+            continue;
+        };
+        let pending = t["pendingAtMs"].as_i64().unwrap_or(0);
+        if pending > 0 {
+            late.push((pending - scheduled.timestamp_millis()) as f64);
+        }
+    }
+    println!(
+        "{n} schedules, rate(10 seconds) each, {seconds} s: {} fires",
+        late.len()
+    );
+    let mut sorted = late.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    summary("fire time → PENDING", late);
+    println!("p99 = {:.1} ms", percentile(&sorted, 0.99));
+}
