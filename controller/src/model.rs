@@ -562,6 +562,9 @@ pub struct Schedule {
     pub task_definition: String,
     pub overrides: Overrides,
     pub group: String,
+    /// Retries of a fire whose task cannot start, then a dead letter.
+    #[serde(default)]
+    pub retry: RetryPolicy,
     pub created_ms: i64,
     pub updated_ms: i64,
 }
@@ -589,6 +592,18 @@ pub struct ScheduleState {
     pub next_fire_ms: Option<i64>,
     /// The last runs, newest last (at most 20).
     pub runs: Vec<ScheduleRun>,
+    /// Fires whose task could not start, waiting for their next attempt.
+    #[serde(default)]
+    pub retries: Vec<ScheduleRetry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRetry {
+    pub scheduled_ms: i64,
+    pub attempts: u32,
+    pub first_attempt_ms: i64,
+    pub next_attempt_ms: i64,
+    pub last_error: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

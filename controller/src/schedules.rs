@@ -17,7 +17,9 @@ use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::lifecycle::{StopCode, TaskEvent};
-use crate::model::{now_ms, CatchUp, Overlap, Schedule, ScheduleRun, ScheduleState, Task};
+use crate::model::{
+    now_ms, CatchUp, Overlap, Schedule, ScheduleRetry, ScheduleRun, ScheduleState, Task,
+};
 use crate::schedule::Timing;
 use crate::validate;
 
@@ -102,6 +104,10 @@ async fn handle(core: &Core, s: &Schedule, now: i64) -> Result<(), CoreError> {
     };
     let anchor = anchor(s);
     let mut st = core.store.schedule_state(&s.name)?;
+    if st.retries.iter().any(|r| r.next_attempt_ms <= now) {
+        retry_due(core, s, &timing, &mut st).await?;
+        core.store.put_schedule_state(&s.name, &st).await?;
+    }
     let next = match st.next_fire_ms {
         Some(n) => n,
         None => {
@@ -256,7 +262,21 @@ async fn fire(
         }
         Err(reason) => {
             warn!(schedule = %s.name, %when, %reason, "schedule could not start its task");
-            (String::new(), format!("failed: {reason}"))
+            let now = now_ms();
+            let retry = ScheduleRetry {
+                scheduled_ms: scheduled,
+                attempts: 1,
+                first_attempt_ms: now,
+                next_attempt_ms: now + crate::bus::backoff_ms(1),
+                last_error: reason.clone(),
+            };
+            if s.retry.max_attempts <= 1 {
+                dead_letter(core, s, &when, &retry).await?;
+                (String::new(), format!("dead-lettered: {reason}"))
+            } else {
+                st.retries.push(retry);
+                (String::new(), format!("failed (will retry): {reason}"))
+            }
         }
     };
     record(
@@ -268,6 +288,90 @@ async fn fire(
             outcome: outcome.1,
         },
     );
+    Ok(())
+}
+
+/// A fire that ran out of attempts: kept with the rule dead letters, as `schedule:<name>`.
+async fn dead_letter(
+    core: &Core,
+    s: &Schedule,
+    when: &str,
+    r: &ScheduleRetry,
+) -> Result<(), CoreError> {
+    let key = format!("schedule\0{}\0{}", s.name, r.scheduled_ms);
+    let dl = crate::model::DeadLetter {
+        id: ulid::Ulid::new().to_string(),
+        rule: format!("schedule:{}", s.name),
+        target: "task".into(),
+        event_id: when.to_string(),
+        attempts: r.attempts,
+        last_error: r.last_error.clone(),
+        first_attempt_ms: r.first_attempt_ms,
+        dead_ms: now_ms(),
+    };
+    core.store.dead_letter(&key, &dl).await?;
+    Ok(())
+}
+
+/// Attempts again the fires whose retry is due.
+async fn retry_due(
+    core: &Core,
+    s: &Schedule,
+    timing: &Timing,
+    st: &mut ScheduleState,
+) -> Result<(), CoreError> {
+    let now = now_ms();
+    let mut still = Vec::new();
+    for mut r in std::mem::take(&mut st.retries) {
+        if r.next_attempt_ms > now {
+            still.push(r);
+            continue;
+        }
+        let when = in_zone(timing, r.scheduled_ms);
+        match task_for(core, s, &when) {
+            Ok(task) => {
+                let key = format!("schedule\0{}\0{}", s.name, r.scheduled_ms);
+                let id = match core.create_task_once(&key, task).await? {
+                    Ok(t) => t.id,
+                    Err(existing) => existing,
+                };
+                info!(schedule = %s.name, %when, task_id = %id, attempts = r.attempts + 1, "schedule fired on retry");
+                record(
+                    st,
+                    ScheduleRun {
+                        scheduled_ms: r.scheduled_ms,
+                        fired_ms: now,
+                        task_id: id,
+                        outcome: "started".into(),
+                    },
+                );
+            }
+            Err(reason) => {
+                r.attempts += 1;
+                r.last_error = reason.clone();
+                let too_old = now - r.scheduled_ms >= i64::from(s.retry.max_event_age_secs) * 1000;
+                if r.attempts >= s.retry.max_attempts || too_old {
+                    dead_letter(core, s, &when, &r).await?;
+                    record(
+                        st,
+                        ScheduleRun {
+                            scheduled_ms: r.scheduled_ms,
+                            fired_ms: now,
+                            task_id: String::new(),
+                            outcome: format!(
+                                "dead-lettered after {} attempts: {reason}",
+                                r.attempts
+                            ),
+                        },
+                    );
+                } else {
+                    r.next_attempt_ms = now + crate::bus::backoff_ms(r.attempts);
+                    still.push(r);
+                }
+            }
+        }
+    }
+    st.retries = still;
     Ok(())
 }
 
@@ -384,6 +488,7 @@ pub fn from_pb(core: &Core, s: &pb::Schedule) -> Result<Schedule, Status> {
             targets: vec![pb::Target {
                 id: "task".into(),
                 kind: Some(pb::target::Kind::Task(task.clone())),
+                retry: s.retry,
                 ..Default::default()
             }],
             ..Default::default()
@@ -411,6 +516,7 @@ pub fn from_pb(core: &Core, s: &pb::Schedule) -> Result<Schedule, Status> {
         task_definition: task.task_definition.clone(),
         overrides: overrides.clone(),
         group: task.group.clone(),
+        retry: r.targets[0].retry,
         created_ms: 0,
         updated_ms: 0,
     })
@@ -448,6 +554,10 @@ pub fn to_pb(s: &Schedule) -> pb::Schedule {
             task_definition: s.task_definition.clone(),
             overrides: Some(crate::rules_api::overrides_pb(&s.overrides)),
             group: s.group.clone(),
+        }),
+        retry: Some(pb::RetryPolicy {
+            max_attempts: s.retry.max_attempts,
+            max_event_age_seconds: s.retry.max_event_age_secs,
         }),
         created_ms: s.created_ms,
         updated_ms: s.updated_ms,

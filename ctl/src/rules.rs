@@ -101,10 +101,22 @@ struct TransformerFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RetryFile {
+pub(crate) struct RetryFile {
     max_attempts: Option<u32>,
     /// e.g. "1h" (or seconds).
     max_event_age: Option<DurationField>,
+}
+
+/// A retry policy as files write it (rules and schedules).
+pub(crate) fn retry_policy(field: &str, r: RetryFile) -> anyhow::Result<pb::RetryPolicy> {
+    Ok(pb::RetryPolicy {
+        max_attempts: r.max_attempts.unwrap_or(0),
+        max_event_age_seconds: match r.max_event_age {
+            Some(d) => u32::try_from(d.seconds(&format!("{field}.max_event_age"))?)
+                .context("max_event_age: too long")?,
+            None => 0,
+        },
+    })
 }
 
 /// Reads a rule file; the format follows the extension (YAML unless .json or .toml).
@@ -131,19 +143,10 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Rule> {
             (None, None, Some(t)) => pb::target::Kind::Topic(t),
             _ => anyhow::bail!("targets[{i}]: give exactly one of task, queue or topic"),
         };
-        let retry = match t.retry {
-            None => None,
-            Some(r) => Some(pb::RetryPolicy {
-                max_attempts: r.max_attempts.unwrap_or(0),
-                max_event_age_seconds: match r.max_event_age {
-                    Some(d) => {
-                        u32::try_from(d.seconds(&format!("targets[{i}].retry.max_event_age"))?)
-                            .context("max_event_age: too long")?
-                    }
-                    None => 0,
-                },
-            }),
-        };
+        let retry = t
+            .retry
+            .map(|r| retry_policy(&format!("targets[{i}].retry"), r))
+            .transpose()?;
         targets.push(pb::Target {
             id: t.id,
             kind: Some(kind),

@@ -58,6 +58,8 @@ struct ScheduleFile {
     #[serde(default)]
     catch_up_limit: u32,
     task: TaskTargetFile,
+    /// When a fire's task cannot start: {max_attempts, max_event_age}.
+    retry: Option<crate::rules::RetryFile>,
 }
 
 pub fn load(path: &Path) -> anyhow::Result<pb::Schedule> {
@@ -87,6 +89,10 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Schedule> {
         catch_up: f.catch_up,
         catch_up_limit: f.catch_up_limit,
         task: Some(crate::rules::task_target("task", f.task)?),
+        retry: f
+            .retry
+            .map(|r| crate::rules::retry_policy("retry", r))
+            .transpose()?,
         ..Default::default()
     })
 }

@@ -217,3 +217,42 @@ fn missed_fire_times_follow_the_catch_up_policy_after_downtime() {
     assert_eq!(caught_up("all"), 2);
     assert!(tasks(&addr, "once").len() > before[1]);
 }
+
+#[test]
+fn a_fire_whose_task_cannot_start_is_retried_then_dead_lettered() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    register(&env, &addr, "gone", &["true"]);
+    put(
+        &env,
+        &addr,
+        "broken",
+        "name: broken\nexpression: rate(3 seconds)\ntask: {task_definition: gone}\nretry: {max_attempts: 2}\n",
+    );
+    // The definition goes away after the schedule was put.
+    assert_eq!(cli(&addr, &["taskdefs", "deregister", "gone:1"]).code, 0);
+    let dl = wait_for("the schedule's dead letter", LONG, || {
+        cli(&addr, &["events", "dlq", "ls", "-o", "json"])
+            .json()
+            .as_array()?
+            .iter()
+            .find(|d| d["rule"] == "schedule:broken")
+            .cloned()
+    });
+    assert_eq!(dl["attempts"], 2, "{dl}");
+    assert!(
+        dl["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("no active task definition"),
+        "{dl}"
+    );
+    let runs = describe(&addr, "broken")["runs"].clone();
+    assert!(
+        runs.as_array().unwrap().iter().any(|r| r["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("dead-lettered after 2 attempts"))),
+        "{runs}"
+    );
+    assert!(tasks(&addr, "broken").is_empty());
+}
