@@ -114,6 +114,20 @@ fn overlapping_runs_are_forbidden_or_replaced() {
         "name: solo\nexpression: rate(2 seconds)\noverlap: forbid\ntask: {task_definition: long}\n",
     );
     put(&env, &addr, "fresh", "name: fresh\nexpression: rate(2 seconds)\noverlap: replace\ntask: {task_definition: long}\n");
+    put(
+        &env,
+        &addr,
+        "many",
+        "name: many\nexpression: rate(2 seconds)\noverlap: allow\ntask: {task_definition: long}\n",
+    );
+    // allow: runs pile up while the earlier ones are still going.
+    wait_for("two overlapping runs", LONG, || {
+        let running = tasks(&addr, "many")
+            .iter()
+            .filter(|t| t["lastStatus"] == "RUNNING")
+            .count();
+        (running >= 2).then_some(())
+    });
     // forbid: the first run keeps going; later fire times are skipped and recorded.
     wait_for("a skipped overlapping run", LONG, || {
         describe(&addr, "solo")["runs"]
@@ -137,13 +151,14 @@ fn overlapping_runs_are_forbidden_or_replaced() {
         .as_str()
         .unwrap()
         .contains("replaced by the run of"));
-    for s in ["solo", "fresh"] {
+    for s in ["solo", "fresh", "many"] {
         assert_eq!(cli(&addr, &["schedules", "rm", s]).code, 0);
     }
-    for t in tasks(&addr, "solo")
-        .into_iter()
-        .chain(tasks(&addr, "fresh"))
-    {
+    let all: Vec<_> = ["solo", "fresh", "many"]
+        .iter()
+        .flat_map(|s| tasks(&addr, s))
+        .collect();
+    for t in all {
         cli(&addr, &["tasks", "stop", t["id"].as_str().unwrap()]);
     }
 }
@@ -255,4 +270,50 @@ fn a_fire_whose_task_cannot_start_is_retried_then_dead_lettered() {
         "{runs}"
     );
     assert!(tasks(&addr, "broken").is_empty());
+}
+
+#[test]
+fn one_time_and_bounded_schedules() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    register(&env, &addr, "once", &["true"]);
+    let fmt = |d: chrono::DateTime<chrono::Utc>| d.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let now = chrono::Utc::now();
+    // at(): once, at that wall-clock time in the schedule's zone (UTC here).
+    let at = fmt(now + chrono::Duration::seconds(3));
+    put(
+        &env,
+        &addr,
+        "once",
+        &format!("name: once\nexpression: at({at})\ntask: {{task_definition: once}}\n"),
+    );
+    assert_eq!(
+        describe(&addr, "once")["nextFireTimes"],
+        serde_json::json!([format!("{at}Z")])
+    );
+    let t = wait_for("the one-time run", LONG, || {
+        tasks(&addr, "once").into_iter().next()
+    });
+    assert_eq!(t["startedBy"], format!("schedule/once/{at}Z"));
+    wait_for("no fire time left", LONG, || {
+        (describe(&addr, "once")["nextFireTimes"] == serde_json::json!([])).then_some(())
+    });
+    // start/end: fire times only inside the window.
+    let start = now + chrono::Duration::hours(1);
+    let end = start + chrono::Duration::minutes(30);
+    put(
+        &env,
+        &addr,
+        "window",
+        &format!(
+            "name: window\nexpression: rate(10 minutes)\nstart: {}Z\nend: {}Z\ntask: {{task_definition: once}}\n",
+            fmt(start),
+            fmt(end)
+        ),
+    );
+    let next = describe(&addr, "window")["nextFireTimes"].clone();
+    let expected: Vec<String> = (0..4)
+        .map(|i| format!("{}Z", fmt(start + chrono::Duration::minutes(10 * i))))
+        .collect();
+    assert_eq!(next, serde_json::json!(expected));
 }

@@ -377,3 +377,81 @@ fn a_burst_of_1000_uploads_is_processed_once_each_across_a_controller_crash() {
     }
     assert!(tasks.iter().all(|t| t["containers"][0]["exitCode"] == 0));
 }
+
+#[test]
+fn an_hourly_batch_schedule_processes_the_files_in_a_bucket() {
+    // deploy/examples/hourly-batch, on a 3-second rate instead of hourly.
+    let moto = Moto::start();
+    let mut env = Env::new();
+    let addr = env.dev_with(&["--credentials-listen", "127.0.0.1:0"]);
+    for (name, value) in [
+        ("sts-key-id", &moto.controller_key_id),
+        ("sts-secret", &moto.controller_secret),
+    ] {
+        assert_eq!(
+            cli_stdin(&addr, &["secrets", "put", name], value.as_bytes()).code,
+            0
+        );
+    }
+    let role = write(
+        &env,
+        "role.yaml",
+        &format!(
+            "name: batch\nstorage:\n  sts: {{endpoint: {ep}, role_arn: {arn}, \
+             access_key_id_secret: sts-key-id, secret_access_key_secret: sts-secret}}\n  \
+             endpoint: {ep}\n  duration: 15m\n  grants:\n    - {{bucket: photos, prefix: incoming/, access: read}}\n    \
+             - {{bucket: photos, prefix: processed/, access: write}}\n",
+            ep = moto.endpoint,
+            arn = moto.role_arn
+        ),
+    );
+    assert_eq!(cli(&addr, &["roles", "put", "-f", &role]).code, 0);
+    let (python, mounts) = python_mounts();
+    let script = "import boto3, json\n\
+        s3 = boto3.client('s3')\n\
+        event = json.load(open('/run/skiff/event.json'))\n\
+        for obj in s3.list_objects_v2(Bucket='photos', Prefix='incoming/').get('Contents', []):\n\
+        \x20   body = s3.get_object(Bucket='photos', Key=obj['Key'])['Body'].read()\n\
+        \x20   s3.put_object(Bucket='photos', Key='processed/' + obj['Key'].split('/', 1)[1], Body=body.upper())\n\
+        print('batch of', event['schedule'], 'done')\n";
+    let def = serde_json::json!({
+        "family": "batch", "network_mode": "host", "task_role": "batch",
+        "containers": [{"name": "main", "image": env.busybox_image(),
+            "command": [python.to_str().unwrap(), "-c", script],
+            "mounts": mounts.iter().map(|m| {
+                let p: Vec<&str> = m.split(':').collect();
+                serde_json::json!({"source": p[0], "target": p[1], "read_only": true})
+            }).collect::<Vec<_>>()}]
+    });
+    let def = write(&env, "batch.json", &def.to_string());
+    assert_eq!(cli(&addr, &["taskdefs", "register", "-f", &def]).code, 0);
+    moto.s3("for n in ['a', 'b']:\n  s3.put_object(Bucket='photos', Key=f'incoming/{n}.txt', Body=f'file {n}'.encode())");
+    let schedule = write(
+        &env,
+        "schedule.yaml",
+        "name: hourly-batch\nexpression: rate(3 seconds)\ntimezone: Europe/Berlin\noverlap: forbid\ntask: {task_definition: batch}\n",
+    );
+    assert_eq!(cli(&addr, &["schedules", "put", "-f", &schedule]).code, 0);
+    let out = wait_for("the batch's output", LONG, || {
+        let out = moto.s3(
+            "import botocore\ntry:\n  print(s3.get_object(Bucket='photos', Key='processed/b.txt')['Body'].read().decode())\nexcept botocore.exceptions.ClientError:\n  print('none')",
+        );
+        (out != "none\n").then_some(out)
+    });
+    assert_eq!(out, "FILE B\n");
+    let run = wait_for("a finished run", LONG, || {
+        cli(&addr, &["tasks", "ls", "-o", "json"])
+            .json()
+            .as_array()?
+            .iter()
+            .find(|t| t["group"] == "schedule:hourly-batch" && t["lastStatus"] == "STOPPED")
+            .cloned()
+    });
+    assert_eq!(run["containers"][0]["exitCode"], 0, "{run}");
+    let id = run["id"].as_str().unwrap();
+    assert_eq!(
+        cli(&addr, &["tasks", "logs", id]).stdout,
+        "batch of hourly-batch done\n"
+    );
+    assert_eq!(cli(&addr, &["schedules", "rm", "hourly-batch"]).code, 0);
+}
