@@ -197,10 +197,17 @@ async fn attempt(
             group,
         } => {
             let input = crate::transform::render(&target.input, envelope, &rule.name, ev.time_ms);
-            let task = match task_for(core, task_definition, overrides, group, rule, ev, input) {
-                Ok(t) => t,
-                Err(reason) => return Ok(Err(reason)),
+            let group = if group.is_empty() {
+                format!("rule:{}", rule.name)
+            } else {
+                group.clone()
             };
+            let started_by = format!("rule/{}/{}", rule.name, ev.id);
+            let task =
+                match definition_task(core, task_definition, overrides, group, started_by, input) {
+                    Ok(t) => t,
+                    Err(reason) => return Ok(Err(reason)),
+                };
             match core.create_task_once(key, task).await? {
                 Ok(task) => {
                     info!(rule = %rule.name, target = %target.id, event_id = %ev.id, task_id = %task.id, "rule started a task");
@@ -216,14 +223,15 @@ async fn attempt(
     }
 }
 
-/// The task a task target runs for one event.
-fn task_for(
+/// A task of a definition (`family` = its latest ACTIVE revision, or `family:rev`) with run-time
+/// overrides and an input: what a rule's task target or a schedule's fire starts. The error
+/// says why it cannot start now (the delivery is then retried).
+pub fn definition_task(
     core: &Core,
     reference: &str,
     overrides: &crate::model::Overrides,
-    group: &str,
-    rule: &Rule,
-    ev: &Event,
+    group: String,
+    started_by: String,
     input: String,
 ) -> Result<Task, String> {
     let (family, rev) =
@@ -250,12 +258,8 @@ fn task_for(
     Ok(Task::new(
         ulid::Ulid::new().to_string().to_lowercase(),
         Some(def.reference()),
-        if group.is_empty() {
-            format!("rule:{}", rule.name)
-        } else {
-            group.to_string()
-        },
-        format!("rule/{}/{}", rule.name, ev.id),
+        group,
+        started_by,
         spec,
         now_ms(),
     ))

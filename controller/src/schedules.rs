@@ -376,42 +376,20 @@ async fn retry_due(
 }
 
 fn task_for(core: &Core, s: &Schedule, when: &str) -> Result<Task, String> {
-    let (family, rev) =
-        validate::taskdef_ref("task_definition", &s.task_definition).map_err(|e| e.to_string())?;
-    let defs = core
-        .store
-        .taskdefs(Some(&family))
-        .map_err(|e| e.to_string())?;
-    let def = match rev {
-        Some(r) => defs.iter().find(|d| d.revision == r),
-        None => defs
-            .iter()
-            .rev()
-            .find(|d| d.status == crate::model::DefinitionStatus::Active),
-    }
-    .ok_or_else(|| format!("no active task definition {:?}", s.task_definition))?;
-    let mut spec = validate::apply_overrides(
-        def.spec.clone(),
-        &crate::rules_api::overrides_pb(&s.overrides),
-    )
-    .map_err(|e| format!("overrides: {e}"))?;
-    crate::images_api::check_credentials_exist(core, &spec).map_err(|e| e.message().to_string())?;
-    spec.input = Some(
-        serde_json::json!({"schedule": s.name, "scheduledTime": when, "firedTime": rfc(Some(now_ms()))})
-            .to_string(),
-    );
-    Ok(Task::new(
-        ulid::Ulid::new().to_string().to_lowercase(),
-        Some(def.reference()),
-        if s.group.is_empty() {
-            format!("schedule:{}", s.name)
-        } else {
-            s.group.clone()
-        },
+    let group = if s.group.is_empty() {
+        format!("schedule:{}", s.name)
+    } else {
+        s.group.clone()
+    };
+    let input = serde_json::json!({"schedule": s.name, "scheduledTime": when, "firedTime": rfc(Some(now_ms()))});
+    crate::bus::definition_task(
+        core,
+        &s.task_definition,
+        &s.overrides,
+        group,
         format!("schedule/{}/{when}", s.name),
-        spec,
-        now_ms(),
-    ))
+        input.to_string(),
+    )
 }
 
 fn parse_time(field: &str, s: &str) -> Result<Option<i64>, Status> {
@@ -465,21 +443,7 @@ pub fn from_pb(core: &Core, s: &pb::Schedule) -> Result<Schedule, Status> {
         .task
         .as_ref()
         .ok_or_else(|| invalid("task: missing (the task definition to run)".into()))?;
-    let (family, rev) = validate::taskdef_ref("task.task_definition", &task.task_definition)
-        .map_err(|e| invalid(e.to_string()))?;
-    let defs = core.store.taskdefs(Some(&family))?;
-    let def = match rev {
-        Some(r) => defs.iter().find(|d| d.revision == r),
-        None => defs.last(),
-    }
-    .ok_or_else(|| {
-        invalid(format!(
-            "task.task_definition: no task definition {:?}",
-            task.task_definition
-        ))
-    })?;
-    let o = task.overrides.clone().unwrap_or_default();
-    validate::apply_overrides(def.spec.clone(), &o).map_err(|e| invalid(format!("task.{e}")))?;
+    // Checked as a rule's task target is: the definition exists, the overrides apply.
     let r = crate::rules_api::from_pb(
         core,
         &pb::Rule {
@@ -493,7 +457,9 @@ pub fn from_pb(core: &Core, s: &pb::Schedule) -> Result<Schedule, Status> {
             }],
             ..Default::default()
         },
-    )?;
+    )
+    // Its errors name the schedule's fields, not a rule's.
+    .map_err(|st| Status::new(st.code(), st.message().replacen("targets[0].", "", 1)))?;
     let crate::model::TargetKind::Task { overrides, .. } = &r.targets[0].kind else {
         unreachable!("built as a task target")
     };
