@@ -332,10 +332,7 @@ impl Store {
             });
         match res {
             Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Engine(e)),
-            Err(TransactionError::Abort(())) => {
-                Err(StoreError::Rejected("transaction aborted".into()))
-            }
+            Err(e) => Err(tx_error(e)),
         }
     }
 
@@ -632,10 +629,7 @@ impl Store {
         drop(gen);
         let existing = match res {
             Ok(e) => e,
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Engine(e)),
-            Err(TransactionError::Abort(())) => {
-                return Err(StoreError::Rejected("transaction aborted".into()))
-            }
+            Err(e) => return Err(tx_error(e)),
         };
         match existing {
             Some(id) => Ok(Err(id)),
@@ -683,10 +677,7 @@ impl Store {
                 r.remove(key)?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Engine(e),
-                TransactionError::Abort(()) => StoreError::Rejected("transaction aborted".into()),
-            })?;
+            .map_err(tx_error)?;
         self.commit().await
     }
 
@@ -725,10 +716,7 @@ impl Store {
                 del.insert(key, format!("dead-letter:{}", d.id).as_bytes())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Engine(e),
-                TransactionError::Abort(()) => StoreError::Rejected("transaction aborted".into()),
-            })?;
+            .map_err(tx_error)?;
         self.commit().await
     }
 
@@ -754,10 +742,7 @@ impl Store {
                 st.insert(s.name.as_bytes(), encode(&state))?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Engine(e),
-                TransactionError::Abort(()) => StoreError::Rejected("transaction aborted".into()),
-            })?;
+            .map_err(tx_error)?;
         self.commit().await
     }
 
@@ -869,10 +854,7 @@ impl Store {
         drop(gen);
         let appended = match res {
             Ok(a) => a,
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Engine(e)),
-            Err(TransactionError::Abort(())) => {
-                return Err(StoreError::Rejected("transaction aborted".into()))
-            }
+            Err(e) => return Err(tx_error(e)),
         };
         self.commit().await?;
         Ok(appended.then_some(event))
@@ -932,6 +914,14 @@ impl Store {
     /// Size of the data dir on disk, for diagnostics.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// A failed transaction as the store reports it (its closures never abort on purpose).
+fn tx_error(e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Storage(e) => StoreError::Engine(e),
+        TransactionError::Abort(()) => StoreError::Rejected("transaction aborted".into()),
     }
 }
 

@@ -27,6 +27,23 @@ fn rule_tasks(addr: &str, rule: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Registers `family`: the host's python (bind-mounted read-only) running `script` under
+/// `role`, on the host network (where its credentials endpoint is).
+fn register_python_task(env: &Env, addr: &str, family: &str, role: &str, script: &str) {
+    let (python, mounts) = python_mounts();
+    let def = serde_json::json!({
+        "family": family, "network_mode": "host", "task_role": role,
+        "containers": [{"name": "main", "image": env.busybox_image(),
+            "command": [python.to_str().unwrap(), "-c", script],
+            "mounts": mounts.iter().map(|m| {
+                let p: Vec<&str> = m.split(':').collect();
+                serde_json::json!({"source": p[0], "target": p[1], "read_only": true})
+            }).collect::<Vec<_>>()}]
+    });
+    let def = write(env, &format!("{family}.json"), &def.to_string());
+    assert_eq!(cli(addr, &["taskdefs", "register", "-f", &def]).code, 0);
+}
+
 /// A MinIO webhook body for one uploaded object.
 fn minio_notification(bucket: &str, encoded_key: &str, size: u64, etag: &str) -> String {
     serde_json::json!({
@@ -76,7 +93,6 @@ fn an_upload_notified_or_watched_starts_one_task_that_processes_it_with_its_role
     );
     assert_eq!(cli(&addr, &["roles", "put", "-f", &role]).code, 0);
     // The worker: reads the object the event names, writes output/<name>.
-    let (python, mounts) = python_mounts();
     let script = "import boto3, json, os\n\
         key = json.load(open('/run/skiff/event.json'))\n\
         s3 = boto3.client('s3')\n\
@@ -84,17 +100,7 @@ fn an_upload_notified_or_watched_starts_one_task_that_processes_it_with_its_role
         out = 'output/' + key.split('/', 1)[1]\n\
         s3.put_object(Bucket='photos', Key=out, Body=b'thumb of ' + body)\n\
         print('wrote', out)\n";
-    let def = serde_json::json!({
-        "family": "thumbnail", "network_mode": "host", "task_role": "thumbnailer",
-        "containers": [{"name": "main", "image": env.busybox_image(),
-            "command": [python.to_str().unwrap(), "-c", script],
-            "mounts": mounts.iter().map(|m| {
-                let p: Vec<&str> = m.split(':').collect();
-                serde_json::json!({"source": p[0], "target": p[1], "read_only": true})
-            }).collect::<Vec<_>>()}]
-    });
-    let def = write(&env, "thumbnail.json", &def.to_string());
-    assert_eq!(cli(&addr, &["taskdefs", "register", "-f", &def]).code, 0);
+    register_python_task(&env, &addr, "thumbnail", "thumbnailer", script);
     let source = write(
         &env,
         "source.yaml",
@@ -406,7 +412,6 @@ fn an_hourly_batch_schedule_processes_the_files_in_a_bucket() {
         ),
     );
     assert_eq!(cli(&addr, &["roles", "put", "-f", &role]).code, 0);
-    let (python, mounts) = python_mounts();
     let script = "import boto3, json\n\
         s3 = boto3.client('s3')\n\
         event = json.load(open('/run/skiff/event.json'))\n\
@@ -414,17 +419,7 @@ fn an_hourly_batch_schedule_processes_the_files_in_a_bucket() {
         \x20   body = s3.get_object(Bucket='photos', Key=obj['Key'])['Body'].read()\n\
         \x20   s3.put_object(Bucket='photos', Key='processed/' + obj['Key'].split('/', 1)[1], Body=body.upper())\n\
         print('batch of', event['schedule'], 'done')\n";
-    let def = serde_json::json!({
-        "family": "batch", "network_mode": "host", "task_role": "batch",
-        "containers": [{"name": "main", "image": env.busybox_image(),
-            "command": [python.to_str().unwrap(), "-c", script],
-            "mounts": mounts.iter().map(|m| {
-                let p: Vec<&str> = m.split(':').collect();
-                serde_json::json!({"source": p[0], "target": p[1], "read_only": true})
-            }).collect::<Vec<_>>()}]
-    });
-    let def = write(&env, "batch.json", &def.to_string());
-    assert_eq!(cli(&addr, &["taskdefs", "register", "-f", &def]).code, 0);
+    register_python_task(&env, &addr, "batch", "batch", script);
     moto.s3("for n in ['a', 'b']:\n  s3.put_object(Bucket='photos', Key=f'incoming/{n}.txt', Body=f'file {n}'.encode())");
     let schedule = write(
         &env,
