@@ -111,8 +111,12 @@ async fn handle(core: &Core, s: &Schedule, now: i64) -> Result<(), CoreError> {
     let next = match st.next_fire_ms {
         Some(n) => n,
         None => {
-            // First sight (or just changed): from now, or from its start.
-            let from = utc(now.max(s.start_ms.unwrap_or(i64::MIN)) - 1);
+            // First sight (or just changed): the first fire time after now; a start date still
+            // ahead is itself a fire time. (A rate never fires at the moment it is created.)
+            let from = match s.start_ms {
+                Some(start) if start > now => utc(start - 1),
+                _ => utc(now),
+            };
             let Some(t) = timing.next_after(from, anchor) else {
                 return Ok(());
             };
