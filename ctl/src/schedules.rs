@@ -163,6 +163,7 @@ fn print(fmt: Format, list: &[pb::ScheduleStatus], detailed: bool) {
 pub async fn schedules(addr: &str, fmt: Format, cmd: SchedulesCmd) -> anyhow::Result<i32> {
     let mut c = pb::schedules_client::SchedulesClient::new(connect(addr).await?);
     let describe = |name: String| pb::ScheduleRef { name };
+    let enable = matches!(cmd, SchedulesCmd::Enable { .. });
     match cmd {
         SchedulesCmd::Put { file } => {
             let s = c.put(load(&file)?).await.map_err(api_error)?.into_inner();
@@ -193,24 +194,10 @@ pub async fn schedules(addr: &str, fmt: Format, cmd: SchedulesCmd) -> anyhow::Re
             c.delete(describe(name.clone())).await.map_err(api_error)?;
             println!("{name}");
         }
-        SchedulesCmd::Enable { name } => {
+        SchedulesCmd::Enable { name } | SchedulesCmd::Disable { name } => {
             c.set_enabled(pb::SetScheduleEnabledRequest {
                 name: name.clone(),
-                enabled: true,
-            })
-            .await
-            .map_err(api_error)?;
-            let st = c
-                .describe(describe(name))
-                .await
-                .map_err(api_error)?
-                .into_inner();
-            print(fmt, &[st], false);
-        }
-        SchedulesCmd::Disable { name } => {
-            c.set_enabled(pb::SetScheduleEnabledRequest {
-                name: name.clone(),
-                enabled: false,
+                enabled: enable,
             })
             .await
             .map_err(api_error)?;
