@@ -567,6 +567,17 @@ pub struct Schedule {
     pub retry: RetryPolicy,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Set: fires put this event on the bus instead of running `task_definition`.
+    #[serde(default)]
+    pub event: Option<ScheduleEvent>,
+}
+
+/// The event a schedule puts on the bus at each fire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleEvent {
+    pub detail_type: String,
+    /// A JSON object.
+    pub detail: serde_json::Value,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

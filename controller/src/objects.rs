@@ -220,7 +220,7 @@ pub async fn ingest(
         let seen = seen_key(&source.name, &c);
         match core
             .store
-            .append_object_event(seen.as_deref(), None, |id| event(&source.name, via, &c, id))
+            .append_event_once(seen.as_deref(), None, |id| event(&source.name, via, &c, id))
             .await?
         {
             Some(e) => out.event_ids.push(e.id),

@@ -25,6 +25,10 @@ use crate::validate;
 
 /// A fire handled this long after its time counts as missed (the catch-up policy applies).
 const LATE_MS: i64 = 60_000;
+/// The source of the events schedules put on the bus.
+pub const SCHEDULER_SOURCE: &str = "skiff.scheduler";
+/// Schedules handled at once in a pass.
+const CONCURRENT_FIRES: usize = 64;
 /// Runs kept per schedule.
 const RUNS_KEPT: usize = 20;
 
@@ -75,16 +79,31 @@ pub async fn run(core: Arc<Core>) {
 }
 
 /// Fires what is due; returns the earliest moment something is due next.
+///
+/// Schedules are handled concurrently (each touches only its own state), so the fires due
+/// at one moment share the store's group commits instead of queueing behind each other.
 async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
+    use futures::StreamExt;
     let now = now_ms();
+    let enabled: Vec<Schedule> = core
+        .store
+        .schedules()?
+        .into_iter()
+        .filter(|s| s.enabled)
+        .collect();
+    // Collected first: a lazy map here trips the compiler's higher-ranked lifetime check
+    // when the loop is spawned.
+    let passes: Vec<_> = enabled.iter().map(|s| handle(core, s, now)).collect();
+    let mut passes = futures::stream::iter(passes).buffer_unordered(CONCURRENT_FIRES);
+    while let Some(r) = passes.next().await {
+        r?;
+    }
+    drop(passes);
     let mut earliest: Option<i64> = None;
-    for s in core.store.schedules()? {
-        if s.enabled {
-            handle(core, &s, now).await?;
-            if let Some(next) = core.store.schedule_state(&s.name)?.next_fire_ms {
-                let at = next + window_offset_ms(&s.name, next, s.flexible_window_secs);
-                earliest = Some(earliest.map_or(at, |e: i64| e.min(at)));
-            }
+    for s in &enabled {
+        if let Some(next) = core.store.schedule_state(&s.name)?.next_fire_ms {
+            let at = next + window_offset_ms(&s.name, next, s.flexible_window_secs);
+            earliest = Some(earliest.map_or(at, |e: i64| e.min(at)));
         }
     }
     Ok(earliest)
@@ -198,6 +217,25 @@ async fn fire(
     st: &mut ScheduleState,
 ) -> Result<(), CoreError> {
     let when = in_zone(timing, scheduled);
+    if let Some(ev) = &s.event {
+        let id = put_event(core, s, ev, &when, scheduled).await?;
+        let outcome = if catching_up {
+            "event-catch-up"
+        } else {
+            "event"
+        };
+        info!(schedule = %s.name, %when, event_id = %id, catching_up, "schedule fired");
+        record(
+            st,
+            ScheduleRun {
+                scheduled_ms: scheduled,
+                fired_ms: now_ms(),
+                task_id: String::new(),
+                outcome: format!("{outcome} {id}"),
+            },
+        );
+        return Ok(());
+    }
     let previous = st
         .runs
         .iter()
@@ -293,6 +331,40 @@ async fn fire(
         },
     );
     Ok(())
+}
+
+/// Puts a fire's event on the bus, once per fire time (a restart mid-fire finds it there).
+async fn put_event(
+    core: &Core,
+    s: &Schedule,
+    ev: &crate::model::ScheduleEvent,
+    when: &str,
+    scheduled: i64,
+) -> Result<String, CoreError> {
+    let key = format!("schedule\0{}\0{scheduled}", s.name);
+    let mut detail = ev.detail.clone();
+    if let Some(o) = detail.as_object_mut() {
+        o.insert("schedule".into(), s.name.clone().into());
+        o.insert("scheduledTime".into(), when.into());
+    }
+    let appended = core
+        .store
+        .append_event_once(Some(&key), None, |id| crate::model::Event {
+            id,
+            source: SCHEDULER_SOURCE.into(),
+            detail_type: ev.detail_type.clone(),
+            time_ms: scheduled,
+            resources: vec![format!("schedule/{}", s.name)],
+            detail,
+        })
+        .await?;
+    Ok(match appended {
+        Some(e) => {
+            core.events_appended();
+            e.id
+        }
+        None => core.store.event_once(&key)?.unwrap_or_default(),
+    })
 }
 
 /// A fire that ran out of attempts: kept with the rule dead letters, as `schedule:<name>`.
@@ -443,10 +515,20 @@ pub fn from_pb(core: &Core, s: &pb::Schedule) -> Result<Schedule, Status> {
             return Err(invalid("end: must be after start".into()));
         }
     }
-    let task = s
-        .task
-        .as_ref()
-        .ok_or_else(|| invalid("task: missing (the task definition to run)".into()))?;
+    let task = match (&s.task, &s.event) {
+        (Some(t), None) => t,
+        (None, Some(e)) => return event_schedule(s, e, start_ms, end_ms, catch_up),
+        (None, None) => {
+            return Err(invalid(
+                "task: missing (the task definition to run, or an event to put on the bus)".into(),
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "event: a schedule has one target: a task or an event, not both".into(),
+            ))
+        }
+    };
     // Checked as a rule's task target is: the definition exists, the overrides apply.
     let r = crate::rules_api::from_pb(
         core,
@@ -489,6 +571,70 @@ pub fn from_pb(core: &Core, s: &pb::Schedule) -> Result<Schedule, Status> {
         retry: r.targets[0].retry,
         created_ms: 0,
         updated_ms: 0,
+        event: None,
+    })
+}
+
+/// A schedule whose fires put an event on the bus.
+fn event_schedule(
+    s: &pb::Schedule,
+    e: &pb::ScheduleEvent,
+    start_ms: Option<i64>,
+    end_ms: Option<i64>,
+    catch_up: CatchUp,
+) -> Result<Schedule, Status> {
+    let invalid = |e: String| Status::invalid_argument(e);
+    if !s.overlap.is_empty() {
+        return Err(invalid(
+            "overlap: applies to task targets only (an event has no run to overlap)".into(),
+        ));
+    }
+    if s.retry.is_some() {
+        return Err(invalid(
+            "retry: applies to task targets only (the rules that match the event have their own)"
+                .into(),
+        ));
+    }
+    let detail = if e.detail_json.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        match serde_json::from_str::<serde_json::Value>(&e.detail_json) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => return Err(invalid("event.detail: must be a JSON object".into())),
+            Err(err) => return Err(invalid(format!("event.detail: not JSON ({err})"))),
+        }
+    };
+    let detail_type = if e.detail_type.is_empty() {
+        "Scheduled Event".to_string()
+    } else {
+        e.detail_type.clone()
+    };
+    Ok(Schedule {
+        name: s.name.clone(),
+        description: s.description.clone(),
+        expression: s.expression.trim().to_string(),
+        timezone: s.timezone.clone(),
+        enabled: s.enabled.unwrap_or(true),
+        start_ms,
+        end_ms,
+        flexible_window_secs: s.flexible_window_seconds,
+        overlap: Overlap::Allow,
+        catch_up,
+        catch_up_limit: if s.catch_up_limit == 0 {
+            10
+        } else {
+            s.catch_up_limit
+        },
+        task_definition: String::new(),
+        overrides: Default::default(),
+        group: String::new(),
+        retry: Default::default(),
+        created_ms: 0,
+        updated_ms: 0,
+        event: Some(crate::model::ScheduleEvent {
+            detail_type,
+            detail,
+        }),
     })
 }
 
@@ -508,6 +654,7 @@ pub fn to_pb(s: &Schedule) -> pb::Schedule {
         end: rfc(s.end_ms),
         flexible_window_seconds: s.flexible_window_secs,
         overlap: match s.overlap {
+            _ if s.event.is_some() => "",
             Overlap::Allow => "allow",
             Overlap::Forbid => "forbid",
             Overlap::Replace => "replace",
@@ -520,17 +667,21 @@ pub fn to_pb(s: &Schedule) -> pb::Schedule {
         }
         .into(),
         catch_up_limit: s.catch_up_limit,
-        task: Some(pb::TaskTarget {
+        task: s.event.is_none().then(|| pb::TaskTarget {
             task_definition: s.task_definition.clone(),
             overrides: Some(crate::rules_api::overrides_pb(&s.overrides)),
             group: s.group.clone(),
         }),
-        retry: Some(pb::RetryPolicy {
+        retry: s.event.is_none().then_some(pb::RetryPolicy {
             max_attempts: s.retry.max_attempts,
             max_event_age_seconds: s.retry.max_event_age_secs,
         }),
         created_ms: s.created_ms,
         updated_ms: s.updated_ms,
+        event: s.event.as_ref().map(|e| pb::ScheduleEvent {
+            detail_type: e.detail_type.clone(),
+            detail_json: e.detail.to_string(),
+        }),
     }
 }
 

@@ -137,7 +137,7 @@ pub struct Store {
     retries: sled::Tree,
     dead_letters: sled::Tree,
     sources: sled::Tree,
-    /// Object versions already on the bus (source, bucket, key, etag, size) → event id.
+    /// Events that must reach the bus once (object versions, schedule fires) → event id.
     object_seen: sled::Tree,
     /// What each watcher last listed: (source, bucket, key) → "etag size".
     watch_state: sled::Tree,
@@ -820,10 +820,10 @@ impl Store {
         Ok(old)
     }
 
-    /// Appends an object event unless that object version is already on the bus (then
-    /// Ok(None)); with `watch`, records what the watcher saw in the same transaction (None as
+    /// Appends an event unless one with `seen_key` is already on the bus (then Ok(None)):
+    /// an object version, a schedule's fire. With `watch`, records what the watcher saw in the same transaction (None as
     /// its value = the object is gone). Durable on return.
-    pub async fn append_object_event(
+    pub async fn append_event_once(
         &self,
         seen_key: Option<&str>,
         watch: Option<(&str, Option<&str>)>,
@@ -858,6 +858,14 @@ impl Store {
         };
         self.commit().await?;
         Ok(appended.then_some(event))
+    }
+
+    /// The id of the event appended under `seen_key`, while its record lasts.
+    pub fn event_once(&self, seen_key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .object_seen
+            .get(seen_key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Records a watcher's listing as it is (its baseline), with one flush.

@@ -196,7 +196,7 @@ async fn poll(
             let seen = objects::seen_key(&s.name, &change);
             let appended = core
                 .store
-                .append_object_event(seen.as_deref(), Some((&sk, Some(&value))), |id| {
+                .append_event_once(seen.as_deref(), Some((&sk, Some(&value))), |id| {
                     objects::event(&s.name, "watcher", &change, id)
                 })
                 .await
@@ -235,7 +235,7 @@ async fn poll(
             time_ms: now_ms(),
         };
         core.store
-            .append_object_event(None, Some((sk, None)), |id| {
+            .append_event_once(None, Some((sk, None)), |id| {
                 objects::event(&s.name, "watcher", &change, id)
             })
             .await

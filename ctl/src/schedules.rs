@@ -57,9 +57,21 @@ struct ScheduleFile {
     catch_up: String,
     #[serde(default)]
     catch_up_limit: u32,
-    task: TaskTargetFile,
+    /// The task each fire runs, or else:
+    task: Option<TaskTargetFile>,
+    /// the event each fire puts on the bus (for rules to route).
+    event: Option<EventFile>,
     /// When a fire's task cannot start: {max_attempts, max_event_age}.
     retry: Option<crate::rules::RetryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventFile {
+    #[serde(default)]
+    detail_type: String,
+    /// Any mapping; sent as the event's detail.
+    detail: Option<serde_json::Value>,
 }
 
 pub fn load(path: &Path) -> anyhow::Result<pb::Schedule> {
@@ -88,7 +100,14 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Schedule> {
         overlap: f.overlap,
         catch_up: f.catch_up,
         catch_up_limit: f.catch_up_limit,
-        task: Some(crate::rules::task_target("task", f.task)?),
+        task: f
+            .task
+            .map(|t| crate::rules::task_target("task", t))
+            .transpose()?,
+        event: f.event.map(|e| pb::ScheduleEvent {
+            detail_type: e.detail_type,
+            detail_json: e.detail.map(|d| d.to_string()).unwrap_or_default(),
+        }),
         retry: f
             .retry
             .map(|r| crate::rules::retry_policy("retry", r))
@@ -124,14 +143,18 @@ fn print(fmt: Format, list: &[pb::ScheduleStatus], detailed: bool) {
                     .first()
                     .cloned()
                     .unwrap_or_else(|| "-".into()),
-                s.task.map(|t| t.task_definition).unwrap_or_default(),
+                match (s.task, s.event) {
+                    (Some(t), _) => t.task_definition,
+                    (None, Some(e)) => format!("event: {}", e.detail_type),
+                    (None, None) => String::new(),
+                },
             ]
         })
         .collect();
     println!(
         "{}",
         output::table(
-            &["NAME", "EXPRESSION", "ZONE", "STATE", "NEXT", "TASK"],
+            &["NAME", "EXPRESSION", "ZONE", "STATE", "NEXT", "TARGET"],
             rows
         )
     );

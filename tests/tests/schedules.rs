@@ -330,3 +330,96 @@ fn one_time_and_bounded_schedules() {
         .collect();
     assert_eq!(next, serde_json::json!(expected));
 }
+
+/// Milliseconds of an RFC 3339 time.
+fn ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339:?}: {e}"))
+        .timestamp_millis()
+}
+
+#[test]
+fn a_schedule_puts_events_for_rules_and_spreads_fires_over_its_window() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    register(&env, &addr, "on-ping", &["cat", "/run/skiff/event.json"]);
+    // The rule routes the schedule's events (here to a task; to any target a rule has).
+    let rule = env.path("rule.yaml");
+    std::fs::write(
+        &rule,
+        "name: on-ping\npattern: {source: [skiff.scheduler], resources: [schedule/ping]}\n\
+         targets: [{id: run, task: {task_definition: on-ping}}]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cli(&addr, &["rules", "put", "-f", rule.to_str().unwrap()]).code,
+        0
+    );
+    // Fires every 3 s, each at a moment within 2 s after its fire time.
+    put(
+        &env,
+        &addr,
+        "ping",
+        "name: ping\nexpression: rate(3 seconds)\nflexible_window: 2s\n\
+         event: {detail_type: Nightly Ping, detail: {job: nightly}}\n",
+    );
+    let task = wait_for("a task started by the schedule's event", LONG, || {
+        cli(&addr, &["tasks", "ls", "--limit", "1000", "-o", "json"])
+            .json()
+            .as_array()?
+            .iter()
+            .find(|t| t["group"] == "rule:on-ping" && t["lastStatus"] == "STOPPED")
+            .cloned()
+    });
+    assert_eq!(task["containers"][0]["exitCode"], 0, "{task}");
+    let logs = cli(&addr, &["tasks", "logs", task["id"].as_str().unwrap()]).stdout;
+    let event: serde_json::Value = serde_json::from_str(&logs).unwrap();
+    assert_eq!(event["source"], "skiff.scheduler", "{event}");
+    assert_eq!(event["detail-type"], "Nightly Ping", "{event}");
+    assert_eq!(event["resources"], serde_json::json!(["schedule/ping"]));
+    assert_eq!(event["detail"]["job"], "nightly", "{event}");
+    assert_eq!(event["detail"]["schedule"], "ping", "{event}");
+    // The event's time is the fire time it stands for.
+    let scheduled = event["detail"]["scheduledTime"].as_str().unwrap();
+    assert_eq!(
+        ms(event["time"].as_str().unwrap()),
+        ms(scheduled) / 1000 * 1000
+    );
+
+    // Each fire lands inside its window, and the window is used, not just its start.
+    let runs = wait_for("five fires", LONG, || {
+        let runs = describe(&addr, "ping")["runs"].as_array()?.clone();
+        (runs.len() >= 5).then_some(runs)
+    });
+    let mut offsets = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for r in &runs {
+        let outcome = r["outcome"].as_str().unwrap();
+        let id = outcome
+            .strip_prefix("event ")
+            .unwrap_or_else(|| panic!("{r}"));
+        assert!(ids.insert(id.to_string()), "one event per fire: {runs:?}");
+        let fired = r["firedMs"]
+            .as_str()
+            .map_or_else(|| r["firedMs"].as_i64().unwrap(), |s| s.parse().unwrap());
+        offsets.push(fired - ms(r["scheduledTime"].as_str().unwrap()));
+    }
+    assert!(
+        offsets.iter().all(|o| (0..2_000 + 1_000).contains(o)),
+        "fire - fire time, ms: {offsets:?}"
+    );
+    assert!(
+        offsets.iter().any(|o| *o > 300),
+        "a 2 s window spreads fires: {offsets:?}"
+    );
+    // An event schedule has no run to overlap, and says so.
+    let f = env.path("bad.yaml");
+    std::fs::write(
+        &f,
+        "name: bad\nexpression: rate(1 minute)\noverlap: forbid\nevent: {detail: {a: 1}}\n",
+    )
+    .unwrap();
+    let out = cli(&addr, &["schedules", "put", "-f", f.to_str().unwrap()]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("overlap"), "{out:?}");
+}
