@@ -103,6 +103,10 @@ pub fn required_role(path: &str) -> Option<Role> {
             "Describe" | "List" => Role::ReadOnly,
             _ => Role::Operator,
         }),
+        "skiff.v1.Topics" => Some(match method {
+            "Describe" | "List" | "ListDeadLetters" | "Confirm" => Role::ReadOnly,
+            _ => Role::Operator,
+        }),
         "skiff.v1.Sources" => Some(match method {
             "List" => Role::ReadOnly,
             _ => Role::Admin,

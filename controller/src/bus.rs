@@ -219,7 +219,10 @@ async fn attempt(
             Ok(Ok(()))
         }
         TargetKind::Queue(q) => Ok(Err(format!("queue {q:?}: queues are not available yet"))),
-        TargetKind::Topic(t) => Ok(Err(format!("topic {t:?}: topics are not available yet"))),
+        TargetKind::Topic(t) => {
+            let message = crate::transform::render(&target.input, envelope, &rule.name, ev.time_ms);
+            crate::notify::publish(core, key, t, &rule.name, &ev.id, message).await
+        }
     }
 }
 

@@ -81,6 +81,8 @@ pub struct Core {
     pub sources_kick: Notify,
     /// Wakes the schedules loop: a schedule changed.
     pub schedules_kick: Notify,
+    /// Delivers notifications (webhooks, mail) from the outbox.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl Core {
@@ -116,6 +118,8 @@ impl Core {
             bus_kick: Notify::new(),
             sources_kick: Notify::new(),
             schedules_kick: Notify::new(),
+            notifier: crate::notify::Notifier::new(None, "http://127.0.0.1:7480".into())
+                .expect("a notifier without SMTP always builds"),
         }
     }
 

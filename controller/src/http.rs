@@ -1,12 +1,13 @@
 //! The controller's HTTP listener, for what speaks HTTP rather than gRPC: object-store
 //! notifications (`POST /notify/<source>`, as S3/MinIO webhooks and EventBridge API
-//! destinations send them) and `GET /healthz`.
+//! destinations send them), e-mail subscription confirmations (`GET /confirm/<id>?token=`, the
+//! link the confirmation mail carries) and `GET /healthz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +27,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/notify/{source}", post(notify))
+        .route("/confirm/{id}", get(confirm))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
@@ -104,5 +106,37 @@ async fn notify(
         }))
         .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("state store: {e}")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ConfirmQuery {
+    #[serde(default)]
+    token: String,
+}
+
+/// The confirmation link of an e-mail subscription: the token is the credential.
+async fn confirm(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+    Query(q): Query<ConfirmQuery>,
+) -> Response {
+    match crate::topics_api::confirm(&core, &id, &q.token).await {
+        Ok(sub) => (
+            StatusCode::OK,
+            format!(
+                "Confirmed: {} now receives topic {:?}.\n",
+                sub.endpoint, sub.topic
+            ),
+        )
+            .into_response(),
+        Err(s) => {
+            let status = match s.code() {
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, s.message())
+        }
     }
 }

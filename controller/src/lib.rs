@@ -13,6 +13,7 @@ pub mod http;
 pub mod images_api;
 pub mod lifecycle;
 pub mod model;
+pub mod notify;
 pub mod objects;
 pub mod pattern;
 pub mod pki;
@@ -27,6 +28,7 @@ pub mod sources_api;
 pub mod store;
 pub mod task_tokens;
 pub mod tokens_api;
+pub mod topics_api;
 pub mod transform;
 pub mod validate;
 pub mod watcher;
@@ -54,6 +56,11 @@ pub struct ControllerConfig {
     pub http_listen: Option<SocketAddr>,
     /// Serve this directory's subdirectories as local buckets, watched (source "local").
     pub local_buckets: Option<PathBuf>,
+    /// The mail server for e-mail subscriptions.
+    pub smtp: Option<notify::SmtpConfig>,
+    /// The HTTP listener's URL as users reach it (e-mail confirmation links); default
+    /// http://<http_listen>.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +80,8 @@ pub enum ControllerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("notifications: {0}")]
+    Notify(String),
     #[error("certificates: {0}")]
     Pki(#[from] pki::PkiError),
     #[error("gRPC server: {0}")]
@@ -150,6 +159,15 @@ impl Controller {
         };
         let mut core = core::Core::new(store, cfg.timing, sealer, task_keys);
         core.pki = pki;
+        let public_url = cfg.public_url.clone().unwrap_or_else(|| {
+            let addr = http_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map_or_else(|| "127.0.0.1:7480".to_string(), |a| a.to_string());
+            format!("http://{addr}")
+        });
+        core.notifier = notify::Notifier::new(cfg.smtp.as_ref(), public_url)
+            .map_err(ControllerError::Notify)?;
         if let Some(dir) = &cfg.local_buckets {
             local_source(&core, dir)
                 .await
@@ -200,6 +218,7 @@ impl Controller {
         let dispatcher = tokio::spawn(bus::run(core.clone()));
         let watchers = tokio::spawn(watcher::run(core.clone()));
         let schedules_loop = tokio::spawn(schedules::run(core.clone()));
+        let outbox = tokio::spawn(notify::run(core.clone()));
         let http_server = self.http_listener.map(|l| {
             let core = core.clone();
             tokio::spawn(async move {
@@ -249,6 +268,9 @@ impl Controller {
         health
             .set_serving::<pb::schedules_server::SchedulesServer<schedules::SchedulesApi>>()
             .await;
+        health
+            .set_serving::<pb::topics_server::TopicsServer<topics_api::TopicsApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -297,6 +319,9 @@ impl Controller {
             .add_service(pb::schedules_server::SchedulesServer::new(
                 schedules::SchedulesApi { core: core.clone() },
             ))
+            .add_service(pb::topics_server::TopicsServer::new(
+                topics_api::TopicsApi { core: core.clone() },
+            ))
             .add_service(pb::tokens_server::TokensServer::new(
                 tokens_api::TokensApi { core: core.clone() },
             ))
@@ -322,6 +347,7 @@ impl Controller {
         dispatcher.abort();
         watchers.abort();
         schedules_loop.abort();
+        outbox.abort();
         if let Some(h) = http_server {
             h.abort();
         }

@@ -624,3 +624,89 @@ pub struct ScheduleRun {
     pub task_id: String,
     pub outcome: String,
 }
+
+/// A topic: a named set of subscriptions that rule targets publish to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Topic {
+    pub name: String,
+    pub description: String,
+    pub delivery: DeliveryPolicy,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// Retries of a failing notification: exponential backoff with jitter between the delays,
+/// `max_attempts` in all, then a dead letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryPolicy {
+    pub max_attempts: u32,
+    pub min_delay_ms: u32,
+    pub max_delay_ms: u32,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        DeliveryPolicy {
+            max_attempts: 20,
+            min_delay_ms: 1000,
+            max_delay_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    Webhook,
+    Email,
+}
+
+/// One endpoint of a topic. (No Debug: it holds the sealed signing key.)
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub topic: String,
+    pub protocol: Protocol,
+    /// An http(s) URL or an e-mail address.
+    pub endpoint: String,
+    /// An event pattern the message must match.
+    pub filter: Option<serde_json::Value>,
+    pub raw: bool,
+    pub confirmed: bool,
+    /// SHA-256 (hex) of the confirmation token, while unconfirmed.
+    pub confirm_token_sha256: String,
+    /// Webhooks: the signing key, sealed with the secrets key (name `subscription/<id>`).
+    pub signing_secret: Option<SealedSecret>,
+    pub skipped_unconfirmed: u64,
+    pub created_ms: i64,
+}
+
+/// What an outbox entry sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryKind {
+    /// A message published to the topic.
+    Message,
+    /// The mail asking an e-mail subscriber to confirm (carries the token).
+    Confirmation { token: String },
+}
+
+/// One message on its way to one subscription: kept in the outbox until it is delivered or
+/// dead-lettered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub topic: String,
+    pub subscription: String,
+    pub kind: DeliveryKind,
+    pub rule: String,
+    pub event_id: String,
+    /// The message: the event envelope, unless the rule's target transformed it.
+    pub message: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub created_ms: i64,
+    pub next_attempt_ms: i64,
+    /// Set once dead-lettered.
+    pub dead_ms: Option<i64>,
+}

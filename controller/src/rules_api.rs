@@ -92,12 +92,15 @@ fn target(core: &Core, i: usize, t: &pb::Target) -> Result<Target, Status> {
             ))
         }
         Some(pb::target::Kind::Topic(t)) => {
-            return Err(invalid(
-                &f("topic"),
-                format!("{t:?}: topic targets arrive with notifications; not available yet"),
-            ))
+            if core.store.topic(t)?.is_none() {
+                return Err(invalid(
+                    &f("topic"),
+                    format!("{t:?}: no such topic (skiff topics put {t})"),
+                ));
+            }
+            TargetKind::Topic(t.clone())
         }
-        None => return Err(invalid(&f("kind"), "give a task, queue or topic")),
+        None => return Err(invalid(&f("kind"), "give a task, queue or topic (notify)")),
     };
     let input = match (&t.input_path, &t.input_transformer) {
         (p, None) if p.is_empty() => TargetInput::Event,

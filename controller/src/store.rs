@@ -17,6 +17,8 @@ use crate::model::{
     ScheduleState, SealedSecret, Source, Task, TaskDefinition, TaskRole,
 };
 
+mod notify;
+
 /// The on-disk format version of every record this binary writes.
 const RECORD_VERSION: u8 = 1;
 
@@ -143,6 +145,12 @@ pub struct Store {
     watch_state: sled::Tree,
     schedules: sled::Tree,
     schedule_state: sled::Tree,
+    topics: sled::Tree,
+    subscriptions: sled::Tree,
+    /// Notifications on their way: delivery id → Delivery.
+    outbox: sled::Tree,
+    /// Notifications that ran out of attempts: delivery id → Delivery.
+    notify_dead: sled::Tree,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -173,6 +181,10 @@ impl Store {
             watch_state: db.open_tree("watch_state")?,
             schedules: db.open_tree("schedules")?,
             schedule_state: db.open_tree("schedule_state")?,
+            topics: db.open_tree("topics")?,
+            subscriptions: db.open_tree("subscriptions")?,
+            outbox: db.open_tree("outbox")?,
+            notify_dead: db.open_tree("notify_dead")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,

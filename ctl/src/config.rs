@@ -21,6 +21,19 @@ pub struct ControllerFile {
     pub node_cert_ttl: Option<String>,
     /// The HTTP listener for object-store notifications and health ("off" = none).
     pub http_listen: Option<String>,
+    /// The HTTP listener's URL as subscribers reach it (confirmation links).
+    pub public_url: Option<String>,
+    /// The mail server for e-mail subscriptions.
+    pub smtp: Option<SmtpFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    /// smtp://[user:pass@]host:587?tls=required, smtps://host:465, smtp://host:25.
+    pub url: Option<String>,
+    pub from: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

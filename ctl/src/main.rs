@@ -12,6 +12,7 @@ mod schedules;
 mod serve;
 mod sources;
 mod taskdef_file;
+mod topics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +75,9 @@ enum Command {
     /// Schedules: cron, rate and at expressions that run tasks.
     #[command(subcommand)]
     Schedules(schedules::SchedulesCmd),
+    /// Topics: notify subscribers (webhook, e-mail) of events, with retries and dead letters.
+    #[command(subcommand)]
+    Topics(topics::TopicsCmd),
     /// Object-store sources: buckets whose new objects become events.
     #[command(subcommand)]
     Sources(sources::SourcesCmd),
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
             Command::Rules(c) => rules::rules(&cli.addr, fmt, c).await,
             Command::Sources(c) => sources::sources(&cli.addr, fmt, c).await,
             Command::Schedules(c) => schedules::schedules(&cli.addr, fmt, c).await,
+            Command::Topics(c) => topics::topics(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } => unreachable!("handled above"),
         }

@@ -53,6 +53,8 @@ struct TargetFile {
     id: String,
     task: Option<TaskTargetFile>,
     queue: Option<String>,
+    /// `notify: TOPIC` (or `topic: TOPIC`): publish to a topic's subscriptions.
+    #[serde(alias = "notify")]
     topic: Option<String>,
     #[serde(default)]
     input_path: String,
@@ -141,7 +143,7 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Rule> {
             }
             (None, Some(q), None) => pb::target::Kind::Queue(q),
             (None, None, Some(t)) => pb::target::Kind::Topic(t),
-            _ => anyhow::bail!("targets[{i}]: give exactly one of task, queue or topic"),
+            _ => anyhow::bail!("targets[{i}]: give exactly one of task, queue or notify (a topic)"),
         };
         let retry = t
             .retry
@@ -202,7 +204,7 @@ fn target_text(t: &pb::Target) -> String {
     match &t.kind {
         Some(pb::target::Kind::Task(task)) => format!("{}: task {}", t.id, task.task_definition),
         Some(pb::target::Kind::Queue(q)) => format!("{}: queue {q}", t.id),
-        Some(pb::target::Kind::Topic(q)) => format!("{}: topic {q}", t.id),
+        Some(pb::target::Kind::Topic(q)) => format!("{}: notify {q}", t.id),
         None => t.id.clone(),
     }
 }

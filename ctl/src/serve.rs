@@ -31,6 +31,66 @@ pub struct DevArgs {
     node_id: String,
     #[command(flatten)]
     images: NodeArgs,
+    #[command(flatten)]
+    notify: NotifyArgs,
+}
+
+/// Notification settings shared by `skiff dev` and `skiff controller`.
+#[derive(Args)]
+pub struct NotifyArgs {
+    /// Mail server for e-mail subscriptions: smtp://[user:pass@]host:587?tls=required
+    /// (STARTTLS), smtps://host:465 (TLS), smtp://host:25 (STARTTLS when offered).
+    #[arg(long = "smtp-url", env = "SKIFF_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// The From address of notification mail.
+    #[arg(long = "smtp-from", env = "SKIFF_SMTP_FROM")]
+    smtp_from: Option<String>,
+    /// A CA certificate (PEM) to trust for the mail server, besides the public roots.
+    #[arg(long = "smtp-ca-file", env = "SKIFF_SMTP_CA_FILE")]
+    smtp_ca_file: Option<PathBuf>,
+    /// The HTTP listener's URL as subscribers reach it, for confirmation links (default
+    /// http://<http-listen>).
+    #[arg(long = "public-url", env = "SKIFF_PUBLIC_URL")]
+    public_url: Option<String>,
+}
+
+impl NotifyArgs {
+    fn smtp(
+        &self,
+        file: &ControllerFile,
+    ) -> anyhow::Result<Option<skiff_controller::notify::SmtpConfig>> {
+        let f = file.smtp.as_ref();
+        let url = self
+            .smtp_url
+            .clone()
+            .or_else(|| f.and_then(|f| f.url.clone()));
+        let from = self
+            .smtp_from
+            .clone()
+            .or_else(|| f.and_then(|f| f.from.clone()));
+        let ca_file = self
+            .smtp_ca_file
+            .clone()
+            .or_else(|| f.and_then(|f| f.ca_file.clone()));
+        match (url, from) {
+            (None, None) => Ok(None),
+            (Some(url), Some(from)) => Ok(Some(skiff_controller::notify::SmtpConfig {
+                url,
+                from,
+                ca_file,
+            })),
+            (Some(_), None) => {
+                anyhow::bail!("smtp: --smtp-from (the From address) is needed with --smtp-url")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("smtp: --smtp-url (the mail server) is needed with --smtp-from")
+            }
+        }
+    }
+
+    fn public_url(&self, file: &ControllerFile) -> Option<String> {
+        self.public_url.clone().or_else(|| file.public_url.clone())
+    }
 }
 
 /// Node settings shared by `skiff dev` and `skiff agent`: images and the credentials endpoint.
@@ -109,6 +169,8 @@ pub struct ControllerArgs {
     /// Lifetime of node certificates (default 30d); agents renew after two thirds of it.
     #[arg(long = "node-cert-ttl")]
     node_cert_ttl: Option<String>,
+    #[command(flatten)]
+    notify: NotifyArgs,
 }
 
 #[derive(Args)]
@@ -188,6 +250,8 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
         node_cert_ttl: None,
         http_listen: Some(a.http_listen),
         local_buckets: Some(data_dir.join("buckets")),
+        smtp: a.notify.smtp(&ControllerFile::default())?,
+        public_url: a.notify.public_url(&ControllerFile::default()),
     })
     .await
     .context("starting the controller")?;
@@ -241,6 +305,8 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
 pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
     init_tracing();
     let file: ControllerFile = config::load(a.config.as_deref())?;
+    let smtp = a.notify.smtp(&file)?;
+    let public_url = a.notify.public_url(&file);
     let mut timing = Timing::default();
     if let Some(s) = a.heartbeat_interval.or(file.heartbeat_interval) {
         timing.heartbeat_interval = config::duration("heartbeat_interval", &s)?;
@@ -260,7 +326,7 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
     };
     let data_dir = a
         .data_dir
-        .or(file.data_dir)
+        .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/controller"));
     let tls = !(a.plaintext || file.tls == Some(false));
     let tls = tls.then(|| {
@@ -272,7 +338,7 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         Some(t) => Some(config::duration("node_cert_ttl", &t)?),
         None => None,
     };
-    let http_listen = match a.http_listen.or(file.http_listen) {
+    let http_listen = match a.http_listen.or(file.http_listen.clone()) {
         Some(s) if s == "off" => None,
         Some(s) => Some(
             s.parse::<SocketAddr>()
@@ -288,6 +354,8 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         node_cert_ttl,
         http_listen,
         local_buckets: None,
+        smtp,
+        public_url,
     })
     .await
     .context("starting the controller")?;

@@ -5,7 +5,9 @@
 pub mod bench;
 pub mod images;
 pub mod moto;
+pub mod receiver;
 pub mod registry;
+pub mod smtp;
 pub mod token_server;
 
 use std::fs;

@@ -1,0 +1,613 @@
+//! Notifications: a rule's topic target publishes a message to every matching subscription
+//! through the durable outbox, and the outbox loop delivers it by webhook or e-mail.
+//!
+//! At least once: an outbox entry is removed only after its endpoint accepted it (a crash in
+//! between sends it again, with the same `Skiff-Delivery-Id`). Failures are retried with
+//! exponential backoff and jitter per the topic's delivery policy, then dead-lettered; a
+//! refusal that cannot change (4xx other than 429, a permanent SMTP error) is dead-lettered at
+//! once. Nothing leaves the outbox any other way, and a restart resumes it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::core::{Core, CoreError};
+use crate::model::{now_ms, Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription};
+use crate::pattern::Pattern;
+
+/// Deliveries in flight at once.
+const CONCURRENT_DELIVERIES: usize = 64;
+/// A webhook that has not answered in this long has failed (and is retried).
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the controller sends mail. The URL is lettre's: `smtp://host:587?tls=required`
+/// (STARTTLS), `smtps://host:465` (TLS), `smtp://host:25` (opportunistic STARTTLS), with
+/// `user:password@` for AUTH.
+#[derive(Clone, Debug)]
+pub struct SmtpConfig {
+    pub url: String,
+    pub from: String,
+    /// Trust this CA (PEM) for the SMTP server, besides the public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+struct Mailer {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+}
+
+/// What delivers notifications: the HTTP client, the mailer, and the outbox loop's
+/// bookkeeping.
+pub struct Notifier {
+    http: reqwest::Client,
+    mailer: Option<Mailer>,
+    /// Where confirmation links point (the controller's HTTP listener, as users reach it).
+    pub public_url: String,
+    in_flight: Mutex<HashSet<String>>,
+    /// Deliveries done since start, per subscription.
+    delivered: Mutex<HashMap<String, u64>>,
+    limit: Arc<Semaphore>,
+    /// Wakes the outbox loop: something was enqueued.
+    pub kick: tokio::sync::Notify,
+}
+
+impl Notifier {
+    pub fn new(smtp: Option<&SmtpConfig>, public_url: String) -> Result<Notifier, String> {
+        let http = reqwest::Client::builder()
+            .timeout(WEBHOOK_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("webhook client: {e}"))?;
+        Ok(Notifier {
+            http,
+            mailer: smtp.map(mailer).transpose()?,
+            public_url,
+            in_flight: Mutex::new(HashSet::new()),
+            delivered: Mutex::new(HashMap::new()),
+            limit: Arc::new(Semaphore::new(CONCURRENT_DELIVERIES)),
+            kick: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn delivered(&self, subscription: &str) -> u64 {
+        self.delivered
+            .lock()
+            .expect("counter lock")
+            .get(subscription)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn mailer(cfg: &SmtpConfig) -> Result<Mailer, String> {
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    let from = cfg
+        .from
+        .parse()
+        .map_err(|e| format!("smtp from: {:?}: {e}", cfg.from))?;
+    let url = url::Url::parse(&cfg.url).map_err(|e| format!("smtp url: {e}"))?;
+    let mut builder = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&cfg.url)
+        .map_err(|e| format!("smtp url: {e}"))?
+        .timeout(Some(Duration::from_secs(20)));
+    if let Some(ca) = &cfg.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("smtp ca file {}: {e}", ca.display()))?;
+        let cert = Certificate::from_pem(&pem)
+            .map_err(|e| format!("smtp ca file {}: {e}", ca.display()))?;
+        let host = url.host_str().unwrap_or_default().to_string();
+        let params = TlsParameters::builder(host)
+            .add_root_certificate(cert)
+            .build_rustls()
+            .map_err(|e| format!("smtp tls: {e}"))?;
+        let tls_mode = url
+            .query_pairs()
+            .find(|(k, _)| k == "tls")
+            .map(|(_, v)| v.into_owned());
+        builder = builder.tls(match (url.scheme(), tls_mode.as_deref()) {
+            ("smtps", _) => Tls::Wrapper(params),
+            (_, Some("required")) => Tls::Required(params),
+            _ => Tls::Opportunistic(params),
+        });
+    }
+    Ok(Mailer {
+        transport: builder.build(),
+        from,
+    })
+}
+
+/// A compiled subscription filter (checked when subscribing).
+pub fn compile_filter(filter: &Value) -> Result<Pattern, String> {
+    Pattern::compile(filter).map_err(|e| format!("filter: {e}"))
+}
+
+/// Publishes a message to a topic: one outbox entry per confirmed subscription whose filter
+/// matches, in one transaction with delivery `key`'s record. Ok(Err) when the topic is
+/// missing (the rule delivery is then retried, as for a task target).
+pub async fn publish(
+    core: &Core,
+    key: &str,
+    topic: &str,
+    rule: &str,
+    event_id: &str,
+    message: String,
+) -> Result<Result<(), String>, CoreError> {
+    if core.store.topic(topic)?.is_none() {
+        return Ok(Err(format!("topic {topic:?} does not exist")));
+    }
+    let parsed: Option<Value> = serde_json::from_str(&message).ok();
+    let now = now_ms();
+    let mut deliveries = Vec::new();
+    let mut touched = Vec::new();
+    for mut sub in core.store.subscriptions(Some(topic))? {
+        if let Some(f) = &sub.filter {
+            let matches = match (compile_filter(f), &parsed) {
+                (Ok(p), Some(m)) => p.matches(m),
+                _ => false,
+            };
+            if !matches {
+                continue;
+            }
+        }
+        if !sub.confirmed {
+            sub.skipped_unconfirmed += 1;
+            touched.push(sub);
+            continue;
+        }
+        deliveries.push(Delivery {
+            id: ulid::Ulid::new().to_string(),
+            topic: topic.to_string(),
+            subscription: sub.id.clone(),
+            kind: DeliveryKind::Message,
+            rule: rule.to_string(),
+            event_id: event_id.to_string(),
+            message: message.clone(),
+            attempts: 0,
+            last_error: String::new(),
+            created_ms: now,
+            next_attempt_ms: now,
+            dead_ms: None,
+        });
+    }
+    let count = deliveries.len();
+    if core
+        .store
+        .enqueue_deliveries(key, &deliveries, &touched)
+        .await?
+    {
+        info!(%topic, %rule, %event_id, deliveries = count, "published");
+        core.notifier.kick.notify_one();
+    }
+    Ok(Ok(()))
+}
+
+/// Delivers the outbox, forever.
+pub async fn run(core: Arc<Core>) {
+    loop {
+        let wait_ms = match pass(&core) {
+            Ok(Some(next)) => (next - now_ms()).clamp(0, 1000),
+            Ok(None) => 1000,
+            Err(e) => {
+                warn!(error = %e, "reading the outbox failed");
+                1000
+            }
+        };
+        tokio::select! {
+            _ = core.notifier.kick.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+        }
+    }
+}
+
+/// Starts every due delivery not already in flight; returns when the next one is due.
+fn pass(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
+    let now = now_ms();
+    let mut earliest: Option<i64> = None;
+    for d in core.store.outbox()? {
+        if d.next_attempt_ms > now {
+            earliest = Some(earliest.map_or(d.next_attempt_ms, |e| e.min(d.next_attempt_ms)));
+            continue;
+        }
+        if !core
+            .notifier
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(d.id.clone())
+        {
+            continue;
+        }
+        let core = core.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = core.notifier.limit.clone().acquire_owned().await else {
+                return;
+            };
+            let id = d.id.clone();
+            if let Err(e) = attempt(&core, d).await {
+                warn!(delivery = %id, error = %e, "recording a delivery attempt failed");
+            }
+            core.notifier
+                .in_flight
+                .lock()
+                .expect("in-flight lock")
+                .remove(&id);
+            core.notifier.kick.notify_one();
+        });
+    }
+    Ok(earliest)
+}
+
+/// Why an attempt failed, and whether trying again can help.
+#[derive(Debug)]
+pub struct Failure {
+    pub retry: bool,
+    pub reason: String,
+}
+
+impl Failure {
+    fn transient(reason: impl Into<String>) -> Failure {
+        Failure {
+            retry: true,
+            reason: reason.into(),
+        }
+    }
+    fn permanent(reason: impl Into<String>) -> Failure {
+        Failure {
+            retry: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One attempt at one delivery, and its outcome recorded durably.
+async fn attempt(core: &Core, mut d: Delivery) -> Result<(), CoreError> {
+    let (Some(sub), Some(topic)) = (
+        core.store.subscription(&d.subscription)?,
+        core.store.topic(&d.topic)?,
+    ) else {
+        // Unsubscribed or deleted meanwhile (which also empties its outbox entries).
+        core.store.delivered_notification(&d.id).await?;
+        return Ok(());
+    };
+    let result = match sub.protocol {
+        Protocol::Webhook => send_webhook(core, &sub, &d).await,
+        Protocol::Email => send_email(core, &sub, &d).await,
+    };
+    d.attempts += 1;
+    match result {
+        Ok(()) => {
+            core.store.delivered_notification(&d.id).await?;
+            *core
+                .notifier
+                .delivered
+                .lock()
+                .expect("counter lock")
+                .entry(sub.id.clone())
+                .or_default() += 1;
+            info!(delivery = %d.id, topic = %d.topic, subscription = %sub.id, attempts = d.attempts, "notification delivered");
+        }
+        Err(f) => {
+            d.last_error = f.reason;
+            if !f.retry || d.attempts >= topic.delivery.max_attempts {
+                d.dead_ms = Some(now_ms());
+                warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification dead-lettered");
+                core.store.dead_letter_delivery(&d).await?;
+            } else {
+                d.next_attempt_ms = now_ms() + backoff_ms(&topic.delivery, d.attempts);
+                warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification failed; will retry");
+                core.store.put_delivery(&d).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The wait after `attempts` failures: min·2^(attempts−1), at most max, with "equal jitter"
+/// (half of it fixed, half random) so many failing deliveries do not retry in step.
+pub fn backoff_ms(p: &DeliveryPolicy, attempts: u32) -> i64 {
+    let base = (i64::from(p.min_delay_ms) << attempts.saturating_sub(1).min(30))
+        .min(i64::from(p.max_delay_ms))
+        .max(1);
+    let half = base / 2;
+    half + (random_u64() % (base - half + 1) as u64) as i64
+}
+
+fn random_u64() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// A fresh random token, hex.
+pub fn random_token(bytes: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0u8; bytes];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    hex::encode(b)
+}
+
+/// The signature a receiver recomputes: hex HMAC-SHA256 with the subscription's secret over
+/// `<timestamp>.<delivery id>.<body>`.
+pub fn signature(secret: &[u8], timestamp: i64, delivery_id: &str, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(format!("{timestamp}.{delivery_id}.").as_bytes());
+    ctx.update(body.as_bytes());
+    hex::encode(ctx.sign().as_ref())
+}
+
+async fn send_webhook(core: &Core, sub: &Subscription, d: &Delivery) -> Result<(), Failure> {
+    let body = if sub.raw {
+        d.message.clone()
+    } else {
+        let message: Value =
+            serde_json::from_str(&d.message).unwrap_or_else(|_| Value::String(d.message.clone()));
+        json!({
+            "deliveryId": d.id,
+            "topic": d.topic,
+            "subscription": sub.id,
+            "rule": d.rule,
+            "eventId": d.event_id,
+            "subject": format_message(&d.message, &d.topic).0,
+            "message": message,
+        })
+        .to_string()
+    };
+    let secret = match &sub.signing_secret {
+        Some(s) => core.secrets.open_sealed(s).map_err(Failure::transient)?,
+        None => return Err(Failure::permanent("webhook has no signing secret")),
+    };
+    let ts = now_ms() / 1000;
+    let sig = signature(&secret, ts, &d.id, &body);
+    let res = core
+        .notifier
+        .http
+        .post(&sub.endpoint)
+        .header("content-type", "application/json")
+        .header("skiff-delivery-id", &d.id)
+        .header("skiff-timestamp", ts.to_string())
+        .header("skiff-signature", format!("v1={sig}"))
+        .header("skiff-topic", &d.topic)
+        .header("skiff-subscription", &sub.id)
+        .header("skiff-attempt", (d.attempts + 1).to_string())
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| Failure::transient(format!("POST {}: {}", sub.endpoint, error_chain(&e))))?;
+    let status = res.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let reason = format!("POST {}: HTTP {status}", sub.endpoint);
+    if status.as_u16() == 429 || status.is_server_error() {
+        Err(Failure::transient(reason))
+    } else {
+        Err(Failure::permanent(reason))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn send_email(core: &Core, sub: &Subscription, d: &Delivery) -> Result<(), Failure> {
+    use lettre::AsyncTransport;
+    let Some(mailer) = &core.notifier.mailer else {
+        return Err(Failure::transient(
+            "no SMTP server configured (controller --smtp-url, --smtp-from)",
+        ));
+    };
+    let to: lettre::message::Mailbox = sub
+        .endpoint
+        .parse()
+        .map_err(|e| Failure::permanent(format!("address {:?}: {e}", sub.endpoint)))?;
+    let (subject, body) = match &d.kind {
+        DeliveryKind::Confirmation { token } => confirmation_mail(core, sub, token),
+        DeliveryKind::Message if sub.raw => (format!("[skiff] {}", d.topic), d.message.clone()),
+        DeliveryKind::Message => {
+            let (subject, body) = format_message(&d.message, &d.topic);
+            (
+                subject,
+                format!(
+                    "{body}\n--\nTopic {}, rule {}, event {}, delivery {}.\n",
+                    d.topic, d.rule, d.event_id, d.id
+                ),
+            )
+        }
+    };
+    let mail = lettre::Message::builder()
+        .from(mailer.from.clone())
+        .to(to)
+        .subject(subject)
+        .header(lettre::message::header::ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| Failure::permanent(format!("building the mail: {e}")))?;
+    match mailer.transport.send(mail).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_permanent() => Err(Failure::permanent(format!("SMTP: {}", error_chain(&e)))),
+        Err(e) => Err(Failure::transient(format!("SMTP: {}", error_chain(&e)))),
+    }
+}
+
+fn confirmation_mail(core: &Core, sub: &Subscription, token: &str) -> (String, String) {
+    (
+        format!("[skiff] Confirm your subscription to {}", sub.topic),
+        format!(
+            "You were subscribed to the skiff topic {topic:?}. Nothing is sent to this address \
+             until the subscription is confirmed.\n\nConfirm: {url}/confirm/{id}?token={token}\n\
+             or: skiff topics confirm {id} {token}\n\nIf you did not expect this, ignore it.\n",
+            topic = sub.topic,
+            url = core.notifier.public_url.trim_end_matches('/'),
+            id = sub.id,
+        ),
+    )
+}
+
+/// A readable subject and body for a message: a task's state change spelled out (what
+/// stopped, why, exit codes, when, how to see the logs); any other event by its type and
+/// detail; anything else as it is.
+pub fn format_message(message: &str, topic: &str) -> (String, String) {
+    let Ok(ev) = serde_json::from_str::<Value>(message) else {
+        return (format!("[skiff] {topic}"), message.to_string());
+    };
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    if ev["detail-type"] == crate::core::TASK_STATE_CHANGE {
+        let d = &ev["detail"];
+        let id = s(&d["taskArn"]);
+        let family = d["taskDefinitionArn"]
+            .as_str()
+            .unwrap_or("ad hoc")
+            .to_string();
+        let status = s(&d["lastStatus"]);
+        let containers: Vec<&Value> = d["containers"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        let why: Vec<String> = containers
+            .iter()
+            .filter(|c| c["exitCode"].as_i64().is_some_and(|x| x != 0) || c["reason"].is_string())
+            .map(|c| {
+                let mut w = s(&c["name"]);
+                if let Some(r) = c["reason"].as_str() {
+                    w.push_str(&format!(": {r}"));
+                }
+                if let Some(x) = c["exitCode"].as_i64() {
+                    w.push_str(&format!(", exit {x}"));
+                }
+                w
+            })
+            .collect();
+        let code = d["stopCode"].as_str();
+        let mut subject = format!("[skiff] Task {family} {}", status.to_lowercase());
+        if let Some(code) = code {
+            subject.push_str(&format!(": {code}"));
+        }
+        if !why.is_empty() {
+            subject.push_str(&format!(" ({})", why.join("; ")));
+        }
+        let mut body = String::new();
+        let mut line = |k: &str, v: String| body.push_str(&format!("{k:<12}{v}\n"));
+        line("Task", id.clone());
+        line("Family", family);
+        line("Group", s(&d["group"]));
+        line("Started by", s(&d["startedBy"]));
+        line("Node", s(&d["nodeId"]));
+        line(
+            "Status",
+            format!("{status} (desired {})", s(&d["desiredStatus"])),
+        );
+        line("Stop code", code.unwrap_or("-").to_string());
+        line("Reason", s(&d["stoppedReason"]));
+        line("Started", s(&d["startedAt"]));
+        line("Stopped", s(&d["stoppedAt"]));
+        body.push_str("Containers:\n");
+        for c in containers {
+            body.push_str(&format!(
+                "  {:<16} exit {:<5} {}{}\n",
+                s(&c["name"]),
+                c["exitCode"]
+                    .as_i64()
+                    .map_or("-".to_string(), |x| x.to_string()),
+                c["reason"].as_str().unwrap_or(""),
+                if c["essential"] == true {
+                    "  (essential)"
+                } else {
+                    ""
+                },
+            ));
+        }
+        body.push_str(&format!(
+            "\nLogs:       skiff tasks logs {id}\nDetails:    skiff tasks describe {id}\n"
+        ));
+        return (subject, body);
+    }
+    let subject = match (ev["detail-type"].as_str(), ev["source"].as_str()) {
+        (Some(t), Some(src)) => format!("[skiff] {t} from {src}"),
+        _ => format!("[skiff] {topic}"),
+    };
+    let body = serde_json::to_string_pretty(&ev).unwrap_or_else(|_| message.to_string());
+    (subject, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_maximum_with_jitter_inside_each_step() {
+        let p = DeliveryPolicy {
+            max_attempts: 10,
+            min_delay_ms: 1000,
+            max_delay_ms: 10_000,
+        };
+        for _ in 0..200 {
+            let b1 = backoff_ms(&p, 1);
+            assert!((500..=1000).contains(&b1), "{b1}");
+            let b3 = backoff_ms(&p, 3);
+            assert!((2000..=4000).contains(&b3), "{b3}");
+            let b9 = backoff_ms(&p, 9);
+            assert!((5000..=10_000).contains(&b9), "{b9}");
+        }
+        // Jittered: not all the same.
+        let spread: HashSet<i64> = (0..50).map(|_| backoff_ms(&p, 5)).collect();
+        assert!(spread.len() > 10);
+    }
+
+    #[test]
+    fn signatures_cover_the_timestamp_the_id_and_the_body() {
+        let a = signature(b"k", 100, "d1", "{}");
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, signature(b"k", 101, "d1", "{}"));
+        assert_ne!(a, signature(b"k", 100, "d2", "{}"));
+        assert_ne!(a, signature(b"k", 100, "d1", "{ }"));
+        assert_ne!(a, signature(b"j", 100, "d1", "{}"));
+        // RFC 4231 test case 2 checks the primitive itself.
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"Jefe");
+        assert_eq!(
+            hex::encode(ring::hmac::sign(&key, b"what do ya want for nothing?").as_ref()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn a_stopped_task_reads_as_what_stopped_and_why() {
+        let ev = json!({"source": "skiff.task", "detail-type": "Task State Change", "detail": {
+            "taskArn": "t1", "taskDefinitionArn": "hog:2", "nodeId": "n1", "lastStatus": "STOPPED",
+            "desiredStatus": "STOPPED", "stopCode": "EssentialContainerExited",
+            "stoppedReason": "Essential container in task exited", "startedAt": "2026-11-23T10:00:00Z",
+            "stoppedAt": "2026-11-23T10:00:05Z",
+            "containers": [{"name": "main", "exitCode": 137, "reason": "OutOfMemoryError", "essential": true}]}});
+        let (subject, body) = format_message(&ev.to_string(), "admins");
+        assert_eq!(
+            subject,
+            "[skiff] Task hog:2 stopped: EssentialContainerExited (main: OutOfMemoryError, exit 137)"
+        );
+        for want in [
+            "Node        n1",
+            "exit 137",
+            "OutOfMemoryError",
+            "skiff tasks logs t1",
+            "2026-11-23T10:00:05Z",
+        ] {
+            assert!(body.contains(want), "{want:?} in\n{body}");
+        }
+        let (subject, _) = format_message(r#"{"source": "shop", "detail-type": "Order"}"#, "t");
+        assert_eq!(subject, "[skiff] Order from shop");
+        assert_eq!(
+            format_message("plain text", "t"),
+            ("[skiff] t".into(), "plain text".into())
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Topics, subscriptions and the notification outbox.
+//!
+//! A published message becomes one outbox entry per subscription in the same transaction as
+//! the rule delivery's record, so a replayed event never enqueues twice and a crash never
+//! loses one. An entry leaves the outbox only when delivered (removed) or dead-lettered
+//! (moved to `notify_dead` in one transaction).
+
+use sled::transaction::{ConflictableTransactionError, Transactional};
+
+use super::{decode, encode, tx_error, Store, StoreError};
+use crate::model::{Delivery, Subscription, Topic};
+
+fn list<V: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+) -> Result<Vec<V>, StoreError> {
+    tree.iter().map(|kv| decode(name, &kv?.1)).collect()
+}
+
+fn get<V: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    key: &str,
+) -> Result<Option<V>, StoreError> {
+    tree.get(key)?.map(|v| decode(name, &v)).transpose()
+}
+
+impl Store {
+    pub async fn put_topic(&self, t: &Topic) -> Result<(), StoreError> {
+        self.topics.insert(t.name.as_bytes(), encode(t))?;
+        self.commit().await
+    }
+
+    pub fn topic(&self, name: &str) -> Result<Option<Topic>, StoreError> {
+        get(&self.topics, "topics", name)
+    }
+
+    pub fn topics(&self) -> Result<Vec<Topic>, StoreError> {
+        list(&self.topics, "topics")
+    }
+
+    /// Removes a topic with its subscriptions, pending deliveries and dead letters.
+    pub async fn delete_topic(&self, name: &str) -> Result<Option<Topic>, StoreError> {
+        let Some(topic) = self.topic(name)? else {
+            return Ok(None);
+        };
+        let subs: Vec<String> = self
+            .subscriptions(Some(name))?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let pending: Vec<String> = self
+            .outbox()?
+            .into_iter()
+            .filter(|d| d.topic == name)
+            .map(|d| d.id)
+            .collect();
+        let dead: Vec<String> = self
+            .notify_dead(Some(name))?
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        (
+            &self.topics,
+            &self.subscriptions,
+            &self.outbox,
+            &self.notify_dead,
+        )
+            .transaction(|(t, s, o, d)| {
+                t.remove(name)?;
+                for id in &subs {
+                    s.remove(id.as_bytes())?;
+                }
+                for id in &pending {
+                    o.remove(id.as_bytes())?;
+                }
+                for id in &dead {
+                    d.remove(id.as_bytes())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_error)?;
+        self.commit().await?;
+        Ok(Some(topic))
+    }
+
+    /// Stores a subscription and, in the same transaction, what it sends first (an e-mail
+    /// subscription's confirmation request).
+    pub async fn put_subscription(
+        &self,
+        s: &Subscription,
+        first: Option<&Delivery>,
+    ) -> Result<(), StoreError> {
+        let bytes = encode(s);
+        let first = first.map(|d| (d.id.clone(), encode(d)));
+        (&self.subscriptions, &self.outbox)
+            .transaction(|(subs, outbox)| {
+                subs.insert(s.id.as_bytes(), bytes.as_slice())?;
+                if let Some((id, d)) = &first {
+                    outbox.insert(id.as_bytes(), d.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_error)?;
+        self.commit().await
+    }
+
+    pub fn subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+        get(&self.subscriptions, "subscriptions", id)
+    }
+
+    /// Subscriptions, of one topic or all, oldest first.
+    pub fn subscriptions(&self, topic: Option<&str>) -> Result<Vec<Subscription>, StoreError> {
+        let mut all: Vec<Subscription> = list(&self.subscriptions, "subscriptions")?;
+        all.retain(|s| topic.is_none_or(|t| s.topic == t));
+        all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(all)
+    }
+
+    /// Removes a subscription and what is still on its way to it.
+    pub async fn delete_subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+        let Some(sub) = self.subscription(id)? else {
+            return Ok(None);
+        };
+        let pending: Vec<String> = self
+            .outbox()?
+            .into_iter()
+            .filter(|d| d.subscription == id)
+            .map(|d| d.id)
+            .collect();
+        (&self.subscriptions, &self.outbox)
+            .transaction(|(s, o)| {
+                s.remove(id)?;
+                for p in &pending {
+                    o.remove(p.as_bytes())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_error)?;
+        self.commit().await?;
+        Ok(Some(sub))
+    }
+
+    /// Enqueues a published message's deliveries unless delivery `key` (rule, target, event)
+    /// already did; also ends that key's pending retry. Returns whether it enqueued.
+    /// Subscriptions whose counters changed (skipped, unconfirmed) are written alongside.
+    pub async fn enqueue_deliveries(
+        &self,
+        key: &str,
+        deliveries: &[Delivery],
+        touched: &[Subscription],
+    ) -> Result<bool, StoreError> {
+        let encoded: Vec<(String, Vec<u8>)> = deliveries
+            .iter()
+            .map(|d| (d.id.clone(), encode(d)))
+            .collect();
+        let subs: Vec<(String, Vec<u8>)> =
+            touched.iter().map(|s| (s.id.clone(), encode(s))).collect();
+        let marker = format!("notified:{}", deliveries.len());
+        let done = (
+            &self.deliveries,
+            &self.outbox,
+            &self.retries,
+            &self.subscriptions,
+        )
+            .transaction(|(del, outbox, retries, s)| {
+                if del.get(key)?.is_some() {
+                    return Ok(false);
+                }
+                for (id, d) in &encoded {
+                    outbox.insert(id.as_bytes(), d.as_slice())?;
+                }
+                for (id, b) in &subs {
+                    s.insert(id.as_bytes(), b.as_slice())?;
+                }
+                del.insert(key, marker.as_bytes())?;
+                retries.remove(key)?;
+                Ok::<bool, ConflictableTransactionError<()>>(true)
+            })
+            .map_err(tx_error)?;
+        if done {
+            self.commit().await?;
+        }
+        Ok(done)
+    }
+
+    pub fn outbox(&self) -> Result<Vec<Delivery>, StoreError> {
+        list(&self.outbox, "outbox")
+    }
+
+    /// Records a failed attempt (the entry stays, with its next attempt time).
+    pub async fn put_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
+        self.outbox.insert(d.id.as_bytes(), encode(d))?;
+        self.commit().await
+    }
+
+    /// A delivery done: out of the outbox.
+    pub async fn delivered_notification(&self, id: &str) -> Result<(), StoreError> {
+        self.outbox.remove(id)?;
+        self.commit().await
+    }
+
+    /// Moves a delivery that ran out of attempts (or was refused for good) to the dead letters.
+    pub async fn dead_letter_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
+        let bytes = encode(d);
+        (&self.outbox, &self.notify_dead)
+            .transaction(|(o, dead)| {
+                o.remove(d.id.as_bytes())?;
+                dead.insert(d.id.as_bytes(), bytes.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_error)?;
+        self.commit().await
+    }
+
+    pub fn notify_dead(&self, topic: Option<&str>) -> Result<Vec<Delivery>, StoreError> {
+        let mut all: Vec<Delivery> = list(&self.notify_dead, "notify_dead")?;
+        all.retain(|d| topic.is_none_or(|t| d.topic == t));
+        Ok(all)
+    }
+
+    /// Moves dead letters back into the outbox (as given: fresh attempts, due now), in one
+    /// transaction.
+    pub async fn redrive(&self, again: &[Delivery]) -> Result<(), StoreError> {
+        let encoded: Vec<(String, Vec<u8>)> =
+            again.iter().map(|d| (d.id.clone(), encode(d))).collect();
+        (&self.outbox, &self.notify_dead)
+            .transaction(|(o, dead)| {
+                for (id, d) in &encoded {
+                    dead.remove(id.as_bytes())?;
+                    o.insert(id.as_bytes(), d.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_error)?;
+        self.commit().await
+    }
+}

@@ -1,0 +1,397 @@
+//! `skiff topics`: topics, their subscriptions (webhook, e-mail), dead letters and redrive.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Deserialize;
+use skiff_proto::v1 as pb;
+
+use crate::client::{api_error, connect};
+use crate::output::{self, Format};
+
+#[derive(Subcommand)]
+pub enum TopicsCmd {
+    /// Create or change a topic: by name with flags, or from a file (-f topic.yaml).
+    Put {
+        /// The topic's name (or give -f).
+        name: Option<String>,
+        #[arg(short = 'f', long = "file", conflicts_with = "name")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Attempts per delivery before it is dead-lettered (default 20).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// First retry delay (default 1s); doubles each time.
+        #[arg(long)]
+        min_delay: Option<String>,
+        /// Longest retry delay (default 5m).
+        #[arg(long)]
+        max_delay: Option<String>,
+    },
+    Ls,
+    /// A topic, its subscriptions and what is pending or dead per subscription.
+    Describe {
+        name: String,
+    },
+    /// Deletes a topic with its subscriptions, pending deliveries and dead letters.
+    Rm {
+        name: String,
+    },
+    /// Subscribes an endpoint; a webhook's signing secret is printed once.
+    Subscribe {
+        topic: String,
+        /// POST each message to this http(s) URL.
+        #[arg(long, conflicts_with = "email", required_unless_present = "email")]
+        webhook: Option<String>,
+        /// Mail each message to this address (confirmed first, unless --no-confirm).
+        #[arg(long)]
+        email: Option<String>,
+        /// Only messages matching this event pattern (JSON).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Webhook: wrap the message with the delivery's metadata; e-mail: readable text
+        /// (both are the defaults' opposites of --raw).
+        #[arg(long, conflicts_with = "raw")]
+        formatted: bool,
+        /// Webhook: the message as is (default); e-mail: the message as is instead of text.
+        #[arg(long)]
+        raw: bool,
+        /// E-mail: no confirmation mail (admin tokens only).
+        #[arg(long)]
+        no_confirm: bool,
+    },
+    Unsubscribe {
+        id: String,
+    },
+    /// Confirms an e-mail subscription with the token from its confirmation mail.
+    Confirm {
+        id: String,
+        token: String,
+    },
+    /// Dead-lettered deliveries, of one topic or all.
+    Dlq {
+        topic: Option<String>,
+    },
+    /// Puts a topic's dead letters back in the outbox with fresh attempts.
+    Redrive {
+        topic: String,
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    delivery: Option<DeliveryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryFile {
+    max_attempts: Option<u32>,
+    min_delay: Option<String>,
+    max_delay: Option<String>,
+}
+
+fn millis(field: &str, v: Option<&str>) -> anyhow::Result<u32> {
+    match v {
+        None => Ok(0),
+        Some(s) => {
+            let d = crate::config::duration(field, s)?;
+            u32::try_from(d.as_millis()).with_context(|| format!("{field}: {s:?} is too long"))
+        }
+    }
+}
+
+fn policy(d: DeliveryFile) -> anyhow::Result<pb::DeliveryPolicy> {
+    Ok(pb::DeliveryPolicy {
+        max_attempts: d.max_attempts.unwrap_or(0),
+        min_delay_ms: millis("delivery.min_delay", d.min_delay.as_deref())?,
+        max_delay_ms: millis("delivery.max_delay", d.max_delay.as_deref())?,
+    })
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<pb::Topic> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: TopicFile = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
+        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
+        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
+    }
+    .with_context(|| format!("{} is not a valid topic file", path.display()))?;
+    Ok(pb::Topic {
+        name: f.name,
+        description: f.description,
+        delivery: f.delivery.map(policy).transpose()?,
+        ..Default::default()
+    })
+}
+
+fn ms_time(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+fn print_topics(fmt: Format, list: &[pb::TopicStatus], detailed: bool) {
+    if fmt == Format::Json {
+        println!("{}", output::json(&list));
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|st| {
+            let t = st.topic.clone().unwrap_or_default();
+            let d = t.delivery.unwrap_or_default();
+            vec![
+                t.name,
+                st.subscriptions.len().to_string(),
+                st.pending.values().sum::<u32>().to_string(),
+                st.dead.values().sum::<u32>().to_string(),
+                format!(
+                    "{} attempts, {}–{} ms",
+                    d.max_attempts, d.min_delay_ms, d.max_delay_ms
+                ),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &["NAME", "SUBSCRIPTIONS", "PENDING", "DEAD", "DELIVERY"],
+            rows
+        )
+    );
+    if detailed {
+        for st in list {
+            let rows = st
+                .subscriptions
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.clone(),
+                        s.protocol.clone(),
+                        s.endpoint.clone(),
+                        s.status.clone(),
+                        if s.filter_json.is_empty() {
+                            "-".into()
+                        } else {
+                            s.filter_json.clone()
+                        },
+                        st.delivered.get(&s.id).copied().unwrap_or(0).to_string(),
+                        st.pending.get(&s.id).copied().unwrap_or(0).to_string(),
+                        st.dead.get(&s.id).copied().unwrap_or(0).to_string(),
+                    ]
+                })
+                .collect();
+            println!(
+                "\nsubscriptions:\n{}",
+                output::table(
+                    &[
+                        "ID",
+                        "PROTOCOL",
+                        "ENDPOINT",
+                        "STATUS",
+                        "FILTER",
+                        "DELIVERED",
+                        "PENDING",
+                        "DEAD"
+                    ],
+                    rows
+                )
+            );
+        }
+    }
+}
+
+pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i32> {
+    let mut c = pb::topics_client::TopicsClient::new(connect(addr).await?);
+    let topic_ref = |name: String| pb::TopicRef { name };
+    match cmd {
+        TopicsCmd::Put {
+            name,
+            file,
+            description,
+            max_attempts,
+            min_delay,
+            max_delay,
+        } => {
+            let t = match (name, file) {
+                (_, Some(f)) => load(&f)?,
+                (Some(name), None) => pb::Topic {
+                    name,
+                    description: description.unwrap_or_default(),
+                    delivery: Some(policy(DeliveryFile {
+                        max_attempts,
+                        min_delay,
+                        max_delay,
+                    })?),
+                    ..Default::default()
+                },
+                (None, None) => anyhow::bail!("give a topic name or -f FILE"),
+            };
+            let t = c.put(t).await.map_err(api_error)?.into_inner();
+            let st = c
+                .describe(topic_ref(t.name))
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            print_topics(fmt, &[st], false);
+        }
+        TopicsCmd::Ls => {
+            let r = c
+                .list(pb::ListTopicsRequest {})
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            print_topics(fmt, &r.topics, false);
+        }
+        TopicsCmd::Describe { name } => {
+            let st = c
+                .describe(topic_ref(name))
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            print_topics(fmt, &[st], true);
+        }
+        TopicsCmd::Rm { name } => {
+            c.delete(topic_ref(name.clone())).await.map_err(api_error)?;
+            println!("{name}");
+        }
+        TopicsCmd::Subscribe {
+            topic,
+            webhook,
+            email,
+            filter,
+            formatted,
+            raw,
+            no_confirm,
+        } => {
+            let (protocol, endpoint) = match (webhook, email) {
+                (Some(u), None) => ("webhook", u),
+                (None, Some(a)) => ("email", a),
+                _ => anyhow::bail!("give one of --webhook URL or --email ADDRESS"),
+            };
+            let r = c
+                .subscribe(pb::Subscription {
+                    topic,
+                    protocol: protocol.into(),
+                    endpoint,
+                    filter_json: filter.unwrap_or_default(),
+                    raw: if raw {
+                        Some(true)
+                    } else if formatted {
+                        Some(false)
+                    } else {
+                        None
+                    },
+                    require_confirmation: no_confirm.then_some(false),
+                    ..Default::default()
+                })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            let s = r.subscription.unwrap_or_default();
+            if fmt == Format::Json {
+                println!(
+                    "{}",
+                    output::json(&serde_json::json!({
+                        "id": s.id, "status": s.status, "signingSecret": r.signing_secret}))
+                );
+            } else {
+                println!("{}\t{}", s.id, s.status);
+                if !r.signing_secret.is_empty() {
+                    println!(
+                        "signing secret (shown once; verify Skiff-Signature with it): {}",
+                        r.signing_secret
+                    );
+                }
+                if s.status == "pending-confirmation" {
+                    eprintln!("a confirmation mail is on its way to {}", s.endpoint);
+                }
+            }
+        }
+        TopicsCmd::Unsubscribe { id } => {
+            c.unsubscribe(pb::SubscriptionRef { id: id.clone() })
+                .await
+                .map_err(api_error)?;
+            println!("{id}");
+        }
+        TopicsCmd::Confirm { id, token } => {
+            let s = c
+                .confirm(pb::ConfirmSubscriptionRequest { id, token })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            println!("{}\t{}", s.id, s.status);
+        }
+        TopicsCmd::Dlq { topic } => {
+            let r = c
+                .list_dead_letters(pb::ListNotificationDeadLettersRequest {
+                    topic: topic.unwrap_or_default(),
+                })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            if fmt == Format::Json {
+                println!("{}", output::json(&r.deliveries));
+            } else {
+                let rows = r
+                    .deliveries
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.id.clone(),
+                            d.topic.clone(),
+                            d.subscription.clone(),
+                            d.event_id.clone(),
+                            d.attempts.to_string(),
+                            ms_time(d.dead_ms),
+                            d.last_error.clone(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    output::table(
+                        &[
+                            "ID",
+                            "TOPIC",
+                            "SUBSCRIPTION",
+                            "EVENT",
+                            "ATTEMPTS",
+                            "DEAD",
+                            "LAST ERROR"
+                        ],
+                        rows
+                    )
+                );
+            }
+        }
+        TopicsCmd::Redrive {
+            topic,
+            subscription,
+        } => {
+            let r = c
+                .redrive(pb::RedriveRequest {
+                    topic,
+                    subscription: subscription.unwrap_or_default(),
+                })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            println!("{} redriven", r.redriven);
+        }
+    }
+    Ok(0)
+}
