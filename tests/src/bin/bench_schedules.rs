@@ -61,6 +61,10 @@ fn main() {
     }
     let tasks = cli(&addr, &["tasks", "ls", "--limit", "100000", "-o", "json"]).json();
     let mut late = Vec::new();
+    // The two parts: the schedules loop (fire time → task created) and placement (created →
+    // PENDING).
+    let mut to_created = Vec::new();
+    let mut to_placed = Vec::new();
     for t in tasks.as_array().unwrap() {
         let Some(when) = t["startedBy"].as_str().and_then(|s| s.rsplit('/').next()) else {
             continue;
@@ -68,9 +72,17 @@ fn main() {
         let Ok(scheduled) = chrono::DateTime::parse_from_rfc3339(when) else {
             continue;
         };
-        let pending = t["pendingAtMs"].as_i64().unwrap_or(0);
+        let ms = |k: &str| {
+            t[k].as_i64()
+                .or_else(|| t[k].as_str().and_then(|s| s.parse().ok()))
+                .unwrap_or(0)
+        };
+        let (created, pending) = (ms("createdAtMs"), ms("pendingAtMs"));
         if pending > 0 {
-            late.push((pending - scheduled.timestamp_millis()) as f64);
+            let at = scheduled.timestamp_millis();
+            late.push((pending - at) as f64);
+            to_created.push((created - at) as f64);
+            to_placed.push((pending - created) as f64);
         }
     }
     println!(
@@ -81,4 +93,13 @@ fn main() {
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     summary("fire time → PENDING", late);
     println!("p99 = {:.1} ms", percentile(&sorted, 0.99));
+    for (name, mut part) in [
+        ("  fire time → created", to_created),
+        ("  created → PENDING", to_placed),
+    ] {
+        part.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let p99 = percentile(&part, 0.99);
+        summary(name, part);
+        println!("  p99 = {p99:.1} ms");
+    }
 }
