@@ -227,15 +227,20 @@ fn pass(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
                 return;
             };
             let id = d.id.clone();
-            if let Err(e) = attempt(&core, d).await {
+            let retry_scheduled = attempt(&core, d).await.unwrap_or_else(|e| {
                 warn!(delivery = %id, error = %e, "recording a delivery attempt failed");
-            }
+                true
+            });
             core.notifier
                 .in_flight
                 .lock()
                 .expect("in-flight lock")
                 .remove(&id);
-            core.notifier.kick.notify_one();
+            // A retry time the loop has not seen yet: let it recompute its wake-up. (Not after
+            // a success: rescanning the outbox then finds nothing new.)
+            if retry_scheduled {
+                core.notifier.kick.notify_one();
+            }
         });
     }
     Ok(earliest)
@@ -263,15 +268,16 @@ impl Failure {
     }
 }
 
-/// One attempt at one delivery, and its outcome recorded durably.
-async fn attempt(core: &Core, mut d: Delivery) -> Result<(), CoreError> {
+/// One attempt at one delivery, and its outcome recorded durably. Returns whether a retry was
+/// scheduled.
+async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
     let (Some(sub), Some(topic)) = (
         core.store.subscription(&d.subscription)?,
         core.store.topic(&d.topic)?,
     ) else {
         // Unsubscribed or deleted meanwhile (which also empties its outbox entries).
         core.store.delivered_notification(&d.id).await?;
-        return Ok(());
+        return Ok(false);
     };
     let result = match sub.protocol {
         Protocol::Webhook => send_webhook(core, &sub, &d).await,
@@ -300,10 +306,11 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<(), CoreError> {
                 d.next_attempt_ms = now_ms() + backoff_ms(&topic.delivery, d.attempts);
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification failed; will retry");
                 core.store.put_delivery(&d).await?;
+                return Ok(true);
             }
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The wait after `attempts` failures: min·2^(attempts−1), at most max, with "equal jitter"

@@ -34,33 +34,40 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
     reap_lost_nodes(core).await?;
     let active = core.store.active_tasks()?;
     let mut loads = node_loads(core, &active)?;
+    // Decide every placement first (pure, reserving as it goes), then record them together:
+    // concurrent transitions share the store's group commits, so a burst of new tasks (a
+    // schedule minute, an upload burst) is placed in a few flushes rather than one each.
+    let mut decided = Vec::new();
     for task in active
         .iter()
         .filter(|t| t.status == TaskStatus::Provisioning)
     {
-        let node_id = match placement::place(&task.spec, &loads) {
-            Ok(n) => n.id.clone(),
-            Err(reason) => {
-                core.set_status_reason(&task.id, &reason).await?;
-                continue;
+        match placement::place(&task.spec, &loads) {
+            Ok(n) => {
+                let node_id = n.id.clone();
+                if let Some(load) = loads.iter_mut().find(|l| l.id == node_id) {
+                    load.reserve(&task.spec);
+                }
+                decided.push((task.id.clone(), node_id));
             }
-        };
-        let (placed, moved) = core
-            .transition(
-                &task.id,
-                TaskEvent::Placed {
-                    node_id: node_id.clone(),
-                },
-            )
-            .await?;
-        if !moved {
-            continue;
+            Err(reason) => core.set_status_reason(&task.id, &reason).await?,
         }
-        if let Some(load) = loads.iter_mut().find(|l| l.id == node_id) {
-            load.reserve(&placed.spec);
+    }
+    let placed = futures::future::join_all(decided.iter().map(|(id, node_id)| {
+        core.transition(
+            id,
+            TaskEvent::Placed {
+                node_id: node_id.clone(),
+            },
+        )
+    }))
+    .await;
+    for ((_, node_id), result) in decided.iter().zip(placed) {
+        let (placed, moved) = result?;
+        if moved {
+            info!(task_id = %placed.id, node_id = %node_id, "placed");
+            send_start(core, node_id, &placed).await;
         }
-        info!(task_id = %placed.id, node_id = %node_id, "placed");
-        send_start(core, &node_id, &placed).await;
     }
     Ok(())
 }
