@@ -642,6 +642,13 @@ pub struct DeliveryPolicy {
     pub max_attempts: u32,
     pub min_delay_ms: u32,
     pub max_delay_ms: u32,
+    /// How long a webhook may take to answer.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+fn default_webhook_timeout_ms() -> u32 {
+    10_000
 }
 
 impl Default for DeliveryPolicy {
@@ -650,6 +657,7 @@ impl Default for DeliveryPolicy {
             max_attempts: 20,
             min_delay_ms: 1000,
             max_delay_ms: 300_000,
+            timeout_ms: default_webhook_timeout_ms(),
         }
     }
 }

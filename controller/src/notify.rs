@@ -22,8 +22,6 @@ use crate::pattern::Pattern;
 
 /// Deliveries in flight at once.
 const CONCURRENT_DELIVERIES: usize = 64;
-/// A webhook that has not answered in this long has failed (and is retried).
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the controller sends mail. The URL is lettre's: `smtp://host:587?tls=required`
 /// (STARTTLS), `smtps://host:465` (TLS), `smtp://host:25` (opportunistic STARTTLS), with
@@ -59,7 +57,7 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(smtp: Option<&SmtpConfig>, public_url: String) -> Result<Notifier, String> {
         let http = reqwest::Client::builder()
-            .timeout(WEBHOOK_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -280,7 +278,7 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
         return Ok(false);
     };
     let result = match sub.protocol {
-        Protocol::Webhook => send_webhook(core, &sub, &d).await,
+        Protocol::Webhook => send_webhook(core, &sub, &d, &topic.delivery).await,
         Protocol::Email => send_email(core, &sub, &d).await,
     };
     d.attempts += 1;
@@ -348,7 +346,12 @@ pub fn signature(secret: &[u8], timestamp: i64, delivery_id: &str, body: &str) -
     hex::encode(ctx.sign().as_ref())
 }
 
-async fn send_webhook(core: &Core, sub: &Subscription, d: &Delivery) -> Result<(), Failure> {
+async fn send_webhook(
+    core: &Core,
+    sub: &Subscription,
+    d: &Delivery,
+    policy: &DeliveryPolicy,
+) -> Result<(), Failure> {
     let body = if sub.raw {
         d.message.clone()
     } else {
@@ -382,6 +385,7 @@ async fn send_webhook(core: &Core, sub: &Subscription, d: &Delivery) -> Result<(
         .header("skiff-topic", &d.topic)
         .header("skiff-subscription", &sub.id)
         .header("skiff-attempt", (d.attempts + 1).to_string())
+        .timeout(Duration::from_millis(u64::from(policy.timeout_ms)))
         .body(body)
         .send()
         .await
@@ -558,6 +562,7 @@ mod tests {
             max_attempts: 10,
             min_delay_ms: 1000,
             max_delay_ms: 10_000,
+            timeout_ms: 1000,
         };
         for _ in 0..200 {
             let b1 = backoff_ms(&p, 1);

@@ -26,7 +26,11 @@ fn policy_from_pb(p: Option<&pb::DeliveryPolicy>) -> Result<DeliveryPolicy, Stat
         max_attempts: pick(p.max_attempts, d.max_attempts),
         min_delay_ms: pick(p.min_delay_ms, d.min_delay_ms),
         max_delay_ms: pick(p.max_delay_ms, d.max_delay_ms),
+        timeout_ms: pick(p.timeout_ms, d.timeout_ms),
     };
+    if out.timeout_ms > 60_000 {
+        return Err(invalid("delivery.timeout_ms", "at most a minute"));
+    }
     if out.max_attempts > 1000 {
         return Err(invalid("delivery.max_attempts", "at most 1000"));
     }
@@ -53,6 +57,7 @@ fn topic_pb(t: &Topic) -> pb::Topic {
             max_attempts: t.delivery.max_attempts,
             min_delay_ms: t.delivery.min_delay_ms,
             max_delay_ms: t.delivery.max_delay_ms,
+            timeout_ms: t.delivery.timeout_ms,
         }),
         created_ms: t.created_ms,
         updated_ms: t.updated_ms,

@@ -29,6 +29,9 @@ pub enum TopicsCmd {
         /// Longest retry delay (default 5m).
         #[arg(long)]
         max_delay: Option<String>,
+        /// How long a webhook may take to answer before the attempt fails (default 10s).
+        #[arg(long)]
+        timeout: Option<String>,
     },
     Ls,
     /// A topic, its subscriptions and what is pending or dead per subscription.
@@ -97,6 +100,8 @@ struct DeliveryFile {
     max_attempts: Option<u32>,
     min_delay: Option<String>,
     max_delay: Option<String>,
+    /// How long a webhook may take to answer (default 10s).
+    timeout: Option<String>,
 }
 
 fn millis(field: &str, v: Option<&str>) -> anyhow::Result<u32> {
@@ -114,6 +119,7 @@ fn policy(d: DeliveryFile) -> anyhow::Result<pb::DeliveryPolicy> {
         max_attempts: d.max_attempts.unwrap_or(0),
         min_delay_ms: millis("delivery.min_delay", d.min_delay.as_deref())?,
         max_delay_ms: millis("delivery.max_delay", d.max_delay.as_deref())?,
+        timeout_ms: millis("delivery.timeout", d.timeout.as_deref())?,
     })
 }
 
@@ -225,6 +231,7 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
             max_attempts,
             min_delay,
             max_delay,
+            timeout,
         } => {
             let t = match (name, file) {
                 (_, Some(f)) => load(&f)?,
@@ -235,6 +242,7 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
                         max_attempts,
                         min_delay,
                         max_delay,
+                        timeout,
                     })?),
                     ..Default::default()
                 },

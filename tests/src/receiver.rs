@@ -40,6 +40,8 @@ impl Received {
 struct Inner {
     secret: Option<String>,
     plan: VecDeque<u16>,
+    /// Requests to hold this long (ms) before answering, in order.
+    stalls: VecDeque<u64>,
     received: Vec<Received>,
 }
 
@@ -83,23 +85,30 @@ async fn receive(
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
     let body = String::from_utf8_lossy(&body).into_owned();
-    let mut g = inner.lock().unwrap();
-    let signature_ok = g
-        .secret
-        .as_ref()
-        .is_some_and(|s| verify(s, &headers, &body));
-    let status = if !signature_ok {
-        401
-    } else {
-        g.plan.pop_front().unwrap_or(200)
+    // The lock is released before waiting (a block, so the future stays Send).
+    let (status, stall) = {
+        let mut g = inner.lock().unwrap();
+        let signature_ok = g
+            .secret
+            .as_ref()
+            .is_some_and(|s| verify(s, &headers, &body));
+        let status = if !signature_ok {
+            401
+        } else {
+            g.plan.pop_front().unwrap_or(200)
+        };
+        let stall = g.stalls.pop_front().unwrap_or(0);
+        // Recorded on arrival: a stalled request's sender may give up before the answer.
+        g.received.push(Received {
+            headers,
+            body,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            status,
+            signature_ok,
+        });
+        (status, stall)
     };
-    g.received.push(Received {
-        headers,
-        body,
-        at_ms: chrono::Utc::now().timestamp_millis(),
-        status,
-        signature_ok,
-    });
+    tokio::time::sleep(std::time::Duration::from_millis(stall)).await;
     StatusCode::from_u16(status).unwrap()
 }
 
@@ -151,6 +160,11 @@ impl Receiver {
     /// The statuses to answer the next requests with (then 200 again).
     pub fn answer_next(&self, statuses: &[u16]) {
         self.inner.lock().unwrap().plan.extend(statuses);
+    }
+
+    /// Holds the next request this long before answering it.
+    pub fn stall_next(&self, ms: u64) {
+        self.inner.lock().unwrap().stalls.push_back(ms);
     }
 
     /// Stops listening: connections are refused until `up`.

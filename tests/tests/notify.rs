@@ -67,7 +67,7 @@ fn webhooks_are_signed_retried_dead_lettered_and_redriven() {
     let topic = write(
         &env,
         "topic.yaml",
-        "name: admins\ndelivery: {max_attempts: 4, min_delay: 200ms, max_delay: 1s}\n",
+        "name: admins\ndelivery: {max_attempts: 4, min_delay: 200ms, max_delay: 1s, timeout: 500ms}\n",
     );
     ok(&addr, &["topics", "put", "-f", &topic]);
     let hook = Receiver::start();
@@ -150,6 +150,28 @@ fn webhooks_are_signed_retried_dead_lettered_and_redriven() {
     assert_eq!(count(&st, "dead", &sub), 0, "{st}");
     assert_eq!(count(&st, "pending", &sub), 0, "{st}");
     assert_eq!(count(&st, "delivered", &sub), 2, "{st}");
+
+    // A receiver that does not answer in time (the topic allows 500 ms) is tried again.
+    hook.stall_next(3000);
+    let slow = put_event(&addr, "app", r#"{"n": 4}"#);
+    let tries = wait_for("the timed-out delivery retried", LONG, || {
+        let tries: Vec<_> = hook
+            .received()
+            .into_iter()
+            .filter(|r| r.json()["id"] == slow)
+            .collect();
+        (tries.len() >= 2).then_some(tries)
+    });
+    assert_eq!(tries[0].header("skiff-attempt"), "1");
+    assert_eq!(tries[1].header("skiff-attempt"), "2");
+    assert_eq!(
+        tries[0].header("skiff-delivery-id"),
+        tries[1].header("skiff-delivery-id")
+    );
+    assert!(
+        tries[1].at_ms - tries[0].at_ms >= 500,
+        "retried after the timeout"
+    );
 
     // The filter: only n = 3 reaches the picky receiver, wrapped.
     let third = put_event(&addr, "app", r#"{"n": 3}"#);
