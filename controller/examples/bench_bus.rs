@@ -101,6 +101,8 @@ async fn ingest(batch: usize, clients: usize, per_client: usize) {
         node_cert_ttl: None,
         http_listen: None,
         local_buckets: None,
+        smtp: None,
+        public_url: None,
     })
     .await
     .unwrap();
