@@ -244,24 +244,67 @@ pub fn launch(
     })
 }
 
+/// The cgroup (relative to every hierarchy's root) a task's container runs in.
+pub fn cgroup_path(task_id: &str, container: &str) -> String {
+    format!("/skiff/{task_id}-{container}")
+}
+
+/// Where cgroup hierarchies are mounted (v1 hierarchies and cgroup2), from mountinfo.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let point = left.split_whitespace().nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect();
+    mounts.dedup();
+    mounts
+}
+
 /// SIGKILLs every process in a container's cgroups (v1 hierarchies and v2), for a container
-/// whose shim could not be trusted to stop it.
-fn kill_cgroup(cgroup_path: &str) {
+/// whose shim could not be trusted to stop it (or is gone).
+fn kill_cgroup(cgroup_path: &str) -> usize {
     let rel = cgroup_path.trim_start_matches('/');
-    let roots = [
-        "/sys/fs/cgroup/pids",
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup/cpu",
-        "/sys/fs/cgroup",
-    ];
-    for root in roots {
-        let Ok(procs) = fs::read_to_string(Path::new(root).join(rel).join("cgroup.procs")) else {
+    let mut killed = std::collections::HashSet::new();
+    for root in cgroup_mounts() {
+        let Ok(procs) = fs::read_to_string(root.join(rel).join("cgroup.procs")) else {
             continue;
         };
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            if killed.insert(pid) {
+                let _ =
+                    nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
         }
     }
+    killed.len()
+}
+
+/// After a container's shim is gone: kills whatever still runs in the container's cgroups (a
+/// shim killed outright leaves its container running, reparented) and removes the cgroups
+/// (libcontainer deletes them on a normal exit; a dead shim cannot). rmdir takes only empty
+/// cgroups, so nothing live is ever removed. Returns how many processes it had to kill.
+pub fn reap_cgroup(cgroup_path: &str) -> usize {
+    let killed = kill_cgroup(cgroup_path);
+    let rel = cgroup_path.trim_start_matches('/');
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for root in cgroup_mounts() {
+        let dir = root.join(rel);
+        // A killed process leaves its cgroup a moment after the signal.
+        while let Err(e) = fs::remove_dir(&dir) {
+            if e.kind() == std::io::ErrorKind::NotFound || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    killed
 }
 
 /// Finds a shim that outlived an agent restart. None if it is no longer running.

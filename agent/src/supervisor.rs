@@ -187,7 +187,7 @@ async fn start(
             let rootfs = rootfs::prepare(&image.layers, &dir)
                 .map_err(|e| format!("preparing the rootfs: {e}"))?;
             let container_id = format!("{task_id2}-{}", c2.name);
-            let cgroup_path = format!("/skiff/{container_id}");
+            let cgroup_path = runtime::cgroup_path(&task_id2, &c2.name);
             let hostname: String = task_id2.chars().take(12).collect();
             let mut extra_env = vec![
                 ("SKIFF_TASK_ID".to_string(), task_id2.clone()),
@@ -402,8 +402,13 @@ async fn supervise(
 pub async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
     let dir = task_dir(&agent.cfg.data_dir, task_id);
     let names: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+    let task = task_id.to_string();
     let _ = tokio::task::spawn_blocking(move || {
         for n in names {
+            let orphans = runtime::reap_cgroup(&runtime::cgroup_path(&task, &n));
+            if orphans > 0 {
+                warn!(container = %n, processes = orphans, "killed what its dead shim left running");
+            }
             let cdir = dir.join(&n);
             if let Err(e) = rootfs::release(&cdir) {
                 warn!(container = %n, error = %e, "rootfs cleanup failed");

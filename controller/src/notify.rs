@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ pub struct Notifier {
     /// Deliveries done since start, per subscription.
     delivered: Mutex<HashMap<String, u64>>,
     limit: Arc<Semaphore>,
+    /// Set when a pass left due deliveries behind because every sender was busy.
+    backlog: AtomicBool,
     /// Wakes the outbox loop: something was enqueued.
     pub kick: tokio::sync::Notify,
 }
@@ -69,6 +72,7 @@ impl Notifier {
             in_flight: Mutex::new(HashSet::new()),
             delivered: Mutex::new(HashMap::new()),
             limit: Arc::new(Semaphore::new(CONCURRENT_DELIVERIES)),
+            backlog: AtomicBool::new(false),
             kick: tokio::sync::Notify::new(),
         })
     }
@@ -140,8 +144,8 @@ pub async fn publish(
     let parsed: Option<Value> = serde_json::from_str(&message).ok();
     let now = now_ms();
     let mut deliveries = Vec::new();
-    let mut touched = Vec::new();
-    for mut sub in core.store.subscriptions(Some(topic))? {
+    let mut unconfirmed = Vec::new();
+    for sub in core.store.subscriptions(Some(topic))? {
         if let Some(f) = &sub.filter {
             let matches = match (compile_filter(f), &parsed) {
                 (Ok(p), Some(m)) => p.matches(m),
@@ -152,8 +156,7 @@ pub async fn publish(
             }
         }
         if !sub.confirmed {
-            sub.skipped_unconfirmed += 1;
-            touched.push(sub);
+            unconfirmed.push(sub.id);
             continue;
         }
         deliveries.push(Delivery {
@@ -174,7 +177,7 @@ pub async fn publish(
     let count = deliveries.len();
     if core
         .store
-        .enqueue_deliveries(key, &deliveries, &touched)
+        .enqueue_deliveries(key, &deliveries, &unconfirmed)
         .await?
     {
         info!(%topic, %rule, %event_id, deliveries = count, "published");
@@ -201,29 +204,39 @@ pub async fn run(core: Arc<Core>) {
     }
 }
 
-/// Starts every due delivery not already in flight; returns when the next one is due.
+/// Starts due deliveries not already in flight, as many as there are free senders; returns
+/// when the next one is due.
 fn pass(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
     let now = now_ms();
     let mut earliest: Option<i64> = None;
+    let notifier = &core.notifier;
+    notifier.backlog.store(false, Ordering::SeqCst);
     for d in core.store.outbox()? {
         if d.next_attempt_ms > now {
             earliest = Some(earliest.map_or(d.next_attempt_ms, |e| e.min(d.next_attempt_ms)));
             continue;
         }
-        if !core
-            .notifier
+        if notifier
             .in_flight
             .lock()
             .expect("in-flight lock")
-            .insert(d.id.clone())
+            .contains(&d.id)
         {
             continue;
         }
+        let Ok(permit) = notifier.limit.clone().try_acquire_owned() else {
+            // Every sender is busy: the next one to finish wakes the loop to go on from here.
+            notifier.backlog.store(true, Ordering::SeqCst);
+            break;
+        };
+        notifier
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(d.id.clone());
         let core = core.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = core.notifier.limit.clone().acquire_owned().await else {
-                return;
-            };
+            let _permit = permit;
             let id = d.id.clone();
             let retry_scheduled = attempt(&core, d).await.unwrap_or_else(|e| {
                 warn!(delivery = %id, error = %e, "recording a delivery attempt failed");
@@ -234,9 +247,9 @@ fn pass(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
                 .lock()
                 .expect("in-flight lock")
                 .remove(&id);
-            // A retry time the loop has not seen yet: let it recompute its wake-up. (Not after
-            // a success: rescanning the outbox then finds nothing new.)
-            if retry_scheduled {
+            // Rescan only when it can find something: a retry time the loop has not seen, or
+            // due deliveries left behind for want of a sender.
+            if retry_scheduled || core.notifier.backlog.load(Ordering::SeqCst) {
                 core.notifier.kick.notify_one();
             }
         });

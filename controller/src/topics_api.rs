@@ -137,22 +137,28 @@ fn check_endpoint(protocol: Protocol, endpoint: &str) -> Result<(), Status> {
 
 /// Confirms an e-mail subscription with its token (from the API or the mail's link).
 pub async fn confirm(core: &Core, id: &str, token: &str) -> Result<Subscription, Status> {
-    let mut sub = core
+    let sub = core
         .store
         .subscription(id)?
         .ok_or_else(|| Status::not_found(format!("id: no subscription {id:?}")))?;
     if sub.confirmed {
         return Ok(sub);
     }
-    if token.is_empty() || sha256_hex(token) != sub.confirm_token_sha256 {
+    let digest = sha256_hex(token);
+    if token.is_empty() || digest != sub.confirm_token_sha256 {
         return Err(Status::permission_denied(
             "token: does not match this subscription's confirmation token",
         ));
     }
-    sub.confirmed = true;
-    sub.confirm_token_sha256.clear();
-    core.store.put_subscription(&sub, None).await?;
-    Ok(sub)
+    core.store
+        .update_subscription(id, |s| {
+            if s.confirm_token_sha256 == digest {
+                s.confirmed = true;
+                s.confirm_token_sha256.clear();
+            }
+        })
+        .await?
+        .ok_or_else(|| Status::not_found(format!("id: no subscription {id:?}")))
 }
 
 pub struct TopicsApi {

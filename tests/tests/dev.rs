@@ -1201,3 +1201,60 @@ fn secrets_reach_the_container_and_nothing_else() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_killed_shim_leaves_no_container_process_or_cgroup_behind() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let id = run_task(&addr, &["--image", &img, "--", "sleep", "300"]);
+    wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    let procs = format!("/sys/fs/cgroup/pids/skiff/{id}-main/cgroup.procs");
+    let inside: Vec<i32> = std::fs::read_to_string(&procs)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(!inside.is_empty(), "the container runs in its cgroup");
+    // The container's shim dies outright (OOM killer, an operator's kill -9).
+    let shim: i32 = std::fs::read_to_string(
+        env.path("dev")
+            .join(format!("agent/tasks/{id}/main/shim.pid")),
+    )
+    .unwrap()
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .parse()
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+    assert!(
+        t["containers"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shim"),
+        "{t}"
+    );
+    // Nothing it ran is left: no process, no cgroup in any hierarchy.
+    wait_for(
+        "the orphaned container killed",
+        Duration::from_secs(10),
+        || {
+            inside
+                .iter()
+                .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+                .then_some(())
+        },
+    );
+    for hierarchy in ["pids", "memory", "cpu", "freezer", "unified"] {
+        let dir = format!("/sys/fs/cgroup/{hierarchy}/skiff/{id}-main");
+        wait_for(&format!("{dir} removed"), Duration::from_secs(10), || {
+            (!std::path::Path::new(&dir).exists()).then_some(())
+        });
+    }
+}

@@ -17,6 +17,14 @@ fn list<V: serde::de::DeserializeOwned>(
     tree.iter().map(|kv| decode(name, &kv?.1)).collect()
 }
 
+/// A transaction's error: the engine's, or the store error it was aborted with.
+fn aborted(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => StoreError::Engine(e),
+    }
+}
+
 fn get<V: serde::de::DeserializeOwned>(
     tree: &sled::Tree,
     name: &'static str,
@@ -141,21 +149,42 @@ impl Store {
         Ok(Some(sub))
     }
 
+    /// Changes a subscription in one transaction (read, `change`, write), so concurrent
+    /// changes (a confirmation, a counter) never overwrite each other. None if it is gone.
+    pub async fn update_subscription(
+        &self,
+        id: &str,
+        change: impl Fn(&mut Subscription),
+    ) -> Result<Option<Subscription>, StoreError> {
+        let res = self.subscriptions.transaction(|subs| {
+            let Some(bytes) = subs.get(id)? else {
+                return Ok(None);
+            };
+            let mut sub: Subscription =
+                decode("subscriptions", &bytes).map_err(ConflictableTransactionError::Abort)?;
+            change(&mut sub);
+            subs.insert(id.as_bytes(), encode(&sub))?;
+            Ok(Some(sub))
+        });
+        let sub = res.map_err(aborted)?;
+        self.commit().await?;
+        Ok(sub)
+    }
+
     /// Enqueues a published message's deliveries unless delivery `key` (rule, target, event)
-    /// already did; also ends that key's pending retry. Returns whether it enqueued.
-    /// Subscriptions whose counters changed (skipped, unconfirmed) are written alongside.
+    /// already did; also ends that key's pending retry, and counts the message as skipped for
+    /// the `unconfirmed` subscriptions (read and written inside the transaction, so a
+    /// confirmation at the same moment is kept). Returns whether it enqueued.
     pub async fn enqueue_deliveries(
         &self,
         key: &str,
         deliveries: &[Delivery],
-        touched: &[Subscription],
+        unconfirmed: &[String],
     ) -> Result<bool, StoreError> {
         let encoded: Vec<(String, Vec<u8>)> = deliveries
             .iter()
             .map(|d| (d.id.clone(), encode(d)))
             .collect();
-        let subs: Vec<(String, Vec<u8>)> =
-            touched.iter().map(|s| (s.id.clone(), encode(s))).collect();
         let marker = format!("notified:{}", deliveries.len());
         let done = (
             &self.deliveries,
@@ -170,14 +199,19 @@ impl Store {
                 for (id, d) in &encoded {
                     outbox.insert(id.as_bytes(), d.as_slice())?;
                 }
-                for (id, b) in &subs {
-                    s.insert(id.as_bytes(), b.as_slice())?;
+                for id in unconfirmed {
+                    if let Some(bytes) = s.get(id.as_bytes())? {
+                        let mut sub: Subscription = decode("subscriptions", &bytes)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        sub.skipped_unconfirmed += 1;
+                        s.insert(id.as_bytes(), encode(&sub))?;
+                    }
                 }
                 del.insert(key, marker.as_bytes())?;
                 retries.remove(key)?;
-                Ok::<bool, ConflictableTransactionError<()>>(true)
+                Ok(true)
             })
-            .map_err(tx_error)?;
+            .map_err(aborted)?;
         if done {
             self.commit().await?;
         }
