@@ -57,6 +57,19 @@ pub struct AgentFile {
     pub credentials_listen: Option<SocketAddr>,
 }
 
+/// Reads a definition file (role, rule, schedule, source, topic) into its file struct; the
+/// format follows the extension: .json, .toml, anything else YAML. `what` names it in errors.
+pub fn read_definition<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
+        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
+        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
+    }
+    .with_context(|| format!("{} is not a valid {what} file", path.display()))
+}
+
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     let Some(path) = path else {
         return Ok(T::default());

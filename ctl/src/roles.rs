@@ -88,14 +88,7 @@ pub struct GrantFile {
 /// Reads a role file; the format follows the extension (YAML when it is neither .json nor
 /// .toml).
 pub fn load(path: &Path) -> anyhow::Result<pb::TaskRole> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: RoleFile = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
-        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
-        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
-    }
-    .with_context(|| format!("{} is not a valid role file", path.display()))?;
+    let file: RoleFile = crate::config::read_definition(path, "role")?;
     to_pb(file)
 }
 

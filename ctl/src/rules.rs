@@ -123,14 +123,7 @@ pub(crate) fn retry_policy(field: &str, r: RetryFile) -> anyhow::Result<pb::Retr
 
 /// Reads a rule file; the format follows the extension (YAML unless .json or .toml).
 pub fn load(path: &Path) -> anyhow::Result<pb::Rule> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: RuleFile = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
-        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
-        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
-    }
-    .with_context(|| format!("{} is not a valid rule file", path.display()))?;
+    let file: RuleFile = crate::config::read_definition(path, "rule")?;
     let pattern_json = match &file.pattern {
         serde_json::Value::String(s) => s.clone(),
         v => v.to_string(),

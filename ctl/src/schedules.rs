@@ -75,14 +75,7 @@ struct EventFile {
 }
 
 pub fn load(path: &Path) -> anyhow::Result<pb::Schedule> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let f: ScheduleFile = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
-        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
-        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
-    }
-    .with_context(|| format!("{} is not a valid schedule file", path.display()))?;
+    let f: ScheduleFile = crate::config::read_definition(path, "schedule")?;
     Ok(pb::Schedule {
         name: f.name,
         description: f.description,

@@ -50,14 +50,7 @@ struct SourceFile {
 }
 
 pub fn load(path: &Path) -> anyhow::Result<pb::Source> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let f: SourceFile = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
-        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
-        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
-    }
-    .with_context(|| format!("{} is not a valid source file", path.display()))?;
+    let f: SourceFile = crate::config::read_definition(path, "source")?;
     let poll_interval_seconds = match f.poll {
         Some(d) => u32::try_from(d.seconds("poll")?).context("poll: too long")?,
         None => 0,

@@ -124,14 +124,7 @@ fn policy(d: DeliveryFile) -> anyhow::Result<pb::DeliveryPolicy> {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<pb::Topic> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let f: TopicFile = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => serde_json::from_str(&text).map_err(anyhow::Error::from),
-        Some("toml") => toml::from_str(&text).map_err(anyhow::Error::from),
-        _ => yaml_serde::from_str(&text).map_err(anyhow::Error::from),
-    }
-    .with_context(|| format!("{} is not a valid topic file", path.display()))?;
+    let f: TopicFile = crate::config::read_definition(path, "topic")?;
     Ok(pb::Topic {
         name: f.name,
         description: f.description,

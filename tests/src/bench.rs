@@ -18,3 +18,30 @@ pub fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
     );
     (p50, p95)
 }
+
+/// A numeric command-line option `--name N`, or `default` when absent.
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    match args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+    {
+        Some(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: {v:?} is not a number")),
+        None => default,
+    }
+}
+
+/// `--skiff PATH`: benchmark that binary (the harness starts `SKIFF_BIN`).
+pub fn use_skiff_arg() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = args
+        .iter()
+        .position(|a| a == "--skiff")
+        .and_then(|i| args.get(i + 1))
+    {
+        std::env::set_var("SKIFF_BIN", path);
+    }
+}

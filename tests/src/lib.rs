@@ -675,3 +675,22 @@ pub fn run_task(addr: &str, args: &[&str]) -> String {
     assert_eq!(out.code, 0, "run-task: {out:?}");
     out.stdout.trim().to_string()
 }
+
+/// `skiff events put`: one event on the bus; returns its id.
+pub fn put_event(addr: &str, source: &str, detail_type: &str, detail: &str) -> String {
+    let out = cli(
+        addr,
+        &[
+            "events",
+            "put",
+            "--source",
+            source,
+            "--detail-type",
+            detail_type,
+            "--detail",
+            detail,
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    out.stdout.trim().to_string()
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use skiff_tests::receiver::Receiver;
 use skiff_tests::smtp::SmtpServer;
-use skiff_tests::{cli, wait_for, Env};
+use skiff_tests::{cli, put_event, wait_for, Env};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -33,23 +33,6 @@ fn subscribe_webhook(addr: &str, topic: &str, url: &str, extra: &[&str]) -> (Str
         v["id"].as_str().unwrap().to_string(),
         v["signingSecret"].as_str().unwrap().to_string(),
     )
-}
-
-fn put_event(addr: &str, source: &str, detail: &str) -> String {
-    let out = ok(
-        addr,
-        &[
-            "events",
-            "put",
-            "--source",
-            source,
-            "--detail-type",
-            "Ping",
-            "--detail",
-            detail,
-        ],
-    );
-    out.stdout.trim().to_string()
 }
 
 fn topic_status(addr: &str, topic: &str) -> serde_json::Value {
@@ -92,7 +75,7 @@ fn webhooks_are_signed_retried_dead_lettered_and_redriven() {
 
     // Three failures that may pass (503, 500, 429), then success: four attempts of one delivery.
     hook.answer_next(&[503, 500, 429]);
-    let first = put_event(&addr, "app", r#"{"n": 1}"#);
+    let first = put_event(&addr, "app", "Ping", r#"{"n": 1}"#);
     let got = wait_for("the first event delivered", LONG, || {
         let r = hook.received();
         r.iter().any(|r| r.status == 200).then_some(r)
@@ -124,7 +107,7 @@ fn webhooks_are_signed_retried_dead_lettered_and_redriven() {
 
     // A 4xx other than 429 is not retried: dead-lettered at once, listed, then redriven.
     hook.answer_next(&[400]);
-    let second = put_event(&addr, "app", r#"{"n": 2}"#);
+    let second = put_event(&addr, "app", "Ping", r#"{"n": 2}"#);
     let dead = wait_for("the refused delivery in the dead letters", LONG, || {
         let v = ok(&addr, &["topics", "dlq", "admins", "-o", "json"]).json();
         let list = v.as_array()?.clone();
@@ -153,7 +136,7 @@ fn webhooks_are_signed_retried_dead_lettered_and_redriven() {
 
     // A receiver that does not answer in time (the topic allows 500 ms) is tried again.
     hook.stall_next(3000);
-    let slow = put_event(&addr, "app", r#"{"n": 4}"#);
+    let slow = put_event(&addr, "app", "Ping", r#"{"n": 4}"#);
     let tries = wait_for("the timed-out delivery retried", LONG, || {
         let tries: Vec<_> = hook
             .received()
@@ -174,7 +157,7 @@ fn webhooks_are_signed_retried_dead_lettered_and_redriven() {
     );
 
     // The filter: only n = 3 reaches the picky receiver, wrapped.
-    let third = put_event(&addr, "app", r#"{"n": 3}"#);
+    let third = put_event(&addr, "app", "Ping", r#"{"n": 3}"#);
     let wrapped = wait_for("the filtered message", LONG, || {
         picky.received().into_iter().find(|r| r.status == 200)
     });
@@ -272,7 +255,7 @@ fn a_receiver_down_for_a_while_and_a_controller_killed_lose_nothing() {
     ok(&addr, &["rules", "put", "-f", &rule]);
     hook.down();
     let sent: Vec<String> = (0..20)
-        .map(|i| put_event(&addr, "app", &format!(r#"{{"i": {i}}}"#)))
+        .map(|i| put_event(&addr, "app", "Ping", &format!(r#"{{"i": {i}}}"#)))
         .collect();
     // Every message is in the outbox and failing against the closed port.
     wait_for("20 deliveries pending", LONG, || {

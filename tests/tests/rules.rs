@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use skiff_tests::{cli, wait_for, wait_status, Env};
+use skiff_tests::{cli, put_event, wait_for, wait_status, Env};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -27,24 +27,6 @@ fn put_rule(env: &Env, addr: &str, name: &str, yaml: &str) {
     std::fs::write(&f, yaml).unwrap();
     let out = cli(addr, &["rules", "put", "-f", f.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{out:?}");
-}
-
-fn put_event(addr: &str, source: &str, detail_type: &str, detail: &str) -> String {
-    let out = cli(
-        addr,
-        &[
-            "events",
-            "put",
-            "--source",
-            source,
-            "--detail-type",
-            detail_type,
-            "--detail",
-            detail,
-        ],
-    );
-    assert_eq!(out.code, 0, "{out:?}");
-    out.stdout.trim().to_string()
 }
 
 fn tasks_of_group(addr: &str, group: &str) -> Vec<serde_json::Value> {

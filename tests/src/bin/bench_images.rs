@@ -9,7 +9,7 @@ use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use skiff_tests::bench::summary;
+use skiff_tests::bench::{self, summary};
 use skiff_tests::images::{busybox_rootfs, layer_of};
 use skiff_tests::registry::{Registry, TestImage};
 use skiff_tests::{cli, wait_status, Env};
@@ -44,18 +44,9 @@ fn payload_layer(mib: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let runs: usize = arg("--runs").map_or(20, |s| s.parse().expect("--runs N"));
-    let payload: usize = arg("--payload-mib").map_or(64, |s| s.parse().expect("--payload-mib M"));
-    if let Some(s) = arg("--skiff") {
-        std::env::set_var("SKIFF_BIN", s);
-    }
+    let runs: usize = bench::arg("--runs", 20);
+    let payload: usize = bench::arg("--payload-mib", 64);
+    bench::use_skiff_arg();
     let mut env = Env::new();
     let reg = Registry::start(&env.path("registry"), None);
     let base = layer_of(&busybox_rootfs(&env.path("busybox")));

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use skiff_proto::v1 as pb;
-use skiff_tests::bench::{percentile, summary};
+use skiff_tests::bench::{self, percentile, summary};
 use skiff_tests::receiver::Receiver;
 use skiff_tests::{admin_token, cli, wait_for, Env};
 
@@ -44,18 +44,9 @@ fn rule(env: &Env, addr: &str, name: &str, pattern: &str, topic: &str) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let tasks: usize = arg("--tasks").map_or(100, |s| s.parse().expect("--tasks N"));
-    let burst: usize = arg("--burst").map_or(2000, |s| s.parse().expect("--burst M"));
-    if let Some(s) = arg("--skiff") {
-        std::env::set_var("SKIFF_BIN", s);
-    }
+    let tasks: usize = bench::arg("--tasks", 100);
+    let burst: usize = bench::arg("--burst", 2000);
+    bench::use_skiff_arg();
     let mut env = Env::new();
     let addr = env.dev();
     let img = env.busybox_image();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skiff_tests::bench::summary;
+use skiff_tests::bench::{self, summary};
 use skiff_tests::{cli, images, node_connected, wait_for, Env, Proc};
 
 fn rss_kib(pid: i32) -> u64 {
@@ -44,17 +44,8 @@ fn runc_bundle(dir: &Path, rootfs: &Path) -> PathBuf {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let runs: usize = arg("--runs").map_or(100, |s| s.parse().expect("--runs N"));
-    if let Some(s) = arg("--skiff") {
-        std::env::set_var("SKIFF_BIN", s);
-    }
+    let runs: usize = bench::arg("--runs", 100);
+    bench::use_skiff_arg();
     let bin = skiff_tests::skiff_bin();
     println!(
         "skiff binary: {} ({:.1} MiB)",

@@ -6,22 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use skiff_tests::bench::{percentile, summary};
+use skiff_tests::bench::{self, percentile, summary};
 use skiff_tests::{cli, Env};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let n: usize = arg("--schedules").map_or(100, |s| s.parse().expect("--schedules N"));
-    let seconds: u64 = arg("--seconds").map_or(45, |s| s.parse().expect("--seconds S"));
-    if let Some(s) = arg("--skiff") {
-        std::env::set_var("SKIFF_BIN", s);
-    }
+    let n: usize = bench::arg("--schedules", 100);
+    let seconds: u64 = bench::arg("--seconds", 45);
+    bench::use_skiff_arg();
     let mut env = Env::new();
     let addr = env.dev();
     let def = env.path("job.json");

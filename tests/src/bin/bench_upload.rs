@@ -10,21 +10,12 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use skiff_tests::bench::summary;
+use skiff_tests::bench::{self, summary};
 use skiff_tests::{admin_token, cli, http, wait_for, Env};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let runs: usize = arg("--runs").map_or(50, |s| s.parse().expect("--runs N"));
-    if let Some(s) = arg("--skiff") {
-        std::env::set_var("SKIFF_BIN", s);
-    }
+    let runs: usize = bench::arg("--runs", 50);
+    bench::use_skiff_arg();
     let mut env = Env::new();
     let addr = env.dev();
     let base = env.procs[0].http_url();
