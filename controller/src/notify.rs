@@ -77,6 +77,11 @@ impl Notifier {
         })
     }
 
+    /// Whether e-mail can be sent (an SMTP server is configured).
+    pub fn can_mail(&self) -> bool {
+        self.mailer.is_some()
+    }
+
     pub fn delivered(&self, subscription: &str) -> u64 {
         self.delivered
             .lock()

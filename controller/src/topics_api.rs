@@ -283,6 +283,11 @@ impl pb::topics_server::Topics for TopicsApi {
             p => return Err(invalid("protocol", format!("{p:?}: use webhook or email"))),
         };
         check_endpoint(protocol, &s.endpoint)?;
+        if protocol == Protocol::Email && !self.core.notifier.can_mail() {
+            return Err(Status::failed_precondition(
+                "protocol: email needs a mail server: start the controller with --smtp-url and --smtp-from",
+            ));
+        }
         let filter = if s.filter_json.trim().is_empty() {
             None
         } else {

@@ -186,6 +186,10 @@ fn webhooks_are_signed_retried_dead_lettered_and_redriven() {
             "endpoint",
         ),
         (
+            vec!["topics", "subscribe", "admins", "--email", "ops@example.test"],
+            "--smtp-url",
+        ),
+        (
             vec![
                 "topics",
                 "subscribe",
