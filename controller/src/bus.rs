@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -20,6 +21,8 @@ use crate::pattern::Pattern;
 
 /// Events read per pass.
 const BATCH: usize = 256;
+/// Deliveries of a batch made at once.
+const CONCURRENT_DELIVERIES: usize = 64;
 /// Longest wait between attempts of a failing delivery.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 
@@ -150,13 +153,21 @@ async fn pass(core: &Core, rules: &RuleSet) -> Result<bool, CoreError> {
         return Ok(false);
     };
     if !rules.is_empty() {
-        for ev in &events {
-            let envelope = ev.envelope();
-            for rule in rules.matching(&envelope) {
+        // The batch's deliveries are independent (one record each), so they run together
+        // and share the store's group commits instead of a flush each, one after another.
+        let envelopes: Vec<Value> = events.iter().map(Event::envelope).collect();
+        let mut deliveries = Vec::new();
+        for (ev, envelope) in events.iter().zip(&envelopes) {
+            for rule in rules.matching(envelope) {
                 for target in &rule.targets {
-                    deliver(core, rule, target, ev, &envelope).await?;
+                    deliveries.push(deliver(core, rule, target, ev, envelope));
                 }
             }
+        }
+        let mut running =
+            futures::stream::iter(deliveries).buffer_unordered(CONCURRENT_DELIVERIES);
+        while let Some(done) = running.next().await {
+            done?;
         }
     }
     core.store.set_bus_cursor(&last.id).await?;
