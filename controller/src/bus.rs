@@ -164,8 +164,7 @@ async fn pass(core: &Core, rules: &RuleSet) -> Result<bool, CoreError> {
                 }
             }
         }
-        let mut running =
-            futures::stream::iter(deliveries).buffer_unordered(CONCURRENT_DELIVERIES);
+        let mut running = futures::stream::iter(deliveries).buffer_unordered(CONCURRENT_DELIVERIES);
         while let Some(done) = running.next().await {
             done?;
         }

@@ -109,6 +109,16 @@ async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
     Ok(earliest)
 }
 
+/// A run handled now.
+fn ran(scheduled_ms: i64, task_id: String, outcome: String) -> ScheduleRun {
+    ScheduleRun {
+        scheduled_ms,
+        fired_ms: now_ms(),
+        task_id,
+        outcome,
+    }
+}
+
 fn record(st: &mut ScheduleState, run: ScheduleRun) {
     st.runs.push(run);
     if st.runs.len() > RUNS_KEPT {
@@ -186,15 +196,10 @@ async fn handle(core: &Core, s: &Schedule, now: i64) -> Result<(), CoreError> {
         warn!(schedule = %s.name, skipped, policy = ?s.catch_up, "fire times missed while down");
         record(
             &mut st,
-            ScheduleRun {
-                scheduled_ms: missed[0],
-                fired_ms: now,
-                task_id: String::new(),
-                outcome: format!(
+            ran(missed[0], String::new(), format!(
                     "skipped-catch-up: {skipped} fire time(s) from {} missed while the controller was down",
                     in_zone(&timing, missed[0])
-                ),
-            },
+                )),
         );
     }
     for scheduled in fire_missed {
@@ -225,15 +230,7 @@ async fn fire(
             "event"
         };
         info!(schedule = %s.name, %when, event_id = %id, catching_up, "schedule fired");
-        record(
-            st,
-            ScheduleRun {
-                scheduled_ms: scheduled,
-                fired_ms: now_ms(),
-                task_id: String::new(),
-                outcome: format!("{outcome} {id}"),
-            },
-        );
+        record(st, ran(scheduled, String::new(), format!("{outcome} {id}")));
         return Ok(());
     }
     let previous = st
@@ -251,12 +248,11 @@ async fn fire(
                         info!(schedule = %s.name, %when, previous = %prev, "skipped: the previous run is still going");
                         record(
                             st,
-                            ScheduleRun {
-                                scheduled_ms: scheduled,
-                                fired_ms: now_ms(),
-                                task_id: String::new(),
-                                outcome: format!("skipped-overlap: task {prev} still running"),
-                            },
+                            ran(
+                                scheduled,
+                                String::new(),
+                                format!("skipped-overlap: task {prev} still running"),
+                            ),
                         );
                         return Ok(());
                     }
@@ -321,15 +317,7 @@ async fn fire(
             }
         }
     };
-    record(
-        st,
-        ScheduleRun {
-            scheduled_ms: scheduled,
-            fired_ms: now_ms(),
-            task_id: outcome.0,
-            outcome: outcome.1,
-        },
-    );
+    record(st, ran(scheduled, outcome.0, outcome.1));
     Ok(())
 }
 
@@ -412,15 +400,7 @@ async fn retry_due(
                     Err(existing) => existing,
                 };
                 info!(schedule = %s.name, %when, task_id = %id, attempts = r.attempts + 1, "schedule fired on retry");
-                record(
-                    st,
-                    ScheduleRun {
-                        scheduled_ms: r.scheduled_ms,
-                        fired_ms: now,
-                        task_id: id,
-                        outcome: "started".into(),
-                    },
-                );
+                record(st, ran(r.scheduled_ms, id, "started".into()));
             }
             Err(reason) => {
                 r.attempts += 1;
@@ -430,15 +410,11 @@ async fn retry_due(
                     dead_letter(core, s, &when, &r).await?;
                     record(
                         st,
-                        ScheduleRun {
-                            scheduled_ms: r.scheduled_ms,
-                            fired_ms: now,
-                            task_id: String::new(),
-                            outcome: format!(
-                                "dead-lettered after {} attempts: {reason}",
-                                r.attempts
-                            ),
-                        },
+                        ran(
+                            r.scheduled_ms,
+                            String::new(),
+                            format!("dead-lettered after {} attempts: {reason}", r.attempts),
+                        ),
                     );
                 } else {
                     r.next_attempt_ms = now + crate::bus::backoff_ms(r.attempts);

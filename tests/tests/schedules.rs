@@ -386,7 +386,8 @@ fn a_schedule_puts_events_for_rules_and_spreads_fires_over_its_window() {
         ms(scheduled) / 1000 * 1000
     );
 
-    // Each fire lands inside its window, and the window is used, not just its start.
+    // Each fire lands inside its window (allowing 2 s for a loaded machine), and the window
+    // is used, not just its start.
     let runs = wait_for("five fires", LONG, || {
         let runs = describe(&addr, "ping")["runs"].as_array()?.clone();
         (runs.len() >= 5).then_some(runs)
@@ -405,7 +406,7 @@ fn a_schedule_puts_events_for_rules_and_spreads_fires_over_its_window() {
         offsets.push(fired - ms(r["scheduledTime"].as_str().unwrap()));
     }
     assert!(
-        offsets.iter().all(|o| (0..2_000 + 1_000).contains(o)),
+        offsets.iter().all(|o| (0..2_000 + 2_000).contains(o)),
         "fire - fire time, ms: {offsets:?}"
     );
     assert!(
