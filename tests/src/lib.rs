@@ -366,6 +366,29 @@ impl Env {
         )
     }
 
+    /// Registers a one-container busybox task definition running `command` (stop timeout 1 s).
+    pub fn register_busybox(&self, addr: &str, family: &str, command: &[&str]) {
+        let def = self.path(&format!("{family}.json"));
+        fs::write(
+            &def,
+            serde_json::json!({"family": family, "containers": [
+                {"name": "main", "image": self.busybox_image(), "command": command, "stop_timeout": 1}]})
+            .to_string(),
+        )
+        .unwrap();
+        let out = cli(addr, &["taskdefs", "register", "-f", def.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+
+    /// Writes `yaml` to NAME.yaml and puts it with `skiff KIND put -f` (rules, schedules,
+    /// topics, …), asserting it was accepted.
+    pub fn put_yaml(&self, addr: &str, kind: &str, name: &str, yaml: &str) {
+        let f = self.path(&format!("{name}.yaml"));
+        fs::write(&f, yaml).unwrap();
+        let out = cli(addr, &[kind, "put", "-f", f.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+
     /// Starts `skiff dev` on a free port; returns its address.
     pub fn dev(&mut self) -> String {
         self.dev_with(&[])

@@ -9,26 +9,6 @@ use skiff_tests::{cli, put_event, wait_for, wait_status, Env};
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn register(env: &Env, addr: &str, family: &str, command: &[&str]) {
-    let def = env.path(&format!("{family}.json"));
-    std::fs::write(
-        &def,
-        serde_json::json!({"family": family, "containers": [
-            {"name": "main", "image": env.busybox_image(), "command": command}]})
-        .to_string(),
-    )
-    .unwrap();
-    let out = cli(addr, &["taskdefs", "register", "-f", def.to_str().unwrap()]);
-    assert_eq!(out.code, 0, "{out:?}");
-}
-
-fn put_rule(env: &Env, addr: &str, name: &str, yaml: &str) {
-    let f = env.path(&format!("{name}.yaml"));
-    std::fs::write(&f, yaml).unwrap();
-    let out = cli(addr, &["rules", "put", "-f", f.to_str().unwrap()]);
-    assert_eq!(out.code, 0, "{out:?}");
-}
-
 fn tasks_of_group(addr: &str, group: &str) -> Vec<serde_json::Value> {
     let out = cli(addr, &["tasks", "ls", "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -45,8 +25,7 @@ fn tasks_of_group(addr: &str, group: &str) -> Vec<serde_json::Value> {
 fn matching_app_events_start_a_task_that_receives_the_event() {
     let mut env = Env::new();
     let addr = env.dev();
-    register(
-        &env,
+    env.register_busybox(
         &addr,
         "fulfil",
         &[
@@ -55,10 +34,7 @@ fn matching_app_events_start_a_task_that_receives_the_event() {
             "echo \"env=$SKIFF_EVENT\"; echo \"file=$(cat /run/skiff/event.json)\"",
         ],
     );
-    put_rule(
-        &env,
-        &addr,
-        "big-orders",
+    env.put_yaml(&addr, "rules", "big-orders",
         "name: big-orders\n\
          pattern:\n\
          \x20 source: [shop]\n\
@@ -177,7 +153,7 @@ fn matching_app_events_start_a_task_that_receives_the_event() {
 fn bad_rules_are_refused_with_the_offending_path() {
     let mut env = Env::new();
     let addr = env.dev();
-    register(&env, &addr, "job", &["true"]);
+    env.register_busybox(&addr, "job", &["true"]);
     for (yaml, expected) in [
         (
             "name: r\npattern: {source: shop}\ntargets: []\n",
@@ -216,10 +192,10 @@ fn bad_rules_are_refused_with_the_offending_path() {
 fn failing_deliveries_are_retried_then_dead_lettered() {
     let mut env = Env::new();
     let addr = env.dev();
-    register(&env, &addr, "fragile", &["true"]);
-    put_rule(
-        &env,
+    env.register_busybox(&addr, "fragile", &["true"]);
+    env.put_yaml(
         &addr,
+        "rules",
         "fragile",
         "name: fragile\npattern: {source: [app]}\n\
          targets: [{id: run, task: {task_definition: fragile}, retry: {max_attempts: 2}}]\n",
@@ -255,11 +231,8 @@ fn a_controller_killed_mid_burst_loses_no_event_and_starts_no_task_twice() {
     let mut env = Env::new();
     let (ctl, addr) = env.controller("127.0.0.1:0", &["--plaintext"]);
     env.agent(&addr, "n1", &[]);
-    register(&env, &addr, "burst", &["true"]);
-    put_rule(
-        &env,
-        &addr,
-        "burst",
+    env.register_busybox(&addr, "burst", &["true"]);
+    env.put_yaml(&addr, "rules", "burst",
         "name: burst\npattern: {source: [burst]}\ntargets: [{id: run, task: {task_definition: burst}}]\n",
     );
     let mut acknowledged = Vec::new();

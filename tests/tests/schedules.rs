@@ -7,26 +7,6 @@ use skiff_tests::{cli, wait_for, Env};
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn register(env: &Env, addr: &str, family: &str, command: &[&str]) {
-    let def = env.path(&format!("{family}.json"));
-    std::fs::write(
-        &def,
-        serde_json::json!({"family": family, "containers": [
-            {"name": "main", "image": env.busybox_image(), "command": command, "stop_timeout": 1}]})
-        .to_string(),
-    )
-    .unwrap();
-    let out = cli(addr, &["taskdefs", "register", "-f", def.to_str().unwrap()]);
-    assert_eq!(out.code, 0, "{out:?}");
-}
-
-fn put(env: &Env, addr: &str, name: &str, yaml: &str) {
-    let f = env.path(&format!("{name}.yaml"));
-    std::fs::write(&f, yaml).unwrap();
-    let out = cli(addr, &["schedules", "put", "-f", f.to_str().unwrap()]);
-    assert_eq!(out.code, 0, "{out:?}");
-}
-
 fn tasks(addr: &str, schedule: &str) -> Vec<serde_json::Value> {
     cli(addr, &["tasks", "ls", "--limit", "1000", "-o", "json"])
         .json()
@@ -48,10 +28,10 @@ fn describe(addr: &str, name: &str) -> serde_json::Value {
 fn a_fast_schedule_runs_real_containers_and_describe_shows_its_runs() {
     let mut env = Env::new();
     let addr = env.dev();
-    register(&env, &addr, "tick", &["cat", "/run/skiff/event.json"]);
-    put(
-        &env,
+    env.register_busybox(&addr, "tick", &["cat", "/run/skiff/event.json"]);
+    env.put_yaml(
         &addr,
+        "schedules",
         "tick",
         "name: tick\nexpression: rate(2 seconds)\ntimezone: Europe/Berlin\noverlap: allow\n\
          task: {task_definition: tick}\n",
@@ -109,17 +89,17 @@ fn a_fast_schedule_runs_real_containers_and_describe_shows_its_runs() {
 fn overlapping_runs_are_forbidden_or_replaced() {
     let mut env = Env::new();
     let addr = env.dev();
-    register(&env, &addr, "long", &["sleep", "60"]);
-    put(
-        &env,
+    env.register_busybox(&addr, "long", &["sleep", "60"]);
+    env.put_yaml(
         &addr,
+        "schedules",
         "solo",
         "name: solo\nexpression: rate(2 seconds)\noverlap: forbid\ntask: {task_definition: long}\n",
     );
-    put(&env, &addr, "fresh", "name: fresh\nexpression: rate(2 seconds)\noverlap: replace\ntask: {task_definition: long}\n");
-    put(
-        &env,
+    env.put_yaml(&addr, "schedules", "fresh", "name: fresh\nexpression: rate(2 seconds)\noverlap: replace\ntask: {task_definition: long}\n");
+    env.put_yaml(
         &addr,
+        "schedules",
         "many",
         "name: many\nexpression: rate(2 seconds)\noverlap: allow\ntask: {task_definition: long}\n",
     );
@@ -171,16 +151,13 @@ fn missed_fire_times_follow_the_catch_up_policy_after_downtime() {
     let mut env = Env::new();
     let (ctl, addr) = env.controller("127.0.0.1:0", &["--plaintext"]);
     env.agent(&addr, "n1", &[]);
-    register(&env, &addr, "job", &["true"]);
+    env.register_busybox(&addr, "job", &["true"]);
     for (name, policy) in [
         ("skip", "skip"),
         ("once", "run-once"),
         ("all", "run-all\ncatch_up_limit: 2"),
     ] {
-        put(
-            &env,
-            &addr,
-            name,
+        env.put_yaml(&addr, "schedules", name,
             &format!("name: {name}\nexpression: rate(2 seconds)\noverlap: allow\ncatch_up: {policy}\ntask: {{task_definition: job}}\n"),
         );
     }
@@ -250,11 +227,8 @@ fn missed_fire_times_follow_the_catch_up_policy_after_downtime() {
 fn a_fire_whose_task_cannot_start_is_retried_then_dead_lettered() {
     let mut env = Env::new();
     let addr = env.dev();
-    register(&env, &addr, "gone", &["true"]);
-    put(
-        &env,
-        &addr,
-        "broken",
+    env.register_busybox(&addr, "gone", &["true"]);
+    env.put_yaml(&addr, "schedules", "broken",
         "name: broken\nexpression: rate(3 seconds)\ntask: {task_definition: gone}\nretry: {max_attempts: 2}\n",
     );
     // The definition goes away after the schedule was put.
@@ -289,14 +263,14 @@ fn a_fire_whose_task_cannot_start_is_retried_then_dead_lettered() {
 fn one_time_and_bounded_schedules() {
     let mut env = Env::new();
     let addr = env.dev();
-    register(&env, &addr, "once", &["true"]);
+    env.register_busybox(&addr, "once", &["true"]);
     let fmt = |d: chrono::DateTime<chrono::Utc>| d.format("%Y-%m-%dT%H:%M:%S").to_string();
     let now = chrono::Utc::now();
     // at(): once, at that wall-clock time in the schedule's zone (UTC here).
     let at = fmt(now + chrono::Duration::seconds(3));
-    put(
-        &env,
+    env.put_yaml(
         &addr,
+        "schedules",
         "once",
         &format!("name: once\nexpression: at({at})\ntask: {{task_definition: once}}\n"),
     );
@@ -314,10 +288,7 @@ fn one_time_and_bounded_schedules() {
     // start/end: fire times only inside the window.
     let start = now + chrono::Duration::hours(1);
     let end = start + chrono::Duration::minutes(30);
-    put(
-        &env,
-        &addr,
-        "window",
+    env.put_yaml(&addr, "schedules", "window",
         &format!(
             "name: window\nexpression: rate(10 minutes)\nstart: {}Z\nend: {}Z\ntask: {{task_definition: once}}\n",
             fmt(start),
@@ -342,7 +313,7 @@ fn ms(rfc3339: &str) -> i64 {
 fn a_schedule_puts_events_for_rules_and_spreads_fires_over_its_window() {
     let mut env = Env::new();
     let addr = env.dev();
-    register(&env, &addr, "on-ping", &["cat", "/run/skiff/event.json"]);
+    env.register_busybox(&addr, "on-ping", &["cat", "/run/skiff/event.json"]);
     // The rule routes the schedule's events (here to a task; to any target a rule has).
     let rule = env.path("rule.yaml");
     std::fs::write(
@@ -356,9 +327,9 @@ fn a_schedule_puts_events_for_rules_and_spreads_fires_over_its_window() {
         0
     );
     // Fires every 3 s, each at a moment within 2 s after its fire time.
-    put(
-        &env,
+    env.put_yaml(
         &addr,
+        "schedules",
         "ping",
         "name: ping\nexpression: rate(3 seconds)\nflexible_window: 2s\n\
          event: {detail_type: Nightly Ping, detail: {job: nightly}}\n",
