@@ -62,6 +62,24 @@ fn minio_notification(bucket: &str, encoded_key: &str, size: u64, etag: &str) ->
     .to_string()
 }
 
+/// Puts a role whose STS credentials read `photos/<read>` and write `photos/<write>` (the
+/// secrets sts-key-id and sts-secret hold the controller's keys).
+fn put_sts_role(env: &Env, addr: &str, moto: &Moto, name: &str, read: &str, write_to: &str) {
+    let role = write(
+        env,
+        "role.yaml",
+        &format!(
+            "name: {name}\nstorage:\n  sts: {{endpoint: {ep}, role_arn: {arn}, \
+             access_key_id_secret: sts-key-id, secret_access_key_secret: sts-secret}}\n  \
+             endpoint: {ep}\n  duration: 15m\n  grants:\n    - {{bucket: photos, prefix: {read}, access: read}}\n    \
+             - {{bucket: photos, prefix: {write_to}, access: write}}\n",
+            ep = moto.endpoint,
+            arn = moto.role_arn
+        ),
+    );
+    assert_eq!(cli(addr, &["roles", "put", "-f", &role]).code, 0);
+}
+
 #[test]
 fn an_upload_notified_or_watched_starts_one_task_that_processes_it_with_its_role() {
     let moto = Moto::start();
@@ -79,19 +97,7 @@ fn an_upload_notified_or_watched_starts_one_task_that_processes_it_with_its_role
             0
         );
     }
-    let role = write(
-        &env,
-        "role.yaml",
-        &format!(
-            "name: thumbnailer\nstorage:\n  sts: {{endpoint: {ep}, role_arn: {arn}, \
-             access_key_id_secret: sts-key-id, secret_access_key_secret: sts-secret}}\n  \
-             endpoint: {ep}\n  duration: 15m\n  grants:\n    - {{bucket: photos, prefix: input/, access: read}}\n    \
-             - {{bucket: photos, prefix: output/, access: write}}\n",
-            ep = moto.endpoint,
-            arn = moto.role_arn
-        ),
-    );
-    assert_eq!(cli(&addr, &["roles", "put", "-f", &role]).code, 0);
+    put_sts_role(&env, &addr, &moto, "thumbnailer", "input/", "output/");
     // The worker: reads the object the event names, writes output/<name>.
     let script = "import boto3, json, os\n\
         key = json.load(open('/run/skiff/event.json'))\n\
@@ -399,19 +405,7 @@ fn an_hourly_batch_schedule_processes_the_files_in_a_bucket() {
             0
         );
     }
-    let role = write(
-        &env,
-        "role.yaml",
-        &format!(
-            "name: batch\nstorage:\n  sts: {{endpoint: {ep}, role_arn: {arn}, \
-             access_key_id_secret: sts-key-id, secret_access_key_secret: sts-secret}}\n  \
-             endpoint: {ep}\n  duration: 15m\n  grants:\n    - {{bucket: photos, prefix: incoming/, access: read}}\n    \
-             - {{bucket: photos, prefix: processed/, access: write}}\n",
-            ep = moto.endpoint,
-            arn = moto.role_arn
-        ),
-    );
-    assert_eq!(cli(&addr, &["roles", "put", "-f", &role]).code, 0);
+    put_sts_role(&env, &addr, &moto, "batch", "incoming/", "processed/");
     let script = "import boto3, json\n\
         s3 = boto3.client('s3')\n\
         event = json.load(open('/run/skiff/event.json'))\n\

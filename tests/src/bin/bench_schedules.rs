@@ -15,22 +15,7 @@ fn main() {
     bench::use_skiff_arg();
     let mut env = Env::new();
     let addr = env.dev();
-    let def = env.path("job.json");
-    std::fs::write(
-        &def,
-        serde_json::json!({"family": "job", "containers": [
-            {"name": "main", "image": env.busybox_image(), "command": ["true"]}]})
-        .to_string(),
-    )
-    .unwrap();
-    assert_eq!(
-        cli(
-            &addr,
-            &["taskdefs", "register", "-f", def.to_str().unwrap()]
-        )
-        .code,
-        0
-    );
+    env.register_busybox(&addr, "job", &["true"]);
     for i in 0..n {
         let f = env.path("s.yaml");
         std::fs::write(

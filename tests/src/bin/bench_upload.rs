@@ -20,22 +20,7 @@ fn main() {
     let addr = env.dev();
     let base = env.procs[0].http_url();
     let token = admin_token(&addr);
-    let def = env.path("work.json");
-    std::fs::write(
-        &def,
-        serde_json::json!({"family": "work", "containers": [
-            {"name": "main", "image": env.busybox_image(), "command": ["true"]}]})
-        .to_string(),
-    )
-    .unwrap();
-    assert_eq!(
-        cli(
-            &addr,
-            &["taskdefs", "register", "-f", def.to_str().unwrap()]
-        )
-        .code,
-        0
-    );
+    env.register_busybox(&addr, "work", &["true"]);
     let source = env.path("source.yaml");
     std::fs::write(
         &source,
