@@ -327,9 +327,7 @@ impl AssumeRole<'_> {
     async fn send(&self) -> Result<Minted, String> {
         let req = self.signed_request()?;
         let req = reqwest::Request::try_from(req).map_err(|e| format!("STS request: {e}"))?;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
+        let client = crate::outbound::client(|b| b.timeout(Duration::from_secs(15)))
             .map_err(|e| format!("HTTP client: {e}"))?;
         let resp = client
             .execute(req)

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod notify;
 pub mod objects;
+pub mod outbound;
 pub mod pattern;
 pub mod pki;
 pub mod placement;

@@ -59,12 +59,12 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new(smtp: Option<&SmtpConfig>, public_url: String) -> Result<Notifier, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("webhook client: {e}"))?;
+        let http = crate::outbound::client(|b| {
+            b.connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
+        })
+        .map_err(|e| format!("webhook client: {e}"))?;
         Ok(Notifier {
             http,
             mailer: smtp.map(mailer).transpose()?,

@@ -60,12 +60,18 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
+        Proc::spawn_env(name, dir, args, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables for this process only.
+    pub fn spawn_env(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         fs::create_dir_all(dir).unwrap();
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
         let child = skiff_command()
             .args(args)
             .env("SKIFF_LOG", "info,skiff_agent=debug,skiff_controller=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).unwrap())
             .stderr(fs::File::create(&stderr).unwrap())
@@ -396,6 +402,11 @@ impl Env {
 
     /// Starts `skiff dev` with extra flags; returns its address.
     pub fn dev_with(&mut self, extra: &[&str]) -> String {
+        self.dev_with_env(extra, &[])
+    }
+
+    /// Starts `skiff dev` with extra flags and environment variables; returns its address.
+    pub fn dev_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> String {
         let data = self.path("dev");
         let mut args = vec![
             "dev",
@@ -407,7 +418,7 @@ impl Env {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
-        let p = Proc::spawn("dev", self.dir.path(), &args);
+        let p = Proc::spawn_env("dev", self.dir.path(), &args, env);
         let addr = format!("http://{}", p.listen_addr());
         self.procs.push(p);
         wait_for("the dev agent to connect", Duration::from_secs(20), || {

@@ -772,3 +772,40 @@ fn a_registry_with_token_auth_is_pulled_from_with_stored_credentials() {
         "the pull asked for a token"
     );
 }
+
+#[test]
+fn a_node_without_a_trust_store_runs_local_images_and_says_why_it_cannot_pull() {
+    // A minimal edge image without ca-certificates: SSL_CERT_FILE naming an empty bundle is
+    // what the TLS stack sees there (no root certificates at all). skiff used to panic on
+    // start-up in that state (the webhook client and the registry client).
+    let mut env = Env::new();
+    let reg = Registry::start(&env.path("registry"), None);
+    reg.push("team/app", "v1", &app_image(&base_layer(&env), "x\n", &[]));
+    let empty = env.path("no-roots.pem");
+    std::fs::write(&empty, "").unwrap();
+    let addr = env.dev_with_env(
+        &["--insecure-registry", &reg.addr],
+        &[
+            ("SSL_CERT_FILE", empty.to_str().unwrap()),
+            ("SSL_CERT_DIR", ""),
+        ],
+    );
+
+    let out = follow(
+        &addr,
+        &["--image", &env.busybox_image(), "--", "echo", "local"],
+    );
+    assert_eq!(out.code, 0, "{out:?}\n{}", env.logs());
+    assert_eq!(out.stdout, "local\n");
+
+    let reason = failed_to_start(&addr, &["--image", &format!("{}/team/app:v1", reg.addr)]);
+    assert!(
+        reason.contains("cannot pull from registries")
+            && reason.contains("No CA certificates")
+            && reason.contains("ca-certificates"),
+        "{reason}"
+    );
+    // The node is still up and still runs local images after the refused pull.
+    let out = follow(&addr, &["--image", &env.busybox_image(), "--", "true"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}

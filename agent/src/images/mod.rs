@@ -169,7 +169,8 @@ pub struct ImageStore {
     cfg: ImageStoreConfig,
     blobs: Arc<Blobs>,
     catalog: Mutex<Catalog>,
-    client: oci_client::Client,
+    /// Made at the first registry pull (a node without a trust store still runs local images).
+    client: std::sync::OnceLock<oci_client::Client>,
     layers_dir: PathBuf,
     tmp_dir: PathBuf,
     /// Pulls hold it shared until their task's rootfs is mounted; GC holds it exclusively.
@@ -251,6 +252,16 @@ fn overlay_lowers() -> Vec<Vec<PathBuf>> {
 }
 
 impl ImageStore {
+    /// The registry client anonymous and node-credential pulls share (oci-client caches
+    /// tokens per registry in it).
+    fn shared_client(&self) -> Result<oci_client::Client, String> {
+        if let Some(c) = self.client.get() {
+            return Ok(c.clone());
+        }
+        let c = registry::client(&self.cfg.insecure_registries)?;
+        Ok(self.client.get_or_init(|| c).clone())
+    }
+
     pub fn open(cfg: ImageStoreConfig) -> std::io::Result<ImageStore> {
         let layers_dir = cfg.root.join("layers");
         let tmp_dir = cfg.root.join("tmp");
@@ -260,11 +271,10 @@ impl ImageStore {
         std::fs::create_dir_all(&tmp_dir)?;
         let blobs = Arc::new(Blobs::open(cfg.root.join("blobs"))?);
         let catalog = Mutex::new(Catalog::open(cfg.root.join("catalog.json"))?);
-        let client = registry::client(&cfg.insecure_registries);
         Ok(ImageStore {
             blobs,
             catalog,
-            client,
+            client: std::sync::OnceLock::new(),
             layers_dir,
             tmp_dir,
             gc_lock: Arc::new(tokio::sync::RwLock::new(())),

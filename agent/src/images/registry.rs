@@ -33,13 +33,23 @@ const PROGRESS_EVERY: u64 = 256 * 1024;
 /// Attempts per blob when the connection fails mid-download (each resumes the last).
 const ATTEMPTS: u32 = 4;
 
-pub(super) fn client(insecure: &[String]) -> Client {
-    Client::new(ClientConfig {
+/// A registry client, or why none can be made here. oci-client builds a default HTTP client
+/// whatever its configuration says, and that panics on a host whose trust store is empty (a
+/// minimal edge image without ca-certificates): check the trust store first, so such a node
+/// still runs local images and fails only registry pulls, with a message that says why.
+pub(super) fn client(insecure: &[String]) -> Result<Client, String> {
+    reqwest::Client::builder().build().map_err(|e| {
+        let cause = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+        format!(
+            "this node cannot pull from registries: {cause} (install the ca-certificates package, or set SSL_CERT_FILE to a CA bundle)"
+        )
+    })?;
+    Ok(Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
         connect_timeout: Some(Duration::from_secs(10)),
         read_timeout: Some(Duration::from_secs(60)),
         ..Default::default()
-    })
+    }))
 }
 
 pub(super) async fn pull(
@@ -81,13 +91,17 @@ pub(super) async fn pull(
     };
     // oci-client remembers one auth per registry: a task's own credentials get a client of
     // their own so they never leak into another task's pull.
-    let own;
-    let client = if creds.is_some() {
-        own = client(&store.cfg.insecure_registries);
-        &own
-    } else {
-        &store.client
+    let not_here = |problem| ImageError::Registry {
+        image: image.into(),
+        registry: registry.clone(),
+        detail: problem,
     };
+    let client = if creds.is_some() {
+        client(&store.cfg.insecure_registries).map_err(not_here)?
+    } else {
+        store.shared_client().map_err(not_here)?
+    };
+    let client = &client;
     let fail = |e| classify(image, &registry, e);
 
     let (bytes, digest) = client

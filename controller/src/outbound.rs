@@ -1,0 +1,18 @@
+//! HTTP clients for the controller's outbound calls (webhooks, STS). TLS is verified against
+//! the system's roots; a host with none (a minimal edge image without /etc/ssl/certs) gets the
+//! Mozilla roots compiled in, instead of a controller that cannot start.
+
+/// Builds a client from `configure`d builder, falling back to the bundled roots when the
+/// system's cannot be loaded.
+pub fn client(
+    configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, reqwest::Error> {
+    configure(reqwest::Client::builder()).build().or_else(|_| {
+        let bundled = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .filter_map(|der| reqwest::Certificate::from_der(der).ok());
+        configure(reqwest::Client::builder())
+            .tls_certs_only(bundled)
+            .build()
+    })
+}
