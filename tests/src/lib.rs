@@ -9,6 +9,7 @@ pub mod receiver;
 pub mod registry;
 pub mod smtp;
 pub mod token_server;
+pub mod vm;
 
 use std::fs;
 use std::io::Read;
