@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use skiff_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +23,9 @@ use crate::scheduler;
 use crate::validate;
 
 use pb::controller_message::Body as Out;
+
+/// At most this many agent messages are handled (and their reports flushed) together.
+const MAX_BATCH: usize = 256;
 
 pub struct AgentService {
     pub core: Arc<Core>,
@@ -98,15 +101,33 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                 warn!(node_id = %node_id, error = %e, "reconcile failed");
             }
             core.kick.notify_one();
-            loop {
-                let msg = match inbound.message().await {
-                    Ok(Some(m)) => m,
+            'session: loop {
+                let mut arrived = match inbound.message().await {
+                    Ok(Some(m)) => vec![m],
                     Ok(None) => break,
                     Err(e) => {
                         warn!(node_id = %node_id, error = %e, "agent stream broke");
                         break;
                     }
                 };
+                // Whatever else has arrived meanwhile is handled with it: its task reports
+                // share one flush (`Core::transition_all`).
+                let mut closed = false;
+                while arrived.len() < MAX_BATCH {
+                    match inbound.message().now_or_never() {
+                        Some(Ok(Some(m))) => arrived.push(m),
+                        Some(Ok(None)) => {
+                            closed = true;
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            warn!(node_id = %node_id, error = %e, "agent stream broke");
+                            closed = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 if cert
                     .as_ref()
                     .is_some_and(|c| cert_revoked(&core, &c.fingerprint))
@@ -115,31 +136,16 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                     break;
                 }
                 core.seen(&node_id);
-                match msg.body {
-                    Some(pb::agent_message::Body::Heartbeat(_)) | None => {}
-                    Some(pb::agent_message::Body::Task(report)) => {
-                        if let Err(e) = handle_report(&core, &node_id, &report).await {
-                            warn!(node_id = %node_id, task_id = %report.task_id, error = %e, "report not applied");
-                        }
+                let mut reports = Vec::new();
+                for msg in arrived {
+                    match msg.body {
+                        Some(pb::agent_message::Body::Task(report)) => reports.push(report),
+                        other => handle_message(&core, &node_id, &tx, other),
                     }
-                    Some(pb::agent_message::Body::Image(reply)) => {
-                        core.image_reply(&node_id, reply);
-                    }
-                    Some(pb::agent_message::Body::Register(_)) => {
-                        warn!(node_id = %node_id, "register sent twice; ignored");
-                    }
-                    Some(pb::agent_message::Body::Credentials(req)) => {
-                        // STS may take a while; never hold up the session for it.
-                        let (core, node_id, tx) = (core.clone(), node_id.clone(), tx.clone());
-                        tokio::spawn(async move {
-                            let reply = crate::credentials::answer(&core, &node_id, req).await;
-                            let _ = tx
-                                .send(pb::ControllerMessage {
-                                    body: Some(Out::Credentials(reply)),
-                                })
-                                .await;
-                        });
-                    }
+                }
+                handle_reports(&core, &node_id, reports).await;
+                if closed {
+                    break 'session;
                 }
             }
             core.detach(&node_id, conn_id);
@@ -293,57 +299,132 @@ fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 /// Applies one task report from a node.
-async fn handle_report(core: &Core, node_id: &str, r: &pb::TaskReport) -> Result<(), CoreError> {
+/// Every agent message but a task report (those are batched: `handle_reports`).
+fn handle_message(
+    core: &Arc<Core>,
+    node_id: &str,
+    tx: &mpsc::Sender<pb::ControllerMessage>,
+    body: Option<pb::agent_message::Body>,
+) {
+    match body {
+        Some(pb::agent_message::Body::Heartbeat(_)) | Some(pb::agent_message::Body::Task(_)) => {}
+        None => {}
+        Some(pb::agent_message::Body::Image(reply)) => {
+            core.image_reply(node_id, reply);
+        }
+        Some(pb::agent_message::Body::Register(_)) => {
+            warn!(node_id = %node_id, "register sent twice; ignored");
+        }
+        Some(pb::agent_message::Body::Credentials(req)) => {
+            // STS may take a while; never hold up the session for it.
+            let (core, node_id, tx) = (core.clone(), node_id.to_string(), tx.clone());
+            tokio::spawn(async move {
+                let reply = crate::credentials::answer(&core, &node_id, req).await;
+                let _ = tx
+                    .send(pb::ControllerMessage {
+                        body: Some(Out::Credentials(reply)),
+                    })
+                    .await;
+            });
+        }
+    }
+}
+
+/// Applies an agent's task reports in the order they came, with one flush for all of them,
+/// then answers each (forget a STOPPED task, stop one that must not run).
+async fn handle_reports(core: &Core, node_id: &str, reports: Vec<pb::TaskReport>) {
+    let mut applicable = Vec::with_capacity(reports.len());
+    for r in reports {
+        match report_event(core, node_id, &r).await {
+            Ok(Some(event)) => applicable.push((r, event)),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(node_id = %node_id, task_id = %r.task_id, error = %e, "report not applied")
+            }
+        }
+    }
+    let (reports, changes): (Vec<_>, Vec<_>) = applicable
+        .into_iter()
+        .map(|(r, event)| {
+            let id = r.task_id.clone();
+            (r, (id, event))
+        })
+        .unzip();
+    let results = core.transition_all(changes).await;
+    for (r, result) in reports.iter().zip(results) {
+        if let Err(e) = answer_report(core, node_id, r, result).await {
+            warn!(node_id = %node_id, task_id = %r.task_id, error = %e, "report not applied");
+        }
+    }
+}
+
+/// The lifecycle event a report stands for; None for a report about a task this node must
+/// not run (it is told to stop it) or with an unknown status.
+async fn report_event(
+    core: &Core,
+    node_id: &str,
+    r: &pb::TaskReport,
+) -> Result<Option<TaskEvent>, CoreError> {
     let Some(task) = core.store.task(&r.task_id)? else {
         // Not ours (a data dir was wiped?): it must not run.
         warn!(task_id = %r.task_id, node_id, "agent runs an unknown task; stopping it");
-        return stop_on_agent(
+        stop_on_agent(
             core,
             node_id,
             &r.task_id,
             StopCode::TaskFailedToStart,
             "unknown to the controller",
         )
-        .await;
+        .await?;
+        return Ok(None);
     };
     if task.node_id.as_deref() != Some(node_id) {
         warn!(task_id = %r.task_id, node_id, "task reported by a node it is not placed on; stopping it there");
-        return stop_on_agent(
+        stop_on_agent(
             core,
             node_id,
             &r.task_id,
             StopCode::TaskFailedToStart,
             "placed on another node",
         )
-        .await;
+        .await?;
+        return Ok(None);
     }
     let containers = convert::container_states(&task.spec, &r.containers);
-    let event = match r.status.as_str() {
-        "PENDING" => TaskEvent::Placed {
+    Ok(match r.status.as_str() {
+        "PENDING" => Some(TaskEvent::Placed {
             node_id: node_id.to_string(),
-        },
-        "RUNNING" => TaskEvent::Started { containers },
-        "STOPPING" => TaskEvent::Stopping { containers },
-        "STOPPED" => TaskEvent::Stopped {
+        }),
+        "RUNNING" => Some(TaskEvent::Started { containers }),
+        "STOPPING" => Some(TaskEvent::Stopping { containers }),
+        "STOPPED" => Some(TaskEvent::Stopped {
             code: convert::stop_code(&r.stop_code),
             reason: r.reason.clone(),
             containers,
-        },
+        }),
         other => {
             warn!(task_id = %r.task_id, status = other, "unknown status in report");
-            return Ok(());
+            None
         }
-    };
-    let (task, _) = match core.transition(&r.task_id, event).await {
-        Ok(t) => t,
+    })
+}
+
+/// What the agent is told once its report is durable: a STOPPED task can be forgotten; a
+/// task the controller has stopped (or wants stopped) must stop there too.
+async fn answer_report(
+    core: &Core,
+    node_id: &str,
+    r: &pb::TaskReport,
+    result: Result<(crate::model::Task, bool), CoreError>,
+) -> Result<(), CoreError> {
+    let task = match result {
+        Ok((t, _)) => t,
         Err(CoreError::Illegal(e)) => {
             // e.g. RUNNING reported for a task already STOPPED: the agent must stop it.
             warn!(task_id = %r.task_id, error = %e, "stale report");
-            let t = core
-                .store
+            core.store
                 .task(&r.task_id)?
-                .ok_or_else(|| CoreError::NoSuchTask(r.task_id.clone()))?;
-            (t, false)
+                .ok_or_else(|| CoreError::NoSuchTask(r.task_id.clone()))?
         }
         Err(e) => return Err(e),
     };
@@ -391,11 +472,7 @@ async fn reconcile(
     node_id: &str,
     reports: &[pb::TaskReport],
 ) -> Result<(), CoreError> {
-    for r in reports {
-        if let Err(e) = handle_report(core, node_id, r).await {
-            warn!(task_id = %r.task_id, error = %e, "report during reconcile not applied");
-        }
-    }
+    handle_reports(core, node_id, reports.to_vec()).await;
     for task in core.store.active_tasks()? {
         if task.node_id.as_deref() != Some(node_id) || reports.iter().any(|r| r.task_id == task.id)
         {

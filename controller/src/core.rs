@@ -184,34 +184,68 @@ impl Core {
     /// Moves a task through the lifecycle. Returns the task as stored afterwards and whether it
     /// moved. A repeated event is a no-op; an illegal one is an error and changes nothing.
     pub async fn transition(&self, id: &str, event: TaskEvent) -> Result<(Task, bool), CoreError> {
+        let mut all = self.transition_all(vec![(id.to_string(), event)]).await;
+        all.pop().expect("one result per change")
+    }
+
+    /// Moves several tasks (or one task several times) through the lifecycle, in order, with
+    /// one flush for all: an agent's reports that arrive together (a short task's RUNNING,
+    /// STOPPING and STOPPED; a burst of tasks) share it instead of paying one each. Every
+    /// change is durable before any of them is published. One result per change, in order.
+    pub async fn transition_all(
+        &self,
+        changes: Vec<(String, TaskEvent)>,
+    ) -> Vec<Result<(Task, bool), CoreError>> {
         let now = now_ms();
-        let decision = self
-            .store
-            .update_task(id, |mut task, next_event_id| {
-                match lifecycle::apply(&mut task, event, now)? {
-                    Outcome::Unchanged => Ok::<_, CoreError>(Decision::Keep(task)),
-                    Outcome::Moved(_) => {
-                        let ev = state_change_event(next_event_id(), &task);
-                        Ok(Decision::Write {
-                            task,
-                            event: Some(ev),
-                        })
+        let mut results = Vec::with_capacity(changes.len());
+        for (id, event) in changes {
+            let decision = self
+                .store
+                .update_task_uncommitted(&id, |mut task, next_event_id| {
+                    match lifecycle::apply(&mut task, event, now)? {
+                        Outcome::Unchanged => Ok::<_, CoreError>(Decision::Keep(task)),
+                        Outcome::Moved(_) => {
+                            let ev = state_change_event(next_event_id(), &task);
+                            Ok(Decision::Write {
+                                task,
+                                event: Some(ev),
+                            })
+                        }
                     }
-                }
-            })
-            .await??
-            .ok_or_else(|| CoreError::NoSuchTask(id.to_string()))?;
-        match decision {
-            Decision::Keep(task) => Ok((task, false)),
-            Decision::Write { task, .. } => {
-                self.bump();
-                if !task.status.is_active() {
-                    // Capacity was freed.
-                    self.kick.notify_one();
-                }
-                Ok((task, true))
-            }
+                })
+                .await;
+            results.push(match decision {
+                Ok(Ok(Some(Decision::Keep(task)))) => Ok((task, false)),
+                Ok(Ok(Some(Decision::Write { task, .. }))) => Ok((task, true)),
+                Ok(Ok(None)) => Err(CoreError::NoSuchTask(id)),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e.into()),
+            });
         }
+        let wrote = results.iter().any(|r| matches!(r, Ok((_, true))));
+        if !wrote {
+            return results;
+        }
+        if let Err(e) = self.store.commit().await {
+            // Not durable, so not done: nothing is published and every writer hears why.
+            let why = e.to_string();
+            return results
+                .into_iter()
+                .map(|r| match r {
+                    Ok((_, true)) => Err(CoreError::Store(StoreError::Io(why.clone()))),
+                    other => other,
+                })
+                .collect();
+        }
+        self.bump();
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok((t, true)) if !t.status.is_active()))
+        {
+            // Capacity was freed.
+            self.kick.notify_one();
+        }
+        results
     }
 
     /// Marks a task STOPPED/`NodeLost`: its node is gone or no longer has it.
@@ -418,5 +452,100 @@ pub fn state_change_event(id: String, t: &Task) -> Event {
         time_ms: now_ms(),
         resources: vec![format!("skiff:task/{}", t.id)],
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::{StopCode, TaskStatus};
+
+    async fn core_with_task(dir: &std::path::Path, id: &str) -> Core {
+        let store = Store::open(&dir.join("store")).unwrap();
+        let core = Core::new(
+            store,
+            Timing::default(),
+            crate::secrets::SecretBox::open(dir).unwrap(),
+            crate::task_tokens::TaskTokenKey::open(dir).unwrap(),
+        );
+        let spec = crate::placement::tests::spec(0.1, 16);
+        let task = Task::new(id.into(), None, "g".into(), "t".into(), spec, now_ms());
+        core.create_task(task).await.unwrap();
+        core
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_transitions_applies_in_order_and_publishes_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core_with_task(dir.path(), "t1").await;
+        let mut head = core.subscribe();
+        head.borrow_and_update();
+        let results = core
+            .transition_all(vec![
+                (
+                    "t1".into(),
+                    TaskEvent::Placed {
+                        node_id: "n".into(),
+                    },
+                ),
+                ("t1".into(), TaskEvent::Started { containers: vec![] }),
+                // Repeated: a no-op, not an error.
+                ("t1".into(), TaskEvent::Started { containers: vec![] }),
+                ("nope".into(), TaskEvent::Started { containers: vec![] }),
+                ("t1".into(), TaskEvent::Stopping { containers: vec![] }),
+                (
+                    "t1".into(),
+                    TaskEvent::Stopped {
+                        code: StopCode::EssentialContainerExited,
+                        reason: "done".into(),
+                        containers: vec![],
+                    },
+                ),
+                // Illegal after STOPPED: refused, changes nothing.
+                (
+                    "t1".into(),
+                    TaskEvent::Placed {
+                        node_id: "m".into(),
+                    },
+                ),
+            ])
+            .await;
+        let moved: Vec<Option<bool>> = results
+            .iter()
+            .map(|r| r.as_ref().ok().map(|t| t.1))
+            .collect();
+        assert_eq!(
+            moved,
+            [
+                Some(true),
+                Some(true),
+                Some(false),
+                None,
+                Some(true),
+                Some(true),
+                None
+            ]
+        );
+        assert!(matches!(results[3], Err(CoreError::NoSuchTask(_))));
+        assert!(matches!(results[6], Err(CoreError::Illegal(_))));
+        // Durable and published: the stored task is STOPPED on node n, waiters were woken,
+        // and the log holds one event per move, in order.
+        let t = core.store.task("t1").unwrap().unwrap();
+        assert_eq!(
+            (t.status, t.node_id.as_deref()),
+            (TaskStatus::Stopped, Some("n"))
+        );
+        assert!(head.has_changed().unwrap());
+        let statuses: Vec<String> = core
+            .store
+            .events_after(None, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.detail["lastStatus"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            statuses,
+            ["PROVISIONING", "PENDING", "RUNNING", "STOPPING", "STOPPED"]
+        );
     }
 }

@@ -53,11 +53,12 @@ pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{ContainerDef, NetworkMode};
 
-    fn spec(cpu: f64, mem: u64) -> TaskSpec {
+    /// A one-container task spec reserving `cpu` and `mem` (other modules' tests use it too).
+    pub(crate) fn spec(cpu: f64, mem: u64) -> TaskSpec {
         TaskSpec {
             containers: vec![ContainerDef {
                 name: "main".into(),

@@ -305,6 +305,20 @@ impl Store {
         id: &str,
         change: impl FnOnce(Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
     ) -> Result<Result<Option<Decision>, E>, StoreError> {
+        let out = self.update_task_uncommitted(id, change).await?;
+        if matches!(out, Ok(Some(Decision::Write { .. }))) {
+            self.commit().await?;
+        }
+        Ok(out)
+    }
+
+    /// `update_task` without waiting for the flush: for a batch of changes that share one
+    /// `commit()`. Nobody may learn of a change (event published, caller answered) before it.
+    pub async fn update_task_uncommitted<E>(
+        &self,
+        id: &str,
+        change: impl FnOnce(Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
+    ) -> Result<Result<Option<Decision>, E>, StoreError> {
         let mut gen = self.writer.lock().await;
         let Some(task) = self.task(id)? else {
             return Ok(Ok(None));
@@ -314,13 +328,8 @@ impl Store {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
-        let wrote = matches!(decision, Decision::Write { .. });
         if let Decision::Write { task, event } = &decision {
             self.write_task_and_event(task, event.as_ref())?;
-        }
-        drop(gen);
-        if wrote {
-            self.commit().await?;
         }
         Ok(Ok(Some(decision)))
     }

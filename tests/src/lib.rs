@@ -66,13 +66,18 @@ impl Proc {
 
     /// Like `spawn`, with extra environment variables for this process only.
     pub fn spawn_env(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = skiff_command();
+        cmd.args(args).envs(env.iter().copied());
+        Proc::spawn_command(cmd, name, dir)
+    }
+
+    /// Starts `cmd` (a skiff command line, possibly of another binary), its output in `dir`.
+    pub fn spawn_command(mut cmd: Command, name: &str, dir: &Path) -> Proc {
         fs::create_dir_all(dir).unwrap();
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        let child = skiff_command()
-            .args(args)
+        let child = cmd
             .env("SKIFF_LOG", "info,skiff_agent=debug,skiff_controller=debug")
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).unwrap())
             .stderr(fs::File::create(&stderr).unwrap())

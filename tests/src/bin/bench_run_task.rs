@@ -3,7 +3,7 @@
 //! rootfs, interleaved so machine noise hits both alike. Also idle RSS of `skiff dev` and the
 //! binary size. Prints the figures; `scripts/bench` runs it against a release build.
 //!
-//! Usage: bench_run_task [--runs N] [--skiff PATH]
+//! Usage: bench_run_task [--runs N] [--skiff PATH] [--baseline OTHER_SKIFF_BUILD]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -53,37 +53,28 @@ fn main() {
         std::fs::metadata(&bin).unwrap().len() as f64 / 1048576.0
     );
 
+    // --baseline BIN: a second `skiff dev` from another build, interleaved with this one (an
+    // A/B of two builds in the same run, on the same machine noise).
+    let baseline = std::env::args()
+        .skip_while(|a| a != "--baseline")
+        .nth(1)
+        .map(PathBuf::from);
+
     let mut env = Env::new();
     let rootfs = images::busybox_rootfs(&env.path("rootfs"));
     let image = format!("dir:{}", rootfs.display());
-    let data = env.path("dev");
-    let dev = Proc::spawn(
-        "dev",
-        env.dir.path(),
-        &[
-            "dev",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    let addr = format!("http://{}", dev.listen_addr());
-    let dev_pid = dev.pid();
-    env.procs.push(dev);
-    wait_for("the agent", Duration::from_secs(20), || {
-        node_connected(&addr, "local").then_some(())
-    });
+    let (addr, dev_pid) = start_dev(&mut env, &bin, "dev", 51679);
+    let base_addr = baseline
+        .as_ref()
+        .map(|b| start_dev(&mut env, b, "baseline", 51680).0);
     std::thread::sleep(Duration::from_secs(1));
     let rss_idle_fresh = rss_kib(dev_pid);
 
     let bundle = runc_bundle(env.dir.path(), &rootfs);
-    let run_skiff = || {
+    let run_skiff = |addr: &str| {
         let t = Instant::now();
         let out = cli(
-            &addr,
+            addr,
             &["run-task", "--wait", "--image", &image, "--", "/bin/true"],
         );
         let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -106,15 +97,33 @@ fn main() {
     };
     // Warm both paths (page cache, first-use allocations).
     for i in 0..5 {
-        run_skiff();
+        run_skiff(&addr);
+        if let Some(b) = &base_addr {
+            run_skiff(b);
+        }
         run_runc(1_000_000 + i);
     }
     let (mut skiff_ms, mut runc_ms) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let mut base_ms = Vec::with_capacity(runs);
     for i in 0..runs {
-        skiff_ms.push(run_skiff());
+        skiff_ms.push(run_skiff(&addr));
+        if let Some(b) = &base_addr {
+            base_ms.push(run_skiff(b));
+        }
         runc_ms.push(run_runc(i));
     }
     println!("runs: {runs}, interleaved, after 5 warm-up runs each");
+    if let Some(b) = &baseline {
+        let per_pair: Vec<f64> = skiff_ms.iter().zip(&base_ms).map(|(a, b)| a / b).collect();
+        let (b50, _) = summary(&format!("baseline {}", b.display()), base_ms);
+        let mut sorted = skiff_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "this build / baseline: p50 {:.2}x, median of per-pair ratios {:.2}x",
+            sorted[sorted.len() / 2] / b50,
+            median(per_pair)
+        );
+    }
     let (s50, s95) = summary("skiff run-task --wait", skiff_ms);
     let (r50, r95) = summary("runc run", runc_ms);
     println!(
@@ -129,4 +138,35 @@ fn main() {
         runs + 5,
         rss_kib(dev_pid) as f64 / 1024.0
     );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Starts `skiff dev` from `bin` (its own data dir and credentials port); its address and pid.
+fn start_dev(env: &mut Env, bin: &Path, name: &str, credentials_port: u16) -> (String, i32) {
+    let data = env.path(name);
+    let mut cmd = Command::new(bin);
+    cmd.env("XDG_CONFIG_HOME", skiff_tests::config_home())
+        .args([
+            "dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--credentials-listen",
+            &format!("127.0.0.1:{credentials_port}"),
+        ]);
+    let dev = Proc::spawn_command(cmd, name, env.dir.path());
+    let addr = format!("http://{}", dev.listen_addr());
+    let pid = dev.pid();
+    env.procs.push(dev);
+    wait_for("the agent", Duration::from_secs(20), || {
+        node_connected(&addr, "local").then_some(())
+    });
+    (addr, pid)
 }
