@@ -17,6 +17,7 @@ pub mod rootfs;
 pub mod runtime;
 pub mod shim;
 pub mod spec;
+pub mod state_dir;
 pub mod supervisor;
 pub mod tls;
 
@@ -36,6 +37,8 @@ pub struct AgentConfig {
     /// The controller's gRPC address, e.g. http://127.0.0.1:7400.
     pub controller: String,
     pub data_dir: PathBuf,
+    /// Per-boot runtime state (see `state_dir`); a tmpfs is mounted there unless it is on one.
+    pub state_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
     /// Capacity offered to the scheduler; defaults to the machine's.
     pub cpu: Option<f64>,
@@ -62,6 +65,7 @@ impl AgentConfig {
         AgentConfig {
             node_id,
             controller,
+            state_dir: data_dir.join("state"),
             data_dir,
             labels: BTreeMap::new(),
             cpu: None,
@@ -198,7 +202,7 @@ impl AgentInner {
     }
 
     fn persist(&self, task_id: &str, record: &TaskRecord) {
-        let dir = supervisor::task_dir(&self.cfg.data_dir, task_id);
+        let dir = supervisor::runtime_dir(&self.cfg, task_id);
         let write = std::fs::create_dir_all(&dir).and_then(|_| {
             shim::write_atomic(
                 &dir.join(TASK_FILE),
@@ -313,9 +317,9 @@ impl AgentInner {
         {
             tasks.remove(task_id);
             self.credentials.forget(task_id);
-            let _ = std::fs::remove_file(
-                supervisor::task_dir(&self.cfg.data_dir, task_id).join(TASK_FILE),
-            );
+            // Its runtime files go too (the logs stay, on disk) — now, or when the cleanup
+            // that may still be releasing its rootfs is done (`supervisor::cleanup`).
+            let _ = state_dir::remove_task_dir(&supervisor::runtime_dir(&self.cfg, task_id));
         }
     }
 }
@@ -347,8 +351,19 @@ pub struct Agent {
 impl Agent {
     /// Prepares the data dir and re-adopts every task a previous agent left running.
     pub fn open(cfg: AgentConfig) -> Result<Agent, AgentError> {
-        for sub in ["tasks", "images", "run"] {
+        for sub in ["tasks", "images"] {
             let path = cfg.data_dir.join(sub);
+            std::fs::create_dir_all(&path)
+                .map_err(|source| AgentError::DataDir { path, source })?;
+        }
+        if state_dir::ensure_tmpfs(&cfg.state_dir).map_err(|source| AgentError::DataDir {
+            path: cfg.state_dir.clone(),
+            source,
+        })? {
+            info!(state_dir = %cfg.state_dir.display(), "runtime state on a new tmpfs");
+        }
+        for sub in ["tasks", supervisor::LIBCONTAINER_STATE] {
+            let path = cfg.state_dir.join(sub);
             std::fs::create_dir_all(&path)
                 .map_err(|source| AgentError::DataDir { path, source })?;
         }
@@ -409,7 +424,7 @@ impl Agent {
     }
 
     fn readopt(&self) {
-        let dir = self.inner.cfg.data_dir.join("tasks");
+        let dir = self.inner.cfg.state_dir.join("tasks");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };

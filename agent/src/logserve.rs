@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::logs::{self, Record, LOG_FILE};
 use crate::shim::EXIT;
-use crate::supervisor::task_dir;
+use crate::supervisor::{disk_dir, runtime_dir};
 use crate::AgentInner;
 
 /// Answers a log request on a connection of its own to the controller: HTTP/2 flow control is
@@ -81,7 +81,8 @@ async fn serve(
     if req.task_id.is_empty() || req.task_id.contains('/') || req.task_id.contains("..") {
         return Err(format!("bad task id {:?}", req.task_id));
     }
-    let dir = task_dir(&agent.cfg.data_dir, &req.task_id);
+    let dir = disk_dir(&agent.cfg, &req.task_id);
+    let runtime = runtime_dir(&agent.cfg, &req.task_id);
     let mut containers: Vec<String> = std::fs::read_dir(&dir)
         .map_err(|_| {
             format!(
@@ -90,7 +91,8 @@ async fn serve(
             )
         })?
         .flatten()
-        .filter(|e| e.path().join(LOG_FILE).exists() || e.path().join("shim.json").exists())
+        // Every container of a task that began starting has its dir here.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     containers.sort();
@@ -99,11 +101,11 @@ async fn serve(
     }
     let mut followers = Vec::new();
     for name in containers {
-        let cdir = dir.join(&name);
+        let (cdir, rdir) = (dir.join(&name), runtime.join(&name));
         let (request_id, follow, cancel, out) =
             (req.request_id, req.follow, cancel.clone(), out.clone());
         followers.push(tokio::spawn(async move {
-            stream_container(request_id, &name, &cdir, follow, cancel, out).await
+            stream_container(request_id, &name, &cdir, &rdir, follow, cancel, out).await
         }));
     }
     for f in followers {
@@ -135,6 +137,7 @@ async fn stream_container(
     request_id: u64,
     name: &str,
     dir: &Path,
+    runtime: &Path,
     follow: bool,
     cancel: watch::Receiver<bool>,
     out: mpsc::Sender<pb::LogData>,
@@ -173,7 +176,8 @@ async fn stream_container(
         if *cancel.borrow() || out.is_closed() {
             return;
         }
-        let exited = dir.join(EXIT).exists();
+        // The shim records the exit in the runtime dir, which goes once the task is over.
+        let exited = runtime.join(EXIT).exists() || !runtime.exists();
         if let Some(t) = tail.as_mut() {
             if !send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default()).await {
                 return;

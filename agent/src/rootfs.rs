@@ -12,11 +12,13 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 /// The kernel takes at most one page of mount options.
 const MAX_MOUNT_OPTIONS: usize = 4000;
 
-/// Creates `<dir>/rootfs` from `layers` (lowest first). Blocking.
-pub fn prepare(layers: &[PathBuf], dir: &Path) -> io::Result<PathBuf> {
-    let upper = dir.join("upper");
-    let work = dir.join("work");
-    let merged = dir.join("rootfs");
+/// Mounts `<runtime>/rootfs` from `layers` (lowest first), its upper layer and work dir in
+/// `scratch` (on disk: a container's writes can be large). Where overlayfs cannot be used the
+/// layers are copied to `<scratch>/rootfs` instead, which is returned. Blocking.
+pub fn prepare(layers: &[PathBuf], runtime: &Path, scratch: &Path) -> io::Result<PathBuf> {
+    let upper = scratch.join("upper");
+    let work = scratch.join("work");
+    let merged = runtime.join("rootfs");
     for d in [&upper, &work, &merged] {
         fs::create_dir_all(d)?;
     }
@@ -55,8 +57,9 @@ pub fn prepare(layers: &[PathBuf], dir: &Path) -> io::Result<PathBuf> {
             tracing::warn!(error = %errno, "overlay mount failed; copying the image instead");
         }
     }
-    crate::images::layer::flatten(layers, &merged)?;
-    Ok(merged)
+    let copy = scratch.join("rootfs");
+    crate::images::layer::flatten(layers, &copy)?;
+    Ok(copy)
 }
 
 /// Puts a container's secrets where it gets them: env vars into `env`, files onto a tmpfs of
@@ -109,20 +112,26 @@ pub fn place_secrets(
     Ok(files)
 }
 
-/// Unmounts and removes a container's rootfs and its upper layer. Idempotent. Blocking.
-pub fn release(dir: &Path) -> io::Result<()> {
-    let merged = dir.join("rootfs");
-    if merged.exists() {
-        // Not mounted (copy fallback, or already released) is fine.
-        let _ = umount2(&merged, MntFlags::MNT_DETACH);
-    }
-    let secrets = dir.join("secrets");
-    if secrets.exists() {
-        let _ = umount2(&secrets, MntFlags::MNT_DETACH);
+/// Unmounts and removes a container's rootfs (and secrets) from `runtime`, and its upper
+/// layer, work dir or copied rootfs from `scratch`. Idempotent. Blocking.
+pub fn release(runtime: &Path, scratch: &Path) -> io::Result<()> {
+    for mounted in ["rootfs", "secrets"] {
+        let p = runtime.join(mounted);
+        if p.exists() {
+            // Not mounted (already released) is fine.
+            let _ = umount2(&p, MntFlags::MNT_DETACH);
+        }
     }
     // A volatile overlay leaves work/incompat/volatile behind; it goes with `work`.
-    for d in ["rootfs", "upper", "work", "secrets"] {
-        match fs::remove_dir_all(dir.join(d)) {
+    let dirs = [
+        runtime.join("rootfs"),
+        runtime.join("secrets"),
+        scratch.join("upper"),
+        scratch.join("work"),
+        scratch.join("rootfs"),
+    ];
+    for d in dirs {
+        match fs::remove_dir_all(d) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }

@@ -17,6 +17,7 @@ use crate::rootfs;
 use crate::runtime::{self, ShimHandle};
 use crate::shim::{self, ShimConfig};
 use crate::spec::TaskSpec;
+use crate::state_dir;
 use crate::AgentInner;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,8 +64,19 @@ pub type StopRequest = Option<(String, String)>;
 
 pub const TASK_FILE: &str = "task.json";
 
-pub fn task_dir(data_dir: &Path, task_id: &str) -> PathBuf {
-    data_dir.join("tasks").join(task_id)
+/// libcontainer's state root, under the state dir.
+pub const LIBCONTAINER_STATE: &str = "runc";
+
+/// A task's per-boot runtime dir (on the state tmpfs, `state_dir`): its record and, per
+/// container, bundle, shim files, rootfs mountpoint and secrets.
+pub fn runtime_dir(cfg: &crate::AgentConfig, task_id: &str) -> PathBuf {
+    cfg.state_dir.join("tasks").join(task_id)
+}
+
+/// A task's dir on disk: per container, the overlay's upper layer and work dir (removed with
+/// the task) and the logs (kept).
+pub fn disk_dir(cfg: &crate::AgentConfig, task_id: &str) -> PathBuf {
+    cfg.data_dir.join("tasks").join(task_id)
 }
 
 fn now_ms() -> i64 {
@@ -105,7 +117,7 @@ pub async fn run(
     let Some(record) = agent.record(&task_id) else {
         return;
     };
-    let dir = task_dir(&agent.cfg.data_dir, &task_id);
+    let dir = runtime_dir(&agent.cfg, &task_id);
     let handles: Vec<Option<ShimHandle>> = if adopt && record.phase != Phase::Pending {
         record
             .spec
@@ -181,10 +193,12 @@ async fn start(
         let (task_id2, c2, network) = (task_id.to_string(), c.clone(), spec.network);
         let identity = spec.identity.clone();
         let launched = tokio::task::spawn_blocking(move || -> Result<ShimHandle, String> {
-            let dir = task_dir(&agent2.cfg.data_dir, &task_id2).join(&c2.name);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            let rootfs = rootfs::prepare(&image.layers, &dir)
+            let dir = runtime_dir(&agent2.cfg, &task_id2).join(&c2.name);
+            let scratch = disk_dir(&agent2.cfg, &task_id2).join(&c2.name);
+            for d in [&dir, &scratch] {
+                std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+            }
+            let rootfs = rootfs::prepare(&image.layers, &dir, &scratch)
                 .map_err(|e| format!("preparing the rootfs: {e}"))?;
             let container_id = format!("{task_id2}-{}", c2.name);
             let cgroup_path = runtime::cgroup_path(&task_id2, &c2.name);
@@ -241,8 +255,8 @@ async fn start(
                 &ShimConfig {
                     container_id,
                     bundle: bundle_dir,
-                    state_root: agent2.cfg.data_dir.join("run"),
-                    log_path: dir.join(crate::logs::LOG_FILE),
+                    state_root: agent2.cfg.state_dir.join(LIBCONTAINER_STATE),
+                    log_path: scratch.join(crate::logs::LOG_FILE),
                     log_max_bytes: agent2.cfg.log_max_bytes,
                     log_keep: agent2.cfg.log_keep,
                     stop_timeout_secs: c2.stop_timeout_secs,
@@ -400,7 +414,10 @@ async fn supervise(
 }
 
 pub async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
-    let dir = task_dir(&agent.cfg.data_dir, task_id);
+    let (dir, disk) = (
+        runtime_dir(&agent.cfg, task_id),
+        disk_dir(&agent.cfg, task_id),
+    );
     let names: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
     let task = task_id.to_string();
     let _ = tokio::task::spawn_blocking(move || {
@@ -410,13 +427,20 @@ pub async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
                 warn!(container = %n, processes = orphans, "killed what its dead shim left running");
             }
             let cdir = dir.join(&n);
-            if let Err(e) = rootfs::release(&cdir) {
+            if let Err(e) = rootfs::release(&cdir, &disk.join(&n)) {
                 warn!(container = %n, error = %e, "rootfs cleanup failed");
             }
             let _ = std::fs::remove_file(cdir.join(shim::SHIM_PID));
         }
     })
     .await;
+    // Forgotten while the rootfs was being released: the runtime dir is this cleanup's to
+    // remove (`forget_task` leaves a dir with mounts under it).
+    if agent.record(task_id).is_none() {
+        if let Err(e) = state_dir::remove_task_dir(&runtime_dir(&agent.cfg, task_id)) {
+            warn!(error = %e, "removing the task's runtime dir failed");
+        }
+    }
     enforce_image_budget(agent);
 }
 

@@ -115,6 +115,10 @@ pub struct NodeArgs {
     /// port 0 picks one, kept across agent restarts).
     #[arg(long = "credentials-listen", env = "SKIFF_CREDENTIALS_LISTEN")]
     credentials_listen: Option<SocketAddr>,
+    /// Per-boot runtime state (task records, bundles, shim files; default DATA_DIR/state). A
+    /// tmpfs is mounted there unless it is on one already (e.g. under /run).
+    #[arg(long = "state-dir", env = "SKIFF_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -133,6 +137,9 @@ impl NodeArgs {
         };
         if let Some(a) = self.credentials_listen.or(file.credentials_listen) {
             cfg.credentials_listen = a;
+        }
+        if let Some(p) = self.state_dir.or_else(|| file.state_dir.clone()) {
+            cfg.state_dir = p;
         }
         Ok(())
     }

@@ -597,7 +597,7 @@ pub fn shims_under(dir: &Path) -> Vec<i32> {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
             let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() && depth < 5 && e.file_name() != "rootfs" {
+            if ft.is_dir() && depth < 8 && e.file_name() != "rootfs" {
                 stack.push((p, depth + 1));
             } else if e.file_name() == "shim.pid" {
                 let text = fs::read_to_string(&p).unwrap_or_default();

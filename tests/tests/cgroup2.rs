@@ -75,7 +75,7 @@ skiff tasks stop "$id" >/dev/null; wait_status "$id" STOPPED; say readopted-stop
 id=$(skiff run-task --image $IMG -- sleep 300)
 wait_status "$id" RUNNING
 pids=$(cat "$(cgroup_of "$id")/cgroup.procs")
-kill -KILL "$(cut -d' ' -f1 /var/lib/skiff/agent/tasks/$id/main/shim.pid)"
+kill -KILL "$(cut -d' ' -f1 /var/lib/skiff/agent/state/tasks/$id/main/shim.pid)"
 wait_status "$id" STOPPED; say orphan-stopped $?
 say orphan-cgroup-left "$(cgroup_gone "$id")"
 left=""

@@ -117,7 +117,11 @@ fn agent_restart_readopts_running_containers() {
     );
 
     // Let it finish (through the container's own rootfs mount); the new agent reports the exit.
-    std::fs::write(agent_dir.join(format!("tasks/{id}/main/rootfs/tmp/go")), "").unwrap();
+    std::fs::write(
+        agent_dir.join(format!("state/tasks/{id}/main/rootfs/tmp/go")),
+        "",
+    )
+    .unwrap();
     let t = wait_status(&addr, &id, "STOPPED", LONG);
     assert_eq!(t["containers"][0]["exitCode"], 5, "{t}");
     assert_eq!(
@@ -145,7 +149,7 @@ fn a_container_that_exits_while_its_agent_is_down_is_reported_with_its_exit_code
     );
     wait_status(&addr, &id, "RUNNING", LONG);
     env.procs[agent].kill9();
-    let exit_file = agent_dir.join(format!("tasks/{id}/main/exit.json"));
+    let exit_file = agent_dir.join(format!("state/tasks/{id}/main/exit.json"));
     wait_for(
         "the container to exit while the agent is down",
         LONG,
@@ -160,10 +164,12 @@ fn a_container_that_exits_while_its_agent_is_down_is_reported_with_its_exit_code
     let t = wait_status(&addr, &id, "STOPPED", LONG);
     assert_eq!(t["containers"][0]["exitCode"], 9, "{t}");
     assert_eq!(t["stopCode"], "EssentialContainerExited");
-    // And its rootfs was cleaned up by the new agent.
-    let rootfs_dir = agent_dir.join(format!("tasks/{id}/main/rootfs"));
+    // And its rootfs (on the state tmpfs) and upper layer (on disk) were cleaned up by the
+    // new agent.
+    let rootfs_dir = agent_dir.join(format!("state/tasks/{id}/main/rootfs"));
+    let upper_dir = agent_dir.join(format!("tasks/{id}/main/upper"));
     wait_for("rootfs cleanup", LONG, || {
-        (!rootfs_dir.exists()).then_some(())
+        (!rootfs_dir.exists() && !upper_dir.exists()).then_some(())
     });
 }
 

@@ -34,12 +34,22 @@ fn exit_code_and_output_of_a_command() {
     assert_eq!(t["nodeId"], "local");
     let logs = cli(&addr, &["tasks", "logs", &id]);
     assert_eq!(logs.stdout, "later\n", "{logs:?}");
-    // The task's rootfs is gone once it stopped; its log stays.
+    // Once it stopped, its rootfs and upper layer are gone, and once the controller has
+    // recorded that, its runtime dir (on the state tmpfs) too; its log stays on disk.
     let cdir = env.path(&format!("dev/agent/tasks/{id}/main"));
+    let runtime = env.path(&format!("dev/agent/state/tasks/{id}"));
     wait_for("rootfs cleanup", Duration::from_secs(10), || {
-        (!cdir.join("rootfs").exists()).then_some(())
+        (!runtime.exists() && !cdir.join("upper").exists()).then_some(())
     });
     assert!(cdir.join("container.log").exists());
+    let state = env.path("dev/agent/state");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with(&format!("tmpfs {} tmpfs ", state.display()))),
+        "the agent's runtime state is on a tmpfs of its own"
+    );
 }
 
 #[test]
@@ -1219,7 +1229,7 @@ fn a_killed_shim_leaves_no_container_process_or_cgroup_behind() {
     // The container's shim dies outright (OOM killer, an operator's kill -9).
     let shim: i32 = std::fs::read_to_string(
         env.path("dev")
-            .join(format!("agent/tasks/{id}/main/shim.pid")),
+            .join(format!("agent/state/tasks/{id}/main/shim.pid")),
     )
     .unwrap()
     .split_whitespace()

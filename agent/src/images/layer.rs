@@ -274,9 +274,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layers = two_layers(dir.path());
         let task = dir.path().join("task");
-        let root = crate::rootfs::prepare(&layers, &task).unwrap();
+        let scratch = dir.path().join("scratch");
+        let root = crate::rootfs::prepare(&layers, &task, &scratch).unwrap();
         assert_merged(&root);
-        crate::rootfs::release(&task).unwrap();
+        crate::rootfs::release(&task, &scratch).unwrap();
+        assert!(!task.join("rootfs").exists() && !scratch.join("upper").exists());
     }
 
     #[test]
