@@ -413,8 +413,16 @@ impl Env {
 
     /// Starts `skiff dev` with extra flags and environment variables; returns its address.
     pub fn dev_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> String {
-        let data = self.path("dev");
-        let mut args = vec![
+        let mut cmd = skiff_command();
+        cmd.envs(env.iter().copied());
+        self.dev_from(cmd, "dev", extra)
+    }
+
+    /// Starts `skiff dev` from `cmd` (a skiff binary with its environment, possibly another
+    /// build) with data dir and output named `name`; returns its address once its agent is up.
+    pub fn dev_from(&mut self, mut cmd: Command, name: &str, extra: &[&str]) -> String {
+        let data = self.path(name);
+        cmd.args([
             "dev",
             "--data-dir",
             data.to_str().unwrap(),
@@ -422,9 +430,9 @@ impl Env {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        let p = Proc::spawn_env("dev", self.dir.path(), &args, env);
+        ])
+        .args(extra);
+        let p = Proc::spawn_command(cmd, name, self.dir.path());
         let addr = format!("http://{}", p.listen_addr());
         self.procs.push(p);
         wait_for("the dev agent to connect", Duration::from_secs(20), || {

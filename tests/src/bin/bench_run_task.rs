@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_tests::bench::{self, summary};
-use skiff_tests::{cli, images, node_connected, wait_for, Env, Proc};
+use skiff_tests::{cli, images, Env};
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -147,26 +147,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Starts `skiff dev` from `bin` (its own data dir and credentials port); its address and pid.
 fn start_dev(env: &mut Env, bin: &Path, name: &str, credentials_port: u16) -> (String, i32) {
-    let data = env.path(name);
     let mut cmd = Command::new(bin);
-    cmd.env("XDG_CONFIG_HOME", skiff_tests::config_home())
-        .args([
-            "dev",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--credentials-listen",
-            &format!("127.0.0.1:{credentials_port}"),
-        ]);
-    let dev = Proc::spawn_command(cmd, name, env.dir.path());
-    let addr = format!("http://{}", dev.listen_addr());
-    let pid = dev.pid();
-    env.procs.push(dev);
-    wait_for("the agent", Duration::from_secs(20), || {
-        node_connected(&addr, "local").then_some(())
-    });
+    cmd.env("XDG_CONFIG_HOME", skiff_tests::config_home());
+    let listen = format!("127.0.0.1:{credentials_port}");
+    let addr = env.dev_from(cmd, name, &["--credentials-listen", &listen]);
+    let pid = env.procs.last().expect("just started").pid();
     (addr, pid)
 }
