@@ -5,6 +5,7 @@
 //! launches and watches shims, serves logs, and keeps one stream open to the controller.
 
 pub mod bundle;
+pub mod cgroup_tuning;
 pub(crate) mod connection;
 pub mod credserve;
 pub mod hardening;
@@ -58,6 +59,8 @@ pub struct AgentConfig {
     /// Where the container-credentials endpoint listens (a loopback address: containers with
     /// the host network reach it there). A restarted agent keeps the port it had.
     pub credentials_listen: std::net::SocketAddr,
+    /// Set the host-wide cgroup2 option `favordynmods` at start (see `cgroup_tuning`).
+    pub cgroup_favordynmods: bool,
 }
 
 impl AgentConfig {
@@ -81,6 +84,7 @@ impl AgentConfig {
             insecure_registries: Vec::new(),
             image_disk_budget: None,
             credentials_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 51679)),
+            cgroup_favordynmods: false,
         }
     }
 }
@@ -348,6 +352,31 @@ pub struct Agent {
     inner: Arc<AgentInner>,
 }
 
+/// Sets `favordynmods` if configured, and says what container starts pay for cgroup joins.
+/// Not fatal: containers run either way, only their starts are slower.
+fn report_cgroup_joins(wanted: bool) {
+    use cgroup_tuning::Favordynmods::*;
+    match cgroup_tuning::apply(wanted) {
+        Ok(On(point)) => {
+            info!(mount = %point.display(), "favordynmods is set: cgroup joins are fast")
+        }
+        Ok(TurnedOn(point)) => info!(
+            mount = %point.display(),
+            "set favordynmods (host-wide, as configured): cgroup joins no longer wait for an RCU grace period"
+        ),
+        Ok(Off(point)) => info!(
+            mount = %point.display(),
+            "favordynmods is off: every container start waits ~10 ms for an RCU grace period to join its cgroups; \
+             cgroup_favordynmods = true (or --cgroup-favordynmods) sets it host-wide"
+        ),
+        Ok(NoCgroup2) if wanted => {
+            warn!("cgroup_favordynmods is set but this host has no cgroup2 mount to set it on")
+        }
+        Ok(NoCgroup2) => {}
+        Err(e) => warn!(error = %e, "cgroup_favordynmods: could not set favordynmods"),
+    }
+}
+
 impl Agent {
     /// Prepares the data dir and re-adopts every task a previous agent left running.
     pub fn open(cfg: AgentConfig) -> Result<Agent, AgentError> {
@@ -362,6 +391,7 @@ impl Agent {
         })? {
             info!(state_dir = %cfg.state_dir.display(), "runtime state on a new tmpfs");
         }
+        report_cgroup_joins(cfg.cgroup_favordynmods);
         for sub in ["tasks", supervisor::LIBCONTAINER_STATE] {
             let path = cfg.state_dir.join(sub);
             std::fs::create_dir_all(&path)

@@ -57,6 +57,8 @@ pub struct AgentFile {
     pub credentials_listen: Option<SocketAddr>,
     /// Per-boot runtime state (default DATA_DIR/state, on a tmpfs the agent mounts).
     pub state_dir: Option<PathBuf>,
+    /// Set the host-wide cgroup2 option favordynmods at start (faster container starts).
+    pub cgroup_favordynmods: Option<bool>,
 }
 
 /// Reads a definition file (role, rule, schedule, source, topic) into its file struct; the

@@ -12,13 +12,14 @@ use skiff_tests::Env;
 
 const SCENARIO: &str = r#"
 say() { echo "@$1=$2"; }
-mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 -o nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup
 say hierarchies "$(awk '$3 ~ /^cgroup/ {printf "%s %s;", $3, $2}' /proc/mounts)"
 say controllers "$(cat /sys/fs/cgroup/cgroup.controllers)"
 
 IMG=dir:/images/busybox
 start_dev() {
-  skiff dev --data-dir /var/lib/skiff >>/tmp/dev.log 2>&1 &
+  skiff dev --data-dir /var/lib/skiff "$@" >>/tmp/dev.log 2>&1 &
   DEV=$!
   for i in $(seq 1 240); do skiff nodes ls >/dev/null 2>&1 && return 0; sleep 0.5; done
   cat /tmp/dev.log; return 1
@@ -38,7 +39,10 @@ cgroup_gone() {
   cgroup_of "$1"
 }
 
+cgroup_mount() { awk '$2 == "/sys/fs/cgroup" {print $4}' /proc/mounts; }
 start_dev; say dev-started $?
+say mount-by-default "$(cgroup_mount)"
+say favordynmods-hint "$(grep -c 'favordynmods is off' /tmp/dev.log)"
 
 # A command's exit code and output; what the container sees of its cgroup.
 out=$(skiff run-task --image $IMG --wait --follow -- sh -c 'cat /proc/self/cgroup; echo done; exit 3' 2>&1)
@@ -65,7 +69,9 @@ id=$(skiff run-task --image $IMG -- sleep 300)
 wait_status "$id" RUNNING
 before=$(cat "$(cgroup_of "$id")/cgroup.procs")
 kill -TERM $DEV; wait $DEV
-start_dev; say dev-restarted $?
+# Restarted with favordynmods asked for: it is set, and every other option stays.
+start_dev --cgroup-favordynmods; say dev-restarted $?
+say mount-favoring "$(cgroup_mount)"
 wait_status "$id" RUNNING; say readopted-running $?
 after=$(cat "$(cgroup_of "$id")/cgroup.procs")
 say same-process "$([ -n "$before" ] && [ "$before" = "$after" ] && echo yes || echo "no: $before / $after")"
@@ -112,6 +118,14 @@ fn containers_run_limited_and_tracked_on_a_pure_cgroup_v2_machine() {
         assert!(get("controllers").split(' ').any(|x| x == c), "{}", ctx());
     }
     assert_eq!(get("dev-started"), "0", "{}", ctx());
+    // Unasked, the agent leaves the host's cgroup options alone and says what that costs.
+    assert_eq!(
+        get("mount-by-default"),
+        "rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot",
+        "{}",
+        ctx()
+    );
+    assert_eq!(get("favordynmods-hint"), "1", "{}", ctx());
 
     // The command's code and output; inside, one unified hierarchy ("0::…" only).
     assert_eq!(get("exit-code"), "3", "{}", ctx());
@@ -143,6 +157,14 @@ fn containers_run_limited_and_tracked_on_a_pure_cgroup_v2_machine() {
 
     // Re-adopted after the restart: the same process, still tracked and stoppable.
     assert_eq!(get("dev-restarted"), "0", "{}", ctx());
+    // --cgroup-favordynmods adds the option and keeps the mount's flags and the others; the
+    // tasks after it (re-adoption, stop, the killed shim) run on the changed host.
+    assert_eq!(
+        get("mount-favoring"),
+        "rw,nosuid,nodev,noexec,relatime,nsdelegate,favordynmods,memory_recursiveprot",
+        "{}",
+        ctx()
+    );
     assert_eq!(get("readopted-running"), "0", "{}", ctx());
     assert_eq!(get("same-process"), "yes", "{}", ctx());
     assert_eq!(get("readopted-stopped"), "0", "{}", ctx());
