@@ -21,6 +21,7 @@ pub mod spec;
 pub mod state_dir;
 pub mod supervisor;
 pub mod tls;
+pub mod zygote;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -114,7 +115,8 @@ pub struct AgentInner {
     outbox: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
     log_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
     /// A shim started ahead of need, taken by the next container start.
-    standby: Mutex<Option<runtime::StandbyShim>>,
+    /// Forks the shims (see `zygote`); replaced when it fails.
+    zygote: Mutex<Option<zygote::Zygote>>,
     /// TLS to the controller (cluster CA + node certificate), when the agent has joined;
     /// replaced when the certificate is renewed.
     tls: Mutex<Option<tonic::transport::ClientTlsConfig>>,
@@ -155,28 +157,16 @@ impl AgentInner {
         }
     }
 
-    /// The standby shim, if one is ready; a replacement starts in the background.
-    pub(crate) fn take_standby(self: &Arc<Self>) -> Option<runtime::StandbyShim> {
-        let taken = self.standby.lock().unwrap().take();
-        self.refill_standby();
-        taken
-    }
-
-    fn refill_standby(self: &Arc<Self>) {
-        let agent = self.clone();
-        tokio::task::spawn_blocking(move || {
-            // Spawned outside the lock, so a start never waits for a fork; a spare (two
-            // refills racing) is dropped, which ends it.
-            match runtime::StandbyShim::spawn(&agent.cfg.shim_exe) {
-                Ok(s) => {
-                    let mut slot = agent.standby.lock().unwrap();
-                    if slot.is_none() {
-                        *slot = Some(s);
-                    }
-                }
-                Err(e) => warn!(error = %e, "starting a standby shim failed"),
+    /// Starts the shim zygote unless one is running. Not fatal: without one, shims are
+    /// executed.
+    fn start_zygote(&self) {
+        let mut slot = self.zygote.lock().unwrap();
+        if slot.is_none() {
+            match zygote::Zygote::spawn(&self.cfg.shim_exe) {
+                Ok(z) => *slot = Some(z),
+                Err(e) => warn!(error = %e, "starting the shim zygote failed"),
             }
-        });
+        }
     }
 
     pub fn record(&self, task_id: &str) -> Option<TaskRecord> {
@@ -348,6 +338,34 @@ fn report_of(task_id: &str, r: &TaskRecord) -> pb::TaskReport {
     }
 }
 
+impl runtime::ShimForker for AgentInner {
+    fn fork_shim(
+        &self,
+        dir: &std::path::Path,
+        status: std::os::fd::OwnedFd,
+    ) -> Result<zygote::Forked, zygote::ForkError> {
+        let mut slot = self.zygote.lock().unwrap();
+        let zygote = match slot.take() {
+            Some(z) => z,
+            None => match zygote::Zygote::spawn(&self.cfg.shim_exe) {
+                Ok(z) => z,
+                Err(e) => return Err(zygote::ForkError::NotSent(status, e)),
+            },
+        };
+        match zygote.fork_shim(dir, status) {
+            Ok(f) => {
+                *slot = Some(zygote);
+                Ok(f)
+            }
+            Err(e) => {
+                // Dropping it ends it; the next start spawns a new one.
+                warn!(error = ?e, "the shim zygote failed; starting another next time");
+                Err(e)
+            }
+        }
+    }
+}
+
 pub struct Agent {
     inner: Arc<AgentInner>,
 }
@@ -417,7 +435,7 @@ impl Agent {
             tasks: Mutex::new(HashMap::new()),
             outbox: Mutex::new(None),
             log_cancels: Mutex::new(HashMap::new()),
-            standby: Mutex::new(None),
+            zygote: Mutex::new(None),
             tls: Mutex::new(tls::client_config(&cfg_data_dir)),
             credentials,
         });
@@ -428,7 +446,7 @@ impl Agent {
     /// controller. Shutting the agent down leaves containers running (their shims own them).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         self.readopt();
-        self.inner.refill_standby();
+        self.inner.start_zygote();
         tokio::spawn(self.inner.clone().keep_certificate_fresh());
         let listen = self.inner.cfg.credentials_listen;
         match credserve::bind(&self.inner, listen).await {

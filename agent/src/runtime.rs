@@ -2,7 +2,6 @@
 //! single-threaded shim processes. Nothing here calls libcontainer; the shim does.
 
 use std::fs;
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,7 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
 use crate::shim::{self, ExitRecord, ShimConfig};
+use crate::zygote;
 
 /// A running shim: its pid, a pidfd (immune to pid reuse) to signal and await it, and for a
 /// shim this agent launched, its status pipe.
@@ -123,94 +123,48 @@ fn read_status_line(fd: &OwnedFd) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
-/// A `skiff shim --standby` started ahead of need: exec and runtime start, a few ms, are
-/// already paid when a container has to start. Handing it a directory makes it that
-/// container's shim; dropping it (closing its stdin) makes it exit.
-pub struct StandbyShim {
-    /// Taken when the shim is handed a container.
-    child: Option<Child>,
+/// How a shim process comes to be: forked by the agent's zygote (the usual way), or, when
+/// there is none, executed as `skiff shim DIR`.
+pub trait ShimForker {
+    fn fork_shim(&self, dir: &Path, status: OwnedFd) -> Result<zygote::Forked, zygote::ForkError>;
 }
 
-impl Drop for StandbyShim {
-    /// An unused standby exits at EOF on its stdin; reap it so no zombie is left.
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            drop(c.stdin.take());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl StandbyShim {
-    pub fn spawn(shim_exe: &Path) -> std::io::Result<StandbyShim> {
-        let child = Command::new(shim_exe)
-            .args(["shim", "--standby"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .env("RUST_LOG", "warn")
-            .process_group(0)
-            .spawn()?;
-        Ok(StandbyShim { child: Some(child) })
-    }
-}
-
-/// Launches the shim for the container in `dir` — the standby one if given and still
-/// alive, else a fresh `skiff shim DIR` — and waits (blocking, at most the start timeout)
-/// until it reports the container started. On failure returns the shim's own error message.
+/// Starts the shim for the container in `dir` and waits (blocking, at most the start
+/// timeout) until it reports the container started. On failure returns the shim's own
+/// error message.
 pub fn launch(
-    standby: Option<StandbyShim>,
+    forker: &dyn ShimForker,
     shim_exe: &Path,
     dir: &Path,
     cgroup_path: &str,
     start_timeout: std::time::Duration,
 ) -> Result<ShimHandle, String> {
-    let mut child = None;
-    if let Some(mut c) = standby.and_then(|mut s| s.child.take()) {
-        let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
-        line.push(b'\n');
-        let handed = c
-            .stdin
-            .take()
-            .is_some_and(|mut stdin| stdin.write_all(&line).is_ok());
-        if handed {
-            child = Some(c);
-        } else {
-            // It died meanwhile: reap it and start a fresh one.
-            let _ = c.kill();
+    let (status, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("creating the shim's status pipe: {e}"))?;
+    // An exec'd shim is our child and is reaped here; a forked one is the zygote's.
+    let (pid, pidfd, mut child) = match forker.fork_shim(dir, status_w) {
+        Ok(f) => (f.pid, f.pidfd, None),
+        Err(zygote::ForkError::Failed(e)) => {
+            // It may have started the container after all: leave nothing running.
+            kill_cgroup(cgroup_path);
+            return Err(format!("starting the shim: {e}"));
+        }
+        Err(zygote::ForkError::NotSent(status_w, e)) => {
+            tracing::debug!(error = %e, "no zygote; executing the shim");
+            let child = exec_shim(shim_exe, dir, status_w)?;
+            let pid = child.id() as i32;
+            let pidfd = shim::pidfd_open(Pid::from_raw(pid))
+                .map_err(|e| format!("pidfd_open(shim): {e}"))?;
+            (pid, pidfd, Some(child))
+        }
+    };
+    let reap = |child: &mut Option<Child>| {
+        if let Some(c) = child {
             let _ = c.wait();
         }
-    }
-    let mut child = match child {
-        Some(c) => c,
-        None => {
-            let shim_log = fs::File::create(dir.join("shim.log"))
-                .map_err(|e| format!("creating shim.log: {e}"))?;
-            Command::new(shim_exe)
-                .arg("shim")
-                .arg(dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(shim_log)
-                .env("RUST_LOG", "warn")
-                .process_group(0)
-                .spawn()
-                .map_err(|e| format!("starting the shim {}: {e}", shim_exe.display()))?
-        }
     };
-    let pid = child.id() as i32;
-    let pidfd =
-        shim::pidfd_open(Pid::from_raw(pid)).map_err(|e| format!("pidfd_open(shim): {e}"))?;
-    let mut handle = ShimHandle {
-        pid,
-        pidfd,
-        status: None,
-    };
-    let mut line = String::new();
-    let stdout = child.stdout.take().expect("stdout is piped");
     // A shim that hangs before its container starts must not leave the task PENDING forever.
-    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(status.as_fd(), PollFlags::POLLIN)];
     let timeout_ms = i32::try_from(start_timeout.as_millis()).unwrap_or(i32::MAX);
     let ready = poll(
         &mut fds,
@@ -219,19 +173,21 @@ pub fn launch(
     if matches!(ready, Ok(0)) {
         let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         kill_cgroup(cgroup_path);
-        let _ = child.wait();
+        reap(&mut child);
         return Err(format!(
             "the container did not start within {start_timeout:?} (the agent's start_timeout)"
         ));
     }
-    let status = OwnedFd::from(stdout);
-    line.push_str(&read_status_line(&status));
+    let line = read_status_line(&status);
     let line = line.trim();
     if line.starts_with("started") {
-        handle.status = Some(status);
-        return Ok(handle);
+        return Ok(ShimHandle {
+            pid,
+            pidfd,
+            status: Some(status),
+        });
     }
-    let _ = child.wait();
+    reap(&mut child);
     Err(match line.strip_prefix("failed ") {
         Some(msg) => msg.to_string(),
         None => {
@@ -242,6 +198,22 @@ pub fn launch(
             )
         }
     })
+}
+
+/// `skiff shim DIR`, its status line on `status`.
+fn exec_shim(shim_exe: &Path, dir: &Path, status: OwnedFd) -> Result<Child, String> {
+    let shim_log =
+        fs::File::create(dir.join("shim.log")).map_err(|e| format!("creating shim.log: {e}"))?;
+    Command::new(shim_exe)
+        .arg("shim")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(status))
+        .stderr(shim_log)
+        .env("RUST_LOG", "warn")
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting the shim {}: {e}", shim_exe.display()))
 }
 
 /// The cgroup (relative to every hierarchy's root) a task's container runs in.

@@ -11,7 +11,6 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,33 +78,8 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Entry point of `skiff shim DIR`. Returns the process exit code.
-/// A shim started ahead of need: it has paid for its exec and runtime start already and
-/// waits for its container directory on stdin (one line). EOF — the agent went away before
-/// using it — ends it quietly.
-pub fn standby() -> i32 {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        match nix::unistd::read(0, &mut byte) {
-            Ok(1) if byte[0] == b'\n' => break,
-            Ok(1) => line.push(byte[0]),
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => return 0,
-        }
-    }
-    let dir = PathBuf::from(std::ffi::OsString::from_vec(line));
-    // From here on it is an ordinary shim for `dir`: its stderr goes to the shim log, and
-    // stdin is closed (the container must not inherit the agent's pipe).
-    if let Ok(log) = File::create(dir.join("shim.log")) {
-        let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
-    }
-    if let Ok(null) = File::open("/dev/null") {
-        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
-    }
-    main(&dir)
-}
-
+/// Entry point of `skiff shim DIR` (and of a shim the zygote forked). Returns the process
+/// exit code.
 pub fn main(dir: &Path) -> i32 {
     // Our own session: the agent's process group, terminal or restart never signal us.
     let _ = nix::unistd::setsid();

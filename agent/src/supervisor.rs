@@ -265,7 +265,7 @@ async fn start(
             )
             .map_err(|e| format!("writing shim.json: {e}"))?;
             runtime::launch(
-                agent2.take_standby(),
+                agent2.as_ref(),
                 &agent2.cfg.shim_exe,
                 &dir,
                 &cgroup_path,

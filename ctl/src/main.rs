@@ -90,14 +90,14 @@ enum Command {
     /// Registry credentials kept by the controller for task definitions to name.
     #[command(subcommand, name = "registry-creds")]
     RegistryCreds(images::RegistryCredsCmd),
-    /// Internal: own one container (started by the agent). With --standby, wait for the
-    /// container directory on standard input (a shim started ahead of need).
+    /// Internal: own one container (started by the agent). With --zygote, fork one shim per
+    /// request from the agent on standard input (see skiff_agent::zygote).
     #[command(hide = true)]
     Shim {
-        #[arg(required_unless_present = "standby")]
+        #[arg(required_unless_present = "zygote")]
         dir: Option<PathBuf>,
         #[arg(long)]
-        standby: bool,
+        zygote: bool,
     },
 }
 
@@ -107,10 +107,10 @@ fn main() -> ExitCode {
     // tonic's); name the one every TLS connection of this process uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The shim must stay single-threaded: libcontainer forks and clones. No runtime for it.
-    if let Command::Shim { dir, standby } = &cli.command {
+    if let Command::Shim { dir, zygote } = &cli.command {
         let code = match dir {
-            Some(dir) if !standby => skiff_agent::shim::main(dir),
-            _ => skiff_agent::shim::standby(),
+            Some(dir) if !zygote => skiff_agent::shim::main(dir),
+            _ => skiff_agent::zygote::serve(),
         };
         return ExitCode::from(code as u8);
     }

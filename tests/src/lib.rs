@@ -596,7 +596,7 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 }
 
 /// Shims running for containers under `dir`: those named by a `shim.pid` there (pid and
-/// start time, as the agent checks them: a shim started on standby has no directory in its
+/// start time, as the agent checks them: a shim forked by the zygote has no directory in its
 /// command line), and any `skiff shim DIR` whose DIR is under `dir`.
 pub fn shims_under(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();

@@ -1212,6 +1212,95 @@ fn secrets_reach_the_container_and_nothing_else() {
     );
 }
 
+/// The agent's shim zygote (its child that forks one shim per container): the dev process's
+/// children named `skiff-zygote`, zombies left out.
+fn zygotes(dev_pid: i32) -> Vec<i32> {
+    skiff_tests::children_of(dev_pid)
+        .into_iter()
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            stat.contains("(skiff-zygote)") && !stat.contains(") Z ")
+        })
+        .collect()
+}
+
+#[test]
+fn shims_are_forked_by_a_zygote_that_is_replaced_when_it_dies() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let dev_pid = env.procs.last().unwrap().pid();
+    let img = env.busybox_image();
+    let sleeper = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sleep",
+            "300",
+        ],
+    );
+    wait_status(&addr, &sleeper, "RUNNING", Duration::from_secs(30));
+    let zygote = wait_for("the zygote", Duration::from_secs(10), || {
+        let z = zygotes(dev_pid);
+        (z.len() == 1).then(|| z[0])
+    });
+    // The shim is the zygote's child, in a session of its own, named as a shim.
+    let shim_pid: i32 = std::fs::read_to_string(
+        env.path(&format!("dev/agent/state/tasks/{sleeper}/main/shim.pid")),
+    )
+    .unwrap()
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert!(skiff_tests::children_of(zygote).contains(&shim_pid));
+    assert_eq!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(shim_pid))).unwrap(),
+        nix::unistd::Pid::from_raw(shim_pid)
+    );
+    let comm = std::fs::read_to_string(format!("/proc/{shim_pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "skiff-shim");
+
+    // The zygote dies outright: the running container is untouched, and tasks still start
+    // (the next one by executing its shim, then from a new zygote).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for code in ["4", "5"] {
+        let out = cli(
+            &addr,
+            &[
+                "run-task",
+                "--wait",
+                "--image",
+                &img,
+                "--",
+                "sh",
+                "-c",
+                &format!("exit {code}"),
+            ],
+        );
+        assert_eq!(out.code.to_string(), code, "{out:?}");
+    }
+    let replacement = wait_for("a new zygote", Duration::from_secs(10), || {
+        let z = zygotes(dev_pid);
+        (z.len() == 1 && z[0] != zygote).then(|| z[0])
+    });
+    assert_ne!(replacement, zygote);
+    assert_eq!(task(&addr, &sleeper)["lastStatus"], "RUNNING");
+    // The killed one was reaped, not left a zombie.
+    assert!(!std::path::Path::new(&format!("/proc/{zygote}")).exists());
+    let out = cli(&addr, &["tasks", "stop", &sleeper]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_status(&addr, &sleeper, "STOPPED", Duration::from_secs(30));
+}
+
 #[test]
 fn a_killed_shim_leaves_no_container_process_or_cgroup_behind() {
     let mut env = Env::new();
