@@ -3,7 +3,15 @@
 //! rootfs, interleaved so machine noise hits both alike. Also idle RSS of `skiff dev` and the
 //! binary size. Prints the figures; `scripts/bench` runs it against a release build.
 //!
-//! Usage: bench_run_task [--runs N] [--skiff PATH] [--baseline OTHER_SKIFF_BUILD]
+//! Then the CPU each path costs per run, accounted by a cgroup that holds the benchmark and
+//! everything it starts (CLI, `skiff dev`, zygote, shims; runc and its children) up to the
+//! moment a container's process moves to the container's own cgroup: 50 runs of each, one
+//! path after the other.
+//!
+//! `--hog N` keeps N busy-looping processes running throughout (outside that cgroup): a
+//! reproducible stand-in for a loaded machine.
+//!
+//! Usage: bench_run_task [--runs N] [--hog N] [--skiff PATH] [--baseline OTHER_SKIFF_BUILD]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,8 +51,98 @@ fn runc_bundle(dir: &Path, rootfs: &Path) -> PathBuf {
     bundle
 }
 
+/// N processes spinning until dropped.
+struct Hogs(Vec<std::process::Child>);
+
+impl Hogs {
+    fn start(n: usize) -> Hogs {
+        Hogs(
+            (0..n)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("sh")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A cgroup this process moves into (so everything it starts from now on is accounted there),
+/// and its CPU usage so far in milliseconds.
+struct CpuAccount {
+    dir: PathBuf,
+    v1: bool,
+}
+
+impl CpuAccount {
+    fn join() -> CpuAccount {
+        let v1 = Path::new("/sys/fs/cgroup/cpuacct/cgroup.procs").exists();
+        let parent = if v1 {
+            "/sys/fs/cgroup/cpuacct"
+        } else {
+            "/sys/fs/cgroup"
+        };
+        let dir = Path::new(parent).join(format!("skiff-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the accounting cgroup (run as root)");
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .expect("joining the accounting cgroup");
+        CpuAccount { dir, v1 }
+    }
+
+    fn used_ms(&self) -> f64 {
+        if self.v1 {
+            let ns: f64 = std::fs::read_to_string(self.dir.join("cpuacct.usage"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            ns / 1e6
+        } else {
+            let stat = std::fs::read_to_string(self.dir.join("cpu.stat")).unwrap();
+            let us: f64 = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            us / 1e3
+        }
+    }
+}
+
+impl Drop for CpuAccount {
+    /// Moves back to the parent and removes the cgroup once what ran in it has ended.
+    fn drop(&mut self) {
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::write(parent.join("cgroup.procs"), std::process::id().to_string());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 fn main() {
     let runs: usize = bench::arg("--runs", 100);
+    let hog_count: usize = bench::arg("--hog", 0);
+    let _hogs = Hogs::start(hog_count);
+    if hog_count > 0 {
+        println!("{hog_count} busy-looping processes run throughout");
+    }
+    let account = CpuAccount::join();
     bench::use_skiff_arg();
     let bin = skiff_tests::skiff_bin();
     println!(
@@ -131,6 +229,36 @@ fn main() {
         s50 / r50,
         s95 / r95
     );
+
+    const CPU_RUNS: usize = 50;
+    let cpu_per_run = |run: &dyn Fn(usize)| {
+        let before = account.used_ms();
+        for i in 0..CPU_RUNS {
+            run(i);
+        }
+        (account.used_ms() - before) / CPU_RUNS as f64
+    };
+    let skiff_cpu = cpu_per_run(&|_| {
+        run_skiff(&addr);
+    });
+    let base_cpu = base_addr.as_ref().map(|b| {
+        cpu_per_run(&|_| {
+            run_skiff(b);
+        })
+    });
+    let runc_cpu = cpu_per_run(&|i| {
+        run_runc(2_000_000 + i);
+    });
+    println!(
+        "CPU per run ({CPU_RUNS} runs each, cgroup-accounted): skiff {skiff_cpu:.1} ms, runc {runc_cpu:.1} ms ({:.2}x)",
+        skiff_cpu / runc_cpu
+    );
+    if let Some(b) = base_cpu {
+        println!(
+            "CPU per run, baseline build: {b:.1} ms (this build / baseline {:.2}x)",
+            skiff_cpu / b
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
     println!(
         "skiff dev RSS (controller + agent, one process): idle after start {:.1} MiB, idle after {} tasks {:.1} MiB",
@@ -138,6 +266,59 @@ fn main() {
         runs + 5,
         rss_kib(dev_pid) as f64 / 1024.0
     );
+    shim_memory(&env, &addr, &image);
+}
+
+/// What each running container's shim costs in memory: proportional set size (shared pages
+/// split among their users) and private dirty pages, mean of ten `sleep` containers.
+fn shim_memory(env: &Env, addr: &str, image: &str) {
+    let ids: Vec<String> = (0..10)
+        .map(|_| {
+            skiff_tests::run_task(
+                addr,
+                &[
+                    "--image",
+                    image,
+                    "--stop-timeout",
+                    "1s",
+                    "--",
+                    "sleep",
+                    "300",
+                ],
+            )
+        })
+        .collect();
+    let (mut pss, mut dirty) = (0.0, 0.0);
+    for id in &ids {
+        skiff_tests::wait_status(addr, id, "RUNNING", Duration::from_secs(30));
+        let pid_file = env
+            .path("dev")
+            .join(format!("agent/state/tasks/{id}/main/shim.pid"));
+        let pid = std::fs::read_to_string(pid_file).unwrap();
+        let pid = pid.split_whitespace().next().unwrap();
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+        let kib = |key: &str| -> f64 {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        pss += kib("Pss:");
+        dirty += kib("Private_Dirty:");
+    }
+    println!(
+        "per running container's shim (mean of {}): Pss {:.1} MiB, private dirty {:.1} MiB",
+        ids.len(),
+        pss / ids.len() as f64 / 1024.0,
+        dirty / ids.len() as f64 / 1024.0
+    );
+    for id in &ids {
+        cli(addr, &["tasks", "stop", id]);
+    }
+    for id in &ids {
+        skiff_tests::wait_status(addr, id, "STOPPED", Duration::from_secs(30));
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
