@@ -446,6 +446,7 @@ impl Agent {
     /// controller. Shutting the agent down leaves containers running (their shims own them).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         self.readopt();
+        self.sweep_orphan_scratch();
         self.inner.start_zygote();
         tokio::spawn(self.inner.clone().keep_certificate_fresh());
         let listen = self.inner.cfg.credentials_listen;
@@ -469,6 +470,37 @@ impl Agent {
         // Task supervisors still hold the agent: drop the session's sender so the stream to
         // the controller ends now (a controller shutting down gracefully waits for it).
         *self.inner.outbox.lock().unwrap() = None;
+    }
+
+    /// Removes the scratch dirs (upper, work, copied rootfs) that containers running before a
+    /// reboot left in the data dir. Decided now, before any new task can start; removed in
+    /// the background, as a copied rootfs can be large.
+    fn sweep_orphan_scratch(&self) {
+        let listed = {
+            let tasks = self.inner.tasks.lock().unwrap();
+            state_dir::orphan_scratch(&self.inner.cfg.data_dir.join("tasks"), |id| {
+                tasks.contains_key(id)
+            })
+        };
+        let dirs = match listed {
+            Ok(d) if d.is_empty() => return,
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "looking for scratch dirs left by a reboot failed");
+                return;
+            }
+        };
+        info!(
+            dirs = dirs.len(),
+            "removing scratch dirs of containers from before a reboot"
+        );
+        tokio::task::spawn_blocking(move || {
+            for d in dirs {
+                if let Err(e) = std::fs::remove_dir_all(&d) {
+                    warn!(dir = %d.display(), error = %e, "removing a leftover scratch dir failed");
+                }
+            }
+        });
     }
 
     fn readopt(&self) {

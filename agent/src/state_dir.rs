@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
@@ -58,5 +58,113 @@ pub fn remove_task_dir(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// The scratch dirs a container leaves in the data dir while it runs: the overlay's upper and
+/// work dirs, and the rootfs copy where overlayfs is unavailable. Logs are not among them.
+const SCRATCH: [&str; 3] = ["upper", "work", "rootfs"];
+
+/// After a reboot the state dir is empty, but the data dir still holds the scratch dirs of the
+/// containers that were running then, and nothing would ever release them. Lists those of
+/// every task in `tasks_dir` (the data dir's) that `known` does not claim, leaving out any
+/// that something is still mounted on or an overlay still uses (a container started by an
+/// older build, whose records lived in the data dir). Logs stay where they are.
+pub fn orphan_scratch(tasks_dir: &Path, known: impl Fn(&str) -> bool) -> io::Result<Vec<PathBuf>> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut out = Vec::new();
+    let Ok(tasks) = fs::read_dir(tasks_dir) else {
+        return Ok(out);
+    };
+    for task in tasks.flatten() {
+        let id = task.file_name().to_string_lossy().into_owned();
+        if known(&id) || in_use(&mountinfo, &task.path()) {
+            continue;
+        }
+        for container in fs::read_dir(task.path()).into_iter().flatten().flatten() {
+            if !container.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            out.extend(
+                SCRATCH
+                    .iter()
+                    .map(|s| container.path().join(s))
+                    .filter(|p| p.exists()),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a mount point lies under `dir`, or a mount's options name a path under it (an
+/// overlay's upperdir, workdir or lowerdir).
+fn in_use(mountinfo: &str, dir: &Path) -> bool {
+    let escaped = escape_mountinfo(&format!("{}/", dir.display()));
+    mountinfo.lines().any(|l| {
+        let point = l.split_whitespace().nth(4).unwrap_or("");
+        format!("{point}/").starts_with(&escaped) || l.contains(&escaped)
+    })
+}
+
+/// Paths as mountinfo writes them: space, tab, newline and backslash in octal.
+fn escape_mountinfo(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            ' ' => out.push_str("\\040"),
+            '\t' => out.push_str("\\011"),
+            '\n' => out.push_str("\\012"),
+            '\\' => out.push_str("\\134"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_of_unknown_idle_tasks_is_listed_and_logs_and_busy_tasks_are_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tasks = tmp.path().join("tasks");
+        for (task, dirs) in [
+            ("known", &["upper", "work"][..]),
+            ("stale", &["upper", "work", "rootfs"][..]),
+            ("logs-only", &[][..]),
+        ] {
+            let c = tasks.join(task).join("main");
+            fs::create_dir_all(&c).unwrap();
+            fs::write(c.join("container.log"), "kept").unwrap();
+            for d in dirs {
+                fs::create_dir_all(c.join(d)).unwrap();
+            }
+        }
+        let mut found = orphan_scratch(&tasks, |id| id == "known").unwrap();
+        found.sort();
+        let stale = tasks.join("stale/main");
+        assert_eq!(
+            found,
+            [
+                stale.join("rootfs"),
+                stale.join("upper"),
+                stale.join("work")
+            ]
+        );
+
+        // An overlay still using a task's upper dir keeps the task's scratch off the list.
+        let info = format!(
+            "1 0 0:1 / /somewhere/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir={},workdir=/w\n",
+            stale.join("upper").display()
+        );
+        assert!(in_use(&info, &tasks.join("stale")));
+        assert!(!in_use(&info, &tasks.join("stal")));
+        let under = format!(
+            "1 0 0:1 / {} rw - tmpfs tmpfs rw\n",
+            stale.join("rootfs").display()
+        );
+        assert!(in_use(&under, &tasks.join("stale")));
+        assert_eq!(escape_mountinfo("/a b\\c"), "/a\\040b\\134c");
     }
 }

@@ -655,7 +655,8 @@ fn shim_start_time(pid: i32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-fn unmount_under(dir: &Path) {
+/// Lazily unmounts everything mounted under `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
     let Ok(mut f) = fs::File::open("/proc/self/mounts") else {
         return;
     };

@@ -1302,6 +1302,61 @@ fn shims_are_forked_by_a_zygote_that_is_replaced_when_it_dies() {
 }
 
 #[test]
+fn after_a_reboot_the_agent_removes_what_running_containers_left_on_disk_and_keeps_logs() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let id = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "echo kept-log; head -c 1048576 /dev/zero > /written; sleep 300",
+        ],
+    );
+    wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    let disk = env.path(&format!("dev/agent/tasks/{id}/main"));
+    wait_for("the container's write", Duration::from_secs(30), || {
+        (std::fs::metadata(disk.join("upper/written")).ok()?.len() == 1 << 20).then_some(())
+    });
+
+    // Power loss: every process gone, every mount (the state tmpfs, the overlay) and cgroup
+    // with them; the data dir's disk survives.
+    env.procs[0].kill9();
+    skiff_tests::kill_shims_under(env.dir.path());
+    skiff_tests::unmount_under(env.dir.path());
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(hierarchy.path().join(format!("skiff/{id}-main")));
+    }
+    assert!(disk.join("upper/written").exists());
+
+    let addr = env.dev();
+    // The controller learns the task is gone; the agent removes its upper and work dirs.
+    let t = wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+    assert!(
+        t["stoppedReason"].as_str().unwrap_or("").contains("lost"),
+        "{t}"
+    );
+    wait_for(
+        "the leftover scratch dirs removed",
+        Duration::from_secs(10),
+        || (!disk.join("upper").exists() && !disk.join("work").exists()).then_some(()),
+    );
+    // The log stays, and is still served.
+    let logs = cli(&addr, &["tasks", "logs", &id]);
+    assert_eq!(logs.stdout, "kept-log\n", "{logs:?}");
+    // Tasks run as before.
+    let out = cli(
+        &addr,
+        &["run-task", "--wait", "--image", &img, "--", "true"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
 fn a_killed_shim_leaves_no_container_process_or_cgroup_behind() {
     let mut env = Env::new();
     let addr = env.dev();
