@@ -478,9 +478,11 @@ impl Agent {
     fn sweep_orphan_scratch(&self) {
         let listed = {
             let tasks = self.inner.tasks.lock().unwrap();
-            state_dir::orphan_scratch(&self.inner.cfg.data_dir.join("tasks"), |id| {
-                tasks.contains_key(id)
-            })
+            state_dir::orphan_scratch(
+                &self.inner.cfg.data_dir.join("tasks"),
+                |id| tasks.contains_key(id),
+                |id, container| runtime::cgroup_has_processes(&runtime::cgroup_path(id, container)),
+            )
         };
         let dirs = match listed {
             Ok(d) if d.is_empty() => return,

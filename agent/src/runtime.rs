@@ -258,6 +258,15 @@ fn kill_cgroup(cgroup_path: &str) -> usize {
     killed.len()
 }
 
+/// Whether any process runs in a container's cgroups (in any hierarchy).
+pub fn cgroup_has_processes(cgroup_path: &str) -> bool {
+    let rel = cgroup_path.trim_start_matches('/');
+    cgroup_mounts().iter().any(|root| {
+        fs::read_to_string(root.join(rel).join("cgroup.procs"))
+            .is_ok_and(|procs| !procs.trim().is_empty())
+    })
+}
+
 /// After a container's shim is gone: kills whatever still runs in the container's cgroups (a
 /// shim killed outright leaves its container running, reparented) and removes the cgroups
 /// (libcontainer deletes them on a normal exit; a dead shim cannot). rmdir takes only empty

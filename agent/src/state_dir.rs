@@ -69,8 +69,13 @@ const SCRATCH: [&str; 3] = ["upper", "work", "rootfs"];
 /// containers that were running then, and nothing would ever release them. Lists those of
 /// every task in `tasks_dir` (the data dir's) that `known` does not claim, leaving out any
 /// that something is still mounted on or an overlay still uses (a container started by an
-/// older build, whose records lived in the data dir). Logs stay where they are.
-pub fn orphan_scratch(tasks_dir: &Path, known: impl Fn(&str) -> bool) -> io::Result<Vec<PathBuf>> {
+/// older build, whose records lived in the data dir), and any container that `live` says
+/// still has processes. Logs stay where they are.
+pub fn orphan_scratch(
+    tasks_dir: &Path,
+    known: impl Fn(&str) -> bool,
+    live: impl Fn(&str, &str) -> bool,
+) -> io::Result<Vec<PathBuf>> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     let mut out = Vec::new();
     let Ok(tasks) = fs::read_dir(tasks_dir) else {
@@ -82,7 +87,8 @@ pub fn orphan_scratch(tasks_dir: &Path, known: impl Fn(&str) -> bool) -> io::Res
             continue;
         }
         for container in fs::read_dir(task.path()).into_iter().flatten().flatten() {
-            if !container.file_type().is_ok_and(|t| t.is_dir()) {
+            let name = container.file_name().to_string_lossy().into_owned();
+            if !container.file_type().is_ok_and(|t| t.is_dir()) || live(&id, &name) {
                 continue;
             }
             out.extend(
@@ -141,7 +147,7 @@ mod tests {
                 fs::create_dir_all(c.join(d)).unwrap();
             }
         }
-        let mut found = orphan_scratch(&tasks, |id| id == "known").unwrap();
+        let mut found = orphan_scratch(&tasks, |id| id == "known", |_, _| false).unwrap();
         found.sort();
         let stale = tasks.join("stale/main");
         assert_eq!(
@@ -152,6 +158,14 @@ mod tests {
                 stale.join("work")
             ]
         );
+
+        // A container that still has processes (its cgroup is not empty) keeps its scratch.
+        let live = orphan_scratch(
+            &tasks,
+            |id| id == "known",
+            |id, c| id == "stale" && c == "main",
+        );
+        assert_eq!(live.unwrap(), Vec::<PathBuf>::new());
 
         // An overlay still using a task's upper dir keeps the task's scratch off the list.
         let info = format!(
