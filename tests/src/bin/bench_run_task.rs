@@ -11,7 +11,9 @@
 //! `--hog N` keeps N busy-looping processes running throughout (outside that cgroup): a
 //! reproducible stand-in for a loaded machine.
 //!
-//! Usage: bench_run_task [--runs N] [--hog N] [--skiff PATH] [--baseline OTHER_SKIFF_BUILD]
+//! Then throughput: a burst of `--burst N` (default 200) runs of each, 16 at a time.
+//!
+//! Usage: bench_run_task [--runs N] [--hog N] [--burst N] [--skiff PATH] [--baseline OTHER_SKIFF_BUILD]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -259,6 +261,31 @@ fn main() {
             skiff_cpu / b
         );
     }
+
+    let burst: usize = bench::arg("--burst", 200);
+    if burst > 0 {
+        let skiff_rate = per_second(burst, &|_| {
+            run_skiff(&addr);
+        });
+        let base_rate = base_addr.as_ref().map(|b| {
+            per_second(burst, &|_| {
+                run_skiff(b);
+            })
+        });
+        let runc_rate = per_second(burst, &|i| {
+            run_runc(3_000_000 + i);
+        });
+        println!(
+            "burst of {burst}, {BURST_PARALLEL} at a time: skiff {skiff_rate:.1} tasks/s, runc {runc_rate:.1} runs/s ({:.2}x)",
+            skiff_rate / runc_rate
+        );
+        if let Some(b) = base_rate {
+            println!(
+                "burst, baseline build: {b:.1} tasks/s (this build / baseline {:.2}x)",
+                skiff_rate / b
+            );
+        }
+    }
     std::thread::sleep(Duration::from_secs(2));
     println!(
         "skiff dev RSS (controller + agent, one process): idle after start {:.1} MiB, idle after {} tasks {:.1} MiB",
@@ -319,6 +346,27 @@ fn shim_memory(env: &Env, addr: &str, image: &str) {
     for id in &ids {
         skiff_tests::wait_status(addr, id, "STOPPED", Duration::from_secs(30));
     }
+}
+
+/// How many runs of a burst are in flight at once.
+const BURST_PARALLEL: usize = 16;
+
+/// Runs `run(i)` for i in 0..n, `BURST_PARALLEL` at a time; returns runs per second.
+fn per_second(n: usize, run: &(dyn Fn(usize) + Sync)) -> f64 {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..BURST_PARALLEL {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                run(i);
+            });
+        }
+    });
+    n as f64 / t.elapsed().as_secs_f64()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
