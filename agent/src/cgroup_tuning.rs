@@ -6,7 +6,7 @@
 //!
 //! The cgroup2 mount option `favordynmods` (Linux 6.0+) makes joins cheap (0.47 ms) and forks
 //! and exits a little dearer. It is a property of the whole host, not of skiff's cgroups, and
-//! on recent kernels it cannot be turned off again until reboot, so the agent sets it only when
+//! on some kernels (6.18 here) it stays in effect until reboot, so the agent sets it only when
 //! the operator asks (`cgroup_favordynmods`) and otherwise says at start-up what it costs.
 
 use std::io;

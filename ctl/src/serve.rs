@@ -120,8 +120,8 @@ pub struct NodeArgs {
     #[arg(long = "state-dir", env = "SKIFF_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Set the cgroup2 option favordynmods on this host (Linux 6.0+), so a container's cgroup
-    /// join does not wait for an RCU grace period (~10 ms per start). Host-wide, and on recent
-    /// kernels kept until reboot.
+    /// join does not wait for an RCU grace period (~10 ms per start). Host-wide, and on some
+    /// kernels in effect until reboot.
     #[arg(long = "cgroup-favordynmods")]
     cgroup_favordynmods: bool,
 }
