@@ -1212,6 +1212,14 @@ fn secrets_reach_the_container_and_nothing_else() {
     );
 }
 
+/// The pid of the shim of task `id`'s container `main` under the env's `skiff dev`, as the
+/// shim recorded it ("PID STARTTIME").
+fn shim_of(env: &Env, id: &str) -> i32 {
+    let path = env.path(&format!("dev/agent/state/tasks/{id}/main/shim.pid"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 /// The agent's shim zygote (its child that forks one shim per container): the dev process's
 /// children named `skiff-zygote`, zombies left out.
 fn zygotes(dev_pid: i32) -> Vec<i32> {
@@ -1248,15 +1256,7 @@ fn shims_are_forked_by_a_zygote_that_is_replaced_when_it_dies() {
         (z.len() == 1).then(|| z[0])
     });
     // The shim is the zygote's child, in a session of its own, named as a shim.
-    let shim_pid: i32 = std::fs::read_to_string(
-        env.path(&format!("dev/agent/state/tasks/{sleeper}/main/shim.pid")),
-    )
-    .unwrap()
-    .split_whitespace()
-    .next()
-    .unwrap()
-    .parse()
-    .unwrap();
+    let shim_pid = shim_of(&env, &sleeper);
     assert!(skiff_tests::children_of(zygote).contains(&shim_pid));
     assert_eq!(
         nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(shim_pid))).unwrap(),
@@ -1371,16 +1371,7 @@ fn a_killed_shim_leaves_no_container_process_or_cgroup_behind() {
         .collect();
     assert!(!inside.is_empty(), "the container runs in its cgroup");
     // The container's shim dies outright (OOM killer, an operator's kill -9).
-    let shim: i32 = std::fs::read_to_string(
-        env.path("dev")
-            .join(format!("agent/state/tasks/{id}/main/shim.pid")),
-    )
-    .unwrap()
-    .split_whitespace()
-    .next()
-    .unwrap()
-    .parse()
-    .unwrap();
+    let shim = shim_of(&env, &id);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim),
         nix::sys::signal::Signal::SIGKILL,
