@@ -14,102 +14,51 @@ use std::path::PathBuf;
 
 use nix::mount::{mount, MsFlags};
 
-/// The cgroup2 mount whose root flags `favordynmods` belongs to, as /proc/self/mountinfo
-/// describes it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Cgroup2Mount {
-    pub point: PathBuf,
-    /// Per-mount options (field 6: rw, nosuid, nodev, noexec, relatime, ...).
-    pub mount_options: Vec<String>,
-    /// Superblock options (the last field: rw, nsdelegate, memory_recursiveprot, ...).
-    pub super_options: Vec<String>,
+use crate::mountinfo::{self, Mount};
+
+/// Whether a cgroup2 mount has `favordynmods` set.
+pub fn favors_dynmods(m: &Mount) -> bool {
+    m.super_options.iter().any(|o| o == "favordynmods")
 }
 
-impl Cgroup2Mount {
-    pub fn favors_dynmods(&self) -> bool {
-        self.super_options.iter().any(|o| o == "favordynmods")
+/// The flags and data of a remount that adds `favordynmods` and keeps everything else as it
+/// is: a remount replaces both the mount's flags and the filesystem's options.
+pub fn remount_with_favordynmods(m: &Mount) -> (MsFlags, String) {
+    let mut flags = MsFlags::MS_REMOUNT;
+    for o in &m.mount_options {
+        flags |= match o.as_str() {
+            "ro" => MsFlags::MS_RDONLY,
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "relatime" => MsFlags::MS_RELATIME,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            _ => MsFlags::empty(),
+        };
     }
-
-    /// The flags and data of a remount that adds `favordynmods` and keeps everything else
-    /// as it is: a remount replaces both the mount's flags and the filesystem's options.
-    pub fn remount_with_favordynmods(&self) -> (MsFlags, String) {
-        let mut flags = MsFlags::MS_REMOUNT;
-        for o in &self.mount_options {
-            flags |= match o.as_str() {
-                "ro" => MsFlags::MS_RDONLY,
-                "nosuid" => MsFlags::MS_NOSUID,
-                "nodev" => MsFlags::MS_NODEV,
-                "noexec" => MsFlags::MS_NOEXEC,
-                "relatime" => MsFlags::MS_RELATIME,
-                "noatime" => MsFlags::MS_NOATIME,
-                "nodiratime" => MsFlags::MS_NODIRATIME,
-                _ => MsFlags::empty(),
-            };
-        }
-        let mut data: Vec<&str> = self
-            .super_options
-            .iter()
-            .map(String::as_str)
-            .filter(|o| *o != "rw" && *o != "ro")
-            .collect();
-        data.push("favordynmods");
-        (flags, data.join(","))
-    }
+    let mut data: Vec<&str> = m
+        .super_options
+        .iter()
+        .map(String::as_str)
+        .filter(|o| *o != "rw" && *o != "ro")
+        .collect();
+    data.push("favordynmods");
+    (flags, data.join(","))
 }
 
-/// The host's cgroup2 mount: /sys/fs/cgroup on a cgroup v2 host, /sys/fs/cgroup/unified on a
-/// hybrid one; None on a host with cgroup v1 only.
-pub fn find_cgroup2(mountinfo: &str) -> Option<Cgroup2Mount> {
-    let mounts: Vec<Cgroup2Mount> = mountinfo.lines().filter_map(parse_cgroup2_line).collect();
+/// The host's cgroup2 mount (of the hierarchy's root, where `favordynmods` belongs):
+/// /sys/fs/cgroup on a cgroup v2 host, /sys/fs/cgroup/unified on a hybrid one; None on a host
+/// with cgroup v1 only.
+pub fn find_cgroup2(mounts: &[Mount]) -> Option<&Mount> {
+    let roots: Vec<&Mount> = mounts
+        .iter()
+        .filter(|m| m.fstype == "cgroup2" && m.root == "/")
+        .collect();
     ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
         .iter()
-        .find_map(|want| {
-            mounts
-                .iter()
-                .find(|m| m.point.as_os_str() == *want)
-                .cloned()
-        })
-        .or_else(|| mounts.into_iter().next())
-}
-
-/// One mountinfo line, if it is a cgroup2 mount of the hierarchy's root.
-fn parse_cgroup2_line(line: &str) -> Option<Cgroup2Mount> {
-    // ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
-    let (left, right) = line.split_once(" - ")?;
-    let mut right = right.split_whitespace();
-    if right.next()? != "cgroup2" {
-        return None;
-    }
-    let super_options = right.nth(1)?;
-    let left: Vec<&str> = left.split_whitespace().collect();
-    if left.get(3) != Some(&"/") {
-        return None;
-    }
-    let split = |s: &str| s.split(',').map(str::to_owned).collect();
-    Some(Cgroup2Mount {
-        point: PathBuf::from(unescape_octal(left.get(4)?)),
-        mount_options: split(left.get(5)?),
-        super_options: split(super_options),
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash in paths as \ooo.
-fn unescape_octal(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+        .find_map(|want| roots.iter().find(|m| m.point.as_os_str() == *want).copied())
+        .or_else(|| roots.first().copied())
 }
 
 /// What the agent found, or did, at start-up.
@@ -127,17 +76,17 @@ pub enum Favordynmods {
 
 /// Reads the host's state and, if `wanted`, sets `favordynmods` on its cgroup2 mount.
 pub fn apply(wanted: bool) -> io::Result<Favordynmods> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let Some(m) = find_cgroup2(&mountinfo) else {
+    let mounts = mountinfo::read()?;
+    let Some(m) = find_cgroup2(&mounts) else {
         return Ok(Favordynmods::NoCgroup2);
     };
-    if m.favors_dynmods() {
-        return Ok(Favordynmods::On(m.point));
+    if favors_dynmods(m) {
+        return Ok(Favordynmods::On(m.point.clone()));
     }
     if !wanted {
-        return Ok(Favordynmods::Off(m.point));
+        return Ok(Favordynmods::Off(m.point.clone()));
     }
-    let (flags, data) = m.remount_with_favordynmods();
+    let (flags, data) = remount_with_favordynmods(m);
     mount(
         None::<&str>,
         &m.point,
@@ -151,7 +100,7 @@ pub fn apply(wanted: bool) -> io::Result<Favordynmods> {
             m.point.display()
         ))
     })?;
-    Ok(Favordynmods::TurnedOn(m.point))
+    Ok(Favordynmods::TurnedOn(m.point.clone()))
 }
 
 #[cfg(test)]
@@ -171,26 +120,28 @@ mod tests {
 
     #[test]
     fn finds_the_hosts_cgroup2_mount_on_v2_and_hybrid_hosts_and_none_on_v1() {
-        let v2 = find_cgroup2(V2).unwrap();
+        let (v2, hybrid) = (mountinfo::parse(V2), mountinfo::parse(HYBRID));
+        let v2 = find_cgroup2(&v2).unwrap();
         assert_eq!(v2.point, PathBuf::from("/sys/fs/cgroup"));
         assert_eq!(
             v2.super_options,
             ["rw", "nsdelegate", "memory_recursiveprot"]
         );
-        let hybrid = find_cgroup2(HYBRID).unwrap();
+        let hybrid = find_cgroup2(&hybrid).unwrap();
         assert_eq!(hybrid.point, PathBuf::from("/sys/fs/cgroup/unified"));
         let v1_only: String = HYBRID.lines().take(2).map(|l| format!("{l}\n")).collect();
-        assert_eq!(find_cgroup2(&v1_only), None);
+        assert_eq!(find_cgroup2(&mountinfo::parse(&v1_only)), None);
         // A bind mount of a sub-cgroup is not the hierarchy's root.
         let sub: String = V2.lines().skip(2).collect();
-        assert_eq!(find_cgroup2(&sub), None);
+        assert_eq!(find_cgroup2(&mountinfo::parse(&sub)), None);
     }
 
     #[test]
     fn the_remount_adds_favordynmods_and_keeps_every_other_option() {
-        let v2 = find_cgroup2(V2).unwrap();
-        assert!(!v2.favors_dynmods());
-        let (flags, data) = v2.remount_with_favordynmods();
+        let mounts = mountinfo::parse(V2);
+        let v2 = find_cgroup2(&mounts).unwrap();
+        assert!(!favors_dynmods(v2));
+        let (flags, data) = remount_with_favordynmods(v2);
         assert_eq!(data, "nsdelegate,memory_recursiveprot,favordynmods");
         assert_eq!(
             flags,
@@ -201,13 +152,8 @@ mod tests {
                 | MsFlags::MS_RELATIME
         );
         let on = V2.replace("memory_recursiveprot", "memory_recursiveprot,favordynmods");
-        assert!(find_cgroup2(&on).unwrap().favors_dynmods());
-    }
-
-    #[test]
-    fn mount_points_with_escaped_characters_are_decoded() {
-        assert_eq!(unescape_octal("/mnt/x\\040y"), "/mnt/x y");
-        assert_eq!(unescape_octal("/plain"), "/plain");
-        assert_eq!(unescape_octal("/trailing\\04"), "/trailing\\04");
+        assert!(favors_dynmods(
+            find_cgroup2(&mountinfo::parse(&on)).unwrap()
+        ));
     }
 }

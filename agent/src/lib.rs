@@ -13,6 +13,7 @@ pub mod images;
 mod imageserve;
 pub mod logs;
 mod logserve;
+pub mod mountinfo;
 pub mod peer;
 pub mod rootfs;
 pub mod runtime;

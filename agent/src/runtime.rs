@@ -223,17 +223,11 @@ pub fn cgroup_path(task_id: &str, container: &str) -> String {
 
 /// Where cgroup hierarchies are mounted (v1 hierarchies and cgroup2), from mountinfo.
 fn cgroup_mounts() -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut mounts: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split_whitespace().next()?;
-            let point = left.split_whitespace().nth(4)?;
-            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(point))
-        })
+    let mut mounts: Vec<PathBuf> = crate::mountinfo::read()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| matches!(m.fstype.as_str(), "cgroup" | "cgroup2"))
+        .map(|m| m.point)
         .collect();
     mounts.dedup();
     mounts

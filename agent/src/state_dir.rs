@@ -12,6 +12,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
+
+use crate::mountinfo::{self, Mount};
 use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
 
 /// ramfs (no constant in nix): also memory-backed.
@@ -43,12 +45,9 @@ pub fn ensure_tmpfs(dir: &Path) -> io::Result<bool> {
 /// rootfs or secrets tmpfs whose release failed): removing through a mount would delete
 /// what is mounted there.
 pub fn remove_task_dir(dir: &Path) -> io::Result<()> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-    let prefix = format!("{}/", dir.display());
-    let busy = mountinfo
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .any(|point| point.starts_with(&prefix));
+    let busy = mountinfo::read()?
+        .iter()
+        .any(|m| m.point != dir && m.is_under(dir));
     if busy {
         return Err(io::Error::other(format!(
             "{} still has mounts under it; left in place",
@@ -76,14 +75,14 @@ pub fn orphan_scratch(
     known: impl Fn(&str) -> bool,
     live: impl Fn(&str, &str) -> bool,
 ) -> io::Result<Vec<PathBuf>> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let mounts = mountinfo::read()?;
     let mut out = Vec::new();
     let Ok(tasks) = fs::read_dir(tasks_dir) else {
         return Ok(out);
     };
     for task in tasks.flatten() {
         let id = task.file_name().to_string_lossy().into_owned();
-        if known(&id) || in_use(&mountinfo, &task.path()) {
+        if known(&id) || in_use(&mounts, &task.path()) {
             continue;
         }
         for container in fs::read_dir(task.path()).into_iter().flatten().flatten() {
@@ -104,27 +103,11 @@ pub fn orphan_scratch(
 
 /// Whether a mount point lies under `dir`, or a mount's options name a path under it (an
 /// overlay's upperdir, workdir or lowerdir).
-fn in_use(mountinfo: &str, dir: &Path) -> bool {
-    let escaped = escape_mountinfo(&format!("{}/", dir.display()));
-    mountinfo.lines().any(|l| {
-        let point = l.split_whitespace().nth(4).unwrap_or("");
-        format!("{point}/").starts_with(&escaped) || l.contains(&escaped)
-    })
-}
-
-/// Paths as mountinfo writes them: space, tab, newline and backslash in octal.
-fn escape_mountinfo(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for c in path.chars() {
-        match c {
-            ' ' => out.push_str("\\040"),
-            '\t' => out.push_str("\\011"),
-            '\n' => out.push_str("\\012"),
-            '\\' => out.push_str("\\134"),
-            c => out.push(c),
-        }
-    }
-    out
+fn in_use(mounts: &[Mount], dir: &Path) -> bool {
+    let under = format!("{}/", dir.display());
+    mounts
+        .iter()
+        .any(|m| m.is_under(dir) || m.super_options.iter().any(|o| o.contains(&under)))
 }
 
 #[cfg(test)]
@@ -172,13 +155,13 @@ mod tests {
             "1 0 0:1 / /somewhere/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir={},workdir=/w\n",
             stale.join("upper").display()
         );
+        let info = mountinfo::parse(&info);
         assert!(in_use(&info, &tasks.join("stale")));
         assert!(!in_use(&info, &tasks.join("stal")));
         let under = format!(
             "1 0 0:1 / {} rw - tmpfs tmpfs rw\n",
             stale.join("rootfs").display()
         );
-        assert!(in_use(&under, &tasks.join("stale")));
-        assert_eq!(escape_mountinfo("/a b\\c"), "/a\\040b\\134c");
+        assert!(in_use(&mountinfo::parse(&under), &tasks.join("stale")));
     }
 }

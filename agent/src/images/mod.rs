@@ -229,26 +229,13 @@ pub(crate) fn image_config(c: &manifest::ConfigFile) -> ImageConfig {
 
 /// The lower-layer lists (top first, as in the mount options) of this machine's overlay mounts.
 fn overlay_lowers() -> Vec<Vec<PathBuf>> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut mounts = Vec::new();
-    for line in info.lines() {
-        let Some((_, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut f = post.split(' ');
-        if f.next() != Some("overlay") {
-            continue;
-        }
-        let opts = f.nth(1).unwrap_or_default();
-        for o in opts.split(',') {
-            if let Some(l) = o.strip_prefix("lowerdir=") {
-                mounts.push(l.split(':').map(PathBuf::from).collect());
-            }
-        }
-    }
-    mounts
+    crate::mountinfo::read()
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| m.fstype == "overlay")
+        .filter_map(|m| m.option("lowerdir"))
+        .map(|l| l.split(':').map(PathBuf::from).collect())
+        .collect()
 }
 
 impl ImageStore {
