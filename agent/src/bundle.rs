@@ -14,11 +14,10 @@ use crate::spec::{ContainerSpec, NetworkMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error(
-        "container {container}: nothing to run (no entrypoint or command in the task or the image)"
-    )]
+    // The caller names the container ("container main: …"); these messages do not repeat it.
+    #[error("nothing to run (no entrypoint or command in the task or the image)")]
     NoCommand { container: String },
-    #[error("container {container}: image user {user:?}: {problem}")]
+    #[error("image user {user:?}: {problem}")]
     User {
         container: String,
         user: String,
@@ -154,15 +153,23 @@ pub struct BundleInput<'a> {
     pub extra_env: &'a [(String, String)],
     /// Secret files: (file on the node's tmpfs, path in the container), bound read-only.
     pub secret_files: &'a [(std::path::PathBuf, String)],
+    /// skiff-init on the node (`init_binary::install`), for containers that ask for an init.
+    pub init_binary: &'a Path,
 }
 
 pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
     let c = input.container;
-    let args = process_args(c, input.image);
+    let mut args = process_args(c, input.image);
     if args.is_empty() {
         return Err(BundleError::NoCommand {
             container: c.name.clone(),
         });
+    }
+    if c.init {
+        args.splice(
+            0..0,
+            [crate::init_binary::IN_CONTAINER.to_string(), "--".into()],
+        );
     }
     let cwd = if !c.working_dir.is_empty() {
         c.working_dir.clone()
@@ -272,6 +279,22 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
         }
         spec.set_mounts(Some(mounts));
     }
+    if c.init {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination(crate::init_binary::IN_CONTAINER)
+                .typ("bind")
+                .source(input.init_binary)
+                .options(
+                    ["rbind", "ro", "nosuid", "nodev"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()?,
+        );
+        spec.set_mounts(Some(mounts));
+    }
     if c.privileged {
         // Nothing masked or read-only under /proc and /sys, no filter: the host's view.
         linux.set_masked_paths(None);
@@ -304,6 +327,7 @@ mod tests {
             registry_auth: None,
             privileged: false,
             readonly_rootfs: false,
+            init: false,
             user: String::new(),
             secrets: vec![],
             mounts: vec![],
@@ -359,6 +383,7 @@ mod tests {
             cgroup_path: "/skiff/t",
             extra_env: &[],
             secret_files: &[],
+            init_binary: Path::new("/x/skiff-init"),
         };
         let spec = runtime_spec(&input).unwrap();
         let linux = spec.linux().as_ref().unwrap();
@@ -428,6 +453,7 @@ mod tests {
             cgroup_path: "/skiff/t",
             extra_env: &[],
             secret_files: &[],
+            init_binary: Path::new("/x/skiff-init"),
         };
         assert!(matches!(
             runtime_spec(&input),

@@ -8,9 +8,11 @@ pub mod bundle;
 pub mod cgroup_tuning;
 pub(crate) mod connection;
 pub mod credserve;
+pub mod executable;
 pub mod hardening;
 pub mod images;
 mod imageserve;
+pub mod init_binary;
 pub mod logs;
 mod logserve;
 pub mod mountinfo;
@@ -416,6 +418,10 @@ impl Agent {
             std::fs::create_dir_all(&path)
                 .map_err(|source| AgentError::DataDir { path, source })?;
         }
+        init_binary::install(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+            path: init_binary::path(&cfg.data_dir),
+            source,
+        })?;
         let cfg_data_dir = cfg.data_dir.clone();
         let root = cfg.data_dir.join("images");
         let images = images::ImageStore::open(images::ImageStoreConfig {

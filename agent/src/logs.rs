@@ -144,14 +144,25 @@ pub fn log_files(path: &Path) -> Vec<PathBuf> {
 /// the line was complete).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Record {
+    /// When the shim wrote it: RFC 3339 with nanoseconds, UTC.
+    pub time: String,
     pub stream: Stream,
     pub data: Vec<u8>,
+}
+
+impl Record {
+    /// The record's time in milliseconds since the epoch (0 if unreadable).
+    pub fn time_ms(&self) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(&self.time)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0)
+    }
 }
 
 /// Decodes one CRI log line (without its trailing newline). Malformed lines give None.
 pub fn parse_record(line: &[u8]) -> Option<Record> {
     let mut parts = line.splitn(4, |b| *b == b' ');
-    let _ts = parts.next()?;
+    let time = String::from_utf8_lossy(parts.next()?).into_owned();
     let stream = match parts.next()? {
         b"stdout" => Stream::Stdout,
         b"stderr" => Stream::Stderr,
@@ -166,7 +177,7 @@ pub fn parse_record(line: &[u8]) -> Option<Record> {
     if full {
         data.push(b'\n');
     }
-    Some(Record { stream, data })
+    Some(Record { time, stream, data })
 }
 
 /// Reads whole records from a reader, keeping an incomplete trailing line for the next call
@@ -209,21 +220,15 @@ mod tests {
         w.write(Stream::Stdout, b"lo\nworld").unwrap();
         w.flush_partial().unwrap();
         let recs = read_all(&p);
+        let now = chrono::Utc::now().timestamp_millis();
+        assert!(recs.iter().all(|r| (now - r.time_ms()).abs() < 60_000));
+        let recs: Vec<(Stream, Vec<u8>)> = recs.into_iter().map(|r| (r.stream, r.data)).collect();
         assert_eq!(
             recs,
             vec![
-                Record {
-                    stream: Stream::Stderr,
-                    data: b"oops\n".to_vec()
-                },
-                Record {
-                    stream: Stream::Stdout,
-                    data: b"hello\n".to_vec()
-                },
-                Record {
-                    stream: Stream::Stdout,
-                    data: b"world".to_vec()
-                },
+                (Stream::Stderr, b"oops\n".to_vec()),
+                (Stream::Stdout, b"hello\n".to_vec()),
+                (Stream::Stdout, b"world".to_vec()),
             ]
         );
     }
@@ -276,6 +281,7 @@ mod tests {
         assert_eq!(
             parse_record(b"ts stdout F "),
             Some(Record {
+                time: "ts".into(),
                 stream: Stream::Stdout,
                 data: b"\n".to_vec()
             })

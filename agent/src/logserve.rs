@@ -102,10 +102,16 @@ async fn serve(
     let mut followers = Vec::new();
     for name in containers {
         let (cdir, rdir) = (dir.join(&name), runtime.join(&name));
-        let (request_id, follow, cancel, out) =
-            (req.request_id, req.follow, cancel.clone(), out.clone());
+        let (cancel, out) = (cancel.clone(), out.clone());
+        let opts = Options {
+            request_id: req.request_id,
+            follow: req.follow,
+            since_ms: req.since_ms,
+            tail: req.tail as usize,
+            timestamps: req.timestamps,
+        };
         followers.push(tokio::spawn(async move {
-            stream_container(request_id, &name, &cdir, &rdir, follow, cancel, out).await
+            stream_container(opts, &name, &cdir, &rdir, cancel, out).await
         }));
     }
     for f in followers {
@@ -133,28 +139,54 @@ impl Tail {
     }
 }
 
-async fn stream_container(
+/// What one log request asks of each container's log.
+#[derive(Clone, Copy)]
+struct Options {
     request_id: u64,
+    follow: bool,
+    /// Only records at or after this time (ms since the epoch; 0 = all).
+    since_ms: i64,
+    /// Only the last N records already written (0 = all).
+    tail: usize,
+    /// One chunk per record, carrying its time.
+    timestamps: bool,
+}
+
+async fn stream_container(
+    opts: Options,
     name: &str,
     dir: &Path,
     runtime: &Path,
-    follow: bool,
     cancel: watch::Receiver<bool>,
     out: mpsc::Sender<pb::LogData>,
 ) {
     let path: PathBuf = dir.join(LOG_FILE);
+    let follow = opts.follow;
     // Returns false once the reader is gone.
-    let send = |records: Vec<Record>| {
+    let send = |mut records: Vec<Record>| {
         let out = out.clone();
         async move {
-            for chunk in group(records) {
+            if opts.since_ms > 0 {
+                records.retain(|r| r.time_ms() >= opts.since_ms);
+            }
+            let chunks = if opts.timestamps {
+                records
+            } else {
+                group(records)
+            };
+            for chunk in chunks {
                 let data = pb::LogData {
-                    request_id,
+                    request_id: opts.request_id,
                     container: name.to_string(),
                     stream: chunk.stream.as_str().to_string(),
                     data: chunk.data,
                     eof: false,
                     error: String::new(),
+                    time: if opts.timestamps {
+                        chunk.time
+                    } else {
+                        String::new()
+                    },
                 };
                 if out.send(data).await.is_err() {
                     return false;
@@ -163,15 +195,27 @@ async fn stream_container(
             true
         }
     };
-    // Rotated files first, oldest first, then the live file.
+    // What is already written: rotated files first, oldest first, then the live file; cut
+    // to the last `tail` records when asked.
+    let mut written = Vec::new();
     for old in logs::log_files(&path).into_iter().filter(|p| *p != path) {
         if let Some(mut t) = Tail::open(&old) {
-            if !send(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default()).await {
-                return;
-            }
+            written.extend(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default());
         }
     }
     let mut tail = Tail::open(&path);
+    if let Some(t) = tail.as_mut() {
+        written.extend(logs::read_records(&mut t.reader, &mut t.carry).unwrap_or_default());
+    }
+    if opts.since_ms > 0 {
+        written.retain(|r| r.time_ms() >= opts.since_ms);
+    }
+    if opts.tail > 0 && written.len() > opts.tail {
+        written.drain(..written.len() - opts.tail);
+    }
+    if !send(written).await {
+        return;
+    }
     loop {
         if *cancel.borrow() || out.is_closed() {
             return;

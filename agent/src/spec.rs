@@ -35,6 +35,9 @@ pub struct ContainerSpec {
     pub privileged: bool,
     #[serde(default)]
     pub readonly_rootfs: bool,
+    /// skiff-init runs as PID 1 and the command as its child.
+    #[serde(default)]
+    pub init: bool,
     /// Overrides the image's User when set.
     #[serde(default)]
     pub user: String,
@@ -157,6 +160,7 @@ impl TaskSpec {
                     }),
                     privileged: c.privileged,
                     readonly_rootfs: c.readonly_root_filesystem,
+                    init: c.init,
                     user: c.user.clone(),
                     secrets: c
                         .secrets

@@ -239,6 +239,7 @@ async fn start(
                 cgroup_path: &cgroup_path,
                 extra_env: &extra_env,
                 secret_files: &secret_files,
+                init_binary: &crate::init_binary::path(&agent2.cfg.data_dir),
             })
             .map_err(|e| e.to_string())?;
             // A container with secrets has them in its spec (env): its bundle lives on the
@@ -264,6 +265,32 @@ async fn start(
                 },
             )
             .map_err(|e| format!("writing shim.json: {e}"))?;
+            let program = spec
+                .process()
+                .as_ref()
+                .and_then(|p| {
+                    p.args()
+                        .as_ref()?
+                        .iter()
+                        .find(|a| !a.starts_with("/dev/init") && *a != "--")
+                        .cloned()
+                })
+                .unwrap_or_default();
+            let path_env = spec
+                .process()
+                .as_ref()
+                .and_then(|p| {
+                    p.env()
+                        .as_ref()?
+                        .iter()
+                        .find_map(|e| e.strip_prefix("PATH=").map(String::from))
+                })
+                .unwrap_or_default();
+            let cwd = spec
+                .process()
+                .as_ref()
+                .map(|p| p.cwd().display().to_string())
+                .unwrap_or_else(|| "/".into());
             runtime::launch(
                 agent2.as_ref(),
                 &agent2.cfg.shim_exe,
@@ -271,6 +298,13 @@ async fn start(
                 &cgroup_path,
                 agent2.cfg.start_timeout,
             )
+            .map_err(|e| {
+                // "not found" for a command that is visibly there: say what is wrong with it.
+                match crate::executable::explain_missing(&rootfs, &program, &path_env, &cwd) {
+                    Some(why) => format!("{why}: {e}"),
+                    None => e,
+                }
+            })
         })
         .await
         .unwrap_or_else(|e| Err(format!("preparing container: {e}")));

@@ -42,13 +42,20 @@ impl From<StoreError> for Status {
     }
 }
 
-/// Resolves once the task is STOPPED.
+/// Resolves once the task is STOPPED; fails at once (FailedPrecondition, with the reason)
+/// while no connected node could ever fit it, since that wait would never end.
 async fn wait_stopped(core: &Core, id: &str) -> Result<Task, Status> {
     let mut changes = core.subscribe();
     loop {
         let task = get_task(core, id)?;
         if task.status == TaskStatus::Stopped {
             return Ok(task);
+        }
+        if task.status == TaskStatus::Provisioning && task.unplaceable {
+            return Err(Status::failed_precondition(format!(
+                "task {} can never be placed: {}",
+                task.id, task.status_reason
+            )));
         }
         if changes.changed().await.is_err() {
             return Err(Status::unavailable("controller is shutting down"));
@@ -182,13 +189,27 @@ pub struct TasksApi {
     pub core: Arc<Core>,
 }
 
-fn get_task(core: &Core, id: &str) -> Result<Task, Status> {
+/// A task by its id or by a unique prefix of it (as `docker` takes container ids).
+pub(crate) fn get_task(core: &Core, id: &str) -> Result<Task, Status> {
     if id.is_empty() {
         return Err(Status::invalid_argument("id: missing"));
     }
-    core.store
-        .task(id)?
-        .ok_or_else(|| Status::not_found(format!("no task {id}")))
+    if let Some(t) = core.store.task(id)? {
+        return Ok(t);
+    }
+    let ids = core.store.task_ids_with_prefix(id, 4)?;
+    match ids.as_slice() {
+        [] => Err(Status::not_found(format!("no task {id}"))),
+        [one] => core
+            .store
+            .task(one)?
+            .ok_or_else(|| Status::not_found(format!("no task {id}"))),
+        more => Err(Status::invalid_argument(format!(
+            "id: {id:?} is the start of several task ids ({}{}); give more of it",
+            more[..more.len().min(3)].join(", "),
+            if more.len() > 3 { ", …" } else { "" }
+        ))),
+    }
 }
 
 #[tonic::async_trait]
@@ -258,7 +279,7 @@ impl pb::tasks_server::Tasks for TasksApi {
             code: StopCode::UserInitiated,
             reason,
         };
-        let (task, _) = self.core.transition(&req.id, event).await?;
+        let (task, _) = self.core.transition(&target.id, event).await?;
         if task.status == TaskStatus::Stopping {
             if let Some(node) = &task.node_id {
                 let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
@@ -300,18 +321,20 @@ impl pb::tasks_server::Tasks for TasksApi {
             .filter(|t| {
                 req.node_id.is_empty() || t.node_id.as_deref() == Some(req.node_id.as_str())
             })
+            .filter(|t| req.group.is_empty() || t.group == req.group)
             .map(convert::task)
             .collect();
         // Newest first; ids are ULIDs, so their order is creation order.
         tasks.sort_by(|a, b| b.id.cmp(&a.id));
+        let total = tasks.len().min(u32::MAX as usize) as u32;
         if req.limit > 0 {
             tasks.truncate(req.limit as usize);
         }
-        Ok(Response::new(pb::ListTasksResponse { tasks }))
+        Ok(Response::new(pb::ListTasksResponse { tasks, total }))
     }
 
     async fn wait(&self, req: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
-        let id = req.into_inner().id;
+        let id = get_task(&self.core, &req.into_inner().id)?.id;
         let task = wait_stopped(&self.core, &id).await?;
         Ok(Response::new(convert::task(&task)))
     }
@@ -350,6 +373,9 @@ impl pb::tasks_server::Tasks for TasksApi {
                     task_id: task.id.clone(),
                     container: req.container.clone(),
                     follow: req.follow,
+                    since_ms: req.since_ms,
+                    tail: req.tail,
+                    timestamps: req.timestamps,
                 }),
             )
             .await;
@@ -387,6 +413,7 @@ impl pb::tasks_server::Tasks for TasksApi {
                         container: d.container,
                         stream: d.stream,
                         data: d.data,
+                        time: d.time,
                     };
                     if tx.send(Ok(chunk)).await.is_err() {
                         break;
@@ -487,6 +514,30 @@ impl pb::nodes_server::Nodes for NodesApi {
 
 pub struct EventsApi {
     pub core: Arc<Core>,
+    /// The enabled rules, compiled, for telling a caller which rules its events match;
+    /// rebuilt when the rules change (the core's rules version).
+    pub rules: std::sync::Mutex<Option<(u64, Arc<crate::bus::RuleSet>)>>,
+}
+
+impl EventsApi {
+    pub fn new(core: Arc<Core>) -> EventsApi {
+        EventsApi {
+            core,
+            rules: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn rule_set(&self) -> Result<Arc<crate::bus::RuleSet>, Status> {
+        let version = self.core.rules_version();
+        if let Some((v, set)) = self.rules.lock().unwrap().as_ref() {
+            if *v == version {
+                return Ok(set.clone());
+            }
+        }
+        let set = Arc::new(crate::bus::RuleSet::new(self.core.store.rules()?));
+        *self.rules.lock().unwrap() = Some((version, set.clone()));
+        Ok(set)
+    }
 }
 
 #[tonic::async_trait]
@@ -507,11 +558,18 @@ impl pb::events_server::Events for EventsApi {
                 Some(id.to_string())
             }
         };
-        if cursor.is_none() && req.tail > 0 {
-            let last = self.core.store.last_events(req.tail as usize + 1)?;
-            if last.len() > req.tail as usize {
-                cursor = Some(last[0].id.clone());
+        match req.tail {
+            // Only what comes next: start after the newest event there is.
+            Some(0) if cursor.is_none() => {
+                cursor = self.core.store.last_events(1)?.pop().map(|e| e.id);
             }
+            Some(n) if cursor.is_none() => {
+                let last = self.core.store.last_events(n as usize + 1)?;
+                if last.len() > n as usize {
+                    cursor = Some(last[0].id.clone());
+                }
+            }
+            _ => {}
         }
         let core = self.core.clone();
         let (tx, rx) = mpsc::channel(256);
@@ -578,6 +636,7 @@ impl pb::events_server::Events for EventsApi {
                     event_id: String::new(),
                     error_code: code.to_string(),
                     error_message: format!("entries[{i}]: {message}"),
+                    matched_rules: vec![],
                 }),
             }
         }
@@ -592,7 +651,15 @@ impl pb::events_server::Events for EventsApi {
                 .collect();
             let stored = self.core.store.append_events(makers).await?;
             self.core.events_appended();
+            // Which rules these events match now; the dispatcher delivers to them (the same
+            // patterns, unless a rule changes in between).
+            let rules = self.rule_set()?;
             for ((i, _), ev) in accepted.iter().zip(stored) {
+                results[*i].matched_rules = rules
+                    .matching(&ev.envelope())
+                    .into_iter()
+                    .map(|r| r.name.clone())
+                    .collect();
                 results[*i].event_id = ev.id;
             }
         }

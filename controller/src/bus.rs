@@ -16,7 +16,9 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::model::{now_ms, DeadLetter, Event, PendingRetry, Rule, Target, TargetKind, Task};
+use crate::model::{
+    now_ms, DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task,
+};
 use crate::pattern::Pattern;
 
 /// Events read per pass.
@@ -152,6 +154,7 @@ async fn pass(core: &Core, rules: &RuleSet) -> Result<bool, CoreError> {
     let Some(last) = events.last() else {
         return Ok(false);
     };
+    let mut matched: std::collections::BTreeMap<String, (u64, i64)> = Default::default();
     if !rules.is_empty() {
         // The batch's deliveries are independent (one record each), so they run together
         // and share the store's group commits instead of a flush each, one after another.
@@ -159,6 +162,9 @@ async fn pass(core: &Core, rules: &RuleSet) -> Result<bool, CoreError> {
         let mut deliveries = Vec::new();
         for (ev, envelope) in events.iter().zip(&envelopes) {
             for rule in rules.matching(envelope) {
+                let m = matched.entry(rule.name.clone()).or_default();
+                m.0 += 1;
+                m.1 = m.1.max(ev.time_ms);
                 for target in &rule.targets {
                     deliveries.push(deliver(core, rule, target, ev, envelope));
                 }
@@ -169,7 +175,7 @@ async fn pass(core: &Core, rules: &RuleSet) -> Result<bool, CoreError> {
             done?;
         }
     }
-    core.store.set_bus_cursor(&last.id).await?;
+    core.store.advance_bus(&last.id, &matched).await?;
     Ok(true)
 }
 
@@ -187,6 +193,8 @@ async fn deliver(
     }
     if let Err(reason) = attempt(core, &key, rule, target, ev, envelope).await? {
         failed(core, &key, rule, target, ev, None, reason).await?;
+    } else {
+        core.store.count_rule(&rule.name, RuleCounter::Invoked)?;
     }
     Ok(())
 }
@@ -293,6 +301,7 @@ async fn failed(
     prev: Option<PendingRetry>,
     reason: String,
 ) -> Result<(), CoreError> {
+    core.store.count_rule(&rule.name, RuleCounter::Failed)?;
     let now = now_ms();
     let attempts = prev.as_ref().map_or(1, |p| p.attempts + 1);
     let first = prev.as_ref().map_or(now, |p| p.first_attempt_ms);
@@ -363,6 +372,8 @@ async fn retry_due(core: &Core) -> Result<(), CoreError> {
         let envelope = ev.envelope();
         if let Err(reason) = attempt(core, &key, &rule, &target, &ev, &envelope).await? {
             failed(core, &key, &rule, &target, &ev, Some(r), reason).await?;
+        } else {
+            core.store.count_rule(&rule.name, RuleCounter::Invoked)?;
         }
     }
     Ok(())

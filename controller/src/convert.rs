@@ -22,6 +22,7 @@ pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
         repository_credentials: c.repository_credentials.clone(),
         privileged: c.privileged,
         readonly_root_filesystem: c.readonly_root_filesystem,
+        init_process_enabled: c.init_process_enabled,
         user: c.user.clone(),
         secrets: c
             .secrets
@@ -92,6 +93,7 @@ pub fn task(t: &Task) -> pb::Task {
         network_mode: t.spec.network_mode.as_str().to_string(),
         started_by: t.started_by.clone(),
         status_reason: t.status_reason.clone(),
+        unplaceable: t.unplaceable,
         created_at_ms: t.created_at_ms,
         pending_at_ms: t.pending_at_ms,
         started_at_ms: t.started_at_ms,
@@ -179,6 +181,7 @@ pub fn start_task(
                     .flatten(),
                 privileged: c.privileged,
                 readonly_root_filesystem: c.readonly_root_filesystem,
+                init: c.init_process_enabled,
                 user: c.user.clone(),
                 secrets,
                 mounts: c.mounts.iter().map(mount).collect(),
@@ -236,6 +239,7 @@ mod tests {
                 repository_credentials: String::new(),
                 privileged: false,
                 readonly_root_filesystem: false,
+                init_process_enabled: false,
                 user: String::new(),
                 secrets: vec![SecretRef {
                     name: "PW".into(),

@@ -259,13 +259,18 @@ impl Core {
     }
 
     /// Records why a PROVISIONING task is still waiting (not a lifecycle move: no event).
-    pub async fn set_status_reason(&self, id: &str, reason: &str) -> Result<(), CoreError> {
+    pub async fn set_status_reason(
+        &self,
+        id: &str,
+        why: &crate::placement::Unplaced,
+    ) -> Result<(), CoreError> {
         self.store
             .update_task(id, |mut task, _| {
-                if task.status_reason == reason {
+                if task.status_reason == why.reason && task.unplaceable == why.never {
                     return Ok::<_, CoreError>(Decision::Keep(task));
                 }
-                task.status_reason = reason.to_string();
+                task.status_reason = why.reason.clone();
+                task.unplaceable = why.never;
                 task.version += 1;
                 Ok(Decision::Write { task, event: None })
             })

@@ -302,9 +302,9 @@ impl Controller {
             .add_service(pb::nodes_server::NodesServer::new(api::NodesApi {
                 core: core.clone(),
             }))
-            .add_service(pb::events_server::EventsServer::new(api::EventsApi {
-                core: core.clone(),
-            }))
+            .add_service(pb::events_server::EventsServer::new(api::EventsApi::new(
+                core.clone(),
+            )))
             .add_service(pb::secrets_server::SecretsServer::new(
                 secrets::SecretsApi { core: core.clone() },
             ))

@@ -187,6 +187,7 @@ pub fn apply(task: &mut Task, event: TaskEvent, now_ms: i64) -> Result<Outcome, 
             if outcome != Outcome::Unchanged {
                 task.node_id = Some(node_id);
                 task.status_reason.clear();
+                task.unplaceable = false;
             }
         }
         TaskEvent::Started { containers } | TaskEvent::Stopping { containers } => {

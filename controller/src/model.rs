@@ -62,6 +62,9 @@ pub struct ContainerDef {
     /// Host paths bind-mounted into the container (admin only).
     #[serde(default)]
     pub mounts: Vec<MountPoint>,
+    /// skiff-init as PID 1 (signals forwarded, zombies reaped): ECS initProcessEnabled.
+    #[serde(default)]
+    pub init_process_enabled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -170,6 +173,9 @@ pub struct Task {
     pub stopped_reason: String,
     /// Why a PROVISIONING task is still waiting (e.g. no node fits).
     pub status_reason: String,
+    /// Set with `status_reason` when no connected node could ever fit the task.
+    #[serde(default)]
+    pub unplaceable: bool,
     pub containers: Vec<ContainerState>,
     pub created_at_ms: i64,
     pub pending_at_ms: i64,
@@ -214,6 +220,7 @@ impl Task {
             stop_code: None,
             stopped_reason: String::new(),
             status_reason: String::new(),
+            unplaceable: false,
             created_at_ms: now_ms,
             pending_at_ms: 0,
             started_at_ms: 0,
@@ -404,6 +411,28 @@ pub struct Rule {
     pub updated_ms: i64,
 }
 
+/// What a rule has done, for "why didn't my rule fire?": kept beside the rule, not in it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuleStats {
+    /// Events matched: counted in the same transaction that moves the bus cursor past them,
+    /// so exactly once per event.
+    pub matched: u64,
+    /// Deliveries done (a task created, a topic published).
+    pub invoked: u64,
+    /// Delivery attempts that failed (then retried or dead-lettered).
+    pub failed: u64,
+    /// Deliveries that ran out of retries: counted with the dead letter, exactly once.
+    pub dead_lettered: u64,
+    pub last_matched_ms: i64,
+}
+
+/// Which of a rule's counters an outcome adds to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleCounter {
+    Invoked,
+    Failed,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Target {
     pub id: String,
@@ -529,6 +558,16 @@ pub struct Source {
     pub poll_interval_secs: u32,
     pub created_ms: i64,
     pub updated_ms: i64,
+}
+
+/// How a source's watcher is doing: its last listing error, so `sources ls` shows why no
+/// events come (not only the controller's log).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceHealth {
+    /// Empty once a listing succeeds again.
+    pub last_error: String,
+    pub last_error_ms: i64,
+    pub last_listed_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -35,6 +35,26 @@ fn err(path: &str, problem: impl Into<String>) -> PatternError {
 /// EventBridge's numeric range: values beyond it cannot be compared at full precision.
 const NUMERIC_LIMIT: f64 = 5.0e9;
 
+/// Where an event failed a pattern: the field's path (keys from the top), what the event has
+/// there (None: nothing), and why it did not match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mismatch {
+    pub path: Vec<String>,
+    pub found: Option<Value>,
+    pub why: String,
+}
+
+impl Mismatch {
+    /// `detail.total`, or `(the event)` for the top.
+    pub fn dotted(&self) -> String {
+        if self.path.is_empty() {
+            "(the event)".into()
+        } else {
+            self.path.join(".")
+        }
+    }
+}
+
 /// A compiled event pattern.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pattern {
@@ -501,6 +521,66 @@ impl Pattern {
             .all(|alts| alts.iter().any(|p| p.matches_object(v)))
     }
 
+    /// Why `event` does not match: the first field (in the pattern's order) that failed, or
+    /// None when it matches. For people asking "why didn't my rule fire?".
+    pub fn mismatch(&self, event: &Value) -> Option<Mismatch> {
+        self.mismatch_at(&mut Vec::new(), Some(event))
+    }
+
+    fn mismatch_at(&self, path: &mut Vec<String>, v: Option<&Value>) -> Option<Mismatch> {
+        let here = |path: &Vec<String>, why: &str| Mismatch {
+            path: path.clone(),
+            found: v.cloned(),
+            why: why.to_string(),
+        };
+        if let Some(Value::Array(items)) = v {
+            let mut objects = Vec::new();
+            flatten_objects(items, &mut objects);
+            if !objects.is_empty() {
+                if objects.iter().any(|o| self.matches_object(Some(o))) {
+                    return None;
+                }
+                return Some(here(
+                    path,
+                    "no one element of this array matches every field the pattern names in it",
+                ));
+            }
+        }
+        let obj = v.and_then(Value::as_object);
+        for (key, node) in &self.fields {
+            let field = obj.and_then(|o| o.get(key));
+            path.push(key.clone());
+            let found = match node {
+                Node::Nested(p) => p.mismatch_at(path, field),
+                Node::Leaf(ms) => {
+                    let mut leaves = Vec::new();
+                    if let Some(f) = field {
+                        collect_leaves(f, &mut leaves);
+                    }
+                    (!ms.iter().any(|m| m.matches(&leaves))).then(|| Mismatch {
+                        path: path.clone(),
+                        found: field.cloned(),
+                        why: if field.is_none() {
+                            "the event has no such field".into()
+                        } else {
+                            "no value the pattern lists matches".into()
+                        },
+                    })
+                }
+            };
+            path.pop();
+            if found.is_some() {
+                return found;
+            }
+        }
+        for alts in &self.ors {
+            if !alts.iter().any(|p| p.matches_object(v)) {
+                return Some(here(path, "none of the $or alternatives matches"));
+            }
+        }
+        None
+    }
+
     /// Top-level fields whose values are all exact strings (for indexing many rules by, say,
     /// `source`): (field, values).
     pub fn exact_top_level(&self) -> Vec<(&str, Vec<&str>)> {
@@ -597,6 +677,36 @@ mod tests {
 
     fn invalid(pattern: Value) -> PatternError {
         Pattern::compile(&pattern).expect_err(&pattern.to_string())
+    }
+
+    #[test]
+    fn a_mismatch_names_the_first_field_that_failed() {
+        let ev = json!({"source": "shop", "detail-type": "OrderPlaced",
+                        "detail": {"total": 50, "items": [{"sku": "a", "qty": 1}]}});
+        let p = |v: Value| Pattern::compile(&v).unwrap();
+        let ok = p(json!({"source": ["shop"], "detail": {"total": [{"numeric": [">", 10]}]}}));
+        assert_eq!(ok.mismatch(&ev), None);
+        let m = p(json!({"source": ["shop"], "detail": {"total": [{"numeric": [">", 100]}]}}))
+            .mismatch(&ev)
+            .unwrap();
+        assert_eq!(m.dotted(), "detail.total");
+        assert_eq!(m.found, Some(json!(50)));
+        let m = p(json!({"detail": {"currency": ["EUR"]}}))
+            .mismatch(&ev)
+            .unwrap();
+        assert_eq!(m.dotted(), "detail.currency");
+        assert_eq!(m.found, None);
+        assert!(m.why.contains("no such field"), "{}", m.why);
+        // Array-consistent: sku a with qty 2 is in no single element.
+        let m = p(json!({"detail": {"items": {"sku": ["a"], "qty": [2]}}}))
+            .mismatch(&ev)
+            .unwrap();
+        assert_eq!(m.dotted(), "detail.items");
+        let m = p(json!({"$or": [{"source": ["x"]}, {"detail-type": ["y"]}]}))
+            .mismatch(&ev)
+            .unwrap();
+        assert_eq!(m.dotted(), "(the event)");
+        assert!(m.why.contains("$or"), "{}", m.why);
     }
 
     #[test]

@@ -29,15 +29,34 @@ impl NodeLoad {
     }
 }
 
+/// Why a task was not placed in this pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unplaced {
+    /// For people: what is missing.
+    pub reason: String,
+    /// No connected node could ever fit it (too big for the largest): a wait for it never
+    /// ends unless a bigger node joins.
+    pub never: bool,
+}
+
+impl std::fmt::Display for Unplaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 /// Picks the first READY, connected node with room for the task, or says why none fits.
-pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad, String> {
+pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad, Unplaced> {
     let (cpu, mem) = (spec.cpu(), spec.memory_mib());
     let ready: Vec<&NodeLoad> = nodes
         .iter()
         .filter(|n| n.connected && n.state == NodeState::Ready)
         .collect();
     if ready.is_empty() {
-        return Err("no READY agent is connected".to_string());
+        return Err(Unplaced {
+            reason: "no READY agent is connected".to_string(),
+            never: false,
+        });
     }
     if let Some(n) = ready.iter().find(|n| n.fits(cpu, mem)) {
         return Ok(n);
@@ -45,10 +64,21 @@ pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad,
     let biggest = ready
         .iter()
         .any(|n| n.cpu + 1e-9 >= cpu && n.memory_mib >= mem);
-    Err(if biggest {
-        format!("no node has {cpu} vCPU and {mem} MiB free right now; waiting for capacity")
-    } else {
-        format!("no node can ever fit {cpu} vCPU and {mem} MiB (largest node is smaller)")
+    if biggest {
+        return Err(Unplaced {
+            reason: format!(
+                "no node has {cpu} vCPU and {mem} MiB free right now; waiting for capacity"
+            ),
+            never: false,
+        });
+    }
+    let max_cpu = ready.iter().map(|n| n.cpu).fold(0.0, f64::max);
+    let max_mem = ready.iter().map(|n| n.memory_mib).max().unwrap_or(0);
+    Err(Unplaced {
+        reason: format!(
+            "no node can ever fit {cpu} vCPU and {mem} MiB (the largest connected node has {max_cpu} vCPU and {max_mem} MiB)"
+        ),
+        never: true,
     })
 }
 
@@ -75,6 +105,7 @@ pub(crate) mod tests {
                 repository_credentials: String::new(),
                 privileged: false,
                 readonly_root_filesystem: false,
+                init_process_enabled: false,
                 user: String::new(),
                 secrets: vec![],
                 mounts: vec![],
@@ -123,16 +154,24 @@ pub(crate) mod tests {
         let mut b = node("b", 8.0, 8192);
         b.connected = false;
         let err = place(&spec(1.0, 1), &[a, b]).unwrap_err();
-        assert!(err.contains("no READY agent"), "{err}");
+        assert!(err.reason.contains("no READY agent"), "{err}");
+        assert!(!err.never, "an agent may still connect");
     }
 
     #[test]
     fn too_big_says_so() {
         let err = place(&spec(16.0, 1), &[node("a", 2.0, 100)]).unwrap_err();
-        assert!(err.contains("can ever fit"), "{err}");
+        assert!(err.reason.contains("can ever fit"), "{err}");
+        assert!(
+            err.reason
+                .contains("largest connected node has 2 vCPU and 100 MiB"),
+            "{err}"
+        );
+        assert!(err.never);
         let mut busy = node("a", 2.0, 100);
         busy.cpu_used = 2.0;
         let err = place(&spec(1.0, 1), &[busy]).unwrap_err();
-        assert!(err.contains("waiting for capacity"), "{err}");
+        assert!(err.reason.contains("waiting for capacity"), "{err}");
+        assert!(!err.never);
     }
 }

@@ -180,8 +180,16 @@ pub fn from_pb(core: &Core, r: &pb::Rule) -> Result<Rule, Status> {
     })
 }
 
-pub fn to_pb(r: &Rule) -> pb::Rule {
+/// A rule for the API, with its counters.
+pub fn to_pb(r: &Rule, stats: &crate::model::RuleStats) -> pb::Rule {
     pb::Rule {
+        stats: Some(pb::RuleStats {
+            matched: stats.matched,
+            invoked: stats.invoked,
+            failed: stats.failed,
+            dead_lettered: stats.dead_lettered,
+            last_matched_ms: stats.last_matched_ms,
+        }),
         name: r.name.clone(),
         description: r.description.clone(),
         pattern_json: r.pattern.to_string(),
@@ -242,13 +250,14 @@ impl pb::rules_server::Rules for RulesApi {
         rule.updated_ms = now;
         self.core.store.put_rule(&rule).await?;
         self.core.rules_changed();
-        Ok(Response::new(to_pb(&rule)))
+        let stats = self.core.store.rule_stats(&rule.name)?;
+        Ok(Response::new(to_pb(&rule, &stats)))
     }
 
     async fn get(&self, req: Request<pb::RuleRef>) -> Result<Response<pb::Rule>, Status> {
         let name = &req.get_ref().name;
         match self.core.store.rule(name)? {
-            Some(r) => Ok(Response::new(to_pb(&r))),
+            Some(r) => Ok(Response::new(to_pb(&r, &self.core.store.rule_stats(name)?))),
             None => Err(Status::not_found(format!("name: no rule {name:?}"))),
         }
     }
@@ -257,7 +266,13 @@ impl pb::rules_server::Rules for RulesApi {
         &self,
         _: Request<pb::ListRulesRequest>,
     ) -> Result<Response<pb::ListRulesResponse>, Status> {
-        let rules = self.core.store.rules()?.iter().map(to_pb).collect();
+        let rules = self
+            .core
+            .store
+            .rules()?
+            .iter()
+            .map(|r| Ok(to_pb(r, &self.core.store.rule_stats(&r.name)?)))
+            .collect::<Result<_, Status>>()?;
         Ok(Response::new(pb::ListRulesResponse { rules }))
     }
 
@@ -266,7 +281,7 @@ impl pb::rules_server::Rules for RulesApi {
         match self.core.store.delete_rule(name).await? {
             Some(r) => {
                 self.core.rules_changed();
-                Ok(Response::new(to_pb(&r)))
+                Ok(Response::new(to_pb(&r, &Default::default())))
             }
             None => Err(Status::not_found(format!("name: no rule {name:?}"))),
         }
@@ -289,6 +304,7 @@ impl pb::rules_server::Rules for RulesApi {
             self.core.store.put_rule(&rule).await?;
             self.core.rules_changed();
         }
-        Ok(Response::new(to_pb(&rule)))
+        let stats = self.core.store.rule_stats(&rule.name)?;
+        Ok(Response::new(to_pb(&rule, &stats)))
     }
 }

@@ -50,7 +50,7 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
                 }
                 decided.push((task.id.clone(), node_id));
             }
-            Err(reason) => core.set_status_reason(&task.id, &reason).await?,
+            Err(why) => core.set_status_reason(&task.id, &why).await?,
         }
     }
     let placed = futures::future::join_all(decided.iter().map(|(id, node_id)| {

@@ -95,8 +95,12 @@ pub fn from_pb(core: &Core, s: &pb::Source) -> Result<Source, Status> {
     })
 }
 
-pub fn to_pb(s: &Source) -> pb::Source {
+/// A source for the API, with its watcher's health.
+pub fn to_pb(s: &Source, health: &crate::model::SourceHealth) -> pb::Source {
     let mut out = pb::Source {
+        last_error: health.last_error.clone(),
+        last_error_ms: health.last_error_ms,
+        last_listed_ms: health.last_listed_ms,
         name: s.name.clone(),
         bucket: s.bucket.clone(),
         prefix: s.prefix.clone(),
@@ -146,14 +150,20 @@ impl pb::sources_server::Sources for SourcesApi {
     async fn put(&self, req: Request<pb::Source>) -> Result<Response<pb::Source>, Status> {
         let source = from_pb(&self.core, req.get_ref())?;
         let stored = put(&self.core, source).await?;
-        Ok(Response::new(to_pb(&stored)))
+        Ok(Response::new(to_pb(&stored, &Default::default())))
     }
 
     async fn list(
         &self,
         _: Request<pb::ListSourcesRequest>,
     ) -> Result<Response<pb::ListSourcesResponse>, Status> {
-        let sources = self.core.store.sources()?.iter().map(to_pb).collect();
+        let sources = self
+            .core
+            .store
+            .sources()?
+            .iter()
+            .map(|s| Ok(to_pb(s, &self.core.store.source_health(&s.name)?)))
+            .collect::<Result<_, Status>>()?;
         Ok(Response::new(pb::ListSourcesResponse { sources }))
     }
 
@@ -162,7 +172,7 @@ impl pb::sources_server::Sources for SourcesApi {
         match self.core.store.delete_source(name).await? {
             Some(s) => {
                 self.core.sources_kick.notify_one();
-                Ok(Response::new(to_pb(&s)))
+                Ok(Response::new(to_pb(&s, &Default::default())))
             }
             None => Err(Status::not_found(format!("name: no source {name:?}"))),
         }

@@ -5,6 +5,7 @@
 //! concurrent writers share one flush (group commit), which is what keeps durable writes fast.
 //! A task change and the event it emits are written in one sled transaction: never half-written.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -13,8 +14,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
-    ApiToken, DeadLetter, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule, Schedule,
-    ScheduleState, SealedSecret, Source, Task, TaskDefinition, TaskRole,
+    ApiToken, DeadLetter, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule, RuleCounter,
+    RuleStats, Schedule, ScheduleState, SealedSecret, Source, SourceHealth, Task, TaskDefinition,
+    TaskRole,
 };
 
 mod notify;
@@ -131,6 +133,8 @@ pub struct Store {
     node_certs: sled::Tree,
     roles: sled::Tree,
     rules: sled::Tree,
+    /// Rule name → RuleStats (matches, invocations, failures, dead letters).
+    rule_stats: sled::Tree,
     /// The rule dispatcher's cursor: the last event whose deliveries are all recorded.
     bus: sled::Tree,
     /// (rule, target, event id) → the task it created: task creation at most once.
@@ -143,6 +147,8 @@ pub struct Store {
     object_seen: sled::Tree,
     /// What each watcher last listed: (source, bucket, key) → "etag size".
     watch_state: sled::Tree,
+    /// Source name → SourceHealth (the watcher's last error and listing).
+    source_health: sled::Tree,
     schedules: sled::Tree,
     schedule_state: sled::Tree,
     topics: sled::Tree,
@@ -172,6 +178,7 @@ impl Store {
             node_certs: db.open_tree("node_certs")?,
             roles: db.open_tree("task_roles")?,
             rules: db.open_tree("rules")?,
+            rule_stats: db.open_tree("rule_stats")?,
             bus: db.open_tree("bus")?,
             deliveries: db.open_tree("deliveries")?,
             retries: db.open_tree("retries")?,
@@ -179,6 +186,7 @@ impl Store {
             sources: db.open_tree("sources")?,
             object_seen: db.open_tree("object_seen")?,
             watch_state: db.open_tree("watch_state")?,
+            source_health: db.open_tree("source_health")?,
             schedules: db.open_tree("schedules")?,
             schedule_state: db.open_tree("schedule_state")?,
             topics: db.open_tree("topics")?,
@@ -264,6 +272,20 @@ impl Store {
 
     pub fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
         self.tasks.get(id)?.map(|v| decode("tasks", &v)).transpose()
+    }
+
+    /// Ids of tasks that start with `prefix` (at most `limit`), for ids given by prefix.
+    pub fn task_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.tasks
+            .scan_prefix(prefix)
+            .keys()
+            .take(limit)
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
     }
 
     pub fn tasks(&self) -> Result<Vec<Task>, StoreError> {
@@ -590,6 +612,8 @@ impl Store {
             .remove(name)?
             .map(|v| decode("rules", &v))
             .transpose()?;
+        // A new rule of the same name starts counting from zero.
+        self.rule_stats.remove(name)?;
         self.commit().await?;
         Ok(old)
     }
@@ -604,8 +628,61 @@ impl Store {
     }
 
     pub async fn set_bus_cursor(&self, event_id: &str) -> Result<(), StoreError> {
-        self.bus.insert("cursor", event_id.as_bytes())?;
+        self.advance_bus(event_id, &BTreeMap::new()).await
+    }
+
+    /// Moves the dispatcher's cursor past a batch and adds the batch's matches to each rule's
+    /// counters (rule → (events matched, time of the last)) in one transaction, so a batch
+    /// replayed after a crash is never counted twice. Durable on return.
+    pub async fn advance_bus(
+        &self,
+        event_id: &str,
+        matched: &BTreeMap<String, (u64, i64)>,
+    ) -> Result<(), StoreError> {
+        let mut updates = Vec::with_capacity(matched.len());
+        for (rule, (n, last_ms)) in matched {
+            let mut s = self.rule_stats(rule)?;
+            s.matched += n;
+            s.last_matched_ms = s.last_matched_ms.max(*last_ms);
+            updates.push((rule.as_bytes().to_vec(), s));
+        }
+        (&self.bus, &self.rule_stats)
+            .transaction(|(bus, stats)| {
+                bus.insert("cursor", event_id.as_bytes())?;
+                for (k, s) in &updates {
+                    stats.insert(k.as_slice(), encode(s))?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_error)?;
         self.commit().await
+    }
+
+    /// A rule's counters (zero for a rule that has done nothing yet).
+    pub fn rule_stats(&self, rule: &str) -> Result<RuleStats, StoreError> {
+        Ok(self
+            .rule_stats
+            .get(rule)?
+            .map(|v| decode("rule_stats", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Adds one to a rule's counter; durable with the next commit (these two are counts of
+    /// attempts, at least once across a crash).
+    pub fn count_rule(&self, rule: &str, counter: RuleCounter) -> Result<(), StoreError> {
+        let mut err = None;
+        self.rule_stats.update_and_fetch(rule, |old| {
+            let mut s: RuleStats = old
+                .and_then(|v| decode("rule_stats", v).map_err(|e| err = Some(e)).ok())
+                .unwrap_or_default();
+            match counter {
+                RuleCounter::Invoked => s.invoked += 1,
+                RuleCounter::Failed => s.failed += 1,
+            }
+            Some(encode(&s))
+        })?;
+        err.map_or(Ok(()), Err)
     }
 
     /// The task a delivery created, if it did.
@@ -728,13 +805,32 @@ impl Store {
     }
 
     /// Ends a delivery's retries in the dead-letter list, in one transaction.
+    /// Ends a delivery in the dead-letter list, counting it on its rule in the same
+    /// transaction. Durable on return.
     pub async fn dead_letter(&self, key: &str, d: &DeadLetter) -> Result<(), StoreError> {
         let bytes = encode(d);
-        (&self.dead_letters, &self.retries, &self.deliveries)
-            .transaction(|(dl, r, del)| {
+        (
+            &self.dead_letters,
+            &self.retries,
+            &self.deliveries,
+            &self.rule_stats,
+        )
+            .transaction(|(dl, r, del, stats)| {
+                if del
+                    .get(key)?
+                    .is_some_and(|v| v.starts_with(b"dead-letter:"))
+                {
+                    return Ok(());
+                }
                 dl.insert(d.id.as_bytes(), bytes.as_slice())?;
                 r.remove(key)?;
                 del.insert(key, format!("dead-letter:{}", d.id).as_bytes())?;
+                let mut s: RuleStats = match stats.get(d.rule.as_bytes())? {
+                    Some(v) => decode("rule_stats", &v).unwrap_or_default(),
+                    None => RuleStats::default(),
+                };
+                s.dead_lettered += 1;
+                stats.insert(d.rule.as_bytes(), encode(&s))?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(tx_error)?;
@@ -837,6 +933,7 @@ impl Store {
             .remove(name)?
             .map(|v| decode("sources", &v))
             .transpose()?;
+        self.source_health.remove(name)?;
         self.commit().await?;
         Ok(old)
     }
@@ -916,6 +1013,22 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// Records a watcher's health. Not flushed on its own: it is a status, made durable by
+    /// the next commit, and rewritten at every listing.
+    pub fn set_source_health(&self, source: &str, h: &SourceHealth) -> Result<(), StoreError> {
+        self.source_health.insert(source.as_bytes(), encode(h))?;
+        Ok(())
+    }
+
+    pub fn source_health(&self, source: &str) -> Result<SourceHealth, StoreError> {
+        Ok(self
+            .source_health
+            .get(source)?
+            .map(|v| decode("source_health", &v))
+            .transpose()?
+            .unwrap_or_default())
     }
 
     // --- node certificates: key = fingerprint ---

@@ -361,6 +361,7 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
         repository_credentials: c.repository_credentials.clone(),
         privileged: c.privileged,
         readonly_root_filesystem: c.readonly_root_filesystem,
+        init_process_enabled: c.init_process_enabled,
         user: c.user.clone(),
         secrets,
         mounts,

@@ -58,8 +58,20 @@ async fn watch(core: Arc<Core>, source: Source) {
     info!(source = %source.name, every_s = source.poll_interval_secs, "watching");
     let mut settling: HashMap<String, String> = HashMap::new();
     loop {
-        if let Err(e) = poll(&core, &source, &mut settling).await {
-            warn!(source = %source.name, error = %e, "listing the bucket failed");
+        let mut health = core.store.source_health(&source.name).unwrap_or_default();
+        match poll(&core, &source, &mut settling).await {
+            Ok(()) => {
+                health.last_error.clear();
+                health.last_listed_ms = crate::model::now_ms();
+            }
+            Err(e) => {
+                warn!(source = %source.name, error = %e, "listing the bucket failed");
+                health.last_error = e.to_string();
+                health.last_error_ms = crate::model::now_ms();
+            }
+        }
+        if let Err(e) = core.store.set_source_health(&source.name, &health) {
+            warn!(source = %source.name, error = %e, "recording the watcher's health failed");
         }
         tokio::time::sleep(Duration::from_secs(u64::from(source.poll_interval_secs))).await;
     }

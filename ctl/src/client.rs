@@ -35,8 +35,36 @@ pub fn config_dir() -> Option<PathBuf> {
         .map(|d| d.join("skiff"))
 }
 
+/// The controller address in one spelling: scheme required (http or https), no trailing
+/// `/`, host in lower case and `localhost` as 127.0.0.1, so `http://localhost:7400/` finds
+/// the token `skiff dev` wrote for `http://127.0.0.1:7400`.
+pub fn canonical_addr(addr: &str) -> anyhow::Result<String> {
+    let trimmed = addr.trim().trim_end_matches('/');
+    let Some((scheme, rest)) = trimmed.split_once("://") else {
+        anyhow::bail!(
+            "--addr/SKIFF_ADDR: {addr:?} has no scheme; did you mean http://{trimmed} (or https:// for a TLS controller)?"
+        );
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        anyhow::bail!("--addr/SKIFF_ADDR: {addr:?}: the scheme must be http:// or https://");
+    }
+    if rest.is_empty() || rest.contains('/') {
+        anyhow::bail!(
+            "--addr/SKIFF_ADDR: {addr:?} is not an address like http://127.0.0.1:7400 (no path)"
+        );
+    }
+    let host_port = rest.to_ascii_lowercase();
+    let host_port = match host_port.strip_prefix("localhost") {
+        Some(port) if port.is_empty() || port.starts_with(':') => format!("127.0.0.1{port}"),
+        _ => host_port,
+    };
+    Ok(format!("{scheme}://{host_port}"))
+}
+
 /// The token file for one controller address (`skiff dev` writes its admin token there).
 pub fn token_file_for(addr: &str) -> Option<PathBuf> {
+    let addr = canonical_addr(addr).unwrap_or_else(|_| addr.to_string());
     let key: String = addr
         .trim_start_matches("http://")
         .trim_start_matches("https://")
@@ -73,26 +101,51 @@ pub fn ca_file_for(addr: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// Where this process's API token came from (or where it was looked for), for an
+/// "not authenticated" answer to name.
+static TOKEN_ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// The API token to use: `SKIFF_TOKEN`, else the token file for this address, else
-/// `<config dir>/token`.
-fn token_for(addr: &str) -> Option<String> {
+/// `<config dir>/token`. Also says where it came from, or where it was looked for.
+fn token_for(addr: &str) -> (Option<String>, String) {
     if let Ok(t) = std::env::var("SKIFF_TOKEN") {
-        return Some(t.trim().to_string());
+        return (
+            Some(t.trim().to_string()),
+            "the token in SKIFF_TOKEN".into(),
+        );
     }
-    let candidates = [token_file_for(addr), config_dir().map(|d| d.join("token"))];
-    candidates
+    let candidates: Vec<PathBuf> = [token_file_for(addr), config_dir().map(|d| d.join("token"))]
         .into_iter()
         .flatten()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| t.trim().to_string())
+        .collect();
+    for p in &candidates {
+        if let Ok(t) = std::fs::read_to_string(p) {
+            return (
+                Some(t.trim().to_string()),
+                format!("the token in {}", p.display()),
+            );
+        }
+    }
+    let looked = candidates
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" or ");
+    (
+        None,
+        format!("no API token: SKIFF_TOKEN is not set and there is no {looked} (`skiff dev` writes the first for its address; a controller writes <data dir>/admin.token)"),
+    )
 }
 
 pub async fn connect(addr: &str) -> anyhow::Result<Conn> {
+    let addr = &canonical_addr(addr)?;
     let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("--addr: {addr:?} is not a URL like http://127.0.0.1:7400"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let token = match token_for(addr) {
+    let (token, origin) = token_for(addr);
+    let _ = TOKEN_ORIGIN.set(origin);
+    let token = match token {
         Some(t) => Some(
             format!("Bearer {t}")
                 .parse()
@@ -139,53 +192,96 @@ pub fn api_error(s: tonic::Status) -> anyhow::Error {
         Unimplemented => "not supported by this controller (older version?)",
         _ => "error",
     };
-    anyhow::anyhow!("{kind}: {}", s.message())
+    match (s.code(), TOKEN_ORIGIN.get()) {
+        (Unauthenticated, Some(origin)) => {
+            anyhow::anyhow!("{kind}: {} ({origin})", s.message())
+        }
+        _ => anyhow::anyhow!("{kind}: {}", s.message()),
+    }
 }
 
 #[derive(Subcommand)]
 pub enum TasksCmd {
     /// List tasks, newest first.
     Ls {
-        /// PROVISIONING, PENDING, RUNNING, STOPPING or STOPPED.
+        /// Only tasks in this state: PROVISIONING, PENDING, RUNNING, STOPPING or STOPPED.
         #[arg(long)]
         status: Option<String>,
+        /// Only tasks of this task-definition family.
         #[arg(long)]
         family: Option<String>,
+        /// Only tasks placed on this node.
         #[arg(long)]
         node: Option<String>,
+        /// Only tasks of this group (e.g. family:thumbs, or a rule's group).
+        #[arg(long)]
+        group: Option<String>,
+        /// At most this many (the newest); says on stderr how many more there are.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Show one task.
-    Describe { id: String },
+    /// Show one task: status, stop code, reason, per-container exit codes.
+    Describe {
+        /// The task id, or a unique prefix of it.
+        id: String,
+    },
     /// Stop a task (SIGTERM, then SIGKILL after the stop timeout).
     Stop {
+        /// The task id, or a unique prefix of it.
         id: String,
+        /// Why, recorded as the task's stopped reason.
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Print a task's logs.
+    /// Print a task's logs: stdout to stdout, stderr to stderr.
     Logs {
+        /// The task id, or a unique prefix of it.
         id: String,
         /// Keep streaming until the task stops.
         #[arg(short, long)]
         follow: bool,
-        #[arg(long)]
+        /// Only this container's log (default: every container, each line prefixed with its
+        /// container's name when there are several).
+        #[arg(long, short = 'c')]
         container: Option<String>,
+        /// Prefix each line with the time it was written (RFC 3339).
+        #[arg(long, short = 't')]
+        timestamps: bool,
+        /// Only lines written since then: a duration ago (10m, 2h) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+        /// Only the last N lines of each container (before following).
+        #[arg(long, short = 'n')]
+        tail: Option<u32>,
     },
     /// Wait until a task is STOPPED and exit with its essential container's exit code.
-    Wait { id: String },
+    Wait {
+        /// The task id, or a unique prefix of it.
+        id: String,
+    },
+}
+
+/// `--since`: a duration before now (`10m`) or an RFC 3339 time; milliseconds since the epoch.
+pub fn parse_since(s: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    humantime::parse_duration(s)
+        .map(|d| chrono::Utc::now().timestamp_millis() - d.as_millis() as i64)
+        .map_err(|_| format!("{s:?} is neither a duration (10m, 2h) nor an RFC 3339 time"))
 }
 
 #[derive(Subcommand)]
 pub enum TaskdefsCmd {
     /// Register a new revision from a JSON or TOML file.
     Register {
+        /// The task definition: a JSON, TOML or YAML file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
     /// List task definitions.
     Ls {
+        /// Only this family's revisions.
         #[arg(long)]
         family: Option<String>,
         /// Include deregistered revisions.
@@ -193,9 +289,15 @@ pub enum TaskdefsCmd {
         all: bool,
     },
     /// Show FAMILY (latest) or FAMILY:REVISION.
-    Describe { task_definition: String },
+    Describe {
+        /// FAMILY (its latest active revision) or FAMILY:REVISION.
+        task_definition: String,
+    },
     /// Mark FAMILY:REVISION inactive.
-    Deregister { task_definition: String },
+    Deregister {
+        /// FAMILY:REVISION to deregister.
+        task_definition: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,7 +305,10 @@ pub enum NodesCmd {
     /// List nodes with capacity and use.
     Ls,
     /// Cut a node off: its certificates are refused from now on (TLS controllers).
-    Revoke { node: String },
+    Revoke {
+        /// The node's id.
+        node: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,19 +321,22 @@ pub enum EventsCmd {
         /// Start after this event id.
         #[arg(long)]
         after: Option<String>,
-        /// Only the last N events (before following).
+        /// Only the last N events before following (0: only new ones).
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: u32,
     },
     /// Put an app event on the bus (like EventBridge PutEvents); prints its id.
     Put {
+        /// The event's source (any name but skiff.*).
         #[arg(long)]
         source: String,
+        /// The event's detail-type.
         #[arg(long = "detail-type")]
         detail_type: String,
         /// The detail: a JSON object, or @FILE.
         #[arg(long, default_value = "{}")]
         detail: String,
+        /// A resource the event is about (repeatable).
         #[arg(long = "resource")]
         resources: Vec<String>,
     },
@@ -252,6 +360,7 @@ pub enum EventsCmd {
 pub enum DlqCmd {
     /// List dead letters, newest first.
     Ls {
+        /// Only this rule's dead letters.
         #[arg(long)]
         rule: Option<String>,
     },
@@ -267,7 +376,9 @@ pub fn test_pattern(pattern: &str, event: &str) -> i32 {
             None => Ok(arg.to_string()),
         }
     };
+    let mut pattern_json = serde_json::Value::Null;
     let checked = read("pattern", pattern).and_then(|p| {
+        pattern_json = serde_json::from_str(&p).unwrap_or_default();
         skiff_controller::pattern::Pattern::parse(&p).map_err(|e| format!("--pattern: {e}"))
     });
     let event = read("event", event).and_then(|e| {
@@ -282,15 +393,39 @@ pub fn test_pattern(pattern: &str, event: &str) -> i32 {
             })
     });
     match (checked, event) {
-        (Ok(p), Ok(e)) => {
-            let result = p.matches(&e);
-            println!("{}", serde_json::json!({ "result": result }));
-            if result {
+        (Ok(p), Ok(e)) => match p.mismatch(&e) {
+            None => {
+                println!("{}", serde_json::json!({ "result": true }));
                 0
-            } else {
+            }
+            Some(m) => {
+                // What the pattern asks at that path, for the explanation.
+                let wants = m
+                    .path
+                    .iter()
+                    .try_fold(&pattern_json, |v, k| v.get(k))
+                    .cloned();
+                println!(
+                    "{}",
+                    serde_json::json!({ "result": false, "mismatch": {
+                        "field": m.dotted(), "event": m.found, "pattern": wants, "why": m.why,
+                    }})
+                );
+                let found = m
+                    .found
+                    .as_ref()
+                    .map_or("nothing".to_string(), |v| v.to_string());
+                eprintln!(
+                    "skiff: no match at {}: the event has {found}{}; {}",
+                    m.dotted(),
+                    wants
+                        .map(|w| format!(", the pattern wants {w}"))
+                        .unwrap_or_default(),
+                    m.why
+                );
                 1
             }
-        }
+        },
         (Err(msg), _) | (_, Err(msg)) => {
             eprintln!("skiff: {msg}");
             2
@@ -421,6 +556,7 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
             status,
             family,
             node,
+            group,
             limit,
         } => {
             let resp = client
@@ -428,6 +564,7 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
                     status: status.unwrap_or_default(),
                     family: family.unwrap_or_default(),
                     node_id: node.unwrap_or_default(),
+                    group: group.unwrap_or_default(),
                     limit,
                 })
                 .await
@@ -436,6 +573,13 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
             match fmt {
                 Format::Json => println!("{}", output::json(&resp.tasks)),
                 Format::Table => println!("{}", task_rows(&resp.tasks)),
+            }
+            let shown = resp.tasks.len() as u32;
+            if resp.total > shown {
+                eprintln!(
+                    "skiff: {shown} of {} tasks shown (newest first); raise --limit or filter to see more",
+                    resp.total
+                );
             }
         }
         TasksCmd::Describe { id } => {
@@ -446,7 +590,7 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
                 .into_inner();
             match fmt {
                 Format::Json => println!("{}", output::json(&t)),
-                Format::Table => print!("{}", describe_task(&t)),
+                Format::Table => println!("{}", describe_task(&t)),
             }
         }
         TasksCmd::Stop { id, reason } => {
@@ -469,15 +613,29 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
             id,
             follow,
             container,
+            timestamps,
+            since,
+            tail,
         } => {
-            stream_logs(&mut client, &id, follow, container.unwrap_or_default()).await?;
+            let opts = LogOptions {
+                follow,
+                container: container.unwrap_or_default(),
+                timestamps,
+                since_ms: since.unwrap_or(0),
+                tail: tail.unwrap_or(0),
+                json: fmt == Format::Json,
+            };
+            stream_logs(&mut client, &id, &opts).await?;
         }
         TasksCmd::Wait { id } => {
-            let t = client
-                .wait(pb::TaskRef { id })
-                .await
-                .map_err(api_error)?
-                .into_inner();
+            let t = match crate::run_task::wait(&mut client, &id).await {
+                Ok(t) => t,
+                Err(crate::run_task::Unfinished::NeverPlaced(reason)) => {
+                    eprintln!("skiff: {reason}");
+                    return Ok(125);
+                }
+                Err(crate::run_task::Unfinished::Failed(e)) => return Err(e),
+            };
             if fmt == Format::Json {
                 println!("{}", output::json(&t));
             }
@@ -487,28 +645,93 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
     Ok(0)
 }
 
-/// Copies a task's logs to stdout/stderr, each line to the stream the container wrote it to.
+/// What `tasks logs` (and `run-task --follow`) asks for and how it prints.
+#[derive(Clone, Debug, Default)]
+pub struct LogOptions {
+    pub follow: bool,
+    /// One container's log; empty = all.
+    pub container: String,
+    pub timestamps: bool,
+    pub since_ms: i64,
+    pub tail: u32,
+    /// One JSON object per line ({time, container, stream, line}) instead of the raw text.
+    pub json: bool,
+}
+
+/// Copies a task's logs to stdout/stderr, each line to the stream the container wrote it to;
+/// with several containers (and no `container` chosen) each line starts with `NAME | `, as
+/// `docker compose logs` does.
 pub async fn stream_logs(
     client: &mut pb::tasks_client::TasksClient<Conn>,
     id: &str,
-    follow: bool,
-    container: String,
+    opts: &LogOptions,
 ) -> anyhow::Result<()> {
+    let task = client
+        .describe(pb::TaskRef { id: id.to_string() })
+        .await
+        .map_err(api_error)?
+        .into_inner();
+    let width = task
+        .containers
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    let label = opts.container.is_empty() && task.containers.len() > 1;
     let mut stream = client
         .logs(pb::TaskLogsRequest {
-            id: id.to_string(),
-            container,
-            follow,
+            id: task.id.clone(),
+            container: opts.container.clone(),
+            follow: opts.follow,
+            since_ms: opts.since_ms,
+            tail: opts.tail,
+            timestamps: opts.timestamps || opts.json,
         })
         .await
         .map_err(api_error)?
         .into_inner();
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    // Whether the next byte of (container, stream) begins a line, for the prefixes.
+    let mut at_line_start: std::collections::HashMap<(String, String), bool> = Default::default();
     while let Some(chunk) = stream.message().await.map_err(api_error)? {
-        if chunk.stream == "stderr" {
-            err.write_all(&chunk.data)?;
+        if opts.json {
+            let line = String::from_utf8_lossy(&chunk.data);
+            let v = serde_json::json!({
+                "time": chunk.time, "container": chunk.container, "stream": chunk.stream,
+                "line": line.strip_suffix('\n').unwrap_or(&line),
+            });
+            writeln!(out, "{v}")?;
+            out.flush()?;
+            continue;
+        }
+        let mut prefix = String::new();
+        if label {
+            prefix.push_str(&format!("{:<width$} | ", chunk.container));
+        }
+        if opts.timestamps && !chunk.time.is_empty() {
+            prefix.push_str(&chunk.time);
+            prefix.push(' ');
+        }
+        let data = if prefix.is_empty() {
+            chunk.data
         } else {
-            out.write_all(&chunk.data)?;
+            let start = at_line_start
+                .entry((chunk.container.clone(), chunk.stream.clone()))
+                .or_insert(true);
+            let mut buf = Vec::with_capacity(chunk.data.len() + prefix.len());
+            for piece in chunk.data.split_inclusive(|b| *b == b'\n') {
+                if *start {
+                    buf.extend_from_slice(prefix.as_bytes());
+                }
+                buf.extend_from_slice(piece);
+                *start = piece.ends_with(b"\n");
+            }
+            buf
+        };
+        if chunk.stream == "stderr" {
+            err.write_all(&data)?;
+        } else {
+            out.write_all(&data)?;
             out.flush()?;
         }
     }
@@ -615,10 +838,16 @@ pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32
             .await
             .map_err(api_error)?
             .into_inner();
-        println!(
-            "node {node}: {} certificate(s) revoked",
-            r.certificates_revoked
-        );
+        match fmt {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({"node": node, "certificatesRevoked": r.certificates_revoked})
+            ),
+            Format::Table => println!(
+                "node {node}: {} certificate(s) revoked",
+                r.certificates_revoked
+            ),
+        }
         return Ok(0);
     }
     let resp = client
@@ -687,7 +916,7 @@ pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i
         .watch(pb::WatchEventsRequest {
             after: after.clone().unwrap_or_default(),
             follow,
-            tail: if after.is_some() { 0 } else { lines },
+            tail: if after.is_some() { None } else { Some(lines) },
         })
         .await
         .map_err(api_error)?
@@ -755,7 +984,10 @@ pub enum TokensCmd {
     /// List tokens (never their secrets).
     Ls,
     /// Revoke a token by id: every call with it fails from now on.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (skiff tokens ls).
+        id: String,
+    },
 }
 
 fn token_row(t: &pb::TokenInfo) -> Vec<String> {
@@ -862,14 +1094,19 @@ pub async fn tokens(addr: &str, fmt: Format, cmd: TokensCmd) -> anyhow::Result<i
 pub enum SecretsCmd {
     /// Store (or replace) a secret; the value is read from stdin, or from --from-file.
     Put {
+        /// The secret's name (what task definitions name in value_from).
         name: String,
+        /// Read the value from this file instead of standard input.
         #[arg(long = "from-file")]
         from_file: Option<PathBuf>,
     },
     /// List secrets (names, versions and sizes; never values).
     Ls,
     /// Delete a secret.
-    Rm { name: String },
+    Rm {
+        /// The secret's name.
+        name: String,
+    },
 }
 
 pub async fn secrets(addr: &str, fmt: Format, cmd: SecretsCmd) -> anyhow::Result<i32> {

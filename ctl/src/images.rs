@@ -20,7 +20,9 @@ pub enum ImagesCmd {
     },
     /// Pull an image onto the nodes (always contacting the registry).
     Pull {
+        /// The image reference to pull.
         image: String,
+        /// Only on this node (default: every connected node).
         #[arg(long)]
         node: Option<String>,
         /// Stored registry credentials to pull with (`skiff registry-creds put`).
@@ -29,12 +31,15 @@ pub enum ImagesCmd {
     },
     /// Remove an image (by name, digest or digest prefix) and the layers only it used.
     Rm {
+        /// By name, digest or digest prefix.
         image: String,
+        /// Only on this node (default: every connected node).
         #[arg(long)]
         node: Option<String>,
     },
     /// Remove every image no running task uses, and any content no image references.
     Prune {
+        /// Only on this node (default: every connected node).
         #[arg(long)]
         node: Option<String>,
     },
@@ -44,17 +49,22 @@ pub enum ImagesCmd {
 pub enum RegistryCredsCmd {
     /// Store credentials for a registry; the password is read from standard input.
     Put {
+        /// The name task definitions give as repository_credentials.
         name: String,
         /// The registry, HOST[:PORT] (docker.io for Docker Hub).
         #[arg(long)]
         server: String,
+        /// The registry user name (the password is read from standard input).
         #[arg(long)]
         username: String,
     },
     /// List stored credentials (never their passwords).
     Ls,
     /// Delete stored credentials.
-    Rm { name: String },
+    Rm {
+        /// The credentials' name.
+        name: String,
+    },
 }
 
 /// 1536 → "1.5 KiB".

@@ -17,7 +17,7 @@ mod topics;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -90,6 +90,12 @@ enum Command {
     /// Registry credentials kept by the controller for task definitions to name.
     #[command(subcommand, name = "registry-creds")]
     RegistryCreds(images::RegistryCredsCmd),
+    /// Print a shell completion script, e.g. `skiff completion bash >
+    /// /etc/bash_completion.d/skiff`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Internal: own one container (started by the agent). With --zygote, fork one shim per
     /// request from the agent on standard input (see skiff_agent::zygote).
     #[command(hide = true)]
@@ -114,6 +120,10 @@ fn main() -> ExitCode {
         };
         return ExitCode::from(code as u8);
     }
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     // Servers get worker threads; a client command is one request at a time, and starting
     // worker threads would only add to every command's latency.
     let serving = matches!(
@@ -129,6 +139,12 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
     };
+    if !serving {
+        // A client writing into a closed pipe (`skiff events tail | head`) ends quietly, as
+        // other Unix tools do, instead of panicking in println!. Servers keep Rust's default
+        // (SIGPIPE ignored: a dropped connection is an error to handle, not a death).
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
@@ -156,7 +172,7 @@ fn main() -> ExitCode {
             Command::Schedules(c) => schedules::schedules(&cli.addr, fmt, c).await,
             Command::Topics(c) => topics::topics(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
-            Command::Shim { .. } => unreachable!("handled above"),
+            Command::Shim { .. } | Command::Completion { .. } => unreachable!("handled above"),
         }
     });
     // Client streams may leave tasks behind; do not wait for them.
@@ -166,6 +182,63 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("skiff: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and every flag a user can type says what it is for in `--help`.
+    #[test]
+    fn every_subcommand_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.is_hide_set() || sub.get_name() == "help" {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{p}: no about"));
+                }
+                for arg in sub.get_arguments() {
+                    let global = ["addr", "output", "help", "version"];
+                    if arg.is_hide_set() || global.contains(&arg.get_id().as_str()) {
+                        continue;
+                    }
+                    if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                        missing.push(format!("{p} <{}>: no help", arg.get_id()));
+                    }
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "skiff", &mut missing);
+        assert!(missing.is_empty(), "without help:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn completions_are_generated_from_the_cli_definition() {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "skiff",
+            &mut out,
+        );
+        let script = String::from_utf8(out).unwrap();
+        for word in [
+            "run-task",
+            "taskdefs",
+            "test-pattern",
+            "--stop-on-interrupt",
+        ] {
+            assert!(
+                script.contains(word),
+                "{word} missing from the bash completion"
+            );
         }
     }
 }

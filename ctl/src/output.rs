@@ -23,16 +23,26 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
         .join("\n")
 }
 
+/// What a delete prints: the name for people, `{"name": …, "deleted": true}` for scripts.
+pub fn deleted(fmt: Format, name: &str) {
+    match fmt {
+        Format::Json => println!("{}", serde_json::json!({"name": name, "deleted": true})),
+        Format::Table => println!("{name}"),
+    }
+}
+
 pub fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// A time for people, in the one format every command uses: RFC 3339 in UTC with
+/// milliseconds (`2026-11-29T19:30:00.123Z`); "-" for none.
 pub fn time(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
     }
     chrono::DateTime::from_timestamp_millis(ms)
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| "-".into())
 }
 

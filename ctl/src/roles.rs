@@ -16,15 +16,23 @@ use crate::taskdef_file::DurationField;
 pub enum RolesCmd {
     /// Create or replace a role from a file (role.yaml, .json or .toml).
     Put {
+        /// The role file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
     /// List roles.
     Ls,
-    /// Show one role.
-    Get { name: String },
+    /// Show one role (`get` is an alias).
+    #[command(alias = "get")]
+    Describe {
+        /// The role's name.
+        name: String,
+    },
     /// Delete a role (running tasks under it get no new credentials).
-    Rm { name: String },
+    Rm {
+        /// The role's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,7 +248,7 @@ pub async fn roles(addr: &str, fmt: Format, cmd: RolesCmd) -> anyhow::Result<i32
                 .into_inner();
             print(fmt, &r.roles);
         }
-        RolesCmd::Get { name } => {
+        RolesCmd::Describe { name } => {
             let r = c
                 .get(pb::RoleRef { name })
                 .await

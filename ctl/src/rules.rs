@@ -16,20 +16,31 @@ use crate::taskdef_file::DurationField;
 pub enum RulesCmd {
     /// Create or replace a rule from a file (rule.yaml, .json or .toml).
     Put {
+        /// The rule file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// List rules: state, pattern, targets, and how many events each matched.
     Ls,
+    /// Show a rule: pattern, targets with their input and retry policy, and its counters
+    /// (matched, invoked, failed, dead-lettered).
     Describe {
+        /// The rule's name.
         name: String,
     },
+    /// Delete a rule (deliveries already made stay done).
     Rm {
+        /// The rule's name.
         name: String,
     },
+    /// Enable a rule: events from now on are matched against it.
     Enable {
+        /// The rule's name.
         name: String,
     },
+    /// Disable a rule: it keeps its settings and counters but matches nothing.
     Disable {
+        /// The rule's name.
         name: String,
     },
 }
@@ -89,8 +100,8 @@ struct ContainerOverrideFile {
     #[serde(default)]
     environment: BTreeMap<String, String>,
     cpu: Option<f64>,
-    /// MiB.
-    memory: Option<u64>,
+    /// MiB, or with a unit (512M, 1G).
+    memory: Option<crate::taskdef_file::MemoryField>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,14 +182,20 @@ pub(crate) fn task_target(field: &str, task: TaskTargetFile) -> anyhow::Result<p
             containers: o
                 .containers
                 .into_iter()
-                .map(|c| pb::ContainerOverride {
-                    name: c.name,
-                    command: c.command,
-                    environment: c.environment.into_iter().collect(),
-                    cpu: c.cpu,
-                    memory_mib: c.memory,
+                .map(|c| {
+                    Ok(pb::ContainerOverride {
+                        memory_mib: c
+                            .memory
+                            .as_ref()
+                            .map(|m| m.mib(&format!("{field}.overrides.containers.memory")))
+                            .transpose()?,
+                        name: c.name,
+                        command: c.command,
+                        environment: c.environment.into_iter().collect(),
+                        cpu: c.cpu,
+                    })
                 })
-                .collect(),
+                .collect::<anyhow::Result<_>>()?,
             timeout_seconds: o
                 .timeout
                 .map(|d| d.seconds(&format!("{field}.overrides.timeout")))
@@ -202,20 +219,100 @@ fn target_text(t: &pb::Target) -> String {
     }
 }
 
-fn print(fmt: Format, rules: &[pb::Rule]) {
+/// A rule as JSON: the pattern as an object, targets with every setting, counters.
+fn rule_json(r: &pb::Rule) -> serde_json::Value {
+    serde_json::json!({
+        "name": r.name, "description": r.description, "enabled": r.enabled.unwrap_or(true),
+        "pattern": serde_json::from_str::<serde_json::Value>(&r.pattern_json).unwrap_or_default(),
+        "targets": r.targets, "stats": r.stats.clone().unwrap_or_default(),
+        "version": r.version, "created": output::time(r.created_ms),
+        "updated": output::time(r.updated_ms),
+    })
+}
+
+/// `rules describe`: everything about one rule, for people.
+fn describe(r: &pb::Rule) -> String {
+    let mut s = String::new();
+    let mut kv = |k: &str, v: String| s.push_str(&format!("{k:<16}{v}\n"));
+    kv("Rule:", r.name.clone());
+    if !r.description.is_empty() {
+        kv("Description:", r.description.clone());
+    }
+    kv(
+        "State:",
+        if r.enabled.unwrap_or(true) {
+            "enabled".into()
+        } else {
+            "disabled".into()
+        },
+    );
+    kv("Pattern:", r.pattern_json.clone());
+    let st = r.stats.clone().unwrap_or_default();
+    kv(
+        "Matched:",
+        format!(
+            "{} events (last {})",
+            st.matched,
+            output::time(st.last_matched_ms)
+        ),
+    );
+    kv(
+        "Deliveries:",
+        format!(
+            "{} invoked, {} failed attempts, {} dead-lettered",
+            st.invoked, st.failed, st.dead_lettered
+        ),
+    );
+    kv("Updated:", output::time(r.updated_ms));
+    s.push_str("Targets:\n");
+    for t in &r.targets {
+        s.push_str(&format!("  {}\n", target_text(t)));
+        if let Some(pb::target::Kind::Task(task)) = &t.kind {
+            if !task.group.is_empty() {
+                s.push_str(&format!("    group:        {}\n", task.group));
+            }
+            if let Some(o) = &task.overrides {
+                if !o.containers.is_empty() || o.timeout_seconds.is_some() || o.task_role.is_some()
+                {
+                    let o = serde_json::to_string(o).unwrap_or_default();
+                    s.push_str(&format!("    overrides:    {o}\n"));
+                }
+            }
+        }
+        let input = match (&t.input_transformer, t.input_path.as_str()) {
+            (Some(tr), _) => format!(
+                "transformer paths {} template {}",
+                serde_json::to_string(&tr.input_paths).unwrap_or_default(),
+                tr.input_template
+            ),
+            (None, "") => "the whole event".into(),
+            (None, p) => format!("path {p}"),
+        };
+        s.push_str(&format!("    input:        {input}\n"));
+        if let Some(rp) = &t.retry {
+            s.push_str(&format!(
+                "    retry:        {} attempts, events up to {}s old\n",
+                rp.max_attempts, rp.max_event_age_seconds
+            ));
+        }
+    }
+    s.trim_end().to_string()
+}
+
+fn print(fmt: Format, rules: &[pb::Rule], detailed: bool) {
     if fmt == Format::Json {
-        let v: Vec<_> = rules
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "name": r.name, "description": r.description, "enabled": r.enabled.unwrap_or(true),
-                    "pattern": serde_json::from_str::<serde_json::Value>(&r.pattern_json).unwrap_or_default(),
-                    "targets": r.targets.iter().map(target_text).collect::<Vec<_>>(),
-                    "version": r.version, "updatedMs": r.updated_ms,
-                })
-            })
-            .collect();
-        println!("{}", output::json(&v));
+        let v: Vec<_> = rules.iter().map(rule_json).collect();
+        if detailed && v.len() == 1 {
+            println!("{}", output::json(&v[0]));
+        } else {
+            println!("{}", output::json(&v));
+        }
+        return;
+    }
+    if detailed {
+        for r in rules {
+            println!("{}", describe(r));
+        }
         return;
     }
     let rows = rules
@@ -235,17 +332,19 @@ fn print(fmt: Format, rules: &[pb::Rule]) {
                     .map(target_text)
                     .collect::<Vec<_>>()
                     .join(", "),
+                r.stats.as_ref().map_or(0, |s| s.matched).to_string(),
             ]
         })
         .collect();
     println!(
         "{}",
-        output::table(&["NAME", "STATE", "PATTERN", "TARGETS"], rows)
+        output::table(&["NAME", "STATE", "PATTERN", "TARGETS", "MATCHED"], rows)
     );
 }
 
 pub async fn rules(addr: &str, fmt: Format, cmd: RulesCmd) -> anyhow::Result<i32> {
     let mut c = pb::rules_client::RulesClient::new(connect(addr).await?);
+    let detailed = matches!(cmd, RulesCmd::Describe { .. });
     let r = match cmd {
         RulesCmd::Put { file } => vec![c.put(load(&file)?).await.map_err(api_error)?.into_inner()],
         RulesCmd::Ls => {
@@ -286,7 +385,7 @@ pub async fn rules(addr: &str, fmt: Format, cmd: RulesCmd) -> anyhow::Result<i32
             .map_err(api_error)?
             .into_inner()],
     };
-    print(fmt, &r);
+    print(fmt, &r, detailed);
     Ok(0)
 }
 
@@ -325,8 +424,24 @@ pub async fn put_event(
         return Ok(1);
     }
     match fmt {
-        Format::Json => println!("{}", serde_json::json!({"eventId": e.event_id})),
-        Format::Table => println!("{}", e.event_id),
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"eventId": e.event_id, "matchedRules": e.matched_rules})
+        ),
+        Format::Table => {
+            println!("{}", e.event_id);
+            // The id is the output scripts take; how many rules it reached is for people.
+            match e.matched_rules.len() {
+                0 => eprintln!(
+                    "skiff: matched no enabled rule (`skiff events test-pattern` shows why a pattern does not match)"
+                ),
+                n => eprintln!(
+                    "skiff: matched {n} rule{}: {}",
+                    if n == 1 { "" } else { "s" },
+                    e.matched_rules.join(", ")
+                ),
+            }
+        }
     }
     Ok(0)
 }

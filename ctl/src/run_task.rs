@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context;
 use clap::Args;
 use skiff_proto::v1 as pb;
 
-use crate::client::{api_error, connect, describe_task, essential_exit, stream_logs};
+use crate::client::{api_error, connect, describe_task, essential_exit, stream_logs, Conn};
 use crate::output::{self, Format};
 
 #[derive(Args)]
@@ -28,6 +27,10 @@ pub struct RunTaskArgs {
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only", conflicts_with = "task_def")]
     read_only: bool,
+    /// Run an init as PID 1 that forwards signals to the command and reaps zombies, so a
+    /// command without a SIGTERM handler (sleep, a shell loop) stops at once.
+    #[arg(long, conflicts_with = "task_def")]
+    init: bool,
     /// Every capability and no seccomp filter (only for what truly needs the host).
     #[arg(long, conflicts_with = "task_def")]
     privileged: bool,
@@ -76,9 +79,14 @@ pub struct RunTaskArgs {
     /// Wait until the task stops and exit with its exit code.
     #[arg(long)]
     wait: bool,
-    /// Stream the task's logs (implies --wait).
+    /// Stream the task's logs (implies --wait). Ctrl-C stops following; the task goes on
+    /// (see --stop-on-interrupt).
     #[arg(long, short = 'f')]
     follow: bool,
+    /// With --wait or --follow: Ctrl-C stops the task (SIGTERM, then SIGKILL after its stop
+    /// timeout) and waits for it, instead of leaving it running.
+    #[arg(long = "stop-on-interrupt")]
+    stop_on_interrupt: bool,
     /// Command and arguments.
     #[arg(last = true)]
     command: Vec<String>,
@@ -91,28 +99,7 @@ fn parse_duration(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 5m)"))
 }
 
-/// MiB, or with a unit: 64, 64M, 64MiB, 1G, 1GiB.
-fn parse_memory(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = lower
-        .strip_suffix("gib")
-        .or_else(|| lower.strip_suffix("g"))
-    {
-        (n, 1024)
-    } else if let Some(n) = lower
-        .strip_suffix("mib")
-        .or_else(|| lower.strip_suffix("m"))
-    {
-        (n, 1)
-    } else {
-        (lower.as_str(), 1)
-    };
-    num.trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a memory size in MiB (e.g. 64, 512M, 2G)"))
-}
+use crate::taskdef_file::parse_memory;
 
 /// The exit code `--wait` ends with, after saying why when the task did not simply exit.
 pub fn exit_status(t: &pb::Task) -> i32 {
@@ -171,6 +158,7 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
                 repository_credentials: a.registry_creds.clone().unwrap_or_default(),
                 privileged: a.privileged,
                 readonly_root_filesystem: a.read_only,
+                init_process_enabled: a.init,
                 user: a.user.clone().unwrap_or_default(),
                 secrets: a
                     .secrets
@@ -238,47 +226,163 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
         return Ok(0);
     }
     if a.follow {
-        // Logs exist once the task is placed and started; the stream ends when it stops.
-        wait_until_placed(&mut client, &task.id).await?;
-        stream_logs(&mut client, &task.id, true, String::new()).await?;
+        eprintln!(
+            "skiff: task {} started; following its logs (Ctrl-C stops following{})",
+            task.id,
+            if a.stop_on_interrupt {
+                " and stops the task"
+            } else {
+                "; the task goes on"
+            }
+        );
     }
-    let done = client
-        .wait(pb::TaskRef {
-            id: task.id.clone(),
-        })
-        .await
-        .map_err(api_error)
-        .context("waiting for the task")?
-        .into_inner();
+    let id = task.id.clone();
+    let waited = tokio::select! {
+        r = follow_and_wait(&mut client, &id, a.follow) => r,
+        _ = tokio::signal::ctrl_c() => {
+            if !a.stop_on_interrupt {
+                eprintln!(
+                    "skiff: stopped following; task {id} goes on running (stop it with `skiff tasks stop {id}`, follow it again with `skiff tasks logs -f {id}`)"
+                );
+                return Ok(130);
+            }
+            eprintln!("skiff: interrupted; stopping task {id}");
+            client
+                .stop(pb::StopTaskRequest { id: id.clone(), reason: "interrupted (Ctrl-C) in skiff run-task".into() })
+                .await
+                .map_err(api_error)?;
+            wait(&mut client, &id).await
+        }
+    };
+    let done = match waited {
+        Ok(done) => done,
+        Err(Unfinished::NeverPlaced(reason)) => {
+            // Nobody will wait for it: leave nothing behind that could start unattended later.
+            let _ = client
+                .stop(pb::StopTaskRequest {
+                    id: id.clone(),
+                    reason: format!("run-task gave up: {reason}"),
+                })
+                .await;
+            eprintln!("skiff: {reason}; the task was stopped");
+            return Ok(125);
+        }
+        Err(Unfinished::Failed(e)) => return Err(e),
+    };
     if fmt == Format::Json {
         println!("{}", output::json(&done));
     } else if done.stop_code == "TaskFailedToStart" && a.follow {
-        eprint!("{}", describe_task(&done));
+        eprintln!("{}", describe_task(&done));
     }
     Ok(exit_status(&done))
 }
 
-async fn wait_until_placed(
-    client: &mut pb::tasks_client::TasksClient<crate::client::Conn>,
+/// Why a wait ended without a STOPPED task.
+pub enum Unfinished {
+    /// No connected node could ever fit the task (the controller's reason).
+    NeverPlaced(String),
+    Failed(anyhow::Error),
+}
+
+/// Waits until the task is STOPPED, saying on stderr why while it waits for a node. Fails at
+/// once when it can never be placed.
+pub async fn wait(
+    client: &mut pb::tasks_client::TasksClient<Conn>,
     id: &str,
-) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+) -> Result<pb::Task, Unfinished> {
+    let mut watcher = client.clone();
+    let waiting = say_while_provisioning(&mut watcher, id);
+    let done = client.wait(pb::TaskRef { id: id.to_string() });
+    tokio::select! {
+        r = done => match r {
+            Ok(t) => Ok(t.into_inner()),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                Err(Unfinished::NeverPlaced(s.message().to_string()))
+            }
+            Err(s) => Err(Unfinished::Failed(api_error(s).context("waiting for the task"))),
+        },
+        never = waiting => Err(never),
+    }
+}
+
+/// After a second in PROVISIONING, prints the task's waiting reason (again whenever it
+/// changes). Ends only when the task can never be placed.
+async fn say_while_provisioning(
+    client: &mut pb::tasks_client::TasksClient<Conn>,
+    id: &str,
+) -> Unfinished {
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut said = String::new();
+    loop {
+        if let Ok(t) = client.describe(pb::TaskRef { id: id.to_string() }).await {
+            let t = t.into_inner();
+            if t.last_status == "PROVISIONING" && t.unplaceable {
+                return Unfinished::NeverPlaced(format!(
+                    "task {} can never be placed: {}",
+                    t.id, t.status_reason
+                ));
+            }
+            if t.last_status == "PROVISIONING"
+                && !t.status_reason.is_empty()
+                && t.status_reason != said
+            {
+                eprintln!(
+                    "skiff: task {} is waiting for a node: {}",
+                    t.id, t.status_reason
+                );
+                said = t.status_reason;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Streams the logs once the task's containers run (when `follow`), then waits for the end.
+/// A task that never ran has no logs: its reason comes from the wait, as with `--wait`.
+async fn follow_and_wait(
+    client: &mut pb::tasks_client::TasksClient<Conn>,
+    id: &str,
+    follow: bool,
+) -> Result<pb::Task, Unfinished> {
+    if follow {
+        let mut poll = client.clone();
+        let started = tokio::select! {
+            r = wait_until_started(&mut poll, id) => r,
+            r = wait(client, id) => return r,
+        };
+        if started.map_err(Unfinished::Failed)? {
+            let opts = crate::client::LogOptions {
+                follow: true,
+                ..Default::default()
+            };
+            if let Err(e) = stream_logs(client, id, &opts).await {
+                // The task may have stopped before its log could be read; the wait says how.
+                tracing::debug!(error = %e, "no logs");
+            }
+        }
+    }
+    wait(client, id).await
+}
+
+/// Polls until the task's containers run (true) or it stopped without running (false).
+async fn wait_until_started(
+    client: &mut pb::tasks_client::TasksClient<Conn>,
+    id: &str,
+) -> anyhow::Result<bool> {
+    let mut delay = std::time::Duration::from_millis(5);
     loop {
         let t = client
             .describe(pb::TaskRef { id: id.to_string() })
             .await
             .map_err(api_error)?
             .into_inner();
-        if !t.node_id.is_empty() && t.last_status != "PENDING" {
-            return Ok(());
+        match t.last_status.as_str() {
+            "RUNNING" | "STOPPING" => return Ok(true),
+            "STOPPED" => return Ok(t.started_at_ms > 0),
+            _ => {}
         }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "task {id} was not placed within 10 minutes: {}",
-                t.status_reason
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_millis(100));
     }
 }
 

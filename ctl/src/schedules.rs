@@ -16,21 +16,30 @@ use crate::taskdef_file::DurationField;
 pub enum SchedulesCmd {
     /// Create or replace a schedule from a file (schedule.yaml, .json or .toml).
     Put {
+        /// The schedule file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// List schedules with their next fire time.
     Ls,
     /// A schedule, its next 5 fire times (in its zone) and its last runs.
     Describe {
+        /// The schedule's name.
         name: String,
     },
+    /// Delete a schedule (runs already started go on).
     Rm {
+        /// The schedule's name.
         name: String,
     },
+    /// Enable a schedule: it fires again from now on.
     Enable {
+        /// The schedule's name.
         name: String,
     },
+    /// Disable a schedule: it keeps its settings but does not fire.
     Disable {
+        /// The schedule's name.
         name: String,
     },
 }
@@ -208,7 +217,7 @@ pub async fn schedules(addr: &str, fmt: Format, cmd: SchedulesCmd) -> anyhow::Re
         }
         SchedulesCmd::Rm { name } => {
             c.delete(describe(name.clone())).await.map_err(api_error)?;
-            println!("{name}");
+            crate::output::deleted(fmt, &name);
         }
         SchedulesCmd::Enable { name } | SchedulesCmd::Disable { name } => {
             c.set_enabled(pb::SetScheduleEnabledRequest {

@@ -157,8 +157,10 @@ pub struct ControllerArgs {
     /// TOML config file (see deploy/controller.toml).
     #[arg(long, short = 'c', env = "SKIFF_CONFIG")]
     config: Option<PathBuf>,
+    /// Where the controller keeps its state (sled database, PKI, admin token, secrets key).
     #[arg(long, env = "SKIFF_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Address of the gRPC API and the agent channel (e.g. 0.0.0.0:7400).
     #[arg(long, env = "SKIFF_LISTEN")]
     listen: Option<SocketAddr>,
     /// HTTP listen address for object-store notifications and /healthz (default
@@ -195,8 +197,10 @@ pub struct AgentArgs {
     /// Controller address (defaults to --addr).
     #[arg(long, env = "SKIFF_CONTROLLER")]
     controller: Option<String>,
+    /// This node's name in the cluster (default: the host name).
     #[arg(long, env = "SKIFF_NODE_ID")]
     node_id: Option<String>,
+    /// Where the agent keeps images, container logs and upper layers.
     #[arg(long, env = "SKIFF_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// vCPUs offered to the scheduler (default: this machine's).

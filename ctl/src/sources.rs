@@ -16,11 +16,20 @@ use crate::taskdef_file::DurationField;
 pub enum SourcesCmd {
     /// Create or replace a source from a file (source.yaml, .json or .toml).
     Put {
+        /// The source file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// List sources, with each watcher's last listing and last error.
     Ls,
+    /// Show one source, with its watcher's last listing and last error.
+    Describe {
+        /// The source's name.
+        name: String,
+    },
+    /// Delete a source (its watcher stops; notifications to it are refused).
     Rm {
+        /// The source's name.
         name: String,
     },
 }
@@ -96,12 +105,29 @@ fn print(fmt: Format, sources: &[pb::Source]) {
                 } else {
                     format!("every {}s", s.poll_interval_seconds)
                 },
+                output::time(s.last_listed_ms),
+                if s.last_error.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{} ({})", s.last_error, output::time(s.last_error_ms))
+                },
             ]
         })
         .collect();
     println!(
         "{}",
-        output::table(&["NAME", "KIND", "WHERE", "BUCKET/PREFIX", "WATCHER"], rows)
+        output::table(
+            &[
+                "NAME",
+                "KIND",
+                "WHERE",
+                "BUCKET/PREFIX",
+                "WATCHER",
+                "LAST LISTED",
+                "LAST ERROR"
+            ],
+            rows
+        )
     );
 }
 
@@ -117,6 +143,19 @@ pub async fn sources(addr: &str, fmt: Format, cmd: SourcesCmd) -> anyhow::Result
                 .map_err(api_error)?
                 .into_inner()
                 .sources
+        }
+        SourcesCmd::Describe { name } => {
+            let all = c
+                .list(pb::ListSourcesRequest {})
+                .await
+                .map_err(api_error)?
+                .into_inner()
+                .sources;
+            let one: Vec<_> = all.into_iter().filter(|s| s.name == name).collect();
+            if one.is_empty() {
+                anyhow::bail!("not found: no source {name:?}");
+            }
+            one
         }
         SourcesCmd::Rm { name } => {
             vec![c

@@ -36,9 +36,9 @@ pub struct ContainerFile {
     pub environment: BTreeMap<String, String>,
     #[serde(default)]
     pub cpu: f64,
-    /// MiB.
+    /// MiB (64), or with a unit as on the command line: "512M", "1G".
     #[serde(default)]
-    pub memory: u64,
+    pub memory: Option<MemoryField>,
     pub essential: Option<bool>,
     pub stop_timeout: Option<DurationField>,
     #[serde(default)]
@@ -53,6 +53,10 @@ pub struct ContainerFile {
     pub privileged: bool,
     #[serde(default)]
     pub readonly_root_filesystem: bool,
+    /// Run skiff-init as PID 1: signals reach the command, zombies are reaped (ECS's
+    /// initProcessEnabled, Docker's --init).
+    #[serde(default, alias = "init")]
+    pub init_process_enabled: bool,
     #[serde(default)]
     pub user: String,
     /// Stored secrets: `{name = "DB_PASSWORD", value_from = "db"}` (an env var) or
@@ -82,6 +86,46 @@ pub struct SecretFile {
     pub value_from: String,
     #[serde(default)]
     pub file: String,
+}
+
+/// A memory size: MiB as a number, or text with a unit (512M, 1G, 1GiB).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MemoryField {
+    Mib(u64),
+    Text(String),
+}
+
+impl MemoryField {
+    pub(crate) fn mib(&self, field: &str) -> anyhow::Result<u64> {
+        match self {
+            MemoryField::Mib(m) => Ok(*m),
+            MemoryField::Text(t) => parse_memory(t).map_err(|e| anyhow::anyhow!("{field}: {e}")),
+        }
+    }
+}
+
+/// MiB, or with a unit: 64, 64M, 64MiB, 1G, 1GiB.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = lower
+        .strip_suffix("gib")
+        .or_else(|| lower.strip_suffix("g"))
+    {
+        (n, 1024)
+    } else if let Some(n) = lower
+        .strip_suffix("mib")
+        .or_else(|| lower.strip_suffix("m"))
+    {
+        (n, 1)
+    } else {
+        (lower.as_str(), 1)
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a memory size in MiB (e.g. 64, 512M, 2G)"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,7 +168,10 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
             command: c.command,
             environment: c.environment.into_iter().collect(),
             cpu: c.cpu,
-            memory_mib: c.memory,
+            memory_mib: match &c.memory {
+                Some(m) => m.mib(&format!("containers[{i}].memory"))?,
+                None => 0,
+            },
             essential: c.essential,
             stop_timeout_seconds,
             working_dir: c.working_dir,
@@ -132,6 +179,7 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
             repository_credentials: c.repository_credentials,
             privileged: c.privileged,
             readonly_root_filesystem: c.readonly_root_filesystem,
+            init_process_enabled: c.init_process_enabled,
             user: c.user,
             secrets: c
                 .secrets
@@ -178,6 +226,24 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.timeout_seconds, 120);
         assert_eq!(a.containers[0].stop_timeout_seconds, Some(3));
+    }
+
+    #[test]
+    fn memory_takes_units_like_the_command_line() {
+        let def = |m: &str| {
+            parse(
+                Path::new("a.yaml"),
+                &format!("family: web\ncontainers:\n- {{name: m, image: 'dir:/x', memory: {m}}}\n"),
+            )
+        };
+        assert_eq!(def("512").unwrap().containers[0].memory_mib, 512);
+        assert_eq!(def("512M").unwrap().containers[0].memory_mib, 512);
+        assert_eq!(def("1G").unwrap().containers[0].memory_mib, 1024);
+        let e = def("lots").unwrap_err().to_string();
+        assert!(
+            e.contains("containers[0].memory") && e.contains("not a memory size"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -16,8 +16,10 @@ pub enum TopicsCmd {
     Put {
         /// The topic's name (or give -f).
         name: Option<String>,
+        /// A topic file (topic.yaml) instead of the name and flags.
         #[arg(short = 'f', long = "file", conflicts_with = "name")]
         file: Option<PathBuf>,
+        /// What the topic is for.
         #[arg(long)]
         description: Option<String>,
         /// Attempts per delivery before it is dead-lettered (default 20).
@@ -33,17 +35,21 @@ pub enum TopicsCmd {
         #[arg(long)]
         timeout: Option<String>,
     },
+    /// List topics with their subscriptions' counts.
     Ls,
     /// A topic, its subscriptions and what is pending or dead per subscription.
     Describe {
+        /// The topic's name.
         name: String,
     },
     /// Deletes a topic with its subscriptions, pending deliveries and dead letters.
     Rm {
+        /// The topic's name.
         name: String,
     },
     /// Subscribes an endpoint; a webhook's signing secret is printed once.
     Subscribe {
+        /// The topic's name.
         topic: String,
         /// POST each message to this http(s) URL.
         #[arg(long, conflicts_with = "email", required_unless_present = "email")]
@@ -65,21 +71,28 @@ pub enum TopicsCmd {
         #[arg(long)]
         no_confirm: bool,
     },
+    /// Remove a subscription.
     Unsubscribe {
+        /// The subscription's id (skiff topics describe).
         id: String,
     },
     /// Confirms an e-mail subscription with the token from its confirmation mail.
     Confirm {
+        /// The subscription's id.
         id: String,
+        /// The token from the confirmation mail.
         token: String,
     },
     /// Dead-lettered deliveries, of one topic or all.
     Dlq {
+        /// Only this topic's dead letters.
         topic: Option<String>,
     },
     /// Puts a topic's dead letters back in the outbox with fresh attempts.
     Redrive {
+        /// The topic whose dead letters go back into the outbox.
         topic: String,
+        /// Only this subscription's dead letters.
         #[arg(long)]
         subscription: Option<String>,
     },
@@ -131,15 +144,6 @@ fn load(path: &std::path::Path) -> anyhow::Result<pb::Topic> {
         delivery: f.delivery.map(policy).transpose()?,
         ..Default::default()
     })
-}
-
-fn ms_time(ms: i64) -> String {
-    if ms <= 0 {
-        return "-".into();
-    }
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }
 
 fn print_topics(fmt: Format, list: &[pb::TopicStatus], detailed: bool) {
@@ -267,7 +271,7 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
         }
         TopicsCmd::Rm { name } => {
             c.delete(topic_ref(name.clone())).await.map_err(api_error)?;
-            println!("{name}");
+            output::deleted(fmt, &name);
         }
         TopicsCmd::Subscribe {
             topic,
@@ -326,7 +330,7 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
             c.unsubscribe(pb::SubscriptionRef { id: id.clone() })
                 .await
                 .map_err(api_error)?;
-            println!("{id}");
+            output::deleted(fmt, &id);
         }
         TopicsCmd::Confirm { id, token } => {
             let s = c
@@ -334,7 +338,10 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
                 .await
                 .map_err(api_error)?
                 .into_inner();
-            println!("{}\t{}", s.id, s.status);
+            match fmt {
+                Format::Json => println!("{}", output::json(&s)),
+                Format::Table => println!("{}\t{}", s.id, s.status),
+            }
         }
         TopicsCmd::Dlq { topic } => {
             let r = c
@@ -357,7 +364,7 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
                             d.subscription.clone(),
                             d.event_id.clone(),
                             d.attempts.to_string(),
-                            ms_time(d.dead_ms),
+                            output::time(d.dead_ms),
                             d.last_error.clone(),
                         ]
                     })
@@ -391,7 +398,10 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
                 .await
                 .map_err(api_error)?
                 .into_inner();
-            println!("{} redriven", r.redriven);
+            match fmt {
+                Format::Json => println!("{}", serde_json::json!({"redriven": r.redriven})),
+                Format::Table => println!("{} redriven", r.redriven),
+            }
         }
     }
     Ok(0)

@@ -52,6 +52,26 @@ pub(super) fn client(insecure: &[String]) -> Result<Client, String> {
     }))
 }
 
+/// Whether a registry (host[:port]) is on this machine's loopback: 127.0.0.0/8, ::1 or
+/// localhost. Docker allows plain HTTP for those without being told; so does skiff.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A TLS client's error when the server answered in plain HTTP ("received corrupt message
+/// of type InvalidContentType", rustls's words).
+fn plain_http_answered(e: &OciDistributionError) -> bool {
+    let chain = super::error_chain(e);
+    chain.contains("InvalidContentType") || chain.contains("corrupt message")
+}
+
 pub(super) async fn pull(
     store: &ImageStore,
     image: &str,
@@ -96,18 +116,54 @@ pub(super) async fn pull(
         registry: registry.clone(),
         detail: problem,
     };
-    let client = if creds.is_some() {
-        client(&store.cfg.insecure_registries).map_err(not_here)?
+    // A loopback registry not named insecure is tried in plain HTTP first (as Docker does
+    // for 127.0.0.0/8), then with TLS.
+    let loopback = is_loopback(r.registry())
+        && !store
+            .cfg
+            .insecure_registries
+            .iter()
+            .any(|i| i == r.registry());
+    let mut client = if creds.is_some() || loopback {
+        let mut insecure = store.cfg.insecure_registries.clone();
+        if loopback {
+            insecure.push(r.registry().to_string());
+        }
+        client(&insecure).map_err(not_here)?
     } else {
         store.shared_client().map_err(not_here)?
     };
-    let client = &client;
     let fail = |e| classify(image, &registry, e);
 
-    let (bytes, digest) = client
-        .pull_manifest_raw(r, &auth, ACCEPT)
-        .await
-        .map_err(fail)?;
+    let first = client.pull_manifest_raw(r, &auth, ACCEPT).await;
+    let first = match first {
+        Err(e) if loopback => {
+            tracing::debug!(error = %super::error_chain(&e), "plain HTTP to a loopback registry failed; trying TLS");
+            client = if creds.is_some() {
+                self::client(&store.cfg.insecure_registries).map_err(not_here)?
+            } else {
+                store.shared_client().map_err(not_here)?
+            };
+            client.pull_manifest_raw(r, &auth, ACCEPT).await
+        }
+        other => other,
+    };
+    let client = &client;
+    let (bytes, digest) = first.map_err(|e| {
+        if plain_http_answered(&e) {
+            ImageError::Registry {
+                image: image.into(),
+                registry: registry.clone(),
+                detail: format!(
+                    "the registry answered in plain HTTP, not TLS; if it has no TLS, name it on the agent with --insecure-registry {} ({})",
+                    r.registry(),
+                    super::error_chain(&e)
+                ),
+            }
+        } else {
+            fail(e)
+        }
+    })?;
     let mut m: Manifest = parse(image, "manifest", &bytes)?;
     let (mut bytes, mut digest) = (bytes, digest);
     if m.is_index() {
@@ -380,5 +436,31 @@ fn classify(image: &str, registry: &str, e: OciDistributionError) -> ImageError 
             registry,
             detail,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_recognised() {
+        for r in [
+            "127.0.0.1:5000",
+            "127.3.4.5",
+            "localhost:5000",
+            "LOCALHOST",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in [
+            "registry.lan:5000",
+            "10.0.0.1:5000",
+            "docker.io",
+            "[2001:db8::1]:5000",
+        ] {
+            assert!(!is_loopback(r), "{r}");
+        }
     }
 }
