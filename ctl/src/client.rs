@@ -438,6 +438,7 @@ fn task_rows(tasks: &[pb::Task]) -> String {
         &[
             "ID",
             "DEFINITION",
+            "GROUP",
             "STATUS",
             "DESIRED",
             "NODE",
@@ -455,6 +456,7 @@ fn task_rows(tasks: &[pb::Task]) -> String {
                     } else {
                         t.task_definition.clone()
                     },
+                    t.group.clone(),
                     t.last_status.clone(),
                     t.desired_status.clone(),
                     if t.node_id.is_empty() {

@@ -120,16 +120,22 @@ fn main() -> ExitCode {
         };
         return ExitCode::from(code as u8);
     }
+    let serving = matches!(
+        cli.command,
+        Command::Dev(_) | Command::Controller(_) | Command::Agent(_)
+    );
+    if !serving {
+        // A client writing into a closed pipe (`skiff events tail | head`) ends quietly, as
+        // other Unix tools do, instead of panicking in println!. Servers keep Rust's default
+        // (SIGPIPE ignored: a dropped connection is an error to handle, not a death).
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if let Command::Completion { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
     // Servers get worker threads; a client command is one request at a time, and starting
     // worker threads would only add to every command's latency.
-    let serving = matches!(
-        cli.command,
-        Command::Dev(_) | Command::Controller(_) | Command::Agent(_)
-    );
     let built = if serving {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -139,12 +145,6 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
     };
-    if !serving {
-        // A client writing into a closed pipe (`skiff events tail | head`) ends quietly, as
-        // other Unix tools do, instead of panicking in println!. Servers keep Rust's default
-        // (SIGPIPE ignored: a dropped connection is an error to handle, not a death).
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    }
     let rt = match built {
         Ok(rt) => rt,
         Err(e) => {

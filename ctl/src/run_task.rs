@@ -345,12 +345,12 @@ async fn follow_and_wait(
     follow: bool,
 ) -> Result<pb::Task, Unfinished> {
     if follow {
-        let mut poll = client.clone();
+        let (mut poll, mut watcher) = (client.clone(), client.clone());
         let started = tokio::select! {
-            r = wait_until_started(&mut poll, id) => r,
-            r = wait(client, id) => return r,
+            r = wait_until_started(&mut poll, id) => r.map_err(Unfinished::Failed)?,
+            never = say_while_provisioning(&mut watcher, id) => return Err(never),
         };
-        if started.map_err(Unfinished::Failed)? {
+        if started {
             let opts = crate::client::LogOptions {
                 follow: true,
                 ..Default::default()

@@ -22,19 +22,18 @@ pub fn skiff_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SKIFF_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test> → target/<profile>/skiff
+    // A test runs as target/<profile>/deps/<test>, a benchmark as target/<profile>/<bench>:
+    // the skiff binary of the same profile is beside one or the other.
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("skiff");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build --bin skiff)",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().expect("the executable's directory");
+    let candidates = [dir.join("skiff"), dir.parent().unwrap_or(dir).join("skiff")];
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(bin) => bin.clone(),
+        None => panic!(
+            "{} is missing: build it first (cargo build [--release] --bin skiff) or set SKIFF_BIN",
+            candidates[0].display()
+        ),
+    }
 }
 
 /// Polls `check` until it returns Some, or panics with `what` after `timeout`.
