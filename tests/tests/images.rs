@@ -809,3 +809,27 @@ fn a_node_without_a_trust_store_runs_local_images_and_says_why_it_cannot_pull() 
     let out = follow(&addr, &["--image", &env.busybox_image(), "--", "true"]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+#[test]
+fn a_plain_http_registry_on_the_loopback_needs_no_insecure_flag() {
+    let mut env = Env::new();
+    let reg = Registry::start(&env.path("registry"), None);
+    let base = base_layer(&env);
+    reg.push(
+        "team/app",
+        "v1",
+        &app_image(&base, "from the loopback\n", &[]),
+    );
+    // No --insecure-registry: 127.0.0.0/8 and localhost are tried in plain HTTP, as Docker does.
+    let addr = env.dev();
+    let out = follow(&addr, &["--image", &format!("{}/team/app:v1", reg.addr)]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", env.logs());
+    assert_eq!(out.stdout, "from the loopback\n");
+    let port = reg.addr.rsplit(':').next().unwrap();
+    let out = follow(
+        &addr,
+        &["--image", &format!("localhost:{port}/team/app:v1")],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "from the loopback\n");
+}

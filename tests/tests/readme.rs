@@ -39,7 +39,11 @@ fn the_readme_examples_run_as_written() {
         .collect();
     // The README starts with the two commands; they are what runs skiff and this test.
     assert_eq!(sh[0].trim(), "./scripts/dev", "the README's first command");
-    assert_eq!(sh[1].trim(), "./scripts/test", "the README's second command");
+    assert_eq!(
+        sh[1].trim(),
+        "./scripts/test",
+        "the README's second command"
+    );
     let script = sh[2..].iter().map(|s| s.as_str()).collect::<String>();
     assert!(script.lines().count() > 20, "the README has examples");
 
@@ -94,18 +98,18 @@ fn the_readme_examples_run_as_written() {
     assert!(status.success(), "the README's examples failed: {all_out}");
     // What the README's comments say each command shows.
     for expected in [
-        "exit code 3\n",                       // run-task --wait exits with the exit code
-        "hi\n",                                // --follow streams the output
-        "uid=1000 gid=1000",                   // --user
-        "exit code 143",                       // --init: sleep ends at the SIGTERM
-        "howdy from",                          // the task definition, with an override
-        "s3cret",                              // a secret file
-        "exit code 1",                         // test-pattern: no match
+        "exit code 3\n",     // run-task --wait exits with the exit code
+        "hi\n",              // --follow streams the output
+        "uid=1000 gid=1000", // --user
+        "exit code 143",     // --init: sleep ends at the SIGTERM
+        "howdy from",        // the task definition, with an override
+        "s3cret",            // a secret file
+        "exit code 1",       // test-pattern: no match
     ] {
         assert!(out.contains(expected), "{expected:?} missing: {all_out}");
     }
     for expected in [
-        "matched 1 rule: big-orders",        // events put says which rules matched
+        "matched 1 rule: big-orders", // events put says which rules matched
         "no match at detail.total: the event has 50", // test-pattern explains
     ] {
         assert!(err.contains(expected), "{expected:?} missing: {all_out}");
