@@ -224,7 +224,7 @@ fn rule_json(r: &pb::Rule) -> serde_json::Value {
     serde_json::json!({
         "name": r.name, "description": r.description, "enabled": r.enabled.unwrap_or(true),
         "pattern": serde_json::from_str::<serde_json::Value>(&r.pattern_json).unwrap_or_default(),
-        "targets": r.targets, "stats": r.stats.clone().unwrap_or_default(),
+        "targets": r.targets, "stats": r.stats.unwrap_or_default(),
         "version": r.version, "created": output::time(r.created_ms),
         "updated": output::time(r.updated_ms),
     })
@@ -247,7 +247,7 @@ fn describe(r: &pb::Rule) -> String {
         },
     );
     kv("Pattern:", r.pattern_json.clone());
-    let st = r.stats.clone().unwrap_or_default();
+    let st = r.stats.unwrap_or_default();
     kv(
         "Matched:",
         format!(
