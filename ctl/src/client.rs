@@ -261,6 +261,19 @@ pub enum TasksCmd {
     },
 }
 
+/// `events tail -n`: how many past events (None: all of them).
+#[derive(Clone, Copy, Debug)]
+pub struct EventCount(Option<u32>);
+
+fn parse_lines(s: &str) -> Result<EventCount, String> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(EventCount(None));
+    }
+    s.parse()
+        .map(|n| EventCount(Some(n)))
+        .map_err(|_| format!("{s:?} is not a number of events (or `all`)"))
+}
+
 /// `--since`: a duration before now (`10m`) or an RFC 3339 time; milliseconds since the epoch.
 pub fn parse_since(s: &str) -> Result<i64, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
@@ -321,9 +334,10 @@ pub enum EventsCmd {
         /// Start after this event id.
         #[arg(long)]
         after: Option<String>,
-        /// Only the last N events before following (0: only new ones).
-        #[arg(short = 'n', long, default_value_t = 20)]
-        lines: u32,
+        /// The last N events before following: a number (0: none, only new ones with -f), or
+        /// `all` for the whole log.
+        #[arg(short = 'n', long, default_value = "20", value_parser = parse_lines)]
+        lines: EventCount,
     },
     /// Put an app event on the bus (like EventBridge PutEvents); prints its id.
     Put {
@@ -399,18 +413,13 @@ pub fn test_pattern(pattern: &str, event: &str) -> i32 {
                 0
             }
             Some(m) => {
-                // What the pattern asks at that path, for the explanation.
+                // stdout keeps EventBridge's answer; the why is for people, on stderr.
                 let wants = m
                     .path
                     .iter()
                     .try_fold(&pattern_json, |v, k| v.get(k))
                     .cloned();
-                println!(
-                    "{}",
-                    serde_json::json!({ "result": false, "mismatch": {
-                        "field": m.dotted(), "event": m.found, "pattern": wants, "why": m.why,
-                    }})
-                );
+                println!("{}", serde_json::json!({ "result": false }));
                 let found = m
                     .found
                     .as_ref()
@@ -918,7 +927,7 @@ pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i
         .watch(pb::WatchEventsRequest {
             after: after.clone().unwrap_or_default(),
             follow,
-            tail: if after.is_some() { None } else { Some(lines) },
+            tail: if after.is_some() { None } else { lines.0 },
         })
         .await
         .map_err(api_error)?

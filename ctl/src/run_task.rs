@@ -227,12 +227,12 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
     }
     if a.follow {
         eprintln!(
-            "skiff: task {} started; following its logs (Ctrl-C stops following{})",
+            "skiff: following the logs of task {} (Ctrl-C stops following{})",
             task.id,
             if a.stop_on_interrupt {
                 " and stops the task"
             } else {
-                "; the task goes on"
+                ", the task goes on"
             }
         );
     }

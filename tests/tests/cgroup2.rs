@@ -45,9 +45,10 @@ say mount-by-default "$(cgroup_mount)"
 say favordynmods-hint "$(grep -c 'favordynmods is off' /tmp/dev.log)"
 
 # A command's exit code and output; what the container sees of its cgroup.
-out=$(skiff run-task --image $IMG --wait --follow -- sh -c 'cat /proc/self/cgroup; echo done; exit 3' 2>&1)
+out=$(skiff run-task --image $IMG --wait --follow -- sh -c 'cat /proc/self/cgroup; echo done; exit 3' 2>/tmp/follow.err)
 say exit-code $?
 say output "$(echo "$out" | tr '\n' ';')"
+say follow-stderr "$(tr '\n' ';' < /tmp/follow.err)"
 
 # Limits, as the kernel holds them while the task runs.
 id=$(skiff run-task --image $IMG --memory 48 --cpu 0.25 -- sleep 300)
@@ -129,6 +130,14 @@ fn containers_run_limited_and_tracked_on_a_pure_cgroup_v2_machine() {
 
     // The command's code and output; inside, one unified hierarchy ("0::…" only).
     assert_eq!(get("exit-code"), "3", "{}", ctx());
+    // stderr: the task's id as following starts, nothing else.
+    let follow_stderr = get("follow-stderr");
+    assert!(
+        follow_stderr.starts_with("skiff: following the logs of task ")
+            && follow_stderr.matches(';').count() == 1,
+        "{}",
+        ctx()
+    );
     let output = get("output");
     assert!(output.ends_with("done;"), "{}", ctx());
     let lines: Vec<&str> = output.trim_end_matches("done;").split(';').collect();

@@ -207,7 +207,7 @@ fn follow_keeps_the_failure_reason_and_ctrl_c_leaves_or_stops_the_task() {
         let id = wait_for("the task id on stderr", Duration::from_secs(20), || {
             let text = fs::read_to_string(&err_file).unwrap_or_default();
             let id = text
-                .split("skiff: task ")
+                .split("logs of task ")
                 .nth(1)?
                 .split_whitespace()
                 .next()?

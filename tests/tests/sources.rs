@@ -360,7 +360,7 @@ fn a_burst_of_1000_uploads_is_processed_once_each_across_a_controller_crash() {
         (tasks.len() >= 1000 && tasks.iter().all(|t| t["lastStatus"] == "STOPPED")).then_some(tasks)
     });
     // One event per object, one task per event, each exiting 0.
-    let events = cli(&addr, &["events", "tail", "-n", "0", "-o", "json"]).stdout;
+    let events = cli(&addr, &["events", "tail", "-n", "all", "-o", "json"]).stdout;
     let mut keys = std::collections::HashMap::new();
     for line in events.lines() {
         let e: serde_json::Value = serde_json::from_str(line).unwrap();
