@@ -318,6 +318,7 @@ pub fn exit_record(dir: &Path) -> ExitRecord {
             oom_killed: false,
             error: Some("the shim ended without recording the container's exit".into()),
             finished_at_ms: chrono::Utc::now().timestamp_millis(),
+            killed_after_stop_timeout: false,
         })
 }
 

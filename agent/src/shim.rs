@@ -62,6 +62,9 @@ pub struct ExitRecord {
     /// Set when the container could not be created or started.
     pub error: Option<String>,
     pub finished_at_ms: i64,
+    /// It did not end within the stop timeout after SIGTERM and was SIGKILLed.
+    #[serde(default)]
+    pub killed_after_stop_timeout: bool,
 }
 
 /// Writes a file atomically (temp file + rename), so readers never see half of it.
@@ -95,6 +98,7 @@ pub fn main(dir: &Path) -> i32 {
                 oom_killed: false,
                 error: Some(e.clone()),
                 finished_at_ms: now_ms(),
+                killed_after_stop_timeout: false,
             };
             let _ = write_atomic(
                 &dir.join(EXIT),
@@ -177,6 +181,7 @@ fn run(dir: &Path, status_line: &mut File) -> Result<(), String> {
         set_nonblocking(p);
     }
     let mut kill_at: Option<Instant> = None;
+    let mut killed_after_stop_timeout = false;
     let status = loop {
         let timeout = match kill_at {
             Some(t) => PollTimeout::try_from(
@@ -212,6 +217,7 @@ fn run(dir: &Path, status_line: &mut File) -> Result<(), String> {
         }
         if kill_at.is_some_and(|t| Instant::now() >= t) {
             let _ = kill(pid, Signal::SIGKILL);
+            killed_after_stop_timeout = true;
             kill_at = Some(Instant::now() + Duration::from_secs(3600));
         }
         if exited {
@@ -249,6 +255,7 @@ fn run(dir: &Path, status_line: &mut File) -> Result<(), String> {
         oom_killed,
         error: None,
         finished_at_ms: now_ms(),
+        killed_after_stop_timeout,
     };
     write_atomic(
         &dir.join(EXIT),

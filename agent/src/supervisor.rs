@@ -399,6 +399,8 @@ async fn supervise(
                 pids[i] = None;
                 let reason = if exit.oom_killed {
                     "OutOfMemoryError: Container killed due to memory usage".to_string()
+                } else if exit.killed_after_stop_timeout {
+                    stop_timeout_reason(c)
                 } else {
                     exit.error.clone().unwrap_or_default()
                 };
@@ -476,6 +478,20 @@ pub async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
         }
     }
     enforce_image_budget(agent);
+}
+
+/// Why a container was SIGKILLed at its stop timeout, with the likely cause: a PID 1 with no
+/// SIGTERM handler ignores SIGTERM (the kernel gives it no default action).
+fn stop_timeout_reason(c: &crate::spec::ContainerSpec) -> String {
+    let base = format!(
+        "Killed after the stop timeout ({} s): the container did not end on SIGTERM",
+        c.stop_timeout_secs
+    );
+    if c.init {
+        base
+    } else {
+        format!("{base} (as PID 1 a command without a SIGTERM handler ignores it; --init / init_process_enabled forwards it)")
+    }
 }
 
 async fn finish(agent: &Arc<AgentInner>, task_id: &str, code: &str, reason: String) {

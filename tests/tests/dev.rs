@@ -286,6 +286,11 @@ fn stop_and_timeout() {
         "SIGKILL came before the stop timeout"
     );
     assert_eq!(t["containers"][0]["exitCode"], 137);
+    let reason = t["containers"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("Killed after the stop timeout (1 s)") && reason.contains("--init"),
+        "{reason}"
+    );
 
     // The task timeout stops it with TimedOut, and run-task --wait says so.
     let out = cli(

@@ -7,11 +7,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use skiff_tests::{
-    cli, cli_as, put_event, run_task, skiff_command, task, wait_for, wait_status, Env,
+    cli, cli_as, failed_to_start, put_event, run_task, skiff_command, task, wait_for, wait_status,
+    Env,
 };
 
-fn stderr_of(child: &std::process::Child, file: &std::path::Path) -> String {
-    let _ = child;
+/// What a process has written to `file` so far.
+fn text(file: &std::path::Path) -> String {
     fs::read_to_string(file).unwrap_or_default()
 }
 
@@ -105,7 +106,7 @@ fn a_task_no_node_can_fit_fails_at_once_and_one_waiting_for_capacity_says_so() {
         .spawn()
         .unwrap();
     wait_for("the waiting message", Duration::from_secs(10), || {
-        stderr_of(&waiting, &err_file)
+        text(&err_file)
             .contains("is waiting for a node: no node has 1 vCPU and 0 MiB free right now")
             .then_some(())
     });
@@ -115,7 +116,7 @@ fn a_task_no_node_can_fit_fails_at_once_and_one_waiting_for_capacity_says_so() {
         Duration::from_secs(30),
         || waiting.try_wait().unwrap(),
     );
-    assert_eq!(code.code(), Some(0), "{}", stderr_of(&waiting, &err_file));
+    assert_eq!(code.code(), Some(0), "{}", text(&err_file));
 }
 
 #[test]
@@ -160,19 +161,7 @@ fn follow_keeps_the_failure_reason_and_ctrl_c_leaves_or_stops_the_task() {
         "{out:?}"
     );
     // One "container main:" prefix, not two.
-    let out = cli(
-        &addr,
-        &[
-            "run-task",
-            "--wait",
-            "-o",
-            "json",
-            "--image",
-            &env.busybox_image(),
-        ],
-    );
-    assert_eq!(out.code, 125, "{out:?}");
-    let reason = out.json()["stoppedReason"].as_str().unwrap().to_string();
+    let reason = failed_to_start(&addr, &["--image", &env.busybox_image()]);
     assert!(
         reason.starts_with("container main: nothing to run"),
         "{reason}"

@@ -224,6 +224,19 @@ fn failing_deliveries_are_retried_then_dead_lettered() {
     );
     assert_eq!(dl["event"]["id"], id.as_str());
     assert!(tasks_of_group(&addr, "rule:fragile").is_empty());
+    // The rule's counters tell the same story: matched once, two failed attempts, one dead
+    // letter, nothing invoked.
+    let stats = cli(&addr, &["rules", "describe", "fragile", "-o", "json"]).json()["stats"].clone();
+    assert_eq!(
+        (
+            &stats["matched"],
+            &stats["failed"],
+            &stats["deadLettered"],
+            &stats["invoked"]
+        ),
+        (&1.into(), &2.into(), &1.into(), &0.into()),
+        "{stats}"
+    );
 }
 
 #[test]
