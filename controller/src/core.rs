@@ -473,7 +473,7 @@ mod tests {
             crate::secrets::SecretBox::open(dir).unwrap(),
             crate::task_tokens::TaskTokenKey::open(dir).unwrap(),
         );
-        let spec = crate::placement::tests::spec(0.1, 16);
+        let spec = skiff_model::testing::spec(0.1, 16);
         let task = Task::new(id.into(), None, "g".into(), "t".into(), spec, now_ms());
         core.create_task(task).await.unwrap();
         core

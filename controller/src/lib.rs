@@ -11,17 +11,15 @@ pub mod core;
 pub mod credentials;
 pub mod http;
 pub mod images_api;
-pub mod lifecycle;
+// The pure layer, re-exported so `crate::lifecycle` and friends name it (see skiff-model).
+pub use skiff_model::{lifecycle, pattern, placement, schedule, transform};
 pub mod model;
 pub mod notify;
 pub mod objects;
 pub mod outbound;
-pub mod pattern;
 pub mod pki;
-pub mod placement;
 pub mod roles;
 pub mod rules_api;
-pub mod schedule;
 pub mod scheduler;
 pub mod schedules;
 pub mod secrets;
@@ -30,7 +28,6 @@ pub mod store;
 pub mod task_tokens;
 pub mod tokens_api;
 pub mod topics_api;
-pub mod transform;
 pub mod validate;
 pub mod watcher;
 

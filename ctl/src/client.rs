@@ -393,7 +393,7 @@ pub fn test_pattern(pattern: &str, event: &str) -> i32 {
     let mut pattern_json = serde_json::Value::Null;
     let checked = read("pattern", pattern).and_then(|p| {
         pattern_json = serde_json::from_str(&p).unwrap_or_default();
-        skiff_controller::pattern::Pattern::parse(&p).map_err(|e| format!("--pattern: {e}"))
+        skiff_model::pattern::Pattern::parse(&p).map_err(|e| format!("--pattern: {e}"))
     });
     let event = read("event", event).and_then(|e| {
         serde_json::from_str::<serde_json::Value>(&e)

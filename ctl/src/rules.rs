@@ -505,7 +505,7 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/upload-processing");
         let rule = load(&dir.join("rule.yaml")).unwrap();
         assert_eq!(rule.targets.len(), 1);
-        skiff_controller::pattern::Pattern::parse(&rule.pattern_json).unwrap();
+        skiff_model::pattern::Pattern::parse(&rule.pattern_json).unwrap();
         let role = crate::roles::load(&dir.join("role.yaml")).unwrap();
         assert_eq!(role.storage.unwrap().grants.len(), 2);
         crate::sources::load(&dir.join("source.yaml")).unwrap();
@@ -520,7 +520,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/hourly-batch");
         let s = crate::schedules::load(&dir.join("schedule.yaml")).unwrap();
         assert_eq!(s.flexible_window_seconds, 300);
-        skiff_controller::schedule::Timing::parse(&s.expression, &s.timezone).unwrap();
+        skiff_model::schedule::Timing::parse(&s.expression, &s.timezone).unwrap();
         crate::roles::load(&dir.join("role.yaml")).unwrap();
         let def = dir.join("batch.toml");
         let text = std::fs::read_to_string(&def).unwrap();

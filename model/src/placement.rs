@@ -83,39 +83,9 @@ pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad,
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::model::{ContainerDef, NetworkMode};
-
-    /// A one-container task spec reserving `cpu` and `mem` (other modules' tests use it too).
-    pub(crate) fn spec(cpu: f64, mem: u64) -> TaskSpec {
-        TaskSpec {
-            containers: vec![ContainerDef {
-                name: "main".into(),
-                image: "dir:/x".into(),
-                entrypoint: vec![],
-                command: vec![],
-                environment: Default::default(),
-                cpu,
-                memory_mib: mem,
-                essential: true,
-                stop_timeout_secs: 30,
-                working_dir: String::new(),
-                pull_policy: String::new(),
-                repository_credentials: String::new(),
-                privileged: false,
-                readonly_root_filesystem: false,
-                init_process_enabled: false,
-                user: String::new(),
-                secrets: vec![],
-                mounts: vec![],
-            }],
-            network_mode: NetworkMode::None,
-            timeout_secs: 0,
-            task_role: String::new(),
-            input: None,
-        }
-    }
+    use crate::testing::spec;
 
     fn node(id: &str, cpu: f64, mem: u64) -> NodeLoad {
         NodeLoad {

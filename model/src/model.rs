@@ -1,0 +1,755 @@
+//! The controller's domain types. Generated protobuf types never reach past `convert.rs`; these
+//! are what the store persists and what the pure modules (lifecycle, placement) reason about.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::{DesiredStatus, StopCode, TaskStatus};
+
+/// Default seconds between SIGTERM and SIGKILL, as in ECS.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Own network namespace with only loopback.
+    #[default]
+    None,
+    /// The node's network namespace.
+    Host,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Host => "host",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerDef {
+    pub name: String,
+    pub image: String,
+    pub entrypoint: Vec<String>,
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    /// vCPUs, fractional; 0 = unlimited.
+    pub cpu: f64,
+    /// Hard limit in MiB; 0 = unlimited.
+    pub memory_mib: u64,
+    pub essential: bool,
+    pub stop_timeout_secs: u32,
+    pub working_dir: String,
+    /// "always", "if-not-present" or "never".
+    #[serde(default)]
+    pub pull_policy: String,
+    /// Name of stored registry credentials; empty = none.
+    #[serde(default)]
+    pub repository_credentials: String,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub readonly_root_filesystem: bool,
+    /// user[:group] or uid[:gid]; empty = the image's.
+    #[serde(default)]
+    pub user: String,
+    /// Secrets by name; their values are resolved only when the task starts.
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+    /// Host paths bind-mounted into the container (admin only).
+    #[serde(default)]
+    pub mounts: Vec<MountPoint>,
+    /// skiff-init as PID 1 (signals forwarded, zombies reaped): ECS initProcessEnabled.
+    #[serde(default)]
+    pub init_process_enabled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MountPoint {
+    /// Absolute path on the node.
+    pub source: String,
+    /// Absolute path in the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecretRef {
+    /// The env var (when `file` is empty).
+    pub name: String,
+    pub value_from: String,
+    /// An absolute path in the container, or empty.
+    pub file: String,
+}
+
+/// A stored secret: its value sealed with the controller's secrets key (AES-256-GCM).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub name: String,
+    pub version: u32,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub size: u64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// What a task runs: the part of a task definition that a task copies (with overrides applied),
+/// so a task never changes when its definition is later deregistered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub containers: Vec<ContainerDef>,
+    pub network_mode: NetworkMode,
+    pub timeout_secs: u64,
+    /// The task role's name; empty = none.
+    #[serde(default)]
+    pub task_role: String,
+    /// The input of the event that started it (a rule's task target), given to every container
+    /// as SKIFF_EVENT and /run/skiff/event.json.
+    #[serde(default)]
+    pub input: Option<String>,
+}
+
+impl TaskSpec {
+    /// Total vCPUs the task reserves on its node.
+    pub fn cpu(&self) -> f64 {
+        self.containers.iter().map(|c| c.cpu).sum()
+    }
+
+    /// Total MiB the task reserves on its node.
+    pub fn memory_mib(&self) -> u64 {
+        self.containers.iter().map(|c| c.memory_mib).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DefinitionStatus {
+    Active,
+    Inactive,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskDefinition {
+    pub family: String,
+    pub revision: u32,
+    pub spec: TaskSpec,
+    pub status: DefinitionStatus,
+    pub registered_at_ms: i64,
+}
+
+impl TaskDefinition {
+    /// The `family:revision` reference tasks carry.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.family, self.revision)
+    }
+}
+
+/// Per-container runtime state as last reported by the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub name: String,
+    pub image: String,
+    pub essential: bool,
+    pub last_status: String,
+    pub exit_code: Option<i32>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub task_definition: Option<String>,
+    pub group: String,
+    pub started_by: String,
+    pub spec: TaskSpec,
+    pub node_id: Option<String>,
+    pub status: TaskStatus,
+    pub desired: DesiredStatus,
+    pub stop_code: Option<StopCode>,
+    pub stopped_reason: String,
+    /// Why a PROVISIONING task is still waiting (e.g. no node fits).
+    pub status_reason: String,
+    /// Set with `status_reason` when no connected node could ever fit the task.
+    #[serde(default)]
+    pub unplaceable: bool,
+    pub containers: Vec<ContainerState>,
+    pub created_at_ms: i64,
+    pub pending_at_ms: i64,
+    pub started_at_ms: i64,
+    pub stopping_at_ms: i64,
+    pub stopped_at_ms: i64,
+    /// Bumped on every stored change, like ECS's task `version`.
+    pub version: u64,
+}
+
+impl Task {
+    /// A task just accepted: PROVISIONING, desired RUNNING, its containers not yet started.
+    pub fn new(
+        id: String,
+        task_definition: Option<String>,
+        group: String,
+        started_by: String,
+        spec: TaskSpec,
+        now_ms: i64,
+    ) -> Task {
+        Task {
+            id,
+            task_definition,
+            group,
+            started_by,
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| ContainerState {
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    essential: c.essential,
+                    last_status: TaskStatus::Provisioning.as_str().to_string(),
+                    exit_code: None,
+                    reason: String::new(),
+                })
+                .collect(),
+            spec,
+            node_id: None,
+            status: TaskStatus::Provisioning,
+            desired: DesiredStatus::Running,
+            stop_code: None,
+            stopped_reason: String::new(),
+            status_reason: String::new(),
+            unplaceable: false,
+            created_at_ms: now_ms,
+            pending_at_ms: 0,
+            started_at_ms: 0,
+            stopping_at_ms: 0,
+            stopped_at_ms: 0,
+            version: 1,
+        }
+    }
+
+    /// The family the task came from, if any.
+    pub fn family(&self) -> Option<&str> {
+        self.task_definition
+            .as_deref()
+            .map(|r| r.rsplit_once(':').map_or(r, |(f, _)| f))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NodeState {
+    Ready,
+    Draining,
+    Down,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "READY",
+            NodeState::Draining => "DRAINING",
+            NodeState::Down => "DOWN",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpu: f64,
+    pub memory_mib: u64,
+    pub state: NodeState,
+    pub version: String,
+    pub registered_at_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// An event on the bus, in the EventBridge envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub detail_type: String,
+    pub time_ms: i64,
+    pub resources: Vec<String>,
+    pub detail: serde_json::Value,
+}
+
+/// Credentials for one registry, stored by the controller and sent only to the agent that
+/// pulls for a task naming them. Debug never shows the password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistryCreds {
+    pub name: String,
+    /// HOST[:PORT], or docker.io.
+    pub server: String,
+    pub username: String,
+    pub password: String,
+    pub created_ms: i64,
+}
+
+impl std::fmt::Debug for RegistryCreds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCreds")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An API token as stored: never the secret, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub secret_sha256: String,
+    pub created_ms: i64,
+    /// 0 = never.
+    pub expires_ms: i64,
+    /// 0 = not revoked.
+    pub revoked_ms: i64,
+}
+
+/// A node certificate the controller issued, found by the SHA-256 of its DER.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeCert {
+    pub fingerprint: String,
+    pub node_id: String,
+    pub issued_ms: i64,
+    /// 0 = not revoked.
+    pub revoked_ms: i64,
+}
+
+/// A task role: what tasks running under it may reach (see `roles.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRole {
+    pub name: String,
+    pub description: String,
+    pub api: Vec<ApiGrant>,
+    pub storage: Option<StorageAccess>,
+    pub version: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiGrant {
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StorageAccess {
+    pub provider: CredentialProvider,
+    pub grants: Vec<StorageGrant>,
+    pub duration_secs: u32,
+    pub region: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialProvider {
+    Sts {
+        endpoint: String,
+        role_arn: String,
+        access_key_id_secret: String,
+        secret_access_key_secret: String,
+    },
+    StaticKeys {
+        access_key_id_secret: String,
+        secret_access_key_secret: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read-write",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StorageGrant {
+    pub bucket: String,
+    pub prefix: String,
+    pub access: Access,
+}
+
+/// A rule: an EventBridge event pattern and where matching events go (see `bus.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    pub name: String,
+    pub description: String,
+    /// The pattern as given (checked by `pattern::Pattern::compile` before it is stored).
+    pub pattern: serde_json::Value,
+    pub enabled: bool,
+    pub targets: Vec<Target>,
+    pub version: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// What a rule has done, for "why didn't my rule fire?": kept beside the rule, not in it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuleStats {
+    /// Events matched: counted in the same transaction that moves the bus cursor past them,
+    /// so exactly once per event.
+    pub matched: u64,
+    /// Deliveries done (a task created, a topic published).
+    pub invoked: u64,
+    /// Delivery attempts that failed (then retried or dead-lettered).
+    pub failed: u64,
+    /// Deliveries that ran out of retries: counted with the dead letter, exactly once.
+    pub dead_lettered: u64,
+    pub last_matched_ms: i64,
+}
+
+/// Which of a rule's counters an outcome adds to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleCounter {
+    Invoked,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub id: String,
+    pub kind: TargetKind,
+    pub input: TargetInput,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    Task {
+        task_definition: String,
+        overrides: Overrides,
+        group: String,
+    },
+    Queue(String),
+    Topic(String),
+}
+
+/// Run-time overrides of a task definition, as a rule's task target keeps them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Overrides {
+    pub containers: Vec<ContainerOverride>,
+    pub timeout_secs: Option<u64>,
+    pub task_role: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerOverride {
+    pub name: String,
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub cpu: Option<f64>,
+    pub memory_mib: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetInput {
+    /// The whole event, as EventBridge JSON.
+    Event,
+    /// The part of the event at a JSON path (`$.detail`).
+    Path(String),
+    Transformer {
+        paths: BTreeMap<String, String>,
+        template: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub max_event_age_secs: u32,
+}
+
+impl Default for RetryPolicy {
+    /// EventBridge's defaults: 185 attempts, 24 hours.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 185,
+            max_event_age_secs: 86_400,
+        }
+    }
+}
+
+/// A delivery that failed and waits for its next attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingRetry {
+    pub rule: String,
+    pub target: String,
+    pub event_id: String,
+    pub attempts: u32,
+    pub first_attempt_ms: i64,
+    pub next_attempt_ms: i64,
+    pub last_error: String,
+}
+
+/// A delivery that ran out of attempts or time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub rule: String,
+    pub target: String,
+    pub event_id: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub first_attempt_ms: i64,
+    pub dead_ms: i64,
+}
+
+/// The account and region fields of skiff's EventBridge envelopes.
+pub const BUS_ACCOUNT: &str = "000000000000";
+pub const BUS_REGION: &str = "local";
+
+impl Event {
+    /// The event as EventBridge shapes it: what patterns match and targets receive.
+    pub fn envelope(&self) -> serde_json::Value {
+        serde_json::json!({
+            "version": "0",
+            "id": self.id,
+            "detail-type": self.detail_type,
+            "source": self.source,
+            "account": BUS_ACCOUNT,
+            "time": chrono::DateTime::from_timestamp_millis(self.time_ms)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "region": BUS_REGION,
+            "resources": self.resources,
+            "detail": self.detail,
+        })
+    }
+}
+
+/// Where object-store events come from (see `objects.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    pub bucket: String,
+    pub prefix: String,
+    /// 0 = no watcher.
+    pub poll_interval_secs: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// How a source's watcher is doing: its last listing error, so `sources ls` shows why no
+/// events come (not only the controller's log).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceHealth {
+    /// Empty once a listing succeeds again.
+    pub last_error: String,
+    pub last_error_ms: i64,
+    pub last_listed_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    S3 {
+        endpoint: String,
+        region: String,
+        access_key_id_secret: String,
+        secret_access_key_secret: String,
+    },
+    Local {
+        path: String,
+    },
+}
+
+/// A schedule (see `schedules.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    pub description: String,
+    pub expression: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub flexible_window_secs: u32,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    pub catch_up_limit: u32,
+    pub task_definition: String,
+    pub overrides: Overrides,
+    pub group: String,
+    /// Retries of a fire whose task cannot start, then a dead letter.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// Set: fires put this event on the bus instead of running `task_definition`.
+    #[serde(default)]
+    pub event: Option<ScheduleEvent>,
+}
+
+/// The event a schedule puts on the bus at each fire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleEvent {
+    pub detail_type: String,
+    /// A JSON object.
+    pub detail: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overlap {
+    Allow,
+    Forbid,
+    Replace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatchUp {
+    Skip,
+    RunOnce,
+    RunAll,
+}
+
+/// Where a schedule stands: durable, so a restart neither double-fires nor forgets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// The next fire time not yet handled (None = computed from now on first sight).
+    pub next_fire_ms: Option<i64>,
+    /// The last runs, newest last (at most 20).
+    pub runs: Vec<ScheduleRun>,
+    /// Fires whose task could not start, waiting for their next attempt.
+    #[serde(default)]
+    pub retries: Vec<ScheduleRetry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRetry {
+    pub scheduled_ms: i64,
+    pub attempts: u32,
+    pub first_attempt_ms: i64,
+    pub next_attempt_ms: i64,
+    pub last_error: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRun {
+    pub scheduled_ms: i64,
+    pub fired_ms: i64,
+    pub task_id: String,
+    pub outcome: String,
+}
+
+/// A topic: a named set of subscriptions that rule targets publish to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Topic {
+    pub name: String,
+    pub description: String,
+    pub delivery: DeliveryPolicy,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// Retries of a failing notification: exponential backoff with jitter between the delays,
+/// `max_attempts` in all, then a dead letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryPolicy {
+    pub max_attempts: u32,
+    pub min_delay_ms: u32,
+    pub max_delay_ms: u32,
+    /// How long a webhook may take to answer.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+fn default_webhook_timeout_ms() -> u32 {
+    10_000
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        DeliveryPolicy {
+            max_attempts: 20,
+            min_delay_ms: 1000,
+            max_delay_ms: 300_000,
+            timeout_ms: default_webhook_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    Webhook,
+    Email,
+}
+
+/// One endpoint of a topic. (No Debug: it holds the sealed signing key.)
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub topic: String,
+    pub protocol: Protocol,
+    /// An http(s) URL or an e-mail address.
+    pub endpoint: String,
+    /// An event pattern the message must match.
+    pub filter: Option<serde_json::Value>,
+    pub raw: bool,
+    pub confirmed: bool,
+    /// SHA-256 (hex) of the confirmation token, while unconfirmed.
+    pub confirm_token_sha256: String,
+    /// Webhooks: the signing key, sealed with the secrets key (name `subscription/<id>`).
+    pub signing_secret: Option<SealedSecret>,
+    pub skipped_unconfirmed: u64,
+    pub created_ms: i64,
+}
+
+/// What an outbox entry sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryKind {
+    /// A message published to the topic.
+    Message,
+    /// The mail asking an e-mail subscriber to confirm (carries the token).
+    Confirmation { token: String },
+}
+
+/// One message on its way to one subscription: kept in the outbox until it is delivered or
+/// dead-lettered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub topic: String,
+    pub subscription: String,
+    pub kind: DeliveryKind,
+    pub rule: String,
+    pub event_id: String,
+    /// The message: the event envelope, unless the rule's target transformed it.
+    pub message: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub created_ms: i64,
+    pub next_attempt_ms: i64,
+    /// Set once dead-lettered.
+    pub dead_ms: Option<i64>,
+}

@@ -1,0 +1,34 @@
+//! Builders for tests, in this crate and the ones above it (the `testing` feature, which the
+//! controller enables for its tests only).
+
+use crate::model::{ContainerDef, NetworkMode, TaskSpec};
+
+/// A one-container task spec reserving `cpu` vCPU and `mem` MiB.
+pub fn spec(cpu: f64, mem: u64) -> TaskSpec {
+    TaskSpec {
+        containers: vec![ContainerDef {
+            name: "main".into(),
+            image: "dir:/x".into(),
+            entrypoint: vec![],
+            command: vec![],
+            environment: Default::default(),
+            cpu,
+            memory_mib: mem,
+            essential: true,
+            stop_timeout_secs: 30,
+            working_dir: String::new(),
+            pull_policy: String::new(),
+            repository_credentials: String::new(),
+            privileged: false,
+            readonly_root_filesystem: false,
+            init_process_enabled: false,
+            user: String::new(),
+            secrets: vec![],
+            mounts: vec![],
+        }],
+        network_mode: NetworkMode::None,
+        timeout_secs: 0,
+        task_role: String::new(),
+        input: None,
+    }
+}
