@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use skiff_controller::bus::RuleSet;
 use skiff_controller::model::{RetryPolicy, Rule, Target, TargetInput, TargetKind};
+use skiff_controller::ruleset::RuleSet;
 use skiff_proto::v1 as pb;
 
 /// Rules like users write them: 9 in 10 name their source (and more), 1 in 10 matches on the
@@ -66,7 +66,7 @@ fn events(n: usize, sources: usize) -> Vec<Value> {
 }
 
 fn matching(n_rules: usize) {
-    let set = RuleSet::new(rules(n_rules));
+    let (set, _) = RuleSet::new(rules(n_rules));
     let evs = events(20_000, n_rules);
     let mut matched = 0usize;
     // Warm up, then time.

@@ -31,6 +31,7 @@ impl From<CoreError> for Status {
             CoreError::NoSuchTask(id) => Status::not_found(format!("no task {id}")),
             CoreError::Illegal(e) => Status::failed_precondition(e.to_string()),
             CoreError::NodeOffline(n) => Status::unavailable(format!("node {n} is not connected")),
+            CoreError::BadReference(why) => Status::invalid_argument(why),
             CoreError::Store(e) => e.into(),
         }
     }
@@ -122,7 +123,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
         validate::check_name("family", &input.family).map_err(invalid)?;
         let spec = validate::task_spec(&input).map_err(invalid)?;
         check_privileged(&spec, role)?;
-        crate::images_api::check_credentials_exist(&self.core, &spec)?;
+        self.core.check_references(&spec)?;
         let def = self
             .core
             .store
@@ -246,7 +247,7 @@ impl pb::tasks_server::Tasks for TasksApi {
             Some(o) => validate::apply_overrides(spec, o).map_err(invalid)?,
             None => spec,
         };
-        crate::images_api::check_credentials_exist(&self.core, &spec)?;
+        self.core.check_references(&spec)?;
         let group = if req.group.is_empty() {
             def.as_ref()
                 .map_or_else(|| "adhoc".to_string(), |d| format!("family:{}", d.family))
@@ -516,7 +517,7 @@ pub struct EventsApi {
     pub core: Arc<Core>,
     /// The enabled rules, compiled, for telling a caller which rules its events match;
     /// rebuilt when the rules change (the core's rules version).
-    pub rules: std::sync::Mutex<Option<(u64, Arc<crate::bus::RuleSet>)>>,
+    pub rules: std::sync::Mutex<Option<(u64, Arc<crate::ruleset::RuleSet>)>>,
 }
 
 impl EventsApi {
@@ -527,14 +528,15 @@ impl EventsApi {
         }
     }
 
-    fn rule_set(&self) -> Result<Arc<crate::bus::RuleSet>, Status> {
+    fn rule_set(&self) -> Result<Arc<crate::ruleset::RuleSet>, Status> {
         let version = self.core.rules_version();
         if let Some((v, set)) = self.rules.lock().unwrap().as_ref() {
             if *v == version {
                 return Ok(set.clone());
             }
         }
-        let set = Arc::new(crate::bus::RuleSet::new(self.core.store.rules()?));
+        // Patterns were checked when put; the dispatcher reports any that no longer compile.
+        let set = Arc::new(crate::ruleset::RuleSet::new(self.core.store.rules()?).0);
         *self.rules.lock().unwrap() = Some((version, set.clone()));
         Ok(set)
     }

@@ -7,7 +7,6 @@
 //! id): the task and its delivery record are one transaction (`Store::create_task_once`), and
 //! a replayed delivery finds the record.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use crate::core::{Core, CoreError};
 use crate::model::{
     now_ms, DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task,
 };
-use crate::pattern::Pattern;
+use crate::ruleset::RuleSet;
 
 /// Events read per pass.
 const BATCH: usize = 256;
@@ -27,73 +26,6 @@ const BATCH: usize = 256;
 const CONCURRENT_DELIVERIES: usize = 64;
 /// Longest wait between attempts of a failing delivery.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
-
-/// The enabled rules, compiled, with an index from exact `source` values to the rules that
-/// name them (rules without one are checked for every event).
-pub struct RuleSet {
-    rules: Vec<(Rule, Pattern)>,
-    by_source: HashMap<String, Vec<usize>>,
-    any_source: Vec<usize>,
-}
-
-impl RuleSet {
-    pub fn new(rules: Vec<Rule>) -> RuleSet {
-        let mut set = RuleSet {
-            rules: Vec::new(),
-            by_source: HashMap::new(),
-            any_source: Vec::new(),
-        };
-        for rule in rules.into_iter().filter(|r| r.enabled) {
-            let Ok(pattern) = Pattern::compile(&rule.pattern) else {
-                // Checked when it was put; a stored rule that no longer compiles is skipped.
-                warn!(rule = %rule.name, "stored rule pattern does not compile; skipped");
-                continue;
-            };
-            let i = set.rules.len();
-            match pattern
-                .exact_top_level()
-                .into_iter()
-                .find(|(field, _)| *field == "source")
-            {
-                Some((_, values)) => {
-                    for v in values {
-                        set.by_source.entry(v.to_string()).or_default().push(i);
-                    }
-                }
-                None => set.any_source.push(i),
-            }
-            set.rules.push((rule, pattern));
-        }
-        set
-    }
-
-    /// The rules `event` (an EventBridge envelope) matches, in a stable order.
-    pub fn matching<'a>(&'a self, event: &Value) -> Vec<&'a Rule> {
-        let source = event.get("source").and_then(Value::as_str).unwrap_or("");
-        let mut idx: Vec<usize> = self
-            .by_source
-            .get(source)
-            .into_iter()
-            .flatten()
-            .chain(&self.any_source)
-            .copied()
-            .collect();
-        idx.sort_unstable();
-        idx.dedup();
-        idx.into_iter()
-            .filter(|&i| self.rules[i].1.matches(event))
-            .map(|i| &self.rules[i].0)
-            .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-}
 
 pub fn delivery_key(rule: &str, target: &str, event_id: &str) -> String {
     format!("{rule}\0{target}\0{event_id}")
@@ -118,7 +50,14 @@ pub async fn run(core: Arc<Core>) {
         let version = core.rules_version();
         if rules.as_ref().is_none_or(|(v, _)| *v != version) {
             match core.store.rules() {
-                Ok(all) => rules = Some((version, RuleSet::new(all))),
+                Ok(all) => {
+                    let (set, skipped) = RuleSet::new(all);
+                    for (rule, e) in skipped {
+                        // Checked when put; a stored rule that no longer compiles is skipped.
+                        warn!(%rule, error = %e, "stored rule pattern does not compile; skipped");
+                    }
+                    rules = Some((version, set));
+                }
                 Err(e) => warn!(error = %e, "reading rules failed"),
             }
         }
@@ -274,7 +213,7 @@ pub fn definition_task(
         &crate::rules_api::overrides_pb(overrides),
     )
     .map_err(|e| format!("overrides: {e}"))?;
-    crate::images_api::check_credentials_exist(core, &spec).map_err(|s| s.message().to_string())?;
+    core.check_references(&spec).map_err(|e| e.to_string())?;
     spec.input = Some(input);
     Ok(Task::new(
         ulid::Ulid::new().to_string().to_lowercase(),
@@ -382,48 +321,6 @@ async fn retry_due(core: &Core) -> Result<(), CoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{RetryPolicy, TargetInput};
-    use serde_json::json;
-
-    fn rule(name: &str, pattern: Value, enabled: bool) -> Rule {
-        Rule {
-            name: name.into(),
-            description: String::new(),
-            pattern,
-            enabled,
-            targets: vec![Target {
-                id: "t".into(),
-                kind: TargetKind::Queue("q".into()),
-                input: TargetInput::Event,
-                retry: RetryPolicy::default(),
-            }],
-            version: 1,
-            created_ms: 0,
-            updated_ms: 0,
-        }
-    }
-
-    #[test]
-    fn the_source_index_finds_the_same_rules_as_checking_all() {
-        let set = RuleSet::new(vec![
-            rule("by-source", json!({"source": ["app", "other"]}), true),
-            rule("by-detail", json!({"detail": {"k": ["v"]}}), true),
-            rule("disabled", json!({"source": ["app"]}), false),
-            rule("prefix", json!({"source": [{"prefix": "ap"}]}), true),
-        ]);
-        assert_eq!(set.len(), 3);
-        let names =
-            |e: Value| -> Vec<String> { set.matching(&e).iter().map(|r| r.name.clone()).collect() };
-        assert_eq!(
-            names(json!({"source": "app", "detail": {"k": "v"}})),
-            ["by-source", "by-detail", "prefix"]
-        );
-        assert_eq!(
-            names(json!({"source": "zzz", "detail": {"k": "v"}})),
-            ["by-detail"]
-        );
-        assert!(names(json!({"source": "zzz"})).is_empty());
-    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

@@ -51,13 +51,17 @@ pub enum CoreError {
     Illegal(#[from] lifecycle::IllegalTransition),
     #[error("node {0} is not connected")]
     NodeOffline(String),
+    /// A spec names a secret, registry credentials or role that does not exist (the message
+    /// names the field).
+    #[error("{0}")]
+    BadReference(String),
 }
 
 pub struct Core {
     pub store: Store,
     pub timing: Timing,
     /// Seals and opens secrets (the key lives in the data dir, apart from the store).
-    pub secrets: crate::secrets::SecretBox,
+    pub secrets: crate::sealing::SecretBox,
     /// Signs and checks SKIFF_TASK_TOKENs.
     pub task_keys: crate::task_tokens::TaskTokenKey,
     /// The cluster CA, when the controller serves TLS.
@@ -82,14 +86,48 @@ pub struct Core {
     /// Wakes the schedules loop: a schedule changed.
     pub schedules_kick: Notify,
     /// Delivers notifications (webhooks, mail) from the outbox.
-    pub notifier: crate::notify::Notifier,
+    pub notifier: crate::notifier::Notifier,
 }
 
 impl Core {
+    /// Every secret, registry credentials and role a spec names must exist: checked when a
+    /// definition is registered and whenever a task is made from one.
+    pub fn check_references(&self, spec: &crate::model::TaskSpec) -> Result<(), CoreError> {
+        let core = self;
+        for (i, c) in spec.containers.iter().enumerate() {
+            for (j, r) in c.secrets.iter().enumerate() {
+                if core.store.secret(&r.value_from)?.is_none() {
+                    return Err(CoreError::BadReference(format!(
+                        "containers[{i}].secrets[{j}].value_from: no secret named {:?} (see skiff secrets ls)",
+                        r.value_from
+                    )));
+                }
+            }
+            if !c.repository_credentials.is_empty()
+                && core
+                    .store
+                    .registry_creds(&c.repository_credentials)?
+                    .is_none()
+            {
+                return Err(CoreError::BadReference(format!(
+                    "containers[{i}].repository_credentials: no registry credentials named {:?} (see skiff registry-creds ls)",
+                    c.repository_credentials
+                )));
+            }
+        }
+        if !spec.task_role.is_empty() && core.store.role(&spec.task_role)?.is_none() {
+            return Err(CoreError::BadReference(format!(
+                "task_role: no role named {:?} (see skiff roles ls)",
+                spec.task_role
+            )));
+        }
+        Ok(())
+    }
+
     pub fn new(
         store: Store,
         timing: Timing,
-        secrets: crate::secrets::SecretBox,
+        secrets: crate::sealing::SecretBox,
         task_keys: crate::task_tokens::TaskTokenKey,
     ) -> Core {
         let (head, _) = watch::channel(0);
@@ -118,7 +156,7 @@ impl Core {
             bus_kick: Notify::new(),
             sources_kick: Notify::new(),
             schedules_kick: Notify::new(),
-            notifier: crate::notify::Notifier::new(None, "http://127.0.0.1:7480".into())
+            notifier: crate::notifier::Notifier::new(None, "http://127.0.0.1:7480".into())
                 .expect("a notifier without SMTP always builds"),
         }
     }
@@ -470,7 +508,7 @@ mod tests {
         let core = Core::new(
             store,
             Timing::default(),
-            crate::secrets::SecretBox::open(dir).unwrap(),
+            crate::sealing::SecretBox::open(dir).unwrap(),
             crate::task_tokens::TaskTokenKey::open(dir).unwrap(),
         );
         let spec = skiff_model::testing::spec(0.1, 16);

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::ApiStream;
 use crate::core::Core;
-use crate::model::{now_ms, RegistryCreds, TaskSpec};
+use crate::model::{now_ms, RegistryCreds};
 use crate::scheduler::registry_auth;
 use crate::validate;
 
@@ -53,38 +53,6 @@ async fn ask(core: &Core, node: &str, op: pb::image_command::Op) -> Result<pb::I
         }
     }
     Err(format!("node {node} disconnected before answering"))
-}
-
-/// Every registry credentials and secret name a spec uses must exist.
-pub fn check_credentials_exist(core: &Core, spec: &TaskSpec) -> Result<(), Status> {
-    for (i, c) in spec.containers.iter().enumerate() {
-        for (j, r) in c.secrets.iter().enumerate() {
-            if core.store.secret(&r.value_from)?.is_none() {
-                return Err(Status::invalid_argument(format!(
-                    "containers[{i}].secrets[{j}].value_from: no secret named {:?} (see skiff secrets ls)",
-                    r.value_from
-                )));
-            }
-        }
-        if !c.repository_credentials.is_empty()
-            && core
-                .store
-                .registry_creds(&c.repository_credentials)?
-                .is_none()
-        {
-            return Err(Status::invalid_argument(format!(
-                "containers[{i}].repository_credentials: no registry credentials named {:?} (see skiff registry-creds ls)",
-                c.repository_credentials
-            )));
-        }
-    }
-    if !spec.task_role.is_empty() && core.store.role(&spec.task_role)?.is_none() {
-        return Err(Status::invalid_argument(format!(
-            "task_role: no role named {:?} (see skiff roles ls)",
-            spec.task_role
-        )));
-    }
-    Ok(())
 }
 
 pub struct ImagesApi {

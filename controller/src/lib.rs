@@ -11,9 +11,11 @@ pub mod core;
 pub mod credentials;
 pub mod http;
 pub mod images_api;
+pub mod keyfile;
 // The pure layer, re-exported so `crate::lifecycle` and friends name it (see skiff-model).
-pub use skiff_model::{lifecycle, pattern, placement, schedule, transform};
+pub use skiff_model::{lifecycle, pattern, placement, ruleset, schedule, transform};
 pub mod model;
+pub mod notifier;
 pub mod notify;
 pub mod objects;
 pub mod outbound;
@@ -22,6 +24,7 @@ pub mod roles;
 pub mod rules_api;
 pub mod scheduler;
 pub mod schedules;
+pub mod sealing;
 pub mod secrets;
 pub mod sources_api;
 pub mod store;
@@ -118,9 +121,9 @@ impl Controller {
                     path: cfg.data_dir.clone(),
                     source,
                 })?;
-        let sealer = secrets::SecretBox::open(&cfg.data_dir).map_err(|source| {
+        let sealer = sealing::SecretBox::open(&cfg.data_dir).map_err(|source| {
             ControllerError::SecretsKey {
-                path: cfg.data_dir.join(secrets::KEY_FILE),
+                path: cfg.data_dir.join(sealing::KEY_FILE),
                 source,
             }
         })?;

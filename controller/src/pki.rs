@@ -55,8 +55,8 @@ impl Pki {
             params.not_before = time_now() - time::Duration::days(1);
             params.not_after = time_now() + time::Duration::days(3650);
             let cert = params.self_signed(&key_pair)?;
-            crate::tokens_api::write_secret(&key, &key_pair.serialize_pem()).map_err(io(&key))?;
-            crate::tokens_api::write_secret(&crt, &cert.pem()).map_err(io(&crt))?;
+            crate::keyfile::write_secret(&key, &key_pair.serialize_pem()).map_err(io(&key))?;
+            crate::keyfile::write_secret(&crt, &cert.pem()).map_err(io(&crt))?;
         }
         let ca_pem = std::fs::read_to_string(&crt).map_err(io(&crt))?;
         let key_pem = std::fs::read_to_string(&key).map_err(io(&key))?;

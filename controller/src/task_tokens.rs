@@ -40,7 +40,7 @@ impl TaskTokenKey {
                 let mut key = [0u8; 32];
                 use std::io::Read;
                 std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
-                crate::tokens_api::write_secret_bytes(&path, &key)?;
+                crate::keyfile::write_secret_bytes(&path, &key)?;
                 key.to_vec()
             }
             Err(e) => return Err(e),

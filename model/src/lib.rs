@@ -9,13 +9,15 @@
 //! - [`model`]: records (task definitions, tasks, nodes, events, rules, schedules, sources, …).
 //! - [`lifecycle`]: the task state machine.
 //! - [`placement`]: which node gets a task, or why none does.
-//! - [`pattern`]: EventBridge event patterns; [`transform`]: a target's input.
+//! - [`pattern`]: EventBridge event patterns; [`ruleset`]: the enabled rules, compiled and
+//!   indexed; [`transform`]: a target's input.
 //! - [`schedule`]: cron / rate / at expressions in IANA zones and their fire times.
 
 pub mod lifecycle;
 pub mod model;
 pub mod pattern;
 pub mod placement;
+pub mod ruleset;
 pub mod schedule;
 pub mod transform;
 
@@ -63,6 +65,7 @@ mod tests {
             ("lifecycle.rs", include_str!("lifecycle.rs")),
             ("placement.rs", include_str!("placement.rs")),
             ("pattern.rs", include_str!("pattern.rs")),
+            ("ruleset.rs", include_str!("ruleset.rs")),
             ("transform.rs", include_str!("transform.rs")),
             ("schedule.rs", include_str!("schedule.rs")),
         ] {

@@ -1,11 +1,106 @@
-//! The controller's domain types. Generated protobuf types never reach past `convert.rs`; these
-//! are what the store persists and what the pure modules (lifecycle, placement) reason about.
+//! The domain records: what the controller's store persists and what the pure modules
+//! (lifecycle, placement, patterns) reason about. Generated protobuf types never reach them.
+//! This module imports no other module of the crate: the others build on it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lifecycle::{DesiredStatus, StopCode, TaskStatus};
+// --- task statuses and stop codes (the lifecycle module moves tasks between them) ---
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TaskStatus {
+    Provisioning,
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Provisioning,
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Stopping,
+        TaskStatus::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Provisioning => "PROVISIONING",
+            TaskStatus::Pending => "PENDING",
+            TaskStatus::Running => "RUNNING",
+            TaskStatus::Stopping => "STOPPING",
+            TaskStatus::Stopped => "STOPPED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// Whether the task still holds (or may soon hold) resources on a node.
+    pub fn is_active(self) -> bool {
+        self != TaskStatus::Stopped
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DesiredStatus {
+    Running,
+    Stopped,
+}
+
+impl DesiredStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredStatus::Running => "RUNNING",
+            DesiredStatus::Stopped => "STOPPED",
+        }
+    }
+}
+
+/// Why a task stopped (ECS names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopCode {
+    TaskFailedToStart,
+    EssentialContainerExited,
+    UserInitiated,
+    ServiceSchedulerInitiated,
+    TimedOut,
+    NodeLost,
+}
+
+impl StopCode {
+    pub const ALL: [StopCode; 6] = [
+        StopCode::TaskFailedToStart,
+        StopCode::EssentialContainerExited,
+        StopCode::UserInitiated,
+        StopCode::ServiceSchedulerInitiated,
+        StopCode::TimedOut,
+        StopCode::NodeLost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopCode::TaskFailedToStart => "TaskFailedToStart",
+            StopCode::EssentialContainerExited => "EssentialContainerExited",
+            StopCode::UserInitiated => "UserInitiated",
+            StopCode::ServiceSchedulerInitiated => "ServiceSchedulerInitiated",
+            StopCode::TimedOut => "TimedOut",
+            StopCode::NodeLost => "NodeLost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StopCode> {
+        StopCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
 
 /// Default seconds between SIGTERM and SIGKILL, as in ECS.
 pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;

@@ -1,0 +1,124 @@
+//! The controller's layering rules, as checks over its own source (ARCHITECTURE.md's "only X
+//! knows Y" sentences): no import circles between its modules, only the store knows sled, and
+//! the background loops do not reach into gRPC service modules (two known edges remain, to be
+//! removed with the rest of issue 16; a new one fails).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Module → the crate modules its non-test code names (`crate::x`).
+fn imports() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut files = vec![];
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            // A folder's files belong to the module of the same name (store/notify.rs → store).
+            for f in std::fs::read_dir(&p).unwrap().flatten() {
+                files.push((
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    f.path(),
+                ));
+            }
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            files.push((p.file_stem().unwrap().to_string_lossy().into_owned(), p));
+        }
+    }
+    for (module, path) in files {
+        if module == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let deps = out.entry(module.clone()).or_default();
+        for part in code.split("crate::").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && name != module {
+                deps.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// Every module that can reach itself again through imports.
+fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let reach = |from: &str| {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<String> = graph.get(from).into_iter().flatten().cloned().collect();
+        while let Some(m) = stack.pop() {
+            if seen.insert(m.clone()) {
+                stack.extend(graph.get(&m).into_iter().flatten().cloned());
+            }
+        }
+        seen
+    };
+    graph
+        .keys()
+        .filter(|m| reach(m).contains(*m))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_controllers_modules_import_each_other_in_one_direction() {
+    let graph = imports();
+    assert!(graph.contains_key("core") && graph.contains_key("store"));
+    let looped = circles(&graph);
+    assert!(
+        looped.is_empty(),
+        "modules in an import circle: {looped:?}\n{graph:#?}"
+    );
+}
+
+#[test]
+fn the_circle_check_finds_a_circle() {
+    // The check itself, on a graph with a deliberate circle (a → b → c → a) beside a line.
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (a, b) in [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")] {
+        g.entry(a.into()).or_default().insert(b.into());
+    }
+    assert_eq!(circles(&g), ["a", "b", "c"]);
+}
+
+#[test]
+fn only_the_store_knows_sled() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let p = e.path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if p.is_dir() || name == "store.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            !text.contains("sled::"),
+            "{name} names sled; only store.rs may"
+        );
+    }
+}
+
+#[test]
+fn background_loops_do_not_import_grpc_services() {
+    let graph = imports();
+    // Known, to be removed with issue 16: `rules_api::overrides_pb` (validation still takes
+    // protobuf input) and `agents::stop_on_agent` (stopping a task has two paths).
+    let known: BTreeSet<(&str, &str)> = [
+        ("bus", "rules_api"),
+        ("schedules", "rules_api"),
+        ("schedules", "agents"),
+    ]
+    .into();
+    for looping in ["bus", "scheduler", "schedules", "watcher", "notify"] {
+        for dep in graph.get(looping).into_iter().flatten() {
+            let service = dep == "api" || dep.ends_with("_api") || dep == "agents";
+            if service && !known.contains(&(looping, dep.as_str())) {
+                panic!("{looping} imports the gRPC module {dep}: loops use core, not adapters");
+            }
+        }
+    }
+}
