@@ -19,7 +19,7 @@ use crate::convert;
 use crate::core::{Core, CoreError};
 use crate::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
 use crate::model::{now_ms, Node, NodeState};
-use crate::scheduler;
+use crate::placer;
 use crate::validate;
 
 use pb::controller_message::Body as Out;
@@ -481,7 +481,7 @@ async fn reconcile(
         match task.status {
             TaskStatus::Pending => {
                 info!(task_id = %task.id, node_id, "resending start after reconnect");
-                scheduler::send_start(core, node_id, &task).await;
+                placer::send_start(core, node_id, &task).await;
             }
             TaskStatus::Running | TaskStatus::Stopping => {
                 let reason = "the agent no longer has this task (its state was lost)".to_string();

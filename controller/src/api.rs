@@ -15,7 +15,7 @@ use crate::convert;
 use crate::core::{Core, CoreError};
 use crate::lifecycle::{StopCode, TaskEvent, TaskStatus};
 use crate::model::{now_ms, DefinitionStatus, Event, Task, TaskDefinition};
-use crate::scheduler::node_loads;
+use crate::placer::node_loads;
 use crate::store::StoreError;
 use crate::validate::{self, InvalidField};
 

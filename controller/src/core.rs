@@ -18,17 +18,18 @@ use crate::store::{Decision, Store, StoreError};
 pub const TASK_SOURCE: &str = "skiff.task";
 pub const TASK_STATE_CHANGE: &str = "Task State Change";
 
+/// How often agents check in, and how long a silent node keeps its tasks.
 #[derive(Clone, Debug)]
-pub struct Timing {
+pub struct NodeTiming {
     /// How often agents send heartbeats.
     pub heartbeat_interval: Duration,
     /// A node silent for this long is lost: its tasks become STOPPED/NodeLost.
     pub node_timeout: Duration,
 }
 
-impl Default for Timing {
+impl Default for NodeTiming {
     fn default() -> Self {
-        Timing {
+        NodeTiming {
             heartbeat_interval: Duration::from_secs(5),
             node_timeout: Duration::from_secs(30),
         }
@@ -59,7 +60,7 @@ pub enum CoreError {
 
 pub struct Core {
     pub store: Store,
-    pub timing: Timing,
+    pub timing: NodeTiming,
     /// Seals and opens secrets (the key lives in the data dir, apart from the store).
     pub secrets: crate::sealing::SecretBox,
     /// Signs and checks SKIFF_TASK_TOKENs.
@@ -71,7 +72,7 @@ pub struct Core {
     last_seen: Mutex<HashMap<String, Instant>>,
     /// Bumped after every durable task or event write; waiters re-read what they watch.
     head: watch::Sender<u64>,
-    /// Wakes the scheduler: a task was created, capacity was freed, or a node came.
+    /// Wakes the placer: a task was created, capacity was freed, or a node came.
     pub kick: Notify,
     log_routes: Mutex<HashMap<u64, mpsc::Sender<pb::LogData>>>,
     /// Image command replies: request id → (node, the API call waiting for them).
@@ -126,7 +127,7 @@ impl Core {
 
     pub fn new(
         store: Store,
-        timing: Timing,
+        timing: NodeTiming,
         secrets: crate::sealing::SecretBox,
         task_keys: crate::task_tokens::TaskTokenKey,
     ) -> Core {
@@ -189,7 +190,7 @@ impl Core {
     }
 
     /// Stores a task for delivery `key` unless that delivery already made one (then
-    /// Err(its task id)); wakes the scheduler.
+    /// Err(its task id)); wakes the placer.
     pub async fn create_task_once(
         &self,
         key: &str,
@@ -209,7 +210,7 @@ impl Core {
         }
     }
 
-    /// Stores a new PROVISIONING task with its first event and wakes the scheduler.
+    /// Stores a new PROVISIONING task with its first event and wakes the placer.
     pub async fn create_task(&self, task: Task) -> Result<Task, CoreError> {
         self.store
             .create_task(&task, |id| state_change_event(id, &task))
@@ -507,7 +508,7 @@ mod tests {
         let store = Store::open(&dir.join("store")).unwrap();
         let core = Core::new(
             store,
-            Timing::default(),
+            NodeTiming::default(),
             crate::sealing::SecretBox::open(dir).unwrap(),
             crate::task_tokens::TaskTokenKey::open(dir).unwrap(),
         );

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::api::ApiStream;
 use crate::core::Core;
 use crate::model::{now_ms, RegistryCreds};
-use crate::scheduler::registry_auth;
+use crate::placer::registry_auth;
 use crate::validate;
 
 /// The nodes an image request addresses: one by id, or every connected node.

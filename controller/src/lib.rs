@@ -13,17 +13,18 @@ pub mod http;
 pub mod images_api;
 pub mod keyfile;
 // The pure layer, re-exported so `crate::lifecycle` and friends name it (see skiff-model).
-pub use skiff_model::{lifecycle, pattern, placement, ruleset, schedule, transform};
+pub use skiff_model::{cron, lifecycle, pattern, placement, ruleset, transform};
 pub mod model;
 pub mod notifier;
 pub mod notify;
 pub mod objects;
 pub mod outbound;
 pub mod pki;
+pub mod placer;
 pub mod roles;
 pub mod rules_api;
-pub mod scheduler;
 pub mod schedules;
+pub mod schedules_api;
 pub mod sealing;
 pub mod secrets;
 pub mod sources_api;
@@ -41,13 +42,13 @@ use std::sync::Arc;
 use skiff_proto::v1 as pb;
 use tokio::net::TcpListener;
 
-pub use crate::core::Timing;
+pub use crate::core::NodeTiming;
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    pub timing: Timing,
+    pub timing: NodeTiming,
     /// Serve TLS (server certificate from the cluster CA, valid for these extra names besides
     /// localhost and 127.0.0.1), and authenticate agents by their node certificates.
     pub tls: Option<Vec<String>>,
@@ -209,13 +210,13 @@ impl Controller {
             .expect("a bound listener has an address")
     }
 
-    /// Serves the API and runs the scheduler until `shutdown` completes.
+    /// Serves the API and runs the background loops until `shutdown` completes.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), ControllerError> {
         let core = self.core;
-        let scheduler = tokio::spawn(scheduler::run(core.clone()));
+        let placer = tokio::spawn(placer::run(core.clone()));
         let dispatcher = tokio::spawn(bus::run(core.clone()));
         let watchers = tokio::spawn(watcher::run(core.clone()));
         let schedules_loop = tokio::spawn(schedules::run(core.clone()));
@@ -267,7 +268,7 @@ impl Controller {
             .set_serving::<pb::sources_server::SourcesServer<sources_api::SourcesApi>>()
             .await;
         health
-            .set_serving::<pb::schedules_server::SchedulesServer<schedules::SchedulesApi>>()
+            .set_serving::<pb::schedules_server::SchedulesServer<schedules_api::SchedulesApi>>()
             .await;
         health
             .set_serving::<pb::topics_server::TopicsServer<topics_api::TopicsApi>>()
@@ -318,7 +319,7 @@ impl Controller {
                 sources_api::SourcesApi { core: core.clone() },
             ))
             .add_service(pb::schedules_server::SchedulesServer::new(
-                schedules::SchedulesApi { core: core.clone() },
+                schedules_api::SchedulesApi { core: core.clone() },
             ))
             .add_service(pb::topics_server::TopicsServer::new(
                 topics_api::TopicsApi { core: core.clone() },
@@ -344,7 +345,7 @@ impl Controller {
                 shutdown,
             )
             .await;
-        scheduler.abort();
+        placer.abort();
         dispatcher.abort();
         watchers.abort();
         schedules_loop.abort();

@@ -123,7 +123,7 @@ pub struct Store {
     db: sled::Db,
     taskdefs: sled::Tree,
     tasks: sled::Tree,
-    /// Ids of tasks that are not STOPPED: what the scheduler and reconciler scan.
+    /// Ids of tasks that are not STOPPED: what the placer and reconciler scan.
     active: sled::Tree,
     events: sled::Tree,
     nodes: sled::Tree,

@@ -520,7 +520,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/hourly-batch");
         let s = crate::schedules::load(&dir.join("schedule.yaml")).unwrap();
         assert_eq!(s.flexible_window_seconds, 300);
-        skiff_model::schedule::Timing::parse(&s.expression, &s.timezone).unwrap();
+        skiff_model::cron::Expression::parse(&s.expression, &s.timezone).unwrap();
         crate::roles::load(&dir.join("role.yaml")).unwrap();
         let def = dir.join("batch.toml");
         let text = std::fs::read_to_string(&def).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use skiff_agent::{Agent, AgentConfig};
-use skiff_controller::{Controller, ControllerConfig, Timing};
+use skiff_controller::{Controller, ControllerConfig, NodeTiming};
 
 use crate::config::{self, AgentFile, ControllerFile};
 
@@ -263,7 +263,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
     let ctl = Controller::bind(ControllerConfig {
         data_dir: data_dir.join("controller"),
         listen: a.listen,
-        timing: Timing::default(),
+        timing: NodeTiming::default(),
         tls: None,
         node_cert_ttl: None,
         http_listen: Some(a.http_listen),
@@ -325,7 +325,7 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
     let file: ControllerFile = config::load(a.config.as_deref())?;
     let smtp = a.notify.smtp(&file)?;
     let public_url = a.notify.public_url(&file);
-    let mut timing = Timing::default();
+    let mut timing = NodeTiming::default();
     if let Some(s) = a.heartbeat_interval.or(file.heartbeat_interval) {
         timing.heartbeat_interval = config::duration("heartbeat_interval", &s)?;
     }

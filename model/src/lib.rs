@@ -11,14 +11,14 @@
 //! - [`placement`]: which node gets a task, or why none does.
 //! - [`pattern`]: EventBridge event patterns; [`ruleset`]: the enabled rules, compiled and
 //!   indexed; [`transform`]: a target's input.
-//! - [`schedule`]: cron / rate / at expressions in IANA zones and their fire times.
+//! - [`cron`]: schedule expressions (cron / rate / at) in IANA zones and their fire times.
 
+pub mod cron;
 pub mod lifecycle;
 pub mod model;
 pub mod pattern;
 pub mod placement;
 pub mod ruleset;
-pub mod schedule;
 pub mod transform;
 
 #[cfg(any(test, feature = "testing"))]
@@ -67,7 +67,7 @@ mod tests {
             ("pattern.rs", include_str!("pattern.rs")),
             ("ruleset.rs", include_str!("ruleset.rs")),
             ("transform.rs", include_str!("transform.rs")),
-            ("schedule.rs", include_str!("schedule.rs")),
+            ("cron.rs", include_str!("cron.rs")),
         ] {
             let code = text.split("#[cfg(test)]").next().unwrap();
             for banned in [

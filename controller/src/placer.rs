@@ -1,4 +1,4 @@
-//! The scheduler loop: places PROVISIONING tasks on nodes and declares silent nodes lost.
+//! The placer: the loop that places PROVISIONING tasks on nodes and declares silent nodes lost.
 //! Decisions come from the pure `placement` module; this loop only reads a snapshot, asks, and
 //! commits the answer through `Core::transition`.
 
@@ -21,7 +21,7 @@ const TICK: Duration = Duration::from_millis(1000);
 pub async fn run(core: Arc<Core>) {
     loop {
         if let Err(e) = pass(&core).await {
-            warn!(error = %e, "scheduler pass failed");
+            warn!(error = %e, "placement pass failed");
         }
         tokio::select! {
             _ = core.kick.notified() => {}

@@ -51,7 +51,7 @@ pub enum Expr {
 
 /// A parsed schedule: when it fires, in which zone.
 #[derive(Debug, Clone)]
-pub struct Timing {
+pub struct Expression {
     pub expr: Expr,
     pub tz: Tz,
 }
@@ -258,9 +258,9 @@ fn parse_rate(inner: &str) -> Result<Expr, ScheduleError> {
     Ok(Expr::Rate(d))
 }
 
-impl Timing {
+impl Expression {
     /// Parses an expression and an IANA zone name ("" = UTC).
-    pub fn parse(expression: &str, zone: &str) -> Result<Timing, ScheduleError> {
+    pub fn parse(expression: &str, zone: &str) -> Result<Expression, ScheduleError> {
         let tz: Tz = if zone.is_empty() {
             Tz::UTC
         } else {
@@ -298,7 +298,7 @@ impl Timing {
                 format!("{e:?}: write cron(...), rate(...) or at(...)"),
             ));
         };
-        Ok(Timing { expr, tz })
+        Ok(Expression { expr, tz })
     }
 
     /// The instants a wall-clock time stands for. Fixed-hour schedules: a skipped time is the
@@ -400,7 +400,7 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
-    fn local(t: &Timing, times: &[DateTime<Utc>]) -> Vec<String> {
+    fn local(t: &Expression, times: &[DateTime<Utc>]) -> Vec<String> {
         times
             .iter()
             .map(|x| {
@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn five_and_six_field_crons() {
-        let t = Timing::parse("cron(30 9 * * 1-5)", "Europe/Berlin").unwrap();
+        let t = Expression::parse("cron(30 9 * * 1-5)", "Europe/Berlin").unwrap();
         // Friday 2026-11-20 10:00 Berlin → Monday 09:30.
         let next = t.upcoming(utc("2026-11-20T09:00:00Z"), utc("2026-01-01T00:00:00Z"), 2);
         assert_eq!(
@@ -422,11 +422,11 @@ mod tests {
         );
         // Sunday as 0 and as 7, and the wrap 5-7.
         for e in ["cron(0 12 * * 0)", "cron(0 12 * * 7)", "cron(0 12 * * SUN)"] {
-            let t = Timing::parse(e, "UTC").unwrap();
+            let t = Expression::parse(e, "UTC").unwrap();
             let n = t.next_after(utc("2026-11-23T00:00:00Z"), utc("2026-01-01T00:00:00Z"));
             assert_eq!(n, Some(utc("2026-11-29T12:00:00Z")), "{e}");
         }
-        let t = Timing::parse("cron(0 12 * * 5-7)", "UTC").unwrap();
+        let t = Expression::parse("cron(0 12 * * 5-7)", "UTC").unwrap();
         let next = t.upcoming(utc("2026-11-23T00:00:00Z"), utc("2026-01-01T00:00:00Z"), 3);
         assert_eq!(
             next,
@@ -437,7 +437,7 @@ mod tests {
             ]
         );
         // EventBridge's form: DOW 2 = Monday, ? and a year.
-        let t = Timing::parse("cron(0 8 ? * 2 2026)", "UTC").unwrap();
+        let t = Expression::parse("cron(0 8 ? * 2 2026)", "UTC").unwrap();
         let next = t.upcoming(utc("2026-12-25T00:00:00Z"), utc("2026-01-01T00:00:00Z"), 5);
         assert_eq!(next, [utc("2026-12-28T08:00:00Z")], "no 2027 dates");
     }
@@ -463,7 +463,7 @@ mod tests {
             ("every 5 minutes", "UTC", "write cron"),
             ("rate(5 minutes)", "Mars/Olympus", "timezone"),
         ] {
-            match Timing::parse(e, zone) {
+            match Expression::parse(e, zone) {
                 Ok(_) => assert!(want.is_empty(), "{e} should be refused"),
                 Err(err) => {
                     assert!(!want.is_empty(), "{e}: {err}");
@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn spring_forward_fires_a_skipped_time_once_at_the_jump() {
         // New York, 2026-03-08: 02:00 EST → 03:00 EDT; 02:30 does not exist.
-        let t = Timing::parse("cron(30 2 * * *)", "America/New_York").unwrap();
+        let t = Expression::parse("cron(30 2 * * *)", "America/New_York").unwrap();
         let next = t.upcoming(utc("2026-03-06T12:00:00Z"), utc("2026-01-01T00:00:00Z"), 4);
         assert_eq!(
             local(&t, &next),
@@ -488,7 +488,7 @@ mod tests {
             ]
         );
         // By elapsed time, an every-15-minutes schedule has no slots in the skipped hour.
-        let t = Timing::parse("cron(*/15 * * * *)", "America/New_York").unwrap();
+        let t = Expression::parse("cron(*/15 * * * *)", "America/New_York").unwrap();
         let next = t.upcoming(utc("2026-03-08T06:40:00Z"), utc("2026-01-01T00:00:00Z"), 3);
         assert_eq!(
             local(&t, &next),
@@ -503,7 +503,7 @@ mod tests {
     #[test]
     fn fall_back_fires_a_repeated_time_once() {
         // New York, 2026-11-01: 02:00 EDT → 01:00 EST; 01:30 happens twice.
-        let t = Timing::parse("cron(30 1 * * *)", "America/New_York").unwrap();
+        let t = Expression::parse("cron(30 1 * * *)", "America/New_York").unwrap();
         let next = t.upcoming(utc("2026-10-31T12:00:00Z"), utc("2026-01-01T00:00:00Z"), 3);
         assert_eq!(
             local(&t, &next),
@@ -514,7 +514,7 @@ mod tests {
             ]
         );
         // By elapsed time, an every-30-minutes schedule passes through the hour twice.
-        let t = Timing::parse("cron(*/30 * * * *)", "America/New_York").unwrap();
+        let t = Expression::parse("cron(*/30 * * * *)", "America/New_York").unwrap();
         let next = t.upcoming(utc("2026-11-01T05:10:00Z"), utc("2026-01-01T00:00:00Z"), 4);
         assert_eq!(
             local(&t, &next),
@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn rates_count_from_their_anchor_and_at_fires_once() {
-        let t = Timing::parse("rate(5 minutes)", "").unwrap();
+        let t = Expression::parse("rate(5 minutes)", "").unwrap();
         let anchor = utc("2026-11-23T12:00:00Z");
         assert_eq!(
             t.next_after(utc("2026-11-23T11:00:00Z"), anchor),
@@ -543,7 +543,7 @@ mod tests {
             t.next_after(utc("2026-11-23T12:10:00Z"), anchor),
             Some(utc("2026-11-23T12:15:00Z"))
         );
-        let t = Timing::parse("at(2026-12-01T09:00:00)", "Europe/Berlin").unwrap();
+        let t = Expression::parse("at(2026-12-01T09:00:00)", "Europe/Berlin").unwrap();
         assert_eq!(
             t.next_after(utc("2026-11-23T00:00:00Z"), anchor),
             Some(utc("2026-12-01T08:00:00Z"))
