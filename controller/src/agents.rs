@@ -368,8 +368,7 @@ async fn report_event(
     let Some(task) = core.store.task(&r.task_id)? else {
         // Not ours (a data dir was wiped?): it must not run.
         warn!(task_id = %r.task_id, node_id, "agent runs an unknown task; stopping it");
-        stop_on_agent(
-            core,
+        core.send_stop(
             node_id,
             &r.task_id,
             StopCode::TaskFailedToStart,
@@ -380,8 +379,7 @@ async fn report_event(
     };
     if task.node_id.as_deref() != Some(node_id) {
         warn!(task_id = %r.task_id, node_id, "task reported by a node it is not placed on; stopping it there");
-        stop_on_agent(
-            core,
+        core.send_stop(
             node_id,
             &r.task_id,
             StopCode::TaskFailedToStart,
@@ -439,31 +437,15 @@ async fn answer_report(
             .await?;
         } else {
             let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
-            stop_on_agent(core, node_id, &task.id, code, &task.stopped_reason).await?;
+            core.send_stop(node_id, &task.id, code, &task.stopped_reason)
+                .await?;
         }
     } else if task.desired == DesiredStatus::Stopped && r.status != "STOPPED" {
         let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
-        stop_on_agent(core, node_id, &task.id, code, &task.stopped_reason).await?;
+        core.send_stop(node_id, &task.id, code, &task.stopped_reason)
+            .await?;
     }
     Ok(())
-}
-
-pub async fn stop_on_agent(
-    core: &Core,
-    node_id: &str,
-    task_id: &str,
-    code: StopCode,
-    reason: &str,
-) -> Result<(), CoreError> {
-    core.send(
-        node_id,
-        Out::Stop(pb::StopTask {
-            task_id: task_id.to_string(),
-            stop_code: code.as_str().to_string(),
-            reason: reason.to_string(),
-        }),
-    )
-    .await
 }
 
 /// Brings stored state and the agent's reality together after a (re)connect.

@@ -10,10 +10,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::agents::stop_on_agent;
 use crate::convert;
 use crate::core::{Core, CoreError};
-use crate::lifecycle::{StopCode, TaskEvent, TaskStatus};
+use crate::lifecycle::{StopCode, TaskStatus};
 use crate::model::{now_ms, DefinitionStatus, Event, Task, TaskDefinition};
 use crate::placer::node_loads;
 use crate::store::StoreError;
@@ -276,18 +275,10 @@ impl pb::tasks_server::Tasks for TasksApi {
         } else {
             req.reason
         };
-        let event = TaskEvent::StopRequested {
-            code: StopCode::UserInitiated,
-            reason,
-        };
-        let (task, _) = self.core.transition(&target.id, event).await?;
-        if task.status == TaskStatus::Stopping {
-            if let Some(node) = &task.node_id {
-                let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
-                // If the agent is away, reconciliation sends the stop when it returns.
-                let _ = stop_on_agent(&self.core, node, &task.id, code, &task.stopped_reason).await;
-            }
-        }
+        let task = self
+            .core
+            .stop_task(&target.id, StopCode::UserInitiated, reason)
+            .await?;
         Ok(Response::new(convert::task(&task)))
     }
 

@@ -375,6 +375,49 @@ impl Core {
         self.last_seen.lock().unwrap().remove(node_id);
     }
 
+    /// The one way to stop a task: desired STOPPED (durable, with its event), then its agent
+    /// is told (SIGTERM, grace, SIGKILL). A task not yet on a node stops at once; if the agent
+    /// is away, the reconciliation after it reconnects sends the stop. Returns the task as
+    /// stored (with the stop code and reason it first got, if it was already stopping).
+    pub async fn stop_task(
+        &self,
+        id: &str,
+        code: lifecycle::StopCode,
+        reason: String,
+    ) -> Result<Task, CoreError> {
+        let (task, _) = self
+            .transition(id, lifecycle::TaskEvent::StopRequested { code, reason })
+            .await?;
+        if task.status == lifecycle::TaskStatus::Stopping {
+            if let Some(node) = &task.node_id {
+                let code = task.stop_code.unwrap_or(code);
+                let _ = self
+                    .send_stop(node, &task.id, code, &task.stopped_reason)
+                    .await;
+            }
+        }
+        Ok(task)
+    }
+
+    /// Tells a node's agent to stop one of its tasks (idempotent on the agent).
+    pub async fn send_stop(
+        &self,
+        node_id: &str,
+        task_id: &str,
+        code: lifecycle::StopCode,
+        reason: &str,
+    ) -> Result<(), CoreError> {
+        self.send(
+            node_id,
+            pb::controller_message::Body::Stop(pb::StopTask {
+                task_id: task_id.to_string(),
+                stop_code: code.as_str().to_string(),
+                reason: reason.to_string(),
+            }),
+        )
+        .await
+    }
+
     /// Sends a message to a node's agent.
     pub async fn send(
         &self,

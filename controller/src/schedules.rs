@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::cron::Expression;
-use crate::lifecycle::{StopCode, TaskEvent};
+use crate::lifecycle::StopCode;
 use crate::model::{
     now_ms, CatchUp, Overlap, Schedule, ScheduleRetry, ScheduleRun, ScheduleState, Task,
 };
@@ -255,25 +255,8 @@ async fn fire(
                     }
                     Overlap::Replace => {
                         let reason = format!("replaced by the run of {when}");
-                        let (t, _) = core
-                            .transition(
-                                &prev,
-                                TaskEvent::StopRequested {
-                                    code: StopCode::ServiceSchedulerInitiated,
-                                    reason: reason.clone(),
-                                },
-                            )
+                        core.stop_task(&prev, StopCode::ServiceSchedulerInitiated, reason)
                             .await?;
-                        if let Some(node) = &t.node_id {
-                            let _ = crate::agents::stop_on_agent(
-                                core,
-                                node,
-                                &prev,
-                                StopCode::ServiceSchedulerInitiated,
-                                &reason,
-                            )
-                            .await;
-                        }
                     }
                 }
             }

@@ -106,8 +106,8 @@ fn only_the_store_knows_sled() {
 fn background_loops_do_not_import_grpc_services() {
     let graph = imports();
     // Known, to be removed with the rest of issue 16: `rules_api::overrides_pb` (validation
-    // still takes protobuf input) and `agents::stop_on_agent` (stopping a task has two paths).
-    let known: BTreeSet<(&str, &str)> = [("bus", "rules_api"), ("schedules", "agents")].into();
+    // still takes protobuf input).
+    let known: BTreeSet<(&str, &str)> = [("bus", "rules_api")].into();
     for looping in ["bus", "placer", "schedules", "watcher", "notify"] {
         for dep in graph.get(looping).into_iter().flatten() {
             let service = dep == "api" || dep.ends_with("_api") || dep == "agents";
