@@ -243,7 +243,7 @@ impl pb::tasks_server::Tasks for TasksApi {
             }
         };
         let spec = match &req.overrides {
-            Some(o) => validate::apply_overrides(spec, o).map_err(invalid)?,
+            Some(o) => validate::apply_overrides(spec, &convert::overrides(o)).map_err(invalid)?,
             None => spec,
         };
         self.core.check_references(&spec)?;

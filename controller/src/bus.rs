@@ -208,11 +208,8 @@ pub fn definition_task(
             .find(|d| d.status == crate::model::DefinitionStatus::Active),
     }
     .ok_or_else(|| format!("no active task definition {reference:?}"))?;
-    let mut spec = crate::validate::apply_overrides(
-        def.spec.clone(),
-        &crate::rules_api::overrides_pb(overrides),
-    )
-    .map_err(|e| format!("overrides: {e}"))?;
+    let mut spec = crate::validate::apply_overrides(def.spec.clone(), overrides)
+        .map_err(|e| format!("overrides: {e}"))?;
     core.check_references(&spec).map_err(|e| e.to_string())?;
     spec.input = Some(input);
     Ok(Task::new(

@@ -216,6 +216,26 @@ pub fn stop_code(s: &str) -> StopCode {
     StopCode::parse(s).unwrap_or(StopCode::EssentialContainerExited)
 }
 
+/// Run-time overrides as the API gives them, as the domain keeps them.
+pub fn overrides(o: &pb::TaskOverrides) -> crate::model::Overrides {
+    use crate::model::ContainerOverride;
+    crate::model::Overrides {
+        containers: o
+            .containers
+            .iter()
+            .map(|c| ContainerOverride {
+                name: c.name.clone(),
+                command: c.command.clone(),
+                environment: c.environment.clone().into_iter().collect(),
+                cpu: c.cpu,
+                memory_mib: c.memory_mib,
+            })
+            .collect(),
+        timeout_secs: o.timeout_seconds,
+        task_role: o.task_role.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,7 @@ use skiff_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
-use crate::model::{
-    now_ms, ContainerOverride, Overrides, RetryPolicy, Rule, Target, TargetInput, TargetKind,
-};
+use crate::model::{now_ms, Overrides, RetryPolicy, Rule, Target, TargetInput, TargetKind};
 use crate::pattern::Pattern;
 use crate::validate;
 
@@ -19,24 +17,6 @@ pub const MAX_TARGETS: usize = 5;
 
 fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
-}
-
-fn overrides(o: &pb::TaskOverrides) -> Overrides {
-    Overrides {
-        containers: o
-            .containers
-            .iter()
-            .map(|c| ContainerOverride {
-                name: c.name.clone(),
-                command: c.command.clone(),
-                environment: c.environment.clone().into_iter().collect(),
-                cpu: c.cpu,
-                memory_mib: c.memory_mib,
-            })
-            .collect(),
-        timeout_secs: o.timeout_seconds,
-        task_role: o.task_role.clone(),
-    }
 }
 
 pub fn overrides_pb(o: &Overrides) -> pb::TaskOverrides {
@@ -78,10 +58,11 @@ fn target(core: &Core, i: usize, t: &pb::Target) -> Result<Target, Status> {
             })?;
             let o = task.overrides.clone().unwrap_or_default();
             // The overrides must apply to the definition as it is now.
-            validate::apply_overrides(def.spec.clone(), &o).map_err(|e| invalid(&f("task"), e))?;
+            validate::apply_overrides(def.spec.clone(), &crate::convert::overrides(&o))
+                .map_err(|e| invalid(&f("task"), e))?;
             TargetKind::Task {
                 task_definition: task.task_definition.clone(),
-                overrides: overrides(&o),
+                overrides: crate::convert::overrides(&o),
                 group: task.group.clone(),
             }
         }

@@ -422,7 +422,7 @@ fn check_task_role(field: &str, spec: &TaskSpec) -> Result<(), InvalidField> {
 /// Applies run-time overrides (ECS `overrides`) to a spec.
 pub fn apply_overrides(
     mut spec: TaskSpec,
-    o: &pb::TaskOverrides,
+    o: &crate::model::Overrides,
 ) -> Result<TaskSpec, InvalidField> {
     for (i, co) in o.containers.iter().enumerate() {
         let f = |name: &str| format!("overrides.containers[{i}].{name}");
@@ -437,9 +437,9 @@ pub fn apply_overrides(
             check_args(&f("command"), &co.command)?;
             c.command = co.command.clone();
         }
-        let env: BTreeMap<String, String> = co.environment.clone().into_iter().collect();
-        check_env(&f("environment"), &env)?;
-        c.environment.extend(env);
+        check_env(&f("environment"), &co.environment)?;
+        c.environment
+            .extend(co.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(cpu) = co.cpu {
             check_cpu(&f("cpu"), cpu)?;
             c.cpu = cpu;
@@ -449,7 +449,7 @@ pub fn apply_overrides(
             c.memory_mib = mem;
         }
     }
-    if let Some(t) = o.timeout_seconds {
+    if let Some(t) = o.timeout_secs {
         spec.timeout_secs = t;
     }
     if let Some(role) = &o.task_role {
@@ -634,26 +634,29 @@ mod tests {
     #[test]
     fn overrides_apply_and_check() {
         let spec = task_spec(&input(ok_container())).unwrap();
-        let o = pb::TaskOverrides {
-            containers: vec![pb::ContainerOverride {
-                name: "main".into(),
+        let over = |name: &str| crate::model::ContainerOverride {
+            name: name.into(),
+            command: vec![],
+            environment: Default::default(),
+            cpu: None,
+            memory_mib: None,
+        };
+        let o = crate::model::Overrides {
+            containers: vec![crate::model::ContainerOverride {
                 command: vec!["echo".into(), "hi".into()],
                 memory_mib: Some(64),
-                ..Default::default()
+                ..over("main")
             }],
-            timeout_seconds: Some(5),
+            timeout_secs: Some(5),
             task_role: None,
         };
         let s = apply_overrides(spec.clone(), &o).unwrap();
         assert_eq!(s.containers[0].command, vec!["echo", "hi"]);
         assert_eq!(s.containers[0].memory_mib, 64);
         assert_eq!(s.timeout_secs, 5);
-        let o = pb::TaskOverrides {
-            containers: vec![pb::ContainerOverride {
-                name: "nope".into(),
-                ..Default::default()
-            }],
-            timeout_seconds: None,
+        let o = crate::model::Overrides {
+            containers: vec![over("nope")],
+            timeout_secs: None,
             task_role: None,
         };
         assert_eq!(

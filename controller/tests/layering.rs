@@ -1,7 +1,6 @@
 //! The controller's layering rules, as checks over its own source (ARCHITECTURE.md's "only X
 //! knows Y" sentences): no import circles between its modules, only the store knows sled, and
-//! the background loops do not reach into gRPC service modules (two known edges remain, to be
-//! removed with the rest of issue 16; a new one fails).
+//! the background loops do not reach into gRPC service modules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -105,13 +104,10 @@ fn only_the_store_knows_sled() {
 #[test]
 fn background_loops_do_not_import_grpc_services() {
     let graph = imports();
-    // Known, to be removed with the rest of issue 16: `rules_api::overrides_pb` (validation
-    // still takes protobuf input).
-    let known: BTreeSet<(&str, &str)> = [("bus", "rules_api")].into();
     for looping in ["bus", "placer", "schedules", "watcher", "notify"] {
         for dep in graph.get(looping).into_iter().flatten() {
             let service = dep == "api" || dep.ends_with("_api") || dep == "agents";
-            if service && !known.contains(&(looping, dep.as_str())) {
+            if service {
                 panic!("{looping} imports the gRPC module {dep}: loops use core, not adapters");
             }
         }
