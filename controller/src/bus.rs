@@ -18,14 +18,13 @@ use crate::core::{Core, CoreError};
 use crate::model::{
     now_ms, DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task,
 };
+use crate::retry::Backoff;
 use crate::ruleset::RuleSet;
 
 /// Events read per pass.
 const BATCH: usize = 256;
 /// Deliveries of a batch made at once.
 const CONCURRENT_DELIVERIES: usize = 64;
-/// Longest wait between attempts of a failing delivery.
-const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 
 pub fn delivery_key(rule: &str, target: &str, event_id: &str) -> String {
     format!("{rule}\0{target}\0{event_id}")
@@ -222,11 +221,6 @@ pub fn definition_task(
     ))
 }
 
-/// Exponential backoff: 1 s, 2 s, 4 s, … up to five minutes.
-pub fn backoff_ms(attempts: u32) -> i64 {
-    (1000i64 << attempts.saturating_sub(1).min(20)).min(MAX_BACKOFF_MS)
-}
-
 /// Schedules the next attempt of a failed delivery, or ends it in the dead-letter list.
 async fn failed(
     core: &Core,
@@ -267,7 +261,7 @@ async fn failed(
                 event_id: ev.id.clone(),
                 attempts,
                 first_attempt_ms: first,
-                next_attempt_ms: now + backoff_ms(attempts),
+                next_attempt_ms: now + Backoff::DELIVERIES.delay_ms(attempts, 0),
                 last_error: reason,
             },
         )
@@ -313,17 +307,4 @@ async fn retry_due(core: &Core) -> Result<(), CoreError> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes() {
-        assert_eq!(backoff_ms(1), 1000);
-        assert_eq!(backoff_ms(2), 2000);
-        assert_eq!(backoff_ms(5), 16000);
-        assert_eq!(backoff_ms(100), MAX_BACKOFF_MS);
-    }
 }

@@ -13,7 +13,7 @@ pub mod http;
 pub mod images_api;
 pub mod keyfile;
 // The pure layer, re-exported so `crate::lifecycle` and friends name it (see skiff-model).
-pub use skiff_model::{cron, lifecycle, pattern, placement, ruleset, transform};
+pub use skiff_model::{cron, lifecycle, pattern, placement, retry, ruleset, transform};
 pub mod model;
 pub mod notifier;
 pub mod notify;

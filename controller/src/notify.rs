@@ -222,14 +222,14 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
     Ok(false)
 }
 
-/// The wait after `attempts` failures: min·2^(attempts−1), at most max, with "equal jitter"
-/// (half of it fixed, half random) so many failing deliveries do not retry in step.
+/// The wait after `attempts` failures: the topic's delivery policy as a jittered backoff.
 pub fn backoff_ms(p: &DeliveryPolicy, attempts: u32) -> i64 {
-    let base = (i64::from(p.min_delay_ms) << attempts.saturating_sub(1).min(30))
-        .min(i64::from(p.max_delay_ms))
-        .max(1);
-    let half = base / 2;
-    half + (random_u64() % (base - half + 1) as u64) as i64
+    crate::retry::Backoff {
+        min_ms: i64::from(p.min_delay_ms),
+        max_ms: i64::from(p.max_delay_ms),
+        jitter: true,
+    }
+    .delay_ms(attempts, random_u64())
 }
 
 fn random_u64() -> u64 {

@@ -285,7 +285,7 @@ async fn fire(
                 scheduled_ms: scheduled,
                 attempts: 1,
                 first_attempt_ms: now,
-                next_attempt_ms: now + crate::bus::backoff_ms(1),
+                next_attempt_ms: now + crate::retry::Backoff::DELIVERIES.delay_ms(1, 0),
                 last_error: reason.clone(),
             };
             if s.retry.max_attempts <= 1 {
@@ -397,7 +397,8 @@ async fn retry_due(
                         ),
                     );
                 } else {
-                    r.next_attempt_ms = now + crate::bus::backoff_ms(r.attempts);
+                    r.next_attempt_ms =
+                        now + crate::retry::Backoff::DELIVERIES.delay_ms(r.attempts, 0);
                     still.push(r);
                 }
             }

@@ -11,6 +11,7 @@
 //! - [`placement`]: which node gets a task, or why none does.
 //! - [`pattern`]: EventBridge event patterns; [`ruleset`]: the enabled rules, compiled and
 //!   indexed; [`transform`]: a target's input.
+//! - [`retry`]: the backoff between attempts of any retried work.
 //! - [`cron`]: schedule expressions (cron / rate / at) in IANA zones and their fire times.
 
 pub mod cron;
@@ -18,6 +19,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod pattern;
 pub mod placement;
+pub mod retry;
 pub mod ruleset;
 pub mod transform;
 
@@ -66,6 +68,7 @@ mod tests {
             ("placement.rs", include_str!("placement.rs")),
             ("pattern.rs", include_str!("pattern.rs")),
             ("ruleset.rs", include_str!("ruleset.rs")),
+            ("retry.rs", include_str!("retry.rs")),
             ("transform.rs", include_str!("transform.rs")),
             ("cron.rs", include_str!("cron.rs")),
         ] {
