@@ -117,7 +117,6 @@ pub struct AgentInner {
     /// report must never be dropped; bulk log data goes on connections of its own.
     outbox: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
     log_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
-    /// A shim started ahead of need, taken by the next container start.
     /// Forks the shims (see `zygote`); replaced when it fails.
     zygote: Mutex<Option<zygote::Zygote>>,
     /// TLS to the controller (cluster CA + node certificate), when the agent has joined;

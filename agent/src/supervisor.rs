@@ -110,10 +110,20 @@ pub async fn run(
     agent: Arc<AgentInner>,
     task_id: String,
     adopt: bool,
+    stop: watch::Receiver<StopRequest>,
+) {
+    // Instrumented, not entered: a span entered across an `.await` would tag whatever else
+    // runs on this thread meanwhile.
+    let span = tracing::info_span!("task", task_id = %task_id);
+    tracing::Instrument::instrument(run_task(agent, task_id, adopt, stop), span).await
+}
+
+async fn run_task(
+    agent: Arc<AgentInner>,
+    task_id: String,
+    adopt: bool,
     mut stop: watch::Receiver<StopRequest>,
 ) {
-    let span = tracing::info_span!("task", task_id = %task_id);
-    let _enter = span.enter();
     let Some(record) = agent.record(&task_id) else {
         return;
     };

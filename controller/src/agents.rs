@@ -298,7 +298,6 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-/// Applies one task report from a node.
 /// Every agent message but a task report (those are batched: `handle_reports`).
 fn handle_message(
     core: &Arc<Core>,
