@@ -27,24 +27,8 @@ pub async fn run(agent: Arc<AgentInner>) {
     }
 }
 
-/// How the agent reaches the controller (with TLS for an https:// controller).
-pub fn endpoint(
-    controller: &str,
-    tls: Option<&tonic::transport::ClientTlsConfig>,
-) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    let mut e = tonic::transport::Endpoint::from_shared(controller.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10));
-    if let (true, Some(tls)) = (controller.starts_with("https://"), tls) {
-        e = e.tls_config(tls.clone())?;
-    }
-    Ok(e)
-}
-
 async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let channel = endpoint(&agent.cfg.controller, agent.tls().as_ref())?
+    let channel = crate::tls::endpoint(&agent.cfg.controller, agent.tls().as_ref())?
         .connect()
         .await?;
     let mut client = pb::agent_channel_client::AgentChannelClient::new(channel);

@@ -27,7 +27,7 @@ use skiff_proto::v1 as pb;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::supervisor::Phase;
+use crate::record::Phase;
 use crate::AgentInner;
 
 pub const KEY_FILE: &str = "credentials.key";

@@ -17,6 +17,7 @@ pub mod logs;
 mod logserve;
 pub mod mountinfo;
 pub mod peer;
+pub mod record;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;
@@ -34,7 +35,8 @@ use skiff_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::supervisor::{Phase, StopRequest, TaskRecord, TASK_FILE};
+use crate::record::{Phase, TaskRecord};
+use crate::supervisor::{StopRequest, TASK_FILE};
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {

@@ -29,8 +29,7 @@ pub fn start(agent: Arc<AgentInner>, req: pb::LogRequest) {
         .unwrap()
         .insert(req.request_id, cancel_tx);
     tokio::spawn(async move {
-        let channel = match crate::connection::endpoint(&agent.cfg.controller, agent.tls().as_ref())
-        {
+        let channel = match crate::tls::endpoint(&agent.cfg.controller, agent.tls().as_ref()) {
             Ok(e) => e.connect().await,
             Err(e) => Err(e),
         };

@@ -8,56 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::bundle::{self, BundleInput};
+use crate::record::Phase;
 use crate::rootfs;
 use crate::runtime::{self, ShimHandle};
 use crate::shim::{self, ShimConfig};
 use crate::spec::TaskSpec;
 use crate::state_dir;
 use crate::AgentInner;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Phase {
-    Pending,
-    Running,
-    Stopping,
-    Stopped,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Pending => "PENDING",
-            Phase::Running => "RUNNING",
-            Phase::Stopping => "STOPPING",
-            Phase::Stopped => "STOPPED",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ContainerRecord {
-    pub name: String,
-    pub phase: Phase,
-    pub exit_code: Option<i32>,
-    pub reason: String,
-}
-
-/// What the agent keeps about a task, in memory and in `task.json`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct TaskRecord {
-    pub spec: TaskSpec,
-    pub phase: Phase,
-    pub containers: Vec<ContainerRecord>,
-    pub stop_code: String,
-    pub reason: String,
-    pub started_at_ms: i64,
-}
 
 /// A stop request: (stop code, reason).
 pub type StopRequest = Option<(String, String)>;
@@ -81,28 +42,6 @@ pub fn disk_dir(cfg: &crate::AgentConfig, task_id: &str) -> PathBuf {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-impl TaskRecord {
-    pub fn new(spec: TaskSpec) -> TaskRecord {
-        TaskRecord {
-            containers: spec
-                .containers
-                .iter()
-                .map(|c| ContainerRecord {
-                    name: c.name.clone(),
-                    phase: Phase::Pending,
-                    exit_code: None,
-                    reason: String::new(),
-                })
-                .collect(),
-            spec,
-            phase: Phase::Pending,
-            stop_code: String::new(),
-            reason: String::new(),
-            started_at_ms: 0,
-        }
-    }
 }
 
 /// Runs (or, with `adopt`, resumes) a task to its end.

@@ -75,7 +75,7 @@ pub async fn join(
     let key = rcgen::KeyPair::generate().map_err(|e| format!("making the node key: {e}"))?;
     let csr = csr_for(&key)?;
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
-    let channel = crate::connection::endpoint(controller, Some(&tls))
+    let channel = endpoint(controller, Some(&tls))
         .map_err(|e| format!("--controller: {e}"))?
         .connect()
         .await
@@ -154,7 +154,7 @@ pub async fn renew(
 ) -> Result<ClientTlsConfig, String> {
     let key = rcgen::KeyPair::generate().map_err(|e| format!("making the node key: {e}"))?;
     let csr = csr_for(&key)?;
-    let channel = crate::connection::endpoint(controller, Some(current))
+    let channel = endpoint(controller, Some(current))
         .map_err(|e| format!("--controller: {e}"))?
         .connect()
         .await
@@ -166,4 +166,20 @@ pub async fn renew(
         .into_inner();
     store_node_cert(data_dir, &key, &resp)?;
     client_config(data_dir).ok_or_else(|| "the renewed certificate is unreadable".into())
+}
+
+/// How the agent reaches the controller (with TLS for an https:// controller).
+pub fn endpoint(
+    controller: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let mut e = tonic::transport::Endpoint::from_shared(controller.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    if let (true, Some(tls)) = (controller.starts_with("https://"), tls) {
+        e = e.tls_config(tls.clone())?;
+    }
+    Ok(e)
 }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skiff_proto::v1 as pb;
 
-use crate::client::{api_error, connect};
+use crate::conn::{api_error, connect};
 use crate::output::{self, Format};
 
 #[derive(Subcommand)]
@@ -251,7 +251,7 @@ fn print_gc(fmt: Format, r: &pb::ImageGcResponse) -> i32 {
 }
 
 async fn pull(
-    c: &mut pb::images_client::ImagesClient<crate::client::Conn>,
+    c: &mut pb::images_client::ImagesClient<crate::conn::Conn>,
     fmt: Format,
     image: String,
     node: Option<String>,

@@ -1,17 +1,23 @@
 //! The `skiff` binary: argument parsing and wiring only. The controller and agent are
 //! libraries; the client commands are thin gRPC calls; only this crate knows about terminals.
 
-mod client;
 mod config;
+mod conn;
+mod events;
 mod images;
+mod nodes;
 mod output;
 mod roles;
 mod rules;
 mod run_task;
 mod schedules;
+mod secrets;
 mod serve;
 mod sources;
 mod taskdef_file;
+mod taskdefs;
+mod tasks;
+mod tokens;
 mod topics;
 
 use std::path::PathBuf;
@@ -53,22 +59,22 @@ enum Command {
     RunTask(run_task::RunTaskArgs),
     /// Inspect and control tasks.
     #[command(subcommand)]
-    Tasks(client::TasksCmd),
+    Tasks(tasks::TasksCmd),
     /// Register and inspect task definitions.
     #[command(subcommand)]
-    Taskdefs(client::TaskdefsCmd),
+    Taskdefs(taskdefs::TaskdefsCmd),
     /// Inspect nodes.
     #[command(subcommand)]
-    Nodes(client::NodesCmd),
+    Nodes(nodes::NodesCmd),
     /// Read the event bus.
     #[command(subcommand)]
-    Events(client::EventsCmd),
+    Events(events::EventsCmd),
     /// Images on the nodes: list, pull, remove, prune.
     #[command(subcommand)]
     Images(images::ImagesCmd),
     /// Secrets for task definitions: stored encrypted, values never shown.
     #[command(subcommand)]
-    Secrets(client::SecretsCmd),
+    Secrets(secrets::SecretsCmd),
     /// Rules: event patterns and the targets matching events go to.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
@@ -86,7 +92,7 @@ enum Command {
     Roles(roles::RolesCmd),
     /// API tokens and their roles (admin, operator, read-only).
     #[command(subcommand)]
-    Tokens(client::TokensCmd),
+    Tokens(tokens::TokensCmd),
     /// Registry credentials kept by the controller for task definitions to name.
     #[command(subcommand, name = "registry-creds")]
     RegistryCreds(images::RegistryCredsCmd),
@@ -159,13 +165,13 @@ fn main() -> ExitCode {
             Command::Controller(a) => serve::controller(a).await.map(|_| 0),
             Command::Agent(a) => serve::agent(a, &cli.addr).await.map(|_| 0),
             Command::RunTask(a) => run_task::run(&cli.addr, fmt, a).await,
-            Command::Tasks(c) => client::tasks(&cli.addr, fmt, c).await,
-            Command::Taskdefs(c) => client::taskdefs(&cli.addr, fmt, c).await,
-            Command::Nodes(c) => client::nodes(&cli.addr, fmt, c).await,
-            Command::Events(c) => client::events(&cli.addr, fmt, c).await,
+            Command::Tasks(c) => tasks::tasks(&cli.addr, fmt, c).await,
+            Command::Taskdefs(c) => taskdefs::taskdefs(&cli.addr, fmt, c).await,
+            Command::Nodes(c) => nodes::nodes(&cli.addr, fmt, c).await,
+            Command::Events(c) => events::events(&cli.addr, fmt, c).await,
             Command::Images(c) => images::images(&cli.addr, fmt, c).await,
-            Command::Tokens(c) => client::tokens(&cli.addr, fmt, c).await,
-            Command::Secrets(c) => client::secrets(&cli.addr, fmt, c).await,
+            Command::Tokens(c) => tokens::tokens(&cli.addr, fmt, c).await,
+            Command::Secrets(c) => secrets::secrets(&cli.addr, fmt, c).await,
             Command::Roles(c) => roles::roles(&cli.addr, fmt, c).await,
             Command::Rules(c) => rules::rules(&cli.addr, fmt, c).await,
             Command::Sources(c) => sources::sources(&cli.addr, fmt, c).await,

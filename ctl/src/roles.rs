@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde::Deserialize;
 use skiff_proto::v1 as pb;
 
-use crate::client::{api_error, connect};
+use crate::conn::{api_error, connect};
 use crate::output::{self, Format};
 use crate::taskdef_file::DurationField;
 

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde::Deserialize;
 use skiff_proto::v1 as pb;
 
-use crate::client::{api_error, connect};
+use crate::conn::{api_error, connect};
 use crate::output::{self, Format};
 use crate::taskdef_file::DurationField;
 
@@ -386,111 +386,6 @@ pub async fn rules(addr: &str, fmt: Format, cmd: RulesCmd) -> anyhow::Result<i32
             .into_inner()],
     };
     print(fmt, &r, detailed);
-    Ok(0)
-}
-
-/// `skiff events put`: one app event. Exits 1 if the bus refused it.
-pub async fn put_event(
-    addr: &str,
-    fmt: Format,
-    source: String,
-    detail_type: String,
-    detail: String,
-    resources: Vec<String>,
-) -> anyhow::Result<i32> {
-    let detail = match detail.strip_prefix('@') {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("--detail: reading {path}"))?
-        }
-        None => detail,
-    };
-    let mut c = pb::events_client::EventsClient::new(connect(addr).await?);
-    let r = c
-        .put(pb::PutEventsRequest {
-            entries: vec![pb::PutEventsEntry {
-                source,
-                detail_type,
-                detail_json: detail,
-                resources,
-                time_ms: 0,
-            }],
-        })
-        .await
-        .map_err(api_error)?
-        .into_inner();
-    let e = r.entries.into_iter().next().unwrap_or_default();
-    if !e.error_code.is_empty() {
-        eprintln!("skiff: {}: {}", e.error_code, e.error_message);
-        return Ok(1);
-    }
-    match fmt {
-        Format::Json => println!(
-            "{}",
-            serde_json::json!({"eventId": e.event_id, "matchedRules": e.matched_rules})
-        ),
-        Format::Table => {
-            println!("{}", e.event_id);
-            // The id is the output scripts take; how many rules it reached is for people.
-            match e.matched_rules.len() {
-                0 => eprintln!(
-                    "skiff: matched no enabled rule (`skiff events test-pattern` shows why a pattern does not match)"
-                ),
-                n => eprintln!(
-                    "skiff: matched {n} rule{}: {}",
-                    if n == 1 { "" } else { "s" },
-                    e.matched_rules.join(", ")
-                ),
-            }
-        }
-    }
-    Ok(0)
-}
-
-/// `skiff events dlq ls`.
-pub async fn dead_letters(addr: &str, fmt: Format, rule: Option<String>) -> anyhow::Result<i32> {
-    let mut c = pb::events_client::EventsClient::new(connect(addr).await?);
-    let r = c
-        .list_dead_letters(pb::ListDeadLettersRequest {
-            rule: rule.unwrap_or_default(),
-            limit: 0,
-        })
-        .await
-        .map_err(api_error)?
-        .into_inner();
-    if fmt == Format::Json {
-        let v: Vec<_> = r
-            .dead_letters
-            .iter()
-            .map(|d| {
-                serde_json::json!({"rule": d.rule, "target": d.target, "eventId": d.event_id,
-                    "attempts": d.attempts, "lastError": d.last_error, "deadMs": d.dead_ms,
-                    "event": serde_json::from_str::<serde_json::Value>(&d.event_json).unwrap_or_default()})
-            })
-            .collect();
-        println!("{}", output::json(&v));
-    } else {
-        let rows = r
-            .dead_letters
-            .iter()
-            .map(|d| {
-                vec![
-                    d.rule.clone(),
-                    d.target.clone(),
-                    d.event_id.clone(),
-                    d.attempts.to_string(),
-                    output::time(d.dead_ms),
-                    d.last_error.clone(),
-                ]
-            })
-            .collect();
-        println!(
-            "{}",
-            output::table(
-                &["RULE", "TARGET", "EVENT", "ATTEMPTS", "DEAD", "LAST ERROR"],
-                rows
-            )
-        );
-    }
     Ok(0)
 }
 

@@ -6,8 +6,11 @@ use std::collections::HashMap;
 use clap::Args;
 use skiff_proto::v1 as pb;
 
-use crate::client::{api_error, connect, describe_task, essential_exit, stream_logs, Conn};
+use crate::conn::{api_error, connect, Conn};
 use crate::output::{self, Format};
+use crate::tasks::{
+    describe_task, exit_status, say_while_provisioning, stream_logs, wait, Unfinished,
+};
 
 #[derive(Args)]
 pub struct RunTaskArgs {
@@ -100,44 +103,6 @@ fn parse_duration(s: &str) -> Result<u64, String> {
 }
 
 use crate::taskdef_file::parse_memory;
-
-/// The exit code `--wait` ends with, after saying why when the task did not simply exit.
-pub fn exit_status(t: &pb::Task) -> i32 {
-    let code = essential_exit(t);
-    let oom = t
-        .containers
-        .iter()
-        .find(|c| c.reason.starts_with("OutOfMemoryError"));
-    match (t.stop_code.as_str(), oom) {
-        (_, Some(c)) => {
-            eprintln!(
-                "skiff: task {} container {} was killed: {}",
-                t.id, c.name, c.reason
-            );
-            c.exit_code.unwrap_or(137)
-        }
-        ("TaskFailedToStart", _) => {
-            eprintln!("skiff: task {} failed to start: {}", t.id, t.stopped_reason);
-            125
-        }
-        ("TimedOut", _) => {
-            eprintln!("skiff: task {} timed out: {}", t.id, t.stopped_reason);
-            124
-        }
-        ("NodeLost", _) => {
-            eprintln!(
-                "skiff: task {} was lost with its node: {}",
-                t.id, t.stopped_reason
-            );
-            125
-        }
-        ("UserInitiated", _) | ("ServiceSchedulerInitiated", _) => {
-            eprintln!("skiff: task {} was stopped: {}", t.id, t.stopped_reason);
-            code.unwrap_or(143)
-        }
-        _ => code.unwrap_or(1),
-    }
-}
 
 pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32> {
     let source = match (&a.image, &a.task_def) {
@@ -277,66 +242,6 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
     Ok(exit_status(&done))
 }
 
-/// Why a wait ended without a STOPPED task.
-pub enum Unfinished {
-    /// No connected node could ever fit the task (the controller's reason).
-    NeverPlaced(String),
-    Failed(anyhow::Error),
-}
-
-/// Waits until the task is STOPPED, saying on stderr why while it waits for a node. Fails at
-/// once when it can never be placed.
-pub async fn wait(
-    client: &mut pb::tasks_client::TasksClient<Conn>,
-    id: &str,
-) -> Result<pb::Task, Unfinished> {
-    let mut watcher = client.clone();
-    let waiting = say_while_provisioning(&mut watcher, id);
-    let done = client.wait(pb::TaskRef { id: id.to_string() });
-    tokio::select! {
-        r = done => match r {
-            Ok(t) => Ok(t.into_inner()),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                Err(Unfinished::NeverPlaced(s.message().to_string()))
-            }
-            Err(s) => Err(Unfinished::Failed(api_error(s).context("waiting for the task"))),
-        },
-        never = waiting => Err(never),
-    }
-}
-
-/// After a second in PROVISIONING, prints the task's waiting reason (again whenever it
-/// changes). Ends only when the task can never be placed.
-async fn say_while_provisioning(
-    client: &mut pb::tasks_client::TasksClient<Conn>,
-    id: &str,
-) -> Unfinished {
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let mut said = String::new();
-    loop {
-        if let Ok(t) = client.describe(pb::TaskRef { id: id.to_string() }).await {
-            let t = t.into_inner();
-            if t.last_status == "PROVISIONING" && t.unplaceable {
-                return Unfinished::NeverPlaced(format!(
-                    "task {} can never be placed: {}",
-                    t.id, t.status_reason
-                ));
-            }
-            if t.last_status == "PROVISIONING"
-                && !t.status_reason.is_empty()
-                && t.status_reason != said
-            {
-                eprintln!(
-                    "skiff: task {} is waiting for a node: {}",
-                    t.id, t.status_reason
-                );
-                said = t.status_reason;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
-}
-
 /// Streams the logs once the task's containers run (when `follow`), then waits for the end.
 /// A task that never ran has no logs: its reason comes from the wait, as with `--wait`.
 async fn follow_and_wait(
@@ -351,7 +256,7 @@ async fn follow_and_wait(
             never = say_while_provisioning(&mut watcher, id) => return Err(never),
         };
         if started {
-            let opts = crate::client::LogOptions {
+            let opts = crate::tasks::LogOptions {
                 follow: true,
                 ..Default::default()
             };

@@ -280,7 +280,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
         .join(skiff_controller::tokens_api::ADMIN_TOKEN_FILE);
     let token = std::fs::read_to_string(&admin)
         .with_context(|| format!("reading the admin token {}", admin.display()))?;
-    let cli_file = crate::client::token_file_for(&format!("http://{addr}"))
+    let cli_file = crate::conn::token_file_for(&format!("http://{addr}"))
         .context("no config directory for the CLI's token ($HOME or $XDG_CONFIG_HOME)")?;
     skiff_controller::tokens_api::write_secret(&cli_file, token.trim())
         .with_context(|| format!("writing the CLI's token {}", cli_file.display()))?;

@@ -1,0 +1,81 @@
+//! `skiff nodes`: list nodes with capacity and use, and cut one off.
+
+use clap::Subcommand;
+use skiff_proto::v1 as pb;
+
+use crate::conn::{api_error, connect};
+use crate::output::{self, Format};
+
+#[derive(Subcommand)]
+pub enum NodesCmd {
+    /// List nodes with capacity and use.
+    Ls,
+    /// Cut a node off: its certificates are refused from now on (TLS controllers).
+    Revoke {
+        /// The node's id.
+        node: String,
+    },
+}
+
+pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32> {
+    let mut client = pb::nodes_client::NodesClient::new(connect(addr).await?);
+    if let NodesCmd::Revoke { node } = cmd {
+        let r = client
+            .revoke(pb::RevokeNodeRequest {
+                node_id: node.clone(),
+            })
+            .await
+            .map_err(api_error)?
+            .into_inner();
+        match fmt {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({"node": node, "certificatesRevoked": r.certificates_revoked})
+            ),
+            Format::Table => println!(
+                "node {node}: {} certificate(s) revoked",
+                r.certificates_revoked
+            ),
+        }
+        return Ok(0);
+    }
+    let resp = client
+        .list(pb::ListNodesRequest {})
+        .await
+        .map_err(api_error)?
+        .into_inner();
+    match fmt {
+        Format::Json => println!("{}", output::json(&resp.nodes)),
+        Format::Table => println!(
+            "{}",
+            output::table(
+                &[
+                    "NODE",
+                    "STATE",
+                    "CONNECTED",
+                    "CPU (USED/TOTAL)",
+                    "MEMORY MiB (USED/TOTAL)",
+                    "TASKS",
+                    "VERSION"
+                ],
+                resp.nodes
+                    .iter()
+                    .map(|n| vec![
+                        n.id.clone(),
+                        n.state.clone(),
+                        if n.connected {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        format!("{}/{}", n.cpu_used, n.cpu),
+                        format!("{}/{}", n.memory_used_mib, n.memory_mib),
+                        n.running_tasks.to_string(),
+                        n.version.clone(),
+                    ])
+                    .collect()
+            )
+        ),
+    }
+    Ok(0)
+}
