@@ -90,7 +90,10 @@ fn the_agents_and_the_clis_modules_import_each_other_in_one_direction() {
         let graph = imports_of(dir);
         assert!(graph.len() > 3, "{dir}: read its modules");
         let looped = circles(&graph);
-        assert!(looped.is_empty(), "{dir}: modules in an import circle: {looped:?}");
+        assert!(
+            looped.is_empty(),
+            "{dir}: modules in an import circle: {looped:?}"
+        );
     }
 }
 
