@@ -472,7 +472,7 @@ impl pb::nodes_server::Nodes for NodesApi {
         &self,
         _: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let active = self.core.store.active_tasks()?;
+        let active = self.core.store.reservations()?;
         let loads = node_loads(&self.core, &active)?;
         let nodes = self
             .core
@@ -485,7 +485,7 @@ impl pb::nodes_server::Nodes for NodesApi {
                 pb::Node {
                     running_tasks: active
                         .iter()
-                        .filter(|t| t.node_id.as_deref() == Some(n.id.as_str()))
+                        .filter(|r| r.node.as_deref() == Some(n.id.as_str()))
                         .count() as u32,
                     cpu_used: load.map_or(0.0, |l| l.cpu_used),
                     memory_used_mib: load.map_or(0, |l| l.memory_used_mib),

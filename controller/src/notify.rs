@@ -106,14 +106,11 @@ pub async fn run(core: Arc<Core>) {
 /// when the next one is due.
 fn pass(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
     let now = now_ms();
-    let mut earliest: Option<i64> = None;
     let notifier = &core.notifier;
     notifier.backlog.store(false, Ordering::SeqCst);
-    for d in core.store.outbox()? {
-        if d.next_attempt_ms > now {
-            earliest = Some(earliest.map_or(d.next_attempt_ms, |e| e.min(d.next_attempt_ms)));
-            continue;
-        }
+    // Through the due-time index: only what is due is read (in flight ones included, skipped).
+    let (due, earliest) = core.store.due_deliveries(now, 4096)?;
+    for d in due {
         if notifier
             .in_flight
             .lock()

@@ -11,9 +11,10 @@ use tracing::{info, warn};
 
 use crate::convert;
 use crate::core::{Core, CoreError};
-use crate::lifecycle::{StopCode, TaskEvent, TaskStatus};
+use crate::lifecycle::{StopCode, TaskEvent};
 use crate::model::Task;
 use crate::placement::{self, NodeLoad};
+use crate::store::Reservation;
 
 /// How often the loop runs even when nothing kicked it (node timeouts, retries).
 const TICK: Duration = Duration::from_millis(1000);
@@ -32,16 +33,18 @@ pub async fn run(core: Arc<Core>) {
 
 async fn pass(core: &Core) -> Result<(), CoreError> {
     reap_lost_nodes(core).await?;
-    let active = core.store.active_tasks()?;
-    let mut loads = node_loads(core, &active)?;
+    // Read through the indexes: the tasks to place, and only when there are any, what every
+    // node has reserved (small index values, not whole tasks).
+    let waiting = core.store.waiting_tasks()?;
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let mut loads = node_loads(core, &core.store.reservations()?)?;
     // Decide every placement first (pure, reserving as it goes), then record them together:
     // concurrent transitions share the store's group commits, so a burst of new tasks (a
     // schedule minute, an upload burst) is placed in a few flushes rather than one each.
     let mut decided = Vec::new();
-    for task in active
-        .iter()
-        .filter(|t| t.status == TaskStatus::Provisioning)
-    {
+    for task in &waiting {
         match placement::place(&task.spec, &loads) {
             Ok(n) => {
                 let node_id = n.id.clone();
@@ -169,13 +172,13 @@ pub fn registry_auth(core: &Core, name: &str) -> Option<pb::RegistryAuth> {
 }
 
 /// Capacity and reservations of every known node, from the store and the live sessions.
-pub fn node_loads(core: &Core, active: &[Task]) -> Result<Vec<NodeLoad>, CoreError> {
+pub fn node_loads(core: &Core, active: &[Reservation]) -> Result<Vec<NodeLoad>, CoreError> {
     let mut used: HashMap<&str, (f64, u64)> = HashMap::new();
-    for t in active {
-        if let Some(n) = t.node_id.as_deref() {
+    for r in active {
+        if let Some(n) = r.node.as_deref() {
             let e = used.entry(n).or_default();
-            e.0 += t.spec.cpu();
-            e.1 += t.spec.memory_mib();
+            e.0 += r.cpu;
+            e.1 += r.memory_mib;
         }
     }
     let mut nodes = core.store.nodes()?;

@@ -13,10 +13,11 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::lifecycle::TaskStatus;
 use crate::model::{
-    ApiToken, DeadLetter, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule, RuleCounter,
-    RuleStats, Schedule, ScheduleState, SealedSecret, Source, SourceHealth, Task, TaskDefinition,
-    TaskRole,
+    ApiToken, DeadLetter, Delivery, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule,
+    RuleCounter, RuleStats, Schedule, ScheduleState, SealedSecret, Source, SourceHealth, Task,
+    TaskDefinition, TaskRole,
 };
 
 mod notify;
@@ -38,6 +39,31 @@ pub enum StoreError {
     Rejected(String),
     #[error("{0}")]
     Io(String),
+}
+
+/// What an active task holds on its node, kept in the active-task index.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reservation {
+    pub node: Option<String>,
+    pub cpu: f64,
+    pub memory_mib: u64,
+}
+
+impl Reservation {
+    fn of(t: &Task) -> Reservation {
+        Reservation {
+            node: t.node_id.clone(),
+            cpu: t.spec.cpu(),
+            memory_mib: t.spec.memory_mib(),
+        }
+    }
+}
+
+/// A due-time index key: the time (ms, big-endian, so keys sort by time) then the id.
+fn due_key(due_ms: i64, id: &str) -> Vec<u8> {
+    let mut k = (due_ms.max(0) as u64).to_be_bytes().to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
 }
 
 fn encode<V: Serialize>(v: &V) -> Vec<u8> {
@@ -123,8 +149,11 @@ pub struct Store {
     db: sled::Db,
     taskdefs: sled::Tree,
     tasks: sled::Tree,
-    /// Ids of tasks that are not STOPPED: what the placer and reconciler scan.
+    /// Tasks that are not STOPPED, each with what it reserves (`Reservation`): the placer
+    /// sums node loads from these small values instead of decoding every task.
     active: sled::Tree,
+    /// Ids of PROVISIONING tasks: what the placer has to place.
+    waiting: sled::Tree,
     events: sled::Tree,
     nodes: sled::Tree,
     registry_creds: sled::Tree,
@@ -155,6 +184,8 @@ pub struct Store {
     subscriptions: sled::Tree,
     /// Notifications on their way: delivery id → Delivery.
     outbox: sled::Tree,
+    /// The outbox by due time: next attempt (ms, big-endian) ‖ delivery id → ().
+    outbox_due: sled::Tree,
     /// Notifications that ran out of attempts: delivery id → Delivery.
     notify_dead: sled::Tree,
     commit: GroupCommit,
@@ -166,10 +197,11 @@ pub struct Store {
 impl Store {
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(path).open()?;
-        Ok(Store {
+        let store = Store {
             taskdefs: db.open_tree("taskdefs")?,
             tasks: db.open_tree("tasks")?,
             active: db.open_tree("tasks_active")?,
+            waiting: db.open_tree("tasks_waiting")?,
             events: db.open_tree("events")?,
             nodes: db.open_tree("nodes")?,
             registry_creds: db.open_tree("registry_creds")?,
@@ -192,11 +224,49 @@ impl Store {
             topics: db.open_tree("topics")?,
             subscriptions: db.open_tree("subscriptions")?,
             outbox: db.open_tree("outbox")?,
+            outbox_due: db.open_tree("outbox_due")?,
             notify_dead: db.open_tree("notify_dead")?,
             commit: GroupCommit::start(db.clone()),
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
-        })
+        };
+        store.rebuild_indexes()?;
+        Ok(store)
+    }
+
+    /// Derives every secondary index from its records, at open: a data dir from before an
+    /// index existed gets it, and an index can never disagree with its records after a
+    /// crash. One pass over the active tasks and the outbox.
+    fn rebuild_indexes(&self) -> Result<(), StoreError> {
+        self.waiting.clear()?;
+        for key in self.active.iter().keys() {
+            let key = key?;
+            match self.tasks.get(&key)? {
+                Some(bytes) => {
+                    let task: Task = decode("tasks", &bytes)?;
+                    if task.status.is_active() {
+                        self.active.insert(&key, encode(&Reservation::of(&task)))?;
+                        if task.status == TaskStatus::Provisioning {
+                            self.waiting.insert(&key, &[])?;
+                        }
+                    } else {
+                        self.active.remove(&key)?;
+                    }
+                }
+                None => {
+                    self.active.remove(&key)?;
+                }
+            }
+        }
+        self.outbox_due.clear()?;
+        for kv in self.outbox.iter() {
+            let (_, v) = kv?;
+            let d: Delivery = decode("outbox", &v)?;
+            self.outbox_due
+                .insert(due_key(d.next_attempt_ms, &d.id), &[])?;
+        }
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Makes everything written so far durable.
@@ -295,6 +365,26 @@ impl Store {
             .collect()
     }
 
+    /// PROVISIONING tasks, in creation order (read through their index).
+    pub fn waiting_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.waiting.iter().keys() {
+            if let Some(t) = self.tasks.get(key?)? {
+                out.push(decode("tasks", &t)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What every task that is not STOPPED reserves, without decoding the tasks.
+    pub fn reservations(&self) -> Result<Vec<Reservation>, StoreError> {
+        self.active
+            .iter()
+            .values()
+            .map(|v| decode("tasks_active", &v?))
+            .collect()
+    }
+
     /// Tasks that are not STOPPED, in creation order.
     pub fn active_tasks(&self) -> Result<Vec<Task>, StoreError> {
         let mut out = Vec::new();
@@ -359,20 +449,30 @@ impl Store {
     fn write_task_and_event(&self, task: &Task, event: Option<&Event>) -> Result<(), StoreError> {
         let task_bytes = encode(task);
         let event_row = event.map(|e| (event_key(&e.id), encode(e)));
-        let active = task.status.is_active();
-        let res: Result<(), TransactionError<()>> = (&self.tasks, &self.active, &self.events)
-            .transaction(|(tasks, act, events)| {
-                tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
-                if active {
-                    act.insert(task.id.as_bytes(), &[])?;
-                } else {
-                    act.remove(task.id.as_bytes())?;
-                }
-                if let Some((k, v)) = &event_row {
-                    events.insert(k.as_slice(), v.as_slice())?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
+        let active = task
+            .status
+            .is_active()
+            .then(|| encode(&Reservation::of(task)));
+        let waiting = task.status == TaskStatus::Provisioning;
+        let res: Result<(), TransactionError<()>> =
+            (&self.tasks, &self.active, &self.waiting, &self.events).transaction(
+                |(tasks, act, wait, events)| {
+                    tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
+                    match &active {
+                        Some(r) => act.insert(task.id.as_bytes(), r.as_slice())?,
+                        None => act.remove(task.id.as_bytes())?,
+                    };
+                    if waiting {
+                        wait.insert(task.id.as_bytes(), &[])?;
+                    } else {
+                        wait.remove(task.id.as_bytes())?;
+                    }
+                    if let Some((k, v)) = &event_row {
+                        events.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                },
+            );
         match res {
             Ok(()) => Ok(()),
             Err(e) => Err(tx_error(e)),
@@ -706,19 +806,25 @@ impl Store {
         let event = event(next_event_id(&mut gen));
         let task_bytes = encode(task);
         let (ek, ev) = (event_key(&event.id), encode(&event));
+        let reservation = encode(&Reservation::of(task));
+        let waiting = task.status == TaskStatus::Provisioning;
         let res: Result<Option<String>, TransactionError<()>> = (
             &self.tasks,
             &self.active,
+            &self.waiting,
             &self.events,
             &self.deliveries,
             &self.retries,
         )
-            .transaction(|(tasks, act, events, deliveries, retries)| {
+            .transaction(|(tasks, act, wait, events, deliveries, retries)| {
                 if let Some(existing) = deliveries.get(key)? {
                     return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
                 }
                 tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
-                act.insert(task.id.as_bytes(), &[])?;
+                act.insert(task.id.as_bytes(), reservation.as_slice())?;
+                if waiting {
+                    wait.insert(task.id.as_bytes(), &[])?;
+                }
                 events.insert(ek.as_slice(), ev.as_slice())?;
                 deliveries.insert(key, task.id.as_bytes())?;
                 retries.remove(key)?;
@@ -1112,5 +1218,154 @@ mod tests {
             .unwrap()
             .is_some());
         assert_eq!(store.object_seen.len(), 1);
+    }
+
+    fn task(id: &str, status: TaskStatus, node: Option<&str>) -> Task {
+        let mut t = Task::new(
+            id.into(),
+            None,
+            "g".into(),
+            String::new(),
+            skiff_model::testing::spec(0.5, 64),
+            0,
+        );
+        t.status = status;
+        t.node_id = node.map(String::from);
+        t
+    }
+
+    /// Opens the store again once the dropped one's flusher thread has let go of the files.
+    fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
+    }
+
+    fn event(id: String) -> Event {
+        Event {
+            id,
+            source: "t".into(),
+            detail_type: "T".into(),
+            time_ms: 0,
+            resources: vec![],
+            detail: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn task_indexes_follow_every_write_and_are_rebuilt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_task(&task("a", TaskStatus::Provisioning, None), event)
+            .await
+            .unwrap();
+        store
+            .create_task(&task("b", TaskStatus::Running, Some("n1")), event)
+            .await
+            .unwrap();
+        store
+            .create_task(&task("c", TaskStatus::Stopped, Some("n1")), event)
+            .await
+            .unwrap();
+        let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.waiting_tasks().unwrap()), ["a"]);
+        let r = store.reservations().unwrap();
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r.contains(&Reservation {
+            node: Some("n1".into()),
+            cpu: 0.5,
+            memory_mib: 64
+        }));
+        // Placed: no longer waiting, reserving on its node.
+        store
+            .update_task("a", |mut t, _| {
+                t.status = TaskStatus::Pending;
+                t.node_id = Some("n2".into());
+                Ok::<_, ()>(Decision::Write {
+                    task: t,
+                    event: None,
+                })
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.waiting_tasks().unwrap().is_empty());
+        assert!(store
+            .reservations()
+            .unwrap()
+            .iter()
+            .any(|r| r.node.as_deref() == Some("n2")));
+        // A data dir from before the indexes (empty index values, no waiting tree entries):
+        // the next open derives them from the records.
+        store
+            .create_task(&task("d", TaskStatus::Provisioning, None), event)
+            .await
+            .unwrap();
+        for k in store.active.iter().keys() {
+            store.active.insert(k.unwrap(), &[]).unwrap();
+        }
+        store.waiting.clear().unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(ids(store.waiting_tasks().unwrap()), ["d"]);
+        assert_eq!(store.reservations().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_is_read_by_due_time_through_every_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = |id: &str, at: i64| Delivery {
+            id: id.into(),
+            topic: "t".into(),
+            subscription: "s".into(),
+            kind: crate::model::DeliveryKind::Message,
+            rule: "r".into(),
+            event_id: "e".into(),
+            message: "{}".into(),
+            attempts: 0,
+            last_error: String::new(),
+            created_ms: 0,
+            next_attempt_ms: at,
+            dead_ms: None,
+        };
+        store
+            .enqueue_deliveries("k", &[d("late", 500), d("soon", 100), d("now", 10)], &[])
+            .await
+            .unwrap();
+        let due_ids = |now| {
+            let (due, next) = store.due_deliveries(now, 10).unwrap();
+            (due.into_iter().map(|d| d.id).collect::<Vec<_>>(), next)
+        };
+        assert_eq!(due_ids(50), (vec!["now".to_string()], Some(100)));
+        assert_eq!(due_ids(100).0, ["now", "soon"]);
+        // A failed attempt moves it later; a delivered one and a dead letter leave the index.
+        store.put_delivery(&d("now", 1_000)).await.unwrap();
+        assert_eq!(due_ids(100), (vec!["soon".to_string()], Some(500)));
+        store.delivered_notification("soon").await.unwrap();
+        store.dead_letter_delivery(&d("late", 500)).await.unwrap();
+        assert_eq!(due_ids(999), (vec![], Some(1_000)));
+        assert_eq!(store.notify_dead(None).unwrap().len(), 1);
+        // Redriven: due again.
+        store.redrive(&[d("late", 0)]).await.unwrap();
+        assert_eq!(due_ids(0).0, ["late"]);
+        // Rebuilt at open from the outbox itself.
+        store.outbox_due.clear().unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        let (due, next) = store.due_deliveries(5_000, 10).unwrap();
+        assert_eq!(due.len(), 2);
+        assert_eq!(next, None);
     }
 }

@@ -7,7 +7,7 @@
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use super::{decode, encode, tx_error, Store, StoreError};
+use super::{decode, due_key, encode, tx_error, Store, StoreError};
 use crate::model::{Delivery, Subscription, Topic};
 
 fn list<V: serde::de::DeserializeOwned>(
@@ -130,17 +130,18 @@ impl Store {
         let Some(sub) = self.subscription(id)? else {
             return Ok(None);
         };
-        let pending: Vec<String> = self
+        let pending: Vec<(String, i64)> = self
             .outbox()?
             .into_iter()
             .filter(|d| d.subscription == id)
-            .map(|d| d.id)
+            .map(|d| (d.id, d.next_attempt_ms))
             .collect();
-        (&self.subscriptions, &self.outbox)
-            .transaction(|(s, o)| {
+        (&self.subscriptions, &self.outbox, &self.outbox_due)
+            .transaction(|(s, o, due)| {
                 s.remove(id)?;
-                for p in &pending {
+                for (p, at) in &pending {
                     o.remove(p.as_bytes())?;
+                    due.remove(due_key(*at, p))?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
@@ -181,23 +182,25 @@ impl Store {
         deliveries: &[Delivery],
         unconfirmed: &[String],
     ) -> Result<bool, StoreError> {
-        let encoded: Vec<(String, Vec<u8>)> = deliveries
+        let encoded: Vec<(String, Vec<u8>, Vec<u8>)> = deliveries
             .iter()
-            .map(|d| (d.id.clone(), encode(d)))
+            .map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)))
             .collect();
         let marker = format!("notified:{}", deliveries.len());
         let done = (
             &self.deliveries,
             &self.outbox,
+            &self.outbox_due,
             &self.retries,
             &self.subscriptions,
         )
-            .transaction(|(del, outbox, retries, s)| {
+            .transaction(|(del, outbox, due, retries, s)| {
                 if del.get(key)?.is_some() {
                     return Ok(false);
                 }
-                for (id, d) in &encoded {
+                for (id, d, at) in &encoded {
                     outbox.insert(id.as_bytes(), d.as_slice())?;
+                    due.insert(at.as_slice(), &[])?;
                 }
                 for id in unconfirmed {
                     if let Some(bytes) = s.get(id.as_bytes())? {
@@ -222,28 +225,76 @@ impl Store {
         list(&self.outbox, "outbox")
     }
 
+    /// Up to `limit` deliveries due at `now_ms`, earliest first, read through the due-time
+    /// index; and when the next one after those is due (None: nothing else is waiting).
+    pub fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, Option<i64>), StoreError> {
+        let mut due = Vec::new();
+        for kv in self.outbox_due.iter() {
+            let (k, _) = kv?;
+            let at = i64::from_be_bytes(k[..8].try_into().expect("8-byte time prefix"));
+            if at > now_ms || due.len() >= limit {
+                return Ok((due, Some(at)));
+            }
+            if let Some(v) = self.outbox.get(&k[8..])? {
+                due.push(decode("outbox", &v)?);
+            }
+        }
+        Ok((due, None))
+    }
+
+    /// Replaces an outbox entry and its place in the due-time index, in one transaction;
+    /// `next` None removes it (delivered), and `dead` also files it as a dead letter.
+    fn move_delivery(
+        &self,
+        id: &str,
+        next: Option<&Delivery>,
+        dead: Option<&Delivery>,
+    ) -> Result<(), StoreError> {
+        let next_row = next.map(|d| (encode(d), due_key(d.next_attempt_ms, &d.id)));
+        let dead_row = dead.map(encode);
+        (&self.outbox, &self.outbox_due, &self.notify_dead)
+            .transaction(|(o, due, dl)| {
+                if let Some(old) = o.get(id.as_bytes())? {
+                    let old: Delivery =
+                        decode("outbox", &old).map_err(ConflictableTransactionError::Abort)?;
+                    due.remove(due_key(old.next_attempt_ms, &old.id))?;
+                }
+                match &next_row {
+                    Some((bytes, at)) => {
+                        o.insert(id.as_bytes(), bytes.as_slice())?;
+                        due.insert(at.as_slice(), &[])?;
+                    }
+                    None => {
+                        o.remove(id.as_bytes())?;
+                    }
+                }
+                if let Some(bytes) = &dead_row {
+                    dl.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(aborted)
+    }
+
     /// Records a failed attempt (the entry stays, with its next attempt time).
     pub async fn put_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
-        self.outbox.insert(d.id.as_bytes(), encode(d))?;
+        self.move_delivery(&d.id, Some(d), None)?;
         self.commit().await
     }
 
     /// A delivery done: out of the outbox.
     pub async fn delivered_notification(&self, id: &str) -> Result<(), StoreError> {
-        self.outbox.remove(id)?;
+        self.move_delivery(id, None, None)?;
         self.commit().await
     }
 
     /// Moves a delivery that ran out of attempts (or was refused for good) to the dead letters.
     pub async fn dead_letter_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
-        let bytes = encode(d);
-        (&self.outbox, &self.notify_dead)
-            .transaction(|(o, dead)| {
-                o.remove(d.id.as_bytes())?;
-                dead.insert(d.id.as_bytes(), bytes.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_error)?;
+        self.move_delivery(&d.id, None, Some(d))?;
         self.commit().await
     }
 
@@ -256,13 +307,16 @@ impl Store {
     /// Moves dead letters back into the outbox (as given: fresh attempts, due now), in one
     /// transaction.
     pub async fn redrive(&self, again: &[Delivery]) -> Result<(), StoreError> {
-        let encoded: Vec<(String, Vec<u8>)> =
-            again.iter().map(|d| (d.id.clone(), encode(d))).collect();
-        (&self.outbox, &self.notify_dead)
-            .transaction(|(o, dead)| {
-                for (id, d) in &encoded {
+        let encoded: Vec<(String, Vec<u8>, Vec<u8>)> = again
+            .iter()
+            .map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)))
+            .collect();
+        (&self.outbox, &self.outbox_due, &self.notify_dead)
+            .transaction(|(o, due, dead)| {
+                for (id, d, at) in &encoded {
                     dead.remove(id.as_bytes())?;
                     o.insert(id.as_bytes(), d.as_slice())?;
+                    due.insert(at.as_slice(), &[])?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
