@@ -1359,6 +1359,50 @@ mod tests {
         // Redriven: due again.
         store.redrive(&[d("late", 0)]).await.unwrap();
         assert_eq!(due_ids(0).0, ["late"]);
+        // An e-mail subscription's confirmation is enqueued with the subscription; a deleted
+        // subscription or topic takes its pending entries out of the index too.
+        let sub = |id: &str, topic: &str| crate::model::Subscription {
+            id: id.into(),
+            topic: topic.into(),
+            protocol: crate::model::Protocol::Email,
+            endpoint: "ops@example.org".into(),
+            filter: None,
+            raw: false,
+            confirmed: false,
+            confirm_token_sha256: String::new(),
+            signing_secret: None,
+            skipped_unconfirmed: 0,
+            created_ms: 0,
+        };
+        let confirm = |id: &str, sub: &str, topic: &str| Delivery {
+            subscription: sub.into(),
+            topic: topic.into(),
+            ..d(id, 3)
+        };
+        store
+            .put_subscription(&sub("s1", "t"), Some(&confirm("c1", "s1", "t")))
+            .await
+            .unwrap();
+        store
+            .put_topic(&crate::model::Topic {
+                name: "other".into(),
+                description: String::new(),
+                delivery: Default::default(),
+                created_ms: 0,
+                updated_ms: 0,
+            })
+            .await
+            .unwrap();
+        store
+            .put_subscription(&sub("s2", "other"), Some(&confirm("c2", "s2", "other")))
+            .await
+            .unwrap();
+        assert_eq!(due_ids(3).0, ["late", "c1", "c2"]);
+        store.delete_subscription("s1").await.unwrap();
+        store.delete_topic("other").await.unwrap();
+        assert_eq!(due_ids(3).0, ["late"]);
+        // Every outbox entry has exactly one index entry, and the other way round.
+        assert_eq!(store.outbox_due.len(), store.outbox.len());
         // Rebuilt at open from the outbox itself.
         store.outbox_due.clear().unwrap();
         store.db.flush().unwrap();

@@ -496,3 +496,141 @@ fn rules_count_what_they_did_and_sources_show_their_errors() {
     let out = cli(&addr, &["rules", "rm", "orders", "-o", "json"]);
     assert_eq!(out.json()[0]["name"], "orders", "{out:?}");
 }
+
+#[test]
+fn every_command_answers_json_with_o_json() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    env.register_busybox(&addr, "job", &["true"]);
+    env.put_yaml(
+        &addr,
+        "schedules",
+        "nightly",
+        "name: nightly\nexpression: cron(0 3 * * *)\ntask: {task_definition: job}\n",
+    );
+    assert_eq!(cli(&addr, &["topics", "put", "admins"]).code, 0);
+    let secret = skiff_tests::cli_stdin(&addr, &["secrets", "put", "pw"], b"x");
+    assert_eq!(secret.code, 0, "{secret:?}");
+    let id = run_task(
+        &addr,
+        &["--image", &env.busybox_image(), "--", "echo", "hi"],
+    );
+    wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+    // Every listing and describe, and the changes that used to print plain text.
+    for args in [
+        vec!["tasks", "ls"],
+        vec!["tasks", "describe", &id],
+        vec!["taskdefs", "ls"],
+        vec!["taskdefs", "describe", "job"],
+        vec!["nodes", "ls"],
+        vec!["events", "dlq", "ls"],
+        vec!["images", "ls"],
+        vec!["secrets", "ls"],
+        vec!["tokens", "ls"],
+        vec!["roles", "ls"],
+        vec!["rules", "ls"],
+        vec!["sources", "ls"],
+        vec!["schedules", "ls"],
+        vec!["schedules", "describe", "nightly"],
+        vec!["topics", "ls"],
+        vec!["topics", "describe", "admins"],
+        vec!["topics", "dlq", "admins"],
+        vec!["topics", "redrive", "admins"],
+        vec!["schedules", "rm", "nightly"],
+        vec!["topics", "rm", "admins"],
+        vec!["secrets", "rm", "pw"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["-o", "json"]);
+        let out = cli(&addr, &all);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&out.stdout).is_ok(),
+            "{args:?} did not print JSON: {out:?}"
+        );
+    }
+    // Line-oriented streams print one JSON object per line.
+    for args in [
+        vec!["tasks", "logs", id.as_str()],
+        vec!["events", "tail", "-n", "5"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["-o", "json"]);
+        let out = cli(&addr, &all);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+        for line in out.stdout.lines() {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "{args:?}: {line:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_init_reaps_orphans_that_a_pid_1_without_one_leaves_as_zombies() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    // A child's child outlives its parent and is re-parented to PID 1; when it exits, only a
+    // PID 1 that waits for every child reaps it. Here PID 1 ends up as `sleep`, which never
+    // waits: without an init the orphan stays a zombie; skiff-init reaps it.
+    let script = "sh -c 'sleep 0.2 &'; exec sleep 600";
+    let state = |pid: i32| {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next().map(String::from))
+            .unwrap_or_default()
+    };
+    for init in [false, true] {
+        // (Without the init, `sleep` ignores SIGTERM: a short stop timeout ends it.)
+        let mut args = vec!["--stop-timeout", "1s", "--init", "--image"];
+        if !init {
+            args.remove(2);
+        }
+        let image = env.busybox_image();
+        args.extend([image.as_str(), "--", "sh", "-c", script]);
+        let id = run_task(&addr, &args);
+        wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+        // The container's PID 1, seen from the host: the shim's child.
+        let pid1 = wait_for(
+            "the container's first process",
+            Duration::from_secs(10),
+            || {
+                let shims = skiff_tests::shims_under(env.dir.path());
+                shims
+                    .iter()
+                    .flat_map(|s| skiff_tests::children_of(*s))
+                    .next()
+            },
+        );
+        if init {
+            // Reaped: PID 1 (the init) is left with one child, `sleep 600`, alive.
+            wait_for(
+                "the init to reap the orphan",
+                Duration::from_secs(10),
+                || {
+                    let kids = skiff_tests::children_of(pid1);
+                    (kids.len() == 1
+                        && state(kids[0]) != "Z"
+                        && fs::read_to_string(format!("/proc/{}/comm", kids[0]))
+                            .is_ok_and(|c| c.trim() == "sleep"))
+                    .then_some(())
+                },
+            );
+        } else {
+            wait_for(
+                "the orphan to be left a zombie",
+                Duration::from_secs(10),
+                || {
+                    skiff_tests::children_of(pid1)
+                        .into_iter()
+                        .any(|k| state(k) == "Z")
+                        .then_some(())
+                },
+            );
+        }
+        assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
+        wait_status(&addr, &id, "STOPPED", Duration::from_secs(60));
+    }
+}

@@ -57,11 +57,11 @@ impl Store {
             .into_iter()
             .map(|s| s.id)
             .collect();
-        let pending: Vec<String> = self
+        let pending: Vec<(String, i64)> = self
             .outbox()?
             .into_iter()
             .filter(|d| d.topic == name)
-            .map(|d| d.id)
+            .map(|d| (d.id, d.next_attempt_ms))
             .collect();
         let dead: Vec<String> = self
             .notify_dead(Some(name))?
@@ -72,15 +72,17 @@ impl Store {
             &self.topics,
             &self.subscriptions,
             &self.outbox,
+            &self.outbox_due,
             &self.notify_dead,
         )
-            .transaction(|(t, s, o, d)| {
+            .transaction(|(t, s, o, due, d)| {
                 t.remove(name)?;
                 for id in &subs {
                     s.remove(id.as_bytes())?;
                 }
-                for id in &pending {
+                for (id, at) in &pending {
                     o.remove(id.as_bytes())?;
+                    due.remove(due_key(*at, id))?;
                 }
                 for id in &dead {
                     d.remove(id.as_bytes())?;
@@ -100,12 +102,13 @@ impl Store {
         first: Option<&Delivery>,
     ) -> Result<(), StoreError> {
         let bytes = encode(s);
-        let first = first.map(|d| (d.id.clone(), encode(d)));
-        (&self.subscriptions, &self.outbox)
-            .transaction(|(subs, outbox)| {
+        let first = first.map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)));
+        (&self.subscriptions, &self.outbox, &self.outbox_due)
+            .transaction(|(subs, outbox, due)| {
                 subs.insert(s.id.as_bytes(), bytes.as_slice())?;
-                if let Some((id, d)) = &first {
+                if let Some((id, d, at)) = &first {
                     outbox.insert(id.as_bytes(), d.as_slice())?;
+                    due.insert(at.as_slice(), &[])?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
