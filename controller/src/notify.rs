@@ -177,12 +177,14 @@ impl Failure {
 /// One attempt at one delivery, and its outcome recorded durably. Returns whether a retry was
 /// scheduled.
 async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
+    // Where the entry stands in the due-time index until this attempt's outcome moves it.
+    let was_due = d.next_attempt_ms;
     let (Some(sub), Some(topic)) = (
         core.store.subscription(&d.subscription)?,
         core.store.topic(&d.topic)?,
     ) else {
         // Unsubscribed or deleted meanwhile (which also empties its outbox entries).
-        core.store.delivered_notification(&d.id).await?;
+        core.store.delivered_notification(&d.id, was_due).await?;
         return Ok(false);
     };
     let result = match sub.protocol {
@@ -192,7 +194,7 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
     d.attempts += 1;
     match result {
         Ok(()) => {
-            core.store.delivered_notification(&d.id).await?;
+            core.store.delivered_notification(&d.id, was_due).await?;
             *core
                 .notifier
                 .delivered
@@ -207,11 +209,11 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
             if !f.retry || d.attempts >= topic.delivery.max_attempts {
                 d.dead_ms = Some(now_ms());
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification dead-lettered");
-                core.store.dead_letter_delivery(&d).await?;
+                core.store.dead_letter_delivery(&d, was_due).await?;
             } else {
                 d.next_attempt_ms = now_ms() + backoff_ms(&topic.delivery, d.attempts);
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification failed; will retry");
-                core.store.put_delivery(&d).await?;
+                core.store.put_delivery(&d, was_due).await?;
                 return Ok(true);
             }
         }

@@ -1350,10 +1350,13 @@ mod tests {
         assert_eq!(due_ids(50), (vec!["now".to_string()], Some(100)));
         assert_eq!(due_ids(100).0, ["now", "soon"]);
         // A failed attempt moves it later; a delivered one and a dead letter leave the index.
-        store.put_delivery(&d("now", 1_000)).await.unwrap();
+        store.put_delivery(&d("now", 1_000), 10).await.unwrap();
         assert_eq!(due_ids(100), (vec!["soon".to_string()], Some(500)));
-        store.delivered_notification("soon").await.unwrap();
-        store.dead_letter_delivery(&d("late", 500)).await.unwrap();
+        store.delivered_notification("soon", 100).await.unwrap();
+        store
+            .dead_letter_delivery(&d("late", 500), 500)
+            .await
+            .unwrap();
         assert_eq!(due_ids(999), (vec![], Some(1_000)));
         assert_eq!(store.notify_dead(None).unwrap().len(), 1);
         // Redriven: due again.
@@ -1402,6 +1405,12 @@ mod tests {
         store.delete_topic("other").await.unwrap();
         assert_eq!(due_ids(3).0, ["late"]);
         // Every outbox entry has exactly one index entry, and the other way round.
+        assert_eq!(store.outbox_due.len(), store.outbox.len());
+        // A crash between a move's two writes leaves a stale key (here: a second one for
+        // "late", at the wrong time): the record decides, and the stale key is dropped.
+        store.outbox_due.insert(due_key(1, "late"), &[]).unwrap();
+        store.outbox_due.insert(due_key(2, "gone"), &[]).unwrap();
+        assert_eq!(due_ids(3).0, ["late"]);
         assert_eq!(store.outbox_due.len(), store.outbox.len());
         // Rebuilt at open from the outbox itself.
         store.outbox_due.clear().unwrap();

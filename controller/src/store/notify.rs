@@ -230,6 +230,10 @@ impl Store {
 
     /// Up to `limit` deliveries due at `now_ms`, earliest first, read through the due-time
     /// index; and when the next one after those is due (None: nothing else is waiting).
+    ///
+    /// The index is a hint kept beside the records, the record decides: an index key whose
+    /// record is gone or due at another time (left by a crash between the two writes of a
+    /// move below) is dropped here, and every open rebuilds the index from the records.
     pub fn due_deliveries(
         &self,
         now_ms: i64,
@@ -242,62 +246,63 @@ impl Store {
             if at > now_ms || due.len() >= limit {
                 return Ok((due, Some(at)));
             }
-            if let Some(v) = self.outbox.get(&k[8..])? {
-                due.push(decode("outbox", &v)?);
+            match self.outbox.get(&k[8..])? {
+                Some(v) => {
+                    let d: Delivery = decode("outbox", &v)?;
+                    if d.next_attempt_ms == at {
+                        due.push(d);
+                    } else {
+                        self.outbox_due.remove(&k)?;
+                    }
+                }
+                None => {
+                    self.outbox_due.remove(&k)?;
+                }
             }
         }
         Ok((due, None))
     }
 
-    /// Replaces an outbox entry and its place in the due-time index, in one transaction;
-    /// `next` None removes it (delivered), and `dead` also files it as a dead letter.
-    fn move_delivery(
+    /// Records a failed attempt: the entry stays, due at its new time (`d`), no longer at
+    /// `was_due_ms`. The new index key goes first, so a crash never leaves a record the index
+    /// does not lead to.
+    pub async fn put_delivery(&self, d: &Delivery, was_due_ms: i64) -> Result<(), StoreError> {
+        self.outbox_due
+            .insert(due_key(d.next_attempt_ms, &d.id), &[])?;
+        self.outbox.insert(d.id.as_bytes(), encode(d))?;
+        if was_due_ms != d.next_attempt_ms {
+            self.outbox_due.remove(due_key(was_due_ms, &d.id))?;
+        }
+        self.commit().await
+    }
+
+    /// A delivery done (it was due at `was_due_ms`): out of the outbox and its index.
+    pub async fn delivered_notification(
         &self,
         id: &str,
-        next: Option<&Delivery>,
-        dead: Option<&Delivery>,
+        was_due_ms: i64,
     ) -> Result<(), StoreError> {
-        let next_row = next.map(|d| (encode(d), due_key(d.next_attempt_ms, &d.id)));
-        let dead_row = dead.map(encode);
-        (&self.outbox, &self.outbox_due, &self.notify_dead)
-            .transaction(|(o, due, dl)| {
-                if let Some(old) = o.get(id.as_bytes())? {
-                    let old: Delivery =
-                        decode("outbox", &old).map_err(ConflictableTransactionError::Abort)?;
-                    due.remove(due_key(old.next_attempt_ms, &old.id))?;
-                }
-                match &next_row {
-                    Some((bytes, at)) => {
-                        o.insert(id.as_bytes(), bytes.as_slice())?;
-                        due.insert(at.as_slice(), &[])?;
-                    }
-                    None => {
-                        o.remove(id.as_bytes())?;
-                    }
-                }
-                if let Some(bytes) = &dead_row {
-                    dl.insert(id.as_bytes(), bytes.as_slice())?;
-                }
-                Ok(())
+        self.outbox.remove(id)?;
+        self.outbox_due.remove(due_key(was_due_ms, id))?;
+        self.commit().await
+    }
+
+    /// Moves a delivery that ran out of attempts (or was refused for good) to the dead
+    /// letters, in one transaction; then out of the index (it was due at `was_due_ms`).
+    pub async fn dead_letter_delivery(
+        &self,
+        d: &Delivery,
+        was_due_ms: i64,
+    ) -> Result<(), StoreError> {
+        let bytes = encode(d);
+        (&self.outbox, &self.notify_dead)
+            .transaction(|(o, dead)| {
+                o.remove(d.id.as_bytes())?;
+                dead.insert(d.id.as_bytes(), bytes.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(aborted)
-    }
-
-    /// Records a failed attempt (the entry stays, with its next attempt time).
-    pub async fn put_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
-        self.move_delivery(&d.id, Some(d), None)?;
-        self.commit().await
-    }
-
-    /// A delivery done: out of the outbox.
-    pub async fn delivered_notification(&self, id: &str) -> Result<(), StoreError> {
-        self.move_delivery(id, None, None)?;
-        self.commit().await
-    }
-
-    /// Moves a delivery that ran out of attempts (or was refused for good) to the dead letters.
-    pub async fn dead_letter_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
-        self.move_delivery(&d.id, None, Some(d))?;
+            .map_err(tx_error)?;
+        self.outbox_due.remove(due_key(was_due_ms, &d.id))?;
         self.commit().await
     }
 
