@@ -11,38 +11,16 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use skiff_controller::lifecycle::TaskStatus;
-use skiff_controller::model::{
-    now_ms, ContainerDef, Delivery, DeliveryKind, Event, NetworkMode, Task, TaskSpec,
-};
+use skiff_controller::model::{now_ms, Delivery, DeliveryKind, Event, Task, TaskSpec};
 use skiff_controller::store::Store;
 
+/// A one-container spec with a command and an environment, as real tasks have.
 fn spec() -> TaskSpec {
-    TaskSpec {
-        containers: vec![ContainerDef {
-            name: "main".into(),
-            image: "registry.lan:5000/team/worker:v2".into(),
-            entrypoint: vec![],
-            command: vec!["worker".into(), "--queue".into(), "jobs".into()],
-            environment: [("MODE".to_string(), "batch".to_string())].into(),
-            cpu: 0.1,
-            memory_mib: 64,
-            essential: true,
-            stop_timeout_secs: 30,
-            working_dir: String::new(),
-            pull_policy: String::new(),
-            repository_credentials: String::new(),
-            privileged: false,
-            readonly_root_filesystem: false,
-            init_process_enabled: false,
-            user: String::new(),
-            secrets: vec![],
-            mounts: vec![],
-        }],
-        network_mode: NetworkMode::None,
-        timeout_secs: 0,
-        task_role: String::new(),
-        input: None,
-    }
+    let mut s = skiff_model::testing::spec(0.1, 64);
+    s.containers[0].image = "registry.lan:5000/team/worker:v2".into();
+    s.containers[0].command = vec!["worker".into(), "--queue".into(), "jobs".into()];
+    s.containers[0].environment = [("MODE".to_string(), "batch".to_string())].into();
+    s
 }
 
 fn event(id: String) -> Event {

@@ -30,3 +30,18 @@ pub fn write_secret_bytes(path: &Path, secret: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+/// A key file's bytes; on first use, 32 random bytes written with mode 0600.
+pub fn read_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            use std::io::Read;
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+            write_secret_bytes(path, &key)?;
+            Ok(key.to_vec())
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -21,17 +21,7 @@ impl SecretBox {
     /// Loads `<data_dir>/secrets.key`, creating it (32 random bytes, mode 0600) if missing.
     pub fn open(data_dir: &Path) -> std::io::Result<SecretBox> {
         let path = data_dir.join(KEY_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                use std::io::Read;
-                std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
-                crate::keyfile::write_secret_bytes(&path, &key)?;
-                key.to_vec()
-            }
-            Err(e) => return Err(e),
-        };
+        let bytes = crate::keyfile::read_or_create_key(&path)?;
         let unbound = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,

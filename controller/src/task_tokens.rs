@@ -34,17 +34,7 @@ impl TaskTokenKey {
     /// Loads `<data_dir>/task-token.key`, creating it (32 random bytes, mode 0600) if missing.
     pub fn open(data_dir: &Path) -> std::io::Result<TaskTokenKey> {
         let path = data_dir.join(KEY_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                use std::io::Read;
-                std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
-                crate::keyfile::write_secret_bytes(&path, &key)?;
-                key.to_vec()
-            }
-            Err(e) => return Err(e),
-        };
+        let bytes = crate::keyfile::read_or_create_key(&path)?;
         if bytes.len() < 32 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
