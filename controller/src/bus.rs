@@ -272,10 +272,7 @@ async fn failed(
 /// Attempts every delivery whose retry is due.
 async fn retry_due(core: &Core) -> Result<(), CoreError> {
     let now = now_ms();
-    for (key, r) in core.store.retries()? {
-        if r.next_attempt_ms > now {
-            continue;
-        }
+    for (key, r) in core.store.due_retries(now, 1024)? {
         let rule = core.store.rule(&r.rule)?;
         let target = rule
             .as_ref()

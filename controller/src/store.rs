@@ -170,6 +170,9 @@ pub struct Store {
     deliveries: sled::Tree,
     /// (rule, target, event id) → a failed delivery waiting for its next attempt.
     retries: sled::Tree,
+    /// Rule retries by due time: next attempt ‖ delivery key → (). A hint: the record
+    /// decides, stale keys are dropped when read, and every open rebuilds it.
+    retries_due: sled::Tree,
     dead_letters: sled::Tree,
     sources: sled::Tree,
     /// Events that must reach the bus once (object versions, schedule fires) → event id.
@@ -214,6 +217,7 @@ impl Store {
             bus: db.open_tree("bus")?,
             deliveries: db.open_tree("deliveries")?,
             retries: db.open_tree("retries")?,
+            retries_due: db.open_tree("retries_due")?,
             dead_letters: db.open_tree("dead_letters")?,
             sources: db.open_tree("sources")?,
             object_seen: db.open_tree("object_seen")?,
@@ -257,6 +261,15 @@ impl Store {
                     self.active.remove(&key)?;
                 }
             }
+        }
+        self.retries_due.clear()?;
+        for kv in self.retries.iter() {
+            let (k, v) = kv?;
+            let r: PendingRetry = decode("retries", &v)?;
+            self.retries_due.insert(
+                due_key(r.next_attempt_ms, &String::from_utf8_lossy(&k)),
+                &[],
+            )?;
         }
         self.outbox_due.clear()?;
         for kv in self.outbox.iter() {
@@ -892,22 +905,46 @@ impl Store {
             .transpose()
     }
 
+    /// Schedules a delivery's next attempt: its due-time key first, then the record (so a
+    /// crash never leaves a retry the index does not lead to).
     pub async fn put_retry(&self, key: &str, r: &PendingRetry) -> Result<(), StoreError> {
+        self.retries_due
+            .insert(due_key(r.next_attempt_ms, key), &[])?;
         self.retries.insert(key, encode(r))?;
         self.commit().await
     }
 
-    pub fn retries(&self) -> Result<Vec<(String, PendingRetry)>, StoreError> {
-        self.retries
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    decode("retries", &v)?,
-                ))
-            })
-            .collect()
+    /// Up to `limit` retries due at `now_ms`, earliest first, through the due-time index.
+    /// Index keys whose retry is gone (done, dead-lettered) or due at another time are
+    /// dropped on the way.
+    pub fn due_retries(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, PendingRetry)>, StoreError> {
+        let mut due = Vec::new();
+        for kv in self.retries_due.iter() {
+            let (k, _) = kv?;
+            let at = i64::from_be_bytes(k[..8].try_into().expect("8-byte time prefix"));
+            if at > now_ms || due.len() >= limit {
+                break;
+            }
+            let key = String::from_utf8_lossy(&k[8..]).into_owned();
+            match self.retries.get(key.as_bytes())? {
+                Some(v) => {
+                    let r: PendingRetry = decode("retries", &v)?;
+                    if r.next_attempt_ms == at {
+                        due.push((key, r));
+                    } else {
+                        self.retries_due.remove(&k)?;
+                    }
+                }
+                None => {
+                    self.retries_due.remove(&k)?;
+                }
+            }
+        }
+        Ok(due)
     }
 
     /// Ends a delivery's retries in the dead-letter list, in one transaction.
@@ -1420,5 +1457,54 @@ mod tests {
         let (due, next) = store.due_deliveries(5_000, 10).unwrap();
         assert_eq!(due.len(), 2);
         assert_eq!(next, None);
+    }
+
+    #[tokio::test]
+    async fn rule_retries_are_read_by_due_time_and_stale_keys_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let r = |at: i64| PendingRetry {
+            rule: "r".into(),
+            target: "t".into(),
+            event_id: "e".into(),
+            attempts: 1,
+            first_attempt_ms: 0,
+            next_attempt_ms: at,
+            last_error: String::new(),
+        };
+        let due = |now| {
+            store
+                .due_retries(now, 10)
+                .unwrap()
+                .into_iter()
+                .map(|(k, r)| (k, r.next_attempt_ms))
+                .collect::<Vec<_>>()
+        };
+        store.put_retry("a", &r(10)).await.unwrap();
+        store.put_retry("b", &r(20)).await.unwrap();
+        assert_eq!(due(15), [("a".to_string(), 10)]);
+        // Rescheduled: the old key is stale and goes when read.
+        store.put_retry("a", &r(30)).await.unwrap();
+        assert_eq!(due(25), [("b".to_string(), 20)]);
+        assert_eq!(store.retries_due.len(), 2);
+        // Ended (here by a dead letter): its key goes when read too.
+        let dl = DeadLetter {
+            id: "d".into(),
+            rule: "r".into(),
+            target: "t".into(),
+            event_id: "e".into(),
+            attempts: 2,
+            last_error: String::new(),
+            first_attempt_ms: 0,
+            dead_ms: 0,
+        };
+        store.dead_letter("b", &dl).await.unwrap();
+        assert_eq!(due(100), [("a".to_string(), 30)]);
+        assert_eq!(store.retries_due.len(), 1);
+        store.retries_due.clear().unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.due_retries(100, 10).unwrap().len(), 1);
     }
 }
