@@ -94,10 +94,9 @@ impl Core {
     /// Every secret, registry credentials and role a spec names must exist: checked when a
     /// definition is registered and whenever a task is made from one.
     pub fn check_references(&self, spec: &crate::model::TaskSpec) -> Result<(), CoreError> {
-        let core = self;
         for (i, c) in spec.containers.iter().enumerate() {
             for (j, r) in c.secrets.iter().enumerate() {
-                if core.store.secret(&r.value_from)?.is_none() {
+                if self.store.secret(&r.value_from)?.is_none() {
                     return Err(CoreError::BadReference(format!(
                         "containers[{i}].secrets[{j}].value_from: no secret named {:?} (see skiff secrets ls)",
                         r.value_from
@@ -105,7 +104,7 @@ impl Core {
                 }
             }
             if !c.repository_credentials.is_empty()
-                && core
+                && self
                     .store
                     .registry_creds(&c.repository_credentials)?
                     .is_none()
@@ -116,7 +115,7 @@ impl Core {
                 )));
             }
         }
-        if !spec.task_role.is_empty() && core.store.role(&spec.task_role)?.is_none() {
+        if !spec.task_role.is_empty() && self.store.role(&spec.task_role)?.is_none() {
             return Err(CoreError::BadReference(format!(
                 "task_role: no role named {:?} (see skiff roles ls)",
                 spec.task_role
