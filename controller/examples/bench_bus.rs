@@ -97,6 +97,7 @@ async fn ingest(batch: usize, clients: usize, per_client: usize) {
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         timing: Default::default(),
+        clock: skiff_controller::clock::Clock::system(),
         tls: None,
         node_cert_ttl: None,
         http_listen: None,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use skiff_controller::lifecycle::TaskStatus;
-use skiff_controller::model::{now_ms, Delivery, DeliveryKind, Event, Task, TaskSpec};
+use skiff_controller::model::{Delivery, DeliveryKind, Event, Task, TaskSpec};
 use skiff_controller::store::Store;
 
 /// A one-container spec with a command and an environment, as real tasks have.
@@ -189,4 +189,9 @@ async fn main() {
     );
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Milliseconds since the epoch, now.
+fn now_ms() -> i64 {
+    skiff_controller::clock::Clock::system().now_ms()
 }

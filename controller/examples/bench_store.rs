@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use skiff_controller::model::{now_ms, Event, NetworkMode, Task, TaskSpec};
+use skiff_controller::model::{Event, NetworkMode, Task, TaskSpec};
 use skiff_controller::store::Store;
 
 fn task(i: usize) -> Task {
@@ -87,4 +87,9 @@ async fn main() {
     println!("{writers} writers:    {} durable task writes in {secs:.2} s = {:.0} writes/s (group commit)", writers * per, (writers * per) as f64 / secs);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Milliseconds since the epoch, now.
+fn now_ms() -> i64 {
+    skiff_controller::clock::Clock::system().now_ms()
 }

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::convert;
 use crate::core::{Core, CoreError};
 use crate::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
-use crate::model::{now_ms, Node, NodeState};
+use crate::model::{Node, NodeState};
 use crate::placer;
 use crate::validate;
 
@@ -80,8 +80,10 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                 s => s,
             }),
             version: reg.version.clone(),
-            registered_at_ms: prior.as_ref().map_or(now_ms(), |p| p.registered_at_ms),
-            last_seen_ms: now_ms(),
+            registered_at_ms: prior
+                .as_ref()
+                .map_or(core.clock.now_ms(), |p| p.registered_at_ms),
+            last_seen_ms: core.clock.now_ms(),
         };
         core.store.put_node(&node).await.map_err(internal)?;
 
@@ -237,7 +239,7 @@ async fn issue_node_cert(
     let (cert_pem, fingerprint) = pki
         .sign_node(csr_pem, node_id)
         .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
-    let issued_ms = crate::model::now_ms();
+    let issued_ms = core.clock.now_ms();
     core.store
         .put_node_cert(&crate::model::NodeCert {
             fingerprint,

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::core::{Core, CoreError};
 use crate::lifecycle::{StopCode, TaskStatus};
-use crate::model::{now_ms, DefinitionStatus, Event, Task, TaskDefinition};
+use crate::model::{DefinitionStatus, Event, Task, TaskDefinition};
 use crate::placer::node_loads;
 use crate::store::StoreError;
 use crate::validate::{self, InvalidField};
@@ -131,7 +131,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
                 revision,
                 spec,
                 status: DefinitionStatus::Active,
-                registered_at_ms: now_ms(),
+                registered_at_ms: self.core.clock.now_ms(),
             })
             .await?;
         Ok(Response::new(convert::task_definition(&def)))
@@ -259,7 +259,7 @@ impl pb::tasks_server::Tasks for TasksApi {
             group,
             req.started_by,
             spec,
-            now_ms(),
+            self.core.clock.now_ms(),
         );
         let task = self.core.create_task(task).await?;
         tracing::info!(task_id = %task.id, "task accepted");
@@ -458,7 +458,7 @@ impl pb::nodes_server::Nodes for NodesApi {
         let mut revoked = 0;
         for mut c in self.core.store.node_certs()? {
             if c.node_id == *node && c.revoked_ms == 0 {
-                c.revoked_ms = crate::model::now_ms();
+                c.revoked_ms = self.core.clock.now_ms();
                 self.core.store.put_node_cert(&c).await?;
                 revoked += 1;
             }
@@ -615,7 +615,7 @@ impl pb::events_server::Events for EventsApi {
         let mut accepted: Vec<(usize, Event)> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let resource = format!("source/{}", e.source);
-            let checked = check_entry(e).and_then(|ev| {
+            let checked = check_entry(e, self.core.clock.now_ms()).and_then(|ev| {
                 crate::auth::check_task_resource(&req, "events:Put", &resource)
                     .map(|_| ev)
                     .map_err(|s| ("AccessDeniedException", s.message().to_string()))
@@ -704,7 +704,7 @@ pub const MAX_PUT_ENTRIES: usize = 100;
 pub const MAX_DETAIL_BYTES: usize = 256 * 1024;
 
 /// One PutEvents entry as an event (its id assigned when stored), or (error code, message).
-fn check_entry(e: &pb::PutEventsEntry) -> Result<Event, (&'static str, String)> {
+fn check_entry(e: &pb::PutEventsEntry, now_ms: i64) -> Result<Event, (&'static str, String)> {
     let bad = |m: String| ("InvalidArgument", m);
     if e.source.is_empty() || e.source.len() > 256 {
         return Err(bad("source: 1 to 256 characters".into()));
@@ -744,7 +744,7 @@ fn check_entry(e: &pb::PutEventsEntry) -> Result<Event, (&'static str, String)> 
         id: String::new(),
         source: e.source.clone(),
         detail_type: e.detail_type.clone(),
-        time_ms: if e.time_ms > 0 { e.time_ms } else { now_ms() },
+        time_ms: if e.time_ms > 0 { e.time_ms } else { now_ms },
         resources: e.resources.clone(),
         detail,
     })

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use crate::core::Core;
-use crate::model::{now_ms, ApiToken, TaskRole};
+use crate::model::{ApiToken, TaskRole};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -149,10 +149,9 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// A new token: the string to hand out (once) and the record to store.
-pub fn mint(role: Role, name: &str, ttl_secs: u64) -> (String, ApiToken) {
+pub fn mint(role: Role, name: &str, ttl_secs: u64, now: i64) -> (String, ApiToken) {
     let id = random_hex(8);
     let secret = random_hex(24);
-    let now = now_ms();
     let record = ApiToken {
         id: id.clone(),
         name: name.to_string(),
@@ -174,7 +173,7 @@ pub fn mint(role: Role, name: &str, ttl_secs: u64) -> (String, ApiToken) {
 fn authenticate_task(core: &Core, token: &str) -> Result<Caller, Status> {
     let claims = core
         .task_keys
-        .verify(token, now_ms())
+        .verify(token, core.clock.now_ms())
         .map_err(Status::unauthenticated)?;
     let store_err = |e: crate::store::StoreError| Status::internal(format!("state store: {e}"));
     let task = core
@@ -245,7 +244,7 @@ pub fn authenticate(core: &Core, header: Option<&str>) -> Result<Caller, Status>
     if record.revoked_ms != 0 {
         return Err(Status::unauthenticated("the API token has been revoked"));
     }
-    if record.expires_ms != 0 && now_ms() >= record.expires_ms {
+    if record.expires_ms != 0 && core.clock.now_ms() >= record.expires_ms {
         return Err(Status::unauthenticated("the API token has expired"));
     }
     let role = Role::parse(&record.role).ok_or_else(bad)?;
@@ -397,11 +396,11 @@ mod tests {
 
     #[test]
     fn minted_tokens_store_only_a_digest() {
-        let (token, rec) = mint(Role::Operator, "ci", 60);
+        let (token, rec) = mint(Role::Operator, "ci", 60, 1_000);
         assert!(token.starts_with(&format!("skiff_{}_", rec.id)));
         let secret = token.rsplit('_').next().unwrap();
         assert!(!rec.secret_sha256.contains(secret));
         assert_eq!(rec.secret_sha256, sha256_hex(secret));
-        assert!(rec.expires_ms > rec.created_ms);
+        assert_eq!((rec.created_ms, rec.expires_ms), (1_000, 61_000));
     }
 }

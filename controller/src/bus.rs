@@ -15,9 +15,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::model::{
-    now_ms, DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task,
-};
+use crate::model::{DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task};
 use crate::retry::Backoff;
 use crate::ruleset::RuleSet;
 
@@ -36,11 +34,17 @@ pub const DEDUP_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 pub async fn run(core: Arc<Core>) {
     let mut head = core.subscribe();
     let mut rules: Option<(u64, RuleSet)> = None;
-    let mut last_gc: Option<std::time::Instant> = None;
+    let mut last_gc: Option<i64> = None;
     loop {
-        if last_gc.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
-            last_gc = Some(std::time::Instant::now());
-            match core.store.gc_dedup(now_ms() - DEDUP_TTL_MS).await {
+        // Retries are looked at again a second after this pass began, at the latest.
+        let next_look = core.clock.now_ms() + 1000;
+        if last_gc.is_none_or(|t| core.clock.monotonic_ms() - t >= 3_600_000) {
+            last_gc = Some(core.clock.monotonic_ms());
+            match core
+                .store
+                .gc_dedup(core.clock.now_ms() - DEDUP_TTL_MS)
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => info!(removed = n, "old dedup records forgotten"),
                 Err(e) => warn!(error = %e, "dedup GC failed"),
@@ -61,7 +65,7 @@ pub async fn run(core: Arc<Core>) {
             }
         }
         let Some((_, set)) = &rules else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            core.clock.sleep(Duration::from_secs(1)).await;
             continue;
         };
         let progressed = match pass(&core, set).await {
@@ -80,7 +84,7 @@ pub async fn run(core: Arc<Core>) {
         tokio::select! {
             _ = head.changed() => {}
             _ = core.bus_kick.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = core.clock.sleep_until(next_look) => {}
         }
     }
 }
@@ -217,7 +221,7 @@ pub fn definition_task(
         group,
         started_by,
         spec,
-        now_ms(),
+        core.clock.now_ms(),
     ))
 }
 
@@ -232,7 +236,7 @@ async fn failed(
     reason: String,
 ) -> Result<(), CoreError> {
     core.store.count_rule(&rule.name, RuleCounter::Failed)?;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let attempts = prev.as_ref().map_or(1, |p| p.attempts + 1);
     let first = prev.as_ref().map_or(now, |p| p.first_attempt_ms);
     let too_old = now - ev.time_ms >= i64::from(target.retry.max_event_age_secs) * 1000;
@@ -271,7 +275,7 @@ async fn failed(
 
 /// Attempts every delivery whose retry is due.
 async fn retry_due(core: &Core) -> Result<(), CoreError> {
-    let now = now_ms();
+    let now = core.clock.now_ms();
     for (key, r) in core.store.due_retries(now, 1024)? {
         let rule = core.store.rule(&r.rule)?;
         let target = rule

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use skiff_proto::v1 as pb;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::lifecycle::{self, Outcome, TaskEvent};
-use crate::model::{now_ms, Event, Task};
+use crate::model::{Event, Task};
 use crate::store::{Decision, Store, StoreError};
 
 pub const TASK_SOURCE: &str = "skiff.task";
@@ -61,6 +61,8 @@ pub enum CoreError {
 pub struct Core {
     pub store: Store,
     pub timing: NodeTiming,
+    /// Where time is read and waited for (manual in component tests).
+    pub clock: crate::clock::Clock,
     /// Seals and opens secrets (the key lives in the data dir, apart from the store).
     pub secrets: crate::sealing::SecretBox,
     /// Signs and checks SKIFF_TASK_TOKENs.
@@ -69,7 +71,7 @@ pub struct Core {
     pub pki: Option<crate::pki::Pki>,
     sessions: Mutex<HashMap<String, Session>>,
     /// When each node was last heard from, for the node reaper.
-    last_seen: Mutex<HashMap<String, Instant>>,
+    last_seen: Mutex<HashMap<String, i64>>,
     /// Bumped after every durable task or event write; waiters re-read what they watch.
     head: watch::Sender<u64>,
     /// Wakes the placer: a task was created, capacity was freed, or a node came.
@@ -127,12 +129,13 @@ impl Core {
     pub fn new(
         store: Store,
         timing: NodeTiming,
+        clock: crate::clock::Clock,
         secrets: crate::sealing::SecretBox,
         task_keys: crate::task_tokens::TaskTokenKey,
     ) -> Core {
         let (head, _) = watch::channel(0);
         // Nodes known from before a restart get a full timeout to come back.
-        let now = Instant::now();
+        let now = clock.monotonic_ms();
         let last_seen = store
             .nodes()
             .unwrap_or_default()
@@ -142,6 +145,7 @@ impl Core {
         Core {
             store,
             timing,
+            clock,
             secrets,
             task_keys,
             pki: None,
@@ -197,7 +201,9 @@ impl Core {
     ) -> Result<Result<Task, String>, CoreError> {
         match self
             .store
-            .create_task_once(key, &task, |id| state_change_event(id, &task))
+            .create_task_once(key, &task, |id| {
+                state_change_event(id, &task, self.clock.now_ms())
+            })
             .await?
         {
             Ok(_) => {
@@ -212,7 +218,9 @@ impl Core {
     /// Stores a new PROVISIONING task with its first event and wakes the placer.
     pub async fn create_task(&self, task: Task) -> Result<Task, CoreError> {
         self.store
-            .create_task(&task, |id| state_change_event(id, &task))
+            .create_task(&task, |id| {
+                state_change_event(id, &task, self.clock.now_ms())
+            })
             .await?;
         self.bump();
         self.kick.notify_one();
@@ -234,7 +242,7 @@ impl Core {
         &self,
         changes: Vec<(String, TaskEvent)>,
     ) -> Vec<Result<(Task, bool), CoreError>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut results = Vec::with_capacity(changes.len());
         for (id, event) in changes {
             let decision = self
@@ -243,7 +251,7 @@ impl Core {
                     match lifecycle::apply(&mut task, event, now)? {
                         Outcome::Unchanged => Ok::<_, CoreError>(Decision::Keep(task)),
                         Outcome::Moved(_) => {
-                            let ev = state_change_event(next_event_id(), &task);
+                            let ev = state_change_event(next_event_id(), &task, now);
                             Ok(Decision::Write {
                                 task,
                                 event: Some(ev),
@@ -349,7 +357,7 @@ impl Core {
         self.last_seen
             .lock()
             .unwrap()
-            .insert(node_id.to_string(), Instant::now());
+            .insert(node_id.to_string(), self.clock.monotonic_ms());
     }
 
     pub fn is_connected(&self, node_id: &str) -> bool {
@@ -359,12 +367,13 @@ impl Core {
     /// Nodes that are not connected and have been silent for longer than the node timeout.
     pub fn lost_nodes(&self) -> Vec<String> {
         let sessions = self.sessions.lock().unwrap();
-        let cutoff = self.timing.node_timeout;
+        let cutoff = self.timing.node_timeout.as_millis() as i64;
+        let now = self.clock.monotonic_ms();
         self.last_seen
             .lock()
             .unwrap()
             .iter()
-            .filter(|(id, at)| !sessions.contains_key(*id) && at.elapsed() > cutoff)
+            .filter(|(id, at)| !sessions.contains_key(*id) && now - **at > cutoff)
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -497,7 +506,7 @@ impl Core {
 }
 
 /// The `Task State Change` event for a task as it is now. The detail mirrors the ECS event.
-pub fn state_change_event(id: String, t: &Task) -> Event {
+pub fn state_change_event(id: String, t: &Task, time_ms: i64) -> Event {
     let ts = |ms: i64| {
         (ms > 0).then(|| {
             chrono::DateTime::from_timestamp_millis(ms)
@@ -535,7 +544,7 @@ pub fn state_change_event(id: String, t: &Task) -> Event {
         id,
         source: TASK_SOURCE.to_string(),
         detail_type: TASK_STATE_CHANGE.to_string(),
-        time_ms: now_ms(),
+        time_ms,
         resources: vec![format!("skiff:task/{}", t.id)],
         detail,
     }
@@ -551,11 +560,12 @@ mod tests {
         let core = Core::new(
             store,
             NodeTiming::default(),
+            crate::clock::Clock::system(),
             crate::sealing::SecretBox::open(dir).unwrap(),
             crate::task_tokens::TaskTokenKey::open(dir).unwrap(),
         );
         let spec = skiff_model::testing::spec(0.1, 16);
-        let task = Task::new(id.into(), None, "g".into(), "t".into(), spec, now_ms());
+        let task = Task::new(id.into(), None, "g".into(), "t".into(), spec, 0);
         core.create_task(task).await.unwrap();
         core
     }

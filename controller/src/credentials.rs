@@ -11,7 +11,7 @@ use skiff_proto::v1 as pb;
 
 use crate::core::Core;
 use crate::lifecycle::TaskStatus;
-use crate::model::{now_ms, Access, CredentialProvider, StorageAccess, StorageGrant};
+use crate::model::{Access, CredentialProvider, StorageAccess, StorageGrant};
 use crate::task_tokens::{self, Claims};
 
 /// The IAM session policy that narrows assumed-role credentials to `grants`. `partition` is the
@@ -150,8 +150,10 @@ async fn mint_for(
         })?;
     match req.kind.as_str() {
         "skiff" => Ok(Issued::Skiff {
-            token: core.task_keys.mint(&skiff_claims(&task.id, &role.name)),
-            expiration_ms: now_ms() + task_tokens::TTL_MS,
+            token: core
+                .task_keys
+                .mint(&skiff_claims(&task.id, &role.name, core.clock.now_ms())),
+            expiration_ms: core.clock.now_ms() + task_tokens::TTL_MS,
         }),
         "storage" | "" => {
             let storage = role.storage.as_ref().ok_or_else(|| {
@@ -169,11 +171,11 @@ async fn mint_for(
 }
 
 /// The claims of a fresh SKIFF_TASK_TOKEN for a task.
-pub fn skiff_claims(task_id: &str, role: &str) -> Claims {
+pub fn skiff_claims(task_id: &str, role: &str, now_ms: i64) -> Claims {
     Claims {
         t: task_id.to_string(),
         r: role.to_string(),
-        e: now_ms() + task_tokens::TTL_MS,
+        e: now_ms + task_tokens::TTL_MS,
     }
 }
 
@@ -205,7 +207,7 @@ async fn mint_storage(
             session_token: String::new(),
             // Static keys do not expire; a finite expiry makes SDKs come back, so a rotated
             // secret reaches running tasks.
-            expiration_ms: now_ms() + i64::from(s.duration_secs) * 1000,
+            expiration_ms: core.clock.now_ms() + i64::from(s.duration_secs) * 1000,
             role_arn: format!("skiff:role/{role_name}"),
         }),
         CredentialProvider::Sts {

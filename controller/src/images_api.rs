@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::ApiStream;
 use crate::core::Core;
-use crate::model::{now_ms, RegistryCreds};
+use crate::model::RegistryCreds;
 use crate::placer::registry_auth;
 use crate::validate;
 
@@ -254,7 +254,7 @@ impl pb::registry_credentials_server::RegistryCredentials for RegistryCredential
             server,
             username: r.username,
             password: r.password,
-            created_ms: now_ms(),
+            created_ms: self.core.clock.now_ms(),
         };
         self.core.store.put_registry_creds(&creds).await?;
         Ok(Response::new(info(&creds)))

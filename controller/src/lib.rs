@@ -6,6 +6,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod clock;
 pub mod convert;
 pub mod core;
 pub mod credentials;
@@ -49,6 +50,9 @@ pub struct ControllerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub timing: NodeTiming,
+    /// The clock the controller reads and waits on: `Clock::system()` except in component
+    /// tests.
+    pub clock: clock::Clock,
     /// Serve TLS (server certificate from the cluster CA, valid for these extra names besides
     /// localhost and 127.0.0.1), and authenticate agents by their node certificates.
     pub tls: Option<Vec<String>>,
@@ -115,13 +119,12 @@ impl Controller {
                     addr: cfg.listen,
                     source,
                 })?;
-        let bootstrap_token =
-            tokens_api::bootstrap(&store, &cfg.data_dir)
-                .await
-                .map_err(|source| ControllerError::Store {
-                    path: cfg.data_dir.clone(),
-                    source,
-                })?;
+        let bootstrap_token = tokens_api::bootstrap(&store, &cfg.data_dir, cfg.clock.now_ms())
+            .await
+            .map_err(|source| ControllerError::Store {
+                path: cfg.data_dir.clone(),
+                source,
+            })?;
         let sealer = sealing::SecretBox::open(&cfg.data_dir).map_err(|source| {
             ControllerError::SecretsKey {
                 path: cfg.data_dir.join(sealing::KEY_FILE),
@@ -159,7 +162,7 @@ impl Controller {
             ),
             None => None,
         };
-        let mut core = core::Core::new(store, cfg.timing, sealer, task_keys);
+        let mut core = core::Core::new(store, cfg.timing, cfg.clock.clone(), sealer, task_keys);
         core.pki = pki;
         let public_url = cfg.public_url.clone().unwrap_or_else(|| {
             let addr = http_listener
@@ -185,6 +188,11 @@ impl Controller {
             tls_identity,
             bootstrap_token,
         })
+    }
+
+    /// The controller's shared state, for in-process tests that look beneath the API.
+    pub fn core(&self) -> Arc<core::Core> {
+        self.core.clone()
     }
 
     /// The cluster CA certificate (PEM) when serving TLS.
@@ -371,7 +379,7 @@ async fn local_source(core: &core::Core, dir: &std::path::Path) -> Result<(), st
             return Ok(());
         }
     }
-    let now = model::now_ms();
+    let now = core.clock.now_ms();
     core.store
         .put_source(&model::Source {
             name: LOCAL_SOURCE.into(),

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::model::{now_ms, Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription};
+use crate::model::{Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription};
 use crate::pattern::Pattern;
 
 pub use crate::notifier::{Notifier, SmtpConfig};
@@ -40,7 +40,7 @@ pub async fn publish(
         return Ok(Err(format!("topic {topic:?} does not exist")));
     }
     let parsed: Option<Value> = serde_json::from_str(&message).ok();
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let mut deliveries = Vec::new();
     let mut unconfirmed = Vec::new();
     for sub in core.store.subscriptions(Some(topic))? {
@@ -87,17 +87,19 @@ pub async fn publish(
 /// Delivers the outbox, forever.
 pub async fn run(core: Arc<Core>) {
     loop {
-        let wait_ms = match pass(&core) {
-            Ok(Some(next)) => (next - now_ms()).clamp(0, 1000),
-            Ok(None) => 1000,
+        // Until the next due entry, at most a second after this pass began.
+        let latest = core.clock.now_ms() + 1000;
+        let until = match pass(&core) {
+            Ok(Some(next)) => next.min(latest),
+            Ok(None) => latest,
             Err(e) => {
                 warn!(error = %e, "reading the outbox failed");
-                1000
+                latest
             }
         };
         tokio::select! {
             _ = core.notifier.kick.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            _ = core.clock.sleep_until(until) => {}
         }
     }
 }
@@ -105,7 +107,7 @@ pub async fn run(core: Arc<Core>) {
 /// Starts due deliveries not already in flight, as many as there are free senders; returns
 /// when the next one is due.
 fn pass(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let notifier = &core.notifier;
     notifier.backlog.store(false, Ordering::SeqCst);
     // Through the due-time index: only what is due is read (in flight ones included, skipped).
@@ -207,11 +209,11 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
         Err(f) => {
             d.last_error = f.reason;
             if !f.retry || d.attempts >= topic.delivery.max_attempts {
-                d.dead_ms = Some(now_ms());
+                d.dead_ms = Some(core.clock.now_ms());
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification dead-lettered");
                 core.store.dead_letter_delivery(&d, was_due).await?;
             } else {
-                d.next_attempt_ms = now_ms() + backoff_ms(&topic.delivery, d.attempts);
+                d.next_attempt_ms = core.clock.now_ms() + backoff_ms(&topic.delivery, d.attempts);
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification failed; will retry");
                 core.store.put_delivery(&d, was_due).await?;
                 return Ok(true);
@@ -282,7 +284,7 @@ async fn send_webhook(
         Some(s) => core.secrets.open_sealed(s).map_err(Failure::transient)?,
         None => return Err(Failure::permanent("webhook has no signing secret")),
     };
-    let ts = now_ms() / 1000;
+    let ts = core.clock.now_ms() / 1000;
     let sig = signature(&secret, ts, &d.id, &body);
     let res = core
         .notifier

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::core::Core;
-use crate::model::{now_ms, Event, Source};
+use crate::model::{Event, Source};
 use crate::store::StoreError;
 
 pub const EVENT_SOURCE: &str = "skiff.s3";
@@ -67,10 +67,11 @@ fn size(v: &Value, path: &[&str], at: &str) -> Result<u64, String> {
     }
 }
 
+/// The time a notification gives, or 0 when it gives none (`ingest` then stamps it).
 fn time_ms(v: Option<&Value>) -> i64 {
     v.and_then(Value::as_str)
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or_else(now_ms, |t| t.timestamp_millis())
+        .map_or(0, |t| t.timestamp_millis())
 }
 
 /// S3 notifications URL-encode keys as HTML forms do ('+' is a space).
@@ -212,7 +213,10 @@ pub async fn ingest(
     changes: Vec<ObjectChange>,
 ) -> Result<Ingested, StoreError> {
     let mut out = Ingested::default();
-    for c in changes {
+    for mut c in changes {
+        if c.time_ms == 0 {
+            c.time_ms = core.clock.now_ms();
+        }
         if !in_scope(source, &c) {
             out.out_of_scope += 1;
             continue;

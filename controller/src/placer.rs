@@ -21,12 +21,13 @@ const TICK: Duration = Duration::from_millis(1000);
 
 pub async fn run(core: Arc<Core>) {
     loop {
+        let next_tick = core.clock.now_ms() + TICK.as_millis() as i64;
         if let Err(e) = pass(&core).await {
             warn!(error = %e, "placement pass failed");
         }
         tokio::select! {
             _ = core.kick.notified() => {}
-            _ = tokio::time::sleep(TICK) => {}
+            _ = core.clock.sleep_until(next_tick) => {}
         }
     }
 }
@@ -125,7 +126,7 @@ fn task_identity(core: &Core, task: &Task) -> Result<Option<pb::TaskIdentity>, S
         }
         Err(e) => return Err(format!("reading task role {:?}: {e}", task.spec.task_role)),
     };
-    let claims = crate::credentials::skiff_claims(&task.id, &role.name);
+    let claims = crate::credentials::skiff_claims(&task.id, &role.name, core.clock.now_ms());
     Ok(Some(pb::TaskIdentity {
         role: role.name.clone(),
         skiff_token: core.task_keys.mint(&claims),

@@ -9,9 +9,7 @@ use skiff_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
-use crate::model::{
-    now_ms, Access, ApiGrant, CredentialProvider, StorageAccess, StorageGrant, TaskRole,
-};
+use crate::model::{Access, ApiGrant, CredentialProvider, StorageAccess, StorageGrant, TaskRole};
 use crate::validate::{self, InvalidField};
 
 /// Default lifetime of minted object-store credentials.
@@ -351,7 +349,7 @@ impl pb::roles_server::Roles for RolesApi {
             }
         }
         let old = self.core.store.role(&role.name)?;
-        let now = now_ms();
+        let now = self.core.clock.now_ms();
         role.version = old.as_ref().map_or(1, |o| o.version + 1);
         role.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
         role.updated_ms = now;

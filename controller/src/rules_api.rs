@@ -8,7 +8,7 @@ use skiff_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
-use crate::model::{now_ms, Overrides, RetryPolicy, Rule, Target, TargetInput, TargetKind};
+use crate::model::{Overrides, RetryPolicy, Rule, Target, TargetInput, TargetKind};
 use crate::pattern::Pattern;
 use crate::validate;
 
@@ -225,7 +225,7 @@ impl pb::rules_server::Rules for RulesApi {
     async fn put(&self, req: Request<pb::Rule>) -> Result<Response<pb::Rule>, Status> {
         let mut rule = from_pb(&self.core, req.get_ref())?;
         let old = self.core.store.rule(&rule.name)?;
-        let now = now_ms();
+        let now = self.core.clock.now_ms();
         rule.version = old.as_ref().map_or(1, |o| o.version + 1);
         rule.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
         rule.updated_ms = now;
@@ -281,7 +281,7 @@ impl pb::rules_server::Rules for RulesApi {
         if rule.enabled != r.enabled {
             rule.enabled = r.enabled;
             rule.version += 1;
-            rule.updated_ms = now_ms();
+            rule.updated_ms = self.core.clock.now_ms();
             self.core.store.put_rule(&rule).await?;
             self.core.rules_changed();
         }

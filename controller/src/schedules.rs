@@ -8,7 +8,6 @@
 //! or stopped with `ServiceSchedulerInitiated` (replace).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use tracing::{info, warn};
@@ -16,9 +15,7 @@ use tracing::{info, warn};
 use crate::core::{Core, CoreError};
 use crate::cron::Expression;
 use crate::lifecycle::StopCode;
-use crate::model::{
-    now_ms, CatchUp, Overlap, Schedule, ScheduleRetry, ScheduleRun, ScheduleState, Task,
-};
+use crate::model::{CatchUp, Overlap, Schedule, ScheduleRetry, ScheduleRun, ScheduleState, Task};
 
 /// A fire handled this long after its time counts as missed (the catch-up policy applies).
 const LATE_MS: i64 = 60_000;
@@ -59,18 +56,20 @@ fn window_offset_ms(name: &str, scheduled_ms: i64, window_secs: u32) -> i64 {
 
 pub async fn run(core: Arc<Core>) {
     loop {
-        // Sleep until the earliest next fire (at most a second: schedules may change).
-        let wait_ms = match tick(&core).await {
-            Ok(Some(next)) => (next - now_ms()).clamp(0, 1000),
-            Ok(None) => 1000,
+        // Sleep until the earliest next fire (at most a second after this pass began:
+        // schedules may change).
+        let latest = core.clock.now_ms() + 1000;
+        let until = match tick(&core).await {
+            Ok(Some(next)) => next.min(latest),
+            Ok(None) => latest,
             Err(e) => {
                 warn!(error = %e, "schedules pass failed");
-                1000
+                latest
             }
         };
         tokio::select! {
             _ = core.schedules_kick.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            _ = core.clock.sleep_until(until) => {}
         }
     }
 }
@@ -81,7 +80,7 @@ pub async fn run(core: Arc<Core>) {
 /// at one moment share the store's group commits instead of queueing behind each other.
 async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
     use futures::StreamExt;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let enabled: Vec<Schedule> = core
         .store
         .schedules()?
@@ -107,10 +106,10 @@ async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
 }
 
 /// A run handled now.
-fn ran(scheduled_ms: i64, task_id: String, outcome: String) -> ScheduleRun {
+fn ran(core: &Core, scheduled_ms: i64, task_id: String, outcome: String) -> ScheduleRun {
     ScheduleRun {
         scheduled_ms,
-        fired_ms: now_ms(),
+        fired_ms: core.clock.now_ms(),
         task_id,
         outcome,
     }
@@ -193,7 +192,7 @@ async fn handle(core: &Core, s: &Schedule, now: i64) -> Result<(), CoreError> {
         warn!(schedule = %s.name, skipped, policy = ?s.catch_up, "fire times missed while down");
         record(
             &mut st,
-            ran(missed[0], String::new(), format!(
+            ran(core, missed[0], String::new(), format!(
                     "skipped-catch-up: {skipped} fire time(s) from {} missed while the controller was down",
                     in_zone(&timing, missed[0])
                 )),
@@ -227,7 +226,10 @@ async fn fire(
             "event"
         };
         info!(schedule = %s.name, %when, event_id = %id, catching_up, "schedule fired");
-        record(st, ran(scheduled, String::new(), format!("{outcome} {id}")));
+        record(
+            st,
+            ran(core, scheduled, String::new(), format!("{outcome} {id}")),
+        );
         return Ok(());
     }
     let previous = st
@@ -246,6 +248,7 @@ async fn fire(
                         record(
                             st,
                             ran(
+                                core,
                                 scheduled,
                                 String::new(),
                                 format!("skipped-overlap: task {prev} still running"),
@@ -280,7 +283,7 @@ async fn fire(
         }
         Err(reason) => {
             warn!(schedule = %s.name, %when, %reason, "schedule could not start its task");
-            let now = now_ms();
+            let now = core.clock.now_ms();
             let retry = ScheduleRetry {
                 scheduled_ms: scheduled,
                 attempts: 1,
@@ -297,7 +300,7 @@ async fn fire(
             }
         }
     };
-    record(st, ran(scheduled, outcome.0, outcome.1));
+    record(st, ran(core, scheduled, outcome.0, outcome.1));
     Ok(())
 }
 
@@ -351,7 +354,7 @@ async fn dead_letter(
         attempts: r.attempts,
         last_error: r.last_error.clone(),
         first_attempt_ms: r.first_attempt_ms,
-        dead_ms: now_ms(),
+        dead_ms: core.clock.now_ms(),
     };
     core.store.dead_letter(&key, &dl).await?;
     Ok(())
@@ -364,7 +367,7 @@ async fn retry_due(
     timing: &Expression,
     st: &mut ScheduleState,
 ) -> Result<(), CoreError> {
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let mut still = Vec::new();
     for mut r in std::mem::take(&mut st.retries) {
         if r.next_attempt_ms > now {
@@ -380,7 +383,7 @@ async fn retry_due(
                     Err(existing) => existing,
                 };
                 info!(schedule = %s.name, %when, task_id = %id, attempts = r.attempts + 1, "schedule fired on retry");
-                record(st, ran(r.scheduled_ms, id, "started".into()));
+                record(st, ran(core, r.scheduled_ms, id, "started".into()));
             }
             Err(reason) => {
                 r.attempts += 1;
@@ -391,6 +394,7 @@ async fn retry_due(
                     record(
                         st,
                         ran(
+                            core,
                             r.scheduled_ms,
                             String::new(),
                             format!("dead-lettered after {} attempts: {reason}", r.attempts),
@@ -414,7 +418,7 @@ fn task_for(core: &Core, s: &Schedule, when: &str) -> Result<Task, String> {
     } else {
         s.group.clone()
     };
-    let input = serde_json::json!({"schedule": s.name, "scheduledTime": when, "firedTime": rfc(Some(now_ms()))});
+    let input = serde_json::json!({"schedule": s.name, "scheduledTime": when, "firedTime": rfc(Some(core.clock.now_ms()))});
     crate::bus::definition_task(
         core,
         &s.task_definition,

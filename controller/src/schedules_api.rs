@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::cron::Expression;
-use crate::model::{now_ms, CatchUp, Overlap, Schedule};
+use crate::model::{CatchUp, Overlap, Schedule};
 use crate::schedules::{anchor, in_zone, rfc, utc};
 use crate::validate;
 
@@ -231,7 +231,7 @@ fn status(core: &Core, s: &Schedule) -> Result<pb::ScheduleStatus, Status> {
         Ok(t) => {
             let from = st
                 .next_fire_ms
-                .map_or_else(|| utc(now_ms()), |n| utc(n - 1));
+                .map_or_else(|| utc(core.clock.now_ms()), |n| utc(n - 1));
             let next = t
                 .upcoming(from, anchor(s), 5)
                 .into_iter()
@@ -288,7 +288,7 @@ impl pb::schedules_server::Schedules for SchedulesApi {
     async fn put(&self, req: Request<pb::Schedule>) -> Result<Response<pb::Schedule>, Status> {
         let mut s = from_pb(&self.core, req.get_ref())?;
         let old = self.core.store.schedule(&s.name)?;
-        let now = now_ms();
+        let now = self.core.clock.now_ms();
         s.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
         s.updated_ms = now;
         self.core.store.put_schedule(&s).await?;
@@ -346,7 +346,7 @@ impl pb::schedules_server::Schedules for SchedulesApi {
             .ok_or_else(|| Status::not_found(format!("name: no schedule {:?}", r.name)))?;
         if s.enabled != r.enabled {
             s.enabled = r.enabled;
-            s.updated_ms = now_ms();
+            s.updated_ms = self.core.clock.now_ms();
             // Re-enabled: counts from now, not from before it was disabled.
             self.core.store.put_schedule(&s).await?;
             self.core.schedules_kick.notify_one();

@@ -7,7 +7,7 @@ use skiff_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
-use crate::model::{now_ms, SealedSecret};
+use crate::model::SealedSecret;
 use crate::validate;
 
 pub use crate::sealing::{SecretBox, KEY_FILE, MAX_SECRET_BYTES};
@@ -43,7 +43,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
         }
         let (nonce, ciphertext) = self.core.secrets.seal(&r.name, &r.value);
         let old = self.core.store.secret(&r.name)?;
-        let now = now_ms();
+        let now = self.core.clock.now_ms();
         let sealed = SealedSecret {
             name: r.name.clone(),
             version: old.as_ref().map_or(1, |o| o.version + 1),

@@ -7,7 +7,7 @@ use skiff_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
-use crate::model::{now_ms, Source, SourceKind};
+use crate::model::{Source, SourceKind};
 use crate::validate;
 
 fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
@@ -133,7 +133,7 @@ pub fn to_pb(s: &Source, health: &crate::model::SourceHealth) -> pb::Source {
 /// Stores a source (creating or replacing it) and restarts its watcher.
 pub async fn put(core: &Core, mut source: Source) -> Result<Source, Status> {
     let old = core.store.source(&source.name)?;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     source.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
     source.updated_ms = now.max(old.as_ref().map_or(0, |o| o.updated_ms + 1));
     core.store.put_source(&source).await?;

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Role};
 use crate::core::Core;
-use crate::model::{now_ms, ApiToken};
+use crate::model::ApiToken;
 use crate::store::{Store, StoreError};
 
 /// The file (in the data dir) holding the first admin token.
@@ -27,11 +27,15 @@ fn info(t: &ApiToken) -> pb::TokenInfo {
 
 /// On a controller's first start (no token at all yet), mints an admin token and writes it to
 /// `<data_dir>/admin.token`, readable by its owner only. Returns the file's path.
-pub async fn bootstrap(store: &Store, data_dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+pub async fn bootstrap(
+    store: &Store,
+    data_dir: &Path,
+    now_ms: i64,
+) -> Result<Option<PathBuf>, StoreError> {
     if !store.tokens()?.is_empty() {
         return Ok(None);
     }
-    let (token, record) = auth::mint(Role::Admin, "bootstrap admin", 0);
+    let (token, record) = auth::mint(Role::Admin, "bootstrap admin", 0, now_ms);
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     write_secret(&path, &token).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
     // Stored after the file exists: a crash in between leaves no token nobody can see.
@@ -67,7 +71,8 @@ impl TokensApi {
         } else {
             r.ttl_seconds
         };
-        let (token, mut record) = auth::mint(Role::ReadOnly, &r.name, ttl);
+        let (token, mut record) =
+            auth::mint(Role::ReadOnly, &r.name, ttl, self.core.clock.now_ms());
         record.role = "join".into();
         self.core.store.put_token(&record).await?;
         use base64::Engine;
@@ -96,12 +101,12 @@ pub async fn redeem_join_token(core: &Core, token: &str) -> Result<(), Status> {
             "token: this join token was already used (or revoked)",
         ));
     }
-    if record.expires_ms != 0 && now_ms() >= record.expires_ms {
+    if record.expires_ms != 0 && core.clock.now_ms() >= record.expires_ms {
         return Err(Status::unauthenticated(
             "token: this join token has expired",
         ));
     }
-    record.revoked_ms = now_ms();
+    record.revoked_ms = core.clock.now_ms();
     core.store.put_token(&record).await?;
     Ok(())
 }
@@ -128,7 +133,7 @@ impl pb::tokens_server::Tokens for TokensApi {
         if r.ttl_seconds > 10 * 365 * 24 * 3600 {
             return Err(Status::invalid_argument("ttl_seconds: at most ten years"));
         }
-        let (token, record) = auth::mint(role, &r.name, r.ttl_seconds);
+        let (token, record) = auth::mint(role, &r.name, r.ttl_seconds, self.core.clock.now_ms());
         self.core.store.put_token(&record).await?;
         Ok(Response::new(pb::CreatedToken {
             info: Some(info(&record)),
@@ -156,7 +161,7 @@ impl pb::tokens_server::Tokens for TokensApi {
             .token(id)?
             .ok_or_else(|| Status::not_found(format!("id: no token {id:?}")))?;
         if t.revoked_ms == 0 {
-            t.revoked_ms = now_ms();
+            t.revoked_ms = self.core.clock.now_ms();
             self.core.store.put_token(&t).await?;
         }
         Ok(Response::new(info(&t)))

@@ -9,7 +9,7 @@ use skiff_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
-use crate::model::{now_ms, Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription, Topic};
+use crate::model::{Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription, Topic};
 use crate::validate;
 
 fn invalid(field: &str, msg: impl std::fmt::Display) -> Status {
@@ -203,7 +203,7 @@ impl pb::topics_server::Topics for TopicsApi {
         validate::check_name("name", &t.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let old = self.core.store.topic(&t.name)?;
-        let now = now_ms();
+        let now = self.core.clock.now_ms();
         let topic = Topic {
             name: t.name.clone(),
             description: t.description.clone(),
@@ -303,7 +303,7 @@ impl pb::topics_server::Topics for TopicsApi {
             ));
         }
         let id = ulid::Ulid::new().to_string().to_lowercase();
-        let now = now_ms();
+        let now = self.core.clock.now_ms();
         let (secret, sealed) = if protocol == Protocol::Webhook {
             let secret = format!("whsec_{}", crate::notify::random_token(24));
             let name = format!("subscription/{id}");
@@ -407,7 +407,7 @@ impl pb::topics_server::Topics for TopicsApi {
         if self.core.store.topic(&r.topic)?.is_none() {
             return Err(Status::not_found(format!("topic: no topic {:?}", r.topic)));
         }
-        let now = now_ms();
+        let now = self.core.clock.now_ms();
         let again: Vec<Delivery> = self
             .core
             .store

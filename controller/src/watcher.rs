@@ -14,7 +14,7 @@ use object_store::ObjectStore;
 use tracing::{info, warn};
 
 use crate::core::Core;
-use crate::model::{now_ms, Source, SourceKind};
+use crate::model::{Source, SourceKind};
 use crate::objects::{self, ObjectChange};
 
 /// A local file modified this recently may still be being written: it is reported once a
@@ -49,7 +49,7 @@ pub async fn run(core: Arc<Core>) {
         }
         tokio::select! {
             _ = core.sources_kick.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = core.clock.sleep(Duration::from_secs(5)) => {}
         }
     }
 }
@@ -58,22 +58,24 @@ async fn watch(core: Arc<Core>, source: Source) {
     info!(source = %source.name, every_s = source.poll_interval_secs, "watching");
     let mut settling: HashMap<String, String> = HashMap::new();
     loop {
+        let next_poll =
+            core.clock.now_ms() + i64::from(source.poll_interval_secs).saturating_mul(1000);
         let mut health = core.store.source_health(&source.name).unwrap_or_default();
         match poll(&core, &source, &mut settling).await {
             Ok(()) => {
                 health.last_error.clear();
-                health.last_listed_ms = crate::model::now_ms();
+                health.last_listed_ms = core.clock.now_ms();
             }
             Err(e) => {
                 warn!(source = %source.name, error = %e, "listing the bucket failed");
                 health.last_error = e.to_string();
-                health.last_error_ms = crate::model::now_ms();
+                health.last_error_ms = core.clock.now_ms();
             }
         }
         if let Err(e) = core.store.set_source_health(&source.name, &health) {
             warn!(source = %source.name, error = %e, "recording the watcher's health failed");
         }
-        tokio::time::sleep(Duration::from_secs(u64::from(source.poll_interval_secs))).await;
+        core.clock.sleep_until(next_poll).await;
     }
 }
 
@@ -189,7 +191,10 @@ async fn poll(
                 continue;
             }
             let modified_ms = m.last_modified.timestamp_millis();
-            if local && now_ms() - modified_ms < SETTLE_MS && settling.get(&sk) != Some(&value) {
+            if local
+                && core.clock.now_ms() - modified_ms < SETTLE_MS
+                && settling.get(&sk) != Some(&value)
+            {
                 settling.insert(sk, value);
                 continue;
             }
@@ -244,7 +249,7 @@ async fn poll(
             version_id: String::new(),
             created: false,
             reason: "Listed".into(),
-            time_ms: now_ms(),
+            time_ms: core.clock.now_ms(),
         };
         core.store
             .append_event_once(None, Some((sk, None)), |id| {

@@ -136,3 +136,45 @@ fn background_loops_do_not_import_grpc_services() {
         }
     }
 }
+
+#[test]
+fn only_the_clock_reads_the_time_or_sleeps() {
+    // Component tests drive the controller with a manual clock; a loop that read the system
+    // clock or slept on tokio's timer would escape it. (SigV4 signing for an outside STS
+    // server is stamped with the system time the server checks it against.)
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![];
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().flatten().map(|f| f.path()));
+        } else {
+            files.push(p);
+        }
+    }
+    for p in files {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "clock.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for banned in [
+            "Utc::now",
+            "Instant::now",
+            "tokio::time::sleep",
+            "tokio::time::interval",
+        ] {
+            assert!(
+                !code.contains(banned),
+                "{name} uses {banned}; read and wait for time through core.clock"
+            );
+        }
+        if name != "credentials.rs" {
+            assert!(
+                !code.contains("SystemTime::now"),
+                "{name} uses SystemTime::now; use core.clock"
+            );
+        }
+    }
+}
