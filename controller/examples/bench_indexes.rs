@@ -2,7 +2,8 @@
 //! 10,000 active tasks (none waiting, then 100 waiting) and the outbox over 10,000 pending
 //! deliveries none of which is due — read as the loops did before the indexes (every active
 //! task decoded; every outbox entry decoded) and as they do now (the waiting-task index and
-//! the active index's reservations; the due-time index), on the same store in the same run.
+//! the active index's reservations; the due-time index), and Tasks.List of one group (every
+//! task decoded, then the by-group index), on the same store in the same run.
 //! Prints the medians for docs/benchmarks.md.
 //!
 //! Usage: cargo run --release -p skiff-controller --example bench_indexes [N]
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 use skiff_controller::lifecycle::TaskStatus;
 use skiff_controller::model::{Delivery, DeliveryKind, Event, Task, TaskSpec};
-use skiff_controller::store::Store;
+use skiff_controller::store::{Store, TaskFilter};
 
 /// A one-container spec with a command and an environment, as real tasks have.
 fn spec() -> TaskSpec {
@@ -157,6 +158,24 @@ async fn main() {
         &format!("placer pass, {n} RUNNING, 100 waiting:"),
         time(&|| placer_read_scan(&store)),
         time(&|| placer_read_indexed(&store)),
+    );
+    // Tasks.List of one small group (the 100 ad-hoc tasks) among all the tasks: before, every
+    // task decoded and filtered; now, the by-group index.
+    let adhoc = TaskFilter {
+        group: Some("adhoc".into()),
+        ..Default::default()
+    };
+    report(
+        &format!("list one group of 100 among {} tasks:", n + 100),
+        time(&|| {
+            store
+                .tasks()
+                .unwrap()
+                .iter()
+                .filter(|t| t.group == "adhoc")
+                .count()
+        }),
+        time(&|| store.list_tasks(&adhoc, 0).unwrap().1),
     );
 
     // n pending deliveries, due in an hour.

@@ -69,7 +69,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         }
         let core = self.core.clone();
         let node_id = reg.node_id.clone();
-        let prior = core.store.node(&node_id).map_err(internal)?;
+        let prior = core.store.nodes.get(&node_id).map_err(internal)?;
         let node = Node {
             id: node_id.clone(),
             labels: reg.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
@@ -85,7 +85,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                 .map_or(core.clock.now_ms(), |p| p.registered_at_ms),
             last_seen_ms: core.clock.now_ms(),
         };
-        core.store.put_node(&node).await.map_err(internal)?;
+        core.store.nodes.put(&node).await.map_err(internal)?;
 
         let (tx, rx) = mpsc::channel(1024);
         let conn_id = core.attach(&node_id, tx.clone());
@@ -241,7 +241,8 @@ async fn issue_node_cert(
         .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
     let issued_ms = core.clock.now_ms();
     core.store
-        .put_node_cert(&crate::model::NodeCert {
+        .node_certs
+        .put(&crate::model::NodeCert {
             fingerprint,
             node_id: node_id.to_string(),
             issued_ms,
@@ -275,7 +276,8 @@ fn authenticate_node<T>(
     let fingerprint = crate::pki::fingerprint(leaf.as_ref());
     let cert = core
         .store
-        .node_cert(&fingerprint)
+        .node_certs
+        .get(&fingerprint)
         .map_err(internal)?
         .ok_or_else(|| Status::unauthenticated("this node certificate was not issued here"))?;
     if cert.revoked_ms != 0 {
@@ -290,7 +292,8 @@ fn authenticate_node<T>(
 /// Whether a node's certificate has been revoked since its session began.
 pub fn cert_revoked(core: &Core, fingerprint: &str) -> bool {
     core.store
-        .node_cert(fingerprint)
+        .node_certs
+        .get(fingerprint)
         .ok()
         .flatten()
         .is_none_or(|c| c.revoked_ms != 0)

@@ -16,6 +16,7 @@ use crate::lifecycle::{StopCode, TaskStatus};
 use crate::model::{DefinitionStatus, Event, Task, TaskDefinition};
 use crate::placer::node_loads;
 use crate::store::StoreError;
+use crate::store::TaskFilter;
 use crate::validate::{self, InvalidField};
 
 pub(crate) type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -96,7 +97,7 @@ fn resolve_taskdef(core: &Core, field: &str, reference: &str) -> Result<TaskDefi
         Some(r) => core.store.taskdef(&family, r)?,
         None => core
             .store
-            .taskdefs(Some(&family))?
+            .taskdefs_of(Some(&family))?
             .into_iter()
             .rev()
             .find(|d| d.status == DefinitionStatus::Active),
@@ -146,7 +147,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
         let definitions = self
             .core
             .store
-            .taskdefs(family)?
+            .taskdefs_of(family)?
             .iter()
             .filter(|d| req.include_inactive || d.status == DefinitionStatus::Active)
             .map(convert::task_definition)
@@ -180,7 +181,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
         }
         let mut def = resolve_taskdef(&self.core, "task_definition", &reference)?;
         def.status = DefinitionStatus::Inactive;
-        self.core.store.put_taskdef(&def).await?;
+        self.core.store.taskdefs.put(&def).await?;
         Ok(Response::new(convert::task_definition(&def)))
     }
 }
@@ -302,26 +303,16 @@ impl pb::tasks_server::Tasks for TasksApi {
                 ))
             })?),
         };
-        let tasks = match status {
-            Some(s) if s.is_active() => self.core.store.active_tasks()?,
-            _ => self.core.store.tasks()?,
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let filter = TaskFilter {
+            status,
+            family: some(&req.family),
+            node: some(&req.node_id),
+            group: some(&req.group),
         };
-        let mut tasks: Vec<pb::Task> = tasks
-            .iter()
-            .filter(|t| status.is_none_or(|s| t.status == s))
-            .filter(|t| req.family.is_empty() || t.family() == Some(req.family.as_str()))
-            .filter(|t| {
-                req.node_id.is_empty() || t.node_id.as_deref() == Some(req.node_id.as_str())
-            })
-            .filter(|t| req.group.is_empty() || t.group == req.group)
-            .map(convert::task)
-            .collect();
-        // Newest first; ids are ULIDs, so their order is creation order.
-        tasks.sort_by(|a, b| b.id.cmp(&a.id));
-        let total = tasks.len().min(u32::MAX as usize) as u32;
-        if req.limit > 0 {
-            tasks.truncate(req.limit as usize);
-        }
+        let (tasks, total) = self.core.store.list_tasks(&filter, req.limit as usize)?;
+        let tasks = tasks.iter().map(convert::task).collect();
+        let total = total.min(u32::MAX as usize) as u32;
         Ok(Response::new(pb::ListTasksResponse { tasks, total }))
     }
 
@@ -452,14 +443,14 @@ impl pb::nodes_server::Nodes for NodesApi {
         req: Request<pb::RevokeNodeRequest>,
     ) -> Result<Response<pb::RevokeNodeResponse>, Status> {
         let node = &req.get_ref().node_id;
-        if self.core.store.node(node)?.is_none() {
+        if self.core.store.nodes.get(node)?.is_none() {
             return Err(Status::not_found(format!("node_id: no node {node:?}")));
         }
         let mut revoked = 0;
-        for mut c in self.core.store.node_certs()? {
+        for mut c in self.core.store.node_certs.list()? {
             if c.node_id == *node && c.revoked_ms == 0 {
                 c.revoked_ms = self.core.clock.now_ms();
-                self.core.store.put_node_cert(&c).await?;
+                self.core.store.node_certs.put(&c).await?;
                 revoked += 1;
             }
         }
@@ -477,7 +468,8 @@ impl pb::nodes_server::Nodes for NodesApi {
         let nodes = self
             .core
             .store
-            .nodes()?
+            .nodes
+            .list()?
             .into_iter()
             .map(|n| {
                 let load = loads.iter().find(|l| l.id == n.id);
@@ -527,7 +519,7 @@ impl EventsApi {
             }
         }
         // Patterns were checked when put; the dispatcher reports any that no longer compile.
-        let set = Arc::new(crate::ruleset::RuleSet::new(self.core.store.rules()?).0);
+        let set = Arc::new(crate::ruleset::RuleSet::new(self.core.store.rules.list()?).0);
         *self.rules.lock().unwrap() = Some((version, set.clone()));
         Ok(set)
     }

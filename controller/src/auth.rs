@@ -192,7 +192,8 @@ fn authenticate_task(core: &Core, token: &str) -> Result<Caller, Status> {
     }
     let role = core
         .store
-        .role(&claims.r)
+        .roles
+        .get(&claims.r)
         .map_err(store_err)?
         .ok_or_else(|| {
             Status::permission_denied(format!("the task's role {:?} no longer exists", claims.r))
@@ -226,7 +227,8 @@ pub fn authenticate(core: &Core, header: Option<&str>) -> Result<Caller, Status>
         .ok_or_else(bad)?;
     let record = core
         .store
-        .token(id)
+        .tokens
+        .get(id)
         .map_err(|e| Status::internal(format!("state store: {e}")))?
         .ok_or_else(bad)?;
     // Compare digests, not secrets: equal-length, and no early exit on the secret's bytes.

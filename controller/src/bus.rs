@@ -52,7 +52,7 @@ pub async fn run(core: Arc<Core>) {
         }
         let version = core.rules_version();
         if rules.as_ref().is_none_or(|(v, _)| *v != version) {
-            match core.store.rules() {
+            match core.store.rules.list() {
                 Ok(all) => {
                     let (set, skipped) = RuleSet::new(all);
                     for (rule, e) in skipped {
@@ -201,7 +201,7 @@ pub fn definition_task(
         crate::validate::taskdef_ref("task_definition", reference).map_err(|e| e.to_string())?;
     let defs = core
         .store
-        .taskdefs(Some(&family))
+        .taskdefs_of(Some(&family))
         .map_err(|e| e.to_string())?;
     let def = match rev {
         Some(r) => defs.iter().find(|d| d.revision == r),
@@ -277,7 +277,7 @@ async fn failed(
 async fn retry_due(core: &Core) -> Result<(), CoreError> {
     let now = core.clock.now_ms();
     for (key, r) in core.store.due_retries(now, 1024)? {
-        let rule = core.store.rule(&r.rule)?;
+        let rule = core.store.rules.get(&r.rule)?;
         let target = rule
             .as_ref()
             .and_then(|rule| rule.targets.iter().find(|t| t.id == r.target).cloned());

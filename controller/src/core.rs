@@ -98,7 +98,7 @@ impl Core {
     pub fn check_references(&self, spec: &crate::model::TaskSpec) -> Result<(), CoreError> {
         for (i, c) in spec.containers.iter().enumerate() {
             for (j, r) in c.secrets.iter().enumerate() {
-                if self.store.secret(&r.value_from)?.is_none() {
+                if self.store.secrets.get(&r.value_from)?.is_none() {
                     return Err(CoreError::BadReference(format!(
                         "containers[{i}].secrets[{j}].value_from: no secret named {:?} (see skiff secrets ls)",
                         r.value_from
@@ -108,7 +108,8 @@ impl Core {
             if !c.repository_credentials.is_empty()
                 && self
                     .store
-                    .registry_creds(&c.repository_credentials)?
+                    .registry_creds
+                    .get(&c.repository_credentials)?
                     .is_none()
             {
                 return Err(CoreError::BadReference(format!(
@@ -117,7 +118,7 @@ impl Core {
                 )));
             }
         }
-        if !spec.task_role.is_empty() && self.store.role(&spec.task_role)?.is_none() {
+        if !spec.task_role.is_empty() && self.store.roles.get(&spec.task_role)?.is_none() {
             return Err(CoreError::BadReference(format!(
                 "task_role: no role named {:?} (see skiff roles ls)",
                 spec.task_role
@@ -137,7 +138,8 @@ impl Core {
         // Nodes known from before a restart get a full timeout to come back.
         let now = clock.monotonic_ms();
         let last_seen = store
-            .nodes()
+            .nodes
+            .list()
             .unwrap_or_default()
             .into_iter()
             .map(|n| (n.id, now))

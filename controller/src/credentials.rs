@@ -140,7 +140,8 @@ async fn mint_for(
     }
     let role = core
         .store
-        .role(&task.spec.task_role)
+        .roles
+        .get(&task.spec.task_role)
         .map_err(store_err)?
         .ok_or_else(|| {
             forbidden(format!(
@@ -182,7 +183,8 @@ pub fn skiff_claims(task_id: &str, role: &str, now_ms: i64) -> Claims {
 fn open_secret(core: &Core, name: &str) -> Result<String, Refusal> {
     let sealed = core
         .store
-        .secret(name)
+        .secrets
+        .get(name)
         .map_err(|e| unavailable(format!("state store: {e}")))?
         .ok_or_else(|| unavailable(format!("the provider's secret {name:?} does not exist")))?;
     let value = core.secrets.open_sealed(&sealed).map_err(unavailable)?;

@@ -77,7 +77,7 @@ async fn notify(
     if let Err((status, message)) = authorize(&core, &headers) {
         return error(status, message);
     }
-    let source = match core.store.source(&source) {
+    let source = match core.store.sources.get(&source) {
         Ok(Some(s)) => s,
         Ok(None) => {
             return error(

@@ -18,7 +18,7 @@ use crate::validate;
 /// The nodes an image request addresses: one by id, or every connected node.
 fn target_nodes(core: &Core, node_id: &str) -> Result<Vec<String>, Status> {
     if !node_id.is_empty() {
-        if core.store.node(node_id)?.is_none() {
+        if core.store.nodes.get(node_id)?.is_none() {
             return Err(Status::not_found(format!("node_id: no node {node_id:?}")));
         }
         if !core.is_connected(node_id) {
@@ -30,7 +30,8 @@ fn target_nodes(core: &Core, node_id: &str) -> Result<Vec<String>, Status> {
     }
     let nodes: Vec<String> = core
         .store
-        .nodes()?
+        .nodes
+        .list()?
         .into_iter()
         .map(|n| n.id)
         .filter(|id| core.is_connected(id))
@@ -107,7 +108,8 @@ impl pb::images_server::Images for ImagesApi {
             if self
                 .core
                 .store
-                .registry_creds(&req.repository_credentials)?
+                .registry_creds
+                .get(&req.repository_credentials)?
                 .is_none()
             {
                 return Err(Status::invalid_argument(format!(
@@ -256,7 +258,7 @@ impl pb::registry_credentials_server::RegistryCredentials for RegistryCredential
             password: r.password,
             created_ms: self.core.clock.now_ms(),
         };
-        self.core.store.put_registry_creds(&creds).await?;
+        self.core.store.registry_creds.put(&creds).await?;
         Ok(Response::new(info(&creds)))
     }
 
@@ -267,7 +269,8 @@ impl pb::registry_credentials_server::RegistryCredentials for RegistryCredential
         let credentials = self
             .core
             .store
-            .all_registry_creds()?
+            .registry_creds
+            .list()?
             .iter()
             .map(info)
             .collect();
@@ -281,7 +284,7 @@ impl pb::registry_credentials_server::RegistryCredentials for RegistryCredential
         req: Request<pb::DeleteRegistryCredentialsRequest>,
     ) -> Result<Response<pb::RegistryCredentialsInfo>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.delete_registry_creds(name).await? {
+        match self.core.store.registry_creds.delete(name).await? {
             Some(c) => Ok(Response::new(info(&c))),
             None => Err(Status::not_found(format!(
                 "name: no registry credentials {name:?}"

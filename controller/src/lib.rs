@@ -374,14 +374,15 @@ async fn local_source(core: &core::Core, dir: &std::path::Path) -> Result<(), st
         .map_err(|e| store::StoreError::Rejected(format!("{}: {e}", dir.display())))?;
     let path = dir.to_string_lossy().into_owned();
     let wanted = model::SourceKind::Local { path };
-    if let Some(s) = core.store.source(LOCAL_SOURCE)? {
+    if let Some(s) = core.store.sources.get(LOCAL_SOURCE)? {
         if s.kind == wanted {
             return Ok(());
         }
     }
     let now = core.clock.now_ms();
     core.store
-        .put_source(&model::Source {
+        .sources
+        .put(&model::Source {
             name: LOCAL_SOURCE.into(),
             kind: wanted,
             bucket: String::new(),

@@ -36,7 +36,7 @@ pub async fn publish(
     event_id: &str,
     message: String,
 ) -> Result<Result<(), String>, CoreError> {
-    if core.store.topic(topic)?.is_none() {
+    if core.store.topics.get(topic)?.is_none() {
         return Ok(Err(format!("topic {topic:?} does not exist")));
     }
     let parsed: Option<Value> = serde_json::from_str(&message).ok();
@@ -182,8 +182,8 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
     // Where the entry stands in the due-time index until this attempt's outcome moves it.
     let was_due = d.next_attempt_ms;
     let (Some(sub), Some(topic)) = (
-        core.store.subscription(&d.subscription)?,
-        core.store.topic(&d.topic)?,
+        core.store.subscriptions.get(&d.subscription)?,
+        core.store.topics.get(&d.topic)?,
     ) else {
         // Unsubscribed or deleted meanwhile (which also empties its outbox entries).
         core.store.delivered_notification(&d.id, was_due).await?;

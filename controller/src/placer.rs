@@ -116,7 +116,7 @@ fn task_identity(core: &Core, task: &Task) -> Result<Option<pb::TaskIdentity>, S
     if task.spec.task_role.is_empty() {
         return Ok(None);
     }
-    let role = match core.store.role(&task.spec.task_role) {
+    let role = match core.store.roles.get(&task.spec.task_role) {
         Ok(Some(r)) => r,
         Ok(None) => {
             return Err(format!(
@@ -146,7 +146,7 @@ fn task_identity(core: &Core, task: &Task) -> Result<Option<pb::TaskIdentity>, S
 
 /// The value of the stored secret `name`; the error names the secret, never a value.
 fn open_secret(core: &Core, name: &str) -> Result<Vec<u8>, String> {
-    match core.store.secret(name) {
+    match core.store.secrets.get(name) {
         Ok(Some(s)) => core.secrets.open_sealed(&s),
         Ok(None) => Err(format!("secret {name:?} does not exist")),
         Err(e) => Err(format!("reading secret {name:?}: {e}")),
@@ -155,7 +155,7 @@ fn open_secret(core: &Core, name: &str) -> Result<Vec<u8>, String> {
 
 /// The stored registry credentials `name`, as the agent receives them.
 pub fn registry_auth(core: &Core, name: &str) -> Option<pb::RegistryAuth> {
-    match core.store.registry_creds(name) {
+    match core.store.registry_creds.get(name) {
         Ok(Some(c)) => Some(pb::RegistryAuth {
             username: c.username,
             password: c.password,
@@ -182,7 +182,7 @@ pub fn node_loads(core: &Core, active: &[Reservation]) -> Result<Vec<NodeLoad>, 
             e.1 += r.memory_mib;
         }
     }
-    let mut nodes = core.store.nodes()?;
+    let mut nodes = core.store.nodes.list()?;
     nodes.sort_by(|a, b| {
         a.registered_at_ms
             .cmp(&b.registered_at_ms)

@@ -341,25 +341,25 @@ impl pb::roles_server::Roles for RolesApi {
                 ("access_key_id_secret", key.0),
                 ("secret_access_key_secret", key.1),
             ] {
-                if self.core.store.secret(name)?.is_none() {
+                if self.core.store.secrets.get(name)?.is_none() {
                     return Err(Status::failed_precondition(format!(
                         "storage.{id}.{field}: no secret {name:?} (skiff secrets put {name})"
                     )));
                 }
             }
         }
-        let old = self.core.store.role(&role.name)?;
+        let old = self.core.store.roles.get(&role.name)?;
         let now = self.core.clock.now_ms();
         role.version = old.as_ref().map_or(1, |o| o.version + 1);
         role.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
         role.updated_ms = now;
-        self.core.store.put_role(&role).await?;
+        self.core.store.roles.put(&role).await?;
         Ok(Response::new(to_pb(&role)))
     }
 
     async fn get(&self, req: Request<pb::RoleRef>) -> Result<Response<pb::TaskRole>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.role(name)? {
+        match self.core.store.roles.get(name)? {
             Some(r) => Ok(Response::new(to_pb(&r))),
             None => Err(Status::not_found(format!("name: no role {name:?}"))),
         }
@@ -369,13 +369,13 @@ impl pb::roles_server::Roles for RolesApi {
         &self,
         _: Request<pb::ListRolesRequest>,
     ) -> Result<Response<pb::ListRolesResponse>, Status> {
-        let roles = self.core.store.roles()?.iter().map(to_pb).collect();
+        let roles = self.core.store.roles.list()?.iter().map(to_pb).collect();
         Ok(Response::new(pb::ListRolesResponse { roles }))
     }
 
     async fn delete(&self, req: Request<pb::RoleRef>) -> Result<Response<pb::TaskRole>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.delete_role(name).await? {
+        match self.core.store.roles.delete(name).await? {
             Some(r) => Ok(Response::new(to_pb(&r))),
             None => Err(Status::not_found(format!("name: no role {name:?}"))),
         }

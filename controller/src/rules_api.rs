@@ -45,7 +45,7 @@ fn target(core: &Core, i: usize, t: &pb::Target) -> Result<Target, Status> {
             let (family, rev) =
                 validate::taskdef_ref(&f("task.task_definition"), &task.task_definition)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let defs = core.store.taskdefs(Some(&family))?;
+            let defs = core.store.taskdefs_of(Some(&family))?;
             let def = match rev {
                 Some(r) => defs.iter().find(|d| d.revision == r),
                 None => defs.last(),
@@ -73,7 +73,7 @@ fn target(core: &Core, i: usize, t: &pb::Target) -> Result<Target, Status> {
             ))
         }
         Some(pb::target::Kind::Topic(t)) => {
-            if core.store.topic(t)?.is_none() {
+            if core.store.topics.get(t)?.is_none() {
                 return Err(invalid(
                     &f("topic"),
                     format!("{t:?}: no such topic (skiff topics put {t})"),
@@ -224,12 +224,12 @@ pub struct RulesApi {
 impl pb::rules_server::Rules for RulesApi {
     async fn put(&self, req: Request<pb::Rule>) -> Result<Response<pb::Rule>, Status> {
         let mut rule = from_pb(&self.core, req.get_ref())?;
-        let old = self.core.store.rule(&rule.name)?;
+        let old = self.core.store.rules.get(&rule.name)?;
         let now = self.core.clock.now_ms();
         rule.version = old.as_ref().map_or(1, |o| o.version + 1);
         rule.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
         rule.updated_ms = now;
-        self.core.store.put_rule(&rule).await?;
+        self.core.store.rules.put(&rule).await?;
         self.core.rules_changed();
         let stats = self.core.store.rule_stats(&rule.name)?;
         Ok(Response::new(to_pb(&rule, &stats)))
@@ -237,7 +237,7 @@ impl pb::rules_server::Rules for RulesApi {
 
     async fn get(&self, req: Request<pb::RuleRef>) -> Result<Response<pb::Rule>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.rule(name)? {
+        match self.core.store.rules.get(name)? {
             Some(r) => Ok(Response::new(to_pb(&r, &self.core.store.rule_stats(name)?))),
             None => Err(Status::not_found(format!("name: no rule {name:?}"))),
         }
@@ -250,7 +250,8 @@ impl pb::rules_server::Rules for RulesApi {
         let rules = self
             .core
             .store
-            .rules()?
+            .rules
+            .list()?
             .iter()
             .map(|r| Ok(to_pb(r, &self.core.store.rule_stats(&r.name)?)))
             .collect::<Result<_, Status>>()?;
@@ -276,13 +277,14 @@ impl pb::rules_server::Rules for RulesApi {
         let mut rule = self
             .core
             .store
-            .rule(&r.name)?
+            .rules
+            .get(&r.name)?
             .ok_or_else(|| Status::not_found(format!("name: no rule {:?}", r.name)))?;
         if rule.enabled != r.enabled {
             rule.enabled = r.enabled;
             rule.version += 1;
             rule.updated_ms = self.core.clock.now_ms();
-            self.core.store.put_rule(&rule).await?;
+            self.core.store.rules.put(&rule).await?;
             self.core.rules_changed();
         }
         let stats = self.core.store.rule_stats(&rule.name)?;

@@ -83,7 +83,8 @@ async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
     let now = core.clock.now_ms();
     let enabled: Vec<Schedule> = core
         .store
-        .schedules()?
+        .schedules
+        .list()?
         .into_iter()
         .filter(|s| s.enabled)
         .collect();

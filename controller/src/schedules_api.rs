@@ -287,7 +287,7 @@ pub struct SchedulesApi {
 impl pb::schedules_server::Schedules for SchedulesApi {
     async fn put(&self, req: Request<pb::Schedule>) -> Result<Response<pb::Schedule>, Status> {
         let mut s = from_pb(&self.core, req.get_ref())?;
-        let old = self.core.store.schedule(&s.name)?;
+        let old = self.core.store.schedules.get(&s.name)?;
         let now = self.core.clock.now_ms();
         s.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
         s.updated_ms = now;
@@ -304,7 +304,8 @@ impl pb::schedules_server::Schedules for SchedulesApi {
         let s = self
             .core
             .store
-            .schedule(name)?
+            .schedules
+            .get(name)?
             .ok_or_else(|| Status::not_found(format!("name: no schedule {name:?}")))?;
         Ok(Response::new(status(&self.core, &s)?))
     }
@@ -316,7 +317,8 @@ impl pb::schedules_server::Schedules for SchedulesApi {
         let schedules = self
             .core
             .store
-            .schedules()?
+            .schedules
+            .list()?
             .iter()
             .map(|s| status(&self.core, s))
             .collect::<Result<_, _>>()?;
@@ -342,7 +344,8 @@ impl pb::schedules_server::Schedules for SchedulesApi {
         let mut s = self
             .core
             .store
-            .schedule(&r.name)?
+            .schedules
+            .get(&r.name)?
             .ok_or_else(|| Status::not_found(format!("name: no schedule {:?}", r.name)))?;
         if s.enabled != r.enabled {
             s.enabled = r.enabled;

@@ -42,7 +42,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
             )));
         }
         let (nonce, ciphertext) = self.core.secrets.seal(&r.name, &r.value);
-        let old = self.core.store.secret(&r.name)?;
+        let old = self.core.store.secrets.get(&r.name)?;
         let now = self.core.clock.now_ms();
         let sealed = SealedSecret {
             name: r.name.clone(),
@@ -53,7 +53,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
             created_ms: old.as_ref().map_or(now, |o| o.created_ms),
             updated_ms: now,
         };
-        self.core.store.put_secret(&sealed).await?;
+        self.core.store.secrets.put(&sealed).await?;
         Ok(Response::new(info(&sealed)))
     }
 
@@ -61,7 +61,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
         &self,
         _: Request<pb::ListSecretsRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        let secrets = self.core.store.all_secrets()?.iter().map(info).collect();
+        let secrets = self.core.store.secrets.list()?.iter().map(info).collect();
         Ok(Response::new(pb::ListSecretsResponse { secrets }))
     }
 
@@ -70,7 +70,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
         req: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::SecretInfo>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.delete_secret(name).await? {
+        match self.core.store.secrets.delete(name).await? {
             Some(s) => Ok(Response::new(info(&s))),
             None => Err(Status::not_found(format!("name: no secret {name:?}"))),
         }

@@ -16,7 +16,7 @@ fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
 
 fn check_secret(core: &Core, field: &str, name: &str) -> Result<(), Status> {
     validate::check_name(field, name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if core.store.secret(name)?.is_none() {
+    if core.store.secrets.get(name)?.is_none() {
         return Err(Status::failed_precondition(format!(
             "{field}: no secret {name:?} (skiff secrets put {name})"
         )));
@@ -132,11 +132,11 @@ pub fn to_pb(s: &Source, health: &crate::model::SourceHealth) -> pb::Source {
 
 /// Stores a source (creating or replacing it) and restarts its watcher.
 pub async fn put(core: &Core, mut source: Source) -> Result<Source, Status> {
-    let old = core.store.source(&source.name)?;
+    let old = core.store.sources.get(&source.name)?;
     let now = core.clock.now_ms();
     source.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
     source.updated_ms = now.max(old.as_ref().map_or(0, |o| o.updated_ms + 1));
-    core.store.put_source(&source).await?;
+    core.store.sources.put(&source).await?;
     core.sources_kick.notify_one();
     Ok(source)
 }
@@ -160,7 +160,8 @@ impl pb::sources_server::Sources for SourcesApi {
         let sources = self
             .core
             .store
-            .sources()?
+            .sources
+            .list()?
             .iter()
             .map(|s| Ok(to_pb(s, &self.core.store.source_health(&s.name)?)))
             .collect::<Result<_, Status>>()?;

@@ -16,11 +16,54 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use crate::lifecycle::TaskStatus;
 use crate::model::{
     ApiToken, DeadLetter, Delivery, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule,
-    RuleCounter, RuleStats, Schedule, ScheduleState, SealedSecret, Source, SourceHealth, Task,
-    TaskDefinition, TaskRole,
+    RuleCounter, RuleStats, Schedule, ScheduleState, SealedSecret, Source, SourceHealth,
+    Subscription, Task, TaskDefinition, TaskRole, Topic,
 };
 
 mod notify;
+mod table;
+
+pub use table::{Record, Table};
+
+macro_rules! record {
+    ($ty:ty, $tree:literal, |$r:ident| $key:expr) => {
+        impl Record for $ty {
+            const TREE: &'static str = $tree;
+            fn key(&$r) -> Vec<u8> {
+                $key
+            }
+        }
+    };
+}
+
+// The resources kept as plain tables: type, tree, key.
+record!(Node, "nodes", |self| self.id.as_bytes().to_vec());
+record!(RegistryCreds, "registry_creds", |self| self
+    .name
+    .as_bytes()
+    .to_vec());
+record!(ApiToken, "api_tokens", |self| self.id.as_bytes().to_vec());
+record!(SealedSecret, "secrets", |self| self
+    .name
+    .as_bytes()
+    .to_vec());
+record!(NodeCert, "node_certs", |self| self
+    .fingerprint
+    .as_bytes()
+    .to_vec());
+record!(TaskRole, "task_roles", |self| self.name.as_bytes().to_vec());
+record!(Rule, "rules", |self| self.name.as_bytes().to_vec());
+record!(Source, "sources", |self| self.name.as_bytes().to_vec());
+record!(Schedule, "schedules", |self| self.name.as_bytes().to_vec());
+record!(Topic, "topics", |self| self.name.as_bytes().to_vec());
+record!(Subscription, "subscriptions", |self| self
+    .id
+    .as_bytes()
+    .to_vec());
+record!(TaskDefinition, "taskdefs", |self| Store::taskdef_key(
+    &self.family,
+    self.revision
+));
 
 /// The on-disk format version of every record this binary writes.
 const RECORD_VERSION: u8 = 1;
@@ -92,7 +135,7 @@ fn decode<V: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<V, St
 
 /// Batches flush requests so that many concurrent writers pay for one fsync.
 #[derive(Clone)]
-struct GroupCommit {
+pub(crate) struct GroupCommit {
     tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -147,21 +190,27 @@ impl Decision {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    taskdefs: sled::Tree,
+    pub taskdefs: Table<TaskDefinition>,
     tasks: sled::Tree,
     /// Tasks that are not STOPPED, each with what it reserves (`Reservation`): the placer
     /// sums node loads from these small values instead of decoding every task.
     active: sled::Tree,
     /// Ids of PROVISIONING tasks: what the placer has to place.
     waiting: sled::Tree,
+    /// Every task by its group: group NUL id → (). Written with the task.
+    by_group: sled::Tree,
+    /// Every placed task by its node: node NUL id → (). Written with the task.
+    by_node: sled::Tree,
+    /// Which derived indexes this data dir has: index name → version.
+    index_versions: sled::Tree,
     events: sled::Tree,
-    nodes: sled::Tree,
-    registry_creds: sled::Tree,
-    tokens: sled::Tree,
-    secrets: sled::Tree,
-    node_certs: sled::Tree,
-    roles: sled::Tree,
-    rules: sled::Tree,
+    pub nodes: Table<Node>,
+    pub registry_creds: Table<RegistryCreds>,
+    pub tokens: Table<ApiToken>,
+    pub secrets: Table<SealedSecret>,
+    pub node_certs: Table<NodeCert>,
+    pub roles: Table<TaskRole>,
+    pub rules: Table<Rule>,
     /// Rule name → RuleStats (matches, invocations, failures, dead letters).
     rule_stats: sled::Tree,
     /// The rule dispatcher's cursor: the last event whose deliveries are all recorded.
@@ -174,17 +223,17 @@ pub struct Store {
     /// decides, stale keys are dropped when read, and every open rebuilds it.
     retries_due: sled::Tree,
     dead_letters: sled::Tree,
-    sources: sled::Tree,
+    pub sources: Table<Source>,
     /// Events that must reach the bus once (object versions, schedule fires) → event id.
     object_seen: sled::Tree,
     /// What each watcher last listed: (source, bucket, key) → "etag size".
     watch_state: sled::Tree,
     /// Source name → SourceHealth (the watcher's last error and listing).
     source_health: sled::Tree,
-    schedules: sled::Tree,
+    pub schedules: Table<Schedule>,
     schedule_state: sled::Tree,
-    topics: sled::Tree,
-    subscriptions: sled::Tree,
+    pub topics: Table<Topic>,
+    pub subscriptions: Table<Subscription>,
     /// Notifications on their way: delivery id → Delivery.
     outbox: sled::Tree,
     /// The outbox by due time: next attempt (ms, big-endian) ‖ delivery id → ().
@@ -200,37 +249,41 @@ pub struct Store {
 impl Store {
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(path).open()?;
+        let commit = GroupCommit::start(db.clone());
         let store = Store {
-            taskdefs: db.open_tree("taskdefs")?,
+            taskdefs: Table::open(&db, &commit)?,
             tasks: db.open_tree("tasks")?,
             active: db.open_tree("tasks_active")?,
             waiting: db.open_tree("tasks_waiting")?,
+            by_group: db.open_tree("tasks_by_group")?,
+            by_node: db.open_tree("tasks_by_node")?,
+            index_versions: db.open_tree("index_versions")?,
             events: db.open_tree("events")?,
-            nodes: db.open_tree("nodes")?,
-            registry_creds: db.open_tree("registry_creds")?,
-            tokens: db.open_tree("api_tokens")?,
-            secrets: db.open_tree("secrets")?,
-            node_certs: db.open_tree("node_certs")?,
-            roles: db.open_tree("task_roles")?,
-            rules: db.open_tree("rules")?,
+            nodes: Table::open(&db, &commit)?,
+            registry_creds: Table::open(&db, &commit)?,
+            tokens: Table::open(&db, &commit)?,
+            secrets: Table::open(&db, &commit)?,
+            node_certs: Table::open(&db, &commit)?,
+            roles: Table::open(&db, &commit)?,
+            rules: Table::open(&db, &commit)?,
             rule_stats: db.open_tree("rule_stats")?,
             bus: db.open_tree("bus")?,
             deliveries: db.open_tree("deliveries")?,
             retries: db.open_tree("retries")?,
             retries_due: db.open_tree("retries_due")?,
             dead_letters: db.open_tree("dead_letters")?,
-            sources: db.open_tree("sources")?,
+            sources: Table::open(&db, &commit)?,
             object_seen: db.open_tree("object_seen")?,
             watch_state: db.open_tree("watch_state")?,
             source_health: db.open_tree("source_health")?,
-            schedules: db.open_tree("schedules")?,
+            schedules: Table::open(&db, &commit)?,
             schedule_state: db.open_tree("schedule_state")?,
-            topics: db.open_tree("topics")?,
-            subscriptions: db.open_tree("subscriptions")?,
+            topics: Table::open(&db, &commit)?,
+            subscriptions: Table::open(&db, &commit)?,
             outbox: db.open_tree("outbox")?,
             outbox_due: db.open_tree("outbox_due")?,
             notify_dead: db.open_tree("notify_dead")?,
-            commit: GroupCommit::start(db.clone()),
+            commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             db,
         };
@@ -242,6 +295,19 @@ impl Store {
     /// index existed gets it, and an index can never disagree with its records after a
     /// crash. One pass over the active tasks and the outbox.
     fn rebuild_indexes(&self) -> Result<(), StoreError> {
+        // Group and node never change once set, and both are written in the task's own
+        // transaction: built once for a data dir from before them, not at every open.
+        if self.index_versions.get("tasks_by_group_node")?.is_none() {
+            for kv in self.tasks.iter() {
+                let (_, v) = kv?;
+                let task: Task = decode("tasks", &v)?;
+                self.by_group.insert(group_key(&task), &[])?;
+                if let Some(k) = node_key(&task) {
+                    self.by_node.insert(k, &[])?;
+                }
+            }
+            self.index_versions.insert("tasks_by_group_node", &[1])?;
+        }
         self.waiting.clear()?;
         for key in self.active.iter().keys() {
             let key = key?;
@@ -309,26 +375,15 @@ impl Store {
         make: impl FnOnce(u32) -> TaskDefinition,
     ) -> Result<TaskDefinition, StoreError> {
         let _guard = self.writer.lock().await;
-        let last = match self
+        let last = self
             .taskdefs
-            .scan_prefix(Self::family_prefix(family))
-            .last()
-        {
-            Some(kv) => decode::<TaskDefinition>("taskdefs", &kv?.1)?.revision,
-            None => 0,
-        };
+            .last_with_prefix(Self::family_prefix(family))?
+            .map_or(0, |d| d.revision);
         let def = make(last + 1);
-        self.taskdefs
-            .insert(Self::taskdef_key(&def.family, def.revision), encode(&def))?;
+        // Under the writer lock: two registrations of a family never take one revision.
+        let put = self.taskdefs.put(&def).await;
         drop(_guard);
-        self.commit().await?;
-        Ok(def)
-    }
-
-    pub async fn put_taskdef(&self, def: &TaskDefinition) -> Result<(), StoreError> {
-        self.taskdefs
-            .insert(Self::taskdef_key(&def.family, def.revision), encode(def))?;
-        self.commit().await
+        put.map(|()| def)
     }
 
     pub fn taskdef(
@@ -336,19 +391,15 @@ impl Store {
         family: &str,
         revision: u32,
     ) -> Result<Option<TaskDefinition>, StoreError> {
-        self.taskdefs
-            .get(Self::taskdef_key(family, revision))?
-            .map(|v| decode("taskdefs", &v))
-            .transpose()
+        self.taskdefs.get(Self::taskdef_key(family, revision))
     }
 
     /// All revisions of a family (or of every family), oldest first.
-    pub fn taskdefs(&self, family: Option<&str>) -> Result<Vec<TaskDefinition>, StoreError> {
-        let iter = match family {
-            Some(f) => self.taskdefs.scan_prefix(Self::family_prefix(f)),
-            None => self.taskdefs.iter(),
-        };
-        iter.map(|kv| decode("taskdefs", &kv?.1)).collect()
+    pub fn taskdefs_of(&self, family: Option<&str>) -> Result<Vec<TaskDefinition>, StoreError> {
+        match family {
+            Some(f) => self.taskdefs.list_prefix(Self::family_prefix(f)),
+            None => self.taskdefs.list(),
+        }
     }
 
     // --- tasks ---
@@ -376,6 +427,61 @@ impl Store {
             .iter()
             .map(|kv| decode("tasks", &kv?.1))
             .collect()
+    }
+
+    /// The tasks `filter` wants, newest first, at most `limit` (0 = all), and how many match
+    /// in all. Read through the narrowest index the filter allows (group, node, active), so
+    /// listing one group or node never reads the whole history.
+    pub fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        limit: usize,
+    ) -> Result<(Vec<Task>, usize), StoreError> {
+        let suffix_ids = |tree: &sled::Tree, prefix: &str| -> Result<Vec<sled::IVec>, StoreError> {
+            let mut p = prefix.as_bytes().to_vec();
+            p.push(0);
+            tree.scan_prefix(&p)
+                .keys()
+                .map(|k| Ok(sled::IVec::from(&k?[p.len()..])))
+                .collect()
+        };
+        let ids: Vec<sled::IVec> = if let Some(g) = &filter.group {
+            suffix_ids(&self.by_group, g)?
+        } else if let Some(n) = &filter.node {
+            suffix_ids(&self.by_node, n)?
+        } else if filter.status.is_some_and(|s| s.is_active()) {
+            self.active.iter().keys().collect::<Result<_, _>>()?
+        } else if filter.status.is_none() && filter.family.is_none() {
+            // Everything: the newest `limit` only, and the count without decoding.
+            let total = self.tasks.len();
+            let take = if limit == 0 { total } else { limit };
+            let tasks = self
+                .tasks
+                .iter()
+                .rev()
+                .take(take)
+                .map(|kv| decode("tasks", &kv?.1))
+                .collect::<Result<_, _>>()?;
+            return Ok((tasks, total));
+        } else {
+            self.tasks.iter().keys().collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::new();
+        let mut total = 0;
+        // Ids are ULIDs: reverse key order is newest first.
+        for id in ids.iter().rev() {
+            let Some(v) = self.tasks.get(id)? else {
+                continue;
+            };
+            let t: Task = decode("tasks", &v)?;
+            if filter.matches(&t) {
+                total += 1;
+                if limit == 0 || out.len() < limit {
+                    out.push(t);
+                }
+            }
+        }
+        Ok((out, total))
     }
 
     /// PROVISIONING tasks, in creation order (read through their index).
@@ -467,25 +573,35 @@ impl Store {
             .is_active()
             .then(|| encode(&Reservation::of(task)));
         let waiting = task.status == TaskStatus::Provisioning;
-        let res: Result<(), TransactionError<()>> =
-            (&self.tasks, &self.active, &self.waiting, &self.events).transaction(
-                |(tasks, act, wait, events)| {
-                    tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
-                    match &active {
-                        Some(r) => act.insert(task.id.as_bytes(), r.as_slice())?,
-                        None => act.remove(task.id.as_bytes())?,
-                    };
-                    if waiting {
-                        wait.insert(task.id.as_bytes(), &[])?;
-                    } else {
-                        wait.remove(task.id.as_bytes())?;
-                    }
-                    if let Some((k, v)) = &event_row {
-                        events.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                },
-            );
+        let (group, node) = (group_key(task), node_key(task));
+        let res: Result<(), TransactionError<()>> = (
+            &self.tasks,
+            &self.active,
+            &self.waiting,
+            &self.events,
+            &self.by_group,
+            &self.by_node,
+        )
+            .transaction(|(tasks, act, wait, events, by_group, by_node)| {
+                tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
+                by_group.insert(group.as_slice(), &[])?;
+                if let Some(k) = &node {
+                    by_node.insert(k.as_slice(), &[])?;
+                }
+                match &active {
+                    Some(r) => act.insert(task.id.as_bytes(), r.as_slice())?,
+                    None => act.remove(task.id.as_bytes())?,
+                };
+                if waiting {
+                    wait.insert(task.id.as_bytes(), &[])?;
+                } else {
+                    wait.remove(task.id.as_bytes())?;
+                }
+                if let Some((k, v)) = &event_row {
+                    events.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         match res {
             Ok(()) => Ok(()),
             Err(e) => Err(tx_error(e)),
@@ -563,168 +679,10 @@ impl Store {
         Ok(out)
     }
 
-    // --- nodes ---
-
-    pub async fn put_node(&self, node: &Node) -> Result<(), StoreError> {
-        self.nodes.insert(node.id.as_bytes(), encode(node))?;
-        self.commit().await
-    }
-
-    pub fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
-        self.nodes.get(id)?.map(|v| decode("nodes", &v)).transpose()
-    }
-
-    pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
-        self.nodes
-            .iter()
-            .map(|kv| decode("nodes", &kv?.1))
-            .collect()
-    }
-
-    // --- registry credentials: key = name ---
-
-    pub async fn put_registry_creds(&self, c: &RegistryCreds) -> Result<(), StoreError> {
-        self.registry_creds.insert(c.name.as_bytes(), encode(c))?;
-        self.commit().await
-    }
-
-    pub fn registry_creds(&self, name: &str) -> Result<Option<RegistryCreds>, StoreError> {
-        self.registry_creds
-            .get(name)?
-            .map(|v| decode("registry_creds", &v))
-            .transpose()
-    }
-
-    pub fn all_registry_creds(&self) -> Result<Vec<RegistryCreds>, StoreError> {
-        self.registry_creds
-            .iter()
-            .map(|kv| decode("registry_creds", &kv?.1))
-            .collect()
-    }
-
-    pub async fn delete_registry_creds(
-        &self,
-        name: &str,
-    ) -> Result<Option<RegistryCreds>, StoreError> {
-        let old = self
-            .registry_creds
-            .remove(name)?
-            .map(|v| decode("registry_creds", &v))
-            .transpose()?;
-        self.commit().await?;
-        Ok(old)
-    }
-
-    // --- API tokens: key = id ---
-
-    pub async fn put_token(&self, t: &ApiToken) -> Result<(), StoreError> {
-        self.tokens.insert(t.id.as_bytes(), encode(t))?;
-        self.commit().await
-    }
-
-    pub fn token(&self, id: &str) -> Result<Option<ApiToken>, StoreError> {
-        self.tokens
-            .get(id)?
-            .map(|v| decode("api_tokens", &v))
-            .transpose()
-    }
-
-    pub fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
-        self.tokens
-            .iter()
-            .map(|kv| decode("api_tokens", &kv?.1))
-            .collect()
-    }
-
-    // --- secrets (sealed): key = name ---
-
-    pub async fn put_secret(&self, s: &SealedSecret) -> Result<(), StoreError> {
-        self.secrets.insert(s.name.as_bytes(), encode(s))?;
-        self.commit().await
-    }
-
-    pub fn secret(&self, name: &str) -> Result<Option<SealedSecret>, StoreError> {
-        self.secrets
-            .get(name)?
-            .map(|v| decode("secrets", &v))
-            .transpose()
-    }
-
-    pub fn all_secrets(&self) -> Result<Vec<SealedSecret>, StoreError> {
-        self.secrets
-            .iter()
-            .map(|kv| decode("secrets", &kv?.1))
-            .collect()
-    }
-
-    pub async fn delete_secret(&self, name: &str) -> Result<Option<SealedSecret>, StoreError> {
-        let old = self
-            .secrets
-            .remove(name)?
-            .map(|v| decode("secrets", &v))
-            .transpose()?;
-        self.commit().await?;
-        Ok(old)
-    }
-
-    // --- task roles: key = name ---
-
-    pub async fn put_role(&self, r: &TaskRole) -> Result<(), StoreError> {
-        self.roles.insert(r.name.as_bytes(), encode(r))?;
-        self.commit().await
-    }
-
-    pub fn role(&self, name: &str) -> Result<Option<TaskRole>, StoreError> {
-        self.roles
-            .get(name)?
-            .map(|v| decode("task_roles", &v))
-            .transpose()
-    }
-
-    pub fn roles(&self) -> Result<Vec<TaskRole>, StoreError> {
-        self.roles
-            .iter()
-            .map(|kv| decode("task_roles", &kv?.1))
-            .collect()
-    }
-
-    pub async fn delete_role(&self, name: &str) -> Result<Option<TaskRole>, StoreError> {
-        let old = self
-            .roles
-            .remove(name)?
-            .map(|v| decode("task_roles", &v))
-            .transpose()?;
-        self.commit().await?;
-        Ok(old)
-    }
-
     // --- rules: key = name ---
 
-    pub async fn put_rule(&self, r: &Rule) -> Result<(), StoreError> {
-        self.rules.insert(r.name.as_bytes(), encode(r))?;
-        self.commit().await
-    }
-
-    pub fn rule(&self, name: &str) -> Result<Option<Rule>, StoreError> {
-        self.rules
-            .get(name)?
-            .map(|v| decode("rules", &v))
-            .transpose()
-    }
-
-    pub fn rules(&self) -> Result<Vec<Rule>, StoreError> {
-        self.rules
-            .iter()
-            .map(|kv| decode("rules", &kv?.1))
-            .collect()
-    }
-
     pub async fn delete_rule(&self, name: &str) -> Result<Option<Rule>, StoreError> {
-        let old = self
-            .rules
-            .remove(name)?
-            .map(|v| decode("rules", &v))
-            .transpose()?;
+        let old = self.rules.remove(name)?;
         // A new rule of the same name starts counting from zero.
         self.rule_stats.remove(name)?;
         self.commit().await?;
@@ -821,6 +779,7 @@ impl Store {
         let (ek, ev) = (event_key(&event.id), encode(&event));
         let reservation = encode(&Reservation::of(task));
         let waiting = task.status == TaskStatus::Provisioning;
+        let (group, node) = (group_key(task), node_key(task));
         let res: Result<Option<String>, TransactionError<()>> = (
             &self.tasks,
             &self.active,
@@ -828,21 +787,29 @@ impl Store {
             &self.events,
             &self.deliveries,
             &self.retries,
+            &self.by_group,
+            &self.by_node,
         )
-            .transaction(|(tasks, act, wait, events, deliveries, retries)| {
-                if let Some(existing) = deliveries.get(key)? {
-                    return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
-                }
-                tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
-                act.insert(task.id.as_bytes(), reservation.as_slice())?;
-                if waiting {
-                    wait.insert(task.id.as_bytes(), &[])?;
-                }
-                events.insert(ek.as_slice(), ev.as_slice())?;
-                deliveries.insert(key, task.id.as_bytes())?;
-                retries.remove(key)?;
-                Ok(None)
-            });
+            .transaction(
+                |(tasks, act, wait, events, deliveries, retries, by_group, by_node)| {
+                    if let Some(existing) = deliveries.get(key)? {
+                        return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
+                    }
+                    tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
+                    by_group.insert(group.as_slice(), &[])?;
+                    if let Some(k) = &node {
+                        by_node.insert(k.as_slice(), &[])?;
+                    }
+                    act.insert(task.id.as_bytes(), reservation.as_slice())?;
+                    if waiting {
+                        wait.insert(task.id.as_bytes(), &[])?;
+                    }
+                    events.insert(ek.as_slice(), ev.as_slice())?;
+                    deliveries.insert(key, task.id.as_bytes())?;
+                    retries.remove(key)?;
+                    Ok(None)
+                },
+            );
         drop(gen);
         let existing = match res {
             Ok(e) => e,
@@ -991,7 +958,7 @@ impl Store {
 
     pub async fn put_schedule(&self, s: &Schedule) -> Result<(), StoreError> {
         // A changed schedule starts over from now: its old next fire time may not apply.
-        (&self.schedules, &self.schedule_state)
+        (self.schedules.tree(), &self.schedule_state)
             .transaction(|(sch, st)| {
                 sch.insert(s.name.as_bytes(), encode(s))?;
                 let mut state: ScheduleState = match st.get(s.name.as_bytes())? {
@@ -1006,26 +973,8 @@ impl Store {
         self.commit().await
     }
 
-    pub fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
-        self.schedules
-            .get(name)?
-            .map(|v| decode("schedules", &v))
-            .transpose()
-    }
-
-    pub fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
-        self.schedules
-            .iter()
-            .map(|kv| decode("schedules", &kv?.1))
-            .collect()
-    }
-
     pub async fn delete_schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
-        let old = self
-            .schedules
-            .remove(name)?
-            .map(|v| decode("schedules", &v))
-            .transpose()?;
+        let old = self.schedules.remove(name)?;
         self.schedule_state.remove(name)?;
         self.commit().await?;
         Ok(old)
@@ -1051,31 +1000,8 @@ impl Store {
 
     // --- object-store sources ---
 
-    pub async fn put_source(&self, s: &Source) -> Result<(), StoreError> {
-        self.sources.insert(s.name.as_bytes(), encode(s))?;
-        self.commit().await
-    }
-
-    pub fn source(&self, name: &str) -> Result<Option<Source>, StoreError> {
-        self.sources
-            .get(name)?
-            .map(|v| decode("sources", &v))
-            .transpose()
-    }
-
-    pub fn sources(&self) -> Result<Vec<Source>, StoreError> {
-        self.sources
-            .iter()
-            .map(|kv| decode("sources", &kv?.1))
-            .collect()
-    }
-
     pub async fn delete_source(&self, name: &str) -> Result<Option<Source>, StoreError> {
-        let old = self
-            .sources
-            .remove(name)?
-            .map(|v| decode("sources", &v))
-            .transpose()?;
+        let old = self.sources.remove(name)?;
         self.source_health.remove(name)?;
         self.commit().await?;
         Ok(old)
@@ -1174,31 +1100,47 @@ impl Store {
             .unwrap_or_default())
     }
 
-    // --- node certificates: key = fingerprint ---
-
-    pub async fn put_node_cert(&self, c: &NodeCert) -> Result<(), StoreError> {
-        self.node_certs
-            .insert(c.fingerprint.as_bytes(), encode(c))?;
-        self.commit().await
-    }
-
-    pub fn node_cert(&self, fingerprint: &str) -> Result<Option<NodeCert>, StoreError> {
-        self.node_certs
-            .get(fingerprint)?
-            .map(|v| decode("node_certs", &v))
-            .transpose()
-    }
-
-    pub fn node_certs(&self) -> Result<Vec<NodeCert>, StoreError> {
-        self.node_certs
-            .iter()
-            .map(|kv| decode("node_certs", &kv?.1))
-            .collect()
-    }
-
     /// Size of the data dir on disk, for diagnostics.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// The by-group index key of a task: group NUL id.
+fn group_key(t: &Task) -> Vec<u8> {
+    let mut k = t.group.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(t.id.as_bytes());
+    k
+}
+
+/// The by-node index key of a placed task: node NUL id.
+fn node_key(t: &Task) -> Option<Vec<u8>> {
+    let node = t.node_id.as_deref()?;
+    let mut k = node.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(t.id.as_bytes());
+    Some(k)
+}
+
+/// Which tasks a listing wants; empty fields match every task.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub family: Option<String>,
+    pub node: Option<String>,
+    pub group: Option<String>,
+}
+
+impl TaskFilter {
+    fn matches(&self, t: &Task) -> bool {
+        self.status.is_none_or(|s| t.status == s)
+            && self.family.as_deref().is_none_or(|f| t.family() == Some(f))
+            && self
+                .node
+                .as_deref()
+                .is_none_or(|n| t.node_id.as_deref() == Some(n))
+            && self.group.as_deref().is_none_or(|g| t.group == g)
     }
 }
 
@@ -1359,6 +1301,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn task_listings_read_the_group_and_node_indexes_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mk = |id: &str, group: &str, status, node: Option<&str>| {
+            let mut t = task(id, status, node);
+            t.group = group.into();
+            t
+        };
+        for t in [
+            mk("01a", "batch", TaskStatus::Stopped, Some("n1")),
+            mk("01b", "web", TaskStatus::Running, Some("n1")),
+            mk("01c", "batch", TaskStatus::Running, Some("n2")),
+            mk("01d", "batch", TaskStatus::Provisioning, None),
+        ] {
+            store.create_task(&t, event).await.unwrap();
+        }
+        let list = |f: TaskFilter, limit| {
+            let (tasks, total) = store.list_tasks(&f, limit).unwrap();
+            (tasks.into_iter().map(|t| t.id).collect::<Vec<_>>(), total)
+        };
+        let group = |g: &str| TaskFilter {
+            group: Some(g.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            list(group("batch"), 0),
+            (vec!["01d".into(), "01c".into(), "01a".into()], 3)
+        );
+        assert_eq!(list(group("batch"), 1), (vec!["01d".into()], 3));
+        let on_n1 = TaskFilter {
+            node: Some("n1".into()),
+            ..Default::default()
+        };
+        assert_eq!(list(on_n1, 0), (vec!["01b".into(), "01a".into()], 2));
+        let running_batch = TaskFilter {
+            status: Some(TaskStatus::Running),
+            ..group("batch")
+        };
+        assert_eq!(list(running_batch, 0), (vec!["01c".into()], 1));
+        assert_eq!(
+            list(TaskFilter::default(), 2),
+            (vec!["01d".into(), "01c".into()], 4)
+        );
+        // Placed later: the node index follows the task's write.
+        store
+            .update_task("01d", |mut t, _| {
+                t.status = TaskStatus::Pending;
+                t.node_id = Some("n2".into());
+                Ok::<_, ()>(Decision::Write {
+                    task: t,
+                    event: None,
+                })
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let on_n2 = TaskFilter {
+            node: Some("n2".into()),
+            ..Default::default()
+        };
+        assert_eq!(list(on_n2.clone(), 0).1, 2);
+        // A data dir from before these indexes gets them at its next open.
+        store.by_group.clear().unwrap();
+        store.by_node.clear().unwrap();
+        store.index_versions.clear().unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.list_tasks(&group("batch"), 0).unwrap().1, 3);
+        assert_eq!(store.list_tasks(&on_n2, 0).unwrap().1, 2);
+    }
+
+    #[tokio::test]
     async fn the_outbox_is_read_by_due_time_through_every_move() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1424,7 +1439,8 @@ mod tests {
             .await
             .unwrap();
         store
-            .put_topic(&crate::model::Topic {
+            .topics
+            .put(&crate::model::Topic {
                 name: "other".into(),
                 description: String::new(),
                 delivery: Default::default(),

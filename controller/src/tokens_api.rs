@@ -32,14 +32,14 @@ pub async fn bootstrap(
     data_dir: &Path,
     now_ms: i64,
 ) -> Result<Option<PathBuf>, StoreError> {
-    if !store.tokens()?.is_empty() {
+    if !store.tokens.list()?.is_empty() {
         return Ok(None);
     }
     let (token, record) = auth::mint(Role::Admin, "bootstrap admin", 0, now_ms);
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     write_secret(&path, &token).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
     // Stored after the file exists: a crash in between leaves no token nobody can see.
-    store.put_token(&record).await?;
+    store.tokens.put(&record).await?;
     Ok(Some(path))
 }
 
@@ -74,7 +74,7 @@ impl TokensApi {
         let (token, mut record) =
             auth::mint(Role::ReadOnly, &r.name, ttl, self.core.clock.now_ms());
         record.role = "join".into();
-        self.core.store.put_token(&record).await?;
+        self.core.store.tokens.put(&record).await?;
         use base64::Engine;
         let ca = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&pki.ca_pem);
         Ok(Response::new(pb::CreatedToken {
@@ -91,7 +91,7 @@ pub async fn redeem_join_token(core: &Core, token: &str) -> Result<(), Status> {
         .strip_prefix("skiff_")
         .and_then(|t| t.split_once('_'))
         .ok_or_else(bad)?;
-    let mut record = core.store.token(id)?.ok_or_else(bad)?;
+    let mut record = core.store.tokens.get(id)?.ok_or_else(bad)?;
     let given = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()));
     if record.role != "join" || given != record.secret_sha256 {
         return Err(bad());
@@ -107,7 +107,7 @@ pub async fn redeem_join_token(core: &Core, token: &str) -> Result<(), Status> {
         ));
     }
     record.revoked_ms = core.clock.now_ms();
-    core.store.put_token(&record).await?;
+    core.store.tokens.put(&record).await?;
     Ok(())
 }
 
@@ -134,7 +134,7 @@ impl pb::tokens_server::Tokens for TokensApi {
             return Err(Status::invalid_argument("ttl_seconds: at most ten years"));
         }
         let (token, record) = auth::mint(role, &r.name, r.ttl_seconds, self.core.clock.now_ms());
-        self.core.store.put_token(&record).await?;
+        self.core.store.tokens.put(&record).await?;
         Ok(Response::new(pb::CreatedToken {
             info: Some(info(&record)),
             token,
@@ -145,7 +145,8 @@ impl pb::tokens_server::Tokens for TokensApi {
         &self,
         _: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let mut tokens: Vec<pb::TokenInfo> = self.core.store.tokens()?.iter().map(info).collect();
+        let mut tokens: Vec<pb::TokenInfo> =
+            self.core.store.tokens.list()?.iter().map(info).collect();
         tokens.sort_by_key(|t| t.created_ms);
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
@@ -158,11 +159,12 @@ impl pb::tokens_server::Tokens for TokensApi {
         let mut t = self
             .core
             .store
-            .token(id)?
+            .tokens
+            .get(id)?
             .ok_or_else(|| Status::not_found(format!("id: no token {id:?}")))?;
         if t.revoked_ms == 0 {
             t.revoked_ms = self.core.clock.now_ms();
-            self.core.store.put_token(&t).await?;
+            self.core.store.tokens.put(&t).await?;
         }
         Ok(Response::new(info(&t)))
     }

@@ -139,7 +139,8 @@ fn check_endpoint(protocol: Protocol, endpoint: &str) -> Result<(), Status> {
 pub async fn confirm(core: &Core, id: &str, token: &str) -> Result<Subscription, Status> {
     let sub = core
         .store
-        .subscription(id)?
+        .subscriptions
+        .get(id)?
         .ok_or_else(|| Status::not_found(format!("id: no subscription {id:?}")))?;
     if sub.confirmed {
         return Ok(sub);
@@ -202,7 +203,7 @@ impl pb::topics_server::Topics for TopicsApi {
         let t = req.get_ref();
         validate::check_name("name", &t.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let old = self.core.store.topic(&t.name)?;
+        let old = self.core.store.topics.get(&t.name)?;
         let now = self.core.clock.now_ms();
         let topic = Topic {
             name: t.name.clone(),
@@ -211,7 +212,7 @@ impl pb::topics_server::Topics for TopicsApi {
             created_ms: old.as_ref().map_or(now, |o| o.created_ms),
             updated_ms: now,
         };
-        self.core.store.put_topic(&topic).await?;
+        self.core.store.topics.put(&topic).await?;
         Ok(Response::new(topic_pb(&topic)))
     }
 
@@ -223,7 +224,8 @@ impl pb::topics_server::Topics for TopicsApi {
         let t = self
             .core
             .store
-            .topic(name)?
+            .topics
+            .get(name)?
             .ok_or_else(|| Status::not_found(format!("name: no topic {name:?}")))?;
         Ok(Response::new(self.status(&t)?))
     }
@@ -235,7 +237,8 @@ impl pb::topics_server::Topics for TopicsApi {
         let topics = self
             .core
             .store
-            .topics()?
+            .topics
+            .list()?
             .iter()
             .map(|t| self.status(t))
             .collect::<Result<_, _>>()?;
@@ -247,7 +250,8 @@ impl pb::topics_server::Topics for TopicsApi {
         let users: Vec<String> = self
             .core
             .store
-            .rules()?
+            .rules
+            .list()?
             .into_iter()
             .filter(|r| {
                 r.targets
@@ -274,7 +278,7 @@ impl pb::topics_server::Topics for TopicsApi {
     ) -> Result<Response<pb::SubscribeResponse>, Status> {
         let admin = crate::auth::caller_role(&req) == crate::auth::Role::Admin;
         let s = req.get_ref();
-        if self.core.store.topic(&s.topic)?.is_none() {
+        if self.core.store.topics.get(&s.topic)?.is_none() {
             return Err(Status::not_found(format!("topic: no topic {:?}", s.topic)));
         }
         let protocol = match s.protocol.as_str() {
@@ -404,7 +408,7 @@ impl pb::topics_server::Topics for TopicsApi {
         req: Request<pb::RedriveRequest>,
     ) -> Result<Response<pb::RedriveResponse>, Status> {
         let r = req.get_ref();
-        if self.core.store.topic(&r.topic)?.is_none() {
+        if self.core.store.topics.get(&r.topic)?.is_none() {
             return Err(Status::not_found(format!("topic: no topic {:?}", r.topic)));
         }
         let now = self.core.clock.now_ms();

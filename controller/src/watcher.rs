@@ -26,7 +26,7 @@ const SETTLE_MS: i64 = 2000;
 pub async fn run(core: Arc<Core>) {
     let mut running: HashMap<String, (i64, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
-        let sources = core.store.sources().unwrap_or_else(|e| {
+        let sources = core.store.sources.list().unwrap_or_else(|e| {
             warn!(error = %e, "reading sources failed");
             Vec::new()
         });
@@ -91,7 +91,8 @@ fn baseline_key(source: &str) -> String {
 fn open_secret(core: &Core, name: &str) -> Result<String, String> {
     let sealed = core
         .store
-        .secret(name)
+        .secrets
+        .get(name)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("secret {name:?} does not exist"))?;
     let v = core.secrets.open_sealed(&sealed)?;

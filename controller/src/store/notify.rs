@@ -34,22 +34,9 @@ fn get<V: serde::de::DeserializeOwned>(
 }
 
 impl Store {
-    pub async fn put_topic(&self, t: &Topic) -> Result<(), StoreError> {
-        self.topics.insert(t.name.as_bytes(), encode(t))?;
-        self.commit().await
-    }
-
-    pub fn topic(&self, name: &str) -> Result<Option<Topic>, StoreError> {
-        get(&self.topics, "topics", name)
-    }
-
-    pub fn topics(&self) -> Result<Vec<Topic>, StoreError> {
-        list(&self.topics, "topics")
-    }
-
     /// Removes a topic with its subscriptions, pending deliveries and dead letters.
     pub async fn delete_topic(&self, name: &str) -> Result<Option<Topic>, StoreError> {
-        let Some(topic) = self.topic(name)? else {
+        let Some(topic) = self.topics.get(name)? else {
             return Ok(None);
         };
         let subs: Vec<String> = self
@@ -69,8 +56,8 @@ impl Store {
             .map(|d| d.id)
             .collect();
         (
-            &self.topics,
-            &self.subscriptions,
+            self.topics.tree(),
+            self.subscriptions.tree(),
             &self.outbox,
             &self.outbox_due,
             &self.notify_dead,
@@ -103,7 +90,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let bytes = encode(s);
         let first = first.map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)));
-        (&self.subscriptions, &self.outbox, &self.outbox_due)
+        (self.subscriptions.tree(), &self.outbox, &self.outbox_due)
             .transaction(|(subs, outbox, due)| {
                 subs.insert(s.id.as_bytes(), bytes.as_slice())?;
                 if let Some((id, d, at)) = &first {
@@ -117,12 +104,12 @@ impl Store {
     }
 
     pub fn subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
-        get(&self.subscriptions, "subscriptions", id)
+        get(self.subscriptions.tree(), "subscriptions", id)
     }
 
     /// Subscriptions, of one topic or all, oldest first.
     pub fn subscriptions(&self, topic: Option<&str>) -> Result<Vec<Subscription>, StoreError> {
-        let mut all: Vec<Subscription> = list(&self.subscriptions, "subscriptions")?;
+        let mut all: Vec<Subscription> = list(self.subscriptions.tree(), "subscriptions")?;
         all.retain(|s| topic.is_none_or(|t| s.topic == t));
         all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         Ok(all)
@@ -130,7 +117,7 @@ impl Store {
 
     /// Removes a subscription and what is still on its way to it.
     pub async fn delete_subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
-        let Some(sub) = self.subscription(id)? else {
+        let Some(sub) = self.subscriptions.get(id)? else {
             return Ok(None);
         };
         let pending: Vec<(String, i64)> = self
@@ -139,7 +126,7 @@ impl Store {
             .filter(|d| d.subscription == id)
             .map(|d| (d.id, d.next_attempt_ms))
             .collect();
-        (&self.subscriptions, &self.outbox, &self.outbox_due)
+        (self.subscriptions.tree(), &self.outbox, &self.outbox_due)
             .transaction(|(s, o, due)| {
                 s.remove(id)?;
                 for (p, at) in &pending {
@@ -160,7 +147,7 @@ impl Store {
         id: &str,
         change: impl Fn(&mut Subscription),
     ) -> Result<Option<Subscription>, StoreError> {
-        let res = self.subscriptions.transaction(|subs| {
+        let res = self.subscriptions.tree().transaction(|subs| {
             let Some(bytes) = subs.get(id)? else {
                 return Ok(None);
             };
@@ -195,7 +182,7 @@ impl Store {
             &self.outbox,
             &self.outbox_due,
             &self.retries,
-            &self.subscriptions,
+            self.subscriptions.tree(),
         )
             .transaction(|(del, outbox, due, retries, s)| {
                 if del.get(key)?.is_some() {
