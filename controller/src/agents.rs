@@ -15,11 +15,11 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::applier;
 use crate::convert;
 use crate::core::{Core, CoreError};
 use crate::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
 use crate::model::{Node, NodeState};
-use crate::placer;
 use crate::validate;
 
 use pb::controller_message::Body as Out;
@@ -467,7 +467,7 @@ async fn reconcile(
         match task.status {
             TaskStatus::Pending => {
                 info!(task_id = %task.id, node_id, "resending start after reconnect");
-                placer::send_start(core, node_id, &task).await;
+                applier::send_start(core, node_id, &task).await;
             }
             TaskStatus::Running | TaskStatus::Stopping => {
                 let reason = "the agent no longer has this task (its state was lost)".to_string();

@@ -10,9 +10,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::ApiStream;
+use crate::applier::registry_auth;
 use crate::core::Core;
 use crate::model::RegistryCreds;
-use crate::placer::registry_auth;
 use crate::validate;
 
 /// The nodes an image request addresses: one by id, or every connected node.

@@ -127,7 +127,7 @@ fn only_the_store_knows_sled() {
 #[test]
 fn background_loops_do_not_import_grpc_services() {
     let graph = imports();
-    for looping in ["bus", "placer", "schedules", "watcher", "notify"] {
+    for looping in ["applier", "bus", "placer", "schedules", "watcher", "notify"] {
         for dep in graph.get(looping).into_iter().flatten() {
             let service = dep == "api" || dep.ends_with("_api") || dep == "agents";
             if service {

@@ -1,5 +1,7 @@
-//! Placement: which node gets a task. A pure function over a snapshot of nodes and what they
-//! already run; the scheduler commits its answer.
+//! Placement: which node gets a task, and what a pass of the placer does. Pure functions over
+//! a snapshot of nodes and what they already run; `plan` returns every step of a pass (place,
+//! keep waiting with a reason, lose a task whose node is gone) and the controller's applier
+//! commits the plan in one group commit before it tells any agent.
 
 use crate::model::{NodeState, TaskSpec};
 
@@ -82,6 +84,85 @@ pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad,
     })
 }
 
+/// A PROVISIONING task as the planner sees it.
+#[derive(Clone, Debug)]
+pub struct Waiting<'a> {
+    pub id: &'a str,
+    pub spec: &'a TaskSpec,
+    /// Why it waited in the last pass (recorded on the task), to write only what changed.
+    pub reason: &'a str,
+    pub unplaceable: bool,
+}
+
+/// What a placer pass sees.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot<'a> {
+    /// Tasks to place, oldest first.
+    pub waiting: Vec<Waiting<'a>>,
+    /// Every known node with what it has reserved.
+    pub nodes: Vec<NodeLoad>,
+    /// Active tasks on nodes silent past the node timeout: (task, node).
+    pub on_lost_nodes: Vec<(&'a str, &'a str)>,
+    /// The node timeout, for the reason a lost task gets.
+    pub node_timeout_secs: u64,
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// PROVISIONING → PENDING on the node; then the node is sent the task.
+    Place { task: String, node: String },
+    /// Still waiting; the reason changed, so it is recorded.
+    Wait { task: String, why: Unplaced },
+    /// Its node is gone: STOPPED with NodeLost.
+    Lose {
+        task: String,
+        node: String,
+        reason: String,
+    },
+}
+
+/// Every step of one placer pass: tasks on lost nodes are lost; each waiting task, oldest
+/// first, goes to the first node with room (reserving it, so the next decision sees it) or
+/// keeps waiting with its reason.
+pub fn plan(s: &Snapshot) -> Vec<Step> {
+    let mut steps: Vec<Step> = s
+        .on_lost_nodes
+        .iter()
+        .map(|(task, node)| Step::Lose {
+            task: task.to_string(),
+            node: node.to_string(),
+            reason: format!(
+                "node {node} was silent for more than {}s",
+                s.node_timeout_secs
+            ),
+        })
+        .collect();
+    let mut nodes = s.nodes.clone();
+    for w in &s.waiting {
+        match place(w.spec, &nodes) {
+            Ok(n) => {
+                let node = n.id.clone();
+                if let Some(load) = nodes.iter_mut().find(|l| l.id == node) {
+                    load.reserve(w.spec);
+                }
+                steps.push(Step::Place {
+                    task: w.id.to_string(),
+                    node,
+                });
+            }
+            Err(why) if why.reason != w.reason || why.never != w.unplaceable => {
+                steps.push(Step::Wait {
+                    task: w.id.to_string(),
+                    why,
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +207,60 @@ mod tests {
         let err = place(&spec(1.0, 1), &[a, b]).unwrap_err();
         assert!(err.reason.contains("no READY agent"), "{err}");
         assert!(!err.never, "an agent may still connect");
+    }
+
+    #[test]
+    fn a_plan_loses_tasks_of_lost_nodes_places_in_order_and_records_only_new_reasons() {
+        let (small, big) = (spec(1.0, 10), spec(8.0, 10));
+        let w = |id, spec, reason| Waiting {
+            id,
+            spec,
+            reason,
+            unplaceable: false,
+        };
+        let snapshot = Snapshot {
+            waiting: vec![
+                w("t1", &small, ""),
+                w("t2", &small, ""),
+                // Does not fit now; its recorded reason is already this one: no step.
+                w(
+                    "t3",
+                    &small,
+                    "no node has 1 vCPU and 10 MiB free right now; waiting for capacity",
+                ),
+                w("t4", &big, ""),
+            ],
+            nodes: vec![node("a", 2.0, 100)],
+            on_lost_nodes: vec![("old", "gone")],
+            node_timeout_secs: 30,
+        };
+        let steps = plan(&snapshot);
+        assert_eq!(
+            steps[..3],
+            [
+                Step::Lose {
+                    task: "old".into(),
+                    node: "gone".into(),
+                    reason: "node gone was silent for more than 30s".into()
+                },
+                Step::Place {
+                    task: "t1".into(),
+                    node: "a".into()
+                },
+                Step::Place {
+                    task: "t2".into(),
+                    node: "a".into()
+                },
+            ]
+        );
+        assert_eq!(steps.len(), 4, "{steps:?}");
+        match &steps[3] {
+            Step::Wait { task, why } => {
+                assert_eq!(task, "t4");
+                assert!(why.never, "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
