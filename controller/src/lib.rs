@@ -15,7 +15,7 @@ pub mod http;
 pub mod images_api;
 pub mod keyfile;
 // The pure layer, re-exported so `crate::lifecycle` and friends name it (see skiff-model).
-pub use skiff_model::{cron, lifecycle, pattern, placement, retry, ruleset, transform};
+pub use skiff_model::{cron, lifecycle, pattern, placement, retry, ruleset, transform, trust};
 pub mod model;
 pub mod notifier;
 pub mod notify;
@@ -23,12 +23,12 @@ pub mod objects;
 pub mod outbound;
 pub mod pki;
 pub mod placer;
-pub mod roles;
+pub mod roles_api;
 pub mod rules_api;
 pub mod schedules;
 pub mod schedules_api;
 pub mod sealing;
-pub mod secrets;
+pub mod secrets_api;
 pub mod sources_api;
 pub mod store;
 pub mod task_tokens;
@@ -260,7 +260,7 @@ impl Controller {
             .set_serving::<pb::tokens_server::TokensServer<tokens_api::TokensApi>>()
             .await;
         health
-            .set_serving::<pb::secrets_server::SecretsServer<secrets::SecretsApi>>()
+            .set_serving::<pb::secrets_server::SecretsServer<secrets_api::SecretsApi>>()
             .await;
         health
             .set_serving::<pb::registry_credentials_server::RegistryCredentialsServer<
@@ -268,7 +268,7 @@ impl Controller {
             >>()
             .await;
         health
-            .set_serving::<pb::roles_server::RolesServer<roles::RolesApi>>()
+            .set_serving::<pb::roles_server::RolesServer<roles_api::RolesApi>>()
             .await;
         health
             .set_serving::<pb::rules_server::RulesServer<rules_api::RulesApi>>()
@@ -316,9 +316,9 @@ impl Controller {
                 core.clone(),
             )))
             .add_service(pb::secrets_server::SecretsServer::new(
-                secrets::SecretsApi { core: core.clone() },
+                secrets_api::SecretsApi { core: core.clone() },
             ))
-            .add_service(pb::roles_server::RolesServer::new(roles::RolesApi {
+            .add_service(pb::roles_server::RolesServer::new(roles_api::RolesApi {
                 core: core.clone(),
             }))
             .add_service(pb::rules_server::RulesServer::new(rules_api::RulesApi {

@@ -178,3 +178,45 @@ fn only_the_clock_reads_the_time_or_sleeps() {
         }
     }
 }
+
+/// Modules that name protobuf types though they are not the API edge — each for a reason, and
+/// the list may only shrink. (The agent session's messages pass through `core`; `applier`
+/// sends Start messages; `credentials` answers the agent's credential requests; `validate`
+/// checks API input as it arrives.)
+const PROTOBUF_BEYOND_THE_EDGE: [&str; 4] = ["applier", "core", "credentials", "validate"];
+
+#[test]
+fn protobuf_types_stay_at_the_api_edge() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![];
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().flatten().map(|f| f.path()));
+        } else {
+            files.push(p);
+        }
+    }
+    let mut offenders = vec![];
+    for p in files {
+        let module = p.file_stem().unwrap().to_string_lossy().into_owned();
+        let edge = module == "lib"
+            || module == "api"
+            || module == "agents"
+            || module == "convert"
+            || module.ends_with("_api");
+        if edge || PROTOBUF_BEYOND_THE_EDGE.contains(&module.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        if code.contains("skiff_proto") || code.contains("pb::") {
+            offenders.push(module);
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "these modules name protobuf types; convert at the API edge (api.rs, agents.rs, \
+         convert.rs, *_api.rs) instead: {offenders:?}"
+    );
+}

@@ -12,6 +12,7 @@
 //! - [`pattern`]: EventBridge event patterns; [`ruleset`]: the enabled rules, compiled and
 //!   indexed; [`transform`]: a target's input.
 //! - [`retry`]: the backoff between attempts of any retried work.
+//! - [`trust`]: what a task role's API grants allow.
 //! - [`cron`]: schedule expressions (cron / rate / at) in IANA zones and their fire times.
 
 pub mod cron;
@@ -22,6 +23,7 @@ pub mod placement;
 pub mod retry;
 pub mod ruleset;
 pub mod transform;
+pub mod trust;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,5 +1,6 @@
-//! Task roles: what a task running under one may reach. Two halves: skiff API grants (checked
-//! on every call made with the task's SKIFF_TASK_TOKEN, see `auth.rs`) and object-store grants
+//! The Roles service. A task role is what a task running under it may reach. Two halves: skiff
+//! API grants (checked on every call made with the task's SKIFF_TASK_TOKEN by `auth.rs`,
+//! through the pure `trust::allows`) and object-store grants
 //! (turned into a session policy for the credentials the agent's endpoint hands the task, see
 //! `credentials.rs`). Roles are an admin's business: they decide what tasks can do.
 
@@ -286,29 +287,6 @@ pub fn to_pb(r: &TaskRole) -> pb::TaskRole {
     }
 }
 
-fn action_matches(pattern: &str, action: &str) -> bool {
-    pattern == "*"
-        || pattern == action
-        || pattern
-            .strip_suffix(":*")
-            .is_some_and(|svc| action.split_once(':').is_some_and(|(s, _)| s == svc))
-}
-
-/// Whether the role grants `action` on `resource`. `None` asks whether it grants the action on
-/// some resource (the handler then checks the one it acts on); a grant on "*" covers every
-/// resource, and a name ending in '*' covers the names it begins.
-pub fn allows(role: &TaskRole, action: &str, resource: Option<&str>) -> bool {
-    role.api.iter().any(|g| {
-        g.actions.iter().any(|a| action_matches(a, action))
-            && match resource {
-                None => true,
-                Some(res) => g.resources.iter().any(|r| {
-                    r == "*" || r == res || r.strip_suffix('*').is_some_and(|p| res.starts_with(p))
-                }),
-            }
-    })
-}
-
 pub struct RolesApi {
     pub core: Arc<Core>,
 }
@@ -385,43 +363,6 @@ impl pb::roles_server::Roles for RolesApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn role(api: Vec<(Vec<&str>, Vec<&str>)>) -> TaskRole {
-        from_pb(&pb::TaskRole {
-            name: "r".into(),
-            api: api
-                .into_iter()
-                .map(|(a, r)| pb::ApiGrant {
-                    actions: a.into_iter().map(String::from).collect(),
-                    resources: r.into_iter().map(String::from).collect(),
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn grants_match_actions_and_resources() {
-        let r = role(vec![
-            (vec!["tasks:Run"], vec!["task-definition/thumbs"]),
-            (vec!["tasks:Describe", "tasks:List"], vec!["*"]),
-            (vec!["events:*"], vec!["source/uploads*"]),
-        ]);
-        assert!(allows(&r, "tasks:Run", Some("task-definition/thumbs")));
-        assert!(!allows(&r, "tasks:Run", Some("task-definition/other")));
-        assert!(allows(&r, "tasks:Run", None));
-        assert!(allows(&r, "tasks:List", Some("anything")));
-        assert!(!allows(&r, "tasks:Stop", None));
-        assert!(allows(&r, "events:Put", Some("source/uploads.eu")));
-        assert!(!allows(&r, "events:Put", Some("source/billing")));
-        assert!(!allows(&r, "tokens:Create", None));
-        assert!(allows(
-            &role(vec![(vec!["*"], vec!["*"])]),
-            "tokens:Create",
-            None
-        ));
-    }
 
     #[test]
     fn bad_roles_are_refused_by_field() {
