@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::model::{DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task};
-use crate::retry::Backoff;
+use crate::retry::{Next, Retry};
 use crate::ruleset::RuleSet;
 
 /// Events read per pass.
@@ -239,8 +239,8 @@ async fn failed(
     let now = core.clock.now_ms();
     let attempts = prev.as_ref().map_or(1, |p| p.attempts + 1);
     let first = prev.as_ref().map_or(now, |p| p.first_attempt_ms);
-    let too_old = now - ev.time_ms >= i64::from(target.retry.max_event_age_secs) * 1000;
-    if attempts >= target.retry.max_attempts || too_old {
+    let next = Retry::of_policy(&target.retry).after_failure(attempts, ev.time_ms, now, true, 0);
+    let Next::At(next_attempt_ms) = next else {
         warn!(rule = %rule.name, target = %target.id, event_id = %ev.id, attempts, %reason, "delivery dead-lettered");
         let dl = DeadLetter {
             id: ulid::Ulid::new().to_string(),
@@ -254,7 +254,7 @@ async fn failed(
         };
         core.store.dead_letter(key, &dl).await?;
         return Ok(());
-    }
+    };
     warn!(rule = %rule.name, target = %target.id, event_id = %ev.id, attempts, %reason, "delivery failed; will retry");
     core.store
         .put_retry(
@@ -265,7 +265,7 @@ async fn failed(
                 event_id: ev.id.clone(),
                 attempts,
                 first_attempt_ms: first,
-                next_attempt_ms: now + Backoff::DELIVERIES.delay_ms(attempts, 0),
+                next_attempt_ms,
                 last_error: reason,
             },
         )

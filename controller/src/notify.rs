@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::core::{Core, CoreError};
 use crate::model::{Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription};
 use crate::pattern::Pattern;
+use crate::retry::{Next, Retry};
 
 pub use crate::notifier::{Notifier, SmtpConfig};
 
@@ -208,15 +209,22 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
         }
         Err(f) => {
             d.last_error = f.reason;
-            if !f.retry || d.attempts >= topic.delivery.max_attempts {
-                d.dead_ms = Some(core.clock.now_ms());
-                warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification dead-lettered");
-                core.store.dead_letter_delivery(&d, was_due).await?;
-            } else {
-                d.next_attempt_ms = core.clock.now_ms() + backoff_ms(&topic.delivery, d.attempts);
+            let next = Retry::of_delivery(&topic.delivery).after_failure(
+                d.attempts,
+                d.created_ms,
+                core.clock.now_ms(),
+                f.retry,
+                random_u64(),
+            );
+            if let Next::At(at) = next {
+                d.next_attempt_ms = at;
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification failed; will retry");
                 core.store.put_delivery(&d, was_due).await?;
                 return Ok(true);
+            } else {
+                d.dead_ms = Some(core.clock.now_ms());
+                warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification dead-lettered");
+                core.store.dead_letter_delivery(&d, was_due).await?;
             }
         }
     }
@@ -225,12 +233,9 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
 
 /// The wait after `attempts` failures: the topic's delivery policy as a jittered backoff.
 pub fn backoff_ms(p: &DeliveryPolicy, attempts: u32) -> i64 {
-    crate::retry::Backoff {
-        min_ms: i64::from(p.min_delay_ms),
-        max_ms: i64::from(p.max_delay_ms),
-        jitter: true,
-    }
-    .delay_ms(attempts, random_u64())
+    Retry::of_delivery(p)
+        .backoff
+        .delay_ms(attempts, random_u64())
 }
 
 fn random_u64() -> u64 {

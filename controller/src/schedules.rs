@@ -16,6 +16,7 @@ use crate::core::{Core, CoreError};
 use crate::cron::Expression;
 use crate::lifecycle::StopCode;
 use crate::model::{CatchUp, Overlap, Schedule, ScheduleRetry, ScheduleRun, ScheduleState, Task};
+use crate::retry::{Next, Retry};
 
 /// A fire handled this long after its time counts as missed (the catch-up policy applies).
 const LATE_MS: i64 = 60_000;
@@ -285,14 +286,18 @@ async fn fire(
         Err(reason) => {
             warn!(schedule = %s.name, %when, %reason, "schedule could not start its task");
             let now = core.clock.now_ms();
+            let next = Retry::of_policy(&s.retry).after_failure(1, scheduled, now, true, 0);
             let retry = ScheduleRetry {
                 scheduled_ms: scheduled,
                 attempts: 1,
                 first_attempt_ms: now,
-                next_attempt_ms: now + crate::retry::Backoff::DELIVERIES.delay_ms(1, 0),
+                next_attempt_ms: match next {
+                    Next::At(t) => t,
+                    _ => now,
+                },
                 last_error: reason.clone(),
             };
-            if s.retry.max_attempts <= 1 {
+            if !matches!(next, Next::At(_)) {
                 dead_letter(core, s, &when, &retry).await?;
                 (String::new(), format!("dead-lettered: {reason}"))
             } else {
@@ -389,8 +394,17 @@ async fn retry_due(
             Err(reason) => {
                 r.attempts += 1;
                 r.last_error = reason.clone();
-                let too_old = now - r.scheduled_ms >= i64::from(s.retry.max_event_age_secs) * 1000;
-                if r.attempts >= s.retry.max_attempts || too_old {
+                let next = Retry::of_policy(&s.retry).after_failure(
+                    r.attempts,
+                    r.scheduled_ms,
+                    now,
+                    true,
+                    0,
+                );
+                if let Next::At(t) = next {
+                    r.next_attempt_ms = t;
+                    still.push(r);
+                } else {
                     dead_letter(core, s, &when, &r).await?;
                     record(
                         st,
@@ -401,10 +415,6 @@ async fn retry_due(
                             format!("dead-lettered after {} attempts: {reason}", r.attempts),
                         ),
                     );
-                } else {
-                    r.next_attempt_ms =
-                        now + crate::retry::Backoff::DELIVERIES.delay_ms(r.attempts, 0);
-                    still.push(r);
                 }
             }
         }
