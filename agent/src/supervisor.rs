@@ -16,7 +16,7 @@ use crate::record::Phase;
 use crate::rootfs;
 use crate::runtime::{self, ShimHandle};
 use crate::shim::{self, ShimConfig};
-use crate::spec::TaskSpec;
+use crate::spec::{ContainerSpec, NetworkMode, TaskIdentity, TaskSpec};
 use crate::state_dir;
 use crate::AgentInner;
 
@@ -115,152 +115,39 @@ async fn run_task(
     supervise(&agent, &task_id, &dir, handles, &mut stop).await;
 }
 
-/// Prepares every container and launches their shims. On failure, stops what started.
+/// Prepares every container and launches their shims, in ordered steps: the images (all of
+/// them, concurrently — a task whose image cannot be had starts nothing), then for each
+/// container its directories and rootfs, its secrets, its bundle and its shim
+/// (`prepare_and_launch`). A failed step undoes what came before, in reverse: the shims
+/// launched so far are stopped (last first), then the task's mounts and directories go
+/// (`cleanup`). Network setup and health checks will be steps here too.
 async fn start(
     agent: &Arc<AgentInner>,
     task_id: &str,
     spec: &TaskSpec,
 ) -> Result<Vec<ShimHandle>, String> {
-    // Every image first, concurrently: a task whose image cannot be had starts nothing.
-    let pulls = spec.containers.iter().map(|c| async move {
-        agent
-            .images
-            .ensure(&c.image, c.pull_policy, c.registry_auth.as_ref())
-            .await
-            .map_err(|e| format!("container {}: {e}", c.name))
-    });
-    let images = match futures::future::try_join_all(pulls).await {
+    let images = match pull_images(agent, spec).await {
         Ok(images) => images,
         Err(e) => {
             cleanup(agent, task_id, spec).await;
             return Err(e);
         }
     };
-    let mut handles = Vec::new();
+    let mut launched: Vec<ShimHandle> = Vec::new();
     for (c, image) in spec.containers.iter().zip(images) {
-        let agent2 = agent.clone();
-        let (task_id2, c2, network) = (task_id.to_string(), c.clone(), spec.network);
-        let identity = spec.identity.clone();
-        let launched = tokio::task::spawn_blocking(move || -> Result<ShimHandle, String> {
-            let dir = runtime_dir(&agent2.cfg, &task_id2).join(&c2.name);
-            let scratch = disk_dir(&agent2.cfg, &task_id2).join(&c2.name);
-            for d in [&dir, &scratch] {
-                std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
-            }
-            let rootfs = rootfs::prepare(&image.layers, &dir, &scratch)
-                .map_err(|e| format!("preparing the rootfs: {e}"))?;
-            let container_id = format!("{task_id2}-{}", c2.name);
-            let cgroup_path = runtime::cgroup_path(&task_id2, &c2.name);
-            let hostname: String = task_id2.chars().take(12).collect();
-            let mut extra_env = vec![
-                ("SKIFF_TASK_ID".to_string(), task_id2.clone()),
-                ("SKIFF_CONTAINER_NAME".to_string(), c2.name.clone()),
-            ];
-            if let Some(m) = c2
-                .mounts
-                .iter()
-                .find(|m| !std::path::Path::new(&m.source).exists())
-            {
-                return Err(format!(
-                    "mount source {} does not exist on node {}",
-                    m.source, agent2.cfg.node_id
-                ));
-            }
-            // A role's tokens travel like secrets: env vars whose spec lives on the tmpfs.
-            let mut secrets = c2.secrets.clone();
-            if let Some(identity) = &identity {
-                for (name, value) in crate::credserve::environment(&agent2, &task_id2, identity)? {
-                    secrets.push(crate::spec::SecretValue {
-                        name,
-                        file: String::new(),
-                        value: value.into_bytes(),
-                    });
-                }
-            }
-            let secret_files = rootfs::place_secrets(&dir, &secrets, &mut extra_env)
-                .map_err(|e| format!("delivering secrets: {e}"))?;
-            let spec = bundle::runtime_spec(&BundleInput {
-                container: &c2,
-                image: &image.config,
-                rootfs: &rootfs,
-                hostname: &hostname,
-                network,
-                cgroup_path: &cgroup_path,
-                extra_env: &extra_env,
-                secret_files: &secret_files,
-                init_binary: &crate::init_binary::path(&agent2.cfg.data_dir),
+        let step = {
+            let (agent, task_id, c) = (agent.clone(), task_id.to_string(), c.clone());
+            let (network, identity) = (spec.network, spec.identity.clone());
+            tokio::task::spawn_blocking(move || {
+                prepare_and_launch(&agent, &task_id, &c, &image, network, identity.as_ref())
             })
-            .map_err(|e| e.to_string())?;
-            // A container with secrets has them in its spec (env): its bundle lives on the
-            // secrets tmpfs, never on the node's disk.
-            let bundle_dir = if secrets.is_empty() {
-                dir.clone()
-            } else {
-                dir.join("secrets")
-            };
-            spec.save(bundle_dir.join("config.json"))
-                .map_err(|e| format!("writing config.json: {e}"))?;
-            runtime::write_shim_config(
-                &dir,
-                &ShimConfig {
-                    container_id,
-                    bundle: bundle_dir,
-                    state_root: agent2.cfg.state_dir.join(LIBCONTAINER_STATE),
-                    log_path: scratch.join(crate::logs::LOG_FILE),
-                    log_max_bytes: agent2.cfg.log_max_bytes,
-                    log_keep: agent2.cfg.log_keep,
-                    stop_timeout_secs: c2.stop_timeout_secs,
-                    cgroup_path: cgroup_path.clone(),
-                },
-            )
-            .map_err(|e| format!("writing shim.json: {e}"))?;
-            let program = spec
-                .process()
-                .as_ref()
-                .and_then(|p| {
-                    p.args()
-                        .as_ref()?
-                        .iter()
-                        .find(|a| !a.starts_with("/dev/init") && *a != "--")
-                        .cloned()
-                })
-                .unwrap_or_default();
-            let path_env = spec
-                .process()
-                .as_ref()
-                .and_then(|p| {
-                    p.env()
-                        .as_ref()?
-                        .iter()
-                        .find_map(|e| e.strip_prefix("PATH=").map(String::from))
-                })
-                .unwrap_or_default();
-            let cwd = spec
-                .process()
-                .as_ref()
-                .map(|p| p.cwd().display().to_string())
-                .unwrap_or_else(|| "/".into());
-            runtime::launch(
-                agent2.as_ref(),
-                &agent2.cfg.shim_exe,
-                &dir,
-                &cgroup_path,
-                agent2.cfg.start_timeout,
-            )
-            .map_err(|e| {
-                // "not found" for a command that is visibly there: say what is wrong with it.
-                match crate::executable::explain_missing(&rootfs, &program, &path_env, &cwd) {
-                    Some(why) => format!("{why}: {e}"),
-                    None => e,
-                }
-            })
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("preparing container: {e}")));
-        match launched {
-            Ok(h) => handles.push(h),
+            .await
+            .unwrap_or_else(|e| Err(format!("preparing container: {e}")))
+        };
+        match step {
+            Ok(h) => launched.push(h),
             Err(e) => {
-                for h in handles {
+                while let Some(h) = launched.pop() {
                     h.stop();
                     h.exited().await.gone().await;
                 }
@@ -270,7 +157,148 @@ async fn start(
         }
     }
     enforce_image_budget(agent);
-    Ok(handles)
+    Ok(launched)
+}
+
+/// Step 1: every container's image, concurrently.
+async fn pull_images(
+    agent: &Arc<AgentInner>,
+    spec: &TaskSpec,
+) -> Result<Vec<crate::images::Image>, String> {
+    let pulls = spec.containers.iter().map(|c| async move {
+        agent
+            .images
+            .ensure(&c.image, c.pull_policy, c.registry_auth.as_ref())
+            .await
+            .map_err(|e| format!("container {}: {e}", c.name))
+    });
+    futures::future::try_join_all(pulls).await
+}
+
+/// Steps 2–5 for one container, on a blocking thread (mounts and file writes): directories and
+/// rootfs, secrets, bundle, shim. What a failed step leaves is removed by `cleanup`.
+fn prepare_and_launch(
+    agent: &Arc<AgentInner>,
+    task_id: &str,
+    c: &ContainerSpec,
+    image: &crate::images::Image,
+    network: NetworkMode,
+    identity: Option<&TaskIdentity>,
+) -> Result<ShimHandle, String> {
+    // Directories and rootfs.
+    let dir = runtime_dir(&agent.cfg, task_id).join(&c.name);
+    let scratch = disk_dir(&agent.cfg, task_id).join(&c.name);
+    for d in [&dir, &scratch] {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    if let Some(m) = c
+        .mounts
+        .iter()
+        .find(|m| !std::path::Path::new(&m.source).exists())
+    {
+        return Err(format!(
+            "mount source {} does not exist on node {}",
+            m.source, agent.cfg.node_id
+        ));
+    }
+    let rootfs = rootfs::prepare(&image.layers, &dir, &scratch)
+        .map_err(|e| format!("preparing the rootfs: {e}"))?;
+    // Secrets: a role's tokens travel like secrets (env vars whose spec lives on the tmpfs).
+    let mut extra_env = vec![
+        ("SKIFF_TASK_ID".to_string(), task_id.to_string()),
+        ("SKIFF_CONTAINER_NAME".to_string(), c.name.clone()),
+    ];
+    let mut secrets = c.secrets.clone();
+    if let Some(identity) = identity {
+        for (name, value) in crate::credserve::environment(agent, task_id, identity)? {
+            secrets.push(crate::spec::SecretValue {
+                name,
+                file: String::new(),
+                value: value.into_bytes(),
+            });
+        }
+    }
+    let secret_files = rootfs::place_secrets(&dir, &secrets, &mut extra_env)
+        .map_err(|e| format!("delivering secrets: {e}"))?;
+    // Bundle: config.json — on the secrets tmpfs when it carries secret values, never on the
+    // node's disk — and the shim's own config.
+    let cgroup_path = runtime::cgroup_path(task_id, &c.name);
+    let hostname: String = task_id.chars().take(12).collect();
+    let spec = bundle::runtime_spec(&BundleInput {
+        container: c,
+        image: &image.config,
+        rootfs: &rootfs,
+        hostname: &hostname,
+        network,
+        cgroup_path: &cgroup_path,
+        extra_env: &extra_env,
+        secret_files: &secret_files,
+        init_binary: &crate::init_binary::path(&agent.cfg.data_dir),
+    })
+    .map_err(|e| e.to_string())?;
+    let bundle_dir = if secrets.is_empty() {
+        dir.clone()
+    } else {
+        dir.join("secrets")
+    };
+    spec.save(bundle_dir.join("config.json"))
+        .map_err(|e| format!("writing config.json: {e}"))?;
+    runtime::write_shim_config(
+        &dir,
+        &ShimConfig {
+            container_id: format!("{task_id}-{}", c.name),
+            bundle: bundle_dir,
+            state_root: agent.cfg.state_dir.join(LIBCONTAINER_STATE),
+            log_path: scratch.join(crate::logs::LOG_FILE),
+            log_max_bytes: agent.cfg.log_max_bytes,
+            log_keep: agent.cfg.log_keep,
+            stop_timeout_secs: c.stop_timeout_secs,
+            cgroup_path: cgroup_path.clone(),
+        },
+    )
+    .map_err(|e| format!("writing shim.json: {e}"))?;
+    // Shim.
+    runtime::launch(
+        agent.as_ref(),
+        &agent.cfg.shim_exe,
+        &dir,
+        &cgroup_path,
+        agent.cfg.start_timeout,
+    )
+    .map_err(|e| {
+        // "not found" for a command that is visibly there: say what is wrong with it.
+        let (program, path_env, cwd) = command_of(&spec);
+        match crate::executable::explain_missing(&rootfs, &program, &path_env, &cwd) {
+            Some(why) => format!("{why}: {e}"),
+            None => e,
+        }
+    })
+}
+
+/// The program a runtime spec starts (past an init), its PATH and its working directory.
+fn command_of(spec: &oci_spec::runtime::Spec) -> (String, String, String) {
+    let process = spec.process().as_ref();
+    let program = process
+        .and_then(|p| {
+            p.args()
+                .as_ref()?
+                .iter()
+                .find(|a| !a.starts_with("/dev/init") && *a != "--")
+                .cloned()
+        })
+        .unwrap_or_default();
+    let path_env = process
+        .and_then(|p| {
+            p.env()
+                .as_ref()?
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH=").map(String::from))
+        })
+        .unwrap_or_default();
+    let cwd = process
+        .map(|p| p.cwd().display().to_string())
+        .unwrap_or_else(|| "/".into());
+    (program, path_env, cwd)
 }
 
 /// Keeps images under the disk budget, in the background: after a start (a new image may

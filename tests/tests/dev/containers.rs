@@ -408,3 +408,47 @@ fn containers_are_hardened_by_default() {
         "{v}"
     );
 }
+
+/// Processes whose command line is exactly `args`.
+fn processes_running(args: &[&str]) -> Vec<String> {
+    let want = args.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_container_that_cannot_be_prepared_fails_the_task_and_leaves_nothing_running() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let file = env.path("half.json");
+    let marker = ["sleep", "3117"];
+    let def = serde_json::json!({
+        "family": "half",
+        "containers": [
+            {"name": "first", "image": img, "command": marker, "stop_timeout": "1s"},
+            {"name": "second", "image": img, "command": ["true"],
+             "mounts": [{"source": "/nonexistent/skiff-test", "target": "/data"}]}
+        ]
+    });
+    std::fs::write(&file, def.to_string()).unwrap();
+    let reg = cli(
+        &addr,
+        &["taskdefs", "register", "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(reg.code, 0, "{reg:?}");
+    let reason = failed_to_start(&addr, &["--task-def", "half"]);
+    assert!(
+        reason.contains("container second: mount source /nonexistent/skiff-test does not exist"),
+        "{reason}"
+    );
+    // Whatever the first container got to run is gone with the task.
+    assert!(
+        processes_running(&marker).is_empty(),
+        "the first container's process is still running"
+    );
+}
