@@ -11,11 +11,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::core::{Core, CoreError};
+use crate::core::Core;
 use crate::lifecycle::{StopCode, TaskStatus};
 use crate::model::{DefinitionStatus, Event, Task, TaskDefinition};
 use crate::placer::node_loads;
-use crate::store::StoreError;
 use crate::store::TaskFilter;
 use crate::validate::{self, InvalidField};
 
@@ -23,24 +22,6 @@ pub(crate) type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Se
 
 fn invalid(e: InvalidField) -> Status {
     Status::invalid_argument(e.to_string())
-}
-
-impl From<CoreError> for Status {
-    fn from(e: CoreError) -> Status {
-        match e {
-            CoreError::NoSuchTask(id) => Status::not_found(format!("no task {id}")),
-            CoreError::Illegal(e) => Status::failed_precondition(e.to_string()),
-            CoreError::NodeOffline(n) => Status::unavailable(format!("node {n} is not connected")),
-            CoreError::BadReference(why) => Status::invalid_argument(why),
-            CoreError::Store(e) => e.into(),
-        }
-    }
-}
-
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Status {
-        Status::internal(format!("state store: {e}"))
-    }
 }
 
 /// Resolves once the task is STOPPED; fails at once (FailedPrecondition, with the reason)

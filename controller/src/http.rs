@@ -105,7 +105,10 @@ async fn notify(
             "ignored": parsed.ignored,
         }))
         .into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("state store: {e}")),
+        Err(e) => error(
+            crate::status::http_store_code(&e),
+            format!("state store: {e}"),
+        ),
     }
 }
 
@@ -130,13 +133,6 @@ async fn confirm(
             ),
         )
             .into_response(),
-        Err(s) => {
-            let status = match s.code() {
-                tonic::Code::NotFound => StatusCode::NOT_FOUND,
-                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            error(status, s.message())
-        }
+        Err(s) => error(crate::status::http_code(s.code()), s.message()),
     }
 }

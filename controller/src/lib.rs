@@ -30,6 +30,7 @@ pub mod schedules_api;
 pub mod sealing;
 pub mod secrets_api;
 pub mod sources_api;
+pub mod status;
 pub mod store;
 pub mod task_tokens;
 pub mod tokens_api;

@@ -220,3 +220,34 @@ fn protobuf_types_stay_at_the_api_edge() {
          convert.rs, *_api.rs) instead: {offenders:?}"
     );
 }
+
+#[test]
+fn grpc_statuses_are_made_at_the_edge_only() {
+    // Below the adapters, errors are domain errors (CoreError, StoreError, InvalidField …);
+    // `status.rs` maps them to gRPC statuses and HTTP codes.
+    let graph = imports();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for module in graph.keys() {
+        let edge = ["api", "agents", "auth", "http", "lib", "status"].contains(&module.as_str())
+            || module.ends_with("_api");
+        if edge {
+            continue;
+        }
+        let path = src.join(format!("{module}.rs"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue; // a folder module (store/)
+        };
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        // `Status::…` on its own (TaskStatus::Pending and the like are domain enums).
+        let bare_status = code.match_indices("Status::").any(|(i, _)| {
+            code[..i]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_alphanumeric() && c != '_')
+        });
+        assert!(
+            !code.contains("tonic::") && !bare_status,
+            "{module} makes gRPC statuses; return a domain error and map it in status.rs"
+        );
+    }
+}
