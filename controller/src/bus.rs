@@ -31,11 +31,14 @@ pub fn delivery_key(rule: &str, target: &str, event_id: &str) -> String {
 /// How long dedup records are kept (design: "dedup keys with TTL").
 pub const DEDUP_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
-pub async fn run(core: Arc<Core>) {
+pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut head = core.subscribe();
     let mut rules: Option<(u64, RuleSet)> = None;
     let mut last_gc: Option<i64> = None;
     loop {
+        if *stop.borrow() {
+            return;
+        }
         // Retries are looked at again a second after this pass began, at the latest.
         let next_look = core.clock.now_ms() + 1000;
         if last_gc.is_none_or(|t| core.clock.monotonic_ms() - t >= 3_600_000) {
@@ -84,6 +87,7 @@ pub async fn run(core: Arc<Core>) {
         tokio::select! {
             _ = head.changed() => {}
             _ = core.bus_kick.notified() => {}
+            _ = stop.changed() => {}
             _ = core.clock.sleep_until(next_look) => {}
         }
     }

@@ -90,6 +90,8 @@ pub struct Core {
     pub schedules_kick: Notify,
     /// Delivers notifications (webhooks, mail) from the outbox.
     pub notifier: crate::notifier::Notifier,
+    /// Whether each background loop is running (`workers.rs` starts and stops them).
+    pub workers: crate::worker_state::WorkerStates,
 }
 
 impl Core {
@@ -164,6 +166,7 @@ impl Core {
             schedules_kick: Notify::new(),
             notifier: crate::notifier::Notifier::new(None, "http://127.0.0.1:7480".into())
                 .expect("a notifier without SMTP always builds"),
+            workers: Default::default(),
         }
     }
 

@@ -28,9 +28,20 @@ pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/notify/{source}", post(notify))
         .route("/confirm/{id}", get(confirm))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
+}
+
+/// 200 while every background loop runs; 503 naming the ones that do not.
+async fn healthz(State(core): State<Arc<Core>>) -> Response {
+    let workers = core.workers.all();
+    let code = if core.workers.healthy() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"workers": workers}))).into_response()
 }
 
 pub async fn serve(core: Arc<Core>, listener: tokio::net::TcpListener) -> std::io::Result<()> {

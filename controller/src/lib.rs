@@ -37,6 +37,8 @@ pub mod tokens_api;
 pub mod topics_api;
 pub mod validate;
 pub mod watcher;
+pub mod worker_state;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -226,11 +228,7 @@ impl Controller {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), ControllerError> {
         let core = self.core;
-        let placer = tokio::spawn(placer::run(core.clone()));
-        let dispatcher = tokio::spawn(bus::run(core.clone()));
-        let watchers = tokio::spawn(watcher::run(core.clone()));
-        let schedules_loop = tokio::spawn(schedules::run(core.clone()));
-        let outbox = tokio::spawn(notify::run(core.clone()));
+        let workers = workers::Workers::start(&core);
         let http_server = self.http_listener.map(|l| {
             let core = core.clone();
             tokio::spawn(async move {
@@ -355,11 +353,12 @@ impl Controller {
                 shutdown,
             )
             .await;
-        placer.abort();
-        dispatcher.abort();
-        watchers.abort();
-        schedules_loop.abort();
-        outbox.abort();
+        // Each loop finishes its pass; one still going after the deadline is cut short (what
+        // it did is durable or redone, as after a crash).
+        let aborted = workers.stop(std::time::Duration::from_secs(5)).await;
+        if !aborted.is_empty() {
+            tracing::warn!(?aborted, "background loops cut short at shutdown");
+        }
         if let Some(h) = http_server {
             h.abort();
         }

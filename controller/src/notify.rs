@@ -86,8 +86,11 @@ pub async fn publish(
 }
 
 /// Delivers the outbox, forever.
-pub async fn run(core: Arc<Core>) {
+pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
+        if *stop.borrow() {
+            return;
+        }
         // Until the next due entry, at most a second after this pass began.
         let latest = core.clock.now_ms() + 1000;
         let until = match pass(&core) {
@@ -100,6 +103,7 @@ pub async fn run(core: Arc<Core>) {
         };
         tokio::select! {
             _ = core.notifier.kick.notified() => {}
+            _ = stop.changed() => {}
             _ = core.clock.sleep_until(until) => {}
         }
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tracing::warn;
 
 use crate::applier;
@@ -16,14 +17,18 @@ use crate::store::{Reservation, TaskFilter};
 /// How often the loop runs even when nothing kicked it (node timeouts, retries).
 const TICK: Duration = Duration::from_millis(1000);
 
-pub async fn run(core: Arc<Core>) {
+pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     loop {
+        if *stop.borrow() {
+            return;
+        }
         let next_tick = core.clock.now_ms() + TICK.as_millis() as i64;
         if let Err(e) = pass(&core).await {
             warn!(error = %e, "placement pass failed");
         }
         tokio::select! {
             _ = core.kick.notified() => {}
+            _ = stop.changed() => {}
             _ = core.clock.sleep_until(next_tick) => {}
         }
     }

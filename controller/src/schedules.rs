@@ -55,8 +55,11 @@ fn window_offset_ms(name: &str, scheduled_ms: i64, window_secs: u32) -> i64 {
     (h.finish() % (u64::from(window_secs) * 1000)) as i64
 }
 
-pub async fn run(core: Arc<Core>) {
+pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
+        if *stop.borrow() {
+            return;
+        }
         // Sleep until the earliest next fire (at most a second after this pass began:
         // schedules may change).
         let latest = core.clock.now_ms() + 1000;
@@ -70,6 +73,7 @@ pub async fn run(core: Arc<Core>) {
         };
         tokio::select! {
             _ = core.schedules_kick.notified() => {}
+            _ = stop.changed() => {}
             _ = core.clock.sleep_until(until) => {}
         }
     }

@@ -23,9 +23,16 @@ const SETTLE_MS: i64 = 2000;
 
 /// Runs a watch loop for every source with a poll interval; restarts one when its source
 /// changes, stops it when the source goes.
-pub async fn run(core: Arc<Core>) {
+pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut running: HashMap<String, (i64, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
+        if *stop.borrow() {
+            // Each source's loop goes with it (a listing cut short is listed again).
+            for (_, (_, handle)) in running.drain() {
+                handle.abort();
+            }
+            return;
+        }
         let sources = core.store.sources.list().unwrap_or_else(|e| {
             warn!(error = %e, "reading sources failed");
             Vec::new()
@@ -49,6 +56,7 @@ pub async fn run(core: Arc<Core>) {
         }
         tokio::select! {
             _ = core.sources_kick.notified() => {}
+            _ = stop.changed() => {}
             _ = core.clock.sleep(Duration::from_secs(5)) => {}
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use skiff_controller::clock::Clock;
 use skiff_controller::core::Core;
+use skiff_controller::workers::WorkerState;
 use skiff_controller::{Controller, ControllerConfig, NodeTiming};
 use skiff_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
@@ -204,6 +205,13 @@ impl Harness {
                 .expect("the controller stopped")
                 .unwrap();
         }
+        // Every background loop finished its pass and returned.
+        let workers = self.core.workers.all();
+        assert_eq!(workers.len(), 5, "{workers:?}");
+        assert!(
+            workers.values().all(|s| *s == WorkerState::Stopped),
+            "{workers:?}"
+        );
     }
 }
 
