@@ -18,9 +18,9 @@ use tracing::{info, warn};
 use crate::applier;
 use crate::convert;
 use crate::core::{Core, CoreError};
-use crate::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
 use crate::model::{Node, NodeState};
 use crate::validate;
+use skiff_model::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
 
 use pb::controller_message::Body as Out;
 

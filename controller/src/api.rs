@@ -12,11 +12,11 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::core::Core;
-use crate::lifecycle::{StopCode, TaskStatus};
 use crate::model::{DefinitionStatus, Event, Task, TaskDefinition};
 use crate::placer::node_loads;
 use crate::store::TaskFilter;
 use crate::validate::{self, InvalidField};
+use skiff_model::lifecycle::{StopCode, TaskStatus};
 
 pub(crate) type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -481,7 +481,7 @@ pub struct EventsApi {
     pub core: Arc<Core>,
     /// The enabled rules, compiled, for telling a caller which rules its events match;
     /// rebuilt when the rules change (the core's rules version).
-    pub rules: std::sync::Mutex<Option<(u64, Arc<crate::ruleset::RuleSet>)>>,
+    pub rules: std::sync::Mutex<Option<(u64, Arc<skiff_model::ruleset::RuleSet>)>>,
 }
 
 impl EventsApi {
@@ -492,7 +492,7 @@ impl EventsApi {
         }
     }
 
-    fn rule_set(&self) -> Result<Arc<crate::ruleset::RuleSet>, Status> {
+    fn rule_set(&self) -> Result<Arc<skiff_model::ruleset::RuleSet>, Status> {
         let version = self.core.rules_version();
         if let Some((v, set)) = self.rules.lock().unwrap().as_ref() {
             if *v == version {
@@ -500,7 +500,7 @@ impl EventsApi {
             }
         }
         // Patterns were checked when put; the dispatcher reports any that no longer compile.
-        let set = Arc::new(crate::ruleset::RuleSet::new(self.core.store.rules.list()?).0);
+        let set = Arc::new(skiff_model::ruleset::RuleSet::new(self.core.store.rules.list()?).0);
         *self.rules.lock().unwrap() = Some((version, set.clone()));
         Ok(set)
     }

@@ -9,9 +9,9 @@ use tracing::{info, warn};
 
 use crate::convert;
 use crate::core::{Core, CoreError};
-use crate::lifecycle::{StopCode, TaskEvent};
 use crate::model::Task;
-use crate::placement::Step;
+use skiff_model::lifecycle::{StopCode, TaskEvent};
+use skiff_model::placement::Step;
 
 /// Commits `steps` and sends what they start. Waiting reasons are recorded alongside (they are
 /// not lifecycle moves: no event).
@@ -52,7 +52,7 @@ pub async fn apply(core: &Core, steps: Vec<Step>) -> Result<(), CoreError> {
                 continue;
             }
         };
-        if moved && task.status == crate::lifecycle::TaskStatus::Pending {
+        if moved && task.status == skiff_model::lifecycle::TaskStatus::Pending {
             if let Some(node) = task.node_id.clone() {
                 info!(task_id = %task.id, node_id = %node, "placed");
                 send_start(core, &node, &task).await;

@@ -181,7 +181,7 @@ fn authenticate_task(core: &Core, token: &str) -> Result<Caller, Status> {
         .task(&claims.t)
         .map_err(store_err)?
         .ok_or_else(|| Status::unauthenticated("the task token's task does not exist"))?;
-    if task.status == crate::lifecycle::TaskStatus::Stopped {
+    if task.status == skiff_model::lifecycle::TaskStatus::Stopped {
         return Err(Status::unauthenticated(format!(
             "task {} has stopped; its token is no longer valid",
             task.id
@@ -266,7 +266,7 @@ pub fn authorize(core: &Core, path: &str, header: Option<&str>) -> Result<Option
     if let Some(task) = &caller.task {
         let action = action_name(path);
         let resource = (!RESOURCE_SCOPED.contains(&action.as_str())).then_some("*");
-        if !crate::trust::allows(&task.role, &action, resource) {
+        if !skiff_model::trust::allows(&task.role, &action, resource) {
             return Err(Status::permission_denied(format!(
                 "{action}: task role {:?} does not grant it",
                 task.role.name
@@ -303,7 +303,7 @@ pub fn check_task_resource<T>(
         .get::<Caller>()
         .and_then(|c| c.task.as_ref())
     {
-        Some(t) if !crate::trust::allows(&t.role, action, Some(resource)) => {
+        Some(t) if !skiff_model::trust::allows(&t.role, action, Some(resource)) => {
             Err(Status::permission_denied(format!(
                 "{action} on {resource}: task role {:?} does not grant it",
                 t.role.name

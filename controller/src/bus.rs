@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::model::{DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task};
-use crate::retry::{Next, Retry};
-use crate::ruleset::RuleSet;
+use skiff_model::retry::{Next, Retry};
+use skiff_model::ruleset::RuleSet;
 
 /// Events read per pass.
 const BATCH: usize = 256;
@@ -160,7 +160,8 @@ async fn attempt(
             overrides,
             group,
         } => {
-            let input = crate::transform::render(&target.input, envelope, &rule.name, ev.time_ms);
+            let input =
+                skiff_model::transform::render(&target.input, envelope, &rule.name, ev.time_ms);
             let group = if group.is_empty() {
                 format!("rule:{}", rule.name)
             } else {
@@ -184,7 +185,8 @@ async fn attempt(
         }
         TargetKind::Queue(q) => Ok(Err(format!("queue {q:?}: queues are not available yet"))),
         TargetKind::Topic(t) => {
-            let message = crate::transform::render(&target.input, envelope, &rule.name, ev.time_ms);
+            let message =
+                skiff_model::transform::render(&target.input, envelope, &rule.name, ev.time_ms);
             crate::notify::publish(core, key, t, &rule.name, &ev.id, message).await
         }
     }

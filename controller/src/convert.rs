@@ -3,8 +3,8 @@
 
 use skiff_proto::v1 as pb;
 
-use crate::lifecycle::StopCode;
 use crate::model::{ContainerDef, ContainerState, Event, Task, TaskDefinition, TaskSpec};
+use skiff_model::lifecycle::StopCode;
 
 pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
     pb::ContainerDefinition {

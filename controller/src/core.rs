@@ -11,9 +11,9 @@ use serde_json::json;
 use skiff_proto::v1 as pb;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::lifecycle::{self, Outcome, TaskEvent};
 use crate::model::{Event, Task};
 use crate::store::{Decision, Store, StoreError};
+use skiff_model::lifecycle::{self, Outcome, TaskEvent};
 
 pub const TASK_SOURCE: &str = "skiff.task";
 pub const TASK_STATE_CHANGE: &str = "Task State Change";
@@ -302,7 +302,7 @@ impl Core {
     /// Marks a task STOPPED/`NodeLost`: its node is gone or no longer has it.
     pub async fn mark_lost(&self, id: &str, reason: String) -> Result<(), CoreError> {
         let event = TaskEvent::Stopped {
-            code: crate::lifecycle::StopCode::NodeLost,
+            code: skiff_model::lifecycle::StopCode::NodeLost,
             reason,
             containers: vec![],
         };
@@ -313,7 +313,7 @@ impl Core {
     pub async fn set_status_reason(
         &self,
         id: &str,
-        why: &crate::placement::Unplaced,
+        why: &skiff_model::placement::Unplaced,
     ) -> Result<(), CoreError> {
         self.store
             .update_task(id, |mut task, _| {
@@ -558,7 +558,7 @@ pub fn state_change_event(id: String, t: &Task, time_ms: i64) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::{StopCode, TaskStatus};
+    use skiff_model::lifecycle::{StopCode, TaskStatus};
 
     async fn core_with_task(dir: &std::path::Path, id: &str) -> Core {
         let store = Store::open(&dir.join("store")).unwrap();

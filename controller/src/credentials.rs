@@ -10,9 +10,9 @@ use serde_json::json;
 use skiff_proto::v1 as pb;
 
 use crate::core::Core;
-use crate::lifecycle::TaskStatus;
 use crate::model::{Access, CredentialProvider, StorageAccess, StorageGrant};
 use crate::task_tokens::{self, Claims};
+use skiff_model::lifecycle::TaskStatus;
 
 /// The IAM session policy that narrows assumed-role credentials to `grants`. `partition` is the
 /// ARN partition (aws, aws-cn, ...).

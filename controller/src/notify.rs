@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::model::{Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription};
-use crate::pattern::Pattern;
-use crate::retry::{Next, Retry};
+use skiff_model::pattern::Pattern;
+use skiff_model::retry::{Next, Retry};
 
 pub use crate::notifier::{Notifier, SmtpConfig};
 

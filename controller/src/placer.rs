@@ -11,8 +11,8 @@ use tracing::warn;
 
 use crate::applier;
 use crate::core::{Core, CoreError};
-use crate::placement::{self, NodeLoad, Snapshot, Waiting};
 use crate::store::{Reservation, TaskFilter};
+use skiff_model::placement::{self, NodeLoad, Snapshot, Waiting};
 
 /// How often the loop runs even when nothing kicked it (node timeouts, retries).
 const TICK: Duration = Duration::from_millis(1000);

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::model::{Overrides, RetryPolicy, Rule, Target, TargetInput, TargetKind};
-use crate::pattern::Pattern;
 use crate::validate;
+use skiff_model::pattern::Pattern;
 
 /// EventBridge's limit of targets per rule.
 pub const MAX_TARGETS: usize = 5;
@@ -101,7 +101,7 @@ fn target(core: &Core, i: usize, t: &pb::Target) -> Result<Target, Status> {
             ))
         }
     };
-    crate::transform::check(&input)
+    skiff_model::transform::check(&input)
         .map_err(|e| Status::invalid_argument(format!("targets[{i}].{e}")))?;
     let mut retry = RetryPolicy::default();
     if let Some(r) = &t.retry {

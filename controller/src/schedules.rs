@@ -13,10 +13,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::cron::Expression;
-use crate::lifecycle::StopCode;
 use crate::model::{CatchUp, Overlap, Schedule, ScheduleRetry, ScheduleRun, ScheduleState, Task};
-use crate::retry::{Next, Retry};
+use skiff_model::cron::Expression;
+use skiff_model::lifecycle::StopCode;
+use skiff_model::retry::{Next, Retry};
 
 /// A fire handled this long after its time counts as missed (the catch-up policy applies).
 const LATE_MS: i64 = 60_000;

@@ -13,12 +13,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::lifecycle::TaskStatus;
 use crate::model::{
     ApiToken, DeadLetter, Delivery, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule,
     RuleCounter, RuleStats, Schedule, ScheduleState, SealedSecret, Source, SourceHealth,
     Subscription, Task, TaskDefinition, TaskRole, Topic,
 };
+use skiff_model::lifecycle::TaskStatus;
 
 mod notify;
 mod table;

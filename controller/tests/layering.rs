@@ -251,3 +251,28 @@ fn grpc_statuses_are_made_at_the_edge_only() {
         );
     }
 }
+
+#[test]
+fn modules_name_the_pure_layer_directly_not_through_the_crate_root() {
+    // lib.rs re-exports skiff-model's modules for outside users; a module reaching them as
+    // `crate::lifecycle` would import the crate root, which imports every module: an arrow back
+    // up the layers.
+    let graph = imports();
+    for (module, deps) in &graph {
+        for reexport in [
+            "cron",
+            "lifecycle",
+            "pattern",
+            "placement",
+            "retry",
+            "ruleset",
+            "transform",
+            "trust",
+        ] {
+            assert!(
+                !deps.contains(reexport),
+                "{module} names crate::{reexport}; use skiff_model::{reexport}"
+            );
+        }
+    }
+}
