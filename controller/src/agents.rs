@@ -20,6 +20,7 @@ use crate::convert;
 use crate::core::{Core, CoreError};
 use crate::model::{Node, NodeState};
 use crate::validate;
+use crate::wake::Loop;
 use skiff_model::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
 
 use pb::controller_message::Body as Out;
@@ -102,7 +103,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
             if let Err(e) = reconcile(&core, &node_id, &reg.tasks).await {
                 warn!(node_id = %node_id, error = %e, "reconcile failed");
             }
-            core.kick.notify_one();
+            core.loops.wake(Loop::Placer);
             'session: loop {
                 let mut arrived = match inbound.message().await {
                     Ok(Some(m)) => vec![m],

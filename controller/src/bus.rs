@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::model::{DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task};
+use crate::wake::Loop;
 use skiff_model::retry::{Next, Retry};
 use skiff_model::ruleset::RuleSet;
 
@@ -86,7 +87,7 @@ pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) 
         }
         tokio::select! {
             _ = head.changed() => {}
-            _ = core.bus_kick.notified() => {}
+            _ = core.loops.woken(Loop::Rules) => {}
             _ = stop.changed() => {}
             _ = core.clock.sleep_until(next_look) => {}
         }

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use skiff_proto::v1 as pb;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 use crate::model::{Event, Task};
 use crate::store::{Decision, Store, StoreError};
+use crate::wake::Loop;
 use skiff_model::lifecycle::{self, Outcome, TaskEvent};
 
 pub const TASK_SOURCE: &str = "skiff.task";
@@ -74,20 +75,14 @@ pub struct Core {
     last_seen: Mutex<HashMap<String, i64>>,
     /// Bumped after every durable task or event write; waiters re-read what they watch.
     head: watch::Sender<u64>,
-    /// Wakes the placer: a task was created, capacity was freed, or a node came.
-    pub kick: Notify,
+    /// Wakes the background loops by name (see `wake.rs`).
+    pub loops: crate::wake::Wakeups,
     log_routes: Mutex<HashMap<u64, mpsc::Sender<pb::LogData>>>,
     /// Image command replies: request id → (node, the API call waiting for them).
     image_routes: Mutex<HashMap<u64, (String, mpsc::UnboundedSender<pb::ImageReply>)>>,
     next_id: AtomicU64,
     /// Bumped when rules change, so the dispatcher recompiles them.
     rules_version: AtomicU64,
-    /// Wakes the rule dispatcher.
-    pub bus_kick: Notify,
-    /// Wakes the watcher supervisor: a source changed.
-    pub sources_kick: Notify,
-    /// Wakes the schedules loop: a schedule changed.
-    pub schedules_kick: Notify,
     /// Delivers notifications (webhooks, mail) from the outbox.
     pub notifier: crate::notifier::Notifier,
     /// Whether each background loop is running (`workers.rs` starts and stops them).
@@ -156,14 +151,11 @@ impl Core {
             sessions: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(last_seen),
             head,
-            kick: Notify::new(),
+            loops: Default::default(),
             log_routes: Mutex::new(HashMap::new()),
             image_routes: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             rules_version: AtomicU64::new(0),
-            bus_kick: Notify::new(),
-            sources_kick: Notify::new(),
-            schedules_kick: Notify::new(),
             notifier: crate::notifier::Notifier::new(None, "http://127.0.0.1:7480".into())
                 .expect("a notifier without SMTP always builds"),
             workers: Default::default(),
@@ -189,7 +181,7 @@ impl Core {
     /// A rule was put, deleted, enabled or disabled.
     pub fn rules_changed(&self) {
         self.rules_version.fetch_add(1, Ordering::AcqRel);
-        self.bus_kick.notify_one();
+        self.loops.wake(Loop::Rules);
     }
 
     /// New events were appended (PutEvents): wake whoever watches the log.
@@ -213,7 +205,7 @@ impl Core {
         {
             Ok(_) => {
                 self.bump();
-                self.kick.notify_one();
+                self.loops.wake(Loop::Placer);
                 Ok(Ok(task))
             }
             Err(existing) => Ok(Err(existing)),
@@ -228,7 +220,7 @@ impl Core {
             })
             .await?;
         self.bump();
-        self.kick.notify_one();
+        self.loops.wake(Loop::Placer);
         Ok(task)
     }
 
@@ -294,7 +286,7 @@ impl Core {
             .any(|r| matches!(r, Ok((t, true)) if !t.status.is_active()))
         {
             // Capacity was freed.
-            self.kick.notify_one();
+            self.loops.wake(Loop::Placer);
         }
         results
     }

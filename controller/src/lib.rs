@@ -36,6 +36,7 @@ pub mod task_tokens;
 pub mod tokens_api;
 pub mod topics_api;
 pub mod validate;
+pub mod wake;
 pub mod watcher;
 pub mod worker_state;
 pub mod workers;

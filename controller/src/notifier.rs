@@ -42,8 +42,6 @@ pub struct Notifier {
     pub(crate) limit: Arc<Semaphore>,
     /// Set when a pass left due deliveries behind because every sender was busy.
     pub(crate) backlog: AtomicBool,
-    /// Wakes the outbox loop: something was enqueued.
-    pub kick: tokio::sync::Notify,
 }
 
 impl Notifier {
@@ -62,7 +60,6 @@ impl Notifier {
             delivered: Mutex::new(HashMap::new()),
             limit: Arc::new(Semaphore::new(CONCURRENT_DELIVERIES)),
             backlog: AtomicBool::new(false),
-            kick: tokio::sync::Notify::new(),
         })
     }
 

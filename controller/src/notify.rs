@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::model::{Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription};
+use crate::wake::Loop;
 use skiff_model::pattern::Pattern;
 use skiff_model::retry::{Next, Retry};
 
@@ -80,7 +81,7 @@ pub async fn publish(
         .await?
     {
         info!(%topic, %rule, %event_id, deliveries = count, "published");
-        core.notifier.kick.notify_one();
+        core.loops.wake(Loop::Notifications);
     }
     Ok(Ok(()))
 }
@@ -102,7 +103,7 @@ pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) 
             }
         };
         tokio::select! {
-            _ = core.notifier.kick.notified() => {}
+            _ = core.loops.woken(Loop::Notifications) => {}
             _ = stop.changed() => {}
             _ = core.clock.sleep_until(until) => {}
         }
@@ -152,7 +153,7 @@ fn pass(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
             // Rescan only when it can find something: a retry time the loop has not seen, or
             // due deliveries left behind for want of a sender.
             if retry_scheduled || core.notifier.backlog.load(Ordering::SeqCst) {
-                core.notifier.kick.notify_one();
+                core.loops.wake(Loop::Notifications);
             }
         });
     }

@@ -12,6 +12,7 @@ use tracing::warn;
 use crate::applier;
 use crate::core::{Core, CoreError};
 use crate::store::{Reservation, TaskFilter};
+use crate::wake::Loop;
 use skiff_model::placement::{self, NodeLoad, Snapshot, Waiting};
 
 /// How often the loop runs even when nothing kicked it (node timeouts, retries).
@@ -27,7 +28,7 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             warn!(error = %e, "placement pass failed");
         }
         tokio::select! {
-            _ = core.kick.notified() => {}
+            _ = core.loops.woken(Loop::Placer) => {}
             _ = stop.changed() => {}
             _ = core.clock.sleep_until(next_tick) => {}
         }

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::model::{CatchUp, Overlap, Schedule, ScheduleRetry, ScheduleRun, ScheduleState, Task};
+use crate::wake::Loop;
 use skiff_model::cron::Expression;
 use skiff_model::lifecycle::StopCode;
 use skiff_model::retry::{Next, Retry};
@@ -72,7 +73,7 @@ pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) 
             }
         };
         tokio::select! {
-            _ = core.schedules_kick.notified() => {}
+            _ = core.loops.woken(Loop::Schedules) => {}
             _ = stop.changed() => {}
             _ = core.clock.sleep_until(until) => {}
         }

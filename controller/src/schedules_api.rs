@@ -11,6 +11,7 @@ use crate::core::Core;
 use crate::model::{CatchUp, Overlap, Schedule};
 use crate::schedules::{anchor, in_zone, rfc, utc};
 use crate::validate;
+use crate::wake::Loop;
 use skiff_model::cron::Expression;
 
 fn parse_time(field: &str, s: &str) -> Result<Option<i64>, Status> {
@@ -292,7 +293,7 @@ impl pb::schedules_server::Schedules for SchedulesApi {
         s.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
         s.updated_ms = now;
         self.core.store.put_schedule(&s).await?;
-        self.core.schedules_kick.notify_one();
+        self.core.loops.wake(Loop::Schedules);
         Ok(Response::new(to_pb(&s)))
     }
 
@@ -352,7 +353,7 @@ impl pb::schedules_server::Schedules for SchedulesApi {
             s.updated_ms = self.core.clock.now_ms();
             // Re-enabled: counts from now, not from before it was disabled.
             self.core.store.put_schedule(&s).await?;
-            self.core.schedules_kick.notify_one();
+            self.core.loops.wake(Loop::Schedules);
         }
         Ok(Response::new(to_pb(&s)))
     }

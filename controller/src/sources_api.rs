@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::core::Core;
 use crate::model::{Source, SourceKind};
 use crate::validate;
+use crate::wake::Loop;
 
 fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
@@ -137,7 +138,7 @@ pub async fn put(core: &Core, mut source: Source) -> Result<Source, Status> {
     source.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
     source.updated_ms = now.max(old.as_ref().map_or(0, |o| o.updated_ms + 1));
     core.store.sources.put(&source).await?;
-    core.sources_kick.notify_one();
+    core.loops.wake(Loop::Watchers);
     Ok(source)
 }
 
@@ -172,7 +173,7 @@ impl pb::sources_server::Sources for SourcesApi {
         let name = &req.get_ref().name;
         match self.core.store.delete_source(name).await? {
             Some(s) => {
-                self.core.sources_kick.notify_one();
+                self.core.loops.wake(Loop::Watchers);
                 Ok(Response::new(to_pb(&s, &Default::default())))
             }
             None => Err(Status::not_found(format!("name: no source {name:?}"))),

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::core::Core;
 use crate::model::{Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription, Topic};
 use crate::validate;
+use crate::wake::Loop;
 
 fn invalid(field: &str, msg: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {msg}"))
@@ -359,7 +360,7 @@ impl pb::topics_server::Topics for TopicsApi {
             .store
             .put_subscription(&sub, first.as_ref())
             .await?;
-        self.core.notifier.kick.notify_one();
+        self.core.loops.wake(Loop::Notifications);
         Ok(Response::new(pb::SubscribeResponse {
             subscription: Some(subscription_pb(&sub)),
             signing_secret: secret,
@@ -426,7 +427,7 @@ impl pb::topics_server::Topics for TopicsApi {
             })
             .collect();
         self.core.store.redrive(&again).await?;
-        self.core.notifier.kick.notify_one();
+        self.core.loops.wake(Loop::Notifications);
         Ok(Response::new(pb::RedriveResponse {
             redriven: again.len() as u32,
         }))

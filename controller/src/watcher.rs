@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::core::Core;
 use crate::model::{Source, SourceKind};
 use crate::objects::{self, ObjectChange};
+use crate::wake::Loop;
 
 /// A local file modified this recently may still be being written: it is reported once a
 /// second listing finds it unchanged.
@@ -55,7 +56,7 @@ pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) 
             }
         }
         tokio::select! {
-            _ = core.sources_kick.notified() => {}
+            _ = core.loops.woken(Loop::Watchers) => {}
             _ = stop.changed() => {}
             _ = core.clock.sleep(Duration::from_secs(5)) => {}
         }
