@@ -74,7 +74,11 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
                         Ok(spec) => agent.start_task(spec),
                         Err(e) => agent.report_never_started(&s.task_id, "TaskFailedToStart", e),
                     },
-                    Some(In::Stop(s)) => agent.stop_task(&s.task_id, s.stop_code, s.reason),
+                    Some(In::Stop(s)) => {
+                        let code = crate::record::stop_code_name(s.code())
+                            .map_or(s.stop_code.clone(), String::from);
+                        agent.stop_task(&s.task_id, code, s.reason)
+                    }
                     Some(In::Forget(f)) => agent.forget_task(&f.task_id),
                     Some(In::Logs(req)) => logserve::start(agent.clone(), req),
                     Some(In::CancelLogs(c)) => logserve::cancel(agent, c.request_id),

@@ -326,17 +326,20 @@ fn report_of(task_id: &str, r: &TaskRecord) -> pb::TaskReport {
     pb::TaskReport {
         task_id: task_id.to_string(),
         status: r.phase.as_str().to_string(),
+        state: r.phase.wire().into(),
         containers: r
             .containers
             .iter()
             .map(|c| pb::ContainerReport {
                 name: c.name.clone(),
                 status: c.phase.as_str().to_string(),
+                state: c.phase.wire().into(),
                 exit_code: c.exit_code,
                 reason: c.reason.clone(),
             })
             .collect(),
         stop_code: r.stop_code.clone(),
+        code: crate::record::wire_stop_code(&r.stop_code).into(),
         reason: r.reason.clone(),
         time_ms: chrono::Utc::now().timestamp_millis(),
     }

@@ -394,19 +394,19 @@ async fn report_event(
         return Ok(None);
     }
     let containers = convert::container_states(&task.spec, &r.containers);
-    Ok(match r.status.as_str() {
-        "PENDING" => Some(TaskEvent::Placed {
+    Ok(match convert::run_state(r.state(), &r.status) {
+        Some(pb::RunState::Pending) => Some(TaskEvent::Placed {
             node_id: node_id.to_string(),
         }),
-        "RUNNING" => Some(TaskEvent::Started { containers }),
-        "STOPPING" => Some(TaskEvent::Stopping { containers }),
-        "STOPPED" => Some(TaskEvent::Stopped {
-            code: convert::stop_code(&r.stop_code),
+        Some(pb::RunState::Running) => Some(TaskEvent::Started { containers }),
+        Some(pb::RunState::Stopping) => Some(TaskEvent::Stopping { containers }),
+        Some(pb::RunState::Stopped) => Some(TaskEvent::Stopped {
+            code: convert::stop_code(r.code(), &r.stop_code),
             reason: r.reason.clone(),
             containers,
         }),
-        other => {
-            warn!(task_id = %r.task_id, status = other, "unknown status in report");
+        Some(pb::RunState::Unspecified) | None => {
+            warn!(task_id = %r.task_id, status = %r.status, "unknown status in report");
             None
         }
     })
@@ -431,8 +431,9 @@ async fn answer_report(
         }
         Err(e) => return Err(e),
     };
+    let reported_stopped = convert::run_state(r.state(), &r.status) == Some(pb::RunState::Stopped);
     if task.status == TaskStatus::Stopped {
-        if r.status == "STOPPED" {
+        if reported_stopped {
             core.send(
                 node_id,
                 Out::Forget(pb::ForgetTask {
@@ -445,7 +446,7 @@ async fn answer_report(
             core.send_stop(node_id, &task.id, code, &task.stopped_reason)
                 .await?;
         }
-    } else if task.desired == DesiredStatus::Stopped && r.status != "STOPPED" {
+    } else if task.desired == DesiredStatus::Stopped && !reported_stopped {
         let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
         core.send_stop(node_id, &task.id, code, &task.stopped_reason)
             .await?;

@@ -203,7 +203,10 @@ pub fn container_states(spec: &TaskSpec, reports: &[pb::ContainerReport]) -> Vec
                 name: c.name.clone(),
                 image: c.image.clone(),
                 essential: c.essential,
-                last_status: r.map_or_else(|| "PENDING".to_string(), |r| r.status.clone()),
+                last_status: r
+                    .and_then(|r| run_state(r.state(), &r.status))
+                    .map_or("PENDING", run_state_name)
+                    .to_string(),
                 exit_code: r.and_then(|r| r.exit_code),
                 reason: r.map(|r| r.reason.clone()).unwrap_or_default(),
             }
@@ -211,9 +214,57 @@ pub fn container_states(spec: &TaskSpec, reports: &[pb::ContainerReport]) -> Vec
         .collect()
 }
 
-/// An agent's stop code, defaulting sensibly when an older or confused agent sends none.
-pub fn stop_code(s: &str) -> StopCode {
-    StopCode::parse(s).unwrap_or(StopCode::EssentialContainerExited)
+/// An agent's stop code: the enum, or the text an agent of the previous version sends;
+/// defaulting sensibly when a confused agent sends neither.
+pub fn stop_code(code: pb::StopCode, text: &str) -> StopCode {
+    match code {
+        pb::StopCode::Unspecified => {
+            StopCode::parse(text).unwrap_or(StopCode::EssentialContainerExited)
+        }
+        pb::StopCode::TaskFailedToStart => StopCode::TaskFailedToStart,
+        pb::StopCode::EssentialContainerExited => StopCode::EssentialContainerExited,
+        pb::StopCode::UserInitiated => StopCode::UserInitiated,
+        pb::StopCode::ServiceSchedulerInitiated => StopCode::ServiceSchedulerInitiated,
+        pb::StopCode::TimedOut => StopCode::TimedOut,
+        pb::StopCode::NodeLost => StopCode::NodeLost,
+    }
+}
+
+/// A stop code on the agent wire.
+pub fn wire_stop_code(c: StopCode) -> pb::StopCode {
+    match c {
+        StopCode::TaskFailedToStart => pb::StopCode::TaskFailedToStart,
+        StopCode::EssentialContainerExited => pb::StopCode::EssentialContainerExited,
+        StopCode::UserInitiated => pb::StopCode::UserInitiated,
+        StopCode::ServiceSchedulerInitiated => pb::StopCode::ServiceSchedulerInitiated,
+        StopCode::TimedOut => pb::StopCode::TimedOut,
+        StopCode::NodeLost => pb::StopCode::NodeLost,
+    }
+}
+
+/// A reported state: the enum, or the text an agent of the previous version sends (None when
+/// it is neither).
+pub fn run_state(state: pb::RunState, text: &str) -> Option<pb::RunState> {
+    match state {
+        pb::RunState::Unspecified => match text {
+            "PENDING" => Some(pb::RunState::Pending),
+            "RUNNING" => Some(pb::RunState::Running),
+            "STOPPING" => Some(pb::RunState::Stopping),
+            "STOPPED" => Some(pb::RunState::Stopped),
+            _ => None,
+        },
+        s => Some(s),
+    }
+}
+
+/// A reported state as the API shows it.
+pub fn run_state_name(s: pb::RunState) -> &'static str {
+    match s {
+        pb::RunState::Unspecified | pb::RunState::Pending => "PENDING",
+        pb::RunState::Running => "RUNNING",
+        pb::RunState::Stopping => "STOPPING",
+        pb::RunState::Stopped => "STOPPED",
+    }
 }
 
 /// Run-time overrides as the API gives them, as the domain keeps them.
@@ -240,6 +291,27 @@ pub fn overrides(o: &pb::TaskOverrides) -> crate::model::Overrides {
 mod tests {
     use super::*;
     use crate::model::{ContainerDef, NetworkMode, SecretRef};
+
+    #[test]
+    fn agent_states_and_stop_codes_read_the_enum_or_the_previous_versions_text() {
+        for c in StopCode::ALL {
+            assert_eq!(stop_code(wire_stop_code(c), ""), c);
+        }
+        assert_eq!(
+            stop_code(pb::StopCode::Unspecified, "TimedOut"),
+            StopCode::TimedOut
+        );
+        assert_eq!(
+            run_state(pb::RunState::Unspecified, "STOPPED"),
+            Some(pb::RunState::Stopped)
+        );
+        assert_eq!(
+            run_state(pb::RunState::Running, "whatever"),
+            Some(pb::RunState::Running)
+        );
+        assert_eq!(run_state(pb::RunState::Unspecified, "BOGUS"), None);
+        assert_eq!(run_state_name(pb::RunState::Stopping), "STOPPING");
+    }
 
     #[test]
     fn a_secret_that_cannot_be_opened_fails_the_start_by_name() {

@@ -418,6 +418,7 @@ impl Core {
                 task_id: task_id.to_string(),
                 stop_code: code.as_str().to_string(),
                 reason: reason.to_string(),
+                code: crate::convert::wire_stop_code(code).into(),
             }),
         )
         .await

@@ -117,3 +117,104 @@ async fn missed_fire_times_follow_the_catch_up_policy_then_fires_are_on_time() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_fire_whose_task_cannot_start_is_retried_on_the_backoff_then_dead_lettered() {
+    let h = Harness::start().await;
+    for (name, family, attempts) in [("recovers", "job", 5), ("doomed", "gone", 2)] {
+        h.register(family).await;
+        h.schedules()
+            .put(h.req(pb::Schedule {
+                name: name.into(),
+                expression: "rate(1 minute)".into(),
+                task: Some(pb::TaskTarget {
+                    task_definition: family.into(),
+                    ..Default::default()
+                }),
+                retry: Some(pb::RetryPolicy {
+                    max_attempts: attempts,
+                    max_event_age_seconds: 3600,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        h.until(&format!("{name}'s first fire time"), || async {
+            match h.core.store.schedule_state(name).unwrap().next_fire_ms {
+                Some(t) => Ok(t),
+                None => Err("not yet".into()),
+            }
+        })
+        .await;
+        // No active definition at the first fire time: the fire fails.
+        h.taskdefs()
+            .deregister(h.req(pb::DescribeTaskDefinitionRequest {
+                task_definition: format!("{family}:1"),
+            }))
+            .await
+            .unwrap();
+    }
+    h.advance(Duration::from_secs(60));
+    for name in ["recovers", "doomed"] {
+        h.until(
+            &format!("{name}: a retry after the first failure"),
+            || async {
+                let st = h.core.store.schedule_state(name).unwrap();
+                match st.retries.first() {
+                    Some(r) if r.attempts == 1 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    let first = runs(&h, "recovers").await;
+    assert!(
+        first[0]
+            .outcome
+            .starts_with("failed (will retry): no active task definition"),
+        "{first:?}"
+    );
+    // "job" is back: its retry 1 s later starts the fire's task. "gone" is not: the doomed
+    // schedule's second attempt is its last.
+    h.register("job").await;
+    h.advance(Duration::from_secs(1));
+    let r = runs_reach(&h, "recovers", 2).await;
+    assert_eq!(r[1].scheduled_time, at_minute(1));
+    assert!(!r[1].task_id.is_empty(), "{r:?}");
+    let dead = h
+        .until("the doomed fire's dead letter", || async {
+            let d = h
+                .events()
+                .list_dead_letters(h.req(pb::ListDeadLettersRequest {
+                    rule: "schedule:doomed".into(),
+                    limit: 10,
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .dead_letters;
+            if d.is_empty() {
+                Err("none yet".into())
+            } else {
+                Ok(d)
+            }
+        })
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    assert_eq!(
+        dead[0].event_id,
+        at_minute(1),
+        "the fire time it stands for"
+    );
+    assert_eq!(dead[0].dead_ms - START_MS, 61_000);
+    assert!(h
+        .core
+        .store
+        .schedule_state("doomed")
+        .unwrap()
+        .retries
+        .is_empty());
+    h.shutdown().await;
+}
