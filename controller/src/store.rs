@@ -70,8 +70,10 @@ const RECORD_VERSION: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The engine failed (I/O, corruption it detected). Its own error type stays inside the
+    /// store, so the engine can change without touching callers.
     #[error("storage engine: {0}")]
-    Engine(#[from] sled::Error),
+    Engine(String),
     #[error("record in tree {tree} is corrupt: {detail}")]
     Corrupt { tree: &'static str, detail: String },
     #[error("record in tree {tree} has format version {found}, newer than this binary ({RECORD_VERSION})")]
@@ -165,7 +167,7 @@ impl GroupCommit {
         self.tx.send(tx).map_err(|_| StoreError::FlusherGone)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Engine(sled::Error::Unsupported(e))),
+            Ok(Err(e)) => Err(StoreError::Engine(e)),
             Err(_) => Err(StoreError::FlusherGone),
         }
     }
@@ -1144,10 +1146,16 @@ impl TaskFilter {
     }
 }
 
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> StoreError {
+        StoreError::Engine(e.to_string())
+    }
+}
+
 /// A failed transaction as the store reports it (its closures never abort on purpose).
 fn tx_error(e: TransactionError<()>) -> StoreError {
     match e {
-        TransactionError::Storage(e) => StoreError::Engine(e),
+        TransactionError::Storage(e) => e.into(),
         TransactionError::Abort(()) => StoreError::Rejected("transaction aborted".into()),
     }
 }

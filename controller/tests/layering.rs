@@ -276,3 +276,48 @@ fn modules_name_the_pure_layer_directly_not_through_the_crate_root() {
         }
     }
 }
+
+#[test]
+fn the_stores_public_face_names_no_engine_type() {
+    // The store is the seam a replicated engine would replace sled behind: its callers see
+    // Store, Table<R>, Record, StoreError and domain types — never a sled type in a public
+    // signature, field or error.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![dir.join("store.rs")];
+    files.extend(
+        std::fs::read_dir(dir.join("store"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    for p in files {
+        let text = std::fs::read_to_string(&p).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let mut public_item = false;
+        for line in code.lines() {
+            let t = line.trim_start();
+            // A public item's signature runs from `pub …` to its opening brace or semicolon.
+            if t.starts_with("pub ") && !t.starts_with("pub(") {
+                public_item = true;
+            }
+            if public_item {
+                assert!(
+                    !t.contains("sled"),
+                    "{}: a public item names sled: {t}",
+                    p.display()
+                );
+                if t.ends_with('{') || t.ends_with(';') || t.ends_with(',') {
+                    public_item = false;
+                }
+            }
+        }
+        // The error's variants are public too.
+        let error = code
+            .split("pub enum StoreError")
+            .nth(1)
+            .map(|rest| rest.split("\n}").next().unwrap_or(""));
+        if let Some(body) = error {
+            assert!(!body.contains("sled"), "StoreError names sled: {body}");
+        }
+    }
+}

@@ -21,7 +21,7 @@ fn list<V: serde::de::DeserializeOwned>(
 fn aborted(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
     match e {
         sled::transaction::TransactionError::Abort(e) => e,
-        sled::transaction::TransactionError::Storage(e) => StoreError::Engine(e),
+        sled::transaction::TransactionError::Storage(e) => e.into(),
     }
 }
 
