@@ -24,6 +24,7 @@ pub mod outbound;
 pub mod pki;
 pub mod placer;
 pub mod roles_api;
+pub mod rules;
 pub mod rules_api;
 pub mod schedules;
 pub mod schedules_api;

@@ -223,14 +223,8 @@ pub struct RulesApi {
 #[tonic::async_trait]
 impl pb::rules_server::Rules for RulesApi {
     async fn put(&self, req: Request<pb::Rule>) -> Result<Response<pb::Rule>, Status> {
-        let mut rule = from_pb(&self.core, req.get_ref())?;
-        let old = self.core.store.rules.get(&rule.name)?;
-        let now = self.core.clock.now_ms();
-        rule.version = old.as_ref().map_or(1, |o| o.version + 1);
-        rule.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
-        rule.updated_ms = now;
-        self.core.store.rules.put(&rule).await?;
-        self.core.rules_changed();
+        let rule = from_pb(&self.core, req.get_ref())?;
+        let rule = crate::rules::put(&self.core, rule).await?;
         let stats = self.core.store.rule_stats(&rule.name)?;
         Ok(Response::new(to_pb(&rule, &stats)))
     }
@@ -260,11 +254,8 @@ impl pb::rules_server::Rules for RulesApi {
 
     async fn delete(&self, req: Request<pb::RuleRef>) -> Result<Response<pb::Rule>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.delete_rule(name).await? {
-            Some(r) => {
-                self.core.rules_changed();
-                Ok(Response::new(to_pb(&r, &Default::default())))
-            }
+        match crate::rules::delete(&self.core, name).await? {
+            Some(r) => Ok(Response::new(to_pb(&r, &Default::default()))),
             None => Err(Status::not_found(format!("name: no rule {name:?}"))),
         }
     }
@@ -274,19 +265,9 @@ impl pb::rules_server::Rules for RulesApi {
         req: Request<pb::SetRuleEnabledRequest>,
     ) -> Result<Response<pb::Rule>, Status> {
         let r = req.get_ref();
-        let mut rule = self
-            .core
-            .store
-            .rules
-            .get(&r.name)?
+        let rule = crate::rules::set_enabled(&self.core, &r.name, r.enabled)
+            .await?
             .ok_or_else(|| Status::not_found(format!("name: no rule {:?}", r.name)))?;
-        if rule.enabled != r.enabled {
-            rule.enabled = r.enabled;
-            rule.version += 1;
-            rule.updated_ms = self.core.clock.now_ms();
-            self.core.store.rules.put(&rule).await?;
-            self.core.rules_changed();
-        }
         let stats = self.core.store.rule_stats(&rule.name)?;
         Ok(Response::new(to_pb(&rule, &stats)))
     }
