@@ -1,4 +1,5 @@
-//! Schedules: the Schedules service and the loop that fires them.
+//! Schedules: their operations (put, delete, enable — what the Schedules service calls) and
+//! the loop that fires them.
 //!
 //! Each schedule's next fire time is durable (`schedule_state`), and each fire creates its
 //! task through `Store::create_task_once` keyed by (schedule, fire time): a restart at any
@@ -54,6 +55,42 @@ fn window_offset_ms(name: &str, scheduled_ms: i64, window_secs: u32) -> i64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (name, scheduled_ms).hash(&mut h);
     (h.finish() % (u64::from(window_secs) * 1000)) as i64
+}
+
+/// Creates or replaces a schedule (checked already), keeping its creation time; it starts
+/// over from now (its next fire time is recomputed), and the loop is woken.
+pub async fn put(core: &Core, mut s: Schedule) -> Result<Schedule, CoreError> {
+    let old = core.store.schedules.get(&s.name)?;
+    let now = core.clock.now_ms();
+    s.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
+    s.updated_ms = now;
+    core.store.put_schedule(&s).await?;
+    core.loops.wake(Loop::Schedules);
+    Ok(s)
+}
+
+/// Removes a schedule and its state (next fire time, runs, pending retries).
+pub async fn delete(core: &Core, name: &str) -> Result<Option<Schedule>, CoreError> {
+    Ok(core.store.delete_schedule(name).await?)
+}
+
+/// Enables or disables a schedule; re-enabled, it counts from now, not from before it was
+/// disabled. None: no such schedule.
+pub async fn set_enabled(
+    core: &Core,
+    name: &str,
+    enabled: bool,
+) -> Result<Option<Schedule>, CoreError> {
+    let Some(mut s) = core.store.schedules.get(name)? else {
+        return Ok(None);
+    };
+    if s.enabled != enabled {
+        s.enabled = enabled;
+        s.updated_ms = core.clock.now_ms();
+        core.store.put_schedule(&s).await?;
+        core.loops.wake(Loop::Schedules);
+    }
+    Ok(Some(s))
 }
 
 pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {

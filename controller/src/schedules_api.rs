@@ -11,7 +11,6 @@ use crate::core::Core;
 use crate::model::{CatchUp, Overlap, Schedule};
 use crate::schedules::{anchor, in_zone, rfc, utc};
 use crate::validate;
-use crate::wake::Loop;
 use skiff_model::cron::Expression;
 
 fn parse_time(field: &str, s: &str) -> Result<Option<i64>, Status> {
@@ -287,13 +286,8 @@ pub struct SchedulesApi {
 #[tonic::async_trait]
 impl pb::schedules_server::Schedules for SchedulesApi {
     async fn put(&self, req: Request<pb::Schedule>) -> Result<Response<pb::Schedule>, Status> {
-        let mut s = from_pb(&self.core, req.get_ref())?;
-        let old = self.core.store.schedules.get(&s.name)?;
-        let now = self.core.clock.now_ms();
-        s.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
-        s.updated_ms = now;
-        self.core.store.put_schedule(&s).await?;
-        self.core.loops.wake(Loop::Schedules);
+        let s = from_pb(&self.core, req.get_ref())?;
+        let s = crate::schedules::put(&self.core, s).await?;
         Ok(Response::new(to_pb(&s)))
     }
 
@@ -331,7 +325,7 @@ impl pb::schedules_server::Schedules for SchedulesApi {
         req: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::Schedule>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.delete_schedule(name).await? {
+        match crate::schedules::delete(&self.core, name).await? {
             Some(s) => Ok(Response::new(to_pb(&s))),
             None => Err(Status::not_found(format!("name: no schedule {name:?}"))),
         }
@@ -342,19 +336,9 @@ impl pb::schedules_server::Schedules for SchedulesApi {
         req: Request<pb::SetScheduleEnabledRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
         let r = req.get_ref();
-        let mut s = self
-            .core
-            .store
-            .schedules
-            .get(&r.name)?
+        let s = crate::schedules::set_enabled(&self.core, &r.name, r.enabled)
+            .await?
             .ok_or_else(|| Status::not_found(format!("name: no schedule {:?}", r.name)))?;
-        if s.enabled != r.enabled {
-            s.enabled = r.enabled;
-            s.updated_ms = self.core.clock.now_ms();
-            // Re-enabled: counts from now, not from before it was disabled.
-            self.core.store.put_schedule(&s).await?;
-            self.core.loops.wake(Loop::Schedules);
-        }
         Ok(Response::new(to_pb(&s)))
     }
 }
