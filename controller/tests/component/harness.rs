@@ -181,6 +181,40 @@ impl Harness {
         }
     }
 
+    /// Waits until the bus's dead-letter list for `rule` is not empty, and returns it.
+    pub async fn rule_dead_letters(&self, rule: &str) -> Vec<pb::DeadLetter> {
+        self.until(&format!("{rule}'s dead letters"), || async {
+            let d = self
+                .events()
+                .list_dead_letters(self.req(pb::ListDeadLettersRequest {
+                    rule: rule.into(),
+                    limit: 10,
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .dead_letters;
+            if d.is_empty() {
+                Err("none yet".into())
+            } else {
+                Ok(d)
+            }
+        })
+        .await
+    }
+
+    /// Waits until the schedules loop has seen schedule `name` (its first fire time is
+    /// durable), so that time may move.
+    pub async fn first_fire_time(&self, name: &str) -> i64 {
+        self.until(&format!("{name}'s first fire time"), || async {
+            match self.core.store.schedule_state(name).unwrap().next_fire_ms {
+                Some(t) => Ok(t),
+                None => Err("not yet".into()),
+            }
+        })
+        .await
+    }
+
     /// Waits until the task has `status`.
     pub async fn task_reaches(&self, id: &str, status: &str) -> pb::Task {
         self.until(&format!("task {id} {status}"), || async {

@@ -129,25 +129,7 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_after_its_attempts(
     h.advance(Duration::from_secs(1));
     failed(&h, "doomed", 2).await;
     h.advance(Duration::from_secs(2));
-    let dead = h
-        .until("the dead letter", || async {
-            let d = h
-                .events()
-                .list_dead_letters(h.req(pb::ListDeadLettersRequest {
-                    rule: "doomed".into(),
-                    limit: 10,
-                }))
-                .await
-                .unwrap()
-                .into_inner()
-                .dead_letters;
-            if d.is_empty() {
-                Err("none yet".into())
-            } else {
-                Ok(d)
-            }
-        })
-        .await;
+    let dead = h.rule_dead_letters("doomed").await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         (

@@ -24,14 +24,8 @@ async fn put_schedule(h: &Harness, name: &str, catch_up: &str, limit: u32) {
         }))
         .await
         .unwrap();
-    // The loop has seen it (its first fire time is durable) before time moves.
-    h.until(&format!("{name}'s first fire time"), || async {
-        match h.core.store.schedule_state(name).unwrap().next_fire_ms {
-            Some(t) => Ok(t),
-            None => Err("not yet".into()),
-        }
-    })
-    .await;
+    // The loop has seen it before time moves.
+    h.first_fire_time(name).await;
 }
 
 /// The schedule's runs, oldest first (Describe lists the newest first).
@@ -139,13 +133,7 @@ async fn a_fire_whose_task_cannot_start_is_retried_on_the_backoff_then_dead_lett
             }))
             .await
             .unwrap();
-        h.until(&format!("{name}'s first fire time"), || async {
-            match h.core.store.schedule_state(name).unwrap().next_fire_ms {
-                Some(t) => Ok(t),
-                None => Err("not yet".into()),
-            }
-        })
-        .await;
+        h.first_fire_time(name).await;
         // No active definition at the first fire time: the fire fails.
         h.taskdefs()
             .deregister(h.req(pb::DescribeTaskDefinitionRequest {
@@ -182,25 +170,7 @@ async fn a_fire_whose_task_cannot_start_is_retried_on_the_backoff_then_dead_lett
     let r = runs_reach(&h, "recovers", 2).await;
     assert_eq!(r[1].scheduled_time, at_minute(1));
     assert!(!r[1].task_id.is_empty(), "{r:?}");
-    let dead = h
-        .until("the doomed fire's dead letter", || async {
-            let d = h
-                .events()
-                .list_dead_letters(h.req(pb::ListDeadLettersRequest {
-                    rule: "schedule:doomed".into(),
-                    limit: 10,
-                }))
-                .await
-                .unwrap()
-                .into_inner()
-                .dead_letters;
-            if d.is_empty() {
-                Err("none yet".into())
-            } else {
-                Ok(d)
-            }
-        })
-        .await;
+    let dead = h.rule_dead_letters("schedule:doomed").await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 2);
     assert_eq!(
