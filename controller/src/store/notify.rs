@@ -5,28 +5,19 @@
 //! loses one. An entry leaves the outbox only when delivered (removed) or dead-lettered
 //! (moved to `notify_dead` in one transaction).
 
-use sled::transaction::{ConflictableTransactionError, Transactional};
-
-use super::{decode, due_key, encode, tx_error, Store, StoreError};
+use super::tree::Tree;
+use super::{decode, due_key, encode, Store, StoreError};
 use crate::model::{Delivery, Subscription, Topic};
 
 fn list<V: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
+    tree: &Tree,
     name: &'static str,
 ) -> Result<Vec<V>, StoreError> {
     tree.iter().map(|kv| decode(name, &kv?.1)).collect()
 }
 
-/// A transaction's error: the engine's, or the store error it was aborted with.
-fn aborted(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
-    match e {
-        sled::transaction::TransactionError::Abort(e) => e,
-        sled::transaction::TransactionError::Storage(e) => e.into(),
-    }
-}
-
 fn get<V: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
+    tree: &Tree,
     name: &'static str,
     key: &str,
 ) -> Result<Option<V>, StoreError> {
@@ -55,28 +46,27 @@ impl Store {
             .into_iter()
             .map(|d| d.id)
             .collect();
-        (
+        let trees = [
             self.topics.tree(),
             self.subscriptions.tree(),
             &self.outbox,
             &self.outbox_due,
             &self.notify_dead,
-        )
-            .transaction(|(t, s, o, due, d)| {
-                t.remove(name)?;
-                for id in &subs {
-                    s.remove(id.as_bytes())?;
-                }
-                for (id, at) in &pending {
-                    o.remove(id.as_bytes())?;
-                    due.remove(due_key(*at, id))?;
-                }
-                for id in &dead {
-                    d.remove(id.as_bytes())?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_error)?;
+        ];
+        self.transact(&trees, |tx| {
+            tx.remove(self.topics.tree(), name)?;
+            for id in &subs {
+                tx.remove(self.subscriptions.tree(), id)?;
+            }
+            for (id, at) in &pending {
+                tx.remove(&self.outbox, id)?;
+                tx.remove(&self.outbox_due, due_key(*at, id))?;
+            }
+            for id in &dead {
+                tx.remove(&self.notify_dead, id)?;
+            }
+            Ok(())
+        })?;
         self.commit().await?;
         Ok(Some(topic))
     }
@@ -90,16 +80,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         let bytes = encode(s);
         let first = first.map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)));
-        (self.subscriptions.tree(), &self.outbox, &self.outbox_due)
-            .transaction(|(subs, outbox, due)| {
-                subs.insert(s.id.as_bytes(), bytes.as_slice())?;
-                if let Some((id, d, at)) = &first {
-                    outbox.insert(id.as_bytes(), d.as_slice())?;
-                    due.insert(at.as_slice(), &[])?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_error)?;
+        let trees = [self.subscriptions.tree(), &self.outbox, &self.outbox_due];
+        self.transact(&trees, |tx| {
+            tx.insert(self.subscriptions.tree(), &s.id, &bytes)?;
+            if let Some((id, d, at)) = &first {
+                tx.insert(&self.outbox, id, d)?;
+                tx.insert(&self.outbox_due, at, [])?;
+            }
+            Ok(())
+        })?;
         self.commit().await
     }
 
@@ -126,16 +115,15 @@ impl Store {
             .filter(|d| d.subscription == id)
             .map(|d| (d.id, d.next_attempt_ms))
             .collect();
-        (self.subscriptions.tree(), &self.outbox, &self.outbox_due)
-            .transaction(|(s, o, due)| {
-                s.remove(id)?;
-                for (p, at) in &pending {
-                    o.remove(p.as_bytes())?;
-                    due.remove(due_key(*at, p))?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_error)?;
+        let trees = [self.subscriptions.tree(), &self.outbox, &self.outbox_due];
+        self.transact(&trees, |tx| {
+            tx.remove(self.subscriptions.tree(), id)?;
+            for (p, at) in &pending {
+                tx.remove(&self.outbox, p)?;
+                tx.remove(&self.outbox_due, due_key(*at, p))?;
+            }
+            Ok(())
+        })?;
         self.commit().await?;
         Ok(Some(sub))
     }
@@ -147,17 +135,16 @@ impl Store {
         id: &str,
         change: impl Fn(&mut Subscription),
     ) -> Result<Option<Subscription>, StoreError> {
-        let res = self.subscriptions.tree().transaction(|subs| {
-            let Some(bytes) = subs.get(id)? else {
+        let subs = self.subscriptions.tree();
+        let sub = self.transact(&[subs], |tx| {
+            let Some(bytes) = tx.get(subs, id)? else {
                 return Ok(None);
             };
-            let mut sub: Subscription =
-                decode("subscriptions", &bytes).map_err(ConflictableTransactionError::Abort)?;
+            let mut sub: Subscription = decode("subscriptions", &bytes)?;
             change(&mut sub);
-            subs.insert(id.as_bytes(), encode(&sub))?;
+            tx.insert(subs, id, encode(&sub))?;
             Ok(Some(sub))
-        });
-        let sub = res.map_err(aborted)?;
+        })?;
         self.commit().await?;
         Ok(sub)
     }
@@ -177,34 +164,33 @@ impl Store {
             .map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)))
             .collect();
         let marker = format!("notified:{}", deliveries.len());
-        let done = (
+        let subs = self.subscriptions.tree();
+        let trees = [
             &self.deliveries,
             &self.outbox,
             &self.outbox_due,
             &self.retries,
-            self.subscriptions.tree(),
-        )
-            .transaction(|(del, outbox, due, retries, s)| {
-                if del.get(key)?.is_some() {
-                    return Ok(false);
+            subs,
+        ];
+        let done = self.transact(&trees, |tx| {
+            if tx.get(&self.deliveries, key)?.is_some() {
+                return Ok(false);
+            }
+            for (id, d, at) in &encoded {
+                tx.insert(&self.outbox, id, d)?;
+                tx.insert(&self.outbox_due, at, [])?;
+            }
+            for id in unconfirmed {
+                if let Some(bytes) = tx.get(subs, id)? {
+                    let mut sub: Subscription = decode("subscriptions", &bytes)?;
+                    sub.skipped_unconfirmed += 1;
+                    tx.insert(subs, id, encode(&sub))?;
                 }
-                for (id, d, at) in &encoded {
-                    outbox.insert(id.as_bytes(), d.as_slice())?;
-                    due.insert(at.as_slice(), &[])?;
-                }
-                for id in unconfirmed {
-                    if let Some(bytes) = s.get(id.as_bytes())? {
-                        let mut sub: Subscription = decode("subscriptions", &bytes)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        sub.skipped_unconfirmed += 1;
-                        s.insert(id.as_bytes(), encode(&sub))?;
-                    }
-                }
-                del.insert(key, marker.as_bytes())?;
-                retries.remove(key)?;
-                Ok(true)
-            })
-            .map_err(aborted)?;
+            }
+            tx.insert(&self.deliveries, key, &marker)?;
+            tx.remove(&self.retries, key)?;
+            Ok(true)
+        })?;
         if done {
             self.commit().await?;
         }
@@ -255,7 +241,7 @@ impl Store {
     /// does not lead to.
     pub async fn put_delivery(&self, d: &Delivery, was_due_ms: i64) -> Result<(), StoreError> {
         self.outbox_due
-            .insert(due_key(d.next_attempt_ms, &d.id), &[])?;
+            .insert(due_key(d.next_attempt_ms, &d.id), [])?;
         self.outbox.insert(d.id.as_bytes(), encode(d))?;
         if was_due_ms != d.next_attempt_ms {
             self.outbox_due.remove(due_key(was_due_ms, &d.id))?;
@@ -282,13 +268,10 @@ impl Store {
         was_due_ms: i64,
     ) -> Result<(), StoreError> {
         let bytes = encode(d);
-        (&self.outbox, &self.notify_dead)
-            .transaction(|(o, dead)| {
-                o.remove(d.id.as_bytes())?;
-                dead.insert(d.id.as_bytes(), bytes.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_error)?;
+        self.transact(&[&self.outbox, &self.notify_dead], |tx| {
+            tx.remove(&self.outbox, &d.id)?;
+            tx.insert(&self.notify_dead, &d.id, &bytes)
+        })?;
         self.outbox_due.remove(due_key(was_due_ms, &d.id))?;
         self.commit().await
     }
@@ -306,16 +289,14 @@ impl Store {
             .iter()
             .map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)))
             .collect();
-        (&self.outbox, &self.outbox_due, &self.notify_dead)
-            .transaction(|(o, due, dead)| {
-                for (id, d, at) in &encoded {
-                    dead.remove(id.as_bytes())?;
-                    o.insert(id.as_bytes(), d.as_slice())?;
-                    due.insert(at.as_slice(), &[])?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_error)?;
+        self.transact(&[&self.outbox, &self.outbox_due, &self.notify_dead], |tx| {
+            for (id, d, at) in &encoded {
+                tx.remove(&self.notify_dead, id)?;
+                tx.insert(&self.outbox, id, d)?;
+                tx.insert(&self.outbox_due, at, [])?;
+            }
+            Ok(())
+        })?;
         self.commit().await
     }
 }

@@ -8,6 +8,10 @@ use std::marker::PhantomData;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use std::sync::Arc;
+
+use super::engine::Engine;
+use super::tree::Tree;
 use super::{decode, encode, GroupCommit, StoreError};
 
 /// A record kept in its own table.
@@ -21,15 +25,18 @@ pub trait Record: Serialize + DeserializeOwned {
 /// The records of one type, by key.
 #[derive(Clone)]
 pub struct Table<R> {
-    tree: sled::Tree,
+    tree: Tree,
     commit: GroupCommit,
     _record: PhantomData<fn() -> R>,
 }
 
 impl<R: Record> Table<R> {
-    pub(super) fn open(db: &sled::Db, commit: &GroupCommit) -> Result<Table<R>, StoreError> {
+    pub(super) fn open(
+        engine: &Arc<dyn Engine>,
+        commit: &GroupCommit,
+    ) -> Result<Table<R>, StoreError> {
         Ok(Table {
-            tree: db.open_tree(R::TREE)?,
+            tree: Tree::open(engine, R::TREE)?,
             commit: commit.clone(),
             _record: PhantomData,
         })
@@ -83,7 +90,7 @@ impl<R: Record> Table<R> {
     }
 
     /// The tree, for a transaction over several tables.
-    pub(super) fn tree(&self) -> &sled::Tree {
+    pub(super) fn tree(&self) -> &Tree {
         &self.tree
     }
 
@@ -92,7 +99,7 @@ impl<R: Record> Table<R> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.tree.len() == 0
     }
 }
 
