@@ -79,7 +79,8 @@ fn placer_read_indexed(store: &Store) -> usize {
 /// Before: every outbox entry decoded, the due ones picked.
 fn outbox_read_scan(store: &Store, now: i64) -> usize {
     store
-        .outbox()
+        .outbox
+        .list()
         .unwrap()
         .into_iter()
         .filter(|d| d.next_attempt_ms <= now)
@@ -88,7 +89,7 @@ fn outbox_read_scan(store: &Store, now: i64) -> usize {
 
 /// Now: the due-time index up to now.
 fn outbox_read_indexed(store: &Store, now: i64) -> usize {
-    store.due_deliveries(now, 4096).unwrap().0.len()
+    store.outbox.due(now, 4096).unwrap().0.len()
 }
 
 fn report(what: &str, before: f64, after: f64) {

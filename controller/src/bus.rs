@@ -15,7 +15,9 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::model::{DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task};
+use crate::model::{
+    delivery_key, DeadLetter, Event, PendingRetry, Rule, RuleCounter, Target, TargetKind, Task,
+};
 use crate::wake::Loop;
 use skiff_model::retry::{Next, Retry};
 use skiff_model::ruleset::RuleSet;
@@ -24,10 +26,6 @@ use skiff_model::ruleset::RuleSet;
 const BATCH: usize = 256;
 /// Deliveries of a batch made at once.
 const CONCURRENT_DELIVERIES: usize = 64;
-
-pub fn delivery_key(rule: &str, target: &str, event_id: &str) -> String {
-    format!("{rule}\0{target}\0{event_id}")
-}
 
 /// How long dedup records are kept (design: "dedup keys with TTL").
 pub const DEDUP_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -135,7 +133,7 @@ async fn deliver(
     envelope: &Value,
 ) -> Result<(), CoreError> {
     let key = delivery_key(&rule.name, &target.id, &ev.id);
-    if core.store.delivered(&key)?.is_some() || core.store.retry(&key)?.is_some() {
+    if core.store.delivered(&key)?.is_some() || core.store.retries.get(&key)?.is_some() {
         return Ok(());
     }
     if let Err(reason) = attempt(core, &key, rule, target, ev, envelope).await? {
@@ -264,18 +262,16 @@ async fn failed(
     };
     warn!(rule = %rule.name, target = %target.id, event_id = %ev.id, attempts, %reason, "delivery failed; will retry");
     core.store
-        .put_retry(
-            key,
-            &PendingRetry {
-                rule: rule.name.clone(),
-                target: target.id.clone(),
-                event_id: ev.id.clone(),
-                attempts,
-                first_attempt_ms: first,
-                next_attempt_ms,
-                last_error: reason,
-            },
-        )
+        .retries
+        .put(&PendingRetry {
+            rule: rule.name.clone(),
+            target: target.id.clone(),
+            event_id: ev.id.clone(),
+            attempts,
+            first_attempt_ms: first,
+            next_attempt_ms,
+            last_error: reason,
+        })
         .await?;
     Ok(())
 }
@@ -283,7 +279,9 @@ async fn failed(
 /// Attempts every delivery whose retry is due.
 async fn retry_due(core: &Core) -> Result<(), CoreError> {
     let now = core.clock.now_ms();
-    for (key, r) in core.store.due_retries(now, 1024)? {
+    let (due, _) = core.store.retries.due(now, 1024)?;
+    for r in due {
+        let key = delivery_key(&r.rule, &r.target, &r.event_id);
         let rule = core.store.rules.get(&r.rule)?;
         let target = rule
             .as_ref()

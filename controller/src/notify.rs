@@ -117,7 +117,7 @@ fn pass(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
     let notifier = &core.notifier;
     notifier.backlog.store(false, Ordering::SeqCst);
     // Through the due-time index: only what is due is read (in flight ones included, skipped).
-    let (due, earliest) = core.store.due_deliveries(now, 4096)?;
+    let (due, earliest) = core.store.outbox.due(now, 4096)?;
     for d in due {
         if notifier
             .in_flight
@@ -185,14 +185,12 @@ impl Failure {
 /// One attempt at one delivery, and its outcome recorded durably. Returns whether a retry was
 /// scheduled.
 async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
-    // Where the entry stands in the due-time index until this attempt's outcome moves it.
-    let was_due = d.next_attempt_ms;
     let (Some(sub), Some(topic)) = (
         core.store.subscriptions.get(&d.subscription)?,
         core.store.topics.get(&d.topic)?,
     ) else {
         // Unsubscribed or deleted meanwhile (which also empties its outbox entries).
-        core.store.delivered_notification(&d.id, was_due).await?;
+        core.store.outbox.delete(&d.id).await?;
         return Ok(false);
     };
     let result = match sub.protocol {
@@ -202,7 +200,7 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
     d.attempts += 1;
     match result {
         Ok(()) => {
-            core.store.delivered_notification(&d.id, was_due).await?;
+            core.store.outbox.delete(&d.id).await?;
             *core
                 .notifier
                 .delivered
@@ -224,12 +222,12 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
             if let Next::At(at) = next {
                 d.next_attempt_ms = at;
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification failed; will retry");
-                core.store.put_delivery(&d, was_due).await?;
+                core.store.outbox.put(&d).await?;
                 return Ok(true);
             } else {
                 d.dead_ms = Some(core.clock.now_ms());
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification dead-lettered");
-                core.store.dead_letter_delivery(&d, was_due).await?;
+                core.store.dead_letter_delivery(&d).await?;
             }
         }
     }

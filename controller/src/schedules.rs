@@ -3,7 +3,9 @@
 //!
 //! Each schedule's next fire time is durable (`schedule_state`), and each fire creates its
 //! task through `Store::create_task_once` keyed by (schedule, fire time): a restart at any
-//! moment neither loses nor doubles a fire. Fire times missed while the controller was down
+//! moment neither loses nor doubles a fire. A fire whose task could not start waits in the
+//! `schedule_retries` due table for its next attempt (the retry policy decides when, and
+//! when it is a dead letter instead). Fire times missed while the controller was down
 //! follow the schedule's catch-up policy (skip, run-once, run-all up to a limit), recorded in
 //! its runs either way. A run still going at the next fire time is allowed, skipped (forbid),
 //! or stopped with `ServiceSchedulerInitiated` (replace).
@@ -14,7 +16,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::model::{CatchUp, Overlap, Schedule, ScheduleRetry, ScheduleRun, ScheduleState, Task};
+use crate::model::{
+    schedule_fire_key, CatchUp, Overlap, Schedule, ScheduleRetry, ScheduleRun, ScheduleState, Task,
+};
 use crate::wake::Loop;
 use skiff_model::cron::Expression;
 use skiff_model::lifecycle::StopCode;
@@ -124,6 +128,7 @@ pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) 
 async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
     use futures::StreamExt;
     let now = core.clock.now_ms();
+    retry_due(core, now).await?;
     let enabled: Vec<Schedule> = core
         .store
         .schedules
@@ -139,7 +144,9 @@ async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
         r?;
     }
     drop(passes);
-    let mut earliest: Option<i64> = None;
+    // A retry due later than now (one due already belongs to a disabled schedule, and waits
+    // for it to be enabled).
+    let mut earliest: Option<i64> = core.store.schedule_retries.next_due()?.filter(|t| *t > now);
     for s in &enabled {
         if let Some(next) = core.store.schedule_state(&s.name)?.next_fire_ms {
             let at = next + window_offset_ms(&s.name, next, s.flexible_window_secs);
@@ -173,10 +180,6 @@ async fn handle(core: &Core, s: &Schedule, now: i64) -> Result<(), CoreError> {
     };
     let anchor = anchor(s);
     let mut st = core.store.schedule_state(&s.name)?;
-    if st.retries.iter().any(|r| r.next_attempt_ms <= now) {
-        retry_due(core, s, &timing, &mut st).await?;
-        core.store.put_schedule_state(&s.name, &st).await?;
-    }
     let next = match st.next_fire_ms {
         Some(n) => n,
         None => {
@@ -316,7 +319,7 @@ async fn fire(
     };
     let outcome = match task_for(core, s, &when) {
         Ok(task) => {
-            let key = format!("schedule\0{}\0{scheduled}", s.name);
+            let key = schedule_fire_key(&s.name, scheduled);
             match core.create_task_once(&key, task).await? {
                 Ok(t) => {
                     info!(schedule = %s.name, %when, task_id = %t.id, catching_up, "schedule fired");
@@ -330,6 +333,7 @@ async fn fire(
             let now = core.clock.now_ms();
             let next = Retry::of_policy(&s.retry).after_failure(1, scheduled, now, true, 0);
             let retry = ScheduleRetry {
+                schedule: s.name.clone(),
                 scheduled_ms: scheduled,
                 attempts: 1,
                 first_attempt_ms: now,
@@ -343,7 +347,7 @@ async fn fire(
                 dead_letter(core, s, &when, &retry).await?;
                 (String::new(), format!("dead-lettered: {reason}"))
             } else {
-                st.retries.push(retry);
+                core.store.schedule_retries.put(&retry).await?;
                 (String::new(), format!("failed (will retry): {reason}"))
             }
         }
@@ -360,7 +364,7 @@ async fn put_event(
     when: &str,
     scheduled: i64,
 ) -> Result<String, CoreError> {
-    let key = format!("schedule\0{}\0{scheduled}", s.name);
+    let key = schedule_fire_key(&s.name, scheduled);
     let mut detail = ev.detail.clone();
     if let Some(o) = detail.as_object_mut() {
         o.insert("schedule".into(), s.name.clone().into());
@@ -393,7 +397,7 @@ async fn dead_letter(
     when: &str,
     r: &ScheduleRetry,
 ) -> Result<(), CoreError> {
-    let key = format!("schedule\0{}\0{}", s.name, r.scheduled_ms);
+    let key = schedule_fire_key(&s.name, r.scheduled_ms);
     let dl = crate::model::DeadLetter {
         id: ulid::Ulid::new().to_string(),
         rule: format!("schedule:{}", s.name),
@@ -408,30 +412,34 @@ async fn dead_letter(
     Ok(())
 }
 
-/// Attempts again the fires whose retry is due.
-async fn retry_due(
-    core: &Core,
-    s: &Schedule,
-    timing: &Expression,
-    st: &mut ScheduleState,
-) -> Result<(), CoreError> {
-    let now = core.clock.now_ms();
-    let mut still = Vec::new();
-    for mut r in std::mem::take(&mut st.retries) {
-        if r.next_attempt_ms > now {
-            still.push(r);
+/// Attempts again the fires whose retry is due (of enabled schedules), through the due
+/// table: a fire that starts its task leaves the table in the task's own transaction; one
+/// that fails again is due later, or a dead letter.
+async fn retry_due(core: &Core, now: i64) -> Result<(), CoreError> {
+    let (due, _) = core.store.schedule_retries.due(now, 1024)?;
+    for mut r in due {
+        let key = schedule_fire_key(&r.schedule, r.scheduled_ms);
+        let Some(s) = core.store.schedules.get(&r.schedule)? else {
+            // Removed with its schedule; one left from an older data dir goes now.
+            core.store.schedule_retries.delete(&key).await?;
+            continue;
+        };
+        let Ok(timing) = Expression::parse(&s.expression, &s.timezone) else {
+            continue; // checked when put
+        };
+        if !s.enabled {
             continue;
         }
-        let when = in_zone(timing, r.scheduled_ms);
-        match task_for(core, s, &when) {
+        let when = in_zone(&timing, r.scheduled_ms);
+        let run = match task_for(core, &s, &when) {
             Ok(task) => {
-                let key = format!("schedule\0{}\0{}", s.name, r.scheduled_ms);
                 let id = match core.create_task_once(&key, task).await? {
                     Ok(t) => t.id,
                     Err(existing) => existing,
                 };
+                // (The retry left the table in the task's transaction.)
                 info!(schedule = %s.name, %when, task_id = %id, attempts = r.attempts + 1, "schedule fired on retry");
-                record(st, ran(core, r.scheduled_ms, id, "started".into()));
+                ran(core, r.scheduled_ms, id, "started".into())
             }
             Err(reason) => {
                 r.attempts += 1;
@@ -445,23 +453,22 @@ async fn retry_due(
                 );
                 if let Next::At(t) = next {
                     r.next_attempt_ms = t;
-                    still.push(r);
-                } else {
-                    dead_letter(core, s, &when, &r).await?;
-                    record(
-                        st,
-                        ran(
-                            core,
-                            r.scheduled_ms,
-                            String::new(),
-                            format!("dead-lettered after {} attempts: {reason}", r.attempts),
-                        ),
-                    );
+                    core.store.schedule_retries.put(&r).await?;
+                    continue;
                 }
+                dead_letter(core, &s, &when, &r).await?;
+                ran(
+                    core,
+                    r.scheduled_ms,
+                    String::new(),
+                    format!("dead-lettered after {} attempts: {reason}", r.attempts),
+                )
             }
-        }
+        };
+        let mut st = core.store.schedule_state(&s.name)?;
+        record(&mut st, run);
+        core.store.put_schedule_state(&s.name, &st).await?;
     }
-    st.retries = still;
     Ok(())
 }
 

@@ -15,11 +15,12 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
     ApiToken, DeadLetter, Delivery, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule,
-    RuleCounter, RuleStats, Schedule, ScheduleState, SealedSecret, Source, SourceHealth,
-    Subscription, Task, TaskDefinition, TaskRole, Topic,
+    RuleCounter, RuleStats, Schedule, ScheduleRetry, ScheduleState, SealedSecret, Source,
+    SourceHealth, Subscription, Task, TaskDefinition, TaskRole, Topic,
 };
 use skiff_model::lifecycle::TaskStatus;
 
+mod due;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
@@ -29,6 +30,9 @@ mod sled_engine;
 mod table;
 mod tree;
 
+#[cfg(test)]
+use due::due_key;
+pub use due::{Due, DueTable};
 pub use engine::{Engine, Entries, Entry, TreeId, TxBody, TxError, TxTrees};
 pub use memory_engine::MemoryEngine;
 pub use sled_engine::SledEngine;
@@ -75,6 +79,33 @@ record!(TaskDefinition, "taskdefs", |self| Store::taskdef_key(
     self.revision
 ));
 
+// Work that waits for a moment: type, tree, key; due when its next attempt is.
+record!(PendingRetry, "retries", |self| crate::model::delivery_key(
+    &self.rule,
+    &self.target,
+    &self.event_id
+)
+.into_bytes());
+record!(ScheduleRetry, "schedule_retries", |self| {
+    crate::model::schedule_fire_key(&self.schedule, self.scheduled_ms).into_bytes()
+});
+record!(Delivery, "outbox", |self| self.id.as_bytes().to_vec());
+impl Due for PendingRetry {
+    fn due_ms(&self) -> i64 {
+        self.next_attempt_ms
+    }
+}
+impl Due for ScheduleRetry {
+    fn due_ms(&self) -> i64 {
+        self.next_attempt_ms
+    }
+}
+impl Due for Delivery {
+    fn due_ms(&self) -> i64 {
+        self.next_attempt_ms
+    }
+}
+
 /// The on-disk format version of every record this binary writes.
 const RECORD_VERSION: u8 = 1;
 
@@ -112,13 +143,6 @@ impl Reservation {
             memory_mib: t.spec.memory_mib(),
         }
     }
-}
-
-/// A due-time index key: the time (ms, big-endian, so keys sort by time) then the id.
-fn due_key(due_ms: i64, id: &str) -> Vec<u8> {
-    let mut k = (due_ms.max(0) as u64).to_be_bytes().to_vec();
-    k.extend_from_slice(id.as_bytes());
-    k
 }
 
 fn encode<V: Serialize>(v: &V) -> Vec<u8> {
@@ -230,10 +254,7 @@ pub struct Store {
     /// (rule, target, event id) → the task it created: task creation at most once.
     deliveries: Tree,
     /// (rule, target, event id) → a failed delivery waiting for its next attempt.
-    retries: Tree,
-    /// Rule retries by due time: next attempt ‖ delivery key → (). A hint: the record
-    /// decides, stale keys are dropped when read, and every open rebuilds it.
-    retries_due: Tree,
+    pub retries: DueTable<PendingRetry>,
     dead_letters: Tree,
     pub sources: Table<Source>,
     /// Events that must reach the bus once (object versions, schedule fires) → event id.
@@ -244,12 +265,12 @@ pub struct Store {
     source_health: Tree,
     pub schedules: Table<Schedule>,
     schedule_state: Tree,
+    /// (schedule, fire time) → a fire whose task could not start, waiting to try again.
+    pub schedule_retries: DueTable<ScheduleRetry>,
     pub topics: Table<Topic>,
     pub subscriptions: Table<Subscription>,
-    /// Notifications on their way: delivery id → Delivery.
-    outbox: Tree,
-    /// The outbox by due time: next attempt (ms, big-endian) ‖ delivery id → ().
-    outbox_due: Tree,
+    /// Notifications on their way: delivery id → Delivery, due at its next attempt.
+    pub outbox: DueTable<Delivery>,
     /// Notifications that ran out of attempts: delivery id → Delivery.
     notify_dead: Tree,
     commit: GroupCommit,
@@ -286,8 +307,7 @@ impl Store {
             rule_stats: Tree::open(&engine, "rule_stats")?,
             bus: Tree::open(&engine, "bus")?,
             deliveries: Tree::open(&engine, "deliveries")?,
-            retries: Tree::open(&engine, "retries")?,
-            retries_due: Tree::open(&engine, "retries_due")?,
+            retries: DueTable::open(&engine, &commit)?,
             dead_letters: Tree::open(&engine, "dead_letters")?,
             sources: Table::open(&engine, &commit)?,
             object_seen: Tree::open(&engine, "object_seen")?,
@@ -295,10 +315,10 @@ impl Store {
             source_health: Tree::open(&engine, "source_health")?,
             schedules: Table::open(&engine, &commit)?,
             schedule_state: Tree::open(&engine, "schedule_state")?,
+            schedule_retries: DueTable::open(&engine, &commit)?,
             topics: Table::open(&engine, &commit)?,
             subscriptions: Table::open(&engine, &commit)?,
-            outbox: Tree::open(&engine, "outbox")?,
-            outbox_due: Tree::open(&engine, "outbox_due")?,
+            outbox: DueTable::open(&engine, &commit)?,
             notify_dead: Tree::open(&engine, "notify_dead")?,
             commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
@@ -310,7 +330,7 @@ impl Store {
 
     /// Derives every secondary index from its records, at open: a data dir from before an
     /// index existed gets it, and an index can never disagree with its records after a
-    /// crash. One pass over the active tasks and the outbox.
+    /// crash. One pass over the active tasks.
     fn rebuild_indexes(&self) -> Result<(), StoreError> {
         // Group and node never change once set, and both are written in the task's own
         // transaction: built once for a data dir from before them, not at every open.
@@ -345,20 +365,8 @@ impl Store {
                 }
             }
         }
-        self.retries_due.clear()?;
-        for kv in self.retries.iter() {
-            let (k, v) = kv?;
-            let r: PendingRetry = decode("retries", &v)?;
-            self.retries_due
-                .insert(due_key(r.next_attempt_ms, &String::from_utf8_lossy(&k)), [])?;
-        }
-        self.outbox_due.clear()?;
-        for kv in self.outbox.iter() {
-            let (_, v) = kv?;
-            let d: Delivery = decode("outbox", &v)?;
-            self.outbox_due
-                .insert(due_key(d.next_attempt_ms, &d.id), [])?;
-        }
+        // (The due tables derive their indexes as they open.)
+        self.move_schedule_retries_to_their_table()?;
         self.engine.flush()?;
         Ok(())
     }
@@ -780,9 +788,10 @@ impl Store {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Creates the task of delivery `key` unless that delivery already created one: the task,
-    /// its first event, the delivery record and the end of any pending retry are one
-    /// transaction. Returns Err(existing task id) when it had. Durable on return.
+    /// Creates the task of delivery `key` (a rule target's or a schedule fire's) unless that
+    /// delivery already created one: the task, its first event, the delivery record and the
+    /// end of any pending retry are one transaction. Returns Err(existing task id) when it
+    /// had (its retry ends too, durable with the next commit). Durable on return.
     pub async fn create_task_once(
         &self,
         key: &str,
@@ -802,11 +811,19 @@ impl Store {
             &self.waiting,
             &self.events,
             &self.deliveries,
-            &self.retries,
             &self.by_group,
             &self.by_node,
         ];
+        let trees = [
+            &trees[..],
+            &self.retries.trees(),
+            &self.schedule_retries.trees(),
+        ]
+        .concat();
         let res = self.transact(&trees, |tx| {
+            // Either way the delivery's pending retry, if any, is over.
+            self.retries.remove_in(tx, key.as_bytes())?;
+            self.schedule_retries.remove_in(tx, key.as_bytes())?;
             if let Some(existing) = tx.get(&self.deliveries, key)? {
                 return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
             }
@@ -821,7 +838,6 @@ impl Store {
             }
             tx.insert(&self.events, &ek, &ev)?;
             tx.insert(&self.deliveries, key, &task.id)?;
-            tx.remove(&self.retries, key)?;
             Ok(None)
         });
         drop(gen);
@@ -866,73 +882,25 @@ impl Store {
 
     /// Records a delivery that needs no task (a target kind that completes at once).
     pub async fn mark_delivered(&self, key: &str, what: &str) -> Result<(), StoreError> {
-        self.transact(&[&self.deliveries, &self.retries], |tx| {
+        let trees = [&[&self.deliveries][..], &self.retries.trees()].concat();
+        self.transact(&trees, |tx| {
             tx.insert(&self.deliveries, key, what)?;
-            tx.remove(&self.retries, key)
+            self.retries.remove_in(tx, key.as_bytes()).map(|_| ())
         })?;
         self.commit().await
     }
 
-    pub fn retry(&self, key: &str) -> Result<Option<PendingRetry>, StoreError> {
-        self.retries
-            .get(key)?
-            .map(|v| decode("retries", &v))
-            .transpose()
-    }
-
-    /// Schedules a delivery's next attempt: its due-time key first, then the record (so a
-    /// crash never leaves a retry the index does not lead to).
-    pub async fn put_retry(&self, key: &str, r: &PendingRetry) -> Result<(), StoreError> {
-        self.retries_due
-            .insert(due_key(r.next_attempt_ms, key), [])?;
-        self.retries.insert(key, encode(r))?;
-        self.commit().await
-    }
-
-    /// Up to `limit` retries due at `now_ms`, earliest first, through the due-time index.
-    /// Index keys whose retry is gone (done, dead-lettered) or due at another time are
-    /// dropped on the way.
-    pub fn due_retries(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, PendingRetry)>, StoreError> {
-        let mut due = Vec::new();
-        for kv in self.retries_due.iter() {
-            let (k, _) = kv?;
-            let at = i64::from_be_bytes(k[..8].try_into().expect("8-byte time prefix"));
-            if at > now_ms || due.len() >= limit {
-                break;
-            }
-            let key = String::from_utf8_lossy(&k[8..]).into_owned();
-            match self.retries.get(key.as_bytes())? {
-                Some(v) => {
-                    let r: PendingRetry = decode("retries", &v)?;
-                    if r.next_attempt_ms == at {
-                        due.push((key, r));
-                    } else {
-                        self.retries_due.remove(&k)?;
-                    }
-                }
-                None => {
-                    self.retries_due.remove(&k)?;
-                }
-            }
-        }
-        Ok(due)
-    }
-
-    /// Ends a delivery's retries in the dead-letter list, in one transaction.
-    /// Ends a delivery in the dead-letter list, counting it on its rule in the same
+    /// Ends a delivery (a rule target's, or a schedule fire's: `key` is one or the other) in
+    /// the dead-letter list: its pending retry gone and its rule's counter up, in the same
     /// transaction. Durable on return.
     pub async fn dead_letter(&self, key: &str, d: &DeadLetter) -> Result<(), StoreError> {
         let bytes = encode(d);
         let trees = [
-            &self.dead_letters,
-            &self.retries,
-            &self.deliveries,
-            &self.rule_stats,
-        ];
+            &[&self.dead_letters, &self.deliveries, &self.rule_stats][..],
+            &self.retries.trees(),
+            &self.schedule_retries.trees(),
+        ]
+        .concat();
         self.transact(&trees, |tx| {
             if tx
                 .get(&self.deliveries, key)?
@@ -941,7 +909,8 @@ impl Store {
                 return Ok(());
             }
             tx.insert(&self.dead_letters, &d.id, &bytes)?;
-            tx.remove(&self.retries, key)?;
+            self.retries.remove_in(tx, key.as_bytes())?;
+            self.schedule_retries.remove_in(tx, key.as_bytes())?;
             tx.insert(&self.deliveries, key, format!("dead-letter:{}", d.id))?;
             let mut s: RuleStats = match tx.get(&self.rule_stats, &d.rule)? {
                 Some(v) => decode("rule_stats", &v).unwrap_or_default(),
@@ -976,11 +945,59 @@ impl Store {
         self.commit().await
     }
 
+    /// Removes a schedule with its state and its pending fire retries, in one transaction.
     pub async fn delete_schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
-        let old = self.schedules.remove(name)?;
-        self.schedule_state.remove(name)?;
+        let Some(old) = self.schedules.get(name)? else {
+            return Ok(None);
+        };
+        let pending: Vec<ScheduleRetry> = self
+            .schedule_retries
+            .list()?
+            .into_iter()
+            .filter(|r| r.schedule == name)
+            .collect();
+        let trees = [
+            &[self.schedules.tree(), &self.schedule_state][..],
+            &self.schedule_retries.trees(),
+        ]
+        .concat();
+        self.transact(&trees, |tx| {
+            tx.remove(self.schedules.tree(), name)?;
+            tx.remove(&self.schedule_state, name)?;
+            for r in &pending {
+                self.schedule_retries.remove_in(tx, &r.key())?;
+            }
+            Ok(())
+        })?;
         self.commit().await?;
-        Ok(old)
+        Ok(Some(old))
+    }
+
+    /// A data dir from before fire retries had their own table kept them in each
+    /// schedule's state: moved to the table, each state rewritten without them, in one
+    /// transaction per schedule.
+    fn move_schedule_retries_to_their_table(&self) -> Result<(), StoreError> {
+        let trees = [&[&self.schedule_state][..], &self.schedule_retries.trees()].concat();
+        for kv in self.schedule_state.iter() {
+            let (name, v) = kv?;
+            let mut st: ScheduleState = decode("schedule_state", &v)?;
+            if st.retries.is_empty() {
+                continue;
+            }
+            let schedule = String::from_utf8_lossy(&name).into_owned();
+            let retries = std::mem::take(&mut st.retries);
+            self.transact(&trees, |tx| {
+                for r in &retries {
+                    let r = ScheduleRetry {
+                        schedule: schedule.clone(),
+                        ..r.clone()
+                    };
+                    self.schedule_retries.put_in(tx, &r)?;
+                }
+                tx.insert(&self.schedule_state, &name, encode(&st))
+            })?;
+        }
+        Ok(())
     }
 
     pub fn schedule_state(&self, name: &str) -> Result<ScheduleState, StoreError> {
@@ -1403,19 +1420,16 @@ mod tests {
             .await
             .unwrap();
         let due_ids = |now| {
-            let (due, next) = store.due_deliveries(now, 10).unwrap();
+            let (due, next) = store.outbox.due(now, 10).unwrap();
             (due.into_iter().map(|d| d.id).collect::<Vec<_>>(), next)
         };
         assert_eq!(due_ids(50), (vec!["now".to_string()], Some(100)));
         assert_eq!(due_ids(100).0, ["now", "soon"]);
         // A failed attempt moves it later; a delivered one and a dead letter leave the index.
-        store.put_delivery(&d("now", 1_000), 10).await.unwrap();
+        store.outbox.put(&d("now", 1_000)).await.unwrap();
         assert_eq!(due_ids(100), (vec!["soon".to_string()], Some(500)));
-        store.delivered_notification("soon", 100).await.unwrap();
-        store
-            .dead_letter_delivery(&d("late", 500), 500)
-            .await
-            .unwrap();
+        store.outbox.delete("soon").await.unwrap();
+        store.dead_letter_delivery(&d("late", 500)).await.unwrap();
         assert_eq!(due_ids(999), (vec![], Some(1_000)));
         assert_eq!(store.notify_dead(None).unwrap().len(), 1);
         // Redriven: due again.
@@ -1464,70 +1478,155 @@ mod tests {
         store.delete_subscription("s1").await.unwrap();
         store.delete_topic("other").await.unwrap();
         assert_eq!(due_ids(3).0, ["late"]);
-        // Every outbox entry has exactly one index entry, and the other way round.
-        assert_eq!(store.outbox_due.len(), store.outbox.len());
-        // A crash between a move's two writes leaves a stale key (here: a second one for
-        // "late", at the wrong time): the record decides, and the stale key is dropped.
-        store.outbox_due.insert(due_key(1, "late"), []).unwrap();
-        store.outbox_due.insert(due_key(2, "gone"), []).unwrap();
+        // Every outbox entry has exactly one index entry, and the other way round (each move
+        // writes both in one transaction).
+        assert_eq!(store.outbox.index().len(), store.outbox.len());
+        // A damaged index (here: a second key for "late", at the wrong time, and one for an
+        // entry that is gone): the record decides, and the stray keys are dropped.
+        store
+            .outbox
+            .index()
+            .insert(due_key(1, b"late"), [])
+            .unwrap();
+        store
+            .outbox
+            .index()
+            .insert(due_key(2, b"gone"), [])
+            .unwrap();
         assert_eq!(due_ids(3).0, ["late"]);
-        assert_eq!(store.outbox_due.len(), store.outbox.len());
+        assert_eq!(store.outbox.index().len(), store.outbox.len());
         // Rebuilt at open from the outbox itself.
-        store.outbox_due.clear().unwrap();
+        store.outbox.index().clear().unwrap();
         store.engine.flush().unwrap();
         drop(store);
         let store = reopen(dir.path());
-        let (due, next) = store.due_deliveries(5_000, 10).unwrap();
+        let (due, next) = store.outbox.due(5_000, 10).unwrap();
         assert_eq!(due.len(), 2);
         assert_eq!(next, None);
     }
 
     #[tokio::test]
-    async fn rule_retries_are_read_by_due_time_and_stale_keys_dropped() {
+    async fn rule_and_schedule_retries_are_due_tables_that_end_with_their_delivery() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let r = |at: i64| PendingRetry {
+        let r = |event: &str, at: i64| PendingRetry {
             rule: "r".into(),
             target: "t".into(),
-            event_id: "e".into(),
+            event_id: event.into(),
             attempts: 1,
             first_attempt_ms: 0,
             next_attempt_ms: at,
             last_error: String::new(),
         };
         let due = |now| {
-            store
-                .due_retries(now, 10)
-                .unwrap()
+            let (due, next) = store.retries.due(now, 10).unwrap();
+            let due: Vec<_> = due
                 .into_iter()
-                .map(|(k, r)| (k, r.next_attempt_ms))
-                .collect::<Vec<_>>()
+                .map(|r| (r.event_id, r.next_attempt_ms))
+                .collect();
+            (due, next)
         };
-        store.put_retry("a", &r(10)).await.unwrap();
-        store.put_retry("b", &r(20)).await.unwrap();
-        assert_eq!(due(15), [("a".to_string(), 10)]);
-        // Rescheduled: the old key is stale and goes when read.
-        store.put_retry("a", &r(30)).await.unwrap();
-        assert_eq!(due(25), [("b".to_string(), 20)]);
-        assert_eq!(store.retries_due.len(), 2);
-        // Ended (here by a dead letter): its key goes when read too.
+        store.retries.put(&r("a", 10)).await.unwrap();
+        store.retries.put(&r("b", 20)).await.unwrap();
+        assert_eq!(due(15), (vec![("a".into(), 10)], Some(20)));
+        // Rescheduled: due at its new time only.
+        store.retries.put(&r("a", 30)).await.unwrap();
+        assert_eq!(due(25), (vec![("b".into(), 20)], Some(30)));
+        assert_eq!(store.retries.index().len(), 2);
+        // A dead letter ends it, in its own transaction.
         let dl = DeadLetter {
             id: "d".into(),
             rule: "r".into(),
             target: "t".into(),
-            event_id: "e".into(),
+            event_id: "b".into(),
             attempts: 2,
             last_error: String::new(),
             first_attempt_ms: 0,
             dead_ms: 0,
         };
-        store.dead_letter("b", &dl).await.unwrap();
-        assert_eq!(due(100), [("a".to_string(), 30)]);
-        assert_eq!(store.retries_due.len(), 1);
-        store.retries_due.clear().unwrap();
+        store
+            .dead_letter(&crate::model::delivery_key("r", "t", "b"), &dl)
+            .await
+            .unwrap();
+        assert_eq!(due(100), (vec![("a".into(), 30)], None));
+        assert_eq!(store.retries.index().len(), 1);
+        // So does the task it was for, created at last.
+        let key_a = crate::model::delivery_key("r", "t", "a");
+        store
+            .create_task_once(&key_a, &task("01t", TaskStatus::Provisioning, None), event)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.retries.is_empty() && store.retries.index().len() == 0);
+
+        // A schedule's fire retries: due by time, ended by the fire's task, gone with the
+        // schedule.
+        let fire = |name: &str, scheduled: i64, at: i64| ScheduleRetry {
+            schedule: name.into(),
+            scheduled_ms: scheduled,
+            attempts: 1,
+            first_attempt_ms: 0,
+            next_attempt_ms: at,
+            last_error: "no definition".into(),
+        };
+        let schedule = |name: &str| Schedule {
+            name: name.into(),
+            ..skiff_model::testing::schedule()
+        };
+        store.put_schedule(&schedule("nightly")).await.unwrap();
+        store
+            .schedule_retries
+            .put(&fire("nightly", 1, 50))
+            .await
+            .unwrap();
+        store
+            .schedule_retries
+            .put(&fire("nightly", 2, 60))
+            .await
+            .unwrap();
+        store
+            .schedule_retries
+            .put(&fire("hourly", 1, 40))
+            .await
+            .unwrap();
+        let fires = |now| {
+            let (due, _) = store.schedule_retries.due(now, 10).unwrap();
+            due.into_iter()
+                .map(|r| format!("{}@{}", r.schedule, r.scheduled_ms))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fires(55), ["hourly@1", "nightly@1"]);
+        store
+            .create_task_once(
+                &crate::model::schedule_fire_key("hourly", 1),
+                &task("01u", TaskStatus::Provisioning, None),
+                event,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(fires(100), ["nightly@1", "nightly@2"]);
+        store.delete_schedule("nightly").await.unwrap();
+        assert!(fires(100).is_empty());
+        assert_eq!(store.schedule_retries.index().len(), 0);
+
+        // A data dir from before the table kept them in the schedule's state: moved at open.
+        store.put_schedule(&schedule("old")).await.unwrap();
+        let legacy = ScheduleState {
+            retries: vec![ScheduleRetry {
+                schedule: String::new(),
+                ..fire("", 7, 70)
+            }],
+            ..Default::default()
+        };
+        store.put_schedule_state("old", &legacy).await.unwrap();
         store.engine.flush().unwrap();
         drop(store);
         let store = reopen(dir.path());
-        assert_eq!(store.due_retries(100, 10).unwrap().len(), 1);
+        let (due, _) = store.schedule_retries.due(100, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].schedule.as_str(), due[0].scheduled_ms), ("old", 7));
+        assert!(store.schedule_state("old").unwrap().retries.is_empty());
+        assert_eq!(store.retries.due(100, 10).unwrap().0.len(), 0);
     }
 }

@@ -174,7 +174,8 @@ impl TopicsApi {
         for d in self
             .core
             .store
-            .outbox()?
+            .outbox
+            .list()?
             .iter()
             .filter(|d| d.topic == t.name)
         {

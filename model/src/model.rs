@@ -590,6 +590,16 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The key of one delivery of one event to one rule target: what makes it happen once.
+pub fn delivery_key(rule: &str, target: &str, event_id: &str) -> String {
+    format!("{rule}\0{target}\0{event_id}")
+}
+
+/// The key of one fire of a schedule (its fire time in ms): what makes it happen once.
+pub fn schedule_fire_key(schedule: &str, scheduled_ms: i64) -> String {
+    format!("schedule\0{schedule}\0{scheduled_ms}")
+}
+
 /// A delivery that failed and waits for its next attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PendingRetry {
@@ -733,13 +743,18 @@ pub struct ScheduleState {
     pub next_fire_ms: Option<i64>,
     /// The last runs, newest last (at most 20).
     pub runs: Vec<ScheduleRun>,
-    /// Fires whose task could not start, waiting for their next attempt.
-    #[serde(default)]
+    /// Only in a data dir from before fire retries had their own table: moved there at
+    /// open, never written again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retries: Vec<ScheduleRetry>,
 }
 
+/// A schedule fire whose task could not start, waiting for its next attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleRetry {
+    /// The schedule's name (empty only in a record from before the retry table).
+    #[serde(default)]
+    pub schedule: String,
     pub scheduled_ms: i64,
     pub attempts: u32,
     pub first_attempt_ms: i64,

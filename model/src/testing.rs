@@ -1,7 +1,7 @@
 //! Builders for tests, in this crate and the ones above it (the `testing` feature, which the
 //! controller enables for its tests only).
 
-use crate::model::{ContainerDef, NetworkMode, TaskSpec};
+use crate::model::{CatchUp, ContainerDef, NetworkMode, Overlap, Schedule, TaskSpec};
 
 /// A one-container task spec reserving `cpu` vCPU and `mem` MiB.
 pub fn spec(cpu: f64, mem: u64) -> TaskSpec {
@@ -30,5 +30,29 @@ pub fn spec(cpu: f64, mem: u64) -> TaskSpec {
         timeout_secs: 0,
         task_role: String::new(),
         input: None,
+    }
+}
+
+/// An enabled schedule "s" running task definition "job" every minute, in UTC.
+pub fn schedule() -> Schedule {
+    Schedule {
+        name: "s".into(),
+        description: String::new(),
+        expression: "rate(1 minute)".into(),
+        timezone: "UTC".into(),
+        enabled: true,
+        start_ms: None,
+        end_ms: None,
+        flexible_window_secs: 0,
+        overlap: Overlap::Allow,
+        catch_up: CatchUp::Skip,
+        catch_up_limit: 10,
+        task_definition: "job".into(),
+        overrides: Default::default(),
+        group: String::new(),
+        retry: Default::default(),
+        created_ms: 0,
+        updated_ms: 0,
+        event: None,
     }
 }

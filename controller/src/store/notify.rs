@@ -6,7 +6,7 @@
 //! (moved to `notify_dead` in one transaction).
 
 use super::tree::Tree;
-use super::{decode, due_key, encode, Store, StoreError};
+use super::{decode, encode, Store, StoreError};
 use crate::model::{Delivery, Subscription, Topic};
 
 fn list<V: serde::de::DeserializeOwned>(
@@ -35,11 +35,12 @@ impl Store {
             .into_iter()
             .map(|s| s.id)
             .collect();
-        let pending: Vec<(String, i64)> = self
-            .outbox()?
+        let pending: Vec<String> = self
+            .outbox
+            .list()?
             .into_iter()
             .filter(|d| d.topic == name)
-            .map(|d| (d.id, d.next_attempt_ms))
+            .map(|d| d.id)
             .collect();
         let dead: Vec<String> = self
             .notify_dead(Some(name))?
@@ -47,20 +48,21 @@ impl Store {
             .map(|d| d.id)
             .collect();
         let trees = [
-            self.topics.tree(),
-            self.subscriptions.tree(),
-            &self.outbox,
-            &self.outbox_due,
-            &self.notify_dead,
-        ];
+            &[
+                self.topics.tree(),
+                self.subscriptions.tree(),
+                &self.notify_dead,
+            ][..],
+            &self.outbox.trees(),
+        ]
+        .concat();
         self.transact(&trees, |tx| {
             tx.remove(self.topics.tree(), name)?;
             for id in &subs {
                 tx.remove(self.subscriptions.tree(), id)?;
             }
-            for (id, at) in &pending {
-                tx.remove(&self.outbox, id)?;
-                tx.remove(&self.outbox_due, due_key(*at, id))?;
+            for id in &pending {
+                self.outbox.remove_in(tx, id.as_bytes())?;
             }
             for id in &dead {
                 tx.remove(&self.notify_dead, id)?;
@@ -79,13 +81,11 @@ impl Store {
         first: Option<&Delivery>,
     ) -> Result<(), StoreError> {
         let bytes = encode(s);
-        let first = first.map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)));
-        let trees = [self.subscriptions.tree(), &self.outbox, &self.outbox_due];
+        let trees = [&[self.subscriptions.tree()][..], &self.outbox.trees()].concat();
         self.transact(&trees, |tx| {
             tx.insert(self.subscriptions.tree(), &s.id, &bytes)?;
-            if let Some((id, d, at)) = &first {
-                tx.insert(&self.outbox, id, d)?;
-                tx.insert(&self.outbox_due, at, [])?;
+            if let Some(d) = first {
+                self.outbox.put_in(tx, d)?;
             }
             Ok(())
         })?;
@@ -109,18 +109,18 @@ impl Store {
         let Some(sub) = self.subscriptions.get(id)? else {
             return Ok(None);
         };
-        let pending: Vec<(String, i64)> = self
-            .outbox()?
+        let pending: Vec<String> = self
+            .outbox
+            .list()?
             .into_iter()
             .filter(|d| d.subscription == id)
-            .map(|d| (d.id, d.next_attempt_ms))
+            .map(|d| d.id)
             .collect();
-        let trees = [self.subscriptions.tree(), &self.outbox, &self.outbox_due];
+        let trees = [&[self.subscriptions.tree()][..], &self.outbox.trees()].concat();
         self.transact(&trees, |tx| {
             tx.remove(self.subscriptions.tree(), id)?;
-            for (p, at) in &pending {
-                tx.remove(&self.outbox, p)?;
-                tx.remove(&self.outbox_due, due_key(*at, p))?;
+            for p in &pending {
+                self.outbox.remove_in(tx, p.as_bytes())?;
             }
             Ok(())
         })?;
@@ -159,26 +159,20 @@ impl Store {
         deliveries: &[Delivery],
         unconfirmed: &[String],
     ) -> Result<bool, StoreError> {
-        let encoded: Vec<(String, Vec<u8>, Vec<u8>)> = deliveries
-            .iter()
-            .map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)))
-            .collect();
         let marker = format!("notified:{}", deliveries.len());
         let subs = self.subscriptions.tree();
         let trees = [
-            &self.deliveries,
-            &self.outbox,
-            &self.outbox_due,
-            &self.retries,
-            subs,
-        ];
+            &[&self.deliveries, subs][..],
+            &self.outbox.trees(),
+            &self.retries.trees(),
+        ]
+        .concat();
         let done = self.transact(&trees, |tx| {
             if tx.get(&self.deliveries, key)?.is_some() {
                 return Ok(false);
             }
-            for (id, d, at) in &encoded {
-                tx.insert(&self.outbox, id, d)?;
-                tx.insert(&self.outbox_due, at, [])?;
+            for d in deliveries {
+                self.outbox.put_in(tx, d)?;
             }
             for id in unconfirmed {
                 if let Some(bytes) = tx.get(subs, id)? {
@@ -188,7 +182,7 @@ impl Store {
                 }
             }
             tx.insert(&self.deliveries, key, &marker)?;
-            tx.remove(&self.retries, key)?;
+            self.retries.remove_in(tx, key.as_bytes())?;
             Ok(true)
         })?;
         if done {
@@ -197,82 +191,15 @@ impl Store {
         Ok(done)
     }
 
-    pub fn outbox(&self) -> Result<Vec<Delivery>, StoreError> {
-        list(&self.outbox, "outbox")
-    }
-
-    /// Up to `limit` deliveries due at `now_ms`, earliest first, read through the due-time
-    /// index; and when the next one after those is due (None: nothing else is waiting).
-    ///
-    /// The index is a hint kept beside the records, the record decides: an index key whose
-    /// record is gone or due at another time (left by a crash between the two writes of a
-    /// move below) is dropped here, and every open rebuilds the index from the records.
-    pub fn due_deliveries(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<(Vec<Delivery>, Option<i64>), StoreError> {
-        let mut due = Vec::new();
-        for kv in self.outbox_due.iter() {
-            let (k, _) = kv?;
-            let at = i64::from_be_bytes(k[..8].try_into().expect("8-byte time prefix"));
-            if at > now_ms || due.len() >= limit {
-                return Ok((due, Some(at)));
-            }
-            match self.outbox.get(&k[8..])? {
-                Some(v) => {
-                    let d: Delivery = decode("outbox", &v)?;
-                    if d.next_attempt_ms == at {
-                        due.push(d);
-                    } else {
-                        self.outbox_due.remove(&k)?;
-                    }
-                }
-                None => {
-                    self.outbox_due.remove(&k)?;
-                }
-            }
-        }
-        Ok((due, None))
-    }
-
-    /// Records a failed attempt: the entry stays, due at its new time (`d`), no longer at
-    /// `was_due_ms`. The new index key goes first, so a crash never leaves a record the index
-    /// does not lead to.
-    pub async fn put_delivery(&self, d: &Delivery, was_due_ms: i64) -> Result<(), StoreError> {
-        self.outbox_due
-            .insert(due_key(d.next_attempt_ms, &d.id), [])?;
-        self.outbox.insert(d.id.as_bytes(), encode(d))?;
-        if was_due_ms != d.next_attempt_ms {
-            self.outbox_due.remove(due_key(was_due_ms, &d.id))?;
-        }
-        self.commit().await
-    }
-
-    /// A delivery done (it was due at `was_due_ms`): out of the outbox and its index.
-    pub async fn delivered_notification(
-        &self,
-        id: &str,
-        was_due_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.outbox.remove(id)?;
-        self.outbox_due.remove(due_key(was_due_ms, id))?;
-        self.commit().await
-    }
-
-    /// Moves a delivery that ran out of attempts (or was refused for good) to the dead
-    /// letters, in one transaction; then out of the index (it was due at `was_due_ms`).
-    pub async fn dead_letter_delivery(
-        &self,
-        d: &Delivery,
-        was_due_ms: i64,
-    ) -> Result<(), StoreError> {
+    /// Moves a delivery that ran out of attempts (or was refused for good) from the outbox
+    /// to the dead letters, in one transaction.
+    pub async fn dead_letter_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
         let bytes = encode(d);
-        self.transact(&[&self.outbox, &self.notify_dead], |tx| {
-            tx.remove(&self.outbox, &d.id)?;
+        let trees = [&[&self.notify_dead][..], &self.outbox.trees()].concat();
+        self.transact(&trees, |tx| {
+            self.outbox.remove_in(tx, d.id.as_bytes())?;
             tx.insert(&self.notify_dead, &d.id, &bytes)
         })?;
-        self.outbox_due.remove(due_key(was_due_ms, &d.id))?;
         self.commit().await
     }
 
@@ -285,15 +212,11 @@ impl Store {
     /// Moves dead letters back into the outbox (as given: fresh attempts, due now), in one
     /// transaction.
     pub async fn redrive(&self, again: &[Delivery]) -> Result<(), StoreError> {
-        let encoded: Vec<(String, Vec<u8>, Vec<u8>)> = again
-            .iter()
-            .map(|d| (d.id.clone(), encode(d), due_key(d.next_attempt_ms, &d.id)))
-            .collect();
-        self.transact(&[&self.outbox, &self.outbox_due, &self.notify_dead], |tx| {
-            for (id, d, at) in &encoded {
-                tx.remove(&self.notify_dead, id)?;
-                tx.insert(&self.outbox, id, d)?;
-                tx.insert(&self.outbox_due, at, [])?;
+        let trees = [&[&self.notify_dead][..], &self.outbox.trees()].concat();
+        self.transact(&trees, |tx| {
+            for d in again {
+                tx.remove(&self.notify_dead, &d.id)?;
+                self.outbox.put_in(tx, d)?;
             }
             Ok(())
         })?;

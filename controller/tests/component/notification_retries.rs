@@ -71,7 +71,7 @@ async fn a_failing_webhook_is_retried_until_it_answers() {
     // Retried after the backoff (1 s at most for the first, with jitter), then 2 s at most.
     h.until("the failure recorded", || async {
         let s = status(&h, "alerts").await;
-        let due = h.core.store.due_deliveries(i64::MAX, 10).unwrap().0;
+        let due = h.core.store.outbox.due(i64::MAX, 10).unwrap().0;
         match due.first() {
             Some(d) if d.attempts == 1 => Ok(s),
             _ => Err(format!("{s:?}")),
@@ -82,7 +82,7 @@ async fn a_failing_webhook_is_retried_until_it_answers() {
     h.advance(Duration::from_secs(1));
     assert_eq!(hook.next().await, first, "the same message again");
     h.until("the second failure recorded", || async {
-        let due = h.core.store.due_deliveries(i64::MAX, 10).unwrap().0;
+        let due = h.core.store.outbox.due(i64::MAX, 10).unwrap().0;
         match due.first() {
             Some(d) if d.attempts == 2 => Ok(()),
             other => Err(format!("{other:?}")),
@@ -115,7 +115,7 @@ async fn a_webhook_that_never_answers_becomes_a_dead_letter() {
     for wait in [1, 2] {
         hook.next().await;
         h.until("the failure recorded", || async {
-            match h.core.store.due_deliveries(i64::MAX, 10).unwrap().0.first() {
+            match h.core.store.outbox.due(i64::MAX, 10).unwrap().0.first() {
                 Some(d) if d.attempts == wait => Ok(()),
                 other => Err(format!("{other:?}")),
             }

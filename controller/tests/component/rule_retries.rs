@@ -47,9 +47,9 @@ async fn failed(h: &Harness, rule: &str, n: u32) {
     h.until(
         &format!("{rule}: retry after {n} failed attempt(s)"),
         || async {
-            let pending = h.core.store.due_retries(i64::MAX, 10).unwrap();
-            match pending.iter().find(|(_, r)| r.rule == rule) {
-                Some((_, r)) if r.attempts == n => Ok(()),
+            let (pending, _) = h.core.store.retries.due(i64::MAX, 10).unwrap();
+            match pending.iter().find(|r| r.rule == rule) {
+                Some(r) if r.attempts == n => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         },

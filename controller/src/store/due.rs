@@ -1,0 +1,157 @@
+//! A table of work that waits for a moment: one record per piece of work, and beside it a
+//! due-time index (due ms, big-endian ‖ record key), written in the record's own transaction.
+//! Rule delivery retries, schedule fire retries and the notification outbox are each one of
+//! these; a reader takes what is due through the index without scanning the records, and
+//! learns when the next piece is due. (Queue message visibility is the next user.)
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::engine::{Engine, TxError};
+use super::table::{Record, Table};
+use super::tree::{transact, Tree, Tx};
+use super::{decode, encode, GroupCommit, StoreError};
+
+/// A record that is due at a moment.
+pub trait Due: Record {
+    fn due_ms(&self) -> i64;
+}
+
+/// A due-index key: the time (ms, big-endian, so keys sort by time) then the record's key.
+pub(super) fn due_key(due_ms: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = (due_ms.max(0) as u64).to_be_bytes().to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+/// Records of one type, each due at a moment, readable in due order.
+#[derive(Clone)]
+pub struct DueTable<R> {
+    records: Table<R>,
+    index: Tree,
+    engine: Arc<dyn Engine>,
+    commit: GroupCommit,
+}
+
+impl<R: Due> DueTable<R> {
+    /// Opens the table and its index (`<tree>_due`), and derives the index from the records:
+    /// an index can never disagree with its records after an open.
+    pub(super) fn open(
+        engine: &Arc<dyn Engine>,
+        commit: &GroupCommit,
+    ) -> Result<DueTable<R>, StoreError> {
+        let t = DueTable {
+            records: Table::open(engine, commit)?,
+            index: Tree::open(engine, &format!("{}_due", R::TREE))?,
+            engine: engine.clone(),
+            commit: commit.clone(),
+        };
+        t.index.clear()?;
+        for kv in t.records.tree().iter() {
+            let (k, v) = kv?;
+            let r: R = decode(R::TREE, &v)?;
+            t.index.insert(due_key(r.due_ms(), &k), [])?;
+        }
+        Ok(t)
+    }
+
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
+        self.records.get(key)
+    }
+
+    /// Every record, in key order.
+    pub fn list(&self) -> Result<Vec<R>, StoreError> {
+        self.records.list()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Up to `limit` records due at `now_ms`, earliest first; and when the next one after
+    /// those is due (None: nothing else is waiting).
+    pub fn due(&self, now_ms: i64, limit: usize) -> Result<(Vec<R>, Option<i64>), StoreError> {
+        let mut due = Vec::new();
+        for kv in self.index.iter() {
+            let (k, _) = kv?;
+            let at = i64::from_be_bytes(k[..8].try_into().expect("8-byte time prefix"));
+            if at > now_ms || due.len() >= limit {
+                return Ok((due, Some(at)));
+            }
+            match self.records.get(&k[8..])? {
+                Some(r) if r.due_ms() == at => due.push(r),
+                // Written in one transaction with its record, a key cannot go stale; were one
+                // to (a bug, a damaged index), it is dropped here rather than followed.
+                _ => {
+                    self.index.remove(&k)?;
+                }
+            }
+        }
+        Ok((due, None))
+    }
+
+    /// When the earliest record is due.
+    pub fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        let first = self.index.range(Bound::Unbounded, Bound::Unbounded).next();
+        Ok(match first {
+            Some(kv) => Some(i64::from_be_bytes(
+                kv?.0[..8].try_into().expect("8-byte time prefix"),
+            )),
+            None => None,
+        })
+    }
+
+    /// Creates or replaces a record, moving its index key. Durable on return.
+    pub async fn put(&self, r: &R) -> Result<(), StoreError> {
+        transact(self.engine.as_ref(), &self.trees(), |tx| self.put_in(tx, r))?;
+        self.commit.commit().await
+    }
+
+    /// Removes a record and its index key; returns what it was. Durable on return.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
+        let key = key.as_ref();
+        let old = transact(self.engine.as_ref(), &self.trees(), |tx| {
+            self.remove_in(tx, key)
+        })?;
+        if old.is_some() {
+            self.commit.commit().await?;
+        }
+        Ok(old)
+    }
+
+    /// The record tree and the index tree, for a transaction that also writes others.
+    pub(super) fn trees(&self) -> [&Tree; 2] {
+        [self.records.tree(), &self.index]
+    }
+
+    /// `put` inside a transaction over (at least) `trees()`.
+    pub(super) fn put_in(&self, tx: &Tx<'_>, r: &R) -> Result<(), TxError> {
+        let key = r.key();
+        if let Some(old) = tx.get(self.records.tree(), &key)? {
+            let old: R = decode(R::TREE, &old)?;
+            tx.remove(&self.index, due_key(old.due_ms(), &key))?;
+        }
+        tx.insert(&self.index, due_key(r.due_ms(), &key), [])?;
+        tx.insert(self.records.tree(), &key, encode(r))
+    }
+
+    /// `delete` inside a transaction over (at least) `trees()`.
+    pub(super) fn remove_in(&self, tx: &Tx<'_>, key: &[u8]) -> Result<Option<R>, TxError> {
+        let Some(old) = tx.get(self.records.tree(), key)? else {
+            return Ok(None);
+        };
+        let old: R = decode(R::TREE, &old)?;
+        tx.remove(&self.index, due_key(old.due_ms(), key))?;
+        tx.remove(self.records.tree(), key)?;
+        Ok(Some(old))
+    }
+
+    #[cfg(test)]
+    pub(super) fn index(&self) -> &Tree {
+        &self.index
+    }
+}
