@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::ops::Bound;
-use std::sync::RwLock;
+use std::sync::{Mutex, OnceLock};
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
@@ -14,22 +14,28 @@ use sled::Transactional;
 use super::engine::{Engine, Entries, TreeId, TxBody, TxError, TxTrees};
 use super::StoreError;
 
+/// How many trees one engine can open (the store opens about thirty).
+const MAX_TREES: usize = 128;
+
 /// A sled database and the trees opened in it.
 pub struct SledEngine {
     db: sled::Db,
-    trees: RwLock<Vec<sled::Tree>>,
+    /// Set once each, in open order: read on every operation without a lock.
+    trees: Box<[OnceLock<sled::Tree>]>,
+    opened: Mutex<usize>,
 }
 
 impl SledEngine {
     pub fn open(path: &std::path::Path) -> Result<SledEngine, StoreError> {
         Ok(SledEngine {
             db: sled::Config::new().path(path).open().map_err(engine)?,
-            trees: RwLock::new(Vec::new()),
+            trees: (0..MAX_TREES).map(|_| OnceLock::new()).collect(),
+            opened: Mutex::new(0),
         })
     }
 
-    fn tree(&self, id: TreeId) -> sled::Tree {
-        self.trees.read().expect("tree list lock")[id.0].clone()
+    fn tree(&self, id: TreeId) -> &sled::Tree {
+        self.trees[id.0].get().expect("a tree id from open_tree")
     }
 }
 
@@ -40,9 +46,16 @@ fn engine(e: sled::Error) -> StoreError {
 impl Engine for SledEngine {
     fn open_tree(&self, name: &str) -> Result<TreeId, StoreError> {
         let tree = self.db.open_tree(name).map_err(engine)?;
-        let mut trees = self.trees.write().expect("tree list lock");
-        trees.push(tree);
-        Ok(TreeId(trees.len() - 1))
+        let mut opened = self.opened.lock().expect("tree count lock");
+        if *opened == MAX_TREES {
+            return Err(StoreError::Engine(format!(
+                "more than {MAX_TREES} trees opened"
+            )));
+        }
+        let id = TreeId(*opened);
+        let _ = self.trees[id.0].set(tree);
+        *opened += 1;
+        Ok(id)
     }
 
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -98,7 +111,7 @@ impl Engine for SledEngine {
     }
 
     fn transact(&self, trees: &[TreeId], body: &mut TxBody<'_>) -> Result<(), StoreError> {
-        let sled_trees: Vec<sled::Tree> = trees.iter().map(|id| self.tree(*id)).collect();
+        let sled_trees: Vec<&sled::Tree> = trees.iter().map(|id| self.tree(*id)).collect();
         // sled may run the body again after a conflict; it never runs two at once.
         let body = RefCell::new(body);
         let result = sled_trees[..].transaction(|views: &Vec<TransactionalTree>| {
