@@ -18,7 +18,6 @@ use tracing::{info, warn};
 use crate::applier;
 use crate::convert;
 use crate::core::{Core, CoreError};
-use crate::model::{Node, NodeState};
 use crate::validate;
 use crate::wake::Loop;
 use skiff_model::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
@@ -70,23 +69,14 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         }
         let core = self.core.clone();
         let node_id = reg.node_id.clone();
-        let prior = core.store.nodes.get(&node_id).map_err(internal)?;
-        let node = Node {
-            id: node_id.clone(),
+        let registration = crate::nodes::Registration {
+            node_id: node_id.clone(),
             labels: reg.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
             cpu: reg.cpu,
             memory_mib: reg.memory_mib,
-            state: prior.as_ref().map_or(NodeState::Ready, |p| match p.state {
-                NodeState::Down => NodeState::Ready,
-                s => s,
-            }),
             version: reg.version.clone(),
-            registered_at_ms: prior
-                .as_ref()
-                .map_or(core.clock.now_ms(), |p| p.registered_at_ms),
-            last_seen_ms: core.clock.now_ms(),
         };
-        core.store.nodes.put(&node).await.map_err(internal)?;
+        crate::nodes::register(&core, registration).await?;
 
         let (tx, rx) = mpsc::channel(1024);
         let conn_id = core.attach(&node_id, tx.clone());
@@ -171,7 +161,9 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         let r = request.into_inner();
         validate::check_name("node_id", &r.node_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        crate::tokens_api::redeem_join_token(&self.core, &r.token).await?;
+        crate::tokens::redeem_join(&self.core, &r.token)
+            .await?
+            .map_err(|refused| Status::unauthenticated(refused.to_string()))?;
         let resp = issue_node_cert(&self.core, pki, &r.csr_pem, &r.node_id).await?;
         info!(node_id = %r.node_id, "node joined");
         Ok(Response::new(resp))
@@ -241,16 +233,7 @@ async fn issue_node_cert(
         .sign_node(csr_pem, node_id)
         .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
     let issued_ms = core.clock.now_ms();
-    core.store
-        .node_certs
-        .put(&crate::model::NodeCert {
-            fingerprint,
-            node_id: node_id.to_string(),
-            issued_ms,
-            revoked_ms: 0,
-        })
-        .await
-        .map_err(internal)?;
+    crate::nodes::record_certificate(core, node_id, fingerprint, issued_ms).await?;
     Ok(pb::JoinResponse {
         cert_pem,
         ca_pem: pki.ca_pem.clone(),

@@ -105,17 +105,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
         let spec = validate::task_spec(&input).map_err(invalid)?;
         check_privileged(&spec, role)?;
         self.core.check_references(&spec)?;
-        let def = self
-            .core
-            .store
-            .register_taskdef(&input.family, |revision| TaskDefinition {
-                family: input.family.clone(),
-                revision,
-                spec,
-                status: DefinitionStatus::Active,
-                registered_at_ms: self.core.clock.now_ms(),
-            })
-            .await?;
+        let def = crate::taskdefs::register(&self.core, &input.family, spec).await?;
         Ok(Response::new(convert::task_definition(&def)))
     }
 
@@ -160,9 +150,10 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
                 "task_definition: deregister needs family:revision",
             ));
         }
-        let mut def = resolve_taskdef(&self.core, "task_definition", &reference)?;
-        def.status = DefinitionStatus::Inactive;
-        self.core.store.taskdefs.put(&def).await?;
+        let def = resolve_taskdef(&self.core, "task_definition", &reference)?;
+        let def = crate::taskdefs::deregister(&self.core, &def)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("task_definition: no {reference}")))?;
         Ok(Response::new(convert::task_definition(&def)))
     }
 }
@@ -424,17 +415,9 @@ impl pb::nodes_server::Nodes for NodesApi {
         req: Request<pb::RevokeNodeRequest>,
     ) -> Result<Response<pb::RevokeNodeResponse>, Status> {
         let node = &req.get_ref().node_id;
-        if self.core.store.nodes.get(node)?.is_none() {
-            return Err(Status::not_found(format!("node_id: no node {node:?}")));
-        }
-        let mut revoked = 0;
-        for mut c in self.core.store.node_certs.list()? {
-            if c.node_id == *node && c.revoked_ms == 0 {
-                c.revoked_ms = self.core.clock.now_ms();
-                self.core.store.node_certs.put(&c).await?;
-                revoked += 1;
-            }
-        }
+        let revoked = crate::nodes::revoke_certificates(&self.core, node)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("node_id: no node {node:?}")))?;
         Ok(Response::new(pb::RevokeNodeResponse {
             certificates_revoked: revoked,
         }))
@@ -607,16 +590,8 @@ impl pb::events_server::Events for EventsApi {
             }
         }
         if !accepted.is_empty() {
-            let makers: Vec<Box<dyn FnOnce(String) -> Event + Send>> = accepted
-                .iter()
-                .map(|(_, ev)| {
-                    let ev = ev.clone();
-                    Box::new(move |id: String| Event { id, ..ev })
-                        as Box<dyn FnOnce(String) -> Event + Send>
-                })
-                .collect();
-            let stored = self.core.store.append_events(makers).await?;
-            self.core.events_appended();
+            let events = accepted.iter().map(|(_, ev)| ev.clone()).collect();
+            let stored = crate::events::put(&self.core, events).await?;
             // Which rules these events match now; the dispatcher delivers to them (the same
             // patterns, unless a rule changes in between).
             let rules = self.rule_set()?;

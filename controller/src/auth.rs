@@ -135,7 +135,8 @@ pub fn required_role(path: &str) -> Option<Role> {
     }
 }
 
-fn sha256_hex(s: &str) -> String {
+/// A secret's SHA-256, hex: what is kept of it.
+pub(crate) fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 

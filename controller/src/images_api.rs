@@ -251,14 +251,8 @@ impl pb::registry_credentials_server::RegistryCredentials for RegistryCredential
         if r.password.is_empty() {
             return Err(Status::invalid_argument("password: must not be empty"));
         }
-        let creds = RegistryCreds {
-            name: r.name,
-            server,
-            username: r.username,
-            password: r.password,
-            created_ms: self.core.clock.now_ms(),
-        };
-        self.core.store.registry_creds.put(&creds).await?;
+        let creds =
+            crate::registries::put(&self.core, r.name, server, r.username, r.password).await?;
         Ok(Response::new(info(&creds)))
     }
 
@@ -284,7 +278,7 @@ impl pb::registry_credentials_server::RegistryCredentials for RegistryCredential
         req: Request<pb::DeleteRegistryCredentialsRequest>,
     ) -> Result<Response<pb::RegistryCredentialsInfo>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.registry_creds.delete(name).await? {
+        match crate::registries::delete(&self.core, name).await? {
             Some(c) => Ok(Response::new(info(&c))),
             None => Err(Status::not_found(format!(
                 "name: no registry credentials {name:?}"

@@ -11,30 +11,39 @@ pub mod clock;
 pub mod convert;
 pub mod core;
 pub mod credentials;
+pub mod events;
 pub mod http;
 pub mod images_api;
 pub mod keyfile;
 // The pure layer, re-exported so `crate::lifecycle` and friends name it (see skiff-model).
 pub use skiff_model::{cron, lifecycle, pattern, placement, retry, ruleset, transform, trust};
 pub mod model;
+pub mod nodes;
 pub mod notifier;
 pub mod notify;
 pub mod objects;
 pub mod outbound;
 pub mod pki;
 pub mod placer;
+pub mod registries;
+pub mod roles;
 pub mod roles_api;
 pub mod rules;
 pub mod rules_api;
 pub mod schedules;
 pub mod schedules_api;
 pub mod sealing;
+pub mod secrets;
 pub mod secrets_api;
+pub mod sources;
 pub mod sources_api;
 pub mod status;
 pub mod store;
 pub mod task_tokens;
+pub mod taskdefs;
+pub mod tokens;
 pub mod tokens_api;
+pub mod topics;
 pub mod topics_api;
 pub mod validate;
 pub mod wake;
@@ -125,7 +134,7 @@ impl Controller {
                     addr: cfg.listen,
                     source,
                 })?;
-        let bootstrap_token = tokens_api::bootstrap(&store, &cfg.data_dir, cfg.clock.now_ms())
+        let bootstrap_token = tokens::bootstrap(&store, &cfg.data_dir, cfg.clock.now_ms())
             .await
             .map_err(|source| ControllerError::Store {
                 path: cfg.data_dir.clone(),

@@ -298,7 +298,7 @@ fn invalid(e: InvalidField) -> Status {
 #[tonic::async_trait]
 impl pb::roles_server::Roles for RolesApi {
     async fn put(&self, req: Request<pb::TaskRole>) -> Result<Response<pb::TaskRole>, Status> {
-        let mut role = from_pb(req.get_ref()).map_err(invalid)?;
+        let role = from_pb(req.get_ref()).map_err(invalid)?;
         if let Some(s) = &role.storage {
             // Name the keys' secrets now, not when a task first asks for credentials.
             let (id, key) = match &s.provider {
@@ -326,12 +326,7 @@ impl pb::roles_server::Roles for RolesApi {
                 }
             }
         }
-        let old = self.core.store.roles.get(&role.name)?;
-        let now = self.core.clock.now_ms();
-        role.version = old.as_ref().map_or(1, |o| o.version + 1);
-        role.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
-        role.updated_ms = now;
-        self.core.store.roles.put(&role).await?;
+        let role = crate::roles::put(&self.core, role).await?;
         Ok(Response::new(to_pb(&role)))
     }
 
@@ -353,7 +348,7 @@ impl pb::roles_server::Roles for RolesApi {
 
     async fn delete(&self, req: Request<pb::RoleRef>) -> Result<Response<pb::TaskRole>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.roles.delete(name).await? {
+        match crate::roles::delete(&self.core, name).await? {
             Some(r) => Ok(Response::new(to_pb(&r))),
             None => Err(Status::not_found(format!("name: no role {name:?}"))),
         }

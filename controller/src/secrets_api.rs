@@ -41,19 +41,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
                 r.value.len()
             )));
         }
-        let (nonce, ciphertext) = self.core.secrets.seal(&r.name, &r.value);
-        let old = self.core.store.secrets.get(&r.name)?;
-        let now = self.core.clock.now_ms();
-        let sealed = SealedSecret {
-            name: r.name.clone(),
-            version: old.as_ref().map_or(1, |o| o.version + 1),
-            nonce,
-            ciphertext,
-            size: r.value.len() as u64,
-            created_ms: old.as_ref().map_or(now, |o| o.created_ms),
-            updated_ms: now,
-        };
-        self.core.store.secrets.put(&sealed).await?;
+        let sealed = crate::secrets::put(&self.core, &r.name, &r.value).await?;
         Ok(Response::new(info(&sealed)))
     }
 
@@ -70,7 +58,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
         req: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::SecretInfo>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.secrets.delete(name).await? {
+        match crate::secrets::delete(&self.core, name).await? {
             Some(s) => Ok(Response::new(info(&s))),
             None => Err(Status::not_found(format!("name: no secret {name:?}"))),
         }

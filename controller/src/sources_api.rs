@@ -9,7 +9,6 @@ use tonic::{Request, Response, Status};
 use crate::core::Core;
 use crate::model::{Source, SourceKind};
 use crate::validate;
-use crate::wake::Loop;
 
 fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
@@ -131,17 +130,6 @@ pub fn to_pb(s: &Source, health: &crate::model::SourceHealth) -> pb::Source {
     out
 }
 
-/// Stores a source (creating or replacing it) and restarts its watcher.
-pub async fn put(core: &Core, mut source: Source) -> Result<Source, Status> {
-    let old = core.store.sources.get(&source.name)?;
-    let now = core.clock.now_ms();
-    source.created_ms = old.as_ref().map_or(now, |o| o.created_ms);
-    source.updated_ms = now.max(old.as_ref().map_or(0, |o| o.updated_ms + 1));
-    core.store.sources.put(&source).await?;
-    core.loops.wake(Loop::Watchers);
-    Ok(source)
-}
-
 pub struct SourcesApi {
     pub core: Arc<Core>,
 }
@@ -150,7 +138,7 @@ pub struct SourcesApi {
 impl pb::sources_server::Sources for SourcesApi {
     async fn put(&self, req: Request<pb::Source>) -> Result<Response<pb::Source>, Status> {
         let source = from_pb(&self.core, req.get_ref())?;
-        let stored = put(&self.core, source).await?;
+        let stored = crate::sources::put(&self.core, source).await?;
         Ok(Response::new(to_pb(&stored, &Default::default())))
     }
 
@@ -171,11 +159,8 @@ impl pb::sources_server::Sources for SourcesApi {
 
     async fn delete(&self, req: Request<pb::SourceRef>) -> Result<Response<pb::Source>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.delete_source(name).await? {
-            Some(s) => {
-                self.core.loops.wake(Loop::Watchers);
-                Ok(Response::new(to_pb(&s, &Default::default())))
-            }
+        match crate::sources::delete(&self.core, name).await? {
+            Some(s) => Ok(Response::new(to_pb(&s, &Default::default()))),
             None => Err(Status::not_found(format!("name: no source {name:?}"))),
         }
     }

@@ -1,18 +1,14 @@
-//! The Tokens API, and the bootstrap admin token a new controller writes for its operator.
+//! The Tokens API: checks what it is given and calls the token operations (`tokens.rs`).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use skiff_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{self, Role};
+use crate::auth::Role;
 use crate::core::Core;
 use crate::model::ApiToken;
-use crate::store::{Store, StoreError};
-
-/// The file (in the data dir) holding the first admin token.
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+use crate::tokens;
 
 fn info(t: &ApiToken) -> pb::TokenInfo {
     pb::TokenInfo {
@@ -24,26 +20,6 @@ fn info(t: &ApiToken) -> pb::TokenInfo {
         revoked_ms: t.revoked_ms,
     }
 }
-
-/// On a controller's first start (no token at all yet), mints an admin token and writes it to
-/// `<data_dir>/admin.token`, readable by its owner only. Returns the file's path.
-pub async fn bootstrap(
-    store: &Store,
-    data_dir: &Path,
-    now_ms: i64,
-) -> Result<Option<PathBuf>, StoreError> {
-    if !store.tokens.list()?.is_empty() {
-        return Ok(None);
-    }
-    let (token, record) = auth::mint(Role::Admin, "bootstrap admin", 0, now_ms);
-    let path = data_dir.join(ADMIN_TOKEN_FILE);
-    write_secret(&path, &token).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
-    // Stored after the file exists: a crash in between leaves no token nobody can see.
-    store.tokens.put(&record).await?;
-    Ok(Some(path))
-}
-
-pub use crate::keyfile::{write_secret, write_secret_bytes};
 
 pub struct TokensApi {
     pub core: Arc<Core>,
@@ -71,10 +47,7 @@ impl TokensApi {
         } else {
             r.ttl_seconds
         };
-        let (token, mut record) =
-            auth::mint(Role::ReadOnly, &r.name, ttl, self.core.clock.now_ms());
-        record.role = "join".into();
-        self.core.store.tokens.put(&record).await?;
+        let (token, record) = tokens::mint(&self.core, Role::ReadOnly, true, &r.name, ttl).await?;
         use base64::Engine;
         let ca = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&pki.ca_pem);
         Ok(Response::new(pb::CreatedToken {
@@ -82,33 +55,6 @@ impl TokensApi {
             token: format!("{JOIN_PREFIX}{token}:{ca}"),
         }))
     }
-}
-
-/// Checks a join token and uses it up (one node per token).
-pub async fn redeem_join_token(core: &Core, token: &str) -> Result<(), Status> {
-    let bad = || Status::unauthenticated("token: not a valid join token");
-    let (id, secret) = token
-        .strip_prefix("skiff_")
-        .and_then(|t| t.split_once('_'))
-        .ok_or_else(bad)?;
-    let mut record = core.store.tokens.get(id)?.ok_or_else(bad)?;
-    let given = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()));
-    if record.role != "join" || given != record.secret_sha256 {
-        return Err(bad());
-    }
-    if record.revoked_ms != 0 {
-        return Err(Status::unauthenticated(
-            "token: this join token was already used (or revoked)",
-        ));
-    }
-    if record.expires_ms != 0 && core.clock.now_ms() >= record.expires_ms {
-        return Err(Status::unauthenticated(
-            "token: this join token has expired",
-        ));
-    }
-    record.revoked_ms = core.clock.now_ms();
-    core.store.tokens.put(&record).await?;
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -133,8 +79,7 @@ impl pb::tokens_server::Tokens for TokensApi {
         if r.ttl_seconds > 10 * 365 * 24 * 3600 {
             return Err(Status::invalid_argument("ttl_seconds: at most ten years"));
         }
-        let (token, record) = auth::mint(role, &r.name, r.ttl_seconds, self.core.clock.now_ms());
-        self.core.store.tokens.put(&record).await?;
+        let (token, record) = tokens::mint(&self.core, role, false, &r.name, r.ttl_seconds).await?;
         Ok(Response::new(pb::CreatedToken {
             info: Some(info(&record)),
             token,
@@ -156,16 +101,9 @@ impl pb::tokens_server::Tokens for TokensApi {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::TokenInfo>, Status> {
         let id = &req.get_ref().id;
-        let mut t = self
-            .core
-            .store
-            .tokens
-            .get(id)?
+        let t = tokens::revoke(&self.core, id)
+            .await?
             .ok_or_else(|| Status::not_found(format!("id: no token {id:?}")))?;
-        if t.revoked_ms == 0 {
-            t.revoked_ms = self.core.clock.now_ms();
-            self.core.store.tokens.put(&t).await?;
-        }
         Ok(Response::new(info(&t)))
     }
 }

@@ -4,14 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use skiff_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::model::{Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription, Topic};
 use crate::validate;
-use crate::wake::Loop;
 
 fn invalid(field: &str, msg: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {msg}"))
@@ -104,10 +102,6 @@ fn delivery_pb(d: &Delivery) -> pb::NotificationDelivery {
     }
 }
 
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
 /// Checks an endpoint for its protocol.
 fn check_endpoint(protocol: Protocol, endpoint: &str) -> Result<(), Status> {
     match protocol {
@@ -146,19 +140,13 @@ pub async fn confirm(core: &Core, id: &str, token: &str) -> Result<Subscription,
     if sub.confirmed {
         return Ok(sub);
     }
-    let digest = sha256_hex(token);
+    let digest = crate::auth::sha256_hex(token);
     if token.is_empty() || digest != sub.confirm_token_sha256 {
         return Err(Status::permission_denied(
             "token: does not match this subscription's confirmation token",
         ));
     }
-    core.store
-        .update_subscription(id, |s| {
-            if s.confirm_token_sha256 == digest {
-                s.confirmed = true;
-                s.confirm_token_sha256.clear();
-            }
-        })
+    crate::topics::confirm(core, id, &digest)
         .await?
         .ok_or_else(|| Status::not_found(format!("id: no subscription {id:?}")))
 }
@@ -205,16 +193,8 @@ impl pb::topics_server::Topics for TopicsApi {
         let t = req.get_ref();
         validate::check_name("name", &t.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let old = self.core.store.topics.get(&t.name)?;
-        let now = self.core.clock.now_ms();
-        let topic = Topic {
-            name: t.name.clone(),
-            description: t.description.clone(),
-            delivery: policy_from_pb(t.delivery.as_ref())?,
-            created_ms: old.as_ref().map_or(now, |o| o.created_ms),
-            updated_ms: now,
-        };
-        self.core.store.topics.put(&topic).await?;
+        let delivery = policy_from_pb(t.delivery.as_ref())?;
+        let topic = crate::topics::put(&self.core, &t.name, &t.description, delivery).await?;
         Ok(Response::new(topic_pb(&topic)))
     }
 
@@ -268,7 +248,7 @@ impl pb::topics_server::Topics for TopicsApi {
                 users.join(", ")
             )));
         }
-        match self.core.store.delete_topic(name).await? {
+        match crate::topics::delete(&self.core, name).await? {
             Some(t) => Ok(Response::new(topic_pb(&t))),
             None => Err(Status::not_found(format!("name: no topic {name:?}"))),
         }
@@ -338,7 +318,10 @@ impl pb::topics_server::Topics for TopicsApi {
             filter,
             raw: s.raw.unwrap_or(protocol == Protocol::Webhook),
             confirmed: !confirm,
-            confirm_token_sha256: token.as_deref().map(sha256_hex).unwrap_or_default(),
+            confirm_token_sha256: token
+                .as_deref()
+                .map(crate::auth::sha256_hex)
+                .unwrap_or_default(),
             signing_secret: sealed,
             skipped_unconfirmed: 0,
             created_ms: now,
@@ -357,11 +340,7 @@ impl pb::topics_server::Topics for TopicsApi {
             next_attempt_ms: now,
             dead_ms: None,
         });
-        self.core
-            .store
-            .put_subscription(&sub, first.as_ref())
-            .await?;
-        self.core.loops.wake(Loop::Notifications);
+        crate::topics::subscribe(&self.core, &sub, first.as_ref()).await?;
         Ok(Response::new(pb::SubscribeResponse {
             subscription: Some(subscription_pb(&sub)),
             signing_secret: secret,
@@ -373,7 +352,7 @@ impl pb::topics_server::Topics for TopicsApi {
         req: Request<pb::SubscriptionRef>,
     ) -> Result<Response<pb::Subscription>, Status> {
         let id = &req.get_ref().id;
-        match self.core.store.delete_subscription(id).await? {
+        match crate::topics::unsubscribe(&self.core, id).await? {
             Some(s) => Ok(Response::new(subscription_pb(&s))),
             None => Err(Status::not_found(format!("id: no subscription {id:?}"))),
         }
@@ -413,24 +392,9 @@ impl pb::topics_server::Topics for TopicsApi {
         if self.core.store.topics.get(&r.topic)?.is_none() {
             return Err(Status::not_found(format!("topic: no topic {:?}", r.topic)));
         }
-        let now = self.core.clock.now_ms();
-        let again: Vec<Delivery> = self
-            .core
-            .store
-            .notify_dead(Some(&r.topic))?
-            .into_iter()
-            .filter(|d| r.subscription.is_empty() || d.subscription == r.subscription)
-            .map(|mut d| {
-                d.attempts = 0;
-                d.next_attempt_ms = now;
-                d.dead_ms = None;
-                d
-            })
-            .collect();
-        self.core.store.redrive(&again).await?;
-        self.core.loops.wake(Loop::Notifications);
+        let redriven = crate::topics::redrive(&self.core, &r.topic, &r.subscription).await?;
         Ok(Response::new(pb::RedriveResponse {
-            redriven: again.len() as u32,
+            redriven: redriven as u32,
         }))
     }
 }

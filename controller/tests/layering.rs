@@ -331,3 +331,59 @@ fn the_stores_public_face_names_no_engine_type() {
         }
     }
 }
+
+/// The store's writing methods: a table's and the store's own.
+const STORE_WRITES: &[&str] = &[
+    ".put(",
+    ".delete(",
+    ".upsert(",
+    ".update(",
+    ".put_",
+    ".delete_",
+    ".update_",
+    ".register_taskdef(",
+    ".redrive(",
+    ".create_task",
+    ".append_event",
+    ".enqueue_",
+    ".mark_delivered(",
+    ".dead_letter(",
+    ".dead_letter_delivery(",
+    ".advance_bus(",
+    ".set_",
+    ".count_rule(",
+];
+
+#[test]
+fn adapters_change_state_through_core_operations_only() {
+    // One path per mutation: a gRPC or HTTP handler checks its input and calls a core-layer
+    // operation (rules.rs, schedules.rs, taskdefs.rs, tokens.rs, …); it never writes the
+    // store itself.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut offenders = vec![];
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let p = e.path();
+        let module = p.file_stem().unwrap().to_string_lossy().into_owned();
+        let adapter =
+            ["api", "agents", "http"].contains(&module.as_str()) || module.ends_with("_api");
+        if !adapter || p.is_dir() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for statement in code.split([';', '{', '}']) {
+            let squeezed: String = statement.split_whitespace().collect();
+            if let Some(at) = squeezed.find("store.") {
+                let rest = &squeezed[at..];
+                if let Some(w) = STORE_WRITES.iter().find(|w| rest.contains(*w)) {
+                    offenders.push(format!("{module}: {w} in `{}`", statement.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "adapters writing the store; call a core operation instead:\n{}",
+        offenders.join("\n")
+    );
+}

@@ -278,12 +278,12 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
     // The local CLI finds the admin token in its token file for this address.
     let admin = data_dir
         .join("controller")
-        .join(skiff_controller::tokens_api::ADMIN_TOKEN_FILE);
+        .join(skiff_controller::tokens::ADMIN_TOKEN_FILE);
     let token = std::fs::read_to_string(&admin)
         .with_context(|| format!("reading the admin token {}", admin.display()))?;
     let cli_file = crate::conn::token_file_for(&format!("http://{addr}"))
         .context("no config directory for the CLI's token ($HOME or $XDG_CONFIG_HOME)")?;
-    skiff_controller::tokens_api::write_secret(&cli_file, token.trim())
+    skiff_controller::keyfile::write_secret(&cli_file, token.trim())
         .with_context(|| format!("writing the CLI's token {}", cli_file.display()))?;
     let mut acfg = AgentConfig::new(a.node_id, format!("http://{addr}"), data_dir.join("agent"));
     acfg.labels.insert("skiff.dev".into(), "true".into());

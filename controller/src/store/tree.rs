@@ -22,6 +22,11 @@ impl Tree {
         })
     }
 
+    /// The engine the tree lives in (for a transaction over it).
+    pub(crate) fn engine(&self) -> &dyn Engine {
+        self.engine.as_ref()
+    }
+
     pub(crate) fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
         self.engine.get(self.id, key.as_ref())
     }

@@ -1,0 +1,77 @@
+//! Node operations in the core layer: an agent's registration (a node is Ready again when it
+//! comes back; its first registration time is kept) and the revocation of its certificates.
+
+use std::collections::BTreeMap;
+
+use crate::core::{Core, CoreError};
+use crate::model::{Node, NodeCert, NodeState};
+
+/// What an agent says about its node when it connects.
+pub struct Registration {
+    pub node_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpu: f64,
+    pub memory_mib: u64,
+    pub version: String,
+}
+
+/// Records a connecting agent's node. Durable on return.
+pub async fn register(core: &Core, reg: Registration) -> Result<Node, CoreError> {
+    let now = core.clock.now_ms();
+    Ok(core
+        .store
+        .nodes
+        .upsert(reg.node_id.clone(), |prior| Node {
+            id: reg.node_id.clone(),
+            labels: reg.labels.clone(),
+            cpu: reg.cpu,
+            memory_mib: reg.memory_mib,
+            state: prior.as_ref().map_or(NodeState::Ready, |p| match p.state {
+                NodeState::Down => NodeState::Ready,
+                s => s,
+            }),
+            version: reg.version.clone(),
+            registered_at_ms: prior.as_ref().map_or(now, |p| p.registered_at_ms),
+            last_seen_ms: now,
+        })
+        .await?)
+}
+
+/// Revokes every certificate of a node still valid; returns how many. None: no such node.
+pub async fn revoke_certificates(core: &Core, node: &str) -> Result<Option<u32>, CoreError> {
+    if core.store.nodes.get(node)?.is_none() {
+        return Ok(None);
+    }
+    let now = core.clock.now_ms();
+    let mut revoked = 0;
+    for c in core.store.node_certs.list()? {
+        if c.node_id == node && c.revoked_ms == 0 {
+            core.store
+                .node_certs
+                .update(&c.fingerprint, |c| {
+                    c.revoked_ms = now;
+                    Ok::<(), ()>(())
+                })
+                .await?
+                .ok();
+            revoked += 1;
+        }
+    }
+    Ok(Some(revoked))
+}
+
+/// Records a certificate just issued to a node (checked at every agent connection).
+pub async fn record_certificate(
+    core: &Core,
+    node_id: &str,
+    fingerprint: String,
+    issued_ms: i64,
+) -> Result<(), CoreError> {
+    let cert = NodeCert {
+        fingerprint,
+        node_id: node_id.to_string(),
+        issued_ms,
+        revoked_ms: 0,
+    };
+    Ok(core.store.node_certs.put(&cert).await?)
+}
