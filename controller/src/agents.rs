@@ -18,9 +18,9 @@ use tracing::{info, warn};
 use crate::applier;
 use crate::convert;
 use crate::core::{Core, CoreError};
-use crate::validate;
 use crate::wake::Loop;
 use skiff_model::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
+use skiff_model::validate;
 
 use pb::controller_message::Body as Out;
 
@@ -204,10 +204,11 @@ pub async fn forward_logs(core: &Core, mut inbound: Streaming<pb::LogData>) -> R
     };
     let request_id = first.request_id;
     let route = core
+        .link
         .log_route(request_id)
         .ok_or_else(|| Status::not_found(format!("no log request {request_id}")))?;
     // However this stream ends, the reader's stream ends with it.
-    core.close_log_route(request_id);
+    core.link.close_log_route(request_id);
     let mut next = Some(first);
     while let Some(data) = next {
         let eof = data.eof;
@@ -298,7 +299,7 @@ fn handle_message(
         Some(pb::agent_message::Body::Heartbeat(_)) | Some(pb::agent_message::Body::Task(_)) => {}
         None => {}
         Some(pb::agent_message::Body::Image(reply)) => {
-            core.image_reply(node_id, reply);
+            core.link.image_reply(node_id, reply);
         }
         Some(pb::agent_message::Body::Register(_)) => {
             warn!(node_id = %node_id, "register sent twice; ignored");
@@ -307,7 +308,7 @@ fn handle_message(
             // STS may take a while; never hold up the session for it.
             let (core, node_id, tx) = (core.clone(), node_id.to_string(), tx.clone());
             tokio::spawn(async move {
-                let reply = crate::credentials::answer(&core, &node_id, req).await;
+                let reply = credentials_reply(&core, &node_id, req).await;
                 let _ = tx
                     .send(pb::ControllerMessage {
                         body: Some(Out::Credentials(reply)),
@@ -316,6 +317,41 @@ fn handle_message(
             });
         }
     }
+}
+
+/// Answers one agent's request for a task's credentials.
+async fn credentials_reply(
+    core: &Core,
+    node_id: &str,
+    req: pb::CredentialsRequest,
+) -> pb::CredentialsReply {
+    use crate::credentials::{mint_for, Issued};
+    let mut reply = pb::CredentialsReply {
+        request_id: req.request_id,
+        ..Default::default()
+    };
+    match mint_for(core, node_id, &req.task_id, &req.kind).await {
+        Ok(Issued::Storage(m)) => {
+            reply.access_key_id = m.access_key_id;
+            reply.secret_access_key = m.secret_access_key;
+            reply.session_token = m.session_token;
+            reply.expiration_ms = m.expiration_ms;
+            reply.role_arn = m.role_arn;
+        }
+        Ok(Issued::Skiff {
+            token,
+            expiration_ms,
+        }) => {
+            reply.skiff_token = token;
+            reply.expiration_ms = expiration_ms;
+        }
+        Err(r) => {
+            warn!(task_id = %req.task_id, node_id, reason = %r.message, "credentials refused");
+            reply.error = r.message;
+            reply.forbidden = r.forbidden;
+        }
+    }
+    reply
 }
 
 /// Applies an agent's task reports in the order they came, with one flush for all of them,
@@ -417,13 +453,14 @@ async fn answer_report(
     let reported_stopped = convert::run_state(r.state(), &r.status) == Some(pb::RunState::Stopped);
     if task.status == TaskStatus::Stopped {
         if reported_stopped {
-            core.send(
-                node_id,
-                Out::Forget(pb::ForgetTask {
-                    task_id: task.id.clone(),
-                }),
-            )
-            .await?;
+            core.link
+                .send(
+                    node_id,
+                    Out::Forget(pb::ForgetTask {
+                        task_id: task.id.clone(),
+                    }),
+                )
+                .await?;
         } else {
             let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
             core.send_stop(node_id, &task.id, code, &task.stopped_reason)

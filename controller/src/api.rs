@@ -15,8 +15,8 @@ use crate::core::Core;
 use crate::model::{DefinitionStatus, Event, Task, TaskDefinition};
 use crate::placer::node_loads;
 use crate::store::TaskFilter;
-use crate::validate::{self, InvalidField};
 use skiff_model::lifecycle::{StopCode, TaskStatus};
+use skiff_model::validate::{self, InvalidField};
 
 pub(crate) type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -102,7 +102,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
             .definition
             .ok_or_else(|| Status::invalid_argument("definition: missing"))?;
         validate::check_name("family", &input.family).map_err(invalid)?;
-        let spec = validate::task_spec(&input).map_err(invalid)?;
+        let spec = convert::task_spec_input(&input).map_err(invalid)?;
         check_privileged(&spec, role)?;
         self.core.check_references(&spec)?;
         let def = crate::taskdefs::register(&self.core, &input.family, spec).await?;
@@ -203,7 +203,7 @@ impl pb::tasks_server::Tasks for TasksApi {
                 (Some(def), spec)
             }
             Some(pb::run_task_request::Source::AdHoc(input)) => {
-                let spec = validate::task_spec(input).map_err(invalid)?;
+                let spec = convert::task_spec_input(input).map_err(invalid)?;
                 // A registered privileged definition was approved by an admin; an ad-hoc one
                 // needs one now.
                 check_privileged(&spec, role)?;
@@ -318,9 +318,10 @@ impl pb::tasks_server::Tasks for TasksApi {
         })?;
         let request_id = self.core.next_id();
         let (route_tx, mut route_rx) = mpsc::channel::<pb::LogData>(64);
-        self.core.open_log_route(request_id, route_tx);
+        self.core.link.open_log_route(request_id, route_tx);
         let sent = self
             .core
+            .link
             .send(
                 &node,
                 pb::controller_message::Body::Logs(pb::LogRequest {
@@ -335,7 +336,7 @@ impl pb::tasks_server::Tasks for TasksApi {
             )
             .await;
         if let Err(e) = sent {
-            self.core.close_log_route(request_id);
+            self.core.link.close_log_route(request_id);
             return Err(Status::unavailable(format!(
                 "logs of task {} live on node {node}: {e}",
                 task.id
@@ -346,7 +347,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         let attached =
             tokio::time::timeout(std::time::Duration::from_secs(10), route_rx.recv()).await;
         if !matches!(attached, Ok(Some(_))) {
-            self.core.close_log_route(request_id);
+            self.core.link.close_log_route(request_id);
             return Err(Status::unavailable(format!(
                 "node {node} did not answer the log request for task {}",
                 task.id
@@ -396,9 +397,9 @@ impl pb::tasks_server::Tasks for TasksApi {
                     ))))
                     .await;
             }
-            core.close_log_route(request_id);
+            core.link.close_log_route(request_id);
             let cancel = pb::controller_message::Body::CancelLogs(pb::LogCancel { request_id });
-            let _ = core.send(&node, cancel).await;
+            let _ = core.link.send(&node, cancel).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -4,12 +4,11 @@
 //! an agent reconnects) lives here too: the Start message is built from the stored task, its
 //! role's credentials, its secrets and its registry credentials.
 
-use skiff_proto::v1 as pb;
 use tracing::{info, warn};
 
-use crate::convert;
+use crate::agent_link::{StartError, TaskIdentity};
 use crate::core::{Core, CoreError};
-use crate::model::Task;
+use crate::model::{RegistryCreds, Task};
 use skiff_model::lifecycle::{StopCode, TaskEvent};
 use skiff_model::placement::Step;
 
@@ -62,20 +61,27 @@ pub async fn apply(core: &Core, steps: Vec<Step>) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Sends a task to its agent. If the agent just went away, reconciliation resends it later.
+/// Sends a task to its agent. If the agent just went away, reconciliation resends it later;
+/// a task that cannot start as it is (its role, a secret gone) fails with the reason.
 pub async fn send_start(core: &Core, node_id: &str, task: &Task) {
-    let start = task_identity(core, task).and_then(|identity| {
-        convert::start_task(
-            &task.id,
-            &task.spec,
-            identity,
-            |name| registry_auth(core, name),
-            |name| open_secret(core, name),
-        )
-    });
-    let start = match start {
-        Ok(s) => s,
-        Err(reason) => {
+    let sent = match task_identity(core, task) {
+        Ok(identity) => {
+            core.link
+                .send_start(
+                    node_id,
+                    &task.id,
+                    &task.spec,
+                    identity,
+                    |name| registry_creds(core, name),
+                    |name| open_secret(core, name),
+                )
+                .await
+        }
+        Err(reason) => Err(StartError::Refused(reason)),
+    };
+    match sent {
+        Ok(()) => {}
+        Err(StartError::Refused(reason)) => {
             warn!(task_id = %task.id, %reason, "task cannot start");
             let event = TaskEvent::Stopped {
                 code: StopCode::TaskFailedToStart,
@@ -85,20 +91,16 @@ pub async fn send_start(core: &Core, node_id: &str, task: &Task) {
             if let Err(e) = core.transition(&task.id, event).await {
                 warn!(task_id = %task.id, error = %e, "recording the failed start failed");
             }
-            return;
         }
-    };
-    if let Err(e) = core
-        .send(node_id, pb::controller_message::Body::Start(start))
-        .await
-    {
-        warn!(task_id = %task.id, error = %e, "start not delivered; will resend on reconnect");
+        Err(StartError::Offline(e)) => {
+            warn!(task_id = %task.id, error = %e, "start not delivered; will resend on reconnect");
+        }
     }
 }
 
 /// What a task under a role needs from the agent: its first SKIFF_TASK_TOKEN, and whether to
 /// serve it object-store credentials. A role deleted since the task was accepted fails the start.
-fn task_identity(core: &Core, task: &Task) -> Result<Option<pb::TaskIdentity>, String> {
+fn task_identity(core: &Core, task: &Task) -> Result<Option<TaskIdentity>, String> {
     if task.spec.task_role.is_empty() {
         return Ok(None);
     }
@@ -113,7 +115,7 @@ fn task_identity(core: &Core, task: &Task) -> Result<Option<pb::TaskIdentity>, S
         Err(e) => return Err(format!("reading task role {:?}: {e}", task.spec.task_role)),
     };
     let claims = crate::credentials::skiff_claims(&task.id, &role.name, core.clock.now_ms());
-    Ok(Some(pb::TaskIdentity {
+    Ok(Some(TaskIdentity {
         role: role.name.clone(),
         skiff_token: core.task_keys.mint(&claims),
         storage: role.storage.is_some(),
@@ -139,14 +141,10 @@ fn open_secret(core: &Core, name: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-/// The stored registry credentials `name`, as the agent receives them.
-pub fn registry_auth(core: &Core, name: &str) -> Option<pb::RegistryAuth> {
+/// The stored registry credentials `name` (None, logged, if they are gone).
+pub fn registry_creds(core: &Core, name: &str) -> Option<RegistryCreds> {
     match core.store.registry_creds.get(name) {
-        Ok(Some(c)) => Some(pb::RegistryAuth {
-            username: c.username,
-            password: c.password,
-            server: c.server,
-        }),
+        Ok(Some(c)) => Some(c),
         Ok(None) => {
             warn!(name, "registry credentials named by a task no longer exist");
             None

@@ -202,8 +202,8 @@ pub fn definition_task(
     started_by: String,
     input: String,
 ) -> Result<Task, String> {
-    let (family, rev) =
-        crate::validate::taskdef_ref("task_definition", reference).map_err(|e| e.to_string())?;
+    let (family, rev) = skiff_model::validate::taskdef_ref("task_definition", reference)
+        .map_err(|e| e.to_string())?;
     let defs = core
         .store
         .taskdefs_of(Some(&family))
@@ -216,7 +216,7 @@ pub fn definition_task(
             .find(|d| d.status == crate::model::DefinitionStatus::Active),
     }
     .ok_or_else(|| format!("no active task definition {reference:?}"))?;
-    let mut spec = crate::validate::apply_overrides(def.spec.clone(), overrides)
+    let mut spec = skiff_model::validate::apply_overrides(def.spec.clone(), overrides)
         .map_err(|e| format!("overrides: {e}"))?;
     core.check_references(&spec).map_err(|e| e.to_string())?;
     spec.input = Some(input);

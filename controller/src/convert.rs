@@ -3,8 +3,12 @@
 
 use skiff_proto::v1 as pb;
 
-use crate::model::{ContainerDef, ContainerState, Event, Task, TaskDefinition, TaskSpec};
+use crate::model::{
+    ContainerDef, ContainerState, Event, MountPoint, SecretRef, Task, TaskDefinition, TaskSpec,
+    DEFAULT_STOP_TIMEOUT_SECS,
+};
 use skiff_model::lifecycle::StopCode;
+use skiff_model::validate::{self, InvalidField};
 
 pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
     pb::ContainerDefinition {
@@ -287,6 +291,59 @@ pub fn overrides(o: &pb::TaskOverrides) -> crate::model::Overrides {
     }
 }
 
+/// A task definition's input (or an ad-hoc task's) decoded into the domain spec (unset fields
+/// take their defaults) and checked (`skiff_model::validate::task_spec`): the spec tasks run.
+pub fn task_spec_input(input: &pb::TaskDefinitionInput) -> Result<TaskSpec, InvalidField> {
+    let containers = input
+        .containers
+        .iter()
+        .map(|c| ContainerDef {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            entrypoint: c.entrypoint.clone(),
+            command: c.command.clone(),
+            environment: c.environment.clone().into_iter().collect(),
+            cpu: c.cpu,
+            memory_mib: c.memory_mib,
+            essential: c.essential.unwrap_or(true),
+            stop_timeout_secs: c.stop_timeout_seconds.unwrap_or(DEFAULT_STOP_TIMEOUT_SECS),
+            working_dir: c.working_dir.clone(),
+            pull_policy: c.pull_policy.clone(),
+            repository_credentials: c.repository_credentials.clone(),
+            privileged: c.privileged,
+            readonly_root_filesystem: c.readonly_root_filesystem,
+            init_process_enabled: c.init_process_enabled,
+            user: c.user.clone(),
+            secrets: c
+                .secrets
+                .iter()
+                .map(|r| SecretRef {
+                    name: r.name.clone(),
+                    value_from: r.value_from.clone(),
+                    file: r.file.clone(),
+                })
+                .collect(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|m| MountPoint {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                })
+                .collect(),
+        })
+        .collect();
+    let spec = TaskSpec {
+        containers,
+        network_mode: validate::network_mode("network_mode", &input.network_mode)?,
+        timeout_secs: input.timeout_seconds,
+        task_role: input.task_role.clone(),
+        input: None,
+    };
+    validate::task_spec(&spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +413,207 @@ mod tests {
         assert_eq!(err, "container main: secret \"gone\" does not exist");
         let ok = start_task("t", &spec, None, |_| None, |_| Ok(b"v".to_vec())).unwrap();
         assert_eq!(ok.containers[0].secrets[0].value, b"v");
+    }
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::*;
+    use crate::model::NetworkMode;
+    use skiff_model::validate::{apply_overrides, taskdef_ref, InvalidField};
+
+    fn input(c: pb::ContainerDefinition) -> pb::TaskDefinitionInput {
+        pb::TaskDefinitionInput {
+            family: "web".into(),
+            containers: vec![c],
+            network_mode: String::new(),
+            timeout_seconds: 0,
+            task_role: String::new(),
+        }
+    }
+
+    fn ok_container() -> pb::ContainerDefinition {
+        pb::ContainerDefinition {
+            name: "main".into(),
+            image: "dir:/images/busybox".into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        }
+    }
+
+    fn err_of(c: pb::ContainerDefinition) -> InvalidField {
+        task_spec_input(&input(c)).unwrap_err()
+    }
+
+    #[test]
+    fn a_good_definition_gets_defaults() {
+        let spec = task_spec_input(&input(ok_container())).unwrap();
+        let c = &spec.containers[0];
+        assert!(c.essential);
+        assert_eq!(c.stop_timeout_secs, DEFAULT_STOP_TIMEOUT_SECS);
+        assert_eq!(spec.network_mode, NetworkMode::None);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err_of(pb::ContainerDefinition {
+            memory_mib: 1 << 40,
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].memory_mib");
+        let e = err_of(pb::ContainerDefinition {
+            cpu: f64::NAN,
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].cpu");
+        let e = err_of(pb::ContainerDefinition {
+            cpu: -1.0,
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].cpu");
+        let e = err_of(pb::ContainerDefinition {
+            image: "Alpine:3.20".into(),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].image");
+        assert!(e.problem.contains("not a valid image reference"), "{e}");
+        for good in [
+            "alpine",
+            "alpine:3.20",
+            "registry.lan:5000/team/app:v2",
+            "oci-archive:/x.tar",
+        ] {
+            let c = pb::ContainerDefinition {
+                image: good.into(),
+                ..ok_container()
+            };
+            assert!(task_spec_input(&input(c)).is_ok(), "{good}");
+        }
+        let e = err_of(pb::ContainerDefinition {
+            pull_policy: "sometimes".into(),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].pull_policy");
+        let e = err_of(pb::ContainerDefinition {
+            user: "root:".into(),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].user");
+        let e = err_of(pb::ContainerDefinition {
+            image: "dir:relative".into(),
+            ..ok_container()
+        });
+        assert!(e.problem.contains("absolute"), "{e}");
+        let e = err_of(pb::ContainerDefinition {
+            name: "a b".into(),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].name");
+        let e = err_of(pb::ContainerDefinition {
+            stop_timeout_seconds: Some(99999),
+            ..ok_container()
+        });
+        assert_eq!(e.field, "containers[0].stop_timeout_seconds");
+        let mut env = std::collections::HashMap::new();
+        env.insert("A=B".to_string(), "x".to_string());
+        let e = err_of(pb::ContainerDefinition {
+            environment: env,
+            ..ok_container()
+        });
+        assert!(e.field.starts_with("containers[0].environment"), "{e}");
+    }
+
+    #[test]
+    fn task_level_rules() {
+        let mut i = input(ok_container());
+        i.network_mode = "bridge2".into();
+        assert_eq!(task_spec_input(&i).unwrap_err().field, "network_mode");
+        let mut i = input(pb::ContainerDefinition {
+            essential: Some(false),
+            ..ok_container()
+        });
+        assert_eq!(task_spec_input(&i).unwrap_err().field, "containers");
+        i.containers = vec![ok_container(), ok_container()];
+        assert_eq!(task_spec_input(&i).unwrap_err().field, "containers[1].name");
+        i.containers.clear();
+        assert_eq!(task_spec_input(&i).unwrap_err().field, "containers");
+
+        let mut i = input(ok_container());
+        i.task_role = "thumbs".into();
+        let e = task_spec_input(&i).unwrap_err();
+        assert_eq!(e.field, "task_role");
+        assert!(e.problem.contains("network_mode host"), "{e}");
+        i.network_mode = "host".into();
+        assert_eq!(task_spec_input(&i).unwrap().task_role, "thumbs");
+        i.task_role = "no way".into();
+        assert_eq!(task_spec_input(&i).unwrap_err().field, "task_role");
+    }
+
+    #[test]
+    fn mounts_are_absolute_and_stay_off_kernel_filesystems() {
+        let m = |source: &str, target: &str| pb::MountPoint {
+            source: source.into(),
+            target: target.into(),
+            read_only: true,
+        };
+        let with = |ms: Vec<pb::MountPoint>| pb::ContainerDefinition {
+            mounts: ms,
+            ..ok_container()
+        };
+        let spec = task_spec_input(&input(with(vec![m("/usr", "/usr/")]))).unwrap();
+        assert_eq!(spec.containers[0].mounts[0].target, "/usr");
+        for (bad_mount, field) in [
+            (m("usr", "/usr"), "containers[0].mounts[0].source"),
+            (m("/usr", "/"), "containers[0].mounts[0].target"),
+            (m("/usr", "/proc/x"), "containers[0].mounts[0].target"),
+            (m("/a/../etc", "/x"), "containers[0].mounts[0].source"),
+        ] {
+            assert_eq!(err_of(with(vec![bad_mount])).field, field);
+        }
+        let e = err_of(with(vec![m("/a", "/x"), m("/b", "/x")]));
+        assert_eq!(e.field, "containers[0].mounts[1].target");
+    }
+
+    #[test]
+    fn overrides_apply_and_check() {
+        let spec = task_spec_input(&input(ok_container())).unwrap();
+        let over = |name: &str| crate::model::ContainerOverride {
+            name: name.into(),
+            command: vec![],
+            environment: Default::default(),
+            cpu: None,
+            memory_mib: None,
+        };
+        let o = crate::model::Overrides {
+            containers: vec![crate::model::ContainerOverride {
+                command: vec!["echo".into(), "hi".into()],
+                memory_mib: Some(64),
+                ..over("main")
+            }],
+            timeout_secs: Some(5),
+            task_role: None,
+        };
+        let s = apply_overrides(spec.clone(), &o).unwrap();
+        assert_eq!(s.containers[0].command, vec!["echo", "hi"]);
+        assert_eq!(s.containers[0].memory_mib, 64);
+        assert_eq!(s.timeout_secs, 5);
+        let o = crate::model::Overrides {
+            containers: vec![over("nope")],
+            timeout_secs: None,
+            task_role: None,
+        };
+        assert_eq!(
+            apply_overrides(spec, &o).unwrap_err().field,
+            "overrides.containers[0].name"
+        );
+    }
+
+    #[test]
+    fn taskdef_refs() {
+        assert_eq!(taskdef_ref("t", "web").unwrap(), ("web".into(), None));
+        assert_eq!(taskdef_ref("t", "web:3").unwrap(), ("web".into(), Some(3)));
+        assert!(taskdef_ref("t", "web:0").is_err());
+        assert!(taskdef_ref("t", "web:x").is_err());
+        assert!(taskdef_ref("t", ":1").is_err());
     }
 }

@@ -8,9 +8,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::json;
-use skiff_proto::v1 as pb;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use crate::agent_link::{AgentLink, Offline, Outbox};
 use crate::model::{Event, Task};
 use crate::store::{Decision, Store, StoreError};
 use crate::wake::Loop;
@@ -37,12 +37,6 @@ impl Default for NodeTiming {
     }
 }
 
-/// One connected agent.
-struct Session {
-    conn_id: u64,
-    tx: mpsc::Sender<pb::ControllerMessage>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     #[error(transparent)]
@@ -51,8 +45,8 @@ pub enum CoreError {
     NoSuchTask(String),
     #[error(transparent)]
     Illegal(#[from] lifecycle::IllegalTransition),
-    #[error("node {0} is not connected")]
-    NodeOffline(String),
+    #[error(transparent)]
+    NodeOffline(#[from] Offline),
     /// A spec names a secret, registry credentials or role that does not exist (the message
     /// names the field).
     #[error("{0}")]
@@ -70,17 +64,14 @@ pub struct Core {
     pub task_keys: crate::task_tokens::TaskTokenKey,
     /// The cluster CA, when the controller serves TLS.
     pub pki: Option<crate::pki::Pki>,
-    sessions: Mutex<HashMap<String, Session>>,
+    /// Each connected agent's channel, and the routes of its answers (see `agent_link.rs`).
+    pub link: AgentLink,
     /// When each node was last heard from, for the node reaper.
     last_seen: Mutex<HashMap<String, i64>>,
     /// Bumped after every durable task or event write; waiters re-read what they watch.
     head: watch::Sender<u64>,
     /// Wakes the background loops by name (see `wake.rs`).
     pub loops: crate::wake::Wakeups,
-    log_routes: Mutex<HashMap<u64, mpsc::Sender<pb::LogData>>>,
-    /// Image command replies: request id → (node, the API call waiting for them).
-    image_routes: Mutex<HashMap<u64, (String, mpsc::UnboundedSender<pb::ImageReply>)>>,
-    next_id: AtomicU64,
     /// Bumped when rules change, so the dispatcher recompiles them.
     rules_version: AtomicU64,
     /// Delivers notifications (webhooks, mail) from the outbox.
@@ -148,13 +139,10 @@ impl Core {
             secrets,
             task_keys,
             pki: None,
-            sessions: Mutex::new(HashMap::new()),
+            link: AgentLink::default(),
             last_seen: Mutex::new(last_seen),
             head,
             loops: Default::default(),
-            log_routes: Mutex::new(HashMap::new()),
-            image_routes: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
             rules_version: AtomicU64::new(0),
             notifier: crate::notifier::Notifier::new(None, "http://127.0.0.1:7480".into())
                 .expect("a notifier without SMTP always builds"),
@@ -171,7 +159,7 @@ impl Core {
     }
 
     pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        self.link.next_id()
     }
 
     pub fn rules_version(&self) -> u64 {
@@ -324,29 +312,18 @@ impl Core {
 
     // --- agent sessions ---
 
-    /// Registers a new connection for a node, replacing an older one.
-    pub fn attach(&self, node_id: &str, tx: mpsc::Sender<pb::ControllerMessage>) -> u64 {
-        let conn_id = self.next_id();
-        self.sessions
-            .lock()
-            .unwrap()
-            .insert(node_id.to_string(), Session { conn_id, tx });
+    /// Registers a new connection for a node, replacing an older one (its silence timer
+    /// restarts).
+    pub fn attach(&self, node_id: &str, tx: Outbox) -> u64 {
+        let conn_id = self.link.attach(node_id, tx);
         self.seen(node_id);
         conn_id
     }
 
-    /// Forgets a connection, unless a newer one replaced it already.
+    /// Forgets a connection, unless a newer one replaced it already; the node's silence
+    /// counts from now.
     pub fn detach(&self, node_id: &str, conn_id: u64) {
-        let mut sessions = self.sessions.lock().unwrap();
-        if sessions.get(node_id).is_some_and(|s| s.conn_id == conn_id) {
-            sessions.remove(node_id);
-            // Image commands in flight on that node will get no answer: end their waits.
-            self.image_routes
-                .lock()
-                .unwrap()
-                .retain(|_, (node, _)| node != node_id);
-        }
-        drop(sessions);
+        self.link.detach(node_id, conn_id);
         self.seen(node_id);
     }
 
@@ -358,19 +335,18 @@ impl Core {
     }
 
     pub fn is_connected(&self, node_id: &str) -> bool {
-        self.sessions.lock().unwrap().contains_key(node_id)
+        self.link.is_connected(node_id)
     }
 
     /// Nodes that are not connected and have been silent for longer than the node timeout.
     pub fn lost_nodes(&self) -> Vec<String> {
-        let sessions = self.sessions.lock().unwrap();
         let cutoff = self.timing.node_timeout.as_millis() as i64;
         let now = self.clock.monotonic_ms();
         self.last_seen
             .lock()
             .unwrap()
             .iter()
-            .filter(|(id, at)| !sessions.contains_key(*id) && now - **at > cutoff)
+            .filter(|(id, at)| !self.link.is_connected(id) && now - **at > cutoff)
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -412,94 +388,7 @@ impl Core {
         code: lifecycle::StopCode,
         reason: &str,
     ) -> Result<(), CoreError> {
-        self.send(
-            node_id,
-            pb::controller_message::Body::Stop(pb::StopTask {
-                task_id: task_id.to_string(),
-                stop_code: code.as_str().to_string(),
-                reason: reason.to_string(),
-                code: crate::convert::wire_stop_code(code).into(),
-            }),
-        )
-        .await
-    }
-
-    /// Sends a message to a node's agent.
-    pub async fn send(
-        &self,
-        node_id: &str,
-        body: pb::controller_message::Body,
-    ) -> Result<(), CoreError> {
-        let tx = self
-            .sessions
-            .lock()
-            .unwrap()
-            .get(node_id)
-            .map(|s| s.tx.clone())
-            .ok_or_else(|| CoreError::NodeOffline(node_id.to_string()))?;
-        tx.send(pb::ControllerMessage { body: Some(body) })
-            .await
-            .map_err(|_| CoreError::NodeOffline(node_id.to_string()))
-    }
-
-    // --- log routing: an agent's Logs stream → the API call that asked for it ---
-
-    pub fn open_log_route(&self, request_id: u64, tx: mpsc::Sender<pb::LogData>) {
-        self.log_routes.lock().unwrap().insert(request_id, tx);
-    }
-
-    pub fn close_log_route(&self, request_id: u64) {
-        self.log_routes.lock().unwrap().remove(&request_id);
-    }
-
-    pub fn log_route(&self, request_id: u64) -> Option<mpsc::Sender<pb::LogData>> {
-        self.log_routes.lock().unwrap().get(&request_id).cloned()
-    }
-
-    // --- image commands: replies on a node's session → the API call that sent the command ---
-
-    /// Sends an image command to a node; its replies arrive on the returned receiver, which
-    /// ends after the final reply or when the node disconnects.
-    pub async fn image_command(
-        &self,
-        node_id: &str,
-        op: pb::image_command::Op,
-    ) -> Result<mpsc::UnboundedReceiver<pb::ImageReply>, CoreError> {
-        let request_id = self.next_id();
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.image_routes
-            .lock()
-            .unwrap()
-            .insert(request_id, (node_id.to_string(), tx));
-        let cmd = pb::ImageCommand {
-            request_id,
-            op: Some(op),
-        };
-        if let Err(e) = self
-            .send(node_id, pb::controller_message::Body::Image(cmd))
-            .await
-        {
-            self.image_routes.lock().unwrap().remove(&request_id);
-            return Err(e);
-        }
-        Ok(rx)
-    }
-
-    /// Delivers an image reply from `node_id`; the final one closes the route.
-    pub fn image_reply(&self, node_id: &str, reply: pb::ImageReply) {
-        let mut routes = self.image_routes.lock().unwrap();
-        let Some((node, tx)) = routes.get(&reply.request_id) else {
-            return;
-        };
-        if node != node_id {
-            return;
-        }
-        let id = reply.request_id;
-        let done = reply.done;
-        let _ = tx.send(reply);
-        if done {
-            routes.remove(&id);
-        }
+        Ok(self.link.send_stop(node_id, task_id, code, reason).await?)
     }
 }
 

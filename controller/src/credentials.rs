@@ -7,7 +7,6 @@
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use skiff_proto::v1 as pb;
 
 use crate::core::Core;
 use crate::model::{Access, CredentialProvider, StorageAccess, StorageGrant};
@@ -75,56 +74,28 @@ fn unavailable(message: impl Into<String>) -> Refusal {
     }
 }
 
-/// Answers one agent's request for a task's credentials.
-pub async fn answer(
-    core: &Core,
-    node_id: &str,
-    req: pb::CredentialsRequest,
-) -> pb::CredentialsReply {
-    let mut reply = pb::CredentialsReply {
-        request_id: req.request_id,
-        ..Default::default()
-    };
-    match mint_for(core, node_id, &req).await {
-        Ok(Issued::Storage(m)) => {
-            reply.access_key_id = m.access_key_id;
-            reply.secret_access_key = m.secret_access_key;
-            reply.session_token = m.session_token;
-            reply.expiration_ms = m.expiration_ms;
-            reply.role_arn = m.role_arn;
-        }
-        Ok(Issued::Skiff {
-            token,
-            expiration_ms,
-        }) => {
-            reply.skiff_token = token;
-            reply.expiration_ms = expiration_ms;
-        }
-        Err(r) => {
-            tracing::warn!(task_id = %req.task_id, node_id, reason = %r.message, "credentials refused");
-            reply.error = r.message;
-            reply.forbidden = r.forbidden;
-        }
-    }
-    reply
-}
-
-enum Issued {
+/// Credentials minted for a task.
+pub enum Issued {
+    /// Object-store keys.
     Storage(Minted),
+    /// A fresh SKIFF_TASK_TOKEN.
     Skiff { token: String, expiration_ms: i64 },
 }
 
-async fn mint_for(
+/// Mints credentials of `kind` ("storage" or "", "skiff") for task `task_id`, asked by the
+/// agent of `node_id`: only for a task placed on that node, not STOPPED, with a role.
+pub async fn mint_for(
     core: &Core,
     node_id: &str,
-    req: &pb::CredentialsRequest,
+    task_id: &str,
+    kind: &str,
 ) -> Result<Issued, Refusal> {
     let store_err = |e: crate::store::StoreError| unavailable(format!("state store: {e}"));
     let task = core
         .store
-        .task(&req.task_id)
+        .task(task_id)
         .map_err(store_err)?
-        .ok_or_else(|| forbidden(format!("no task {}", req.task_id)))?;
+        .ok_or_else(|| forbidden(format!("no task {task_id}")))?;
     // A node gets credentials only for tasks placed on it.
     if task.node_id.as_deref() != Some(node_id) {
         return Err(forbidden(format!(
@@ -149,7 +120,7 @@ async fn mint_for(
                 task.spec.task_role
             ))
         })?;
-    match req.kind.as_str() {
+    match kind {
         "skiff" => Ok(Issued::Skiff {
             token: core
                 .task_keys

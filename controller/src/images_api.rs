@@ -9,11 +9,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::agent_link::registry_auth;
 use crate::api::ApiStream;
-use crate::applier::registry_auth;
+use crate::applier::registry_creds;
 use crate::core::Core;
 use crate::model::RegistryCreds;
-use crate::validate;
+use skiff_model::validate;
 
 /// The nodes an image request addresses: one by id, or every connected node.
 fn target_nodes(core: &Core, node_id: &str) -> Result<Vec<String>, Status> {
@@ -45,6 +46,7 @@ fn target_nodes(core: &Core, node_id: &str) -> Result<Vec<String>, Status> {
 /// Sends `op` to `node` and waits for its final reply.
 async fn ask(core: &Core, node: &str, op: pb::image_command::Op) -> Result<pb::ImageReply, String> {
     let mut rx = core
+        .link
         .image_command(node, op)
         .await
         .map_err(|e| e.to_string())?;
@@ -117,7 +119,7 @@ impl pb::images_server::Images for ImagesApi {
                     req.repository_credentials
                 )));
             }
-            registry_auth(&self.core, &req.repository_credentials)
+            registry_creds(&self.core, &req.repository_credentials).map(|c| registry_auth(&c))
         };
         let nodes = target_nodes(&self.core, &req.node_id)?;
         let (tx, rx) = mpsc::channel(64);
@@ -126,7 +128,7 @@ impl pb::images_server::Images for ImagesApi {
                 image: req.image.clone(),
                 registry_auth: auth.clone(),
             });
-            let mut replies = match self.core.image_command(&node, op).await {
+            let mut replies = match self.core.link.image_command(&node, op).await {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx

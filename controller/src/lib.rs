@@ -2,6 +2,7 @@
 //! and the public gRPC API. A library, so tests can run it in-process; the `skiff` binary only
 //! parses flags and calls [`Controller::serve`].
 
+pub mod agent_link;
 pub mod agents;
 pub mod api;
 pub mod applier;
@@ -45,7 +46,6 @@ pub mod tokens;
 pub mod tokens_api;
 pub mod topics;
 pub mod topics_api;
-pub mod validate;
 pub mod wake;
 pub mod watcher;
 pub mod worker_state;

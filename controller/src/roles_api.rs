@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::model::{Access, ApiGrant, CredentialProvider, StorageAccess, StorageGrant, TaskRole};
-use crate::validate::{self, InvalidField};
+use skiff_model::validate::{self, InvalidField};
 
 /// Default lifetime of minted object-store credentials.
 pub const DEFAULT_DURATION_SECS: u32 = 3600;

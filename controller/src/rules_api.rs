@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::model::{Overrides, RetryPolicy, Rule, Target, TargetInput, TargetKind};
-use crate::validate;
 use skiff_model::pattern::Pattern;
+use skiff_model::validate;
 
 /// EventBridge's limit of targets per rule.
 pub const MAX_TARGETS: usize = 5;

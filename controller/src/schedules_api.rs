@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 use crate::core::Core;
 use crate::model::{CatchUp, Overlap, Schedule};
 use crate::schedules::{anchor, in_zone, rfc, utc};
-use crate::validate;
 use skiff_model::cron::Expression;
+use skiff_model::validate;
 
 fn parse_time(field: &str, s: &str) -> Result<Option<i64>, Status> {
     if s.is_empty() {

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::model::SealedSecret;
-use crate::validate;
+use skiff_model::validate;
 
 pub use crate::sealing::{SecretBox, KEY_FILE, MAX_SECRET_BYTES};
 

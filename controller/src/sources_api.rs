@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::model::{Source, SourceKind};
-use crate::validate;
+use skiff_model::validate;
 
 fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::model::{Delivery, DeliveryKind, DeliveryPolicy, Protocol, Subscription, Topic};
-use crate::validate;
+use skiff_model::validate;
 
 fn invalid(field: &str, msg: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {msg}"))

@@ -1,13 +1,10 @@
-//! Validation of user input. Every error names the field (`containers[1].memory_mib`) and says
-//! what is wrong, so a person can fix it without reading code. Nothing here panics on input.
+//! Validation of user input, over domain types (the API edge decodes its messages into them
+//! first). Every error names the field (`containers[1].memory_mib`) and says what is wrong, so
+//! a person can fix it without reading code. Nothing here panics on input.
 
 use std::collections::{BTreeMap, HashSet};
 
-use skiff_proto::v1 as pb;
-
-use crate::model::{
-    ContainerDef, MountPoint, NetworkMode, SecretRef, TaskSpec, DEFAULT_STOP_TIMEOUT_SECS,
-};
+use crate::model::{ContainerDef, MountPoint, NetworkMode, Overrides, SecretRef, TaskSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -116,7 +113,7 @@ pub fn registry_server(field: &str, server: &str) -> Result<String, InvalidField
 /// no target twice.
 fn secret_refs(
     field: &str,
-    refs: &[pb::SecretRef],
+    refs: &[SecretRef],
     environment: &BTreeMap<String, String>,
 ) -> Result<Vec<SecretRef>, InvalidField> {
     let mut seen = std::collections::HashSet::new();
@@ -184,7 +181,7 @@ fn check_abs_path(field: &str, path: &str) -> Result<(), InvalidField> {
 
 /// Bind mounts: absolute paths, not over the root or the kernel filesystems the runtime
 /// mounts itself, no target twice.
-fn mounts(field: &str, mounts: &[pb::MountPoint]) -> Result<Vec<MountPoint>, InvalidField> {
+fn mounts(field: &str, mounts: &[MountPoint]) -> Result<Vec<MountPoint>, InvalidField> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(mounts.len());
     for (i, m) in mounts.iter().enumerate() {
@@ -308,7 +305,8 @@ fn check_args(field: &str, args: &[String]) -> Result<(), InvalidField> {
     Ok(())
 }
 
-fn network_mode(field: &str, mode: &str) -> Result<NetworkMode, InvalidField> {
+/// A network mode by its name ("" is none).
+pub fn network_mode(field: &str, mode: &str) -> Result<NetworkMode, InvalidField> {
     match mode {
         "" | "none" => Ok(NetworkMode::None),
         "host" => Ok(NetworkMode::Host),
@@ -319,7 +317,7 @@ fn network_mode(field: &str, mode: &str) -> Result<NetworkMode, InvalidField> {
     }
 }
 
-fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, InvalidField> {
+fn container(i: usize, c: &ContainerDef) -> Result<ContainerDef, InvalidField> {
     let f = |name: &str| format!("containers[{i}].{name}");
     check_name(&f("name"), &c.name)?;
     check_image(&f("image"), &c.image)?;
@@ -327,9 +325,9 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
     check_memory(&f("memory_mib"), c.memory_mib)?;
     check_args(&f("entrypoint"), &c.entrypoint)?;
     check_args(&f("command"), &c.command)?;
-    let environment: BTreeMap<String, String> = c.environment.clone().into_iter().collect();
+    let environment = c.environment.clone();
     check_env(&f("environment"), &environment)?;
-    let stop_timeout_secs = c.stop_timeout_seconds.unwrap_or(DEFAULT_STOP_TIMEOUT_SECS);
+    let stop_timeout_secs = c.stop_timeout_secs;
     if stop_timeout_secs > MAX_STOP_TIMEOUT_SECS {
         return Err(bad(
             f("stop_timeout_seconds"),
@@ -354,7 +352,7 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
         environment,
         cpu: c.cpu,
         memory_mib: c.memory_mib,
-        essential: c.essential.unwrap_or(true),
+        essential: c.essential,
         stop_timeout_secs,
         working_dir: c.working_dir.clone(),
         pull_policy,
@@ -368,8 +366,9 @@ fn container(i: usize, c: &pb::ContainerDefinition) -> Result<ContainerDef, Inva
     })
 }
 
-/// Validates a task definition (or an ad-hoc task) and turns it into the spec tasks run.
-pub fn task_spec(input: &pb::TaskDefinitionInput) -> Result<TaskSpec, InvalidField> {
+/// Validates a task definition (or an ad-hoc task) as decoded from its input, and returns the
+/// spec tasks run (paths and policies in their canonical form).
+pub fn task_spec(input: &TaskSpec) -> Result<TaskSpec, InvalidField> {
     if input.containers.is_empty() {
         return Err(bad("containers", "at least one container is required"));
     }
@@ -393,10 +392,10 @@ pub fn task_spec(input: &pb::TaskDefinitionInput) -> Result<TaskSpec, InvalidFie
     }
     let spec = TaskSpec {
         containers,
-        network_mode: network_mode("network_mode", &input.network_mode)?,
-        timeout_secs: input.timeout_seconds,
+        network_mode: input.network_mode,
+        timeout_secs: input.timeout_secs,
         task_role: input.task_role.clone(),
-        input: None,
+        input: input.input.clone(),
     };
     check_task_role("task_role", &spec)?;
     Ok(spec)
@@ -420,10 +419,7 @@ fn check_task_role(field: &str, spec: &TaskSpec) -> Result<(), InvalidField> {
 }
 
 /// Applies run-time overrides (ECS `overrides`) to a spec.
-pub fn apply_overrides(
-    mut spec: TaskSpec,
-    o: &crate::model::Overrides,
-) -> Result<TaskSpec, InvalidField> {
+pub fn apply_overrides(mut spec: TaskSpec, o: &Overrides) -> Result<TaskSpec, InvalidField> {
     for (i, co) in o.containers.iter().enumerate() {
         let f = |name: &str| format!("overrides.containers[{i}].{name}");
         let Some(c) = spec.containers.iter_mut().find(|c| c.name == co.name) else {
@@ -473,204 +469,4 @@ pub fn taskdef_ref(field: &str, s: &str) -> Result<(String, Option<u32>), Invali
     };
     check_name(field, family)?;
     Ok((family.to_string(), rev))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn input(c: pb::ContainerDefinition) -> pb::TaskDefinitionInput {
-        pb::TaskDefinitionInput {
-            family: "web".into(),
-            containers: vec![c],
-            network_mode: String::new(),
-            timeout_seconds: 0,
-            task_role: String::new(),
-        }
-    }
-
-    fn ok_container() -> pb::ContainerDefinition {
-        pb::ContainerDefinition {
-            name: "main".into(),
-            image: "dir:/images/busybox".into(),
-            command: vec!["true".into()],
-            ..Default::default()
-        }
-    }
-
-    fn err_of(c: pb::ContainerDefinition) -> InvalidField {
-        task_spec(&input(c)).unwrap_err()
-    }
-
-    #[test]
-    fn a_good_definition_gets_defaults() {
-        let spec = task_spec(&input(ok_container())).unwrap();
-        let c = &spec.containers[0];
-        assert!(c.essential);
-        assert_eq!(c.stop_timeout_secs, DEFAULT_STOP_TIMEOUT_SECS);
-        assert_eq!(spec.network_mode, NetworkMode::None);
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let e = err_of(pb::ContainerDefinition {
-            memory_mib: 1 << 40,
-            ..ok_container()
-        });
-        assert_eq!(e.field, "containers[0].memory_mib");
-        let e = err_of(pb::ContainerDefinition {
-            cpu: f64::NAN,
-            ..ok_container()
-        });
-        assert_eq!(e.field, "containers[0].cpu");
-        let e = err_of(pb::ContainerDefinition {
-            cpu: -1.0,
-            ..ok_container()
-        });
-        assert_eq!(e.field, "containers[0].cpu");
-        let e = err_of(pb::ContainerDefinition {
-            image: "Alpine:3.20".into(),
-            ..ok_container()
-        });
-        assert_eq!(e.field, "containers[0].image");
-        assert!(e.problem.contains("not a valid image reference"), "{e}");
-        for good in [
-            "alpine",
-            "alpine:3.20",
-            "registry.lan:5000/team/app:v2",
-            "oci-archive:/x.tar",
-        ] {
-            let c = pb::ContainerDefinition {
-                image: good.into(),
-                ..ok_container()
-            };
-            assert!(task_spec(&input(c)).is_ok(), "{good}");
-        }
-        let e = err_of(pb::ContainerDefinition {
-            pull_policy: "sometimes".into(),
-            ..ok_container()
-        });
-        assert_eq!(e.field, "containers[0].pull_policy");
-        let e = err_of(pb::ContainerDefinition {
-            user: "root:".into(),
-            ..ok_container()
-        });
-        assert_eq!(e.field, "containers[0].user");
-        let e = err_of(pb::ContainerDefinition {
-            image: "dir:relative".into(),
-            ..ok_container()
-        });
-        assert!(e.problem.contains("absolute"), "{e}");
-        let e = err_of(pb::ContainerDefinition {
-            name: "a b".into(),
-            ..ok_container()
-        });
-        assert_eq!(e.field, "containers[0].name");
-        let e = err_of(pb::ContainerDefinition {
-            stop_timeout_seconds: Some(99999),
-            ..ok_container()
-        });
-        assert_eq!(e.field, "containers[0].stop_timeout_seconds");
-        let mut env = std::collections::HashMap::new();
-        env.insert("A=B".to_string(), "x".to_string());
-        let e = err_of(pb::ContainerDefinition {
-            environment: env,
-            ..ok_container()
-        });
-        assert!(e.field.starts_with("containers[0].environment"), "{e}");
-    }
-
-    #[test]
-    fn task_level_rules() {
-        let mut i = input(ok_container());
-        i.network_mode = "bridge2".into();
-        assert_eq!(task_spec(&i).unwrap_err().field, "network_mode");
-        let mut i = input(pb::ContainerDefinition {
-            essential: Some(false),
-            ..ok_container()
-        });
-        assert_eq!(task_spec(&i).unwrap_err().field, "containers");
-        i.containers = vec![ok_container(), ok_container()];
-        assert_eq!(task_spec(&i).unwrap_err().field, "containers[1].name");
-        i.containers.clear();
-        assert_eq!(task_spec(&i).unwrap_err().field, "containers");
-
-        let mut i = input(ok_container());
-        i.task_role = "thumbs".into();
-        let e = task_spec(&i).unwrap_err();
-        assert_eq!(e.field, "task_role");
-        assert!(e.problem.contains("network_mode host"), "{e}");
-        i.network_mode = "host".into();
-        assert_eq!(task_spec(&i).unwrap().task_role, "thumbs");
-        i.task_role = "no way".into();
-        assert_eq!(task_spec(&i).unwrap_err().field, "task_role");
-    }
-
-    #[test]
-    fn mounts_are_absolute_and_stay_off_kernel_filesystems() {
-        let m = |source: &str, target: &str| pb::MountPoint {
-            source: source.into(),
-            target: target.into(),
-            read_only: true,
-        };
-        let with = |ms: Vec<pb::MountPoint>| pb::ContainerDefinition {
-            mounts: ms,
-            ..ok_container()
-        };
-        let spec = task_spec(&input(with(vec![m("/usr", "/usr/")]))).unwrap();
-        assert_eq!(spec.containers[0].mounts[0].target, "/usr");
-        for (bad_mount, field) in [
-            (m("usr", "/usr"), "containers[0].mounts[0].source"),
-            (m("/usr", "/"), "containers[0].mounts[0].target"),
-            (m("/usr", "/proc/x"), "containers[0].mounts[0].target"),
-            (m("/a/../etc", "/x"), "containers[0].mounts[0].source"),
-        ] {
-            assert_eq!(err_of(with(vec![bad_mount])).field, field);
-        }
-        let e = err_of(with(vec![m("/a", "/x"), m("/b", "/x")]));
-        assert_eq!(e.field, "containers[0].mounts[1].target");
-    }
-
-    #[test]
-    fn overrides_apply_and_check() {
-        let spec = task_spec(&input(ok_container())).unwrap();
-        let over = |name: &str| crate::model::ContainerOverride {
-            name: name.into(),
-            command: vec![],
-            environment: Default::default(),
-            cpu: None,
-            memory_mib: None,
-        };
-        let o = crate::model::Overrides {
-            containers: vec![crate::model::ContainerOverride {
-                command: vec!["echo".into(), "hi".into()],
-                memory_mib: Some(64),
-                ..over("main")
-            }],
-            timeout_secs: Some(5),
-            task_role: None,
-        };
-        let s = apply_overrides(spec.clone(), &o).unwrap();
-        assert_eq!(s.containers[0].command, vec!["echo", "hi"]);
-        assert_eq!(s.containers[0].memory_mib, 64);
-        assert_eq!(s.timeout_secs, 5);
-        let o = crate::model::Overrides {
-            containers: vec![over("nope")],
-            timeout_secs: None,
-            task_role: None,
-        };
-        assert_eq!(
-            apply_overrides(spec, &o).unwrap_err().field,
-            "overrides.containers[0].name"
-        );
-    }
-
-    #[test]
-    fn taskdef_refs() {
-        assert_eq!(taskdef_ref("t", "web").unwrap(), ("web".into(), None));
-        assert_eq!(taskdef_ref("t", "web:3").unwrap(), ("web".into(), Some(3)));
-        assert!(taskdef_ref("t", "web:0").is_err());
-        assert!(taskdef_ref("t", "web:x").is_err());
-        assert!(taskdef_ref("t", ":1").is_err());
-    }
 }
