@@ -33,7 +33,7 @@ mod tree;
 #[cfg(test)]
 use due::due_key;
 pub use due::{Due, DueTable};
-pub use engine::{Engine, Entries, Entry, TreeId, TxBody, TxError, TxTrees};
+pub use engine::{Change, Engine, Entries, Entry, TreeId, TxBody, TxError, TxTrees};
 pub use memory_engine::MemoryEngine;
 pub use sled_engine::SledEngine;
 pub use table::{Record, Table};
@@ -767,17 +767,18 @@ impl Store {
     /// Adds one to a rule's counter; durable with the next commit (these two are counts of
     /// attempts, at least once across a crash).
     pub fn count_rule(&self, rule: &str, counter: RuleCounter) -> Result<(), StoreError> {
-        self.transact(&[&self.rule_stats], |tx| {
-            let mut s: RuleStats = match tx.get(&self.rule_stats, rule)? {
-                Some(v) => decode("rule_stats", &v)?,
-                None => RuleStats::default(),
-            };
+        let mut err = None;
+        self.rule_stats.update(rule, |old| {
+            let mut s: RuleStats = old
+                .and_then(|v| decode("rule_stats", v).map_err(|e| err = Some(e)).ok())
+                .unwrap_or_default();
             match counter {
                 RuleCounter::Invoked => s.invoked += 1,
                 RuleCounter::Failed => s.failed += 1,
             }
-            tx.insert(&self.rule_stats, rule, encode(&s))
-        })
+            Some(encode(&s))
+        })?;
+        err.map_or(Ok(()), Err)
     }
 
     /// The task a delivery created, if it did.

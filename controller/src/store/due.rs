@@ -1,5 +1,8 @@
 //! A table of work that waits for a moment: one record per piece of work, and beside it a
-//! due-time index (due ms, big-endian ‖ record key), written in the record's own transaction.
+//! due-time index (due ms, big-endian ‖ record key). Inside a transaction with other writes
+//! (`put_in`, `remove_in`) record and key move together; alone (`put`, `delete`, the hot
+//! paths) they are written in an order a crash cannot turn into a lost record, and `due`
+//! drops a key its record does not confirm. The index is derived again at every open.
 //! Rule delivery retries, schedule fire retries and the notification outbox are each one of
 //! these; a reader takes what is due through the index without scanning the records, and
 //! learns when the next piece is due. (Queue message visibility is the next user.)
@@ -9,7 +12,7 @@ use std::sync::Arc;
 
 use super::engine::{Engine, TxError};
 use super::table::{Record, Table};
-use super::tree::{transact, Tree, Tx};
+use super::tree::{Tree, Tx};
 use super::{decode, encode, GroupCommit, StoreError};
 
 /// A record that is due at a moment.
@@ -29,7 +32,6 @@ pub(super) fn due_key(due_ms: i64, key: &[u8]) -> Vec<u8> {
 pub struct DueTable<R> {
     records: Table<R>,
     index: Tree,
-    engine: Arc<dyn Engine>,
     commit: GroupCommit,
 }
 
@@ -43,7 +45,6 @@ impl<R: Due> DueTable<R> {
         let t = DueTable {
             records: Table::open(engine, commit)?,
             index: Tree::open(engine, &format!("{}_due", R::TREE))?,
-            engine: engine.clone(),
             commit: commit.clone(),
         };
         t.index.clear()?;
@@ -84,8 +85,8 @@ impl<R: Due> DueTable<R> {
             }
             match self.records.get(&k[8..])? {
                 Some(r) if r.due_ms() == at => due.push(r),
-                // Written in one transaction with its record, a key cannot go stale; were one
-                // to (a bug, a damaged index), it is dropped here rather than followed.
+                // A key whose record is gone or due at another time (a crash between the
+                // writes of `put` or `delete`, a damaged index) is dropped, not followed.
                 _ => {
                     self.index.remove(&k)?;
                 }
@@ -106,21 +107,32 @@ impl<R: Due> DueTable<R> {
     }
 
     /// Creates or replaces a record, moving its index key. Durable on return.
+    ///
+    /// Outside a transaction (these are the hot paths: every delivery ends with one), in an
+    /// order that a crash cannot turn into a lost record: the new index key first, then the
+    /// record, then the old key out. A key left behind is dropped by `due`. One record has
+    /// one writer at a time (the loop that owns the work), so the old due time read first is
+    /// still the record's when its key goes.
     pub async fn put(&self, r: &R) -> Result<(), StoreError> {
-        transact(self.engine.as_ref(), &self.trees(), |tx| self.put_in(tx, r))?;
+        let key = r.key();
+        let old = self.records.get(&key)?;
+        self.index.insert(due_key(r.due_ms(), &key), [])?;
+        self.records.tree().insert(&key, encode(r))?;
+        if let Some(old) = old.filter(|o| o.due_ms() != r.due_ms()) {
+            self.index.remove(due_key(old.due_ms(), &key))?;
+        }
         self.commit.commit().await
     }
 
-    /// Removes a record and its index key; returns what it was. Durable on return.
+    /// Removes a record and then its index key; returns what it was. Durable on return.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
         let key = key.as_ref();
-        let old = transact(self.engine.as_ref(), &self.trees(), |tx| {
-            self.remove_in(tx, key)
-        })?;
-        if old.is_some() {
-            self.commit.commit().await?;
-        }
-        Ok(old)
+        let Some(old) = self.records.remove(key)? else {
+            return Ok(None);
+        };
+        self.index.remove(due_key(old.due_ms(), key))?;
+        self.commit.commit().await?;
+        Ok(Some(old))
     }
 
     /// The record tree and the index tree, for a transaction that also writes others.

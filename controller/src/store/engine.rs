@@ -20,6 +20,10 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// Entries in key order (reversible), as an engine reads them.
 pub type Entries<'a> = Box<dyn DoubleEndedIterator<Item = Result<Entry, StoreError>> + Send + 'a>;
 
+/// What a single-key update makes of the value there (None: no value; returning None
+/// removes it).
+pub type Change<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
+
 /// Why a transaction's body stopped.
 pub enum TxError {
     /// The body gave up with this error: nothing it wrote is kept.
@@ -58,6 +62,15 @@ pub trait Engine: Send + Sync {
     fn range(&self, tree: TreeId, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Entries<'_>;
     fn len(&self, tree: TreeId) -> usize;
     fn clear(&self, tree: TreeId) -> Result<(), StoreError>;
+    /// Replaces one key's value with what `change` makes of it (None removes), atomically
+    /// against other writers of that key and without a transaction's cost (`change` may run
+    /// more than once).
+    fn update(
+        &self,
+        tree: TreeId,
+        key: &[u8],
+        change: &mut Change<'_>,
+    ) -> Result<(), StoreError>;
     /// Writes several entries of one tree atomically (None removes).
     fn apply(
         &self,

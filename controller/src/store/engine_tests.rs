@@ -128,5 +128,23 @@ fn concurrent_transactions_lose_no_update() {
         });
         let n = u64::from_be_bytes(t.get("n").unwrap().unwrap().try_into().unwrap());
         assert_eq!(n, 800, "{name}");
+        // The same through a single-key update, which needs no transaction.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        t.update("m", |old| {
+                            let n = old.map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+                            Some((n + 1).to_be_bytes().to_vec())
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let m = u64::from_be_bytes(t.get("m").unwrap().unwrap().try_into().unwrap());
+        assert_eq!(m, 800, "{name}");
+        t.update("m", |_| None).unwrap();
+        assert!(t.get("m").unwrap().is_none(), "{name}");
     }
 }

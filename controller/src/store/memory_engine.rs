@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
-use super::engine::{Engine, Entries, TreeId, TxBody, TxError, TxTrees};
+use super::engine::{Change, Engine, Entries, TreeId, TxBody, TxError, TxTrees};
 use super::StoreError;
 
 #[derive(Default)]
@@ -66,6 +66,21 @@ impl Engine for MemoryEngine {
             .map(|(k, v)| Ok((k.clone(), v.clone())))
             .collect();
         Box::new(entries.into_iter())
+    }
+
+    fn update(
+        &self,
+        tree: TreeId,
+        key: &[u8],
+        change: &mut Change<'_>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state();
+        let t = &mut s.trees[tree.0];
+        match change(t.get(key).map(Vec::as_slice)) {
+            Some(v) => t.insert(key.to_vec(), v),
+            None => t.remove(key),
+        };
+        Ok(())
     }
 
     fn len(&self, tree: TreeId) -> usize {

@@ -11,7 +11,7 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
-use super::engine::{Engine, Entries, TreeId, TxBody, TxError, TxTrees};
+use super::engine::{Change, Engine, Entries, TreeId, TxBody, TxError, TxTrees};
 use super::StoreError;
 
 /// How many trees one engine can open (the store opens about thirty).
@@ -85,6 +85,18 @@ impl Engine for SledEngine {
                 .range((from, to))
                 .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine)),
         )
+    }
+
+    fn update(
+        &self,
+        tree: TreeId,
+        key: &[u8],
+        change: &mut Change<'_>,
+    ) -> Result<(), StoreError> {
+        self.tree(tree)
+            .update_and_fetch(key, change)
+            .map_err(engine)?;
+        Ok(())
     }
 
     fn len(&self, tree: TreeId) -> usize {

@@ -60,6 +60,15 @@ impl Tree {
         self.engine.range(self.id, Bound::Included(prefix), end)
     }
 
+    /// Replaces one key's value with what `change` makes of it (see `Engine::update`).
+    pub(crate) fn update(
+        &self,
+        key: impl AsRef<[u8]>,
+        mut change: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.engine.update(self.id, key.as_ref(), &mut change)
+    }
+
     /// Writes several entries atomically (None removes).
     pub(crate) fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
         self.engine.apply(self.id, writes)
