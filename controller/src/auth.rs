@@ -69,7 +69,16 @@ pub fn action_name(path: &str) -> String {
 
 /// Actions whose handlers check the resource they act on (`check_task_resource`); for every
 /// other action a task's role needs a grant on "*".
-const RESOURCE_SCOPED: &[&str] = &["tasks:Run", "tasks:Stop", "events:Put"];
+const RESOURCE_SCOPED: &[&str] = &[
+    "tasks:Run",
+    "tasks:Stop",
+    "events:Put",
+    "queues:Describe",
+    "queues:Send",
+    "queues:Receive",
+    "queues:DeleteMessages",
+    "queues:ChangeVisibility",
+];
 
 /// The role a method needs; None = open to all (health, reflection, and the agent channel,
 /// whose peers are authenticated by the transport).
@@ -105,6 +114,10 @@ pub fn required_role(path: &str) -> Option<Role> {
         }),
         "skiff.v1.Topics" => Some(match method {
             "Describe" | "List" | "ListDeadLetters" | "Confirm" => Role::ReadOnly,
+            _ => Role::Operator,
+        }),
+        "skiff.v1.Queues" => Some(match method {
+            "Describe" | "List" => Role::ReadOnly,
             _ => Role::Operator,
         }),
         "skiff.v1.Sources" => Some(match method {

@@ -43,6 +43,8 @@ pub enum CoreError {
     Store(#[from] StoreError),
     #[error("no task {0}")]
     NoSuchTask(String),
+    #[error("no queue {0:?}")]
+    NoSuchQueue(String),
     #[error(transparent)]
     Illegal(#[from] lifecycle::IllegalTransition),
     #[error(transparent)]
@@ -78,6 +80,10 @@ pub struct Core {
     pub notifier: crate::notifier::Notifier,
     /// Whether each background loop is running (`workers.rs` starts and stops them).
     pub workers: crate::worker_state::WorkerStates,
+    /// Each queue's lock and arrival signal.
+    pub queue_waits: crate::queue_waits::QueueWaits,
+    /// Makes ULIDs stamped with the clock's time (increasing within a millisecond).
+    ids: Mutex<ulid::Generator>,
 }
 
 impl Core {
@@ -147,6 +153,8 @@ impl Core {
             notifier: crate::notifier::Notifier::new(None, "http://127.0.0.1:7480".into())
                 .expect("a notifier without SMTP always builds"),
             workers: Default::default(),
+            queue_waits: Default::default(),
+            ids: Mutex::new(ulid::Generator::new()),
         }
     }
 
@@ -156,6 +164,17 @@ impl Core {
 
     fn bump(&self) {
         self.head.send_modify(|v| *v += 1);
+    }
+
+    /// A fresh ULID at the clock's time, increasing within one millisecond.
+    pub fn new_id(&self) -> String {
+        let ms = self.clock.now_ms().max(0) as u64;
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        let mut ids = self.ids.lock().unwrap();
+        // (Only 2^80 ids in one millisecond exhaust it.)
+        ids.generate_from_datetime(at)
+            .unwrap_or_else(|_| ulid::Ulid::from_parts(ms, u128::MAX >> 48))
+            .to_string()
     }
 
     pub fn next_id(&self) -> u64 {

@@ -26,6 +26,9 @@ pub mod objects;
 pub mod outbound;
 pub mod pki;
 pub mod placer;
+pub mod queue_waits;
+pub mod queues;
+pub mod queues_api;
 pub mod registries;
 pub mod roles;
 pub mod roles_api;
@@ -273,6 +276,9 @@ impl Controller {
             .set_serving::<pb::secrets_server::SecretsServer<secrets_api::SecretsApi>>()
             .await;
         health
+            .set_serving::<pb::queues_server::QueuesServer<queues_api::QueuesApi>>()
+            .await;
+        health
             .set_serving::<pb::registry_credentials_server::RegistryCredentialsServer<
                 images_api::RegistryCredentialsApi,
             >>()
@@ -342,6 +348,9 @@ impl Controller {
             ))
             .add_service(pb::topics_server::TopicsServer::new(
                 topics_api::TopicsApi { core: core.clone() },
+            ))
+            .add_service(pb::queues_server::QueuesServer::new(
+                queues_api::QueuesApi { core: core.clone() },
             ))
             .add_service(pb::tokens_server::TokensServer::new(
                 tokens_api::TokensApi { core: core.clone() },

@@ -12,6 +12,7 @@ impl From<CoreError> for Status {
         match e {
             CoreError::NoSuchTask(id) => Status::not_found(format!("no task {id}")),
             CoreError::Illegal(e) => Status::failed_precondition(e.to_string()),
+            CoreError::NoSuchQueue(name) => Status::not_found(format!("no queue {name:?}")),
             CoreError::NodeOffline(offline) => Status::unavailable(offline.to_string()),
             CoreError::BadReference(why) => Status::invalid_argument(why),
             CoreError::Store(e) => e.into(),

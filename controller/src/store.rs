@@ -14,9 +14,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
-    ApiToken, DeadLetter, Delivery, Event, Node, NodeCert, PendingRetry, RegistryCreds, Rule,
-    RuleCounter, RuleStats, Schedule, ScheduleRetry, ScheduleState, SealedSecret, Source,
-    SourceHealth, Subscription, Task, TaskDefinition, TaskRole, Topic,
+    ApiToken, DeadLetter, Delivery, Event, Node, NodeCert, PendingRetry, Queue, QueueMessage,
+    RegistryCreds, Rule, RuleCounter, RuleStats, Schedule, ScheduleRetry, ScheduleState,
+    SealedSecret, Source, SourceHealth, Subscription, Task, TaskDefinition, TaskRole, Topic,
 };
 use skiff_model::lifecycle::TaskStatus;
 
@@ -90,6 +90,20 @@ record!(ScheduleRetry, "schedule_retries", |self| {
     crate::model::schedule_fire_key(&self.schedule, self.scheduled_ms).into_bytes()
 });
 record!(Delivery, "outbox", |self| self.id.as_bytes().to_vec());
+record!(Queue, "queues", |self| self.name.as_bytes().to_vec());
+record!(QueueMessage, "queue_messages", |self| Store::message_key(
+    &self.queue,
+    &self.id
+));
+impl Due for QueueMessage {
+    fn due_ms(&self) -> i64 {
+        self.visible_ms
+    }
+    /// A queue's messages are read by queue: its part of the index.
+    fn due_prefix(&self) -> Vec<u8> {
+        Store::queue_prefix(&self.queue)
+    }
+}
 impl Due for PendingRetry {
     fn due_ms(&self) -> i64 {
         self.next_attempt_ms
@@ -273,6 +287,10 @@ pub struct Store {
     pub outbox: DueTable<Delivery>,
     /// Notifications that ran out of attempts: delivery id → Delivery.
     notify_dead: Tree,
+    pub queues: Table<Queue>,
+    /// Every queue's messages: queue NUL id → message, due (receivable) at `visible_ms`,
+    /// indexed by queue.
+    pub messages: DueTable<QueueMessage>,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -320,6 +338,8 @@ impl Store {
             subscriptions: Table::open(&engine, &commit)?,
             outbox: DueTable::open(&engine, &commit)?,
             notify_dead: Tree::open(&engine, "notify_dead")?,
+            queues: Table::open(&engine, &commit)?,
+            messages: DueTable::open(&engine, &commit)?,
             commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             engine,
@@ -374,6 +394,50 @@ impl Store {
     /// Makes everything written so far durable.
     pub async fn commit(&self) -> Result<(), StoreError> {
         self.commit.commit().await
+    }
+
+    // --- queues ---
+
+    /// Where a queue's messages are: queue NUL.
+    pub fn queue_prefix(queue: &str) -> Vec<u8> {
+        let mut k = queue.as_bytes().to_vec();
+        k.push(0);
+        k
+    }
+
+    /// A message's key: queue NUL id.
+    pub fn message_key(queue: &str, id: &str) -> Vec<u8> {
+        let mut k = Self::queue_prefix(queue);
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
+
+    /// Moves a message (to a dead-letter queue, or back from one): out of `from` and in as
+    /// `to`, in one transaction. Durable with the caller's next commit.
+    pub fn move_message(&self, from: &QueueMessage, to: &QueueMessage) -> Result<(), StoreError> {
+        let from_key = from.key();
+        self.transact(&self.messages.trees(), |tx| {
+            self.messages.remove_in(tx, &from_key)?;
+            self.messages.put_in(tx, to)
+        })
+    }
+
+    /// Removes every message of a queue; returns how many. Durable on return.
+    pub async fn purge_queue(&self, queue: &str) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for m in self.messages.list_in(&Self::queue_prefix(queue))? {
+            if self.messages.delete_uncommitted(m.key())?.is_some() {
+                n += 1;
+            }
+        }
+        self.commit().await?;
+        Ok(n)
+    }
+
+    /// Removes a queue after its messages. Durable on return.
+    pub async fn delete_queue(&self, name: &str) -> Result<Option<Queue>, StoreError> {
+        self.purge_queue(name).await?;
+        self.queues.delete(name).await
     }
 
     // --- task definitions: key = family \0 revision (big-endian) ---
@@ -815,16 +879,27 @@ impl Store {
             &self.by_group,
             &self.by_node,
         ];
-        let trees = [
-            &trees[..],
-            &self.retries.trees(),
-            &self.schedule_retries.trees(),
-        ]
-        .concat();
+        // A pending retry of this delivery is ended in the same transaction. Most deliveries
+        // have none: their transaction leaves the retry tables out (sled runs one transaction
+        // at a time, and every tree in it costs). The one writer of a key's retry is the loop
+        // calling here, so a retry cannot appear in between.
+        let rule_retry = self.retries.get(key)?.is_some();
+        let schedule_retry = self.schedule_retries.get(key)?.is_some();
+        let mut trees = trees.to_vec();
+        if rule_retry {
+            trees.extend(self.retries.trees());
+        }
+        if schedule_retry {
+            trees.extend(self.schedule_retries.trees());
+        }
         let res = self.transact(&trees, |tx| {
             // Either way the delivery's pending retry, if any, is over.
-            self.retries.remove_in(tx, key.as_bytes())?;
-            self.schedule_retries.remove_in(tx, key.as_bytes())?;
+            if rule_retry {
+                self.retries.remove_in(tx, key.as_bytes())?;
+            }
+            if schedule_retry {
+                self.schedule_retries.remove_in(tx, key.as_bytes())?;
+            }
             if let Some(existing) = tx.get(&self.deliveries, key)? {
                 return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
             }

@@ -7,6 +7,7 @@ mod events;
 mod images;
 mod nodes;
 mod output;
+mod queues;
 mod roles;
 mod rules;
 mod run_task;
@@ -81,6 +82,9 @@ enum Command {
     /// Schedules: cron, rate and at expressions that run tasks.
     #[command(subcommand)]
     Schedules(schedules::SchedulesCmd),
+    /// Queues: durable messages with SQS's semantics (visibility timeouts, dead letters).
+    #[command(subcommand)]
+    Queues(queues::QueuesCmd),
     /// Topics: notify subscribers (webhook, e-mail) of events, with retries and dead letters.
     #[command(subcommand)]
     Topics(topics::TopicsCmd),
@@ -176,6 +180,7 @@ fn main() -> ExitCode {
             Command::Rules(c) => rules::rules(&cli.addr, fmt, c).await,
             Command::Sources(c) => sources::sources(&cli.addr, fmt, c).await,
             Command::Schedules(c) => schedules::schedules(&cli.addr, fmt, c).await,
+            Command::Queues(c) => queues::queues(&cli.addr, fmt, c).await,
             Command::Topics(c) => topics::topics(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } | Command::Completion { .. } => unreachable!("handled above"),

@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod pattern;
 pub mod placement;
+pub mod queue;
 pub mod retry;
 pub mod ruleset;
 pub mod transform;
@@ -72,6 +73,7 @@ mod tests {
             ("model.rs", include_str!("model.rs")),
             ("lifecycle.rs", include_str!("lifecycle.rs")),
             ("placement.rs", include_str!("placement.rs")),
+            ("queue.rs", include_str!("queue.rs")),
             ("pattern.rs", include_str!("pattern.rs")),
             ("ruleset.rs", include_str!("ruleset.rs")),
             ("retry.rs", include_str!("retry.rs")),

@@ -863,3 +863,52 @@ pub struct Delivery {
     /// Set once dead-lettered.
     pub dead_ms: Option<i64>,
 }
+
+/// A queue, with SQS's semantics: a message waits until it is received, is then invisible to
+/// other receivers for the visibility timeout, and comes back unless it is deleted by the
+/// receipt handle of its latest receive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Queue {
+    pub name: String,
+    /// How long a received message stays invisible (default 30 s, at most 12 h).
+    pub visibility_timeout_secs: u32,
+    /// How long a new message waits before it can be received (0–15 min).
+    pub delay_secs: u32,
+    /// How long a message is kept (1 min–14 days, default 4 days).
+    pub retention_secs: u32,
+    /// The largest message body accepted (1 KiB–256 KiB, default 256 KiB).
+    pub max_message_bytes: u32,
+    /// How long a receive waits for a message when it does not say (0–20 s).
+    pub receive_wait_secs: u32,
+    /// Where a message goes after too many receives.
+    pub redrive: Option<RedrivePolicy>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// After `max_receive_count` receives, the next receive moves a message to `dead_letter_queue`
+/// instead of handing it out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RedrivePolicy {
+    pub dead_letter_queue: String,
+    pub max_receive_count: u32,
+}
+
+/// One message in a queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueMessage {
+    pub queue: String,
+    /// A ULID: unique, and ordered by when the message was first sent.
+    pub id: String,
+    pub body: String,
+    pub attributes: BTreeMap<String, String>,
+    pub sent_ms: i64,
+    /// When it can be received (next): after its delay, or after its visibility timeout.
+    pub visible_ms: i64,
+    pub receive_count: u32,
+    /// When it was first received (0: never).
+    pub first_received_ms: i64,
+    /// The nonce of its latest receive: only that receive's handle deletes it or changes its
+    /// visibility ("" before the first).
+    pub receipt: String,
+}

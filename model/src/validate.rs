@@ -470,3 +470,116 @@ pub fn taskdef_ref(field: &str, s: &str) -> Result<(String, Option<u32>), Invali
     check_name(field, family)?;
     Ok((family.to_string(), rev))
 }
+
+/// Longest visibility timeout: 12 hours.
+pub const MAX_VISIBILITY_SECS: u32 = 12 * 3600;
+/// Longest delay: 15 minutes.
+pub const MAX_DELAY_SECS: u32 = 900;
+/// Retention bounds: 1 minute to 14 days.
+pub const MIN_RETENTION_SECS: u32 = 60;
+pub const MAX_RETENTION_SECS: u32 = 14 * 24 * 3600;
+/// Largest message body: 256 KiB.
+pub const MAX_MESSAGE_BYTES: u32 = 256 * 1024;
+/// Longest receive wait: 20 seconds.
+pub const MAX_RECEIVE_WAIT_SECS: u32 = 20;
+/// Most messages in one send, receive or delete.
+pub const MAX_BATCH: usize = 10;
+
+fn at_most(field: &str, value: u32, max: u32, unit: &str) -> Result<(), InvalidField> {
+    if value > max {
+        return Err(bad(
+            field,
+            format!("{value} {unit} is more than the maximum {max} {unit}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A queue's settings, by the fields its file and API name them.
+pub fn queue(q: &crate::model::Queue) -> Result<(), InvalidField> {
+    check_name("name", &q.name)?;
+    at_most(
+        "visibility_timeout_seconds",
+        q.visibility_timeout_secs,
+        MAX_VISIBILITY_SECS,
+        "s",
+    )?;
+    at_most("delay_seconds", q.delay_secs, MAX_DELAY_SECS, "s")?;
+    if !(MIN_RETENTION_SECS..=MAX_RETENTION_SECS).contains(&q.retention_secs) {
+        return Err(bad(
+            "retention_seconds",
+            format!(
+                "{} s is outside {MIN_RETENTION_SECS} s (1 minute) to {MAX_RETENTION_SECS} s (14 days)",
+                q.retention_secs
+            ),
+        ));
+    }
+    if !(1024..=MAX_MESSAGE_BYTES).contains(&q.max_message_bytes) {
+        return Err(bad(
+            "max_message_bytes",
+            format!(
+                "{} is outside 1024 to {MAX_MESSAGE_BYTES} bytes",
+                q.max_message_bytes
+            ),
+        ));
+    }
+    at_most(
+        "receive_wait_seconds",
+        q.receive_wait_secs,
+        MAX_RECEIVE_WAIT_SECS,
+        "s",
+    )?;
+    if let Some(r) = &q.redrive {
+        check_name("redrive.dead_letter_queue", &r.dead_letter_queue)?;
+        if r.dead_letter_queue == q.name {
+            return Err(bad(
+                "redrive.dead_letter_queue",
+                "a queue cannot be its own dead-letter queue",
+            ));
+        }
+        if !(1..=1000).contains(&r.max_receive_count) {
+            return Err(bad(
+                "redrive.max_receive_count",
+                format!("{} is outside 1 to 1000", r.max_receive_count),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A message sent to `q`: its body's size, its delay, its attributes.
+pub fn message(
+    field: &str,
+    q: &crate::model::Queue,
+    body: &str,
+    delay_secs: Option<u32>,
+    attributes: &BTreeMap<String, String>,
+) -> Result<(), InvalidField> {
+    if body.is_empty() {
+        return Err(bad(format!("{field}.body"), "must not be empty"));
+    }
+    let size = body.len()
+        + attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > q.max_message_bytes as usize {
+        return Err(bad(
+            format!("{field}.body"),
+            format!(
+                "{size} bytes (with its attributes) is more than queue {}'s maximum {} bytes",
+                q.name, q.max_message_bytes
+            ),
+        ));
+    }
+    if let Some(d) = delay_secs {
+        at_most(&format!("{field}.delay_seconds"), d, MAX_DELAY_SECS, "s")?;
+    }
+    if attributes.len() > 10 {
+        return Err(bad(format!("{field}.attributes"), "at most 10 attributes"));
+    }
+    for k in attributes.keys() {
+        check_name(&format!("{field}.attributes"), k)?;
+    }
+    Ok(())
+}

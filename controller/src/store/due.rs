@@ -7,7 +7,6 @@
 //! these; a reader takes what is due through the index without scanning the records, and
 //! learns when the next piece is due. (Queue message visibility is the next user.)
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use super::engine::{Engine, TxError};
@@ -18,6 +17,11 @@ use super::{decode, encode, GroupCommit, StoreError};
 /// A record that is due at a moment.
 pub trait Due: Record {
     fn due_ms(&self) -> i64;
+    /// Which part of the index the record is in (a queue's messages are read by queue);
+    /// empty for one index over all records.
+    fn due_prefix(&self) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 /// A due-index key: the time (ms, big-endian, so keys sort by time) then the record's key.
@@ -25,6 +29,19 @@ pub(super) fn due_key(due_ms: i64, key: &[u8]) -> Vec<u8> {
     let mut k = (due_ms.max(0) as u64).to_be_bytes().to_vec();
     k.extend_from_slice(key);
     k
+}
+
+/// A record's index key: its part, its due time, its key.
+fn index_key<R: Due>(r: &R, key: &[u8]) -> Vec<u8> {
+    let mut k = r.due_prefix();
+    k.extend_from_slice(&due_key(r.due_ms(), key));
+    k
+}
+
+/// The due time in an index key of the part `prefix` names.
+fn time_of(k: &[u8], prefix: &[u8]) -> i64 {
+    let at = &k[prefix.len()..prefix.len() + 8];
+    i64::from_be_bytes(at.try_into().expect("8-byte time"))
 }
 
 /// Records of one type, each due at a moment, readable in due order.
@@ -51,7 +68,7 @@ impl<R: Due> DueTable<R> {
         for kv in t.records.tree().iter() {
             let (k, v) = kv?;
             let r: R = decode(R::TREE, &v)?;
-            t.index.insert(due_key(r.due_ms(), &k), [])?;
+            t.index.insert(index_key(&r, &k), [])?;
         }
         Ok(t)
     }
@@ -76,14 +93,24 @@ impl<R: Due> DueTable<R> {
     /// Up to `limit` records due at `now_ms`, earliest first; and when the next one after
     /// those is due (None: nothing else is waiting).
     pub fn due(&self, now_ms: i64, limit: usize) -> Result<(Vec<R>, Option<i64>), StoreError> {
+        self.due_in(&[], now_ms, limit)
+    }
+
+    /// `due` within the part of the index `prefix` names.
+    pub fn due_in(
+        &self,
+        prefix: &[u8],
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<R>, Option<i64>), StoreError> {
         let mut due = Vec::new();
-        for kv in self.index.iter() {
+        for kv in self.index.scan_prefix(prefix) {
             let (k, _) = kv?;
-            let at = i64::from_be_bytes(k[..8].try_into().expect("8-byte time prefix"));
+            let at = time_of(&k, prefix);
             if at > now_ms || due.len() >= limit {
                 return Ok((due, Some(at)));
             }
-            match self.records.get(&k[8..])? {
+            match self.records.get(&k[prefix.len() + 8..])? {
                 Some(r) if r.due_ms() == at => due.push(r),
                 // A key whose record is gone or due at another time (a crash between the
                 // writes of `put` or `delete`, a damaged index) is dropped, not followed.
@@ -97,13 +124,27 @@ impl<R: Due> DueTable<R> {
 
     /// When the earliest record is due.
     pub fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        let first = self.index.range(Bound::Unbounded, Bound::Unbounded).next();
-        Ok(match first {
-            Some(kv) => Some(i64::from_be_bytes(
-                kv?.0[..8].try_into().expect("8-byte time prefix"),
-            )),
-            None => None,
-        })
+        self.next_due_in(&[])
+    }
+
+    /// When the earliest record of the part `prefix` names is due.
+    pub fn next_due_in(&self, prefix: &[u8]) -> Result<Option<i64>, StoreError> {
+        match self.index.scan_prefix(prefix).next() {
+            Some(kv) => Ok(Some(time_of(&kv?.0, prefix))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of the part `prefix` names, earliest due first.
+    pub fn list_in(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.index.scan_prefix(prefix) {
+            let (k, _) = kv?;
+            if let Some(r) = self.records.get(&k[prefix.len() + 8..])? {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     /// Creates or replaces a record, moving its index key. Durable on return.
@@ -114,24 +155,43 @@ impl<R: Due> DueTable<R> {
     /// one writer at a time (the loop that owns the work), so the old due time read first is
     /// still the record's when its key goes.
     pub async fn put(&self, r: &R) -> Result<(), StoreError> {
+        self.put_uncommitted(r)?;
+        self.commit.commit().await
+    }
+
+    /// `put` without waiting for the flush (the caller commits; nobody may learn of the write
+    /// before).
+    pub fn put_uncommitted(&self, r: &R) -> Result<(), StoreError> {
         let key = r.key();
         let old = self.records.get(&key)?;
-        self.index.insert(due_key(r.due_ms(), &key), [])?;
+        let new_key = index_key(r, &key);
+        self.index.insert(&new_key, [])?;
         self.records.tree().insert(&key, encode(r))?;
-        if let Some(old) = old.filter(|o| o.due_ms() != r.due_ms()) {
-            self.index.remove(due_key(old.due_ms(), &key))?;
+        if let Some(old) = old {
+            let old_key = index_key(&old, &key);
+            if old_key != new_key {
+                self.index.remove(old_key)?;
+            }
         }
-        self.commit.commit().await
+        Ok(())
     }
 
     /// Removes a record and then its index key; returns what it was. Durable on return.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
+        let old = self.delete_uncommitted(key)?;
+        if old.is_some() {
+            self.commit.commit().await?;
+        }
+        Ok(old)
+    }
+
+    /// `delete` without waiting for the flush (the caller commits).
+    pub fn delete_uncommitted(&self, key: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
         let key = key.as_ref();
         let Some(old) = self.records.remove(key)? else {
             return Ok(None);
         };
-        self.index.remove(due_key(old.due_ms(), key))?;
-        self.commit.commit().await?;
+        self.index.remove(index_key(&old, key))?;
         Ok(Some(old))
     }
 
@@ -145,9 +205,9 @@ impl<R: Due> DueTable<R> {
         let key = r.key();
         if let Some(old) = tx.get(self.records.tree(), &key)? {
             let old: R = decode(R::TREE, &old)?;
-            tx.remove(&self.index, due_key(old.due_ms(), &key))?;
+            tx.remove(&self.index, index_key(&old, &key))?;
         }
-        tx.insert(&self.index, due_key(r.due_ms(), &key), [])?;
+        tx.insert(&self.index, index_key(r, &key), [])?;
         tx.insert(self.records.tree(), &key, encode(r))
     }
 
@@ -157,7 +217,7 @@ impl<R: Due> DueTable<R> {
             return Ok(None);
         };
         let old: R = decode(R::TREE, &old)?;
-        tx.remove(&self.index, due_key(old.due_ms(), key))?;
+        tx.remove(&self.index, index_key(&old, key))?;
         tx.remove(self.records.tree(), key)?;
         Ok(Some(old))
     }

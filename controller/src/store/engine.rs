@@ -65,12 +65,7 @@ pub trait Engine: Send + Sync {
     /// Replaces one key's value with what `change` makes of it (None removes), atomically
     /// against other writers of that key and without a transaction's cost (`change` may run
     /// more than once).
-    fn update(
-        &self,
-        tree: TreeId,
-        key: &[u8],
-        change: &mut Change<'_>,
-    ) -> Result<(), StoreError>;
+    fn update(&self, tree: TreeId, key: &[u8], change: &mut Change<'_>) -> Result<(), StoreError>;
     /// Writes several entries of one tree atomically (None removes).
     fn apply(
         &self,

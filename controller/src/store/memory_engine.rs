@@ -68,12 +68,7 @@ impl Engine for MemoryEngine {
         Box::new(entries.into_iter())
     }
 
-    fn update(
-        &self,
-        tree: TreeId,
-        key: &[u8],
-        change: &mut Change<'_>,
-    ) -> Result<(), StoreError> {
+    fn update(&self, tree: TreeId, key: &[u8], change: &mut Change<'_>) -> Result<(), StoreError> {
         let mut s = self.state();
         let t = &mut s.trees[tree.0];
         match change(t.get(key).map(Vec::as_slice)) {

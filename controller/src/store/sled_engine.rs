@@ -87,12 +87,7 @@ impl Engine for SledEngine {
         )
     }
 
-    fn update(
-        &self,
-        tree: TreeId,
-        key: &[u8],
-        change: &mut Change<'_>,
-    ) -> Result<(), StoreError> {
+    fn update(&self, tree: TreeId, key: &[u8], change: &mut Change<'_>) -> Result<(), StoreError> {
         self.tree(tree)
             .update_and_fetch(key, change)
             .map_err(engine)?;

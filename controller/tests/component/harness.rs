@@ -111,6 +111,10 @@ impl Harness {
         pb::topics_client::TopicsClient::new(self.channel.clone())
     }
 
+    pub fn queues(&self) -> pb::queues_client::QueuesClient<Channel> {
+        pb::queues_client::QueuesClient::new(self.channel.clone())
+    }
+
     pub fn taskdefs(&self) -> pb::task_definitions_client::TaskDefinitionsClient<Channel> {
         pb::task_definitions_client::TaskDefinitionsClient::new(self.channel.clone())
     }

@@ -5,5 +5,6 @@
 mod harness;
 mod node_loss;
 mod notification_retries;
+mod queues;
 mod rule_retries;
 mod schedule_catch_up;

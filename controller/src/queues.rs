@@ -1,0 +1,313 @@
+//! Queue operations in the core layer: create or change a queue, delete, purge; send,
+//! receive (long polling), delete and change the visibility of messages; redrive a
+//! dead-letter queue. The decisions are `skiff_model::queue`'s; this applies them under the
+//! queue's lock (`queue_waits.rs`: one writer per queue, so a message is never handed to two
+//! receivers), and every change is durable before it is answered.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::core::{Core, CoreError};
+use crate::model::{Queue, QueueMessage};
+use crate::store::{Record, Store};
+use skiff_model::queue::{self, Counts, Receive, StaleReceipt};
+
+/// Creates a queue or changes one (checked already; its messages stay, its creation time is
+/// kept). A redrive policy must name a queue that exists.
+pub async fn put(core: &Core, q: Queue) -> Result<Queue, CoreError> {
+    if let Some(r) = &q.redrive {
+        if core.store.queues.get(&r.dead_letter_queue)?.is_none() {
+            return Err(CoreError::BadReference(format!(
+                "redrive.dead_letter_queue: no queue {:?} (create it first)",
+                r.dead_letter_queue
+            )));
+        }
+    }
+    let now = core.clock.now_ms();
+    let stored = core
+        .store
+        .queues
+        .upsert(q.name.clone(), |old| Queue {
+            created_ms: old.as_ref().map_or(now, |o| o.created_ms),
+            updated_ms: now,
+            ..q.clone()
+        })
+        .await?;
+    Ok(stored)
+}
+
+fn get(core: &Core, name: &str) -> Result<Queue, CoreError> {
+    core.store
+        .queues
+        .get(name)?
+        .ok_or_else(|| CoreError::NoSuchQueue(name.to_string()))
+}
+
+/// A queue and its numbers now.
+pub fn describe(core: &Core, name: &str) -> Result<(Queue, Counts), CoreError> {
+    let q = get(core, name)?;
+    let messages = core.store.messages.list_in(&Store::queue_prefix(name))?;
+    let counts = queue::counts(&q, &messages, core.clock.now_ms());
+    Ok((q, counts))
+}
+
+/// Removes a queue and its messages. None: no such queue.
+pub async fn delete(core: &Core, name: &str) -> Result<Option<Queue>, CoreError> {
+    let waits = core.queue_waits.of(name);
+    let _held = waits.lock.lock().await;
+    let old = core.store.delete_queue(name).await?;
+    core.queue_waits.forget(name);
+    Ok(old)
+}
+
+/// Removes every message of a queue; returns how many.
+pub async fn purge(core: &Core, name: &str) -> Result<u64, CoreError> {
+    get(core, name)?;
+    let waits = core.queue_waits.of(name);
+    let _held = waits.lock.lock().await;
+    Ok(core.store.purge_queue(name).await?)
+}
+
+/// One message to send (checked already).
+pub struct Outgoing {
+    pub body: String,
+    pub delay_secs: Option<u32>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Sends messages to a queue, all durable with one flush before this returns; returns them.
+pub async fn send(
+    core: &Core,
+    q: &Queue,
+    outgoing: Vec<Outgoing>,
+) -> Result<Vec<QueueMessage>, CoreError> {
+    let now = core.clock.now_ms();
+    let mut sent = Vec::with_capacity(outgoing.len());
+    for o in outgoing {
+        let delay = o.delay_secs.unwrap_or(q.delay_secs);
+        let m = QueueMessage {
+            queue: q.name.clone(),
+            id: core.new_id(),
+            body: o.body,
+            attributes: o.attributes,
+            sent_ms: now,
+            visible_ms: now + i64::from(delay) * 1000,
+            receive_count: 0,
+            first_received_ms: 0,
+            receipt: String::new(),
+        };
+        core.store.messages.put_uncommitted(&m)?;
+        sent.push(m);
+    }
+    core.store.commit().await?;
+    core.queue_waits.arrived(&q.name);
+    Ok(sent)
+}
+
+/// Receives up to `max` visible messages, waiting up to `wait` for the first; each is
+/// invisible to other receivers for `visibility_secs` (durable before it is handed out).
+/// Returns each with its receipt handle.
+pub async fn receive(
+    core: &Core,
+    q: &Queue,
+    max: usize,
+    wait: Duration,
+    visibility_secs: u32,
+) -> Result<Vec<(QueueMessage, String)>, CoreError> {
+    let deadline = core.clock.now_ms() + wait.as_millis() as i64;
+    let waits = core.queue_waits.of(&q.name);
+    let prefix = Store::queue_prefix(&q.name);
+    loop {
+        // Interest first: a message sent between the look and the wait still wakes it.
+        let arrived = waits.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        let got = take(core, q, &prefix, max, visibility_secs).await?;
+        let now = core.clock.now_ms();
+        if !got.is_empty() || now >= deadline {
+            return Ok(got);
+        }
+        // Until a message arrives, one in flight or delayed becomes visible, or the wait ends.
+        let next = core
+            .store
+            .messages
+            .next_due_in(&prefix)?
+            .map_or(deadline, |t| t.min(deadline));
+        waits.waiting.fetch_add(1, Ordering::SeqCst);
+        tokio::select! {
+            _ = arrived => {}
+            _ = core.clock.sleep_until(next.max(now + 1)) => {}
+        }
+        waits.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One look at the queue under its lock: what is visible now, received (or moved, or
+/// expired) and made durable with one flush.
+async fn take(
+    core: &Core,
+    q: &Queue,
+    prefix: &[u8],
+    max: usize,
+    visibility_secs: u32,
+) -> Result<Vec<(QueueMessage, String)>, CoreError> {
+    let waits = core.queue_waits.of(&q.name);
+    let _held = waits.lock.lock().await;
+    let now = core.clock.now_ms();
+    let mut out = Vec::new();
+    let mut changed = false;
+    let mut dead_lettered = Vec::new();
+    // Visible messages in the order they became visible; moved and expired ones make room.
+    while out.len() < max {
+        let (visible, _) = core.store.messages.due_in(prefix, now, max - out.len())?;
+        if visible.is_empty() {
+            break;
+        }
+        for m in visible {
+            let nonce = core.new_id();
+            match queue::receive(q, &m, now, i64::from(visibility_secs) * 1000, &nonce) {
+                Receive::Deliver(received) => {
+                    core.store.messages.put_uncommitted(&received)?;
+                    let handle = queue::receipt_handle(&received);
+                    out.push((received, handle));
+                }
+                Receive::DeadLetter { to, message } => {
+                    core.store.move_message(&m, &message)?;
+                    dead_lettered.push(to);
+                }
+                Receive::Expired => {
+                    core.store.messages.delete_uncommitted(m.key())?;
+                }
+            }
+            changed = true;
+        }
+    }
+    if changed {
+        core.store.commit().await?;
+    }
+    for dlq in dead_lettered {
+        core.queue_waits.arrived(&dlq);
+    }
+    Ok(out)
+}
+
+/// Deletes messages by the receipt handles of their latest receives; one result per handle.
+pub async fn delete_messages(
+    core: &Core,
+    q: &Queue,
+    handles: &[String],
+) -> Result<Vec<Result<(), StaleReceipt>>, CoreError> {
+    let waits = core.queue_waits.of(&q.name);
+    let _held = waits.lock.lock().await;
+    let mut results = Vec::with_capacity(handles.len());
+    for h in handles {
+        let r = match current(core, q, h)? {
+            Ok(m) => {
+                core.store.messages.delete_uncommitted(m.key())?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        results.push(r);
+    }
+    core.store.commit().await?;
+    Ok(results)
+}
+
+/// Makes received messages visible again after `secs` from now (0: at once), by the receipt
+/// handles of their latest receives; one result per change.
+pub async fn change_visibility(
+    core: &Core,
+    q: &Queue,
+    changes: &[(String, u32)],
+) -> Result<Vec<Result<(), StaleReceipt>>, CoreError> {
+    let waits = core.queue_waits.of(&q.name);
+    let held = waits.lock.lock().await;
+    let now = core.clock.now_ms();
+    let mut results = Vec::with_capacity(changes.len());
+    for (h, secs) in changes {
+        let r = match current(core, q, h)? {
+            Ok(mut m) => {
+                m.visible_ms = now + i64::from(*secs) * 1000;
+                core.store.messages.put_uncommitted(&m)?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        results.push(r);
+    }
+    core.store.commit().await?;
+    drop(held);
+    core.queue_waits.arrived(&q.name);
+    Ok(results)
+}
+
+/// The message a receipt handle acts on, if it still does.
+fn current(
+    core: &Core,
+    q: &Queue,
+    handle: &str,
+) -> Result<Result<QueueMessage, StaleReceipt>, CoreError> {
+    let Some((id, _)) = queue::parse_receipt(handle) else {
+        return Ok(Err(StaleReceipt::Malformed));
+    };
+    let m = core.store.messages.get(Store::message_key(&q.name, id))?;
+    Ok(queue::check_receipt(m.as_ref(), handle).map(|()| m.expect("checked")))
+}
+
+/// Moves every message of dead-letter queue `dlq` to `to` (None: the one queue whose redrive
+/// policy names `dlq`), visible at once and counted from zero; returns how many and where.
+pub async fn redrive(core: &Core, dlq: &str, to: Option<&str>) -> Result<(u64, String), CoreError> {
+    get(core, dlq)?;
+    let to = match to {
+        Some(t) => get(core, t)?.name,
+        None => {
+            let sources: Vec<String> = core
+                .store
+                .queues
+                .list()?
+                .into_iter()
+                .filter(|q| {
+                    q.redrive
+                        .as_ref()
+                        .is_some_and(|r| r.dead_letter_queue == dlq)
+                })
+                .map(|q| q.name)
+                .collect();
+            match sources.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(CoreError::BadReference(format!(
+                        "to: no queue sends its dead letters to {dlq:?}; name the queue to move them to"
+                    )))
+                }
+                many => {
+                    return Err(CoreError::BadReference(format!(
+                        "to: queues {} all send their dead letters to {dlq:?}; name one",
+                        many.join(", ")
+                    )))
+                }
+            }
+        }
+    };
+    let waits = core.queue_waits.of(dlq);
+    let _held = waits.lock.lock().await;
+    let now = core.clock.now_ms();
+    let mut moved = 0;
+    for m in core.store.messages.list_in(&Store::queue_prefix(dlq))? {
+        let back = QueueMessage {
+            queue: to.clone(),
+            visible_ms: now,
+            receive_count: 0,
+            first_received_ms: 0,
+            receipt: String::new(),
+            ..m.clone()
+        };
+        core.store.move_message(&m, &back)?;
+        moved += 1;
+    }
+    core.store.commit().await?;
+    core.queue_waits.arrived(&to);
+    Ok((moved, to))
+}

@@ -1,0 +1,241 @@
+//! Queues on the manual clock: visibility timeouts, delays, receipt handles, dead-letter
+//! moves and redrive, long polls that return as soon as a message is there.
+
+use std::time::Duration;
+
+use skiff_proto::v1 as pb;
+
+use crate::harness::Harness;
+
+async fn create(h: &Harness, q: pb::Queue) {
+    h.queues().put(h.req(q)).await.unwrap();
+}
+
+fn queue(name: &str, visibility: u32) -> pb::Queue {
+    pb::Queue {
+        name: name.into(),
+        visibility_timeout_seconds: Some(visibility),
+        ..Default::default()
+    }
+}
+
+async fn send(h: &Harness, queue: &str, body: &str, delay: Option<u32>) -> String {
+    let r = h
+        .queues()
+        .send(h.req(pb::SendMessagesRequest {
+            queue: queue.into(),
+            entries: vec![pb::SendEntry {
+                id: "0".into(),
+                body: body.into(),
+                delay_seconds: delay,
+                attributes: Default::default(),
+            }],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    r.results[0].message_id.clone()
+}
+
+async fn receive(h: &Harness, queue: &str, wait: u32) -> Vec<pb::ReceivedMessage> {
+    h.queues()
+        .receive(h.req(pb::ReceiveMessagesRequest {
+            queue: queue.into(),
+            max_messages: 10,
+            wait_seconds: Some(wait),
+            visibility_timeout_seconds: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+}
+
+async fn delete(h: &Harness, queue: &str, handle: &str) -> String {
+    h.queues()
+        .delete_messages(h.req(pb::DeleteMessagesRequest {
+            queue: queue.into(),
+            receipt_handles: vec![handle.into()],
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .results[0]
+        .error
+        .clone()
+}
+
+async fn counts(h: &Harness, queue: &str) -> (u64, u64, u64) {
+    let s = h
+        .queues()
+        .describe(h.req(pb::QueueRef { name: queue.into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    (s.visible, s.in_flight, s.delayed)
+}
+
+#[tokio::test]
+async fn a_received_message_is_hidden_for_its_visibility_timeout_and_comes_back_unless_deleted() {
+    let h = Harness::start().await;
+    create(&h, queue("jobs", 30)).await;
+    let id = send(&h, "jobs", "resize 1.jpg", None).await;
+    let first = receive(&h, "jobs", 0).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        (first[0].message_id.as_str(), first[0].body.as_str()),
+        (id.as_str(), "resize 1.jpg")
+    );
+    assert_eq!(first[0].receive_count, 1);
+    assert_eq!(counts(&h, "jobs").await, (0, 1, 0));
+    // Hidden from other receivers until its visibility timeout ends: not at 29 s, at 30 s.
+    assert!(receive(&h, "jobs", 0).await.is_empty());
+    h.advance(Duration::from_secs(29));
+    assert!(receive(&h, "jobs", 0).await.is_empty());
+    h.advance(Duration::from_secs(1));
+    let again = receive(&h, "jobs", 0).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].message_id.as_str(), again[0].receive_count),
+        (id.as_str(), 2)
+    );
+    // The first receive's handle no longer acts on it; the latest one deletes it.
+    let stale = delete(&h, "jobs", &first[0].receipt_handle).await;
+    assert!(stale.contains("received again since"), "{stale}");
+    assert_eq!(delete(&h, "jobs", &again[0].receipt_handle).await, "");
+    h.advance(Duration::from_secs(60));
+    assert!(receive(&h, "jobs", 0).await.is_empty());
+    assert_eq!(counts(&h, "jobs").await, (0, 0, 0));
+    let gone = delete(&h, "jobs", &again[0].receipt_handle).await;
+    assert!(gone.contains("no such message"), "{gone}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delayed_message_is_received_only_after_its_delay() {
+    let h = Harness::start().await;
+    create(&h, queue("later", 30)).await;
+    send(&h, "later", "in a minute", Some(60)).await;
+    assert_eq!(counts(&h, "later").await, (0, 0, 1));
+    assert!(receive(&h, "later", 0).await.is_empty());
+    h.advance(Duration::from_secs(60));
+    assert_eq!(counts(&h, "later").await, (1, 0, 0));
+    assert_eq!(receive(&h, "later", 0).await[0].body, "in a minute");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_received_too_often_moves_to_the_dead_letter_queue_and_redrives_back() {
+    let h = Harness::start().await;
+    create(&h, queue("jobs-dlq", 30)).await;
+    create(
+        &h,
+        pb::Queue {
+            redrive: Some(pb::QueueRedrivePolicy {
+                dead_letter_queue: "jobs-dlq".into(),
+                max_receive_count: 2,
+            }),
+            ..queue("jobs", 10)
+        },
+    )
+    .await;
+    send(&h, "jobs", "poison", None).await;
+    for n in 1..=2 {
+        let got = receive(&h, "jobs", 0).await;
+        assert_eq!(got[0].receive_count, n);
+        h.advance(Duration::from_secs(10));
+    }
+    // The third receive moves it instead of handing it out.
+    assert!(receive(&h, "jobs", 0).await.is_empty());
+    assert_eq!(counts(&h, "jobs").await, (0, 0, 0));
+    assert_eq!(counts(&h, "jobs-dlq").await, (1, 0, 0));
+    // Redriven (to the one queue whose dead letters these are): received afresh.
+    let r = h
+        .queues()
+        .redrive(h.req(pb::QueueRedriveRequest {
+            dead_letter_queue: "jobs-dlq".into(),
+            to: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.moved, r.to.as_str()), (1, "jobs"));
+    let back = receive(&h, "jobs", 0).await;
+    assert_eq!(
+        (back[0].body.as_str(), back[0].receive_count),
+        ("poison", 1)
+    );
+    assert_eq!(counts(&h, "jobs-dlq").await, (0, 0, 0));
+    h.shutdown().await;
+}
+
+/// A 20 s receive on `queue`, waiting in the background.
+fn poll(h: &Harness, queue: &str) -> tokio::task::JoinHandle<Vec<pb::ReceivedMessage>> {
+    let q = h.queues();
+    let req = h.req(pb::ReceiveMessagesRequest {
+        queue: queue.into(),
+        max_messages: 1,
+        wait_seconds: Some(20),
+        visibility_timeout_seconds: None,
+    });
+    tokio::spawn(async move { q.clone().receive(req).await.unwrap().into_inner().messages })
+}
+
+/// Waits until a receive on `queue` is waiting (it looked and found nothing).
+async fn waiting(h: &Harness, queue: &str) {
+    h.until(&format!("a receive waiting on {queue}"), || async {
+        match h.core.queue_waits.waiting(queue) {
+            1 => Ok(()),
+            n => Err(format!("{n} waiting")),
+        }
+    })
+    .await;
+}
+
+async fn returned(
+    poll: tokio::task::JoinHandle<Vec<pb::ReceivedMessage>>,
+) -> Vec<pb::ReceivedMessage> {
+    tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the receive returned")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_as_soon_as_a_message_arrives_or_comes_back() {
+    let h = Harness::start().await;
+    create(&h, queue("jobs", 5)).await;
+    // Waiting on an empty queue: the message sent meanwhile is what it returns, with no
+    // clock moving.
+    let p = poll(&h, "jobs");
+    waiting(&h, "jobs").await;
+    let id = send(&h, "jobs", "now", None).await;
+    let got = returned(p).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id, id);
+    // In flight for 5 s: a waiting receive gets it when it comes back, at 5 s on the clock.
+    let p = poll(&h, "jobs");
+    waiting(&h, "jobs").await;
+    h.advance(Duration::from_secs(4));
+    h.advance(Duration::from_secs(1));
+    let got = returned(p).await;
+    assert_eq!(
+        (got[0].message_id.as_str(), got[0].receive_count),
+        (id.as_str(), 2)
+    );
+    // Nothing comes: it ends empty once its 20 s have passed on the clock, not at 19 s.
+    create(&h, queue("idle", 30)).await;
+    create(&h, queue("witness", 30)).await;
+    let p = poll(&h, "idle");
+    waiting(&h, "idle").await;
+    h.advance(Duration::from_secs(19));
+    // A second waiter, started after the 19 s: once it waits, the controller has had its
+    // chance to end the first one early.
+    let witness = poll(&h, "witness");
+    waiting(&h, "witness").await;
+    assert!(!p.is_finished(), "the receive ended before its wait");
+    h.advance(Duration::from_secs(1));
+    assert!(returned(p).await.is_empty());
+    witness.abort();
+    h.shutdown().await;
+}
