@@ -37,7 +37,8 @@ pub async fn put(core: &Core, q: Queue) -> Result<Queue, CoreError> {
     Ok(stored)
 }
 
-fn get(core: &Core, name: &str) -> Result<Queue, CoreError> {
+/// A queue's settings (not its counts: those read its messages).
+pub fn get(core: &Core, name: &str) -> Result<Queue, CoreError> {
     core.store
         .queues
         .get(name)?
@@ -153,7 +154,7 @@ async fn take(
     visibility_secs: u32,
 ) -> Result<Vec<(QueueMessage, String)>, CoreError> {
     let waits = core.queue_waits.of(&q.name);
-    let _held = waits.lock.lock().await;
+    let held = waits.lock.lock().await;
     let now = core.clock.now_ms();
     let mut out = Vec::new();
     let mut changed = false;
@@ -183,6 +184,9 @@ async fn take(
             changed = true;
         }
     }
+    // The lock covers the decisions and the writes (a later receiver sees them at once); the
+    // flush is shared with whoever else flushes, and nothing is handed out before it.
+    drop(held);
     if changed {
         core.store.commit().await?;
     }
@@ -199,7 +203,7 @@ pub async fn delete_messages(
     handles: &[String],
 ) -> Result<Vec<Result<(), StaleReceipt>>, CoreError> {
     let waits = core.queue_waits.of(&q.name);
-    let _held = waits.lock.lock().await;
+    let held = waits.lock.lock().await;
     let mut results = Vec::with_capacity(handles.len());
     for h in handles {
         let r = match current(core, q, h)? {
@@ -211,6 +215,7 @@ pub async fn delete_messages(
         };
         results.push(r);
     }
+    drop(held);
     core.store.commit().await?;
     Ok(results)
 }
@@ -237,8 +242,8 @@ pub async fn change_visibility(
         };
         results.push(r);
     }
-    core.store.commit().await?;
     drop(held);
+    core.store.commit().await?;
     core.queue_waits.arrived(&q.name);
     Ok(results)
 }

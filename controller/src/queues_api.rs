@@ -100,7 +100,7 @@ impl QueuesApi {
     fn queue<T>(&self, req: &Request<T>, action: &str, name: &str) -> Result<Queue, Status> {
         crate::auth::check_task_resource(req, action, &format!("queue/{name}"))?;
         validate::check_name("queue", name).map_err(invalid)?;
-        Ok(queues::describe(&self.core, name)?.0)
+        Ok(queues::get(&self.core, name)?)
     }
 }
 
