@@ -182,7 +182,11 @@ async fn attempt(
             }
             Ok(Ok(()))
         }
-        TargetKind::Queue(q) => Ok(Err(format!("queue {q:?}: queues are not available yet"))),
+        TargetKind::Queue(q) => {
+            let body =
+                skiff_model::transform::render(&target.input, envelope, &rule.name, ev.time_ms);
+            crate::queues::send_event(core, key, q, body).await
+        }
         TargetKind::Topic(t) => {
             let message =
                 skiff_model::transform::render(&target.input, envelope, &rule.name, ev.time_ms);

@@ -106,6 +106,39 @@ pub async fn send(
     Ok(sent)
 }
 
+/// Sends a rule target's message (`body`, the target's input) to queue `name` once per
+/// delivery `key`. Ok(Err) when the queue is missing or refuses the message (the delivery
+/// is then retried, as for a task target).
+pub async fn send_event(
+    core: &Core,
+    key: &str,
+    name: &str,
+    body: String,
+) -> Result<Result<(), String>, CoreError> {
+    let Some(q) = core.store.queues.get(name)? else {
+        return Ok(Err(format!("queue {name:?} does not exist")));
+    };
+    if let Err(e) = skiff_model::validate::message("message", &q, &body, None, &BTreeMap::new()) {
+        return Ok(Err(format!("queue {name:?}: {e}")));
+    }
+    let now = core.clock.now_ms();
+    let m = QueueMessage {
+        queue: q.name.clone(),
+        id: core.new_id(),
+        body,
+        attributes: BTreeMap::new(),
+        sent_ms: now,
+        visible_ms: now + i64::from(q.delay_secs) * 1000,
+        receive_count: 0,
+        first_received_ms: 0,
+        receipt: String::new(),
+    };
+    if core.store.send_once(key, &m).await? {
+        core.queue_waits.arrived(&q.name);
+    }
+    Ok(Ok(()))
+}
+
 /// Receives up to `max` visible messages, waiting up to `wait` for the first; each is
 /// invisible to other receivers for `visibility_secs` (durable before it is handed out).
 /// Returns each with its receipt handle.

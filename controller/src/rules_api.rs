@@ -67,10 +67,13 @@ fn target(core: &Core, i: usize, t: &pb::Target) -> Result<Target, Status> {
             }
         }
         Some(pb::target::Kind::Queue(q)) => {
-            return Err(invalid(
-                &f("queue"),
-                format!("{q:?}: queue targets arrive with queues (services); not available yet"),
-            ))
+            if core.store.queues.get(q)?.is_none() {
+                return Err(invalid(
+                    &f("queue"),
+                    format!("{q:?}: no such queue (skiff queues create {q})"),
+                ));
+            }
+            TargetKind::Queue(q.clone())
         }
         Some(pb::target::Kind::Topic(t)) => {
             if core.store.topics.get(t)?.is_none() {

@@ -422,6 +422,31 @@ impl Store {
         })
     }
 
+    /// Sends `m` as delivery `key` (a rule target's) unless that delivery already sent it:
+    /// the message, the delivery record and the end of any pending retry are one transaction,
+    /// so a replayed event never queues twice. Returns whether it sent. Durable on return.
+    pub async fn send_once(&self, key: &str, m: &QueueMessage) -> Result<bool, StoreError> {
+        let rule_retry = self.retries.get(key)?.is_some();
+        let mut trees = vec![&self.deliveries];
+        trees.extend(self.messages.trees());
+        if rule_retry {
+            trees.extend(self.retries.trees());
+        }
+        let sent = self.transact(&trees, |tx| {
+            if rule_retry {
+                self.retries.remove_in(tx, key.as_bytes())?;
+            }
+            if tx.get(&self.deliveries, key)?.is_some() {
+                return Ok(false);
+            }
+            self.messages.put_in(tx, m)?;
+            tx.insert(&self.deliveries, key, format!("queued:{}", m.id))?;
+            Ok(true)
+        })?;
+        self.commit().await?;
+        Ok(sent)
+    }
+
     /// Removes every message of a queue; returns how many. Durable on return.
     pub async fn purge_queue(&self, queue: &str) -> Result<u64, StoreError> {
         let mut n = 0;

@@ -239,3 +239,66 @@ async fn a_long_poll_returns_as_soon_as_a_message_arrives_or_comes_back() {
     witness.abort();
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rule_sends_each_matching_event_to_its_queue_once() {
+    let h = Harness::start().await;
+    // A rule naming a queue that does not exist is refused, by field.
+    let rule = |queue: &str| pb::Rule {
+        name: "to-jobs".into(),
+        pattern_json: r#"{"source":["app"]}"#.into(),
+        targets: vec![pb::Target {
+            id: "q".into(),
+            kind: Some(pb::target::Kind::Queue(queue.into())),
+            input_path: "$.detail".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let refused = h.rules().put(h.req(rule("jobs"))).await.unwrap_err();
+    assert!(
+        refused.message().contains("targets[0].queue")
+            && refused.message().contains("no such queue"),
+        "{refused:?}"
+    );
+    create(&h, queue("jobs", 30)).await;
+    h.rules().put(h.req(rule("jobs"))).await.unwrap();
+    for n in 1..=3 {
+        crate::harness::put_event(&h, serde_json::json!({"photo": format!("{n}.jpg")})).await;
+    }
+    h.until("three messages in the queue", || async {
+        match counts(&h, "jobs").await {
+            (3, 0, 0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let mut bodies: Vec<String> = receive(&h, "jobs", 0)
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            r#"{"photo":"1.jpg"}"#,
+            r#"{"photo":"2.jpg"}"#,
+            r#"{"photo":"3.jpg"}"#
+        ]
+    );
+    // Exactly once each: nothing else arrives, and the rule counted three invocations.
+    assert_eq!(counts(&h, "jobs").await, (0, 3, 0));
+    let stats = h
+        .rules()
+        .get(h.req(pb::RuleRef {
+            name: "to-jobs".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap_or_default();
+    assert_eq!(stats.invoked, 3, "{stats:?}");
+    h.shutdown().await;
+}
