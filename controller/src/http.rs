@@ -1,7 +1,8 @@
 //! The controller's HTTP listener, for what speaks HTTP rather than gRPC: object-store
 //! notifications (`POST /notify/<source>`, as S3/MinIO webhooks and EventBridge API
 //! destinations send them), e-mail subscription confirmations (`GET /confirm/<id>?token=`, the
-//! link the confirmation mail carries) and `GET /healthz`.
+//! link the confirmation mail carries), `GET /healthz`, and the queues in SQS's JSON protocol
+//! (`POST /`, `sqs_api.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/notify/{source}", post(notify))
         .route("/confirm/{id}", get(confirm))
         .route("/healthz", get(healthz))
+        .route("/", post(crate::sqs_api::handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
 }

@@ -41,6 +41,7 @@ pub mod secrets;
 pub mod secrets_api;
 pub mod sources;
 pub mod sources_api;
+pub mod sqs_api;
 pub mod status;
 pub mod store;
 pub mod task_tokens;

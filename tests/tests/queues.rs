@@ -100,3 +100,64 @@ fn queue_messages_and_their_visibility_survive_a_controller_kill() {
     assert_eq!(stale.code, 1, "{stale:?}");
     assert!(stale.stderr.contains("no such message"), "{stale:?}");
 }
+
+#[test]
+fn a_busybox_task_uses_a_queue_over_http_with_its_task_token_and_only_as_its_role_grants() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let base = env.procs[0].http_url();
+    assert_eq!(cli(&addr, &["queues", "create", "jobs"]).code, 0);
+    assert_eq!(cli(&addr, &["queues", "create", "other"]).code, 0);
+    env.put_yaml(
+        &addr,
+        "roles",
+        "workers",
+        "name: workers\napi:\n  - actions: [queues:Send, queues:Receive]\n    resources: [queue/jobs]\n",
+    );
+    // SQS's JSON protocol over the controller's HTTP listener, with wget.
+    let script = format!(
+        r#"post() {{ wget -q -O - --header "Authorization: Bearer $SKIFF_TASK_TOKEN" \
+              --header "X-Amz-Target: AmazonSQS.$1" \
+              --header "Content-Type: application/x-amz-json-1.0" --post-data "$2" {base}/; }}
+post SendMessage '{{"QueueUrl":"{base}/queue/jobs","MessageBody":"from a container"}}'; echo
+post SendMessage '{{"QueueUrl":"other","MessageBody":"x"}}' || echo "other: refused"
+"#
+    );
+    let img = env.busybox_image();
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "-f",
+            "--image",
+            &img,
+            "--network",
+            "host",
+            "--role",
+            "workers",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    // The answer SQS's SDKs check: the id and the MD5 of the body.
+    let sent: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(
+        sent["MD5OfMessageBody"],
+        "5ff44ed6e1e783c4a84db4834aa73fff", // md5("from a container")
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("other: refused"), "{out:?}");
+    let got = cli(&addr, &["queues", "receive", "jobs", "-o", "json"]);
+    let m = json_lines(&got.stdout);
+    assert_eq!(m.len(), 1, "{got:?}");
+    assert_eq!(
+        (m[0]["body"].as_str(), m[0]["messageId"].as_str()),
+        (Some("from a container"), sent["MessageId"].as_str())
+    );
+    assert_eq!(counts(&addr, "other"), (0, 0, 0));
+}
