@@ -196,6 +196,7 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
     let result = match sub.protocol {
         Protocol::Webhook => send_webhook(core, &sub, &d, &topic.delivery).await,
         Protocol::Email => send_email(core, &sub, &d).await,
+        Protocol::Queue => send_to_queue(core, &sub, &d).await,
     };
     d.attempts += 1;
     match result {
@@ -266,28 +267,45 @@ pub fn signature(secret: &[u8], timestamp: i64, delivery_id: &str, body: &str) -
     hex::encode(ctx.sign().as_ref())
 }
 
+/// A delivery to a queue subscription: the message (or its wrapping), queued once per
+/// delivery id, so an attempt repeated after a crash does not queue it twice.
+async fn send_to_queue(core: &Core, sub: &Subscription, d: &Delivery) -> Result<(), Failure> {
+    let body = body_of(sub, d);
+    let key = format!("notify\0{}\0{}", sub.id, d.id);
+    match crate::queues::send_event(core, &key, &sub.endpoint, body).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(Failure::transient(reason)),
+        Err(e) => Err(Failure::transient(e.to_string())),
+    }
+}
+
+/// What a webhook or a queue gets: the message as is (raw), or wrapped with the delivery's
+/// metadata.
+fn body_of(sub: &Subscription, d: &Delivery) -> String {
+    if sub.raw {
+        return d.message.clone();
+    }
+    let message: Value =
+        serde_json::from_str(&d.message).unwrap_or_else(|_| Value::String(d.message.clone()));
+    json!({
+        "deliveryId": d.id,
+        "topic": d.topic,
+        "subscription": sub.id,
+        "rule": d.rule,
+        "eventId": d.event_id,
+        "subject": format_message(&d.message, &d.topic).0,
+        "message": message,
+    })
+    .to_string()
+}
+
 async fn send_webhook(
     core: &Core,
     sub: &Subscription,
     d: &Delivery,
     policy: &DeliveryPolicy,
 ) -> Result<(), Failure> {
-    let body = if sub.raw {
-        d.message.clone()
-    } else {
-        let message: Value =
-            serde_json::from_str(&d.message).unwrap_or_else(|_| Value::String(d.message.clone()));
-        json!({
-            "deliveryId": d.id,
-            "topic": d.topic,
-            "subscription": sub.id,
-            "rule": d.rule,
-            "eventId": d.event_id,
-            "subject": format_message(&d.message, &d.topic).0,
-            "message": message,
-        })
-        .to_string()
-    };
+    let body = body_of(sub, d);
     let secret = match &sub.signing_secret {
         Some(s) => core.secrets.open_sealed(s).map_err(Failure::transient)?,
         None => return Err(Failure::permanent("webhook has no signing secret")),

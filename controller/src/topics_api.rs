@@ -70,6 +70,7 @@ fn subscription_pb(s: &Subscription) -> pb::Subscription {
         protocol: match s.protocol {
             Protocol::Webhook => "webhook",
             Protocol::Email => "email",
+            Protocol::Queue => "queue",
         }
         .into(),
         endpoint: s.endpoint.clone(),
@@ -118,6 +119,7 @@ fn check_endpoint(protocol: Protocol, endpoint: &str) -> Result<(), Status> {
                 return Err(invalid("endpoint", format!("{endpoint:?}: no host")));
             }
         }
+        Protocol::Queue => {}
         Protocol::Email => {
             endpoint.parse::<lettre::Address>().map_err(|e| {
                 invalid(
@@ -266,9 +268,24 @@ impl pb::topics_server::Topics for TopicsApi {
         let protocol = match s.protocol.as_str() {
             "webhook" => Protocol::Webhook,
             "email" => Protocol::Email,
-            p => return Err(invalid("protocol", format!("{p:?}: use webhook or email"))),
+            "queue" => Protocol::Queue,
+            p => {
+                return Err(invalid(
+                    "protocol",
+                    format!("{p:?}: use webhook, email or queue"),
+                ))
+            }
         };
         check_endpoint(protocol, &s.endpoint)?;
+        if protocol == Protocol::Queue && self.core.store.queues.get(&s.endpoint)?.is_none() {
+            return Err(invalid(
+                "endpoint",
+                format!(
+                    "{:?}: no such queue (skiff queues create {})",
+                    s.endpoint, s.endpoint
+                ),
+            ));
+        }
         if protocol == Protocol::Email && !self.core.notifier.can_mail() {
             return Err(Status::failed_precondition(
                 "protocol: email needs a mail server: start the controller with --smtp-url and --smtp-from",
@@ -316,7 +333,7 @@ impl pb::topics_server::Topics for TopicsApi {
             protocol,
             endpoint: s.endpoint.clone(),
             filter,
-            raw: s.raw.unwrap_or(protocol == Protocol::Webhook),
+            raw: s.raw.unwrap_or(protocol != Protocol::Email),
             confirmed: !confirm,
             confirm_token_sha256: token
                 .as_deref()

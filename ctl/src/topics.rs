@@ -52,11 +52,14 @@ pub enum TopicsCmd {
         /// The topic's name.
         topic: String,
         /// POST each message to this http(s) URL.
-        #[arg(long, conflicts_with = "email", required_unless_present = "email")]
+        #[arg(long, conflicts_with_all = ["email", "queue"], required_unless_present_any = ["email", "queue"])]
         webhook: Option<String>,
         /// Mail each message to this address (confirmed first, unless --no-confirm).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "queue")]
         email: Option<String>,
+        /// Send each message to this skiff queue (as is, or wrapped with --formatted).
+        #[arg(long)]
+        queue: Option<String>,
         /// Only messages matching this event pattern (JSON).
         #[arg(long)]
         filter: Option<String>,
@@ -277,15 +280,17 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
             topic,
             webhook,
             email,
+            queue,
             filter,
             formatted,
             raw,
             no_confirm,
         } => {
-            let (protocol, endpoint) = match (webhook, email) {
-                (Some(u), None) => ("webhook", u),
-                (None, Some(a)) => ("email", a),
-                _ => anyhow::bail!("give one of --webhook URL or --email ADDRESS"),
+            let (protocol, endpoint) = match (webhook, email, queue) {
+                (Some(u), None, None) => ("webhook", u),
+                (None, Some(a), None) => ("email", a),
+                (None, None, Some(q)) => ("queue", q),
+                _ => anyhow::bail!("give one of --webhook URL, --email ADDRESS or --queue NAME"),
             };
             let r = c
                 .subscribe(pb::Subscription {

@@ -812,6 +812,8 @@ impl Default for DeliveryPolicy {
 pub enum Protocol {
     Webhook,
     Email,
+    /// A skiff queue (the endpoint is its name): SNS → SQS fan-out.
+    Queue,
 }
 
 /// One endpoint of a topic. (No Debug: it holds the sealed signing key.)

@@ -302,3 +302,59 @@ async fn a_rule_sends_each_matching_event_to_its_queue_once() {
     assert_eq!(stats.invoked, 3, "{stats:?}");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_topic_fans_out_to_its_queue_subscriptions() {
+    let h = Harness::start().await;
+    create(&h, queue("audit", 30)).await;
+    h.topics()
+        .put(h.req(pb::Topic {
+            name: "admins".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let subscribe = |endpoint: &str| {
+        h.req(pb::Subscription {
+            topic: "admins".into(),
+            protocol: "queue".into(),
+            endpoint: endpoint.into(),
+            ..Default::default()
+        })
+    };
+    let refused = h
+        .topics()
+        .subscribe(subscribe("nowhere"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("endpoint") && refused.message().contains("no such queue"),
+        "{refused:?}"
+    );
+    h.topics().subscribe(subscribe("audit")).await.unwrap();
+    h.rules()
+        .put(h.req(pb::Rule {
+            name: "tell-admins".into(),
+            pattern_json: r#"{"source":["app"]}"#.into(),
+            targets: vec![pb::Target {
+                id: "n".into(),
+                kind: Some(pb::target::Kind::Topic("admins".into())),
+                input_path: "$.detail".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    crate::harness::put_event(&h, serde_json::json!({"disk": "full"})).await;
+    h.until("the message in the queue", || async {
+        match counts(&h, "audit").await {
+            (1, 0, 0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let got = receive(&h, "audit", 0).await;
+    assert_eq!(got[0].body, r#"{"disk":"full"}"#);
+    h.shutdown().await;
+}
