@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::model::{Queue, QueueMessage};
@@ -348,4 +351,50 @@ pub async fn redrive(core: &Core, dlq: &str, to: Option<&str>) -> Result<(u64, S
     core.store.commit().await?;
     core.queue_waits.arrived(&to);
     Ok((moved, to))
+}
+
+/// How often the retention sweep runs.
+const SWEEP_EVERY_MS: i64 = 60_000;
+
+/// The retention sweep: every minute, messages older than their queue's retention are
+/// deleted (a receive also drops one it meets), so a queue nobody reads does not grow.
+pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let next = core.clock.now_ms() + SWEEP_EVERY_MS;
+        if let Err(e) = sweep(&core).await {
+            warn!(error = %e, "queue retention sweep failed");
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = core.clock.sleep_until(next) => {}
+        }
+    }
+}
+
+/// Deletes every expired message; returns how many.
+pub async fn sweep(core: &Core) -> Result<u64, CoreError> {
+    let mut removed = 0;
+    for q in core.store.queues.list()? {
+        let waits = core.queue_waits.of(&q.name);
+        let held = waits.lock.lock().await;
+        let now = core.clock.now_ms();
+        let mut here = 0;
+        for m in core.store.messages.list_in(&Store::queue_prefix(&q.name))? {
+            if queue::expired(&q, &m, now)
+                && core.store.messages.delete_uncommitted(m.key())?.is_some()
+            {
+                here += 1;
+            }
+        }
+        drop(held);
+        if here > 0 {
+            core.store.commit().await?;
+            info!(queue = %q.name, expired = here, "messages past retention deleted");
+        }
+        removed += here;
+    }
+    Ok(removed)
 }

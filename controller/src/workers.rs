@@ -36,6 +36,7 @@ impl Workers {
         w.spawn("watchers", crate::watcher::run);
         w.spawn("schedules", crate::schedules::run);
         w.spawn("notifications", crate::notify::run);
+        w.spawn("queue-retention", crate::queues::run);
         w
     }
 

@@ -245,7 +245,7 @@ impl Harness {
         }
         // Every background loop finished its pass and returned.
         let workers = self.core.workers.all();
-        assert_eq!(workers.len(), 5, "{workers:?}");
+        assert_eq!(workers.len(), 6, "{workers:?}");
         assert!(
             workers.values().all(|s| *s == WorkerState::Stopped),
             "{workers:?}"

@@ -358,3 +358,37 @@ async fn a_topic_fans_out_to_its_queue_subscriptions() {
     assert_eq!(got[0].body, r#"{"disk":"full"}"#);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn messages_past_retention_are_swept_even_if_nobody_receives() {
+    let h = Harness::start().await;
+    create(
+        &h,
+        pb::Queue {
+            retention_seconds: Some(60),
+            ..queue("short", 30)
+        },
+    )
+    .await;
+    send(&h, "short", "stale soon", None).await;
+    let stored = || {
+        h.core
+            .store
+            .messages
+            .list_in(&skiff_controller::store::Store::queue_prefix("short"))
+            .unwrap()
+            .len()
+    };
+    assert_eq!(stored(), 1);
+    // Past its minute (and the sweep's), it is gone from the store, not only from the counts.
+    h.advance(Duration::from_secs(61));
+    h.until("the expired message swept", || async {
+        match stored() {
+            0 => Ok(()),
+            n => Err(format!("{n} stored")),
+        }
+    })
+    .await;
+    assert_eq!(counts(&h, "short").await, (0, 0, 0));
+    h.shutdown().await;
+}
