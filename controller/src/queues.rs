@@ -56,8 +56,42 @@ pub fn describe(core: &Core, name: &str) -> Result<(Queue, Counts), CoreError> {
     Ok((q, counts))
 }
 
-/// Removes a queue and its messages. None: no such queue.
+/// Removes a queue and its messages. None: no such queue. Refused while another queue sends
+/// its dead letters here, a rule targets it or a topic delivers to it (they would lose
+/// messages): the error names them.
 pub async fn delete(core: &Core, name: &str) -> Result<Option<Queue>, CoreError> {
+    let mut users: Vec<String> = core
+        .store
+        .queues
+        .list()?
+        .into_iter()
+        .filter(|q| {
+            q.redrive
+                .as_ref()
+                .is_some_and(|r| r.dead_letter_queue == name)
+        })
+        .map(|q| format!("queue {}", q.name))
+        .collect();
+    for rule in core.store.rules.list()? {
+        if rule
+            .targets
+            .iter()
+            .any(|t| matches!(&t.kind, crate::model::TargetKind::Queue(q) if q == name))
+        {
+            users.push(format!("rule {}", rule.name));
+        }
+    }
+    for sub in core.store.subscriptions(None)? {
+        if sub.protocol == crate::model::Protocol::Queue && sub.endpoint == name {
+            users.push(format!("topic {} (subscription {})", sub.topic, sub.id));
+        }
+    }
+    if !users.is_empty() {
+        return Err(CoreError::BadReference(format!(
+            "name: queue {name:?} is used by {}; change them first",
+            users.join(", ")
+        )));
+    }
     let waits = core.queue_waits.of(name);
     let _held = waits.lock.lock().await;
     let old = core.store.delete_queue(name).await?;
@@ -210,8 +244,29 @@ async fn take(
                     out.push((received, handle));
                 }
                 Receive::DeadLetter { to, message } => {
-                    core.store.move_message(&m, &message)?;
-                    dead_lettered.push(to);
+                    if core.store.queues.get(&to)?.is_some() {
+                        core.store.move_message(&m, &message)?;
+                        dead_lettered.push(to);
+                    } else {
+                        // (Deleting a dead-letter queue in use is refused; one gone anyway
+                        // leaves its messages where they are rather than nowhere.)
+                        warn!(queue = %q.name, dead_letter_queue = %to, "dead-letter queue missing; the message stays");
+                        let Receive::Deliver(received) = queue::receive(
+                            &Queue {
+                                redrive: None,
+                                ..q.clone()
+                            },
+                            &m,
+                            now,
+                            i64::from(visibility_secs) * 1000,
+                            &nonce,
+                        ) else {
+                            continue;
+                        };
+                        core.store.messages.put_uncommitted(&received)?;
+                        let handle = queue::receipt_handle(&received);
+                        out.push((received, handle));
+                    }
                 }
                 Receive::Expired => {
                     core.store.messages.delete_uncommitted(m.key())?;

@@ -392,3 +392,50 @@ async fn messages_past_retention_are_swept_even_if_nobody_receives() {
     assert_eq!(counts(&h, "short").await, (0, 0, 0));
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_queue_in_use_cannot_be_removed() {
+    let h = Harness::start().await;
+    create(&h, queue("jobs-dlq", 30)).await;
+    create(
+        &h,
+        pb::Queue {
+            redrive: Some(pb::QueueRedrivePolicy {
+                dead_letter_queue: "jobs-dlq".into(),
+                max_receive_count: 3,
+            }),
+            ..queue("jobs", 30)
+        },
+    )
+    .await;
+    let rm = |name: &str| {
+        let mut q = h.queues();
+        let req = h.req(pb::QueueRef { name: name.into() });
+        async move { q.delete(req).await }
+    };
+    let refused = rm("jobs-dlq").await.unwrap_err();
+    assert!(
+        refused.message().contains("used by queue jobs"),
+        "{refused:?}"
+    );
+    // Once nothing uses it, it goes, with its messages.
+    rm("jobs").await.unwrap();
+    send(&h, "jobs-dlq", "left over", None).await;
+    rm("jobs-dlq").await.unwrap();
+    let gone = h
+        .queues()
+        .describe(h.req(pb::QueueRef {
+            name: "jobs-dlq".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    assert!(h
+        .core
+        .store
+        .messages
+        .list_in(&skiff_controller::store::Store::queue_prefix("jobs-dlq"))
+        .unwrap()
+        .is_empty());
+    h.shutdown().await;
+}
