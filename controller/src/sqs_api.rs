@@ -76,6 +76,10 @@ fn action_of(target: &str) -> Option<&'static str> {
         "DeleteMessage" | "DeleteMessageBatch" => "queues:DeleteMessages",
         "ChangeMessageVisibility" | "ChangeMessageVisibilityBatch" => "queues:ChangeVisibility",
         "GetQueueUrl" | "GetQueueAttributes" => "queues:Describe",
+        "CreateQueue" => "queues:Put",
+        "DeleteQueue" => "queues:Delete",
+        "PurgeQueue" => "queues:Purge",
+        "ListQueues" => "queues:List",
         _ => return None,
     })
 }
@@ -168,7 +172,11 @@ async fn act(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<Value, Sqs
             format!("the body is not JSON: {e}"),
         )
     })?;
-    let name = queue_name(&body)?;
+    let name = if target == "ListQueues" {
+        "*".to_string()
+    } else {
+        queue_name(&body)?
+    };
     let auth = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -182,7 +190,9 @@ async fn act(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<Value, Sqs
     let resource = format!("queue/{name}");
     let allowed = match &caller.task {
         Some(t) => skiff_model::trust::allows(&t.role, action, Some(&resource)),
-        None => action == "queues:Describe" || caller.role >= Role::Operator,
+        None => {
+            matches!(action, "queues:Describe" | "queues:List") || caller.role >= Role::Operator
+        }
     };
     if !allowed {
         return Err(SqsError(
@@ -191,8 +201,37 @@ async fn act(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<Value, Sqs
             format!("{action} on {resource}: not granted to this caller"),
         ));
     }
+    match target.as_str() {
+        "ListQueues" => {
+            let prefix = body["QueueNamePrefix"].as_str().unwrap_or("");
+            let urls: Vec<String> = core
+                .store
+                .queues
+                .list()
+                .map_err(CoreError::from)?
+                .into_iter()
+                .filter(|q| q.name.starts_with(prefix))
+                .map(|q| format!("/queue/{}", q.name))
+                .collect();
+            return Ok(json!({"QueueUrls": urls}));
+        }
+        "CreateQueue" => {
+            let q = queue_from_attributes(&name, &body["Attributes"])?;
+            let q = queues::put(core, q).await?;
+            return Ok(json!({"QueueUrl": format!("/queue/{}", q.name)}));
+        }
+        _ => {}
+    }
     let q = queues::get(core, &name)?;
     match target.as_str() {
+        "DeleteQueue" => {
+            queues::delete(core, &name).await?;
+            Ok(json!({}))
+        }
+        "PurgeQueue" => {
+            queues::purge(core, &name).await?;
+            Ok(json!({}))
+        }
         "GetQueueUrl" => Ok(json!({"QueueUrl": format!("/queue/{name}")})),
         "GetQueueAttributes" => {
             let (q, c) = queues::describe(core, &name)?;
@@ -342,6 +381,58 @@ async fn act(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<Value, Sqs
             format!("{other}: not answered"),
         )),
     }
+}
+
+/// A queue from CreateQueue's `Attributes` (numbers as strings, as SQS takes them; a
+/// `RedrivePolicy` as a JSON string naming the dead-letter queue by ARN or name).
+fn queue_from_attributes(name: &str, a: &Value) -> Result<Queue, SqsError> {
+    let num = |field: &str, default: u32| -> Result<u32, SqsError> {
+        match &a[field] {
+            Value::Null => Ok(default),
+            Value::String(s) => s
+                .parse()
+                .map_err(|_| invalid(format!("Attributes.{field}: {s:?} is not a number"))),
+            v => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| invalid(format!("Attributes.{field}: {v} is not a number"))),
+        }
+    };
+    let redrive = match &a["RedrivePolicy"] {
+        Value::Null => None,
+        v => {
+            let p: Value = match v {
+                Value::String(s) => serde_json::from_str(s)
+                    .map_err(|e| invalid(format!("Attributes.RedrivePolicy: not JSON: {e}")))?,
+                other => other.clone(),
+            };
+            let target = p["deadLetterTargetArn"]
+                .as_str()
+                .ok_or_else(|| invalid("Attributes.RedrivePolicy.deadLetterTargetArn: missing"))?;
+            let count = match &p["maxReceiveCount"] {
+                Value::String(s) => s.parse().ok(),
+                v => v.as_u64().and_then(|n| u32::try_from(n).ok()),
+            }
+            .ok_or_else(|| invalid("Attributes.RedrivePolicy.maxReceiveCount: give a number"))?;
+            Some(crate::model::RedrivePolicy {
+                dead_letter_queue: target.rsplit(':').next().unwrap_or(target).to_string(),
+                max_receive_count: count,
+            })
+        }
+    };
+    let q = Queue {
+        name: name.to_string(),
+        visibility_timeout_secs: num("VisibilityTimeout", 30)?,
+        delay_secs: num("DelaySeconds", 0)?,
+        retention_secs: num("MessageRetentionPeriod", 4 * 24 * 3600)?,
+        max_message_bytes: num("MaximumMessageSize", validate::MAX_MESSAGE_BYTES)?,
+        receive_wait_secs: num("ReceiveMessageWaitTimeSeconds", 0)?,
+        redrive,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    validate::queue(&q).map_err(|e| invalid(format!("Attributes: {e}")))?;
+    Ok(q)
 }
 
 /// Checks and sends messages given as SQS entries (`MessageBody`, `DelaySeconds`,

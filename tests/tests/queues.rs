@@ -161,3 +161,152 @@ post SendMessage '{{"QueueUrl":"other","MessageBody":"x"}}' || echo "other: refu
     );
     assert_eq!(counts(&addr, "other"), (0, 0, 0));
 }
+
+/// One SQS JSON-protocol call to the controller's HTTP listener.
+fn sqs(base: &str, token: &str, action: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let target = format!("AmazonSQS.{action}");
+    let (status, text) = skiff_tests::http_with(
+        "POST",
+        &format!("{base}/"),
+        &[
+            ("Authorization", &auth),
+            ("X-Amz-Target", &target),
+            ("Content-Type", "application/x-amz-json-1.0"),
+        ],
+        body.to_string().as_bytes(),
+    );
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+#[test]
+fn the_sqs_json_protocol_creates_lists_uses_purges_and_deletes_queues() {
+    let mut env = Env::new();
+    let (ctl, addr) = env.controller("127.0.0.1:0", &["--plaintext"]);
+    let base = env.procs[ctl].http_url();
+    let token = skiff_tests::admin_token(&addr);
+    let call = |action: &str, body: serde_json::Value| sqs(&base, &token, action, body);
+    let (s, r) = call(
+        "CreateQueue",
+        serde_json::json!({"QueueName": "orders-dlq"}),
+    );
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = call(
+        "CreateQueue",
+        serde_json::json!({"QueueName": "orders", "Attributes": {
+            "VisibilityTimeout": "45",
+            "RedrivePolicy": "{\"deadLetterTargetArn\":\"arn:aws:sqs:local:000000000000:orders-dlq\",\"maxReceiveCount\":\"4\"}"}}),
+    );
+    assert_eq!(
+        (s, r["QueueUrl"].as_str()),
+        (200, Some("/queue/orders")),
+        "{r}"
+    );
+    let (_, r) = call(
+        "ListQueues",
+        serde_json::json!({"QueueNamePrefix": "orders"}),
+    );
+    assert_eq!(
+        r["QueueUrls"],
+        serde_json::json!(["/queue/orders", "/queue/orders-dlq"])
+    );
+    let (s, r) = call(
+        "SendMessageBatch",
+        serde_json::json!({"QueueUrl": "/queue/orders", "Entries": [
+            {"Id": "a", "MessageBody": "one"}, {"Id": "b", "MessageBody": "two", "DelaySeconds": 60}]}),
+    );
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["Successful"].as_array().unwrap().len(), 2, "{r}");
+    let (_, r) = call(
+        "GetQueueAttributes",
+        serde_json::json!({"QueueUrl": "/queue/orders"}),
+    );
+    let a = &r["Attributes"];
+    assert_eq!(
+        (
+            a["ApproximateNumberOfMessages"].as_str(),
+            a["ApproximateNumberOfMessagesDelayed"].as_str(),
+            a["VisibilityTimeout"].as_str()
+        ),
+        (Some("1"), Some("1"), Some("45")),
+        "{r}"
+    );
+    let (_, r) = call(
+        "ReceiveMessage",
+        serde_json::json!({"QueueUrl": "/queue/orders", "MaxNumberOfMessages": 10}),
+    );
+    let m = &r["Messages"][0];
+    assert_eq!(
+        (
+            m["Body"].as_str(),
+            m["Attributes"]["ApproximateReceiveCount"].as_str()
+        ),
+        (Some("one"), Some("1")),
+        "{r}"
+    );
+    // Errors as SQS's SDKs expect them: a status and a __type.
+    let (s, r) = call(
+        "DeleteMessage",
+        serde_json::json!({"QueueUrl": "/queue/orders", "ReceiptHandle": "x.y"}),
+    );
+    assert_eq!(
+        (s, r["__type"].as_str()),
+        (400, Some("com.amazonaws.sqs#ReceiptHandleIsInvalid")),
+        "{r}"
+    );
+    let (s, r) = call(
+        "SendMessage",
+        serde_json::json!({"QueueUrl": "/queue/nope", "MessageBody": "x"}),
+    );
+    assert_eq!(
+        (s, r["__type"].as_str()),
+        (400, Some("com.amazonaws.sqs#QueueDoesNotExist")),
+        "{r}"
+    );
+    let (s, r) = sqs(
+        &base,
+        "skiff_bad_token",
+        "ListQueues",
+        serde_json::json!({}),
+    );
+    assert_eq!(
+        (s, r["__type"].as_str()),
+        (403, Some("com.amazonaws.sqs#AccessDenied")),
+        "{r}"
+    );
+    let (s, r) = call(
+        "DeleteQueue",
+        serde_json::json!({"QueueUrl": "/queue/orders-dlq"}),
+    );
+    assert_eq!(s, 400, "a dead-letter queue in use: {r}");
+    assert_eq!(
+        call(
+            "PurgeQueue",
+            serde_json::json!({"QueueUrl": "/queue/orders"})
+        )
+        .0,
+        200
+    );
+    assert_eq!(counts(&addr, "orders"), (0, 0, 0));
+    assert_eq!(
+        call(
+            "DeleteQueue",
+            serde_json::json!({"QueueUrl": "/queue/orders"})
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            "DeleteQueue",
+            serde_json::json!({"QueueUrl": "/queue/orders-dlq"})
+        )
+        .0,
+        200
+    );
+    let (_, r) = call("ListQueues", serde_json::json!({}));
+    assert_eq!(r["QueueUrls"], serde_json::json!([]));
+}
