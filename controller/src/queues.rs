@@ -56,11 +56,9 @@ pub fn describe(core: &Core, name: &str) -> Result<(Queue, Counts), CoreError> {
     Ok((q, counts))
 }
 
-/// Removes a queue and its messages. None: no such queue. Refused while another queue sends
-/// its dead letters here, a rule targets it or a topic delivers to it (they would lose
-/// messages): the error names them.
-pub async fn delete(core: &Core, name: &str) -> Result<Option<Queue>, CoreError> {
-    let mut users: Vec<String> = core
+/// The queues whose dead letters go to `dlq`.
+fn dead_letter_sources(core: &Core, dlq: &str) -> Result<Vec<String>, CoreError> {
+    Ok(core
         .store
         .queues
         .list()?
@@ -68,9 +66,19 @@ pub async fn delete(core: &Core, name: &str) -> Result<Option<Queue>, CoreError>
         .filter(|q| {
             q.redrive
                 .as_ref()
-                .is_some_and(|r| r.dead_letter_queue == name)
+                .is_some_and(|r| r.dead_letter_queue == dlq)
         })
-        .map(|q| format!("queue {}", q.name))
+        .map(|q| q.name)
+        .collect())
+}
+
+/// Removes a queue and its messages. None: no such queue. Refused while another queue sends
+/// its dead letters here, a rule targets it or a topic delivers to it (they would lose
+/// messages): the error names them.
+pub async fn delete(core: &Core, name: &str) -> Result<Option<Queue>, CoreError> {
+    let mut users: Vec<String> = dead_letter_sources(core, name)?
+        .into_iter()
+        .map(|q| format!("queue {q}"))
         .collect();
     for rule in core.store.rules.list()? {
         if rule
@@ -359,18 +367,7 @@ pub async fn redrive(core: &Core, dlq: &str, to: Option<&str>) -> Result<(u64, S
     let to = match to {
         Some(t) => get(core, t)?.name,
         None => {
-            let sources: Vec<String> = core
-                .store
-                .queues
-                .list()?
-                .into_iter()
-                .filter(|q| {
-                    q.redrive
-                        .as_ref()
-                        .is_some_and(|r| r.dead_letter_queue == dlq)
-                })
-                .map(|q| q.name)
-                .collect();
+            let sources = dead_letter_sources(core, dlq)?;
             match sources.as_slice() {
                 [one] => one.clone(),
                 [] => {

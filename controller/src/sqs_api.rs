@@ -253,13 +253,7 @@ async fn act(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<Value, Sqs
             Ok(json!({"MessageId": m.id, "MD5OfMessageBody": md5_hex(&m.body)}))
         }
         "SendMessageBatch" => {
-            let entries = body["Entries"].as_array().cloned().unwrap_or_default();
-            if entries.is_empty() || entries.len() > MAX_BATCH {
-                return Err(invalid(format!(
-                    "Entries: {} entries; give 1 to {MAX_BATCH}",
-                    entries.len()
-                )));
-            }
+            let entries = batch(&body)?;
             let sent = send(core, &q, &entries, "Entries").await?;
             let ok: Vec<Value> = sent
                 .iter()
@@ -304,26 +298,14 @@ async fn act(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<Value, Sqs
             let handle = body["ReceiptHandle"]
                 .as_str()
                 .ok_or_else(|| invalid("ReceiptHandle: missing"))?;
-            match queues::delete_messages(core, &q, &[handle.to_string()])
-                .await?
-                .remove(0)
-            {
-                Ok(()) => Ok(json!({})),
-                Err(e) => Err(SqsError(
-                    StatusCode::BAD_REQUEST,
-                    "ReceiptHandleIsInvalid",
-                    e.to_string(),
-                )),
-            }
+            single(
+                queues::delete_messages(core, &q, &[handle.to_string()])
+                    .await?
+                    .remove(0),
+            )
         }
         "DeleteMessageBatch" => {
-            let entries = body["Entries"].as_array().cloned().unwrap_or_default();
-            if entries.is_empty() || entries.len() > MAX_BATCH {
-                return Err(invalid(format!(
-                    "Entries: {} entries; give 1 to {MAX_BATCH}",
-                    entries.len()
-                )));
-            }
+            let entries = batch(&body)?;
             let handles: Vec<String> = entries
                 .iter()
                 .map(|e| e["ReceiptHandle"].as_str().unwrap_or("").to_string())
@@ -343,26 +325,14 @@ async fn act(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<Value, Sqs
                     validate::MAX_VISIBILITY_SECS
                 )));
             }
-            match queues::change_visibility(core, &q, &[(handle.to_string(), secs)])
-                .await?
-                .remove(0)
-            {
-                Ok(()) => Ok(json!({})),
-                Err(e) => Err(SqsError(
-                    StatusCode::BAD_REQUEST,
-                    "ReceiptHandleIsInvalid",
-                    e.to_string(),
-                )),
-            }
+            single(
+                queues::change_visibility(core, &q, &[(handle.to_string(), secs)])
+                    .await?
+                    .remove(0),
+            )
         }
         "ChangeMessageVisibilityBatch" => {
-            let entries = body["Entries"].as_array().cloned().unwrap_or_default();
-            if entries.is_empty() || entries.len() > MAX_BATCH {
-                return Err(invalid(format!(
-                    "Entries: {} entries; give 1 to {MAX_BATCH}",
-                    entries.len()
-                )));
-            }
+            let entries = batch(&body)?;
             let mut changes = Vec::new();
             for (i, e) in entries.iter().enumerate() {
                 let secs = u32_field(e, "VisibilityTimeout")?
@@ -466,6 +436,29 @@ async fn send(
     }
     let sent = queues::send(core, q, outgoing).await?;
     Ok(sent.into_iter().zip(ids).collect())
+}
+
+/// A batch's `Entries` (1 to 10).
+fn batch(body: &Value) -> Result<Vec<Value>, SqsError> {
+    let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+    if entries.is_empty() || entries.len() > MAX_BATCH {
+        return Err(invalid(format!(
+            "Entries: {} entries; give 1 to {MAX_BATCH}",
+            entries.len()
+        )));
+    }
+    Ok(entries)
+}
+
+/// A single-message action's answer: `{}`, or SQS's error for a receipt that no longer acts.
+fn single(outcome: Result<(), skiff_model::queue::StaleReceipt>) -> Result<Value, SqsError> {
+    outcome.map(|()| json!({})).map_err(|e| {
+        SqsError(
+            StatusCode::BAD_REQUEST,
+            "ReceiptHandleIsInvalid",
+            e.to_string(),
+        )
+    })
 }
 
 fn batch_result(

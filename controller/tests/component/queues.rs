@@ -19,6 +19,22 @@ fn queue(name: &str, visibility: u32) -> pb::Queue {
     }
 }
 
+/// Creates `dlq`, then `name` sending its messages there after `max` receives.
+async fn with_dead_letters(h: &Harness, name: &str, visibility: u32, dlq: &str, max: u32) {
+    create(h, queue(dlq, 30)).await;
+    create(
+        h,
+        pb::Queue {
+            redrive: Some(pb::QueueRedrivePolicy {
+                dead_letter_queue: dlq.into(),
+                max_receive_count: max,
+            }),
+            ..queue(name, visibility)
+        },
+    )
+    .await;
+}
+
 async fn send(h: &Harness, queue: &str, body: &str, delay: Option<u32>) -> String {
     let r = h
         .queues()
@@ -127,18 +143,7 @@ async fn a_delayed_message_is_received_only_after_its_delay() {
 #[tokio::test]
 async fn a_message_received_too_often_moves_to_the_dead_letter_queue_and_redrives_back() {
     let h = Harness::start().await;
-    create(&h, queue("jobs-dlq", 30)).await;
-    create(
-        &h,
-        pb::Queue {
-            redrive: Some(pb::QueueRedrivePolicy {
-                dead_letter_queue: "jobs-dlq".into(),
-                max_receive_count: 2,
-            }),
-            ..queue("jobs", 10)
-        },
-    )
-    .await;
+    with_dead_letters(&h, "jobs", 10, "jobs-dlq", 2).await;
     send(&h, "jobs", "poison", None).await;
     for n in 1..=2 {
         let got = receive(&h, "jobs", 0).await;
@@ -396,18 +401,7 @@ async fn messages_past_retention_are_swept_even_if_nobody_receives() {
 #[tokio::test]
 async fn a_queue_in_use_cannot_be_removed() {
     let h = Harness::start().await;
-    create(&h, queue("jobs-dlq", 30)).await;
-    create(
-        &h,
-        pb::Queue {
-            redrive: Some(pb::QueueRedrivePolicy {
-                dead_letter_queue: "jobs-dlq".into(),
-                max_receive_count: 3,
-            }),
-            ..queue("jobs", 30)
-        },
-    )
-    .await;
+    with_dead_letters(&h, "jobs", 30, "jobs-dlq", 3).await;
     let rm = |name: &str| {
         let mut q = h.queues();
         let req = h.req(pb::QueueRef { name: name.into() });
