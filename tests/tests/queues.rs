@@ -104,7 +104,8 @@ fn queue_messages_and_their_visibility_survive_a_controller_kill() {
 #[test]
 fn a_busybox_task_uses_a_queue_over_http_with_its_task_token_and_only_as_its_role_grants() {
     let mut env = Env::new();
-    let addr = env.dev();
+    // (Its own credentials endpoint port: tasks with a role need one on their node.)
+    let addr = env.dev_with(&["--credentials-listen", "127.0.0.1:0"]);
     let base = env.procs[0].http_url();
     assert_eq!(cli(&addr, &["queues", "create", "jobs"]).code, 0);
     assert_eq!(cli(&addr, &["queues", "create", "other"]).code, 0);
