@@ -42,6 +42,7 @@ fn rules(n: usize) -> Vec<Rule> {
                     kind: TargetKind::Queue("q".into()),
                     input: TargetInput::Event,
                     retry: RetryPolicy::default(),
+                    dead_letter_queue: String::new(),
                 }],
                 version: 1,
                 created_ms: 0,

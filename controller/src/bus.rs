@@ -261,7 +261,7 @@ async fn failed(
             first_attempt_ms: first,
             dead_ms: now,
         };
-        core.store.dead_letter(key, &dl).await?;
+        dead_letter(core, key, &target.dead_letter_queue, &dl, Some(ev)).await?;
         return Ok(());
     };
     warn!(rule = %rule.name, target = %target.id, event_id = %ev.id, attempts, %reason, "delivery failed; will retry");
@@ -280,6 +280,42 @@ async fn failed(
     Ok(())
 }
 
+/// Ends a delivery in the dead-letter list and, when its target names one that exists, in
+/// its dead-letter queue too (the dead letter with the event), in one transaction.
+async fn dead_letter(
+    core: &Core,
+    key: &str,
+    dlq: &str,
+    dl: &DeadLetter,
+    ev: Option<&Event>,
+) -> Result<(), CoreError> {
+    let queue = if dlq.is_empty() {
+        None
+    } else {
+        let q = core.store.queues.get(dlq)?;
+        if q.is_none() {
+            warn!(rule = %dl.rule, target = %dl.target, queue = dlq, "dead-letter queue gone; the dead letter is only listed");
+        }
+        q
+    };
+    let message = queue.map(|q| {
+        let body = serde_json::json!({
+            "deadLetter": {
+                "rule": dl.rule, "target": dl.target, "eventId": dl.event_id,
+                "attempts": dl.attempts, "lastError": dl.last_error,
+                "firstAttemptMs": dl.first_attempt_ms, "deadMs": dl.dead_ms,
+            },
+            "event": ev.map(Event::envelope),
+        });
+        crate::queues::new_message(core, &q, body.to_string(), Default::default(), None)
+    });
+    core.store.dead_letter_to(key, dl, message.as_ref()).await?;
+    if let Some(m) = &message {
+        core.queue_waits.arrived(&m.queue);
+    }
+    Ok(())
+}
+
 /// Attempts every delivery whose retry is due.
 async fn retry_due(core: &Core) -> Result<(), CoreError> {
     let now = core.clock.now_ms();
@@ -291,7 +327,7 @@ async fn retry_due(core: &Core) -> Result<(), CoreError> {
             .as_ref()
             .and_then(|rule| rule.targets.iter().find(|t| t.id == r.target).cloned());
         let event = core.store.event(&r.event_id)?;
-        let (Some(rule), Some(target), Some(ev)) = (rule, target, event) else {
+        let (Some(rule), Some(target), Some(ev)) = (rule, target.clone(), event.clone()) else {
             // The rule, its target or the event is gone: nothing left to deliver to.
             let dl = DeadLetter {
                 id: ulid::Ulid::new().to_string(),
@@ -306,7 +342,8 @@ async fn retry_due(core: &Core) -> Result<(), CoreError> {
                 first_attempt_ms: r.first_attempt_ms,
                 dead_ms: now,
             };
-            core.store.dead_letter(&key, &dl).await?;
+            let dlq = target.as_ref().map_or("", |t| t.dead_letter_queue.as_str());
+            dead_letter(core, &key, dlq, &dl, event.as_ref()).await?;
             continue;
         };
         let envelope = ev.envelope();

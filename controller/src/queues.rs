@@ -81,11 +81,10 @@ pub async fn delete(core: &Core, name: &str) -> Result<Option<Queue>, CoreError>
         .map(|q| format!("queue {q}"))
         .collect();
     for rule in core.store.rules.list()? {
-        if rule
-            .targets
-            .iter()
-            .any(|t| matches!(&t.kind, crate::model::TargetKind::Queue(q) if q == name))
-        {
+        if rule.targets.iter().any(|t| {
+            matches!(&t.kind, crate::model::TargetKind::Queue(q) if q == name)
+                || t.dead_letter_queue == name
+        }) {
             users.push(format!("rule {}", rule.name));
         }
     }
@@ -122,27 +121,38 @@ pub struct Outgoing {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// A new message for `q`, sent now, receivable after its delay (default: the queue's).
+pub fn new_message(
+    core: &Core,
+    q: &Queue,
+    body: String,
+    attributes: BTreeMap<String, String>,
+    delay_secs: Option<u32>,
+) -> QueueMessage {
+    let now = core.clock.now_ms();
+    let delay = delay_secs.unwrap_or(q.delay_secs);
+    QueueMessage {
+        queue: q.name.clone(),
+        id: core.new_id(),
+        body,
+        attributes,
+        sent_ms: now,
+        visible_ms: now + i64::from(delay) * 1000,
+        receive_count: 0,
+        first_received_ms: 0,
+        receipt: String::new(),
+    }
+}
+
 /// Sends messages to a queue, all durable with one flush before this returns; returns them.
 pub async fn send(
     core: &Core,
     q: &Queue,
     outgoing: Vec<Outgoing>,
 ) -> Result<Vec<QueueMessage>, CoreError> {
-    let now = core.clock.now_ms();
     let mut sent = Vec::with_capacity(outgoing.len());
     for o in outgoing {
-        let delay = o.delay_secs.unwrap_or(q.delay_secs);
-        let m = QueueMessage {
-            queue: q.name.clone(),
-            id: core.new_id(),
-            body: o.body,
-            attributes: o.attributes,
-            sent_ms: now,
-            visible_ms: now + i64::from(delay) * 1000,
-            receive_count: 0,
-            first_received_ms: 0,
-            receipt: String::new(),
-        };
+        let m = new_message(core, q, o.body, o.attributes, o.delay_secs);
         core.store.messages.put_uncommitted(&m)?;
         sent.push(m);
     }
@@ -166,18 +176,7 @@ pub async fn send_event(
     if let Err(e) = skiff_model::validate::message("message", &q, &body, None, &BTreeMap::new()) {
         return Ok(Err(format!("queue {name:?}: {e}")));
     }
-    let now = core.clock.now_ms();
-    let m = QueueMessage {
-        queue: q.name.clone(),
-        id: core.new_id(),
-        body,
-        attributes: BTreeMap::new(),
-        sent_ms: now,
-        visible_ms: now + i64::from(q.delay_secs) * 1000,
-        receive_count: 0,
-        first_received_ms: 0,
-        receipt: String::new(),
-    };
+    let m = new_message(core, &q, body, BTreeMap::new(), None);
     if core.store.send_once(key, &m).await? {
         core.queue_waits.arrived(&q.name);
     }

@@ -124,11 +124,21 @@ fn target(core: &Core, i: usize, t: &pb::Target) -> Result<Target, Status> {
             retry.max_event_age_secs = r.max_event_age_seconds;
         }
     }
+    if !t.dead_letter_queue.is_empty() && core.store.queues.get(&t.dead_letter_queue)?.is_none() {
+        return Err(invalid(
+            &f("dead_letter_queue"),
+            format!(
+                "{:?}: no such queue (skiff queues create {})",
+                t.dead_letter_queue, t.dead_letter_queue
+            ),
+        ));
+    }
     Ok(Target {
         id: t.id.clone(),
         kind,
         input,
         retry,
+        dead_letter_queue: t.dead_letter_queue.clone(),
     })
 }
 
@@ -211,6 +221,7 @@ pub fn to_pb(r: &Rule, stats: &crate::model::RuleStats) -> pb::Rule {
                     max_attempts: t.retry.max_attempts,
                     max_event_age_seconds: t.retry.max_event_age_secs,
                 }),
+                dead_letter_queue: t.dead_letter_queue.clone(),
             })
             .collect(),
         version: r.version,

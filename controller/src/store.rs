@@ -995,11 +995,23 @@ impl Store {
     /// the dead-letter list: its pending retry gone and its rule's counter up, in the same
     /// transaction. Durable on return.
     pub async fn dead_letter(&self, key: &str, d: &DeadLetter) -> Result<(), StoreError> {
+        self.dead_letter_to(key, d, None).await
+    }
+
+    /// `dead_letter`, also queueing `message` (to a dead-letter queue) in the same
+    /// transaction. Durable on return.
+    pub async fn dead_letter_to(
+        &self,
+        key: &str,
+        d: &DeadLetter,
+        message: Option<&QueueMessage>,
+    ) -> Result<(), StoreError> {
         let bytes = encode(d);
         let trees = [
             &[&self.dead_letters, &self.deliveries, &self.rule_stats][..],
             &self.retries.trees(),
             &self.schedule_retries.trees(),
+            &self.messages.trees(),
         ]
         .concat();
         self.transact(&trees, |tx| {
@@ -1010,6 +1022,9 @@ impl Store {
                 return Ok(());
             }
             tx.insert(&self.dead_letters, &d.id, &bytes)?;
+            if let Some(m) = message {
+                self.messages.put_in(tx, m)?;
+            }
             self.retries.remove_in(tx, key.as_bytes())?;
             self.schedule_retries.remove_in(tx, key.as_bytes())?;
             tx.insert(&self.deliveries, key, format!("dead-letter:{}", d.id))?;

@@ -71,6 +71,9 @@ struct TargetFile {
     input_path: String,
     input_transformer: Option<TransformerFile>,
     retry: Option<RetryFile>,
+    /// A queue that also gets each dead-lettered delivery.
+    #[serde(default)]
+    dead_letter_queue: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +165,7 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Rule> {
                 input_template: tr.input_template,
             }),
             retry,
+            dead_letter_queue: t.dead_letter_queue,
         });
     }
     Ok(pb::Rule {

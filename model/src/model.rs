@@ -530,6 +530,10 @@ pub struct Target {
     pub kind: TargetKind,
     pub input: TargetInput,
     pub retry: RetryPolicy,
+    /// A queue that also gets each delivery dead-lettered (EventBridge's DeadLetterConfig);
+    /// empty: the dead-letter list only.
+    #[serde(default)]
+    pub dead_letter_queue: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -98,6 +98,7 @@ mod tests {
                 kind: TargetKind::Queue("q".into()),
                 input: TargetInput::Event,
                 retry: RetryPolicy::default(),
+                dead_letter_queue: String::new(),
             }],
             version: 1,
             created_ms: 0,

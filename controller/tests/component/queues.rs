@@ -433,3 +433,70 @@ async fn a_queue_in_use_cannot_be_removed() {
         .is_empty());
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rule_targets_dead_letters_also_go_to_its_dead_letter_queue() {
+    let h = Harness::start().await;
+    create(&h, queue("failed-jobs", 30)).await;
+    h.register("job").await;
+    let rule = pb::Rule {
+        name: "run-job".into(),
+        pattern_json: r#"{"source":["app"]}"#.into(),
+        targets: vec![pb::Target {
+            id: "run".into(),
+            kind: Some(pb::target::Kind::Task(pb::TaskTarget {
+                task_definition: "job".into(),
+                ..Default::default()
+            })),
+            retry: Some(pb::RetryPolicy {
+                max_attempts: 1,
+                max_event_age_seconds: 3600,
+            }),
+            dead_letter_queue: "failed-jobs".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    h.rules().put(h.req(rule)).await.unwrap();
+    // No active definition when the event comes: its one attempt fails, and it is a dead
+    // letter — in the list and in the queue, with the event.
+    h.taskdefs()
+        .deregister(h.req(pb::DescribeTaskDefinitionRequest {
+            task_definition: "job:1".into(),
+        }))
+        .await
+        .unwrap();
+    let event_id = crate::harness::put_event(&h, serde_json::json!({"photo": "1.jpg"})).await;
+    let listed = h.rule_dead_letters("run-job").await;
+    assert_eq!(listed.len(), 1);
+    h.until("the dead letter in its queue", || async {
+        match counts(&h, "failed-jobs").await {
+            (1, 0, 0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let got = receive(&h, "failed-jobs", 0).await;
+    let body: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["deadLetter"]["rule"], "run-job");
+    assert_eq!(body["deadLetter"]["attempts"], 1);
+    assert!(
+        body["deadLetter"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("job"),
+        "{body}"
+    );
+    assert_eq!(body["event"]["id"], event_id.as_str());
+    assert_eq!(body["event"]["detail"]["photo"], "1.jpg");
+    // The queue is in use now: it cannot be removed under the rule.
+    let refused = h
+        .queues()
+        .delete(h.req(pb::QueueRef {
+            name: "failed-jobs".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("rule run-job"), "{refused:?}");
+    h.shutdown().await;
+}
