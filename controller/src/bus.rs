@@ -327,7 +327,7 @@ async fn retry_due(core: &Core) -> Result<(), CoreError> {
             .as_ref()
             .and_then(|rule| rule.targets.iter().find(|t| t.id == r.target).cloned());
         let event = core.store.event(&r.event_id)?;
-        let (Some(rule), Some(target), Some(ev)) = (rule, target.clone(), event.clone()) else {
+        let (Some(rule), Some(target), Some(ev)) = (&rule, &target, &event) else {
             // The rule, its target or the event is gone: nothing left to deliver to.
             let dl = DeadLetter {
                 id: ulid::Ulid::new().to_string(),
@@ -347,8 +347,8 @@ async fn retry_due(core: &Core) -> Result<(), CoreError> {
             continue;
         };
         let envelope = ev.envelope();
-        if let Err(reason) = attempt(core, &key, &rule, &target, &ev, &envelope).await? {
-            failed(core, &key, &rule, &target, &ev, Some(r), reason).await?;
+        if let Err(reason) = attempt(core, &key, rule, target, ev, &envelope).await? {
+            failed(core, &key, rule, target, ev, Some(r), reason).await?;
         } else {
             core.store.count_rule(&rule.name, RuleCounter::Invoked)?;
         }

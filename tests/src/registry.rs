@@ -28,7 +28,8 @@ pub struct Registry {
     pub auth: Option<(String, String)>,
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now (for a test server to take).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

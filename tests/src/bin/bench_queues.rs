@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use skiff_proto::v1 as pb;
 use skiff_tests::bench;
+use skiff_tests::registry::free_port;
 use skiff_tests::{admin_token, cli, wait_for, Env};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -113,14 +114,6 @@ async fn drain(
         t.await.unwrap();
     }
     (per * clients) as f64 / start.elapsed().as_secs_f64()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// requests/s that `redis-benchmark` reports for `test` (lpush, rpop).
