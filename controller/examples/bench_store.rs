@@ -11,6 +11,7 @@ use skiff_controller::store::Store;
 
 fn task(i: usize) -> Task {
     let spec = TaskSpec {
+        placement: Default::default(),
         containers: vec![],
         network_mode: NetworkMode::None,
         timeout_secs: 0,

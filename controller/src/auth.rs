@@ -120,6 +120,10 @@ pub fn required_role(path: &str) -> Option<Role> {
             "Describe" | "List" => Role::ReadOnly,
             _ => Role::Operator,
         }),
+        "skiff.v1.Services" => Some(match method {
+            "Describe" | "List" => Role::ReadOnly,
+            _ => Role::Operator,
+        }),
         "skiff.v1.Sources" => Some(match method {
             "List" => Role::ReadOnly,
             _ => Role::Admin,

@@ -335,6 +335,7 @@ pub fn task_spec_input(input: &pb::TaskDefinitionInput) -> Result<TaskSpec, Inva
         })
         .collect();
     let spec = TaskSpec {
+        placement: Default::default(),
         containers,
         network_mode: validate::network_mode("network_mode", &input.network_mode)?,
         timeout_secs: input.timeout_seconds,
@@ -373,6 +374,7 @@ mod tests {
     #[test]
     fn a_secret_that_cannot_be_opened_fails_the_start_by_name() {
         let spec = TaskSpec {
+            placement: Default::default(),
             containers: vec![ContainerDef {
                 name: "main".into(),
                 image: "dir:/x".into(),

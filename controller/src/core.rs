@@ -45,6 +45,11 @@ pub enum CoreError {
     NoSuchTask(String),
     #[error("no queue {0:?}")]
     NoSuchQueue(String),
+    #[error("no service {0:?}")]
+    NoSuchService(String),
+    /// Not now, as things stand (the message says why).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Illegal(#[from] lifecycle::IllegalTransition),
     #[error(transparent)]
@@ -294,6 +299,13 @@ impl Core {
         {
             // Capacity was freed.
             self.loops.wake(Loop::Placer);
+        }
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok((t, true)) if t.group.starts_with("service:")))
+        {
+            // A service's task moved: its loop counts it.
+            self.loops.wake(Loop::Services);
         }
         results
     }

@@ -39,6 +39,9 @@ pub mod schedules_api;
 pub mod sealing;
 pub mod secrets;
 pub mod secrets_api;
+pub mod service_loop;
+pub mod services;
+pub mod services_api;
 pub mod sources;
 pub mod sources_api;
 pub mod sqs_api;
@@ -280,6 +283,9 @@ impl Controller {
             .set_serving::<pb::queues_server::QueuesServer<queues_api::QueuesApi>>()
             .await;
         health
+            .set_serving::<pb::services_server::ServicesServer<services_api::ServicesApi>>()
+            .await;
+        health
             .set_serving::<pb::registry_credentials_server::RegistryCredentialsServer<
                 images_api::RegistryCredentialsApi,
             >>()
@@ -352,6 +358,9 @@ impl Controller {
             ))
             .add_service(pb::queues_server::QueuesServer::new(
                 queues_api::QueuesApi { core: core.clone() },
+            ))
+            .add_service(pb::services_server::ServicesServer::new(
+                services_api::ServicesApi { core: core.clone() },
             ))
             .add_service(pb::tokens_server::TokensServer::new(
                 tokens_api::TokensApi { core: core.clone() },

@@ -2,7 +2,7 @@
 //! It reads a snapshot through the store's indexes, asks the pure `placement::plan` what to
 //! do, and hands the plan to the applier (which commits it, then tells the agents).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +65,7 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
                 .iter()
                 .map(|t| Waiting {
                     id: &t.id,
+                    group: &t.group,
                     spec: &t.spec,
                     reason: &t.status_reason,
                     unplaceable: t.unplaceable,
@@ -88,11 +89,17 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
 /// Capacity and reservations of every known node, from the store and the live sessions.
 pub fn node_loads(core: &Core, active: &[Reservation]) -> Result<Vec<NodeLoad>, CoreError> {
     let mut used: HashMap<&str, (f64, u64)> = HashMap::new();
+    let mut groups: HashMap<&str, BTreeMap<String, u32>> = HashMap::new();
     for r in active {
         if let Some(n) = r.node.as_deref() {
             let e = used.entry(n).or_default();
             e.0 += r.cpu;
             e.1 += r.memory_mib;
+            *groups
+                .entry(n)
+                .or_default()
+                .entry(r.group.clone())
+                .or_default() += 1;
         }
     }
     let mut nodes = core.store.nodes.list()?;
@@ -107,6 +114,8 @@ pub fn node_loads(core: &Core, active: &[Reservation]) -> Result<Vec<NodeLoad>, 
             let (cpu_used, memory_used_mib) = used.get(n.id.as_str()).copied().unwrap_or_default();
             NodeLoad {
                 connected: core.is_connected(&n.id),
+                groups: groups.remove(n.id.as_str()).unwrap_or_default(),
+                labels: n.labels,
                 id: n.id,
                 state: n.state,
                 cpu: n.cpu,

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::core::{Core, CoreError};
 use crate::model::{Queue, QueueMessage};
 use crate::store::{Record, Store};
+use crate::wake::Loop;
 use skiff_model::queue::{self, Counts, Receive, StaleReceipt};
 
 /// Creates a queue or changes one (checked already; its messages stay, its creation time is
@@ -157,7 +158,7 @@ pub async fn send(
         sent.push(m);
     }
     core.store.commit().await?;
-    core.queue_waits.arrived(&q.name);
+    arrived(core, &q.name);
     Ok(sent)
 }
 
@@ -178,7 +179,7 @@ pub async fn send_event(
     }
     let m = new_message(core, &q, body, BTreeMap::new(), None);
     if core.store.send_once(key, &m).await? {
-        core.queue_waits.arrived(&q.name);
+        arrived(core, &q.name);
     }
     Ok(Ok(()))
 }
@@ -287,9 +288,10 @@ async fn take(
     drop(held);
     if changed {
         core.store.commit().await?;
+        core.loops.wake(Loop::Services);
     }
     for dlq in dead_lettered {
-        core.queue_waits.arrived(&dlq);
+        arrived(core, &dlq);
     }
     Ok(out)
 }
@@ -315,6 +317,7 @@ pub async fn delete_messages(
     }
     drop(held);
     core.store.commit().await?;
+    core.loops.wake(Loop::Services);
     Ok(results)
 }
 
@@ -342,7 +345,7 @@ pub async fn change_visibility(
     }
     drop(held);
     core.store.commit().await?;
-    core.queue_waits.arrived(&q.name);
+    arrived(core, &q.name);
     Ok(results)
 }
 
@@ -400,8 +403,15 @@ pub async fn redrive(core: &Core, dlq: &str, to: Option<&str>) -> Result<(u64, S
         moved += 1;
     }
     core.store.commit().await?;
-    core.queue_waits.arrived(&to);
+    arrived(core, &to);
     Ok((moved, to))
+}
+
+/// New messages in queue `name`: its waiting receivers and the services that scale on it
+/// hear of them.
+fn arrived(core: &Core, name: &str) {
+    core.queue_waits.arrived(name);
+    core.loops.wake(Loop::Services);
 }
 
 /// How often the retention sweep runs.

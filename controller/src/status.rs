@@ -13,6 +13,10 @@ impl From<CoreError> for Status {
             CoreError::NoSuchTask(id) => Status::not_found(format!("no task {id}")),
             CoreError::Illegal(e) => Status::failed_precondition(e.to_string()),
             CoreError::NoSuchQueue(name) => Status::not_found(format!("no queue {name:?}")),
+            CoreError::NoSuchService(name) => {
+                Status::not_found(format!("no service {name:?} (see skiff services ls)"))
+            }
+            CoreError::Refused(why) => Status::failed_precondition(why),
             CoreError::NodeOffline(offline) => Status::unavailable(offline.to_string()),
             CoreError::BadReference(why) => Status::invalid_argument(why),
             CoreError::Store(e) => e.into(),

@@ -14,9 +14,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
-    ApiToken, DeadLetter, Delivery, Event, Node, NodeCert, PendingRetry, Queue, QueueMessage,
-    RegistryCreds, Rule, RuleCounter, RuleStats, Schedule, ScheduleRetry, ScheduleState,
-    SealedSecret, Source, SourceHealth, Subscription, Task, TaskDefinition, TaskRole, Topic,
+    ApiToken, Backlog, DeadLetter, Delivery, Event, Node, NodeCert, PendingRetry, Queue,
+    QueueMessage, RegistryCreds, Rule, RuleCounter, RuleStats, Schedule, ScheduleRetry,
+    ScheduleState, SealedSecret, Service, ServiceState, Source, SourceHealth, Subscription, Task,
+    TaskDefinition, TaskRole, Topic,
 };
 use skiff_model::lifecycle::TaskStatus;
 
@@ -91,6 +92,12 @@ record!(ScheduleRetry, "schedule_retries", |self| {
 });
 record!(Delivery, "outbox", |self| self.id.as_bytes().to_vec());
 record!(Queue, "queues", |self| self.name.as_bytes().to_vec());
+record!(Service, "services", |self| self.name.as_bytes().to_vec());
+record!(ServiceState, "service_states", |self| self
+    .name
+    .as_bytes()
+    .to_vec());
+record!(Backlog, "backlogs", |self| self.source.as_bytes().to_vec());
 record!(QueueMessage, "queue_messages", |self| Store::message_key(
     &self.queue,
     &self.id
@@ -147,6 +154,9 @@ pub struct Reservation {
     pub node: Option<String>,
     pub cpu: f64,
     pub memory_mib: u64,
+    /// The task's group (a service spreads its tasks by it).
+    #[serde(default)]
+    pub group: String,
 }
 
 impl Reservation {
@@ -155,6 +165,7 @@ impl Reservation {
             node: t.node_id.clone(),
             cpu: t.spec.cpu(),
             memory_mib: t.spec.memory_mib(),
+            group: t.group.clone(),
         }
     }
 }
@@ -291,6 +302,12 @@ pub struct Store {
     /// Every queue's messages: queue NUL id → message, due (receivable) at `visible_ms`,
     /// indexed by queue.
     pub messages: DueTable<QueueMessage>,
+    /// Services as their users defined them.
+    pub services: Table<Service>,
+    /// Each service's deployments, tasks, counters and decisions (written by its loop).
+    pub service_states: Table<ServiceState>,
+    /// Backlogs reported from outside (ReportBacklog, pollers), by source.
+    pub backlogs: Table<Backlog>,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -340,6 +357,9 @@ impl Store {
             notify_dead: Tree::open(&engine, "notify_dead")?,
             queues: Table::open(&engine, &commit)?,
             messages: DueTable::open(&engine, &commit)?,
+            services: Table::open(&engine, &commit)?,
+            service_states: Table::open(&engine, &commit)?,
+            backlogs: Table::open(&engine, &commit)?,
             commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             engine,
@@ -463,6 +483,42 @@ impl Store {
     pub async fn delete_queue(&self, name: &str) -> Result<Option<Queue>, StoreError> {
         self.purge_queue(name).await?;
         self.queues.delete(name).await
+    }
+
+    // --- services ---
+
+    /// Creates or replaces a service and changes its state with it (a new deployment), in one
+    /// transaction: a service is never stored without the deployment it asked for. Returns
+    /// the state written. Durable on return.
+    pub async fn put_service(
+        &self,
+        service: &Service,
+        mut change: impl FnMut(Option<ServiceState>) -> ServiceState,
+    ) -> Result<ServiceState, StoreError> {
+        let (services, states) = (self.services.tree(), self.service_states.tree());
+        let key = service.key();
+        let state = self.transact(&[services, states], |tx| {
+            let old = match tx.get(states, &key)? {
+                Some(v) => Some(decode::<ServiceState>("service_states", &v)?),
+                None => None,
+            };
+            let state = change(old);
+            tx.insert(services, &key, encode(service))?;
+            tx.insert(states, &key, encode(&state))?;
+            Ok(state)
+        })?;
+        self.commit().await?;
+        Ok(state)
+    }
+
+    /// Removes a drained service and its state together. Durable on return.
+    pub async fn delete_service(&self, name: &str) -> Result<(), StoreError> {
+        let (services, states) = (self.services.tree(), self.service_states.tree());
+        self.transact(&[services, states], |tx| {
+            tx.remove(services, name)?;
+            tx.remove(states, name)
+        })?;
+        self.commit().await
     }
 
     // --- task definitions: key = family \0 revision (big-endian) ---
@@ -1399,7 +1455,8 @@ mod tests {
         assert!(r.contains(&Reservation {
             node: Some("n1".into()),
             cpu: 0.5,
-            memory_mib: 64
+            memory_mib: 64,
+            group: "g".into(),
         }));
         // Placed: no longer waiting, reserving on its node.
         store

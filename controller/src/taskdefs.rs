@@ -39,3 +39,20 @@ pub async fn deregister(
         .await?;
     Ok(out.unwrap_or(None))
 }
+
+/// The definition `reference` names: `family:rev` (whatever its status: tasks of a
+/// deregistered revision may still be running and replaced), or `family`, its latest ACTIVE
+/// revision. None: there is no such definition. The reference is checked first.
+pub fn resolve(core: &Core, reference: &str) -> Result<Option<TaskDefinition>, CoreError> {
+    let (family, rev) = skiff_model::validate::taskdef_ref("task_definition", reference)
+        .map_err(|e| CoreError::BadReference(e.to_string()))?;
+    Ok(match rev {
+        Some(r) => core.store.taskdef(&family, r)?,
+        None => core
+            .store
+            .taskdefs_of(Some(&family))?
+            .into_iter()
+            .rev()
+            .find(|d| d.status == DefinitionStatus::Active),
+    })
+}

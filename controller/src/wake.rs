@@ -14,6 +14,7 @@ pub enum Loop {
     Watchers,
     Schedules,
     Notifications,
+    Services,
 }
 
 /// One wake-up per loop (a wake-up while the loop is busy is kept for its next wait).
@@ -24,6 +25,7 @@ pub struct Wakeups {
     watchers: Notify,
     schedules: Notify,
     notifications: Notify,
+    services: Notify,
 }
 
 impl Wakeups {
@@ -44,6 +46,7 @@ impl Wakeups {
             Loop::Watchers => &self.watchers,
             Loop::Schedules => &self.schedules,
             Loop::Notifications => &self.notifications,
+            Loop::Services => &self.services,
         }
     }
 }

@@ -37,6 +37,7 @@ impl Workers {
         w.spawn("schedules", crate::schedules::run);
         w.spawn("notifications", crate::notify::run);
         w.spawn("queue-retention", crate::queues::run);
+        w.spawn("services", crate::service_loop::run);
         w
     }
 

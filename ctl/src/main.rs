@@ -14,6 +14,7 @@ mod run_task;
 mod schedules;
 mod secrets;
 mod serve;
+mod services;
 mod sources;
 mod taskdef_file;
 mod taskdefs;
@@ -85,6 +86,9 @@ enum Command {
     /// Queues: durable messages with SQS's semantics (visibility timeouts, dead letters).
     #[command(subcommand)]
     Queues(queues::QueuesCmd),
+    /// Services: tasks kept running at a desired count, rolled out and scaled on a backlog.
+    #[command(subcommand)]
+    Services(services::ServicesCmd),
     /// Topics: notify subscribers (webhook, e-mail) of events, with retries and dead letters.
     #[command(subcommand)]
     Topics(topics::TopicsCmd),
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
             Command::Sources(c) => sources::sources(&cli.addr, fmt, c).await,
             Command::Schedules(c) => schedules::schedules(&cli.addr, fmt, c).await,
             Command::Queues(c) => queues::queues(&cli.addr, fmt, c).await,
+            Command::Services(c) => services::services(&cli.addr, fmt, c).await,
             Command::Topics(c) => topics::topics(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
             Command::Shim { .. } | Command::Completion { .. } => unreachable!("handled above"),

@@ -23,6 +23,7 @@ pub mod placement;
 pub mod queue;
 pub mod retry;
 pub mod ruleset;
+pub mod service;
 pub mod transform;
 pub mod trust;
 pub mod validate;

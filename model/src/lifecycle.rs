@@ -170,6 +170,7 @@ mod tests {
 
     fn task_in(status: TaskStatus) -> Task {
         let spec = TaskSpec {
+            placement: Default::default(),
             containers: vec![],
             network_mode: NetworkMode::None,
             timeout_secs: 0,

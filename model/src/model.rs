@@ -206,6 +206,9 @@ pub struct TaskSpec {
     /// as SKIFF_EVENT and /run/skiff/event.json.
     #[serde(default)]
     pub input: Option<String>,
+    /// Where it may run (a service's placement, copied to each of its tasks).
+    #[serde(default)]
+    pub placement: ServicePlacement,
 }
 
 impl TaskSpec {
@@ -917,4 +920,181 @@ pub struct QueueMessage {
     /// The nonce of its latest receive: only that receive's handle deletes it or changes its
     /// visibility ("" before the first).
     pub receipt: String,
+}
+
+// --- services ---
+
+/// A service: a task definition kept running at a desired count (ECS's service). Its tasks
+/// are in the task group `service:<name>`; each carries its deployment's id in `started_by`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// As the user gave it: `family` (its latest ACTIVE revision when deployed) or `family:rev`.
+    pub task_definition: String,
+    pub desired_count: u32,
+    pub deployment: DeploymentConfig,
+    /// Seconds between SIGTERM and SIGKILL when the service stops a task (0 = each
+    /// container's own stop timeout).
+    #[serde(default)]
+    pub stop_timeout_secs: u32,
+    #[serde(default)]
+    pub placement: ServicePlacement,
+    /// Set: the desired count follows a queue's backlog between min and max.
+    #[serde(default)]
+    pub autoscaling: Option<Autoscaling>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl Service {
+    /// The task group of the service's tasks.
+    pub fn group(&self) -> String {
+        service_group(&self.name)
+    }
+}
+
+/// The task group of service `name`'s tasks.
+pub fn service_group(name: &str) -> String {
+    format!("service:{name}")
+}
+
+/// How a new revision replaces the old one (ECS's deployment configuration).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentConfig {
+    /// Running tasks kept during a deployment, in percent of the desired count (default 100).
+    pub minimum_healthy_percent: u32,
+    /// Tasks allowed at once during a deployment, in percent of the desired count (default 200).
+    pub maximum_percent: u32,
+    /// Stop a deployment whose new tasks keep failing (default on)…
+    pub circuit_breaker: bool,
+    /// …and go back to the last deployment that completed (default on).
+    pub rollback: bool,
+}
+
+impl Default for DeploymentConfig {
+    fn default() -> Self {
+        DeploymentConfig {
+            minimum_healthy_percent: 100,
+            maximum_percent: 200,
+            circuit_breaker: true,
+            rollback: true,
+        }
+    }
+}
+
+/// Where a service's tasks may go.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServicePlacement {
+    /// Every one must hold for a node (node labels).
+    pub constraints: Vec<PlacementConstraint>,
+    /// Spread the service's tasks over the nodes that qualify (fewest of them first).
+    pub spread: bool,
+}
+
+/// `label == value` (or `!=`) on a node's labels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlacementConstraint {
+    pub label: String,
+    pub value: String,
+    /// `!=` instead of `==`.
+    #[serde(default)]
+    pub not: bool,
+}
+
+/// Target tracking on a queue's backlog per task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Autoscaling {
+    /// Where the backlog comes from: `queue:<name>` (a built-in queue, read on every change)
+    /// or `external:<name>` (reported over gRPC with ReportBacklog, or polled: `redis:…`).
+    pub source: String,
+    pub min: u32,
+    pub max: u32,
+    /// Messages per task the service aims for.
+    pub target_per_task: u32,
+    pub scale_out_cooldown_secs: u32,
+    pub scale_in_cooldown_secs: u32,
+    /// An external report older than this is not trusted: the count holds (default 60 s).
+    pub stale_after_secs: u32,
+}
+
+/// A backlog as last observed: a queue's messages waiting and being worked on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Backlog {
+    pub source: String,
+    pub visible: u64,
+    pub in_flight: u64,
+    pub observed_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DeploymentStatus {
+    /// The one new tasks are started for.
+    Primary,
+    /// An older one whose tasks are being replaced.
+    Active,
+    /// Done: no tasks left.
+    Inactive,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RolloutState {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// One revision of a service being rolled out (or done).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    /// `family:rev`, resolved when the deployment began.
+    pub task_definition: String,
+    pub status: DeploymentStatus,
+    pub rollout: RolloutState,
+    /// Why it is in its rollout state (failed: which tasks, rolled back to what).
+    pub reason: String,
+    /// Tasks of this deployment that failed (essential container exited, failed to start,
+    /// unhealthy), for the circuit breaker.
+    pub failed_tasks: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A service's running state, kept apart from its definition (which the user replaces).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub name: String,
+    /// Newest first; the first is PRIMARY.
+    pub deployments: Vec<Deployment>,
+    /// The tasks the service has and that were last seen active: (task id, deployment id).
+    pub tasks: Vec<(String, String)>,
+    /// Failed tasks in a row, for the crash-loop backoff (reset when a task stays up).
+    pub consecutive_failures: u32,
+    /// No new task starts before this (crash-loop backoff).
+    pub backoff_until_ms: i64,
+    /// The last failure, for people.
+    pub last_failure: String,
+    /// Set by `rm`: desired 0, and the service is deleted once its tasks are gone.
+    pub draining: bool,
+    /// The desired count autoscaling chose (None: the service's own).
+    pub scaled_count: Option<u32>,
+    pub last_scale_out_ms: i64,
+    pub last_scale_in_ms: i64,
+    /// The latest decisions, newest first (at most 20).
+    pub decisions: Vec<ServiceDecision>,
+}
+
+/// A decision the service made, with its inputs, as `describe` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDecision {
+    pub at_ms: i64,
+    /// scale-out, scale-in, start, replace, stop, backoff, deploy, rollback, …
+    pub action: String,
+    pub message: String,
+    /// The numbers behind it.
+    pub detail: serde_json::Value,
 }

@@ -3,7 +3,9 @@
 //! keep waiting with a reason, lose a task whose node is gone) and the controller's applier
 //! commits the plan in one group commit before it tells any agent.
 
-use crate::model::{NodeState, TaskSpec};
+use std::collections::BTreeMap;
+
+use crate::model::{NodeState, PlacementConstraint, TaskSpec};
 
 /// A node as placement sees it: capacity and what is already reserved.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,9 +17,20 @@ pub struct NodeLoad {
     pub memory_mib: u64,
     pub cpu_used: f64,
     pub memory_used_mib: u64,
+    /// The node's labels, for placement constraints.
+    pub labels: BTreeMap<String, String>,
+    /// How many active tasks of each group it runs, for spreading a service.
+    pub groups: BTreeMap<String, u32>,
 }
 
 impl NodeLoad {
+    /// Whether every constraint holds for this node's labels.
+    fn satisfies(&self, constraints: &[PlacementConstraint]) -> bool {
+        constraints
+            .iter()
+            .all(|c| (self.labels.get(&c.label) == Some(&c.value)) != c.not)
+    }
+
     fn fits(&self, cpu: f64, memory_mib: u64) -> bool {
         // A small epsilon so 4 × 0.25 vCPU fits in 1 vCPU despite float rounding.
         self.cpu_used + cpu <= self.cpu + 1e-9
@@ -25,9 +38,10 @@ impl NodeLoad {
     }
 
     /// Reserves a placed task's resources, so the next decision in the same pass sees them.
-    pub fn reserve(&mut self, spec: &TaskSpec) {
+    pub fn reserve(&mut self, spec: &TaskSpec, group: &str) {
         self.cpu_used += spec.cpu();
         self.memory_used_mib += spec.memory_mib();
+        *self.groups.entry(group.to_string()).or_default() += 1;
     }
 }
 
@@ -49,18 +63,53 @@ impl std::fmt::Display for Unplaced {
 
 /// Picks the first READY, connected node with room for the task, or says why none fits.
 pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad, Unplaced> {
+    place_in(spec, "", nodes)
+}
+
+/// Picks a node for a task of `group`: among the READY, connected nodes that meet the spec's
+/// placement constraints and have room, the first — or, when the spec spreads, the one with
+/// the fewest tasks of the group. Otherwise says why none fits.
+pub fn place_in<'a>(
+    spec: &TaskSpec,
+    group: &str,
+    nodes: &'a [NodeLoad],
+) -> Result<&'a NodeLoad, Unplaced> {
     let (cpu, mem) = (spec.cpu(), spec.memory_mib());
-    let ready: Vec<&NodeLoad> = nodes
+    let connected: Vec<&NodeLoad> = nodes
         .iter()
         .filter(|n| n.connected && n.state == NodeState::Ready)
         .collect();
-    if ready.is_empty() {
+    if connected.is_empty() {
         return Err(Unplaced {
             reason: "no READY agent is connected".to_string(),
             never: false,
         });
     }
-    if let Some(n) = ready.iter().find(|n| n.fits(cpu, mem)) {
+    let constraints = &spec.placement.constraints;
+    let ready: Vec<&NodeLoad> = connected
+        .into_iter()
+        .filter(|n| n.satisfies(constraints))
+        .collect();
+    if ready.is_empty() {
+        let wanted: Vec<String> = constraints
+            .iter()
+            .map(|c| format!("{}{}{}", c.label, if c.not { "!=" } else { "==" }, c.value))
+            .collect();
+        return Err(Unplaced {
+            reason: format!(
+                "no connected READY node meets the placement constraints {}",
+                wanted.join(", ")
+            ),
+            never: false,
+        });
+    }
+    let fitting = ready.iter().filter(|n| n.fits(cpu, mem));
+    let chosen = if spec.placement.spread {
+        fitting.min_by_key(|n| n.groups.get(group).copied().unwrap_or(0))
+    } else {
+        fitting.into_iter().next()
+    };
+    if let Some(n) = chosen {
         return Ok(n);
     }
     let biggest = ready
@@ -88,6 +137,8 @@ pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad,
 #[derive(Clone, Debug)]
 pub struct Waiting<'a> {
     pub id: &'a str,
+    /// Its task group (a service spreads its own).
+    pub group: &'a str,
     pub spec: &'a TaskSpec,
     /// Why it waited in the last pass (recorded on the task), to write only what changed.
     pub reason: &'a str,
@@ -140,11 +191,11 @@ pub fn plan(s: &Snapshot) -> Vec<Step> {
         .collect();
     let mut nodes = s.nodes.clone();
     for w in &s.waiting {
-        match place(w.spec, &nodes) {
+        match place_in(w.spec, w.group, &nodes) {
             Ok(n) => {
                 let node = n.id.clone();
                 if let Some(load) = nodes.iter_mut().find(|l| l.id == node) {
-                    load.reserve(w.spec);
+                    load.reserve(w.spec, w.group);
                 }
                 steps.push(Step::Place {
                     task: w.id.to_string(),
@@ -177,6 +228,8 @@ mod tests {
             memory_mib: mem,
             cpu_used: 0.0,
             memory_used_mib: 0,
+            labels: BTreeMap::new(),
+            groups: BTreeMap::new(),
         }
     }
 
@@ -193,7 +246,7 @@ mod tests {
         for _ in 0..4 {
             let id = place(&spec(0.25, 10), &nodes).unwrap().id.clone();
             assert_eq!(id, "a");
-            nodes[0].reserve(&spec(0.25, 10));
+            nodes[0].reserve(&spec(0.25, 10), "g");
         }
         assert_eq!(place(&spec(0.25, 10), &nodes).unwrap().id, "b");
     }
@@ -214,6 +267,7 @@ mod tests {
         let (small, big) = (spec(1.0, 10), spec(8.0, 10));
         let w = |id, spec, reason| Waiting {
             id,
+            group: "g",
             spec,
             reason,
             unplaceable: false,
@@ -278,5 +332,54 @@ mod tests {
         let err = place(&spec(1.0, 1), &[busy]).unwrap_err();
         assert!(err.reason.contains("waiting for capacity"), "{err}");
         assert!(!err.never);
+    }
+
+    #[test]
+    fn constraints_pick_nodes_by_label_and_spread_evens_out_a_group() {
+        let labelled = |id: &str, zone: &str| {
+            let mut n = node(id, 4.0, 4096);
+            n.labels.insert("zone".into(), zone.into());
+            n
+        };
+        let mut nodes = vec![
+            labelled("a", "east"),
+            labelled("b", "west"),
+            labelled("c", "west"),
+        ];
+        let mut s = spec(0.25, 10);
+        s.placement.constraints = vec![PlacementConstraint {
+            label: "zone".into(),
+            value: "west".into(),
+            not: false,
+        }];
+        assert_eq!(place_in(&s, "svc", &nodes).unwrap().id, "b");
+        s.placement.constraints[0].not = true;
+        assert_eq!(place_in(&s, "svc", &nodes).unwrap().id, "a");
+        s.placement.constraints[0].value = "east".into();
+        s.placement.constraints[0].not = false;
+        s.placement.constraints[0].label = "disk".into();
+        let err = place_in(&s, "svc", &nodes).unwrap_err();
+        assert!(
+            err.reason.contains("placement constraints disk==east"),
+            "{err}"
+        );
+        assert!(!err.never);
+
+        // Spread: six tasks of one group over three nodes, two each, whatever the order.
+        s.placement.constraints.clear();
+        s.placement.spread = true;
+        for _ in 0..6 {
+            let id = place_in(&s, "svc", &nodes).unwrap().id.clone();
+            nodes
+                .iter_mut()
+                .find(|n| n.id == id)
+                .unwrap()
+                .reserve(&s, "svc");
+        }
+        let counts: Vec<u32> = nodes.iter().map(|n| n.groups["svc"]).collect();
+        assert_eq!(counts, [2, 2, 2]);
+        // Without spread, the first node with room takes them.
+        s.placement.spread = false;
+        assert_eq!(place_in(&s, "svc", &nodes).unwrap().id, "a");
     }
 }

@@ -6,6 +6,7 @@ use crate::model::{CatchUp, ContainerDef, NetworkMode, Overlap, Schedule, TaskSp
 /// A one-container task spec reserving `cpu` vCPU and `mem` MiB.
 pub fn spec(cpu: f64, mem: u64) -> TaskSpec {
     TaskSpec {
+        placement: Default::default(),
         containers: vec![ContainerDef {
             name: "main".into(),
             image: "dir:/x".into(),

@@ -391,6 +391,7 @@ pub fn task_spec(input: &TaskSpec) -> Result<TaskSpec, InvalidField> {
         ));
     }
     let spec = TaskSpec {
+        placement: input.placement.clone(),
         containers,
         network_mode: input.network_mode,
         timeout_secs: input.timeout_secs,
@@ -580,6 +581,89 @@ pub fn message(
     }
     for k in attributes.keys() {
         check_name(&format!("{field}.attributes"), k)?;
+    }
+    Ok(())
+}
+
+/// Most tasks a service may ask for.
+pub const MAX_SERVICE_TASKS: u32 = 1000;
+
+/// A service's settings, by the fields its file and API name them.
+pub fn service(s: &crate::model::Service) -> Result<(), InvalidField> {
+    check_name("name", &s.name)?;
+    taskdef_ref("task_definition", &s.task_definition)?;
+    at_most("desired_count", s.desired_count, MAX_SERVICE_TASKS, "tasks")?;
+    let d = &s.deployment;
+    if d.minimum_healthy_percent > 100 {
+        return Err(bad(
+            "deployment.minimum_healthy_percent",
+            format!("{} is more than 100", d.minimum_healthy_percent),
+        ));
+    }
+    if !(100..=400).contains(&d.maximum_percent) {
+        return Err(bad(
+            "deployment.maximum_percent",
+            format!("{} is outside 100 to 400", d.maximum_percent),
+        ));
+    }
+    if d.maximum_percent == 100 && d.minimum_healthy_percent == 100 {
+        return Err(bad(
+            "deployment.maximum_percent",
+            "with minimum_healthy_percent 100 it must be above 100, or no task could ever be replaced",
+        ));
+    }
+    at_most("stop_timeout", s.stop_timeout_secs, 3600, "s")?;
+    for (i, c) in s.placement.constraints.iter().enumerate() {
+        if c.label.is_empty() {
+            return Err(bad(
+                format!("placement.constraints[{i}].label"),
+                "must not be empty",
+            ));
+        }
+    }
+    if let Some(a) = &s.autoscaling {
+        match a.source.split_once(':') {
+            Some(("queue", q)) => check_name("autoscaling.source", q)?,
+            Some(("external", n)) => check_name("autoscaling.source", n)?,
+            Some(("redis", rest)) if !rest.is_empty() => {}
+            _ => {
+                return Err(bad(
+                    "autoscaling.source",
+                    format!(
+                        "{:?} is not queue:<name>, external:<name> or redis://host:port/key",
+                        a.source
+                    ),
+                ))
+            }
+        }
+        at_most("autoscaling.max", a.max, MAX_SERVICE_TASKS, "tasks")?;
+        if a.min > a.max {
+            return Err(bad(
+                "autoscaling.min",
+                format!("{} is more than max {}", a.min, a.max),
+            ));
+        }
+        if a.max == 0 {
+            return Err(bad("autoscaling.max", "must be at least 1"));
+        }
+        if a.target_per_task == 0 {
+            return Err(bad("autoscaling.target_per_task", "must be at least 1"));
+        }
+        at_most(
+            "autoscaling.scale_out_cooldown",
+            a.scale_out_cooldown_secs,
+            86_400,
+            "s",
+        )?;
+        at_most(
+            "autoscaling.scale_in_cooldown",
+            a.scale_in_cooldown_secs,
+            86_400,
+            "s",
+        )?;
+        if a.stale_after_secs == 0 {
+            return Err(bad("autoscaling.stale_after", "must be at least 1 s"));
+        }
     }
     Ok(())
 }

@@ -115,12 +115,22 @@ impl Harness {
         pb::queues_client::QueuesClient::new(self.channel.clone())
     }
 
+    pub fn services(&self) -> pb::services_client::ServicesClient<Channel> {
+        pb::services_client::ServicesClient::new(self.channel.clone())
+    }
+
     pub fn taskdefs(&self) -> pb::task_definitions_client::TaskDefinitionsClient<Channel> {
         pb::task_definitions_client::TaskDefinitionsClient::new(self.channel.clone())
     }
 
     /// Registers a one-container definition (0.25 vCPU, 64 MiB) of `family`.
     pub async fn register(&self, family: &str) -> pb::TaskDefinition {
+        self.register_running(family, "true").await
+    }
+
+    /// Registers a definition whose container runs `command` (`crash`: fake agents report
+    /// it exited with 1 as soon as it starts).
+    pub async fn register_running(&self, family: &str, command: &str) -> pb::TaskDefinition {
         self.taskdefs()
             .register(self.req(pb::RegisterTaskDefinitionRequest {
                 definition: Some(pb::TaskDefinitionInput {
@@ -128,7 +138,7 @@ impl Harness {
                     containers: vec![pb::ContainerDefinition {
                         name: "main".into(),
                         image: "dir:/nowhere".into(),
-                        command: vec!["true".into()],
+                        command: vec![command.into()],
                         cpu: 0.25,
                         memory_mib: 64,
                         ..Default::default()
@@ -245,7 +255,7 @@ impl Harness {
         }
         // Every background loop finished its pass and returned.
         let workers = self.core.workers.all();
-        assert_eq!(workers.len(), 6, "{workers:?}");
+        assert_eq!(workers.len(), 7, "{workers:?}");
         assert!(
             workers.values().all(|s| *s == WorkerState::Stopped),
             "{workers:?}"
@@ -303,7 +313,20 @@ impl FakeAgent {
                 let reply = match msg.body {
                     Some(pb::controller_message::Body::Start(s)) => {
                         let _ = started_tx.send(s.task_id.clone());
-                        report(&s.task_id, "RUNNING", "", "")
+                        // A container whose command is `crash` exits at once with 1.
+                        if s.containers
+                            .iter()
+                            .any(|c| c.command.first().is_some_and(|c| c == "crash"))
+                        {
+                            report(
+                                &s.task_id,
+                                "STOPPED",
+                                "EssentialContainerExited",
+                                "essential container main exited with 1",
+                            )
+                        } else {
+                            report(&s.task_id, "RUNNING", "", "")
+                        }
                     }
                     Some(pb::controller_message::Body::Stop(s)) => {
                         report(&s.task_id, "STOPPED", &s.stop_code, &s.reason)
@@ -330,6 +353,22 @@ impl FakeAgent {
             .await
             .expect("a Start within the deadline")
             .expect("the session is open")
+    }
+
+    /// Reports that a task's essential container exited with `exit_code`.
+    pub async fn exit(&self, task_id: &str, exit_code: i32) {
+        let body = Some(pb::agent_message::Body::Task(report(
+            task_id,
+            "STOPPED",
+            "EssentialContainerExited",
+            &format!("essential container main exited with {exit_code}"),
+        )));
+        self.out
+            .as_ref()
+            .expect("connected")
+            .send(pb::AgentMessage { body })
+            .await
+            .unwrap();
     }
 
     /// Drops the connection, as a crashed host or a cut cable would.

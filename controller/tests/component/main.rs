@@ -8,3 +8,4 @@ mod notification_retries;
 mod queues;
 mod rule_retries;
 mod schedule_catch_up;
+mod services;

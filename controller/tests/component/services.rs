@@ -1,0 +1,425 @@
+//! Services on the manual clock with fake agents: a service keeps its count and replaces a
+//! failed task; a new revision rolls out within maximum percent and completes; a crash loop
+//! backs off and the circuit breaker rolls a failing deployment back; autoscaling follows a
+//! queue's backlog out of zero and back to it after its cooldown; `rm` drains, then deletes.
+
+use std::time::Duration;
+
+use skiff_proto::v1 as pb;
+
+use crate::harness::{FakeAgent, Harness};
+
+fn service(name: &str, family: &str, desired: u32) -> pb::Service {
+    pb::Service {
+        name: name.into(),
+        task_definition: family.into(),
+        desired_count: desired,
+        ..Default::default()
+    }
+}
+
+async fn put(h: &Harness, s: pb::Service) -> pb::ServiceStatus {
+    h.services()
+        .put(h.req(pb::PutServiceRequest {
+            service: Some(s),
+            force_new_deployment: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn describe(h: &Harness, name: &str) -> pb::ServiceStatus {
+    h.services()
+        .describe(h.req(pb::ServiceRef { name: name.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until the service's primary deployment has `rollout` with `running` tasks RUNNING.
+async fn settles(h: &Harness, name: &str, rollout: &str, running: u32) -> pb::ServiceStatus {
+    h.until(
+        &format!("{name} {rollout} with {running} running"),
+        || async {
+            let st = describe(h, name).await;
+            let primary = st.deployments.first().map(|d| d.rollout.clone());
+            if primary.as_deref() == Some(rollout) && st.running == running && st.pending == 0 {
+                Ok(st)
+            } else {
+                Err(format!(
+                    "{primary:?}, {} running, {} pending, decisions {:?}",
+                    st.running,
+                    st.pending,
+                    st.decisions.iter().map(|d| &d.message).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// The service events on the bus so far, as (detail-type, detail).
+async fn service_events(h: &Harness) -> Vec<(String, serde_json::Value)> {
+    let events = h.core.store.last_events(10_000).unwrap();
+    events
+        .into_iter()
+        .filter(|e| e.source == "skiff.service")
+        .map(|e| (e.detail_type, e.detail))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_service_keeps_its_count_replaces_a_failed_task_and_rolls_out_a_new_revision() {
+    let h = Harness::start().await;
+    h.register("web").await;
+    let agent = FakeAgent::connect(&h, "n1", 4.0, &[]).await;
+    put(&h, service("web", "web", 2)).await;
+    let st = settles(&h, "web", "COMPLETED", 2).await;
+    assert_eq!(st.deployments[0].task_definition, "web:1");
+    let first: Vec<String> = st.tasks.iter().map(|t| t.id.clone()).collect();
+
+    // One task's container exits with 1: a replacement starts, the event says why.
+    agent.exit(&first[0], 1).await;
+    let st = h
+        .until("a replacement running", || async {
+            let st = describe(&h, "web").await;
+            let ids: Vec<&str> = st.tasks.iter().map(|t| t.id.as_str()).collect();
+            if st.running == 2 && !ids.contains(&first[0].as_str()) {
+                Ok(st)
+            } else {
+                h.advance(Duration::from_millis(500));
+                Err(format!("{ids:?}, {} running", st.running))
+            }
+        })
+        .await;
+    assert!(
+        st.tasks.iter().any(|t| t.id == first[1]),
+        "the healthy task stays"
+    );
+    let events = service_events(&h).await;
+    let replaced = events
+        .iter()
+        .find(|(_, d)| d["action"] == "replace")
+        .expect("a replace event");
+    assert_eq!(replaced.1["task"], first[0]);
+    assert_eq!(replaced.1["stop_code"], "EssentialContainerExited");
+
+    // A new revision rolls out: both tasks replaced, never more than 200 % at once.
+    h.register("web").await;
+    let st = put(&h, service("web", "web", 2)).await;
+    assert_eq!(st.deployments[0].task_definition, "web:2");
+    assert_eq!(st.deployments[0].rollout, "IN_PROGRESS");
+    let st = h
+        .until("web:2 completed", || async {
+            let st = describe(&h, "web").await;
+            let active = h.core.store.active_tasks().unwrap();
+            assert!(active.len() <= 4, "more than 200 %: {}", active.len());
+            let done = st.deployments[0].rollout == "COMPLETED"
+                && st.tasks.iter().all(|t| t.task_definition == "web:2")
+                && st.running == 2;
+            if done {
+                Ok(st)
+            } else {
+                Err(format!("{:?}", st.deployments))
+            }
+        })
+        .await;
+    assert_eq!(st.deployments[1].status, "INACTIVE");
+    let events = service_events(&h).await;
+    let states: Vec<&str> = events
+        .iter()
+        .filter(|(t, _)| t == "Service Deployment State Change")
+        .map(|(_, d)| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["IN_PROGRESS", "COMPLETED", "IN_PROGRESS", "COMPLETED"]
+    );
+    agent.vanish();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crash_loop_backs_off_and_the_circuit_breaker_rolls_back() {
+    let h = Harness::start().await;
+    h.register("api").await;
+    let agent = FakeAgent::connect(&h, "n1", 4.0, &[]).await;
+    put(&h, service("api", "api", 1)).await;
+    settles(&h, "api", "COMPLETED", 1).await;
+
+    // Revision 2 crashes at once: starts back off 1 s, then 2 s, and after 3 failed tasks
+    // the deployment fails and rolls back to revision 1.
+    h.register_running("api", "crash").await;
+    put(&h, service("api", "api", 1)).await;
+    let st = h
+        .until("the first failure's backoff", || async {
+            let st = describe(&h, "api").await;
+            if st.consecutive_failures == 1 {
+                Ok(st)
+            } else {
+                Err(format!("{} failures", st.consecutive_failures))
+            }
+        })
+        .await;
+    assert!(
+        st.last_failure.contains("exited with 1"),
+        "{}",
+        st.last_failure
+    );
+    assert!(
+        st.decisions[0].message.contains("next start in 1s"),
+        "{:?}",
+        st.decisions[0]
+    );
+    let backoff_until = st.backoff_until_ms;
+    // Before the backoff ends no new task of revision 2 starts.
+    let before = h.core.store.active_tasks().unwrap().len();
+    h.advance(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.core.store.active_tasks().unwrap().len(), before);
+    assert!(h.clock.now_ms() < backoff_until);
+
+    let st = h
+        .until("the rollback completed", || async {
+            h.advance(Duration::from_millis(500));
+            let st = describe(&h, "api").await;
+            let rolled_back = st.deployments.len() == 3
+                && st.deployments[0].task_definition == "api:1"
+                && st.deployments[0].rollout == "COMPLETED"
+                && st.running == 1;
+            if rolled_back {
+                Ok(st)
+            } else {
+                Err(format!("{:?}", st.deployments))
+            }
+        })
+        .await;
+    assert_eq!(st.deployments[1].rollout, "FAILED");
+    assert_eq!(st.deployments[1].failed_tasks, 3);
+    assert!(st.deployments[0].reason.contains("rollback"));
+    let failed = service_events(&h)
+        .await
+        .into_iter()
+        .find(|(t, d)| t == "Service Deployment State Change" && d["state"] == "FAILED")
+        .expect("a FAILED event");
+    assert_eq!(failed.1["threshold"], 3);
+    agent.vanish();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn autoscaling_follows_a_queues_backlog_out_of_zero_and_back() {
+    let h = Harness::start().await;
+    h.register("worker").await;
+    let agent = FakeAgent::connect(&h, "n1", 4.0, &[]).await;
+    h.queues()
+        .put(h.req(pb::Queue {
+            name: "jobs".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let mut s = service("workers", "worker", 0);
+    s.autoscaling = Some(pb::Autoscaling {
+        source: "queue:jobs".into(),
+        min: 0,
+        max: 4,
+        target_per_task: 10,
+        scale_out_cooldown_seconds: 30,
+        scale_in_cooldown_seconds: 60,
+        stale_after_seconds: None,
+    });
+    put(&h, s).await;
+    settles(&h, "workers", "COMPLETED", 0).await;
+
+    // 25 messages: ceil(25 / 10) = 3 tasks, out of zero at once.
+    for batch in 0..3 {
+        let n = if batch < 2 { 10 } else { 5 };
+        h.queues()
+            .send(
+                h.req(pb::SendMessagesRequest {
+                    queue: "jobs".into(),
+                    entries: (0..n)
+                        .map(|i| pb::SendEntry {
+                            id: i.to_string(),
+                            body: format!("job {batch}.{i}"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            )
+            .await
+            .unwrap();
+    }
+    // Out of zero at once (on the first batch or two), then within the 30 s scale-out
+    // cooldown the count holds; after it, ceil(25 / 10) = 3.
+    h.until("out of zero", || async {
+        let st = describe(&h, "workers").await;
+        if st.running >= 1 {
+            Ok(())
+        } else {
+            Err(format!("desired {}, running {}", st.desired, st.running))
+        }
+    })
+    .await;
+    h.advance(Duration::from_secs(31));
+    let st = h
+        .until("3 workers", || async {
+            let st = describe(&h, "workers").await;
+            if st.running == 3 {
+                Ok(st)
+            } else {
+                Err(format!("desired {}, running {}", st.desired, st.running))
+            }
+        })
+        .await;
+    let scale_out = st
+        .decisions
+        .iter()
+        .find(|d| d.action == "scale-out")
+        .expect("a scale-out decision");
+    let detail: serde_json::Value = serde_json::from_str(&scale_out.detail_json).unwrap();
+    assert_eq!(detail["to"], 3, "{detail}");
+    assert_eq!(detail["visible"], 25, "{detail}");
+
+    // The work is done (the queue is empty). The count holds through the scale-in
+    // cooldown, then goes to zero.
+    h.queues()
+        .purge(h.req(pb::QueueRef {
+            name: "jobs".into(),
+        }))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        describe(&h, "workers").await.desired,
+        3,
+        "within the cooldown"
+    );
+    h.advance(Duration::from_secs(61));
+    h.until("back to zero", || async {
+        let st = describe(&h, "workers").await;
+        if st.desired == 0 && st.running == 0 && st.tasks.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("desired {}, {} tasks", st.desired, st.tasks.len()))
+        }
+    })
+    .await;
+    let actions: Vec<String> = service_events(&h)
+        .await
+        .into_iter()
+        .filter_map(|(_, d)| d["action"].as_str().map(str::to_string))
+        .collect();
+    assert!(actions.contains(&"scale-out".to_string()), "{actions:?}");
+    assert!(actions.contains(&"scale-in".to_string()), "{actions:?}");
+    agent.vanish();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn rm_drains_the_tasks_then_deletes_the_service() {
+    let h = Harness::start().await;
+    h.register("web").await;
+    let agent = FakeAgent::connect(&h, "n1", 4.0, &[]).await;
+    put(&h, service("web", "web", 3)).await;
+    let st = settles(&h, "web", "COMPLETED", 3).await;
+    let st2 = h
+        .services()
+        .delete(h.req(pb::ServiceRef { name: "web".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st2.draining);
+    // A put while it drains is refused, naming why.
+    let err = h
+        .services()
+        .put(h.req(pb::PutServiceRequest {
+            service: Some(service("web", "web", 3)),
+            force_new_deployment: false,
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("being deleted"), "{err:?}");
+    h.until("the service gone", || async {
+        match h
+            .services()
+            .describe(h.req(pb::ServiceRef { name: "web".into() }))
+            .await
+        {
+            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for t in st.tasks {
+        let t = h.task(&t.id).await;
+        assert_eq!(t.last_status, "STOPPED");
+        assert_eq!(t.stop_code, "ServiceSchedulerInitiated");
+        assert_eq!(t.stopped_reason, "service is being deleted");
+    }
+    agent.vanish();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_service_input_is_refused_naming_the_field() {
+    let h = Harness::start().await;
+    h.register("web").await;
+    let cases = [
+        (
+            service("web", "nope", 1),
+            "task_definition: no active task definition",
+        ),
+        (service("bad name!", "web", 1), "name"),
+        (
+            pb::Service {
+                deployment: Some(pb::DeploymentConfig {
+                    maximum_percent: Some(100),
+                    ..Default::default()
+                }),
+                ..service("web", "web", 1)
+            },
+            "deployment.maximum_percent",
+        ),
+        (
+            pb::Service {
+                autoscaling: Some(pb::Autoscaling {
+                    source: "queue:missing".into(),
+                    max: 2,
+                    target_per_task: 1,
+                    ..Default::default()
+                }),
+                ..service("web", "web", 1)
+            },
+            "autoscaling.source: no queue \"missing\"",
+        ),
+        (
+            pb::Service {
+                autoscaling: Some(pb::Autoscaling {
+                    source: "queue:jobs".into(),
+                    min: 3,
+                    max: 2,
+                    target_per_task: 1,
+                    ..Default::default()
+                }),
+                ..service("web", "web", 1)
+            },
+            "autoscaling.min",
+        ),
+    ];
+    for (s, want) in cases {
+        let err = h
+            .services()
+            .put(h.req(pb::PutServiceRequest {
+                service: Some(s),
+                force_new_deployment: false,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(want), "{want}: {}", err.message());
+    }
+    h.shutdown().await;
+}
