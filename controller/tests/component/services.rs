@@ -325,6 +325,17 @@ async fn rm_drains_the_tasks_then_deletes_the_service() {
     let agent = FakeAgent::connect(&h, "n1", 4.0, &[]).await;
     put(&h, service("web", "web", 3)).await;
     let st = settles(&h, "web", "COMPLETED", 3).await;
+    // The node goes away, so the stops stay in flight until it is declared lost.
+    let node = agent.node_id.clone();
+    agent.vanish();
+    h.until("the session ended", || async {
+        if h.core.is_connected(&node) {
+            Err("connected".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     let st2 = h
         .services()
         .delete(h.req(pb::ServiceRef { name: "web".into() }))
@@ -342,6 +353,16 @@ async fn rm_drains_the_tasks_then_deletes_the_service() {
         .await
         .unwrap_err();
     assert!(err.message().contains("being deleted"), "{err:?}");
+    for t in &st.tasks {
+        h.until("its stop asked for", || async {
+            match h.task(&t.id).await.desired_status.as_str() {
+                "STOPPED" => Ok(()),
+                other => Err(other.to_string()),
+            }
+        })
+        .await;
+    }
+    h.advance(Duration::from_secs(11));
     h.until("the service gone", || async {
         match h
             .services()
@@ -359,7 +380,6 @@ async fn rm_drains_the_tasks_then_deletes_the_service() {
         assert_eq!(t.stop_code, "ServiceSchedulerInitiated");
         assert_eq!(t.stopped_reason, "service is being deleted");
     }
-    agent.vanish();
     h.shutdown().await;
 }
 
