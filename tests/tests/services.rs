@@ -1,0 +1,324 @@
+//! Services end to end with real containers: `deploy/examples/queue-workers` as written (the
+//! image and the controller's address swapped for this machine's), fed 1,000 messages while
+//! idle at zero. The service scales out, the backlog drains, a worker killed mid-message
+//! gives its message back after the visibility timeout, a poison message ends in the
+//! dead-letter queue, the controller is killed with `kill -9` mid-drain and started again,
+//! and in the end every message was processed — duplicates only across receives, never by
+//! two tasks within one visibility window — and the service is back at zero.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use skiff_tests::registry::free_port;
+use skiff_tests::{cli, wait_for, Env, Proc};
+
+const LONG: Duration = Duration::from_secs(180);
+const JOBS: usize = 1000;
+
+fn example(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/queue-workers")
+        .join(file)
+}
+
+/// `skiff dev` on fixed ports (so a restart keeps the address the workers use).
+fn start_dev(env: &mut Env, name: &str, grpc: u16, http: u16) -> usize {
+    let data = env.path("dev");
+    let (listen, http_listen) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"));
+    let args = [
+        "dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--http-listen",
+        &http_listen,
+        "--credentials-listen",
+        "127.0.0.1:0",
+    ];
+    env.procs.push(Proc::spawn(name, env.dir.path(), &args));
+    let addr = format!("http://{listen}");
+    wait_for("the dev agent to connect", Duration::from_secs(30), || {
+        skiff_tests::node_connected(&addr, "local").then_some(())
+    });
+    env.procs.len() - 1
+}
+
+/// One SQS JSON-protocol call with the admin token; None if the controller is not answering.
+fn sqs(
+    base: &str,
+    token: &str,
+    action: &str,
+    body: serde_json::Value,
+) -> Option<serde_json::Value> {
+    let auth = format!("Bearer {token}");
+    let target = format!("AmazonSQS.{action}");
+    let (status, text) = skiff_tests::http_with(
+        "POST",
+        &format!("{base}/"),
+        &[
+            ("Authorization", &auth),
+            ("X-Amz-Target", &target),
+            ("Content-Type", "application/x-amz-json-1.0"),
+        ],
+        body.to_string().as_bytes(),
+    );
+    (status == 200).then(|| serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+}
+
+fn queue_counts(addr: &str, queue: &str) -> Option<(u64, u64)> {
+    let out = cli(addr, &["queues", "describe", queue, "-o", "json"]);
+    if out.code != 0 {
+        return None;
+    }
+    let s = out.json();
+    let n = |f: &str| s[f].as_u64().unwrap_or(0);
+    Some((n("visible"), n("inFlight")))
+}
+
+fn service(addr: &str) -> Option<serde_json::Value> {
+    let out = cli(
+        addr,
+        &["services", "describe", "queue-workers", "-o", "json"],
+    );
+    (out.code == 0).then(|| out.json())
+}
+
+/// The pid of a process running `sleep 30` (a worker holding the slow message), if any.
+fn sleeping_worker() -> Option<(i32, i32)> {
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline == b"sleep\x0030\x00" {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            return Some((pid, ppid));
+        }
+    }
+    None
+}
+
+#[test]
+fn queue_workers_scale_out_of_zero_drain_a_thousand_messages_through_crashes_and_return_to_zero() {
+    let mut env = Env::new();
+    let (grpc, http) = (free_port(), free_port());
+    let dev = start_dev(&mut env, "dev", grpc, http);
+    let addr = format!("http://127.0.0.1:{grpc}");
+    let base = format!("http://127.0.0.1:{http}");
+    let token = skiff_tests::admin_token(&addr);
+
+    // The README's commands, with this machine's busybox and controller address.
+    for args in [
+        vec!["queues", "create", "jobs-dlq"],
+        vec!["queues", "create", "done"],
+        vec![
+            "queues",
+            "create",
+            "jobs",
+            "--visibility-timeout",
+            "5s",
+            "--dead-letter-queue",
+            "jobs-dlq",
+            "--max-receives",
+            "3",
+        ],
+    ] {
+        let out = cli(&addr, &args);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    }
+    let role = cli(
+        &addr,
+        &["roles", "put", "-f", example("role.yaml").to_str().unwrap()],
+    );
+    assert_eq!(role.code, 0, "{role:?}");
+    let worker = fs::read_to_string(example("worker.toml"))
+        .unwrap()
+        .replace("docker.io/library/busybox:1.36", &env.busybox_image())
+        .replace("http://127.0.0.1:7480", &base);
+    let worker_file = env.path("worker.toml");
+    fs::write(&worker_file, worker).unwrap();
+    let reg = cli(
+        &addr,
+        &["taskdefs", "register", "-f", worker_file.to_str().unwrap()],
+    );
+    assert_eq!(reg.code, 0, "{reg:?}");
+    let created = cli(
+        &addr,
+        &[
+            "services",
+            "create",
+            "-f",
+            example("service.yaml").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(created.code, 0, "{created:?}");
+    let idle = wait_for("the idle service", LONG, || {
+        let s = service(&addr)?;
+        (s["deployments"][0]["rollout"] == "COMPLETED").then_some(s)
+    });
+    assert_eq!(idle["desired"].as_u64().unwrap_or(0), 0, "{idle}");
+    assert!(
+        idle["tasks"].as_array().is_none_or(|t| t.is_empty()),
+        "{idle}"
+    );
+
+    // A slow message first (its first worker is killed while on it), a poison one, then 1,000.
+    let first_sent = Instant::now();
+    for body in ["slow-1", "poison-1"] {
+        sqs(
+            &base,
+            &token,
+            "SendMessage",
+            serde_json::json!({"QueueUrl": "jobs", "MessageBody": body}),
+        )
+        .expect("sent");
+    }
+    for batch in 0..JOBS / 10 {
+        let entries: Vec<serde_json::Value> = (0..10)
+            .map(|i| {
+                let n = batch * 10 + i;
+                serde_json::json!({"Id": i.to_string(), "MessageBody": format!("job-{n}")})
+            })
+            .collect();
+        let r = sqs(
+            &base,
+            &token,
+            "SendMessageBatch",
+            serde_json::json!({"QueueUrl": "jobs", "Entries": entries}),
+        )
+        .expect("sent");
+        assert_eq!(r["Successful"].as_array().map(Vec::len), Some(10), "{r}");
+    }
+    let first_running = wait_for("a worker RUNNING", LONG, || {
+        let s = service(&addr)?;
+        (s["running"].as_u64().unwrap_or(0) >= 1).then(Instant::now)
+    });
+    eprintln!(
+        "first message → first worker RUNNING: {:?}",
+        first_running - first_sent
+    );
+
+    // The worker that took the slow message is killed mid-message.
+    let (sleep_pid, worker_pid) = wait_for("a worker on the slow message", LONG, sleeping_worker);
+    assert_eq!(unsafe { libc::kill(worker_pid, libc::SIGKILL) }, 0);
+    let _ = sleep_pid;
+
+    // The controller (with its agent) is killed mid-drain and started again on the same ports.
+    wait_for("300 messages done", LONG, || {
+        let (visible, _) = queue_counts(&addr, "done")?;
+        (visible >= 300).then_some(())
+    });
+    let scaled = service(&addr).unwrap();
+    assert!(
+        scaled["desired"].as_u64().unwrap() > 1,
+        "scaled out: {scaled}"
+    );
+    env.procs[dev].kill9();
+    start_dev(&mut env, "dev-again", grpc, http);
+
+    // Drained: nothing left in jobs, the poison in the dead-letter queue.
+    wait_for("jobs drained", LONG, || {
+        (queue_counts(&addr, "jobs")? == (0, 0)).then_some(())
+    });
+    let (dead, _) = queue_counts(&addr, "jobs-dlq").unwrap();
+    assert_eq!(dead, 1);
+    let dlq = sqs(
+        &base,
+        &token,
+        "ReceiveMessage",
+        serde_json::json!({"QueueUrl": "jobs-dlq"}),
+    )
+    .unwrap();
+    assert_eq!(dlq["Messages"][0]["Body"], "poison-1", "{dlq}");
+
+    // Every message was processed; a message processed twice was so on different receives
+    // (it came back only after its visibility timeout, never to two tasks at once).
+    let mut processed: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+    loop {
+        let got = sqs(
+            &base,
+            &token,
+            "ReceiveMessage",
+            serde_json::json!({"QueueUrl": "done", "MaxNumberOfMessages": 10, "VisibilityTimeout": 3600}),
+        )
+        .unwrap();
+        let Some(messages) = got["Messages"].as_array().filter(|m| !m.is_empty()) else {
+            break;
+        };
+        for m in messages {
+            let body = m["Body"].as_str().unwrap();
+            let parts: Vec<&str> = body.split(' ').collect();
+            assert_eq!(parts.len(), 3, "{body}");
+            processed
+                .entry(parts[0].to_string())
+                .or_default()
+                .push((parts[1].to_string(), parts[2].parse().unwrap()));
+        }
+    }
+    let mut want: Vec<String> = (0..JOBS).map(|n| format!("job-{n}")).collect();
+    want.push("slow-1".into());
+    want.sort();
+    let got: Vec<String> = processed.keys().cloned().collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "missing: {:?}",
+        want.iter()
+            .filter(|w| !processed.contains_key(*w))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(got, want);
+    let mut duplicates = 0;
+    for (body, runs) in &processed {
+        if runs.len() > 1 {
+            duplicates += runs.len() - 1;
+            let mut receives: Vec<u32> = runs.iter().map(|r| r.1).collect();
+            receives.sort();
+            receives.dedup();
+            assert_eq!(
+                receives.len(),
+                runs.len(),
+                "{body} processed twice on one receive: {runs:?}"
+            );
+        }
+    }
+    let slow = &processed["slow-1"];
+    assert!(
+        slow.iter().all(|r| r.1 >= 2),
+        "the killed worker's message came back: {slow:?}"
+    );
+    let tasks: std::collections::BTreeSet<&str> =
+        processed.values().flatten().map(|r| r.0.as_str()).collect();
+    eprintln!(
+        "{} messages processed by {} tasks, {duplicates} duplicates (each on a later receive)",
+        processed.len(),
+        tasks.len()
+    );
+    assert!(tasks.len() > 1, "the work was shared: {tasks:?}");
+
+    // Back at zero after the scale-in cooldown, with the decisions that got it there.
+    let done = wait_for("the service back at zero", LONG, || {
+        let s = service(&addr)?;
+        let none = s["tasks"].as_array().is_none_or(|t| t.is_empty());
+        (s["desired"].as_u64().unwrap_or(0) == 0 && none).then_some(s)
+    });
+    let actions: Vec<&str> = done["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"scale-out"), "{actions:?}");
+    assert!(actions.contains(&"scale-in"), "{actions:?}");
+}
