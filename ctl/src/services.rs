@@ -55,6 +55,15 @@ pub enum ServicesCmd {
         /// The service's name.
         name: String,
     },
+    /// Wait until a service is stable: its primary deployment completed, as many tasks running
+    /// as desired, no older deployment's task left. Fails at once if the deployment failed.
+    Wait {
+        /// The service's name.
+        name: String,
+        /// Give up after this long (exit code 2).
+        #[arg(long, default_value = "5m", value_parser = duration)]
+        timeout: std::time::Duration,
+    },
     /// Delete a service: its tasks are stopped (SIGTERM, then the stop timeout), then it goes.
     Rm {
         /// The service's name.
@@ -120,6 +129,28 @@ struct AutoscalingFile {
     scale_out_cooldown: Option<DurationField>,
     scale_in_cooldown: Option<DurationField>,
     stale_after: Option<DurationField>,
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (give e.g. 30s, 5m)"))
+}
+
+/// Whether the service is stable, or why it never will be (its deployment failed).
+fn stable(st: &pb::ServiceStatus) -> Result<bool, String> {
+    let Some(primary) = st.deployments.first() else {
+        return Ok(false);
+    };
+    if primary.rollout == "FAILED" {
+        return Err(format!(
+            "deployment {} of {} failed: {}",
+            primary.id, primary.task_definition, primary.reason
+        ));
+    }
+    let old_left = st.tasks.iter().any(|t| t.started_by != primary.id);
+    Ok(primary.rollout == "COMPLETED"
+        && !old_left
+        && st.running == st.desired
+        && st.pending == 0)
 }
 
 fn secs(field: &str, d: Option<DurationField>) -> anyhow::Result<Option<u32>> {
@@ -449,6 +480,41 @@ pub async fn services(addr: &str, fmt: Format, cmd: ServicesCmd) -> anyhow::Resu
             match fmt {
                 Format::Json => println!("{}", output::json(&st.deployments)),
                 Format::Table => println!("{}", deployment_rows(&st)),
+            }
+        }
+        ServicesCmd::Wait { name, timeout } => {
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let st = c
+                    .describe(service_ref(name.clone()))
+                    .await
+                    .map_err(api_error)?
+                    .into_inner();
+                match stable(&st) {
+                    Ok(true) => {
+                        match fmt {
+                            Format::Json => println!("{}", output::json(&st)),
+                            Format::Table => println!(
+                                "{name}: stable, {} running ({})",
+                                st.running,
+                                st.deployments[0].task_definition
+                            ),
+                        }
+                        return Ok(0);
+                    }
+                    Ok(false) => {}
+                    Err(why) => anyhow::bail!("{name} will not become stable: {why}"),
+                }
+                if std::time::Instant::now() >= deadline {
+                    eprintln!(
+                        "{name}: not stable after {}: {} of {} running",
+                        humantime::format_duration(timeout),
+                        st.running,
+                        st.desired
+                    );
+                    return Ok(2);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }
         ServicesCmd::Rm { name } => {

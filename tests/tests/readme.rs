@@ -105,6 +105,8 @@ fn the_readme_examples_run_as_written() {
         "howdy from",        // the task definition, with an override
         "s3cret",            // a secret file
         "exit code 1",       // test-pattern: no match
+        "pinger: stable, 2 running (pinger:1)", // services wait
+        "pinger: stable, 3 running (pinger:2)", // the rolled-out revision
     ] {
         assert!(out.contains(expected), "{expected:?} missing: {all_out}");
     }
