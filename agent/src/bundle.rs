@@ -331,6 +331,7 @@ mod tests {
             user: String::new(),
             secrets: vec![],
             mounts: vec![],
+            health_check: None,
         }
     }
 

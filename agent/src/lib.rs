@@ -10,6 +10,7 @@ pub(crate) mod connection;
 pub mod credserve;
 pub mod executable;
 pub mod hardening;
+pub mod health;
 pub mod images;
 mod imageserve;
 pub mod init_binary;
@@ -336,6 +337,7 @@ fn report_of(task_id: &str, r: &TaskRecord) -> pb::TaskReport {
                 state: c.phase.wire().into(),
                 exit_code: c.exit_code,
                 reason: c.reason.clone(),
+                health: c.health.clone(),
             })
             .collect(),
         stop_code: r.stop_code.clone(),

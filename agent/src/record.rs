@@ -44,6 +44,9 @@ pub struct ContainerRecord {
     pub phase: Phase,
     pub exit_code: Option<i32>,
     pub reason: String,
+    /// HEALTHY, UNHEALTHY or UNKNOWN with a health check; empty without one.
+    #[serde(default)]
+    pub health: String,
 }
 
 /// What the agent keeps about a task, in memory and in `task.json`.
@@ -68,6 +71,11 @@ impl TaskRecord {
                     phase: Phase::Pending,
                     exit_code: None,
                     reason: String::new(),
+                    health: if c.health_check.is_some() {
+                        "UNKNOWN".into()
+                    } else {
+                        String::new()
+                    },
                 })
                 .collect(),
             spec,

@@ -47,6 +47,20 @@ pub struct ContainerSpec {
     /// Host paths bind-mounted into the container.
     #[serde(default)]
     pub mounts: Vec<MountPoint>,
+    /// Run in the container every interval (see `health.rs`).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A container health check, its defaults resolved by the controller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// `["CMD-SHELL", script]` or `["CMD", exe, args…]`.
+    pub command: Vec<String>,
+    pub interval_secs: u32,
+    pub timeout_secs: u32,
+    pub retries: u32,
+    pub start_period_secs: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -180,6 +194,13 @@ impl TaskSpec {
                             read_only: m.read_only,
                         })
                         .collect(),
+                    health_check: c.health_check.as_ref().map(|h| HealthCheck {
+                        command: h.command.clone(),
+                        interval_secs: h.interval_seconds.unwrap_or(30).max(1),
+                        timeout_secs: h.timeout_seconds.unwrap_or(5).max(1),
+                        retries: h.retries.unwrap_or(3).max(1),
+                        start_period_secs: h.start_period_seconds.unwrap_or(0),
+                    }),
                 })
                 .collect(),
             network: if s.network_mode == "host" {

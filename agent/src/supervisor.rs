@@ -340,6 +340,24 @@ async fn supervise(
             (i, ending)
         });
     }
+    // Each running container with a health check is checked until it exits.
+    let mut checks: Vec<Option<tokio::task::JoinHandle<()>>> = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let check = c.health_check.clone()?;
+            pids[i].as_ref()?;
+            Some(tokio::spawn(crate::health::watch(
+                agent.clone(),
+                task_id.to_string(),
+                i,
+                dir.join(&c.name),
+                check,
+                record.started_at_ms,
+            )))
+        })
+        .collect();
     // Shims whose containers have exited but which may still be deleting them.
     let mut ending: Vec<runtime::ShimRef> = Vec::new();
     let deadline = (spec.timeout_secs > 0).then(|| {
@@ -371,6 +389,9 @@ async fn supervise(
             done = waiting.next() => {
                 let Some((i, shim)) = done else { break };
                 ending.extend(shim);
+                if let Some(check) = checks[i].take() {
+                    check.abort();
+                }
                 let c = &spec.containers[i];
                 let exit = runtime::exit_record(&dir.join(&c.name));
                 pids[i] = None;
@@ -409,6 +430,9 @@ async fn supervise(
                 ));
             }
         }
+    }
+    for check in checks.into_iter().flatten() {
+        check.abort();
     }
     let (code, reason) = stopping.unwrap_or_else(|| {
         (

@@ -10,6 +10,28 @@ use crate::model::{
 use skiff_model::lifecycle::StopCode;
 use skiff_model::validate::{self, InvalidField};
 
+fn health_check_pb(h: &crate::model::HealthCheck) -> pb::HealthCheck {
+    pb::HealthCheck {
+        command: h.command.clone(),
+        interval_seconds: Some(h.interval_secs),
+        timeout_seconds: Some(h.timeout_secs),
+        retries: Some(h.retries),
+        start_period_seconds: Some(h.start_period_secs),
+    }
+}
+
+/// A health check as given, with ECS's defaults for what it leaves out.
+fn health_check_input(h: &pb::HealthCheck) -> crate::model::HealthCheck {
+    let (interval, timeout, retries, start) = validate::HEALTH_DEFAULTS;
+    crate::model::HealthCheck {
+        command: h.command.clone(),
+        interval_secs: h.interval_seconds.unwrap_or(interval),
+        timeout_secs: h.timeout_seconds.unwrap_or(timeout),
+        retries: h.retries.unwrap_or(retries),
+        start_period_secs: h.start_period_seconds.unwrap_or(start),
+    }
+}
+
 pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
     pb::ContainerDefinition {
         name: c.name.clone(),
@@ -27,6 +49,7 @@ pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
         privileged: c.privileged,
         readonly_root_filesystem: c.readonly_root_filesystem,
         init_process_enabled: c.init_process_enabled,
+        health_check: c.health_check.as_ref().map(health_check_pb),
         user: c.user.clone(),
         secrets: c
             .secrets
@@ -89,6 +112,7 @@ pub fn task(t: &Task) -> pb::Task {
                 exit_code: c.exit_code,
                 reason: c.reason.clone(),
                 essential: c.essential,
+                health: c.health.map(|h| h.as_str().to_string()).unwrap_or_default(),
             })
             .collect(),
         cpu: t.spec.cpu(),
@@ -189,6 +213,7 @@ pub fn start_task(
                 user: c.user.clone(),
                 secrets,
                 mounts: c.mounts.iter().map(mount).collect(),
+                health_check: c.health_check.as_ref().map(health_check_pb),
             })
             .collect(),
         network_mode: spec.network_mode.as_str().to_string(),
@@ -213,6 +238,11 @@ pub fn container_states(spec: &TaskSpec, reports: &[pb::ContainerReport]) -> Vec
                     .to_string(),
                 exit_code: r.and_then(|r| r.exit_code),
                 reason: r.map(|r| r.reason.clone()).unwrap_or_default(),
+                // An older agent reports no health: the container's stays UNKNOWN.
+                health: c.health_check.as_ref().map(|_| {
+                    r.and_then(|r| crate::model::Health::parse(&r.health))
+                        .unwrap_or(crate::model::Health::Unknown)
+                }),
             }
         })
         .collect()
@@ -313,6 +343,7 @@ pub fn task_spec_input(input: &pb::TaskDefinitionInput) -> Result<TaskSpec, Inva
             privileged: c.privileged,
             readonly_root_filesystem: c.readonly_root_filesystem,
             init_process_enabled: c.init_process_enabled,
+            health_check: c.health_check.as_ref().map(health_check_input),
             user: c.user.clone(),
             secrets: c
                 .secrets
@@ -391,6 +422,7 @@ mod tests {
                 privileged: false,
                 readonly_root_filesystem: false,
                 init_process_enabled: false,
+                health_check: None,
                 user: String::new(),
                 secrets: vec![SecretRef {
                     name: "PW".into(),

@@ -259,7 +259,7 @@ impl Core {
                 .update_task_uncommitted(&id, |mut task, next_event_id| {
                     match lifecycle::apply(&mut task, event, now)? {
                         Outcome::Unchanged => Ok::<_, CoreError>(Decision::Keep(task)),
-                        Outcome::Moved(_) => {
+                        Outcome::Moved(_) | Outcome::Updated => {
                             let ev = state_change_event(next_event_id(), &task, now);
                             Ok(Decision::Write {
                                 task,
@@ -450,6 +450,7 @@ pub fn state_change_event(id: String, t: &Task, time_ms: i64) -> Event {
             "exitCode": c.exit_code,
             "reason": (!c.reason.is_empty()).then_some(&c.reason),
             "essential": c.essential,
+            "healthStatus": c.health.map(|h| h.as_str()),
         })).collect::<Vec<_>>(),
         "createdAt": ts(t.created_at_ms),
         "pullStartedAt": ts(t.pending_at_ms),

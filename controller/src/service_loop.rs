@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::model::{Backlog, DesiredStatus, Service, ServiceState, Task};
+use crate::model::{Backlog, DesiredStatus, Health, Service, ServiceState, Task};
 use crate::wake::Loop;
 use skiff_model::lifecycle::StopCode;
 use skiff_model::service::{self as decide, Finished, Inputs, TaskView};
@@ -190,7 +190,27 @@ fn view(t: &Task) -> TaskView {
         status: t.status,
         stopping: t.desired == DesiredStatus::Stopped,
         started_at_ms: t.started_at_ms,
-        healthy: None,
+        health: essential_health(t),
+    }
+}
+
+/// The health of a task's essential containers that have checks: UNHEALTHY if one is,
+/// UNKNOWN if one is not known yet, HEALTHY if all are; None if none has a check.
+fn essential_health(t: &Task) -> Option<Health> {
+    let checked: Vec<Health> = t
+        .containers
+        .iter()
+        .filter(|c| c.essential)
+        .filter_map(|c| c.health)
+        .collect();
+    if checked.is_empty() {
+        None
+    } else if checked.contains(&Health::Unhealthy) {
+        Some(Health::Unhealthy)
+    } else if checked.contains(&Health::Unknown) {
+        Some(Health::Unknown)
+    } else {
+        Some(Health::Healthy)
     }
 }
 

@@ -124,6 +124,7 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
                 privileged: a.privileged,
                 readonly_root_filesystem: a.read_only,
                 init_process_enabled: a.init,
+                health_check: None,
                 user: a.user.clone().unwrap_or_default(),
                 secrets: a
                     .secrets

@@ -147,10 +147,7 @@ fn stable(st: &pb::ServiceStatus) -> Result<bool, String> {
         ));
     }
     let old_left = st.tasks.iter().any(|t| t.started_by != primary.id);
-    Ok(primary.rollout == "COMPLETED"
-        && !old_left
-        && st.running == st.desired
-        && st.pending == 0)
+    Ok(primary.rollout == "COMPLETED" && !old_left && st.running == st.desired && st.pending == 0)
 }
 
 fn secs(field: &str, d: Option<DurationField>) -> anyhow::Result<Option<u32>> {
@@ -496,8 +493,7 @@ pub async fn services(addr: &str, fmt: Format, cmd: ServicesCmd) -> anyhow::Resu
                             Format::Json => println!("{}", output::json(&st)),
                             Format::Table => println!(
                                 "{name}: stable, {} running ({})",
-                                st.running,
-                                st.deployments[0].task_definition
+                                st.running, st.deployments[0].task_definition
                             ),
                         }
                         return Ok(0);

@@ -67,6 +67,38 @@ pub struct ContainerFile {
     /// `{source = "/srv/data", target = "/data", read_only = true}`.
     #[serde(default)]
     pub mounts: Vec<MountFile>,
+    /// `{command = ["CMD-SHELL", "test -f /ready"], interval = "10s", timeout = "3s",
+    /// retries = 3, start_period = "30s"}` (ECS's fields and defaults).
+    pub health_check: Option<HealthCheckFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub command: Vec<String>,
+    pub interval: Option<DurationField>,
+    pub timeout: Option<DurationField>,
+    pub retries: Option<u32>,
+    pub start_period: Option<DurationField>,
+}
+
+impl HealthCheckFile {
+    fn into_pb(self, field: &str) -> anyhow::Result<pb::HealthCheck> {
+        let secs = |name: &str, d: Option<DurationField>| -> anyhow::Result<Option<u32>> {
+            d.map(|d| {
+                let f = format!("{field}.{name}");
+                u32::try_from(d.seconds(&f)?).with_context(|| format!("{f}: too long"))
+            })
+            .transpose()
+        };
+        Ok(pb::HealthCheck {
+            command: self.command,
+            interval_seconds: secs("interval", self.interval)?,
+            timeout_seconds: secs("timeout", self.timeout)?,
+            retries: self.retries,
+            start_period_seconds: secs("start_period", self.start_period)?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +231,10 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
                     read_only: m.read_only,
                 })
                 .collect(),
+            health_check: c
+                .health_check
+                .map(|h| h.into_pb(&format!("containers[{i}].health_check")))
+                .transpose()?,
         });
     }
     Ok(pb::TaskDefinitionInput {

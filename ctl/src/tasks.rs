@@ -176,7 +176,15 @@ pub fn describe_task(t: &pb::Task) -> String {
     );
     s.push_str("Containers:\n");
     s.push_str(&output::table(
-        &["  NAME", "IMAGE", "STATUS", "ESSENTIAL", "EXIT", "REASON"],
+        &[
+            "  NAME",
+            "IMAGE",
+            "STATUS",
+            "HEALTH",
+            "ESSENTIAL",
+            "EXIT",
+            "REASON",
+        ],
         t.containers
             .iter()
             .map(|c| {
@@ -184,6 +192,11 @@ pub fn describe_task(t: &pb::Task) -> String {
                     format!("  {}", c.name),
                     c.image.clone(),
                     c.last_status.clone(),
+                    if c.health.is_empty() {
+                        "-".into()
+                    } else {
+                        c.health.clone()
+                    },
                     c.essential.to_string(),
                     c.exit_code.map_or("-".into(), |e| e.to_string()),
                     if c.reason.is_empty() {

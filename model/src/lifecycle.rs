@@ -53,6 +53,9 @@ pub enum Outcome {
     Moved(TaskStatus),
     /// A repeat of what the task already knows: nothing to store.
     Unchanged,
+    /// The same status, but a container's health changed: stored, with a Task State Change
+    /// event (ECS sends one too).
+    Updated,
 }
 
 /// The transition table. Returns the status the event leads to, or why it cannot happen.
@@ -87,7 +90,7 @@ pub fn next_status(from: TaskStatus, event: &TaskEvent) -> Result<Outcome, Illeg
 
 /// Applies an event to a task at time `now_ms`, updating status, timestamps and stop details.
 pub fn apply(task: &mut Task, event: TaskEvent, now_ms: i64) -> Result<Outcome, IllegalTransition> {
-    let outcome = next_status(task.status, &event)?;
+    let mut outcome = next_status(task.status, &event)?;
     match event {
         TaskEvent::Placed { node_id } => {
             if outcome != Outcome::Unchanged {
@@ -97,6 +100,10 @@ pub fn apply(task: &mut Task, event: TaskEvent, now_ms: i64) -> Result<Outcome, 
             }
         }
         TaskEvent::Started { containers } | TaskEvent::Stopping { containers } => {
+            if outcome == Outcome::Unchanged && health_changed(&task.containers, &containers) {
+                outcome = Outcome::Updated;
+                task.version += 1;
+            }
             if !containers.is_empty() {
                 task.containers = containers;
             }
@@ -142,6 +149,16 @@ pub fn apply(task: &mut Task, event: TaskEvent, now_ms: i64) -> Result<Outcome, 
         task.version += 1;
     }
     Ok(outcome)
+}
+
+/// Whether a report changes any container's health.
+fn health_changed(known: &[ContainerState], reported: &[ContainerState]) -> bool {
+    reported.iter().any(|r| {
+        known
+            .iter()
+            .find(|k| k.name == r.name)
+            .is_some_and(|k| k.health != r.health)
+    })
 }
 
 #[cfg(test)]
@@ -297,5 +314,30 @@ mod tests {
         }
         assert_eq!(TaskStatus::parse("running"), Some(TaskStatus::Running));
         assert_eq!(TaskStatus::parse("nope"), None);
+    }
+
+    #[test]
+    fn a_health_change_while_running_is_stored_with_an_event_and_a_repeat_is_not() {
+        use crate::model::Health;
+        let mut t = task_in(TaskStatus::Running);
+        t.containers = vec![ContainerState {
+            name: "web".into(),
+            image: "img".into(),
+            essential: true,
+            last_status: "RUNNING".into(),
+            exit_code: None,
+            reason: String::new(),
+            health: Some(Health::Unknown),
+        }];
+        let mut healthy = t.containers.clone();
+        healthy[0].health = Some(Health::Healthy);
+        let version = t.version;
+        let started = TaskEvent::Started {
+            containers: healthy.clone(),
+        };
+        assert_eq!(apply(&mut t, started.clone(), 5), Ok(Outcome::Updated));
+        assert_eq!(t.containers[0].health, Some(Health::Healthy));
+        assert_eq!((t.status, t.version), (TaskStatus::Running, version + 1));
+        assert_eq!(apply(&mut t, started, 6), Ok(Outcome::Unchanged));
     }
 }

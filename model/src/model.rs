@@ -160,6 +160,48 @@ pub struct ContainerDef {
     /// skiff-init as PID 1 (signals forwarded, zombies reaped): ECS initProcessEnabled.
     #[serde(default)]
     pub init_process_enabled: bool,
+    /// A command run in the container to tell whether it works.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A container health check as ECS and Docker define it: `command` every `interval_secs`
+/// (killed after `timeout_secs`); `retries` failures in a row make the container UNHEALTHY;
+/// failures within `start_period_secs` of its start do not count until it was once healthy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// `["CMD-SHELL", "script"]` or `["CMD", "exe", "arg", …]`.
+    pub command: Vec<String>,
+    pub interval_secs: u32,
+    pub timeout_secs: u32,
+    pub retries: u32,
+    pub start_period_secs: u32,
+}
+
+/// A container's health as its checks found it (ECS's healthStatus).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Health {
+    /// Checked, and not yet known (starting, or within its start period).
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "UNKNOWN",
+            Health::Healthy => "HEALTHY",
+            Health::Unhealthy => "UNHEALTHY",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Health> {
+        [Health::Unknown, Health::Healthy, Health::Unhealthy]
+            .into_iter()
+            .find(|h| h.as_str() == s)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -255,6 +297,9 @@ pub struct ContainerState {
     pub last_status: String,
     pub exit_code: Option<i32>,
     pub reason: String,
+    /// Set when the container has a health check.
+    #[serde(default)]
+    pub health: Option<Health>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -309,6 +354,7 @@ impl Task {
                     last_status: TaskStatus::Provisioning.as_str().to_string(),
                     exit_code: None,
                     reason: String::new(),
+                    health: c.health_check.as_ref().map(|_| Health::Unknown),
                 })
                 .collect(),
             spec,
@@ -1078,6 +1124,9 @@ pub struct ServiceState {
     pub backoff_until_ms: i64,
     /// The last failure, for people.
     pub last_failure: String,
+    /// When it happened.
+    #[serde(default)]
+    pub last_failure_ms: i64,
     /// Set by `rm`: desired 0, and the service is deleted once its tasks are gone.
     pub draining: bool,
     /// The desired count autoscaling chose (None: the service's own).

@@ -7,8 +7,8 @@
 use serde_json::json;
 
 use crate::model::{
-    Autoscaling, Backlog, Deployment, DeploymentStatus, RolloutState, Service, ServiceDecision,
-    ServiceState, StopCode, TaskStatus,
+    Autoscaling, Backlog, Deployment, DeploymentStatus, Health, RolloutState, Service,
+    ServiceDecision, ServiceState, StopCode, TaskStatus,
 };
 
 /// Failed starts back off from this…
@@ -29,14 +29,22 @@ pub struct TaskView {
     /// Already asked to stop.
     pub stopping: bool,
     pub started_at_ms: i64,
-    /// Container health of its essential containers: Some(false) if one is UNHEALTHY.
-    pub healthy: Option<bool>,
+    /// The health of its essential containers with health checks (None: none has one):
+    /// UNHEALTHY if one is, UNKNOWN if one is not known yet, else HEALTHY.
+    pub health: Option<Health>,
 }
 
 impl TaskView {
-    /// Running and not unhealthy: what minimum healthy percent counts.
+    /// Running and, with health checks, HEALTHY: what minimum healthy percent counts and
+    /// what completes a deployment.
     fn healthy(&self) -> bool {
-        self.status == TaskStatus::Running && self.healthy != Some(false) && !self.stopping
+        self.status == TaskStatus::Running
+            && !self.stopping
+            && matches!(self.health, None | Some(Health::Healthy))
+    }
+
+    fn unhealthy(&self) -> bool {
+        !self.stopping && self.health == Some(Health::Unhealthy)
     }
 }
 
@@ -133,6 +141,7 @@ pub fn reconcile(i: &Inputs) -> Pass {
     let name = &i.service.name;
 
     account_finished(i, &mut st, &mut pass);
+    let replaced = replace_unhealthy(i, &mut st, &mut pass);
     if !st.draining {
         autoscale(i, &mut st, &mut pass);
     }
@@ -143,18 +152,24 @@ pub fn reconcile(i: &Inputs) -> Pass {
     };
     trip_circuit_breaker(i, &mut st, &mut pass, desired);
 
-    // A task that stayed up ends a crash loop.
-    if i.active
-        .iter()
-        .any(|t| t.status == TaskStatus::Running && now - t.started_at_ms >= STABLE_MS)
-        && st.consecutive_failures > 0
+    // A task started since the last failure that stayed up ends a crash loop.
+    if st.consecutive_failures > 0
+        && i.active.iter().any(|t| {
+            t.status == TaskStatus::Running
+                && t.started_at_ms >= st.last_failure_ms
+                && now - t.started_at_ms >= STABLE_MS
+        })
     {
         st.consecutive_failures = 0;
         st.backoff_until_ms = 0;
     }
 
     let primary = st.deployments.first().cloned();
-    let live: Vec<&TaskView> = i.active.iter().filter(|t| !t.stopping).collect();
+    let live: Vec<&TaskView> = i
+        .active
+        .iter()
+        .filter(|t| !t.stopping && !replaced.contains(&t.id))
+        .collect();
     let is_primary = |t: &TaskView| primary.as_ref().is_some_and(|p| p.id == t.deployment);
     let (mut new_live, mut old_live): (Vec<&TaskView>, Vec<&TaskView>) =
         live.iter().copied().partition(|t| is_primary(t));
@@ -280,10 +295,65 @@ pub fn note(
     st.decisions.truncate(DECISIONS_KEPT);
 }
 
+/// Stops the tasks whose essential containers failed their health checks; each counts as a
+/// failed task (backoff, circuit breaker). Returns their ids.
+fn replace_unhealthy(i: &Inputs, st: &mut ServiceState, pass: &mut Pass) -> Vec<String> {
+    let mut ids = Vec::new();
+    for t in i.active.iter().filter(|t| t.unhealthy()) {
+        let reason = "Task failed container health checks".to_string();
+        pass.stop.push((t.id.clone(), reason.clone()));
+        count_failure(i, st, &t.id, &t.deployment, &reason, 0);
+        pass.events.push(Announce {
+            detail_type: SERVICE_ACTION,
+            detail: json!({
+                "service": i.service.name, "action": "replace", "task": t.id,
+                "deployment": t.deployment, "reason": reason, "failed": true,
+                "health": "UNHEALTHY",
+            }),
+        });
+        ids.push(t.id.clone());
+    }
+    ids
+}
+
+/// One failed task: the crash-loop count and backoff, the deployment's failure count.
+fn count_failure(
+    i: &Inputs,
+    st: &mut ServiceState,
+    task: &str,
+    deployment: &str,
+    reason: &str,
+    ran_ms: i64,
+) {
+    let now = i.now_ms;
+    if ran_ms >= STABLE_MS {
+        st.consecutive_failures = 0;
+    }
+    st.consecutive_failures += 1;
+    if let Some(d) = st.deployments.iter_mut().find(|d| d.id == deployment) {
+        d.failed_tasks += 1;
+        d.updated_ms = now;
+    }
+    let delay = (BACKOFF_BASE_MS << (st.consecutive_failures - 1).min(20)).min(BACKOFF_CAP_MS);
+    st.backoff_until_ms = now + delay;
+    st.last_failure = format!("task {task}: {reason}");
+    st.last_failure_ms = now;
+    note(
+        st,
+        now,
+        "backoff",
+        format!(
+            "{} failed task(s) in a row; next start in {}s (last: task {task}: {reason})",
+            st.consecutive_failures,
+            delay / 1000,
+        ),
+        json!({"consecutive_failures": st.consecutive_failures, "delay_ms": delay}),
+    );
+}
+
 /// Counts the tasks that stopped since the last pass: failures feed the backoff and the
 /// circuit breaker; every one not stopped by the service is replaced.
 fn account_finished(i: &Inputs, st: &mut ServiceState, pass: &mut Pass) {
-    let now = i.now_ms;
     for f in i.finished {
         if f.code == Some(StopCode::ServiceSchedulerInitiated) {
             continue;
@@ -295,31 +365,7 @@ fn account_finished(i: &Inputs, st: &mut ServiceState, pass: &mut Pass) {
             "failed": f.failed(), "ran_ms": f.ran_ms,
         });
         if f.failed() {
-            if f.ran_ms >= STABLE_MS {
-                st.consecutive_failures = 0;
-            }
-            st.consecutive_failures += 1;
-            if let Some(d) = st.deployments.iter_mut().find(|d| d.id == f.deployment) {
-                d.failed_tasks += 1;
-                d.updated_ms = now;
-            }
-            let delay =
-                (BACKOFF_BASE_MS << (st.consecutive_failures - 1).min(20)).min(BACKOFF_CAP_MS);
-            st.backoff_until_ms = now + delay;
-            st.last_failure = format!("task {}: {}", f.id, f.reason);
-            note(
-                st,
-                now,
-                "backoff",
-                format!(
-                    "{} failed task(s) in a row; next start in {}s (last: task {}: {})",
-                    st.consecutive_failures,
-                    delay / 1000,
-                    f.id,
-                    f.reason
-                ),
-                json!({"consecutive_failures": st.consecutive_failures, "delay_ms": delay}),
-            );
+            count_failure(i, st, &f.id, &f.deployment, &f.reason, f.ran_ms);
         }
         pass.events.push(Announce {
             detail_type: SERVICE_ACTION,

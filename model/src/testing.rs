@@ -23,6 +23,7 @@ pub fn spec(cpu: f64, mem: u64) -> TaskSpec {
             privileged: false,
             readonly_root_filesystem: false,
             init_process_enabled: false,
+            health_check: None,
             user: String::new(),
             secrets: vec![],
             mounts: vec![],

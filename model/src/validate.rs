@@ -317,6 +317,63 @@ pub fn network_mode(field: &str, mode: &str) -> Result<NetworkMode, InvalidField
     }
 }
 
+/// ECS's defaults and bounds for health checks.
+pub const HEALTH_DEFAULTS: (u32, u32, u32, u32) = (30, 5, 3, 0);
+
+fn within(field: String, v: u32, lo: u32, hi: u32) -> Result<(), InvalidField> {
+    if !(lo..=hi).contains(&v) {
+        return Err(bad(field, format!("{v} is outside {lo} to {hi}")));
+    }
+    Ok(())
+}
+
+/// A health check: `CMD-SHELL` with one script, or `CMD` with a command; ECS's bounds.
+fn health_check(field: &str, h: &crate::model::HealthCheck) -> Result<(), InvalidField> {
+    let cmd = format!("{field}.command");
+    match h.command.first().map(String::as_str) {
+        Some("CMD-SHELL") if h.command.len() == 2 && !h.command[1].is_empty() => {}
+        Some("CMD-SHELL") => {
+            return Err(bad(
+                cmd,
+                "CMD-SHELL takes one script: [\"CMD-SHELL\", \"...\"]",
+            ))
+        }
+        Some("CMD") if h.command.len() >= 2 && !h.command[1].is_empty() => {}
+        Some("CMD") => {
+            return Err(bad(
+                cmd,
+                "CMD takes the command after it: [\"CMD\", \"exe\", \"arg\"]",
+            ))
+        }
+        _ => {
+            return Err(bad(
+                cmd,
+                "must start with CMD-SHELL (a script) or CMD (a command and its arguments)",
+            ))
+        }
+    }
+    check_args(&cmd, &h.command)?;
+    within(format!("{field}.interval_seconds"), h.interval_secs, 5, 300)?;
+    within(format!("{field}.timeout_seconds"), h.timeout_secs, 2, 60)?;
+    within(format!("{field}.retries"), h.retries, 1, 10)?;
+    within(
+        format!("{field}.start_period_seconds"),
+        h.start_period_secs,
+        0,
+        300,
+    )?;
+    if h.timeout_secs >= h.interval_secs {
+        return Err(bad(
+            format!("{field}.timeout_seconds"),
+            format!(
+                "{} s must be shorter than the interval ({} s)",
+                h.timeout_secs, h.interval_secs
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn container(i: usize, c: &ContainerDef) -> Result<ContainerDef, InvalidField> {
     let f = |name: &str| format!("containers[{i}].{name}");
     check_name(&f("name"), &c.name)?;
@@ -344,7 +401,11 @@ fn container(i: usize, c: &ContainerDef) -> Result<ContainerDef, InvalidField> {
     if !c.repository_credentials.is_empty() {
         check_name(&f("repository_credentials"), &c.repository_credentials)?;
     }
+    if let Some(h) = &c.health_check {
+        health_check(&f("health_check"), h)?;
+    }
     Ok(ContainerDef {
+        health_check: c.health_check.clone(),
         name: c.name.clone(),
         image: c.image.clone(),
         entrypoint: c.entrypoint.clone(),

@@ -98,13 +98,13 @@ fn the_readme_examples_run_as_written() {
     assert!(status.success(), "the README's examples failed: {all_out}");
     // What the README's comments say each command shows.
     for expected in [
-        "exit code 3\n",     // run-task --wait exits with the exit code
-        "hi\n",              // --follow streams the output
-        "uid=1000 gid=1000", // --user
-        "exit code 143",     // --init: sleep ends at the SIGTERM
-        "howdy from",        // the task definition, with an override
-        "s3cret",            // a secret file
-        "exit code 1",       // test-pattern: no match
+        "exit code 3\n",                        // run-task --wait exits with the exit code
+        "hi\n",                                 // --follow streams the output
+        "uid=1000 gid=1000",                    // --user
+        "exit code 143",                        // --init: sleep ends at the SIGTERM
+        "howdy from",                           // the task definition, with an override
+        "s3cret",                               // a secret file
+        "exit code 1",                          // test-pattern: no match
         "pinger: stable, 2 running (pinger:1)", // services wait
         "pinger: stable, 3 running (pinger:2)", // the rolled-out revision
     ] {

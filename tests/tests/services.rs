@@ -322,3 +322,79 @@ fn queue_workers_scale_out_of_zero_drain_a_thousand_messages_through_crashes_and
     assert!(actions.contains(&"scale-out"), "{actions:?}");
     assert!(actions.contains(&"scale-in"), "{actions:?}");
 }
+
+#[test]
+fn a_container_failing_its_health_check_gets_its_task_replaced() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    // Healthy while /ok exists: for about 8 s, then UNHEALTHY at the next check.
+    let def = env.path("flaky.yaml");
+    fs::write(
+        &def,
+        format!(
+            "family: flaky\ncontainers:\n  - name: main\n    image: {}\n    command: [sh, -c, 'touch /ok; sleep 8; rm /ok; exec sleep 3600']\n    stop_timeout: 1s\n    health_check:\n      command: [CMD-SHELL, test -f /ok]\n      interval: 5s\n      timeout: 2s\n      retries: 1\n",
+            env.busybox_image()
+        ),
+    )
+    .unwrap();
+    let reg = cli(
+        &addr,
+        &["taskdefs", "register", "-f", def.to_str().unwrap()],
+    );
+    assert_eq!(reg.code, 0, "{reg:?}");
+    let svc = env.path("flaky-service.yaml");
+    fs::write(
+        &svc,
+        "name: flaky\ntask_definition: flaky\ndesired_count: 1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cli(&addr, &["services", "create", "-f", svc.to_str().unwrap()]).code,
+        0
+    );
+
+    // HEALTHY after the first check (in describe), and only then is the deployment done.
+    let first = wait_for("a HEALTHY task", LONG, || {
+        let out = cli(&addr, &["services", "describe", "flaky", "-o", "json"]).json();
+        let t = out["tasks"].as_array()?.first()?.clone();
+        (t["containers"][0]["health"] == "HEALTHY").then_some((t, out))
+    });
+    assert_eq!(
+        first.1["deployments"][0]["rollout"], "COMPLETED",
+        "{}",
+        first.1
+    );
+    let id = first.0["id"].as_str().unwrap().to_string();
+    let table = cli(&addr, &["tasks", "describe", &id]);
+    assert!(table.stdout.contains("HEALTHY"), "{table:?}");
+
+    // Then UNHEALTHY: the service stops it, saying why, and runs another.
+    let stopped = wait_for("the unhealthy task replaced", LONG, || {
+        let t = skiff_tests::task(&addr, &id);
+        (t["lastStatus"] == "STOPPED").then_some(t)
+    });
+    assert_eq!(
+        stopped["stoppedReason"], "Task failed container health checks",
+        "{stopped}"
+    );
+    assert_eq!(
+        stopped["stopCode"], "ServiceSchedulerInitiated",
+        "{stopped}"
+    );
+    assert_eq!(stopped["containers"][0]["health"], "UNHEALTHY", "{stopped}");
+    let replaced = wait_for("a replacement", LONG, || {
+        let out = cli(&addr, &["services", "describe", "flaky", "-o", "json"]).json();
+        let t = out["tasks"].as_array()?.first()?.clone();
+        (t["id"] != id.as_str() && t["lastStatus"] == "RUNNING").then_some(out)
+    });
+    assert!(
+        replaced["lastFailure"]
+            .as_str()
+            .unwrap()
+            .contains("health checks"),
+        "{replaced}"
+    );
+    // The health changes were Task State Change events.
+    let events = cli(&addr, &["events", "tail", "-n", "100", "-o", "json"]);
+    assert!(events.stdout.contains("UNHEALTHY"), "{events:?}");
+}

@@ -48,7 +48,7 @@ fn running(id: &str, dep: &str, started: i64) -> TaskView {
         status: TaskStatus::Running,
         stopping: false,
         started_at_ms: started,
-        healthy: None,
+        health: None,
     }
 }
 
@@ -232,7 +232,7 @@ fn a_crash_loop_backs_off_doubling_and_a_task_that_stays_up_ends_it() {
         st = p2.state;
         now += expect_delay + 1;
     }
-    // A task that stays up past STABLE_MS resets the count.
+    // A task started since the last failure that stays up past STABLE_MS resets the count.
     let up = [running("t5", "d1", now)];
     let p = pass(&svc, &st, &up, &[], now + STABLE_MS);
     assert_eq!(p.state.consecutive_failures, 0);
@@ -445,4 +445,78 @@ fn a_stale_external_backlog_holds_the_count() {
         1,
         "min 1"
     );
+}
+
+#[test]
+fn an_unhealthy_task_is_replaced_and_counts_as_failed_and_unknown_health_is_not_serving() {
+    let svc = service(2);
+    let st = state(vec![deployment("d1", "web:1", RolloutState::InProgress)]);
+    let with = |id: &str, h: Health| TaskView {
+        health: Some(h),
+        ..running(id, "d1", 1)
+    };
+    // Running but with health UNKNOWN: not serving yet, so the deployment is not complete.
+    let p = pass(
+        &svc,
+        &st,
+        &[with("a", Health::Unknown), with("b", Health::Healthy)],
+        &[],
+        20_000,
+    );
+    assert_eq!(p.state.deployments[0].rollout, RolloutState::InProgress);
+    assert!(p.start.is_empty());
+    // UNHEALTHY: stopped and replaced (after the backoff), a failure of its deployment.
+    let p = pass(
+        &svc,
+        &p.state,
+        &[with("a", Health::Unhealthy), with("b", Health::Healthy)],
+        &[],
+        21_000,
+    );
+    assert_eq!(
+        p.stop,
+        vec![(
+            "a".to_string(),
+            "Task failed container health checks".to_string()
+        )]
+    );
+    assert_eq!(p.state.deployments[0].failed_tasks, 1);
+    assert_eq!(p.state.consecutive_failures, 1);
+    assert!(p.start.is_empty(), "backing off 1 s");
+    assert!(p.events.iter().any(|e| e.detail["health"] == "UNHEALTHY"));
+    // Its later STOPPED (stopped by the service) is not counted twice.
+    let stopped = Finished {
+        code: Some(StopCode::ServiceSchedulerInitiated),
+        ..failed("a", "d1", 20_000)
+    };
+    let p = pass(
+        &svc,
+        &p.state,
+        &[with("b", Health::Healthy)],
+        &[stopped],
+        22_500,
+    );
+    assert_eq!(p.state.deployments[0].failed_tasks, 1);
+    assert_eq!(p.start.len(), 1);
+    let c = TaskView {
+        health: Some(Health::Healthy),
+        ..running("c", "d1", 23_000)
+    };
+    let p = pass(
+        &svc,
+        &p.state,
+        &[with("b", Health::Healthy), c.clone()],
+        &[],
+        24_000,
+    );
+    assert_eq!(p.state.consecutive_failures, 1, "c has not stayed up yet");
+    let p = pass(
+        &svc,
+        &p.state,
+        &[with("b", Health::Healthy), c],
+        &[],
+        23_000 + STABLE_MS,
+    );
+    assert_eq!(p.state.consecutive_failures, 0, "c stayed up");
+    assert_eq!(p.state.deployments[0].rollout, RolloutState::Completed);
 }
