@@ -7,6 +7,7 @@ pub mod agents;
 pub mod api;
 pub mod applier;
 pub mod auth;
+pub mod backlog_poller;
 pub mod bus;
 pub mod clock;
 pub mod convert;

@@ -38,6 +38,7 @@ impl Workers {
         w.spawn("notifications", crate::notify::run);
         w.spawn("queue-retention", crate::queues::run);
         w.spawn("services", crate::service_loop::run);
+        w.spawn("redis-backlog", crate::backlog_poller::run);
         w
     }
 

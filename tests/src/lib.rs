@@ -6,6 +6,7 @@ pub mod bench;
 pub mod images;
 pub mod moto;
 pub mod receiver;
+pub mod redis;
 pub mod registry;
 pub mod smtp;
 pub mod token_server;

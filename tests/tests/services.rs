@@ -398,3 +398,103 @@ fn a_container_failing_its_health_check_gets_its_task_replaced() {
     let events = cli(&addr, &["events", "tail", "-n", "100", "-o", "json"]);
     assert!(events.stdout.contains("UNHEALTHY"), "{events:?}");
 }
+
+/// The service's desired count, running tasks and latest decisions.
+fn counts_of(addr: &str, name: &str) -> Option<(u64, u64, serde_json::Value)> {
+    let out = cli(addr, &["services", "describe", name, "-o", "json"]);
+    if out.code != 0 {
+        return None;
+    }
+    let s = out.json();
+    let n = |f: &str| s[f].as_u64().unwrap_or(0);
+    Some((n("desired"), n("running"), s["decisions"].clone()))
+}
+
+#[test]
+fn services_scale_on_a_redis_list_and_a_redis_streams_consumer_group() {
+    let mut env = Env::new();
+    let mut redis = skiff_tests::redis::RedisServer::start(&env.path("redis"), &[]);
+    let addr = env.dev();
+    env.register_busybox(&addr, "sleeper", &["sleep", "3600"]);
+    let base = format!("redis://127.0.0.1:{}", redis.port);
+    for (name, source) in [
+        ("list-workers", format!("{base}/jobs")),
+        ("stream-workers", format!("{base}/events#workers")),
+    ] {
+        let f = env.path(&format!("{name}.yaml"));
+        fs::write(
+            &f,
+            format!(
+                "name: {name}\ntask_definition: sleeper\nstop_timeout: 1s\nautoscaling:\n  source: {source}\n  min: 0\n  max: 5\n  target_per_task: 10\n  scale_in_cooldown: 2s\n  stale_after: 3s\n"
+            ),
+        )
+        .unwrap();
+        let out = cli(&addr, &["services", "create", "-f", f.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    // 25 list items: 3 tasks. A stream with 15 entries, 4 of them read but not acknowledged
+    // by the group (pending): ceil((11 + 4) / 10) = 2.
+    let items: Vec<String> = (0..25).map(|n| format!("job-{n}")).collect();
+    let mut push = vec!["RPUSH", "jobs"];
+    push.extend(items.iter().map(String::as_str));
+    redis.cli(&push);
+    redis.cli(&["XGROUP", "CREATE", "events", "workers", "0", "MKSTREAM"]);
+    for n in 0..15 {
+        redis.cli(&["XADD", "events", "*", "n", &n.to_string()]);
+    }
+    redis.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        "w1",
+        "COUNT",
+        "4",
+        "STREAMS",
+        "events",
+        ">",
+    ]);
+    for (name, want) in [("list-workers", 3), ("stream-workers", 2)] {
+        wait_for(&format!("{name} at {want}"), LONG, || {
+            let (desired, running, _) = counts_of(&addr, name)?;
+            (desired == want && running == want).then_some(())
+        });
+    }
+    let (_, _, decisions) = counts_of(&addr, "stream-workers").unwrap();
+    let detail: serde_json::Value = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["action"] == "scale-out")
+        .map(|d| serde_json::from_str(d["detailJson"].as_str().unwrap()).unwrap())
+        .expect("a scale-out decision");
+    assert_eq!(
+        (detail["visible"].as_u64(), detail["in_flight"].as_u64()),
+        (Some(11), Some(4)),
+        "{detail}"
+    );
+
+    // The list empties: back to zero after the 2 s scale-in cooldown.
+    redis.cli(&["DEL", "jobs"]);
+    wait_for("list-workers at zero", LONG, || {
+        let (desired, running, _) = counts_of(&addr, "list-workers")?;
+        (desired == 0 && running == 0).then_some(())
+    });
+
+    // Redis goes away: its last report turns stale after 3 s and the stream's workers hold.
+    redis.stop();
+    wait_for("a hold on the stale backlog", LONG, || {
+        let (_, _, decisions) = counts_of(&addr, "stream-workers")?;
+        decisions
+            .as_array()?
+            .iter()
+            .any(|d| {
+                d["action"] == "hold"
+                    && d["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("stale after 3s"))
+            })
+            .then_some(())
+    });
+    let (desired, _, _) = counts_of(&addr, "stream-workers").unwrap();
+    assert_eq!(desired, 2, "held at its count");
+}

@@ -6,13 +6,12 @@
 //!
 //! Usage: bench_queues [--messages N] [--skiff PATH]   (`scripts/deps bench` brings redis)
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use skiff_proto::v1 as pb;
 use skiff_tests::bench;
-use skiff_tests::registry::free_port;
-use skiff_tests::{admin_token, cli, wait_for, Env};
+use skiff_tests::{admin_token, cli, Env};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -151,33 +150,11 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // Redis with every write fsynced before it answers, as skiff's are.
-    let port = free_port();
-    let dir = env.path("redis");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut server = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            dir.to_str().unwrap(),
-        ])
-        .args([
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (scripts/deps bench installs redis)");
-    wait_for("redis to listen", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
+    let server = skiff_tests::redis::RedisServer::start(
+        &env.path("redis"),
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    );
+    let port = server.port;
 
     println!("{n} messages per figure, durable on both sides; messages/s (ratio skiff/redis)");
     for (clients, batch) in [(1, 1), (8, 1), (1, 10), (8, 10)] {
@@ -205,6 +182,5 @@ fn main() {
             drained / r_pop
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }

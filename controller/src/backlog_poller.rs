@@ -1,0 +1,211 @@
+//! The Redis backlog poller: for every service that scales on a Redis source, reads the
+//! backlog once a second and records it like a ReportBacklog (a list: its length waits; a
+//! stream's consumer group: its lag waits and its pending entries are in flight). A source
+//! that cannot be read records nothing, so its last report turns stale and the service holds
+//! its count. Sources: `redis://[:password@]host:port/KEY` (a list) and
+//! `redis://[:password@]host:port/STREAM#GROUP`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::core::Core;
+use crate::model::Backlog;
+
+const EVERY: Duration = Duration::from_secs(1);
+/// A Redis that does not answer within this is skipped this round.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a Redis backlog is read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisSource {
+    /// `redis://[:password@]host:port/`, for the client.
+    pub url: String,
+    pub key: String,
+    /// Set for a stream: the consumer group whose lag and pending entries count.
+    pub group: Option<String>,
+}
+
+/// Parses `redis://host:port/KEY` or `redis://host:port/STREAM#GROUP`.
+pub fn parse(source: &str) -> Result<RedisSource, String> {
+    let rest = source
+        .strip_prefix("redis://")
+        .ok_or_else(|| format!("{source:?} does not start with redis://"))?;
+    let (addr, path) = rest.split_once('/').ok_or_else(|| {
+        format!("{source:?}: give the key after the address (redis://host:port/KEY)")
+    })?;
+    let (key, group) = match path.split_once('#') {
+        Some((k, g)) => (k, Some(g.to_string())),
+        None => (path, None),
+    };
+    if addr.is_empty() || key.is_empty() || group.as_deref() == Some("") {
+        return Err(format!(
+            "{source:?} is not redis://host:port/KEY or redis://host:port/STREAM#GROUP"
+        ));
+    }
+    Ok(RedisSource {
+        url: format!("redis://{addr}/"),
+        key: key.to_string(),
+        group,
+    })
+}
+
+pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let mut connections: HashMap<String, MultiplexedConnection> = HashMap::new();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        pass(&core, &mut connections).await;
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+async fn pass(core: &Core, connections: &mut HashMap<String, MultiplexedConnection>) {
+    let Ok(services) = core.store.services.list() else {
+        return;
+    };
+    let mut sources: Vec<String> = services
+        .into_iter()
+        .filter_map(|s| s.autoscaling.map(|a| a.source))
+        .filter(|s| s.starts_with("redis://"))
+        .collect();
+    sources.sort();
+    sources.dedup();
+    for source in sources {
+        let read = match parse(&source) {
+            Ok(r) => tokio::time::timeout(TIMEOUT, read(connections, &r)).await,
+            Err(e) => Ok(Err(e)),
+        };
+        match read {
+            Ok(Ok((visible, in_flight))) => {
+                let b = Backlog {
+                    source: source.clone(),
+                    visible,
+                    in_flight,
+                    observed_ms: core.clock.now_ms(),
+                };
+                if let Err(e) = crate::services::report_backlog(core, b).await {
+                    warn!(%source, error = %e, "recording a Redis backlog failed");
+                }
+            }
+            Ok(Err(e)) => {
+                connections.remove(&source);
+                warn!(%source, error = %e, "reading a Redis backlog failed");
+            }
+            Err(_) => {
+                connections.remove(&source);
+                warn!(%source, "Redis did not answer within {TIMEOUT:?}");
+            }
+        }
+    }
+}
+
+/// (waiting, in flight) of one source.
+async fn read(
+    connections: &mut HashMap<String, MultiplexedConnection>,
+    r: &RedisSource,
+) -> Result<(u64, u64), String> {
+    let key = format!("{}{}", r.url, r.key);
+    let con = match connections.get_mut(&key) {
+        Some(c) => c,
+        None => {
+            let client = redis::Client::open(r.url.as_str()).map_err(|e| e.to_string())?;
+            let c = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            connections.entry(key).or_insert(c)
+        }
+    };
+    let Some(group) = &r.group else {
+        let len: u64 = redis::cmd("LLEN")
+            .arg(&r.key)
+            .query_async(con)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok((len, 0));
+    };
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&r.key)
+        .query_async(con)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream_group(&groups, group)
+        .ok_or_else(|| format!("stream {:?} has no consumer group {group:?}", r.key))
+}
+
+/// A consumer group's (lag, pending) from XINFO GROUPS (RESP2 flat arrays or RESP3 maps).
+fn stream_group(v: &redis::Value, group: &str) -> Option<(u64, u64)> {
+    let redis::Value::Array(groups) = v else {
+        return None;
+    };
+    for g in groups {
+        let fields: Vec<(String, &redis::Value)> = match g {
+            redis::Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|kv| Some((text(&kv[0])?, kv.get(1)?)))
+                .collect(),
+            redis::Value::Map(m) => m.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+            _ => continue,
+        };
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        if get("name").and_then(text).as_deref() != Some(group) {
+            continue;
+        }
+        let number = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        return Some((
+            number(get("lag")).unwrap_or(0),
+            number(get("pending")).unwrap_or(0),
+        ));
+    }
+    None
+}
+
+fn text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_name_a_list_or_a_streams_group() {
+        let r = parse("redis://127.0.0.1:6379/jobs").unwrap();
+        assert_eq!(
+            (r.url.as_str(), r.key.as_str(), r.group),
+            ("redis://127.0.0.1:6379/", "jobs", None)
+        );
+        let r = parse("redis://:secret@redis.lan:6379/events#workers").unwrap();
+        assert_eq!(r.url, "redis://:secret@redis.lan:6379/");
+        assert_eq!(
+            (r.key.as_str(), r.group.as_deref()),
+            ("events", Some("workers"))
+        );
+        for bad in [
+            "redis://host:6379",
+            "redis://host:6379/",
+            "redis:///k",
+            "redis://h/k#",
+            "http://h/k",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
