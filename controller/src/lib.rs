@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod events;
 pub mod http;
 pub mod images_api;
+pub mod job_loop;
 pub mod keyfile;
 // The pure layer, re-exported so `crate::lifecycle` and friends name it (see skiff-model).
 pub use skiff_model::{cron, lifecycle, pattern, placement, retry, ruleset, transform, trust};

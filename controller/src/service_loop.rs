@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::model::{Backlog, DesiredStatus, Health, Service, ServiceState, Task};
+use crate::model::{Backlog, DesiredStatus, Health, Service, ServiceMode, Task};
 use crate::wake::Loop;
 use skiff_model::lifecycle::StopCode;
 use skiff_model::service::{self as decide, Finished, Inputs, TaskView};
@@ -63,7 +63,11 @@ pub async fn pass(core: &Core) -> Result<Option<i64>, CoreError> {
     let mut wake: Option<i64> = None;
     for svc in services {
         let mine = by_group.remove(&svc.group()).unwrap_or_default();
-        match reconcile_one(core, &svc, mine).await {
+        let done = match svc.mode {
+            ServiceMode::Service => reconcile_one(core, &svc, mine).await,
+            ServiceMode::TaskPerMessage => crate::job_loop::reconcile(core, &svc, mine).await,
+        };
+        match done {
             Ok(Some(at)) => wake = Some(wake.map_or(at, |w: i64| w.min(at))),
             Ok(None) => {}
             Err(e) => warn!(service = %svc.name, error = %e, "reconciling a service failed"),
@@ -121,7 +125,7 @@ async fn reconcile_one(
         .map(|t| (t.id.clone(), t.started_by.clone()))
         .collect();
     for (deployment, reference) in &pass.start {
-        match service_task(core, svc, deployment, reference) {
+        match crate::services::task_for(core, svc, deployment, reference) {
             Ok(task) => {
                 let task = core.create_task(task).await?;
                 tasks.push((task.id.clone(), deployment.clone()));
@@ -155,32 +159,9 @@ async fn reconcile_one(
     }
     pass.state.tasks = tasks;
     if pass.state != state {
-        write_state(core, &svc.name, &state, pass.state).await?;
+        crate::services::write_state(core, &svc.name, &state, pass.state).await?;
     }
     Ok(pass.wake_at_ms)
-}
-
-/// Writes the pass's state if the stored one is still what the pass read. A user's change
-/// meanwhile (a new deployment, `rm`) wins: the pass is not written and the next one, woken
-/// now, starts from it (tasks it created are found through their group).
-async fn write_state(
-    core: &Core,
-    name: &str,
-    read: &ServiceState,
-    st: ServiceState,
-) -> Result<(), CoreError> {
-    let written = core
-        .store
-        .service_states
-        .upsert(name, |old| match old {
-            Some(o) if &o != read => o,
-            _ => st.clone(),
-        })
-        .await?;
-    if written != st {
-        core.loops.wake(Loop::Services);
-    }
-    Ok(())
 }
 
 fn view(t: &Task) -> TaskView {
@@ -233,33 +214,4 @@ fn backlog_of(core: &Core, svc: &Service) -> Result<Option<Backlog>, CoreError> 
         };
     }
     Ok(core.store.backlogs.get(&a.source)?)
-}
-
-/// A task of deployment `deployment` (its definition `reference`), in the service's group,
-/// with the service's stop timeout.
-fn service_task(
-    core: &Core,
-    svc: &Service,
-    deployment: &str,
-    reference: &str,
-) -> Result<Task, String> {
-    let def = crate::taskdefs::resolve(core, reference)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no task definition {reference:?}"))?;
-    let mut spec = def.spec.clone();
-    core.check_references(&spec).map_err(|e| e.to_string())?;
-    spec.placement = svc.placement.clone();
-    if svc.stop_timeout_secs > 0 {
-        for c in spec.containers.iter_mut() {
-            c.stop_timeout_secs = svc.stop_timeout_secs;
-        }
-    }
-    Ok(Task::new(
-        ulid::Ulid::new().to_string().to_lowercase(),
-        Some(def.reference()),
-        svc.group(),
-        deployment.to_string(),
-        spec,
-        core.clock.now_ms(),
-    ))
 }

@@ -248,3 +248,55 @@ pub async fn announce(
     };
     crate::events::put(core, vec![ev]).await.map(|_| ())
 }
+
+/// Writes the pass's state if the stored one is still what the pass read. A user's change
+/// meanwhile (a new deployment, `rm`) wins: the pass is not written and the next one, woken
+/// now, starts from it (tasks it created are found through their group).
+pub async fn write_state(
+    core: &Core,
+    name: &str,
+    read: &ServiceState,
+    st: ServiceState,
+) -> Result<(), CoreError> {
+    let written = core
+        .store
+        .service_states
+        .upsert(name, |old| match old {
+            Some(o) if &o != read => o,
+            _ => st.clone(),
+        })
+        .await?;
+    if written != st {
+        core.loops.wake(Loop::Services);
+    }
+    Ok(())
+}
+
+/// A task of deployment `deployment` (its definition `reference`), in the service's group,
+/// with the service's stop timeout.
+pub fn task_for(
+    core: &Core,
+    svc: &Service,
+    deployment: &str,
+    reference: &str,
+) -> Result<Task, String> {
+    let def = crate::taskdefs::resolve(core, reference)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no task definition {reference:?}"))?;
+    let mut spec = def.spec.clone();
+    core.check_references(&spec).map_err(|e| e.to_string())?;
+    spec.placement = svc.placement.clone();
+    if svc.stop_timeout_secs > 0 {
+        for c in spec.containers.iter_mut() {
+            c.stop_timeout_secs = svc.stop_timeout_secs;
+        }
+    }
+    Ok(Task::new(
+        ulid::Ulid::new().to_string().to_lowercase(),
+        Some(def.reference()),
+        svc.group(),
+        deployment.to_string(),
+        spec,
+        core.clock.now_ms(),
+    ))
+}

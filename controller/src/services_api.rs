@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::core::Core;
 use crate::model::{
-    Autoscaling, Backlog, DeploymentConfig, PlacementConstraint, Service, ServicePlacement,
-    ServiceState, Task,
+    Autoscaling, Backlog, DeploymentConfig, PlacementConstraint, Service, ServiceMode,
+    ServicePlacement, ServiceState, Task,
 };
 use crate::services;
 use skiff_model::lifecycle::TaskStatus;
@@ -25,6 +25,13 @@ fn invalid(e: InvalidField) -> Status {
 
 fn from_pb(s: &pb::Service) -> Result<Service, InvalidField> {
     let defaults = DeploymentConfig::default();
+    let mode = match s.mode.as_str() {
+        "" => ServiceMode::Service,
+        m => ServiceMode::parse(m).ok_or_else(|| InvalidField {
+            field: "mode".into(),
+            problem: format!("{m:?} is not service or task-per-message"),
+        })?,
+    };
     let d = s.deployment.unwrap_or_default();
     let svc = Service {
         name: s.name.clone(),
@@ -65,6 +72,7 @@ fn from_pb(s: &pb::Service) -> Result<Service, InvalidField> {
             scale_in_cooldown_secs: a.scale_in_cooldown_seconds,
             stale_after_secs: a.stale_after_seconds.unwrap_or(DEFAULT_STALE_AFTER_SECS),
         }),
+        mode,
         created_ms: 0,
         updated_ms: 0,
     };
@@ -109,6 +117,7 @@ fn to_pb(s: &Service) -> pb::Service {
         }),
         created_ms: s.created_ms,
         updated_ms: s.updated_ms,
+        mode: s.mode.as_str().to_string(),
     }
 }
 

@@ -14,7 +14,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
-    ApiToken, Backlog, DeadLetter, Delivery, Event, Node, NodeCert, PendingRetry, Queue,
+    ApiToken, Backlog, DeadLetter, Delivery, Event, JobLease, Node, NodeCert, PendingRetry, Queue,
     QueueMessage, RegistryCreds, Rule, RuleCounter, RuleStats, Schedule, ScheduleRetry,
     ScheduleState, SealedSecret, Service, ServiceState, Source, SourceHealth, Subscription, Task,
     TaskDefinition, TaskRole, Topic,
@@ -98,6 +98,7 @@ record!(ServiceState, "service_states", |self| self
     .as_bytes()
     .to_vec());
 record!(Backlog, "backlogs", |self| self.source.as_bytes().to_vec());
+record!(JobLease, "job_leases", |self| self.task.as_bytes().to_vec());
 record!(QueueMessage, "queue_messages", |self| Store::message_key(
     &self.queue,
     &self.id
@@ -308,6 +309,8 @@ pub struct Store {
     pub service_states: Table<ServiceState>,
     /// Backlogs reported from outside (ReportBacklog, pollers), by source.
     pub backlogs: Table<Backlog>,
+    /// Task-per-message services' messages, each held for its task: task id → lease.
+    pub job_leases: Table<JobLease>,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -360,6 +363,7 @@ impl Store {
             services: Table::open(&engine, &commit)?,
             service_states: Table::open(&engine, &commit)?,
             backlogs: Table::open(&engine, &commit)?,
+            job_leases: Table::open(&engine, &commit)?,
             commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             engine,

@@ -96,6 +96,9 @@ struct ServiceFile {
     stop_timeout: Option<DurationField>,
     placement: Option<PlacementFile>,
     autoscaling: Option<AutoscalingFile>,
+    /// service (default) or task-per-message (one task per message of autoscaling.source).
+    #[serde(default)]
+    mode: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +226,7 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Service> {
                 })
             })
             .transpose()?,
+        mode: f.mode,
         ..Default::default()
     })
 }
@@ -297,6 +301,9 @@ fn describe(st: &pb::ServiceStatus) {
         println!("description:     {}", s.description);
     }
     println!("task definition: {}", s.task_definition);
+    if s.mode == "task-per-message" {
+        println!("mode:            task-per-message (one task per message)");
+    }
     println!(
         "desired:         {}{}",
         st.desired,

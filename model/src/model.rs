@@ -990,8 +990,52 @@ pub struct Service {
     /// Set: the desired count follows a queue's backlog between min and max.
     #[serde(default)]
     pub autoscaling: Option<Autoscaling>,
+    /// Long-running tasks at a count, or one task per message of a queue.
+    #[serde(default)]
+    pub mode: ServiceMode,
     pub created_ms: i64,
     pub updated_ms: i64,
+}
+
+/// How a service uses its tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceMode {
+    /// Tasks kept running at the desired count (ECS's service).
+    #[default]
+    Service,
+    /// Each message of the autoscaling queue starts one task, leased to it; the task's exit
+    /// settles the message (KEDA's ScaledJob). `autoscaling.max` is the concurrency.
+    TaskPerMessage,
+}
+
+impl ServiceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceMode::Service => "service",
+            ServiceMode::TaskPerMessage => "task-per-message",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ServiceMode> {
+        [ServiceMode::Service, ServiceMode::TaskPerMessage]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// A message of a built-in queue held for the task it started (task-per-message): received
+/// (in flight) before the task was created, kept invisible while the task runs, deleted when
+/// it exits 0 and made visible again when it fails.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobLease {
+    pub task: String,
+    pub service: String,
+    pub queue: String,
+    pub message_id: String,
+    pub receipt: String,
+    /// When the message becomes visible again unless the lease is extended.
+    pub visible_until_ms: i64,
 }
 
 impl Service {

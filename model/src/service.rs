@@ -585,5 +585,7 @@ fn complete_deployments(i: &Inputs, st: &mut ServiceState, pass: &mut Pass, desi
     st.deployments.truncate(6);
 }
 
+pub mod jobs;
+
 #[cfg(test)]
 mod tests;

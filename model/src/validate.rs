@@ -726,5 +726,16 @@ pub fn service(s: &crate::model::Service) -> Result<(), InvalidField> {
             return Err(bad("autoscaling.stale_after", "must be at least 1 s"));
         }
     }
+    if s.mode == crate::model::ServiceMode::TaskPerMessage
+        && !s
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.source.starts_with("queue:"))
+    {
+        return Err(bad(
+            "mode",
+            "task-per-message takes its messages from a built-in queue: set autoscaling.source to queue:<name>",
+        ));
+    }
     Ok(())
 }

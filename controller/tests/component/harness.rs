@@ -357,12 +357,25 @@ impl FakeAgent {
 
     /// Reports that a task's essential container exited with `exit_code`.
     pub async fn exit(&self, task_id: &str, exit_code: i32) {
-        let body = Some(pb::agent_message::Body::Task(report(
+        self.exit_with(task_id, exit_code).await
+    }
+
+    /// Reports that a task's essential container exited with `exit_code`, the code on the
+    /// container as a real agent reports it.
+    pub async fn exit_with(&self, task_id: &str, exit_code: i32) {
+        let mut r = report(
             task_id,
             "STOPPED",
             "EssentialContainerExited",
             &format!("essential container main exited with {exit_code}"),
-        )));
+        );
+        r.containers = vec![pb::ContainerReport {
+            name: "main".into(),
+            status: "STOPPED".into(),
+            exit_code: Some(exit_code),
+            ..Default::default()
+        }];
+        let body = Some(pb::agent_message::Body::Task(r));
         self.out
             .as_ref()
             .expect("connected")

@@ -443,3 +443,192 @@ async fn bad_service_input_is_refused_naming_the_field() {
     }
     h.shutdown().await;
 }
+
+async fn send(h: &Harness, queue: &str, bodies: &[&str]) {
+    h.queues()
+        .send(
+            h.req(pb::SendMessagesRequest {
+                queue: queue.into(),
+                entries: bodies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| pb::SendEntry {
+                        id: i.to_string(),
+                        body: b.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        )
+        .await
+        .unwrap();
+}
+
+async fn queue_counts(h: &Harness, queue: &str) -> (u64, u64) {
+    let s = h
+        .queues()
+        .describe(h.req(pb::QueueRef { name: queue.into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    (s.visible, s.in_flight)
+}
+
+#[tokio::test]
+async fn task_per_message_leases_each_message_to_one_task_and_settles_it_by_the_exit() {
+    let h = Harness::start().await;
+    h.register("thumb").await;
+    for (name, dlq) in [("uploads-dlq", None), ("uploads", Some("uploads-dlq"))] {
+        h.queues()
+            .put(h.req(pb::Queue {
+                name: name.into(),
+                visibility_timeout_seconds: Some(60),
+                redrive: dlq.map(|d| pb::QueueRedrivePolicy {
+                    dead_letter_queue: d.into(),
+                    max_receive_count: 2,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+    // Room for one task at a time on the only node (0.25 vCPU each).
+    let mut agent = FakeAgent::connect(&h, "n1", 0.25, &[]).await;
+    let mut s = service("thumbs", "thumb", 0);
+    s.mode = "task-per-message".into();
+    s.autoscaling = Some(pb::Autoscaling {
+        source: "queue:uploads".into(),
+        max: 3,
+        target_per_task: 1,
+        ..Default::default()
+    });
+    put(&h, s).await;
+    send(&h, "uploads", &["a.jpg", "b.jpg", "c.jpg", "d.jpg"]).await;
+
+    // Three jobs (the concurrency), one running and two waiting for capacity, each holding
+    // its message: the fourth message stays visible, no duplicate task is started.
+    let first = agent.next_start().await;
+    let jobs = h
+        .until("3 jobs", || async {
+            let st = describe(&h, "thumbs").await;
+            if st.tasks.len() == 3 {
+                Ok(st.tasks)
+            } else {
+                Err(format!("{} tasks", st.tasks.len()))
+            }
+        })
+        .await;
+    assert_eq!(queue_counts(&h, "uploads").await, (1, 3));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        describe(&h, "thumbs").await.tasks.len(),
+        3,
+        "no task beyond the 3 leased"
+    );
+    let waiting = jobs
+        .iter()
+        .filter(|t| t.last_status == "PROVISIONING")
+        .count();
+    assert_eq!(waiting, 2, "{jobs:?}");
+    // The running job got its message as its input.
+    let input = h
+        .core
+        .store
+        .task(&first)
+        .unwrap()
+        .unwrap()
+        .spec
+        .input
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&input).unwrap();
+    assert_eq!(event["body"], "a.jpg", "{event}");
+    assert_eq!(event["queue"], "uploads");
+
+    // A new revision: the running jobs are not stopped; the next jobs run revision 2.
+    h.register("thumb").await;
+    put(
+        &h,
+        pb::Service {
+            mode: "task-per-message".into(),
+            autoscaling: Some(pb::Autoscaling {
+                source: "queue:uploads".into(),
+                max: 3,
+                target_per_task: 1,
+                ..Default::default()
+            }),
+            ..service("thumbs", "thumb", 0)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.task(&first).await.desired_status, "RUNNING");
+
+    // Exit 0: its message is deleted, and the freed slot takes the fourth message.
+    agent.exit_with(&first, 0).await;
+    let second = agent.next_start().await;
+    h.until("a.jpg deleted, d.jpg leased", || async {
+        match queue_counts(&h, "uploads").await {
+            (0, 3) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    h.until("the next job runs revision 2", || async {
+        let st = describe(&h, "thumbs").await;
+        let defs: Vec<&str> = st
+            .tasks
+            .iter()
+            .map(|t| t.task_definition.as_str())
+            .collect();
+        if st.tasks.len() == 3 && defs.contains(&"thumb:2") {
+            Ok(())
+        } else {
+            Err(format!("{defs:?}"))
+        }
+    })
+    .await;
+
+    // A failure returns the message; after 2 receives it goes to the dead-letter queue.
+    let second_body = {
+        let input = h
+            .core
+            .store
+            .task(&second)
+            .unwrap()
+            .unwrap()
+            .spec
+            .input
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&input).unwrap()["body"].clone()
+    };
+    agent.exit_with(&second, 1).await;
+    let third = agent.next_start().await;
+    let body_of = |id: String| {
+        let input = h.core.store.task(&id).unwrap().unwrap().spec.input.unwrap();
+        serde_json::from_str::<serde_json::Value>(&input).unwrap()
+    };
+    let retried = body_of(third.clone());
+    // Either the released message came back at once, or a waiting job ran first: follow the
+    // released one until it is dead-lettered.
+    let mut current = third;
+    let mut event = retried;
+    for _ in 0..4 {
+        if event["body"] == second_body {
+            assert_eq!(event["receiveCount"], 2, "{event}");
+            agent.exit_with(&current, 1).await;
+            break;
+        }
+        agent.exit_with(&current, 0).await;
+        current = agent.next_start().await;
+        event = body_of(current.clone());
+    }
+    h.until("the failed message dead-lettered", || async {
+        match queue_counts(&h, "uploads-dlq").await {
+            (1, 0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    agent.vanish();
+    h.shutdown().await;
+}

@@ -11,6 +11,7 @@ fn service(desired: u32) -> Service {
         stop_timeout_secs: 0,
         placement: Default::default(),
         autoscaling: None,
+        mode: Default::default(),
         created_ms: 0,
         updated_ms: 0,
     }
