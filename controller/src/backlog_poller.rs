@@ -15,44 +15,11 @@ use tracing::warn;
 
 use crate::core::Core;
 use crate::model::Backlog;
+use skiff_model::redis_source::{parse, RedisSource};
 
 const EVERY: Duration = Duration::from_secs(1);
 /// A Redis that does not answer within this is skipped this round.
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Where a Redis backlog is read.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RedisSource {
-    /// `redis://[:password@]host:port/`, for the client.
-    pub url: String,
-    pub key: String,
-    /// Set for a stream: the consumer group whose lag and pending entries count.
-    pub group: Option<String>,
-}
-
-/// Parses `redis://host:port/KEY` or `redis://host:port/STREAM#GROUP`.
-pub fn parse(source: &str) -> Result<RedisSource, String> {
-    let rest = source
-        .strip_prefix("redis://")
-        .ok_or_else(|| format!("{source:?} does not start with redis://"))?;
-    let (addr, path) = rest.split_once('/').ok_or_else(|| {
-        format!("{source:?}: give the key after the address (redis://host:port/KEY)")
-    })?;
-    let (key, group) = match path.split_once('#') {
-        Some((k, g)) => (k, Some(g.to_string())),
-        None => (path, None),
-    };
-    if addr.is_empty() || key.is_empty() || group.as_deref() == Some("") {
-        return Err(format!(
-            "{source:?} is not redis://host:port/KEY or redis://host:port/STREAM#GROUP"
-        ));
-    }
-    Ok(RedisSource {
-        url: format!("redis://{addr}/"),
-        key: key.to_string(),
-        group,
-    })
-}
 
 pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut connections: HashMap<String, MultiplexedConnection> = HashMap::new();
@@ -61,9 +28,10 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             return;
         }
         pass(&core, &mut connections).await;
+        let next = core.clock.now_ms() + EVERY.as_millis() as i64;
         tokio::select! {
             _ = stop.changed() => {}
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = core.clock.sleep_until(next) => {}
         }
     }
 }
@@ -178,34 +146,5 @@ fn text(v: &redis::Value) -> Option<String> {
         redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         redis::Value::SimpleString(s) => Some(s.clone()),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sources_name_a_list_or_a_streams_group() {
-        let r = parse("redis://127.0.0.1:6379/jobs").unwrap();
-        assert_eq!(
-            (r.url.as_str(), r.key.as_str(), r.group),
-            ("redis://127.0.0.1:6379/", "jobs", None)
-        );
-        let r = parse("redis://:secret@redis.lan:6379/events#workers").unwrap();
-        assert_eq!(r.url, "redis://:secret@redis.lan:6379/");
-        assert_eq!(
-            (r.key.as_str(), r.group.as_deref()),
-            ("events", Some("workers"))
-        );
-        for bad in [
-            "redis://host:6379",
-            "redis://host:6379/",
-            "redis:///k",
-            "redis://h/k#",
-            "http://h/k",
-        ] {
-            assert!(parse(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -40,15 +40,6 @@ pub async fn put(
             ))
         })?;
     }
-    if let Some(source) = svc
-        .autoscaling
-        .as_ref()
-        .map(|a| a.source.as_str())
-        .filter(|s| s.starts_with("redis://"))
-    {
-        crate::backlog_poller::parse(source)
-            .map_err(|e| CoreError::BadReference(format!("autoscaling.source: {e}")))?;
-    }
     let now = core.clock.now_ms();
     if let Some(st) = core.store.service_states.get(&svc.name)? {
         if st.draining {

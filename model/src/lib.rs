@@ -21,6 +21,7 @@ pub mod model;
 pub mod pattern;
 pub mod placement;
 pub mod queue;
+pub mod redis_source;
 pub mod retry;
 pub mod ruleset;
 pub mod service;

@@ -686,7 +686,9 @@ pub fn service(s: &crate::model::Service) -> Result<(), InvalidField> {
         match a.source.split_once(':') {
             Some(("queue", q)) => check_name("autoscaling.source", q)?,
             Some(("external", n)) => check_name("autoscaling.source", n)?,
-            Some(("redis", rest)) if !rest.is_empty() => {}
+            Some(("redis", _)) => crate::redis_source::parse(&a.source)
+                .map(|_| ())
+                .map_err(|e| bad("autoscaling.source", e))?,
             _ => {
                 return Err(bad(
                     "autoscaling.source",
