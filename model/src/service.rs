@@ -11,7 +11,7 @@ use crate::model::{
     ServiceDecision, ServiceState, StopCode, TaskStatus,
 };
 
-/// Failed starts back off from this…
+/// After a second failed task in a row, starts back off from this…
 pub const BACKOFF_BASE_MS: i64 = 1_000;
 /// …doubling up to this.
 pub const BACKOFF_CAP_MS: i64 = 300_000;
@@ -334,7 +334,11 @@ fn count_failure(
         d.failed_tasks += 1;
         d.updated_ms = now;
     }
-    let delay = (BACKOFF_BASE_MS << (st.consecutive_failures - 1).min(20)).min(BACKOFF_CAP_MS);
+    // The first failure is replaced at once; a second in a row waits 1 s, then 2 s, 4 s, …
+    let delay = match st.consecutive_failures {
+        0 | 1 => 0,
+        n => (BACKOFF_BASE_MS << (n - 2).min(20)).min(BACKOFF_CAP_MS),
+    };
     st.backoff_until_ms = now + delay;
     st.last_failure = format!("task {task}: {reason}");
     st.last_failure_ms = now;
@@ -342,11 +346,15 @@ fn count_failure(
         st,
         now,
         "backoff",
-        format!(
-            "{} failed task(s) in a row; next start in {}s (last: task {task}: {reason})",
-            st.consecutive_failures,
-            delay / 1000,
-        ),
+        if delay == 0 {
+            format!("task {task} failed; replaced at once ({reason})")
+        } else {
+            format!(
+                "{} failed task(s) in a row; next start in {}s (last: task {task}: {reason})",
+                st.consecutive_failures,
+                delay / 1000,
+            )
+        },
         json!({"consecutive_failures": st.consecutive_failures, "delay_ms": delay}),
     );
 }

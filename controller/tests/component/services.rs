@@ -148,14 +148,14 @@ async fn a_crash_loop_backs_off_and_the_circuit_breaker_rolls_back() {
     put(&h, service("api", "api", 1)).await;
     settles(&h, "api", "COMPLETED", 1).await;
 
-    // Revision 2 crashes at once: starts back off 1 s, then 2 s, and after 3 failed tasks
-    // the deployment fails and rolls back to revision 1.
+    // Revision 2 crashes at once: the first is replaced at once, the second backs off 1 s,
+    // and after 3 failed tasks the deployment fails and rolls back to revision 1.
     h.register_running("api", "crash").await;
     put(&h, service("api", "api", 1)).await;
     let st = h
-        .until("the first failure's backoff", || async {
+        .until("the second failure's backoff", || async {
             let st = describe(&h, "api").await;
-            if st.consecutive_failures == 1 {
+            if st.consecutive_failures == 2 {
                 Ok(st)
             } else {
                 Err(format!("{} failures", st.consecutive_failures))

@@ -219,15 +219,23 @@ fn a_crash_loop_backs_off_doubling_and_a_task_that_stays_up_ends_it() {
     let svc = service(1);
     let mut st = state(vec![deployment("d1", "web:1", RolloutState::Completed)]);
     let mut now = 100_000;
-    for (n, expect_delay) in [(1, 1_000), (2, 2_000), (3, 4_000), (4, 8_000)] {
+    for (n, expect_delay) in [(1, 0), (2, 1_000), (3, 2_000), (4, 4_000)] {
         let p = pass(&svc, &st, &[], &[failed(&format!("t{n}"), "d1", 200)], now);
         assert_eq!(p.state.consecutive_failures, n);
         assert_eq!(p.state.backoff_until_ms, now + expect_delay);
+        assert!(p
+            .state
+            .decisions
+            .iter()
+            .any(|d| d.message.contains("essential container app exited")));
+        if expect_delay == 0 {
+            assert_eq!(p.start.len(), 1, "a first failure is replaced at once");
+            st = p.state;
+            now += 1;
+            continue;
+        }
         assert!(p.start.is_empty(), "no start while backing off");
         assert_eq!(p.wake_at_ms, Some(now + expect_delay));
-        assert!(p.state.decisions[0]
-            .message
-            .contains("essential container app exited"));
         let p2 = pass(&svc, &p.state, &[], &[], now + expect_delay);
         assert_eq!(p2.start.len(), 1, "the backoff over, a replacement starts");
         st = p2.state;
@@ -483,7 +491,7 @@ fn an_unhealthy_task_is_replaced_and_counts_as_failed_and_unknown_health_is_not_
     );
     assert_eq!(p.state.deployments[0].failed_tasks, 1);
     assert_eq!(p.state.consecutive_failures, 1);
-    assert!(p.start.is_empty(), "backing off 1 s");
+    assert_eq!(p.start.len(), 1, "a first failure is replaced at once");
     assert!(p.events.iter().any(|e| e.detail["health"] == "UNHEALTHY"));
     // Its later STOPPED (stopped by the service) is not counted twice.
     let stopped = Finished {
