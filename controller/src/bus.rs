@@ -289,30 +289,17 @@ async fn dead_letter(
     dl: &DeadLetter,
     ev: Option<&Event>,
 ) -> Result<(), CoreError> {
-    let queue = if dlq.is_empty() {
-        None
-    } else {
-        let q = core.store.queues.get(dlq)?;
-        if q.is_none() {
-            warn!(rule = %dl.rule, target = %dl.target, queue = dlq, "dead-letter queue gone; the dead letter is only listed");
-        }
-        q
-    };
-    let message = queue.map(|q| {
-        let body = serde_json::json!({
-            "deadLetter": {
-                "rule": dl.rule, "target": dl.target, "eventId": dl.event_id,
-                "attempts": dl.attempts, "lastError": dl.last_error,
-                "firstAttemptMs": dl.first_attempt_ms, "deadMs": dl.dead_ms,
-            },
-            "event": ev.map(Event::envelope),
-        });
-        crate::queues::new_message(core, &q, body.to_string(), Default::default(), None)
+    let body = serde_json::json!({
+        "deadLetter": {
+            "rule": dl.rule, "target": dl.target, "eventId": dl.event_id,
+            "attempts": dl.attempts, "lastError": dl.last_error,
+            "firstAttemptMs": dl.first_attempt_ms, "deadMs": dl.dead_ms,
+        },
+        "event": ev.map(Event::envelope),
     });
+    let message = crate::queues::dead_letter_message(core, dlq, body)?;
     core.store.dead_letter_to(key, dl, message.as_ref()).await?;
-    if let Some(m) = &message {
-        core.queue_waits.arrived(&m.queue);
-    }
+    crate::queues::dead_letter_queued(core, message.as_ref());
     Ok(())
 }
 

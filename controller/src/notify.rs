@@ -228,7 +228,20 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
             } else {
                 d.dead_ms = Some(core.clock.now_ms());
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification dead-lettered");
-                core.store.dead_letter_delivery(&d).await?;
+                let body = serde_json::json!({
+                    "deadLetter": {
+                        "topic": d.topic, "subscription": d.subscription, "rule": d.rule,
+                        "eventId": d.event_id, "attempts": d.attempts,
+                        "lastError": d.last_error, "deadMs": d.dead_ms,
+                    },
+                    "message": d.message,
+                });
+                let message =
+                    crate::queues::dead_letter_message(core, &topic.dead_letter_queue, body)?;
+                core.store
+                    .dead_letter_delivery(&d, message.as_ref())
+                    .await?;
+                crate::queues::dead_letter_queued(core, message.as_ref());
             }
         }
     }

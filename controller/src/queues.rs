@@ -94,6 +94,24 @@ pub async fn delete(core: &Core, name: &str) -> Result<Option<Queue>, CoreError>
             users.push(format!("topic {} (subscription {})", sub.topic, sub.id));
         }
     }
+    for s in core.store.schedules.list()? {
+        if s.dead_letter_queue == name {
+            users.push(format!("schedule {} (dead letters)", s.name));
+        }
+    }
+    for t in core.store.topics.list()? {
+        if t.dead_letter_queue == name {
+            users.push(format!("topic {} (dead letters)", t.name));
+        }
+    }
+    for s in core.store.services.list()? {
+        if s.autoscaling
+            .as_ref()
+            .is_some_and(|a| a.source == format!("queue:{name}"))
+        {
+            users.push(format!("service {}", s.name));
+        }
+    }
     if !users.is_empty() {
         return Err(CoreError::BadReference(format!(
             "name: queue {name:?} is used by {}; change them first",
@@ -405,6 +423,39 @@ pub async fn redrive(core: &Core, dlq: &str, to: Option<&str>) -> Result<(u64, S
     core.store.commit().await?;
     arrived(core, &to);
     Ok((moved, to))
+}
+
+/// The message a dead letter puts in dead-letter queue `dlq` (`body`: the dead letter and what
+/// it carried), or None when the queue is gone (logged: the dead letter is then only listed).
+pub fn dead_letter_message(
+    core: &Core,
+    dlq: &str,
+    body: serde_json::Value,
+) -> Result<Option<QueueMessage>, CoreError> {
+    if dlq.is_empty() {
+        return Ok(None);
+    }
+    let Some(q) = core.store.queues.get(dlq)? else {
+        warn!(
+            queue = dlq,
+            "dead-letter queue gone; the dead letter is only listed"
+        );
+        return Ok(None);
+    };
+    Ok(Some(new_message(
+        core,
+        &q,
+        body.to_string(),
+        Default::default(),
+        None,
+    )))
+}
+
+/// A dead letter was queued in `m`'s queue: its receivers hear of it.
+pub fn dead_letter_queued(core: &Core, m: Option<&QueueMessage>) {
+    if let Some(m) = m {
+        arrived(core, &m.queue);
+    }
 }
 
 /// New messages in queue `name`: its waiting receivers and the services that scale on it

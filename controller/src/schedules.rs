@@ -408,7 +408,19 @@ async fn dead_letter(
         first_attempt_ms: r.first_attempt_ms,
         dead_ms: core.clock.now_ms(),
     };
-    core.store.dead_letter(&key, &dl).await?;
+    let body = serde_json::json!({
+        "deadLetter": {
+            "schedule": s.name, "scheduledTime": when, "attempts": dl.attempts,
+            "lastError": dl.last_error, "firstAttemptMs": dl.first_attempt_ms,
+            "deadMs": dl.dead_ms,
+        },
+        "taskDefinition": s.task_definition,
+    });
+    let message = crate::queues::dead_letter_message(core, &s.dead_letter_queue, body)?;
+    core.store
+        .dead_letter_to(&key, &dl, message.as_ref())
+        .await?;
+    crate::queues::dead_letter_queued(core, message.as_ref());
     Ok(())
 }
 

@@ -84,6 +84,7 @@ pub fn from_pb(core: &Core, s: &pb::Schedule) -> Result<Schedule, Status> {
                 id: "task".into(),
                 kind: Some(pb::target::Kind::Task(task.clone())),
                 retry: s.retry,
+                dead_letter_queue: s.dead_letter_queue.clone(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -117,6 +118,7 @@ pub fn from_pb(core: &Core, s: &pb::Schedule) -> Result<Schedule, Status> {
         created_ms: 0,
         updated_ms: 0,
         event: None,
+        dead_letter_queue: r.targets[0].dead_letter_queue.clone(),
     })
 }
 
@@ -137,6 +139,12 @@ fn event_schedule(
     if s.retry.is_some() {
         return Err(invalid(
             "retry: applies to task targets only (the rules that match the event have their own)"
+                .into(),
+        ));
+    }
+    if !s.dead_letter_queue.is_empty() {
+        return Err(invalid(
+            "dead_letter_queue: applies to task targets only (the rules that match the event have their own)"
                 .into(),
         ));
     }
@@ -180,6 +188,7 @@ fn event_schedule(
             detail_type,
             detail,
         }),
+        dead_letter_queue: String::new(),
     })
 }
 
@@ -222,6 +231,7 @@ pub fn to_pb(s: &Schedule) -> pb::Schedule {
             detail_type: e.detail_type.clone(),
             detail_json: e.detail.to_string(),
         }),
+        dead_letter_queue: s.dead_letter_queue.clone(),
     }
 }
 

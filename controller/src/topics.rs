@@ -13,7 +13,13 @@ pub async fn put(
     name: &str,
     description: &str,
     delivery: DeliveryPolicy,
+    dead_letter_queue: &str,
 ) -> Result<Topic, CoreError> {
+    if !dead_letter_queue.is_empty() && core.store.queues.get(dead_letter_queue)?.is_none() {
+        return Err(CoreError::BadReference(format!(
+            "dead_letter_queue: {dead_letter_queue:?}: no such queue (skiff queues create {dead_letter_queue})"
+        )));
+    }
     let now = core.clock.now_ms();
     Ok(core
         .store
@@ -22,6 +28,7 @@ pub async fn put(
             name: name.to_string(),
             description: description.to_string(),
             delivery,
+            dead_letter_queue: dead_letter_queue.to_string(),
             created_ms: old.as_ref().map_or(now, |o| o.created_ms),
             updated_ms: now,
         })

@@ -60,6 +60,7 @@ fn topic_pb(t: &Topic) -> pb::Topic {
         }),
         created_ms: t.created_ms,
         updated_ms: t.updated_ms,
+        dead_letter_queue: t.dead_letter_queue.clone(),
     }
 }
 
@@ -196,7 +197,18 @@ impl pb::topics_server::Topics for TopicsApi {
         validate::check_name("name", &t.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let delivery = policy_from_pb(t.delivery.as_ref())?;
-        let topic = crate::topics::put(&self.core, &t.name, &t.description, delivery).await?;
+        if !t.dead_letter_queue.is_empty() {
+            validate::check_name("dead_letter_queue", &t.dead_letter_queue)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let topic = crate::topics::put(
+            &self.core,
+            &t.name,
+            &t.description,
+            delivery,
+            &t.dead_letter_queue,
+        )
+        .await?;
         Ok(Response::new(topic_pb(&topic)))
     }
 

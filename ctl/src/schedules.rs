@@ -72,6 +72,9 @@ struct ScheduleFile {
     event: Option<EventFile>,
     /// When a fire's task cannot start: {max_attempts, max_event_age}.
     retry: Option<crate::rules::RetryFile>,
+    /// A queue that also gets each fire that ran out of attempts.
+    #[serde(default)]
+    dead_letter_queue: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +117,7 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Schedule> {
             .retry
             .map(|r| crate::rules::retry_policy("retry", r))
             .transpose()?,
+        dead_letter_queue: f.dead_letter_queue,
         ..Default::default()
     })
 }

@@ -34,6 +34,9 @@ pub enum TopicsCmd {
         /// How long a webhook may take to answer before the attempt fails (default 10s).
         #[arg(long)]
         timeout: Option<String>,
+        /// A queue that also gets each notification that ran out of attempts.
+        #[arg(long = "dead-letter-queue")]
+        dead_letter_queue: Option<String>,
     },
     /// List topics with their subscriptions' counts.
     Ls,
@@ -108,6 +111,9 @@ struct TopicFile {
     #[serde(default)]
     description: String,
     delivery: Option<DeliveryFile>,
+    /// A queue that also gets each notification that ran out of attempts.
+    #[serde(default)]
+    dead_letter_queue: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +151,7 @@ fn load(path: &std::path::Path) -> anyhow::Result<pb::Topic> {
         name: f.name,
         description: f.description,
         delivery: f.delivery.map(policy).transpose()?,
+        dead_letter_queue: f.dead_letter_queue,
         ..Default::default()
     })
 }
@@ -232,6 +239,7 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
             min_delay,
             max_delay,
             timeout,
+            dead_letter_queue,
         } => {
             let t = match (name, file) {
                 (_, Some(f)) => load(&f)?,
@@ -244,6 +252,7 @@ pub async fn topics(addr: &str, fmt: Format, cmd: TopicsCmd) -> anyhow::Result<i
                         max_delay,
                         timeout,
                     })?),
+                    dead_letter_queue: dead_letter_queue.unwrap_or_default(),
                     ..Default::default()
                 },
                 (None, None) => anyhow::bail!("give a topic name or -f FILE"),

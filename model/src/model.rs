@@ -763,6 +763,9 @@ pub struct Schedule {
     /// Set: fires put this event on the bus instead of running `task_definition`.
     #[serde(default)]
     pub event: Option<ScheduleEvent>,
+    /// A queue that also gets each fire that ran out of attempts (empty: none).
+    #[serde(default)]
+    pub dead_letter_queue: String,
 }
 
 /// The event a schedule puts on the bus at each fire.
@@ -829,6 +832,9 @@ pub struct Topic {
     pub name: String,
     pub description: String,
     pub delivery: DeliveryPolicy,
+    /// A queue that also gets each notification that ran out of attempts (empty: none).
+    #[serde(default)]
+    pub dead_letter_queue: String,
     pub created_ms: i64,
     pub updated_ms: i64,
 }

@@ -56,5 +56,6 @@ pub fn schedule() -> Schedule {
         created_ms: 0,
         updated_ms: 0,
         event: None,
+        dead_letter_queue: String::new(),
     }
 }

@@ -192,12 +192,25 @@ impl Store {
     }
 
     /// Moves a delivery that ran out of attempts (or was refused for good) from the outbox
-    /// to the dead letters, in one transaction.
-    pub async fn dead_letter_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
+    /// to the dead letters and, when given, queues `message` in its topic's dead-letter
+    /// queue, in one transaction.
+    pub async fn dead_letter_delivery(
+        &self,
+        d: &Delivery,
+        message: Option<&crate::model::QueueMessage>,
+    ) -> Result<(), StoreError> {
         let bytes = encode(d);
-        let trees = [&[&self.notify_dead][..], &self.outbox.trees()].concat();
+        let trees = [
+            &[&self.notify_dead][..],
+            &self.outbox.trees(),
+            &self.messages.trees(),
+        ]
+        .concat();
         self.transact(&trees, |tx| {
             self.outbox.remove_in(tx, d.id.as_bytes())?;
+            if let Some(m) = message {
+                self.messages.put_in(tx, m)?;
+            }
             tx.insert(&self.notify_dead, &d.id, &bytes)
         })?;
         self.commit().await

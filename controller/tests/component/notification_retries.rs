@@ -111,6 +111,33 @@ async fn a_webhook_that_never_answers_becomes_a_dead_letter() {
     let h = Harness::start().await;
     let mut hook = Webhook::start(usize::MAX).await;
     let sub = topic_to(&h, "pager", 3, &hook.url).await;
+    // The topic's dead letters also go to a queue (a missing one is refused by field).
+    let mut topic = pb::Topic {
+        name: "pager".into(),
+        delivery: Some(pb::DeliveryPolicy {
+            max_attempts: 3,
+            min_delay_ms: 1000,
+            max_delay_ms: 4000,
+            timeout_ms: 2000,
+        }),
+        dead_letter_queue: "pager-dlq".into(),
+        ..Default::default()
+    };
+    let err = h.topics().put(h.req(topic.clone())).await.unwrap_err();
+    assert!(
+        err.message()
+            .starts_with("dead_letter_queue: \"pager-dlq\": no such queue"),
+        "{err:?}"
+    );
+    h.queues()
+        .put(h.req(pb::Queue {
+            name: "pager-dlq".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    topic.description = "pages".into();
+    h.topics().put(h.req(topic)).await.unwrap();
     put_event(&h, serde_json::json!({"n": 1})).await;
     for wait in [1, 2] {
         hook.next().await;
@@ -151,5 +178,24 @@ async fn a_webhook_that_never_answers_becomes_a_dead_letter() {
     let s = status(&h, "pager").await;
     assert_eq!(s.dead.get(&sub), Some(&1));
     assert_eq!(s.pending.get(&sub).copied().unwrap_or(0), 0);
+    let got = h
+        .queues()
+        .receive(h.req(pb::ReceiveMessagesRequest {
+            queue: "pager-dlq".into(),
+            max_messages: 10,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["deadLetter"]["subscription"], sub.as_str(), "{body}");
+    assert_eq!(body["deadLetter"]["attempts"], 3);
+    assert!(
+        body["message"].as_str().unwrap().contains("\"n\":1"),
+        "{body}"
+    );
     h.shutdown().await;
 }

@@ -149,3 +149,95 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_after_its_attempts(
     assert_eq!(stats(&h, "doomed").await.dead_lettered, 1);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_schedule_fire_that_cannot_start_ends_in_its_dead_letter_queue() {
+    let h = Harness::start().await;
+    h.register("job").await;
+    let schedule = |dlq: &str| pb::Schedule {
+        name: "nightly".into(),
+        expression: "rate(1 minute)".into(),
+        task: Some(pb::TaskTarget {
+            task_definition: "job".into(),
+            ..Default::default()
+        }),
+        retry: Some(pb::RetryPolicy {
+            max_attempts: 2,
+            max_event_age_seconds: 3600,
+        }),
+        dead_letter_queue: dlq.into(),
+        ..Default::default()
+    };
+    let err = h
+        .schedules()
+        .put(h.req(schedule("nightly-dlq")))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .starts_with("dead_letter_queue: \"nightly-dlq\": no such queue"),
+        "{err:?}"
+    );
+    h.queues()
+        .put(h.req(pb::Queue {
+            name: "nightly-dlq".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    h.schedules()
+        .put(h.req(schedule("nightly-dlq")))
+        .await
+        .unwrap();
+    let first = h.first_fire_time("nightly").await;
+    // The definition goes away: the fire fails, is retried 1 s later, then dead-lettered.
+    deregister(&h, "job:1").await;
+    h.advance(Duration::from_millis((first - h.clock.now_ms()) as u64));
+    h.until("the first attempt failed", || async {
+        match h.core.store.schedule_retries.list().unwrap().first() {
+            Some(r) if r.attempts == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    h.advance(Duration::from_secs(1));
+    let got = h
+        .until("the dead letter in its queue", || async {
+            let got = h
+                .queues()
+                .receive(h.req(pb::ReceiveMessagesRequest {
+                    queue: "nightly-dlq".into(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .messages;
+            if got.is_empty() {
+                Err("none yet".to_string())
+            } else {
+                Ok(got)
+            }
+        })
+        .await;
+    let body: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["deadLetter"]["schedule"], "nightly", "{body}");
+    assert_eq!(body["deadLetter"]["attempts"], 2, "{body}");
+    assert!(
+        body["deadLetter"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("job"),
+        "{body}"
+    );
+    // The queue cannot go while the schedule names it.
+    let err = h
+        .queues()
+        .delete(h.req(pb::QueueRef {
+            name: "nightly-dlq".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("schedule nightly"), "{err:?}");
+    h.shutdown().await;
+}
