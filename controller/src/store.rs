@@ -1606,7 +1606,10 @@ mod tests {
         store.outbox.put(&d("now", 1_000)).await.unwrap();
         assert_eq!(due_ids(100), (vec!["soon".to_string()], Some(500)));
         store.outbox.delete("soon").await.unwrap();
-        store.dead_letter_delivery(&d("late", 500)).await.unwrap();
+        store
+            .dead_letter_delivery(&d("late", 500), None)
+            .await
+            .unwrap();
         assert_eq!(due_ids(999), (vec![], Some(1_000)));
         assert_eq!(store.notify_dead(None).unwrap().len(), 1);
         // Redriven: due again.
@@ -1642,6 +1645,7 @@ mod tests {
                 name: "other".into(),
                 description: String::new(),
                 delivery: Default::default(),
+                dead_letter_queue: String::new(),
                 created_ms: 0,
                 updated_ms: 0,
             })

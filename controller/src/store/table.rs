@@ -167,6 +167,7 @@ mod tests {
             name: name.into(),
             description: String::new(),
             delivery: DeliveryPolicy::default(),
+            dead_letter_queue: String::new(),
             created_ms: 0,
             updated_ms: 0,
         }
