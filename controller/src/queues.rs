@@ -138,6 +138,10 @@ pub struct Outgoing {
     pub body: String,
     pub delay_secs: Option<u32>,
     pub attributes: BTreeMap<String, String>,
+    /// FIFO: the message group and the deduplication id (empty: by content, if the queue
+    /// says so).
+    pub group: String,
+    pub dedup_id: String,
 }
 
 /// A new message for `q`, sent now, receivable after its delay (default: the queue's).
@@ -160,6 +164,8 @@ pub fn new_message(
         receive_count: 0,
         first_received_ms: 0,
         receipt: String::new(),
+        group: String::new(),
+        dedup_id: String::new(),
     }
 }
 
@@ -169,12 +175,60 @@ pub async fn send(
     q: &Queue,
     outgoing: Vec<Outgoing>,
 ) -> Result<Vec<QueueMessage>, CoreError> {
+    if q.fifo {
+        return send_fifo(core, q, outgoing).await;
+    }
     let mut sent = Vec::with_capacity(outgoing.len());
     for o in outgoing {
         let m = new_message(core, q, o.body, o.attributes, o.delay_secs);
         core.store.messages.put_uncommitted(&m)?;
         sent.push(m);
     }
+    core.store.commit().await?;
+    arrived(core, &q.name);
+    Ok(sent)
+}
+
+/// A FIFO send, under the queue's lock: a message whose deduplication id was sent in the
+/// last 5 minutes is answered with the first one's id and not queued again.
+async fn send_fifo(
+    core: &Core,
+    q: &Queue,
+    outgoing: Vec<Outgoing>,
+) -> Result<Vec<QueueMessage>, CoreError> {
+    let waits = core.queue_waits.of(&q.name);
+    let held = waits.lock.lock().await;
+    let now = core.clock.now_ms();
+    let mut sent = Vec::with_capacity(outgoing.len());
+    for o in outgoing {
+        let dedup_id = if o.dedup_id.is_empty() {
+            crate::auth::sha256_hex(&o.body)
+        } else {
+            o.dedup_id
+        };
+        let mut m = new_message(core, q, o.body, o.attributes, None);
+        m.group = o.group;
+        m.dedup_id = dedup_id.clone();
+        let key = Store::message_key(&q.name, &dedup_id);
+        if let Some(seen) = core.store.fifo_dedup.get(&key)? {
+            if now - seen.sent_ms < queue::DEDUP_WINDOW_MS {
+                m.id = seen.message_id;
+                sent.push(m);
+                continue;
+            }
+        }
+        core.store.messages.put_uncommitted(&m)?;
+        core.store
+            .fifo_dedup
+            .put_uncommitted(&crate::model::DedupEntry {
+                queue: q.name.clone(),
+                dedup_id,
+                message_id: m.id.clone(),
+                sent_ms: now,
+            })?;
+        sent.push(m);
+    }
+    drop(held);
     core.store.commit().await?;
     arrived(core, &q.name);
     Ok(sent)
@@ -226,11 +280,19 @@ pub async fn receive(
             return Ok(got);
         }
         // Until a message arrives, one in flight or delayed becomes visible, or the wait ends.
-        let next = core
-            .store
-            .messages
-            .next_due_in(&prefix)?
-            .map_or(deadline, |t| t.min(deadline));
+        // (FIFO: a visible message may wait behind one in flight; that one's end counts.)
+        let next_due = if q.fifo {
+            core.store
+                .messages
+                .list_in(&prefix)?
+                .iter()
+                .map(|m| m.visible_ms)
+                .filter(|t| *t > now)
+                .min()
+        } else {
+            core.store.messages.next_due_in(&prefix)?
+        };
+        let next = next_due.map_or(deadline, |t| t.min(deadline));
         waits.waiting.fetch_add(1, Ordering::SeqCst);
         tokio::select! {
             _ = arrived => {}
@@ -255,9 +317,18 @@ async fn take(
     let mut out = Vec::new();
     let mut changed = false;
     let mut dead_lettered = Vec::new();
-    // Visible messages in the order they became visible; moved and expired ones make room.
+    // Visible messages in the order they became visible (FIFO: in send order per group, none
+    // behind one in flight); moved and expired ones make room.
     while out.len() < max {
-        let (visible, _) = core.store.messages.due_in(prefix, now, max - out.len())?;
+        let visible = if q.fifo {
+            let all = core.store.messages.list_by_key(prefix)?;
+            queue::fifo_receivable(&all, now, max - out.len())
+                .into_iter()
+                .map(|i| all[i].clone())
+                .collect()
+        } else {
+            core.store.messages.due_in(prefix, now, max - out.len())?.0
+        };
         if visible.is_empty() {
             break;
         }
@@ -486,8 +557,26 @@ pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) 
     }
 }
 
-/// Deletes every expired message; returns how many.
+/// Deletes every expired message (and FIFO deduplication ids past their window); returns
+/// how many messages.
 pub async fn sweep(core: &Core) -> Result<u64, CoreError> {
+    let now = core.clock.now_ms();
+    let mut forgotten = 0;
+    for d in core.store.fifo_dedup.list()? {
+        if now - d.sent_ms >= queue::DEDUP_WINDOW_MS {
+            core.store
+                .fifo_dedup
+                .delete(Store::message_key(&d.queue, &d.dedup_id))
+                .await?;
+            forgotten += 1;
+        }
+    }
+    if forgotten > 0 {
+        info!(
+            forgotten,
+            "FIFO deduplication ids past their window forgotten"
+        );
+    }
     let mut removed = 0;
     for q in core.store.queues.list()? {
         let waits = core.queue_waits.of(&q.name);

@@ -38,6 +38,8 @@ fn from_pb(q: &pb::Queue) -> Result<Queue, InvalidField> {
         }),
         created_ms: 0,
         updated_ms: 0,
+        fifo: q.fifo,
+        content_based_deduplication: q.content_based_deduplication,
     };
     validate::queue(&queue)?;
     Ok(queue)
@@ -57,6 +59,8 @@ pub fn to_pb(q: &Queue) -> pb::Queue {
         }),
         created_ms: q.created_ms,
         updated_ms: q.updated_ms,
+        fifo: q.fifo,
+        content_based_deduplication: q.content_based_deduplication,
     }
 }
 
@@ -79,6 +83,8 @@ fn received_pb((m, handle): (QueueMessage, String)) -> pb::ReceivedMessage {
         receive_count: m.receive_count,
         sent_ms: m.sent_ms,
         first_received_ms: m.first_received_ms,
+        message_group_id: m.group,
+        message_deduplication_id: m.dedup_id,
     }
 }
 
@@ -99,7 +105,7 @@ impl QueuesApi {
     /// The queue a message operation names, after the caller's role allows `action` on it.
     fn queue<T>(&self, req: &Request<T>, action: &str, name: &str) -> Result<Queue, Status> {
         crate::auth::check_task_resource(req, action, &format!("queue/{name}"))?;
-        validate::check_name("queue", name).map_err(invalid)?;
+        validate::queue_name("queue", name).map_err(invalid)?;
         Ok(queues::get(&self.core, name)?)
     }
 }
@@ -168,10 +174,20 @@ impl pb::queues_server::Queues for QueuesApi {
                 &attributes,
             )
             .map_err(invalid)?;
+            validate::fifo_fields(
+                &format!("entries[{i}]"),
+                &q,
+                &e.message_group_id,
+                &e.message_deduplication_id,
+                e.delay_seconds,
+            )
+            .map_err(invalid)?;
             outgoing.push(Outgoing {
                 body: e.body.clone(),
                 delay_secs: e.delay_seconds,
                 attributes,
+                group: e.message_group_id.clone(),
+                dedup_id: e.message_deduplication_id.clone(),
             });
         }
         let sent = queues::send(&self.core, &q, outgoing).await?;

@@ -91,7 +91,7 @@ fn queue_name(body: &Value) -> Result<String, SqsError> {
         .or_else(|| body["QueueName"].as_str())
         .ok_or_else(|| invalid("QueueUrl: missing"))?;
     let name = url.rsplit('/').next().unwrap_or(url);
-    validate::check_name("QueueUrl", name).map_err(|e| invalid(e.to_string()))?;
+    validate::queue_name("QueueUrl", name).map_err(|e| invalid(e.to_string()))?;
     Ok(name.to_string())
 }
 
@@ -123,16 +123,22 @@ fn message_json(m: &QueueMessage, handle: &str) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), json!({"DataType": "String", "StringValue": v})))
         .collect();
+    let mut system = json!({
+        "ApproximateReceiveCount": m.receive_count.to_string(),
+        "SentTimestamp": m.sent_ms.to_string(),
+        "ApproximateFirstReceiveTimestamp": m.first_received_ms.to_string(),
+    });
+    if !m.group.is_empty() {
+        system["MessageGroupId"] = json!(m.group);
+        system["MessageDeduplicationId"] = json!(m.dedup_id);
+        system["SequenceNumber"] = json!(m.id);
+    }
     json!({
         "MessageId": m.id,
         "ReceiptHandle": handle,
         "Body": m.body,
         "MD5OfBody": md5_hex(&m.body),
-        "Attributes": {
-            "ApproximateReceiveCount": m.receive_count.to_string(),
-            "SentTimestamp": m.sent_ms.to_string(),
-            "ApproximateFirstReceiveTimestamp": m.first_received_ms.to_string(),
-        },
+        "Attributes": system,
         "MessageAttributes": attrs,
     })
 }
@@ -245,6 +251,8 @@ async fn act(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<Value, Sqs
                 "MaximumMessageSize": q.max_message_bytes.to_string(),
                 "ReceiveMessageWaitTimeSeconds": q.receive_wait_secs.to_string(),
                 "CreatedTimestamp": (q.created_ms / 1000).to_string(),
+                "FifoQueue": q.fifo.to_string(),
+                "ContentBasedDeduplication": q.content_based_deduplication.to_string(),
             }}))
         }
         "SendMessage" => {
@@ -368,6 +376,17 @@ fn queue_from_attributes(name: &str, a: &Value) -> Result<Queue, SqsError> {
                 .ok_or_else(|| invalid(format!("Attributes.{field}: {v} is not a number"))),
         }
     };
+    let flag = |field: &str| -> Result<bool, SqsError> {
+        match &a[field] {
+            Value::Null => Ok(false),
+            Value::Bool(b) => Ok(*b),
+            Value::String(s) if s == "true" => Ok(true),
+            Value::String(s) if s == "false" => Ok(false),
+            v => Err(invalid(format!(
+                "Attributes.{field}: {v} is not true or false"
+            ))),
+        }
+    };
     let redrive = match &a["RedrivePolicy"] {
         Value::Null => None,
         v => {
@@ -400,6 +419,8 @@ fn queue_from_attributes(name: &str, a: &Value) -> Result<Queue, SqsError> {
         redrive,
         created_ms: 0,
         updated_ms: 0,
+        fifo: flag("FifoQueue")?,
+        content_based_deduplication: flag("ContentBasedDeduplication")?,
     };
     validate::queue(&q).map_err(|e| invalid(format!("Attributes: {e}")))?;
     Ok(q)
@@ -427,10 +448,15 @@ async fn send(
         let delay = u32_field(e, "DelaySeconds")?;
         let attrs = attributes(&e["MessageAttributes"]);
         validate::message(&f, q, body, delay, &attrs).map_err(|e| invalid(e.to_string()))?;
+        let group = e["MessageGroupId"].as_str().unwrap_or_default();
+        let dedup = e["MessageDeduplicationId"].as_str().unwrap_or_default();
+        validate::fifo_fields(&f, q, group, dedup, delay).map_err(|e| invalid(e.to_string()))?;
         outgoing.push(Outgoing {
             body: body.to_string(),
             delay_secs: delay,
             attributes: attrs,
+            group: group.to_string(),
+            dedup_id: dedup.to_string(),
         });
         ids.push(e["Id"].as_str().unwrap_or_default().to_string());
     }

@@ -14,10 +14,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
-    ApiToken, Backlog, DeadLetter, Delivery, Event, JobLease, Node, NodeCert, PendingRetry, Queue,
-    QueueMessage, RegistryCreds, Rule, RuleCounter, RuleStats, Schedule, ScheduleRetry,
-    ScheduleState, SealedSecret, Service, ServiceState, Source, SourceHealth, Subscription, Task,
-    TaskDefinition, TaskRole, Topic,
+    ApiToken, Backlog, DeadLetter, DedupEntry, Delivery, Event, JobLease, Node, NodeCert,
+    PendingRetry, Queue, QueueMessage, RegistryCreds, Rule, RuleCounter, RuleStats, Schedule,
+    ScheduleRetry, ScheduleState, SealedSecret, Service, ServiceState, Source, SourceHealth,
+    Subscription, Task, TaskDefinition, TaskRole, Topic,
 };
 use skiff_model::lifecycle::TaskStatus;
 
@@ -99,6 +99,10 @@ record!(ServiceState, "service_states", |self| self
     .to_vec());
 record!(Backlog, "backlogs", |self| self.source.as_bytes().to_vec());
 record!(JobLease, "job_leases", |self| self.task.as_bytes().to_vec());
+record!(DedupEntry, "fifo_dedup", |self| Store::message_key(
+    &self.queue,
+    &self.dedup_id
+));
 record!(QueueMessage, "queue_messages", |self| Store::message_key(
     &self.queue,
     &self.id
@@ -311,6 +315,8 @@ pub struct Store {
     pub backlogs: Table<Backlog>,
     /// Task-per-message services' messages, each held for its task: task id → lease.
     pub job_leases: Table<JobLease>,
+    /// FIFO queues' deduplication ids of the last 5 minutes: queue NUL id → DedupEntry.
+    pub fifo_dedup: Table<DedupEntry>,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -364,6 +370,7 @@ impl Store {
             service_states: Table::open(&engine, &commit)?,
             backlogs: Table::open(&engine, &commit)?,
             job_leases: Table::open(&engine, &commit)?,
+            fifo_dedup: Table::open(&engine, &commit)?,
             commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             engine,

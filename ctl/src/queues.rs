@@ -56,6 +56,12 @@ pub enum QueuesCmd {
         /// Receives before a message moves to the dead-letter queue (1 to 1000).
         #[arg(long = "max-receives", requires = "dead_letter_queue")]
         max_receives: Option<u32>,
+        /// First in, first out per message group; the name must end in .fifo.
+        #[arg(long)]
+        fifo: bool,
+        /// FIFO: deduplicate messages sent without --dedup-id by their body's SHA-256.
+        #[arg(long = "content-based-dedup", requires = "fifo")]
+        content_based_dedup: bool,
     },
     /// List queues with their message counts.
     Ls,
@@ -87,6 +93,13 @@ pub enum QueuesCmd {
         /// A message attribute, KEY=VALUE (repeatable).
         #[arg(long = "attr", value_parser = attribute)]
         attributes: Vec<(String, String)>,
+        /// FIFO queues: the message group (required there).
+        #[arg(long)]
+        group: Option<String>,
+        /// FIFO queues: the deduplication id (a send with one seen in the last 5 minutes is
+        /// not queued again); with several bodies, each gets it with its index appended.
+        #[arg(long = "dedup-id")]
+        dedup_id: Option<String>,
     },
     /// Receive up to --max messages; each is hidden from other receivers for the
     /// visibility timeout and comes back unless deleted with its receipt handle.
@@ -194,8 +207,12 @@ pub async fn queues(addr: &str, fmt: Format, cmd: QueuesCmd) -> anyhow::Result<i
             receive_wait,
             dead_letter_queue,
             max_receives,
+            fifo,
+            content_based_dedup,
         } => {
             let q = pb::Queue {
+                fifo,
+                content_based_deduplication: content_based_dedup,
                 name,
                 visibility_timeout_seconds: secs("--visibility-timeout", visibility_timeout)?,
                 delay_seconds: secs("--delay", delay)?,
@@ -285,9 +302,12 @@ pub async fn queues(addr: &str, fmt: Format, cmd: QueuesCmd) -> anyhow::Result<i
             bodies,
             delay,
             attributes,
+            group,
+            dedup_id,
         } => {
             let attributes: HashMap<String, String> = attributes.into_iter().collect();
             let delay_seconds = secs("--delay", delay)?;
+            let n = bodies.len();
             let mut entries = Vec::new();
             for (i, body) in bodies.into_iter().enumerate() {
                 let body = if body == "-" {
@@ -296,11 +316,18 @@ pub async fn queues(addr: &str, fmt: Format, cmd: QueuesCmd) -> anyhow::Result<i
                 } else {
                     body
                 };
+                let message_deduplication_id = match (&dedup_id, n) {
+                    (Some(d), 1) => d.clone(),
+                    (Some(d), _) => format!("{d}-{i}"),
+                    (None, _) => String::new(),
+                };
                 entries.push(pb::SendEntry {
                     id: i.to_string(),
                     body,
                     delay_seconds,
                     attributes: attributes.clone(),
+                    message_group_id: group.clone().unwrap_or_default(),
+                    message_deduplication_id,
                 });
             }
             let r = c

@@ -945,6 +945,24 @@ pub struct Queue {
     pub redrive: Option<RedrivePolicy>,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// First in, first out per message group (SQS FIFO; the name ends in `.fifo`): a group's
+    /// messages are received in send order, none while an earlier one is in flight, and a
+    /// send whose deduplication id was seen in the last 5 minutes is not queued again.
+    #[serde(default)]
+    pub fifo: bool,
+    /// FIFO: a message without a deduplication id is deduplicated by its body's SHA-256.
+    #[serde(default)]
+    pub content_based_deduplication: bool,
+}
+
+/// A FIFO queue's memory of a deduplication id: a send with the same id within
+/// `queue::DEDUP_WINDOW_MS` of `sent_ms` is answered with `message_id` and not queued again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    pub queue: String,
+    pub dedup_id: String,
+    pub message_id: String,
+    pub sent_ms: i64,
 }
 
 /// After `max_receive_count` receives, the next receive moves a message to `dead_letter_queue`
@@ -972,6 +990,12 @@ pub struct QueueMessage {
     /// The nonce of its latest receive: only that receive's handle deletes it or changes its
     /// visibility ("" before the first).
     pub receipt: String,
+    /// FIFO: its message group ("" in a standard queue).
+    #[serde(default)]
+    pub group: String,
+    /// FIFO: its deduplication id.
+    #[serde(default)]
+    pub dedup_id: String,
 }
 
 // --- services ---

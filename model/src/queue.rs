@@ -4,6 +4,32 @@
 
 use crate::model::{Queue, QueueMessage};
 
+/// How long a FIFO queue remembers a deduplication id: a send with one seen this recently is
+/// accepted but not queued again (SQS: 5 minutes).
+pub const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
+
+/// The FIFO messages a receive may take at `now_ms`, at most `max`, from all of a queue's
+/// messages in send order: per message group, in order, and none of a group behind one that
+/// is in flight (or still delayed) — so a group is worked on by one receiver at a time.
+pub fn fifo_receivable(messages: &[QueueMessage], now_ms: i64, max: usize) -> Vec<usize> {
+    let mut blocked: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if out.len() >= max {
+            break;
+        }
+        if blocked.contains(m.group.as_str()) {
+            continue;
+        }
+        if m.visible_ms <= now_ms {
+            out.push(i);
+        } else {
+            blocked.insert(m.group.as_str());
+        }
+    }
+    out
+}
+
 /// What receiving a visible message does.
 #[derive(Debug, PartialEq)]
 pub enum Receive {
@@ -154,6 +180,8 @@ mod tests {
             }),
             created_ms: 0,
             updated_ms: 0,
+            fifo: false,
+            content_based_deduplication: false,
         }
     }
 
@@ -168,7 +196,35 @@ mod tests {
             receive_count: 0,
             first_received_ms: 0,
             receipt: String::new(),
+            group: String::new(),
+            dedup_id: String::new(),
         }
+    }
+
+    #[test]
+    fn fifo_receives_each_group_in_order_and_none_behind_a_message_in_flight() {
+        let m = |group: &str, visible_ms: i64| QueueMessage {
+            group: group.into(),
+            visible_ms,
+            ..message(0)
+        };
+        // a1 in flight until 100; a2 behind it; b1, b2 visible; c1 delayed; c2 behind it.
+        let all = [
+            m("a", 100),
+            m("a", 0),
+            m("b", 0),
+            m("c", 50),
+            m("b", 0),
+            m("c", 0),
+        ];
+        assert_eq!(fifo_receivable(&all, 10, 10), [2, 4], "only group b");
+        assert_eq!(
+            fifo_receivable(&all, 10, 1),
+            [2],
+            "at most max, first in first"
+        );
+        // At 100 a1 is visible again (its receive's visibility ended): it comes first.
+        assert_eq!(fifo_receivable(&all, 100, 10), [0, 1, 2, 3, 4, 5]);
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub fn check_name(field: &str, name: &str) -> Result<(), InvalidField> {
     Ok(())
 }
 
+/// A queue's name: a name as `check_name` allows, with `.fifo` after it for a FIFO queue.
+pub fn queue_name(field: &str, name: &str) -> Result<(), InvalidField> {
+    check_name(field, name.strip_suffix(".fifo").unwrap_or(name))
+}
+
 /// Image references this build can run (registry pulls come with the image issue).
 pub fn check_image(field: &str, image: &str) -> Result<(), InvalidField> {
     if image.is_empty() {
@@ -559,7 +564,26 @@ fn at_most(field: &str, value: u32, max: u32, unit: &str) -> Result<(), InvalidF
 
 /// A queue's settings, by the fields its file and API name them.
 pub fn queue(q: &crate::model::Queue) -> Result<(), InvalidField> {
-    check_name("name", &q.name)?;
+    queue_name("name", &q.name)?;
+    if q.fifo != q.name.ends_with(".fifo") {
+        return Err(bad(
+            "name",
+            if q.fifo {
+                format!("{:?}: a FIFO queue's name ends in .fifo", q.name)
+            } else {
+                format!(
+                    "{:?}: only a FIFO queue's name ends in .fifo (set fifo)",
+                    q.name
+                )
+            },
+        ));
+    }
+    if q.content_based_deduplication && !q.fifo {
+        return Err(bad(
+            "content_based_deduplication",
+            "applies to FIFO queues only",
+        ));
+    }
     at_most(
         "visibility_timeout_seconds",
         q.visibility_timeout_secs,
@@ -592,7 +616,13 @@ pub fn queue(q: &crate::model::Queue) -> Result<(), InvalidField> {
         "s",
     )?;
     if let Some(r) = &q.redrive {
-        check_name("redrive.dead_letter_queue", &r.dead_letter_queue)?;
+        queue_name("redrive.dead_letter_queue", &r.dead_letter_queue)?;
+        if r.dead_letter_queue.ends_with(".fifo") != q.fifo {
+            return Err(bad(
+                "redrive.dead_letter_queue",
+                "a FIFO queue's dead-letter queue is FIFO too, and a standard queue's standard",
+            ));
+        }
         if r.dead_letter_queue == q.name {
             return Err(bad(
                 "redrive.dead_letter_queue",
@@ -646,6 +676,66 @@ pub fn message(
     Ok(())
 }
 
+/// A message's FIFO fields: a FIFO queue needs a message group, and a deduplication id
+/// unless it deduplicates by content, and takes no per-message delay; a standard queue takes
+/// neither field.
+pub fn fifo_fields(
+    field: &str,
+    q: &crate::model::Queue,
+    group: &str,
+    dedup_id: &str,
+    delay_secs: Option<u32>,
+) -> Result<(), InvalidField> {
+    let token = |name: &str, v: &str| -> Result<(), InvalidField> {
+        if v.len() > 128 || v.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err(bad(
+                format!("{field}.{name}"),
+                "at most 128 printable ASCII characters",
+            ));
+        }
+        Ok(())
+    };
+    if !q.fifo {
+        if !group.is_empty() {
+            return Err(bad(
+                format!("{field}.message_group_id"),
+                format!("queue {} is not FIFO", q.name),
+            ));
+        }
+        if !dedup_id.is_empty() {
+            return Err(bad(
+                format!("{field}.message_deduplication_id"),
+                format!("queue {} is not FIFO", q.name),
+            ));
+        }
+        return Ok(());
+    }
+    if group.is_empty() {
+        return Err(bad(
+            format!("{field}.message_group_id"),
+            format!("required for FIFO queue {}", q.name),
+        ));
+    }
+    token("message_group_id", group)?;
+    token("message_deduplication_id", dedup_id)?;
+    if dedup_id.is_empty() && !q.content_based_deduplication {
+        return Err(bad(
+            format!("{field}.message_deduplication_id"),
+            format!(
+                "required: queue {} does not deduplicate by content (content_based_deduplication)",
+                q.name
+            ),
+        ));
+    }
+    if delay_secs.is_some() {
+        return Err(bad(
+            format!("{field}.delay_seconds"),
+            "a FIFO queue delays all its messages alike (the queue's delay)",
+        ));
+    }
+    Ok(())
+}
+
 /// Most tasks a service may ask for.
 pub const MAX_SERVICE_TASKS: u32 = 1000;
 
@@ -684,7 +774,7 @@ pub fn service(s: &crate::model::Service) -> Result<(), InvalidField> {
     }
     if let Some(a) = &s.autoscaling {
         match a.source.split_once(':') {
-            Some(("queue", q)) => check_name("autoscaling.source", q)?,
+            Some(("queue", q)) => queue_name("autoscaling.source", q)?,
             Some(("external", n)) => check_name("autoscaling.source", n)?,
             Some(("redis", _)) => crate::redis_source::parse(&a.source)
                 .map(|_| ())

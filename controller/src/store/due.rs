@@ -147,6 +147,12 @@ impl<R: Due> DueTable<R> {
         Ok(out)
     }
 
+    /// Every record whose key starts with `prefix`, in key order (a queue's messages: in
+    /// the order they were sent).
+    pub fn list_by_key(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError> {
+        self.records.list_prefix(prefix)
+    }
+
     /// Creates or replaces a record, moving its index key. Durable on return.
     ///
     /// Outside a transaction (these are the hot paths: every delivery ends with one), in an

@@ -70,8 +70,14 @@ impl<R: Record> Table<R> {
 
     /// Creates or replaces a record. Durable on return.
     pub async fn put(&self, r: &R) -> Result<(), StoreError> {
-        self.tree.insert(r.key(), encode(r))?;
+        self.put_uncommitted(r)?;
         self.commit.commit().await
+    }
+
+    /// Creates or replaces a record without waiting for the flush (the caller commits, and
+    /// answers only after).
+    pub fn put_uncommitted(&self, r: &R) -> Result<(), StoreError> {
+        self.tree.insert(r.key(), encode(r))
     }
 
     /// Creates or replaces the record at `key` from the one there (None: none yet), read and

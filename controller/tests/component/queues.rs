@@ -44,7 +44,7 @@ async fn send(h: &Harness, queue: &str, body: &str, delay: Option<u32>) -> Strin
                 id: "0".into(),
                 body: body.into(),
                 delay_seconds: delay,
-                attributes: Default::default(),
+                ..Default::default()
             }],
         }))
         .await
@@ -498,5 +498,169 @@ async fn a_rule_targets_dead_letters_also_go_to_its_dead_letter_queue() {
         .await
         .unwrap_err();
     assert!(refused.message().contains("rule run-job"), "{refused:?}");
+    h.shutdown().await;
+}
+
+async fn send_fifo(h: &Harness, queue: &str, body: &str, group: &str, dedup: &str) -> String {
+    h.queues()
+        .send(h.req(pb::SendMessagesRequest {
+            queue: queue.into(),
+            entries: vec![pb::SendEntry {
+                id: "0".into(),
+                body: body.into(),
+                message_group_id: group.into(),
+                message_deduplication_id: dedup.into(),
+                ..Default::default()
+            }],
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .results[0]
+        .message_id
+        .clone()
+}
+
+async fn receive_bodies(h: &Harness, queue: &str, max: u32) -> Vec<(String, String)> {
+    h.queues()
+        .receive(h.req(pb::ReceiveMessagesRequest {
+            queue: queue.into(),
+            max_messages: max,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+        .into_iter()
+        .map(|m| (m.body, m.receipt_handle))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fifo_queue_keeps_each_groups_order_one_receiver_at_a_time_and_deduplicates() {
+    let h = Harness::start().await;
+    // A FIFO queue's name ends in .fifo; the fields say so when it does not.
+    let err = h
+        .queues()
+        .put(h.req(pb::Queue {
+            name: "orders".into(),
+            fifo: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("ends in .fifo"), "{err:?}");
+    h.queues()
+        .put(h.req(pb::Queue {
+            name: "orders.fifo".into(),
+            fifo: true,
+            visibility_timeout_seconds: Some(30),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    for (body, group) in [
+        ("a1", "a"),
+        ("b1", "b"),
+        ("a2", "a"),
+        ("b2", "b"),
+        ("a3", "a"),
+    ] {
+        send_fifo(&h, "orders.fifo", body, group, body).await;
+    }
+    // In send order; then nothing more of either group while they are in flight.
+    let first = receive_bodies(&h, "orders.fifo", 3).await;
+    let bodies: Vec<&str> = first.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(bodies, ["a1", "b1", "a2"]);
+    let none = receive_bodies(&h, "orders.fifo", 10).await;
+    assert!(none.is_empty(), "both groups in flight: {none:?}");
+    // b1 done: b2 is next; a stays blocked behind a1/a2 in flight.
+    h.queues()
+        .delete_messages(h.req(pb::DeleteMessagesRequest {
+            queue: "orders.fifo".into(),
+            receipt_handles: vec![first[1].1.clone()],
+        }))
+        .await
+        .unwrap();
+    let next = receive_bodies(&h, "orders.fifo", 10).await;
+    assert_eq!(
+        next.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>(),
+        ["b2"]
+    );
+    // Their visibility ends without a delete: every group again, in send order.
+    h.advance(Duration::from_secs(30));
+    let again = receive_bodies(&h, "orders.fifo", 10).await;
+    let bodies: Vec<&str> = again.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(bodies, ["a1", "a2", "b2", "a3"]);
+
+    // Deduplication: the same id within 5 minutes is the same message, not a new one.
+    let id = send_fifo(&h, "orders.fifo", "c1", "c", "order-77").await;
+    assert_eq!(
+        send_fifo(&h, "orders.fifo", "c1 again", "c", "order-77").await,
+        id
+    );
+    let status = h
+        .queues()
+        .describe(h.req(pb::QueueRef {
+            name: "orders.fifo".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.visible, 1, "one c message");
+    h.advance(Duration::from_secs(301));
+    assert_ne!(
+        send_fifo(&h, "orders.fifo", "c1", "c", "order-77").await,
+        id,
+        "after 5 min"
+    );
+
+    // Content-based deduplication, and the fields a FIFO send needs.
+    h.queues()
+        .put(h.req(pb::Queue {
+            name: "events.fifo".into(),
+            fifo: true,
+            content_based_deduplication: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let id = send_fifo(&h, "events.fifo", "same", "g", "").await;
+    assert_eq!(send_fifo(&h, "events.fifo", "same", "g", "").await, id);
+    let refused = |queue: &str, group: &str| {
+        let (q, g) = (queue.to_string(), group.to_string());
+        let h = &h;
+        async move {
+            h.queues()
+                .send(h.req(pb::SendMessagesRequest {
+                    queue: q,
+                    entries: vec![pb::SendEntry {
+                        id: "0".into(),
+                        body: "x".into(),
+                        message_group_id: g,
+                        ..Default::default()
+                    }],
+                }))
+                .await
+                .unwrap_err()
+                .message()
+                .to_string()
+        }
+    };
+    assert!(refused("orders.fifo", "")
+        .await
+        .contains("entries[0].message_group_id: required"));
+    assert!(refused("orders.fifo", "a")
+        .await
+        .contains("entries[0].message_deduplication_id: required"));
+    h.queues()
+        .put(h.req(pb::Queue {
+            name: "plain".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(refused("plain", "a").await.contains("is not FIFO"));
     h.shutdown().await;
 }

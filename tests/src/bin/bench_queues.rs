@@ -47,8 +47,7 @@ async fn send(addr: &str, token: &str, queue: &str, n: usize, clients: usize, ba
                     .map(|i| pb::SendEntry {
                         id: i.to_string(),
                         body: format!("job {c}-{b}-{i}: resize photo.jpg to 800x600"),
-                        delay_seconds: None,
-                        attributes: Default::default(),
+                        ..Default::default()
                     })
                     .collect();
                 cl.send(pb::SendMessagesRequest {
