@@ -310,4 +310,55 @@ fn the_sqs_json_protocol_creates_lists_uses_purges_and_deletes_queues() {
     );
     let (_, r) = call("ListQueues", serde_json::json!({}));
     assert_eq!(r["QueueUrls"], serde_json::json!([]));
+
+    // A FIFO queue as SQS's SDKs make and use one.
+    let (s, r) = call(
+        "CreateQueue",
+        serde_json::json!({"QueueName": "payments.fifo",
+            "Attributes": {"FifoQueue": "true", "ContentBasedDeduplication": "true"}}),
+    );
+    assert_eq!(s, 200, "{r}");
+    for (body, group) in [
+        ("p1", "acct-1"),
+        ("p1", "acct-1"),
+        ("p2", "acct-1"),
+        ("q1", "acct-2"),
+    ] {
+        let (s, r) = call(
+            "SendMessage",
+            serde_json::json!({"QueueUrl": "payments.fifo", "MessageBody": body, "MessageGroupId": group}),
+        );
+        assert_eq!(s, 200, "{r}");
+    }
+    let (_, r) = call(
+        "GetQueueAttributes",
+        serde_json::json!({"QueueUrl": "payments.fifo"}),
+    );
+    assert_eq!(r["Attributes"]["FifoQueue"], "true", "{r}");
+    assert_eq!(
+        r["Attributes"]["ApproximateNumberOfMessages"], "3",
+        "the second p1 was a duplicate: {r}"
+    );
+    let (_, r) = call(
+        "ReceiveMessage",
+        serde_json::json!({"QueueUrl": "payments.fifo", "MaxNumberOfMessages": 10}),
+    );
+    let got: Vec<(&str, &str)> = r["Messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["Body"].as_str().unwrap(),
+                m["Attributes"]["MessageGroupId"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("p1", "acct-1"), ("p2", "acct-1"), ("q1", "acct-2")]);
+    let (s, r) = call(
+        "SendMessage",
+        serde_json::json!({"QueueUrl": "payments.fifo", "MessageBody": "x"}),
+    );
+    assert_eq!(s, 400, "{r}");
+    assert!(r.to_string().contains("message_group_id: required"), "{r}");
 }
