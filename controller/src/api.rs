@@ -73,17 +73,8 @@ fn task_resource(family: Option<&str>) -> String {
 
 /// Resolves `family` (latest ACTIVE revision) or `family:rev`.
 fn resolve_taskdef(core: &Core, field: &str, reference: &str) -> Result<TaskDefinition, Status> {
-    let (family, rev) = validate::taskdef_ref(field, reference).map_err(invalid)?;
-    let def = match rev {
-        Some(r) => core.store.taskdef(&family, r)?,
-        None => core
-            .store
-            .taskdefs_of(Some(&family))?
-            .into_iter()
-            .rev()
-            .find(|d| d.status == DefinitionStatus::Active),
-    };
-    def.ok_or_else(|| Status::not_found(format!("{field}: no task definition {reference:?}")))
+    crate::taskdefs::resolve(core, field, reference)?
+        .ok_or_else(|| Status::not_found(format!("{field}: no task definition {reference:?}")))
 }
 
 pub struct TaskDefinitionsApi {

@@ -206,20 +206,9 @@ pub fn definition_task(
     started_by: String,
     input: String,
 ) -> Result<Task, String> {
-    let (family, rev) = skiff_model::validate::taskdef_ref("task_definition", reference)
-        .map_err(|e| e.to_string())?;
-    let defs = core
-        .store
-        .taskdefs_of(Some(&family))
-        .map_err(|e| e.to_string())?;
-    let def = match rev {
-        Some(r) => defs.iter().find(|d| d.revision == r),
-        None => defs
-            .iter()
-            .rev()
-            .find(|d| d.status == crate::model::DefinitionStatus::Active),
-    }
-    .ok_or_else(|| format!("no active task definition {reference:?}"))?;
+    let def = crate::taskdefs::resolve(core, "task_definition", reference)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no active task definition {reference:?}"))?;
     let mut spec = skiff_model::validate::apply_overrides(def.spec.clone(), overrides)
         .map_err(|e| format!("overrides: {e}"))?;
     core.check_references(&spec).map_err(|e| e.to_string())?;

@@ -22,12 +22,14 @@ pub async fn put(
     mut svc: Service,
     force: bool,
 ) -> Result<(Service, ServiceState), CoreError> {
-    let def = crate::taskdefs::resolve(core, &svc.task_definition)?.ok_or_else(|| {
-        CoreError::BadReference(format!(
-            "task_definition: no active task definition {:?} (see skiff taskdefs ls)",
-            svc.task_definition
-        ))
-    })?;
+    let def = crate::taskdefs::resolve(core, "task_definition", &svc.task_definition)?.ok_or_else(
+        || {
+            CoreError::BadReference(format!(
+                "task_definition: no active task definition {:?} (see skiff taskdefs ls)",
+                svc.task_definition
+            ))
+        },
+    )?;
     core.check_references(&def.spec)?;
     if let Some(q) = svc
         .autoscaling
@@ -271,7 +273,7 @@ pub fn task_for(
     deployment: &str,
     reference: &str,
 ) -> Result<Task, String> {
-    let def = crate::taskdefs::resolve(core, reference)
+    let def = crate::taskdefs::resolve(core, "task_definition", reference)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no task definition {reference:?}"))?;
     let mut spec = def.spec.clone();

@@ -43,8 +43,12 @@ pub async fn deregister(
 /// The definition `reference` names: `family:rev` (whatever its status: tasks of a
 /// deregistered revision may still be running and replaced), or `family`, its latest ACTIVE
 /// revision. None: there is no such definition. The reference is checked first.
-pub fn resolve(core: &Core, reference: &str) -> Result<Option<TaskDefinition>, CoreError> {
-    let (family, rev) = skiff_model::validate::taskdef_ref("task_definition", reference)
+pub fn resolve(
+    core: &Core,
+    field: &str,
+    reference: &str,
+) -> Result<Option<TaskDefinition>, CoreError> {
+    let (family, rev) = skiff_model::validate::taskdef_ref(field, reference)
         .map_err(|e| CoreError::BadReference(e.to_string()))?;
     Ok(match rev {
         Some(r) => core.store.taskdef(&family, r)?,

@@ -342,6 +342,32 @@ pub fn http_with(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8])
     (status, body)
 }
 
+/// One call in SQS's JSON protocol (`X-Amz-Target: AmazonSQS.<action>`) to a controller's
+/// HTTP listener `base`, with a bearer token; the status and the JSON answer.
+pub fn sqs(
+    base: &str,
+    token: &str,
+    action: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let target = format!("AmazonSQS.{action}");
+    let (status, text) = http_with(
+        "POST",
+        &format!("{base}/"),
+        &[
+            ("Authorization", &auth),
+            ("X-Amz-Target", &target),
+            ("Content-Type", "application/x-amz-json-1.0"),
+        ],
+        body.to_string().as_bytes(),
+    );
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
 /// Runs `skiff ARGS` with `input` on its standard input (passwords, secret values).
 pub fn cli_stdin(addr: &str, args: &[&str], input: &[u8]) -> Cli {
     let mut child = skiff_command()

@@ -2,7 +2,7 @@
 //! delete and describe, with -o json; what a send or a receive acknowledged survives the
 //! controller's kill -9 (the messages, and an in-flight message's invisibility).
 
-use skiff_tests::{cli, Env};
+use skiff_tests::{cli, sqs, Env};
 
 fn json_lines(out: &str) -> Vec<serde_json::Value> {
     out.lines()
@@ -161,26 +161,6 @@ post SendMessage '{{"QueueUrl":"other","MessageBody":"x"}}' || echo "other: refu
         (Some("from a container"), sent["MessageId"].as_str())
     );
     assert_eq!(counts(&addr, "other"), (0, 0, 0));
-}
-
-/// One SQS JSON-protocol call to the controller's HTTP listener.
-fn sqs(base: &str, token: &str, action: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let auth = format!("Bearer {token}");
-    let target = format!("AmazonSQS.{action}");
-    let (status, text) = skiff_tests::http_with(
-        "POST",
-        &format!("{base}/"),
-        &[
-            ("Authorization", &auth),
-            ("X-Amz-Target", &target),
-            ("Content-Type", "application/x-amz-json-1.0"),
-        ],
-        body.to_string().as_bytes(),
-    );
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
 }
 
 #[test]

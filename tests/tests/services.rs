@@ -46,26 +46,15 @@ fn start_dev(env: &mut Env, name: &str, grpc: u16, http: u16) -> usize {
     env.procs.len() - 1
 }
 
-/// One SQS JSON-protocol call with the admin token; None if the controller is not answering.
+/// One SQS JSON-protocol call with the admin token; None unless it answered 200.
 fn sqs(
     base: &str,
     token: &str,
     action: &str,
     body: serde_json::Value,
 ) -> Option<serde_json::Value> {
-    let auth = format!("Bearer {token}");
-    let target = format!("AmazonSQS.{action}");
-    let (status, text) = skiff_tests::http_with(
-        "POST",
-        &format!("{base}/"),
-        &[
-            ("Authorization", &auth),
-            ("X-Amz-Target", &target),
-            ("Content-Type", "application/x-amz-json-1.0"),
-        ],
-        body.to_string().as_bytes(),
-    );
-    (status == 200).then(|| serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+    let (status, answer) = skiff_tests::sqs(base, token, action, body);
+    (status == 200).then_some(answer)
 }
 
 fn queue_counts(addr: &str, queue: &str) -> Option<(u64, u64)> {

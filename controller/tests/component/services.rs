@@ -632,3 +632,77 @@ async fn task_per_message_leases_each_message_to_one_task_and_settles_it_by_the_
     agent.vanish();
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_external_backlog_reported_over_grpc_scales_a_service_and_a_stale_one_holds_it() {
+    let h = Harness::start().await;
+    h.register("consumer").await;
+    let agent = FakeAgent::connect(&h, "n1", 4.0, &[]).await;
+    let mut s = service("consumers", "consumer", 0);
+    s.autoscaling = Some(pb::Autoscaling {
+        source: "external:kafka-lag".into(),
+        min: 0,
+        max: 10,
+        target_per_task: 100,
+        stale_after_seconds: Some(30),
+        ..Default::default()
+    });
+    put(&h, s).await;
+    let report = |visible: u64| pb::ReportBacklogRequest {
+        source: "external:kafka-lag".into(),
+        visible,
+        in_flight: 50,
+        observed_ms: 0,
+    };
+    // 450 waiting + 50 in flight: 5 consumers.
+    let b = h
+        .services()
+        .report_backlog(h.req(report(450)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        b.observed_ms,
+        h.clock.now_ms(),
+        "observed now when not given"
+    );
+    h.until("5 consumers", || async {
+        let st = describe(&h, "consumers").await;
+        if st.running == 5 {
+            Ok(())
+        } else {
+            Err(format!("desired {}, running {}", st.desired, st.running))
+        }
+    })
+    .await;
+    // No report for longer than 30 s: the count holds, and describe says why.
+    h.advance(Duration::from_secs(31));
+    let st = h
+        .until("a hold", || async {
+            let st = describe(&h, "consumers").await;
+            if st.decisions.iter().any(|d| d.action == "hold") {
+                Ok(st)
+            } else {
+                Err(format!("{:?}", st.decisions))
+            }
+        })
+        .await;
+    assert_eq!(st.desired, 5);
+    assert!(
+        st.decisions[0].message.contains("stale after 30s"),
+        "{:?}",
+        st.decisions[0]
+    );
+    // Only external sources are reported.
+    let err = h
+        .services()
+        .report_backlog(h.req(pb::ReportBacklogRequest {
+            source: "queue:jobs".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("source:"), "{err:?}");
+    agent.vanish();
+    h.shutdown().await;
+}
