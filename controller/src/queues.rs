@@ -49,12 +49,28 @@ pub fn get(core: &Core, name: &str) -> Result<Queue, CoreError> {
         .ok_or_else(|| CoreError::NoSuchQueue(name.to_string()))
 }
 
-/// A queue and its numbers now.
+/// A queue and its numbers now, tallied from the visibility index (keys only, no message
+/// read) and the oldest message (the first by key: ids are in send order). Messages past
+/// retention count until the sweep or a receive drops them (SQS's counts are approximate).
 pub fn describe(core: &Core, name: &str) -> Result<(Queue, Counts), CoreError> {
     let q = get(core, name)?;
-    let messages = core.store.messages.list_in(&Store::queue_prefix(name))?;
-    let counts = queue::counts(&q, &messages, core.clock.now_ms());
-    Ok((q, counts))
+    let prefix = Store::queue_prefix(name);
+    let (visible, delayed, in_flight) =
+        core.store.messages.tally_in(&prefix, core.clock.now_ms())?;
+    let oldest_sent_ms = core
+        .store
+        .messages
+        .first_by_key(&prefix)?
+        .map_or(0, |m| m.sent_ms);
+    Ok((
+        q,
+        Counts {
+            visible,
+            in_flight,
+            delayed,
+            oldest_sent_ms,
+        },
+    ))
 }
 
 /// The queues whose dead letters go to `dlq`.

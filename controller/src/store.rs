@@ -115,6 +115,10 @@ impl Due for QueueMessage {
     fn due_prefix(&self) -> Vec<u8> {
         Store::queue_prefix(&self.queue)
     }
+    /// Not visible and received once: in flight (else: still in its delay).
+    fn due_tag(&self) -> u8 {
+        u8::from(self.receive_count > 0)
+    }
 }
 impl Due for PendingRetry {
     fn due_ms(&self) -> i64 {
@@ -1816,5 +1820,85 @@ mod tests {
         assert_eq!((due[0].schedule.as_str(), due[0].scheduled_ms), ("old", 7));
         assert!(store.schedule_state("old").unwrap().retries.is_empty());
         assert_eq!(store.retries.due(100, 10).unwrap().0.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_queues_tally_from_its_index_matches_the_count_over_its_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let q = crate::model::Queue {
+            name: "jobs".into(),
+            visibility_timeout_secs: 30,
+            delay_secs: 0,
+            retention_secs: 3600,
+            max_message_bytes: 1024,
+            receive_wait_secs: 0,
+            redrive: None,
+            created_ms: 0,
+            updated_ms: 0,
+            fifo: false,
+            content_based_deduplication: false,
+        };
+        let m = |id: &str, sent_ms: i64, visible_ms: i64, receive_count: u32| QueueMessage {
+            queue: "jobs".into(),
+            id: id.into(),
+            body: "b".into(),
+            attributes: Default::default(),
+            sent_ms,
+            visible_ms,
+            receive_count,
+            first_received_ms: 0,
+            receipt: String::new(),
+            group: String::new(),
+            dedup_id: String::new(),
+        };
+        // Visible, visible again after a receive, delayed, in flight; another queue's too.
+        for msg in [
+            m("01A", 10, 100, 0),
+            m("01B", 20, 500, 2),
+            m("01C", 30, 5_000, 0),
+            m("01D", 40, 9_000, 1),
+            QueueMessage {
+                queue: "other".into(),
+                ..m("01E", 5, 0, 0)
+            },
+        ] {
+            store.messages.put(&msg).await.unwrap();
+        }
+        let prefix = Store::queue_prefix("jobs");
+        let check = |store: &Store, now: i64| {
+            let all = store.messages.list_in(&prefix).unwrap();
+            let c = skiff_model::queue::counts(&q, &all, now);
+            let (visible, delayed, in_flight) = store.messages.tally_in(&prefix, now).unwrap();
+            assert_eq!(
+                (visible, in_flight, delayed),
+                (c.visible, c.in_flight, c.delayed)
+            );
+            (visible, in_flight, delayed)
+        };
+        assert_eq!(check(&store, 1_000), (2, 1, 1));
+        // A receive moves a visible message in flight; a delete takes one away.
+        store.messages.put(&m("01A", 10, 31_000, 1)).await.unwrap();
+        assert_eq!(check(&store, 1_000), (1, 2, 1));
+        store
+            .messages
+            .delete(Store::message_key("jobs", "01B"))
+            .await
+            .unwrap();
+        assert_eq!(check(&store, 1_000), (0, 2, 1));
+        assert_eq!(check(&store, 10_000), (2, 1, 0));
+        assert_eq!(
+            store
+                .messages
+                .first_by_key(&prefix)
+                .unwrap()
+                .unwrap()
+                .sent_ms,
+            10
+        );
+        // The index (and so the tally) is derived again at open.
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(check(&store, 1_000), (0, 2, 1));
     }
 }

@@ -212,6 +212,8 @@ fn queue_workers_scale_out_of_zero_drain_a_thousand_messages_through_crashes_and
         scaled["desired"].as_u64().unwrap() > 1,
         "scaled out: {scaled}"
     );
+    let (waiting, in_flight) = queue_counts(&addr, "jobs").unwrap();
+    assert!(waiting + in_flight > 0, "the kill comes mid-drain");
     env.procs[dev].kill9();
     start_dev(&mut env, "dev-again", grpc, http);
 

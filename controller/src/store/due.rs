@@ -22,6 +22,12 @@ pub trait Due: Record {
     fn due_prefix(&self) -> Vec<u8> {
         Vec::new()
     }
+    /// A byte kept with the record's index key, so a tally of a part (`tally_in`) can tell
+    /// two kinds of not-yet-due records apart without reading them (a queue message: 1 once
+    /// received — in flight — 0 while only delayed).
+    fn due_tag(&self) -> u8 {
+        0
+    }
 }
 
 /// A due-index key: the time (ms, big-endian, so keys sort by time) then the record's key.
@@ -68,7 +74,7 @@ impl<R: Due> DueTable<R> {
         for kv in t.records.tree().iter() {
             let (k, v) = kv?;
             let r: R = decode(R::TREE, &v)?;
-            t.index.insert(index_key(&r, &k), [])?;
+            t.index.insert(index_key(&r, &k), [r.due_tag()])?;
         }
         Ok(t)
     }
@@ -122,6 +128,28 @@ impl<R: Due> DueTable<R> {
         Ok((due, None))
     }
 
+    /// How many records of the part `prefix` names are due at `now_ms`, and how many are
+    /// not yet, by their tag (untagged, tagged) — from the index alone, no record read.
+    pub fn tally_in(&self, prefix: &[u8], now_ms: i64) -> Result<(u64, u64, u64), StoreError> {
+        let (mut due, mut later, mut later_tagged) = (0, 0, 0);
+        for kv in self.index.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            if time_of(&k, prefix) <= now_ms {
+                due += 1;
+            } else if v.first() == Some(&1) {
+                later_tagged += 1;
+            } else {
+                later += 1;
+            }
+        }
+        Ok((due, later, later_tagged))
+    }
+
+    /// The first record (in key order) of the part `prefix` names.
+    pub fn first_by_key(&self, prefix: &[u8]) -> Result<Option<R>, StoreError> {
+        self.records.first_with_prefix(prefix)
+    }
+
     /// When the earliest record is due.
     pub fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.next_due_in(&[])
@@ -171,7 +199,7 @@ impl<R: Due> DueTable<R> {
         let key = r.key();
         let old = self.records.get(&key)?;
         let new_key = index_key(r, &key);
-        self.index.insert(&new_key, [])?;
+        self.index.insert(&new_key, [r.due_tag()])?;
         self.records.tree().insert(&key, encode(r))?;
         if let Some(old) = old {
             let old_key = index_key(&old, &key);
@@ -213,7 +241,7 @@ impl<R: Due> DueTable<R> {
             let old: R = decode(R::TREE, &old)?;
             tx.remove(&self.index, index_key(&old, &key))?;
         }
-        tx.insert(&self.index, index_key(r, &key), [])?;
+        tx.insert(&self.index, index_key(r, &key), [r.due_tag()])?;
         tx.insert(self.records.tree(), &key, encode(r))
     }
 

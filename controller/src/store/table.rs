@@ -59,6 +59,15 @@ impl<R: Record> Table<R> {
             .collect()
     }
 
+    /// The first record whose key starts with `prefix`.
+    pub fn first_with_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .next()
+            .map(|kv| decode(R::TREE, &kv?.1))
+            .transpose()
+    }
+
     /// The last record whose key starts with `prefix`.
     pub fn last_with_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
         self.tree
