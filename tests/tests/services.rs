@@ -344,17 +344,30 @@ fn a_container_failing_its_health_check_gets_its_task_replaced() {
         0
     );
 
-    // HEALTHY after the first check (in describe), and only then is the deployment done.
-    let first = wait_for("a HEALTHY task", LONG, || {
+    // RUNNING but UNKNOWN until the first check (5 s): the deployment is not done yet.
+    let starting = wait_for("a RUNNING task", LONG, || {
         let out = cli(&addr, &["services", "describe", "flaky", "-o", "json"]).json();
         let t = out["tasks"].as_array()?.first()?.clone();
-        (t["containers"][0]["health"] == "HEALTHY").then_some((t, out))
+        (t["lastStatus"] == "RUNNING").then_some((t, out))
     });
     assert_eq!(
-        first.1["deployments"][0]["rollout"], "COMPLETED",
+        starting.0["containers"][0]["health"], "UNKNOWN",
         "{}",
-        first.1
+        starting.1
     );
+    assert_eq!(
+        starting.1["deployments"][0]["rollout"], "IN_PROGRESS",
+        "{}",
+        starting.1
+    );
+    // HEALTHY after the first check, and then the deployment completes.
+    let first = wait_for("a HEALTHY task and the deployment done", LONG, || {
+        let out = cli(&addr, &["services", "describe", "flaky", "-o", "json"]).json();
+        let t = out["tasks"].as_array()?.first()?.clone();
+        (t["containers"][0]["health"] == "HEALTHY"
+            && out["deployments"][0]["rollout"] == "COMPLETED")
+            .then_some((t, out))
+    });
     let id = first.0["id"].as_str().unwrap().to_string();
     let table = cli(&addr, &["tasks", "describe", &id]);
     assert!(table.stdout.contains("HEALTHY"), "{table:?}");
