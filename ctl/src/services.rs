@@ -56,7 +56,8 @@ pub enum ServicesCmd {
         name: String,
     },
     /// Wait until a service is stable: its primary deployment completed, as many tasks running
-    /// as desired, no older deployment's task left. Fails at once if the deployment failed.
+    /// as desired, no older deployment's task left. Fails at once if the deployment failed or
+    /// one of its tasks can never be placed.
     Wait {
         /// The service's name.
         name: String,
@@ -147,6 +148,17 @@ fn stable(st: &pb::ServiceStatus) -> Result<bool, String> {
         return Err(format!(
             "deployment {} of {} failed: {}",
             primary.id, primary.task_definition, primary.reason
+        ));
+    }
+    // A task no connected node can ever fit waits forever: say so now.
+    if let Some(t) = st
+        .tasks
+        .iter()
+        .find(|t| t.started_by == primary.id && t.unplaceable)
+    {
+        return Err(format!(
+            "task {} can never be placed: {}",
+            t.id, t.status_reason
         ));
     }
     let old_left = st.tasks.iter().any(|t| t.started_by != primary.id);

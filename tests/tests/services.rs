@@ -502,3 +502,47 @@ fn services_scale_on_a_redis_list_and_a_redis_streams_consumer_group() {
     let (desired, _, _) = counts_of(&addr, "stream-workers").unwrap();
     assert_eq!(desired, 2, "held at its count");
 }
+
+#[test]
+fn services_wait_fails_at_once_when_a_task_can_never_be_placed() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let def = env.path("huge.json");
+    fs::write(
+        &def,
+        serde_json::json!({"family": "huge", "containers": [{"name": "main",
+            "image": env.busybox_image(), "command": ["sleep", "3600"], "cpu": 512.0}]})
+        .to_string(),
+    )
+    .unwrap();
+    assert_eq!(
+        cli(
+            &addr,
+            &["taskdefs", "register", "-f", def.to_str().unwrap()]
+        )
+        .code,
+        0
+    );
+    let svc = env.path("huge-service.yaml");
+    fs::write(
+        &svc,
+        "name: huge\ntask_definition: huge\ndesired_count: 1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cli(&addr, &["services", "create", "-f", svc.to_str().unwrap()]).code,
+        0
+    );
+    let started = Instant::now();
+    let out = cli(&addr, &["services", "wait", "huge", "--timeout", "5m"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("can never be placed"), "{out:?}");
+    assert!(
+        out.stderr.contains("512 vCPU"),
+        "the reason names what is missing: {out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "at once, not at the timeout"
+    );
+}
