@@ -417,15 +417,22 @@ impl Env {
 
     /// Registers a one-container busybox task definition running `command` (stop timeout 1 s).
     pub fn register_busybox(&self, addr: &str, family: &str, command: &[&str]) {
-        let def = self.path(&format!("{family}.json"));
-        fs::write(
-            &def,
+        self.register_json(
+            addr,
             serde_json::json!({"family": family, "containers": [
-                {"name": "main", "image": self.busybox_image(), "command": command, "stop_timeout": 1}]})
-            .to_string(),
-        )
-        .unwrap();
-        let out = cli(addr, &["taskdefs", "register", "-f", def.to_str().unwrap()]);
+                {"name": "main", "image": self.busybox_image(), "command": command, "stop_timeout": 1}]}),
+        );
+    }
+
+    /// Writes a task definition (JSON, its `family` names the file) and registers it with
+    /// `skiff taskdefs register -f`, asserting it was accepted.
+    pub fn register_json(&self, addr: &str, def: serde_json::Value) {
+        let file = self.path(&format!("{}.json", def["family"].as_str().unwrap_or("def")));
+        fs::write(&file, def.to_string()).unwrap();
+        let out = cli(
+            addr,
+            &["taskdefs", "register", "-f", file.to_str().unwrap()],
+        );
         assert_eq!(out.code, 0, "{out:?}");
     }
 

@@ -507,21 +507,10 @@ fn services_scale_on_a_redis_list_and_a_redis_streams_consumer_group() {
 fn services_wait_fails_at_once_when_a_task_can_never_be_placed() {
     let mut env = Env::new();
     let addr = env.dev();
-    let def = env.path("huge.json");
-    fs::write(
-        &def,
+    env.register_json(
+        &addr,
         serde_json::json!({"family": "huge", "containers": [{"name": "main",
-            "image": env.busybox_image(), "command": ["sleep", "3600"], "cpu": 512.0}]})
-        .to_string(),
-    )
-    .unwrap();
-    assert_eq!(
-        cli(
-            &addr,
-            &["taskdefs", "register", "-f", def.to_str().unwrap()]
-        )
-        .code,
-        0
+            "image": env.busybox_image(), "command": ["sleep", "3600"], "cpu": 512.0}]}),
     );
     let svc = env.path("huge-service.yaml");
     fs::write(

@@ -116,22 +116,11 @@ fn main() {
     let token = skiff_tests::admin_token(&addr);
     let image = env.busybox_image();
     for (family, seconds) in [("worker", "3600"), ("steady", "86400")] {
-        let def = env.path(&format!("{family}.json"));
-        fs::write(
-            &def,
+        env.register_json(
+            &addr,
             serde_json::json!({"family": family, "containers": [{
                 "name": "main", "image": image, "command": ["sleep", seconds],
-                "init_process_enabled": true, "stop_timeout": 1}]})
-            .to_string(),
-        )
-        .unwrap();
-        assert_eq!(
-            cli(
-                &addr,
-                &["taskdefs", "register", "-f", def.to_str().unwrap()]
-            )
-            .code,
-            0
+                "init_process_enabled": true, "stop_timeout": 1}]}),
         );
     }
     assert_eq!(cli(&addr, &["queues", "create", "jobs"]).code, 0);
