@@ -17,6 +17,7 @@ pub mod init_binary;
 pub mod logs;
 mod logserve;
 pub mod mountinfo;
+pub mod network;
 pub mod peer;
 pub mod record;
 pub mod rootfs;

@@ -1,0 +1,229 @@
+//! Attaching and detaching with the real reference plugins and kernel networking: addresses,
+//! task-to-task traffic, a published port from the node and from another namespace, and no
+//! veth, lease, NAT rule or namespace left after detach or after a crash's reconcile.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+/// Runs `f` on a thread inside the namespace file `netns`.
+fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(netns).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A TCP server in `netns` on `port` that answers each connection with `reply`.
+fn serve(netns: &Path, port: u16, reply: &'static str) {
+    let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+}
+
+fn fetch(addr: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn test_networks(tag: &str, subnet: &str) -> (Networks, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = NetworkConfig::defaults(&dir.path().join("data"), &dir.path().join("state"));
+    // A bridge and range of this test's own, so tests running at once do not meet.
+    cfg.bridge_name = format!("sk{tag}{}", std::process::id() % 10000);
+    cfg.bridge_subnet = subnet.into();
+    (Networks::load(cfg).unwrap(), dir)
+}
+
+fn iptables_mentions(id: &str) -> bool {
+    ["nat", "filter"].iter().any(|table| {
+        let out = std::process::Command::new("iptables")
+            .args(["-t", table, "-S"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(id)
+    })
+}
+
+/// What a reboot does to one task's rules: they are gone.
+fn forget_iptables_rules(id: &str) {
+    for table in ["nat", "filter"] {
+        let out = std::process::Command::new("iptables")
+            .args(["-t", table, "-S"])
+            .output()
+            .unwrap();
+        let rules = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut chains = Vec::new();
+        for line in rules
+            .lines()
+            .filter(|l| l.contains(id) && l.starts_with("-A "))
+        {
+            let args: Vec<String> = shell_words(&line[3..]);
+            let mut cmd = vec!["-t".to_string(), table.to_string(), "-D".to_string()];
+            cmd.extend(args.iter().cloned());
+            std::process::Command::new("iptables")
+                .args(&cmd)
+                .status()
+                .unwrap();
+            if let Some(i) = args.iter().position(|a| a == "-j") {
+                if args[i + 1].starts_with("CNI-") && !args[i + 1].starts_with("CNI-HOSTPORT") {
+                    chains.push(args[i + 1].clone());
+                }
+            }
+        }
+        for chain in chains {
+            for op in ["-F", "-X"] {
+                let _ = std::process::Command::new("iptables")
+                    .args(["-t", table, op, &chain])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Splits an `iptables -S` rule into its words (double quotes group, \" escapes a quote).
+fn shell_words(s: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted, mut chars) = (Vec::new(), String::new(), false, s.chars());
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn link_exists(name: &str) -> bool {
+    PathBuf::from("/sys/class/net").join(name).exists()
+}
+
+fn lease_of(id: &str) -> bool {
+    let dir = Path::new("/var/lib/cni/networks").join(DEFAULT_NETWORK);
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path())
+                .map(|s| s.lines().next() == Some(id))
+                .unwrap_or(false)
+        })
+}
+
+fn task_id(n: u32) -> String {
+    format!("nettest{}x{n}", std::process::id())
+}
+
+#[test]
+fn two_tasks_talk_a_published_port_answers_and_detach_leaves_nothing() {
+    let (nets, _dir) = test_networks("a", "10.201.0.0/24");
+    let (a, b) = (task_id(1), task_id(2));
+    let port = 20000 + (std::process::id() % 10000) as u16;
+    let ports = [PortMapping {
+        host_port: port,
+        container_port: 80,
+        protocol: "tcp".into(),
+    }];
+    let na = nets.attach(&a, DEFAULT_NETWORK, &ports).unwrap();
+    let nb = nets.attach(&b, DEFAULT_NETWORK, &[]).unwrap();
+    assert_eq!(na.addresses.len(), 1, "{na:?}");
+    assert!(na.addresses[0].starts_with("10.201.0."), "{na:?}");
+    assert_ne!(na.addresses, nb.addresses);
+    assert_eq!(na.gateway.as_deref(), Some("10.201.0.1"));
+
+    serve(&na.netns, 80, "hello from a");
+    // Task to task, by address.
+    let addr = format!("{}:80", na.addresses[0]);
+    assert_eq!(
+        in_netns(&nb.netns, move || fetch(&addr)).unwrap(),
+        "hello from a"
+    );
+    // The published port, from the node (loopback and the gateway address) and from another
+    // namespace (through the gateway).
+    assert_eq!(fetch(&format!("127.0.0.1:{port}")).unwrap(), "hello from a");
+    let via_gateway = format!("10.201.0.1:{port}");
+    assert_eq!(
+        in_netns(&nb.netns, move || fetch(&via_gateway)).unwrap(),
+        "hello from a"
+    );
+    // Loopback is up inside.
+    in_netns(&na.netns, || TcpListener::bind("127.0.0.1:0").unwrap());
+
+    let veths: Vec<String> = na
+        .host_interfaces
+        .iter()
+        .chain(&nb.host_interfaces)
+        .cloned()
+        .collect();
+    assert!(veths.iter().any(|v| v.starts_with("veth")), "{veths:?}");
+    assert!(lease_of(&a) && iptables_mentions(&a));
+    nets.detach(&a).unwrap();
+    nets.detach(&b).unwrap();
+    for v in &veths {
+        assert!(!link_exists(v) || v.starts_with("sk"), "veth {v} left");
+    }
+    for t in [&a, &b] {
+        assert!(!lease_of(t), "lease of {t} left");
+        assert!(!iptables_mentions(t), "iptables rules of {t} left");
+        assert!(!nets.netns_path(t).exists());
+    }
+    assert!(fetch(&format!("127.0.0.1:{port}")).is_err());
+    // Detaching again is fine.
+    nets.detach(&a).unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &format!("ska{}", std::process::id() % 10000)])
+        .status();
+}
+
+#[test]
+fn reconcile_detaches_what_a_crash_or_a_reboot_left() {
+    let (nets, _dir) = test_networks("b", "10.202.0.0/24");
+    let (kept, crashed, rebooted) = (task_id(3), task_id(4), task_id(5));
+    for t in [&kept, &crashed, &rebooted] {
+        nets.attach(t, DEFAULT_NETWORK, &[]).unwrap();
+    }
+    let veth = nets.attached(&rebooted).unwrap().host_interfaces;
+    // A reboot: the namespace (and with it the veth) and the kernel's NAT rules are gone;
+    // what is on disk remains — the address lease and skiff's CNI cache.
+    netns::remove(&nets.netns_path(&rebooted)).unwrap();
+    forget_iptables_rules(&rebooted);
+    assert!(lease_of(&rebooted));
+    let gone = nets.reconcile(|t| t == kept);
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    for t in [&crashed, &rebooted] {
+        assert!(!lease_of(t), "lease of {t} left");
+        assert!(!iptables_mentions(t), "iptables rules of {t} left");
+        assert!(nets.attached(t).is_none());
+    }
+    for v in veth.iter().filter(|v| v.starts_with("veth")) {
+        assert!(!link_exists(v));
+    }
+    assert!(lease_of(&kept) && nets.attached(&kept).is_some());
+    nets.detach(&kept).unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &format!("skb{}", std::process::id() % 10000)])
+        .status();
+}

@@ -1,0 +1,421 @@
+//! Task networking: one network namespace per task, shared by its containers (as ECS's awsvpc
+//! mode), attached to a CNI network by the reference plugins. `bridge` is skiff's own network
+//! (`skiff`: a Linux bridge, host-local addresses, outbound NAT, published ports, firewall);
+//! operators name further networks as CNI configuration lists, which tasks select as
+//! `cni/<name>`. Everything attached is detached on every way out: the task's cleanup, and
+//! at agent start for whatever a crash or a reboot left (`reconcile`).
+
+pub mod cni;
+pub mod netns;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+pub use cni::{CniError, PortMapping};
+
+/// The name of skiff's own network, which `network_mode = "bridge"` selects.
+pub const DEFAULT_NETWORK: &str = "skiff";
+/// The network that brings up a task's loopback interface (run before the task's network).
+const LOOPBACK_NETWORK: &str = "skiff-loopback";
+/// The task's interface on its network.
+const IF_NAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error("no CNI network named {name} on this node (it has: {known})")]
+    Unknown { name: String, known: String },
+    #[error("CNI configuration {path}: {problem}")]
+    Config { path: PathBuf, problem: String },
+    #[error("network namespace {path}: {source}")]
+    Namespace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Files {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How the node's networks are set up (from the agent's configuration).
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// Where CNI plugins are looked for, in order.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Operators' networks: every `*.conflist` here (optional).
+    pub config_dir: Option<PathBuf>,
+    /// skiff's bridge and the range its tasks' addresses come from.
+    pub bridge_name: String,
+    pub bridge_subnet: String,
+    /// The CNI result cache (on disk: it must outlive a reboot to release address leases).
+    pub cache_dir: PathBuf,
+    /// The tasks' namespace files (on the per-boot state tmpfs).
+    pub netns_dir: PathBuf,
+}
+
+impl NetworkConfig {
+    /// The defaults for an agent with these directories.
+    pub fn defaults(data_dir: &Path, state_dir: &Path) -> NetworkConfig {
+        NetworkConfig {
+            plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            config_dir: None,
+            bridge_name: "skiff0".into(),
+            bridge_subnet: "10.89.0.0/16".into(),
+            cache_dir: data_dir.join("cni").join("results"),
+            netns_dir: state_dir.join("netns"),
+        }
+    }
+}
+
+/// A task's attachment, as its containers and its report need it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskNetwork {
+    /// The namespace file every container joins.
+    pub netns: PathBuf,
+    pub addresses: Vec<String>,
+    pub gateway: Option<String>,
+    /// The host ends of its interfaces (veths), for leak checks.
+    pub host_interfaces: Vec<String>,
+}
+
+/// The node's networks and the CNI runtime that attaches tasks to them.
+pub struct Networks {
+    cfg: NetworkConfig,
+    runtime: cni::Runtime,
+    lists: BTreeMap<String, cni::NetworkList>,
+    loopback: cni::NetworkList,
+}
+
+impl Networks {
+    /// skiff's own network plus the operator's, checked now (a bad file stops the agent at
+    /// start, not a task later).
+    pub fn load(cfg: NetworkConfig) -> Result<Networks, NetworkError> {
+        let mut lists = BTreeMap::new();
+        let own = cni::NetworkList::parse(default_network(&cfg.bridge_name, &cfg.bridge_subnet))?;
+        lists.insert(own.name.clone(), own);
+        if let Some(dir) = &cfg.config_dir {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| NetworkError::Config {
+                    path: dir.clone(),
+                    problem: e.to_string(),
+                })?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+                .collect();
+            files.sort();
+            for path in files {
+                let problem = |problem: String| NetworkError::Config {
+                    path: path.clone(),
+                    problem,
+                };
+                let bytes = std::fs::read(&path).map_err(|e| problem(e.to_string()))?;
+                let raw: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| problem(format!("not JSON: {e}")))?;
+                let list = cni::NetworkList::parse(raw).map_err(|e| problem(e.to_string()))?;
+                if list.name == DEFAULT_NETWORK || list.name == LOOPBACK_NETWORK {
+                    return Err(problem(format!("the name {} is skiff's own", list.name)));
+                }
+                if lists.contains_key(&list.name) {
+                    return Err(problem(format!("a second network named {}", list.name)));
+                }
+                lists.insert(list.name.clone(), list);
+            }
+        }
+        let loopback = cni::NetworkList::parse(json!({
+            "cniVersion": "1.0.0",
+            "name": LOOPBACK_NETWORK,
+            "plugins": [{ "type": "loopback" }],
+        }))?;
+        Ok(Networks {
+            runtime: cni::Runtime {
+                plugin_dirs: cfg.plugin_dirs.clone(),
+                cache_dir: cfg.cache_dir.clone(),
+            },
+            cfg,
+            lists,
+            loopback,
+        })
+    }
+
+    /// The names of the networks tasks may select.
+    pub fn names(&self) -> Vec<String> {
+        self.lists.keys().cloned().collect()
+    }
+
+    pub fn netns_path(&self, task_id: &str) -> PathBuf {
+        self.cfg.netns_dir.join(task_id)
+    }
+
+    /// Gives the task its namespace and attaches it to `network` with its published ports.
+    /// On failure nothing of it is left.
+    pub fn attach(
+        &self,
+        task_id: &str,
+        network: &str,
+        ports: &[PortMapping],
+    ) -> Result<TaskNetwork, NetworkError> {
+        let list = self
+            .lists
+            .get(network)
+            .ok_or_else(|| NetworkError::Unknown {
+                name: network.to_string(),
+                known: self.names().join(", "),
+            })?;
+        let netns = self.netns_path(task_id);
+        netns::create(&netns).map_err(|source| NetworkError::Namespace {
+            path: netns.clone(),
+            source,
+        })?;
+        let attach = || -> Result<Value, NetworkError> {
+            let lo = cni::Attachment {
+                container_id: task_id.to_string(),
+                netns: netns.display().to_string(),
+                if_name: "lo".into(),
+                port_mappings: Vec::new(),
+            };
+            self.runtime.add(&self.loopback, &lo)?;
+            let att = cni::Attachment {
+                if_name: IF_NAME.into(),
+                port_mappings: ports.to_vec(),
+                ..lo
+            };
+            Ok(self.runtime.add(list, &att)?)
+        };
+        match attach() {
+            Ok(result) => Ok(TaskNetwork {
+                netns,
+                addresses: cni::addresses(&result),
+                gateway: cni::gateways(&result).into_iter().next(),
+                host_interfaces: cni::host_interfaces(&result),
+            }),
+            Err(e) => {
+                let _ = self.detach(task_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The attachment a task has now (from the cache), if any.
+    pub fn attached(&self, task_id: &str) -> Option<TaskNetwork> {
+        let cached =
+            self.runtime.cached().into_iter().find(|c| {
+                c.attachment.container_id == task_id && c.attachment.if_name == IF_NAME
+            })?;
+        Some(TaskNetwork {
+            netns: self.netns_path(task_id),
+            addresses: cni::addresses(&cached.result),
+            gateway: cni::gateways(&cached.result).into_iter().next(),
+            host_interfaces: cni::host_interfaces(&cached.result),
+        })
+    }
+
+    /// Detaches the task from every network it is attached to (DEL with the cached
+    /// configuration) and lets its namespace go. Safe to repeat; a failed DEL keeps its cache
+    /// entry, so the next cleanup tries again.
+    pub fn detach(&self, task_id: &str) -> Result<(), NetworkError> {
+        let netns = self.netns_path(task_id);
+        let held = netns::is_held(&netns);
+        let mut first_error = None;
+        let mut mine: Vec<cni::Cached> = self
+            .runtime
+            .cached()
+            .into_iter()
+            .filter(|c| c.attachment.container_id == task_id)
+            .collect();
+        // The task's network before its loopback: the reverse of attach.
+        mine.sort_by_key(|c| c.attachment.if_name == "lo");
+        for mut cached in mine {
+            if !held {
+                // Gone with a reboot: the plugins release what lives outside it (leases).
+                cached.attachment.netns = String::new();
+            }
+            if let Err(e) = self.runtime.del_cached(&cached) {
+                first_error.get_or_insert(NetworkError::Cni(e));
+            }
+        }
+        if let Err(source) = netns::remove(&netns) {
+            first_error.get_or_insert(NetworkError::Namespace {
+                path: netns,
+                source,
+            });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Detaches every task that `live` does not claim: what an agent crash or a reboot left
+    /// (cache entries, namespace files). Returns the tasks detached.
+    pub fn reconcile(&self, live: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut tasks: Vec<String> = self
+            .runtime
+            .cached()
+            .into_iter()
+            .map(|c| c.attachment.container_id)
+            .chain(netns::list(&self.cfg.netns_dir).into_iter().map(|(n, _)| n))
+            .filter(|t| !live(t))
+            .collect();
+        tasks.sort();
+        tasks.dedup();
+        for t in &tasks {
+            if let Err(e) = self.detach(t) {
+                tracing::warn!(task_id = %t, error = %e, "detaching a leftover task network failed");
+            }
+        }
+        tasks
+    }
+
+    /// Writes the task's /etc/hosts and /etc/resolv.conf into `dir`; returns (file, path in
+    /// the container) pairs to bind.
+    pub fn etc_files(
+        &self,
+        dir: &Path,
+        hostname: &str,
+        net: &TaskNetwork,
+    ) -> Result<Vec<(PathBuf, String)>, NetworkError> {
+        let hosts = hosts_file(hostname, &net.addresses);
+        let resolv = resolv_conf(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            net.gateway.as_deref(),
+        );
+        let mut out = Vec::new();
+        for (name, content, target) in [
+            ("hosts", hosts, "/etc/hosts"),
+            ("resolv.conf", resolv, "/etc/resolv.conf"),
+        ] {
+            let path = dir.join(name);
+            std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::write(&path, content))
+                .map_err(|source| NetworkError::Files {
+                    path: path.clone(),
+                    source,
+                })?;
+            out.push((path, target.to_string()));
+        }
+        Ok(out)
+    }
+}
+
+/// skiff's own network: a bridge with host-local addresses, NAT out, the gateway on the
+/// bridge, hairpin (a task reaches its own published port), published ports (`portmap`, with
+/// SNAT so the node itself reaches them on 127.0.0.1), and the firewall plugin's rules.
+fn default_network(bridge: &str, subnet: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": DEFAULT_NETWORK,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": subnet }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }]
+                }
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true },
+            { "type": "firewall" }
+        ]
+    })
+}
+
+fn hosts_file(hostname: &str, addresses: &[String]) -> String {
+    let mut out = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for a in addresses {
+        out.push_str(&format!("{a}\t{hostname}\n"));
+    }
+    out
+}
+
+/// The node's resolver configuration as a task in its own namespace can use it: loopback
+/// nameservers (a local stub resolver) are unreachable from there and are left out; with none
+/// left, the gateway (the node) is named.
+fn resolv_conf(host: &str, gateway: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let line = line.trim();
+        if let Some(server) = line.strip_prefix("nameserver") {
+            let server = server.trim();
+            if server.starts_with("127.") || server == "::1" {
+                continue;
+            }
+            servers += 1;
+        }
+        if line.starts_with("nameserver")
+            || line.starts_with("search")
+            || line.starts_with("options")
+        {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if servers == 0 {
+        if let Some(g) = gateway {
+            out.push_str(&format!("nameserver {g}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_leaves_out_loopback_servers() {
+        let host =
+            "# generated\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch lan\noptions edns0\n";
+        assert_eq!(
+            resolv_conf(host, Some("10.89.0.1")),
+            "nameserver 10.0.0.2\nsearch lan\noptions edns0\n"
+        );
+        assert_eq!(
+            resolv_conf("nameserver 127.0.0.53\n", Some("10.89.0.1")),
+            "nameserver 10.89.0.1\n"
+        );
+    }
+
+    #[test]
+    fn operator_networks_are_checked_at_load() {
+        let data = tempfile::tempdir().unwrap();
+        let conf = tempfile::tempdir().unwrap();
+        let mut cfg = NetworkConfig::defaults(data.path(), data.path());
+        cfg.config_dir = Some(conf.path().to_path_buf());
+        std::fs::write(
+            conf.path().join("lan.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"lan","plugins":[{"type":"macvlan","master":"eth0"}]}"#,
+        )
+        .unwrap();
+        let nets = Networks::load(cfg.clone()).unwrap();
+        assert_eq!(nets.names(), ["lan", "skiff"]);
+        std::fs::write(
+            conf.path().join("own.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"skiff","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        let err = Networks::load(cfg.clone()).err().unwrap().to_string();
+        assert!(
+            err.contains("own.conflist") && err.contains("skiff's own"),
+            "{err}"
+        );
+        std::fs::write(
+            conf.path().join("own.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"master":"eth0"}]}"#,
+        )
+        .unwrap();
+        let err = Networks::load(cfg).err().unwrap().to_string();
+        assert!(err.contains("plugin 0 has no type"), "{err}");
+    }
+}
+
+#[cfg(test)]
+#[path = "attach_tests.rs"]
+mod attach_tests;
