@@ -148,7 +148,12 @@ pub struct BundleInput<'a> {
     pub image: &'a ImageConfig,
     pub rootfs: &'a Path,
     pub hostname: &'a str,
-    pub network: NetworkMode,
+    pub network: &'a NetworkMode,
+    /// The task's network namespace file, for a task on a network (every container joins it).
+    pub netns: Option<&'a Path>,
+    /// Files bound read-only over the image's (/etc/hosts, /etc/resolv.conf): (file on the
+    /// node, path in the container).
+    pub etc_files: &'a [(std::path::PathBuf, String)],
     pub cgroup_path: &'a str,
     pub extra_env: &'a [(String, String)],
     /// Secret files: (file on the node's tmpfs, path in the container), bound read-only.
@@ -211,13 +216,29 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
     spec.set_hostname(Some(input.hostname.to_string()));
 
     let mut linux = spec.linux().clone().unwrap_or_default();
-    if input.network == NetworkMode::Host {
+    if *input.network == NetworkMode::Host {
         let namespaces = linux
             .namespaces()
             .clone()
             .unwrap_or_default()
             .into_iter()
             .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
+            .collect();
+        linux.set_namespaces(Some(namespaces));
+    } else if let Some(netns) = input.netns {
+        // The task's namespace, by path: its containers share it (and reach each other on
+        // localhost).
+        let namespaces = linux
+            .namespaces()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut ns| {
+                if ns.typ() == LinuxNamespaceType::Network {
+                    ns.set_path(Some(netns.to_path_buf()));
+                }
+                ns
+            })
             .collect();
         linux.set_namespaces(Some(namespaces));
     }
@@ -256,6 +277,24 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
                     .typ("bind")
                     .source(&m.source)
                     .options(options)
+                    .build()?,
+            );
+        }
+        spec.set_mounts(Some(mounts));
+    }
+    if !input.etc_files.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for (host, dest) in input.etc_files {
+            mounts.push(
+                oci_spec::runtime::MountBuilder::default()
+                    .destination(dest)
+                    .typ("bind")
+                    .source(host)
+                    .options(
+                        ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                            .map(String::from)
+                            .to_vec(),
+                    )
                     .build()?,
             );
         }
@@ -332,6 +371,7 @@ mod tests {
             secrets: vec![],
             mounts: vec![],
             health_check: None,
+            port_mappings: vec![],
         }
     }
 
@@ -380,7 +420,9 @@ mod tests {
             image: &img,
             rootfs: Path::new("/r"),
             hostname: "h",
-            network: NetworkMode::Host,
+            network: &NetworkMode::Host,
+            netns: None,
+            etc_files: &[],
             cgroup_path: "/skiff/t",
             extra_env: &[],
             secret_files: &[],
@@ -450,7 +492,9 @@ mod tests {
             image: &ImageConfig::default(),
             rootfs: Path::new("/r"),
             hostname: "h",
-            network: NetworkMode::None,
+            network: &NetworkMode::None,
+            netns: None,
+            etc_files: &[],
             cgroup_path: "/skiff/t",
             extra_env: &[],
             secret_files: &[],

@@ -69,6 +69,8 @@ pub struct AgentConfig {
     pub credentials_listen: std::net::SocketAddr,
     /// Set the host-wide cgroup2 option `favordynmods` at start (see `cgroup_tuning`).
     pub cgroup_favordynmods: bool,
+    /// Task networks: CNI plugins, operators' networks, skiff's bridge (see `network`).
+    pub network: network::NetworkConfig,
 }
 
 impl AgentConfig {
@@ -93,6 +95,7 @@ impl AgentConfig {
             image_disk_budget: None,
             credentials_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 51679)),
             cgroup_favordynmods: false,
+            network: network::NetworkConfig::default(),
         }
     }
 }
@@ -104,6 +107,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
 }
 
 struct TaskEntry {
@@ -128,6 +133,8 @@ pub struct AgentInner {
     tls: Mutex<Option<tonic::transport::ClientTlsConfig>>,
     /// The container-credentials endpoint's key, cache and pending requests.
     pub credentials: credserve::Credentials,
+    /// The node's networks, which bridge and CNI tasks are attached to.
+    pub networks: network::Networks,
 }
 
 impl AgentInner {
@@ -345,6 +352,7 @@ fn report_of(task_id: &str, r: &TaskRecord) -> pb::TaskReport {
         code: crate::record::wire_stop_code(&r.stop_code).into(),
         reason: r.reason.clone(),
         time_ms: chrono::Utc::now().timestamp_millis(),
+        addresses: r.addresses.clone(),
     }
 }
 
@@ -443,7 +451,13 @@ impl Agent {
                 path: cfg.data_dir.join(credserve::KEY_FILE),
                 source,
             })?;
+        let networks = network::Networks::load(
+            cfg.network.clone(),
+            cfg.data_dir.join("cni").join("results"),
+            cfg.state_dir.join("netns"),
+        )?;
         let inner = Arc::new(AgentInner {
+            networks,
             images,
             cfg,
             tasks: Mutex::new(HashMap::new()),
@@ -461,6 +475,7 @@ impl Agent {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         self.readopt();
         self.sweep_orphan_scratch();
+        self.detach_leftover_networks();
         self.inner.start_zygote();
         tokio::spawn(self.inner.clone().keep_certificate_fresh());
         let listen = self.inner.cfg.credentials_listen;
@@ -484,6 +499,18 @@ impl Agent {
         // Task supervisors still hold the agent: drop the session's sender so the stream to
         // the controller ends now (a controller shutting down gracefully waits for it).
         *self.inner.outbox.lock().unwrap() = None;
+    }
+
+    /// Detaches the networks of tasks this agent no longer has (a crash between a task's end
+    /// and its cleanup, a reboot): their address leases, NAT rules, veths and namespaces.
+    fn detach_leftover_networks(&self) {
+        let known: std::collections::HashSet<String> =
+            self.inner.tasks.lock().unwrap().keys().cloned().collect();
+        let inner = self.inner.clone();
+        let gone = inner.networks.reconcile(|id| known.contains(id));
+        if !gone.is_empty() {
+            info!(tasks = ?gone, "detached the networks of tasks from before a crash or a reboot");
+        }
     }
 
     /// Removes the scratch dirs (upper, work, copied rootfs) that containers running before a

@@ -58,6 +58,9 @@ pub struct TaskRecord {
     pub stop_code: String,
     pub reason: String,
     pub started_at_ms: i64,
+    /// The task's addresses on its network (bridge and CNI modes).
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 impl TaskRecord {
@@ -83,6 +86,7 @@ impl TaskRecord {
             stop_code: String::new(),
             reason: String::new(),
             started_at_ms: 0,
+            addresses: Vec::new(),
         }
     }
 }

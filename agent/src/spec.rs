@@ -7,11 +7,37 @@ use skiff_proto::v1 as pb;
 
 use crate::images::{Credentials, PullPolicy};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
+    /// A namespace of its own per container, with only loopback.
     None,
     Host,
+    /// One namespace for the task, attached to this CNI network (`bridge` is skiff's own).
+    Network(String),
+}
+
+impl NetworkMode {
+    /// The mode the controller names (`none`, `host`, `bridge`, `cni/<network>`).
+    pub fn parse(s: &str) -> Option<NetworkMode> {
+        match s {
+            "" | "none" => Some(NetworkMode::None),
+            "host" => Some(NetworkMode::Host),
+            "bridge" => Some(NetworkMode::Network(crate::network::DEFAULT_NETWORK.into())),
+            other => other
+                .strip_prefix("cni/")
+                .filter(|n| safe_component(n))
+                .map(|n| NetworkMode::Network(n.to_string())),
+        }
+    }
+}
+
+/// A port to publish on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub container_port: u16,
+    pub host_port: u16,
+    pub protocol: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +76,9 @@ pub struct ContainerSpec {
     /// Run in the container every interval (see `health.rs`).
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// Published on the node (the task's network).
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 /// A container health check, its defaults resolved by the controller.
@@ -141,6 +170,12 @@ impl TaskSpec {
         if let Some(c) = s.containers.iter().find(|c| !safe_component(&c.name)) {
             return Err(format!("container name {:?} is not a safe name", c.name));
         }
+        let network = NetworkMode::parse(&s.network_mode).ok_or_else(|| {
+            format!(
+                "network mode {:?} is not one this agent knows",
+                s.network_mode
+            )
+        })?;
         let mut policies = Vec::new();
         for c in &s.containers {
             policies.push(
@@ -194,6 +229,19 @@ impl TaskSpec {
                             read_only: m.read_only,
                         })
                         .collect(),
+                    port_mappings: c
+                        .port_mappings
+                        .iter()
+                        .map(|p| PortMapping {
+                            container_port: p.container_port as u16,
+                            host_port: p.host_port as u16,
+                            protocol: if p.protocol.is_empty() {
+                                "tcp".into()
+                            } else {
+                                p.protocol.clone()
+                            },
+                        })
+                        .collect(),
                     health_check: c.health_check.as_ref().map(|h| HealthCheck {
                         command: h.command.clone(),
                         interval_secs: h.interval_seconds.unwrap_or(30).max(1),
@@ -203,11 +251,7 @@ impl TaskSpec {
                     }),
                 })
                 .collect(),
-            network: if s.network_mode == "host" {
-                NetworkMode::Host
-            } else {
-                NetworkMode::None
-            },
+            network,
             timeout_secs: s.timeout_seconds,
             identity: s.identity.as_ref().map(|i| TaskIdentity {
                 role: i.role.clone(),

@@ -90,6 +90,7 @@ async fn run_task(
                 "the agent restarted while the task was starting".into(),
             )
             .await;
+            cleanup(&agent, &task_id, &record.spec).await;
             return;
         }
         match start(&agent, &task_id, &record.spec).await {
@@ -118,9 +119,9 @@ async fn run_task(
 /// Prepares every container and launches their shims, in ordered steps: the images (all of
 /// them, concurrently — a task whose image cannot be had starts nothing), then for each
 /// container its directories and rootfs, its secrets, its bundle and its shim
-/// (`prepare_and_launch`). A failed step undoes what came before, in reverse: the shims
-/// launched so far are stopped (last first), then the task's mounts and directories go
-/// (`cleanup`). Network setup and health checks will be steps here too.
+/// (`prepare_and_launch`), with the task's network attached in between for a task on one.
+/// A failed step undoes what came before, in reverse: the shims launched so far are stopped
+/// (last first), then the task's network, mounts and directories go (`cleanup`).
 async fn start(
     agent: &Arc<AgentInner>,
     task_id: &str,
@@ -133,13 +134,29 @@ async fn start(
             return Err(e);
         }
     };
+    let attached = match attach_network(agent, task_id, spec).await {
+        Ok(a) => a,
+        Err(e) => {
+            cleanup(agent, task_id, spec).await;
+            return Err(e);
+        }
+    };
     let mut launched: Vec<ShimHandle> = Vec::new();
     for (c, image) in spec.containers.iter().zip(images) {
         let step = {
             let (agent, task_id, c) = (agent.clone(), task_id.to_string(), c.clone());
-            let (network, identity) = (spec.network, spec.identity.clone());
+            let (network, identity) = (spec.network.clone(), spec.identity.clone());
+            let attached = attached.clone();
             tokio::task::spawn_blocking(move || {
-                prepare_and_launch(&agent, &task_id, &c, &image, network, identity.as_ref())
+                prepare_and_launch(
+                    &agent,
+                    &task_id,
+                    &c,
+                    &image,
+                    &network,
+                    attached.as_ref(),
+                    identity.as_ref(),
+                )
             })
             .await
             .unwrap_or_else(|e| Err(format!("preparing container: {e}")))
@@ -158,6 +175,59 @@ async fn start(
     }
     enforce_image_budget(agent);
     Ok(launched)
+}
+
+/// What the containers of a task on a network need of it.
+#[derive(Clone)]
+struct Attached {
+    netns: PathBuf,
+    etc_files: Vec<(PathBuf, String)>,
+}
+
+/// The task's hostname: its id's first 12 characters, as Docker shortens container ids.
+fn hostname(task_id: &str) -> String {
+    task_id.chars().take(12).collect()
+}
+
+/// Step 2, for a task on a network: its namespace, attached through CNI with its published
+/// ports, and its /etc/hosts and /etc/resolv.conf. The addresses go in its record (and so in
+/// its reports).
+async fn attach_network(
+    agent: &Arc<AgentInner>,
+    task_id: &str,
+    spec: &TaskSpec,
+) -> Result<Option<Attached>, String> {
+    let NetworkMode::Network(name) = &spec.network else {
+        return Ok(None);
+    };
+    let ports: Vec<crate::network::PortMapping> = spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.port_mappings)
+        .map(|p| crate::network::PortMapping {
+            host_port: p.host_port,
+            container_port: p.container_port,
+            protocol: p.protocol.clone(),
+        })
+        .collect();
+    let (a, task, net_name) = (agent.clone(), task_id.to_string(), name.clone());
+    let dir = runtime_dir(&agent.cfg, task_id).join("network");
+    let attached = tokio::task::spawn_blocking(move || {
+        let began = std::time::Instant::now();
+        let net = a.networks.attach(&task, &net_name, &ports)?;
+        let took = began.elapsed();
+        let etc_files = a.networks.etc_files(&dir, &hostname(&task), &net)?;
+        Ok::<_, crate::network::NetworkError>((net, etc_files, took))
+    })
+    .await
+    .map_err(|e| format!("attaching the network: {e}"))?;
+    let (net, etc_files, took) = attached.map_err(|e| format!("network {name}: {e}"))?;
+    info!(network = %name, addresses = ?net.addresses, cni_ms = took.as_secs_f64() * 1000.0, "attached to its network");
+    agent.update(task_id, |r| r.addresses = net.addresses.clone());
+    Ok(Some(Attached {
+        netns: net.netns,
+        etc_files,
+    }))
 }
 
 /// Step 1: every container's image, concurrently.
@@ -182,7 +252,8 @@ fn prepare_and_launch(
     task_id: &str,
     c: &ContainerSpec,
     image: &crate::images::Image,
-    network: NetworkMode,
+    network: &NetworkMode,
+    attached: Option<&Attached>,
     identity: Option<&TaskIdentity>,
 ) -> Result<ShimHandle, String> {
     // Directories and rootfs.
@@ -223,13 +294,15 @@ fn prepare_and_launch(
     // Bundle: config.json — on the secrets tmpfs when it carries secret values, never on the
     // node's disk — and the shim's own config.
     let cgroup_path = runtime::cgroup_path(task_id, &c.name);
-    let hostname: String = task_id.chars().take(12).collect();
+    let hostname = hostname(task_id);
     let spec = bundle::runtime_spec(&BundleInput {
         container: c,
         image: &image.config,
         rootfs: &rootfs,
         hostname: &hostname,
         network,
+        netns: attached.map(|a| a.netns.as_path()),
+        etc_files: attached.map(|a| a.etc_files.as_slice()).unwrap_or_default(),
         cgroup_path: &cgroup_path,
         extra_env: &extra_env,
         secret_files: &secret_files,
@@ -471,6 +544,13 @@ pub async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
         }
     })
     .await;
+    if matches!(spec.network, NetworkMode::Network(_)) {
+        let (a, task) = (agent.clone(), task_id.to_string());
+        let detached = tokio::task::spawn_blocking(move || a.networks.detach(&task)).await;
+        if let Ok(Err(e)) = detached {
+            warn!(error = %e, "detaching the task's network failed; retried at the next agent start");
+        }
+    }
     // Forgotten while the rootfs was being released: the runtime dir is this cleanup's to
     // remove (`forget_task` leaves a dir with mounts under it).
     if agent.record(task_id).is_none() {

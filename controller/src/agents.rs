@@ -417,7 +417,10 @@ async fn report_event(
         Some(pb::RunState::Pending) => Some(TaskEvent::Placed {
             node_id: node_id.to_string(),
         }),
-        Some(pb::RunState::Running) => Some(TaskEvent::Started { containers }),
+        Some(pb::RunState::Running) => Some(TaskEvent::Started {
+            containers,
+            addresses: r.addresses.clone(),
+        }),
         Some(pb::RunState::Stopping) => Some(TaskEvent::Stopping { containers }),
         Some(pb::RunState::Stopped) => Some(TaskEvent::Stopped {
             code: convert::stop_code(r.code(), &r.stop_code),

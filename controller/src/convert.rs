@@ -32,6 +32,56 @@ fn health_check_input(h: &pb::HealthCheck) -> crate::model::HealthCheck {
     }
 }
 
+fn port_mapping_pb(p: &crate::model::PortMapping) -> pb::PortMapping {
+    pb::PortMapping {
+        container_port: p.container_port.into(),
+        host_port: p.host_port.into(),
+        protocol: p.protocol.as_str().to_string(),
+    }
+}
+
+/// Port mappings as given: a host port of 0 is the container port; ports are checked here for
+/// range (the rest in `validate::task_spec`).
+fn port_mappings_input(
+    field: &str,
+    ports: &[pb::PortMapping],
+) -> Result<Vec<crate::model::PortMapping>, InvalidField> {
+    use crate::model::{PortMapping, PortProtocol};
+    ports
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let f = format!("{field}[{j}]");
+            let port = |name: &str, v: u32| {
+                u16::try_from(v).map_err(|_| InvalidField {
+                    field: format!("{f}.{name}"),
+                    problem: format!("{v} is not a port (1 to 65535)"),
+                })
+            };
+            let container_port = port("container_port", p.container_port)?;
+            let host_port = match p.host_port {
+                0 => container_port,
+                h => port("host_port", h)?,
+            };
+            let protocol = match p.protocol.as_str() {
+                "" | "tcp" => PortProtocol::Tcp,
+                "udp" => PortProtocol::Udp,
+                other => {
+                    return Err(InvalidField {
+                        field: format!("{f}.protocol"),
+                        problem: format!("{other:?} is not tcp or udp"),
+                    })
+                }
+            };
+            Ok(PortMapping {
+                container_port,
+                host_port,
+                protocol,
+            })
+        })
+        .collect()
+}
+
 pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
     pb::ContainerDefinition {
         name: c.name.clone(),
@@ -50,6 +100,7 @@ pub fn container_def(c: &ContainerDef) -> pb::ContainerDefinition {
         readonly_root_filesystem: c.readonly_root_filesystem,
         init_process_enabled: c.init_process_enabled,
         health_check: c.health_check.as_ref().map(health_check_pb),
+        port_mappings: c.port_mappings.iter().map(port_mapping_pb).collect(),
         user: c.user.clone(),
         secrets: c
             .secrets
@@ -77,7 +128,7 @@ pub fn task_definition(d: &TaskDefinition) -> pb::TaskDefinition {
         family: d.family.clone(),
         revision: d.revision,
         containers: d.spec.containers.iter().map(container_def).collect(),
-        network_mode: d.spec.network_mode.as_str().to_string(),
+        network_mode: d.spec.network_mode.to_string(),
         timeout_seconds: d.spec.timeout_secs,
         status: match d.status {
             crate::model::DefinitionStatus::Active => "ACTIVE",
@@ -118,7 +169,15 @@ pub fn task(t: &Task) -> pb::Task {
         cpu: t.spec.cpu(),
         memory_mib: t.spec.memory_mib(),
         timeout_seconds: t.spec.timeout_secs,
-        network_mode: t.spec.network_mode.as_str().to_string(),
+        network_mode: t.spec.network_mode.to_string(),
+        addresses: t.addresses.clone(),
+        port_mappings: t
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.port_mappings)
+            .map(port_mapping_pb)
+            .collect(),
         started_by: t.started_by.clone(),
         status_reason: t.status_reason.clone(),
         unplaceable: t.unplaceable,
@@ -214,9 +273,10 @@ pub fn start_task(
                 secrets,
                 mounts: c.mounts.iter().map(mount).collect(),
                 health_check: c.health_check.as_ref().map(health_check_pb),
+                port_mappings: c.port_mappings.iter().map(port_mapping_pb).collect(),
             })
             .collect(),
-        network_mode: spec.network_mode.as_str().to_string(),
+        network_mode: spec.network_mode.to_string(),
         timeout_seconds: spec.timeout_secs,
         identity,
     })
@@ -327,44 +387,51 @@ pub fn task_spec_input(input: &pb::TaskDefinitionInput) -> Result<TaskSpec, Inva
     let containers = input
         .containers
         .iter()
-        .map(|c| ContainerDef {
-            name: c.name.clone(),
-            image: c.image.clone(),
-            entrypoint: c.entrypoint.clone(),
-            command: c.command.clone(),
-            environment: c.environment.clone().into_iter().collect(),
-            cpu: c.cpu,
-            memory_mib: c.memory_mib,
-            essential: c.essential.unwrap_or(true),
-            stop_timeout_secs: c.stop_timeout_seconds.unwrap_or(DEFAULT_STOP_TIMEOUT_SECS),
-            working_dir: c.working_dir.clone(),
-            pull_policy: c.pull_policy.clone(),
-            repository_credentials: c.repository_credentials.clone(),
-            privileged: c.privileged,
-            readonly_root_filesystem: c.readonly_root_filesystem,
-            init_process_enabled: c.init_process_enabled,
-            health_check: c.health_check.as_ref().map(health_check_input),
-            user: c.user.clone(),
-            secrets: c
-                .secrets
-                .iter()
-                .map(|r| SecretRef {
-                    name: r.name.clone(),
-                    value_from: r.value_from.clone(),
-                    file: r.file.clone(),
-                })
-                .collect(),
-            mounts: c
-                .mounts
-                .iter()
-                .map(|m| MountPoint {
-                    source: m.source.clone(),
-                    target: m.target.clone(),
-                    read_only: m.read_only,
-                })
-                .collect(),
+        .enumerate()
+        .map(|(i, c)| {
+            Ok(ContainerDef {
+                port_mappings: port_mappings_input(
+                    &format!("containers[{i}].port_mappings"),
+                    &c.port_mappings,
+                )?,
+                name: c.name.clone(),
+                image: c.image.clone(),
+                entrypoint: c.entrypoint.clone(),
+                command: c.command.clone(),
+                environment: c.environment.clone().into_iter().collect(),
+                cpu: c.cpu,
+                memory_mib: c.memory_mib,
+                essential: c.essential.unwrap_or(true),
+                stop_timeout_secs: c.stop_timeout_seconds.unwrap_or(DEFAULT_STOP_TIMEOUT_SECS),
+                working_dir: c.working_dir.clone(),
+                pull_policy: c.pull_policy.clone(),
+                repository_credentials: c.repository_credentials.clone(),
+                privileged: c.privileged,
+                readonly_root_filesystem: c.readonly_root_filesystem,
+                init_process_enabled: c.init_process_enabled,
+                health_check: c.health_check.as_ref().map(health_check_input),
+                user: c.user.clone(),
+                secrets: c
+                    .secrets
+                    .iter()
+                    .map(|r| SecretRef {
+                        name: r.name.clone(),
+                        value_from: r.value_from.clone(),
+                        file: r.file.clone(),
+                    })
+                    .collect(),
+                mounts: c
+                    .mounts
+                    .iter()
+                    .map(|m| MountPoint {
+                        source: m.source.clone(),
+                        target: m.target.clone(),
+                        read_only: m.read_only,
+                    })
+                    .collect(),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, InvalidField>>()?;
     let spec = TaskSpec {
         placement: Default::default(),
         containers,
@@ -423,6 +490,7 @@ mod tests {
                 readonly_root_filesystem: false,
                 init_process_enabled: false,
                 health_check: None,
+                port_mappings: vec![],
                 user: String::new(),
                 secrets: vec![SecretRef {
                     name: "PW".into(),

@@ -503,10 +503,28 @@ mod tests {
                         node_id: "n".into(),
                     },
                 ),
-                ("t1".into(), TaskEvent::Started { containers: vec![] }),
+                (
+                    "t1".into(),
+                    TaskEvent::Started {
+                        containers: vec![],
+                        addresses: vec![],
+                    },
+                ),
                 // Repeated: a no-op, not an error.
-                ("t1".into(), TaskEvent::Started { containers: vec![] }),
-                ("nope".into(), TaskEvent::Started { containers: vec![] }),
+                (
+                    "t1".into(),
+                    TaskEvent::Started {
+                        containers: vec![],
+                        addresses: vec![],
+                    },
+                ),
+                (
+                    "nope".into(),
+                    TaskEvent::Started {
+                        containers: vec![],
+                        addresses: vec![],
+                    },
+                ),
                 ("t1".into(), TaskEvent::Stopping { containers: vec![] }),
                 (
                     "t1".into(),

@@ -67,9 +67,15 @@ pub struct RunTaskArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping (e.g. 10s).
     #[arg(long = "stop-timeout", value_parser = parse_duration)]
     stop_timeout: Option<u64>,
-    /// Network mode: none or host.
+    /// Network mode: none (loopback only), host (the node's), bridge (an address of its own
+    /// on skiff's bridge, outbound NAT, published ports) or cni/NETWORK (a CNI network the
+    /// node's operator named).
     #[arg(long)]
     network: Option<String>,
+    /// Publish a container port on the node: HOST:CONTAINER[/tcp|udp], or PORT for the same
+    /// on both (repeatable; bridge and cni/NETWORK modes).
+    #[arg(long = "publish", short = 'p', value_parser = parse_port, conflicts_with = "task_def")]
+    publish: Vec<pb::PortMapping>,
     /// Container name (ad-hoc tasks).
     #[arg(long, default_value = "main")]
     name: String,
@@ -103,6 +109,15 @@ fn parse_duration(s: &str) -> Result<u64, String> {
 }
 
 use crate::taskdef_file::parse_memory;
+
+fn parse_port(s: &str) -> Result<pb::PortMapping, String> {
+    let p = skiff_model::validate::port_mapping("--publish", s).map_err(|e| e.problem)?;
+    Ok(pb::PortMapping {
+        container_port: p.container_port.into(),
+        host_port: p.host_port.into(),
+        protocol: p.protocol.as_str().to_string(),
+    })
+}
 
 pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32> {
     let source = match (&a.image, &a.task_def) {
@@ -141,6 +156,7 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
                     }))
                     .collect(),
                 mounts: a.mounts.clone(),
+                port_mappings: a.publish.clone(),
             }],
             network_mode: a.network.clone().unwrap_or_default(),
             timeout_seconds: a.timeout.unwrap_or(0),

@@ -70,6 +70,21 @@ pub struct ContainerFile {
     /// `{command = ["CMD-SHELL", "test -f /ready"], interval = "10s", timeout = "3s",
     /// retries = 3, start_period = "30s"}` (ECS's fields and defaults).
     pub health_check: Option<HealthCheckFile>,
+    /// Ports published on the node (network_mode bridge or cni/NETWORK):
+    /// `{container_port = 80, host_port = 8080, protocol = "tcp"}`; host_port defaults to
+    /// container_port, protocol to tcp.
+    #[serde(default)]
+    pub port_mappings: Vec<PortMappingFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMappingFile {
+    pub container_port: u32,
+    #[serde(default)]
+    pub host_port: u32,
+    #[serde(default)]
+    pub protocol: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +250,15 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
                 .health_check
                 .map(|h| h.into_pb(&format!("containers[{i}].health_check")))
                 .transpose()?,
+            port_mappings: c
+                .port_mappings
+                .into_iter()
+                .map(|p| pb::PortMapping {
+                    container_port: p.container_port,
+                    host_port: p.host_port,
+                    protocol: p.protocol,
+                })
+                .collect(),
         });
     }
     Ok(pb::TaskDefinitionInput {

@@ -155,6 +155,15 @@ pub fn describe_task(t: &pb::Task) -> String {
             t.cpu, t.memory_mib, t.network_mode
         ),
     );
+    kv("Addresses:", t.addresses.join(", "));
+    kv(
+        "Ports:",
+        t.port_mappings
+            .iter()
+            .map(|p| format!("{}->{}/{}", p.host_port, p.container_port, p.protocol))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     if t.timeout_seconds > 0 {
         kv("Timeout:", format!("{}s", t.timeout_seconds));
     }

@@ -13,8 +13,11 @@ pub use crate::model::{DesiredStatus, StopCode, TaskStatus};
 pub enum TaskEvent {
     /// The scheduler assigned the task to a node.
     Placed { node_id: String },
-    /// The agent started the task's containers.
-    Started { containers: Vec<ContainerState> },
+    /// The agent started the task's containers (on a network: with these addresses).
+    Started {
+        containers: Vec<ContainerState>,
+        addresses: Vec<String>,
+    },
     /// Someone (user, scheduler, timeout) asked the task to stop.
     StopRequested { code: StopCode, reason: String },
     /// The agent reports the task is winding down (an essential container exited).
@@ -99,7 +102,22 @@ pub fn apply(task: &mut Task, event: TaskEvent, now_ms: i64) -> Result<Outcome, 
                 task.unplaceable = false;
             }
         }
-        TaskEvent::Started { containers } | TaskEvent::Stopping { containers } => {
+        TaskEvent::Started {
+            containers,
+            addresses,
+        } => {
+            if outcome == Outcome::Unchanged && health_changed(&task.containers, &containers) {
+                outcome = Outcome::Updated;
+                task.version += 1;
+            }
+            if !containers.is_empty() {
+                task.containers = containers;
+            }
+            if !addresses.is_empty() {
+                task.addresses = addresses;
+            }
+        }
+        TaskEvent::Stopping { containers } => {
             if outcome == Outcome::Unchanged && health_changed(&task.containers, &containers) {
                 outcome = Outcome::Updated;
                 task.version += 1;
@@ -171,7 +189,10 @@ mod tests {
             TaskEvent::Placed {
                 node_id: "n1".into(),
             },
-            TaskEvent::Started { containers: vec![] },
+            TaskEvent::Started {
+                containers: vec![],
+                addresses: vec![],
+            },
             TaskEvent::StopRequested {
                 code: StopCode::UserInitiated,
                 reason: "asked".into(),
@@ -334,6 +355,7 @@ mod tests {
         let version = t.version;
         let started = TaskEvent::Started {
             containers: healthy.clone(),
+            addresses: vec![],
         };
         assert_eq!(apply(&mut t, started.clone(), 5), Ok(Outcome::Updated));
         assert_eq!(t.containers[0].health, Some(Health::Healthy));

@@ -105,22 +105,108 @@ impl StopCode {
 /// Default seconds between SIGTERM and SIGKILL, as in ECS.
 pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+/// How a task is networked. Stored and sent as its name: `none`, `host`, `bridge` or
+/// `cni/<network>`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum NetworkMode {
     /// Own network namespace with only loopback.
     #[default]
     None,
     /// The node's network namespace.
     Host,
+    /// Own network namespace, shared by the task's containers, on skiff's bridge network:
+    /// an address of its own, outbound NAT, published ports.
+    Bridge,
+    /// Like `Bridge`, on a CNI network the node's operator named.
+    Cni(String),
 }
 
 impl NetworkMode {
+    /// The mode by its name; None for a name that is not one.
+    pub fn parse(s: &str) -> Option<NetworkMode> {
+        match s {
+            "" | "none" => Some(NetworkMode::None),
+            "host" => Some(NetworkMode::Host),
+            "bridge" => Some(NetworkMode::Bridge),
+            other => {
+                let name = other.strip_prefix("cni/")?;
+                let ok = !name.is_empty()
+                    && name.len() <= 63
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                ok.then(|| NetworkMode::Cni(name.to_string()))
+            }
+        }
+    }
+
+    /// Whether the task gets a namespace of its own on a network (and may publish ports).
+    pub fn is_attached(&self) -> bool {
+        matches!(self, NetworkMode::Bridge | NetworkMode::Cni(_))
+    }
+}
+
+impl std::fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetworkMode::None => f.write_str("none"),
+            NetworkMode::Host => f.write_str("host"),
+            NetworkMode::Bridge => f.write_str("bridge"),
+            NetworkMode::Cni(n) => write!(f, "cni/{n}"),
+        }
+    }
+}
+
+impl Serialize for NetworkMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NetworkMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        NetworkMode::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a network mode")))
+    }
+}
+
+/// A container port published on the node (ECS `portMappings`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub container_port: u16,
+    pub host_port: u16,
+    pub protocol: PortProtocol,
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
-            NetworkMode::None => "none",
-            NetworkMode::Host => "host",
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
         }
+    }
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.container_port,
+            self.protocol.as_str()
+        )
     }
 }
 
@@ -163,6 +249,9 @@ pub struct ContainerDef {
     /// A command run in the container to tell whether it works.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// Ports published on the node (bridge and CNI networks).
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 /// A container health check as ECS and Docker define it: `command` every `interval_secs`
@@ -320,6 +409,9 @@ pub struct Task {
     #[serde(default)]
     pub unplaceable: bool,
     pub containers: Vec<ContainerState>,
+    /// The task's addresses on its network (bridge and CNI), as its agent reported them.
+    #[serde(default)]
+    pub addresses: Vec<String>,
     pub created_at_ms: i64,
     pub pending_at_ms: i64,
     pub started_at_ms: i64,
@@ -365,6 +457,7 @@ impl Task {
             stopped_reason: String::new(),
             status_reason: String::new(),
             unplaceable: false,
+            addresses: Vec::new(),
             created_at_ms: now_ms,
             pending_at_ms: 0,
             started_at_ms: 0,

@@ -24,6 +24,7 @@ pub fn spec(cpu: f64, mem: u64) -> TaskSpec {
             readonly_root_filesystem: false,
             init_process_enabled: false,
             health_check: None,
+            port_mappings: vec![],
             user: String::new(),
             secrets: vec![],
             mounts: vec![],

@@ -312,14 +312,15 @@ fn check_args(field: &str, args: &[String]) -> Result<(), InvalidField> {
 
 /// A network mode by its name ("" is none).
 pub fn network_mode(field: &str, mode: &str) -> Result<NetworkMode, InvalidField> {
-    match mode {
-        "" | "none" => Ok(NetworkMode::None),
-        "host" => Ok(NetworkMode::Host),
-        other => Err(bad(
+    NetworkMode::parse(mode).ok_or_else(|| {
+        bad(
             field,
-            format!("{other:?} is not a network mode; use none or host"),
-        )),
-    }
+            format!(
+                "{mode:?} is not a network mode; use none, host, bridge or cni/<network> \
+                 (a network name is letters, digits, '-', '_' and '.')"
+            ),
+        )
+    })
 }
 
 /// ECS's defaults and bounds for health checks.
@@ -410,6 +411,7 @@ fn container(i: usize, c: &ContainerDef) -> Result<ContainerDef, InvalidField> {
         health_check(&f("health_check"), h)?;
     }
     Ok(ContainerDef {
+        port_mappings: c.port_mappings.clone(),
         health_check: c.health_check.clone(),
         name: c.name.clone(),
         image: c.image.clone(),
@@ -459,13 +461,85 @@ pub fn task_spec(input: &TaskSpec) -> Result<TaskSpec, InvalidField> {
     let spec = TaskSpec {
         placement: input.placement.clone(),
         containers,
-        network_mode: input.network_mode,
+        network_mode: input.network_mode.clone(),
         timeout_secs: input.timeout_secs,
         task_role: input.task_role.clone(),
         input: input.input.clone(),
     };
     check_task_role("task_role", &spec)?;
+    check_ports(&spec)?;
     Ok(spec)
+}
+
+/// Published ports: in range, each host port once per protocol, and only where the task has
+/// a network of its own to publish them from.
+fn check_ports(spec: &TaskSpec) -> Result<(), InvalidField> {
+    let mut seen = HashSet::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (j, p) in c.port_mappings.iter().enumerate() {
+            let field = format!("containers[{i}].port_mappings[{j}]");
+            if p.container_port == 0 {
+                return Err(bad(format!("{field}.container_port"), "must be 1 to 65535"));
+            }
+            if p.host_port == 0 {
+                return Err(bad(format!("{field}.host_port"), "must be 1 to 65535"));
+            }
+            if !spec.network_mode.is_attached() {
+                return Err(bad(
+                    field,
+                    format!(
+                        "ports are published only with network_mode bridge or cni/<network> \
+                         (this task's is {}{})",
+                        spec.network_mode,
+                        if spec.network_mode == NetworkMode::Host {
+                            ": its containers use the node's ports directly"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            if !seen.insert((p.host_port, p.protocol)) {
+                return Err(bad(
+                    format!("{field}.host_port"),
+                    format!("{}/{} is published twice", p.host_port, p.protocol.as_str()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A port mapping as `run-task -p` takes it: HOST:CONTAINER[/tcp|udp], or PORT for the same
+/// port on both sides.
+pub fn port_mapping(field: &str, s: &str) -> Result<crate::model::PortMapping, InvalidField> {
+    use crate::model::{PortMapping, PortProtocol};
+    let (ports, protocol) = match s.split_once('/') {
+        Some((p, "tcp")) => (p, PortProtocol::Tcp),
+        Some((p, "udp")) => (p, PortProtocol::Udp),
+        Some((_, other)) => {
+            return Err(bad(field, format!("protocol {other:?} is not tcp or udp")))
+        }
+        None => (s, PortProtocol::Tcp),
+    };
+    let port = |p: &str| -> Result<u16, InvalidField> {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(bad(
+                field,
+                format!("{p:?} is not a port (1 to 65535); use HOST:CONTAINER[/tcp|udp]"),
+            )),
+        }
+    };
+    let (host, container) = match ports.split_once(':') {
+        Some((h, c)) => (port(h)?, port(c)?),
+        None => (port(ports)?, port(ports)?),
+    };
+    Ok(PortMapping {
+        container_port: container,
+        host_port: host,
+        protocol,
+    })
 }
 
 /// A role needs a network: its containers reach their credentials endpoint on the node's
@@ -830,4 +904,93 @@ pub fn service(s: &crate::model::Service) -> Result<(), InvalidField> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+    use crate::model::{PortMapping, PortProtocol};
+
+    #[test]
+    fn network_modes_parse_and_keep_their_names() {
+        for (name, mode) in [
+            ("none", NetworkMode::None),
+            ("host", NetworkMode::Host),
+            ("bridge", NetworkMode::Bridge),
+            ("cni/lan-1.v2", NetworkMode::Cni("lan-1.v2".into())),
+        ] {
+            assert_eq!(network_mode("network_mode", name).unwrap(), mode);
+            assert_eq!(mode.to_string(), name);
+            let json = serde_json::to_string(&mode).unwrap();
+            assert_eq!(serde_json::from_str::<NetworkMode>(&json).unwrap(), mode);
+        }
+        assert_eq!(network_mode("n", "").unwrap(), NetworkMode::None);
+        for bad_mode in ["cni/", "cni/a b", "cni/../x", "bridged", "awsvpc"] {
+            let e = network_mode("network_mode", bad_mode).unwrap_err();
+            assert_eq!(e.field, "network_mode");
+            assert!(e.problem.contains("bridge or cni/<network>"), "{e}");
+        }
+    }
+
+    #[test]
+    fn published_ports_parse_as_docker_writes_them() {
+        let p = |s| port_mapping("--publish", s);
+        assert_eq!(
+            p("8080:80").unwrap(),
+            PortMapping {
+                container_port: 80,
+                host_port: 8080,
+                protocol: PortProtocol::Tcp
+            }
+        );
+        assert_eq!(
+            p("53:5353/udp").unwrap(),
+            PortMapping {
+                container_port: 5353,
+                host_port: 53,
+                protocol: PortProtocol::Udp
+            }
+        );
+        assert_eq!(p("80").unwrap().host_port, 80);
+        for (bad_port, says) in [
+            ("0:80", "\"0\""),
+            ("80:x", "\"x\""),
+            ("80/sctp", "sctp"),
+            ("70000", "70000"),
+        ] {
+            let e = p(bad_port).unwrap_err();
+            assert!(e.problem.contains(says), "{bad_port}: {e}");
+        }
+    }
+
+    #[test]
+    fn ports_need_a_network_of_the_tasks_own_and_each_host_port_once() {
+        let mut spec = crate::testing::spec(0.5, 64);
+        spec.containers[0].port_mappings = vec![PortMapping {
+            container_port: 80,
+            host_port: 8080,
+            protocol: PortProtocol::Tcp,
+        }];
+        spec.network_mode = NetworkMode::None;
+        let e = task_spec(&spec).unwrap_err();
+        assert_eq!(e.field, "containers[0].port_mappings[0]");
+        assert!(e.problem.contains("bridge or cni/<network>"), "{e}");
+        spec.network_mode = NetworkMode::Host;
+        assert!(task_spec(&spec)
+            .unwrap_err()
+            .problem
+            .contains("node's ports directly"));
+        spec.network_mode = NetworkMode::Bridge;
+        task_spec(&spec).unwrap();
+        spec.containers[0].port_mappings.push(PortMapping {
+            container_port: 81,
+            host_port: 8080,
+            protocol: PortProtocol::Tcp,
+        });
+        let e = task_spec(&spec).unwrap_err();
+        assert_eq!(e.field, "containers[0].port_mappings[1].host_port");
+        // The same port number over UDP is another port.
+        spec.containers[0].port_mappings[1].protocol = PortProtocol::Udp;
+        task_spec(&spec).unwrap();
+    }
 }

@@ -42,11 +42,14 @@ fn fetch(addr: &str) -> std::io::Result<String> {
 
 fn test_networks(tag: &str, subnet: &str) -> (Networks, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = NetworkConfig::defaults(&dir.path().join("data"), &dir.path().join("state"));
     // A bridge and range of this test's own, so tests running at once do not meet.
-    cfg.bridge_name = format!("sk{tag}{}", std::process::id() % 10000);
-    cfg.bridge_subnet = subnet.into();
-    (Networks::load(cfg).unwrap(), dir)
+    let cfg = NetworkConfig {
+        bridge_name: format!("sk{tag}{}", std::process::id() % 10000),
+        bridge_subnet: subnet.into(),
+        ..Default::default()
+    };
+    let nets = Networks::load(cfg, dir.path().join("cache"), dir.path().join("netns")).unwrap();
+    (nets, dir)
 }
 
 fn iptables_mentions(id: &str) -> bool {

@@ -52,22 +52,15 @@ pub struct NetworkConfig {
     /// skiff's bridge and the range its tasks' addresses come from.
     pub bridge_name: String,
     pub bridge_subnet: String,
-    /// The CNI result cache (on disk: it must outlive a reboot to release address leases).
-    pub cache_dir: PathBuf,
-    /// The tasks' namespace files (on the per-boot state tmpfs).
-    pub netns_dir: PathBuf,
 }
 
-impl NetworkConfig {
-    /// The defaults for an agent with these directories.
-    pub fn defaults(data_dir: &Path, state_dir: &Path) -> NetworkConfig {
+impl Default for NetworkConfig {
+    fn default() -> NetworkConfig {
         NetworkConfig {
             plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
             config_dir: None,
             bridge_name: "skiff0".into(),
             bridge_subnet: "10.89.0.0/16".into(),
-            cache_dir: data_dir.join("cni").join("results"),
-            netns_dir: state_dir.join("netns"),
         }
     }
 }
@@ -85,7 +78,8 @@ pub struct TaskNetwork {
 
 /// The node's networks and the CNI runtime that attaches tasks to them.
 pub struct Networks {
-    cfg: NetworkConfig,
+    /// The tasks' namespace files (on the per-boot state tmpfs).
+    netns_dir: PathBuf,
     runtime: cni::Runtime,
     lists: BTreeMap<String, cni::NetworkList>,
     loopback: cni::NetworkList,
@@ -93,8 +87,13 @@ pub struct Networks {
 
 impl Networks {
     /// skiff's own network plus the operator's, checked now (a bad file stops the agent at
-    /// start, not a task later).
-    pub fn load(cfg: NetworkConfig) -> Result<Networks, NetworkError> {
+    /// start, not a task later). The CNI result cache goes in `cache_dir`, on disk: it must
+    /// outlive a reboot to release address leases; namespace files in `netns_dir`.
+    pub fn load(
+        cfg: NetworkConfig,
+        cache_dir: PathBuf,
+        netns_dir: PathBuf,
+    ) -> Result<Networks, NetworkError> {
         let mut lists = BTreeMap::new();
         let own = cni::NetworkList::parse(default_network(&cfg.bridge_name, &cfg.bridge_subnet))?;
         lists.insert(own.name.clone(), own);
@@ -134,10 +133,10 @@ impl Networks {
         }))?;
         Ok(Networks {
             runtime: cni::Runtime {
-                plugin_dirs: cfg.plugin_dirs.clone(),
-                cache_dir: cfg.cache_dir.clone(),
+                plugin_dirs: cfg.plugin_dirs,
+                cache_dir,
             },
-            cfg,
+            netns_dir,
             lists,
             loopback,
         })
@@ -149,7 +148,7 @@ impl Networks {
     }
 
     pub fn netns_path(&self, task_id: &str) -> PathBuf {
-        self.cfg.netns_dir.join(task_id)
+        self.netns_dir.join(task_id)
     }
 
     /// Gives the task its namespace and attaches it to `network` with its published ports.
@@ -256,7 +255,7 @@ impl Networks {
             .cached()
             .into_iter()
             .map(|c| c.attachment.container_id)
-            .chain(netns::list(&self.cfg.netns_dir).into_iter().map(|(n, _)| n))
+            .chain(netns::list(&self.netns_dir).into_iter().map(|(n, _)| n))
             .filter(|t| !live(t))
             .collect();
         tasks.sort();
@@ -387,21 +386,25 @@ mod tests {
     fn operator_networks_are_checked_at_load() {
         let data = tempfile::tempdir().unwrap();
         let conf = tempfile::tempdir().unwrap();
-        let mut cfg = NetworkConfig::defaults(data.path(), data.path());
-        cfg.config_dir = Some(conf.path().to_path_buf());
+        let cfg = NetworkConfig {
+            config_dir: Some(conf.path().to_path_buf()),
+            ..Default::default()
+        };
         std::fs::write(
             conf.path().join("lan.conflist"),
             r#"{"cniVersion":"1.0.0","name":"lan","plugins":[{"type":"macvlan","master":"eth0"}]}"#,
         )
         .unwrap();
-        let nets = Networks::load(cfg.clone()).unwrap();
+        let load =
+            |cfg: NetworkConfig| Networks::load(cfg, data.path().join("c"), data.path().join("n"));
+        let nets = load(cfg.clone()).unwrap();
         assert_eq!(nets.names(), ["lan", "skiff"]);
         std::fs::write(
             conf.path().join("own.conflist"),
             r#"{"cniVersion":"1.0.0","name":"skiff","plugins":[{"type":"bridge"}]}"#,
         )
         .unwrap();
-        let err = Networks::load(cfg.clone()).err().unwrap().to_string();
+        let err = load(cfg.clone()).err().unwrap().to_string();
         assert!(
             err.contains("own.conflist") && err.contains("skiff's own"),
             "{err}"
@@ -411,7 +414,7 @@ mod tests {
             r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"master":"eth0"}]}"#,
         )
         .unwrap();
-        let err = Networks::load(cfg).err().unwrap().to_string();
+        let err = load(cfg).err().unwrap().to_string();
         assert!(err.contains("plugin 0 has no type"), "{err}");
     }
 }
