@@ -585,6 +585,7 @@ impl Drop for Env {
             p.kill9();
         }
         kill_shims_under(self.dir.path());
+        release_networks_under(self.dir.path());
         unmount_under(self.dir.path());
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
@@ -595,6 +596,31 @@ impl Drop for Env {
                 &mut self.dir,
                 tempfile::tempdir().unwrap(),
             ));
+        }
+    }
+}
+
+/// Detaches every task network the agents under `dir` left attached (address leases and NAT
+/// rules live on the host, outside the test's directory), as their next start would.
+pub fn release_networks_under(dir: &Path) {
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let results = d.join("cni").join("results");
+        if results.is_dir() {
+            if let Ok(nets) = skiff_agent::network::Networks::load(
+                Default::default(),
+                results,
+                d.join("state").join("netns"),
+            ) {
+                nets.reconcile(|_| false);
+            }
+        }
+        if depth < 3 {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink()) {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
         }
     }
 }

@@ -1,0 +1,582 @@
+//! Task networking end to end, on real kernel networking: bridge-mode tasks on skiff's bridge
+//! through the reference CNI plugins — task to task by address, containers of one task over
+//! localhost, a published port from the node and from another namespace, outbound NAT to a
+//! server outside the bridge, `none` with only loopback — and no veth, lease, NAT rule or
+//! namespace left after a task ends, after `kill -9` of the agent, or after a reboot.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use skiff_tests::{cli, run_task, wait_for, wait_status, Env};
+
+/// A TCP port nobody on the node listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A network namespace of the test's own, joined to the node by a veth pair: the node is
+/// `host_ip`, the namespace `ns_ip` (a /30 outside skiff's bridge). Removed on drop.
+struct Outside {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl Outside {
+    fn new(tag: u8) -> Outside {
+        let n = std::process::id() % 200;
+        let name = format!("skt-{tag}-{}", std::process::id());
+        let host_if = format!("skh{tag}x{n}");
+        let (host_ip, ns_ip) = (
+            format!("10.250.{n}.{}", tag * 4 + 1),
+            format!("10.250.{n}.{}", tag * 4 + 2),
+        );
+        sh(&["ip", "netns", "add", &name]);
+        sh(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name,
+        ]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/30"),
+            "dev",
+            &host_if,
+        ]);
+        sh(&["ip", "link", "set", &host_if, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &name, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip", "-n", &name, "route", "add", "default", "via", &host_ip,
+        ]);
+        Outside {
+            name,
+            host_if,
+            host_ip,
+            ns_ip,
+        }
+    }
+
+    /// Runs `args` inside the namespace.
+    fn exec(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The body of `GET url` (HTTP/1.0), from the node or, given one, from inside a namespace of
+/// the test's (where Python's urllib makes the request).
+fn wget(outside: Option<&Outside>, url: &str) -> Option<String> {
+    if let Some(o) = outside {
+        let out = o
+            .exec(&[
+                "python3",
+                "-c",
+                "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=5).read().decode(), end='')",
+                url,
+            ])
+            .output()
+            .unwrap();
+        return out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string());
+    }
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s =
+        std::net::TcpStream::connect_timeout(&host.parse().ok()?, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+}
+
+/// The agent's cached CNI result for a task (under the dev agent's data dir).
+fn cached_result(env: &Env, id: &str) -> Option<serde_json::Value> {
+    let path = env.path(&format!("dev/agent/cni/results/skiff-{id}-eth0"));
+    Some(serde_json::from_slice(&std::fs::read(path).ok()?).unwrap())
+}
+
+fn host_veths(cached: &serde_json::Value) -> Vec<String> {
+    cached["result"]["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.get("sandbox").is_none() && i["name"].as_str().unwrap().starts_with("veth"))
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What a task's network leaves on the node while it is attached, each checked for absence.
+struct Traces {
+    id: String,
+    netns: PathBuf,
+    cache: PathBuf,
+    veths: Vec<String>,
+}
+
+impl Traces {
+    fn of(env: &Env, id: &str) -> Traces {
+        let cached = cached_result(env, id).expect("the task's CNI result is cached");
+        let t = Traces {
+            id: id.to_string(),
+            netns: env.path(&format!("dev/agent/state/netns/{id}")),
+            cache: env.path(&format!("dev/agent/cni/results/skiff-{id}-eth0")),
+            veths: host_veths(&cached),
+        };
+        assert!(!t.veths.is_empty(), "{cached}");
+        assert!(
+            t.left().len() == 5,
+            "all present while attached: {:?}",
+            t.left()
+        );
+        t
+    }
+
+    /// The traces still there.
+    fn left(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        if self.netns.exists() {
+            left.push(format!("namespace file {}", self.netns.display()));
+        }
+        if self.cache.exists() {
+            left.push(format!("CNI cache {}", self.cache.display()));
+        }
+        for v in &self.veths {
+            if Path::new("/sys/class/net").join(v).exists() {
+                left.push(format!("veth {v}"));
+            }
+        }
+        let leases = std::fs::read_dir("/var/lib/cni/networks/skiff")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path()).is_ok_and(|s| s.lines().next() == Some(&self.id))
+            })
+            .count();
+        if leases > 0 {
+            left.push(format!("{leases} address lease(s)"));
+        }
+        let rules: usize = ["nat", "filter"]
+            .iter()
+            .map(|t| {
+                sh(&["iptables", "-t", t, "-S"])
+                    .lines()
+                    .filter(|l| l.contains(&self.id))
+                    .count()
+            })
+            .sum();
+        if rules > 0 {
+            left.push(format!("{rules} iptables rule(s)"));
+        }
+        left
+    }
+
+    fn wait_gone(&self, what: &str) {
+        wait_for(what, Duration::from_secs(20), || {
+            self.left().is_empty().then_some(())
+        });
+    }
+}
+
+/// A bridge task serving `body` over HTTP on port 80 (busybox httpd), publishing `port`.
+fn web_task(addr: &str, img: &str, port: u16, body: &str) -> String {
+    let publish = format!("{port}:80");
+    let script =
+        format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
+    run_task(
+        addr,
+        &[
+            "--image",
+            img,
+            "--network",
+            "bridge",
+            "-p",
+            &publish,
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+}
+
+#[test]
+fn tasks_talk_by_address_and_a_published_port_answers_from_the_node_and_another_namespace() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let port = free_port();
+    let id = web_task(&addr, &img, port, "hello-from-a");
+    let t = wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    let ip = t["addresses"][0]
+        .as_str()
+        .expect("a bridge task has an address")
+        .to_string();
+    assert!(ip.starts_with("10.89."), "{t}");
+    assert_eq!(t["networkMode"], "bridge");
+    assert_eq!(t["portMappings"][0]["hostPort"], port);
+    let shown = cli(&addr, &["tasks", "describe", &id]).stdout;
+    assert!(
+        shown.contains(&format!("{port}->80/tcp")) && shown.contains(&ip),
+        "{shown}"
+    );
+
+    // Another task, by address.
+    let url = format!("http://{ip}/");
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--network",
+            "bridge",
+            "--",
+            "sh",
+            "-c",
+            &format!("for i in $(seq 50); do wget -qO- {url} && exit 0; sleep 0.1; done; exit 1"),
+        ],
+    );
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (0, "hello-from-a"),
+        "{out:?}"
+    );
+
+    // The published port: from the node, on loopback and on another of its addresses, and
+    // from a namespace the test made (through the node's address on its veth).
+    let outside = Outside::new(1);
+    wait_for("the published port", Duration::from_secs(10), || {
+        wget(None, &format!("http://127.0.0.1:{port}/"))
+    });
+    assert_eq!(
+        wget(None, &format!("http://127.0.0.1:{port}/"))
+            .unwrap()
+            .trim(),
+        "hello-from-a"
+    );
+    assert_eq!(
+        wget(None, &format!("http://{}:{port}/", outside.host_ip))
+            .unwrap()
+            .trim(),
+        "hello-from-a"
+    );
+    assert_eq!(
+        wget(
+            Some(&outside),
+            &format!("http://{}:{port}/", outside.host_ip)
+        )
+        .unwrap()
+        .trim(),
+        "hello-from-a"
+    );
+
+    // Stopped: nothing of its network is left, and the port no longer answers.
+    let traces = Traces::of(&env, &id);
+    assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
+    wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+    traces.wait_gone("the stopped task's network released");
+    assert!(wget(None, &format!("http://127.0.0.1:{port}/")).is_none());
+}
+
+#[test]
+fn the_containers_of_a_task_share_localhost_and_none_has_only_loopback() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    env.register_json(
+        &addr,
+        serde_json::json!({
+            "family": "pair",
+            "network_mode": "bridge",
+            "containers": [
+                {"name": "server", "image": img, "essential": false, "stop_timeout": 1,
+                 "command": ["sh", "-c", "mkdir -p /www && echo from-the-sidecar > /www/index.html && exec httpd -f -p 8080 -h /www"]},
+                {"name": "client", "image": img,
+                 "command": ["sh", "-c", "for i in $(seq 50); do wget -qO- http://127.0.0.1:8080/ && ls /sys/class/net && exit 0; sleep 0.1; done; exit 1"]}
+            ]
+        }),
+    );
+    let out = cli(
+        &addr,
+        &["run-task", "--wait", "--task-def", "pair", "-o", "json"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.json()["id"].as_str().unwrap().to_string();
+    let logs = cli(&addr, &["tasks", "logs", &id, "-c", "client"]).stdout;
+    assert_eq!(logs, "from-the-sidecar\neth0\nlo\n");
+
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--network",
+            "none",
+            "--",
+            "ls",
+            "/sys/class/net",
+        ],
+    );
+    assert_eq!((out.code, out.stdout.as_str()), (0, "lo\n"), "{out:?}");
+}
+
+#[test]
+fn outbound_traffic_is_translated_to_the_nodes_address() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    // A server outside the bridge, in a namespace of the test's own, that answers with the
+    // address the connection came from.
+    let outside = Outside::new(2);
+    let server = outside
+        .exec(&["python3", "-c", "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n  s.send_response(200); s.end_headers(); s.wfile.write(s.client_address[0].encode())\nh.HTTPServer(('0.0.0.0', 8000), H).serve_forever()"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(server);
+    let url = format!("http://{}:8000/", outside.ns_ip);
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--network",
+            "bridge",
+            "--",
+            "sh",
+            "-c",
+            &format!("for i in $(seq 50); do wget -qO- {url} && exit 0; sleep 0.1; done; exit 1"),
+        ],
+    );
+    // Seen from outside, the task is the node (masqueraded), not its bridge address.
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (0, outside.host_ip.as_str()),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn nothing_of_a_tasks_network_is_left_after_kill_9_of_the_agent_or_a_reboot() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let (p1, p2) = (free_port(), free_port());
+    let killed = web_task(&addr, &img, p1, "one");
+    let rebooted = web_task(&addr, &img, p2, "two");
+    wait_status(&addr, &killed, "RUNNING", Duration::from_secs(30));
+    wait_status(&addr, &rebooted, "RUNNING", Duration::from_secs(30));
+    let (t1, t2) = (Traces::of(&env, &killed), Traces::of(&env, &rebooted));
+
+    // kill -9 of the agent, and the first task killed outright while it is away: the next
+    // agent finds its shim gone, reports it STOPPED and detaches its network.
+    env.procs[0].kill9();
+    let shim = skiff_tests::shims_under(&env.path(&format!("dev/agent/state/tasks/{killed}")));
+    for pid in &shim {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let procs = format!("/sys/fs/cgroup/pids/skiff/{killed}-main/cgroup.procs");
+    for pid in std::fs::read_to_string(&procs).unwrap_or_default().lines() {
+        let pid: i32 = pid.parse().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let addr = env.dev();
+    wait_status(&addr, &killed, "STOPPED", Duration::from_secs(30));
+    t1.wait_gone("the killed task's network released by the restarted agent");
+    // The other task was re-adopted and still answers.
+    assert_eq!(
+        wait_status(&addr, &rebooted, "RUNNING", Duration::from_secs(5))["id"],
+        rebooted.as_str()
+    );
+    assert_eq!(
+        wget(None, &format!("http://127.0.0.1:{p2}/"))
+            .unwrap()
+            .trim(),
+        "two"
+    );
+
+    // A reboot: every process, mount and namespace gone, and the kernel's NAT rules with them;
+    // the disk (address leases, skiff's CNI cache) survives. The next agent releases the lease.
+    env.procs.last_mut().unwrap().kill9();
+    skiff_tests::kill_shims_under(env.dir.path());
+    skiff_tests::unmount_under(env.dir.path());
+    forget_iptables_rules(&rebooted);
+    wait_for(
+        "only the lease and the cache to survive the reboot",
+        Duration::from_secs(10),
+        || {
+            let left = t2.left();
+            (left.len() == 2
+                && left.iter().any(|l| l.contains("lease"))
+                && left.iter().any(|l| l.contains("cache")))
+            .then_some(())
+        },
+    );
+    let addr = env.dev();
+    wait_status(&addr, &rebooted, "STOPPED", Duration::from_secs(30));
+    t2.wait_gone("the lease of a task from before the reboot released");
+}
+
+/// What a reboot does to one task's iptables rules: they are gone.
+fn forget_iptables_rules(id: &str) {
+    for table in ["nat", "filter"] {
+        let rules = sh(&["iptables", "-t", table, "-S"]);
+        let mut chains = Vec::new();
+        for line in rules
+            .lines()
+            .filter(|l| l.contains(id) && l.starts_with("-A "))
+        {
+            let args = words(&line[3..]);
+            let mut cmd = vec!["-t".to_string(), table.to_string(), "-D".to_string()];
+            cmd.extend(args.iter().cloned());
+            assert!(
+                Command::new("iptables")
+                    .args(&cmd)
+                    .status()
+                    .unwrap()
+                    .success(),
+                "{line}"
+            );
+            if let Some(i) = args.iter().position(|a| a == "-j") {
+                let target = &args[i + 1];
+                if target.starts_with("CNI-") && !target.starts_with("CNI-HOSTPORT") {
+                    chains.push(target.clone());
+                }
+            }
+        }
+        for chain in chains {
+            for op in ["-F", "-X"] {
+                let _ = Command::new("iptables")
+                    .args(["-t", table, op, &chain])
+                    .status();
+            }
+        }
+    }
+}
+
+/// An `iptables -S` rule's words (double quotes group, backslash escapes).
+fn words(s: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted, mut chars) = (Vec::new(), String::new(), false, s.chars());
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[test]
+fn an_unknown_network_fails_the_start_with_the_networks_the_node_has() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let reason = skiff_tests::failed_to_start(
+        &addr,
+        &["--image", &img, "--network", "cni/lan", "--", "true"],
+    );
+    assert!(
+        reason.contains("no CNI network named lan") && reason.contains("skiff"),
+        "{reason}"
+    );
+    // And a bad flag is refused before anything starts, naming the field.
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--image",
+            &img,
+            "--network",
+            "none",
+            "-p",
+            "8080:80",
+            "--",
+            "true",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("port_mappings") && out.stderr.contains("bridge"),
+        "{out:?}"
+    );
+}
