@@ -59,6 +59,15 @@ pub struct AgentFile {
     pub state_dir: Option<PathBuf>,
     /// Set the host-wide cgroup2 option favordynmods at start (faster container starts).
     pub cgroup_favordynmods: Option<bool>,
+    /// CNI network configuration lists (*.conflist) tasks may select as cni/NAME.
+    pub cni_config_dir: Option<PathBuf>,
+    /// Where CNI plugins are looked for (default /usr/lib/cni, /opt/cni/bin).
+    #[serde(default)]
+    pub cni_plugin_dirs: Vec<PathBuf>,
+    /// The address range of bridge-mode tasks (default 10.89.0.0/16).
+    pub bridge_subnet: Option<String>,
+    /// The Linux bridge of bridge-mode tasks (default skiff0).
+    pub bridge_name: Option<String>,
 }
 
 /// Reads a definition file (role, rule, schedule, source, topic) into its file struct; the

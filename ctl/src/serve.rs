@@ -124,6 +124,37 @@ pub struct NodeArgs {
     /// kernels in effect until reboot.
     #[arg(long = "cgroup-favordynmods")]
     cgroup_favordynmods: bool,
+    /// Directory of CNI network configuration lists (*.conflist) that tasks may select as
+    /// network_mode cni/NAME (e.g. a macvlan to the LAN).
+    #[arg(long = "cni-config-dir", env = "SKIFF_CNI_CONFIG_DIR")]
+    cni_config_dir: Option<PathBuf>,
+    /// Where CNI plugins are looked for (repeatable; default /usr/lib/cni, /opt/cni/bin).
+    #[arg(
+        long = "cni-plugin-dir",
+        env = "SKIFF_CNI_PLUGIN_DIRS",
+        value_delimiter = ':'
+    )]
+    cni_plugin_dirs: Vec<PathBuf>,
+    /// The address range of bridge-mode tasks on this node (default 10.89.0.0/16).
+    #[arg(long = "bridge-subnet", env = "SKIFF_BRIDGE_SUBNET")]
+    bridge_subnet: Option<String>,
+    /// The Linux bridge bridge-mode tasks are attached to (default skiff0).
+    #[arg(long = "bridge-name", env = "SKIFF_BRIDGE_NAME")]
+    bridge_name: Option<String>,
+}
+
+/// An IPv4 range in CIDR form (what host-local takes), checked before the agent starts.
+fn check_subnet(s: &str) -> anyhow::Result<()> {
+    let ok = s.split_once('/').is_some_and(|(ip, len)| {
+        ip.parse::<std::net::Ipv4Addr>().is_ok()
+            && len.parse::<u8>().is_ok_and(|l| (8..=30).contains(&l))
+    });
+    if !ok {
+        anyhow::bail!(
+            "bridge_subnet: {s:?} is not an IPv4 range like 10.89.0.0/16 (prefix 8 to 30)"
+        );
+    }
+    Ok(())
 }
 
 impl NodeArgs {
@@ -148,6 +179,32 @@ impl NodeArgs {
         }
         cfg.cgroup_favordynmods =
             self.cgroup_favordynmods || file.cgroup_favordynmods.unwrap_or(false);
+        if let Some(d) = self.cni_config_dir.or_else(|| file.cni_config_dir.clone()) {
+            cfg.network.config_dir = Some(d);
+        }
+        let plugin_dirs = if self.cni_plugin_dirs.is_empty() {
+            file.cni_plugin_dirs.clone()
+        } else {
+            self.cni_plugin_dirs
+        };
+        if !plugin_dirs.is_empty() {
+            cfg.network.plugin_dirs = plugin_dirs;
+        }
+        if let Some(s) = self.bridge_subnet.or_else(|| file.bridge_subnet.clone()) {
+            check_subnet(&s)?;
+            cfg.network.bridge_subnet = s;
+        }
+        if let Some(b) = self.bridge_name.or_else(|| file.bridge_name.clone()) {
+            if b.is_empty()
+                || b.len() > 15
+                || !b
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            {
+                anyhow::bail!("bridge_name: {b:?} is not an interface name (1 to 15 letters, digits, '-' or '_')");
+            }
+            cfg.network.bridge_name = b;
+        }
         Ok(())
     }
 }

@@ -580,3 +580,83 @@ fn an_unknown_network_fails_the_start_with_the_networks_the_node_has() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_task_selects_an_operators_cni_network_by_name() {
+    let mut env = Env::new();
+    let dir = env.path("cni");
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = std::process::id() % 200;
+    let bridge = format!("sklan{n}");
+    std::fs::write(
+        dir.join("lan.conflist"),
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "lan",
+            "plugins": [{
+                "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.252.{n}.0/24")}]],
+                         "dataDir": env.path("leases")}
+            }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let addr = env.dev_with(&["--cni-config-dir", dir.to_str().unwrap()]);
+    let img = env.busybox_image();
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--network",
+            "cni/lan",
+            "--",
+            "sh",
+            "-c",
+            "ip -4 -o addr show eth0 | awk '{print $4}'",
+        ],
+    );
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (0, format!("10.252.{n}.2/24").as_str()),
+        "{out:?}"
+    );
+    // Released: the network's lease directory holds no address any more.
+    wait_for("the lan lease released", Duration::from_secs(20), || {
+        let leases = std::fs::read_dir(env.path("leases/lan")).ok()?;
+        (leases
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+            .count()
+            == 0)
+            .then_some(())
+    });
+    let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+    // A bad configuration stops the agent at start, naming the file and the problem.
+    std::fs::write(
+        dir.join("bad.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"skiff","plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    let out = skiff_tests::skiff_command()
+        .args([
+            "agent",
+            "--controller",
+            &addr,
+            "--node-id",
+            "n2",
+            "--data-dir",
+        ])
+        .arg(env.path("agent2"))
+        .args(["--cni-config-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.conflist") && err.contains("skiff's own"),
+        "{err}"
+    );
+}
