@@ -2,7 +2,7 @@
 //! It reads a snapshot through the store's indexes, asks the pure `placement::plan` what to
 //! do, and hands the plan to the applier (which commits it, then tells the agents).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tracing::warn;
 
 use crate::applier;
 use crate::core::{Core, CoreError};
+use crate::model::PortProtocol;
 use crate::store::{Reservation, TaskFilter};
 use crate::wake::Loop;
 use skiff_model::placement::{self, NodeLoad, Snapshot, Waiting};
@@ -90,8 +91,10 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
 pub fn node_loads(core: &Core, active: &[Reservation]) -> Result<Vec<NodeLoad>, CoreError> {
     let mut used: HashMap<&str, (f64, u64)> = HashMap::new();
     let mut groups: HashMap<&str, BTreeMap<String, u32>> = HashMap::new();
+    let mut ports: HashMap<&str, BTreeSet<(u16, PortProtocol)>> = HashMap::new();
     for r in active {
         if let Some(n) = r.node.as_deref() {
+            ports.entry(n).or_default().extend(r.ports.iter().copied());
             let e = used.entry(n).or_default();
             e.0 += r.cpu;
             e.1 += r.memory_mib;
@@ -115,6 +118,7 @@ pub fn node_loads(core: &Core, active: &[Reservation]) -> Result<Vec<NodeLoad>, 
             NodeLoad {
                 connected: core.is_connected(&n.id),
                 groups: groups.remove(n.id.as_str()).unwrap_or_default(),
+                ports: ports.remove(n.id.as_str()).unwrap_or_default(),
                 labels: n.labels,
                 id: n.id,
                 state: n.state,

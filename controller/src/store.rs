@@ -166,6 +166,9 @@ pub struct Reservation {
     /// The task's group (a service spreads its tasks by it).
     #[serde(default)]
     pub group: String,
+    /// The host ports it publishes (no other task on its node may).
+    #[serde(default)]
+    pub ports: Vec<(u16, crate::model::PortProtocol)>,
 }
 
 impl Reservation {
@@ -175,6 +178,7 @@ impl Reservation {
             cpu: t.spec.cpu(),
             memory_mib: t.spec.memory_mib(),
             group: t.group.clone(),
+            ports: skiff_model::placement::host_ports(&t.spec),
         }
     }
 }
@@ -1472,6 +1476,7 @@ mod tests {
             cpu: 0.5,
             memory_mib: 64,
             group: "g".into(),
+            ports: vec![],
         }));
         // Placed: no longer waiting, reserving on its node.
         store

@@ -3,9 +3,9 @@
 //! keep waiting with a reason, lose a task whose node is gone) and the controller's applier
 //! commits the plan in one group commit before it tells any agent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{NodeState, PlacementConstraint, TaskSpec};
+use crate::model::{NodeState, PlacementConstraint, PortProtocol, TaskSpec};
 
 /// A node as placement sees it: capacity and what is already reserved.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +21,9 @@ pub struct NodeLoad {
     pub labels: BTreeMap<String, String>,
     /// How many active tasks of each group it runs, for spreading a service.
     pub groups: BTreeMap<String, u32>,
+    /// Host ports its active tasks publish: a task that publishes one of them goes elsewhere
+    /// (or waits).
+    pub ports: BTreeSet<(u16, PortProtocol)>,
 }
 
 impl NodeLoad {
@@ -42,7 +45,22 @@ impl NodeLoad {
         self.cpu_used += spec.cpu();
         self.memory_used_mib += spec.memory_mib();
         *self.groups.entry(group.to_string()).or_default() += 1;
+        self.ports.extend(host_ports(spec));
     }
+
+    /// Whether none of these host ports is taken here.
+    fn ports_free(&self, wanted: &[(u16, PortProtocol)]) -> bool {
+        wanted.iter().all(|p| !self.ports.contains(p))
+    }
+}
+
+/// The host ports a task publishes.
+pub fn host_ports(spec: &TaskSpec) -> Vec<(u16, PortProtocol)> {
+    spec.containers
+        .iter()
+        .flat_map(|c| &c.port_mappings)
+        .map(|p| (p.host_port, p.protocol))
+        .collect()
 }
 
 /// Why a task was not placed in this pass.
@@ -103,7 +121,10 @@ pub fn place_in<'a>(
             never: false,
         });
     }
-    let fitting = ready.iter().filter(|n| n.fits(cpu, mem));
+    let ports = host_ports(spec);
+    let fitting = ready
+        .iter()
+        .filter(|n| n.fits(cpu, mem) && n.ports_free(&ports));
     let chosen = if spec.placement.spread {
         fitting.min_by_key(|n| n.groups.get(group).copied().unwrap_or(0))
     } else {
@@ -111,6 +132,19 @@ pub fn place_in<'a>(
     };
     if let Some(n) = chosen {
         return Ok(n);
+    }
+    if !ports.is_empty() && ready.iter().any(|n| n.fits(cpu, mem)) {
+        let wanted: Vec<String> = ports
+            .iter()
+            .map(|(p, proto)| format!("{p}/{}", proto.as_str()))
+            .collect();
+        return Err(Unplaced {
+            reason: format!(
+                "host port {} is taken on every node with room; waiting for it to be released",
+                wanted.join(", ")
+            ),
+            never: false,
+        });
     }
     let biggest = ready
         .iter()
@@ -230,6 +264,7 @@ mod tests {
             memory_used_mib: 0,
             labels: BTreeMap::new(),
             groups: BTreeMap::new(),
+            ports: BTreeSet::new(),
         }
     }
 
@@ -381,5 +416,54 @@ mod tests {
         // Without spread, the first node with room takes them.
         s.placement.spread = false;
         assert_eq!(place_in(&s, "svc", &nodes).unwrap().id, "a");
+    }
+
+    #[test]
+    fn a_taken_host_port_sends_the_task_elsewhere_or_keeps_it_waiting() {
+        use crate::model::{NetworkMode, PortMapping};
+        let mut web = spec(0.5, 64);
+        web.network_mode = NetworkMode::Bridge;
+        web.containers[0].port_mappings = vec![PortMapping {
+            container_port: 80,
+            host_port: 8080,
+            protocol: PortProtocol::Tcp,
+        }];
+        let mut nodes = vec![node("a", 4.0, 4096), node("b", 4.0, 4096)];
+        nodes[0].reserve(&web, "g");
+        // Node a publishes 8080/tcp already: the second goes to b.
+        assert_eq!(place_in(&web, "g", &nodes).unwrap().id, "b");
+        nodes[1].reserve(&web, "g");
+        let why = place_in(&web, "g", &nodes).unwrap_err();
+        assert!(why.reason.contains("8080/tcp is taken"), "{why}");
+        assert!(!why.never);
+        // Another port, or the same number over UDP, fits anywhere.
+        web.containers[0].port_mappings[0].protocol = PortProtocol::Udp;
+        assert_eq!(place_in(&web, "g", &nodes).unwrap().id, "a");
+        // In one pass, two tasks publishing the same port land on different nodes.
+        let fresh = vec![node("a", 4.0, 4096), node("b", 4.0, 4096)];
+        let waiting: Vec<Waiting> = ["t1", "t2", "t3"]
+            .iter()
+            .map(|id| Waiting {
+                id,
+                group: "g",
+                spec: &web,
+                reason: "",
+                unplaceable: false,
+            })
+            .collect();
+        let steps = plan(&Snapshot {
+            waiting,
+            nodes: fresh,
+            ..Default::default()
+        });
+        let placed: Vec<_> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Place { node, .. } => Some(node.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed, ["a", "b"]);
+        assert!(matches!(&steps[2], Step::Wait { task, .. } if task == "t3"));
     }
 }

@@ -660,3 +660,37 @@ fn a_task_selects_an_operators_cni_network_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn a_host_port_in_use_on_the_node_keeps_the_next_task_waiting_not_failing() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let port = free_port();
+    let first = web_task(&addr, &img, port, "first");
+    wait_status(&addr, &first, "RUNNING", Duration::from_secs(30));
+    let second = web_task(&addr, &img, port, "second");
+    let t = wait_for(
+        "the second task to wait for the port",
+        Duration::from_secs(10),
+        || {
+            let t = skiff_tests::task(&addr, &second);
+            t["statusReason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("{port}/tcp is taken")))
+                .then_some(t)
+        },
+    );
+    assert_eq!(t["lastStatus"], "PROVISIONING", "{t}");
+    // The port is released with the first task: the second is placed and answers on it.
+    assert_eq!(cli(&addr, &["tasks", "stop", &first]).code, 0);
+    wait_status(&addr, &second, "RUNNING", Duration::from_secs(30));
+    let body = wait_for(
+        "the second task on the port",
+        Duration::from_secs(10),
+        || wget(None, &format!("http://127.0.0.1:{port}/")).filter(|b| b.trim() == "second"),
+    );
+    assert_eq!(body.trim(), "second");
+    assert_eq!(cli(&addr, &["tasks", "stop", &second]).code, 0);
+    wait_status(&addr, &second, "STOPPED", Duration::from_secs(30));
+}
