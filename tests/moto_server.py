@@ -46,8 +46,11 @@ ac.IAMRequestBase.check_action_permitted = _with_session_policy
 
 def main():
     port = int(sys.argv[1])
+    # Optional: the address to listen on (default loopback), for tests whose tasks reach it
+    # from their own network namespace through skiff's bridge.
+    listen = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
     settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address=listen, port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     setup = dict(

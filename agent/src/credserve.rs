@@ -35,6 +35,11 @@ pub const KEY_FILE: &str = "credentials.key";
 /// containers have it in their environment.
 pub const ADDR_FILE: &str = "credentials.addr";
 pub const CREDENTIALS_PATH: &str = "/v1/credentials";
+/// Where tasks on skiff's bridge reach the endpoint, as on ECS: AWS SDKs prefix
+/// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` with it.
+pub const TASK_ENDPOINT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 170, 2);
+/// The relative URI's path for bridge tasks: followed by the task's token.
+pub const RELATIVE_CREDENTIALS_PATH: &str = "/v2/credentials/";
 pub const SKIFF_TOKEN_PATH: &str = "/v1/skiff-token";
 /// How long to wait for the controller's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,6 +48,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Credentials {
     key: hmac::Key,
     addr: Mutex<Option<SocketAddr>>,
+    /// The bridge the 169.254.170.2 listener serves, once it listens.
+    bridge_endpoint: tokio::sync::Mutex<Option<String>>,
     cache: Mutex<HashMap<String, Cached>>,
     waiters: Mutex<HashMap<u64, oneshot::Sender<pb::CredentialsReply>>>,
     next_id: std::sync::atomic::AtomicU64,
@@ -95,6 +102,7 @@ impl Credentials {
         Ok(Credentials {
             key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
             addr: Mutex::new(None),
+            bridge_endpoint: tokio::sync::Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
@@ -136,34 +144,47 @@ impl Credentials {
     }
 }
 
-/// The environment a container under a role gets (the endpoint's address included).
+/// The environment a container under a role gets (the endpoint's address included): on the
+/// node's loopback for host-network tasks (`FULL_URI` + token), at 169.254.170.2 for tasks on
+/// skiff's bridge (`RELATIVE_URI`, where SDKs look by default).
 pub fn environment(
     agent: &AgentInner,
     task_id: &str,
     identity: &crate::spec::TaskIdentity,
+    bridge: bool,
 ) -> Result<Vec<(String, String)>, String> {
     let mut env = vec![
         ("SKIFF_TASK_TOKEN".to_string(), identity.skiff_token.clone()),
         ("SKIFF_TASK_ROLE".to_string(), identity.role.clone()),
         ("SKIFF_ENDPOINT".to_string(), agent.cfg.controller.clone()),
     ];
-    let addr = agent
-        .credentials
-        .addr()
-        .ok_or("the credentials endpoint is not running on this node")?;
+    let token = agent.credentials.token(task_id);
+    let base = if bridge {
+        format!("http://{TASK_ENDPOINT}")
+    } else {
+        let addr = agent
+            .credentials
+            .addr()
+            .ok_or("the credentials endpoint is not running on this node")?;
+        format!("http://{addr}")
+    };
     env.push((
         "SKIFF_TASK_TOKEN_URI".into(),
-        format!("http://{addr}{SKIFF_TOKEN_PATH}"),
+        format!("{base}{SKIFF_TOKEN_PATH}"),
     ));
-    env.push((
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN".into(),
-        agent.credentials.token(task_id),
-    ));
+    env.push(("AWS_CONTAINER_AUTHORIZATION_TOKEN".into(), token.clone()));
     if identity.storage {
-        env.push((
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI".into(),
-            format!("http://{addr}{CREDENTIALS_PATH}"),
-        ));
+        if bridge {
+            env.push((
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI".into(),
+                format!("{RELATIVE_CREDENTIALS_PATH}{token}"),
+            ));
+        } else {
+            env.push((
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI".into(),
+                format!("{base}{CREDENTIALS_PATH}"),
+            ));
+        }
         env.push(("AWS_REGION".into(), identity.region.clone()));
         env.push(("AWS_DEFAULT_REGION".into(), identity.region.clone()));
         if !identity.storage_endpoint.is_empty() {
@@ -200,6 +221,121 @@ pub async fn bind(
     *agent.credentials.addr.lock().unwrap() = Some(addr);
     info!(%addr, "credentials endpoint listening");
     Ok(listener)
+}
+
+/// Makes sure 169.254.170.2:80 is served on `bridge` (skiff's bridge, which the CNI bridge
+/// plugin has created by now): the address on the bridge (`ip addr replace`, idempotent) and a
+/// listener bound to that device, so the agents of several bridges on one host can each serve
+/// their own. Tasks reach it through their default route, the bridge; they are told apart by
+/// their source address.
+pub async fn ensure_bridge_endpoint(agent: &Arc<AgentInner>, bridge: &str) -> Result<(), String> {
+    let mut serving = agent.credentials.bridge_endpoint.lock().await;
+    if serving.as_deref() == Some(bridge) {
+        return Ok(());
+    }
+    let out = tokio::process::Command::new("ip")
+        .args([
+            "addr",
+            "replace",
+            &format!("{TASK_ENDPOINT}/32"),
+            "dev",
+            bridge,
+        ])
+        .output()
+        .await
+        .map_err(|e| format!("running ip to add {TASK_ENDPOINT} to {bridge}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "adding {TASK_ENDPOINT} to {bridge}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind_device(Some(bridge.as_bytes()))?;
+        socket.bind(SocketAddr::from((TASK_ENDPOINT, 80)))?;
+        socket.listen(1024)
+    };
+    let listener = bind().map_err(|e| {
+        format!("the credentials endpoint {TASK_ENDPOINT}:80 on {bridge} cannot listen: {e}")
+    })?;
+    info!(%bridge, "credentials endpoint listening on {TASK_ENDPOINT}:80 for bridge tasks");
+    let app = Router::new()
+        .route(
+            &format!("{RELATIVE_CREDENTIALS_PATH}{{token}}"),
+            get(bridge_credentials),
+        )
+        .route(SKIFF_TOKEN_PATH, get(bridge_skiff_token))
+        .with_state(agent.clone());
+    tokio::spawn(async move {
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+        if let Err(e) = served {
+            warn!(error = %e, "the bridge credentials endpoint stopped");
+        }
+    });
+    *serving = Some(bridge.to_string());
+    Ok(())
+}
+
+/// The running task a token names, when the request comes from that task's own address on
+/// the bridge; otherwise the response that refuses it.
+fn caller_by_address(
+    agent: &AgentInner,
+    token: &str,
+    peer: SocketAddr,
+) -> Result<String, Response> {
+    let denied = |m: &str| refuse(StatusCode::FORBIDDEN, "AccessDenied", m);
+    let task_id = agent
+        .credentials
+        .task_of(token)
+        .ok_or_else(|| denied("this token is not valid"))?;
+    match agent.record(&task_id) {
+        Some(r) if r.phase != Phase::Stopped && r.spec.identity.is_some() => {
+            if r.addresses.iter().any(|a| *a == peer.ip().to_string()) {
+                Ok(task_id)
+            } else {
+                Err(denied("this token belongs to another task"))
+            }
+        }
+        _ => Err(denied("this token is not valid")),
+    }
+}
+
+async fn bridge_credentials(
+    State(agent): State<Arc<AgentInner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    match caller_by_address(&agent, &token, peer) {
+        Ok(task_id) => credentials_response(&agent, &task_id).await,
+        Err(r) => r,
+    }
+}
+
+async fn bridge_skiff_token(
+    State(agent): State<Arc<AgentInner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(token) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "MissingToken",
+            "send the task's AWS_CONTAINER_AUTHORIZATION_TOKEN as the Authorization header",
+        );
+    };
+    match caller_by_address(&agent, token, peer) {
+        Ok(task_id) => skiff_token_response(&agent, &task_id).await,
+        Err(r) => r,
+    }
 }
 
 /// Serves the endpoint until the process ends.
@@ -346,11 +482,14 @@ async fn storage_credentials(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let task_id = match caller(&agent, &headers, peer).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match fetch(&agent, &task_id, "storage").await {
+    match caller(&agent, &headers, peer).await {
+        Ok(task_id) => credentials_response(&agent, &task_id).await,
+        Err(r) => r,
+    }
+}
+
+async fn credentials_response(agent: &AgentInner, task_id: &str) -> Response {
+    match fetch(agent, task_id, "storage").await {
         Ok(r) => {
             // Token is always there (empty for static keys): some SDKs require the field.
             Json(json!({
@@ -371,11 +510,14 @@ async fn skiff_token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let task_id = match caller(&agent, &headers, peer).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match fetch(&agent, &task_id, "skiff").await {
+    match caller(&agent, &headers, peer).await {
+        Ok(task_id) => skiff_token_response(&agent, &task_id).await,
+        Err(r) => r,
+    }
+}
+
+async fn skiff_token_response(agent: &AgentInner, task_id: &str) -> Response {
+    match fetch(agent, task_id, "skiff").await {
         Ok(r) => Json(json!({"Token": r.skiff_token, "Expiration": rfc3339(r.expiration_ms)}))
             .into_response(),
         Err(r) => r,

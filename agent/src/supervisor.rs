@@ -200,6 +200,12 @@ async fn attach_network(
     let NetworkMode::Network(name) = &spec.network else {
         return Ok(None);
     };
+    if spec.identity.is_some() && name != crate::network::DEFAULT_NETWORK {
+        return Err(format!(
+            "a task with a role runs with network_mode host or bridge: on cni/{name} its \
+             containers cannot reach the credentials endpoint"
+        ));
+    }
     let ports: Vec<crate::network::PortMapping> = spec
         .containers
         .iter()
@@ -224,6 +230,10 @@ async fn attach_network(
     let (net, etc_files, took) = attached.map_err(|e| format!("network {name}: {e}"))?;
     info!(network = %name, addresses = ?net.addresses, cni_ms = took.as_secs_f64() * 1000.0, "attached to its network");
     agent.update(task_id, |r| r.addresses = net.addresses.clone());
+    if spec.identity.is_some() {
+        // The CNI bridge plugin has made the bridge by now: its endpoint can listen on it.
+        crate::credserve::ensure_bridge_endpoint(agent, &agent.cfg.network.bridge_name).await?;
+    }
     Ok(Some(Attached {
         netns: net.netns,
         etc_files,
@@ -281,7 +291,9 @@ fn prepare_and_launch(
     ];
     let mut secrets = c.secrets.clone();
     if let Some(identity) = identity {
-        for (name, value) in crate::credserve::environment(agent, task_id, identity)? {
+        let bridge =
+            matches!(network, NetworkMode::Network(n) if n == crate::network::DEFAULT_NETWORK);
+        for (name, value) in crate::credserve::environment(agent, task_id, identity, bridge)? {
             secrets.push(crate::spec::SecretValue {
                 name,
                 file: String::new(),

@@ -644,7 +644,7 @@ mod input_tests {
         i.task_role = "thumbs".into();
         let e = task_spec_input(&i).unwrap_err();
         assert_eq!(e.field, "task_role");
-        assert!(e.problem.contains("network_mode host"), "{e}");
+        assert!(e.problem.contains("network_mode bridge or host"), "{e}");
         i.network_mode = "host".into();
         assert_eq!(task_spec_input(&i).unwrap().task_role, "thumbs");
         i.task_role = "no way".into();

@@ -543,7 +543,7 @@ pub fn port_mapping(field: &str, s: &str) -> Result<crate::model::PortMapping, I
 }
 
 /// A role needs a network: its containers reach their credentials endpoint on the node's
-/// loopback, which a task without a network cannot.
+/// loopback (host) or at 169.254.170.2 (bridge), which a task without a network cannot.
 fn check_task_role(field: &str, spec: &TaskSpec) -> Result<(), InvalidField> {
     if spec.task_role.is_empty() {
         return Ok(());
@@ -552,8 +552,8 @@ fn check_task_role(field: &str, spec: &TaskSpec) -> Result<(), InvalidField> {
     if spec.network_mode == NetworkMode::None {
         return Err(bad(
             field,
-            "a task with a role needs network_mode host (without a network it cannot reach \
-             its credentials endpoint)",
+            "a task with a role needs network_mode bridge or host (without a network it \
+             cannot reach its credentials endpoint)",
         ));
     }
     Ok(())

@@ -61,6 +61,12 @@ pub fn python_mounts() -> (PathBuf, Vec<String>) {
 
 impl Moto {
     pub fn start() -> Moto {
+        Moto::start_listening("127.0.0.1")
+    }
+
+    /// Starts it listening on `ip` (its `endpoint` still names 127.0.0.1): for tasks that
+    /// reach it through skiff's bridge, at the bridge's gateway address.
+    pub fn start_listening(ip: &str) -> Moto {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -70,6 +76,7 @@ impl Moto {
         let mut child = Command::new(venv().join("bin/python"))
             .arg(&script)
             .arg(port.to_string())
+            .arg(ip)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -424,7 +424,7 @@ fn roles_are_checked_when_defined_and_when_used() {
         ],
     );
     assert!(
-        out.stderr.contains("task_role") && out.stderr.contains("network_mode host"),
+        out.stderr.contains("task_role") && out.stderr.contains("network_mode bridge or host"),
         "{out:?}"
     );
     let out = cli(
@@ -561,4 +561,122 @@ fn a_restarted_agent_serves_running_containers_at_the_same_address() {
     );
     assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
     wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+}
+
+/// The 169.254.170.2 endpoint for tasks on skiff's bridge: unmodified boto3 finds it through
+/// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` alone (no endpoint variable for credentials, no
+/// host networking), and a task is told apart by its address: another task's path is refused.
+#[test]
+fn boto3_on_the_bridge_reads_its_credentials_at_169_254_170_2_and_not_another_tasks() {
+    // The object store listens where bridge tasks reach the node: its bridge's gateway.
+    let moto = Moto::start_listening("0.0.0.0");
+    let port = moto.endpoint.rsplit(':').next().unwrap().to_string();
+    let mut env = Env::new();
+    let n = std::process::id() % 250;
+    let (bridge, subnet, gateway) = (
+        format!("skr{n}"),
+        format!("10.93.{n}.0/24"),
+        format!("10.93.{n}.1"),
+    );
+    // A bridge of this test's own: the endpoint listens on it, apart from other tests' agents.
+    let addr = env.dev_with(&["--bridge-name", &bridge, "--bridge-subnet", &subnet]);
+    put_secret(&addr, "sts-key-id", &moto.controller_key_id);
+    put_secret(&addr, "sts-secret", &moto.controller_secret);
+    let role = env.path("bridged.json");
+    std::fs::write(
+        &role,
+        serde_json::json!({
+            "name": "bridged",
+            "storage": {
+                "sts": {"endpoint": moto.endpoint, "role_arn": moto.role_arn,
+                        "access_key_id_secret": "sts-key-id", "secret_access_key_secret": "sts-secret"},
+                "endpoint": format!("http://{gateway}:{port}"),
+                "duration": "15m",
+                "grants": [{"bucket": "photos", "prefix": "incoming/", "access": "read"}],
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = cli(&addr, &["roles", "put", "-f", role.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let (python, mounts) = python_mounts();
+    let img = env.busybox_image();
+    let script = r#"
+import os, boto3
+print("relative", os.environ["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"].startswith("/v2/credentials/"))
+print("full", "AWS_CONTAINER_CREDENTIALS_FULL_URI" in os.environ)
+creds = boto3.Session().get_credentials()
+print("method", creds.method)
+s3 = boto3.client("s3")
+print("incoming", s3.get_object(Bucket="photos", Key="incoming/a.txt")["Body"].read().decode())
+"#;
+    let python = python.to_str().unwrap().to_string();
+    let mut args = vec![
+        "run-task",
+        "-f",
+        "--image",
+        &img,
+        "--network",
+        "bridge",
+        "--role",
+        "bridged",
+    ];
+    for m in &mounts {
+        args.extend_from_slice(&["--mount", m]);
+    }
+    args.extend_from_slice(&["--", &python, "-c", script]);
+    let out = cli(&addr, &args);
+    assert_eq!(out.code, 0, "{out:?}\n{}", env.logs());
+    assert_eq!(
+        out.stdout,
+        "relative True\nfull False\nmethod container-role\nincoming hello from incoming\n",
+        "{out:?}"
+    );
+
+    // Task B shows its own path; task A, on the same bridge, is refused it.
+    let b = run_task(
+        &addr,
+        &["--image", &img, "--network", "bridge", "--role", "bridged", "--stop-timeout", "1s", "--",
+          "sh", "-c", "echo $AWS_CONTAINER_CREDENTIALS_RELATIVE_URI; wget -qO- http://169.254.170.2$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI | grep -c AccessKeyId; sleep 300"],
+    );
+    let lines = wait_for(
+        "task B's path and its own fetch",
+        Duration::from_secs(30),
+        || {
+            let logs = cli(&addr, &["tasks", "logs", &b]).stdout;
+            (logs.lines().count() >= 2).then(|| logs.lines().map(String::from).collect::<Vec<_>>())
+        },
+    );
+    assert_eq!(lines[1], "1", "B reads its own credentials: {lines:?}");
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "-f",
+            "--image",
+            &img,
+            "--network",
+            "bridge",
+            "--role",
+            "bridged",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "wget -qO- http://169.254.170.2{} 2>&1; echo exit $?",
+                lines[0]
+            ),
+        ],
+    );
+    assert!(
+        out.stdout.contains("403") && out.stdout.contains("exit 1"),
+        "{out:?}"
+    );
+    assert_eq!(cli(&addr, &["tasks", "stop", &b]).code, 0);
+    wait_status(&addr, &b, "STOPPED", Duration::from_secs(30));
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &bridge])
+        .status();
 }
