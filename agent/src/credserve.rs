@@ -313,7 +313,7 @@ async fn bridge_credentials(
 ) -> Response {
     match caller_by_address(&agent, &token, peer) {
         Ok(task_id) => credentials_response(&agent, &task_id).await,
-        Err(r) => r,
+        Err(why) => refuse(StatusCode::FORBIDDEN, "AccessDenied", why),
     }
 }
 
@@ -334,7 +334,7 @@ async fn bridge_skiff_token(
     };
     match caller_by_address(&agent, token, peer) {
         Ok(task_id) => skiff_token_response(&agent, &task_id).await,
-        Err(r) => r,
+        Err(why) => refuse(StatusCode::FORBIDDEN, "AccessDenied", why),
     }
 }
 
