@@ -230,6 +230,11 @@ async fn attach_network(
     let (net, etc_files, took) = attached.map_err(|e| format!("network {name}: {e}"))?;
     info!(network = %name, addresses = ?net.addresses, cni_ms = took.as_secs_f64() * 1000.0, "attached to its network");
     agent.update(task_id, |r| r.addresses = net.addresses.clone());
+    if name == crate::network::DEFAULT_NETWORK {
+        // Bridge tasks run here: keep namespaces attached ahead of the next ones.
+        let a = agent.clone();
+        tokio::task::spawn_blocking(move || a.networks.refill());
+    }
     if spec.identity.is_some() {
         // The CNI bridge plugin has made the bridge by now: its endpoint can listen on it.
         crate::credserve::ensure_bridge_endpoint(agent, &agent.cfg.network.bridge_name).await?;

@@ -68,6 +68,8 @@ pub struct AgentFile {
     pub bridge_subnet: Option<String>,
     /// The Linux bridge of bridge-mode tasks (default skiff0).
     pub bridge_name: Option<String>,
+    /// Namespaces on the bridge kept attached ahead of need (default 2).
+    pub warm_networks: Option<usize>,
 }
 
 /// Reads a definition file (role, rule, schedule, source, topic) into its file struct; the

@@ -141,6 +141,10 @@ pub struct NodeArgs {
     /// The Linux bridge bridge-mode tasks are attached to (default skiff0).
     #[arg(long = "bridge-name", env = "SKIFF_BRIDGE_NAME")]
     bridge_name: Option<String>,
+    /// Namespaces on the bridge kept attached ahead of need once bridge tasks run (default
+    /// 2; 0 attaches each task's when it starts).
+    #[arg(long = "warm-networks", env = "SKIFF_WARM_NETWORKS")]
+    warm_networks: Option<usize>,
 }
 
 /// An IPv4 range in CIDR form (what host-local takes), checked before the agent starts.
@@ -204,6 +208,9 @@ impl NodeArgs {
                 anyhow::bail!("bridge_name: {b:?} is not an interface name (1 to 15 letters, digits, '-' or '_')");
             }
             cfg.network.bridge_name = b;
+        }
+        if let Some(n) = self.warm_networks.or(file.warm_networks) {
+            cfg.network.warm = n;
         }
         Ok(())
     }

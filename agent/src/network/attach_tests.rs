@@ -230,3 +230,60 @@ fn reconcile_detaches_what_a_crash_or_a_reboot_left() {
         .args(["link", "del", &format!("skb{}", std::process::id() % 10000)])
         .status();
 }
+
+#[test]
+fn a_bridge_task_takes_a_warm_namespace_and_gives_nothing_back_but_its_release() {
+    let (nets, dir) = test_networks("c", "10.203.0.0/24");
+    nets.refill();
+    let pooled: Vec<String> = nets
+        .pool
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(pooled.len(), 2);
+    let task = task_id(6);
+    let net = nets.attach(&task, DEFAULT_NETWORK, &[]).unwrap();
+    // It got one of the warm namespaces, attached before it asked.
+    let took = pooled
+        .iter()
+        .find(|id| net.netns == nets.netns_path(id))
+        .expect("a warm namespace");
+    assert_eq!(nets.pool.lock().unwrap().len(), 1);
+    assert_eq!(nets.attached(&task).unwrap().addresses, net.addresses);
+    assert!(lease_of(took));
+    // A task with published ports is attached on its own.
+    let ported = task_id(7);
+    let ports = [PortMapping {
+        host_port: 20000 + (std::process::id() % 9000) as u16 + 1000,
+        container_port: 80,
+        protocol: "tcp".into(),
+    }];
+    let own = nets.attach(&ported, DEFAULT_NETWORK, &ports).unwrap();
+    assert_eq!(own.netns, nets.netns_path(&ported));
+    // Reconcile keeps what live tasks and the pool hold.
+    assert!(nets.reconcile(|t| t == task || t == ported).is_empty());
+    // Released: its warm attachment and its claim go.
+    nets.detach(&task).unwrap();
+    nets.detach(&ported).unwrap();
+    assert!(!lease_of(took) && !nets.netns_path(took).exists());
+    assert!(nets.attached(&task).is_none());
+    // A new agent (the pool forgotten) releases what the old one kept warm.
+    let again = Networks::load(
+        NetworkConfig {
+            bridge_name: format!("skc{}", std::process::id() % 10000),
+            bridge_subnet: "10.203.0.0/24".into(),
+            ..Default::default()
+        },
+        dir.path().join("cache"),
+        dir.path().join("netns"),
+    )
+    .unwrap();
+    let released = again.reconcile(|_| false);
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert!(!lease_of(&released[0]));
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &format!("skc{}", std::process::id() % 10000)])
+        .status();
+}

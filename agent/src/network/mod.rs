@@ -52,6 +52,10 @@ pub struct NetworkConfig {
     /// skiff's bridge and the range its tasks' addresses come from.
     pub bridge_name: String,
     pub bridge_subnet: String,
+    /// How many namespaces on skiff's bridge are kept attached ahead of need, once a bridge
+    /// task has run: a bridge task without published ports takes one instead of waiting for
+    /// the CNI plugins (0: none).
+    pub warm: usize,
 }
 
 impl Default for NetworkConfig {
@@ -61,9 +65,13 @@ impl Default for NetworkConfig {
             config_dir: None,
             bridge_name: "skiff0".into(),
             bridge_subnet: "10.89.0.0/16".into(),
+            warm: 2,
         }
     }
 }
+
+/// The prefix of a warm namespace's CNI container id.
+const WARM_PREFIX: &str = "warm-";
 
 /// A task's attachment, as its containers and its report need it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -80,6 +88,13 @@ pub struct TaskNetwork {
 pub struct Networks {
     /// The tasks' namespace files (on the per-boot state tmpfs).
     netns_dir: PathBuf,
+    /// Which attachment each task took from the warm pool: task id → its CNI container id
+    /// (on disk next to the CNI cache, so a crash or a reboot cannot lose the link).
+    claims_dir: PathBuf,
+    /// Attached namespaces on skiff's bridge waiting for a task.
+    pool: std::sync::Mutex<Vec<(String, TaskNetwork)>>,
+    warm: usize,
+    refilling: std::sync::atomic::AtomicBool,
     runtime: cni::Runtime,
     lists: BTreeMap<String, cni::NetworkList>,
     loopback: cni::NetworkList,
@@ -132,6 +147,10 @@ impl Networks {
             "plugins": [{ "type": "loopback" }],
         }))?;
         Ok(Networks {
+            claims_dir: cache_dir.with_file_name("claims"),
+            pool: std::sync::Mutex::new(Vec::new()),
+            warm: cfg.warm,
+            refilling: std::sync::atomic::AtomicBool::new(false),
             runtime: cni::Runtime {
                 plugin_dirs: cfg.plugin_dirs,
                 cache_dir,
@@ -151,9 +170,67 @@ impl Networks {
         self.netns_dir.join(task_id)
     }
 
-    /// Gives the task its namespace and attaches it to `network` with its published ports.
-    /// On failure nothing of it is left.
+    /// Gives the task its namespace on `network` with its published ports: a warm one from
+    /// the pool when it can (skiff's bridge, no ports), else attached now. On failure nothing
+    /// of it is left.
     pub fn attach(
+        &self,
+        task_id: &str,
+        network: &str,
+        ports: &[PortMapping],
+    ) -> Result<TaskNetwork, NetworkError> {
+        if network == DEFAULT_NETWORK && ports.is_empty() {
+            let warm = self.pool.lock().unwrap().pop();
+            if let Some((id, net)) = warm {
+                let claim = self.claims_dir.join(task_id);
+                let written = std::fs::create_dir_all(&self.claims_dir)
+                    .and_then(|_| crate::shim::write_atomic(&claim, id.as_bytes()));
+                match written {
+                    Ok(()) => return Ok(net),
+                    Err(source) => {
+                        let _ = self.detach_id(&id);
+                        return Err(NetworkError::Files {
+                            path: claim,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        self.attach_as(task_id, network, ports)
+    }
+
+    /// Keeps the warm pool full (called after a bridge task takes from it or attaches; blocking:
+    /// run it off the async threads). One refill at a time.
+    pub fn refill(&self) {
+        use std::sync::atomic::Ordering;
+        if self.warm == 0 || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        while self.pool.lock().unwrap().len() < self.warm {
+            let id = format!(
+                "{WARM_PREFIX}{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            );
+            match self.attach_as(&id, DEFAULT_NETWORK, &[]) {
+                Ok(net) => self.pool.lock().unwrap().push((id, net)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "attaching a warm namespace failed");
+                    break;
+                }
+            }
+        }
+        self.refilling.store(false, Ordering::Release);
+    }
+
+    /// The CNI container id of a task's attachment: its own id, or the warm one it took.
+    fn attachment_of(&self, task_id: &str) -> String {
+        std::fs::read_to_string(self.claims_dir.join(task_id))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| task_id.to_string())
+    }
+
+    fn attach_as(
         &self,
         task_id: &str,
         network: &str,
@@ -194,7 +271,7 @@ impl Networks {
                 host_interfaces: cni::host_interfaces(&result),
             }),
             Err(e) => {
-                let _ = self.detach(task_id);
+                let _ = self.detach_id(task_id);
                 Err(e)
             }
         }
@@ -202,9 +279,10 @@ impl Networks {
 
     /// The attachment a task has now (from the cache), if any.
     pub fn attached(&self, task_id: &str) -> Option<TaskNetwork> {
+        let task_id = &self.attachment_of(task_id);
         let cached =
             self.runtime.cached().into_iter().find(|c| {
-                c.attachment.container_id == task_id && c.attachment.if_name == IF_NAME
+                c.attachment.container_id == *task_id && c.attachment.if_name == IF_NAME
             })?;
         Some(TaskNetwork {
             netns: self.netns_path(task_id),
@@ -216,8 +294,15 @@ impl Networks {
 
     /// Detaches the task from every network it is attached to (DEL with the cached
     /// configuration) and lets its namespace go. Safe to repeat; a failed DEL keeps its cache
-    /// entry, so the next cleanup tries again.
+    /// entry (and the task its claim), so the next cleanup tries again.
     pub fn detach(&self, task_id: &str) -> Result<(), NetworkError> {
+        let id = self.attachment_of(task_id);
+        self.detach_id(&id)?;
+        let _ = std::fs::remove_file(self.claims_dir.join(task_id));
+        Ok(())
+    }
+
+    fn detach_id(&self, task_id: &str) -> Result<(), NetworkError> {
         let netns = self.netns_path(task_id);
         let held = netns::is_held(&netns);
         let mut first_error = None;
@@ -247,25 +332,43 @@ impl Networks {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Detaches every task that `live` does not claim: what an agent crash or a reboot left
-    /// (cache entries, namespace files). Returns the tasks detached.
+    /// Detaches every attachment no live task holds — what an agent crash or a reboot left
+    /// (cache entries, namespace files, claims, warm namespaces of an earlier run) — and
+    /// forgets the claims of tasks that are gone. Returns the attachments detached.
     pub fn reconcile(&self, live: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut tasks: Vec<String> = self
+        let held: std::collections::HashSet<String> = netns::list(&self.claims_dir)
+            .into_iter()
+            .filter(|(task, _)| live(task))
+            .map(|(task, _)| self.attachment_of(&task))
+            .collect();
+        let pooled: std::collections::HashSet<String> = self
+            .pool
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut ids: Vec<String> = self
             .runtime
             .cached()
             .into_iter()
             .map(|c| c.attachment.container_id)
             .chain(netns::list(&self.netns_dir).into_iter().map(|(n, _)| n))
-            .filter(|t| !live(t))
+            .filter(|id| !live(id) && !held.contains(id) && !pooled.contains(id))
             .collect();
-        tasks.sort();
-        tasks.dedup();
-        for t in &tasks {
-            if let Err(e) = self.detach(t) {
-                tracing::warn!(task_id = %t, error = %e, "detaching a leftover task network failed");
+        ids.sort();
+        ids.dedup();
+        for id in &ids {
+            if let Err(e) = self.detach_id(id) {
+                tracing::warn!(attachment = %id, error = %e, "detaching a leftover task network failed");
             }
         }
-        tasks
+        for (task, path) in netns::list(&self.claims_dir) {
+            if !live(&task) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        ids
     }
 
     /// Writes the task's /etc/hosts and /etc/resolv.conf into `dir`; returns (file, path in
