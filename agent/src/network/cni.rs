@@ -151,15 +151,20 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// ADD: runs the list's plugins in order and caches the final result. A failed plugin
-    /// undoes the plugins before it (DEL of the whole list), as the specification asks.
+    /// ADD: runs the list's plugins in order and caches the final result. The attachment is
+    /// cached (without a result) before the first plugin runs, so a crash in the middle leaves
+    /// an entry that cleanup DELs. A failed plugin undoes the plugins before it (DEL of the
+    /// whole list), as the specification asks.
     pub fn add(&self, net: &NetworkList, att: &Attachment) -> Result<Value, CniError> {
+        self.write_cache(net, att, &Value::Null)?;
         let mut prev: Option<Value> = None;
         for plugin in &net.plugins {
             match self.exec(net, plugin, att, "ADD", prev.as_ref()) {
                 Ok(result) => prev = Some(result),
                 Err(e) => {
-                    let _ = self.del_plugins(net, att, prev.as_ref());
+                    if self.del_plugins(net, att, prev.as_ref()).is_ok() {
+                        let _ = std::fs::remove_file(self.cache_path(&net.name, att));
+                    }
                     return Err(e);
                 }
             }
