@@ -499,6 +499,8 @@ impl Agent {
         // Task supervisors still hold the agent: drop the session's sender so the stream to
         // the controller ends now (a controller shutting down gracefully waits for it).
         *self.inner.outbox.lock().unwrap() = None;
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.networks.drain_pool()).await;
     }
 
     /// Detaches the networks of tasks this agent no longer has (a crash between a task's end

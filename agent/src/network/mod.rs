@@ -223,6 +223,17 @@ impl Networks {
         self.refilling.store(false, Ordering::Release);
     }
 
+    /// Releases the warm namespaces (the agent is stopping: nothing should hold addresses for
+    /// tasks that may never come). Blocking.
+    pub fn drain_pool(&self) {
+        let pooled: Vec<(String, TaskNetwork)> = std::mem::take(&mut *self.pool.lock().unwrap());
+        for (id, _) in pooled {
+            if let Err(e) = self.detach_id(&id) {
+                tracing::warn!(attachment = %id, error = %e, "releasing a warm namespace failed");
+            }
+        }
+    }
+
     /// The CNI container id of a task's attachment: its own id, or the warm one it took.
     fn attachment_of(&self, task_id: &str) -> String {
         std::fs::read_to_string(self.claims_dir.join(task_id))
