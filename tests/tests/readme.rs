@@ -101,6 +101,7 @@ fn the_readme_examples_run_as_written() {
         "exit code 3\n",                        // run-task --wait exits with the exit code
         "hi\n",                                 // --follow streams the output
         "uid=1000 gid=1000",                    // --user
+        "18080->80/tcp",                        // a published port in tasks describe
         "exit code 143",                        // --init: sleep ends at the SIGTERM
         "howdy from",                           // the task definition, with an override
         "s3cret",                               // a secret file
