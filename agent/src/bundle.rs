@@ -282,42 +282,9 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
         }
         spec.set_mounts(Some(mounts));
     }
-    if !input.etc_files.is_empty() {
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
-        for (host, dest) in input.etc_files {
-            mounts.push(
-                oci_spec::runtime::MountBuilder::default()
-                    .destination(dest)
-                    .typ("bind")
-                    .source(host)
-                    .options(
-                        ["rbind", "ro", "nosuid", "nodev", "noexec"]
-                            .map(String::from)
-                            .to_vec(),
-                    )
-                    .build()?,
-            );
-        }
-        spec.set_mounts(Some(mounts));
-    }
-    if !input.secret_files.is_empty() {
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
-        for (host, dest) in input.secret_files {
-            mounts.push(
-                oci_spec::runtime::MountBuilder::default()
-                    .destination(dest)
-                    .typ("bind")
-                    .source(host)
-                    .options(
-                        ["rbind", "ro", "nosuid", "nodev", "noexec"]
-                            .map(String::from)
-                            .to_vec(),
-                    )
-                    .build()?,
-            );
-        }
-        spec.set_mounts(Some(mounts));
-    }
+    // The task's /etc/hosts and /etc/resolv.conf, then its secret files: read-only binds.
+    bind_files_read_only(&mut spec, input.etc_files)?;
+    bind_files_read_only(&mut spec, input.secret_files)?;
     if c.init {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         mounts.push(
@@ -344,6 +311,33 @@ pub fn runtime_spec(input: &BundleInput) -> Result<Spec, BundleError> {
     }
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// Binds each (file on the node, path in the container) read-only, without exec or devices.
+fn bind_files_read_only(
+    spec: &mut Spec,
+    files: &[(std::path::PathBuf, String)],
+) -> Result<(), BundleError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (host, dest) in files {
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination(dest)
+                .typ("bind")
+                .source(host)
+                .options(
+                    ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 #[cfg(test)]

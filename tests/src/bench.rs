@@ -45,3 +45,25 @@ pub fn use_skiff_arg() {
         std::env::set_var("SKIFF_BIN", path);
     }
 }
+
+/// A runc bundle in `dir` running `/bin/true` from `rootfs` (read-only, no terminal): the peer
+/// the start benchmarks compare with.
+pub fn runc_bundle(dir: &std::path::Path, rootfs: &std::path::Path) -> std::path::PathBuf {
+    let bundle = dir.join("runc-bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let st = std::process::Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .status()
+        .expect("runc is installed (scripts/bench installs it)");
+    assert!(st.success());
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["root"]["path"] = rootfs.to_str().unwrap().into();
+    spec["root"]["readonly"] = true.into();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    bundle
+}

@@ -139,6 +139,28 @@ fn wget(outside: Option<&Outside>, url: &str) -> Option<String> {
         .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
 }
 
+/// `GET url` from a new bridge task (busybox wget, retried for up to 5 s while the server
+/// comes up); its output is the body.
+fn fetch_from_a_bridge_task(addr: &str, img: &str, url: &str) -> skiff_tests::Cli {
+    let script =
+        format!("for i in $(seq 50); do wget -qO- {url} && exit 0; sleep 0.1; done; exit 1");
+    cli(
+        addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            img,
+            "--network",
+            "bridge",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+}
+
 /// The agent's cached CNI result for a task (under the dev agent's data dir).
 fn cached_result(env: &Env, id: &str) -> Option<serde_json::Value> {
     let path = env.path(&format!("dev/agent/cni/results/skiff-{id}-eth0"));
@@ -275,21 +297,7 @@ fn tasks_talk_by_address_and_a_published_port_answers_from_the_node_and_another_
 
     // Another task, by address.
     let url = format!("http://{ip}/");
-    let out = cli(
-        &addr,
-        &[
-            "run-task",
-            "--follow",
-            "--image",
-            &img,
-            "--network",
-            "bridge",
-            "--",
-            "sh",
-            "-c",
-            &format!("for i in $(seq 50); do wget -qO- {url} && exit 0; sleep 0.1; done; exit 1"),
-        ],
-    );
+    let out = fetch_from_a_bridge_task(&addr, &img, &url);
     assert_eq!(
         (out.code, out.stdout.trim()),
         (0, "hello-from-a"),
@@ -398,21 +406,7 @@ fn outbound_traffic_is_translated_to_the_nodes_address() {
     }
     let _server = Kill(server);
     let url = format!("http://{}:8000/", outside.ns_ip);
-    let out = cli(
-        &addr,
-        &[
-            "run-task",
-            "--follow",
-            "--image",
-            &img,
-            "--network",
-            "bridge",
-            "--",
-            "sh",
-            "-c",
-            &format!("for i in $(seq 50); do wget -qO- {url} && exit 0; sleep 0.1; done; exit 1"),
-        ],
-    );
+    let out = fetch_from_a_bridge_task(&addr, &img, &url);
     // Seen from outside, the task is the node (masqueraded), not its bridge address.
     assert_eq!(
         (out.code, out.stdout.trim()),

@@ -677,10 +677,15 @@ async fn an_external_backlog_reported_over_grpc_scales_a_service_and_a_stale_one
     .await;
     // No report for longer than 30 s: the count holds, and describe says why.
     h.advance(Duration::from_secs(31));
+    // (The service held once already, before the first report: wait for the stale hold.)
     let st = h
-        .until("a hold", || async {
+        .until("a hold on the stale report", || async {
             let st = describe(&h, "consumers").await;
-            if st.decisions.iter().any(|d| d.action == "hold") {
+            if st
+                .decisions
+                .iter()
+                .any(|d| d.action == "hold" && d.message.contains("stale after 30s"))
+            {
                 Ok(st)
             } else {
                 Err(format!("{:?}", st.decisions))

@@ -6,33 +6,12 @@
 //!
 //! Usage: bench_network [--runs N] [--mib N] [--skiff PATH]   (`scripts/bench` runs it)
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_tests::bench::{self, summary};
 use skiff_tests::moto::python_mounts;
 use skiff_tests::{cli, images, run_task, wait_for, wait_status, Env};
-
-fn runc_bundle(dir: &Path, rootfs: &Path) -> PathBuf {
-    let bundle = dir.join("runc-bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let st = Command::new("runc")
-        .args(["spec", "--bundle"])
-        .arg(&bundle)
-        .status()
-        .expect("runc is installed (scripts/deps bench installs it)");
-    assert!(st.success());
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    spec["root"]["path"] = rootfs.to_str().unwrap().into();
-    spec["root"]["readonly"] = true.into();
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
-    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-    bundle
-}
 
 /// Receives until EOF on port 5001 and prints MiB/s (from the first byte to EOF).
 const SERVER: &str = "import socket, time
@@ -78,7 +57,7 @@ fn main() {
     let addr = env.dev();
     let img = env.busybox_image();
     let rootfs = images::busybox_rootfs(&env.path("busybox"));
-    let bundle = runc_bundle(env.dir.path(), &rootfs);
+    let bundle = bench::runc_bundle(env.dir.path(), &rootfs);
     let host_cfg = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()

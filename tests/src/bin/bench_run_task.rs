@@ -33,26 +33,6 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-fn runc_bundle(dir: &Path, rootfs: &Path) -> PathBuf {
-    let bundle = dir.join("runc-bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let st = Command::new("runc")
-        .args(["spec", "--bundle"])
-        .arg(&bundle)
-        .status()
-        .expect("runc is installed (scripts/bench installs it)");
-    assert!(st.success());
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    spec["root"]["path"] = rootfs.to_str().unwrap().into();
-    spec["root"]["readonly"] = true.into();
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
-    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-    bundle
-}
-
 /// N processes spinning until dropped.
 struct Hogs(Vec<std::process::Child>);
 
@@ -170,7 +150,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1));
     let rss_idle_fresh = rss_kib(dev_pid);
 
-    let bundle = runc_bundle(env.dir.path(), &rootfs);
+    let bundle = bench::runc_bundle(env.dir.path(), &rootfs);
     let run_skiff = |addr: &str| {
         let t = Instant::now();
         let out = cli(
