@@ -553,7 +553,11 @@ mod input_tests {
         let c = &spec.containers[0];
         assert!(c.essential);
         assert_eq!(c.stop_timeout_secs, DEFAULT_STOP_TIMEOUT_SECS);
-        assert_eq!(spec.network_mode, NetworkMode::None);
+        assert_eq!(
+            spec.network_mode,
+            NetworkMode::Bridge,
+            "bridge is the default"
+        );
     }
 
     #[test]
@@ -642,6 +646,9 @@ mod input_tests {
 
         let mut i = input(ok_container());
         i.task_role = "thumbs".into();
+        // The default network (bridge) reaches the credentials endpoint; none cannot.
+        assert_eq!(task_spec_input(&i).unwrap().task_role, "thumbs");
+        i.network_mode = "none".into();
         let e = task_spec_input(&i).unwrap_err();
         assert_eq!(e.field, "task_role");
         assert!(e.problem.contains("network_mode bridge or host"), "{e}");

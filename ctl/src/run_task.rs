@@ -67,9 +67,9 @@ pub struct RunTaskArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping (e.g. 10s).
     #[arg(long = "stop-timeout", value_parser = parse_duration)]
     stop_timeout: Option<u64>,
-    /// Network mode: none (loopback only), host (the node's), bridge (an address of its own
-    /// on skiff's bridge, outbound NAT, published ports) or cni/NETWORK (a CNI network the
-    /// node's operator named).
+    /// Network mode: bridge (the default: a namespace and an address of its own on skiff's
+    /// bridge, outbound NAT, published ports), none (loopback only), host (the node's) or
+    /// cni/NETWORK (a CNI network the node's operator named).
     #[arg(long)]
     network: Option<String>,
     /// Publish a container port on the node: HOST:CONTAINER[/tcp|udp], or PORT for the same

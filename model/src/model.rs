@@ -106,7 +106,8 @@ impl StopCode {
 pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
 
 /// How a task is networked. Stored and sent as its name: `none`, `host`, `bridge` or
-/// `cni/<network>`.
+/// `cni/<network>`; a task definition or task that names none gets `bridge` (as Docker,
+/// Podman and Nomad default to a bridge).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum NetworkMode {
     /// Own network namespace with only loopback.
@@ -125,9 +126,9 @@ impl NetworkMode {
     /// The mode by its name; None for a name that is not one.
     pub fn parse(s: &str) -> Option<NetworkMode> {
         match s {
-            "" | "none" => Some(NetworkMode::None),
+            "none" => Some(NetworkMode::None),
             "host" => Some(NetworkMode::Host),
-            "bridge" => Some(NetworkMode::Bridge),
+            "" | "bridge" => Some(NetworkMode::Bridge),
             other => {
                 let name = other.strip_prefix("cni/")?;
                 let ok = !name.is_empty()

@@ -310,7 +310,7 @@ fn check_args(field: &str, args: &[String]) -> Result<(), InvalidField> {
     Ok(())
 }
 
-/// A network mode by its name ("" is none).
+/// A network mode by its name ("" is bridge, the default).
 pub fn network_mode(field: &str, mode: &str) -> Result<NetworkMode, InvalidField> {
     NetworkMode::parse(mode).ok_or_else(|| {
         bad(
@@ -924,7 +924,7 @@ mod network_tests {
             let json = serde_json::to_string(&mode).unwrap();
             assert_eq!(serde_json::from_str::<NetworkMode>(&json).unwrap(), mode);
         }
-        assert_eq!(network_mode("n", "").unwrap(), NetworkMode::None);
+        assert_eq!(network_mode("n", "").unwrap(), NetworkMode::Bridge);
         for bad_mode in ["cni/", "cni/a b", "cni/../x", "bridged", "awsvpc"] {
             let e = network_mode("network_mode", bad_mode).unwrap_err();
             assert_eq!(e.field, "network_mode");

@@ -417,6 +417,8 @@ fn roles_are_checked_when_defined_and_when_used() {
             "run-task",
             "--image",
             &img,
+            "--network",
+            "none",
             "--role",
             "thumbnailer",
             "--",

@@ -43,7 +43,14 @@ fn main() {
     let image = format!("dir:{}", rootfs.display());
 
     let run = |init: bool| {
-        let mut args = vec!["run-task", "--wait", "--image", image.as_str()];
+        let mut args = vec![
+            "run-task",
+            "--wait",
+            "--network",
+            "none",
+            "--image",
+            image.as_str(),
+        ];
         if init {
             args.push("--init");
         }

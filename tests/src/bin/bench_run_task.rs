@@ -155,7 +155,16 @@ fn main() {
         let t = Instant::now();
         let out = cli(
             addr,
-            &["run-task", "--wait", "--image", &image, "--", "/bin/true"],
+            &[
+                "run-task",
+                "--wait",
+                "--network",
+                "none",
+                "--image",
+                &image,
+                "--",
+                "/bin/true",
+            ],
         );
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         assert_eq!(out.code, 0, "{out:?}");

@@ -92,8 +92,8 @@ fn env_limits_and_namespaces_inside_the_container() {
         "{s}"
     );
     assert!(
-        s.contains("nets=lo\n"),
-        "network mode none has only loopback: {s}"
+        s.contains("nets=eth0 lo\n"),
+        "the default network mode, bridge, gives the task an interface of its own: {s}"
     );
     // PID namespace: sh, and the ls/grep of the command substitution; never the host's processes.
     let procs: u32 = s
