@@ -563,7 +563,13 @@ pub async fn cleanup(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
     .await;
     if matches!(spec.network, NetworkMode::Network(_)) {
         let (a, task) = (agent.clone(), task_id.to_string());
-        let detached = tokio::task::spawn_blocking(move || a.networks.detach(&task)).await;
+        // A namespace the task could not have changed may serve the next one as it is.
+        let reusable = spec
+            .containers
+            .iter()
+            .all(|c| !c.privileged && c.port_mappings.is_empty());
+        let detached =
+            tokio::task::spawn_blocking(move || a.networks.release(&task, reusable)).await;
         if let Ok(Err(e)) = detached {
             warn!(error = %e, "detaching the task's network failed; retried at the next agent start");
         }

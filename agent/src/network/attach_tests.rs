@@ -230,3 +230,34 @@ fn a_bridge_task_takes_a_warm_namespace_and_gives_nothing_back_but_its_release()
         .args(["link", "del", &format!("skc{}", std::process::id() % 10000)])
         .status();
 }
+
+#[test]
+fn a_quiet_warm_namespace_goes_back_to_the_pool_and_a_busy_one_is_released() {
+    let (nets, _dir) = test_networks("d", "10.204.0.0/24");
+    nets.refill();
+    assert_eq!(nets.pooled(), 2);
+    let (quiet, busy) = (task_id(8), task_id(9));
+    let q = nets.attach(&quiet, DEFAULT_NETWORK, &[]).unwrap();
+    let b = nets.attach(&busy, DEFAULT_NETWORK, &[]).unwrap();
+    assert_eq!(nets.pooled(), 0);
+    // The busy task leaves a socket behind (a listener, as a server whose process is gone
+    // would leave connections in TIME_WAIT).
+    let _listener = in_netns(&b.netns, || TcpListener::bind("0.0.0.0:8080").unwrap());
+    let busy_id = std::fs::read_to_string(nets.claims_dir.join(&busy)).unwrap();
+    nets.release(&quiet, true).unwrap();
+    nets.release(&busy, true).unwrap();
+    // The quiet one waits for the next task, attached as it was; the busy one is gone.
+    assert_eq!(nets.pooled(), 1);
+    assert!(q.netns.exists() && !b.netns.exists());
+    assert!(!lease_of(&busy_id));
+    let next = nets.attach(&task_id(10), DEFAULT_NETWORK, &[]).unwrap();
+    assert_eq!(next.netns, q.netns);
+    assert_eq!(next.addresses, q.addresses);
+    // Not reusable (ports or a privileged container): released, not pooled.
+    nets.release(&task_id(10), false).unwrap();
+    assert_eq!(nets.pooled(), 0);
+    assert!(!q.netns.exists());
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &format!("skd{}", std::process::id() % 10000)])
+        .status();
+}

@@ -166,6 +166,11 @@ impl Networks {
         self.lists.keys().cloned().collect()
     }
 
+    /// How many namespaces wait in the warm pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.lock().unwrap().len()
+    }
+
     pub fn netns_path(&self, task_id: &str) -> PathBuf {
         self.netns_dir.join(task_id)
     }
@@ -232,6 +237,27 @@ impl Networks {
                 tracing::warn!(attachment = %id, error = %e, "releasing a warm namespace failed");
             }
         }
+    }
+
+    /// The task is over: a warm namespace it took goes back to the pool when it can be used
+    /// again as it is (`reusable`: no published ports and no privileged container, so the
+    /// task could not change it; no socket left in it; the pool not over four times its
+    /// size), saving the DEL and the next ADD; anything else is detached. Blocking.
+    pub fn release(&self, task_id: &str, reusable: bool) -> Result<(), NetworkError> {
+        let id = self.attachment_of(task_id);
+        if reusable && id != task_id && self.warm > 0 {
+            let net = self.attached(task_id);
+            let mut pool = self.pool.lock().unwrap();
+            if let Some(net) =
+                net.filter(|n| pool.len() < self.warm * 4 && netns::is_quiet(&n.netns))
+            {
+                pool.push((id, net));
+                drop(pool);
+                let _ = std::fs::remove_file(self.claims_dir.join(task_id));
+                return Ok(());
+            }
+        }
+        self.detach(task_id)
     }
 
     /// The CNI container id of a task's attachment: its own id, or the warm one it took.

@@ -46,6 +46,28 @@ pub fn is_held(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether no TCP or UDP socket is left in the namespace file `path` (none listening, none
+/// connected, none in TIME_WAIT): a namespace its task has left in the state it was made in,
+/// since an unprivileged container cannot change its interfaces, addresses or routes.
+pub fn is_quiet(path: &Path) -> bool {
+    let Ok(file) = fs::File::open(path) else {
+        return false;
+    };
+    std::thread::spawn(move || {
+        use std::os::fd::AsFd;
+        if nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+            return false;
+        }
+        ["tcp", "tcp6", "udp", "udp6"].iter().all(|table| {
+            fs::read_to_string(format!("/proc/thread-self/net/{table}"))
+                .map(|t| t.lines().skip(1).all(|l| l.trim().is_empty()))
+                .unwrap_or(false)
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 /// nsfs (no constant in nix).
 const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
 
@@ -92,6 +114,7 @@ mod tests {
         create(&path).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().ino(), held.ino());
         assert_eq!(list(&dir.path().join("netns")).len(), 1);
+        assert!(is_quiet(&path), "a new namespace has no sockets");
         remove(&path).unwrap();
         assert!(!path.exists());
         remove(&path).unwrap();
