@@ -600,6 +600,89 @@ impl Drop for Env {
     }
 }
 
+/// What a reboot does to the iptables rules of every attachment the agent in `agent_dir` had
+/// (its tasks' and its warm namespaces'): they are gone. For tests that simulate a reboot by
+/// killing processes and unmounting: the kernel's rules would not survive a real one.
+pub fn reboot_forgets_the_iptables_rules_of(agent_dir: &Path) {
+    for entry in fs::read_dir(agent_dir.join("cni/results"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(bytes) = fs::read(entry.path()) else {
+            continue;
+        };
+        let Ok(cached) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        if let Some(id) = cached["attachment"]["containerId"].as_str() {
+            forget_iptables_rules(id);
+        }
+    }
+}
+
+/// What a reboot does to one task's iptables rules: they are gone.
+fn forget_iptables_rules(id: &str) {
+    for table in ["nat", "filter"] {
+        let out = Command::new("iptables")
+            .args(["-t", table, "-S"])
+            .output()
+            .unwrap();
+        let rules = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut chains = Vec::new();
+        for line in rules
+            .lines()
+            .filter(|l| l.contains(id) && l.starts_with("-A "))
+        {
+            let args = words(&line[3..]);
+            let mut cmd = vec!["-t".to_string(), table.to_string(), "-D".to_string()];
+            cmd.extend(args.iter().cloned());
+            assert!(
+                Command::new("iptables")
+                    .args(&cmd)
+                    .status()
+                    .unwrap()
+                    .success(),
+                "{line}"
+            );
+            if let Some(i) = args.iter().position(|a| a == "-j") {
+                let target = &args[i + 1];
+                if target.starts_with("CNI-") && !target.starts_with("CNI-HOSTPORT") {
+                    chains.push(target.clone());
+                }
+            }
+        }
+        for chain in chains {
+            for op in ["-F", "-X"] {
+                let _ = Command::new("iptables")
+                    .args(["-t", table, op, &chain])
+                    .status();
+            }
+        }
+    }
+}
+
+/// An `iptables -S` rule's words (double quotes group, backslash escapes).
+fn words(s: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted, mut chars) = (Vec::new(), String::new(), false, s.chars());
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// Detaches every task network the agents under `dir` left attached (address leases and NAT
 /// rules live on the host, outside the test's directory), as their next start would.
 pub fn release_networks_under(dir: &Path) {

@@ -465,7 +465,7 @@ fn nothing_of_a_tasks_network_is_left_after_kill_9_of_the_agent_or_a_reboot() {
     env.procs.last_mut().unwrap().kill9();
     skiff_tests::kill_shims_under(env.dir.path());
     skiff_tests::unmount_under(env.dir.path());
-    forget_iptables_rules(&rebooted);
+    skiff_tests::reboot_forgets_the_iptables_rules_of(&env.path("dev/agent"));
     wait_for(
         "only the lease and the cache to survive the reboot",
         Duration::from_secs(10),
@@ -480,64 +480,6 @@ fn nothing_of_a_tasks_network_is_left_after_kill_9_of_the_agent_or_a_reboot() {
     let addr = env.dev();
     wait_status(&addr, &rebooted, "STOPPED", Duration::from_secs(30));
     t2.wait_gone("the lease of a task from before the reboot released");
-}
-
-/// What a reboot does to one task's iptables rules: they are gone.
-fn forget_iptables_rules(id: &str) {
-    for table in ["nat", "filter"] {
-        let rules = sh(&["iptables", "-t", table, "-S"]);
-        let mut chains = Vec::new();
-        for line in rules
-            .lines()
-            .filter(|l| l.contains(id) && l.starts_with("-A "))
-        {
-            let args = words(&line[3..]);
-            let mut cmd = vec!["-t".to_string(), table.to_string(), "-D".to_string()];
-            cmd.extend(args.iter().cloned());
-            assert!(
-                Command::new("iptables")
-                    .args(&cmd)
-                    .status()
-                    .unwrap()
-                    .success(),
-                "{line}"
-            );
-            if let Some(i) = args.iter().position(|a| a == "-j") {
-                let target = &args[i + 1];
-                if target.starts_with("CNI-") && !target.starts_with("CNI-HOSTPORT") {
-                    chains.push(target.clone());
-                }
-            }
-        }
-        for chain in chains {
-            for op in ["-F", "-X"] {
-                let _ = Command::new("iptables")
-                    .args(["-t", table, op, &chain])
-                    .status();
-            }
-        }
-    }
-}
-
-/// An `iptables -S` rule's words (double quotes group, backslash escapes).
-fn words(s: &str) -> Vec<String> {
-    let (mut out, mut cur, mut quoted, mut chars) = (Vec::new(), String::new(), false, s.chars());
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => cur.extend(chars.next()),
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
 }
 
 #[test]

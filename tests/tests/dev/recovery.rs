@@ -161,6 +161,7 @@ fn after_a_reboot_the_agent_removes_what_running_containers_left_on_disk_and_kee
     env.procs[0].kill9();
     skiff_tests::kill_shims_under(env.dir.path());
     skiff_tests::unmount_under(env.dir.path());
+    skiff_tests::reboot_forgets_the_iptables_rules_of(&env.path("dev/agent"));
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let _ = std::fs::remove_dir(hierarchy.path().join(format!("skiff/{id}-main")));
     }
