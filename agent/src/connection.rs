@@ -84,6 +84,7 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
                     Some(In::CancelLogs(c)) => logserve::cancel(agent, c.request_id),
                     Some(In::Image(cmd)) => crate::imageserve::start(agent.clone(), cmd),
                     Some(In::Credentials(reply)) => agent.credentials.answered(reply),
+                    Some(In::Names(names)) => agent.dns.set_names(names),
                     None => {}
                 }
             }

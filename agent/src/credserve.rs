@@ -233,23 +233,7 @@ pub async fn ensure_bridge_endpoint(agent: &Arc<AgentInner>, bridge: &str) -> Re
     if serving.as_deref() == Some(bridge) {
         return Ok(());
     }
-    let out = tokio::process::Command::new("ip")
-        .args([
-            "addr",
-            "replace",
-            &format!("{TASK_ENDPOINT}/32"),
-            "dev",
-            bridge,
-        ])
-        .output()
-        .await
-        .map_err(|e| format!("running ip to add {TASK_ENDPOINT} to {bridge}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "adding {TASK_ENDPOINT} to {bridge}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+    add_task_endpoint_address(bridge).await?;
     let bind = || -> std::io::Result<tokio::net::TcpListener> {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.set_reuseaddr(true)?;
@@ -279,6 +263,29 @@ pub async fn ensure_bridge_endpoint(agent: &Arc<AgentInner>, bridge: &str) -> Re
         }
     });
     *serving = Some(bridge.to_string());
+    Ok(())
+}
+
+/// Puts 169.254.170.2 on `bridge`, where tasks reach the agent's endpoints (credentials,
+/// DNS). Idempotent.
+pub async fn add_task_endpoint_address(bridge: &str) -> Result<(), String> {
+    let out = tokio::process::Command::new("ip")
+        .args([
+            "addr",
+            "replace",
+            &format!("{TASK_ENDPOINT}/32"),
+            "dev",
+            bridge,
+        ])
+        .output()
+        .await
+        .map_err(|e| format!("running ip to add {TASK_ENDPOINT} to {bridge}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "adding {TASK_ENDPOINT} to {bridge}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod cgroup_tuning;
 pub(crate) mod connection;
 pub mod credserve;
+pub mod dnsserve;
 pub mod executable;
 pub mod hardening;
 pub mod health;
@@ -71,6 +72,8 @@ pub struct AgentConfig {
     pub cgroup_favordynmods: bool,
     /// Task networks: CNI plugins, operators' networks, skiff's bridge (see `network`).
     pub network: network::NetworkConfig,
+    /// Resolvers the tasks' DNS server forwards to; empty: the node's (/etc/resolv.conf).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -96,6 +99,7 @@ impl AgentConfig {
             credentials_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 51679)),
             cgroup_favordynmods: false,
             network: network::NetworkConfig::default(),
+            dns_upstreams: Vec::new(),
         }
     }
 }
@@ -135,6 +139,8 @@ pub struct AgentInner {
     pub credentials: credserve::Credentials,
     /// The node's networks, which bridge and CNI tasks are attached to.
     pub networks: network::Networks,
+    /// The DNS server of bridge tasks and the service names it answers.
+    pub dns: Arc<dnsserve::Dns>,
 }
 
 impl AgentInner {
@@ -458,6 +464,7 @@ impl Agent {
         )?;
         let inner = Arc::new(AgentInner {
             networks,
+            dns: Arc::new(dnsserve::Dns::new(cfg.dns_upstreams.clone())),
             images,
             cfg,
             tasks: Mutex::new(HashMap::new()),

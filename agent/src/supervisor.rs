@@ -218,11 +218,20 @@ async fn attach_network(
         .collect();
     let (a, task, net_name) = (agent.clone(), task_id.to_string(), name.clone());
     let dir = runtime_dir(&agent.cfg, task_id).join("network");
+    // Tasks on skiff's bridge ask the agent's DNS server (service names); on an operator's
+    // network the agent cannot be reached, and the node's resolvers are named instead.
+    let on_bridge = name == crate::network::DEFAULT_NETWORK;
+    let resolver = on_bridge.then_some(crate::network::TaskResolver {
+        nameserver: crate::credserve::TASK_ENDPOINT,
+        search: crate::dnsserve::ZONE,
+    });
     let attached = tokio::task::spawn_blocking(move || {
         let began = std::time::Instant::now();
         let net = a.networks.attach(&task, &net_name, &ports)?;
         let took = began.elapsed();
-        let etc_files = a.networks.etc_files(&dir, &hostname(&task), &net)?;
+        let etc_files = a
+            .networks
+            .etc_files(&dir, &hostname(&task), &net, resolver.as_ref())?;
         Ok::<_, crate::network::NetworkError>((net, etc_files, took))
     })
     .await
@@ -230,10 +239,12 @@ async fn attach_network(
     let (net, etc_files, took) = attached.map_err(|e| format!("network {name}: {e}"))?;
     info!(network = %name, addresses = ?net.addresses, cni_ms = took.as_secs_f64() * 1000.0, "attached to its network");
     agent.update(task_id, |r| r.addresses = net.addresses.clone());
-    if name == crate::network::DEFAULT_NETWORK {
+    if on_bridge {
         // Bridge tasks run here: keep namespaces attached ahead of the next ones.
         let a = agent.clone();
         tokio::task::spawn_blocking(move || a.networks.refill());
+        // The CNI bridge plugin has made the bridge by now: the DNS server can listen on it.
+        crate::dnsserve::ensure_serving(&agent.dns, &agent.cfg.network.bridge_name).await?;
     }
     if spec.identity.is_some() {
         // The CNI bridge plugin has made the bridge by now: its endpoint can listen on it.

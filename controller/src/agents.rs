@@ -88,6 +88,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                 })),
             })
             .await;
+        let names = tokio::spawn(forward_names(core.names.subscribe(), tx.clone()));
 
         tokio::spawn(async move {
             if let Err(e) = reconcile(&core, &node_id, &reg.tasks).await {
@@ -141,6 +142,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                     break 'session;
                 }
             }
+            names.abort();
             core.detach(&node_id, conn_id);
             info!(node_id = %node_id, "agent disconnected");
         });
@@ -282,6 +284,35 @@ pub fn cert_revoked(core: &Core, fingerprint: &str) -> bool {
         .ok()
         .flatten()
         .is_none_or(|c| c.revoked_ms != 0)
+}
+
+/// Sends the agent the service names table once there is one, then each change, until the
+/// session ends.
+async fn forward_names(
+    mut names: tokio::sync::watch::Receiver<Option<crate::names::NameTable>>,
+    tx: mpsc::Sender<pb::ControllerMessage>,
+) {
+    loop {
+        let table = names.borrow_and_update().clone();
+        if let Some(table) = table {
+            let services = table
+                .iter()
+                .map(|(name, addresses)| {
+                    let addresses = addresses.clone();
+                    (name.clone(), pb::ServiceAddresses { addresses })
+                })
+                .collect();
+            let msg = pb::ControllerMessage {
+                body: Some(Out::Names(pb::ServiceNames { services })),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        if names.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {

@@ -87,6 +87,8 @@ pub struct Core {
     pub workers: crate::worker_state::WorkerStates,
     /// Each queue's lock and arrival signal.
     pub queue_waits: crate::queue_waits::QueueWaits,
+    /// The addresses behind each service's DNS name, for the agents.
+    pub names: crate::names::Names,
     /// Makes ULIDs stamped with the clock's time (increasing within a millisecond).
     ids: Mutex<ulid::Generator>,
 }
@@ -159,6 +161,7 @@ impl Core {
                 .expect("a notifier without SMTP always builds"),
             workers: Default::default(),
             queue_waits: Default::default(),
+            names: Default::default(),
             ids: Mutex::new(ulid::Generator::new()),
         }
     }

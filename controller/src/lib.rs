@@ -21,6 +21,7 @@ pub mod keyfile;
 // The pure layer, re-exported so `crate::lifecycle` and friends name it (see skiff-model).
 pub use skiff_model::{cron, lifecycle, pattern, placement, retry, ruleset, transform, trust};
 pub mod model;
+pub mod names;
 pub mod nodes;
 pub mod notifier;
 pub mod notify;

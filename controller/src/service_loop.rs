@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::model::{Backlog, DesiredStatus, Health, Service, ServiceMode, Task};
+use crate::model::{Backlog, DesiredStatus, Service, ServiceMode, Task};
 use crate::wake::Loop;
 use skiff_model::lifecycle::StopCode;
 use skiff_model::service::{self as decide, Finished, Inputs, TaskView};
@@ -52,6 +52,7 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
 pub async fn pass(core: &Core) -> Result<Option<i64>, CoreError> {
     let services = core.store.services.list()?;
     if services.is_empty() {
+        core.names.publish(Default::default());
         return Ok(None);
     }
     let mut by_group: HashMap<String, Vec<Task>> = HashMap::new();
@@ -60,6 +61,9 @@ pub async fn pass(core: &Core) -> Result<Option<i64>, CoreError> {
             by_group.entry(t.group.clone()).or_default().push(t);
         }
     }
+    core.names.publish(skiff_model::names::service_addresses(
+        by_group.values().flatten(),
+    ));
     let mut wake: Option<i64> = None;
     for svc in services {
         let mine = by_group.remove(&svc.group()).unwrap_or_default();
@@ -171,27 +175,7 @@ fn view(t: &Task) -> TaskView {
         status: t.status,
         stopping: t.desired == DesiredStatus::Stopped,
         started_at_ms: t.started_at_ms,
-        health: essential_health(t),
-    }
-}
-
-/// The health of a task's essential containers that have checks: UNHEALTHY if one is,
-/// UNKNOWN if one is not known yet, HEALTHY if all are; None if none has a check.
-fn essential_health(t: &Task) -> Option<Health> {
-    let checked: Vec<Health> = t
-        .containers
-        .iter()
-        .filter(|c| c.essential)
-        .filter_map(|c| c.health)
-        .collect();
-    if checked.is_empty() {
-        None
-    } else if checked.contains(&Health::Unhealthy) {
-        Some(Health::Unhealthy)
-    } else if checked.contains(&Health::Unknown) {
-        Some(Health::Unknown)
-    } else {
-        Some(Health::Healthy)
+        health: t.essential_health(),
     }
 }
 

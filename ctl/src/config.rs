@@ -70,6 +70,9 @@ pub struct AgentFile {
     pub bridge_name: Option<String>,
     /// Namespaces on the bridge kept attached ahead of need (default 2).
     pub warm_networks: Option<usize>,
+    /// Resolvers the DNS server of bridge tasks forwards to (default: the node's).
+    #[serde(default)]
+    pub dns_upstreams: Vec<String>,
 }
 
 /// Reads a definition file (role, rule, schedule, source, topic) into its file struct; the

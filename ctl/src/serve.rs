@@ -145,6 +145,23 @@ pub struct NodeArgs {
     /// 2; 0 attaches each task's when it starts).
     #[arg(long = "warm-networks", env = "SKIFF_WARM_NETWORKS")]
     warm_networks: Option<usize>,
+    /// Resolvers (IP or IP:PORT, repeatable) the DNS server of bridge tasks forwards names
+    /// outside skiff.internal to (default: the node's, from /etc/resolv.conf).
+    #[arg(
+        long = "dns-upstream",
+        env = "SKIFF_DNS_UPSTREAMS",
+        value_delimiter = ','
+    )]
+    dns_upstreams: Vec<String>,
+}
+
+/// A resolver's address: IP:PORT, or an IP (port 53).
+fn parse_resolver(s: &str) -> anyhow::Result<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| {
+            anyhow::anyhow!("dns_upstreams: {s:?} is not an IP address or IP:PORT (e.g. 10.0.0.2 or 127.0.0.1:5353)")
+        })
 }
 
 /// An IPv4 range in CIDR form (what host-local takes), checked before the agent starts.
@@ -212,6 +229,15 @@ impl NodeArgs {
         if let Some(n) = self.warm_networks.or(file.warm_networks) {
             cfg.network.warm = n;
         }
+        let upstreams = if self.dns_upstreams.is_empty() {
+            &file.dns_upstreams
+        } else {
+            &self.dns_upstreams
+        };
+        cfg.dns_upstreams = upstreams
+            .iter()
+            .map(|s| parse_resolver(s))
+            .collect::<anyhow::Result<_>>()?;
         Ok(())
     }
 }

@@ -18,6 +18,7 @@
 pub mod cron;
 pub mod lifecycle;
 pub mod model;
+pub mod names;
 pub mod pattern;
 pub mod placement;
 pub mod queue;

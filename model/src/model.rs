@@ -423,6 +423,26 @@ pub struct Task {
 }
 
 impl Task {
+    /// The health of its essential containers that have checks: UNHEALTHY if one is, UNKNOWN
+    /// if one is not known yet, HEALTHY if all are; None if none has a check.
+    pub fn essential_health(&self) -> Option<Health> {
+        let checked: Vec<Health> = self
+            .containers
+            .iter()
+            .filter(|c| c.essential)
+            .filter_map(|c| c.health)
+            .collect();
+        if checked.is_empty() {
+            None
+        } else if checked.contains(&Health::Unhealthy) {
+            Some(Health::Unhealthy)
+        } else if checked.contains(&Health::Unknown) {
+            Some(Health::Unknown)
+        } else {
+            Some(Health::Healthy)
+        }
+    }
+
     /// A task just accepted: PROVISIONING, desired RUNNING, its containers not yet started.
     pub fn new(
         id: String,

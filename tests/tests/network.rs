@@ -1,8 +1,10 @@
 //! Task networking end to end, on real kernel networking: bridge-mode tasks on skiff's bridge
 //! through the reference CNI plugins — task to task by address, containers of one task over
 //! localhost, a published port from the node and from another namespace, outbound NAT to a
-//! server outside the bridge, `none` with only loopback — and no veth, lease, NAT rule or
-//! namespace left after a task ends, after `kill -9` of the agent, or after a reboot.
+//! server outside the bridge, `none` with only loopback, service names from the agents' DNS
+//! server (on every node) with other names forwarded to a real resolver — and no veth, lease,
+//! NAT rule or namespace left after a task ends, after `kill -9` of the agent, or after a
+//! reboot.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -629,4 +631,277 @@ fn a_host_port_in_use_on_the_node_keeps_the_next_task_waiting_not_failing() {
     assert_eq!(body.trim(), "second");
     assert_eq!(cli(&addr, &["tasks", "stop", &second]).code, 0);
     wait_status(&addr, &second, "STOPPED", Duration::from_secs(30));
+}
+
+/// Bridges a test made its agents create, deleted on drop (after the test's `Env`, which is
+/// declared after it, has released every attachment on them).
+struct OwnBridges(Vec<String>);
+
+impl Drop for OwnBridges {
+    fn drop(&mut self) {
+        for b in &self.0 {
+            let _ = Command::new("ip").args(["link", "del", b]).status();
+        }
+    }
+}
+
+/// dnsmasq on the node's loopback as the resolver the agent forwards to: it knows one name
+/// (`outside.test` → 192.0.2.7) and nothing else. Killed on drop.
+struct Resolver {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Resolver {
+    fn start() -> Resolver {
+        let port = free_port();
+        let child = Command::new("dnsmasq")
+            .args(["--keep-in-foreground", "--no-resolv", "--no-hosts"])
+            .args(["--listen-address=127.0.0.1", "--bind-interfaces"])
+            .arg(format!("--port={port}"))
+            .arg("--address=/outside.test/192.0.2.7")
+            .arg("--pid-file=")
+            .arg("--user=root")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (scripts/deps test installs it)");
+        wait_for("dnsmasq to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Resolver { port, child }
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The addresses busybox's nslookup printed for `name` (the server's own line left out).
+fn looked_up(out: &str) -> Vec<String> {
+    let mut found: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Address:"))
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.ends_with(":53"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// `nslookup NAME` in a new bridge task; its output.
+fn nslookup(addr: &str, img: &str, name: &str) -> skiff_tests::Cli {
+    cli(
+        addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            img,
+            "--network",
+            "bridge",
+            "--",
+            "busybox",
+            "nslookup",
+            name,
+        ],
+    )
+}
+
+/// The addresses of a service's RUNNING tasks, once there are `n`.
+fn running_addresses(addr: &str, service: &str, n: usize) -> Vec<String> {
+    wait_for(
+        &format!("{n} running tasks of {service}"),
+        Duration::from_secs(60),
+        || {
+            let out = cli(addr, &["services", "describe", service, "-o", "json"]).json();
+            let mut found = vec![];
+            for t in out["tasks"].as_array()? {
+                if t["lastStatus"] == "RUNNING" && t["desiredStatus"] == "RUNNING" {
+                    found.push(t["addresses"][0].as_str()?.to_string());
+                }
+            }
+            found.sort();
+            (found.len() == n).then_some(found)
+        },
+    )
+}
+
+#[test]
+fn a_service_name_resolves_to_its_running_tasks_and_other_names_are_forwarded() {
+    let resolver = Resolver::start();
+    let n = std::process::id() % 250;
+    let (bridge, subnet) = (format!("skd{n}"), format!("10.94.{n}.0/24"));
+    let _bridges = OwnBridges(vec![bridge.clone()]);
+    let mut env = Env::new();
+    // A bridge of this test's own: its DNS server listens there, apart from other tests' agents.
+    let upstream = format!("127.0.0.1:{}", resolver.port);
+    let addr = env.dev_with(&[
+        "--bridge-name",
+        &bridge,
+        "--bridge-subnet",
+        &subnet,
+        "--dns-upstream",
+        &upstream,
+    ]);
+    let img = env.busybox_image();
+    let def = env.path("web.yaml");
+    std::fs::write(
+        &def,
+        format!(
+            "family: web\nnetwork_mode: bridge\ncontainers:\n  - name: httpd\n    image: {img}\n    command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www']\n    stop_timeout: 1s\n"
+        ),
+    )
+    .unwrap();
+    let reg = cli(
+        &addr,
+        &["taskdefs", "register", "-f", def.to_str().unwrap()],
+    );
+    assert_eq!(reg.code, 0, "{reg:?}");
+    let svc = env.path("web-service.yaml");
+    std::fs::write(&svc, "name: web\ntask_definition: web\ndesired_count: 2\n").unwrap();
+    let made = cli(&addr, &["services", "create", "-f", svc.to_str().unwrap()]);
+    assert_eq!(made.code, 0, "{made:?}");
+
+    // Both running tasks, whatever the case of the name.
+    let both = running_addresses(&addr, "web", 2);
+    let answer = wait_for(
+        "web.skiff.internal to name both tasks",
+        Duration::from_secs(20),
+        || {
+            let out = nslookup(&addr, &img, "Web.Skiff.Internal");
+            (looked_up(&out.stdout) == both).then_some(out)
+        },
+    );
+    assert!(answer.stdout.contains("169.254.170.2"), "{answer:?}");
+
+    // The short name, through the search domain, reaches one of them over HTTP.
+    let out = fetch_from_a_bridge_task(&addr, &img, "http://web/");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.trim().is_empty(), "{out:?}");
+
+    // Another name goes to the node's resolver; an unknown service does not exist.
+    let out = nslookup(&addr, &img, "outside.test");
+    assert_eq!(looked_up(&out.stdout), ["192.0.2.7"], "{out:?}");
+    let out = nslookup(&addr, &img, "db.skiff.internal");
+    assert!(
+        out.stdout.contains("NXDOMAIN") || out.stderr.contains("NXDOMAIN"),
+        "{out:?}"
+    );
+
+    // Scaled in: the name follows.
+    let scaled = cli(&addr, &["services", "scale", "web", "1"]);
+    assert_eq!(scaled.code, 0, "{scaled:?}");
+    let one = running_addresses(&addr, "web", 1);
+    wait_for(
+        "web.skiff.internal to name one task",
+        Duration::from_secs(20),
+        || {
+            let out = nslookup(&addr, &img, "web.skiff.internal");
+            (looked_up(&out.stdout) == one).then_some(())
+        },
+    );
+    let rm = cli(&addr, &["services", "rm", "web"]);
+    assert_eq!(rm.code, 0, "{rm:?}");
+}
+
+/// Registers a bridge-mode busybox definition running `script`.
+fn register_bridge_def(env: &Env, addr: &str, family: &str, script: &str) {
+    let def = env.path(&format!("{family}.yaml"));
+    std::fs::write(
+        &def,
+        format!(
+            "family: {family}\nnetwork_mode: bridge\ncontainers:\n  - name: main\n    image: {}\n    command: [sh, -c, '{script}']\n    stop_timeout: 1s\n",
+            env.busybox_image()
+        ),
+    )
+    .unwrap();
+    let reg = cli(addr, &["taskdefs", "register", "-f", def.to_str().unwrap()]);
+    assert_eq!(reg.code, 0, "{reg:?}");
+}
+
+fn create_service(env: &Env, addr: &str, name: &str, yaml: &str) {
+    let svc = env.path(&format!("{name}-service.yaml"));
+    std::fs::write(&svc, yaml).unwrap();
+    let made = cli(addr, &["services", "create", "-f", svc.to_str().unwrap()]);
+    assert_eq!(made.code, 0, "{made:?}");
+}
+
+#[test]
+fn a_service_name_names_its_tasks_on_every_node() {
+    let resolver = Resolver::start();
+    let n = std::process::id() % 250;
+    let _bridges = OwnBridges(vec![format!("ska{n}"), format!("skb{n}")]);
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
+    let upstream = format!("127.0.0.1:{}", resolver.port);
+    // Two nodes, each with a bridge and an address range of its own.
+    for (node, bridge, subnet) in [
+        ("a", format!("ska{n}"), format!("10.96.{n}.0/24")),
+        ("b", format!("skb{n}"), format!("10.97.{n}.0/24")),
+    ] {
+        let label = format!("side={node}");
+        env.agent(
+            &addr,
+            node,
+            &[
+                "--label",
+                &label,
+                "--bridge-name",
+                &bridge,
+                "--bridge-subnet",
+                &subnet,
+                "--dns-upstream",
+                &upstream,
+            ],
+        );
+    }
+    register_bridge_def(&env, &addr, "web", "exec sleep 3600");
+    create_service(
+        &env,
+        &addr,
+        "web",
+        "name: web\ntask_definition: web\ndesired_count: 2\nplacement: {spread: true}\n",
+    );
+    let both = running_addresses(&addr, "web", 2);
+    assert!(
+        both.iter().any(|a| a.starts_with("10.96."))
+            && both.iter().any(|a| a.starts_with("10.97.")),
+        "spread over both nodes: {both:?}"
+    );
+    // A probe on node b looks the name up until it has both (the one on node a included).
+    register_bridge_def(
+        &env,
+        &addr,
+        "probe",
+        "while true; do busybox nslookup web.skiff.internal; sleep 0.3; done",
+    );
+    create_service(
+        &env,
+        &addr,
+        "probe",
+        "name: probe\ntask_definition: probe\ndesired_count: 1\nplacement: {constraints: [\"side == b\"]}\n",
+    );
+    let probe = wait_for("the probe to run", Duration::from_secs(60), || {
+        let out = cli(&addr, &["services", "describe", "probe", "-o", "json"]).json();
+        let t = out["tasks"].as_array()?.first()?.clone();
+        (t["lastStatus"] == "RUNNING").then_some(t)
+    });
+    assert_eq!(probe["nodeId"], "b", "{probe}");
+    let id = probe["id"].as_str().unwrap().to_string();
+    wait_for(
+        "node b's DNS to name both tasks",
+        Duration::from_secs(20),
+        || {
+            let logs = cli(&addr, &["tasks", "logs", &id]).stdout;
+            let last = logs.rsplit("Server:").next()?.to_string();
+            (looked_up(&last) == both).then_some(())
+        },
+    );
+    for svc in ["probe", "web"] {
+        assert_eq!(cli(&addr, &["services", "rm", svc]).code, 0);
+    }
 }

@@ -415,12 +415,14 @@ impl Networks {
         dir: &Path,
         hostname: &str,
         net: &TaskNetwork,
+        resolver: Option<&TaskResolver>,
     ) -> Result<Vec<(PathBuf, String)>, NetworkError> {
         let hosts = hosts_file(hostname, &net.addresses);
-        let resolv = resolv_conf(
-            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-            net.gateway.as_deref(),
-        );
+        let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv = match resolver {
+            Some(r) => resolv_conf_for(&node, r),
+            None => resolv_conf(&node, net.gateway.as_deref()),
+        };
         let mut out = Vec::new();
         for (name, content, target) in [
             ("hosts", hosts, "/etc/hosts"),
@@ -473,6 +475,34 @@ fn hosts_file(hostname: &str, addresses: &[String]) -> String {
     out
 }
 
+/// A resolver of the agent's own that a task asks instead of the node's.
+#[derive(Clone, Debug)]
+pub struct TaskResolver {
+    pub nameserver: std::net::Ipv4Addr,
+    /// Searched first, so a short name (a service's) resolves.
+    pub search: &'static str,
+}
+
+/// A task's resolver configuration naming the agent's resolver, with the node's search
+/// domains after the resolver's and the node's options.
+fn resolv_conf_for(host: &str, r: &TaskResolver) -> String {
+    let mut search = vec![r.search.to_string()];
+    let mut options = Vec::new();
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("search") | Some("domain") => search.extend(words.map(String::from)),
+            Some("options") => options.extend(words.map(String::from)),
+            _ => {}
+        }
+    }
+    let mut out = format!("nameserver {}\nsearch {}\n", r.nameserver, search.join(" "));
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
 /// The node's resolver configuration as a task in its own namespace can use it: loopback
 /// nameservers (a local stub resolver) are unreachable from there and are left out; with none
 /// left, the gateway (the node) is named.
@@ -519,6 +549,23 @@ mod tests {
         assert_eq!(
             resolv_conf("nameserver 127.0.0.53\n", Some("10.89.0.1")),
             "nameserver 10.89.0.1\n"
+        );
+    }
+
+    #[test]
+    fn a_bridge_task_asks_the_agent_and_searches_the_service_zone_first() {
+        let host = "nameserver 127.0.0.53\nsearch lan corp\noptions edns0 ndots:2\n";
+        let r = TaskResolver {
+            nameserver: std::net::Ipv4Addr::new(169, 254, 170, 2),
+            search: "skiff.internal",
+        };
+        assert_eq!(
+            resolv_conf_for(host, &r),
+            "nameserver 169.254.170.2\nsearch skiff.internal lan corp\noptions edns0 ndots:2\n"
+        );
+        assert_eq!(
+            resolv_conf_for("", &r),
+            "nameserver 169.254.170.2\nsearch skiff.internal\n"
         );
     }
 
