@@ -112,6 +112,7 @@ async fn run_task(
         info!("running");
     } else {
         info!("re-adopted");
+        serve_bridge_endpoints(&agent, &record.spec).await;
     }
     supervise(&agent, &task_id, &dir, handles, &mut stop).await;
 }
@@ -247,13 +248,30 @@ async fn attach_network(
         crate::dnsserve::ensure_serving(&agent.dns, &agent.cfg.network.bridge_name).await?;
     }
     if spec.identity.is_some() {
-        // The CNI bridge plugin has made the bridge by now: its endpoint can listen on it.
         crate::credserve::ensure_bridge_endpoint(agent, &agent.cfg.network.bridge_name).await?;
     }
     Ok(Some(Attached {
         netns: net.netns,
         etc_files,
     }))
+}
+
+/// A bridge task re-adopted by a new agent process still asks 169.254.170.2 for names (and,
+/// with a role, credentials): those servers start with the agent's first bridge task, which
+/// may be this one.
+async fn serve_bridge_endpoints(agent: &Arc<AgentInner>, spec: &TaskSpec) {
+    if spec.network != NetworkMode::Network(crate::network::DEFAULT_NETWORK.to_string()) {
+        return;
+    }
+    let bridge = &agent.cfg.network.bridge_name;
+    if let Err(e) = crate::dnsserve::ensure_serving(&agent.dns, bridge).await {
+        warn!(error = %e, "the DNS server for a re-adopted bridge task cannot start");
+    }
+    if spec.identity.is_some() {
+        if let Err(e) = crate::credserve::ensure_bridge_endpoint(agent, bridge).await {
+            warn!(error = %e, "the credentials endpoint for a re-adopted bridge task cannot start");
+        }
+    }
 }
 
 /// Step 1: every container's image, concurrently.

@@ -711,23 +711,32 @@ fn nslookup(addr: &str, img: &str, name: &str) -> skiff_tests::Cli {
     )
 }
 
-/// The addresses of a service's RUNNING tasks, once there are `n`.
-fn running_addresses(addr: &str, service: &str, n: usize) -> Vec<String> {
+/// A service's RUNNING tasks (not asked to stop), once there are `n`.
+fn running_tasks(addr: &str, service: &str, n: usize) -> Vec<serde_json::Value> {
     wait_for(
         &format!("{n} running tasks of {service}"),
         Duration::from_secs(60),
         || {
             let out = cli(addr, &["services", "describe", service, "-o", "json"]).json();
-            let mut found = vec![];
-            for t in out["tasks"].as_array()? {
-                if t["lastStatus"] == "RUNNING" && t["desiredStatus"] == "RUNNING" {
-                    found.push(t["addresses"][0].as_str()?.to_string());
-                }
-            }
-            found.sort();
+            let found: Vec<serde_json::Value> = out["tasks"]
+                .as_array()?
+                .iter()
+                .filter(|t| t["lastStatus"] == "RUNNING" && t["desiredStatus"] == "RUNNING")
+                .cloned()
+                .collect();
             (found.len() == n).then_some(found)
         },
     )
+}
+
+/// The addresses of a service's RUNNING tasks, once there are `n`.
+fn running_addresses(addr: &str, service: &str, n: usize) -> Vec<String> {
+    let mut found: Vec<String> = running_tasks(addr, service, n)
+        .iter()
+        .map(|t| t["addresses"][0].as_str().unwrap().to_string())
+        .collect();
+    found.sort();
+    found
 }
 
 #[test]
@@ -739,14 +748,15 @@ fn a_service_name_resolves_to_its_running_tasks_and_other_names_are_forwarded() 
     let mut env = Env::new();
     // A bridge of this test's own: its DNS server listens there, apart from other tests' agents.
     let upstream = format!("127.0.0.1:{}", resolver.port);
-    let addr = env.dev_with(&[
+    let flags = [
         "--bridge-name",
         &bridge,
         "--bridge-subnet",
         &subnet,
         "--dns-upstream",
         &upstream,
-    ]);
+    ];
+    let addr = env.dev_with(&flags);
     let img = env.busybox_image();
     let def = env.path("web.yaml");
     std::fs::write(
@@ -804,8 +814,57 @@ fn a_service_name_resolves_to_its_running_tasks_and_other_names_are_forwarded() 
             (looked_up(&out.stdout) == one).then_some(())
         },
     );
-    let rm = cli(&addr, &["services", "rm", "web"]);
-    assert_eq!(rm.code, 0, "{rm:?}");
+
+    // After kill -9 of skiff, the restarted agent serves the tasks it re-adopts: a probe
+    // that was looking the name up all along gets answers again, with no new task started.
+    register_bridge_def(
+        &env,
+        &addr,
+        "probe",
+        "while true; do busybox nslookup web.skiff.internal; sleep 0.3; done",
+    );
+    create_service(
+        &env,
+        &addr,
+        "probe",
+        "name: probe\ntask_definition: probe\ndesired_count: 1\n",
+    );
+    let probe = running_tasks(&addr, "probe", 1).remove(0);
+    let id = probe["id"].as_str().unwrap().to_string();
+    wait_for("the probe's first answer", Duration::from_secs(20), || {
+        let logs = cli(&addr, &["tasks", "logs", &id]).stdout;
+        (looked_up(&logs) == one).then_some(())
+    });
+    env.procs[0].kill9();
+    let addr = env.dev_with(&flags);
+    let before = cli(&addr, &["tasks", "logs", &id]).stdout.len();
+    wait_for(
+        "the re-adopted probe to get answers again",
+        Duration::from_secs(30),
+        || {
+            let logs = cli(&addr, &["tasks", "logs", &id]).stdout;
+            let after = logs.get(before..)?;
+            (after.contains("Name:") && looked_up(after.rsplit("Server:").next()?) == one)
+                .then_some(())
+        },
+    );
+    let tasks = cli(&addr, &["tasks", "ls", "-o", "json"]).json();
+    let ids: Vec<&str> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["lastStatus"] == "RUNNING")
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        2,
+        "only the re-adopted web task and probe: {tasks}"
+    );
+    for svc in ["probe", "web"] {
+        let rm = cli(&addr, &["services", "rm", svc]);
+        assert_eq!(rm.code, 0, "{rm:?}");
+    }
 }
 
 /// Registers a bridge-mode busybox definition running `script`.
