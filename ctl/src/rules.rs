@@ -412,6 +412,8 @@ mod tests {
         let text = std::fs::read_to_string(&def).unwrap();
         let def = crate::taskdef_file::parse(&def, &text).unwrap();
         assert_eq!(def.task_role, "thumbnailer");
+        // As tests/tests/sources.rs runs it: on skiff's bridge, not the host's network.
+        assert_eq!(def.network_mode, "bridge");
     }
 
     #[test]
@@ -423,9 +425,8 @@ mod tests {
         crate::roles::load(&dir.join("role.yaml")).unwrap();
         let def = dir.join("batch.toml");
         let text = std::fs::read_to_string(&def).unwrap();
-        assert_eq!(
-            crate::taskdef_file::parse(&def, &text).unwrap().task_role,
-            "batch"
-        );
+        let def = crate::taskdef_file::parse(&def, &text).unwrap();
+        assert_eq!(def.task_role, "batch");
+        assert_eq!(def.network_mode, "bridge");
     }
 }

@@ -683,6 +683,42 @@ fn words(s: &str) -> Vec<String> {
     out
 }
 
+/// A bridge of a test's own for its agents (`--bridge-name`, `--bridge-subnet`): its
+/// agents' credentials endpoint and DNS server listen there, apart from other tests' agents
+/// on skiff0. `prefix` (three letters) and `octet` (the range 10.<octet>.<n>.0/24) must be
+/// unique to the test. Deleted on drop: declare it before the test's `Env`, which releases
+/// every attachment first.
+pub struct OwnBridge {
+    pub name: String,
+    pub subnet: String,
+    /// The node's address on it: where its tasks reach servers the test runs on the node.
+    pub gateway: String,
+}
+
+impl OwnBridge {
+    pub fn new(prefix: &str, octet: u8) -> OwnBridge {
+        let n = std::process::id() % 250;
+        OwnBridge {
+            name: format!("{prefix}{n}"),
+            subnet: format!("10.{octet}.{n}.0/24"),
+            gateway: format!("10.{octet}.{n}.1"),
+        }
+    }
+
+    /// The agent flags that put its bridge tasks on it.
+    pub fn flags(&self) -> [&str; 4] {
+        ["--bridge-name", &self.name, "--bridge-subnet", &self.subnet]
+    }
+}
+
+impl Drop for OwnBridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
 /// Detaches every task network the agents under `dir` left attached (address leases and NAT
 /// rules live on the host, outside the test's directory), as their next start would.
 pub fn release_networks_under(dir: &Path) {

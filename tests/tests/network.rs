@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use skiff_tests::{cli, run_task, wait_for, wait_status, Env};
+use skiff_tests::{cli, run_task, wait_for, wait_status, Env, OwnBridge};
 
 /// A TCP port nobody on the node listens on now.
 fn free_port() -> u16 {
@@ -633,18 +633,6 @@ fn a_host_port_in_use_on_the_node_keeps_the_next_task_waiting_not_failing() {
     wait_status(&addr, &second, "STOPPED", Duration::from_secs(30));
 }
 
-/// Bridges a test made its agents create, deleted on drop (after the test's `Env`, which is
-/// declared after it, has released every attachment on them).
-struct OwnBridges(Vec<String>);
-
-impl Drop for OwnBridges {
-    fn drop(&mut self) {
-        for b in &self.0 {
-            let _ = Command::new("ip").args(["link", "del", b]).status();
-        }
-    }
-}
-
 /// dnsmasq on the node's loopback as the resolver the agent forwards to: it knows one name
 /// (`outside.test` → 192.0.2.7) and nothing else. Killed on drop.
 struct Resolver {
@@ -742,20 +730,11 @@ fn running_addresses(addr: &str, service: &str, n: usize) -> Vec<String> {
 #[test]
 fn a_service_name_resolves_to_its_running_tasks_and_other_names_are_forwarded() {
     let resolver = Resolver::start();
-    let n = std::process::id() % 250;
-    let (bridge, subnet) = (format!("skd{n}"), format!("10.94.{n}.0/24"));
-    let _bridges = OwnBridges(vec![bridge.clone()]);
+    let bridge = OwnBridge::new("skd", 94);
     let mut env = Env::new();
-    // A bridge of this test's own: its DNS server listens there, apart from other tests' agents.
     let upstream = format!("127.0.0.1:{}", resolver.port);
-    let flags = [
-        "--bridge-name",
-        &bridge,
-        "--bridge-subnet",
-        &subnet,
-        "--dns-upstream",
-        &upstream,
-    ];
+    let mut flags = bridge.flags().to_vec();
+    flags.extend(["--dns-upstream", &upstream]);
     let addr = env.dev_with(&flags);
     let img = env.busybox_image();
     let def = env.path("web.yaml");
@@ -892,31 +871,16 @@ fn create_service(env: &Env, addr: &str, name: &str, yaml: &str) {
 #[test]
 fn a_service_name_names_its_tasks_on_every_node() {
     let resolver = Resolver::start();
-    let n = std::process::id() % 250;
-    let _bridges = OwnBridges(vec![format!("ska{n}"), format!("skb{n}")]);
+    // Two nodes, each with a bridge and an address range of its own.
+    let bridges = [OwnBridge::new("ska", 96), OwnBridge::new("skb", 97)];
     let mut env = Env::new();
     let (_, addr) = env.controller("127.0.0.1:0", &[]);
     let upstream = format!("127.0.0.1:{}", resolver.port);
-    // Two nodes, each with a bridge and an address range of its own.
-    for (node, bridge, subnet) in [
-        ("a", format!("ska{n}"), format!("10.96.{n}.0/24")),
-        ("b", format!("skb{n}"), format!("10.97.{n}.0/24")),
-    ] {
+    for (node, bridge) in ["a", "b"].into_iter().zip(&bridges) {
         let label = format!("side={node}");
-        env.agent(
-            &addr,
-            node,
-            &[
-                "--label",
-                &label,
-                "--bridge-name",
-                &bridge,
-                "--bridge-subnet",
-                &subnet,
-                "--dns-upstream",
-                &upstream,
-            ],
-        );
+        let mut flags = bridge.flags().to_vec();
+        flags.extend(["--label", &label, "--dns-upstream", &upstream]);
+        env.agent(&addr, node, &flags);
     }
     register_bridge_def(&env, &addr, "web", "exec sleep 3600");
     create_service(

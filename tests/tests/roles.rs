@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use skiff_tests::moto::{python_mounts, Moto};
-use skiff_tests::{cli, cli_as, cli_stdin, run_task, wait_for, wait_status, Env};
+use skiff_tests::{cli, cli_as, cli_stdin, run_task, wait_for, wait_status, Env, OwnBridge};
 
 fn put_secret(addr: &str, name: &str, value: &str) {
     let out = cli_stdin(addr, &["secrets", "put", name], value.as_bytes());
@@ -573,15 +573,10 @@ fn boto3_on_the_bridge_reads_its_credentials_at_169_254_170_2_and_not_another_ta
     // The object store listens where bridge tasks reach the node: its bridge's gateway.
     let moto = Moto::start_listening("0.0.0.0");
     let port = moto.endpoint.rsplit(':').next().unwrap().to_string();
+    let bridge = OwnBridge::new("skr", 93);
+    let gateway = bridge.gateway.clone();
     let mut env = Env::new();
-    let n = std::process::id() % 250;
-    let (bridge, subnet, gateway) = (
-        format!("skr{n}"),
-        format!("10.93.{n}.0/24"),
-        format!("10.93.{n}.1"),
-    );
-    // A bridge of this test's own: the endpoint listens on it, apart from other tests' agents.
-    let addr = env.dev_with(&["--bridge-name", &bridge, "--bridge-subnet", &subnet]);
+    let addr = env.dev_with(&bridge.flags());
     put_secret(&addr, "sts-key-id", &moto.controller_key_id);
     put_secret(&addr, "sts-secret", &moto.controller_secret);
     let role = env.path("bridged.json");
@@ -678,7 +673,4 @@ print("incoming", s3.get_object(Bucket="photos", Key="incoming/a.txt")["Body"].r
     );
     assert_eq!(cli(&addr, &["tasks", "stop", &b]).code, 0);
     wait_status(&addr, &b, "STOPPED", Duration::from_secs(30));
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", &bridge])
-        .status();
 }

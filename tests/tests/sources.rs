@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use skiff_tests::moto::{python_mounts, Moto};
-use skiff_tests::{admin_token, cli, cli_stdin, http, wait_for, wait_status, Env};
+use skiff_tests::{admin_token, cli, cli_stdin, http, wait_for, wait_status, Env, OwnBridge};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -28,11 +28,11 @@ fn rule_tasks(addr: &str, rule: &str) -> Vec<serde_json::Value> {
 }
 
 /// Registers `family`: the host's python (bind-mounted read-only) running `script` under
-/// `role`, on the host network (where its credentials endpoint is).
+/// `role`, on skiff's bridge (credentials at 169.254.170.2, as the examples have it).
 fn register_python_task(env: &Env, addr: &str, family: &str, role: &str, script: &str) {
     let (python, mounts) = python_mounts();
     let def = serde_json::json!({
-        "family": family, "network_mode": "host", "task_role": role,
+        "family": family, "network_mode": "bridge", "task_role": role,
         "containers": [{"name": "main", "image": env.busybox_image(),
             "command": [python.to_str().unwrap(), "-c", script],
             "mounts": mounts.iter().map(|m| {
@@ -62,16 +62,32 @@ fn minio_notification(bucket: &str, encoded_key: &str, size: u64, etag: &str) ->
     .to_string()
 }
 
+/// Moto for tasks on `bridge`: listening on every address of the node, so they reach it at
+/// the bridge's gateway (the controller keeps using 127.0.0.1).
+fn moto_for(bridge: &OwnBridge) -> (Moto, String) {
+    let moto = Moto::start_listening("0.0.0.0");
+    let port = moto.endpoint.rsplit(':').next().unwrap().to_string();
+    let for_tasks = format!("http://{}:{port}", bridge.gateway);
+    (moto, for_tasks)
+}
+
 /// Puts a role whose STS credentials read `photos/<read>` and write `photos/<write>` (the
-/// secrets sts-key-id and sts-secret hold the controller's keys).
-fn put_sts_role(env: &Env, addr: &str, moto: &Moto, name: &str, read: &str, write_to: &str) {
+/// secrets sts-key-id and sts-secret hold the controller's keys); its tasks reach the store
+/// at `task_endpoint`.
+fn put_sts_role(
+    env: &Env,
+    addr: &str,
+    moto: &Moto,
+    task_endpoint: &str,
+    (name, read, write_to): (&str, &str, &str),
+) {
     let role = write(
         env,
         "role.yaml",
         &format!(
             "name: {name}\nstorage:\n  sts: {{endpoint: {ep}, role_arn: {arn}, \
              access_key_id_secret: sts-key-id, secret_access_key_secret: sts-secret}}\n  \
-             endpoint: {ep}\n  duration: 15m\n  grants:\n    - {{bucket: photos, prefix: {read}, access: read}}\n    \
+             endpoint: {task_endpoint}\n  duration: 15m\n  grants:\n    - {{bucket: photos, prefix: {read}, access: read}}\n    \
              - {{bucket: photos, prefix: {write_to}, access: write}}\n",
             ep = moto.endpoint,
             arn = moto.role_arn
@@ -82,9 +98,13 @@ fn put_sts_role(env: &Env, addr: &str, moto: &Moto, name: &str, read: &str, writ
 
 #[test]
 fn an_upload_notified_or_watched_starts_one_task_that_processes_it_with_its_role() {
-    let moto = Moto::start();
+    // deploy/examples/upload-processing: the worker on skiff's bridge.
+    let bridge = OwnBridge::new("sku", 98);
+    let (moto, for_tasks) = moto_for(&bridge);
     let mut env = Env::new();
-    let addr = env.dev_with(&["--credentials-listen", "127.0.0.1:0"]);
+    let mut flags = bridge.flags().to_vec();
+    flags.extend(["--credentials-listen", "127.0.0.1:0"]);
+    let addr = env.dev_with(&flags);
     let base = env.procs[0].http_url();
     for (name, value) in [
         ("sts-key-id", &moto.controller_key_id),
@@ -97,7 +117,13 @@ fn an_upload_notified_or_watched_starts_one_task_that_processes_it_with_its_role
             0
         );
     }
-    put_sts_role(&env, &addr, &moto, "thumbnailer", "input/", "output/");
+    put_sts_role(
+        &env,
+        &addr,
+        &moto,
+        &for_tasks,
+        ("thumbnailer", "input/", "output/"),
+    );
     // The worker: reads the object the event names, writes output/<name>.
     let script = "import boto3, json, os\n\
         key = json.load(open('/run/skiff/event.json'))\n\
@@ -392,10 +418,13 @@ fn a_burst_of_1000_uploads_is_processed_once_each_across_a_controller_crash() {
 
 #[test]
 fn an_hourly_batch_schedule_processes_the_files_in_a_bucket() {
-    // deploy/examples/hourly-batch, on a 3-second rate instead of hourly.
-    let moto = Moto::start();
+    // deploy/examples/hourly-batch, on a 3-second rate instead of hourly, on skiff's bridge.
+    let bridge = OwnBridge::new("skh", 99);
+    let (moto, for_tasks) = moto_for(&bridge);
     let mut env = Env::new();
-    let addr = env.dev_with(&["--credentials-listen", "127.0.0.1:0"]);
+    let mut flags = bridge.flags().to_vec();
+    flags.extend(["--credentials-listen", "127.0.0.1:0"]);
+    let addr = env.dev_with(&flags);
     for (name, value) in [
         ("sts-key-id", &moto.controller_key_id),
         ("sts-secret", &moto.controller_secret),
@@ -405,7 +434,13 @@ fn an_hourly_batch_schedule_processes_the_files_in_a_bucket() {
             0
         );
     }
-    put_sts_role(&env, &addr, &moto, "batch", "incoming/", "processed/");
+    put_sts_role(
+        &env,
+        &addr,
+        &moto,
+        &for_tasks,
+        ("batch", "incoming/", "processed/"),
+    );
     let script = "import boto3, json\n\
         s3 = boto3.client('s3')\n\
         event = json.load(open('/run/skiff/event.json'))\n\
