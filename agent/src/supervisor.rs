@@ -112,6 +112,7 @@ async fn run_task(
         info!("running");
     } else {
         info!("re-adopted");
+        check_network(&agent, &task_id, &record.spec).await;
         serve_bridge_endpoints(&agent, &record.spec).await;
     }
     supervise(&agent, &task_id, &dir, handles, &mut stop).await;
@@ -254,6 +255,21 @@ async fn attach_network(
         netns: net.netns,
         etc_files,
     }))
+}
+
+/// A re-adopted task's network is CHECKed (CNI CHECK with its cached result): an interface,
+/// address or rule that went away while no agent ran is logged with the plugin that found
+/// it. The task keeps running.
+async fn check_network(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
+    if !matches!(spec.network, NetworkMode::Network(_)) {
+        return;
+    }
+    let (a, id) = (agent.clone(), task_id.to_string());
+    match tokio::task::spawn_blocking(move || a.networks.check(&id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "the task's network changed while no agent ran"),
+        Err(e) => warn!(error = %e, "checking the task's network failed"),
+    }
 }
 
 /// A bridge task re-adopted by a new agent process still asks 169.254.170.2 for names (and,

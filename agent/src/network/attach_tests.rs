@@ -40,6 +40,26 @@ fn fetch(addr: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// Detaches a test's tasks and deletes its bridge when the test ends, passed or not: a
+/// bridge left with the test's range would capture the next run's traffic.
+struct Leave<'a> {
+    nets: &'a Networks,
+    tasks: Vec<String>,
+    bridge: String,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            let _ = self.nets.detach(t);
+            forget_nat_rules_of(t);
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
 fn test_networks(tag: &str, subnet: &str) -> (Networks, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     // A bridge and range of this test's own, so tests running at once do not meet.
@@ -60,6 +80,35 @@ fn iptables_mentions(id: &str) -> bool {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains(id)
     })
+}
+
+/// Removes the NAT rules that name `id` and the chains they jump to.
+fn forget_nat_rules_of(id: &str) {
+    let ipt = |args: &[&str]| {
+        std::process::Command::new("iptables")
+            .args(["-t", "nat"])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let mut chains = Vec::new();
+    for rule in ipt(&["-S"]).lines().filter(|l| l.contains(id)) {
+        let words: Vec<&str> = rule.split_whitespace().collect();
+        if let Some(i) = words.iter().position(|w| *w == "-j") {
+            chains.push(words[i + 1].to_string());
+        }
+        // As iptables printed it (quotes escaped for a shell).
+        let delete = rule.replacen("-A ", "-D ", 1);
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("iptables -t nat {delete}"))
+            .status();
+    }
+    for c in chains.iter().filter(|c| c.starts_with("CNI-")) {
+        ipt(&["-F", c]);
+        ipt(&["-X", c]);
+    }
 }
 
 fn link_exists(name: &str) -> bool {
@@ -260,4 +309,46 @@ fn a_quiet_warm_namespace_goes_back_to_the_pool_and_a_busy_one_is_released() {
     let _ = std::process::Command::new("ip")
         .args(["link", "del", &format!("skd{}", std::process::id() % 10000)])
         .status();
+}
+
+#[test]
+fn check_passes_an_attachment_as_added_and_names_the_plugin_that_finds_it_changed() {
+    let (nets, _dir) = test_networks("e", "10.205.0.0/24");
+    let t = task_id(11);
+    let _leave = Leave {
+        nets: &nets,
+        tasks: vec![t.clone()],
+        bridge: format!("ske{}", std::process::id() % 10000),
+    };
+    let port = 30000 + (std::process::id() % 10000) as u16;
+    let ports = [PortMapping {
+        host_port: port,
+        container_port: 80,
+        protocol: "tcp".into(),
+    }];
+    let net = nets.attach(&t, DEFAULT_NETWORK, &ports).unwrap();
+    nets.check(&t).unwrap();
+
+    // Someone removes the task's veth behind skiff's back: CHECK says so, and which plugin.
+    let veth = net
+        .host_interfaces
+        .iter()
+        .find(|v| v.starts_with("veth"))
+        .unwrap()
+        .clone();
+    let del = std::process::Command::new("ip")
+        .args(["link", "del", &veth])
+        .status()
+        .unwrap();
+    assert!(del.success());
+    let err = nets.check(&t).unwrap_err().to_string();
+    assert!(err.contains("bridge") && err.contains("CHECK"), "{err}");
+
+    // Detached all the same: its lease and published port go. (The masquerade rule of the
+    // address that vanished with the veth stays: the bridge plugin's DEL finds the addresses
+    // to unmasquerade on the interface, which was gone — the guard removes it.)
+    nets.detach(&t).unwrap();
+    assert!(!lease_of(&t));
+    assert!(!nets.netns_path(&t).exists());
+    assert!(nets.check(&t).is_err());
 }

@@ -174,15 +174,20 @@ impl Runtime {
         Ok(result)
     }
 
-    /// CHECK: asks every plugin whether the attachment is still as it was added.
+    /// CHECK: asks every plugin whether the attachment is still as it was added. An error
+    /// `tolerated` says is a plugin's own bug is passed over and the next plugin asked.
     pub fn check(
         &self,
         net: &NetworkList,
         att: &Attachment,
         result: &Value,
+        tolerated: impl Fn(&CniError) -> bool,
     ) -> Result<(), CniError> {
         for plugin in &net.plugins {
-            self.exec(net, plugin, att, "CHECK", Some(result))?;
+            match self.exec(net, plugin, att, "CHECK", Some(result)) {
+                Err(e) if !tolerated(&e) => return Err(e),
+                _ => {}
+            }
         }
         Ok(())
     }

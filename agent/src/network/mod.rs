@@ -40,6 +40,8 @@ pub enum NetworkError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("task {0} has no attachment on this node")]
+    NotAttached(String),
 }
 
 /// How the node's networks are set up (from the agent's configuration).
@@ -314,15 +316,46 @@ impl Networks {
         }
     }
 
+    /// CNI CHECK of a task's attachment with its cached result: whether its interface,
+    /// address and rules are still as they were added. A network whose configuration says
+    /// `disableCheck` passes. Blocking.
+    pub fn check(&self, task_id: &str) -> Result<(), NetworkError> {
+        let Some(cached) = self.cached_of(task_id) else {
+            return Err(NetworkError::NotAttached(task_id.to_string()));
+        };
+        if cached.network.get("disableCheck").and_then(Value::as_bool) == Some(true) {
+            return Ok(());
+        }
+        let list = cni::NetworkList::parse(cached.network.clone())?;
+        let ipv4_only = cni::addresses(&cached.result)
+            .iter()
+            .all(|a| !a.contains(':'));
+        // portmap before 1.3 looks for IPv6 rules it never made for an IPv4-only attachment
+        // (containernetworking/plugins#819; Debian 12 ships 1.1.1): that failure is its bug.
+        let portmap_v6_bug = |e: &CniError| {
+            ipv4_only
+                && matches!(e, CniError::Plugin { plugin, msg, .. }
+                    if plugin == "portmap" && msg.contains("ipv6"))
+        };
+        Ok(self
+            .runtime
+            .check(&list, &cached.attachment, &cached.result, portmap_v6_bug)?)
+    }
+
+    /// The cached attachment of a task's namespace on its network (not its loopback).
+    fn cached_of(&self, task_id: &str) -> Option<cni::Cached> {
+        let id = self.attachment_of(task_id);
+        self.runtime
+            .cached()
+            .into_iter()
+            .find(|c| c.attachment.container_id == id && c.attachment.if_name == IF_NAME)
+    }
+
     /// The attachment a task has now (from the cache), if any.
     pub fn attached(&self, task_id: &str) -> Option<TaskNetwork> {
-        let task_id = &self.attachment_of(task_id);
-        let cached =
-            self.runtime.cached().into_iter().find(|c| {
-                c.attachment.container_id == *task_id && c.attachment.if_name == IF_NAME
-            })?;
+        let cached = self.cached_of(task_id)?;
         Some(TaskNetwork {
-            netns: self.netns_path(task_id),
+            netns: self.netns_path(&cached.attachment.container_id),
             addresses: cni::addresses(&cached.result),
             gateway: cni::gateways(&cached.result).into_iter().next(),
             host_interfaces: cni::host_interfaces(&cached.result),
