@@ -67,6 +67,7 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
                 let Some(msg) = msg? else { return Ok(()) };
                 match msg.body {
                     Some(In::Registered(r)) => {
+                        agent.relay.set_http_port(r.http_port);
                         let every = Duration::from_millis(r.heartbeat_interval_ms.max(100) as u64);
                         heartbeat = tokio::time::interval(every);
                     }

@@ -156,8 +156,8 @@ pub fn environment(
     let mut env = vec![
         ("SKIFF_TASK_TOKEN".to_string(), identity.skiff_token.clone()),
         ("SKIFF_TASK_ROLE".to_string(), identity.role.clone()),
-        ("SKIFF_ENDPOINT".to_string(), agent.cfg.controller.clone()),
     ];
+    env.extend(crate::apirelay::environment(agent, bridge));
     let token = agent.credentials.token(task_id);
     let base = if bridge {
         format!("http://{TASK_ENDPOINT}")

@@ -4,6 +4,7 @@
 //! process (see `shim.rs`) that outlives agent restarts. The agent prepares images and rootfs,
 //! launches and watches shims, serves logs, and keeps one stream open to the controller.
 
+pub mod apirelay;
 pub mod bundle;
 pub mod cgroup_tuning;
 pub(crate) mod connection;
@@ -141,6 +142,8 @@ pub struct AgentInner {
     pub networks: network::Networks,
     /// The DNS server of bridge tasks and the service names it answers.
     pub dns: Arc<dnsserve::Dns>,
+    /// Bridge tasks' way to the controller's API (see `apirelay`).
+    pub relay: apirelay::ApiRelay,
 }
 
 impl AgentInner {
@@ -465,6 +468,7 @@ impl Agent {
         let inner = Arc::new(AgentInner {
             networks,
             dns: Arc::new(dnsserve::Dns::new(cfg.dns_upstreams.clone())),
+            relay: Default::default(),
             images,
             cfg,
             tasks: Mutex::new(HashMap::new()),

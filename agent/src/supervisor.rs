@@ -248,8 +248,10 @@ async fn attach_network(
         // The CNI bridge plugin has made the bridge by now: the DNS server can listen on it.
         crate::dnsserve::ensure_serving(&agent.dns, &agent.cfg.network.bridge_name).await?;
     }
-    if spec.identity.is_some() {
-        crate::credserve::ensure_bridge_endpoint(agent, &agent.cfg.network.bridge_name).await?;
+    if spec.identity.is_some() && on_bridge {
+        let bridge = &agent.cfg.network.bridge_name;
+        crate::credserve::ensure_bridge_endpoint(agent, bridge).await?;
+        crate::apirelay::ensure_relaying(agent, bridge).await?;
     }
     Ok(Some(Attached {
         netns: net.netns,
@@ -273,8 +275,8 @@ async fn check_network(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) 
 }
 
 /// A bridge task re-adopted by a new agent process still asks 169.254.170.2 for names (and,
-/// with a role, credentials): those servers start with the agent's first bridge task, which
-/// may be this one.
+/// with a role, credentials and the API): those servers start with the agent's first bridge
+/// task, which may be this one.
 async fn serve_bridge_endpoints(agent: &Arc<AgentInner>, spec: &TaskSpec) {
     if spec.network != NetworkMode::Network(crate::network::DEFAULT_NETWORK.to_string()) {
         return;
@@ -286,6 +288,9 @@ async fn serve_bridge_endpoints(agent: &Arc<AgentInner>, spec: &TaskSpec) {
     if spec.identity.is_some() {
         if let Err(e) = crate::credserve::ensure_bridge_endpoint(agent, bridge).await {
             warn!(error = %e, "the credentials endpoint for a re-adopted bridge task cannot start");
+        }
+        if let Err(e) = crate::apirelay::ensure_relaying(agent, bridge).await {
+            warn!(error = %e, "the API relays for a re-adopted bridge task cannot start");
         }
     }
 }

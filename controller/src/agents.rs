@@ -85,6 +85,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
             .send(pb::ControllerMessage {
                 body: Some(Out::Registered(pb::Registered {
                     heartbeat_interval_ms: core.timing.heartbeat_interval.as_millis() as u32,
+                    http_port: core.http_port.map_or(0, u32::from),
                 })),
             })
             .await;

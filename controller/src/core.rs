@@ -89,6 +89,8 @@ pub struct Core {
     pub queue_waits: crate::queue_waits::QueueWaits,
     /// The addresses behind each service's DNS name, for the agents.
     pub names: crate::names::Names,
+    /// The HTTP listener's port, told to agents (their bridge tasks reach it through them).
+    pub http_port: Option<u16>,
     /// Makes ULIDs stamped with the clock's time (increasing within a millisecond).
     ids: Mutex<ulid::Generator>,
 }
@@ -162,6 +164,7 @@ impl Core {
             workers: Default::default(),
             queue_waits: Default::default(),
             names: Default::default(),
+            http_port: None,
             ids: Mutex::new(ulid::Generator::new()),
         }
     }

@@ -168,7 +168,12 @@ impl Controller {
                 if let Some(ttl) = cfg.node_cert_ttl {
                     pki.node_cert_ttl = ttl;
                 }
-                let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+                // 169.254.170.2: bridge tasks reach the API through their agent's relay.
+                let mut all = vec![
+                    "localhost".to_string(),
+                    "127.0.0.1".to_string(),
+                    "169.254.170.2".to_string(),
+                ];
                 if !cfg.listen.ip().is_unspecified() {
                     all.push(cfg.listen.ip().to_string());
                 }
@@ -189,6 +194,10 @@ impl Controller {
         };
         let mut core = core::Core::new(store, cfg.timing, cfg.clock.clone(), sealer, task_keys);
         core.pki = pki;
+        core.http_port = http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
         let public_url = cfg.public_url.clone().unwrap_or_else(|| {
             let addr = http_listener
                 .as_ref()

@@ -101,14 +101,14 @@ pub fn ca_file_for(addr: &str) -> Option<PathBuf> {
 /// "not authenticated" answer to name.
 static TOKEN_ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// The API token to use: `SKIFF_TOKEN`, else the token file for this address, else
-/// `<config dir>/token`. Also says where it came from, or where it was looked for.
+/// The API token to use: `SKIFF_TOKEN`, else a task's `SKIFF_TASK_TOKEN`, else the token
+/// file for this address, else `<config dir>/token`. Also says where it came from, or where
+/// it was looked for.
 fn token_for(addr: &str) -> (Option<String>, String) {
-    if let Ok(t) = std::env::var("SKIFF_TOKEN") {
-        return (
-            Some(t.trim().to_string()),
-            "the token in SKIFF_TOKEN".into(),
-        );
+    for var in ["SKIFF_TOKEN", "SKIFF_TASK_TOKEN"] {
+        if let Ok(t) = std::env::var(var) {
+            return (Some(t.trim().to_string()), format!("the token in {var}"));
+        }
     }
     let candidates: Vec<PathBuf> = [token_file_for(addr), config_dir().map(|d| d.join("token"))]
         .into_iter()

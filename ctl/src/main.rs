@@ -27,6 +27,11 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+/// Inside a task with a role, the API is where the agent says (SKIFF_ENDPOINT).
+fn default_addr() -> String {
+    std::env::var("SKIFF_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:7400".into())
+}
+
 #[derive(Parser)]
 #[command(
     name = "skiff",
@@ -34,13 +39,9 @@ use clap::{CommandFactory, Parser, Subcommand};
     about = "Self-hosted, event-driven container scheduler"
 )]
 struct Cli {
-    /// Controller gRPC address.
-    #[arg(
-        long,
-        global = true,
-        env = "SKIFF_ADDR",
-        default_value = "http://127.0.0.1:7400"
-    )]
+    /// Controller gRPC address (default: SKIFF_ENDPOINT inside a task with a role, else
+    /// http://127.0.0.1:7400).
+    #[arg(long, global = true, env = "SKIFF_ADDR", default_value_t = default_addr())]
     addr: String,
     /// Output format for client commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = output::Format::Table)]

@@ -674,3 +674,46 @@ print("incoming", s3.get_object(Bucket="photos", Key="incoming/a.txt")["Body"].r
     assert_eq!(cli(&addr, &["tasks", "stop", &b]).code, 0);
     wait_status(&addr, &b, "STOPPED", Duration::from_secs(30));
 }
+
+/// A bridge task calls skiff's API with its SKIFF_TASK_TOKEN at SKIFF_ENDPOINT — the agent's
+/// relay at 169.254.170.2:7400, since the controller listens on the node's loopback — and gets
+/// what its role grants, nothing more. (The SQS protocol through SKIFF_HTTP_ENDPOINT's relay:
+/// `services.rs`, the queue-workers example.)
+#[test]
+fn a_bridge_task_calls_the_api_through_its_agent_with_what_its_role_grants() {
+    let bridge = OwnBridge::new("skt", 101);
+    let mut env = Env::new();
+    let addr = env.dev_with(&bridge.flags());
+    let role = env.path("sender.json");
+    std::fs::write(
+        &role,
+        r#"{"name": "sender", "api": [{"actions": ["queues:Send"], "resources": ["queue/inbox"]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        cli(&addr, &["roles", "put", "-f", role.to_str().unwrap()]).code,
+        0
+    );
+    assert_eq!(cli(&addr, &["queues", "create", "inbox"]).code, 0);
+
+    // The skiff CLI itself, from the node, in a busybox container (with the node's libraries).
+    let (_, mounts) = python_mounts();
+    let skiff = format!("{}:/skiff:ro", skiff_tests::skiff_bin().display());
+    let img = env.busybox_image();
+    let mut args = vec!["run-task", "-f", "--image", &img, "--role", "sender"];
+    for m in mounts.iter().chain([&skiff]) {
+        args.extend_from_slice(&["--mount", m]);
+    }
+    let script = "echo endpoint $SKIFF_ENDPOINT; /skiff queues send inbox from-a-task >/dev/null && echo sent; \
+                  /skiff queues create other 2>&1 | grep -c -i denied";
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    let out = cli(&addr, &args);
+    assert_eq!(
+        out.stdout,
+        "endpoint http://169.254.170.2:7400\nsent\n1\n",
+        "{out:?}\n{}",
+        env.logs()
+    );
+    let inbox = cli(&addr, &["queues", "describe", "inbox", "-o", "json"]).json();
+    assert_eq!(inbox["visible"], 1, "{inbox}");
+}

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use skiff_tests::registry::free_port;
-use skiff_tests::{cli, wait_for, Env, Proc};
+use skiff_tests::{cli, wait_for, Env, OwnBridge, Proc};
 
 const LONG: Duration = Duration::from_secs(180);
 const JOBS: usize = 1000;
@@ -23,11 +23,12 @@ fn example(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// `skiff dev` on fixed ports (so a restart keeps the address the workers use).
-fn start_dev(env: &mut Env, name: &str, grpc: u16, http: u16) -> usize {
+/// `skiff dev` on fixed ports (so a restart keeps the address the workers' relays use), its
+/// bridge tasks on `bridge`.
+fn start_dev(env: &mut Env, name: &str, grpc: u16, http: u16, bridge: &OwnBridge) -> usize {
     let data = env.path("dev");
     let (listen, http_listen) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"));
-    let args = [
+    let mut args = vec![
         "dev",
         "--data-dir",
         data.to_str().unwrap(),
@@ -38,6 +39,7 @@ fn start_dev(env: &mut Env, name: &str, grpc: u16, http: u16) -> usize {
         "--credentials-listen",
         "127.0.0.1:0",
     ];
+    args.extend(bridge.flags());
     env.procs.push(Proc::spawn(name, env.dir.path(), &args));
     let addr = format!("http://{listen}");
     wait_for("the dev agent to connect", Duration::from_secs(30), || {
@@ -99,9 +101,11 @@ fn sleeping_worker() -> Option<(i32, i32)> {
 
 #[test]
 fn queue_workers_scale_out_of_zero_drain_a_thousand_messages_through_crashes_and_return_to_zero() {
+    // The workers on a bridge of the test's own: they reach the queue API through the agent.
+    let bridge = OwnBridge::new("skq", 100);
     let mut env = Env::new();
     let (grpc, http) = (free_port(), free_port());
-    let dev = start_dev(&mut env, "dev", grpc, http);
+    let dev = start_dev(&mut env, "dev", grpc, http, &bridge);
     let addr = format!("http://127.0.0.1:{grpc}");
     let base = format!("http://127.0.0.1:{http}");
     let token = skiff_tests::admin_token(&addr);
@@ -132,8 +136,7 @@ fn queue_workers_scale_out_of_zero_drain_a_thousand_messages_through_crashes_and
     assert_eq!(role.code, 0, "{role:?}");
     let worker = fs::read_to_string(example("worker.toml"))
         .unwrap()
-        .replace("docker.io/library/busybox:1.36", &env.busybox_image())
-        .replace("http://127.0.0.1:7480", &base);
+        .replace("docker.io/library/busybox:1.36", &env.busybox_image());
     let worker_file = env.path("worker.toml");
     fs::write(&worker_file, worker).unwrap();
     let reg = cli(
@@ -215,7 +218,7 @@ fn queue_workers_scale_out_of_zero_drain_a_thousand_messages_through_crashes_and
     let (waiting, in_flight) = queue_counts(&addr, "jobs").unwrap();
     assert!(waiting + in_flight > 0, "the kill comes mid-drain");
     env.procs[dev].kill9();
-    start_dev(&mut env, "dev-again", grpc, http);
+    start_dev(&mut env, "dev-again", grpc, http, &bridge);
 
     // Drained: nothing left in jobs, the poison in the dead-letter queue.
     wait_for("jobs drained", LONG, || {
