@@ -928,3 +928,36 @@ fn a_service_name_names_its_tasks_on_every_node() {
         assert_eq!(cli(&addr, &["services", "rm", svc]).code, 0);
     }
 }
+
+#[test]
+fn a_task_reaches_its_own_published_port_through_the_nodes_address_hairpin() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let port = free_port();
+    let publish = format!("{port}:80");
+    // busybox httpd without -f goes to the background; the task then asks the node (its
+    // gateway on skiff0) for its own published port, which comes back to it.
+    let script = format!(
+        "mkdir -p /www && echo self > /www/index.html && httpd -p 80 -h /www && \
+         for i in $(seq 20); do timeout 2 wget -qO- http://10.89.0.1:{port}/ && exit 0; sleep 0.1; done; exit 1"
+    );
+    let out = cli(
+        &addr,
+        &[
+            "run-task",
+            "--follow",
+            "--image",
+            &img,
+            "--network",
+            "bridge",
+            "-p",
+            &publish,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!((out.code, out.stdout.trim()), (0, "self"), "{out:?}");
+}
