@@ -37,7 +37,7 @@ pub const ADDR_FILE: &str = "credentials.addr";
 pub const CREDENTIALS_PATH: &str = "/v1/credentials";
 /// Where tasks on skiff's bridge reach the endpoint, as on ECS: AWS SDKs prefix
 /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` with it.
-pub const TASK_ENDPOINT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 170, 2);
+pub use crate::network::TASK_ENDPOINT;
 /// The relative URI's path for bridge tasks: followed by the task's token.
 pub const RELATIVE_CREDENTIALS_PATH: &str = "/v2/credentials/";
 pub const SKIFF_TOKEN_PATH: &str = "/v1/skiff-token";

@@ -633,6 +633,25 @@ print("incoming", s3.get_object(Bucket="photos", Key="incoming/a.txt")["Body"].r
     );
 
     // Task B shows its own path; task A, on the same bridge, is refused it.
+    // A task publishing port 80 on the node does not capture the endpoint at 169.254.170.2:80.
+    let web = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--network",
+            "bridge",
+            "-p",
+            "80:80",
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo web > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    );
+    wait_status(&addr, &web, "RUNNING", Duration::from_secs(30));
     let b = run_task(
         &addr,
         &["--image", &img, "--network", "bridge", "--role", "bridged", "--stop-timeout", "1s", "--",
@@ -671,8 +690,10 @@ print("incoming", s3.get_object(Bucket="photos", Key="incoming/a.txt")["Body"].r
         out.stdout.contains("403") && out.stdout.contains("exit 1"),
         "{out:?}"
     );
-    assert_eq!(cli(&addr, &["tasks", "stop", &b]).code, 0);
-    wait_status(&addr, &b, "STOPPED", Duration::from_secs(30));
+    for t in [&b, &web] {
+        assert_eq!(cli(&addr, &["tasks", "stop", t]).code, 0);
+        wait_status(&addr, t, "STOPPED", Duration::from_secs(30));
+    }
 }
 
 /// A bridge task calls skiff's API with its SKIFF_TASK_TOKEN at SKIFF_ENDPOINT — the agent's

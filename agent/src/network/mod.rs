@@ -72,6 +72,10 @@ impl Default for NetworkConfig {
     }
 }
 
+/// Where tasks on skiff's bridge reach their agent (credentials, DNS, the API relays), as on
+/// ECS. Published ports never capture it (see `default_network`).
+pub const TASK_ENDPOINT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 170, 2);
+
 /// The prefix of a warm namespace's CNI container id.
 const WARM_PREFIX: &str = "warm-";
 
@@ -476,7 +480,9 @@ impl Networks {
 
 /// skiff's own network: a bridge with host-local addresses, NAT out, the gateway on the
 /// bridge, hairpin (a task reaches its own published port), published ports (`portmap`, with
-/// SNAT so the node itself reaches them on 127.0.0.1), and the firewall plugin's rules.
+/// SNAT so the node itself reaches them on 127.0.0.1; never for traffic to the task endpoint,
+/// which a task publishing port 80 or 53 would otherwise capture from every bridge task), and
+/// the firewall plugin's rules.
 fn default_network(bridge: &str, subnet: &str) -> Value {
     json!({
         "cniVersion": "1.0.0",
@@ -494,7 +500,12 @@ fn default_network(bridge: &str, subnet: &str) -> Value {
                     "routes": [{ "dst": "0.0.0.0/0" }]
                 }
             },
-            { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true },
+            {
+                "type": "portmap",
+                "capabilities": { "portMappings": true },
+                "snat": true,
+                "conditionsV4": ["!", "-d", format!("{TASK_ENDPOINT}/32")]
+            },
             { "type": "firewall" }
         ]
     })
