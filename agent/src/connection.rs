@@ -61,6 +61,10 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
     info!(controller = %agent.cfg.controller, node_id = %agent.cfg.node_id, "connected");
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    // The node's ports in use: sent at once (the first tick), then whenever they change,
+    // looked at every second.
+    let mut ports_sent: Option<crate::hostports::HostPorts> = None;
+    let mut ports_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -93,6 +97,20 @@ async fn session(agent: &Arc<AgentInner>) -> Result<(), Box<dyn std::error::Erro
                 let hb = pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})) };
                 if tx.send(hb).is_err() {
                     return Ok(());
+                }
+            }
+            _ = ports_tick.tick() => {
+                let ports = tokio::task::spawn_blocking(crate::hostports::in_use).await?;
+                if ports_sent.as_ref() != Some(&ports) {
+                    let msg = pb::HostPorts {
+                        tcp: ports.tcp.iter().map(|p| u32::from(*p)).collect(),
+                        udp: ports.udp.iter().map(|p| u32::from(*p)).collect(),
+                    };
+                    let body = pb::agent_message::Body::HostPorts(msg);
+                    if tx.send(pb::AgentMessage { body: Some(body) }).is_err() {
+                        return Ok(());
+                    }
+                    ports_sent = Some(ports);
                 }
             }
         }

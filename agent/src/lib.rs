@@ -13,6 +13,7 @@ pub mod dnsserve;
 pub mod executable;
 pub mod hardening;
 pub mod health;
+pub mod hostports;
 pub mod images;
 mod imageserve;
 pub mod init_binary;

@@ -218,6 +218,25 @@ async fn attach_network(
             protocol: p.protocol.clone(),
         })
         .collect();
+    // The placer knew of the ports other processes held at the last report; one taken since
+    // fails the start rather than have the task's rule take the process's traffic.
+    if !ports.is_empty() {
+        let held = tokio::task::spawn_blocking(crate::hostports::in_use)
+            .await
+            .map_err(|e| format!("reading the node's sockets: {e}"))?;
+        for p in &ports {
+            let taken = match p.protocol.as_str() {
+                "udp" => held.udp.contains(&p.host_port),
+                _ => held.tcp.contains(&p.host_port),
+            };
+            if taken {
+                return Err(format!(
+                    "host port {}/{} is in use on this node by another process",
+                    p.host_port, p.protocol
+                ));
+            }
+        }
+    }
     let (a, task, net_name) = (agent.clone(), task_id.to_string(), name.clone());
     let dir = runtime_dir(&agent.cfg, task_id).join("network");
     // Tasks on skiff's bridge ask the agent's DNS server (service names); on an operator's

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::applier;
 use crate::convert;
 use crate::core::{Core, CoreError};
+use crate::model::PortProtocol;
 use crate::wake::Loop;
 use skiff_model::lifecycle::{DesiredStatus, StopCode, TaskEvent, TaskStatus};
 use skiff_model::validate;
@@ -335,6 +336,20 @@ fn handle_message(
         }
         Some(pb::agent_message::Body::Register(_)) => {
             warn!(node_id = %node_id, "register sent twice; ignored");
+        }
+        Some(pb::agent_message::Body::HostPorts(p)) => {
+            let port = |p: u32| u16::try_from(p).ok();
+            let tcp = p
+                .tcp
+                .into_iter()
+                .filter_map(port)
+                .map(|p| (p, PortProtocol::Tcp));
+            let udp = p
+                .udp
+                .into_iter()
+                .filter_map(port)
+                .map(|p| (p, PortProtocol::Udp));
+            core.set_host_ports(node_id, tcp.chain(udp).collect());
         }
         Some(pb::agent_message::Body::Credentials(req)) => {
             // STS may take a while; never hold up the session for it.

@@ -429,6 +429,12 @@ impl pb::nodes_server::Nodes for NodesApi {
             .into_iter()
             .map(|n| {
                 let load = loads.iter().find(|l| l.id == n.id);
+                let host_ports = self
+                    .core
+                    .host_ports(&n.id)
+                    .iter()
+                    .map(|(p, proto)| format!("{p}/{}", proto.as_str()))
+                    .collect();
                 let connected = load.is_some_and(|l| l.connected);
                 pb::Node {
                     running_tasks: active
@@ -444,6 +450,7 @@ impl pb::nodes_server::Nodes for NodesApi {
                     memory_mib: n.memory_mib,
                     connected,
                     last_heartbeat_ms: n.last_seen_ms,
+                    host_ports,
                     version: n.version,
                 }
             })

@@ -75,6 +75,9 @@ pub struct Core {
     pub link: AgentLink,
     /// When each node was last heard from, for the node reaper.
     last_seen: Mutex<HashMap<String, i64>>,
+    /// The ports other processes hold on each node, as its agent last reported them.
+    host_ports:
+        Mutex<HashMap<String, std::collections::BTreeSet<(u16, crate::model::PortProtocol)>>>,
     /// Bumped after every durable task or event write; waiters re-read what they watch.
     head: watch::Sender<u64>,
     /// Wakes the background loops by name (see `wake.rs`).
@@ -156,6 +159,7 @@ impl Core {
             pki: None,
             link: AgentLink::default(),
             last_seen: Mutex::new(last_seen),
+            host_ports: Mutex::new(HashMap::new()),
             head,
             loops: Default::default(),
             rules_version: AtomicU64::new(0),
@@ -373,6 +377,37 @@ impl Core {
 
     pub fn is_connected(&self, node_id: &str) -> bool {
         self.link.is_connected(node_id)
+    }
+
+    /// A node's agent reported the ports other processes hold there; the placer is woken when
+    /// they changed (a task waiting for one may go now).
+    pub fn set_host_ports(
+        &self,
+        node_id: &str,
+        ports: std::collections::BTreeSet<(u16, crate::model::PortProtocol)>,
+    ) {
+        let changed = self
+            .host_ports
+            .lock()
+            .unwrap()
+            .insert(node_id.to_string(), ports.clone())
+            .is_none_or(|before| before != ports);
+        if changed {
+            self.loops.wake(Loop::Placer);
+        }
+    }
+
+    /// The ports other processes hold on a node (none known: empty).
+    pub fn host_ports(
+        &self,
+        node_id: &str,
+    ) -> std::collections::BTreeSet<(u16, crate::model::PortProtocol)> {
+        self.host_ports
+            .lock()
+            .unwrap()
+            .get(node_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Nodes that are not connected and have been silent for longer than the node timeout.

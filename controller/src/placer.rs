@@ -118,7 +118,13 @@ pub fn node_loads(core: &Core, active: &[Reservation]) -> Result<Vec<NodeLoad>, 
             NodeLoad {
                 connected: core.is_connected(&n.id),
                 groups: groups.remove(n.id.as_str()).unwrap_or_default(),
-                ports: ports.remove(n.id.as_str()).unwrap_or_default(),
+                // Its tasks' published ports, and those other processes hold there.
+                ports: ports
+                    .remove(n.id.as_str())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(core.host_ports(&n.id))
+                    .collect(),
                 labels: n.labels,
                 id: n.id,
                 state: n.state,

@@ -973,3 +973,48 @@ fn a_task_reaches_its_own_published_port_through_the_nodes_address_hairpin() {
     );
     assert_eq!((out.code, out.stdout.trim()), (0, "self"), "{out:?}");
 }
+
+#[test]
+fn a_port_another_process_holds_on_the_node_keeps_a_task_waiting_until_it_is_free() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    // A process of the node's own (this test) listens on the port first; the node shows it.
+    let held = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let in_use = format!("{port}/tcp");
+    wait_for(
+        "the node to report the port",
+        Duration::from_secs(10),
+        || {
+            let nodes = cli(&addr, &["nodes", "ls", "-o", "json"]).json();
+            nodes[0]["hostPorts"]
+                .as_array()?
+                .iter()
+                .any(|p| p == in_use.as_str())
+                .then_some(())
+        },
+    );
+    let id = web_task(&addr, &img, port, "after-the-process");
+    let t = wait_for(
+        "the task to wait for the port",
+        Duration::from_secs(20),
+        || {
+            let t = skiff_tests::task(&addr, &id);
+            t["statusReason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("{port}/tcp is taken")))
+                .then_some(t)
+        },
+    );
+    assert_eq!(t["lastStatus"], "PROVISIONING", "{t}");
+    // The process lets go: the agent's next report frees the port and the task takes it.
+    drop(held);
+    wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    let body = wait_for("the task on the port", Duration::from_secs(10), || {
+        wget(None, &format!("http://127.0.0.1:{port}/")).filter(|b| b.trim() == "after-the-process")
+    });
+    assert_eq!(body.trim(), "after-the-process");
+    assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
+    wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+}
