@@ -1018,3 +1018,50 @@ fn a_port_another_process_holds_on_the_node_keeps_a_task_waiting_until_it_is_fre
     assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
     wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
 }
+
+#[test]
+fn a_published_udp_port_answers_from_the_node() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    // A UDP echo server in the task (the node's python, mounted read-only).
+    let (python, mounts) = skiff_tests::moto::python_mounts();
+    let publish = format!("{port}:5353/udp");
+    let python = python.to_str().unwrap().to_string();
+    let script = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                  s.bind(('0.0.0.0', 5353))\nwhile True:\n    d, a = s.recvfrom(100)\n    s.sendto(b'echo ' + d, a)\n";
+    let mut args = vec![
+        "--image",
+        &img,
+        "--network",
+        "bridge",
+        "-p",
+        &publish,
+        "--stop-timeout",
+        "1s",
+    ];
+    for m in &mounts {
+        args.extend_from_slice(&["--mount", m]);
+    }
+    args.extend_from_slice(&["--", &python, "-c", script]);
+    let id = run_task(&addr, &args);
+    let t = wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
+    assert_eq!(t["portMappings"][0]["protocol"], "udp", "{t}");
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let answer = wait_for("the UDP echo", Duration::from_secs(20), || {
+        client.send_to(b"ping", ("127.0.0.1", port)).ok()?;
+        let mut buf = [0u8; 100];
+        let n = client.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    });
+    assert_eq!(answer, "echo ping");
+    assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
+    wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+}
