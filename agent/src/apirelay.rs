@@ -66,6 +66,9 @@ pub fn environment(agent: &crate::AgentInner, bridge: bool) -> Vec<(String, Stri
         host
     };
     let mut env = Vec::new();
+    if tls {
+        env.push(("SKIFF_CA_FILE".into(), CA_FILE.into()));
+    }
     if bridge {
         let scheme = if tls { "https" } else { "http" };
         env.push((
@@ -86,6 +89,10 @@ pub fn environment(agent: &crate::AgentInner, bridge: bool) -> Vec<(String, Stri
     }
     env
 }
+
+/// Where a task under a role finds the cluster CA (a TLS controller's): SKIFF_CA_FILE names
+/// it, and the `skiff` CLI reads it from there.
+pub const CA_FILE: &str = "/run/skiff/ca.crt";
 
 /// Starts both relays on `bridge` unless they run there already.
 pub async fn ensure_relaying(agent: &Arc<crate::AgentInner>, bridge: &str) -> Result<(), String> {

@@ -374,6 +374,13 @@ fn prepare_and_launch(
                 value: value.into_bytes(),
             });
         }
+        if let Some(ca) = crate::tls::ca_pem(&agent.cfg.data_dir) {
+            secrets.push(crate::spec::SecretValue {
+                name: String::new(),
+                file: crate::apirelay::CA_FILE.into(),
+                value: ca,
+            });
+        }
     }
     let secret_files = rootfs::place_secrets(&dir, &secrets, &mut extra_env)
         .map_err(|e| format!("delivering secrets: {e}"))?;

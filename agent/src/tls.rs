@@ -20,6 +20,11 @@ pub fn joined(data_dir: &Path) -> bool {
     pki(data_dir).join("node.crt").exists()
 }
 
+/// The cluster CA certificate (PEM), once the agent has joined a TLS controller.
+pub fn ca_pem(data_dir: &Path) -> Option<Vec<u8>> {
+    std::fs::read(pki(data_dir).join("ca.crt")).ok()
+}
+
 /// TLS settings for connections to the controller: the cluster CA, and the node certificate
 /// once the agent has one. None without a CA (a plaintext controller).
 pub fn client_config(data_dir: &Path) -> Option<ClientTlsConfig> {

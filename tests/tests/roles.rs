@@ -705,6 +705,39 @@ fn a_bridge_task_calls_the_api_through_its_agent_with_what_its_role_grants() {
     let bridge = OwnBridge::new("skt", 101);
     let mut env = Env::new();
     let addr = env.dev_with(&bridge.flags());
+    let out = send_from_a_bridge_task(&env, &addr);
+    assert_eq!(
+        out.stdout,
+        "endpoint http://169.254.170.2:7400\nsent\n1\n",
+        "{out:?}\n{}",
+        env.logs()
+    );
+    let inbox = cli(&addr, &["queues", "describe", "inbox", "-o", "json"]).json();
+    assert_eq!(inbox["visible"], 1, "{inbox}");
+}
+
+/// The same in a TLS cluster: the task verifies the controller through the relay with the
+/// cluster CA it finds at SKIFF_CA_FILE (the controller's certificate names 169.254.170.2).
+#[test]
+fn a_bridge_task_in_a_tls_cluster_verifies_the_controller_through_its_agent() {
+    let bridge = OwnBridge::new("skv", 102);
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
+    assert!(addr.starts_with("https://"), "{addr}");
+    env.agent(&addr, "n1", &bridge.flags());
+    let out = send_from_a_bridge_task(&env, &addr);
+    assert_eq!(
+        out.stdout,
+        "endpoint https://169.254.170.2:7400\nsent\n1\n",
+        "{out:?}\n{}",
+        env.logs()
+    );
+}
+
+/// Puts a role that may send to queue `inbox` (and the queue), then runs the `skiff` CLI
+/// itself, from the node, in a bridge task under it: it prints SKIFF_ENDPOINT, sends, and
+/// counts the denials of a call the role does not grant.
+fn send_from_a_bridge_task(env: &Env, addr: &str) -> skiff_tests::Cli {
     let role = env.path("sender.json");
     std::fs::write(
         &role,
@@ -712,10 +745,10 @@ fn a_bridge_task_calls_the_api_through_its_agent_with_what_its_role_grants() {
     )
     .unwrap();
     assert_eq!(
-        cli(&addr, &["roles", "put", "-f", role.to_str().unwrap()]).code,
+        cli(addr, &["roles", "put", "-f", role.to_str().unwrap()]).code,
         0
     );
-    assert_eq!(cli(&addr, &["queues", "create", "inbox"]).code, 0);
+    assert_eq!(cli(addr, &["queues", "create", "inbox"]).code, 0);
 
     // The skiff CLI itself, from the node, in a busybox container (with the node's libraries).
     let (_, mounts) = python_mounts();
@@ -728,13 +761,5 @@ fn a_bridge_task_calls_the_api_through_its_agent_with_what_its_role_grants() {
     let script = "echo endpoint $SKIFF_ENDPOINT; /skiff queues send inbox from-a-task >/dev/null && echo sent; \
                   /skiff queues create other 2>&1 | grep -c -i denied";
     args.extend_from_slice(&["--", "sh", "-c", script]);
-    let out = cli(&addr, &args);
-    assert_eq!(
-        out.stdout,
-        "endpoint http://169.254.170.2:7400\nsent\n1\n",
-        "{out:?}\n{}",
-        env.logs()
-    );
-    let inbox = cli(&addr, &["queues", "describe", "inbox", "-o", "json"]).json();
-    assert_eq!(inbox["visible"], 1, "{inbox}");
+    cli(addr, &args)
 }
