@@ -12,22 +12,30 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
 
-use crate::credserve::TASK_ENDPOINT;
+use crate::network::TASK_ENDPOINT;
 
 /// Where bridge tasks reach the controller's gRPC API…
 pub const API_PORT: u16 = 7400;
 /// …and its HTTP listener.
 pub const HTTP_PORT: u16 = 7480;
 
-/// The relays' state: the controller's HTTP port (told at each registration) and the bridge
-/// they listen on.
-#[derive(Default)]
+/// The relays' state: the controller's URL (as the agent dials it), its HTTP port (told at
+/// each registration) and the bridge they listen on.
 pub struct ApiRelay {
+    controller: String,
     http_port: Mutex<Option<u16>>,
     serving: tokio::sync::Mutex<Option<String>>,
 }
 
 impl ApiRelay {
+    pub fn new(controller: String) -> ApiRelay {
+        ApiRelay {
+            controller,
+            http_port: Mutex::new(None),
+            serving: tokio::sync::Mutex::new(None),
+        }
+    }
+
     /// The controller's HTTP listener port, from its `Registered` (0: it has none).
     pub fn set_http_port(&self, port: u32) {
         *self.http_port.lock().unwrap() = u16::try_from(port).ok().filter(|p| *p != 0);
@@ -54,12 +62,12 @@ pub fn controller_host(url: &str) -> Option<(String, u16, bool)> {
 /// What a task under a role finds in its environment to reach the API: SKIFF_ENDPOINT and,
 /// when the controller has an HTTP listener, SKIFF_HTTP_ENDPOINT — at the relays for a
 /// bridge task, at the controller itself otherwise.
-pub fn environment(agent: &crate::AgentInner, bridge: bool) -> Vec<(String, String)> {
-    let controller = &agent.cfg.controller;
+pub fn environment(relay: &ApiRelay, bridge: bool) -> Vec<(String, String)> {
+    let controller = &relay.controller;
     let Some((host, _, tls)) = controller_host(controller) else {
         return vec![("SKIFF_ENDPOINT".into(), controller.clone())];
     };
-    let http = agent.relay.http_port();
+    let http = relay.http_port();
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -95,17 +103,17 @@ pub fn environment(agent: &crate::AgentInner, bridge: bool) -> Vec<(String, Stri
 pub const CA_FILE: &str = "/run/skiff/ca.crt";
 
 /// Starts both relays on `bridge` unless they run there already.
-pub async fn ensure_relaying(agent: &Arc<crate::AgentInner>, bridge: &str) -> Result<(), String> {
-    let mut serving = agent.relay.serving.lock().await;
+pub async fn ensure_relaying(relay: &Arc<ApiRelay>, bridge: &str) -> Result<(), String> {
+    let mut serving = relay.serving.lock().await;
     if serving.as_deref() == Some(bridge) {
         return Ok(());
     }
-    crate::credserve::add_task_endpoint_address(bridge).await?;
+    crate::network::add_task_endpoint_address(bridge).await?;
     for (port, http) in [(API_PORT, false), (HTTP_PORT, true)] {
         let listener = listen(bridge, port).map_err(|e| {
             format!("the API relay {TASK_ENDPOINT}:{port} on {bridge} cannot listen: {e}")
         })?;
-        tokio::spawn(relay(agent.clone(), listener, http));
+        tokio::spawn(forward(relay.clone(), listener, http));
     }
     info!(%bridge, "API relays listening on {TASK_ENDPOINT}:{API_PORT} and :{HTTP_PORT} for bridge tasks");
     *serving = Some(bridge.to_string());
@@ -120,18 +128,18 @@ fn listen(bridge: &str, port: u16) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn relay(agent: Arc<crate::AgentInner>, listener: TcpListener, http: bool) {
+async fn forward(relay: Arc<ApiRelay>, listener: TcpListener, http: bool) {
     loop {
         let Ok((mut inbound, peer)) = listener.accept().await else {
             continue;
         };
-        let agent = agent.clone();
+        let relay = relay.clone();
         tokio::spawn(async move {
-            let Some((host, api_port, _)) = controller_host(&agent.cfg.controller) else {
+            let Some((host, api_port, _)) = controller_host(&relay.controller) else {
                 return;
             };
             let port = if http {
-                match agent.relay.http_port() {
+                match relay.http_port() {
                     Some(p) => p,
                     None => return,
                 }

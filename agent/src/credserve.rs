@@ -157,7 +157,7 @@ pub fn environment(
         ("SKIFF_TASK_TOKEN".to_string(), identity.skiff_token.clone()),
         ("SKIFF_TASK_ROLE".to_string(), identity.role.clone()),
     ];
-    env.extend(crate::apirelay::environment(agent, bridge));
+    env.extend(crate::apirelay::environment(&agent.relay, bridge));
     let token = agent.credentials.token(task_id);
     let base = if bridge {
         format!("http://{TASK_ENDPOINT}")
@@ -233,7 +233,7 @@ pub async fn ensure_bridge_endpoint(agent: &Arc<AgentInner>, bridge: &str) -> Re
     if serving.as_deref() == Some(bridge) {
         return Ok(());
     }
-    add_task_endpoint_address(bridge).await?;
+    crate::network::add_task_endpoint_address(bridge).await?;
     let bind = || -> std::io::Result<tokio::net::TcpListener> {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.set_reuseaddr(true)?;
@@ -263,29 +263,6 @@ pub async fn ensure_bridge_endpoint(agent: &Arc<AgentInner>, bridge: &str) -> Re
         }
     });
     *serving = Some(bridge.to_string());
-    Ok(())
-}
-
-/// Puts 169.254.170.2 on `bridge`, where tasks reach the agent's endpoints (credentials,
-/// DNS). Idempotent.
-pub async fn add_task_endpoint_address(bridge: &str) -> Result<(), String> {
-    let out = tokio::process::Command::new("ip")
-        .args([
-            "addr",
-            "replace",
-            &format!("{TASK_ENDPOINT}/32"),
-            "dev",
-            bridge,
-        ])
-        .output()
-        .await
-        .map_err(|e| format!("running ip to add {TASK_ENDPOINT} to {bridge}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "adding {TASK_ENDPOINT} to {bridge}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
     Ok(())
 }
 

@@ -124,7 +124,7 @@ fn node_resolvers(conf: &str) -> Vec<SocketAddr> {
     conf.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|s| s.trim().split('%').next()?.parse::<IpAddr>().ok())
-        .filter(|ip| *ip != IpAddr::V4(crate::credserve::TASK_ENDPOINT))
+        .filter(|ip| *ip != IpAddr::V4(crate::network::TASK_ENDPOINT))
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()
 }
@@ -253,14 +253,14 @@ pub async fn ensure_serving(dns: &Arc<Dns>, bridge: &str) -> Result<(), String> 
     if serving.as_deref() == Some(bridge) {
         return Ok(());
     }
-    crate::credserve::add_task_endpoint_address(bridge).await?;
+    crate::network::add_task_endpoint_address(bridge).await?;
     let (dns, device) = (dns.clone(), bridge.to_string());
     tokio::spawn(async move {
         let mut warned = false;
         loop {
             match bind(&device) {
                 Ok((udp, tcp)) => {
-                    info!(bridge = %device, "DNS for tasks listening on {}:53", crate::credserve::TASK_ENDPOINT);
+                    info!(bridge = %device, "DNS for tasks listening on {}:53", crate::network::TASK_ENDPOINT);
                     tokio::spawn(serve_tcp(dns.clone(), tcp));
                     serve_udp(dns, udp).await;
                     return;
@@ -280,7 +280,7 @@ pub async fn ensure_serving(dns: &Arc<Dns>, bridge: &str) -> Result<(), String> 
 }
 
 fn bind(device: &str) -> std::io::Result<(UdpSocket, TcpListener)> {
-    let addr = SocketAddr::from((crate::credserve::TASK_ENDPOINT, 53));
+    let addr = SocketAddr::from((crate::network::TASK_ENDPOINT, 53));
     let udp = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,

@@ -144,7 +144,7 @@ pub struct AgentInner {
     /// The DNS server of bridge tasks and the service names it answers.
     pub dns: Arc<dnsserve::Dns>,
     /// Bridge tasks' way to the controller's API (see `apirelay`).
-    pub relay: apirelay::ApiRelay,
+    pub relay: Arc<apirelay::ApiRelay>,
 }
 
 impl AgentInner {
@@ -469,7 +469,7 @@ impl Agent {
         let inner = Arc::new(AgentInner {
             networks,
             dns: Arc::new(dnsserve::Dns::new(cfg.dns_upstreams.clone())),
-            relay: Default::default(),
+            relay: Arc::new(apirelay::ApiRelay::new(cfg.controller.clone())),
             images,
             cfg,
             tasks: Mutex::new(HashMap::new()),

@@ -270,7 +270,7 @@ async fn attach_network(
     if spec.identity.is_some() && on_bridge {
         let bridge = &agent.cfg.network.bridge_name;
         crate::credserve::ensure_bridge_endpoint(agent, bridge).await?;
-        crate::apirelay::ensure_relaying(agent, bridge).await?;
+        crate::apirelay::ensure_relaying(&agent.relay, bridge).await?;
     }
     Ok(Some(Attached {
         netns: net.netns,
@@ -308,7 +308,7 @@ async fn serve_bridge_endpoints(agent: &Arc<AgentInner>, spec: &TaskSpec) {
         if let Err(e) = crate::credserve::ensure_bridge_endpoint(agent, bridge).await {
             warn!(error = %e, "the credentials endpoint for a re-adopted bridge task cannot start");
         }
-        if let Err(e) = crate::apirelay::ensure_relaying(agent, bridge).await {
+        if let Err(e) = crate::apirelay::ensure_relaying(&agent.relay, bridge).await {
             warn!(error = %e, "the API relays for a re-adopted bridge task cannot start");
         }
     }

@@ -76,6 +76,29 @@ impl Default for NetworkConfig {
 /// ECS. Published ports never capture it (see `default_network`).
 pub const TASK_ENDPOINT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 170, 2);
 
+/// Puts 169.254.170.2 on `bridge`, where tasks reach the agent's endpoints (credentials,
+/// DNS). Idempotent.
+pub async fn add_task_endpoint_address(bridge: &str) -> Result<(), String> {
+    let out = tokio::process::Command::new("ip")
+        .args([
+            "addr",
+            "replace",
+            &format!("{TASK_ENDPOINT}/32"),
+            "dev",
+            bridge,
+        ])
+        .output()
+        .await
+        .map_err(|e| format!("running ip to add {TASK_ENDPOINT} to {bridge}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "adding {TASK_ENDPOINT} to {bridge}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 /// The prefix of a warm namespace's CNI container id.
 const WARM_PREFIX: &str = "warm-";
 
