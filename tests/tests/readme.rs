@@ -111,6 +111,13 @@ fn the_readme_examples_run_as_written() {
     ] {
         assert!(out.contains(expected), "{expected:?} missing: {all_out}");
     }
+    // nslookup of the service's name: one address per running task, on skiff's bridge.
+    assert_eq!(
+        out.matches("pinger.skiff.internal\nAddress: 10.89.")
+            .count(),
+        2,
+        "{all_out}"
+    );
     for expected in [
         "matched 1 rule: big-orders", // events put says which rules matched
         "no match at detail.total: the event has 50", // test-pattern explains
