@@ -608,11 +608,19 @@ fn a_host_port_in_use_on_the_node_keeps_the_next_task_waiting_not_failing() {
     let first = web_task(&addr, &img, port, "first");
     wait_status(&addr, &first, "RUNNING", Duration::from_secs(30));
     let second = web_task(&addr, &img, port, "second");
+    waits_for_the_port(&addr, &second, port);
+    // The port is released with the first task: the second is placed and answers on it.
+    assert_eq!(cli(&addr, &["tasks", "stop", &first]).code, 0);
+    runs_and_answers_on_the_port(&addr, &second, port, "second");
+}
+
+/// Waits until a task publishing `port` waits for it, PROVISIONING with the port named.
+fn waits_for_the_port(addr: &str, id: &str, port: u16) {
     let t = wait_for(
-        "the second task to wait for the port",
-        Duration::from_secs(10),
+        "the task to wait for the port",
+        Duration::from_secs(20),
         || {
-            let t = skiff_tests::task(&addr, &second);
+            let t = skiff_tests::task(addr, id);
             t["statusReason"]
                 .as_str()
                 .is_some_and(|r| r.contains(&format!("{port}/tcp is taken")))
@@ -620,17 +628,17 @@ fn a_host_port_in_use_on_the_node_keeps_the_next_task_waiting_not_failing() {
         },
     );
     assert_eq!(t["lastStatus"], "PROVISIONING", "{t}");
-    // The port is released with the first task: the second is placed and answers on it.
-    assert_eq!(cli(&addr, &["tasks", "stop", &first]).code, 0);
-    wait_status(&addr, &second, "RUNNING", Duration::from_secs(30));
-    let body = wait_for(
-        "the second task on the port",
-        Duration::from_secs(10),
-        || wget(None, &format!("http://127.0.0.1:{port}/")).filter(|b| b.trim() == "second"),
-    );
-    assert_eq!(body.trim(), "second");
-    assert_eq!(cli(&addr, &["tasks", "stop", &second]).code, 0);
-    wait_status(&addr, &second, "STOPPED", Duration::from_secs(30));
+}
+
+/// The task comes to run and serves `body` on the node's `port`; then it is stopped.
+fn runs_and_answers_on_the_port(addr: &str, id: &str, port: u16, body: &str) {
+    wait_status(addr, id, "RUNNING", Duration::from_secs(30));
+    let got = wait_for("the task on the port", Duration::from_secs(10), || {
+        wget(None, &format!("http://127.0.0.1:{port}/")).filter(|b| b.trim() == body)
+    });
+    assert_eq!(got.trim(), body);
+    assert_eq!(cli(addr, &["tasks", "stop", id]).code, 0);
+    wait_status(addr, id, "STOPPED", Duration::from_secs(30));
 }
 
 /// dnsmasq on the node's loopback as the resolver the agent forwards to: it knows one name
@@ -996,27 +1004,10 @@ fn a_port_another_process_holds_on_the_node_keeps_a_task_waiting_until_it_is_fre
         },
     );
     let id = web_task(&addr, &img, port, "after-the-process");
-    let t = wait_for(
-        "the task to wait for the port",
-        Duration::from_secs(20),
-        || {
-            let t = skiff_tests::task(&addr, &id);
-            t["statusReason"]
-                .as_str()
-                .is_some_and(|r| r.contains(&format!("{port}/tcp is taken")))
-                .then_some(t)
-        },
-    );
-    assert_eq!(t["lastStatus"], "PROVISIONING", "{t}");
+    waits_for_the_port(&addr, &id, port);
     // The process lets go: the agent's next report frees the port and the task takes it.
     drop(held);
-    wait_status(&addr, &id, "RUNNING", Duration::from_secs(30));
-    let body = wait_for("the task on the port", Duration::from_secs(10), || {
-        wget(None, &format!("http://127.0.0.1:{port}/")).filter(|b| b.trim() == "after-the-process")
-    });
-    assert_eq!(body.trim(), "after-the-process");
-    assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
-    wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
+    runs_and_answers_on_the_port(&addr, &id, port, "after-the-process");
 }
 
 #[test]
