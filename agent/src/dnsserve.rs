@@ -131,7 +131,10 @@ fn node_resolvers(conf: &str) -> Vec<SocketAddr> {
 
 /// The answer for a name in skiff's zone; None for any other name (it is forwarded).
 pub fn local_answer(query: &Message, names: &HashMap<String, Vec<IpAddr>>) -> Option<Message> {
-    let zone = Name::from_ascii(format!("{ZONE}.")).expect("the zone is a valid name");
+    static ZONE_NAME: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| {
+        Name::from_ascii(format!("{ZONE}.")).expect("the zone is a valid name")
+    });
+    let zone = &*ZONE_NAME;
     let [q] = query.queries.as_slice() else {
         return None;
     };

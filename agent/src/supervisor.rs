@@ -113,7 +113,9 @@ async fn run_task(
     } else {
         info!("re-adopted");
         check_network(&agent, &task_id, &record.spec).await;
-        serve_bridge_endpoints(&agent, &record.spec).await;
+        if let Err(e) = serve_bridge_endpoints(&agent, &record.spec).await {
+            warn!(error = %e, "the endpoints for a re-adopted bridge task cannot start");
+        }
     }
     supervise(&agent, &task_id, &dir, handles, &mut stop).await;
 }
@@ -243,7 +245,7 @@ async fn attach_network(
     // network the agent cannot be reached, and the node's resolvers are named instead.
     let on_bridge = name == crate::network::DEFAULT_NETWORK;
     let resolver = on_bridge.then_some(crate::network::TaskResolver {
-        nameserver: crate::credserve::TASK_ENDPOINT,
+        nameserver: crate::network::TASK_ENDPOINT,
         search: crate::dnsserve::ZONE,
     });
     let attached = tokio::task::spawn_blocking(move || {
@@ -264,13 +266,8 @@ async fn attach_network(
         // Bridge tasks run here: keep namespaces attached ahead of the next ones.
         let a = agent.clone();
         tokio::task::spawn_blocking(move || a.networks.refill());
-        // The CNI bridge plugin has made the bridge by now: the DNS server can listen on it.
-        crate::dnsserve::ensure_serving(&agent.dns, &agent.cfg.network.bridge_name).await?;
-    }
-    if spec.identity.is_some() && on_bridge {
-        let bridge = &agent.cfg.network.bridge_name;
-        crate::credserve::ensure_bridge_endpoint(agent, bridge).await?;
-        crate::apirelay::ensure_relaying(&agent.relay, bridge).await?;
+        // The CNI bridge plugin has made the bridge by now: the servers can listen on it.
+        serve_bridge_endpoints(agent, spec).await?;
     }
     Ok(Some(Attached {
         netns: net.netns,
@@ -293,25 +290,20 @@ async fn check_network(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) 
     }
 }
 
-/// A bridge task re-adopted by a new agent process still asks 169.254.170.2 for names (and,
-/// with a role, credentials and the API): those servers start with the agent's first bridge
-/// task, which may be this one.
-async fn serve_bridge_endpoints(agent: &Arc<AgentInner>, spec: &TaskSpec) {
+/// What a task on skiff's bridge asks at 169.254.170.2: names, and with a role credentials
+/// and the API. The servers start with the agent's first such task — a new one, or one a new
+/// agent process re-adopts — and then run for all.
+async fn serve_bridge_endpoints(agent: &Arc<AgentInner>, spec: &TaskSpec) -> Result<(), String> {
     if spec.network != NetworkMode::Network(crate::network::DEFAULT_NETWORK.to_string()) {
-        return;
+        return Ok(());
     }
     let bridge = &agent.cfg.network.bridge_name;
-    if let Err(e) = crate::dnsserve::ensure_serving(&agent.dns, bridge).await {
-        warn!(error = %e, "the DNS server for a re-adopted bridge task cannot start");
-    }
+    crate::dnsserve::ensure_serving(&agent.dns, bridge).await?;
     if spec.identity.is_some() {
-        if let Err(e) = crate::credserve::ensure_bridge_endpoint(agent, bridge).await {
-            warn!(error = %e, "the credentials endpoint for a re-adopted bridge task cannot start");
-        }
-        if let Err(e) = crate::apirelay::ensure_relaying(&agent.relay, bridge).await {
-            warn!(error = %e, "the API relays for a re-adopted bridge task cannot start");
-        }
+        crate::credserve::ensure_bridge_endpoint(agent, bridge).await?;
+        crate::apirelay::ensure_relaying(&agent.relay, bridge).await?;
     }
+    Ok(())
 }
 
 /// Step 1: every container's image, concurrently.

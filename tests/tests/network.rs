@@ -146,21 +146,23 @@ fn wget(outside: Option<&Outside>, url: &str) -> Option<String> {
 fn fetch_from_a_bridge_task(addr: &str, img: &str, url: &str) -> skiff_tests::Cli {
     let script =
         format!("for i in $(seq 50); do wget -qO- {url} && exit 0; sleep 0.1; done; exit 1");
-    cli(
-        addr,
-        &[
-            "run-task",
-            "--follow",
-            "--image",
-            img,
-            "--network",
-            "bridge",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    )
+    in_a_bridge_task(addr, img, &[], &["sh", "-c", &script])
+}
+
+/// `run-task --follow` of `cmd` in a new bridge task, with `extra` run-task flags; its output.
+fn in_a_bridge_task(addr: &str, img: &str, extra: &[&str], cmd: &[&str]) -> skiff_tests::Cli {
+    let mut args = vec![
+        "run-task",
+        "--follow",
+        "--image",
+        img,
+        "--network",
+        "bridge",
+    ];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(cmd);
+    cli(addr, &args)
 }
 
 /// The agent's cached CNI result for a task (under the dev agent's data dir).
@@ -690,21 +692,7 @@ fn looked_up(out: &str) -> Vec<String> {
 
 /// `nslookup NAME` in a new bridge task; its output.
 fn nslookup(addr: &str, img: &str, name: &str) -> skiff_tests::Cli {
-    cli(
-        addr,
-        &[
-            "run-task",
-            "--follow",
-            "--image",
-            img,
-            "--network",
-            "bridge",
-            "--",
-            "busybox",
-            "nslookup",
-            name,
-        ],
-    )
+    in_a_bridge_task(addr, img, &[], &["busybox", "nslookup", name])
 }
 
 /// A service's RUNNING tasks (not asked to stop), once there are `n`.
@@ -962,23 +950,7 @@ fn a_task_reaches_its_own_published_port_through_the_nodes_address_hairpin() {
         "mkdir -p /www && echo self > /www/index.html && httpd -p 80 -h /www && \
          for i in $(seq 20); do timeout 2 wget -qO- http://10.89.0.1:{port}/ && exit 0; sleep 0.1; done; exit 1"
     );
-    let out = cli(
-        &addr,
-        &[
-            "run-task",
-            "--follow",
-            "--image",
-            &img,
-            "--network",
-            "bridge",
-            "-p",
-            &publish,
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    );
+    let out = in_a_bridge_task(&addr, &img, &["-p", &publish], &["sh", "-c", &script]);
     assert_eq!((out.code, out.stdout.trim()), (0, "self"), "{out:?}");
 }
 
