@@ -1028,3 +1028,38 @@ fn a_published_udp_port_answers_from_the_node() {
     assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
     wait_status(&addr, &id, "STOPPED", Duration::from_secs(30));
 }
+
+#[test]
+fn a_bridge_tasks_hosts_file_names_it_and_its_resolver_is_the_agent() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    let img = env.busybox_image();
+    let out = in_a_bridge_task(
+        &addr,
+        &img,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "hostname; cat /etc/hosts; echo ---; cat /etc/resolv.conf",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let (name_and_hosts, resolv) = out.stdout.split_once("---\n").unwrap();
+    let (hostname, hosts) = name_and_hosts.split_once('\n').unwrap();
+    // The task's own name stands for its own address on the bridge.
+    let own = hosts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(hostname))
+        .unwrap_or_else(|| panic!("{hostname} not in {hosts}"));
+    assert!(own.starts_with("10.89."), "{hosts}");
+    assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
+    // Names go to the agent, service names first.
+    assert!(resolv.starts_with("nameserver 169.254.170.2\n"), "{resolv}");
+    assert!(
+        resolv
+            .lines()
+            .any(|l| l.starts_with("search skiff.internal")),
+        "{resolv}"
+    );
+}
