@@ -917,18 +917,22 @@ fn a_service_name_names_its_tasks_on_every_node() {
     });
     assert_eq!(probe["nodeId"], "b", "{probe}");
     let id = probe["id"].as_str().unwrap().to_string();
-    // Any complete answer (the last block may be half written) naming both will do.
+    // Any complete answer (the last block may be half written) naming the service's running
+    // tasks on both nodes will do (read again each time: the service replaces a task that
+    // stops, and the name follows).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let logs = cli(&addr, &["tasks", "logs", &id]).stdout;
+        let now = running_addresses(&addr, "web", 2);
         let blocks: Vec<&str> = logs.split("Server:").collect();
-        if blocks.iter().rev().skip(1).any(|b| looked_up(b) == both) {
+        if blocks.iter().rev().skip(1).any(|b| looked_up(b) == now) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "node b's DNS never named both {both:?}; the probe's log:\n{logs}\n{}",
-            env.logs()
+            "node b's DNS never named the running {now:?} (first {both:?}); the web tasks: {}\nthe probe's last answers:{}",
+            cli(&addr, &["tasks", "ls", "--family", "web", "-o", "json"]).stdout,
+            blocks[blocks.len().saturating_sub(3)..].join("Server:")
         );
         std::thread::sleep(Duration::from_millis(200));
     }
