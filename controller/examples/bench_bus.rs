@@ -4,7 +4,7 @@
 //! 2. ingest: durable events/s of PutEvents batches from 8 concurrent gRPC clients against a
 //!    controller served on 127.0.0.1 (in this process, plaintext, its own data dir).
 //!
-//! Usage: cargo run --release -p skiff-controller --example bench_bus
+//! Usage: cargo run --release -p skiff-controller --example bench_bus [ingest|matching]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -171,9 +171,15 @@ async fn ingest(batch: usize, clients: usize, per_client: usize) {
 
 #[tokio::main]
 async fn main() {
-    for n in [1, 100, 1000] {
-        matching(n);
+    // `bench_bus ingest` or `bench_bus matching` runs one part.
+    let only = std::env::args().nth(1).unwrap_or_default();
+    if only != "ingest" {
+        for n in [1, 100, 1000] {
+            matching(n);
+        }
     }
-    ingest(10, 8, 200).await;
-    ingest(100, 8, 40).await;
+    if only != "matching" {
+        ingest(10, 8, 1000).await;
+        ingest(100, 8, 100).await;
+    }
 }

@@ -9,6 +9,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -148,6 +149,54 @@ const CACHE_KIND: &str = "skiffCniCacheV1";
 pub struct Runtime {
     pub plugin_dirs: Vec<PathBuf>,
     pub cache_dir: PathBuf,
+    /// Bounds the operations (ADD, CHECK, DEL) that run at once.
+    pub gate: Arc<Gate>,
+}
+
+/// A counting gate for CNI operations. The reference plugins' firewall work serialises on
+/// the kernel's xtables lock, and each operation execs several plugins that each exec
+/// `iptables`: a hundred tasks attaching at once would start hundreds of processes that
+/// wait on one another (a load average in the hundreds, minutes to drain) where a few at a
+/// time finish in seconds. Operations beyond the limit wait their turn (their task stays
+/// PENDING meanwhile).
+#[derive(Debug)]
+pub struct Gate {
+    free: Mutex<usize>,
+    turn: Condvar,
+}
+
+impl Gate {
+    pub fn new(limit: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            free: Mutex::new(limit.max(1)),
+            turn: Condvar::new(),
+        })
+    }
+
+    /// One operation per core: what the plugins' work can use without queueing on the
+    /// xtables lock.
+    pub fn per_core() -> Arc<Gate> {
+        Gate::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    /// Blocks until an operation may run; it runs until the pass is dropped.
+    fn enter(&self) -> Pass<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.turn.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Pass(self)
+    }
+}
+
+struct Pass<'a>(&'a Gate);
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.turn.notify_one();
+    }
 }
 
 impl Runtime {
@@ -156,6 +205,7 @@ impl Runtime {
     /// an entry that cleanup DELs. A failed plugin undoes the plugins before it (DEL of the
     /// whole list), as the specification asks.
     pub fn add(&self, net: &NetworkList, att: &Attachment) -> Result<Value, CniError> {
+        let _pass = self.gate.enter();
         self.write_cache(net, att, &Value::Null)?;
         let mut prev: Option<Value> = None;
         for plugin in &net.plugins {
@@ -183,6 +233,7 @@ impl Runtime {
         result: &Value,
         tolerated: impl Fn(&CniError) -> bool,
     ) -> Result<(), CniError> {
+        let _pass = self.gate.enter();
         for plugin in &net.plugins {
             match self.exec(net, plugin, att, "CHECK", Some(result)) {
                 Err(e) if !tolerated(&e) => return Err(e),
@@ -196,6 +247,7 @@ impl Runtime {
     /// goes once every plugin has succeeded (a failed DEL is tried again at the next cleanup).
     pub fn del_cached(&self, cached: &Cached) -> Result<(), CniError> {
         let net = NetworkList::parse(cached.network.clone())?;
+        let _pass = self.gate.enter();
         self.del_plugins(&net, &cached.attachment, Some(&cached.result))?;
         let path = self.cache_path(&net.name, &cached.attachment);
         match std::fs::remove_file(&path) {
@@ -208,6 +260,7 @@ impl Runtime {
 
     /// DEL without a cache entry (the ADD never finished): every plugin, last first.
     pub fn del(&self, net: &NetworkList, att: &Attachment) -> Result<(), CniError> {
+        let _pass = self.gate.enter();
         self.del_plugins(net, att, None)
     }
 
@@ -463,4 +516,39 @@ pub fn host_interfaces(result: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn the_gate_lets_no_more_than_its_limit_run_at_once_and_every_one_runs() {
+        let gate = Gate::new(2);
+        let (inside, most, done) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let threads: Vec<_> = (0..12)
+            .map(|_| {
+                let (gate, inside, most, done) =
+                    (gate.clone(), inside.clone(), most.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let _pass = gate.enter();
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 12);
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
 }

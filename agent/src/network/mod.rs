@@ -183,6 +183,7 @@ impl Networks {
             runtime: cni::Runtime {
                 plugin_dirs: cfg.plugin_dirs,
                 cache_dir,
+                gate: cni::Gate::per_core(),
             },
             netns_dir,
             lists,

@@ -1,5 +1,5 @@
-//! Benchmark: fire-time jitter with many schedules active. A `skiff dev` with N schedules
-//! (default 100), each `rate(10 seconds)` running a trivial task; after the run, each task's
+//! Benchmark: fire-time jitter with many schedules due together. A `skiff dev` with N
+//! schedules (default 100), each `rate(10 seconds)` from one common start running a trivial task; after the run, each task's
 //! lateness is its PENDING time (placed on the node) minus the fire time it stands for.
 //!
 //! Usage: bench_schedules [--schedules N] [--seconds S] [--skiff PATH]
@@ -16,11 +16,14 @@ fn main() {
     let mut env = Env::new();
     let addr = env.dev();
     env.register_busybox(&addr, "job", &["true"]);
+    // One common start, so every schedule is due at the same moments (every 10 s from it).
+    let start_at = chrono::Utc::now() + chrono::Duration::seconds(2 + n as i64 / 20);
+    let start_at = start_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for i in 0..n {
         let f = env.path("s.yaml");
         std::fs::write(
             &f,
-            format!("name: s{i}\nexpression: rate(10 seconds)\noverlap: allow\ntask: {{task_definition: job}}\n"),
+            format!("name: s{i}\nexpression: rate(10 seconds)\nstart: \"{start_at}\"\noverlap: allow\ntask: {{task_definition: job}}\n"),
         )
         .unwrap();
         assert_eq!(
