@@ -218,10 +218,11 @@ impl Core {
         key: &str,
         task: Task,
     ) -> Result<Result<Task, String>, CoreError> {
+        let (now, for_event) = (self.clock.now_ms(), task.clone());
         match self
             .store
-            .create_task_once(key, &task, |id| {
-                state_change_event(id, &task, self.clock.now_ms())
+            .create_task_once(key, &task, move |id| {
+                state_change_event(id, &for_event, now)
             })
             .await?
         {

@@ -123,10 +123,11 @@ pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) 
 
 /// Fires what is due; returns the earliest moment something is due next.
 ///
-/// Schedules are handled concurrently (each touches only its own state), so the fires due
-/// at one moment share the store's group commits instead of queueing behind each other.
-async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
-    use futures::StreamExt;
+/// Schedules are handled concurrently, each in a task of its own (each touches only its own
+/// state): the fires due at one moment share the store's transactions and group commits
+/// instead of queueing behind each other, and the work of preparing them (states, task
+/// definitions, overlap checks) runs on every core.
+async fn tick(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
     let now = core.clock.now_ms();
     retry_due(core, now).await?;
     let enabled: Vec<Schedule> = core
@@ -136,14 +137,28 @@ async fn tick(core: &Core) -> Result<Option<i64>, CoreError> {
         .into_iter()
         .filter(|s| s.enabled)
         .collect();
-    // Collected first: a lazy map here trips the compiler's higher-ranked lifetime check
-    // when the loop is spawned.
-    let passes: Vec<_> = enabled.iter().map(|s| handle(core, s, now)).collect();
-    let mut passes = futures::stream::iter(passes).buffer_unordered(CONCURRENT_FIRES);
-    while let Some(r) = passes.next().await {
-        r?;
+    let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FIRES));
+    let mut passes = tokio::task::JoinSet::new();
+    for s in enabled.iter().cloned() {
+        let (core, limit) = (core.clone(), limit.clone());
+        passes.spawn(async move {
+            let _turn = limit.acquire_owned().await;
+            handle(&core, &s, now).await
+        });
     }
-    drop(passes);
+    let mut first_error = None;
+    while let Some(done) = passes.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => warn!(error = %e, "a schedule's pass panicked"),
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
     // A retry due later than now (one due already belongs to a disabled schedule, and waits
     // for it to be enabled).
     let mut earliest: Option<i64> = core.store.schedule_retries.next_due()?.filter(|t| *t > now);

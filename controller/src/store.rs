@@ -139,7 +139,7 @@ impl Due for Delivery {
 /// The on-disk format version of every record this binary writes.
 const RECORD_VERSION: u8 = 1;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The engine failed (I/O, corruption it detected). Its own error type stays inside the
     /// store, so the engine can change without touching callers.
@@ -329,6 +329,17 @@ pub struct Store {
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
     writer: Arc<Mutex<ulid::Generator>>,
+    /// Task creations waiting for the writer lock: whoever takes it writes them all in one
+    /// transaction (a burst of fires or deliveries pays one, not one each).
+    creations: Arc<std::sync::Mutex<Vec<Creation>>>,
+}
+
+/// One `create_task_once` call waiting to be written.
+struct Creation {
+    key: String,
+    task: Task,
+    event: Box<dyn FnOnce(String) -> Event + Send>,
+    done: oneshot::Sender<Result<Result<Event, String>, StoreError>>,
 }
 
 impl Store {
@@ -381,6 +392,7 @@ impl Store {
             fifo_dedup: Table::open(&engine, &commit)?,
             commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
+            creations: Default::default(),
             engine,
         };
         store.rebuild_indexes()?;
@@ -961,16 +973,81 @@ impl Store {
         &self,
         key: &str,
         task: &Task,
-        event: impl FnOnce(String) -> Event,
+        event: impl FnOnce(String) -> Event + Send + 'static,
     ) -> Result<Result<Event, String>, StoreError> {
+        let (done, result) = oneshot::channel();
+        self.creations
+            .lock()
+            .expect("creations lock")
+            .push(Creation {
+                key: key.to_string(),
+                task: task.clone(),
+                event: Box::new(event),
+                done,
+            });
         let mut gen = self.writer.lock().await;
-        let event = event(next_event_id(&mut gen));
-        let task_bytes = encode(task);
-        let (ek, ev) = (event_key(&event.id), encode(&event));
-        let reservation = encode(&Reservation::of(task));
-        let waiting = task.status == TaskStatus::Provisioning;
-        let (group, node) = (group_key(task), node_key(task));
-        let trees = [
+        // Ours, and every creation queued while the lock was held; empty when the holder
+        // before us took ours along.
+        let batch = std::mem::take(&mut *self.creations.lock().expect("creations lock"));
+        if !batch.is_empty() {
+            self.create_all_once(&mut gen, batch);
+        }
+        drop(gen);
+        let created = result.await.map_err(|_| StoreError::FlusherGone)??;
+        if created.is_ok() {
+            self.commit().await?;
+        }
+        Ok(created)
+    }
+
+    /// Writes queued creations in one transaction (under the writer lock) and answers each.
+    fn create_all_once(&self, gen: &mut ulid::Generator, batch: Vec<Creation>) {
+        struct Prepared {
+            key: String,
+            task_id: String,
+            task: Vec<u8>,
+            reservation: Vec<u8>,
+            waiting: bool,
+            group: Vec<u8>,
+            node: Option<Vec<u8>>,
+            event_key: Vec<u8>,
+            event: Vec<u8>,
+            rule_retry: bool,
+            schedule_retry: bool,
+        }
+        let mut prepared = Vec::with_capacity(batch.len());
+        let mut answers = Vec::with_capacity(batch.len());
+        for c in batch {
+            let event = (c.event)(next_event_id(gen));
+            // Most deliveries have no pending retry: their transaction leaves the retry
+            // tables out (sled runs one transaction at a time, and every tree in it costs).
+            // The one writer of a key's retry is the loop calling here, so a retry cannot
+            // appear in between.
+            let rule_retry = self.retries.get(&c.key).map(|r| r.is_some());
+            let schedule_retry = self.schedule_retries.get(&c.key).map(|r| r.is_some());
+            let (rule_retry, schedule_retry) = match (rule_retry, schedule_retry) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = c.done.send(Err(e));
+                    continue;
+                }
+            };
+            prepared.push(Prepared {
+                key: c.key,
+                task_id: c.task.id.clone(),
+                task: encode(&c.task),
+                reservation: encode(&Reservation::of(&c.task)),
+                waiting: c.task.status == TaskStatus::Provisioning,
+                group: group_key(&c.task),
+                node: node_key(&c.task),
+                event_key: event_key(&event.id),
+                event: encode(&event),
+                rule_retry,
+                schedule_retry,
+            });
+            answers.push((c.done, event));
+        }
+        let mut trees = vec![
             &self.tasks,
             &self.active,
             &self.waiting,
@@ -979,50 +1056,51 @@ impl Store {
             &self.by_group,
             &self.by_node,
         ];
-        // A pending retry of this delivery is ended in the same transaction. Most deliveries
-        // have none: their transaction leaves the retry tables out (sled runs one transaction
-        // at a time, and every tree in it costs). The one writer of a key's retry is the loop
-        // calling here, so a retry cannot appear in between.
-        let rule_retry = self.retries.get(key)?.is_some();
-        let schedule_retry = self.schedule_retries.get(key)?.is_some();
-        let mut trees = trees.to_vec();
-        if rule_retry {
+        if prepared.iter().any(|p| p.rule_retry) {
             trees.extend(self.retries.trees());
         }
-        if schedule_retry {
+        if prepared.iter().any(|p| p.schedule_retry) {
             trees.extend(self.schedule_retries.trees());
         }
         let res = self.transact(&trees, |tx| {
-            // Either way the delivery's pending retry, if any, is over.
-            if rule_retry {
-                self.retries.remove_in(tx, key.as_bytes())?;
+            let mut existing = Vec::with_capacity(prepared.len());
+            for p in &prepared {
+                // Either way the delivery's pending retry, if any, is over.
+                if p.rule_retry {
+                    self.retries.remove_in(tx, p.key.as_bytes())?;
+                }
+                if p.schedule_retry {
+                    self.schedule_retries.remove_in(tx, p.key.as_bytes())?;
+                }
+                if let Some(id) = tx.get(&self.deliveries, &p.key)? {
+                    existing.push(Some(String::from_utf8_lossy(&id).into_owned()));
+                    continue;
+                }
+                tx.insert(&self.tasks, &p.task_id, &p.task)?;
+                tx.insert(&self.by_group, &p.group, [])?;
+                if let Some(k) = &p.node {
+                    tx.insert(&self.by_node, k, [])?;
+                }
+                tx.insert(&self.active, &p.task_id, &p.reservation)?;
+                if p.waiting {
+                    tx.insert(&self.waiting, &p.task_id, [])?;
+                }
+                tx.insert(&self.events, &p.event_key, &p.event)?;
+                tx.insert(&self.deliveries, &p.key, &p.task_id)?;
+                existing.push(None);
             }
-            if schedule_retry {
-                self.schedule_retries.remove_in(tx, key.as_bytes())?;
-            }
-            if let Some(existing) = tx.get(&self.deliveries, key)? {
-                return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
-            }
-            tx.insert(&self.tasks, &task.id, &task_bytes)?;
-            tx.insert(&self.by_group, &group, [])?;
-            if let Some(k) = &node {
-                tx.insert(&self.by_node, k, [])?;
-            }
-            tx.insert(&self.active, &task.id, &reservation)?;
-            if waiting {
-                tx.insert(&self.waiting, &task.id, [])?;
-            }
-            tx.insert(&self.events, &ek, &ev)?;
-            tx.insert(&self.deliveries, key, &task.id)?;
-            Ok(None)
+            Ok(existing)
         });
-        drop(gen);
-        let existing = res?;
-        match existing {
-            Some(id) => Ok(Err(id)),
-            None => {
-                self.commit().await?;
-                Ok(Ok(event))
+        match res {
+            Ok(existing) => {
+                for ((done, event), existing) in answers.into_iter().zip(existing) {
+                    let _ = done.send(Ok(existing.map_or(Ok(event), Err)));
+                }
+            }
+            Err(e) => {
+                for (done, _) in answers {
+                    let _ = done.send(Err(e.clone()));
+                }
             }
         }
     }
@@ -1449,6 +1527,56 @@ mod tests {
             resources: vec![],
             detail: serde_json::json!({}),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_creations_share_transactions_and_each_delivery_makes_one_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        // 60 deliveries, each asked for twice at once: one task each, the second call told
+        // which task the first made.
+        let calls: Vec<_> = (0..120)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let key = format!("fire\0{}", i % 60);
+                    let t = task(&format!("t{i:03}"), TaskStatus::Provisioning, None);
+                    let made = store.create_task_once(&key, &t, event).await.unwrap();
+                    (i % 60, t.id, made)
+                })
+            })
+            .collect();
+        let mut by_key: BTreeMap<usize, Vec<(String, Result<Event, String>)>> = BTreeMap::new();
+        for c in calls {
+            let (key, id, made) = c.await.unwrap();
+            by_key.entry(key).or_default().push((id, made));
+        }
+        let mut event_ids = Vec::new();
+        for (key, calls) in &by_key {
+            let created: Vec<&(String, Result<Event, String>)> =
+                calls.iter().filter(|(_, m)| m.is_ok()).collect();
+            assert_eq!(created.len(), 1, "delivery {key}: {calls:?}");
+            let winner = &created[0].0;
+            let other = calls.iter().find(|(_, m)| m.is_err()).unwrap();
+            assert_eq!(other.1.as_ref().unwrap_err(), winner, "delivery {key}");
+            assert!(store.task(winner).unwrap().is_some());
+            assert!(store.task(&other.0).unwrap().is_none());
+            event_ids.push(created[0].1.as_ref().unwrap().id.clone());
+        }
+        // Every task's event is stored, in id order with the rest.
+        assert_eq!(store.active_tasks().unwrap().len(), 60);
+        let stored: Vec<String> = store
+            .events_after(None, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        event_ids.sort();
+        assert_eq!(stored, event_ids);
+        // Durable: all of it is there after a reopen.
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.active_tasks().unwrap().len(), 60);
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     {
         Some(v) => v
             .parse()
-            .unwrap_or_else(|_| panic!("{name}: {v:?} is not a number")),
+            .unwrap_or_else(|_| panic!("{name}: {v:?} is not a valid value")),
         None => default,
     }
 }

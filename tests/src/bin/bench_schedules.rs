@@ -2,7 +2,7 @@
 //! schedules (default 100), each `rate(10 seconds)` from one common start running a trivial task; after the run, each task's
 //! lateness is its PENDING time (placed on the node) minus the fire time it stands for.
 //!
-//! Usage: bench_schedules [--schedules N] [--seconds S] [--skiff PATH]
+//! Usage: bench_schedules [--schedules N] [--seconds S] [--network bridge|none|host] [--skiff PATH]
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,13 @@ fn main() {
     bench::use_skiff_arg();
     let mut env = Env::new();
     let addr = env.dev();
-    env.register_busybox(&addr, "job", &["true"]);
+    // The task's network: bridge (the default for new tasks), none or host.
+    let network = bench::arg("--network", "bridge".to_string());
+    env.register_json(
+        &addr,
+        serde_json::json!({"family": "job", "network_mode": network, "containers": [
+            {"name": "main", "image": env.busybox_image(), "command": ["true"], "stop_timeout": 1}]}),
+    );
     // One common start, so every schedule is due at the same moments (every 10 s from it).
     let start_at = chrono::Utc::now() + chrono::Duration::seconds(2 + n as i64 / 20);
     let start_at = start_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -65,7 +71,7 @@ fn main() {
         }
     }
     println!(
-        "{n} schedules, rate(10 seconds) each, {seconds} s: {} fires",
+        "{n} schedules due together, rate(10 seconds) each, network {network}, {seconds} s: {} fires",
         late.len()
     );
     let mut sorted = late.clone();
