@@ -139,7 +139,7 @@ async fn tick(core: &Arc<Core>) -> Result<Option<i64>, CoreError> {
         .collect();
     let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FIRES));
     let mut passes = tokio::task::JoinSet::new();
-    for s in enabled.iter().cloned() {
+    for s in enabled.clone() {
         let (core, limit) = (core.clone(), limit.clone());
         passes.spawn(async move {
             let _turn = limit.acquire_owned().await;

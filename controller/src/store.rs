@@ -1546,7 +1546,8 @@ mod tests {
                 })
             })
             .collect();
-        let mut by_key: BTreeMap<usize, Vec<(String, Result<Event, String>)>> = BTreeMap::new();
+        type Calls = Vec<(String, Result<Event, String>)>;
+        let mut by_key: BTreeMap<usize, Calls> = BTreeMap::new();
         for c in calls {
             let (key, id, made) = c.await.unwrap();
             by_key.entry(key).or_default().push((id, made));
