@@ -263,31 +263,39 @@ impl Core {
         changes: Vec<(String, TaskEvent)>,
     ) -> Vec<Result<(Task, bool), CoreError>> {
         let now = self.clock.now_ms();
-        let mut results = Vec::with_capacity(changes.len());
-        for (id, event) in changes {
-            let decision = self
-                .store
-                .update_task_uncommitted(&id, |mut task, next_event_id| {
-                    match lifecycle::apply(&mut task, event, now)? {
-                        Outcome::Unchanged => Ok::<_, CoreError>(Decision::Keep(task)),
-                        Outcome::Moved(_) | Outcome::Updated => {
-                            let ev = state_change_event(next_event_id(), &task, now);
-                            Ok(Decision::Write {
-                                task,
-                                event: Some(ev),
-                            })
-                        }
+        let (ids, mut events): (Vec<String>, Vec<Option<TaskEvent>>) =
+            changes.into_iter().map(|(id, e)| (id, Some(e))).unzip();
+        // One transaction for all of them (a burst of placements or reports pays one).
+        let decided = self
+            .store
+            .update_tasks_uncommitted(&ids, |i, mut task, next_event_id| {
+                let event = events[i].take().expect("one decision per change");
+                match lifecycle::apply(&mut task, event, now)? {
+                    Outcome::Unchanged => Ok::<_, CoreError>(Decision::Keep(task)),
+                    Outcome::Moved(_) | Outcome::Updated => {
+                        let ev = state_change_event(next_event_id(), &task, now);
+                        Ok(Decision::Write {
+                            task,
+                            event: Some(ev),
+                        })
                     }
-                })
-                .await;
-            results.push(match decision {
-                Ok(Ok(Some(Decision::Keep(task)))) => Ok((task, false)),
-                Ok(Ok(Some(Decision::Write { task, .. }))) => Ok((task, true)),
-                Ok(Ok(None)) => Err(CoreError::NoSuchTask(id)),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e.into()),
-            });
-        }
+                }
+            })
+            .await;
+        let decided = match decided {
+            Ok(d) => d,
+            Err(e) => return ids.iter().map(|_| Err(e.clone().into())).collect(),
+        };
+        let results: Vec<Result<(Task, bool), CoreError>> = ids
+            .into_iter()
+            .zip(decided)
+            .map(|(id, decision)| match decision {
+                Ok(Some(Decision::Keep(task))) => Ok((task, false)),
+                Ok(Some(Decision::Write { task, .. })) => Ok((task, true)),
+                Ok(None) => Err(CoreError::NoSuchTask(id)),
+                Err(e) => Err(e),
+            })
+            .collect();
         let wrote = results.iter().any(|r| matches!(r, Ok((_, true))));
         if !wrote {
             return results;

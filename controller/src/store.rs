@@ -6,7 +6,7 @@
 //! concurrent writers share one flush (group commit), which is what keeps durable writes fast.
 //! A task change and the event it emits are written in one transaction: never half-written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -721,7 +721,7 @@ impl Store {
     ) -> Result<Event, StoreError> {
         let mut gen = self.writer.lock().await;
         let event = event(next_event_id(&mut gen));
-        self.write_task_and_event(task, Some(&event))?;
+        self.write_tasks_and_events(&[(task, Some(&event))])?;
         drop(gen);
         self.commit().await?;
         Ok(event)
@@ -748,30 +748,83 @@ impl Store {
         id: &str,
         change: impl FnOnce(Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
     ) -> Result<Result<Option<Decision>, E>, StoreError> {
-        let mut gen = self.writer.lock().await;
-        let Some(task) = self.task(id)? else {
-            return Ok(Ok(None));
-        };
-        let mut next_id = || next_event_id(&mut gen);
-        let decision = match change(task, &mut next_id) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
-        };
-        if let Decision::Write { task, event } = &decision {
-            self.write_task_and_event(task, event.as_ref())?;
-        }
-        Ok(Ok(Some(decision)))
+        let mut change = Some(change);
+        let mut out = self
+            .update_tasks_uncommitted(&[id.to_string()], |_, task, next_id| {
+                (change.take().expect("called once per id"))(task, next_id)
+            })
+            .await?;
+        Ok(out.pop().expect("one result per id"))
     }
 
-    fn write_task_and_event(&self, task: &Task, event: Option<&Event>) -> Result<(), StoreError> {
-        let task_bytes = encode(task);
-        let event_row = event.map(|e| (event_key(&e.id), encode(e)));
-        let active = task
-            .status
-            .is_active()
-            .then(|| encode(&Reservation::of(task)));
-        let waiting = task.status == TaskStatus::Provisioning;
-        let (group, node) = (group_key(task), node_key(task));
+    /// Changes many tasks in one transaction without waiting for the flush: `change(i, …)`
+    /// decides for `ids[i]` (None: no such task). A task named twice sees its first change.
+    /// Nobody may learn of a change before the caller's `commit()`.
+    pub async fn update_tasks_uncommitted<E>(
+        &self,
+        ids: &[String],
+        mut change: impl FnMut(usize, Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
+    ) -> Result<Vec<Result<Option<Decision>, E>>, StoreError> {
+        let mut gen = self.writer.lock().await;
+        let mut changed: HashMap<&str, Task> = HashMap::new();
+        let mut writes: Vec<(Task, Option<Event>)> = Vec::new();
+        let mut out = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let task = match changed.get(id.as_str()) {
+                Some(t) => Some(t.clone()),
+                None => self.task(id)?,
+            };
+            let Some(task) = task else {
+                out.push(Ok(None));
+                continue;
+            };
+            let mut next_id = || next_event_id(&mut gen);
+            match change(i, task, &mut next_id) {
+                Ok(decision) => {
+                    if let Decision::Write { task, event } = &decision {
+                        changed.insert(id, task.clone());
+                        writes.push((task.clone(), event.clone()));
+                    }
+                    out.push(Ok(Some(decision)));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        if !writes.is_empty() {
+            let rows: Vec<(&Task, Option<&Event>)> =
+                writes.iter().map(|(t, e)| (t, e.as_ref())).collect();
+            self.write_tasks_and_events(&rows)?;
+        }
+        Ok(out)
+    }
+
+    /// Writes tasks (with their index entries) and their events in one transaction; a task
+    /// written twice ends as its last write.
+    fn write_tasks_and_events(&self, writes: &[(&Task, Option<&Event>)]) -> Result<(), StoreError> {
+        struct Row {
+            id: String,
+            task: Vec<u8>,
+            event: Option<(Vec<u8>, Vec<u8>)>,
+            active: Option<Vec<u8>>,
+            waiting: bool,
+            group: Vec<u8>,
+            node: Option<Vec<u8>>,
+        }
+        let rows: Vec<Row> = writes
+            .iter()
+            .map(|(task, event)| Row {
+                id: task.id.clone(),
+                task: encode(task),
+                event: event.map(|e| (event_key(&e.id), encode(e))),
+                active: task
+                    .status
+                    .is_active()
+                    .then(|| encode(&Reservation::of(task))),
+                waiting: task.status == TaskStatus::Provisioning,
+                group: group_key(task),
+                node: node_key(task),
+            })
+            .collect();
         let trees = [
             &self.tasks,
             &self.active,
@@ -781,22 +834,24 @@ impl Store {
             &self.by_node,
         ];
         self.transact(&trees, |tx| {
-            tx.insert(&self.tasks, &task.id, &task_bytes)?;
-            tx.insert(&self.by_group, &group, [])?;
-            if let Some(k) = &node {
-                tx.insert(&self.by_node, k, [])?;
-            }
-            match &active {
-                Some(r) => tx.insert(&self.active, &task.id, r)?,
-                None => tx.remove(&self.active, &task.id)?,
-            };
-            if waiting {
-                tx.insert(&self.waiting, &task.id, [])?;
-            } else {
-                tx.remove(&self.waiting, &task.id)?;
-            }
-            if let Some((k, v)) = &event_row {
-                tx.insert(&self.events, k, v)?;
+            for r in &rows {
+                tx.insert(&self.tasks, &r.id, &r.task)?;
+                tx.insert(&self.by_group, &r.group, [])?;
+                if let Some(k) = &r.node {
+                    tx.insert(&self.by_node, k, [])?;
+                }
+                match &r.active {
+                    Some(v) => tx.insert(&self.active, &r.id, v)?,
+                    None => tx.remove(&self.active, &r.id)?,
+                };
+                if r.waiting {
+                    tx.insert(&self.waiting, &r.id, [])?;
+                } else {
+                    tx.remove(&self.waiting, &r.id)?;
+                }
+                if let Some((k, v)) = &r.event {
+                    tx.insert(&self.events, k, v)?;
+                }
             }
             Ok(())
         })
@@ -1527,6 +1582,63 @@ mod tests {
             resources: vec![],
             detail: serde_json::json!({}),
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_task_changes_is_one_write_and_a_task_named_twice_sees_its_first_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for id in ["a", "b"] {
+            store
+                .create_task(&task(id, TaskStatus::Provisioning, None), event)
+                .await
+                .unwrap();
+        }
+        let ids: Vec<String> = ["a", "nope", "b", "a"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut seen = Vec::new();
+        let out = store
+            .update_tasks_uncommitted(&ids, |i, mut t, next_id| {
+                seen.push((i, t.status));
+                t.status = match t.status {
+                    TaskStatus::Provisioning => TaskStatus::Pending,
+                    _ => TaskStatus::Running,
+                };
+                t.node_id = Some("n1".into());
+                Ok::<_, ()>(Decision::Write {
+                    event: Some(event(next_id())),
+                    task: t,
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 4);
+        assert!(matches!(out[1], Ok(None)), "no such task");
+        assert_eq!(
+            seen,
+            [
+                (0, TaskStatus::Provisioning),
+                (2, TaskStatus::Provisioning),
+                (3, TaskStatus::Pending)
+            ]
+        );
+        store.commit().await.unwrap();
+        let status = |id: &str| store.task(id).unwrap().unwrap().status;
+        assert_eq!(
+            (status("a"), status("b")),
+            (TaskStatus::Running, TaskStatus::Pending)
+        );
+        // The indexes follow: nothing waits for placement, both are on n1.
+        assert!(store.waiting_tasks().unwrap().is_empty());
+        let on_n1 = TaskFilter {
+            node: Some("n1".into()),
+            ..Default::default()
+        };
+        assert_eq!(store.list_tasks(&on_n1, 0).unwrap().0.len(), 2);
+        // Two creations and three changes, each with its event.
+        assert_eq!(store.events_after(None, 100).unwrap().len(), 5);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,8 @@ fn main() {
     }
     let tasks = cli(&addr, &["tasks", "ls", "--limit", "100000", "-o", "json"]).json();
     let mut late = Vec::new();
+    // Fire time → PENDING by fire time (each is one burst of `n` fires).
+    let mut waves: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
     // The two parts: the schedules loop (fire time → task created) and placement (created →
     // PENDING).
     let mut to_created = Vec::new();
@@ -66,6 +68,7 @@ fn main() {
         if pending > 0 {
             let at = scheduled.timestamp_millis();
             late.push((pending - at) as f64);
+            waves.entry(at).or_default().push((pending - at) as f64);
             to_created.push((created - at) as f64);
             to_placed.push((pending - created) as f64);
         }
@@ -74,6 +77,18 @@ fn main() {
         "{n} schedules due together, rate(10 seconds) each, network {network}, {seconds} s: {} fires",
         late.len()
     );
+    for (at, mut wave) in waves {
+        wave.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "  fires at {}: {} tasks, PENDING after p50 {:.0} ms, max {:.0} ms",
+            chrono::DateTime::from_timestamp_millis(at)
+                .unwrap_or_default()
+                .format("%H:%M:%S"),
+            wave.len(),
+            percentile(&wave, 0.5),
+            wave.last().copied().unwrap_or_default()
+        );
+    }
     let mut sorted = late.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     summary("fire time → PENDING", late);
