@@ -169,6 +169,10 @@ pub struct Reservation {
     /// The host ports it publishes (no other task on its node may).
     #[serde(default)]
     pub ports: Vec<(u16, crate::model::PortProtocol)>,
+    /// Its status, so listings by status count without decoding tasks (rewritten at open
+    /// for records from before it).
+    #[serde(default)]
+    pub status: Option<TaskStatus>,
 }
 
 impl Reservation {
@@ -179,6 +183,7 @@ impl Reservation {
             memory_mib: t.spec.memory_mib(),
             group: t.group.clone(),
             ports: skiff_model::placement::host_ports(&t.spec),
+            status: Some(t.status),
         }
     }
 }
@@ -275,6 +280,9 @@ pub struct Store {
     by_group: Tree,
     /// Every placed task by its node: node NUL id → (). Written with the task.
     by_node: Tree,
+    /// Every task by its task definition's family: family NUL id → (). Written when the
+    /// task is created (its family never changes).
+    by_family: Tree,
     /// Which derived indexes this data dir has: index name → version.
     index_versions: Tree,
     events: Tree,
@@ -332,6 +340,9 @@ pub struct Store {
     /// Task creations waiting for the writer lock: whoever takes it writes them all in one
     /// transaction (a burst of fires or deliveries pays one, not one each).
     creations: Arc<std::sync::Mutex<Vec<Creation>>>,
+    /// How many tasks the tasks tree holds (tasks are never deleted): counted once at open,
+    /// then kept by the creations, so a listing's total costs no scan.
+    task_count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One `create_task_once` call waiting to be written.
@@ -357,6 +368,7 @@ impl Store {
             active: Tree::open(&engine, "tasks_active")?,
             waiting: Tree::open(&engine, "tasks_waiting")?,
             by_group: Tree::open(&engine, "tasks_by_group")?,
+            by_family: Tree::open(&engine, "tasks_by_family")?,
             by_node: Tree::open(&engine, "tasks_by_node")?,
             index_versions: Tree::open(&engine, "index_versions")?,
             events: Tree::open(&engine, "events")?,
@@ -393,9 +405,13 @@ impl Store {
             commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             creations: Default::default(),
+            task_count: Default::default(),
             engine,
         };
         store.rebuild_indexes()?;
+        store
+            .task_count
+            .store(store.tasks.len(), std::sync::atomic::Ordering::Release);
         Ok(store)
     }
 
@@ -415,6 +431,16 @@ impl Store {
                 }
             }
             self.index_versions.insert("tasks_by_group_node", [1])?;
+        }
+        if self.index_versions.get("tasks_by_family")?.is_none() {
+            for kv in self.tasks.iter() {
+                let (_, v) = kv?;
+                let task: Task = decode("tasks", &v)?;
+                if let Some(k) = family_key(&task) {
+                    self.by_family.insert(k, [])?;
+                }
+            }
+            self.index_versions.insert("tasks_by_family", [1])?;
         }
         self.waiting.clear()?;
         for key in self.active.iter().map(key_of) {
@@ -629,13 +655,15 @@ impl Store {
     }
 
     /// The tasks `filter` wants, newest first, at most `limit` (0 = all), and how many match
-    /// in all. Read through the narrowest index the filter allows (group, node, active), so
-    /// listing one group or node never reads the whole history.
+    /// in all. Read through the narrowest index the filter allows (group, node, the active
+    /// index with each task's status, family), and counted from the indexes: only the tasks
+    /// returned are decoded, so a long history costs key reads, not decodes.
     pub fn list_tasks(
         &self,
         filter: &TaskFilter,
         limit: usize,
     ) -> Result<(Vec<Task>, usize), StoreError> {
+        let take = if limit == 0 { usize::MAX } else { limit };
         let suffix_ids = |tree: &Tree, prefix: &str| -> Result<Vec<Vec<u8>>, StoreError> {
             let mut p = prefix.as_bytes().to_vec();
             p.push(0);
@@ -643,43 +671,91 @@ impl Store {
                 .map(|kv| Ok(kv?.0[p.len()..].to_vec()))
                 .collect()
         };
-        let ids: Vec<Vec<u8>> = if let Some(g) = &filter.group {
-            suffix_ids(&self.by_group, g)?
-        } else if let Some(n) = &filter.node {
-            suffix_ids(&self.by_node, n)?
-        } else if filter.status.is_some_and(|s| s.is_active()) {
-            self.active.iter().map(key_of).collect::<Result<_, _>>()?
-        } else if filter.status.is_none() && filter.family.is_none() {
-            // Everything: the newest `limit` only, and the count without decoding.
-            let total = self.tasks.len();
-            let take = if limit == 0 { total } else { limit };
-            let tasks = self
-                .tasks
-                .iter()
-                .rev()
-                .take(take)
-                .map(|kv| decode("tasks", &kv?.1))
-                .collect::<Result<_, _>>()?;
-            return Ok((tasks, total));
-        } else {
-            self.tasks.iter().map(key_of).collect::<Result<_, _>>()?
+        // The status of an active task from the active index; None: STOPPED.
+        let active_status = |id: &[u8]| -> Result<Option<TaskStatus>, StoreError> {
+            Ok(match self.active.get(id)? {
+                Some(v) => {
+                    let r: Reservation = decode("tasks_active", &v)?;
+                    Some(r.status.unwrap_or(TaskStatus::Running))
+                }
+                None => None,
+            })
         };
-        let mut out = Vec::new();
-        let mut total = 0;
-        // Ids are ULIDs: reverse key order is newest first.
-        for id in ids.iter().rev() {
-            let Some(v) = self.tasks.get(id)? else {
-                continue;
-            };
-            let t: Task = decode("tasks", &v)?;
-            if filter.matches(&t) {
-                total += 1;
-                if limit == 0 || out.len() < limit {
-                    out.push(t);
+        let wants_status = |status: Option<TaskStatus>| match filter.status {
+            None => true,
+            Some(TaskStatus::Stopped) => status.is_none(),
+            Some(s) => status == Some(s),
+        };
+        // Candidate ids in key (= creation) order, every one matching: the narrowest index
+        // first, the others' sets intersected.
+        let indexed = [
+            (&filter.group, &self.by_group),
+            (&filter.family, &self.by_family),
+            (&filter.node, &self.by_node),
+        ];
+        let ids: Vec<Vec<u8>> = if indexed.iter().any(|(f, _)| f.is_some()) {
+            let mut sets = Vec::new();
+            for (value, tree) in indexed {
+                if let Some(v) = value {
+                    sets.push(suffix_ids(tree, v)?);
                 }
             }
+            sets.sort_by_key(|s| s.len());
+            let mut sets = sets.into_iter();
+            let mut ids = sets.next().unwrap_or_default();
+            for other in sets {
+                let other: std::collections::HashSet<Vec<u8>> = other.into_iter().collect();
+                ids.retain(|id| other.contains(id));
+            }
+            if filter.status.is_some() {
+                let mut kept = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if wants_status(active_status(&id)?) {
+                        kept.push(id);
+                    }
+                }
+                ids = kept;
+            }
+            ids
+        } else if let Some(status) = filter.status.filter(|s| s.is_active()) {
+            let mut ids = Vec::new();
+            for kv in self.active.iter() {
+                let (id, v) = kv?;
+                let r: Reservation = decode("tasks_active", &v)?;
+                if r.status.unwrap_or(TaskStatus::Running) == status {
+                    ids.push(id);
+                }
+            }
+            ids
+        } else {
+            // Everything, or everything STOPPED: the newest `limit` from the end of the
+            // tasks tree (active ones skipped by key), counted without decoding.
+            let stopped_only = filter.status == Some(TaskStatus::Stopped);
+            let mut total = self.task_count.load(std::sync::atomic::Ordering::Acquire);
+            if stopped_only {
+                total = total.saturating_sub(self.active.len());
+            }
+            let mut out = Vec::new();
+            for kv in self.tasks.iter().rev() {
+                if out.len() >= take {
+                    break;
+                }
+                let (id, v) = kv?;
+                if stopped_only && self.active.get(&id)?.is_some() {
+                    continue;
+                }
+                out.push(decode("tasks", &v)?);
+            }
+            return Ok((out, total));
+        };
+        // Ids are ULIDs: reverse key order is newest first.
+        let mut out = Vec::new();
+        for id in ids.iter().rev().take(take) {
+            if let Some(v) = self.tasks.get(id)? {
+                out.push(decode("tasks", &v)?);
+            }
         }
-        Ok((out, total))
+        Ok((out, ids.len()))
     }
 
     /// PROVISIONING tasks, in creation order (read through their index).
@@ -721,7 +797,12 @@ impl Store {
     ) -> Result<Event, StoreError> {
         let mut gen = self.writer.lock().await;
         let event = event(next_event_id(&mut gen));
-        self.write_tasks_and_events(&[(task, Some(&event))])?;
+        let new = self.tasks.get(&task.id)?.is_none();
+        self.write_tasks_and_events(&[(task, Some(&event))], new)?;
+        if new {
+            self.task_count
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         drop(gen);
         self.commit().await?;
         Ok(event)
@@ -793,14 +874,19 @@ impl Store {
         if !writes.is_empty() {
             let rows: Vec<(&Task, Option<&Event>)> =
                 writes.iter().map(|(t, e)| (t, e.as_ref())).collect();
-            self.write_tasks_and_events(&rows)?;
+            self.write_tasks_and_events(&rows, false)?;
         }
         Ok(out)
     }
 
-    /// Writes tasks (with their index entries) and their events in one transaction; a task
-    /// written twice ends as its last write.
-    fn write_tasks_and_events(&self, writes: &[(&Task, Option<&Event>)]) -> Result<(), StoreError> {
+    /// Writes tasks (with their index entries; `created`: new tasks, with their family's
+    /// entry too) and their events in one transaction; a task written twice ends as its last
+    /// write.
+    fn write_tasks_and_events(
+        &self,
+        writes: &[(&Task, Option<&Event>)],
+        created: bool,
+    ) -> Result<(), StoreError> {
         struct Row {
             id: String,
             task: Vec<u8>,
@@ -809,6 +895,7 @@ impl Store {
             waiting: bool,
             group: Vec<u8>,
             node: Option<Vec<u8>>,
+            family: Option<Vec<u8>>,
         }
         let rows: Vec<Row> = writes
             .iter()
@@ -823,9 +910,10 @@ impl Store {
                 waiting: task.status == TaskStatus::Provisioning,
                 group: group_key(task),
                 node: node_key(task),
+                family: family_key(task).filter(|_| created),
             })
             .collect();
-        let trees = [
+        let mut trees = vec![
             &self.tasks,
             &self.active,
             &self.waiting,
@@ -833,9 +921,15 @@ impl Store {
             &self.by_group,
             &self.by_node,
         ];
+        if rows.iter().any(|r| r.family.is_some()) {
+            trees.push(&self.by_family);
+        }
         self.transact(&trees, |tx| {
             for r in &rows {
                 tx.insert(&self.tasks, &r.id, &r.task)?;
+                if let Some(k) = &r.family {
+                    tx.insert(&self.by_family, k, [])?;
+                }
                 tx.insert(&self.by_group, &r.group, [])?;
                 if let Some(k) = &r.node {
                     tx.insert(&self.by_node, k, [])?;
@@ -1065,6 +1159,7 @@ impl Store {
             waiting: bool,
             group: Vec<u8>,
             node: Option<Vec<u8>>,
+            family: Option<Vec<u8>>,
             event_key: Vec<u8>,
             event: Vec<u8>,
             rule_retry: bool,
@@ -1095,6 +1190,7 @@ impl Store {
                 waiting: c.task.status == TaskStatus::Provisioning,
                 group: group_key(&c.task),
                 node: node_key(&c.task),
+                family: family_key(&c.task),
                 event_key: event_key(&event.id),
                 event: encode(&event),
                 rule_retry,
@@ -1111,6 +1207,9 @@ impl Store {
             &self.by_group,
             &self.by_node,
         ];
+        if prepared.iter().any(|p| p.family.is_some()) {
+            trees.push(&self.by_family);
+        }
         if prepared.iter().any(|p| p.rule_retry) {
             trees.extend(self.retries.trees());
         }
@@ -1133,6 +1232,9 @@ impl Store {
                 }
                 tx.insert(&self.tasks, &p.task_id, &p.task)?;
                 tx.insert(&self.by_group, &p.group, [])?;
+                if let Some(k) = &p.family {
+                    tx.insert(&self.by_family, k, [])?;
+                }
                 if let Some(k) = &p.node {
                     tx.insert(&self.by_node, k, [])?;
                 }
@@ -1148,6 +1250,9 @@ impl Store {
         });
         match res {
             Ok(existing) => {
+                let created = existing.iter().filter(|e| e.is_none()).count();
+                self.task_count
+                    .fetch_add(created, std::sync::atomic::Ordering::AcqRel);
                 for ((done, event), existing) in answers.into_iter().zip(existing) {
                     let _ = done.send(Ok(existing.map_or(Ok(event), Err)));
                 }
@@ -1453,6 +1558,14 @@ fn group_key(t: &Task) -> Vec<u8> {
     k
 }
 
+/// The by-family index key of a task from a task definition: family NUL id.
+fn family_key(t: &Task) -> Option<Vec<u8>> {
+    let mut k = t.family()?.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(t.id.as_bytes());
+    Some(k)
+}
+
 /// The by-node index key of a placed task: node NUL id.
 fn node_key(t: &Task) -> Option<Vec<u8>> {
     let node = t.node_id.as_deref()?;
@@ -1472,6 +1585,8 @@ pub struct TaskFilter {
 }
 
 impl TaskFilter {
+    /// Whether `t` is one the filter wants (what the listing's indexes must agree with).
+    #[cfg(test)]
     fn matches(&self, t: &Task) -> bool {
         self.status.is_none_or(|s| t.status == s)
             && self.family.as_deref().is_none_or(|f| t.family() == Some(f))
@@ -1581,6 +1696,54 @@ mod tests {
             time_ms: 0,
             resources: vec![],
             detail: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_listing_through_the_indexes_agrees_with_filtering_every_task() {
+        for (store, _dir) in stores() {
+            let statuses = [
+                TaskStatus::Provisioning,
+                TaskStatus::Pending,
+                TaskStatus::Running,
+                TaskStatus::Stopping,
+                TaskStatus::Stopped,
+            ];
+            for i in 0..60usize {
+                let status = statuses[i % 5];
+                let node = (status != TaskStatus::Provisioning).then(|| format!("n{}", i % 3));
+                let mut t = task(&format!("01{i:03}"), status, node.as_deref());
+                t.group = format!("g{}", i % 4);
+                t.task_definition = (i % 7 != 0).then(|| format!("fam{}:{}", i % 2, i % 3));
+                store.create_task(&t, event).await.unwrap();
+            }
+            let all = store.tasks().unwrap();
+            let pick = |v: &[&str], i: usize| v.get(i).map(|s| s.to_string());
+            for status in std::iter::once(None).chain(statuses.map(Some)) {
+                for g in 0..3 {
+                    for f in 0..3 {
+                        for n in 0..3 {
+                            let filter = TaskFilter {
+                                status,
+                                group: pick(&["g1", "g2"], g),
+                                family: pick(&["fam0", "fam1"], f),
+                                node: pick(&["n0", "n2"], n),
+                            };
+                            let mut want: Vec<String> = all
+                                .iter()
+                                .filter(|t| filter.matches(t))
+                                .map(|t| t.id.clone())
+                                .collect();
+                            want.reverse();
+                            let (got, total) = store.list_tasks(&filter, 3).unwrap();
+                            let got: Vec<String> = got.into_iter().map(|t| t.id).collect();
+                            assert_eq!(total, want.len(), "{filter:?}");
+                            want.truncate(3);
+                            assert_eq!(got, want, "{filter:?}");
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -1718,6 +1881,7 @@ mod tests {
             memory_mib: 64,
             group: "g".into(),
             ports: vec![],
+            status: Some(TaskStatus::Running),
         }));
         // Placed: no longer waiting, reserving on its node.
         store
@@ -1788,7 +1952,10 @@ mod tests {
                 node: Some("n1".into()),
                 ..Default::default()
             };
-            assert_eq!(list(on_n1, 0), (vec!["01b".into(), "01a".into()], 2));
+            assert_eq!(
+                list(on_n1.clone(), 0),
+                (vec!["01b".into(), "01a".into()], 2)
+            );
             let running_batch = TaskFilter {
                 status: Some(TaskStatus::Running),
                 ..group("batch")
@@ -1798,6 +1965,29 @@ mod tests {
                 list(TaskFilter::default(), 2),
                 (vec!["01d".into(), "01c".into()], 4)
             );
+            // By status alone: counted from the active index, newest first.
+            let status = |s| TaskFilter {
+                status: Some(s),
+                ..Default::default()
+            };
+            assert_eq!(
+                list(status(TaskStatus::Running), 1),
+                (vec!["01c".into()], 2)
+            );
+            assert_eq!(
+                list(status(TaskStatus::Stopped), 0),
+                (vec!["01a".into()], 1)
+            );
+            let stopped_on_n1 = TaskFilter {
+                status: Some(TaskStatus::Stopped),
+                ..on_n1.clone()
+            };
+            assert_eq!(list(stopped_on_n1, 0), (vec!["01a".into()], 1));
+            let family = TaskFilter {
+                family: Some("nope".into()),
+                ..Default::default()
+            };
+            assert_eq!(list(family, 0), (vec![], 0));
             // Placed later: the node index follows the task's write.
             store
                 .update_task("01d", |mut t, _| {
@@ -1816,6 +2006,12 @@ mod tests {
                 ..Default::default()
             };
             assert_eq!(list(on_n2.clone(), 0).1, 2);
+            assert_eq!(
+                list(status(TaskStatus::Pending), 0),
+                (vec!["01d".into()], 1),
+                "the active index follows the status"
+            );
+            assert_eq!(list(TaskFilter::default(), 0).1, 4);
             let Some(dir) = dir else {
                 continue; // in memory: nothing to reopen
             };
@@ -1828,6 +2024,7 @@ mod tests {
             let store = reopen(dir.path());
             assert_eq!(store.list_tasks(&group("batch"), 0).unwrap().1, 3);
             assert_eq!(store.list_tasks(&on_n2, 0).unwrap().1, 2);
+            assert_eq!(store.list_tasks(&TaskFilter::default(), 0).unwrap().1, 4);
         }
     }
 

@@ -1,0 +1,158 @@
+//! The controller's reads with a long history: a store with 100,000 STOPPED tasks and 10,000
+//! RUNNING ones (plus 100 waiting to be placed), as a busy cluster has after weeks — then
+//! `Tasks.List` as the CLI calls it (`tasks ls` and its filters, the newest 100 and the count
+//! of the rest), the placer's read of a pass with tasks waiting, the service loop's read of
+//! the active tasks, and reopening the store. Prints medians for docs/benchmarks.md.
+//!
+//! Usage: cargo run --release -p skiff-controller --example bench_many_tasks [STOPPED] [ACTIVE]
+
+use std::time::Instant;
+
+use skiff_controller::lifecycle::TaskStatus;
+use skiff_controller::model::{Event, Task};
+use skiff_controller::store::{Store, TaskFilter};
+
+fn event(id: String) -> Event {
+    Event {
+        id,
+        source: "bench".into(),
+        detail_type: "Bench".into(),
+        time_ms: 0,
+        resources: vec![],
+        detail: serde_json::json!({}),
+    }
+}
+
+/// Task `i`: one of 50 families (service groups), on one of 10 nodes.
+fn task(i: usize, status: TaskStatus) -> Task {
+    let mut spec = skiff_model::testing::spec(0.01, 16);
+    spec.containers[0].image = "registry.lan:5000/team/worker:v2".into();
+    spec.containers[0].command = vec!["worker".into(), "--queue".into(), "jobs".into()];
+    let family = format!("app{}", i % 50);
+    let mut t = Task::new(
+        ulid::Ulid::new().to_string().to_lowercase(),
+        Some(format!("{family}:1")),
+        format!("service:{family}"),
+        String::new(),
+        spec,
+        0,
+    );
+    t.status = status;
+    if status != TaskStatus::Provisioning {
+        t.node_id = Some(format!("node-{}", i % 10));
+    }
+    t
+}
+
+fn median_ms(runs: usize, f: &dyn Fn() -> usize) -> (f64, usize) {
+    let mut found = 0;
+    let mut v: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            found = std::hint::black_box(f());
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], found)
+}
+
+#[tokio::main]
+async fn main() {
+    let arg = |i: usize, d: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(d)
+    };
+    let (stopped, active) = (arg(1, 100_000), arg(2, 10_000));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).expect("open store");
+    let made = Instant::now();
+    let statuses = std::iter::repeat_n(TaskStatus::Stopped, stopped)
+        .chain(std::iter::repeat_n(TaskStatus::Running, active))
+        .chain(std::iter::repeat_n(TaskStatus::Provisioning, 100))
+        .enumerate()
+        .collect::<Vec<_>>();
+    for chunk in statuses.chunks(512) {
+        futures::future::join_all(chunk.iter().map(|(i, s)| {
+            let t = task(*i, *s);
+            let store = &store;
+            async move { store.create_task(&t, event).await.unwrap() }
+        }))
+        .await;
+    }
+    println!(
+        "{stopped} STOPPED + {active} RUNNING + 100 PROVISIONING tasks written in {:.1} s",
+        made.elapsed().as_secs_f64()
+    );
+    let list = |f: TaskFilter| {
+        let store = &store;
+        move || {
+            let (tasks, total) = store.list_tasks(&f, 100).unwrap();
+            tasks.len() + total
+        }
+    };
+    let f = |status: Option<TaskStatus>, family: Option<&str>, group: Option<&str>| TaskFilter {
+        status,
+        family: family.map(String::from),
+        group: group.map(String::from),
+        node: None,
+    };
+    let node = TaskFilter {
+        node: Some("node-3".into()),
+        ..Default::default()
+    };
+    let cases: Vec<(&str, Box<dyn Fn() -> usize>)> = vec![
+        (
+            "tasks ls (newest 100 + count)",
+            Box::new(list(f(None, None, None))),
+        ),
+        (
+            "tasks ls --status RUNNING",
+            Box::new(list(f(Some(TaskStatus::Running), None, None))),
+        ),
+        (
+            "tasks ls --status STOPPED",
+            Box::new(list(f(Some(TaskStatus::Stopped), None, None))),
+        ),
+        (
+            "tasks ls --family app7",
+            Box::new(list(f(None, Some("app7"), None))),
+        ),
+        (
+            "tasks ls --group service:app7",
+            Box::new(list(f(None, None, Some("service:app7")))),
+        ),
+        ("tasks ls --node node-3", Box::new(list(node))),
+        (
+            "placer pass read (100 waiting + reservations)",
+            Box::new(|| store.waiting_tasks().unwrap().len() + store.reservations().unwrap().len()),
+        ),
+        (
+            "service loop read (active tasks)",
+            Box::new(|| store.active_tasks().unwrap().len()),
+        ),
+    ];
+    for (what, f) in cases {
+        let (ms, found) = median_ms(11, f.as_ref());
+        println!("{what:<48} {ms:>9.2} ms  (median of 11; returned + counted: {found})");
+    }
+    drop(store);
+    let opened = Instant::now();
+    let store = loop {
+        match Store::open(dir.path()) {
+            Ok(s) => break s,
+            Err(_) if opened.elapsed().as_secs() < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("reopening: {e}"),
+        }
+    };
+    println!(
+        "{:<48} {:>9.2} ms",
+        "reopening the store (indexes rebuilt)",
+        opened.elapsed().as_secs_f64() * 1000.0
+    );
+    drop(store);
+}
