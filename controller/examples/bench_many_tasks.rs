@@ -103,7 +103,8 @@ async fn main() {
         node: Some("node-3".into()),
         ..Default::default()
     };
-    let cases: Vec<(&str, Box<dyn Fn() -> usize>)> = vec![
+    type Read<'a> = Box<dyn Fn() -> usize + 'a>;
+    let cases: Vec<(&str, Read)> = vec![
         (
             "tasks ls (newest 100 + count)",
             Box::new(list(f(None, None, None))),
