@@ -23,7 +23,7 @@ use skiff_model::service::jobs::{self, FinishedJob, JobInputs, Settle};
 pub async fn reconcile(
     core: &Core,
     svc: &Service,
-    mine: Vec<Task>,
+    mine: Vec<std::sync::Arc<Task>>,
 ) -> Result<Option<i64>, CoreError> {
     let Some(queue_name) = svc
         .autoscaling

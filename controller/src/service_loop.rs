@@ -55,14 +55,14 @@ pub async fn pass(core: &Core) -> Result<Option<i64>, CoreError> {
         core.names.publish(Default::default());
         return Ok(None);
     }
-    let mut by_group: HashMap<String, Vec<Task>> = HashMap::new();
+    let mut by_group: HashMap<String, Vec<Arc<Task>>> = HashMap::new();
     for t in core.store.active_tasks()? {
         if t.group.starts_with("service:") {
             by_group.entry(t.group.clone()).or_default().push(t);
         }
     }
     core.names.publish(skiff_model::names::service_addresses(
-        by_group.values().flatten(),
+        by_group.values().flatten().map(|t| &**t),
     ));
     let mut wake: Option<i64> = None;
     for svc in services {
@@ -83,14 +83,14 @@ pub async fn pass(core: &Core) -> Result<Option<i64>, CoreError> {
 async fn reconcile_one(
     core: &Core,
     svc: &Service,
-    mine: Vec<Task>,
+    mine: Vec<Arc<Task>>,
 ) -> Result<Option<i64>, CoreError> {
     let state = core
         .store
         .service_states
         .get(&svc.name)?
         .unwrap_or_default();
-    let active: Vec<TaskView> = mine.iter().map(view).collect();
+    let active: Vec<TaskView> = mine.iter().map(|t| view(t)).collect();
     let live: HashSet<&str> = mine.iter().map(|t| t.id.as_str()).collect();
     let mut finished = Vec::new();
     for (id, deployment) in &state.tasks {

@@ -343,6 +343,9 @@ pub struct Store {
     /// How many tasks the tasks tree holds (tasks are never deleted): counted once at open,
     /// then kept by the creations, so a listing's total costs no scan.
     task_count: Arc<std::sync::atomic::AtomicUsize>,
+    /// Decoded active tasks by id, kept by every task write under the writer lock (see
+    /// `active_tasks`).
+    active_cache: Arc<std::sync::Mutex<HashMap<Vec<u8>, Arc<Task>>>>,
 }
 
 /// One `create_task_once` call waiting to be written.
@@ -406,6 +409,7 @@ impl Store {
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             creations: Default::default(),
             task_count: Default::default(),
+            active_cache: Default::default(),
             engine,
         };
         store.rebuild_indexes()?;
@@ -779,12 +783,44 @@ impl Store {
     }
 
     /// Tasks that are not STOPPED, in creation order.
-    pub fn active_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        let mut out = Vec::new();
-        for key in self.active.iter().map(key_of) {
-            if let Some(t) = self.tasks.get(key?)? {
-                out.push(decode("tasks", &t)?);
+    ///
+    /// Served from the decoded tasks the store's writes keep (`active_cache`): the service
+    /// loop reads every active task on every pass, and decoding 10,000 took 80 ms. A task
+    /// not cached yet (the first read after open, a new task) is decoded once and kept.
+    pub fn active_tasks(&self) -> Result<Vec<Arc<Task>>, StoreError> {
+        let keys: Vec<Vec<u8>> = self.active.iter().map(key_of).collect::<Result<_, _>>()?;
+        let cached: Vec<Option<Arc<Task>>> = {
+            let cache = self.active_cache.lock().expect("active cache lock");
+            keys.iter()
+                .map(|k| cache.get(k.as_slice()).cloned())
+                .collect()
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, hit) in keys.iter().zip(cached) {
+            if let Some(t) = hit {
+                out.push(t);
+                continue;
             }
+            let Some(bytes) = self.tasks.get(key)? else {
+                continue;
+            };
+            let task = Arc::new(decode::<Task>("tasks", &bytes)?);
+            if task.status.is_active() {
+                // A write since our read has put its own (newer) copy: keep that one.
+                self.active_cache
+                    .lock()
+                    .expect("active cache lock")
+                    .entry(key.clone())
+                    .or_insert_with(|| task.clone());
+            }
+            out.push(task);
+        }
+        let mut cache = self.active_cache.lock().expect("active cache lock");
+        if cache.len() > keys.len() {
+            // A task that stopped while we read may have been put back by the read above.
+            let live: std::collections::HashSet<&[u8]> =
+                keys.iter().map(|k| k.as_slice()).collect();
+            cache.retain(|k, _| live.contains(k.as_slice()));
         }
         Ok(out)
     }
@@ -948,7 +984,16 @@ impl Store {
                 }
             }
             Ok(())
-        })
+        })?;
+        let mut cache = self.active_cache.lock().expect("active cache lock");
+        for (task, _) in writes {
+            if task.status.is_active() {
+                cache.insert(task.id.as_bytes().to_vec(), Arc::new((*task).clone()));
+            } else {
+                cache.remove(task.id.as_bytes());
+            }
+        }
+        Ok(())
     }
 
     /// Runs `body` over `trees` in one transaction (see `tree::transact`).
@@ -1696,6 +1741,66 @@ mod tests {
             time_ms: 0,
             resources: vec![],
             detail: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn active_tasks_follow_every_write_after_they_were_first_read() {
+        for (store, _dir) in stores() {
+            for (id, status) in [("01a", TaskStatus::Running), ("01b", TaskStatus::Pending)] {
+                store
+                    .create_task(&task(id, status, Some("n1")), event)
+                    .await
+                    .unwrap();
+            }
+            let read = || {
+                store
+                    .active_tasks()
+                    .unwrap()
+                    .iter()
+                    .map(|t| (t.id.clone(), t.status, t.addresses.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                read(),
+                [
+                    ("01a".to_string(), TaskStatus::Running, vec![]),
+                    ("01b".to_string(), TaskStatus::Pending, vec![])
+                ]
+            );
+            let change = |id: &'static str, status: TaskStatus, address: &'static str| {
+                store.update_task(id, move |mut t, _| {
+                    t.status = status;
+                    t.addresses = vec![address.to_string()];
+                    Ok::<_, ()>(Decision::Write {
+                        task: t,
+                        event: None,
+                    })
+                })
+            };
+            change("01b", TaskStatus::Running, "10.0.0.2")
+                .await
+                .unwrap()
+                .unwrap();
+            change("01a", TaskStatus::Stopped, "10.0.0.1")
+                .await
+                .unwrap()
+                .unwrap();
+            store
+                .create_task(&task("01c", TaskStatus::Provisioning, None), event)
+                .await
+                .unwrap();
+            assert_eq!(
+                read(),
+                [
+                    (
+                        "01b".to_string(),
+                        TaskStatus::Running,
+                        vec!["10.0.0.2".to_string()]
+                    ),
+                    ("01c".to_string(), TaskStatus::Provisioning, vec![])
+                ]
+            );
         }
     }
 
