@@ -176,6 +176,12 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The task's status (a record from before the field is rewritten at open; until then
+    /// an active task counts as RUNNING).
+    fn status(&self) -> TaskStatus {
+        self.status.unwrap_or(TaskStatus::Running)
+    }
+
     fn of(t: &Task) -> Reservation {
         Reservation {
             node: t.node_id.clone(),
@@ -423,27 +429,26 @@ impl Store {
     /// index existed gets it, and an index can never disagree with its records after a
     /// crash. One pass over the active tasks.
     fn rebuild_indexes(&self) -> Result<(), StoreError> {
-        // Group and node never change once set, and both are written in the task's own
-        // transaction: built once for a data dir from before them, not at every open.
-        if self.index_versions.get("tasks_by_group_node")?.is_none() {
+        // Group, node and family never change once set, and are written in the task's own
+        // transactions: built once for a data dir from before them (one pass over the tasks
+        // for whichever is missing), not at every open.
+        let group_node = self.index_versions.get("tasks_by_group_node")?.is_none();
+        let family = self.index_versions.get("tasks_by_family")?.is_none();
+        if group_node || family {
             for kv in self.tasks.iter() {
                 let (_, v) = kv?;
                 let task: Task = decode("tasks", &v)?;
-                self.by_group.insert(group_key(&task), [])?;
-                if let Some(k) = node_key(&task) {
-                    self.by_node.insert(k, [])?;
+                if group_node {
+                    self.by_group.insert(group_key(&task), [])?;
+                    if let Some(k) = node_key(&task) {
+                        self.by_node.insert(k, [])?;
+                    }
                 }
-            }
-            self.index_versions.insert("tasks_by_group_node", [1])?;
-        }
-        if self.index_versions.get("tasks_by_family")?.is_none() {
-            for kv in self.tasks.iter() {
-                let (_, v) = kv?;
-                let task: Task = decode("tasks", &v)?;
-                if let Some(k) = family_key(&task) {
+                if let Some(k) = family_key(&task).filter(|_| family) {
                     self.by_family.insert(k, [])?;
                 }
             }
+            self.index_versions.insert("tasks_by_group_node", [1])?;
             self.index_versions.insert("tasks_by_family", [1])?;
         }
         self.waiting.clear()?;
@@ -680,7 +685,7 @@ impl Store {
             Ok(match self.active.get(id)? {
                 Some(v) => {
                     let r: Reservation = decode("tasks_active", &v)?;
-                    Some(r.status.unwrap_or(TaskStatus::Running))
+                    Some(r.status())
                 }
                 None => None,
             })
@@ -726,7 +731,7 @@ impl Store {
             for kv in self.active.iter() {
                 let (id, v) = kv?;
                 let r: Reservation = decode("tasks_active", &v)?;
-                if r.status.unwrap_or(TaskStatus::Running) == status {
+                if r.status() == status {
                     ids.push(id);
                 }
             }
@@ -834,7 +839,7 @@ impl Store {
         let mut gen = self.writer.lock().await;
         let event = event(next_event_id(&mut gen));
         let new = self.tasks.get(&task.id)?.is_none();
-        self.write_tasks_and_events(&[(task, Some(&event))], new)?;
+        self.write_tasks_and_events(&[(Arc::new(task.clone()), Some(&event))], new)?;
         if new {
             self.task_count
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -883,12 +888,12 @@ impl Store {
         mut change: impl FnMut(usize, Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
     ) -> Result<Vec<Result<Option<Decision>, E>>, StoreError> {
         let mut gen = self.writer.lock().await;
-        let mut changed: HashMap<&str, Task> = HashMap::new();
-        let mut writes: Vec<(Task, Option<Event>)> = Vec::new();
+        let mut changed: HashMap<&str, Arc<Task>> = HashMap::new();
+        let mut writes: Vec<(Arc<Task>, Option<Event>)> = Vec::new();
         let mut out = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
             let task = match changed.get(id.as_str()) {
-                Some(t) => Some(t.clone()),
+                Some(t) => Some((**t).clone()),
                 None => self.task(id)?,
             };
             let Some(task) = task else {
@@ -899,8 +904,9 @@ impl Store {
             match change(i, task, &mut next_id) {
                 Ok(decision) => {
                     if let Decision::Write { task, event } = &decision {
-                        changed.insert(id, task.clone());
-                        writes.push((task.clone(), event.clone()));
+                        let written = Arc::new(task.clone());
+                        changed.insert(id, written.clone());
+                        writes.push((written, event.clone()));
                     }
                     out.push(Ok(Some(decision)));
                 }
@@ -908,8 +914,10 @@ impl Store {
             }
         }
         if !writes.is_empty() {
-            let rows: Vec<(&Task, Option<&Event>)> =
-                writes.iter().map(|(t, e)| (t, e.as_ref())).collect();
+            let rows: Vec<(Arc<Task>, Option<&Event>)> = writes
+                .iter()
+                .map(|(t, e)| (t.clone(), e.as_ref()))
+                .collect();
             self.write_tasks_and_events(&rows, false)?;
         }
         Ok(out)
@@ -920,7 +928,7 @@ impl Store {
     /// write.
     fn write_tasks_and_events(
         &self,
-        writes: &[(&Task, Option<&Event>)],
+        writes: &[(Arc<Task>, Option<&Event>)],
         created: bool,
     ) -> Result<(), StoreError> {
         struct Row {
@@ -937,7 +945,7 @@ impl Store {
             .iter()
             .map(|(task, event)| Row {
                 id: task.id.clone(),
-                task: encode(task),
+                task: encode(&**task),
                 event: event.map(|e| (event_key(&e.id), encode(e))),
                 active: task
                     .status
@@ -988,7 +996,7 @@ impl Store {
         let mut cache = self.active_cache.lock().expect("active cache lock");
         for (task, _) in writes {
             if task.status.is_active() {
-                cache.insert(task.id.as_bytes().to_vec(), Arc::new((*task).clone()));
+                cache.insert(task.id.as_bytes().to_vec(), task.clone());
             } else {
                 cache.remove(task.id.as_bytes());
             }
