@@ -2046,6 +2046,8 @@ mod tests {
                 mk("01c", "batch", TaskStatus::Running, Some("n2")),
                 mk("01d", "batch", TaskStatus::Provisioning, None),
             ] {
+                let mut t = t;
+                t.task_definition = Some(format!("fam-{}:1", t.group));
                 store.create_task(&t, event).await.unwrap();
             }
             let list = |f: TaskFilter, limit| {
@@ -2131,6 +2133,7 @@ mod tests {
             // A data dir from before these indexes gets them at its next open.
             store.by_group.clear().unwrap();
             store.by_node.clear().unwrap();
+            store.by_family.clear().unwrap();
             store.index_versions.clear().unwrap();
             store.engine.flush().unwrap();
             drop(store);
@@ -2138,6 +2141,11 @@ mod tests {
             assert_eq!(store.list_tasks(&group("batch"), 0).unwrap().1, 3);
             assert_eq!(store.list_tasks(&on_n2, 0).unwrap().1, 2);
             assert_eq!(store.list_tasks(&TaskFilter::default(), 0).unwrap().1, 4);
+            let family = TaskFilter {
+                family: Some("fam-batch".into()),
+                ..Default::default()
+            };
+            assert_eq!(store.list_tasks(&family, 0).unwrap().1, 3);
         }
     }
 
