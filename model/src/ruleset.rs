@@ -1,20 +1,15 @@
-//! The enabled rules, compiled once, and which of them an event matches: indexed by the exact
-//! `source` values rules name, so most events are checked only against their source's rules
-//! (the rest are checked for every event).
-
-use std::collections::HashMap;
+//! The enabled rules, compiled once into one [`PatternSet`], and which of them an event
+//! matches: the cost of an event grows with its fields, not with the number of rules.
 
 use serde_json::Value;
 
 use crate::model::Rule;
-use crate::pattern::{Pattern, PatternError};
+use crate::pattern::{Pattern, PatternError, PatternSet};
 
-/// The enabled rules, compiled, with an index from exact `source` values to the rules that
-/// name them (rules without one are checked for every event).
+/// The enabled rules, their patterns compiled together.
 pub struct RuleSet {
-    rules: Vec<(Rule, Pattern)>,
-    by_source: HashMap<String, Vec<usize>>,
-    any_source: Vec<usize>,
+    rules: Vec<Rule>,
+    patterns: PatternSet,
 }
 
 impl RuleSet {
@@ -22,53 +17,30 @@ impl RuleSet {
     /// checked when put) is left out and returned with why, for the caller to report.
     pub fn new(rules: Vec<Rule>) -> (RuleSet, Vec<(String, PatternError)>) {
         let mut skipped = Vec::new();
-        let mut set = RuleSet {
-            rules: Vec::new(),
-            by_source: HashMap::new(),
-            any_source: Vec::new(),
-        };
+        let mut kept = Vec::new();
+        let mut patterns = Vec::new();
         for rule in rules.into_iter().filter(|r| r.enabled) {
-            let pattern = match Pattern::compile(&rule.pattern) {
-                Ok(p) => p,
-                Err(e) => {
-                    skipped.push((rule.name.clone(), e));
-                    continue;
+            match Pattern::compile(&rule.pattern) {
+                Ok(p) => {
+                    patterns.push(p);
+                    kept.push(rule);
                 }
-            };
-            let i = set.rules.len();
-            match pattern
-                .exact_top_level()
-                .into_iter()
-                .find(|(field, _)| *field == "source")
-            {
-                Some((_, values)) => {
-                    for v in values {
-                        set.by_source.entry(v.to_string()).or_default().push(i);
-                    }
-                }
-                None => set.any_source.push(i),
+                Err(e) => skipped.push((rule.name.clone(), e)),
             }
-            set.rules.push((rule, pattern));
         }
+        let set = RuleSet {
+            rules: kept,
+            patterns: PatternSet::new(patterns),
+        };
         (set, skipped)
     }
 
     /// The rules `event` (an EventBridge envelope) matches, in a stable order.
     pub fn matching<'a>(&'a self, event: &Value) -> Vec<&'a Rule> {
-        let source = event.get("source").and_then(Value::as_str).unwrap_or("");
-        let mut idx: Vec<usize> = self
-            .by_source
-            .get(source)
+        self.patterns
+            .matches(event)
             .into_iter()
-            .flatten()
-            .chain(&self.any_source)
-            .copied()
-            .collect();
-        idx.sort_unstable();
-        idx.dedup();
-        idx.into_iter()
-            .filter(|&i| self.rules[i].1.matches(event))
-            .map(|i| &self.rules[i].0)
+            .map(|i| &self.rules[i])
             .collect()
     }
 
@@ -107,7 +79,7 @@ mod tests {
     }
 
     #[test]
-    fn the_source_index_finds_the_same_rules_as_checking_all() {
+    fn enabled_rules_are_matched_in_their_order_and_disabled_ones_never() {
         let (set, skipped) = RuleSet::new(vec![
             rule("by-source", json!({"source": ["app", "other"]}), true),
             rule("by-detail", json!({"detail": {"k": ["v"]}}), true),

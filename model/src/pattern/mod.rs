@@ -8,9 +8,13 @@
 //! matching); `exists` looks at leaves only (an object is not a leaf); numbers compare at six
 //! decimal places; strings, numbers, booleans and null never match each other.
 
+mod set;
+
 use std::net::IpAddr;
 
 use serde_json::Value;
+
+pub use set::{PatternSet, MAX_BRANCHES};
 
 /// A pattern that does not make sense, with the path of the offending part
 /// (`detail.size[0].numeric`) and what is wrong with it.
@@ -287,9 +291,12 @@ fn numeric(path: &str, v: &Value) -> Result<Matcher, PatternError> {
             other => return Err(bad(&format!("{other:?} is not an operator"))),
         }
     }
-    if let (Some((lo, _)), Some((hi, _))) = (lower, upper) {
-        if lo > hi {
-            return Err(bad("the lower bound is above the upper bound"));
+    if let (4, Some((lo, _)), Some((hi, _))) = (a.len(), lower, upper) {
+        // As event-ruler's rule compiler: an empty or one-point range is refused (use "=").
+        if lo >= hi {
+            return Err(bad(
+                "the lower bound must be below the upper bound (for one value, use \"=\")",
+            ));
         }
     }
     Ok(Matcher::Numeric { lower, upper })
@@ -315,6 +322,18 @@ fn affix(path: &str, op: &str, v: &Value) -> Result<(String, bool), PatternError
     }
 }
 
+/// An empty prefix or suffix inside `anything-but` would exclude every string; event-ruler's
+/// rule compiler refuses it, and so does this one.
+fn non_empty(path: &str, op: &str, s: String) -> Result<String, PatternError> {
+    if s.is_empty() {
+        return Err(err(
+            path,
+            format!("\"{op}\" inside \"anything-but\" must not be empty"),
+        ));
+    }
+    Ok(s)
+}
+
 fn anything_but(path: &str, v: &Value) -> Result<Matcher, PatternError> {
     let ex = match v {
         Value::String(s) => Excluded::Strings(vec![s.clone()]),
@@ -331,8 +350,8 @@ fn anything_but(path: &str, v: &Value) -> Result<Matcher, PatternError> {
             let (op, inner) = o.iter().next().unwrap();
             let p = format!("{path}.{op}");
             match op.as_str() {
-                "prefix" => Excluded::Prefix(one_string(&p, op, inner)?),
-                "suffix" => Excluded::Suffix(one_string(&p, op, inner)?),
+                "prefix" => Excluded::Prefix(non_empty(&p, op, one_string(&p, op, inner)?)?),
+                "suffix" => Excluded::Suffix(non_empty(&p, op, one_string(&p, op, inner)?)?),
                 "equals-ignore-case" => Excluded::IgnoreCase(
                     strings(&p, op, inner)?.iter().map(|s| s.to_lowercase()).collect(),
                 ),
@@ -580,25 +599,6 @@ impl Pattern {
         }
         None
     }
-
-    /// Top-level fields whose values are all exact strings (for indexing many rules by, say,
-    /// `source`): (field, values).
-    pub fn exact_top_level(&self) -> Vec<(&str, Vec<&str>)> {
-        self.fields
-            .iter()
-            .filter_map(|(k, n)| match n {
-                Node::Leaf(ms) => ms
-                    .iter()
-                    .map(|m| match m {
-                        Matcher::Str(s) => Some(s.as_str()),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()
-                    .map(|vals| (k.as_str(), vals)),
-                Node::Nested(_) => None,
-            })
-            .collect()
-    }
 }
 
 fn flatten_objects<'a>(items: &'a [Value], out: &mut Vec<&'a Value>) {
@@ -629,12 +629,18 @@ impl Matcher {
     }
 
     fn matches_value(&self, v: &Value) -> bool {
+        Leaf::of(v).is_some_and(|leaf| self.matches_leaf(leaf))
+    }
+
+    /// Whether one leaf matches; the single definition both the per-pattern matcher and the
+    /// compiled [`PatternSet`] fall back on.
+    fn matches_leaf(&self, v: Leaf<'_>) -> bool {
         let s = v.as_str();
         match self {
             Matcher::Str(x) => s == Some(x.as_str()),
-            Matcher::Num(x) => number(v).is_some_and(|n| scaled(n) == *x),
-            Matcher::Bool(b) => v.as_bool() == Some(*b),
-            Matcher::Null => v.is_null(),
+            Matcher::Num(x) => v.as_number().is_some_and(|n| scaled(n) == *x),
+            Matcher::Bool(b) => matches!(v, Leaf::Bool(x) if x == *b),
+            Matcher::Null => matches!(v, Leaf::Null),
             Matcher::Prefix(p) => s.is_some_and(|s| s.starts_with(p.as_str())),
             Matcher::PrefixIgnoreCase(p) => {
                 s.is_some_and(|s| s.to_lowercase().starts_with(p.as_str()))
@@ -646,20 +652,63 @@ impl Matcher {
             Matcher::EqualsIgnoreCase(x) => s.is_some_and(|s| s.to_lowercase() == *x),
             Matcher::Wildcard(w) => s.is_some_and(|s| w.matches(s)),
             Matcher::Cidr(c) => s.is_some_and(|s| c.contains(s)),
-            Matcher::Numeric { lower, upper } => number(v).is_some_and(|n| {
+            Matcher::Numeric { lower, upper } => v.as_number().is_some_and(|n| {
                 let n = scaled(n);
                 lower.is_none_or(|(lo, inc)| if inc { n >= lo } else { n > lo })
                     && upper.is_none_or(|(hi, inc)| if inc { n <= hi } else { n < hi })
             }),
-            Matcher::AnythingBut(ex) => match ex {
-                Excluded::Strings(xs) => !s.is_some_and(|s| xs.iter().any(|x| x == s)),
-                Excluded::Numbers(xs) => !number(v).is_some_and(|n| xs.contains(&scaled(n))),
-                Excluded::Prefix(p) => s.is_some_and(|s| !s.starts_with(p.as_str())),
-                Excluded::Suffix(p) => s.is_some_and(|s| !s.ends_with(p.as_str())),
-                Excluded::IgnoreCase(xs) => s.is_some_and(|s| !xs.contains(&s.to_lowercase())),
-                Excluded::Wildcards(ws) => s.is_some_and(|s| !ws.iter().any(|w| w.matches(s))),
-            },
+            Matcher::AnythingBut(ex) => ex.allows(v),
             Matcher::Exists(_) => unreachable!("decided on the whole field"),
+        }
+    }
+}
+
+impl Excluded {
+    /// Whether `anything-but` lets this leaf through.
+    fn allows(&self, v: Leaf<'_>) -> bool {
+        let s = v.as_str();
+        match self {
+            Excluded::Strings(xs) => !s.is_some_and(|s| xs.iter().any(|x| x == s)),
+            Excluded::Numbers(xs) => !v.as_number().is_some_and(|n| xs.contains(&scaled(n))),
+            Excluded::Prefix(p) => s.is_some_and(|s| !s.starts_with(p.as_str())),
+            Excluded::Suffix(p) => s.is_some_and(|s| !s.ends_with(p.as_str())),
+            Excluded::IgnoreCase(xs) => s.is_some_and(|s| !xs.contains(&s.to_lowercase())),
+            Excluded::Wildcards(ws) => s.is_some_and(|s| !ws.iter().any(|w| w.matches(s))),
+        }
+    }
+}
+
+/// One leaf of an event (a string, number, boolean or null), however the event was read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Leaf<'a> {
+    Str(&'a str),
+    Num(f64),
+    Bool(bool),
+    Null,
+}
+
+impl<'a> Leaf<'a> {
+    fn of(v: &'a Value) -> Option<Leaf<'a>> {
+        Some(match v {
+            Value::String(s) => Leaf::Str(s),
+            Value::Number(_) => Leaf::Num(number(v)?),
+            Value::Bool(b) => Leaf::Bool(*b),
+            Value::Null => Leaf::Null,
+            Value::Array(_) | Value::Object(_) => return None,
+        })
+    }
+
+    fn as_str(self) -> Option<&'a str> {
+        match self {
+            Leaf::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn as_number(self) -> Option<f64> {
+        match self {
+            Leaf::Num(n) => Some(n),
+            _ => None,
         }
     }
 }
@@ -669,10 +718,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Whether `event` matches, asserting that the compiled set (over the tree and over the
+    /// JSON text) answers the same as the pattern alone.
     fn m(pattern: Value, event: Value) -> bool {
-        Pattern::compile(&pattern)
-            .unwrap_or_else(|e| panic!("{pattern}: {e}"))
-            .matches(&event)
+        let p = Pattern::compile(&pattern).unwrap_or_else(|e| panic!("{pattern}: {e}"));
+        let alone = p.matches(&event);
+        let set = PatternSet::new([p]);
+        let want: Vec<usize> = if alone { vec![0] } else { vec![] };
+        assert_eq!(set.matches(&event), want, "set, tree: {pattern} on {event}");
+        let text = event.to_string();
+        assert_eq!(
+            set.matches_json(text.as_bytes()).unwrap(),
+            want,
+            "set, text: {pattern} on {event}"
+        );
+        alone
     }
 
     fn invalid(pattern: Value) -> PatternError {
@@ -906,6 +966,24 @@ mod tests {
                 json!({"a": [{"numeric": [">", 5, "<", 1]}]}),
                 "a[0].numeric",
             ),
+            // Degenerate operands event-ruler's rule compiler refuses: a one-point range,
+            // an empty prefix or suffix to exclude.
+            (
+                json!({"a": [{"numeric": [">=", 5, "<=", 5]}]}),
+                "a[0].numeric",
+            ),
+            (
+                json!({"a": [{"numeric": [">", 5.0000001, "<", 5]}]}),
+                "a[0].numeric",
+            ),
+            (
+                json!({"a": [{"anything-but": {"prefix": ""}}]}),
+                "a[0].anything-but.prefix",
+            ),
+            (
+                json!({"a": [{"anything-but": {"suffix": ""}}]}),
+                "a[0].anything-but.suffix",
+            ),
             (json!({"a": [{"numeric": ["=", 1e10]}]}), "a[0].numeric"),
             (json!({"a": [{"cidr": "10.0.0.0/33"}]}), "a[0].cidr"),
             (json!({"a": [{"exists": "yes"}]}), "a[0].exists"),
@@ -939,15 +1017,5 @@ mod tests {
             .unwrap_err()
             .problem
             .contains("not valid JSON"));
-    }
-
-    #[test]
-    fn exact_top_level_fields_are_offered_for_indexing() {
-        let p = Pattern::compile(
-            &json!({"source": ["a", "b"], "detail-type": [{"prefix": "x"}],
-                                         "detail": {"k": ["v"]}}),
-        )
-        .unwrap();
-        assert_eq!(p.exact_top_level(), vec![("source", vec!["a", "b"])]);
     }
 }
