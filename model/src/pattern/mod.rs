@@ -5,8 +5,11 @@
 //! must match (AND), any value listed for a field may match (OR), `$or` lists alternative
 //! sub-patterns; an array in the event matches if any element does; fields of a nested pattern
 //! must all match inside the *same* element of an array of objects ("array-consistent"
-//! matching); `exists` looks at leaves only (an object is not a leaf); numbers compare at six
-//! decimal places; strings, numbers, booleans and null never match each other.
+//! matching); `exists` looks at leaves only (an object is not a leaf); numbers compare as
+//! IEEE-754 doubles, exactly, over their whole range; strings, numbers, booleans and null never
+//! match each other, and `anything-but` lets every leaf through that it does not exclude
+//! (an `anything-but` prefix passes numbers, booleans and null) — all as event-ruler does,
+//! checked side by side with it on the same events by `bench_patterns`.
 
 mod set;
 
@@ -37,7 +40,6 @@ fn err(path: &str, problem: impl Into<String>) -> PatternError {
 }
 
 /// EventBridge's numeric range: values beyond it cannot be compared at full precision.
-const NUMERIC_LIMIT: f64 = 5.0e9;
 
 /// Where an event failed a pattern: the field's path (keys from the top), what the event has
 /// there (None: nothing), and why it did not match.
@@ -76,8 +78,8 @@ enum Node {
 #[derive(Debug, Clone, PartialEq)]
 enum Matcher {
     Str(String),
-    /// Scaled by 10⁶ and rounded: numbers equal to six decimal places are equal.
-    Num(i64),
+    /// As [`order_key`]: 300, 300.0 and 3e2 are one number.
+    Num(u64),
     Bool(bool),
     Null,
     Prefix(String),
@@ -88,8 +90,8 @@ enum Matcher {
     Wildcard(Wildcard),
     AnythingBut(Excluded),
     Numeric {
-        lower: Option<(i64, bool)>,
-        upper: Option<(i64, bool)>,
+        lower: Option<(u64, bool)>,
+        upper: Option<(u64, bool)>,
     },
     Cidr(Cidr),
     Exists(bool),
@@ -99,9 +101,10 @@ enum Matcher {
 #[derive(Debug, Clone, PartialEq)]
 enum Excluded {
     Strings(Vec<String>),
-    Numbers(Vec<i64>),
-    Prefix(String),
-    Suffix(String),
+    Numbers(Vec<u64>),
+    /// Strings starting with any of these are excluded.
+    Prefixes(Vec<String>),
+    Suffixes(Vec<String>),
     IgnoreCase(Vec<String>),
     Wildcards(Vec<Wildcard>),
 }
@@ -118,8 +121,15 @@ struct Cidr {
     bits: u8,
 }
 
-fn scaled(n: f64) -> i64 {
-    (n * 1e6).round() as i64
+/// A number as an integer with the same order: numbers compare as IEEE-754 doubles, exactly
+/// (event-ruler does the same), and integers compare faster than floats in the lookups.
+fn order_key(n: f64) -> u64 {
+    let bits = (n + 0.0).to_bits(); // -0.0 + 0.0 is 0.0: one zero
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
+    }
 }
 
 fn number(v: &Value) -> Option<f64> {
@@ -244,15 +254,9 @@ fn strings(path: &str, op: &str, v: &Value) -> Result<Vec<String>, PatternError>
     }
 }
 
-fn checked_number(path: &str, v: &Value) -> Result<i64, PatternError> {
+fn checked_number(path: &str, v: &Value) -> Result<u64, PatternError> {
     let n = number(v).ok_or_else(|| err(path, format!("{v} is not a number")))?;
-    if !(-NUMERIC_LIMIT..=NUMERIC_LIMIT).contains(&n) {
-        return Err(err(
-            path,
-            format!("{n} is outside the numeric range -5e9..5e9"),
-        ));
-    }
-    Ok(scaled(n))
+    Ok(order_key(n))
 }
 
 fn numeric(path: &str, v: &Value) -> Result<Matcher, PatternError> {
@@ -324,8 +328,8 @@ fn affix(path: &str, op: &str, v: &Value) -> Result<(String, bool), PatternError
 
 /// An empty prefix or suffix inside `anything-but` would exclude every string; event-ruler's
 /// rule compiler refuses it, and so does this one.
-fn non_empty(path: &str, op: &str, s: String) -> Result<String, PatternError> {
-    if s.is_empty() {
+fn non_empty(path: &str, op: &str, s: Vec<String>) -> Result<Vec<String>, PatternError> {
+    if s.iter().any(String::is_empty) {
         return Err(err(
             path,
             format!("\"{op}\" inside \"anything-but\" must not be empty"),
@@ -350,8 +354,8 @@ fn anything_but(path: &str, v: &Value) -> Result<Matcher, PatternError> {
             let (op, inner) = o.iter().next().unwrap();
             let p = format!("{path}.{op}");
             match op.as_str() {
-                "prefix" => Excluded::Prefix(non_empty(&p, op, one_string(&p, op, inner)?)?),
-                "suffix" => Excluded::Suffix(non_empty(&p, op, one_string(&p, op, inner)?)?),
+                "prefix" => Excluded::Prefixes(non_empty(&p, op, strings(&p, op, inner)?)?),
+                "suffix" => Excluded::Suffixes(non_empty(&p, op, strings(&p, op, inner)?)?),
                 "equals-ignore-case" => Excluded::IgnoreCase(
                     strings(&p, op, inner)?.iter().map(|s| s.to_lowercase()).collect(),
                 ),
@@ -638,7 +642,7 @@ impl Matcher {
         let s = v.as_str();
         match self {
             Matcher::Str(x) => s == Some(x.as_str()),
-            Matcher::Num(x) => v.as_number().is_some_and(|n| scaled(n) == *x),
+            Matcher::Num(x) => v.as_number().is_some_and(|n| order_key(n) == *x),
             Matcher::Bool(b) => matches!(v, Leaf::Bool(x) if x == *b),
             Matcher::Null => matches!(v, Leaf::Null),
             Matcher::Prefix(p) => s.is_some_and(|s| s.starts_with(p.as_str())),
@@ -653,7 +657,7 @@ impl Matcher {
             Matcher::Wildcard(w) => s.is_some_and(|s| w.matches(s)),
             Matcher::Cidr(c) => s.is_some_and(|s| c.contains(s)),
             Matcher::Numeric { lower, upper } => v.as_number().is_some_and(|n| {
-                let n = scaled(n);
+                let n = order_key(n);
                 lower.is_none_or(|(lo, inc)| if inc { n >= lo } else { n > lo })
                     && upper.is_none_or(|(hi, inc)| if inc { n <= hi } else { n < hi })
             }),
@@ -669,11 +673,15 @@ impl Excluded {
         let s = v.as_str();
         match self {
             Excluded::Strings(xs) => !s.is_some_and(|s| xs.iter().any(|x| x == s)),
-            Excluded::Numbers(xs) => !v.as_number().is_some_and(|n| xs.contains(&scaled(n))),
-            Excluded::Prefix(p) => s.is_some_and(|s| !s.starts_with(p.as_str())),
-            Excluded::Suffix(p) => s.is_some_and(|s| !s.ends_with(p.as_str())),
-            Excluded::IgnoreCase(xs) => s.is_some_and(|s| !xs.contains(&s.to_lowercase())),
-            Excluded::Wildcards(ws) => s.is_some_and(|s| !ws.iter().any(|w| w.matches(s))),
+            Excluded::Numbers(xs) => !v.as_number().is_some_and(|n| xs.contains(&order_key(n))),
+            Excluded::Prefixes(ps) => {
+                !s.is_some_and(|s| ps.iter().any(|p| s.starts_with(p.as_str())))
+            }
+            Excluded::Suffixes(ps) => {
+                !s.is_some_and(|s| ps.iter().any(|p| s.ends_with(p.as_str())))
+            }
+            Excluded::IgnoreCase(xs) => !s.is_some_and(|s| xs.contains(&s.to_lowercase())),
+            Excluded::Wildcards(ws) => !s.is_some_and(|s| ws.iter().any(|w| w.matches(s))),
         }
     }
 }
@@ -914,6 +922,18 @@ mod tests {
             json!({"size": [{"numeric": ["<", 10]}, {"numeric": [">", 100]}]}),
             ev
         ));
+        // Doubles compare exactly over their whole range, as event-ruler compares them: a
+        // coordinate a hair past a bound is past it, and big numbers are numbers.
+        let x = json!({"x": -122.4499999999, "big": 1e20, "zero": -0.0});
+        assert!(m(json!({"x": [{"numeric": [">", -122.45]}]}), x.clone()));
+        assert!(!m(json!({"x": [{"numeric": ["=", -122.45]}]}), x.clone()));
+        assert!(m(json!({"big": [{"numeric": [">", 1e10]}]}), x.clone()));
+        assert!(m(json!({"big": [1e20]}), x.clone()));
+        assert!(m(json!({"zero": [{"numeric": ["=", 0]}]}), x.clone()));
+        assert!(m(
+            json!({"zero": [{"numeric": [">", -1e300, "<", 1e300]}]}),
+            x
+        ));
     }
 
     #[test]
@@ -951,6 +971,48 @@ mod tests {
     }
 
     #[test]
+    fn anything_but_takes_a_list_of_prefixes_or_suffixes_as_event_ruler_does() {
+        let ev = |s: &str| json!({"a": s});
+        let p = json!({"a": [{"anything-but": {"prefix": ["in/", "tmp/"]}}]});
+        assert!(m(p.clone(), ev("out/x")));
+        assert!(!m(p.clone(), ev("in/x")));
+        assert!(!m(p.clone(), ev("tmp/x")));
+        // Like every anything-but, it lets through what it does not exclude: numbers too.
+        assert!(m(p, json!({"a": 5})));
+        let p = json!({"a": [{"anything-but": {"suffix": [".tmp", ".part"]}}]});
+        assert!(m(p.clone(), ev("x.jpg")));
+        assert!(!m(p, ev("x.part")));
+        let e = invalid(json!({"a": [{"anything-but": {"prefix": ["x", ""]}}]}));
+        assert_eq!(e.path, "a[0].anything-but.prefix");
+    }
+
+    #[test]
+    fn anything_but_of_every_kind_lets_null_numbers_and_booleans_through() {
+        // As event-ruler answers (probed side by side): only a string can be excluded by a
+        // prefix, suffix, case-folded value or wildcard, and only a number by a number.
+        let kinds = [
+            json!({"anything-but": "S"}),
+            json!({"anything-but": {"prefix": "S"}}),
+            json!({"anything-but": {"suffix": "S"}}),
+            json!({"anything-but": {"equals-ignore-case": "s"}}),
+            json!({"anything-but": {"wildcard": "S*"}}),
+        ];
+        for k in kinds {
+            let p = json!({ "f": [k] });
+            for v in [json!(null), json!(5), json!(true), json!("x")] {
+                assert!(m(p.clone(), json!({ "f": v })), "{p} on {v}");
+            }
+            assert!(!m(p.clone(), json!({"f": "S"})), "{p}");
+            assert!(!m(p.clone(), json!({"f": []})), "{p}: no leaf");
+            assert!(!m(p, json!({"f": {"g": 1}})), "an object is not a leaf");
+        }
+        let p = json!({"f": [{"anything-but": [5]}]});
+        assert!(m(p.clone(), json!({"f": "5"})));
+        assert!(m(p.clone(), json!({"f": null})));
+        assert!(!m(p, json!({"f": 5.0})));
+    }
+
+    #[test]
     fn bad_patterns_name_the_path_and_operator() {
         let cases = [
             (json!({"source": "aws.s3"}), "source"),
@@ -984,7 +1046,6 @@ mod tests {
                 json!({"a": [{"anything-but": {"suffix": ""}}]}),
                 "a[0].anything-but.suffix",
             ),
-            (json!({"a": [{"numeric": ["=", 1e10]}]}), "a[0].numeric"),
             (json!({"a": [{"cidr": "10.0.0.0/33"}]}), "a[0].cidr"),
             (json!({"a": [{"exists": "yes"}]}), "a[0].exists"),
             (json!({"a": [{"wildcard": "a**b"}]}), "a[0].wildcard"),

@@ -86,7 +86,10 @@ fn matcher(r: &mut Rng) -> Value {
         10 => json!({"wildcard": wild}),
         11 => json!({"anything-but": s}),
         12 => json!({"anything-but": [n, r.pick(&NUMBERS)]}),
-        13 => json!({"anything-but": {"prefix": "x"}}),
+        13 => {
+            let prefixes = &["x", "1"][..1 + r.below(2)];
+            json!({"anything-but": {"prefix": prefixes}})
+        }
         14 => json!({"anything-but": {"suffix": "y"}}),
         15 => json!({"anything-but": {"equals-ignore-case": [s, "x"]}}),
         16 => json!({"anything-but": {"wildcard": wild}}),

@@ -5,12 +5,12 @@
 
 use rustc_hash::FxHashMap;
 
-use super::super::{scaled, Excluded, Leaf, Matcher, Wildcard};
+use super::super::{order_key, Excluded, Leaf, Matcher, Wildcard};
 
 #[derive(Default)]
 pub(super) struct ValueIndex {
     exact: FxHashMap<Box<str>, Vec<u32>>,
-    numbers: FxHashMap<i64, Vec<u32>>,
+    numbers: FxHashMap<u64, Vec<u32>>,
     trues: Vec<u32>,
     falses: Vec<u32>,
     nulls: Vec<u32>,
@@ -28,7 +28,7 @@ pub(super) struct ValueIndex {
     wild_tails: Affixes<(u32, u32)>,
     ranges: Ranges,
     but_strings: Except<Box<str>>,
-    but_numbers: Except<i64>,
+    but_numbers: Except<u64>,
     but_folded: Except<Box<str>>,
     /// Checked one by one.
     listed: Vec<(Matcher, u32)>,
@@ -121,18 +121,21 @@ impl ValueIndex {
                     self.but_folded.allowed::<str>(Some(l), hit);
                 }
             }
-            _ => self.but_strings.allowed::<str>(None, hit),
+            _ => {
+                self.but_strings.allowed::<str>(None, hit);
+                self.but_folded.allowed::<str>(None, hit);
+            }
         }
         match leaf {
             Leaf::Num(n) => {
-                let n = scaled(n);
+                let n = order_key(n);
                 if let Some(v) = self.numbers.get(&n) {
                     each(v, hit);
                 }
                 self.ranges.lookup(n, hit);
                 self.but_numbers.allowed(Some(&n), hit);
             }
-            _ => self.but_numbers.allowed::<i64>(None, hit),
+            _ => self.but_numbers.allowed::<u64>(None, hit),
         }
         match leaf {
             Leaf::Bool(true) => each(&self.trues, hit),
@@ -266,14 +269,14 @@ impl<K: std::hash::Hash + Eq> Except<K> {
     }
 }
 
-type Bound = Option<(i64, bool)>;
+type Bound = Option<(u64, bool)>;
 
 /// Numeric ranges over the number line cut at every bound: a leaf finds its piece by binary
 /// search, and each piece lists the ranges that hold it.
 #[derive(Default)]
 struct Ranges {
     pending: Vec<(Bound, Bound, u32)>,
-    bounds: Vec<i64>,
+    bounds: Vec<u64>,
     /// 2·bounds + 1 pieces: below the first bound, the first bound, between the first two, …
     pieces: Vec<Vec<u32>>,
 }
@@ -283,7 +286,7 @@ impl Ranges {
         if self.pending.is_empty() {
             return;
         }
-        let mut bounds: Vec<i64> = self
+        let mut bounds: Vec<u64> = self
             .pending
             .iter()
             .flat_map(|(lo, hi, _)| [lo.map(|b| b.0), hi.map(|b| b.0)])
@@ -315,7 +318,7 @@ impl Ranges {
         self.pieces = pieces;
     }
 
-    fn lookup(&self, n: i64, hit: &mut dyn FnMut(u32)) {
+    fn lookup(&self, n: u64, hit: &mut dyn FnMut(u32)) {
         if self.pieces.is_empty() {
             return;
         }
