@@ -312,7 +312,7 @@ fn citylots(n: usize) -> Vec<String> {
                     "BLOCK_NUM": format!("{block:04}"), "LOT_NUM": format!("{lot:03}"),
                     "FROM_ST": from.to_string(), "TO_ST": (from + 2 * r.below(20)).to_string(),
                     "STREET": street, "ST_TYPE": st_type,
-                    "ODD_EVEN": if from % 2 == 0 { "E" } else { "O" }
+                    "ODD_EVEN": if from.is_multiple_of(2) { "E" } else { "O" }
                 },
                 "geometry": {"type": kind, "coordinates": coordinates, "firstCoordinates": first}
             })

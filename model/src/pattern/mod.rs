@@ -39,8 +39,6 @@ fn err(path: &str, problem: impl Into<String>) -> PatternError {
     }
 }
 
-/// EventBridge's numeric range: values beyond it cannot be compared at full precision.
-
 /// Where an event failed a pattern: the field's path (keys from the top), what the event has
 /// there (None: nothing), and why it did not match.
 #[derive(Debug, Clone, PartialEq)]

@@ -142,9 +142,9 @@ fn check(seed: u64, patterns: usize, events: usize) -> usize {
         matched += want.len();
         let differs = |got: &[usize]| {
             let mut names = Vec::new();
-            for i in 0..compiled.len() {
+            for (i, p) in compiled.iter().enumerate() {
                 if want.contains(&i) != got.contains(&i) {
-                    names.push(format!("{:?} (alone: {})", compiled[i], want.contains(&i)));
+                    names.push(format!("{p:?} (alone: {})", want.contains(&i)));
                 }
             }
             format!("seed {seed}, event {event}: {}", names.join("; "))

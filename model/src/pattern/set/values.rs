@@ -101,8 +101,8 @@ impl ValueIndex {
                 if let Some(v) = self.exact.get(s) {
                     each(v, hit);
                 }
-                self.prefixes.heads(s, |p| hit(p));
-                self.suffixes.tails(s, |p| hit(p));
+                self.prefixes.heads(s, &mut *hit);
+                self.suffixes.tails(s, &mut *hit);
                 let check = |(p, w): (u32, u32), hit: &mut dyn FnMut(u32)| {
                     if self.wildcards[w as usize].matches(s) {
                         hit(p)
@@ -116,8 +116,8 @@ impl ValueIndex {
                     if let Some(v) = self.folded.get(l) {
                         each(v, hit);
                     }
-                    self.folded_prefixes.heads(l, |p| hit(p));
-                    self.folded_suffixes.tails(l, |p| hit(p));
+                    self.folded_prefixes.heads(l, &mut *hit);
+                    self.folded_suffixes.tails(l, &mut *hit);
                     self.but_folded.allowed::<str>(Some(l), hit);
                 }
             }
@@ -171,8 +171,10 @@ fn fold<'b>(s: &str, buf: &'b mut String) -> &'b str {
 /// Prefixes (or suffixes) grouped by their length in bytes: a leaf is looked up once per
 /// distinct length.
 struct Affixes<T> {
-    by_len: Vec<(usize, FxHashMap<Box<str>, Vec<T>>)>,
+    by_len: Vec<(usize, ByText<T>)>,
 }
+
+type ByText<T> = FxHashMap<Box<str>, Vec<T>>;
 
 impl<T> Default for Affixes<T> {
     fn default() -> Self {
