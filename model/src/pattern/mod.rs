@@ -634,6 +634,14 @@ impl Matcher {
         Leaf::of(v).is_some_and(|leaf| self.matches_leaf(leaf))
     }
 
+    /// Whether one leaf satisfies this matcher, `exists: true` included (any leaf does).
+    fn holds(&self, v: Leaf<'_>) -> bool {
+        match self {
+            Matcher::Exists(want) => *want,
+            _ => self.matches_leaf(v),
+        }
+    }
+
     /// Whether one leaf matches; the single definition both the per-pattern matcher and the
     /// compiled [`PatternSet`] fall back on.
     fn matches_leaf(&self, v: Leaf<'_>) -> bool {
@@ -644,14 +652,10 @@ impl Matcher {
             Matcher::Bool(b) => matches!(v, Leaf::Bool(x) if x == *b),
             Matcher::Null => matches!(v, Leaf::Null),
             Matcher::Prefix(p) => s.is_some_and(|s| s.starts_with(p.as_str())),
-            Matcher::PrefixIgnoreCase(p) => {
-                s.is_some_and(|s| s.to_lowercase().starts_with(p.as_str()))
-            }
+            Matcher::PrefixIgnoreCase(p) => s.is_some_and(|s| fold_starts_with(s, p)),
             Matcher::Suffix(p) => s.is_some_and(|s| s.ends_with(p.as_str())),
-            Matcher::SuffixIgnoreCase(p) => {
-                s.is_some_and(|s| s.to_lowercase().ends_with(p.as_str()))
-            }
-            Matcher::EqualsIgnoreCase(x) => s.is_some_and(|s| s.to_lowercase() == *x),
+            Matcher::SuffixIgnoreCase(p) => s.is_some_and(|s| fold_ends_with(s, p)),
+            Matcher::EqualsIgnoreCase(x) => s.is_some_and(|s| fold_eq(s, x)),
             Matcher::Wildcard(w) => s.is_some_and(|s| w.matches(s)),
             Matcher::Cidr(c) => s.is_some_and(|s| c.contains(s)),
             Matcher::Numeric { lower, upper } => v.as_number().is_some_and(|n| {
@@ -678,9 +682,37 @@ impl Excluded {
             Excluded::Suffixes(ps) => {
                 !s.is_some_and(|s| ps.iter().any(|p| s.ends_with(p.as_str())))
             }
-            Excluded::IgnoreCase(xs) => !s.is_some_and(|s| xs.contains(&s.to_lowercase())),
+            Excluded::IgnoreCase(xs) => !s.is_some_and(|s| xs.iter().any(|x| fold_eq(s, x))),
             Excluded::Wildcards(ws) => !s.is_some_and(|s| ws.iter().any(|w| w.matches(s))),
         }
+    }
+}
+
+// Case-insensitive comparisons of a leaf with a lower-cased pattern value, as
+// `s.to_lowercase()` would compare (the definition), without allocating for ASCII leaves.
+
+fn fold_eq(s: &str, lower: &str) -> bool {
+    if s.is_ascii() {
+        s.eq_ignore_ascii_case(lower)
+    } else {
+        s.to_lowercase() == lower
+    }
+}
+
+fn fold_starts_with(s: &str, lower: &str) -> bool {
+    if s.is_ascii() {
+        s.len() >= lower.len() && s.as_bytes()[..lower.len()].eq_ignore_ascii_case(lower.as_bytes())
+    } else {
+        s.to_lowercase().starts_with(lower)
+    }
+}
+
+fn fold_ends_with(s: &str, lower: &str) -> bool {
+    if s.is_ascii() {
+        s.len() >= lower.len()
+            && s.as_bytes()[s.len() - lower.len()..].eq_ignore_ascii_case(lower.as_bytes())
+    } else {
+        s.to_lowercase().ends_with(lower)
     }
 }
 

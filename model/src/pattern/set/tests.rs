@@ -133,6 +133,16 @@ fn check(seed: u64, patterns: usize, events: usize) -> usize {
         }
     }
     let set = PatternSet::new(compiled.clone());
+    if patterns > 1 {
+        // Both ways of deciding a condition are exercised: counted, and checked once the
+        // branch's lead condition holds.
+        let deferred: usize = set.branches.iter().map(|b| b.deferred.len()).sum();
+        let counted = set.preds.iter().filter(|p| p.need > 1).count();
+        assert!(
+            deferred > 0 && counted > 0,
+            "seed {seed}: {deferred} deferred, {counted} counted"
+        );
+    }
     let mut matched = 0;
     for _ in 0..events {
         let event = event_object(&mut r, 0);

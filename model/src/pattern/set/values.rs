@@ -1,7 +1,9 @@
 //! The value index of one field path: from a leaf to the predicates it satisfies, by lookups
-//! whose cost does not grow with the number of predicates (except for the few operators kept
-//! in a list: `cidr`, `anything-but` with a prefix, suffix or wildcard, and wildcards that
-//! start and end with `*`).
+//! whose cost does not grow with the number of predicates: hash maps for exact and
+//! case-folded values and numbers, byte tries for prefixes and suffixes (one walk of the
+//! leaf finds every one it starts or ends with), wildcards by their literal ends, numeric
+//! ranges by binary search, and `anything-but` as "every entry but the ones this leaf
+//! excludes". Only `cidr` and wildcards starting and ending with `*` are checked one by one.
 
 use rustc_hash::FxHashMap;
 
@@ -16,20 +18,17 @@ pub(super) struct ValueIndex {
     nulls: Vec<u32>,
     /// `exists: true`: any leaf.
     any: Vec<u32>,
-    prefixes: Affixes<u32>,
-    suffixes: Affixes<u32>,
+    prefixes: Trie<u32>,
+    /// Over the reversed bytes.
+    suffixes: Trie<u32>,
     /// Case-insensitive ones, keyed by the lower-cased value.
     folded: FxHashMap<Box<str>, Vec<u32>>,
-    folded_prefixes: Affixes<u32>,
-    folded_suffixes: Affixes<u32>,
+    folded_prefixes: Trie<u32>,
+    folded_suffixes: Trie<u32>,
     /// Wildcards by their text before the first `*`, or after the last one, then checked.
-    wildcards: Vec<Wildcard>,
-    wild_heads: Affixes<(u32, u32)>,
-    wild_tails: Affixes<(u32, u32)>,
+    wild: Wildcards,
     ranges: Ranges,
-    but_strings: Except<Box<str>>,
-    but_numbers: Except<u64>,
-    but_folded: Except<Box<str>>,
+    but: Except,
     /// Checked one by one.
     listed: Vec<(Matcher, u32)>,
     folds: bool,
@@ -44,111 +43,103 @@ impl ValueIndex {
             Matcher::Bool(false) => self.falses.push(pred),
             Matcher::Null => self.nulls.push(pred),
             Matcher::Exists(true) => self.any.push(pred),
-            Matcher::Prefix(p) => self.prefixes.add(p, pred),
-            Matcher::Suffix(p) => self.suffixes.add(p, pred),
+            Matcher::Prefix(p) => self.prefixes.add(p.bytes(), pred),
+            Matcher::Suffix(p) => self.suffixes.add(p.bytes().rev(), pred),
             Matcher::PrefixIgnoreCase(p) => {
                 self.folds = true;
-                self.folded_prefixes.add(p, pred)
+                self.folded_prefixes.add(p.bytes(), pred)
             }
             Matcher::SuffixIgnoreCase(p) => {
                 self.folds = true;
-                self.folded_suffixes.add(p, pred)
+                self.folded_suffixes.add(p.bytes().rev(), pred)
             }
             Matcher::EqualsIgnoreCase(x) => {
                 self.folds = true;
                 push(&mut self.folded, x.as_str().into(), pred)
             }
-            Matcher::Wildcard(w) => {
-                let i = self.wildcards.len() as u32;
-                let (head, tail) = (&w.parts[0], w.parts.last().expect("one part at least"));
-                if !head.is_empty() {
-                    self.wild_heads.add(head, (pred, i));
-                } else if !tail.is_empty() {
-                    self.wild_tails.add(tail, (pred, i));
-                } else {
-                    self.listed.push((m.clone(), pred));
-                }
-                self.wildcards.push(w.clone());
-            }
+            Matcher::Wildcard(w) => self.wild.add(w, pred),
             Matcher::Numeric { lower, upper } => self.ranges.pending.push((*lower, *upper, pred)),
-            Matcher::AnythingBut(Excluded::Strings(xs)) => self
-                .but_strings
-                .add(xs.iter().map(|x| x.as_str().into()), pred),
-            Matcher::AnythingBut(Excluded::Numbers(xs)) => {
-                self.but_numbers.add(xs.iter().copied(), pred)
+            Matcher::AnythingBut(ex) => {
+                self.folds |= matches!(ex, Excluded::IgnoreCase(_));
+                self.but.add(ex, pred)
             }
-            Matcher::AnythingBut(Excluded::IgnoreCase(xs)) => {
-                self.folds = true;
-                self.but_folded
-                    .add(xs.iter().map(|x| x.as_str().into()), pred)
-            }
-            Matcher::AnythingBut(_) | Matcher::Cidr(_) => self.listed.push((m.clone(), pred)),
+            Matcher::Cidr(_) => self.listed.push((m.clone(), pred)),
             Matcher::Exists(false) => unreachable!("absent fields are not predicates"),
         }
     }
 
     /// Called once every predicate was added.
-    pub(super) fn finish(&mut self) {
+    /// Called once every predicate was added; `pieces`: numeric range pieces numbered so far
+    /// in the set (each gets a number for [`Buffers`] to remember it by). Returns the new count.
+    pub(super) fn finish(&mut self, pieces: usize) -> usize {
         self.ranges.build();
+        self.ranges.first = pieces;
+        pieces + self.ranges.pieces.len()
     }
 
-    /// Calls `hit` with every predicate `leaf` satisfies (a predicate may come more than once).
-    pub(super) fn lookup(&self, leaf: Leaf<'_>, lower: &mut String, hit: &mut dyn FnMut(u32)) {
-        let each = |v: &[u32], hit: &mut dyn FnMut(u32)| v.iter().for_each(|&p| hit(p));
+    /// Calls `hit` with the predicates `leaf` satisfies, in slices (a predicate may come more
+    /// than once). `buf` is working memory.
+    pub(super) fn lookup(&self, leaf: Leaf<'_>, buf: &mut Buffers, hit: &mut dyn FnMut(&[u32])) {
+        let each = |v: &[u32], hit: &mut dyn FnMut(&[u32])| {
+            if !v.is_empty() {
+                hit(v)
+            }
+        };
         each(&self.any, hit);
+        buf.excluded.clear();
         match leaf {
             Leaf::Str(s) => {
                 if let Some(v) = self.exact.get(s) {
                     each(v, hit);
                 }
-                self.prefixes.heads(s, &mut *hit);
-                self.suffixes.tails(s, &mut *hit);
-                let check = |(p, w): (u32, u32), hit: &mut dyn FnMut(u32)| {
-                    if self.wildcards[w as usize].matches(s) {
-                        hit(p)
-                    }
-                };
-                self.wild_heads.heads(s, |x| check(x, hit));
-                self.wild_tails.tails(s, |x| check(x, hit));
-                self.but_strings.allowed::<str>(Some(s), hit);
-                if self.folds {
-                    let l = fold(s, lower);
+                self.prefixes.walk(s.bytes(), &mut *hit);
+                self.suffixes.walk(s.bytes().rev(), &mut *hit);
+                self.wild.matching(s, &mut *hit);
+                let folded = if self.folds {
+                    let l = fold(s, &mut buf.lower);
                     if let Some(v) = self.folded.get(l) {
                         each(v, hit);
                     }
-                    self.folded_prefixes.heads(l, &mut *hit);
-                    self.folded_suffixes.tails(l, &mut *hit);
-                    self.but_folded.allowed::<str>(Some(l), hit);
-                }
+                    self.folded_prefixes.walk(l.bytes(), &mut *hit);
+                    self.folded_suffixes.walk(l.bytes().rev(), &mut *hit);
+                    Some(&*l)
+                } else {
+                    None
+                };
+                self.but.excluded_string(s, folded, &mut buf.excluded);
             }
-            _ => {
-                self.but_strings.allowed::<str>(None, hit);
-                self.but_folded.allowed::<str>(None, hit);
-            }
-        }
-        match leaf {
             Leaf::Num(n) => {
                 let n = order_key(n);
                 if let Some(v) = self.numbers.get(&n) {
                     each(v, hit);
                 }
-                self.ranges.lookup(n, hit);
-                self.but_numbers.allowed(Some(&n), hit);
+                self.ranges.lookup(n, buf, hit);
+                self.but.excluded_number(n, &mut buf.excluded);
             }
-            _ => self.but_numbers.allowed::<u64>(None, hit),
-        }
-        match leaf {
             Leaf::Bool(true) => each(&self.trues, hit),
             Leaf::Bool(false) => each(&self.falses, hit),
             Leaf::Null => each(&self.nulls, hit),
-            Leaf::Str(_) | Leaf::Num(_) => {}
         }
+        self.but.allowed(&mut buf.excluded, hit);
         for (m, p) in &self.listed {
             if m.matches_leaf(leaf) {
-                hit(*p);
+                hit(std::slice::from_ref(p));
             }
         }
     }
+}
+
+/// Working memory of a lookup, kept between leaves.
+#[derive(Default)]
+pub(super) struct Buffers {
+    /// A string leaf, lower-cased.
+    lower: String,
+    /// `anything-but` entries the leaf excludes.
+    excluded: Vec<u32>,
+    /// The event being matched, and the last event each numeric range piece was handed out
+    /// in: the many coordinates of one polygon mostly fall in the same piece.
+    pub(super) gen: u32,
+    pub(super) piece_seen: Vec<u32>,
 }
 
 fn push<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, Vec<u32>>, key: K, pred: u32) {
@@ -168,105 +159,206 @@ fn fold<'b>(s: &str, buf: &'b mut String) -> &'b str {
     buf
 }
 
-/// Prefixes (or suffixes) grouped by their length in bytes: a leaf is looked up once per
-/// distinct length.
-struct Affixes<T> {
-    by_len: Vec<(usize, ByText<T>)>,
+/// Keys as paths of bytes: walking a leaf's bytes from one end meets every key it starts
+/// (or, over reversed bytes, ends) with. A key is whole UTF-8, so a match ends on a character
+/// boundary of the leaf.
+struct Trie<T> {
+    nodes: Vec<TrieNode<T>>,
 }
 
-type ByText<T> = FxHashMap<Box<str>, Vec<T>>;
+struct TrieNode<T> {
+    /// Sorted by byte.
+    next: Vec<(u8, u32)>,
+    items: Vec<T>,
+}
 
-impl<T> Default for Affixes<T> {
+impl<T> Default for Trie<T> {
     fn default() -> Self {
-        Affixes { by_len: Vec::new() }
+        Trie { nodes: Vec::new() }
     }
 }
 
-impl<T: Copy> Affixes<T> {
-    fn add(&mut self, key: &str, v: T) {
-        let i = match self.by_len.binary_search_by_key(&key.len(), |(l, _)| *l) {
-            Ok(i) => i,
-            Err(i) => {
-                self.by_len.insert(i, (key.len(), FxHashMap::default()));
-                i
+impl<T: Copy> Trie<T> {
+    fn add(&mut self, key: impl Iterator<Item = u8>, v: T) {
+        if self.nodes.is_empty() {
+            self.nodes.push(TrieNode {
+                next: Vec::new(),
+                items: Vec::new(),
+            });
+        }
+        let mut at = 0usize;
+        for b in key {
+            at = match self.nodes[at].next.binary_search_by_key(&b, |(x, _)| *x) {
+                Ok(i) => self.nodes[at].next[i].1 as usize,
+                Err(i) => {
+                    let n = self.nodes.len();
+                    self.nodes.push(TrieNode {
+                        next: Vec::new(),
+                        items: Vec::new(),
+                    });
+                    self.nodes[at].next.insert(i, (b, n as u32));
+                    n
+                }
+            };
+        }
+        self.nodes[at].items.push(v);
+    }
+
+    /// Calls `f` with the items of every key the bytes start with (that are not empty).
+    fn walk(&self, bytes: impl Iterator<Item = u8>, mut f: impl FnMut(&[T])) {
+        let Some(mut node) = self.nodes.first() else {
+            return;
+        };
+        if !node.items.is_empty() {
+            f(&node.items);
+        }
+        for b in bytes {
+            let next = match node.next.as_slice() {
+                [] => return,
+                [(x, n)] => (*x == b).then_some(*n),
+                many => many
+                    .binary_search_by_key(&b, |(x, _)| *x)
+                    .ok()
+                    .map(|i| many[i].1),
+            };
+            let Some(n) = next else { return };
+            node = &self.nodes[n as usize];
+            if !node.items.is_empty() {
+                f(&node.items);
+            }
+        }
+    }
+}
+
+/// Wildcards indexed by a literal end: the text before the first `*` (a prefix), else the
+/// text after the last `*` (a suffix); a leaf is checked only against the wildcards one of
+/// its ends matches. `*` alone, or `*x*`, is checked against every leaf.
+#[derive(Default)]
+struct Wildcards {
+    all: Vec<(Wildcard, u32)>,
+    heads: Trie<u32>,
+    tails: Trie<u32>,
+    rest: Vec<u32>,
+}
+
+impl Wildcards {
+    /// `v`: what a match hands back (a predicate, or an `anything-but` entry).
+    fn add(&mut self, w: &Wildcard, v: u32) {
+        let i = self.all.len() as u32;
+        self.all.push((w.clone(), v));
+        let (head, tail) = (&w.parts[0], w.parts.last().expect("one part at least"));
+        if !head.is_empty() {
+            self.heads.add(head.bytes(), i);
+        } else if !tail.is_empty() {
+            self.tails.add(tail.bytes().rev(), i);
+        } else {
+            self.rest.push(i);
+        }
+    }
+
+    fn matching(&self, s: &str, mut f: impl FnMut(&[u32])) {
+        if self.all.is_empty() {
+            return;
+        }
+        let mut check = |is: &[u32]| {
+            for &i in is {
+                let (w, v) = &self.all[i as usize];
+                if w.matches(s) {
+                    f(std::slice::from_ref(v))
+                }
             }
         };
-        self.by_len[i].1.entry(key.into()).or_default().push(v);
-    }
-
-    fn heads(&self, s: &str, mut f: impl FnMut(T)) {
-        for (len, map) in &self.by_len {
-            if *len > s.len() {
-                break;
-            }
-            if let Some(v) = s.get(..*len).and_then(|h| map.get(h)) {
-                v.iter().for_each(|x| f(*x));
-            }
-        }
-    }
-
-    fn tails(&self, s: &str, mut f: impl FnMut(T)) {
-        for (len, map) in &self.by_len {
-            if *len > s.len() {
-                break;
-            }
-            if let Some(v) = s.get(s.len() - len..).and_then(|t| map.get(t)) {
-                v.iter().for_each(|x| f(*x));
-            }
-        }
+        self.heads.walk(s.bytes(), &mut check);
+        self.tails.walk(s.bytes().rev(), &mut check);
+        check(&self.rest);
     }
 }
 
-/// `anything-but` over a set of values: every entry is satisfied except the ones whose set
-/// holds the leaf. An entry per matcher, not per predicate: two `anything-but`s listed for one
-/// field are OR'd, so their sets must not be merged.
-struct Except<K> {
+/// Every `anything-but` of a path, one entry per matcher: a leaf satisfies every entry except
+/// the ones that exclude it, found by lookups like the positive operators'. (Two
+/// `anything-but`s listed for one field are OR'd, so their sets are never merged.)
+#[derive(Default)]
+struct Except {
     /// Entry → its predicate.
     preds: Vec<u32>,
-    /// Value → the entries that exclude it, ascending.
-    excluded: FxHashMap<K, Vec<u32>>,
+    strings: FxHashMap<Box<str>, Vec<u32>>,
+    numbers: FxHashMap<u64, Vec<u32>>,
+    folded: FxHashMap<Box<str>, Vec<u32>>,
+    prefixes: Trie<u32>,
+    suffixes: Trie<u32>,
+    wild: Wildcards,
 }
 
-impl<K> Default for Except<K> {
-    fn default() -> Self {
-        Except {
-            preds: Vec::new(),
-            excluded: FxHashMap::default(),
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq> Except<K> {
-    fn add(&mut self, values: impl Iterator<Item = K>, pred: u32) {
+impl Except {
+    fn add(&mut self, ex: &Excluded, pred: u32) {
         let entry = self.preds.len() as u32;
         self.preds.push(pred);
-        for v in values {
-            let ex = self.excluded.entry(v).or_default();
-            if ex.last() != Some(&entry) {
-                ex.push(entry);
+        let key = |map: &mut FxHashMap<Box<str>, Vec<u32>>, s: &str| {
+            let v = map.entry(s.into()).or_default();
+            if v.last() != Some(&entry) {
+                v.push(entry);
             }
+        };
+        match ex {
+            Excluded::Strings(xs) => xs.iter().for_each(|x| key(&mut self.strings, x)),
+            Excluded::IgnoreCase(xs) => xs.iter().for_each(|x| key(&mut self.folded, x)),
+            Excluded::Numbers(xs) => {
+                for x in xs {
+                    let v = self.numbers.entry(*x).or_default();
+                    if v.last() != Some(&entry) {
+                        v.push(entry);
+                    }
+                }
+            }
+            Excluded::Prefixes(ps) => ps.iter().for_each(|p| self.prefixes.add(p.bytes(), entry)),
+            Excluded::Suffixes(ps) => ps
+                .iter()
+                .for_each(|p| self.suffixes.add(p.bytes().rev(), entry)),
+            Excluded::Wildcards(ws) => ws.iter().for_each(|w| self.wild.add(w, entry)),
         }
     }
 
-    /// `key`: the leaf as this kind of value; None when it is another kind (never excluded).
-    fn allowed<Q>(&self, key: Option<&Q>, hit: &mut dyn FnMut(u32))
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
+    /// The entries a string leaf excludes (`folded`: the leaf lower-cased, when any entry
+    /// needs it), appended to `out`.
+    fn excluded_string(&self, s: &str, folded: Option<&str>, out: &mut Vec<u32>) {
         if self.preds.is_empty() {
             return;
         }
-        let ex: &[u32] = key
-            .and_then(|k| self.excluded.get(k))
-            .map_or(&[], Vec::as_slice);
-        let mut ex = ex.iter().peekable();
-        for (entry, &p) in self.preds.iter().enumerate() {
-            if ex.peek() == Some(&&(entry as u32)) {
-                ex.next();
-                continue;
+        if let Some(v) = self.strings.get(s) {
+            out.extend_from_slice(v);
+        }
+        if let Some(v) = folded.and_then(|l| self.folded.get(l)) {
+            out.extend_from_slice(v);
+        }
+        self.prefixes.walk(s.bytes(), |e| out.extend_from_slice(e));
+        self.suffixes
+            .walk(s.bytes().rev(), |e| out.extend_from_slice(e));
+        self.wild.matching(s, |e| out.extend_from_slice(e));
+    }
+
+    fn excluded_number(&self, n: u64, out: &mut Vec<u32>) {
+        if let Some(v) = self.numbers.get(&n) {
+            out.extend_from_slice(v);
+        }
+    }
+
+    /// Hits every entry's predicate but the excluded ones'.
+    fn allowed(&self, excluded: &mut Vec<u32>, hit: &mut dyn FnMut(&[u32])) {
+        if self.preds.is_empty() {
+            return;
+        }
+        excluded.sort_unstable();
+        excluded.dedup();
+        // The runs of entries between the excluded ones.
+        let mut from = 0usize;
+        for &e in excluded.iter() {
+            if from < e as usize {
+                hit(&self.preds[from..e as usize]);
             }
-            hit(p);
+            from = e as usize + 1;
+        }
+        if from < self.preds.len() {
+            hit(&self.preds[from..]);
         }
     }
 }
@@ -277,6 +369,8 @@ type Bound = Option<(u64, bool)>;
 /// search, and each piece lists the ranges that hold it.
 #[derive(Default)]
 struct Ranges {
+    /// The set-wide number of the first piece.
+    first: usize,
     pending: Vec<(Bound, Bound, u32)>,
     bounds: Vec<u64>,
     /// 2·bounds + 1 pieces: below the first bound, the first bound, between the first two, …
@@ -320,7 +414,7 @@ impl Ranges {
         self.pieces = pieces;
     }
 
-    fn lookup(&self, n: u64, hit: &mut dyn FnMut(u32)) {
+    fn lookup(&self, n: u64, buf: &mut Buffers, hit: &mut dyn FnMut(&[u32])) {
         if self.pieces.is_empty() {
             return;
         }
@@ -328,6 +422,9 @@ impl Ranges {
             Ok(i) => 2 * i + 1,
             Err(i) => 2 * i,
         };
-        self.pieces[i].iter().for_each(|&p| hit(p));
+        let seen = &mut buf.piece_seen[self.first + i];
+        if !self.pieces[i].is_empty() && std::mem::replace(seen, buf.gen) != buf.gen {
+            hit(&self.pieces[i]);
+        }
     }
 }

@@ -33,7 +33,7 @@ fn at_value(
                 return;
             }
             for (key, field) in fields {
-                if let Some(&child) = children.get(key.as_str()) {
+                if let Some(child) = children.get(key) {
                     at_value(set, child, field, in_array || element, false, s);
                 }
             }
@@ -177,7 +177,7 @@ impl<'de> Visitor<'de> for At<'_> {
 }
 
 /// A field name, resolved to its child in the trie (None: no pattern names it).
-struct Key<'a>(&'a rustc_hash::FxHashMap<Box<str>, u32>);
+struct Key<'a>(&'a super::Children);
 
 impl<'de> DeserializeSeed<'de> for Key<'_> {
     type Value = Option<u32>;
@@ -195,6 +195,6 @@ impl<'de> Visitor<'de> for Key<'_> {
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Option<u32>, E> {
-        Ok(self.0.get(v).copied())
+        Ok(self.0.get(v))
     }
 }
