@@ -102,7 +102,7 @@ impl ValueIndex {
                     }
                     self.folded_prefixes.walk(l.bytes(), &mut *hit);
                     self.folded_suffixes.walk(l.bytes().rev(), &mut *hit);
-                    Some(&*l)
+                    Some(l)
                 } else {
                     None
                 };
