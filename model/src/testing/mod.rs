@@ -1,6 +1,8 @@
 //! Builders for tests, in this crate and the ones above it (the `testing` feature, which the
 //! controller enables for its tests only).
 
+pub mod patterns;
+
 use crate::model::{CatchUp, ContainerDef, NetworkMode, Overlap, Schedule, TaskSpec};
 
 /// A one-container task spec reserving `cpu` vCPU and `mem` MiB.
