@@ -485,7 +485,7 @@ impl Agent {
     /// Runs until `shutdown` resolves: re-adopts old tasks, then stays connected to the
     /// controller. Shutting the agent down leaves containers running (their shims own them).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        self.readopt();
+        self.readopt().await;
         self.sweep_orphan_scratch();
         self.detach_leftover_networks();
         self.inner.start_zygote();
@@ -560,7 +560,7 @@ impl Agent {
         });
     }
 
-    fn readopt(&self) {
+    async fn readopt(&self) {
         let dir = self.inner.cfg.state_dir.join("tasks");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
@@ -578,6 +578,39 @@ impl Agent {
                 }
             };
             let id = entry.file_name().to_string_lossy().into_owned();
+            let mut record = record;
+            if record.phase == Phase::Pending {
+                match supervisor::launched(
+                    &supervisor::runtime_dir(&self.inner.cfg, &id),
+                    &record.spec,
+                ) {
+                    // Taken but no container launched: skiff's own crash interrupted it, so it
+                    // is safe to start again. What had begun goes, and the task is not
+                    // reported: the controller, which still sees it waiting on this node,
+                    // sends its start again when the agent reconnects (or not, if it no longer
+                    // wants it). A task whose starts keep ending with the agent is failed
+                    // instead, by the supervisor.
+                    supervisor::Launched::None => {
+                        let disk = supervisor::disk_dir(&self.inner.cfg, &id);
+                        let attempt = supervisor::interrupted_start(&disk);
+                        if attempt <= supervisor::MAX_INTERRUPTED_STARTS {
+                            info!(task_id = %id, attempt, "the agent restarted while this task was starting; it will start again");
+                            supervisor::discard_unstarted(&self.inner, &id, &record.spec).await;
+                            continue;
+                        }
+                    }
+                    // Every container was launched: it runs (or ran), so it is adopted.
+                    supervisor::Launched::All => {
+                        record.phase = Phase::Running;
+                        record.started_at_ms = chrono::Utc::now().timestamp_millis();
+                        for c in &mut record.containers {
+                            c.phase = Phase::Running;
+                        }
+                    }
+                    // Some of it may have run: it fails (the supervisor stops what runs).
+                    supervisor::Launched::Some => {}
+                }
+            }
             let phase = record.phase;
             let (stop, rx) = watch::channel(None);
             self.inner

@@ -76,13 +76,10 @@ async fn run_task(
             .collect()
     } else {
         if adopt {
-            // The agent died while starting this task: whatever started must go.
-            for c in &record.spec.containers {
-                if let Some(h) = runtime::adopt(&dir.join(&c.name)) {
-                    h.stop();
-                    h.exited().await.gone().await;
-                }
-            }
+            // The agent died while starting this task, after launching part of it or more
+            // often than it may be started again (`readopt` starts it again otherwise):
+            // whatever started must go.
+            stop_adopted(&dir, &record.spec).await;
             finish(
                 &agent,
                 &task_id,
@@ -118,6 +115,73 @@ async fn run_task(
         }
     }
     supervise(&agent, &task_id, &dir, handles, &mut stop).await;
+}
+
+/// How many times a task interrupted by the agent's own restart before it ran is started
+/// again; past that it fails (`TaskFailedToStart`): it may be what brings the agent down.
+pub const MAX_INTERRUPTED_STARTS: u32 = 3;
+
+/// Counts one more interrupted start of a task (in its disk dir, which outlives the state
+/// tmpfs and the agent) and returns the count.
+pub fn interrupted_start(disk: &Path) -> u32 {
+    let file = disk.join("interrupted-starts");
+    let n = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    if let Err(e) = std::fs::create_dir_all(disk).and_then(|_| std::fs::write(&file, n.to_string()))
+    {
+        warn!(path = %file.display(), error = %e, "cannot count the task's interrupted starts");
+    }
+    n
+}
+
+/// How much of a task whose start was interrupted had been launched.
+pub enum Launched {
+    /// No container's shim was (about to be) started: nothing of the task ran.
+    None,
+    /// Every container has a shim that ran (it left its pid or its exit).
+    All,
+    Some,
+}
+
+/// What a previous agent launched of a task, from the files in each container's dir: the
+/// shim's log is created just before the shim starts, its pid file by the shim itself, its
+/// exit record when it ends.
+pub fn launched(dir: &Path, spec: &TaskSpec) -> Launched {
+    let (mut begun, mut running) = (0, 0);
+    for c in &spec.containers {
+        let cdir = dir.join(&c.name);
+        let has = |f: &str| cdir.join(f).exists();
+        if has(shim::SHIM_PID) || has(shim::EXIT) {
+            running += 1;
+        } else if has("shim.log") {
+            begun += 1;
+        }
+    }
+    match (begun, running) {
+        (0, 0) => Launched::None,
+        (0, n) if n == spec.containers.len() => Launched::All,
+        _ => Launched::Some,
+    }
+}
+
+/// Removes what an interrupted start of a task left (containers already launched, rootfs,
+/// network, runtime dir), so that it can start afresh. The task has no record in the agent.
+pub async fn discard_unstarted(agent: &Arc<AgentInner>, task_id: &str, spec: &TaskSpec) {
+    stop_adopted(&runtime_dir(&agent.cfg, task_id), spec).await;
+    cleanup(agent, task_id, spec).await;
+}
+
+/// Stops whichever of a task's containers a previous agent had launched.
+async fn stop_adopted(dir: &Path, spec: &TaskSpec) {
+    for c in &spec.containers {
+        if let Some(h) = runtime::adopt(&dir.join(&c.name)) {
+            h.stop();
+            h.exited().await.gone().await;
+        }
+    }
 }
 
 /// Prepares every container and launches their shims, in ordered steps: the images (all of
@@ -678,4 +742,24 @@ async fn finish(agent: &Arc<AgentInner>, task_id: &str, code: &str, reason: Stri
             c.phase = Phase::Stopped;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupted_starts_are_counted_on_disk_from_one_agent_to_the_next() {
+        let dir = std::env::temp_dir().join(format!("skiff-interrupted-{}", std::process::id()));
+        let disk = dir.join("tasks").join("t1");
+        let counts: Vec<u32> = (0..MAX_INTERRUPTED_STARTS + 1)
+            .map(|_| interrupted_start(&disk))
+            .collect();
+        assert_eq!(counts, (1..=MAX_INTERRUPTED_STARTS + 1).collect::<Vec<_>>());
+        assert_eq!(
+            std::fs::read_to_string(disk.join("interrupted-starts")).unwrap(),
+            (MAX_INTERRUPTED_STARTS + 1).to_string()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -137,6 +137,73 @@ fn agent_restart_readopts_running_containers() {
 }
 
 #[test]
+fn an_agent_killed_while_tasks_start_starts_each_of_them_again_once() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
+    let agent = env.agent(&addr, "n1", &[]);
+    let img = env.busybox_image();
+    let tasks_dir = env.path("agent-n1").join("state/tasks");
+    let starting = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("task.json"))
+                    .is_ok_and(|r| r.contains("\"phase\":\"PENDING\""))
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+
+    // Bursts of tasks until the agent is caught holding some it has taken but not started;
+    // then it is killed there (its shims, if any, survive it).
+    let mut ids: Vec<String> = Vec::new();
+    let mut caught = Vec::new();
+    for _ in 0..20 {
+        let burst: Vec<_> = (0..8)
+            .map(|_| {
+                let (addr, img) = (addr.clone(), img.clone());
+                std::thread::spawn(move || {
+                    run_task(
+                        &addr,
+                        &["--image", &img, "--", "sh", "-c", "echo ran $SKIFF_TASK_ID"],
+                    )
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while caught.is_empty() && std::time::Instant::now() < deadline {
+            caught = starting(&tasks_dir);
+        }
+        if !caught.is_empty() {
+            env.procs[agent].kill9();
+        }
+        ids.extend(burst.into_iter().map(|t| t.join().unwrap()));
+        if !caught.is_empty() {
+            break;
+        }
+    }
+    assert!(!caught.is_empty(), "never caught the agent starting a task");
+    env.agent(&addr, "n1", &[]);
+
+    // Every task runs exactly once and stops normally; none failed to start.
+    for id in &ids {
+        let t = wait_status(&addr, id, "STOPPED", LONG);
+        assert_eq!(t["containers"][0]["exitCode"], 0, "{t}");
+        assert_ne!(t["stopCode"], "TaskFailedToStart", "{t}");
+        assert_eq!(
+            cli(&addr, &["tasks", "logs", id]).stdout,
+            format!("ran {id}\n"),
+            "ran once"
+        );
+    }
+    for id in &caught {
+        assert!(ids.contains(id), "{id} was one of ours");
+    }
+}
+
+#[test]
 fn a_container_that_exits_while_its_agent_is_down_is_reported_with_its_exit_code() {
     let mut env = Env::new();
     let (_, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "20s"]);

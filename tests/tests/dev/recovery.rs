@@ -237,3 +237,82 @@ fn a_killed_shim_leaves_no_container_process_or_cgroup_behind() {
         });
     }
 }
+
+/// The ids of the tasks an agent's state dir holds taken but not yet started.
+fn starting(tasks: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(tasks)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("task.json"))
+                .is_ok_and(|r| r.contains("\"phase\":\"PENDING\""))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn dev_killed_during_a_burst_of_rule_tasks_starts_every_one_after_the_restart() {
+    let mut env = Env::new();
+    let addr = env.dev();
+    env.register_busybox(&addr, "work", &["sh", "-c", "echo ran $SKIFF_TASK_ID"]);
+    env.put_yaml(
+        &addr,
+        "rules",
+        "burst",
+        "name: burst\npattern: {source: [burst]}\ntargets:\n  - id: work\n    task: {task_definition: work}\n",
+    );
+    let tasks = env.path("dev").join("agent/state/tasks");
+    // Events until skiff dev is caught holding tasks its agent has taken but not started;
+    // then it is killed there, mid-burst.
+    let mut events = 0;
+    let mut caught = Vec::new();
+    while caught.is_empty() && events < 400 {
+        for _ in 0..10 {
+            skiff_tests::put_event(&addr, "burst", "Tick", "{}");
+            events += 1;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while caught.is_empty() && std::time::Instant::now() < deadline {
+            caught = starting(&tasks);
+        }
+    }
+    assert!(!caught.is_empty(), "never caught the agent starting a task");
+    env.procs[0].kill9();
+    let addr = env.dev();
+
+    // One task per acknowledged event, each run once to its end; none failed to start.
+    let all = wait_for("a task for every event", Duration::from_secs(60), || {
+        let out = cli(
+            &addr,
+            &[
+                "tasks",
+                "ls",
+                "--group",
+                "rule:burst",
+                "--limit",
+                "0",
+                "-o",
+                "json",
+            ],
+        );
+        let list = out.json().as_array().cloned().unwrap_or_default();
+        (list.len() == events && list.iter().all(|t| t["lastStatus"] == "STOPPED")).then_some(list)
+    });
+    for t in &all {
+        let id = t["id"].as_str().unwrap();
+        assert_eq!(t["containers"][0]["exitCode"], 0, "{t}");
+        assert_eq!(
+            cli(&addr, &["tasks", "logs", id]).stdout,
+            format!("ran {id}\n"),
+            "ran once"
+        );
+    }
+    for id in &caught {
+        assert!(
+            all.iter().any(|t| t["id"] == id.as_str()),
+            "{id} is one of them"
+        );
+    }
+}
