@@ -539,6 +539,9 @@ async fn reconcile(
         match task.status {
             TaskStatus::Pending => {
                 info!(task_id = %task.id, node_id, "resending start after reconnect");
+                if let Err(e) = core.note_start_again(&task.id, node_id).await {
+                    warn!(task_id = %task.id, error = %e, "noting the start sent again failed");
+                }
                 applier::send_start(core, node_id, &task).await;
             }
             TaskStatus::Running | TaskStatus::Stopping => {

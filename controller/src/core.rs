@@ -360,6 +360,30 @@ impl Core {
         Ok(())
     }
 
+    /// Notes on a task placed on `node_id` that its start is sent again because the node
+    /// reconnected without it (it had not run: its agent restarted before, or the start never
+    /// arrived). The note stays in the task's status reason, the history of how it started.
+    pub async fn note_start_again(&self, id: &str, node_id: &str) -> Result<(), CoreError> {
+        let reason = format!(
+            "start sent again: node {node_id} reconnected without the task (it had not run)"
+        );
+        self.store
+            .update_task(id, |mut task, _| {
+                if task.status != crate::model::TaskStatus::Pending
+                    || task.node_id.as_deref() != Some(node_id)
+                    || task.status_reason == reason
+                {
+                    return Ok::<_, CoreError>(Decision::Keep(task));
+                }
+                task.status_reason = reason.clone();
+                task.version += 1;
+                Ok(Decision::Write { task, event: None })
+            })
+            .await??;
+        self.bump();
+        Ok(())
+    }
+
     // --- agent sessions ---
 
     /// Registers a new connection for a node, replacing an older one (its silence timer

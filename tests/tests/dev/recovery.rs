@@ -315,4 +315,11 @@ fn dev_killed_during_a_burst_of_rule_tasks_starts_every_one_after_the_restart() 
             "{id} is one of them"
         );
     }
+    // The controller sent the interrupted starts again, and their tasks say so.
+    assert!(
+        all.iter().any(|t| t["statusReason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("start sent again: node"))),
+        "no task says its start was sent again"
+    );
 }
