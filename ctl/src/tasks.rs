@@ -146,7 +146,13 @@ pub fn describe_task(t: &pb::Task) -> String {
         "Status:",
         format!("{} (desired {})", t.last_status, t.desired_status),
     );
-    kv("Waiting:", t.status_reason.clone());
+    // Why it waits for a node, or a note on how it started (a start sent again).
+    let reason_label = if t.last_status == "PROVISIONING" {
+        "Waiting:"
+    } else {
+        "Note:"
+    };
+    kv(reason_label, t.status_reason.clone());
     kv("Node:", t.node_id.clone());
     kv(
         "Resources:",

@@ -316,10 +316,17 @@ fn dev_killed_during_a_burst_of_rule_tasks_starts_every_one_after_the_restart() 
         );
     }
     // The controller sent the interrupted starts again, and their tasks say so.
+    let again = all
+        .iter()
+        .find(|t| {
+            t["statusReason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("start sent again: node"))
+        })
+        .expect("no task says its start was sent again");
+    let described = cli(&addr, &["tasks", "describe", again["id"].as_str().unwrap()]).stdout;
     assert!(
-        all.iter().any(|t| t["statusReason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("start sent again: node"))),
-        "no task says its start was sent again"
+        described.contains("Note:") && described.contains("start sent again"),
+        "{described}"
     );
 }
