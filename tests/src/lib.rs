@@ -745,6 +745,21 @@ pub fn release_networks_under(dir: &Path) {
 }
 
 /// Shims outlive agents by design; a test must not leave them (or their containers) behind.
+/// The ids of the tasks an agent's state dir (`…/state/tasks`) holds taken but not yet
+/// started: their records still say PENDING.
+pub fn tasks_starting(tasks: &Path) -> Vec<String> {
+    fs::read_dir(tasks)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path().join("task.json"))
+                .is_ok_and(|r| r.contains("\"phase\":\"PENDING\""))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 pub fn kill_shims_under(dir: &Path) {
     for _ in 0..50 {
         let shims = shims_under(dir);

@@ -143,19 +143,6 @@ fn an_agent_killed_while_tasks_start_starts_each_of_them_again_once() {
     let agent = env.agent(&addr, "n1", &[]);
     let img = env.busybox_image();
     let tasks_dir = env.path("agent-n1").join("state/tasks");
-    let starting = |dir: &std::path::Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                std::fs::read_to_string(e.path().join("task.json"))
-                    .is_ok_and(|r| r.contains("\"phase\":\"PENDING\""))
-            })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    };
-
     // Bursts of tasks until the agent is caught holding some it has taken but not started;
     // then it is killed there (its shims, if any, survive it).
     let mut ids: Vec<String> = Vec::new();
@@ -174,7 +161,7 @@ fn an_agent_killed_while_tasks_start_starts_each_of_them_again_once() {
             .collect();
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while caught.is_empty() && std::time::Instant::now() < deadline {
-            caught = starting(&tasks_dir);
+            caught = skiff_tests::tasks_starting(&tasks_dir);
         }
         if !caught.is_empty() {
             env.procs[agent].kill9();

@@ -238,20 +238,6 @@ fn a_killed_shim_leaves_no_container_process_or_cgroup_behind() {
     }
 }
 
-/// The ids of the tasks an agent's state dir holds taken but not yet started.
-fn starting(tasks: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(tasks)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("task.json"))
-                .is_ok_and(|r| r.contains("\"phase\":\"PENDING\""))
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 fn dev_killed_during_a_burst_of_rule_tasks_starts_every_one_after_the_restart() {
     let mut env = Env::new();
@@ -275,7 +261,7 @@ fn dev_killed_during_a_burst_of_rule_tasks_starts_every_one_after_the_restart() 
         }
         let deadline = std::time::Instant::now() + Duration::from_millis(500);
         while caught.is_empty() && std::time::Instant::now() < deadline {
-            caught = starting(&tasks);
+            caught = skiff_tests::tasks_starting(&tasks);
         }
     }
     assert!(!caught.is_empty(), "never caught the agent starting a task");
