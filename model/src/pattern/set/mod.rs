@@ -6,9 +6,11 @@
 //! registered in the value index ([`values::ValueIndex`]) of its field's path in a trie of
 //! field names. Matching: the event is walked once ([`walk`]); fields no pattern names are
 //! skipped unread; each leaf looks up, in its path's index, the predicates it satisfies
-//! (hash lookups for exact and case-folded values, prefixes and suffixes by length, numeric
-//! ranges by binary search) and counts them towards their branches. A branch whose predicates
-//! are all satisfied is a match.
+//! (hash lookups for exact and case-folded values, byte tries for prefixes and suffixes,
+//! numeric ranges by binary search) and counts them towards their branches. A branch whose
+//! predicates are all satisfied is a match. A branch led by a rare condition
+//! ([`LEAD_SHARED_BY`]) registers only that one; its other conditions are checked on the
+//! leaves kept at their paths once it holds.
 //!
 //! Two cases are decided by the per-pattern matcher ([`Pattern::matches`]), so the answers
 //! are the same as matching every pattern one by one: a branch two of whose predicates were
@@ -305,12 +307,11 @@ impl PatternSet {
                 continue;
             }
             let state = &m.branch[b as usize];
-            let in_arrays = if state.gen == m.gen {
+            let mut in_arrays = if state.gen == m.gen {
                 state.in_arrays
             } else {
                 0
             };
-            let mut in_arrays = in_arrays;
             let mut failed = false;
             for d in branch.deferred.iter() {
                 match kept.find(d.node, |leaf| d.matchers.iter().any(|m| m.holds(leaf))) {

@@ -142,8 +142,12 @@ pub(super) struct Buffers {
     pub(super) piece_seen: Vec<u32>,
 }
 
-fn push<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, Vec<u32>>, key: K, pred: u32) {
-    map.entry(key).or_default().push(pred);
+/// Adds `v` to `key`'s list, once (a value listed twice for one matcher counts once).
+fn push<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, Vec<u32>>, key: K, v: u32) {
+    let list = map.entry(key).or_default();
+    if list.last() != Some(&v) {
+        list.push(v);
+    }
 }
 
 /// `s` lower-cased as [`str::to_lowercase`] does it (the per-pattern matcher's definition),
@@ -293,23 +297,14 @@ impl Except {
     fn add(&mut self, ex: &Excluded, pred: u32) {
         let entry = self.preds.len() as u32;
         self.preds.push(pred);
-        let key = |map: &mut FxHashMap<Box<str>, Vec<u32>>, s: &str| {
-            let v = map.entry(s.into()).or_default();
-            if v.last() != Some(&entry) {
-                v.push(entry);
-            }
-        };
         match ex {
-            Excluded::Strings(xs) => xs.iter().for_each(|x| key(&mut self.strings, x)),
-            Excluded::IgnoreCase(xs) => xs.iter().for_each(|x| key(&mut self.folded, x)),
-            Excluded::Numbers(xs) => {
-                for x in xs {
-                    let v = self.numbers.entry(*x).or_default();
-                    if v.last() != Some(&entry) {
-                        v.push(entry);
-                    }
-                }
-            }
+            Excluded::Strings(xs) => xs
+                .iter()
+                .for_each(|x| push(&mut self.strings, x.as_str().into(), entry)),
+            Excluded::IgnoreCase(xs) => xs
+                .iter()
+                .for_each(|x| push(&mut self.folded, x.as_str().into(), entry)),
+            Excluded::Numbers(xs) => xs.iter().for_each(|x| push(&mut self.numbers, *x, entry)),
             Excluded::Prefixes(ps) => ps.iter().for_each(|p| self.prefixes.add(p.bytes(), entry)),
             Excluded::Suffixes(ps) => ps
                 .iter()
