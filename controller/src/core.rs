@@ -345,19 +345,11 @@ impl Core {
         id: &str,
         why: &skiff_model::placement::Unplaced,
     ) -> Result<(), CoreError> {
-        self.store
-            .update_task(id, |mut task, _| {
-                if task.status_reason == why.reason && task.unplaceable == why.never {
-                    return Ok::<_, CoreError>(Decision::Keep(task));
-                }
-                task.status_reason = why.reason.clone();
-                task.unplaceable = why.never;
-                task.version += 1;
-                Ok(Decision::Write { task, event: None })
-            })
-            .await??;
-        self.bump();
-        Ok(())
+        self.rewrite_reason(id, |task| {
+            (task.status_reason != why.reason || task.unplaceable != why.never)
+                .then(|| (why.reason.clone(), why.never))
+        })
+        .await
     }
 
     /// Notes on a task placed on `node_id` that its start is sent again because the node
@@ -367,15 +359,29 @@ impl Core {
         let reason = format!(
             "start sent again: node {node_id} reconnected without the task (it had not run)"
         );
+        self.rewrite_reason(id, |task| {
+            (task.status == crate::model::TaskStatus::Pending
+                && task.node_id.as_deref() == Some(node_id)
+                && task.status_reason != reason)
+                .then(|| (reason.clone(), task.unplaceable))
+        })
+        .await
+    }
+
+    /// Rewrites a task's status reason and `unplaceable` flag to what `change` answers (not a
+    /// lifecycle move: no event); None leaves the task as it is.
+    async fn rewrite_reason(
+        &self,
+        id: &str,
+        change: impl Fn(&Task) -> Option<(String, bool)>,
+    ) -> Result<(), CoreError> {
         self.store
             .update_task(id, |mut task, _| {
-                if task.status != crate::model::TaskStatus::Pending
-                    || task.node_id.as_deref() != Some(node_id)
-                    || task.status_reason == reason
-                {
+                let Some((reason, unplaceable)) = change(&task) else {
                     return Ok::<_, CoreError>(Decision::Keep(task));
-                }
-                task.status_reason = reason.clone();
+                };
+                task.status_reason = reason;
+                task.unplaceable = unplaceable;
                 task.version += 1;
                 Ok(Decision::Write { task, event: None })
             })
