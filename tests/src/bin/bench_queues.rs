@@ -114,6 +114,24 @@ async fn drain(
     (per * clients) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Median microseconds of `n` one-at-a-time `Describe` calls on an empty queue: the floor
+/// of a call (gRPC, the token check, a read) under every figure above, with nothing written.
+async fn call_floor(addr: &str, token: &str, queue: &str, n: usize) -> f64 {
+    let mut cl = client(addr, token).await;
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        cl.describe(pb::QueueRef {
+            name: queue.to_string(),
+        })
+        .await
+        .unwrap();
+        took.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    took.sort_by(f64::total_cmp);
+    took[n / 2]
+}
+
 /// requests/s that `redis-benchmark` reports for `test` (lpush, rpop).
 fn redis(port: u16, test: &str, n: usize, clients: usize, pipeline: usize) -> f64 {
     let out = Command::new("redis-benchmark")
@@ -155,6 +173,14 @@ fn main() {
     );
     let port = server.port;
 
+    assert_eq!(cli(&addr, &["queues", "create", "bench-floor"]).code, 0);
+    let floor = rt.block_on(call_floor(&addr, &token, "bench-floor", 2000));
+    let one = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let floor1 = one.block_on(call_floor(&addr, &token, "bench-floor", 2000));
+    println!("a call that writes nothing (Describe of an empty queue): p50 {floor:.0} us (client on one thread: {floor1:.0} us)");
     println!("{n} messages per figure, durable on both sides; messages/s (ratio skiff/redis)");
     for (clients, batch) in [(1, 1), (8, 1), (1, 10), (8, 10)] {
         let queue = format!("bench-{clients}-{batch}");
