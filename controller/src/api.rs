@@ -419,8 +419,8 @@ impl pb::nodes_server::Nodes for NodesApi {
         &self,
         _: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let active = self.core.store.reservations()?;
-        let loads = node_loads(&self.core, &active)?;
+        let reserved = self.core.store.node_reservations();
+        let loads = node_loads(&self.core, reserved.clone())?;
         let nodes = self
             .core
             .store
@@ -437,10 +437,7 @@ impl pb::nodes_server::Nodes for NodesApi {
                     .collect();
                 let connected = load.is_some_and(|l| l.connected);
                 pb::Node {
-                    running_tasks: active
-                        .iter()
-                        .filter(|r| r.node.as_deref() == Some(n.id.as_str()))
-                        .count() as u32,
+                    running_tasks: reserved.get(&n.id).map_or(0, |r| r.tasks),
                     cpu_used: load.map_or(0.0, |l| l.cpu_used),
                     memory_used_mib: load.map_or(0, |l| l.memory_used_mib),
                     state: n.state.as_str().to_string(),

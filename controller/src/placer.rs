@@ -2,7 +2,7 @@
 //! It reads a snapshot through the store's indexes, asks the pure `placement::plan` what to
 //! do, and hands the plan to the applier (which commits it, then tells the agents).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,7 @@ use tracing::warn;
 
 use crate::applier;
 use crate::core::{Core, CoreError};
-use crate::model::PortProtocol;
-use crate::store::{Reservation, TaskFilter};
+use crate::store::{NodeReserved, TaskFilter};
 use crate::wake::Loop;
 use skiff_model::placement::{self, NodeLoad, Snapshot, Waiting};
 
@@ -59,7 +58,7 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
         let nodes = if waiting.is_empty() {
             vec![]
         } else {
-            node_loads(core, &core.store.reservations()?)?
+            node_loads(core, core.store.node_reservations())?
         };
         let snapshot = Snapshot {
             waiting: waiting
@@ -87,24 +86,12 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Capacity and reservations of every known node, from the store and the live sessions.
-pub fn node_loads(core: &Core, active: &[Reservation]) -> Result<Vec<NodeLoad>, CoreError> {
-    let mut used: HashMap<&str, (f64, u64)> = HashMap::new();
-    let mut groups: HashMap<&str, BTreeMap<String, u32>> = HashMap::new();
-    let mut ports: HashMap<&str, BTreeSet<(u16, PortProtocol)>> = HashMap::new();
-    for r in active {
-        if let Some(n) = r.node.as_deref() {
-            ports.entry(n).or_default().extend(r.ports.iter().copied());
-            let e = used.entry(n).or_default();
-            e.0 += r.cpu;
-            e.1 += r.memory_mib;
-            *groups
-                .entry(n)
-                .or_default()
-                .entry(r.group.clone())
-                .or_default() += 1;
-        }
-    }
+/// Capacity and reservations of every known node, from the store's kept sums
+/// (`Store::node_reservations`) and the live sessions.
+pub fn node_loads(
+    core: &Core,
+    mut reserved: HashMap<String, NodeReserved>,
+) -> Result<Vec<NodeLoad>, CoreError> {
     let mut nodes = core.store.nodes.list()?;
     nodes.sort_by(|a, b| {
         a.registered_at_ms
@@ -114,24 +101,19 @@ pub fn node_loads(core: &Core, active: &[Reservation]) -> Result<Vec<NodeLoad>, 
     Ok(nodes
         .into_iter()
         .map(|n| {
-            let (cpu_used, memory_used_mib) = used.get(n.id.as_str()).copied().unwrap_or_default();
+            let r = reserved.remove(&n.id).unwrap_or_default();
             NodeLoad {
                 connected: core.is_connected(&n.id),
-                groups: groups.remove(n.id.as_str()).unwrap_or_default(),
+                groups: r.groups,
                 // Its tasks' published ports, and those other processes hold there.
-                ports: ports
-                    .remove(n.id.as_str())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .chain(core.host_ports(&n.id))
-                    .collect(),
+                ports: r.ports.into_iter().chain(core.host_ports(&n.id)).collect(),
                 labels: n.labels,
                 id: n.id,
                 state: n.state,
                 cpu: n.cpu,
                 memory_mib: n.memory_mib,
-                cpu_used,
-                memory_used_mib,
+                cpu_used: r.cpu,
+                memory_used_mib: r.memory_mib,
             }
         })
         .collect())

@@ -27,6 +27,7 @@ mod engine;
 mod engine_tests;
 mod memory_engine;
 mod notify;
+mod reserved;
 mod sled_engine;
 mod table;
 mod tree;
@@ -36,6 +37,8 @@ use due::due_key;
 pub use due::{Due, DueTable};
 pub use engine::{Change, Engine, Entries, Entry, TreeId, TxBody, TxError, TxTrees};
 pub use memory_engine::MemoryEngine;
+pub use reserved::NodeReserved;
+use reserved::Reserved;
 pub use sled_engine::SledEngine;
 pub use table::{Record, Table};
 use tree::{Tree, Tx};
@@ -352,6 +355,9 @@ pub struct Store {
     /// Decoded active tasks by id, kept by every task write under the writer lock (see
     /// `active_tasks`).
     active_cache: Arc<std::sync::Mutex<HashMap<Vec<u8>, Arc<Task>>>>,
+    /// Every active task's reservation and each node's sums, kept by every task write
+    /// under the writer lock (see `node_reservations`).
+    reserved: Arc<std::sync::Mutex<Reserved>>,
 }
 
 /// One `create_task_once` call waiting to be written.
@@ -416,6 +422,7 @@ impl Store {
             creations: Default::default(),
             task_count: Default::default(),
             active_cache: Default::default(),
+            reserved: Default::default(),
             engine,
         };
         store.rebuild_indexes()?;
@@ -452,12 +459,14 @@ impl Store {
             self.index_versions.insert("tasks_by_family", [1])?;
         }
         self.waiting.clear()?;
+        let mut reserved = Reserved::default();
         for key in self.active.iter().map(key_of) {
             let key = key?;
             match self.tasks.get(&key)? {
                 Some(bytes) => {
                     let task: Task = decode("tasks", &bytes)?;
                     if task.status.is_active() {
+                        reserved.set(&task.id, Some(Reservation::of(&task)));
                         self.active.insert(&key, encode(&Reservation::of(&task)))?;
                         if task.status == TaskStatus::Provisioning {
                             self.waiting.insert(&key, [])?;
@@ -471,6 +480,7 @@ impl Store {
                 }
             }
         }
+        *self.reserved.lock().expect("reserved lock") = reserved;
         // (The due tables derive their indexes as they open.)
         self.move_schedule_retries_to_their_table()?;
         self.engine.flush()?;
@@ -664,8 +674,8 @@ impl Store {
     }
 
     /// The tasks `filter` wants, newest first, at most `limit` (0 = all), and how many match
-    /// in all. Read through the narrowest index the filter allows (group, node, the active
-    /// index with each task's status, family), and counted from the indexes: only the tasks
+    /// in all. Read through the narrowest index the filter allows (group, node, family, the
+    /// active tasks' statuses kept in memory), and counted from the indexes: only the tasks
     /// returned are decoded, so a long history costs key reads, not decodes.
     pub fn list_tasks(
         &self,
@@ -680,16 +690,8 @@ impl Store {
                 .map(|kv| Ok(kv?.0[p.len()..].to_vec()))
                 .collect()
         };
-        // The status of an active task from the active index; None: STOPPED.
-        let active_status = |id: &[u8]| -> Result<Option<TaskStatus>, StoreError> {
-            Ok(match self.active.get(id)? {
-                Some(v) => {
-                    let r: Reservation = decode("tasks_active", &v)?;
-                    Some(r.status())
-                }
-                None => None,
-            })
-        };
+        // Each look at the kept statuses takes the lock for itself: writers update them.
+        let reserved = || self.reserved.lock().expect("reserved lock");
         let wants_status = |status: Option<TaskStatus>| match filter.status {
             None => true,
             Some(TaskStatus::Stopped) => status.is_none(),
@@ -719,7 +721,7 @@ impl Store {
             if filter.status.is_some() {
                 let mut kept = Vec::with_capacity(ids.len());
                 for id in ids {
-                    if wants_status(active_status(&id)?) {
+                    if wants_status(reserved().status(&id)) {
                         kept.push(id);
                     }
                 }
@@ -727,22 +729,14 @@ impl Store {
             }
             ids
         } else if let Some(status) = filter.status.filter(|s| s.is_active()) {
-            let mut ids = Vec::new();
-            for kv in self.active.iter() {
-                let (id, v) = kv?;
-                let r: Reservation = decode("tasks_active", &v)?;
-                if r.status() == status {
-                    ids.push(id);
-                }
-            }
-            ids
+            reserved().ids_in(status)
         } else {
             // Everything, or everything STOPPED: the newest `limit` from the end of the
             // tasks tree (active ones skipped by key), counted without decoding.
             let stopped_only = filter.status == Some(TaskStatus::Stopped);
             let mut total = self.task_count.load(std::sync::atomic::Ordering::Acquire);
             if stopped_only {
-                total = total.saturating_sub(self.active.len());
+                total = total.saturating_sub(reserved().len());
             }
             let mut out = Vec::new();
             for kv in self.tasks.iter().rev() {
@@ -750,7 +744,7 @@ impl Store {
                     break;
                 }
                 let (id, v) = kv?;
-                if stopped_only && self.active.get(&id)?.is_some() {
+                if stopped_only && reserved().status(&id).is_some() {
                     continue;
                 }
                 out.push(decode("tasks", &v)?);
@@ -787,13 +781,19 @@ impl Store {
             .collect()
     }
 
+    /// What the active tasks placed on each node reserve there (nodes without any are
+    /// absent), from the sums the store keeps: no read of the stored reservations.
+    pub fn node_reservations(&self) -> HashMap<String, NodeReserved> {
+        self.reserved.lock().expect("reserved lock").by_node()
+    }
+
     /// Tasks that are not STOPPED, in creation order.
     ///
     /// Served from the decoded tasks the store's writes keep (`active_cache`): the service
     /// loop reads every active task on every pass, and decoding 10,000 took 80 ms. A task
     /// not cached yet (the first read after open, a new task) is decoded once and kept.
     pub fn active_tasks(&self) -> Result<Vec<Arc<Task>>, StoreError> {
-        let keys: Vec<Vec<u8>> = self.active.iter().map(key_of).collect::<Result<_, _>>()?;
+        let keys = self.reserved.lock().expect("reserved lock").ids();
         let cached: Vec<Option<Arc<Task>>> = {
             let cache = self.active_cache.lock().expect("active cache lock");
             keys.iter()
@@ -994,11 +994,14 @@ impl Store {
             Ok(())
         })?;
         let mut cache = self.active_cache.lock().expect("active cache lock");
+        let mut reserved = self.reserved.lock().expect("reserved lock");
         for (task, _) in writes {
             if task.status.is_active() {
                 cache.insert(task.id.as_bytes().to_vec(), task.clone());
+                reserved.set(&task.id, Some(Reservation::of(task)));
             } else {
                 cache.remove(task.id.as_bytes());
+                reserved.set(&task.id, None);
             }
         }
         Ok(())
@@ -1208,6 +1211,7 @@ impl Store {
             key: String,
             task_id: String,
             task: Vec<u8>,
+            reserves: Reservation,
             reservation: Vec<u8>,
             waiting: bool,
             group: Vec<u8>,
@@ -1239,6 +1243,7 @@ impl Store {
                 key: c.key,
                 task_id: c.task.id.clone(),
                 task: encode(&c.task),
+                reserves: Reservation::of(&c.task),
                 reservation: encode(&Reservation::of(&c.task)),
                 waiting: c.task.status == TaskStatus::Provisioning,
                 group: group_key(&c.task),
@@ -1304,6 +1309,13 @@ impl Store {
         match res {
             Ok(existing) => {
                 let created = existing.iter().filter(|e| e.is_none()).count();
+                let mut reserved = self.reserved.lock().expect("reserved lock");
+                for (p, existing) in prepared.into_iter().zip(&existing) {
+                    if existing.is_none() {
+                        reserved.set(&p.task_id, Some(p.reserves));
+                    }
+                }
+                drop(reserved);
                 self.task_count
                     .fetch_add(created, std::sync::atomic::Ordering::AcqRel);
                 for ((done, event), existing) in answers.into_iter().zip(existing) {
@@ -1966,6 +1978,84 @@ mod tests {
         drop(store);
         let store = reopen(dir.path());
         assert_eq!(store.active_tasks().unwrap().len(), 60);
+    }
+
+    /// The placer's per-node sums are kept in memory by the writes, not read from the
+    /// stored reservations: after creations (one at a time and batched), placements,
+    /// moves between nodes and stops, and after a reopen, they must equal the sums of the
+    /// stored reservations.
+    #[tokio::test]
+    async fn node_sums_kept_by_the_writes_equal_the_stored_reservations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let check = |store: &Store, when: &str| {
+            let stored = Reserved::summed(&store.reservations().unwrap());
+            assert_eq!(store.node_reservations(), stored, "{when}");
+        };
+        let mut made = Vec::new();
+        for i in 0..40 {
+            let mut t = task(&format!("t{i:02}"), TaskStatus::Provisioning, None);
+            t.group = format!("g{}", i % 3);
+            t.spec.containers[0].cpu = 0.1 + f64::from(i % 7) * 0.05;
+            if i % 4 < 2 {
+                // Created placed already, as a task pinned to its node is.
+                t.status = TaskStatus::Pending;
+                t.node_id = Some("n1".into());
+            }
+            if i % 2 == 0 {
+                store.create_task(&t, event).await.unwrap();
+            } else {
+                let key = format!("k{i}");
+                store
+                    .create_task_once(&key, &t, event)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            made.push(t.id);
+        }
+        check(&store, "created, half of them placed");
+        assert_eq!(store.node_reservations()["n1"].tasks, 20);
+        // Every task placed, then some moved, some stopped, some placed again: a fixed
+        // walk of moves in which each task changes more than once.
+        for round in 0..4 {
+            let moves: Vec<(String, TaskStatus, Option<String>)> = made
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let node = format!("n{}", (i + round) % 3);
+                    let status = match (i + round * 7) % 5 {
+                        0 => TaskStatus::Stopped,
+                        1 => TaskStatus::Pending,
+                        _ => TaskStatus::Running,
+                    };
+                    (id.clone(), status, Some(node))
+                })
+                .collect();
+            let ids: Vec<String> = moves.iter().map(|m| m.0.clone()).collect();
+            store
+                .update_tasks_uncommitted(&ids, |i, mut t, _| {
+                    if t.status == TaskStatus::Stopped {
+                        return Ok::<_, ()>(Decision::Keep(t));
+                    }
+                    t.status = moves[i].1;
+                    t.node_id = moves[i].2.clone();
+                    Ok(Decision::Write {
+                        task: t,
+                        event: None,
+                    })
+                })
+                .await
+                .unwrap();
+            check(&store, &format!("round {round}"));
+        }
+        assert!(!store.node_reservations().is_empty());
+        store.commit().await.unwrap();
+        let before = store.node_reservations();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.node_reservations(), before, "after a reopen");
+        check(&store, "after a reopen");
     }
 
     #[tokio::test]
