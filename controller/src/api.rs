@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::core::Core;
-use crate::model::{DefinitionStatus, Event, Task, TaskDefinition};
+use crate::model::{DefinitionStatus, Event, NodeState, Task, TaskDefinition};
 use crate::placer::node_loads;
 use crate::store::TaskFilter;
 use skiff_model::lifecycle::{StopCode, TaskStatus};
@@ -402,6 +402,31 @@ pub struct NodesApi {
 
 #[tonic::async_trait]
 impl pb::nodes_server::Nodes for NodesApi {
+    async fn set_state(
+        &self,
+        req: Request<pb::SetNodeStateRequest>,
+    ) -> Result<Response<pb::SetNodeStateResponse>, Status> {
+        let r = req.get_ref();
+        let state = match r.state.as_str() {
+            "READY" => NodeState::Ready,
+            "CORDONED" => NodeState::Cordoned,
+            "DRAINING" => NodeState::Draining,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "state: {other:?} is not READY, CORDONED or DRAINING"
+                )))
+            }
+        };
+        let before = crate::nodes::set_state(&self.core, &r.node_id, state)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("node_id: no node {:?}", r.node_id)))?;
+        Ok(Response::new(pb::SetNodeStateResponse {
+            node_id: r.node_id.clone(),
+            state: state.as_str().into(),
+            previous_state: before.as_str().into(),
+        }))
+    }
+
     async fn revoke(
         &self,
         req: Request<pb::RevokeNodeRequest>,

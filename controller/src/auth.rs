@@ -102,7 +102,9 @@ pub fn required_role(path: &str) -> Option<Role> {
         }),
         "skiff.v1.Nodes" => Some(match method {
             "Revoke" => Role::Admin,
-            _ => Role::ReadOnly,
+            "SetState" => Role::Operator,
+            "List" => Role::ReadOnly,
+            _ => Role::Admin,
         }),
         "skiff.v1.Events" => Some(match method {
             "Put" => Role::Operator,

@@ -37,6 +37,49 @@ pub async fn register(core: &Core, reg: Registration) -> Result<Node, CoreError>
         .await?)
 }
 
+/// The detail-type of the event a node's state change puts on the bus.
+pub const NODE_STATE_CHANGE: &str = "Node State Change";
+/// The source of those events.
+pub const NODE_SOURCE: &str = "skiff.nodes";
+
+/// Sets whether node `node` takes tasks (READY, CORDONED, DRAINING); returns its state before.
+/// None: no such node. The placer and the service loop are woken: an uncordoned node may
+/// take waiting tasks, a draining one's service tasks are replaced.
+pub async fn set_state(
+    core: &Core,
+    node: &str,
+    state: NodeState,
+) -> Result<Option<NodeState>, CoreError> {
+    let Some(before) = core.store.nodes.get(node)? else {
+        return Ok(None);
+    };
+    if before.state != state {
+        core.store
+            .nodes
+            .update(node, |n| {
+                n.state = state;
+                Ok::<(), ()>(())
+            })
+            .await?
+            .ok();
+        let detail = serde_json::json!({
+            "node": node, "state": state.as_str(), "previous_state": before.state.as_str(),
+        });
+        let ev = crate::model::Event {
+            id: String::new(),
+            source: NODE_SOURCE.to_string(),
+            detail_type: NODE_STATE_CHANGE.to_string(),
+            time_ms: core.clock.now_ms(),
+            resources: vec![format!("node/{node}")],
+            detail,
+        };
+        crate::events::put(core, vec![ev]).await?;
+        core.loops.wake(crate::wake::Loop::Placer);
+        core.loops.wake(crate::wake::Loop::Services);
+    }
+    Ok(Some(before.state))
+}
+
 /// Revokes every certificate of a node still valid; returns how many. None: no such node.
 pub async fn revoke_certificates(core: &Core, node: &str) -> Result<Option<u32>, CoreError> {
     if core.store.nodes.get(node)?.is_none() {

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
-use crate::model::{Backlog, DesiredStatus, Service, ServiceMode, Task};
+use crate::model::{Backlog, DesiredStatus, NodeState, Service, ServiceMode, Task};
 use crate::wake::Loop;
 use skiff_model::lifecycle::StopCode;
 use skiff_model::service::{self as decide, Finished, Inputs, TaskView};
@@ -90,7 +90,15 @@ async fn reconcile_one(
         .service_states
         .get(&svc.name)?
         .unwrap_or_default();
-    let active: Vec<TaskView> = mine.iter().map(|t| view(t)).collect();
+    let draining: HashSet<String> = core
+        .store
+        .nodes
+        .list()?
+        .into_iter()
+        .filter(|n| n.state == NodeState::Draining)
+        .map(|n| n.id)
+        .collect();
+    let active: Vec<TaskView> = mine.iter().map(|t| view(t, &draining)).collect();
     let live: HashSet<&str> = mine.iter().map(|t| t.id.as_str()).collect();
     let mut finished = Vec::new();
     for (id, deployment) in &state.tasks {
@@ -168,8 +176,9 @@ async fn reconcile_one(
     Ok(pass.wake_at_ms)
 }
 
-fn view(t: &Task) -> TaskView {
+fn view(t: &Task, draining: &HashSet<String>) -> TaskView {
     TaskView {
+        draining: t.node_id.as_ref().is_some_and(|n| draining.contains(n)),
         id: t.id.clone(),
         deployment: t.started_by.clone(),
         status: t.status,

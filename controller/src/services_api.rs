@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::core::Core;
 use crate::model::{
-    Autoscaling, Backlog, DeploymentConfig, PlacementConstraint, Service, ServiceMode,
-    ServicePlacement, ServiceState, Task,
+    Autoscaling, Backlog, DeploymentConfig, PlacementConstraint, PlacementPreference,
+    PlacementStrategy, Service, ServiceMode, ServicePlacement, ServiceState, Task,
 };
 use crate::services;
 use skiff_model::lifecycle::TaskStatus;
@@ -21,6 +21,24 @@ const DEFAULT_STALE_AFTER_SECS: u32 = 60;
 
 fn invalid(e: InvalidField) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+fn constraint_from_pb(c: &pb::PlacementConstraint) -> PlacementConstraint {
+    PlacementConstraint {
+        label: c.label.clone(),
+        value: c.value.clone(),
+        not: c.not,
+        values: c.values.clone(),
+    }
+}
+
+fn constraint_to_pb(c: &PlacementConstraint) -> pb::PlacementConstraint {
+    pb::PlacementConstraint {
+        label: c.label.clone(),
+        value: c.value.clone(),
+        not: c.not,
+        values: c.values.clone(),
+    }
 }
 
 fn from_pb(s: &pb::Service) -> Result<Service, InvalidField> {
@@ -50,18 +68,33 @@ fn from_pb(s: &pb::Service) -> Result<Service, InvalidField> {
         placement: s
             .placement
             .as_ref()
-            .map(|p| ServicePlacement {
-                constraints: p
-                    .constraints
-                    .iter()
-                    .map(|c| PlacementConstraint {
-                        label: c.label.clone(),
-                        value: c.value.clone(),
-                        not: c.not,
-                    })
-                    .collect(),
-                spread: p.spread,
+            .map(|p| -> Result<ServicePlacement, InvalidField> {
+                Ok(ServicePlacement {
+                    constraints: p.constraints.iter().map(constraint_from_pb).collect(),
+                    spread: p.spread,
+                    strategy: PlacementStrategy::parse(&p.strategy).ok_or_else(|| {
+                        InvalidField {
+                            field: "placement.strategy".into(),
+                            problem: format!("{:?} is not binpack or spread", p.strategy),
+                        }
+                    })?,
+                    spread_over: p.spread_over.clone(),
+                    distinct_nodes: p.distinct_nodes,
+                    preferences: p
+                        .preferences
+                        .iter()
+                        .map(|pref| PlacementPreference {
+                            constraint: pref
+                                .constraint
+                                .as_ref()
+                                .map(constraint_from_pb)
+                                .unwrap_or_else(|| constraint_from_pb(&Default::default())),
+                            weight: pref.weight,
+                        })
+                        .collect(),
+                })
             })
+            .transpose()?
             .unwrap_or_default(),
         autoscaling: s.autoscaling.as_ref().map(|a| Autoscaling {
             source: a.source.clone(),
@@ -98,13 +131,21 @@ fn to_pb(s: &Service) -> pb::Service {
                 .placement
                 .constraints
                 .iter()
-                .map(|c| pb::PlacementConstraint {
-                    label: c.label.clone(),
-                    value: c.value.clone(),
-                    not: c.not,
-                })
+                .map(constraint_to_pb)
                 .collect(),
             spread: s.placement.spread,
+            strategy: s.placement.strategy.as_str().into(),
+            spread_over: s.placement.spread_over.clone(),
+            distinct_nodes: s.placement.distinct_nodes,
+            preferences: s
+                .placement
+                .preferences
+                .iter()
+                .map(|p| pb::PlacementPreference {
+                    constraint: Some(constraint_to_pb(&p.constraint)),
+                    weight: p.weight,
+                })
+                .collect(),
         }),
         autoscaling: s.autoscaling.as_ref().map(|a| pb::Autoscaling {
             source: a.source.clone(),

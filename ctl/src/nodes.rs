@@ -1,4 +1,5 @@
-//! `skiff nodes`: list nodes with capacity and use, and cut one off.
+//! `skiff nodes`: list nodes with capacity and use, take one out of service (cordon,
+//! drain) and back, and cut one off.
 
 use clap::Subcommand;
 use skiff_proto::v1 as pb;
@@ -15,10 +16,51 @@ pub enum NodesCmd {
         /// The node's id.
         node: String,
     },
+    /// Stop placing new tasks on a node; the tasks running there stay.
+    Cordon {
+        /// The node's id.
+        node: String,
+    },
+    /// Stop placing new tasks on a node and move its service tasks to other nodes, each
+    /// service within its deployment limits (a task stops once its replacement serves when
+    /// minimum healthy percent asks for it). Tasks of no service stay until they end.
+    Drain {
+        /// The node's id.
+        node: String,
+    },
+    /// Let a cordoned or draining node take tasks again.
+    Uncordon {
+        /// The node's id.
+        node: String,
+    },
 }
 
 pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32> {
     let mut client = pb::nodes_client::NodesClient::new(connect(addr).await?);
+    let set = match &cmd {
+        NodesCmd::Cordon { node } => Some((node.clone(), "CORDONED")),
+        NodesCmd::Drain { node } => Some((node.clone(), "DRAINING")),
+        NodesCmd::Uncordon { node } => Some((node.clone(), "READY")),
+        _ => None,
+    };
+    if let Some((node, state)) = set {
+        let r = client
+            .set_state(pb::SetNodeStateRequest {
+                node_id: node,
+                state: state.into(),
+            })
+            .await
+            .map_err(api_error)?
+            .into_inner();
+        match fmt {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({"node": r.node_id, "state": r.state, "previousState": r.previous_state})
+            ),
+            Format::Table => println!("node {}: {} (was {})", r.node_id, r.state, r.previous_state),
+        }
+        return Ok(0);
+    }
     if let NodesCmd::Revoke { node } = cmd {
         let r = client
             .revoke(pb::RevokeNodeRequest {

@@ -114,11 +114,28 @@ struct DeploymentFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlacementFile {
-    /// "label == value" or "label != value".
+    /// "label == value", "label != value", "label in (a, b)", "label not in (a, b)".
     #[serde(default)]
     constraints: Vec<String>,
     #[serde(default)]
     spread: bool,
+    /// binpack (default) or spread.
+    #[serde(default)]
+    strategy: String,
+    #[serde(default)]
+    spread_over: String,
+    #[serde(default)]
+    distinct_nodes: bool,
+    #[serde(default)]
+    preferences: Vec<PreferenceFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreferenceFile {
+    /// As a constraint is written.
+    constraint: String,
+    weight: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,21 +187,53 @@ fn secs(field: &str, d: Option<DurationField>) -> anyhow::Result<Option<u32>> {
         .transpose()
 }
 
-/// `label == value` or `label != value`.
-fn constraint(i: usize, s: &str) -> anyhow::Result<pb::PlacementConstraint> {
+/// `label == value`, `label != value`, `label in (a, b)` or `label not in (a, b)` (square
+/// brackets work too); `field` names it in errors.
+pub fn constraint(field: &str, s: &str) -> anyhow::Result<pb::PlacementConstraint> {
+    let usage = || {
+        anyhow::anyhow!(
+            "{field}: {s:?} is not \"label == value\", \"label != value\", \"label in (a, b)\" or \"label not in (a, b)\""
+        )
+    };
+    let list = |l: &str, v: &str, not: bool| -> anyhow::Result<pb::PlacementConstraint> {
+        let v = v.trim();
+        let inner = v
+            .strip_prefix('(')
+            .and_then(|v| v.strip_suffix(')'))
+            .or_else(|| v.strip_prefix('[').and_then(|v| v.strip_suffix(']')))
+            .ok_or_else(usage)?;
+        let values: Vec<String> = inner.split(',').map(|x| x.trim().to_string()).collect();
+        if values.iter().any(String::is_empty) {
+            anyhow::bail!("{field}: {s:?} lists an empty value");
+        }
+        Ok(pb::PlacementConstraint {
+            label: l.trim().to_string(),
+            value: String::new(),
+            not,
+            values,
+        })
+    };
+    if let Some((l, v)) = s.split_once(" not in ") {
+        return list(l, v, true);
+    }
+    if let Some((l, v)) = s.split_once(" in ") {
+        return list(l, v, false);
+    }
     let (label, value, not) = if let Some((l, v)) = s.split_once("!=") {
         (l, v, true)
     } else if let Some((l, v)) = s.split_once("==") {
         (l, v, false)
     } else {
-        anyhow::bail!(
-            "placement.constraints[{i}]: {s:?} is not \"label == value\" or \"label != value\""
-        );
+        return Err(usage());
     };
+    if label.trim().is_empty() || value.trim().is_empty() {
+        return Err(usage());
+    }
     Ok(pb::PlacementConstraint {
         label: label.trim().to_string(),
         value: value.trim().to_string(),
         not,
+        values: vec![],
     })
 }
 
@@ -210,9 +259,26 @@ pub fn load(path: &Path) -> anyhow::Result<pb::Service> {
                         .constraints
                         .iter()
                         .enumerate()
-                        .map(|(i, c)| constraint(i, c))
+                        .map(|(i, c)| constraint(&format!("placement.constraints[{i}]"), c))
                         .collect::<anyhow::Result<_>>()?,
                     spread: p.spread,
+                    strategy: p.strategy,
+                    spread_over: p.spread_over,
+                    distinct_nodes: p.distinct_nodes,
+                    preferences: p
+                        .preferences
+                        .iter()
+                        .enumerate()
+                        .map(|(i, pref)| -> anyhow::Result<_> {
+                            Ok(pb::PlacementPreference {
+                                constraint: Some(constraint(
+                                    &format!("placement.preferences[{i}].constraint"),
+                                    &pref.constraint,
+                                )?),
+                                weight: pref.weight,
+                            })
+                        })
+                        .collect::<anyhow::Result<_>>()?,
                 })
             })
             .transpose()?,
@@ -571,4 +637,38 @@ pub async fn services(addr: &str, fmt: Format, cmd: ServicesCmd) -> anyhow::Resu
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constraint;
+
+    #[test]
+    fn constraints_are_read_as_operators_write_them() {
+        let c = constraint("c", "node.labels.disk == ssd").unwrap();
+        assert_eq!(
+            (c.label.as_str(), c.value.as_str(), c.not),
+            ("node.labels.disk", "ssd", false)
+        );
+        let c = constraint("c", "zone != west").unwrap();
+        assert!(c.not);
+        let c = constraint("c", "disk in (ssd, nvme)").unwrap();
+        assert_eq!(c.values, ["ssd", "nvme"]);
+        assert!(!c.not);
+        let c = constraint("c", "rack not in [r1,r2]").unwrap();
+        assert_eq!((c.label.as_str(), c.not), ("rack", true));
+        assert_eq!(c.values, ["r1", "r2"]);
+        for bad in [
+            "disk",
+            "disk in ssd",
+            "disk in (ssd, )",
+            "== ssd",
+            "disk ==",
+        ] {
+            let e = constraint("placement.constraints[2]", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("placement.constraints[2]: "), "{bad}: {e}");
+        }
+    }
 }

@@ -77,7 +77,8 @@ mod tests {
         for (file, text) in [
             ("model.rs", include_str!("model.rs")),
             ("lifecycle.rs", include_str!("lifecycle.rs")),
-            ("placement.rs", include_str!("placement.rs")),
+            ("placement/mod.rs", include_str!("placement/mod.rs")),
+            ("placement/choose.rs", include_str!("placement/choose.rs")),
             ("queue.rs", include_str!("queue.rs")),
             ("pattern/mod.rs", include_str!("pattern/mod.rs")),
             ("pattern/set/mod.rs", include_str!("pattern/set/mod.rs")),

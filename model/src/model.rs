@@ -500,8 +500,11 @@ impl Task {
 #[serde(rename_all = "UPPERCASE")]
 pub enum NodeState {
     Ready,
+    /// No new tasks; its service tasks are moved to other nodes (`skiff nodes drain`).
     Draining,
     Down,
+    /// No new tasks; what runs there stays (`skiff nodes cordon`).
+    Cordoned,
 }
 
 impl NodeState {
@@ -510,6 +513,7 @@ impl NodeState {
             NodeState::Ready => "READY",
             NodeState::Draining => "DRAINING",
             NodeState::Down => "DOWN",
+            NodeState::Cordoned => "CORDONED",
         }
     }
 }
@@ -1218,23 +1222,106 @@ impl Default for DeploymentConfig {
     }
 }
 
-/// Where a service's tasks may go.
+/// Where a service's tasks may go, and which of the nodes that may take one gets it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServicePlacement {
-    /// Every one must hold for a node (node labels).
+    /// Every one must hold for a node.
     pub constraints: Vec<PlacementConstraint>,
     /// Spread the service's tasks over the nodes that qualify (fewest of them first).
     pub spread: bool,
+    /// Among the nodes that fit, the fullest (bin-pack, the default) or the emptiest.
+    #[serde(default)]
+    pub strategy: PlacementStrategy,
+    /// A node label (or `node.id`) whose values the service's tasks are spread over:
+    /// zones, racks. The value with the fewest of its tasks goes first.
+    #[serde(default)]
+    pub spread_over: String,
+    /// At most one of the service's tasks on a node.
+    #[serde(default)]
+    pub distinct_nodes: bool,
+    /// Soft constraints: among the nodes that may take the task, those meeting more
+    /// weight of these go first.
+    #[serde(default)]
+    pub preferences: Vec<PlacementPreference>,
 }
 
-/// `label == value` (or `!=`) on a node's labels.
+/// Which node of those that fit gets a task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementStrategy {
+    /// The node with the least CPU (then memory) left: keeps whole nodes free for big
+    /// tasks.
+    #[default]
+    Binpack,
+    /// The node with the most CPU (then memory) left: evens the load.
+    Spread,
+}
+
+impl PlacementStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementStrategy::Binpack => "binpack",
+            PlacementStrategy::Spread => "spread",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PlacementStrategy> {
+        match s {
+            "" | "binpack" => Some(PlacementStrategy::Binpack),
+            "spread" => Some(PlacementStrategy::Spread),
+            _ => None,
+        }
+    }
+}
+
+/// `label == value`, `!=`, `in (a, b)` or `not in (a, b)` on a node's attributes: its
+/// labels (`disk` or `node.labels.disk`) and `node.id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlacementConstraint {
     pub label: String,
     pub value: String,
-    /// `!=` instead of `==`.
+    /// `!=` instead of `==` (with `values`: `not in`).
     #[serde(default)]
     pub not: bool,
+    /// `in`: any of these (then `value` is unused).
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl PlacementConstraint {
+    /// Whether a node whose attribute `label` has `found` (None: it has no such
+    /// attribute) meets this constraint.
+    pub fn holds(&self, found: Option<&str>) -> bool {
+        let hit = match found {
+            None => false,
+            Some(v) if self.values.is_empty() => v == self.value,
+            Some(v) => self.values.iter().any(|x| x == v),
+        };
+        hit != self.not
+    }
+}
+
+impl std::fmt::Display for PlacementConstraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.values.is_empty(), self.not) {
+            (true, false) => write!(f, "{} == {}", self.label, self.value),
+            (true, true) => write!(f, "{} != {}", self.label, self.value),
+            (false, not) => write!(
+                f,
+                "{} {}in ({})",
+                self.label,
+                if not { "not " } else { "" },
+                self.values.join(", ")
+            ),
+        }
+    }
+}
+
+/// A soft constraint with its weight (1–100).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlacementPreference {
+    pub constraint: PlacementConstraint,
+    pub weight: u32,
 }
 
 /// Target tracking on a queue's backlog per task.

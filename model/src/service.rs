@@ -32,6 +32,8 @@ pub struct TaskView {
     /// The health of its essential containers with health checks (None: none has one):
     /// UNHEALTHY if one is, UNKNOWN if one is not known yet, else HEALTHY.
     pub health: Option<Health>,
+    /// Its node is being drained: it is replaced elsewhere, within the deployment limits.
+    pub draining: bool,
 }
 
 impl TaskView {
@@ -188,6 +190,28 @@ pub fn reconcile(i: &Inputs) -> Pass {
     }
     old_live = old_serving;
 
+    // Tasks on draining nodes leave like an old deployment's: replacements are started
+    // elsewhere within maximum percent, and the serving ones stop as minimum healthy allows
+    // (the others at once).
+    let (leaving, staying): (Vec<&TaskView>, Vec<&TaskView>) =
+        new_live.iter().copied().partition(|t| t.draining);
+    new_live = staying;
+    let (leaving_serving, leaving_waiting): (Vec<&TaskView>, Vec<&TaskView>) =
+        leaving.iter().copied().partition(|t| t.healthy());
+    for t in &leaving_waiting {
+        pass.stop
+            .push((t.id.clone(), "its node is being drained".into()));
+    }
+    if !leaving.is_empty() {
+        note(
+            &mut st,
+            now,
+            "drain",
+            format!("moving {} task(s) off draining nodes", leaving.len()),
+            json!({"service": name, "leaving": leaving.len(), "desired": desired}),
+        );
+    }
+
     // More new tasks than desired (scale in, drain): waiting ones first, then the newest.
     if new_live.len() > desired as usize {
         new_live.sort_by_key(|t| (t.healthy(), std::cmp::Reverse(t.started_at_ms)));
@@ -207,7 +231,7 @@ pub fn reconcile(i: &Inputs) -> Pass {
         .as_ref()
         .is_some_and(|p| p.rollout == RolloutState::Failed);
     let need = (desired as usize).saturating_sub(new_live.len());
-    let room = max_total.saturating_sub(new_live.len() + old_live.len());
+    let room = max_total.saturating_sub(new_live.len() + old_live.len() + leaving_serving.len());
     let starts = need.min(room);
     if starts > 0 {
         if let Some(p) = &primary {
@@ -228,7 +252,7 @@ pub fn reconcile(i: &Inputs) -> Pass {
                 let detail = json!({
                     "service": name, "action": "start", "deployment": p.id,
                     "task_definition": p.task_definition, "count": starts,
-                    "desired": desired, "running": count_healthy(&new_live) + old_live.len(),
+                    "desired": desired, "running": count_healthy(&new_live) + old_live.len() + leaving_serving.len(),
                     "pending": new_live.iter().filter(|t| !t.healthy()).count(),
                 });
                 pass.events.push(Announce {
@@ -246,13 +270,19 @@ pub fn reconcile(i: &Inputs) -> Pass {
         }
     }
 
-    // Old serving tasks go as far as minimum healthy allows.
-    let serving = count_healthy(&new_live) + old_live.len();
-    let may_stop = serving.saturating_sub(min_healthy).min(old_live.len());
+    // Old serving tasks, then serving tasks on draining nodes, go as far as minimum healthy
+    // allows.
+    let serving = count_healthy(&new_live) + old_live.len() + leaving_serving.len();
+    let mut may_stop = serving.saturating_sub(min_healthy);
     old_live.sort_by_key(|t| t.started_at_ms);
     for t in old_live.iter().take(may_stop) {
         pass.stop
             .push((t.id.clone(), "replaced by a newer deployment".into()));
+    }
+    may_stop = may_stop.saturating_sub(old_live.len());
+    for t in leaving_serving.iter().take(may_stop) {
+        pass.stop
+            .push((t.id.clone(), "its node is being drained".into()));
     }
 
     complete_deployments(i, &mut st, &mut pass, desired);

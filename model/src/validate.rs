@@ -839,12 +839,23 @@ pub fn service(s: &crate::model::Service) -> Result<(), InvalidField> {
     }
     at_most("stop_timeout", s.stop_timeout_secs, 3600, "s")?;
     for (i, c) in s.placement.constraints.iter().enumerate() {
-        if c.label.is_empty() {
+        constraint(&format!("placement.constraints[{i}]"), c)?;
+    }
+    for (i, p) in s.placement.preferences.iter().enumerate() {
+        let field = format!("placement.preferences[{i}]");
+        constraint(&field, &p.constraint)?;
+        if !(1..=100).contains(&p.weight) {
             return Err(bad(
-                format!("placement.constraints[{i}].label"),
-                "must not be empty",
+                format!("{field}.weight"),
+                format!("{} is not between 1 and 100", p.weight),
             ));
         }
+    }
+    if s.placement.spread_over.trim() != s.placement.spread_over {
+        return Err(bad(
+            "placement.spread_over",
+            "must be a label name without surrounding spaces",
+        ));
     }
     if let Some(a) = &s.autoscaling {
         match a.source.split_once(':') {
@@ -901,6 +912,20 @@ pub fn service(s: &crate::model::Service) -> Result<(), InvalidField> {
         return Err(bad(
             "mode",
             "task-per-message takes its messages from a built-in queue: set autoscaling.source to queue:<name>",
+        ));
+    }
+    Ok(())
+}
+
+/// A placement constraint: a label, and a value or (for `in`) a list of values.
+fn constraint(field: &str, c: &crate::model::PlacementConstraint) -> Result<(), InvalidField> {
+    if c.label.trim().is_empty() {
+        return Err(bad(format!("{field}.label"), "must not be empty"));
+    }
+    if c.values.iter().any(|v| v.is_empty()) {
+        return Err(bad(
+            format!("{field}.values"),
+            "an empty value; give the values \"in\" takes, e.g. disk in (ssd, nvme)",
         ));
     }
     Ok(())
@@ -992,5 +1017,50 @@ mod network_tests {
         // The same port number over UDP is another port.
         spec.containers[0].port_mappings[1].protocol = PortProtocol::Udp;
         task_spec(&spec).unwrap();
+    }
+
+    #[test]
+    fn placement_names_the_constraint_or_preference_that_is_wrong() {
+        use crate::model::{PlacementConstraint, PlacementPreference, Service};
+        let mut svc = Service {
+            name: "web".into(),
+            description: String::new(),
+            task_definition: "web".into(),
+            desired_count: 1,
+            deployment: Default::default(),
+            stop_timeout_secs: 0,
+            placement: Default::default(),
+            autoscaling: None,
+            mode: Default::default(),
+            created_ms: 0,
+            updated_ms: 0,
+        };
+        service(&svc).unwrap();
+        let c = |label: &str, values: &[&str]| PlacementConstraint {
+            label: label.into(),
+            value: String::new(),
+            not: false,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        svc.placement.constraints = vec![c("disk", &["ssd"]), c(" ", &[])];
+        assert_eq!(
+            service(&svc).unwrap_err().field,
+            "placement.constraints[1].label"
+        );
+        svc.placement.constraints = vec![c("disk", &["ssd", ""])];
+        assert_eq!(
+            service(&svc).unwrap_err().field,
+            "placement.constraints[0].values"
+        );
+        svc.placement.constraints.clear();
+        svc.placement.preferences = vec![PlacementPreference {
+            constraint: c("gpu", &["yes"]),
+            weight: 0,
+        }];
+        let e = service(&svc).unwrap_err();
+        assert_eq!(e.field, "placement.preferences[0].weight");
+        assert!(e.problem.contains("between 1 and 100"), "{e}");
+        svc.placement.preferences[0].weight = 100;
+        service(&svc).unwrap();
     }
 }

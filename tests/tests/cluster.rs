@@ -732,3 +732,166 @@ fn node_certificates_are_renewed_before_they_expire() {
     );
     assert_eq!(out.stdout, "renewed\n", "{out:?}\n{}", env.logs());
 }
+
+/// The nodes (ids) the RUNNING tasks of service `name` run on, sorted; None while any of
+/// its tasks is not RUNNING or there are not `n`.
+fn service_nodes(addr: &str, name: &str, n: usize) -> Option<Vec<String>> {
+    let out = cli(addr, &["services", "describe", name, "-o", "json"]).json();
+    let tasks = out["tasks"].as_array()?;
+    let running: Vec<String> = tasks
+        .iter()
+        .filter(|t| t["lastStatus"] == "RUNNING")
+        .map(|t| t["nodeId"].as_str().unwrap_or("").to_string())
+        .collect();
+    if running.len() != n || tasks.len() != n {
+        return None;
+    }
+    let mut nodes = running;
+    nodes.sort();
+    Some(nodes)
+}
+
+/// Placement across three labelled nodes, as an operator uses it: a constraint keeps a
+/// service in its zone and bin-pack puts its tasks on one node; distinct nodes put one task
+/// per node; a cordoned node takes nothing and a task that fits nowhere says how many nodes
+/// each reason excluded; a drained node's service tasks move to the other node of the zone
+/// while the service stays at its desired count, and an uncordoned node takes tasks again.
+#[test]
+fn constraints_binpack_distinct_nodes_cordon_and_drain_across_three_nodes() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
+    for (node, zone) in [("a", "east"), ("b", "east"), ("c", "west")] {
+        let label = format!("zone={zone}");
+        env.agent(
+            &addr,
+            node,
+            &["--cpu", "2", "--memory", "1024", "--label", &label],
+        );
+    }
+    for node in ["a", "b", "c"] {
+        wait_for("the node connected", LONG, || {
+            node_connected(&addr, node).then_some(())
+        });
+    }
+    env.register_json(
+        &addr,
+        serde_json::json!({"family": "web", "containers": [{"name": "main",
+            "image": env.busybox_image(), "command": ["sleep", "3600"], "cpu": 0.5,
+            "memory": 64, "stop_timeout": 1}]}),
+    );
+    let service = |name: &str, yaml: &str| {
+        let f = env.path(&format!("{name}.yaml"));
+        std::fs::write(&f, yaml).unwrap();
+        let out = cli(&addr, &["services", "create", "-f", f.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{out:?}");
+    };
+
+    // In zone east only, bin-packed: both tasks on one east node.
+    service(
+        "web",
+        "name: web\ntask_definition: web\ndesired_count: 2\nplacement:\n  constraints: [\"node.labels.zone == east\"]\n",
+    );
+    let web = wait_for("web's 2 tasks RUNNING", LONG, || {
+        service_nodes(&addr, "web", 2)
+    });
+    assert_eq!(web[0], web[1], "bin-pack puts both on one node: {web:?}");
+    let packed = web[0].clone();
+    assert!(packed == "a" || packed == "b", "zone east only: {web:?}");
+    let other_east = if packed == "a" { "b" } else { "a" };
+
+    // One per node.
+    service(
+        "spread",
+        "name: spread\ntask_definition: web\ndesired_count: 3\nplacement:\n  distinct_nodes: true\n",
+    );
+    let spread = wait_for("spread's 3 tasks RUNNING", LONG, || {
+        service_nodes(&addr, "spread", 3)
+    });
+    assert_eq!(spread, ["a", "b", "c"]);
+
+    // Cordoned: c takes nothing, so a fourth task of `spread` has nowhere to go, and says
+    // why with the count of each reason.
+    let out = cli(&addr, &["nodes", "cordon", "c", "-o", "json"]).json();
+    assert_eq!(out["state"], "CORDONED", "{out}");
+    assert_eq!(out["previousState"], "READY", "{out}");
+    let ls = cli(&addr, &["nodes", "ls", "-o", "json"]).json();
+    let c = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "c")
+        .unwrap();
+    assert_eq!(c["state"], "CORDONED", "{ls}");
+    assert_eq!(cli(&addr, &["services", "scale", "spread", "4"]).code, 0);
+    let reason = wait_for("the fourth task waiting with its reason", LONG, || {
+        let out = cli(&addr, &["services", "describe", "spread", "-o", "json"]).json();
+        out["tasks"]
+            .as_array()?
+            .iter()
+            .find(|t| t["lastStatus"] == "PROVISIONING")
+            .map(|t| t["statusReason"].as_str().unwrap_or("").to_string())
+            .filter(|r| !r.is_empty())
+    });
+    assert!(reason.contains("distinct nodes"), "{reason}");
+    assert!(
+        reason.contains("of 3 nodes: 1 not READY (draining, cordoned or down), 2 already running one of its group"),
+        "{reason}"
+    );
+    // The task on c still runs: cordon moves nothing.
+    assert_eq!(cli(&addr, &["services", "rm", "spread"]).code, 0);
+    wait_for("spread gone", LONG, || {
+        (cli(&addr, &["services", "describe", "spread"]).code != 0).then_some(())
+    });
+
+    // Drained: web's tasks move to the other east node (not c: the constraint), and web
+    // never drops below 2 RUNNING (minimum healthy 100%).
+    let out = cli(&addr, &["nodes", "drain", &packed]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("DRAINING (was READY)"), "{out:?}");
+    let moved = wait_for("web's tasks moved off the drained node", LONG, || {
+        let out = cli(&addr, &["services", "describe", "web", "-o", "json"]).json();
+        let tasks = out["tasks"].as_array()?;
+        let running: Vec<&str> = tasks
+            .iter()
+            .filter(|t| t["lastStatus"] == "RUNNING")
+            .map(|t| t["nodeId"].as_str().unwrap_or(""))
+            .collect();
+        assert!(
+            running.len() >= 2,
+            "web fell below its desired count: {out}"
+        );
+        (tasks.len() == 2 && running.iter().all(|n| *n == other_east)).then_some(out)
+    });
+    let decisions = moved["decisions"].to_string();
+    assert!(decisions.contains("off draining nodes"), "{moved}");
+    let listed = cli(
+        &addr,
+        &[
+            "tasks",
+            "ls",
+            "--group",
+            "service:web",
+            "--status",
+            "STOPPED",
+            "-o",
+            "json",
+        ],
+    )
+    .json();
+    let stopped = listed.as_array().unwrap();
+    assert_eq!(stopped.len(), 2, "{listed}");
+    for t in stopped {
+        assert_eq!(t["nodeId"], packed.as_str(), "{t}");
+        assert_eq!(t["stoppedReason"], "its node is being drained", "{t}");
+    }
+
+    // Uncordoned, the drained node takes tasks again.
+    let out = cli(&addr, &["nodes", "uncordon", &packed, "-o", "json"]).json();
+    assert_eq!(out["state"], "READY", "{out}");
+    assert_eq!(cli(&addr, &["services", "scale", "web", "5"]).code, 0);
+    let web = wait_for("web's 5 tasks RUNNING", LONG, || {
+        service_nodes(&addr, "web", 5)
+    });
+    assert!(web.iter().any(|n| n == &packed), "{web:?}");
+    assert!(web.iter().all(|n| n != "c"), "{web:?}");
+}

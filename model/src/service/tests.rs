@@ -50,6 +50,7 @@ fn running(id: &str, dep: &str, started: i64) -> TaskView {
         stopping: false,
         started_at_ms: started,
         health: None,
+        draining: false,
     }
 }
 
@@ -528,4 +529,134 @@ fn an_unhealthy_task_is_replaced_and_counts_as_failed_and_unknown_health_is_not_
     );
     assert_eq!(p.state.consecutive_failures, 0, "c stayed up");
     assert_eq!(p.state.deployments[0].rollout, RolloutState::Completed);
+}
+
+/// A task on a draining node leaves like an old deployment's task: with the defaults (100%
+/// healthy, 200% max) replacements start first and it stops once they serve; with 50% / 100%
+/// one stops first and its replacement starts in the next pass; tasks not serving yet go at
+/// once; a task on a node that is not draining stays.
+#[test]
+fn tasks_on_a_draining_node_are_replaced_within_the_deployment_limits() {
+    let st = state(vec![deployment("d1", "web:1", RolloutState::Completed)]);
+    let on_drained = |id: &str| TaskView {
+        draining: true,
+        ..running(id, "d1", 1)
+    };
+    let svc = service(2);
+    let p = pass(
+        &svc,
+        &st,
+        &[on_drained("a"), running("b", "d1", 1)],
+        &[],
+        20_000,
+    );
+    assert_eq!(p.start.len(), 1, "one replacement: {p:?}");
+    assert!(
+        p.stop.is_empty(),
+        "a serves until its replacement does: {p:?}"
+    );
+    let actions: Vec<&str> = p
+        .state
+        .decisions
+        .iter()
+        .map(|d| d.action.as_str())
+        .collect();
+    assert_eq!(actions, ["start", "drain"]);
+    // The replacement serves: a stops.
+    let p = pass(
+        &svc,
+        &p.state,
+        &[
+            on_drained("a"),
+            running("b", "d1", 1),
+            running("c", "d1", 25_000),
+        ],
+        &[],
+        30_000,
+    );
+    assert!(p.start.is_empty(), "{p:?}");
+    assert_eq!(
+        p.stop,
+        [("a".to_string(), "its node is being drained".to_string())]
+    );
+
+    // Every task drains: both replacements start; while they are not serving yet, the
+    // drained ones are not excess to scale in — they serve until the replacements do.
+    let p = pass(&svc, &st, &[on_drained("a"), on_drained("b")], &[], 20_000);
+    assert_eq!(p.start.len(), 2, "{p:?}");
+    assert!(p.stop.is_empty(), "{p:?}");
+    let p = pass(
+        &svc,
+        &p.state,
+        &[
+            on_drained("a"),
+            on_drained("b"),
+            pending("n1", "d1"),
+            pending("n2", "d1"),
+        ],
+        &[],
+        21_000,
+    );
+    assert!(p.start.is_empty() && p.stop.is_empty(), "{p:?}");
+    let p = pass(
+        &svc,
+        &p.state,
+        &[
+            on_drained("a"),
+            on_drained("b"),
+            running("n1", "d1", 21_500),
+            pending("n2", "d1"),
+        ],
+        &[],
+        22_000,
+    );
+    assert_eq!(
+        p.stop.len(),
+        1,
+        "one may go once one replacement serves: {p:?}"
+    );
+
+    // 50% healthy, 100% max: no room for a replacement, so one goes first.
+    let mut tight = service(2);
+    tight.deployment.minimum_healthy_percent = 50;
+    tight.deployment.maximum_percent = 100;
+    let p = pass(
+        &tight,
+        &st,
+        &[on_drained("a"), on_drained("b")],
+        &[],
+        20_000,
+    );
+    assert!(p.start.is_empty(), "{p:?}");
+    assert_eq!(p.stop.len(), 1, "{p:?}");
+    let gone = p.stop[0].0.clone();
+    let left = if gone == "a" { "b" } else { "a" };
+    let p = pass(&tight, &p.state, &[on_drained(left)], &[], 21_000);
+    assert_eq!(p.start.len(), 1, "{p:?}");
+    assert!(
+        p.stop.is_empty(),
+        "the last one serves until its replacement does: {p:?}"
+    );
+
+    // Not serving yet: stopped at once, replaced.
+    let waiting = TaskView {
+        draining: true,
+        ..pending("p", "d1")
+    };
+    let p = pass(&svc, &st, &[waiting, running("b", "d1", 1)], &[], 20_000);
+    assert_eq!(
+        p.stop,
+        [("p".to_string(), "its node is being drained".to_string())]
+    );
+    assert_eq!(p.start.len(), 1);
+
+    // Nothing drains: nothing moves.
+    let p = pass(
+        &svc,
+        &st,
+        &[running("a", "d1", 1), running("b", "d1", 1)],
+        &[],
+        20_000,
+    );
+    assert!(p.start.is_empty() && p.stop.is_empty(), "{p:?}");
 }

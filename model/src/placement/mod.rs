@@ -1,11 +1,15 @@
 //! Placement: which node gets a task, and what a pass of the placer does. Pure functions over
 //! a snapshot of nodes and what they already run; `plan` returns every step of a pass (place,
 //! keep waiting with a reason, lose a task whose node is gone) and the controller's applier
-//! commits the plan in one group commit before it tells any agent.
+//! commits the plan in one group commit before it tells any agent. `choose.rs` picks one
+//! node for one task: which nodes may take it, which of those goes first, and why none did.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{NodeState, PlacementConstraint, PortProtocol, TaskSpec};
+use crate::model::{NodeState, PortProtocol, TaskSpec};
+
+mod choose;
+pub use choose::{attribute, place, place_in};
 
 /// A node as placement sees it: capacity and what is already reserved.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,13 +31,6 @@ pub struct NodeLoad {
 }
 
 impl NodeLoad {
-    /// Whether every constraint holds for this node's labels.
-    fn satisfies(&self, constraints: &[PlacementConstraint]) -> bool {
-        constraints
-            .iter()
-            .all(|c| (self.labels.get(&c.label) == Some(&c.value)) != c.not)
-    }
-
     fn fits(&self, cpu: f64, memory_mib: u64) -> bool {
         // A small epsilon so 4 × 0.25 vCPU fits in 1 vCPU despite float rounding.
         self.cpu_used + cpu <= self.cpu + 1e-9
@@ -79,94 +76,6 @@ impl std::fmt::Display for Unplaced {
     }
 }
 
-/// Picks the first READY, connected node with room for the task, or says why none fits.
-pub fn place<'a>(spec: &TaskSpec, nodes: &'a [NodeLoad]) -> Result<&'a NodeLoad, Unplaced> {
-    place_in(spec, "", nodes)
-}
-
-/// Picks a node for a task of `group`: among the READY, connected nodes that meet the spec's
-/// placement constraints and have room, the first — or, when the spec spreads, the one with
-/// the fewest tasks of the group. Otherwise says why none fits.
-pub fn place_in<'a>(
-    spec: &TaskSpec,
-    group: &str,
-    nodes: &'a [NodeLoad],
-) -> Result<&'a NodeLoad, Unplaced> {
-    let (cpu, mem) = (spec.cpu(), spec.memory_mib());
-    let connected: Vec<&NodeLoad> = nodes
-        .iter()
-        .filter(|n| n.connected && n.state == NodeState::Ready)
-        .collect();
-    if connected.is_empty() {
-        return Err(Unplaced {
-            reason: "no READY agent is connected".to_string(),
-            never: false,
-        });
-    }
-    let constraints = &spec.placement.constraints;
-    let ready: Vec<&NodeLoad> = connected
-        .into_iter()
-        .filter(|n| n.satisfies(constraints))
-        .collect();
-    if ready.is_empty() {
-        let wanted: Vec<String> = constraints
-            .iter()
-            .map(|c| format!("{}{}{}", c.label, if c.not { "!=" } else { "==" }, c.value))
-            .collect();
-        return Err(Unplaced {
-            reason: format!(
-                "no connected READY node meets the placement constraints {}",
-                wanted.join(", ")
-            ),
-            never: false,
-        });
-    }
-    let ports = host_ports(spec);
-    let fitting = ready
-        .iter()
-        .filter(|n| n.fits(cpu, mem) && n.ports_free(&ports));
-    let chosen = if spec.placement.spread {
-        fitting.min_by_key(|n| n.groups.get(group).copied().unwrap_or(0))
-    } else {
-        fitting.into_iter().next()
-    };
-    if let Some(n) = chosen {
-        return Ok(n);
-    }
-    if !ports.is_empty() && ready.iter().any(|n| n.fits(cpu, mem)) {
-        let wanted: Vec<String> = ports
-            .iter()
-            .map(|(p, proto)| format!("{p}/{}", proto.as_str()))
-            .collect();
-        return Err(Unplaced {
-            reason: format!(
-                "host port {} is taken on every node with room; waiting for it to be released",
-                wanted.join(", ")
-            ),
-            never: false,
-        });
-    }
-    let biggest = ready
-        .iter()
-        .any(|n| n.cpu + 1e-9 >= cpu && n.memory_mib >= mem);
-    if biggest {
-        return Err(Unplaced {
-            reason: format!(
-                "no node has {cpu} vCPU and {mem} MiB free right now; waiting for capacity"
-            ),
-            never: false,
-        });
-    }
-    let max_cpu = ready.iter().map(|n| n.cpu).fold(0.0, f64::max);
-    let max_mem = ready.iter().map(|n| n.memory_mib).max().unwrap_or(0);
-    Err(Unplaced {
-        reason: format!(
-            "no node can ever fit {cpu} vCPU and {mem} MiB (the largest connected node has {max_cpu} vCPU and {max_mem} MiB)"
-        ),
-        never: true,
-    })
-}
-
 /// A PROVISIONING task as the planner sees it.
 #[derive(Clone, Debug)]
 pub struct Waiting<'a> {
@@ -208,8 +117,8 @@ pub enum Step {
 }
 
 /// Every step of one placer pass: tasks on lost nodes are lost; each waiting task, oldest
-/// first, goes to the first node with room (reserving it, so the next decision sees it) or
-/// keeps waiting with its reason.
+/// first, goes to the node `place_in` picks (reserving it there, so the next decision sees
+/// it) or keeps waiting with its reason.
 pub fn plan(s: &Snapshot) -> Vec<Step> {
     let mut steps: Vec<Step> = s
         .on_lost_nodes
@@ -251,9 +160,10 @@ pub fn plan(s: &Snapshot) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::PlacementConstraint;
     use crate::testing::spec;
 
-    fn node(id: &str, cpu: f64, mem: u64) -> NodeLoad {
+    pub(super) fn node(id: &str, cpu: f64, mem: u64) -> NodeLoad {
         NodeLoad {
             id: id.into(),
             state: NodeState::Ready,
@@ -315,7 +225,8 @@ mod tests {
                 w(
                     "t3",
                     &small,
-                    "no node has 1 vCPU and 10 MiB free right now; waiting for capacity",
+                    "no node has 1 vCPU and 10 MiB free right now; waiting for capacity \
+                     (of 1 nodes: 1 without room)",
                 ),
                 w("t4", &big, ""),
             ],
@@ -386,6 +297,7 @@ mod tests {
             label: "zone".into(),
             value: "west".into(),
             not: false,
+            values: vec![],
         }];
         assert_eq!(place_in(&s, "svc", &nodes).unwrap().id, "b");
         s.placement.constraints[0].not = true;
@@ -395,7 +307,7 @@ mod tests {
         s.placement.constraints[0].label = "disk".into();
         let err = place_in(&s, "svc", &nodes).unwrap_err();
         assert!(
-            err.reason.contains("placement constraints disk==east"),
+            err.reason.contains("placement constraints disk == east"),
             "{err}"
         );
         assert!(!err.never);
@@ -413,7 +325,7 @@ mod tests {
         }
         let counts: Vec<u32> = nodes.iter().map(|n| n.groups["svc"]).collect();
         assert_eq!(counts, [2, 2, 2]);
-        // Without spread, the first node with room takes them.
+        // Without spread, bin-pack: every node is as full, so the first takes it.
         s.placement.spread = false;
         assert_eq!(place_in(&s, "svc", &nodes).unwrap().id, "a");
     }
