@@ -761,13 +761,34 @@ impl Store {
         Ok((out, ids.len()))
     }
 
-    /// PROVISIONING tasks, in creation order (read through their index).
-    pub fn waiting_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        let mut out = Vec::new();
-        for key in self.waiting.iter().map(key_of) {
-            if let Some(t) = self.tasks.get(key?)? {
-                out.push(decode("tasks", &t)?);
+    /// PROVISIONING tasks, in creation order (read through their index), from the decoded
+    /// active tasks the store keeps (a placer pass with 10,000 waiting decoded each one).
+    pub fn waiting_tasks(&self) -> Result<Vec<Arc<Task>>, StoreError> {
+        let keys: Vec<Vec<u8>> = self.waiting.iter().map(key_of).collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let hit = self
+                .active_cache
+                .lock()
+                .expect("active cache lock")
+                .get(&key)
+                .cloned();
+            if let Some(t) = hit {
+                out.push(t);
+                continue;
             }
+            let Some(bytes) = self.tasks.get(&key)? else {
+                continue;
+            };
+            let task = Arc::new(decode::<Task>("tasks", &bytes)?);
+            if task.status.is_active() {
+                self.active_cache
+                    .lock()
+                    .expect("active cache lock")
+                    .entry(key)
+                    .or_insert_with(|| task.clone());
+            }
+            out.push(task);
         }
         Ok(out)
     }
@@ -2075,7 +2096,15 @@ mod tests {
             .await
             .unwrap();
         let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
-        assert_eq!(ids(store.waiting_tasks().unwrap()), ["a"]);
+        assert_eq!(
+            ids(store
+                .waiting_tasks()
+                .unwrap()
+                .iter()
+                .map(|t| (**t).clone())
+                .collect()),
+            ["a"]
+        );
         let r = store.reservations().unwrap();
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r.contains(&Reservation {
@@ -2118,7 +2147,15 @@ mod tests {
         store.engine.flush().unwrap();
         drop(store);
         let store = reopen(dir.path());
-        assert_eq!(ids(store.waiting_tasks().unwrap()), ["d"]);
+        assert_eq!(
+            ids(store
+                .waiting_tasks()
+                .unwrap()
+                .iter()
+                .map(|t| (**t).clone())
+                .collect()),
+            ["d"]
+        );
         assert_eq!(store.reservations().unwrap().len(), 3);
     }
 

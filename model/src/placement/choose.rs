@@ -68,14 +68,19 @@ pub fn place_in<'a>(
     group: &str,
     nodes: &'a [NodeLoad],
 ) -> Result<&'a NodeLoad, Unplaced> {
+    choose(spec, group, nodes).map(|i| &nodes[i])
+}
+
+/// `place_in`, answering with the node's index in `nodes`.
+pub(super) fn choose(spec: &TaskSpec, group: &str, nodes: &[NodeLoad]) -> Result<usize, Unplaced> {
     let p = &spec.placement;
     let (cpu, mem) = (spec.cpu(), spec.memory_mib());
     let ports = host_ports(spec);
     let mut out = Excluded::default();
     // Nodes past state and constraints: the ones a wait may still end on.
     let mut qualified: Vec<&NodeLoad> = Vec::new();
-    let mut candidates: Vec<&NodeLoad> = Vec::new();
-    for n in nodes {
+    let mut candidates: Vec<usize> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
         if !n.connected {
             out.disconnected += 1;
             continue;
@@ -100,15 +105,16 @@ pub fn place_in<'a>(
         } else if !n.ports_free(&ports) {
             out.ports += 1;
         } else {
-            candidates.push(n);
+            candidates.push(i);
         }
     }
     if !candidates.is_empty() {
         return Ok(best(spec, group, nodes, candidates));
     }
     let tally = out.tally(nodes.len());
-    let waiting = |reason: String| Unplaced {
-        reason: format!("{reason} ({tally})"),
+    let waiting = |headline: String| Unplaced {
+        reason: format!("{headline} ({tally})"),
+        headline,
         never: false,
     };
     if out.disconnected + out.not_ready == nodes.len() {
@@ -145,21 +151,18 @@ pub fn place_in<'a>(
     }
     let max_cpu = qualified.iter().map(|n| n.cpu).fold(0.0, f64::max);
     let max_mem = qualified.iter().map(|n| n.memory_mib).max().unwrap_or(0);
+    let headline = format!(
+        "no node can ever fit {cpu} vCPU and {mem} MiB: the largest connected node has {max_cpu} vCPU and {max_mem} MiB"
+    );
     Err(Unplaced {
-        reason: format!(
-            "no node can ever fit {cpu} vCPU and {mem} MiB (the largest connected node has {max_cpu} vCPU and {max_mem} MiB; {tally})"
-        ),
+        reason: format!("{headline} ({tally})"),
+        headline,
         never: true,
     })
 }
 
 /// The candidate that goes first; among equals, the first in `nodes` order.
-fn best<'a>(
-    spec: &TaskSpec,
-    group: &str,
-    nodes: &'a [NodeLoad],
-    candidates: Vec<&'a NodeLoad>,
-) -> &'a NodeLoad {
+fn best(spec: &TaskSpec, group: &str, nodes: &[NodeLoad], candidates: Vec<usize>) -> usize {
     let p = &spec.placement;
     let (cpu, mem) = (spec.cpu(), spec.memory_mib());
     let of_group = |n: &NodeLoad| n.groups.get(group).copied().unwrap_or(0);
@@ -217,7 +220,7 @@ fn best<'a>(
     candidates
         .into_iter()
         .reduce(|best, n| {
-            if order(n, best) == Ordering::Less {
+            if order(&nodes[n], &nodes[best]) == Ordering::Less {
                 n
             } else {
                 best

@@ -63,8 +63,12 @@ pub fn host_ports(spec: &TaskSpec) -> Vec<(u16, PortProtocol)> {
 /// Why a task was not placed in this pass.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Unplaced {
-    /// For people: what is missing.
+    /// For people: what is missing, then how many nodes each cause excluded, in brackets.
     pub reason: String,
+    /// The part of `reason` before the counts: what a pass compares while it places other
+    /// tasks (the counts change with every placement; rewriting every waiting task for them
+    /// in each such pass would cost more than the placements).
+    pub headline: String,
     /// No connected node could ever fit it (too big for the largest): a wait for it never
     /// ends unless a bigger node joins.
     pub never: bool,
@@ -101,6 +105,24 @@ pub struct Snapshot<'a> {
     pub node_timeout_secs: u64,
 }
 
+/// Whether a node chosen for a task stays the best for the next task of the same spec (see
+/// `plan`): bin-pack ranks by what is left, which only falls on the node chosen.
+fn keeps_its_node(spec: &TaskSpec) -> bool {
+    let p = &spec.placement;
+    p.strategy == crate::model::PlacementStrategy::Binpack
+        && !p.spread
+        && !p.distinct_nodes
+        && p.spread_over.is_empty()
+        && host_ports(spec).is_empty()
+}
+
+impl Snapshot<'_> {
+    /// Whether waiting task `id` is recorded as never placeable.
+    fn waiting_never(&self, id: &str) -> bool {
+        self.waiting.iter().any(|w| w.id == id && w.unplaceable)
+    }
+}
+
 /// One step of a plan.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
@@ -133,26 +155,60 @@ pub fn plan(s: &Snapshot) -> Vec<Step> {
         })
         .collect();
     let mut nodes = s.nodes.clone();
+    let mut waits = Vec::new();
+    let mut placed = false;
+    // The previous task's answer, reused for the next task of the same spec and group (a
+    // burst is mostly alike; each answer looks at every node): a node it went to stays the
+    // best for the next while it has room when what ranks nodes does not change as they
+    // fill (bin-pack without spread, distinct nodes or ports), and a task that fit nowhere
+    // still fits nowhere (within a pass, nodes only fill).
+    let mut last: Option<(&Waiting, Result<usize, Unplaced>)> = None;
     for w in &s.waiting {
-        match place_in(w.spec, w.group, &nodes) {
-            Ok(n) => {
-                let node = n.id.clone();
-                if let Some(load) = nodes.iter_mut().find(|l| l.id == node) {
-                    load.reserve(w.spec, w.group);
+        let reuse = last
+            .as_ref()
+            .filter(|(prev, _)| {
+                prev.group == w.group && (std::ptr::eq(prev.spec, w.spec) || prev.spec == w.spec)
+            })
+            .and_then(|(_, answer)| match answer {
+                Ok(i)
+                    if keeps_its_node(w.spec)
+                        && nodes[*i].fits(w.spec.cpu(), w.spec.memory_mib()) =>
+                {
+                    Some(Ok(*i))
                 }
+                Err(why) => Some(Err(why.clone())),
+                Ok(_) => None,
+            });
+        let answer = reuse.unwrap_or_else(|| choose::choose(w.spec, w.group, &nodes));
+        last = Some((w, answer.clone()));
+        match answer {
+            Ok(i) => {
+                nodes[i].reserve(w.spec, w.group);
+                placed = true;
                 steps.push(Step::Place {
                     task: w.id.to_string(),
-                    node,
+                    node: nodes[i].id.clone(),
                 });
             }
             Err(why) if why.reason != w.reason || why.never != w.unplaceable => {
-                steps.push(Step::Wait {
-                    task: w.id.to_string(),
-                    why,
-                });
+                waits.push((w.reason, why, w.id));
             }
             Err(_) => {}
         }
+    }
+    // A reason is rewritten when it changed; in a pass that placed tasks, only when more
+    // than its counts did (the next quiet pass brings the counts up to date).
+    for (recorded, why, task) in waits {
+        let same_headline = recorded
+            .strip_prefix(why.headline.as_str())
+            .is_some_and(|rest| rest.starts_with(" ("));
+        if placed && same_headline && why.never == s.waiting_never(task) {
+            continue;
+        }
+        steps.push(Step::Wait {
+            task: task.to_string(),
+            why,
+        });
     }
     steps
 }
@@ -377,5 +433,140 @@ mod tests {
             .collect();
         assert_eq!(placed, ["a", "b"]);
         assert!(matches!(&steps[2], Step::Wait { task, .. } if task == "t3"));
+    }
+
+    #[test]
+    fn a_pass_that_places_rewrites_a_waiting_reason_only_when_more_than_its_counts_changed() {
+        let one = spec(1.0, 10);
+        let stale = "no node has 1 vCPU and 10 MiB free right now; waiting for capacity \
+                     (of 1 nodes: 1 not connected)";
+        let w = |id, reason| Waiting {
+            id,
+            group: "g",
+            spec: &one,
+            reason,
+            unplaceable: false,
+        };
+        let snapshot = |waiting| Snapshot {
+            waiting,
+            nodes: vec![node("a", 1.0, 100)],
+            ..Default::default()
+        };
+        // t1 takes the last room; t2's counts changed but its headline did not: not written.
+        let steps = plan(&snapshot(vec![w("t1", ""), w("t2", stale), w("t3", "")]));
+        let waited: Vec<&str> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Wait { task, .. } => Some(task.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(waited, ["t3"], "t3 had no reason yet: {steps:?}");
+        // A pass that places nothing brings the counts up to date.
+        let mut full = node("a", 1.0, 100);
+        full.cpu_used = 1.0;
+        let steps = plan(&Snapshot {
+            waiting: vec![w("t2", stale)],
+            nodes: vec![full],
+            ..Default::default()
+        });
+        match &steps[..] {
+            [Step::Wait { task, why }] => {
+                assert_eq!(task, "t2");
+                assert!(
+                    why.reason.ends_with("(of 1 nodes: 1 without room)"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `plan` reuses an answer for the next task of the same spec and group; it must place
+    /// exactly as asking `place_in` for every task would, for every kind of placement.
+    #[test]
+    fn a_plan_places_as_asking_for_every_task_would() {
+        use crate::model::{NetworkMode, PlacementStrategy, PortMapping};
+        let mut seed = 0x2545_f491_u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for round in 0..200 {
+            let mut specs = Vec::new();
+            for k in 0..4 {
+                let mut sp = spec(
+                    [0.25, 0.5, 1.0, 2.0][next(4) as usize],
+                    [16, 64, 512][next(3) as usize],
+                );
+                match (round + k) % 6 {
+                    1 => sp.placement.spread = true,
+                    2 => sp.placement.distinct_nodes = true,
+                    3 => sp.placement.strategy = PlacementStrategy::Spread,
+                    4 => sp.placement.spread_over = "zone".into(),
+                    5 => {
+                        sp.network_mode = NetworkMode::Bridge;
+                        sp.containers[0].port_mappings = vec![PortMapping {
+                            container_port: 80,
+                            host_port: 8000 + next(3) as u16,
+                            protocol: PortProtocol::Tcp,
+                        }];
+                    }
+                    _ => {}
+                }
+                specs.push(sp);
+            }
+            let nodes: Vec<NodeLoad> = (0..12)
+                .map(|i| {
+                    let mut n = node(&format!("n{i}"), [1.0, 2.0, 4.0][next(3) as usize], 1024);
+                    n.cpu_used = [0.0_f64, 0.5, 1.0][next(3) as usize].min(n.cpu);
+                    n.labels.insert("zone".into(), format!("z{}", next(3)));
+                    n.connected = next(10) > 0;
+                    n
+                })
+                .collect();
+            let ids: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+            // Runs of alike tasks, as bursts are.
+            let mut which = 0;
+            let waiting: Vec<Waiting> = ids
+                .iter()
+                .map(|id| {
+                    if next(4) == 0 {
+                        which = next(4) as usize;
+                    }
+                    Waiting {
+                        id,
+                        group: if which % 2 == 0 { "g1" } else { "g2" },
+                        spec: &specs[which],
+                        reason: "",
+                        unplaceable: false,
+                    }
+                })
+                .collect();
+            let mut reference = nodes.clone();
+            let mut expected = Vec::new();
+            for w in &waiting {
+                if let Ok(n) = place_in(w.spec, w.group, &reference) {
+                    let id = n.id.clone();
+                    let i = reference.iter().position(|x| x.id == id).unwrap();
+                    reference[i].reserve(w.spec, w.group);
+                    expected.push((w.id.to_string(), id));
+                }
+            }
+            let got: Vec<(String, String)> = plan(&Snapshot {
+                waiting,
+                nodes,
+                ..Default::default()
+            })
+            .into_iter()
+            .filter_map(|s| match s {
+                Step::Place { task, node } => Some((task, node)),
+                _ => None,
+            })
+            .collect();
+            assert_eq!(got, expected, "round {round}");
+        }
     }
 }
