@@ -417,13 +417,21 @@ impl pb::nodes_server::Nodes for NodesApi {
                 )))
             }
         };
-        let before = crate::nodes::set_state(&self.core, &r.node_id, state)
+        if r.node_ids.is_empty() {
+            return Err(Status::invalid_argument("node_ids: name at least one node"));
+        }
+        let before = crate::nodes::set_state(&self.core, &r.node_ids, state)
             .await?
-            .ok_or_else(|| Status::not_found(format!("node_id: no node {:?}", r.node_id)))?;
+            .map_err(|missing| Status::not_found(format!("node_ids: no node {missing:?}")))?;
         Ok(Response::new(pb::SetNodeStateResponse {
-            node_id: r.node_id.clone(),
-            state: state.as_str().into(),
-            previous_state: before.as_str().into(),
+            nodes: before
+                .into_iter()
+                .map(|(node, was)| pb::NodeStateChange {
+                    node_id: node,
+                    state: state.as_str().into(),
+                    previous_state: was.as_str().into(),
+                })
+                .collect(),
         }))
     }
 

@@ -95,30 +95,38 @@ pub async fn run(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) 
 /// One batch of events after the cursor. Returns whether there were any.
 async fn pass(core: &Core, rules: &RuleSet) -> Result<bool, CoreError> {
     let cursor = core.store.bus_cursor()?;
+    if rules.is_empty() {
+        // No rule to match: move past the batch without decoding it.
+        let Some(last) = core.store.last_event_after(cursor.as_deref(), BATCH)? else {
+            return Ok(false);
+        };
+        core.store
+            .advance_bus(&last.id, &Default::default())
+            .await?;
+        return Ok(true);
+    }
     let events = core.store.events_after(cursor.as_deref(), BATCH)?;
     let Some(last) = events.last() else {
         return Ok(false);
     };
     let mut matched: std::collections::BTreeMap<String, (u64, i64)> = Default::default();
-    if !rules.is_empty() {
-        // The batch's deliveries are independent (one record each), so they run together
-        // and share the store's group commits instead of a flush each, one after another.
-        let envelopes: Vec<Value> = events.iter().map(Event::envelope).collect();
-        let mut deliveries = Vec::new();
-        for (ev, envelope) in events.iter().zip(&envelopes) {
-            for rule in rules.matching(envelope) {
-                let m = matched.entry(rule.name.clone()).or_default();
-                m.0 += 1;
-                m.1 = m.1.max(ev.time_ms);
-                for target in &rule.targets {
-                    deliveries.push(deliver(core, rule, target, ev, envelope));
-                }
+    // The batch's deliveries are independent (one record each), so they run together and
+    // share the store's group commits instead of a flush each, one after another.
+    let envelopes: Vec<Value> = events.iter().map(Event::envelope).collect();
+    let mut deliveries = Vec::new();
+    for (ev, envelope) in events.iter().zip(&envelopes) {
+        for rule in rules.matching(envelope) {
+            let m = matched.entry(rule.name.clone()).or_default();
+            m.0 += 1;
+            m.1 = m.1.max(ev.time_ms);
+            for target in &rule.targets {
+                deliveries.push(deliver(core, rule, target, ev, envelope));
             }
         }
-        let mut running = futures::stream::iter(deliveries).buffer_unordered(CONCURRENT_DELIVERIES);
-        while let Some(done) = running.next().await {
-            done?;
-        }
+    }
+    let mut running = futures::stream::iter(deliveries).buffer_unordered(CONCURRENT_DELIVERIES);
+    while let Some(done) = running.next().await {
+        done?;
     }
     core.store.advance_bus(&last.id, &matched).await?;
     Ok(true)

@@ -42,42 +42,51 @@ pub const NODE_STATE_CHANGE: &str = "Node State Change";
 /// The source of those events.
 pub const NODE_SOURCE: &str = "skiff.nodes";
 
-/// Sets whether node `node` takes tasks (READY, CORDONED, DRAINING); returns its state before.
-/// None: no such node. The placer and the service loop are woken: an uncordoned node may
-/// take waiting tasks, a draining one's service tasks are replaced.
+/// Sets whether `nodes` take tasks (READY, CORDONED, DRAINING), all in one write; returns
+/// each node's state before, or Err(the first node that does not exist) with nothing
+/// written. A `Node State Change` event goes on the bus for each node that changed, and the
+/// placer and the service loop are woken: an uncordoned node may take waiting tasks, a
+/// draining one's service tasks are replaced.
 pub async fn set_state(
     core: &Core,
-    node: &str,
+    nodes: &[String],
     state: NodeState,
-) -> Result<Option<NodeState>, CoreError> {
-    let Some(before) = core.store.nodes.get(node)? else {
-        return Ok(None);
-    };
-    if before.state != state {
-        core.store
-            .nodes
-            .update(node, |n| {
-                n.state = state;
-                Ok::<(), ()>(())
-            })
-            .await?
-            .ok();
-        let detail = serde_json::json!({
-            "node": node, "state": state.as_str(), "previous_state": before.state.as_str(),
-        });
-        let ev = crate::model::Event {
+) -> Result<Result<Vec<(String, NodeState)>, String>, CoreError> {
+    let mut before = Vec::with_capacity(nodes.len());
+    let written = core
+        .store
+        .nodes
+        .update_many(nodes, |n| {
+            before.push((n.id.clone(), n.state));
+            n.state = state;
+        })
+        .await?;
+    if let Err(missing) = written {
+        return Ok(Err(missing));
+    }
+    // A retried transaction calls the change again: the last len() calls are the ones written.
+    let before = before.split_off(before.len() - nodes.len());
+    let now = core.clock.now_ms();
+    let events: Vec<crate::model::Event> = before
+        .iter()
+        .filter(|(_, was)| *was != state)
+        .map(|(node, was)| crate::model::Event {
             id: String::new(),
             source: NODE_SOURCE.to_string(),
             detail_type: NODE_STATE_CHANGE.to_string(),
-            time_ms: core.clock.now_ms(),
+            time_ms: now,
             resources: vec![format!("node/{node}")],
-            detail,
-        };
-        crate::events::put(core, vec![ev]).await?;
+            detail: serde_json::json!({
+                "node": node, "state": state.as_str(), "previous_state": was.as_str(),
+            }),
+        })
+        .collect();
+    if !events.is_empty() {
+        crate::events::put(core, events).await?;
         core.loops.wake(crate::wake::Loop::Placer);
         core.loops.wake(crate::wake::Loop::Services);
     }
-    Ok(Some(before.state))
+    Ok(Ok(before))
 }
 
 /// Revokes every certificate of a node still valid; returns how many. None: no such node.

@@ -354,10 +354,57 @@ pub struct Store {
     task_count: Arc<std::sync::atomic::AtomicUsize>,
     /// Decoded active tasks by id, kept by every task write under the writer lock (see
     /// `active_tasks`).
-    active_cache: Arc<std::sync::Mutex<HashMap<Vec<u8>, Arc<Task>>>>,
+    active_cache: Arc<std::sync::Mutex<Decoded>>,
     /// Every active task's reservation and each node's sums, kept by every task write
     /// under the writer lock (see `node_reservations`).
     reserved: Arc<std::sync::Mutex<Reserved>>,
+}
+
+/// Active tasks kept decoded, by id. `generation` counts the task writes: a reader that
+/// decoded a task from the tree keeps it only if no write came between its read and its
+/// keeping, so an entry is never older than the task's last write — which lets writers take
+/// a task from here instead of decoding it.
+#[derive(Default)]
+struct Decoded {
+    generation: u64,
+    tasks: HashMap<Vec<u8>, Arc<Task>>,
+}
+
+impl Decoded {
+    /// Keeps `task`, decoded by a reader that began when the generation was `seen`.
+    fn keep(&mut self, seen: u64, key: Vec<u8>, task: &Arc<Task>) {
+        if self.generation == seen && task.status.is_active() {
+            self.tasks.entry(key).or_insert_with(|| task.clone());
+        }
+    }
+}
+
+/// What a task was before a write, so the write touches only the index entries it changes:
+/// the group entry is written with a new task (a task's group never changes), the node entry
+/// when it is first placed (its node never changes after), the waiting entry when it enters
+/// or leaves PROVISIONING. Every index write costs a sled insert in the transaction.
+#[derive(Clone, Copy)]
+struct Before {
+    /// No such task yet (or not known): write every entry.
+    new: bool,
+    placed: bool,
+    waiting: bool,
+}
+
+impl Before {
+    const NEW: Before = Before {
+        new: true,
+        placed: false,
+        waiting: true,
+    };
+
+    fn of(t: &Task) -> Before {
+        Before {
+            new: false,
+            placed: t.node_id.is_some(),
+            waiting: t.status == TaskStatus::Provisioning,
+        }
+    }
 }
 
 /// One `create_task_once` call waiting to be written.
@@ -767,12 +814,10 @@ impl Store {
         let keys: Vec<Vec<u8>> = self.waiting.iter().map(key_of).collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let hit = self
-                .active_cache
-                .lock()
-                .expect("active cache lock")
-                .get(&key)
-                .cloned();
+            let (seen, hit) = {
+                let cache = self.active_cache.lock().expect("active cache lock");
+                (cache.generation, cache.tasks.get(&key).cloned())
+            };
             if let Some(t) = hit {
                 out.push(t);
                 continue;
@@ -781,13 +826,10 @@ impl Store {
                 continue;
             };
             let task = Arc::new(decode::<Task>("tasks", &bytes)?);
-            if task.status.is_active() {
-                self.active_cache
-                    .lock()
-                    .expect("active cache lock")
-                    .entry(key)
-                    .or_insert_with(|| task.clone());
-            }
+            self.active_cache
+                .lock()
+                .expect("active cache lock")
+                .keep(seen, key, &task);
             out.push(task);
         }
         Ok(out)
@@ -815,11 +857,13 @@ impl Store {
     /// not cached yet (the first read after open, a new task) is decoded once and kept.
     pub fn active_tasks(&self) -> Result<Vec<Arc<Task>>, StoreError> {
         let keys = self.reserved.lock().expect("reserved lock").ids();
-        let cached: Vec<Option<Arc<Task>>> = {
+        let (seen, cached): (u64, Vec<Option<Arc<Task>>>) = {
             let cache = self.active_cache.lock().expect("active cache lock");
-            keys.iter()
-                .map(|k| cache.get(k.as_slice()).cloned())
-                .collect()
+            let hits = keys
+                .iter()
+                .map(|k| cache.tasks.get(k.as_slice()).cloned())
+                .collect();
+            (cache.generation, hits)
         };
         let mut out = Vec::with_capacity(keys.len());
         for (key, hit) in keys.iter().zip(cached) {
@@ -831,22 +875,11 @@ impl Store {
                 continue;
             };
             let task = Arc::new(decode::<Task>("tasks", &bytes)?);
-            if task.status.is_active() {
-                // A write since our read has put its own (newer) copy: keep that one.
-                self.active_cache
-                    .lock()
-                    .expect("active cache lock")
-                    .entry(key.clone())
-                    .or_insert_with(|| task.clone());
-            }
+            self.active_cache
+                .lock()
+                .expect("active cache lock")
+                .keep(seen, key.clone(), &task);
             out.push(task);
-        }
-        let mut cache = self.active_cache.lock().expect("active cache lock");
-        if cache.len() > keys.len() {
-            // A task that stopped while we read may have been put back by the read above.
-            let live: std::collections::HashSet<&[u8]> =
-                keys.iter().map(|k| k.as_slice()).collect();
-            cache.retain(|k, _| live.contains(k.as_slice()));
         }
         Ok(out)
     }
@@ -860,7 +893,7 @@ impl Store {
         let mut gen = self.writer.lock().await;
         let event = event(next_event_id(&mut gen));
         let new = self.tasks.get(&task.id)?.is_none();
-        self.write_tasks_and_events(&[(Arc::new(task.clone()), Some(&event))], new)?;
+        self.write_tasks_and_events(&[(Arc::new(task.clone()), Some(&event), Before::NEW)], new)?;
         if new {
             self.task_count
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -868,6 +901,22 @@ impl Store {
         drop(gen);
         self.commit().await?;
         Ok(event)
+    }
+
+    /// Task `id` as it is now, for a writer holding the writer lock: from the decoded active
+    /// tasks when kept there (never older than the last write, see `Decoded`), else decoded.
+    fn task_to_change(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let kept = self
+            .active_cache
+            .lock()
+            .expect("active cache lock")
+            .tasks
+            .get(id.as_bytes())
+            .map(|t| (**t).clone());
+        match kept {
+            Some(t) => Ok(Some(t)),
+            None => self.task(id),
+        }
     }
 
     /// Reads a task, lets `change` decide what it becomes, and writes the task with its event
@@ -910,24 +959,25 @@ impl Store {
     ) -> Result<Vec<Result<Option<Decision>, E>>, StoreError> {
         let mut gen = self.writer.lock().await;
         let mut changed: HashMap<&str, Arc<Task>> = HashMap::new();
-        let mut writes: Vec<(Arc<Task>, Option<Event>)> = Vec::new();
+        let mut writes: Vec<(Arc<Task>, Option<Event>, Before)> = Vec::new();
         let mut out = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
             let task = match changed.get(id.as_str()) {
                 Some(t) => Some((**t).clone()),
-                None => self.task(id)?,
+                None => self.task_to_change(id)?,
             };
             let Some(task) = task else {
                 out.push(Ok(None));
                 continue;
             };
             let mut next_id = || next_event_id(&mut gen);
+            let before = Before::of(&task);
             match change(i, task, &mut next_id) {
                 Ok(decision) => {
                     if let Decision::Write { task, event } = &decision {
                         let written = Arc::new(task.clone());
                         changed.insert(id, written.clone());
-                        writes.push((written, event.clone()));
+                        writes.push((written, event.clone(), before));
                     }
                     out.push(Ok(Some(decision)));
                 }
@@ -935,21 +985,21 @@ impl Store {
             }
         }
         if !writes.is_empty() {
-            let rows: Vec<(Arc<Task>, Option<&Event>)> = writes
+            let rows: Vec<(Arc<Task>, Option<&Event>, Before)> = writes
                 .iter()
-                .map(|(t, e)| (t.clone(), e.as_ref()))
+                .map(|(t, e, b)| (t.clone(), e.as_ref(), *b))
                 .collect();
             self.write_tasks_and_events(&rows, false)?;
         }
         Ok(out)
     }
 
-    /// Writes tasks (with their index entries; `created`: new tasks, with their family's
-    /// entry too) and their events in one transaction; a task written twice ends as its last
-    /// write.
+    /// Writes tasks (with the index entries their change needs — see `Before`; `created`:
+    /// new tasks, with their family's entry too) and their events in one transaction; a task
+    /// written twice ends as its last write.
     fn write_tasks_and_events(
         &self,
-        writes: &[(Arc<Task>, Option<&Event>)],
+        writes: &[(Arc<Task>, Option<&Event>, Before)],
         created: bool,
     ) -> Result<(), StoreError> {
         struct Row {
@@ -957,14 +1007,15 @@ impl Store {
             task: Vec<u8>,
             event: Option<(Vec<u8>, Vec<u8>)>,
             active: Option<Vec<u8>>,
-            waiting: bool,
-            group: Vec<u8>,
+            /// Some(in the waiting index or not); None: it was not and is not.
+            waiting: Option<bool>,
+            group: Option<Vec<u8>>,
             node: Option<Vec<u8>>,
             family: Option<Vec<u8>>,
         }
         let rows: Vec<Row> = writes
             .iter()
-            .map(|(task, event)| Row {
+            .map(|(task, event, before)| Row {
                 id: task.id.clone(),
                 task: encode(&**task),
                 event: event.map(|e| (event_key(&e.id), encode(e))),
@@ -972,9 +1023,10 @@ impl Store {
                     .status
                     .is_active()
                     .then(|| encode(&Reservation::of(task))),
-                waiting: task.status == TaskStatus::Provisioning,
-                group: group_key(task),
-                node: node_key(task),
+                waiting: (task.status == TaskStatus::Provisioning || before.waiting)
+                    .then_some(task.status == TaskStatus::Provisioning),
+                group: before.new.then(|| group_key(task)),
+                node: node_key(task).filter(|_| before.new || !before.placed),
                 family: family_key(task).filter(|_| created),
             })
             .collect();
@@ -995,7 +1047,9 @@ impl Store {
                 if let Some(k) = &r.family {
                     tx.insert(&self.by_family, k, [])?;
                 }
-                tx.insert(&self.by_group, &r.group, [])?;
+                if let Some(k) = &r.group {
+                    tx.insert(&self.by_group, k, [])?;
+                }
                 if let Some(k) = &r.node {
                     tx.insert(&self.by_node, k, [])?;
                 }
@@ -1003,11 +1057,11 @@ impl Store {
                     Some(v) => tx.insert(&self.active, &r.id, v)?,
                     None => tx.remove(&self.active, &r.id)?,
                 };
-                if r.waiting {
-                    tx.insert(&self.waiting, &r.id, [])?;
-                } else {
-                    tx.remove(&self.waiting, &r.id)?;
-                }
+                match r.waiting {
+                    Some(true) => tx.insert(&self.waiting, &r.id, [])?,
+                    Some(false) => tx.remove(&self.waiting, &r.id)?,
+                    None => {}
+                };
                 if let Some((k, v)) = &r.event {
                     tx.insert(&self.events, k, v)?;
                 }
@@ -1015,8 +1069,10 @@ impl Store {
             Ok(())
         })?;
         let mut cache = self.active_cache.lock().expect("active cache lock");
+        cache.generation += 1;
+        let cache = &mut cache.tasks;
         let mut reserved = self.reserved.lock().expect("reserved lock");
-        for (task, _) in writes {
+        for (task, _, _) in writes {
             if task.status.is_active() {
                 cache.insert(task.id.as_bytes().to_vec(), task.clone());
                 reserved.set(&task.id, Some(Reservation::of(task)));
@@ -1067,6 +1123,24 @@ impl Store {
             .take(limit)
             .map(|kv| decode("events", &kv?.1))
             .collect()
+    }
+
+    /// The last of the `limit` events after `after`, decoding only that one: where a cursor
+    /// that reads no event (the bus with no rules) moves to.
+    pub fn last_event_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Event>, StoreError> {
+        let start = match after {
+            Some(id) => Bound::Excluded(event_key(id)),
+            None => Bound::Unbounded,
+        };
+        let mut last = None;
+        for kv in self.events.range(start, Bound::Unbounded).take(limit) {
+            last = Some(kv?.1);
+        }
+        last.map(|v| decode("events", &v)).transpose()
     }
 
     /// Appends a batch of events (ids in order) with one flush. Durable on return.
@@ -1863,7 +1937,43 @@ mod tests {
                 t.task_definition = (i % 7 != 0).then(|| format!("fam{}:{}", i % 2, i % 3));
                 store.create_task(&t, event).await.unwrap();
             }
+            // Then moves, as the placer and agents make them (the writes touch only the
+            // index entries a move changes): half the waiting tasks placed, some of those and
+            // of the others run or stop — one batch, a task named twice among them.
+            let ids: Vec<String> = (0..60usize)
+                .filter(|i| i % 5 == 0 || i % 7 == 1)
+                .chain([0, 5])
+                .map(|i| format!("01{i:03}"))
+                .collect();
+            store
+                .update_tasks_uncommitted(&ids, |i, mut t, _| {
+                    let n: usize = t.id[2..].parse().unwrap();
+                    if t.status == TaskStatus::Provisioning {
+                        if n % 10 != 0 && i < ids.len() - 2 {
+                            return Ok::<_, ()>(Decision::Keep(t));
+                        }
+                        t.status = TaskStatus::Pending;
+                        t.node_id = Some(format!("n{}", (n / 5) % 3));
+                    } else if t.status.is_active() {
+                        t.status = if n % 2 == 0 {
+                            TaskStatus::Running
+                        } else {
+                            TaskStatus::Stopped
+                        };
+                    }
+                    Ok(Decision::Write {
+                        task: t,
+                        event: None,
+                    })
+                })
+                .await
+                .unwrap();
             let all = store.tasks().unwrap();
+            assert!(
+                all.iter().any(|t| t.status == TaskStatus::Provisioning)
+                    && all.iter().filter(|t| t.node_id.is_some()).count() > 48,
+                "the moves placed some waiting tasks and left others"
+            );
             let pick = |v: &[&str], i: usize| v.get(i).map(|s| s.to_string());
             for status in std::iter::once(None).chain(statuses.map(Some)) {
                 for g in 0..3 {
@@ -1947,7 +2057,13 @@ mod tests {
         };
         assert_eq!(store.list_tasks(&on_n1, 0).unwrap().0.len(), 2);
         // Two creations and three changes, each with its event.
-        assert_eq!(store.events_after(None, 100).unwrap().len(), 5);
+        let all = store.events_after(None, 100).unwrap();
+        assert_eq!(all.len(), 5);
+        // Where a cursor that reads nothing moves to: the last of the batch.
+        let last = |after: Option<&str>, n| store.last_event_after(after, n).unwrap().map(|e| e.id);
+        assert_eq!(last(None, 3), Some(all[2].id.clone()));
+        assert_eq!(last(Some(&all[2].id), 100), Some(all[4].id.clone()));
+        assert_eq!(last(Some(&all[4].id), 100), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

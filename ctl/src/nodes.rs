@@ -16,37 +16,40 @@ pub enum NodesCmd {
         /// The node's id.
         node: String,
     },
-    /// Stop placing new tasks on a node; the tasks running there stay.
+    /// Stop placing new tasks on nodes; the tasks running there stay.
     Cordon {
-        /// The node's id.
-        node: String,
+        /// The nodes' ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
-    /// Stop placing new tasks on a node and move its service tasks to other nodes, each
+    /// Stop placing new tasks on nodes and move their service tasks to other nodes, each
     /// service within its deployment limits (a task stops once its replacement serves when
     /// minimum healthy percent asks for it). Tasks of no service stay until they end.
     Drain {
-        /// The node's id.
-        node: String,
+        /// The nodes' ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
-    /// Let a cordoned or draining node take tasks again.
+    /// Let cordoned or draining nodes take tasks again.
     Uncordon {
-        /// The node's id.
-        node: String,
+        /// The nodes' ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
 }
 
 pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32> {
     let mut client = pb::nodes_client::NodesClient::new(connect(addr).await?);
     let set = match &cmd {
-        NodesCmd::Cordon { node } => Some((node.clone(), "CORDONED")),
-        NodesCmd::Drain { node } => Some((node.clone(), "DRAINING")),
-        NodesCmd::Uncordon { node } => Some((node.clone(), "READY")),
+        NodesCmd::Cordon { nodes } => Some((nodes.clone(), "CORDONED")),
+        NodesCmd::Drain { nodes } => Some((nodes.clone(), "DRAINING")),
+        NodesCmd::Uncordon { nodes } => Some((nodes.clone(), "READY")),
         _ => None,
     };
-    if let Some((node, state)) = set {
+    if let Some((nodes, state)) = set {
         let r = client
             .set_state(pb::SetNodeStateRequest {
-                node_id: node,
+                node_ids: nodes,
                 state: state.into(),
             })
             .await
@@ -55,9 +58,18 @@ pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32
         match fmt {
             Format::Json => println!(
                 "{}",
-                serde_json::json!({"node": r.node_id, "state": r.state, "previousState": r.previous_state})
+                serde_json::Value::Array(
+                    r.nodes
+                        .iter()
+                        .map(|n| serde_json::json!({"node": n.node_id, "state": n.state, "previousState": n.previous_state}))
+                        .collect()
+                )
             ),
-            Format::Table => println!("node {}: {} (was {})", r.node_id, r.state, r.previous_state),
+            Format::Table => {
+                for n in &r.nodes {
+                    println!("node {}: {} (was {})", n.node_id, n.state, n.previous_state);
+                }
+            }
         }
         return Ok(0);
     }

@@ -812,8 +812,13 @@ fn constraints_binpack_distinct_nodes_cordon_and_drain_across_three_nodes() {
     // Cordoned: c takes nothing, so a fourth task of `spread` has nowhere to go, and says
     // why with the count of each reason.
     let out = cli(&addr, &["nodes", "cordon", "c", "-o", "json"]).json();
-    assert_eq!(out["state"], "CORDONED", "{out}");
-    assert_eq!(out["previousState"], "READY", "{out}");
+    assert_eq!(out[0]["node"], "c", "{out}");
+    assert_eq!(out[0]["state"], "CORDONED", "{out}");
+    assert_eq!(out[0]["previousState"], "READY", "{out}");
+    // An unknown node refuses the whole call, naming it; nothing changes.
+    let out = cli(&addr, &["nodes", "cordon", "a", "nope"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("no node \"nope\""), "{out:?}");
     let ls = cli(&addr, &["nodes", "ls", "-o", "json"]).json();
     let c = ls
         .as_array()
@@ -887,7 +892,7 @@ fn constraints_binpack_distinct_nodes_cordon_and_drain_across_three_nodes() {
 
     // Uncordoned, the drained node takes tasks again.
     let out = cli(&addr, &["nodes", "uncordon", &packed, "-o", "json"]).json();
-    assert_eq!(out["state"], "READY", "{out}");
+    assert_eq!(out[0]["state"], "READY", "{out}");
     assert_eq!(cli(&addr, &["services", "scale", "web", "5"]).code, 0);
     let web = wait_for("web's 5 tasks RUNNING", LONG, || {
         service_nodes(&addr, "web", 5)

@@ -143,6 +143,36 @@ impl<R: Record> Table<R> {
         Ok(Ok(out))
     }
 
+    /// Changes the records at `keys` in one transaction, one flush: Ok(Err(key)) and nothing
+    /// written if one of them is missing. Returns each record as written. Durable on return.
+    pub async fn update_many(
+        &self,
+        keys: &[String],
+        mut change: impl FnMut(&mut R),
+    ) -> Result<Result<Vec<R>, String>, StoreError> {
+        let mut missing = None;
+        let out = transact(self.tree.engine(), &[&self.tree], |tx| {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let Some(v) = tx.get(&self.tree, key.as_bytes())? else {
+                    missing = Some(key.clone());
+                    return Err(TxError::Abort(StoreError::Rejected(String::new())));
+                };
+                let mut r: R = decode(R::TREE, &v)?;
+                change(&mut r);
+                tx.insert(&self.tree, key.as_bytes(), encode(&r))?;
+                out.push(r);
+            }
+            Ok(out)
+        });
+        if let Some(key) = missing {
+            return Ok(Err(key));
+        }
+        let out = out?;
+        self.commit.commit().await?;
+        Ok(Ok(out))
+    }
+
     /// Removes a record; returns what it was. Durable on return.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
         let old = self.remove(key)?;
