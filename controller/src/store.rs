@@ -1949,13 +1949,13 @@ mod tests {
                 .update_tasks_uncommitted(&ids, |i, mut t, _| {
                     let n: usize = t.id[2..].parse().unwrap();
                     if t.status == TaskStatus::Provisioning {
-                        if n % 10 != 0 && i < ids.len() - 2 {
+                        if !n.is_multiple_of(10) && i < ids.len() - 2 {
                             return Ok::<_, ()>(Decision::Keep(t));
                         }
                         t.status = TaskStatus::Pending;
                         t.node_id = Some(format!("n{}", (n / 5) % 3));
                     } else if t.status.is_active() {
-                        t.status = if n % 2 == 0 {
+                        t.status = if n.is_multiple_of(2) {
                             TaskStatus::Running
                         } else {
                             TaskStatus::Stopped
