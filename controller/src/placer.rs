@@ -18,14 +18,22 @@ use skiff_model::placement::{self, NodeLoad, Snapshot, Waiting};
 /// How often the loop runs even when nothing kicked it (node timeouts, retries).
 const TICK: Duration = Duration::from_millis(1000);
 
+/// At most this many waiting tasks are decided in one plan: each plan is one transaction,
+/// so a burst of 100,000 is committed (and its Starts sent) a window at a time, not held in
+/// one write.
+const PLAN_WINDOW: usize = 2048;
+
 pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     loop {
         if *stop.borrow() {
             return;
         }
         let next_tick = core.clock.now_ms() + TICK.as_millis() as i64;
-        if let Err(e) = pass(&core).await {
-            warn!(error = %e, "placement pass failed");
+        match pass(&core).await {
+            // More windows wait: the next pass now.
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "placement pass failed"),
         }
         tokio::select! {
             _ = core.loops.woken(Loop::Placer) => {}
@@ -35,7 +43,10 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn pass(core: &Core) -> Result<(), CoreError> {
+/// One pass: lost nodes' tasks, then the waiting tasks a window at a time (oldest first)
+/// until a window places something (`placement::plan_window`). Returns whether windows are
+/// left after it.
+async fn pass(core: &Core) -> Result<bool, CoreError> {
     // Read through the indexes: the tasks to place, the tasks on lost nodes (by node), and
     // only when there is something to place, what every node has reserved.
     let lost = core.lost_nodes();
@@ -54,6 +65,7 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
         );
     }
     let waiting = core.store.waiting_tasks()?;
+    let mut more = false;
     if !waiting.is_empty() || !on_lost.is_empty() {
         let nodes = if waiting.is_empty() {
             vec![]
@@ -78,12 +90,14 @@ async fn pass(core: &Core) -> Result<(), CoreError> {
                 .collect(),
             node_timeout_secs: core.timing.node_timeout.as_secs(),
         };
-        applier::apply(core, placement::plan(&snapshot)).await?;
+        let (steps, left) = placement::plan_window(&snapshot, PLAN_WINDOW);
+        applier::apply(core, steps).await?;
+        more = left;
     }
     for node in lost {
         core.forget_node_timer(&node);
     }
-    Ok(())
+    Ok(more)
 }
 
 /// Capacity and reservations of every known node, from the store's kept sums
