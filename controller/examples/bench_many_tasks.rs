@@ -76,16 +76,7 @@ async fn placement_pass(store: &Store, round: usize) -> f64 {
     let waiting = store.waiting_tasks().unwrap();
     let mut reserved = store.node_reservations();
     let snapshot = placement::Snapshot {
-        waiting: waiting
-            .iter()
-            .map(|t| placement::Waiting {
-                id: &t.id,
-                group: &t.group,
-                spec: &t.spec,
-                reason: &t.status_reason,
-                unplaceable: t.unplaceable,
-            })
-            .collect(),
+        waiting: waiting.iter().map(|t| placement::Waiting::of(t)).collect(),
         nodes: (0..10)
             .map(|n| {
                 let id = format!("node-{n}");

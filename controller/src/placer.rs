@@ -73,16 +73,7 @@ async fn pass(core: &Core) -> Result<bool, CoreError> {
             node_loads(core, core.store.node_reservations())?
         };
         let snapshot = Snapshot {
-            waiting: waiting
-                .iter()
-                .map(|t| Waiting {
-                    id: &t.id,
-                    group: &t.group,
-                    spec: &t.spec,
-                    reason: &t.status_reason,
-                    unplaceable: t.unplaceable,
-                })
-                .collect(),
+            waiting: waiting.iter().map(|t| Waiting::of(t)).collect(),
             nodes,
             on_lost_nodes: on_lost
                 .iter()

@@ -1114,12 +1114,8 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let start = match after {
-            Some(id) => Bound::Excluded(event_key(id)),
-            None => Bound::Unbounded,
-        };
         self.events
-            .range(start, Bound::Unbounded)
+            .range(after_bound(after), Bound::Unbounded)
             .take(limit)
             .map(|kv| decode("events", &kv?.1))
             .collect()
@@ -1132,12 +1128,12 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<Event>, StoreError> {
-        let start = match after {
-            Some(id) => Bound::Excluded(event_key(id)),
-            None => Bound::Unbounded,
-        };
         let mut last = None;
-        for kv in self.events.range(start, Bound::Unbounded).take(limit) {
+        for kv in self
+            .events
+            .range(after_bound(after), Bound::Unbounded)
+            .take(limit)
+        {
             last = Some(kv?.1);
         }
         last.map(|v| decode("events", &v)).transpose()
@@ -1772,6 +1768,14 @@ fn next_event_id(gen: &mut ulid::Generator) -> String {
 
 /// A malformed cursor sorts before every real id, so it reads from the start rather than failing
 /// here; the API layer validates cursors before they get this far.
+/// Where a read of the events after event `after` (None: from the first) starts.
+fn after_bound(after: Option<&str>) -> Bound<Vec<u8>> {
+    match after {
+        Some(id) => Bound::Excluded(event_key(id)),
+        None => Bound::Unbounded,
+    }
+}
+
 fn event_key(id: &str) -> Vec<u8> {
     ulid::Ulid::from_string(id)
         .map(|u| u.to_bytes().to_vec())

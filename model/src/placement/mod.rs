@@ -92,6 +92,19 @@ pub struct Waiting<'a> {
     pub unplaceable: bool,
 }
 
+impl<'a> Waiting<'a> {
+    /// A PROVISIONING task as the planner sees it.
+    pub fn of(t: &'a crate::model::Task) -> Waiting<'a> {
+        Waiting {
+            id: &t.id,
+            group: &t.group,
+            spec: &t.spec,
+            reason: &t.status_reason,
+            unplaceable: t.unplaceable,
+        }
+    }
+}
+
 /// What a placer pass sees.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot<'a> {
