@@ -29,6 +29,13 @@ pub enum NodesCmd {
         /// The nodes' ids.
         #[arg(required = true)]
         nodes: Vec<String>,
+        /// Wait until no service task is left on them; fails at once if a replacement can
+        /// never be placed (the drained node then keeps its task).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (exit code 2).
+        #[arg(long, default_value = "5m", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (give e.g. 30s, 5m)")))]
+        timeout: std::time::Duration,
     },
     /// Let cordoned or draining nodes take tasks again.
     Uncordon {
@@ -42,7 +49,7 @@ pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32
     let mut client = pb::nodes_client::NodesClient::new(connect(addr).await?);
     let set = match &cmd {
         NodesCmd::Cordon { nodes } => Some((nodes.clone(), "CORDONED")),
-        NodesCmd::Drain { nodes } => Some((nodes.clone(), "DRAINING")),
+        NodesCmd::Drain { nodes, .. } => Some((nodes.clone(), "DRAINING")),
         NodesCmd::Uncordon { nodes } => Some((nodes.clone(), "READY")),
         _ => None,
     };
@@ -70,6 +77,14 @@ pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32
                     println!("node {}: {} (was {})", n.node_id, n.state, n.previous_state);
                 }
             }
+        }
+        if let NodesCmd::Drain {
+            nodes,
+            wait: true,
+            timeout,
+        } = &cmd
+        {
+            return drained(addr, nodes, *timeout).await;
         }
         return Ok(0);
     }
@@ -132,4 +147,67 @@ pub async fn nodes(addr: &str, fmt: Format, cmd: NodesCmd) -> anyhow::Result<i32
         ),
     }
     Ok(0)
+}
+
+/// Waits until no active service task is left on `nodes`: 0 when none is, 2 at the timeout;
+/// an error at once when a service task waits for a node it can never get.
+async fn drained(
+    addr: &str,
+    nodes: &[String],
+    timeout: std::time::Duration,
+) -> anyhow::Result<i32> {
+    let mut tasks = pb::tasks_client::TasksClient::new(connect(addr).await?);
+    let deadline = std::time::Instant::now() + timeout;
+    let is_service = |t: &pb::Task| t.group.starts_with("service:");
+    loop {
+        let mut left = 0;
+        for node in nodes {
+            let on = tasks
+                .list(pb::ListTasksRequest {
+                    node_id: node.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            left += on
+                .tasks
+                .iter()
+                .filter(|t| is_service(t) && t.last_status != "STOPPED")
+                .count();
+        }
+        if left == 0 {
+            eprintln!("{}: no service task left", nodes.join(", "));
+            return Ok(0);
+        }
+        let waiting = tasks
+            .list(pb::ListTasksRequest {
+                status: "PROVISIONING".into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(api_error)?
+            .into_inner();
+        if let Some(t) = waiting
+            .tasks
+            .iter()
+            .find(|t| is_service(t) && t.unplaceable)
+        {
+            anyhow::bail!(
+                "the drain cannot finish: task {} of {} can never be placed: {}",
+                t.id,
+                t.group.trim_start_matches("service:"),
+                t.status_reason
+            );
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "{}: {left} service task(s) still there after {}",
+                nodes.join(", "),
+                humantime::format_duration(timeout)
+            );
+            return Ok(2);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

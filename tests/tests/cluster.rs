@@ -842,7 +842,23 @@ fn constraints_binpack_distinct_nodes_cordon_and_drain_across_three_nodes() {
         reason.contains("of 3 nodes: 1 not READY (draining, cordoned or down), 2 already running one of its group"),
         "{reason}"
     );
-    // The task on c still runs: cordon moves nothing.
+    // Draining c cannot finish while `spread` wants one task per node and a and b have
+    // theirs: its task on c stays (minimum healthy) and `--wait` gives up at its timeout.
+    let out = cli(&addr, &["nodes", "drain", "c", "--wait", "--timeout", "2s"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("1 service task(s) still there after 2s"),
+        "{out:?}"
+    );
+    let running_on_c = cli(
+        &addr,
+        &[
+            "tasks", "ls", "--node", "c", "--status", "RUNNING", "-o", "json",
+        ],
+    )
+    .json();
+    assert_eq!(running_on_c.as_array().unwrap().len(), 1, "{running_on_c}");
     assert_eq!(cli(&addr, &["services", "rm", "spread"]).code, 0);
     wait_for("spread gone", LONG, || {
         (cli(&addr, &["services", "describe", "spread"]).code != 0).then_some(())
@@ -850,9 +866,13 @@ fn constraints_binpack_distinct_nodes_cordon_and_drain_across_three_nodes() {
 
     // Drained: web's tasks move to the other east node (not c: the constraint), and web
     // never drops below 2 RUNNING (minimum healthy 100%).
-    let out = cli(&addr, &["nodes", "drain", &packed]);
+    let out = cli(
+        &addr,
+        &["nodes", "drain", &packed, "--wait", "--timeout", "30s"],
+    );
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("DRAINING (was READY)"), "{out:?}");
+    assert!(out.stderr.contains("no service task left"), "{out:?}");
     let moved = wait_for("web's tasks moved off the drained node", LONG, || {
         let out = cli(&addr, &["services", "describe", "web", "-o", "json"]).json();
         let tasks = out["tasks"].as_array()?;
