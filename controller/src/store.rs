@@ -2215,16 +2215,8 @@ mod tests {
             .create_task(&task("c", TaskStatus::Stopped, Some("n1")), event)
             .await
             .unwrap();
-        let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
-        assert_eq!(
-            ids(store
-                .waiting_tasks()
-                .unwrap()
-                .iter()
-                .map(|t| (**t).clone())
-                .collect()),
-            ["a"]
-        );
+        let ids = |v: Vec<Arc<Task>>| v.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(store.waiting_tasks().unwrap()), ["a"]);
         let r = store.reservations().unwrap();
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r.contains(&Reservation {
@@ -2267,15 +2259,7 @@ mod tests {
         store.engine.flush().unwrap();
         drop(store);
         let store = reopen(dir.path());
-        assert_eq!(
-            ids(store
-                .waiting_tasks()
-                .unwrap()
-                .iter()
-                .map(|t| (**t).clone())
-                .collect()),
-            ["d"]
-        );
+        assert_eq!(ids(store.waiting_tasks().unwrap()), ["d"]);
         assert_eq!(store.reservations().unwrap().len(), 3);
     }
 
