@@ -161,13 +161,6 @@ fn keeps_its_node(spec: &TaskSpec) -> bool {
         && host_ports(spec).is_empty()
 }
 
-impl Snapshot<'_> {
-    /// Whether waiting task `id` is recorded as never placeable.
-    fn waiting_never(&self, id: &str) -> bool {
-        self.waiting.iter().any(|w| w.id == id && w.unplaceable)
-    }
-}
-
 /// One step of a plan.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
@@ -236,22 +229,23 @@ pub fn plan(s: &Snapshot) -> Vec<Step> {
                 });
             }
             Err(why) if why.reason != w.reason || why.never != w.unplaceable => {
-                waits.push((w.reason, why, w.id));
+                waits.push((w, why));
             }
             Err(_) => {}
         }
     }
     // A reason is rewritten when it changed; in a pass that placed tasks, only when more
     // than its counts did (the next quiet pass brings the counts up to date).
-    for (recorded, why, task) in waits {
-        let same_headline = recorded
+    for (w, why) in waits {
+        let same_headline = w
+            .reason
             .strip_prefix(why.headline.as_str())
             .is_some_and(|rest| rest.starts_with(" ("));
-        if placed && same_headline && why.never == s.waiting_never(task) {
+        if placed && same_headline && why.never == w.unplaceable {
             continue;
         }
         steps.push(Step::Wait {
-            task: task.to_string(),
+            task: w.id.to_string(),
             why,
         });
     }
