@@ -154,7 +154,7 @@ fn shared_libraries(bin: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Boots the kernel with `initramfs` (1 GiB, 2 CPUs, no network device, extra kernel arguments
+/// Boots the kernel with `initramfs` (2 GiB, 2 CPUs, no network device, extra kernel arguments
 /// `cmdline`) and returns everything the console printed once the VM powers off. Panics, with
 /// the console so far, if it runs past `timeout`.
 pub fn boot(initramfs: &Initramfs, work: &Path, cmdline: &str, timeout: Duration) -> String {
@@ -163,7 +163,7 @@ pub fn boot(initramfs: &Initramfs, work: &Path, cmdline: &str, timeout: Duration
     let console = work.join("console.log");
     let kernel = tools_dir().join("vmlinuz");
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-nodefaults"])
+        .args(["-accel", "tcg", "-m", "2048", "-smp", "2", "-nodefaults"])
         .args(["-display", "none", "-no-reboot", "-net", "none"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))

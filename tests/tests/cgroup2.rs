@@ -10,8 +10,22 @@ use std::time::Duration;
 use skiff_tests::vm::{boot, reports, Initramfs};
 use skiff_tests::Env;
 
-const SCENARIO: &str = r#"
-say() { echo "@$1=$2"; }
+const SCENARIO: &str = r##"
+uptime_s() { cut -d. -f1 /proc/uptime; }
+# Each report with the VM's uptime beside it (a comment line), so a slow step shows.
+say() { echo "@$1=$2"; echo "# at $(uptime_s) s"; }
+# What skiff looked like, for a step that did not end as it should.
+show_state() {
+  echo "# --- $1: processes, tasks, nodes, the end of skiff dev's log ---"
+  ps; free
+  timeout 20 skiff tasks ls
+  timeout 20 skiff nodes ls
+  tail -n 60 /tmp/dev.log
+  echo "# ---"
+}
+# A watchdog: a script still running at 450 s (the test gives the VM 600) shows where it is
+# and powers off, so the failure comes with its cause instead of a bare timeout.
+( sleep 450; show_state "still running after 450 s"; poweroff -f ) &
 mkdir -p /sys/fs/cgroup
 mount -t cgroup2 -o nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup
 say hierarchies "$(awk '$3 ~ /^cgroup/ {printf "%s %s;", $3, $2}' /proc/mounts)"
@@ -24,12 +38,14 @@ start_dev() {
   for i in $(seq 1 240); do skiff nodes ls >/dev/null 2>&1 && return 0; sleep 0.5; done
   cat /tmp/dev.log; return 1
 }
-# Waits (up to 2 minutes) for task $1 to reach status $2.
+# Waits (up to 2 minutes) for task $1 to reach status $2; shows skiff's state if it does not.
 wait_status() {
-  for i in $(seq 1 240); do
-    skiff tasks describe "$1" -o json 2>/dev/null | grep -q "\"lastStatus\": *\"$2\"" && return 0
+  end=$(( $(uptime_s) + 120 ))
+  while [ "$(uptime_s)" -lt "$end" ]; do
+    timeout 20 skiff tasks describe "$1" -o json 2>/dev/null | grep -q "\"lastStatus\": *\"$2\"" && return 0
     sleep 0.5
   done
+  show_state "task $1 did not reach $2"
   return 1
 }
 cgroup_of() { ls -d /sys/fs/cgroup/skiff/"$1"-main 2>/dev/null; }
@@ -92,7 +108,7 @@ left=""
 for p in $pids; do grep -qs '^State:[[:space:]]*[RSD]' /proc/$p/status && left="$left $p"; done
 say orphan-processes-left "$left"
 say tasks-left "$(ls /sys/fs/cgroup/skiff | grep -c -- '-main$')"
-"#;
+"##;
 
 #[test]
 fn containers_run_limited_and_tracked_on_a_pure_cgroup_v2_machine() {
