@@ -187,6 +187,9 @@ pub fn task(t: &Task) -> pb::Task {
         stopping_at_ms: t.stopping_at_ms,
         stopped_at_ms: t.stopped_at_ms,
         version: t.version,
+        attempt: t.attempt.max(1),
+        replaces: t.replaces.clone(),
+        replaced_by: t.replaced_by.clone(),
         task_role: t.spec.task_role.clone(),
     }
 }

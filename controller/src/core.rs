@@ -270,9 +270,21 @@ impl Core {
             .store
             .update_tasks_uncommitted(&ids, |i, mut task, next_event_id| {
                 let event = events[i].take().expect("one decision per change");
+                let was = (task.status, task.desired);
                 match lifecycle::apply(&mut task, event, now)? {
                     Outcome::Unchanged => Ok::<_, CoreError>(Decision::Keep(task)),
                     Outcome::Moved(_) | Outcome::Updated => {
+                        let new_id = || ulid::Ulid::new().to_string().to_lowercase();
+                        if let Some(next) = lifecycle::start_again(&mut task, was, new_id(), now) {
+                            tracing::info!(task_id = %task.id, next = %next.id, attempt = next.attempt, "lost with its node before it ran; starting it again");
+                            let event = state_change_event(next_event_id(), &task, now);
+                            let first = state_change_event(next_event_id(), &next, now);
+                            return Ok(Decision::Replace {
+                                task,
+                                event,
+                                next: Box::new((next, first)),
+                            });
+                        }
                         let ev = state_change_event(next_event_id(), &task, now);
                         Ok(Decision::Write {
                             task,
@@ -291,7 +303,9 @@ impl Core {
             .zip(decided)
             .map(|(id, decision)| match decision {
                 Ok(Some(Decision::Keep(task))) => Ok((task, false)),
-                Ok(Some(Decision::Write { task, .. })) => Ok((task, true)),
+                Ok(Some(Decision::Write { task, .. } | Decision::Replace { task, .. })) => {
+                    Ok((task, true))
+                }
                 Ok(None) => Err(CoreError::NoSuchTask(id)),
                 Err(e) => Err(e),
             })
@@ -538,6 +552,9 @@ pub fn state_change_event(id: String, t: &Task, time_ms: i64) -> Event {
         "stoppingAt": ts(t.stopping_at_ms),
         "stoppedAt": ts(t.stopped_at_ms),
         "version": t.version,
+        "attempt": t.attempt.max(1),
+        "replaces": (!t.replaces.is_empty()).then_some(&t.replaces),
+        "replacedBy": (!t.replaced_by.is_empty()).then_some(&t.replaced_by),
     });
     Event {
         id,

@@ -265,13 +265,28 @@ pub enum Decision {
     Write { task: Task, event: Option<Event> },
     /// Nothing changed; here is the task as it is.
     Keep(Task),
+    /// Store this task with its event, and create `next` (a new task, with its first event)
+    /// in the same transaction: the task stopped and the one that starts its work again
+    /// (`lifecycle::start_again`) are durable together or not at all.
+    Replace {
+        task: Task,
+        event: Event,
+        next: Box<(Task, Event)>,
+    },
 }
 
 impl Decision {
     pub fn task(&self) -> &Task {
         match self {
-            Decision::Write { task, .. } | Decision::Keep(task) => task,
+            Decision::Write { task, .. }
+            | Decision::Keep(task)
+            | Decision::Replace { task, .. } => task,
         }
+    }
+
+    /// Whether it stores anything.
+    pub fn writes(&self) -> bool {
+        !matches!(self, Decision::Keep(_))
     }
 }
 
@@ -927,7 +942,7 @@ impl Store {
         change: impl FnOnce(Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
     ) -> Result<Result<Option<Decision>, E>, StoreError> {
         let out = self.update_task_uncommitted(id, change).await?;
-        if matches!(out, Ok(Some(Decision::Write { .. }))) {
+        if matches!(&out, Ok(Some(d)) if d.writes()) {
             self.commit().await?;
         }
         Ok(out)
@@ -960,6 +975,8 @@ impl Store {
         let mut gen = self.writer.lock().await;
         let mut changed: HashMap<&str, Arc<Task>> = HashMap::new();
         let mut writes: Vec<(Arc<Task>, Option<Event>, Before)> = Vec::new();
+        // Tasks created by `Decision::Replace`, written after the changes.
+        let mut created: Vec<(Arc<Task>, Option<Event>, Before)> = Vec::new();
         let mut out = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
             let task = match changed.get(id.as_str()) {
@@ -974,29 +991,42 @@ impl Store {
             let before = Before::of(&task);
             match change(i, task, &mut next_id) {
                 Ok(decision) => {
-                    if let Decision::Write { task, event } = &decision {
+                    let (task, event) = match &decision {
+                        Decision::Keep(_) => (None, None),
+                        Decision::Write { task, event } => (Some(task), event.clone()),
+                        Decision::Replace { task, event, next } => {
+                            let (new, first) = &**next;
+                            created.push((Arc::new(new.clone()), Some(first.clone()), Before::NEW));
+                            (Some(task), Some(event.clone()))
+                        }
+                    };
+                    if let Some(task) = task {
                         let written = Arc::new(task.clone());
                         changed.insert(id, written.clone());
-                        writes.push((written, event.clone(), before));
+                        writes.push((written, event, before));
                     }
                     out.push(Ok(Some(decision)));
                 }
                 Err(e) => out.push(Err(e)),
             }
         }
+        let new_tasks = created.len();
+        writes.append(&mut created);
         if !writes.is_empty() {
             let rows: Vec<(Arc<Task>, Option<&Event>, Before)> = writes
                 .iter()
                 .map(|(t, e, b)| (t.clone(), e.as_ref(), *b))
                 .collect();
-            self.write_tasks_and_events(&rows, false)?;
+            self.write_tasks_and_events(&rows, new_tasks > 0)?;
+            self.task_count
+                .fetch_add(new_tasks, std::sync::atomic::Ordering::AcqRel);
         }
         Ok(out)
     }
 
-    /// Writes tasks (with the index entries their change needs — see `Before`; `created`:
-    /// new tasks, with their family's entry too) and their events in one transaction; a task
-    /// written twice ends as its last write.
+    /// Writes tasks (with the index entries their change needs — see `Before`; `created`: the
+    /// rows written as new (`Before::NEW`) are new tasks, with their family's entry too) and
+    /// their events in one transaction; a task written twice ends as its last write.
     fn write_tasks_and_events(
         &self,
         writes: &[(Arc<Task>, Option<&Event>, Before)],
@@ -1027,7 +1057,7 @@ impl Store {
                     .then_some(task.status == TaskStatus::Provisioning),
                 group: before.new.then(|| group_key(task)),
                 node: node_key(task).filter(|_| before.new || !before.placed),
-                family: family_key(task).filter(|_| created),
+                family: family_key(task).filter(|_| created && before.new),
             })
             .collect();
         let mut trees = vec![
@@ -1861,6 +1891,79 @@ mod tests {
             resources: vec![],
             detail: serde_json::json!({}),
         }
+    }
+
+    #[tokio::test]
+    async fn a_replace_stops_the_task_and_creates_the_next_in_one_write_that_every_index_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut lost = task("01a", TaskStatus::Pending, Some("n1"));
+            lost.task_definition = Some("web:1".into());
+            store.create_task(&lost, event).await.unwrap();
+            let before = store.events_after(None, 100).unwrap().len();
+            let out = store
+                .update_tasks_uncommitted(&["01a".to_string()], |_, mut t, next_id| {
+                    t.status = TaskStatus::Stopped;
+                    let mut next = task("01b", TaskStatus::Provisioning, None);
+                    next.task_definition = t.task_definition.clone();
+                    next.replaces = t.id.clone();
+                    t.replaced_by = next.id.clone();
+                    Ok::<_, ()>(Decision::Replace {
+                        event: event(next_id()),
+                        task: t,
+                        next: Box::new((next, event(next_id()))),
+                    })
+                })
+                .await
+                .unwrap();
+            assert!(
+                matches!(&out[0], Ok(Some(d)) if d.writes() && d.task().status == TaskStatus::Stopped)
+            );
+            store.commit().await.unwrap();
+            assert_eq!(store.events_after(None, 100).unwrap().len(), before + 2);
+            assert_eq!(
+                store
+                    .waiting_tasks()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.id.as_str())
+                    .collect::<Vec<_>>(),
+                ["01b"]
+            );
+            assert!(store.node_reservations().is_empty(), "n1 holds nothing now");
+        }
+        // Both are durable, and every listing counts them as they are.
+        let store = reopen(dir.path());
+        assert_eq!(store.task("01a").unwrap().unwrap().replaced_by, "01b");
+        assert_eq!(store.task("01b").unwrap().unwrap().replaces, "01a");
+        let ids = |f: TaskFilter| {
+            let (tasks, total) = store.list_tasks(&f, 0).unwrap();
+            (tasks.into_iter().map(|t| t.id).collect::<Vec<_>>(), total)
+        };
+        let status = |s| TaskFilter {
+            status: Some(s),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(TaskFilter::default()),
+            (vec!["01b".into(), "01a".into()], 2)
+        );
+        assert_eq!(
+            ids(status(TaskStatus::Provisioning)),
+            (vec!["01b".into()], 1)
+        );
+        assert_eq!(ids(status(TaskStatus::Stopped)), (vec!["01a".into()], 1));
+        let family = TaskFilter {
+            family: Some("web".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(family), (vec!["01b".into(), "01a".into()], 2));
+        let on_n1 = TaskFilter {
+            node: Some("n1".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(on_n1), (vec!["01a".into()], 1));
     }
 
     #[tokio::test]

@@ -228,6 +228,8 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
                 );
                 return Ok(130);
             }
+            // Its work may have started again as another task: that one is stopped.
+            let id = crate::tasks::latest(&mut client, &id).await?;
             eprintln!("skiff: interrupted; stopping task {id}");
             client
                 .stop(pb::StopTaskRequest { id: id.clone(), reason: "interrupted (Ctrl-C) in skiff run-task".into() })
@@ -259,9 +261,26 @@ pub async fn run(addr: &str, fmt: Format, a: RunTaskArgs) -> anyhow::Result<i32>
     Ok(exit_status(&done))
 }
 
-/// Streams the logs once the task's containers run (when `follow`), then waits for the end.
-/// A task that never ran has no logs: its reason comes from the wait, as with `--wait`.
+/// Streams the logs once the task's containers run (when `follow`), then waits for the end;
+/// the same for each task that starts its work again after it was lost with its node before
+/// it ran. A task that never ran has no logs: its reason comes from the wait, as with `--wait`.
 async fn follow_and_wait(
+    client: &mut pb::tasks_client::TasksClient<Conn>,
+    id: &str,
+    follow: bool,
+) -> Result<pb::Task, Unfinished> {
+    let mut id = id.to_string();
+    loop {
+        let done = follow_one(client, &id, follow).await?;
+        match crate::tasks::started_again(&done) {
+            Some(next) => id = next,
+            None => return Ok(done),
+        }
+    }
+}
+
+/// `follow_and_wait` for one task: returns it STOPPED.
+async fn follow_one(
     client: &mut pb::tasks_client::TasksClient<Conn>,
     id: &str,
     follow: bool,
@@ -283,7 +302,7 @@ async fn follow_and_wait(
             }
         }
     }
-    wait(client, id).await
+    crate::tasks::wait_one(client, id).await
 }
 
 /// Polls until the task's containers run (true) or it stopped without running (false).

@@ -175,6 +175,16 @@ pub fn describe_task(t: &pb::Task) -> String {
     }
     kv("Stop code:", t.stop_code.clone());
     kv("Stopped reason:", t.stopped_reason.clone());
+    if !t.replaces.is_empty() {
+        kv(
+            "Replaces:",
+            format!(
+                "task {} (lost with its node before it ran; this is start {})",
+                t.replaces, t.attempt
+            ),
+        );
+    }
+    kv("Replaced by:", t.replaced_by.clone());
     kv("Created:", output::time(t.created_at_ms));
     kv("Started:", output::time(t.started_at_ms));
     kv("Stopped:", output::time(t.stopped_at_ms));
@@ -460,9 +470,57 @@ pub enum Unfinished {
     Failed(anyhow::Error),
 }
 
-/// Waits until the task is STOPPED, saying on stderr why while it waits for a node. Fails at
-/// once when it can never be placed.
+/// Waits until the task's work is over: the task is STOPPED, and so is each task that
+/// started its work again after it was lost with its node before it ran (said on stderr).
+/// Says on stderr why while it waits for a node; fails at once when it can never be placed.
 pub async fn wait(
+    client: &mut pb::tasks_client::TasksClient<Conn>,
+    id: &str,
+) -> Result<pb::Task, Unfinished> {
+    let mut id = id.to_string();
+    loop {
+        let done = wait_one(client, &id).await?;
+        match started_again(&done) {
+            Some(next) => id = next,
+            None => return Ok(done),
+        }
+    }
+}
+
+/// The task that starts a STOPPED task's work again (its node was lost before it ran), said
+/// on stderr; None when its work is over.
+pub fn started_again(t: &pb::Task) -> Option<String> {
+    if t.replaced_by.is_empty() {
+        return None;
+    }
+    eprintln!(
+        "skiff: task {} was lost with its node before it started; its work starts again as task {}",
+        t.id, t.replaced_by
+    );
+    Some(t.replaced_by.clone())
+}
+
+/// The task that carries `id`'s work now: `id`, or the last task that started it again.
+pub async fn latest(
+    client: &mut pb::tasks_client::TasksClient<Conn>,
+    id: &str,
+) -> anyhow::Result<String> {
+    let mut id = id.to_string();
+    loop {
+        let t = client
+            .describe(pb::TaskRef { id: id.clone() })
+            .await
+            .map_err(api_error)?
+            .into_inner();
+        if t.replaced_by.is_empty() {
+            return Ok(id);
+        }
+        id = t.replaced_by;
+    }
+}
+
+/// Waits until this one task is STOPPED (see `wait`).
+pub async fn wait_one(
     client: &mut pb::tasks_client::TasksClient<Conn>,
     id: &str,
 ) -> Result<pb::Task, Unfinished> {

@@ -169,6 +169,49 @@ pub fn apply(task: &mut Task, event: TaskEvent, now_ms: i64) -> Result<Outcome, 
     Ok(outcome)
 }
 
+/// How many times in all a task's work is started when skiff's own failure stopped it before
+/// it ran (its node lost: powered off, cut off, its agent gone).
+pub const MAX_STARTS: u32 = 3;
+
+/// The task that starts `lost`'s work again, if `lost` was just stopped `NodeLost` before any
+/// of its containers ran (`was`: its status and desired status before), nobody had asked it to
+/// stop, it is no service's (a service's loop replaces its own tasks) and it has starts left
+/// (`MAX_STARTS`). Its node being gone, nothing of it ran, so starting it again loses nothing
+/// and doubles nothing; a new task (not the same one moved back) because its old node, if it
+/// returns, may still hold the old id, which it is told to stop. `lost` records its successor
+/// in `replaced_by` and its stop reason.
+pub fn start_again(
+    lost: &mut Task,
+    was: (TaskStatus, DesiredStatus),
+    new_id: String,
+    now_ms: i64,
+) -> Option<Task> {
+    let lost_before_running = lost.status == TaskStatus::Stopped
+        && lost.stop_code == Some(StopCode::NodeLost)
+        && was == (TaskStatus::Pending, DesiredStatus::Running)
+        && lost.started_at_ms == 0;
+    let attempt = lost.attempt.max(1) + 1;
+    if !lost_before_running || lost.group.starts_with("service:") || attempt > MAX_STARTS {
+        return None;
+    }
+    let mut next = Task::new(
+        new_id,
+        lost.task_definition.clone(),
+        lost.group.clone(),
+        lost.started_by.clone(),
+        lost.spec.clone(),
+        now_ms,
+    );
+    next.attempt = attempt;
+    next.replaces = lost.id.clone();
+    lost.replaced_by = next.id.clone();
+    lost.stopped_reason = format!(
+        "{}; it had not started, so it starts again as task {} (start {attempt} of {MAX_STARTS})",
+        lost.stopped_reason, next.id
+    );
+    Some(next)
+}
+
 /// Whether a report changes any container's health.
 fn health_changed(known: &[ContainerState], reported: &[ContainerState]) -> bool {
     reported.iter().any(|r| {
@@ -361,5 +404,107 @@ mod tests {
         assert_eq!(t.containers[0].health, Some(Health::Healthy));
         assert_eq!((t.status, t.version), (TaskStatus::Running, version + 1));
         assert_eq!(apply(&mut t, started, 6), Ok(Outcome::Unchanged));
+    }
+
+    /// A task stopped by `event` from `status` (desired RUNNING unless asked to stop first).
+    fn lost_from(status: TaskStatus, asked_to_stop: bool) -> (Task, (TaskStatus, DesiredStatus)) {
+        let mut t = task_in(status);
+        t.group = "family:web".into();
+        if status == TaskStatus::Running {
+            t.started_at_ms = 3;
+        }
+        if asked_to_stop {
+            t.desired = DesiredStatus::Stopped;
+        }
+        let was = (t.status, t.desired);
+        let lost = TaskEvent::Stopped {
+            code: StopCode::NodeLost,
+            reason: "node n1 was silent for more than 30s".into(),
+            containers: vec![],
+        };
+        apply(&mut t, lost, 9).unwrap();
+        (t, was)
+    }
+
+    #[test]
+    fn a_task_lost_with_its_node_before_it_ran_starts_again_as_a_new_task_a_bounded_number_of_times(
+    ) {
+        let (mut lost, was) = lost_from(TaskStatus::Pending, false);
+        let next = start_again(&mut lost, was, "t2".into(), 10).expect("started again");
+        assert_eq!(
+            (next.status, next.node_id.as_deref(), next.attempt),
+            (TaskStatus::Provisioning, None, 2)
+        );
+        assert_eq!(
+            (next.replaces.as_str(), next.group.as_str()),
+            ("t", "family:web")
+        );
+        assert_eq!(next.spec, lost.spec);
+        assert_eq!(lost.replaced_by, "t2");
+        assert_eq!(
+            lost.stopped_reason,
+            "node n1 was silent for more than 30s; it had not started, so it starts again as \
+             task t2 (start 2 of 3)"
+        );
+        // The third start is the last.
+        let mut second = next;
+        second.status = TaskStatus::Pending;
+        second.node_id = Some("n2".into());
+        let was = (second.status, second.desired);
+        apply(
+            &mut second,
+            TaskEvent::Stopped {
+                code: StopCode::NodeLost,
+                reason: "lost".into(),
+                containers: vec![],
+            },
+            11,
+        )
+        .unwrap();
+        let mut third = start_again(&mut second, was, "t3".into(), 12).expect("third start");
+        assert_eq!((third.attempt, third.replaces.as_str()), (3, "t2"));
+        third.status = TaskStatus::Pending;
+        let was = (third.status, third.desired);
+        apply(
+            &mut third,
+            TaskEvent::Stopped {
+                code: StopCode::NodeLost,
+                reason: "lost".into(),
+                containers: vec![],
+            },
+            13,
+        )
+        .unwrap();
+        assert_eq!(start_again(&mut third, was, "t4".into(), 14), None);
+        assert_eq!(third.replaced_by, "");
+    }
+
+    #[test]
+    fn a_task_that_ran_was_asked_to_stop_belongs_to_a_service_or_stopped_otherwise_is_not_started_again(
+    ) {
+        // It ran: its work may be half done.
+        let (mut ran, was) = lost_from(TaskStatus::Running, false);
+        assert_eq!(start_again(&mut ran, was, "x".into(), 10), None);
+        // Someone asked it to stop.
+        let (mut asked, was) = lost_from(TaskStatus::Pending, true);
+        assert_eq!(start_again(&mut asked, was, "x".into(), 10), None);
+        // A service's loop replaces its own tasks.
+        let (mut of_service, was) = lost_from(TaskStatus::Pending, false);
+        of_service.group = "service:web".into();
+        assert_eq!(start_again(&mut of_service, was, "x".into(), 10), None);
+        // It failed to start for a reason of its own.
+        let mut failed = task_in(TaskStatus::Pending);
+        let was = (failed.status, failed.desired);
+        let event = TaskEvent::Stopped {
+            code: StopCode::TaskFailedToStart,
+            reason: "no such image".into(),
+            containers: vec![],
+        };
+        apply(&mut failed, event, 9).unwrap();
+        assert_eq!(start_again(&mut failed, was, "x".into(), 10), None);
+        for t in [&ran, &asked, &of_service, &failed] {
+            assert_eq!(t.replaced_by, "", "{t:?}");
+            assert!(!t.stopped_reason.contains("starts again"), "{t:?}");
+        }
     }
 }

@@ -420,6 +420,21 @@ pub struct Task {
     pub stopped_at_ms: i64,
     /// Bumped on every stored change, like ECS's task `version`.
     pub version: u64,
+    /// Which start of its work this task is (1 for the first; 0 in records from before the
+    /// field): a task lost with its node before it ran is started again as a new task
+    /// (`lifecycle::start_again`), one more each time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// The task this one started again (empty for a first start).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replaces: String,
+    /// The task that started this one's work again after its node was lost before it ran.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replaced_by: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Task {
@@ -485,6 +500,9 @@ impl Task {
             stopping_at_ms: 0,
             stopped_at_ms: 0,
             version: 1,
+            attempt: 1,
+            replaces: String::new(),
+            replaced_by: String::new(),
         }
     }
 

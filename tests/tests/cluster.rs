@@ -348,6 +348,125 @@ fn a_silent_node_loses_its_tasks_as_node_lost() {
     });
 }
 
+/// Invariant: a task whose container never started because skiff lost its node starts again,
+/// once per loss and at most `MAX_STARTS` in all, as a new task that says what it replaces;
+/// the old one never runs when its node returns; `run-task --wait` follows the work to its end.
+#[test]
+fn a_task_lost_with_its_node_before_it_ran_starts_again_on_another_node() {
+    use skiff_tests::gate::Gate;
+    use skiff_tests::images::{busybox_rootfs, layer_of};
+    use skiff_tests::registry::{Registry, TestImage};
+
+    let mut env = Env::new();
+    let reg = Registry::start(&env.path("registry"), None);
+    let layers = vec![layer_of(&busybox_rootfs(&env.path("busybox")))];
+    let config = TestImage::config("amd64", &["true"], &[], &layers);
+    reg.push("team/app", "v1", &TestImage { layers, config });
+    // The agents pull through a gate that holds them until it opens: a pull that hangs keeps
+    // the task PENDING on its node.
+    let gate = Gate::closed(&reg.addr);
+    let image = format!("{}/team/app:v1", gate.addr);
+    let (_, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "2s"]);
+    let pull = ["--insecure-registry", gate.addr.as_str()];
+    let n1 = env.agent(&addr, "n1", &pull);
+
+    // The user's command waits for the work, whichever task ends up doing it.
+    let waiter = {
+        let (addr, image) = (addr.clone(), image.clone());
+        std::thread::spawn(move || {
+            cli(
+                &addr,
+                &[
+                    "run-task",
+                    "--wait",
+                    "--image",
+                    &image,
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo ran $SKIFF_TASK_ID",
+                ],
+            )
+        })
+    };
+    let first = wait_for("the task to be pulling its image on n1", LONG, || {
+        let ls = cli(&addr, &["tasks", "ls", "-o", "json"]).json();
+        let t = ls.as_array()?.first()?.clone();
+        (t["lastStatus"] == "PENDING" && t["nodeId"] == "n1" && gate.held() > 0).then_some(t)
+    });
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let state = env.path("agent-n1").join("state/tasks").join(&first_id);
+    assert!(state.exists(), "n1 holds the task it is starting");
+    env.agent(&addr, "n2", &pull);
+
+    // n1 dies mid-pull; once it is silent past the timeout, its task is lost and its work
+    // starts again, on n2, where the pull goes through.
+    env.procs[n1].kill9();
+    gate.open();
+    let lost = wait_status(&addr, &first_id, "STOPPED", LONG);
+    assert_eq!(lost["stopCode"], "NodeLost", "{lost}");
+    let next_id = lost["replacedBy"].as_str().expect("replacedBy").to_string();
+    assert!(
+        lost["stoppedReason"].as_str().unwrap().ends_with(&format!(
+            "it had not started, so it starts again as task {next_id} (start 2 of 3)"
+        )),
+        "{lost}"
+    );
+    let next = wait_status(&addr, &next_id, "STOPPED", LONG);
+    assert_eq!(
+        (
+            &next["nodeId"],
+            &next["replaces"],
+            &next["attempt"],
+            &next["containers"][0]["exitCode"]
+        ),
+        (
+            &"n2".into(),
+            &first_id.as_str().into(),
+            &2.into(),
+            &0.into()
+        ),
+        "{next}\n{}",
+        env.logs()
+    );
+    assert_eq!(
+        cli(&addr, &["tasks", "logs", &next_id]).stdout,
+        format!("ran {next_id}\n")
+    );
+    let described = cli(&addr, &["tasks", "describe", &next_id]).stdout;
+    assert!(
+        described.contains(&format!(
+            "task {first_id} (lost with its node before it ran; this is start 2)"
+        )),
+        "{described}"
+    );
+    let waited = waiter.join().unwrap();
+    assert_eq!(waited.code, 0, "{waited:?}");
+    assert!(
+        waited.stderr.contains(&format!(
+            "task {first_id} was lost with its node before it started; its work starts again as task {next_id}"
+        )),
+        "{waited:?}"
+    );
+
+    // n1 comes back: it drops the start it never finished, and nothing tells it to start the
+    // old task again.
+    env.agent(&addr, "n1", &pull);
+    wait_for("n1 to drop the start it never finished", LONG, || {
+        (!state.exists()).then_some(())
+    });
+    let first = task(&addr, &first_id);
+    assert_eq!(
+        (&first["lastStatus"], &first["stopCode"]),
+        (&"STOPPED".into(), &"NodeLost".into()),
+        "{first}"
+    );
+    assert_eq!(cli(&addr, &["tasks", "logs", &first_id]).stdout, "");
+    assert!(shims_under(&env.path("agent-n1")).is_empty());
+    let all = cli(&addr, &["tasks", "ls", "-o", "json"]).json();
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+}
+
 #[test]
 fn agent_config_file_and_log_rotation_end_to_end() {
     let mut env = Env::new();
