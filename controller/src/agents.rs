@@ -97,8 +97,23 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                 warn!(node_id = %node_id, error = %e, "reconcile failed");
             }
             core.loops.wake(Loop::Placer);
+            // A session whose agent falls silent (a cut cable leaves the TCP connection open
+            // for many minutes) ends after the node timeout with its silence counted from the
+            // last message, so the node is lost then, as if it had disconnected. A watchdog on
+            // the connection, so in real time (tokio's), not on the core's clock, which tests
+            // move by hand without their fake agents' heartbeats.
+            let silence = core.timing.node_timeout;
+            let mut silent = false;
             'session: loop {
-                let mut arrived = match inbound.message().await {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = crate::clock::Clock::real_sleep(silence) => {
+                        warn!(node_id = %node_id, ?silence, "agent silent for the node timeout; closing its session");
+                        silent = true;
+                        break;
+                    }
+                };
+                let mut arrived = match next {
                     Ok(Some(m)) => vec![m],
                     Ok(None) => break,
                     Err(e) => {
@@ -145,7 +160,11 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                 }
             }
             names.abort();
-            core.detach(&node_id, conn_id);
+            if silent {
+                core.detach_silent(&node_id, conn_id);
+            } else {
+                core.detach(&node_id, conn_id);
+            }
             info!(node_id = %node_id, "agent disconnected");
         });
 

@@ -469,6 +469,8 @@ impl pb::nodes_server::Nodes for NodesApi {
                     .map(|(p, proto)| format!("{p}/{}", proto.as_str()))
                     .collect();
                 let connected = load.is_some_and(|l| l.connected);
+                // The last message heard this run; before any, when it last registered.
+                let last_heartbeat_ms = self.core.last_heard_ms(&n.id).unwrap_or(n.last_seen_ms);
                 pb::Node {
                     running_tasks: reserved.get(&n.id).map_or(0, |r| r.tasks),
                     cpu_used: load.map_or(0.0, |l| l.cpu_used),
@@ -479,7 +481,7 @@ impl pb::nodes_server::Nodes for NodesApi {
                     cpu: n.cpu,
                     memory_mib: n.memory_mib,
                     connected,
-                    last_heartbeat_ms: n.last_seen_ms,
+                    last_heartbeat_ms,
                     host_ports,
                     version: n.version,
                 }

@@ -65,6 +65,12 @@ impl Clock {
         self.sleep_until(self.now_ms().saturating_add(d.as_millis() as i64))
     }
 
+    /// Waits `d` of real time, whatever this clock is: a watchdog on a connection's liveness
+    /// (its peer's messages come in real time, also in tests that move a manual clock).
+    pub fn real_sleep(d: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
+        tokio::time::sleep(d)
+    }
+
     /// Waits until this clock reads `until_ms`. Loops sleep to a moment computed before their
     /// pass, not for a span after it: time that passed during the pass is not waited twice.
     pub fn sleep_until(

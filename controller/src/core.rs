@@ -75,6 +75,8 @@ pub struct Core {
     pub link: AgentLink,
     /// When each node was last heard from, for the node reaper.
     last_seen: Mutex<HashMap<String, i64>>,
+    /// When (wall clock) each node was last heard from this run, kept after it is lost.
+    last_heard: Mutex<HashMap<String, i64>>,
     /// The ports other processes hold on each node, as its agent last reported them.
     host_ports:
         Mutex<HashMap<String, std::collections::BTreeSet<(u16, crate::model::PortProtocol)>>>,
@@ -159,6 +161,7 @@ impl Core {
             pki: None,
             link: AgentLink::default(),
             last_seen: Mutex::new(last_seen),
+            last_heard: Mutex::new(HashMap::new()),
             host_ports: Mutex::new(HashMap::new()),
             head,
             loops: Default::default(),
@@ -421,7 +424,24 @@ impl Core {
         self.seen(node_id);
     }
 
+    /// Forgets the connection of an agent that fell silent; its silence counts from its last
+    /// message, not from now.
+    pub fn detach_silent(&self, node_id: &str, conn_id: u64) {
+        self.link.detach(node_id, conn_id);
+        self.loops.wake(Loop::Placer);
+    }
+
+    /// When (wall clock) the node's agent was last heard from by this controller.
+    pub fn last_heard_ms(&self, node_id: &str) -> Option<i64> {
+        self.last_heard.lock().unwrap().get(node_id).copied()
+    }
+
+    /// The node's agent was heard from just now (or its connection changed).
     pub fn seen(&self, node_id: &str) {
+        self.last_heard
+            .lock()
+            .unwrap()
+            .insert(node_id.to_string(), self.clock.now_ms());
         self.last_seen
             .lock()
             .unwrap()

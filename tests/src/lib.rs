@@ -6,6 +6,7 @@ pub mod bench;
 pub mod gate;
 pub mod images;
 pub mod moto;
+pub mod netns;
 pub mod receiver;
 pub mod redis;
 pub mod registry;
@@ -531,6 +532,17 @@ impl Env {
 
     /// Starts an agent named `node` (with its own data dir) reporting to `addr`.
     pub fn agent(&mut self, addr: &str, node: &str, extra: &[&str]) -> usize {
+        self.agent_on(None, addr, node, extra)
+    }
+
+    /// `agent`, on `host` (in its network namespace) when given.
+    pub fn agent_on(
+        &mut self,
+        host: Option<&netns::Host>,
+        addr: &str,
+        node: &str,
+        extra: &[&str],
+    ) -> usize {
         let data = self.path(&format!("agent-{node}"));
         let mut args = vec![
             "agent",
@@ -551,10 +563,15 @@ impl Env {
             join = join_token(addr);
             args.extend(["--join", join.as_str()]);
         }
-        self.procs.push(Proc::spawn(
+        let mut cmd = skiff_command();
+        cmd.args(&args);
+        if let Some(host) = host {
+            host.enter(&mut cmd);
+        }
+        self.procs.push(Proc::spawn_command(
+            cmd,
             &format!("agent-{node}"),
             self.dir.path(),
-            &args,
         ));
         let idx = self.procs.len() - 1;
         wait_for(
