@@ -280,3 +280,203 @@ fn a_partition_shorter_than_the_node_timeout_loses_nothing() {
     );
     assert!(alive(shims[0]));
 }
+
+/// The host:port part of an address, to restart a controller on the same port.
+fn hostport(addr: &str) -> &str {
+    addr.trim_start_matches("http://")
+        .trim_start_matches("https://")
+}
+
+/// Invariant: a controller killed (-9) in the middle of a rolling deployment resumes it after
+/// its restart: the service ends stable on the new revision with exactly its desired count,
+/// no new-revision task made twice, every old one stopped by the scheduler, one container
+/// per task.
+#[test]
+fn a_controller_killed_during_a_rolling_deployment_finishes_it_after_the_restart() {
+    let mut env = Env::new();
+    let (ctl, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "20s"]);
+    for node in ["n1", "n2"] {
+        env.agent(&addr, node, &["--cpu", "4", "--memory", "2048"]);
+    }
+    web_service(
+        &env,
+        &addr,
+        4,
+        "deployment:\n  minimum_healthy_percent: 50\n  maximum_percent: 100\n",
+    );
+    wait_for("web's 4 tasks RUNNING", LONG, || {
+        service_tasks(&addr, "web", 4)
+    });
+    env.register_json(
+        &addr,
+        serde_json::json!({"family": "web", "network_mode": "none", "containers": [{
+            "name": "main", "image": env.busybox_image(), "command": ["sleep", "3601"],
+            "stop_timeout": 1}]}),
+    );
+    let out = cli(
+        &addr,
+        &["services", "update", "web", "--task-definition", "web:2"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let family = |addr: &str| {
+        cli(
+            addr,
+            &[
+                "tasks", "ls", "--family", "web", "--limit", "0", "-o", "json",
+            ],
+        )
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    };
+    // Killed as soon as the deployment has begun: a new task made, old ones still running.
+    wait_for("the deployment to begin", LONG, || {
+        let all = family(&addr);
+        let new = all
+            .iter()
+            .filter(|t| t["taskDefinition"] == "web:2")
+            .count();
+        let old_running = all
+            .iter()
+            .filter(|t| t["taskDefinition"] == "web:1" && t["lastStatus"] == "RUNNING")
+            .count();
+        (new > 0 && old_running > 0).then_some(())
+    });
+    env.procs[ctl].kill9();
+    let (_, again) = env.controller(hostport(&addr), &["--node-timeout", "20s"]);
+    assert_eq!(again, addr);
+
+    let out = cli(&addr, &["services", "wait", "web", "--timeout", "60s"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", env.logs());
+    let all = family(&addr);
+    let new: Vec<_> = all
+        .iter()
+        .filter(|t| t["taskDefinition"] == "web:2")
+        .collect();
+    assert_eq!(new.len(), 4, "no new task made twice: {all:?}");
+    assert!(new.iter().all(|t| t["lastStatus"] == "RUNNING"), "{new:?}");
+    for t in all.iter().filter(|t| t["taskDefinition"] == "web:1") {
+        assert_eq!(
+            (&t["lastStatus"], &t["stopCode"]),
+            (&"STOPPED".into(), &"ServiceSchedulerInitiated".into()),
+            "{t}"
+        );
+    }
+    // (The old tasks' shims end just after their STOPPED is reported.)
+    wait_for("one container per running task", LONG, || {
+        let shims =
+            shims_under(&env.path("agent-n1")).len() + shims_under(&env.path("agent-n2")).len();
+        (shims == 4).then_some(())
+    });
+}
+
+/// Invariant: a controller killed (-9) during a burst of 1,000 events whose rule starts a
+/// task each loses none and doubles none: after its restart every acknowledged event has
+/// exactly one task, every task ran to exit 0, and no event has two.
+#[test]
+fn a_controller_killed_during_a_burst_of_1000_events_loses_and_doubles_none() {
+    let mut env = Env::new();
+    let (ctl, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "60s"]);
+    env.agent(&addr, "n1", &["--cpu", "64", "--memory", "65536"]);
+    env.register_json(
+        &addr,
+        serde_json::json!({"family": "work", "network_mode": "none", "containers": [{
+            "name": "main", "image": env.busybox_image(), "command": ["true"], "cpu": 0.01,
+            "memory": 8}]}),
+    );
+    env.put_yaml(
+        &addr,
+        "rules",
+        "burst",
+        "name: burst\npattern: {source: [burst]}\ntargets:\n  - id: work\n    task: {task_definition: work}\n",
+    );
+    // Four clients put 250 events each, one after another, each retried until acknowledged
+    // (a put that failed may still have been stored: that event may have a task too).
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, acked) = (addr.clone(), acked.clone());
+            std::thread::spawn(move || {
+                for _ in 0..250 {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let out = cli(
+                            &addr,
+                            &[
+                                "events",
+                                "put",
+                                "--source",
+                                "burst",
+                                "--detail-type",
+                                "Tick",
+                            ],
+                        );
+                        if out.code == 0 {
+                            acked.lock().unwrap().push(out.stdout.trim().to_string());
+                            break;
+                        }
+                        assert!(Instant::now() < deadline, "never acknowledged: {out:?}");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("300 events acknowledged", Duration::from_secs(120), || {
+        (acked.lock().unwrap().len() >= 300).then_some(())
+    });
+    env.procs[ctl].kill9();
+    let at_kill = acked.lock().unwrap().len();
+    env.controller(hostport(&addr), &["--node-timeout", "60s"]);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 1000);
+    eprintln!("killed after {at_kill} of 1000 events were acknowledged");
+
+    let tasks = wait_for(
+        "a STOPPED task for every acknowledged event",
+        Duration::from_secs(300),
+        || {
+            let list = cli(
+                &addr,
+                &[
+                    "tasks",
+                    "ls",
+                    "--group",
+                    "rule:burst",
+                    "--limit",
+                    "0",
+                    "-o",
+                    "json",
+                ],
+            )
+            .json()
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+            let stopped = list.iter().all(|t| t["lastStatus"] == "STOPPED");
+            (list.len() >= acked.len() && stopped).then_some(list)
+        },
+    );
+    let mut per_event: std::collections::HashMap<String, Vec<&serde_json::Value>> =
+        Default::default();
+    for t in &tasks {
+        let by = t["startedBy"].as_str().unwrap();
+        let event = by.strip_prefix("rule/burst/").expect("started by the rule");
+        per_event.entry(event.to_string()).or_default().push(t);
+        assert_eq!(t["containers"][0]["exitCode"], 0, "{t}");
+        assert_ne!(t["stopCode"], "TaskFailedToStart", "{t}");
+    }
+    for id in &acked {
+        assert_eq!(
+            per_event.get(id).map_or(0, Vec::len),
+            1,
+            "event {id}: one task"
+        );
+    }
+    let doubled: Vec<_> = per_event.iter().filter(|(_, t)| t.len() > 1).collect();
+    assert!(doubled.is_empty(), "events with two tasks: {doubled:?}");
+}
