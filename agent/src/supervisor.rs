@@ -464,7 +464,7 @@ fn prepare_and_launch(
         dir.join("secrets")
     };
     spec.save(bundle_dir.join("config.json"))
-        .map_err(|e| format!("writing config.json: {e}"))?;
+        .map_err(|e| format!("writing config.json: {}", crate::images::error_chain(&e)))?;
     runtime::write_shim_config(
         &dir,
         &ShimConfig {

@@ -480,3 +480,139 @@ fn a_controller_killed_during_a_burst_of_1000_events_loses_and_doubles_none() {
     let doubled: Vec<_> = per_event.iter().filter(|(_, t)| t.len() > 1).collect();
     assert!(doubled.is_empty(), "events with two tasks: {doubled:?}");
 }
+
+/// Fills the filesystem holding `dir` with a file there (written until ENOSPC); returns it.
+fn fill_disk(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|_| f.flush()) {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            break;
+        }
+    }
+    // The last partial chunk too: nothing is left.
+    while f.write(&chunk[..4096]).is_ok_and(|n| n > 0) {}
+    path
+}
+
+/// Invariant: a full disk on an agent fails what it cannot do with a reason that says so —
+/// a task that cannot start fails to start (`TaskFailedToStart`, "No space left on device"),
+/// a running task still has its end recorded — and the agent keeps serving: once space is
+/// freed, the next task runs.
+#[test]
+fn a_full_disk_on_an_agent_fails_tasks_clearly_and_the_agent_keeps_serving() {
+    let mut env = Env::new();
+    let (_, addr) = env.controller("127.0.0.1:0", &[]);
+    // The agent's data dir is a small filesystem of its own.
+    let data = env.path("agent-n1");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    let agent = env.agent(&addr, "n1", &[]);
+    let img = env.busybox_image();
+    // It works before the disk fills.
+    let ok = cli(
+        &addr,
+        &[
+            "run-task",
+            "--wait",
+            "--network",
+            "none",
+            "--image",
+            &img,
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(ok.code, 0, "{ok:?}\n{}", env.logs());
+    // A task running (and logging) as the disk fills.
+    let running = skiff_tests::run_task(
+        &addr,
+        &[
+            "--network",
+            "none",
+            "--image",
+            &img,
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "while true; do echo line; sleep 0.05; done",
+        ],
+    );
+    wait_status(&addr, &running, "RUNNING", LONG);
+
+    let filler = fill_disk(&data);
+    let failed = cli(
+        &addr,
+        &[
+            "run-task",
+            "--wait",
+            "-o",
+            "json",
+            "--network",
+            "none",
+            "--image",
+            &img,
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(failed.code, 125, "{failed:?}\n{}", env.logs());
+    let t = failed.json();
+    assert_eq!(t["stopCode"], "TaskFailedToStart", "{t}");
+    assert!(
+        t["stoppedReason"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{t}"
+    );
+    let out = cli(&addr, &["tasks", "stop", &running]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let stopped = wait_status(&addr, &running, "STOPPED", LONG);
+    assert_eq!(stopped["stopCode"], "UserInitiated", "{stopped}");
+    assert!(env.procs[agent].is_running(), "the agent is up");
+    assert!(node_connected(&addr, "n1"));
+
+    // Space again: it serves as before.
+    std::fs::remove_file(filler).unwrap();
+    let ok = cli(
+        &addr,
+        &[
+            "run-task",
+            "--wait",
+            "--network",
+            "none",
+            "--image",
+            &img,
+            "--",
+            "echo",
+            "again",
+        ],
+    );
+    assert_eq!(
+        (ok.code, ok.stdout.as_str()),
+        (0, ""),
+        "{ok:?}\n{}",
+        env.logs()
+    );
+}
