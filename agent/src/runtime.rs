@@ -221,16 +221,39 @@ pub fn cgroup_path(task_id: &str, container: &str) -> String {
     format!("/skiff/{task_id}-{container}")
 }
 
-/// Where cgroup hierarchies are mounted (v1 hierarchies and cgroup2), from mountinfo.
-fn cgroup_mounts() -> Vec<PathBuf> {
-    let mut mounts: Vec<PathBuf> = crate::mountinfo::read()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| matches!(m.fstype.as_str(), "cgroup" | "cgroup2"))
-        .map(|m| m.point)
-        .collect();
-    mounts.dedup();
-    mounts
+/// Makes the cgroup every container's lives under (`/skiff`, see `cgroup_path`) in every
+/// hierarchy, if it is not there. Containers' starts create it otherwise, and two of the
+/// first starts on a host racing to create it failed one with "File exists".
+pub fn ensure_cgroup_parent() -> std::io::Result<()> {
+    for root in cgroup_mounts() {
+        match fs::create_dir(root.join("skiff")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // A hierarchy mounted read-only or not ours: the start reports what it needs.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Where cgroup hierarchies are mounted (v1 hierarchies and cgroup2), from mountinfo, read
+/// once: a node running a thousand containers has thousands of mounts, and reading them
+/// while containers mount and unmount took seconds — per container start, stop and reap.
+/// (Hierarchies are mounted at boot; one mounted later is seen by the next agent.)
+fn cgroup_mounts() -> &'static [PathBuf] {
+    static MOUNTS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        let mut mounts: Vec<PathBuf> = crate::mountinfo::read()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| matches!(m.fstype.as_str(), "cgroup" | "cgroup2"))
+            .map(|m| m.point)
+            .collect();
+        mounts.dedup();
+        mounts
+    })
 }
 
 /// SIGKILLs every process in a container's cgroups (v1 hierarchies and v2), for a container

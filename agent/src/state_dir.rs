@@ -82,20 +82,31 @@ pub fn orphan_scratch(
     };
     for task in tasks.flatten() {
         let id = task.file_name().to_string_lossy().into_owned();
-        if known(&id) || in_use(&mounts, &task.path()) {
+        if known(&id) {
             continue;
         }
+        // What is cheap first: most tasks' dirs hold only logs, and a node keeps thousands;
+        // the mounts and the cgroups are looked at only for a dir with scratch left.
+        let mut busy = None;
         for container in fs::read_dir(task.path()).into_iter().flatten().flatten() {
-            let name = container.file_name().to_string_lossy().into_owned();
-            if !container.file_type().is_ok_and(|t| t.is_dir()) || live(&id, &name) {
+            if !container.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            out.extend(
-                SCRATCH
-                    .iter()
-                    .map(|s| container.path().join(s))
-                    .filter(|p| p.exists()),
-            );
+            let scratch: Vec<PathBuf> = SCRATCH
+                .iter()
+                .map(|s| container.path().join(s))
+                .filter(|p| p.exists())
+                .collect();
+            if scratch.is_empty() {
+                continue;
+            }
+            if *busy.get_or_insert_with(|| in_use(&mounts, &task.path())) {
+                break;
+            }
+            let name = container.file_name().to_string_lossy().into_owned();
+            if !live(&id, &name) {
+                out.extend(scratch);
+            }
         }
     }
     Ok(out)

@@ -443,6 +443,7 @@ fn prepare_and_launch(
     // Bundle: config.json — on the secrets tmpfs when it carries secret values, never on the
     // node's disk — and the shim's own config.
     let cgroup_path = runtime::cgroup_path(task_id, &c.name);
+    runtime::ensure_cgroup_parent().map_err(|e| format!("creating skiff's cgroup: {e}"))?;
     let hostname = hostname(task_id);
     let spec = bundle::runtime_spec(&BundleInput {
         container: c,

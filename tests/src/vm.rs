@@ -65,7 +65,8 @@ pub struct Initramfs {
 
 impl Initramfs {
     /// busybox, `skiff` (with its shared libraries), a busybox image at /images/busybox (use it
-    /// as `dir:/images/busybox`), the overlayfs module, and `scenario` as /scenario.sh.
+    /// as `dir:/images/busybox`), the kernel modules in `tools_dir()` at /lib/modules (overlayfs
+    /// is loaded at boot), and `scenario` as /scenario.sh.
     pub fn new(dir: &Path, scenario: &str) -> Initramfs {
         let root = dir.to_path_buf();
         for d in [
@@ -85,16 +86,14 @@ impl Initramfs {
         fs::copy(images::busybox(), root.join("bin/busybox")).unwrap();
         let skiff = root.join("usr/local/bin/skiff");
         copy_stripped(&crate::skiff_bin(), &skiff);
-        for lib in shared_libraries(&skiff) {
-            let to = root.join(lib.strip_prefix("/").unwrap());
-            fs::create_dir_all(to.parent().unwrap()).unwrap();
-            fs::copy(&lib, &to).unwrap_or_else(|e| panic!("copying {}: {e}", lib.display()));
+        copy_libraries(&root, &skiff);
+        // Every module `scripts/deps test` unpacked (the scripts insmod what they use).
+        for entry in fs::read_dir(tools_dir()).unwrap().flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(".ko") {
+                fs::copy(entry.path(), root.join("lib/modules").join(&name)).unwrap();
+            }
         }
-        fs::copy(
-            tools_dir().join("overlay.ko"),
-            root.join("lib/modules/overlay.ko"),
-        )
-        .unwrap();
         images::busybox_rootfs(&root.join("images/busybox"));
         fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         let fs = Initramfs { root };
@@ -102,6 +101,15 @@ impl Initramfs {
         fs.add_script("stage2", STAGE2);
         fs.add_script("scenario.sh", scenario);
         fs
+    }
+
+    /// Adds a program of this machine (e.g. /usr/sbin/tc) at the same path, with its shared
+    /// libraries.
+    pub fn add_program(&self, path: &Path) {
+        let to = self.root.join(path.strip_prefix("/").unwrap());
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(path, &to).unwrap_or_else(|e| panic!("copying {}: {e}", path.display()));
+        copy_libraries(&self.root, path);
     }
 
     fn add_script(&self, name: &str, text: &str) {
@@ -124,6 +132,15 @@ impl Initramfs {
             .status()
             .unwrap();
         assert!(status.success(), "packing the initramfs: {status}");
+    }
+}
+
+/// Copies the shared libraries `bin` loads into `root`, at their paths.
+fn copy_libraries(root: &Path, bin: &Path) {
+    for lib in shared_libraries(bin) {
+        let to = root.join(lib.strip_prefix("/").unwrap());
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&lib, &to).unwrap_or_else(|e| panic!("copying {}: {e}", lib.display()));
     }
 }
 
