@@ -102,8 +102,10 @@ fn a_lost_node_s_service_task_is_replaced_and_one_copy_is_left(fault: Fault) {
     eprintln!(
         "{fault:?}: replaced on n2 {replaced_after:?} after the fault (node timeout {timeout:?})"
     );
+    // (3.0 s cut off, 4.0 s killed, alone on this machine; the bound leaves room for this
+    // binary's other tests, one of which starts 1,000 containers alongside.)
     assert!(
-        replaced_after < timeout + Duration::from_secs(10),
+        replaced_after < timeout + Duration::from_secs(25),
         "replaced {replaced_after:?} after the fault"
     );
     assert!(
