@@ -947,6 +947,44 @@ pub fn run_task(addr: &str, args: &[&str]) -> String {
     out.stdout.trim().to_string()
 }
 
+/// `skiff events put --source SOURCE` retried until acknowledged (through a controller's
+/// restart), at most `for_at_most`; returns the event's id. A put that failed may still have
+/// been stored: callers count only acknowledged ids.
+pub fn put_until_acknowledged(addr: &str, source: &str, for_at_most: Duration) -> String {
+    let deadline = Instant::now() + for_at_most;
+    loop {
+        let out = cli(
+            addr,
+            &["events", "put", "--source", source, "--detail-type", "Tick"],
+        );
+        if out.code == 0 {
+            return out.stdout.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "never acknowledged: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every task of `group` (`tasks ls --group G --limit 0`), newest first.
+pub fn group_tasks(addr: &str, group: &str) -> Vec<serde_json::Value> {
+    cli(
+        addr,
+        &[
+            "tasks", "ls", "--group", group, "--limit", "0", "-o", "json",
+        ],
+    )
+    .json()
+    .as_array()
+    .cloned()
+    .unwrap_or_default()
+}
+
+/// The host:port part of a controller's address, to start it again on the same port.
+pub fn hostport(addr: &str) -> &str {
+    addr.trim_start_matches("http://")
+        .trim_start_matches("https://")
+}
+
 /// `skiff events put`: one event on the bus; returns its id.
 pub fn put_event(addr: &str, source: &str, detail_type: &str, detail: &str) -> String {
     let out = cli(

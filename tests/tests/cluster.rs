@@ -3,15 +3,11 @@
 
 use std::time::Duration;
 
-use skiff_tests::{cli, node_connected, run_task, shims_under, task, wait_for, wait_status, Env};
+use skiff_tests::{
+    cli, hostport, node_connected, run_task, shims_under, task, wait_for, wait_status, Env,
+};
 
 const LONG: Duration = Duration::from_secs(30);
-
-/// The host:port part of an address, to restart a controller on the same port.
-fn hostport(addr: &str) -> &str {
-    addr.trim_start_matches("http://")
-        .trim_start_matches("https://")
-}
 
 #[test]
 fn controller_kill_9_and_restart_loses_no_task() {

@@ -5,7 +5,10 @@
 use std::time::{Duration, Instant};
 
 use skiff_tests::netns::Lan;
-use skiff_tests::{cli, node_connected, shims_under, wait_for, wait_status, Env};
+use skiff_tests::{
+    cli, group_tasks, hostport, node_connected, put_until_acknowledged, shims_under, wait_for,
+    wait_status, Env,
+};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -283,12 +286,6 @@ fn a_partition_shorter_than_the_node_timeout_loses_nothing() {
     assert!(alive(shims[0]));
 }
 
-/// The host:port part of an address, to restart a controller on the same port.
-fn hostport(addr: &str) -> &str {
-    addr.trim_start_matches("http://")
-        .trim_start_matches("https://")
-}
-
 /// Invariant: a controller killed (-9) in the middle of a rolling deployment resumes it after
 /// its restart: the service ends stable on the new revision with exactly its desired count,
 /// no new-revision task made twice, every old one stopped by the scheduler, one container
@@ -401,26 +398,8 @@ fn a_controller_killed_during_a_burst_of_1000_events_loses_and_doubles_none() {
             let (addr, acked) = (addr.clone(), acked.clone());
             std::thread::spawn(move || {
                 for _ in 0..250 {
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    loop {
-                        let out = cli(
-                            &addr,
-                            &[
-                                "events",
-                                "put",
-                                "--source",
-                                "burst",
-                                "--detail-type",
-                                "Tick",
-                            ],
-                        );
-                        if out.code == 0 {
-                            acked.lock().unwrap().push(out.stdout.trim().to_string());
-                            break;
-                        }
-                        assert!(Instant::now() < deadline, "never acknowledged: {out:?}");
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+                    let id = put_until_acknowledged(&addr, "burst", Duration::from_secs(60));
+                    acked.lock().unwrap().push(id);
                 }
             })
         })
@@ -442,23 +421,7 @@ fn a_controller_killed_during_a_burst_of_1000_events_loses_and_doubles_none() {
         "a STOPPED task for every acknowledged event",
         Duration::from_secs(300),
         || {
-            let list = cli(
-                &addr,
-                &[
-                    "tasks",
-                    "ls",
-                    "--group",
-                    "rule:burst",
-                    "--limit",
-                    "0",
-                    "-o",
-                    "json",
-                ],
-            )
-            .json()
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+            let list = group_tasks(&addr, "rule:burst");
             let stopped = list.iter().all(|t| t["lastStatus"] == "STOPPED");
             (list.len() >= acked.len() && stopped).then_some(list)
         },

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use skiff_tests::netns::Lan;
-use skiff_tests::{cli, node_connected, wait_for, Env};
+use skiff_tests::{group_tasks, node_connected, put_until_acknowledged, wait_for, Env};
 
 /// A small random number (xorshift over the clock): the faults' order and timing.
 fn random(below: u64) -> u64 {
@@ -73,19 +73,8 @@ fn soak_tasks_over_three_agents_with_random_faults_lose_and_double_none() {
             let mine = total / 4 + usize::from(c < total % 4);
             std::thread::spawn(move || {
                 for _ in 0..mine {
-                    let deadline = Instant::now() + Duration::from_secs(120);
-                    loop {
-                        let out = cli(
-                            &addr,
-                            &["events", "put", "--source", "soak", "--detail-type", "Tick"],
-                        );
-                        if out.code == 0 {
-                            acked.lock().unwrap().push(out.stdout.trim().to_string());
-                            break;
-                        }
-                        assert!(Instant::now() < deadline, "never acknowledged: {out:?}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
+                    let id = put_until_acknowledged(&addr, "soak", Duration::from_secs(120));
+                    acked.lock().unwrap().push(id);
                 }
             })
         })
@@ -126,23 +115,7 @@ fn soak_tasks_over_three_agents_with_random_faults_lose_and_double_none() {
 
     // Every acknowledged event's work done once.
     let tasks = wait_for("every task STOPPED", Duration::from_secs(1200), || {
-        let list = cli(
-            &addr,
-            &[
-                "tasks",
-                "ls",
-                "--group",
-                "rule:soak",
-                "--limit",
-                "0",
-                "-o",
-                "json",
-            ],
-        )
-        .json()
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+        let list = group_tasks(&addr, "rule:soak");
         (list.len() >= acked.len() && list.iter().all(|t| t["lastStatus"] == "STOPPED"))
             .then_some(list)
     });

@@ -270,20 +270,7 @@ fn dev_killed_during_a_burst_of_rule_tasks_starts_every_one_after_the_restart() 
 
     // One task per acknowledged event, each run once to its end; none failed to start.
     let all = wait_for("a task for every event", Duration::from_secs(60), || {
-        let out = cli(
-            &addr,
-            &[
-                "tasks",
-                "ls",
-                "--group",
-                "rule:burst",
-                "--limit",
-                "0",
-                "-o",
-                "json",
-            ],
-        );
-        let list = out.json().as_array().cloned().unwrap_or_default();
+        let list = skiff_tests::group_tasks(&addr, "rule:burst");
         (list.len() == events && list.iter().all(|t| t["lastStatus"] == "STOPPED")).then_some(list)
     });
     for t in &all {
