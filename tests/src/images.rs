@@ -31,13 +31,35 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
         fs::create_dir_all(dir.join(d)).unwrap();
     }
-    fs::copy(busybox(), dir.join("bin/busybox")).unwrap();
+    // Asked again while containers run from this dir (it is their image): a file rewritten in
+    // place under a running busybox killed it with SIGBUS. So a file that is already right is
+    // left alone, and one that is not is replaced whole (a new file renamed over it).
+    let busybox_bytes = fs::read(busybox()).unwrap();
+    put_file(&dir.join("bin/busybox"), &busybox_bytes, 0o755);
     for a in APPLETS {
         let _ = symlink("busybox", dir.join("bin").join(a));
     }
-    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    fs::write(dir.join("etc/group"), "root:x:0:\n").unwrap();
+    put_file(
+        &dir.join("etc/passwd"),
+        b"root:x:0:0:root:/root:/bin/sh\n",
+        0o644,
+    );
+    put_file(&dir.join("etc/group"), b"root:x:0:\n", 0o644);
     dir.to_path_buf()
+}
+
+/// Makes `path` hold `bytes` (mode `mode`) unless it does already; never rewrites it in place.
+fn put_file(path: &Path, bytes: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if fs::read(path).is_ok_and(|b| b == bytes) {
+        return;
+    }
+    static TMP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+    fs::write(&tmp, bytes).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).unwrap();
+    fs::rename(&tmp, path).unwrap();
 }
 
 fn sha256(bytes: &[u8]) -> String {
