@@ -277,8 +277,9 @@ impl Core {
                 match lifecycle::apply(&mut task, event, now)? {
                     Outcome::Unchanged => Ok::<_, CoreError>(Decision::Keep(task)),
                     Outcome::Moved(_) | Outcome::Updated => {
+                        // (The id is made only for a task that does start again.)
                         let new_id = || ulid::Ulid::new().to_string().to_lowercase();
-                        if let Some(next) = lifecycle::start_again(&mut task, was, new_id(), now) {
+                        if let Some(next) = lifecycle::start_again(&mut task, was, new_id, now) {
                             tracing::info!(task_id = %task.id, next = %next.id, attempt = next.attempt, "lost with its node before it ran; starting it again");
                             let event = state_change_event(next_event_id(), &task, now);
                             let first = state_change_event(next_event_id(), &next, now);

@@ -183,7 +183,7 @@ pub const MAX_STARTS: u32 = 3;
 pub fn start_again(
     lost: &mut Task,
     was: (TaskStatus, DesiredStatus),
-    new_id: String,
+    new_id: impl FnOnce() -> String,
     now_ms: i64,
 ) -> Option<Task> {
     let lost_before_running = lost.status == TaskStatus::Stopped
@@ -195,7 +195,7 @@ pub fn start_again(
         return None;
     }
     let mut next = Task::new(
-        new_id,
+        new_id(),
         lost.task_definition.clone(),
         lost.group.clone(),
         lost.started_by.clone(),
@@ -430,7 +430,7 @@ mod tests {
     fn a_task_lost_with_its_node_before_it_ran_starts_again_as_a_new_task_a_bounded_number_of_times(
     ) {
         let (mut lost, was) = lost_from(TaskStatus::Pending, false);
-        let next = start_again(&mut lost, was, "t2".into(), 10).expect("started again");
+        let next = start_again(&mut lost, was, || "t2".into(), 10).expect("started again");
         assert_eq!(
             (next.status, next.node_id.as_deref(), next.attempt),
             (TaskStatus::Provisioning, None, 2)
@@ -461,7 +461,7 @@ mod tests {
             11,
         )
         .unwrap();
-        let mut third = start_again(&mut second, was, "t3".into(), 12).expect("third start");
+        let mut third = start_again(&mut second, was, || "t3".into(), 12).expect("third start");
         assert_eq!((third.attempt, third.replaces.as_str()), (3, "t2"));
         third.status = TaskStatus::Pending;
         let was = (third.status, third.desired);
@@ -475,7 +475,7 @@ mod tests {
             13,
         )
         .unwrap();
-        assert_eq!(start_again(&mut third, was, "t4".into(), 14), None);
+        assert_eq!(start_again(&mut third, was, || "t4".into(), 14), None);
         assert_eq!(third.replaced_by, "");
     }
 
@@ -484,14 +484,14 @@ mod tests {
     ) {
         // It ran: its work may be half done.
         let (mut ran, was) = lost_from(TaskStatus::Running, false);
-        assert_eq!(start_again(&mut ran, was, "x".into(), 10), None);
+        assert_eq!(start_again(&mut ran, was, || "x".into(), 10), None);
         // Someone asked it to stop.
         let (mut asked, was) = lost_from(TaskStatus::Pending, true);
-        assert_eq!(start_again(&mut asked, was, "x".into(), 10), None);
+        assert_eq!(start_again(&mut asked, was, || "x".into(), 10), None);
         // A service's loop replaces its own tasks.
         let (mut of_service, was) = lost_from(TaskStatus::Pending, false);
         of_service.group = "service:web".into();
-        assert_eq!(start_again(&mut of_service, was, "x".into(), 10), None);
+        assert_eq!(start_again(&mut of_service, was, || "x".into(), 10), None);
         // It failed to start for a reason of its own.
         let mut failed = task_in(TaskStatus::Pending);
         let was = (failed.status, failed.desired);
@@ -501,7 +501,7 @@ mod tests {
             containers: vec![],
         };
         apply(&mut failed, event, 9).unwrap();
-        assert_eq!(start_again(&mut failed, was, "x".into(), 10), None);
+        assert_eq!(start_again(&mut failed, was, || "x".into(), 10), None);
         for t in [&ran, &asked, &of_service, &failed] {
             assert_eq!(t.replaced_by, "", "{t:?}");
             assert!(!t.stopped_reason.contains("starts again"), "{t:?}");
