@@ -438,6 +438,23 @@ impl Env {
         assert_eq!(out.code, 0, "{out:?}");
     }
 
+    /// Registers `work` (busybox `true`, no network, a tiny reservation) and a rule `name`
+    /// that starts one of it for every event whose source is `name`.
+    pub fn task_per_event(&self, addr: &str, name: &str) {
+        self.register_json(
+            addr,
+            serde_json::json!({"family": "work", "network_mode": "none", "containers": [{
+                "name": "main", "image": self.busybox_image(), "command": ["true"],
+                "cpu": 0.01, "memory": 8}]}),
+        );
+        self.put_yaml(
+            addr,
+            "rules",
+            name,
+            &format!("name: {name}\npattern: {{source: [{name}]}}\ntargets:\n  - id: work\n    task: {{task_definition: work}}\n"),
+        );
+    }
+
     /// Writes `yaml` to NAME.yaml and puts it with `skiff KIND put -f` (rules, schedules,
     /// topics, …), asserting it was accepted.
     pub fn put_yaml(&self, addr: &str, kind: &str, name: &str, yaml: &str) {

@@ -385,18 +385,7 @@ fn a_controller_killed_during_a_burst_of_1000_events_loses_and_doubles_none() {
     let mut env = Env::new();
     let (ctl, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "60s"]);
     env.agent(&addr, "n1", &["--cpu", "64", "--memory", "65536"]);
-    env.register_json(
-        &addr,
-        serde_json::json!({"family": "work", "network_mode": "none", "containers": [{
-            "name": "main", "image": env.busybox_image(), "command": ["true"], "cpu": 0.01,
-            "memory": 8}]}),
-    );
-    env.put_yaml(
-        &addr,
-        "rules",
-        "burst",
-        "name: burst\npattern: {source: [burst]}\ntargets:\n  - id: work\n    task: {task_definition: work}\n",
-    );
+    env.task_per_event(&addr, "burst");
     // Four clients put 250 events each, one after another, each retried until acknowledged
     // (a put that failed may still have been stored: that event may have a task too).
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));

@@ -50,18 +50,7 @@ fn soak_tasks_over_three_agents_with_random_faults_lose_and_double_none() {
     for (i, h) in hosts.iter().enumerate() {
         agents.push(env.agent_on(Some(h), &addr, &node(i), &agent_args));
     }
-    env.register_json(
-        &addr,
-        serde_json::json!({"family": "work", "network_mode": "none", "containers": [{
-            "name": "main", "image": env.busybox_image(), "command": ["true"], "cpu": 0.01,
-            "memory": 8}]}),
-    );
-    env.put_yaml(
-        &addr,
-        "rules",
-        "soak",
-        "name: soak\npattern: {source: [soak]}\ntargets:\n  - id: work\n    task: {task_definition: work}\n",
-    );
+    env.task_per_event(&addr, "soak");
 
     // Four clients put the events, each retried until acknowledged.
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
