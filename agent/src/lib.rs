@@ -127,6 +127,9 @@ pub struct AgentInner {
     pub cfg: AgentConfig,
     pub images: images::ImageStore,
     tasks: Mutex<HashMap<String, TaskEntry>>,
+    /// Interrupted starts whose leftovers are still being cleared (see `readopt`): a start of
+    /// the same task waits for its clearing, which flips the flag to true when done.
+    discarding: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// The live session's outbox; None while disconnected (the next register carries state).
     /// Unbounded on purpose: it carries only small control messages (reports, heartbeats), and a
     /// report must never be dropped; bulk log data goes on connections of its own.
@@ -259,6 +262,16 @@ impl AgentInner {
     /// Starts a task unless it is already known (StartTask is idempotent by task id).
     fn start_task(self: &Arc<Self>, spec: spec::TaskSpec) {
         let id = spec.task_id.clone();
+        let clearing = self.discarding.lock().unwrap().get(&id).cloned();
+        if let Some(mut cleared) = clearing {
+            // What an interrupted start of this task left is still going: start it after.
+            let agent = self.clone();
+            tokio::spawn(async move {
+                let _ = cleared.wait_for(|done| *done).await;
+                agent.start_task(spec);
+            });
+            return;
+        }
         let rx = {
             let mut tasks = self.tasks.lock().unwrap();
             if let Some(e) = tasks.get(&id) {
@@ -473,6 +486,7 @@ impl Agent {
             images,
             cfg,
             tasks: Mutex::new(HashMap::new()),
+            discarding: Mutex::new(HashMap::new()),
             outbox: Mutex::new(None),
             log_cancels: Mutex::new(HashMap::new()),
             zygote: Mutex::new(None),
@@ -518,8 +532,10 @@ impl Agent {
     /// Detaches the networks of tasks this agent no longer has (a crash between a task's end
     /// and its cleanup, a reboot): their address leases, NAT rules, veths and namespaces.
     fn detach_leftover_networks(&self) {
-        let known: std::collections::HashSet<String> =
+        // Interrupted starts being cleared release their own networks.
+        let mut known: std::collections::HashSet<String> =
             self.inner.tasks.lock().unwrap().keys().cloned().collect();
+        known.extend(self.inner.discarding.lock().unwrap().keys().cloned());
         let inner = self.inner.clone();
         let gone = inner.networks.reconcile(|id| known.contains(id));
         if !gone.is_empty() {
@@ -565,8 +581,7 @@ impl Agent {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
-        // Interrupted starts to clear away, all at once: one at a time, the 40 a burst left
-        // kept a restarted agent from connecting for 20 s.
+        // Interrupted starts to clear away (after the loop).
         let mut discards = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path().join(TASK_FILE);
@@ -630,12 +645,24 @@ impl Agent {
                 tokio::spawn(async move { supervisor::cleanup(&inner, &id, &record.spec).await });
             }
         }
-        futures::future::join_all(
-            discards
-                .iter()
-                .map(|(id, spec)| supervisor::discard_unstarted(&self.inner, id, spec)),
-        )
-        .await;
+        // Cleared in the background, so that the agent connects at once: a busy node took
+        // 15 s and more to clear 40 of them, long enough to be judged lost. A start of one of
+        // these tasks waits for its clearing (`start_task`).
+        for (id, spec) in discards {
+            let (done, cleared) = watch::channel(false);
+            self.inner.discarding.lock().unwrap().insert(id.clone(), cleared);
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let began = std::time::Instant::now();
+                supervisor::discard_unstarted(&inner, &id, &spec).await;
+                let took = began.elapsed();
+                if took > std::time::Duration::from_secs(2) {
+                    warn!(task_id = %id, ?took, "clearing an interrupted start was slow");
+                }
+                inner.discarding.lock().unwrap().remove(&id);
+                let _ = done.send(true);
+            });
+        }
     }
 }
 
