@@ -28,6 +28,9 @@ use pb::controller_message::Body as Out;
 /// At most this many agent messages are handled (and their reports flushed) together.
 const MAX_BATCH: usize = 256;
 
+/// How long a session whose silence timer fired still waits for a message already on its way.
+const STALL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct AgentService {
     pub core: Arc<Core>,
 }
@@ -108,9 +111,17 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                 let next = tokio::select! {
                     next = inbound.message() => next,
                     _ = crate::clock::Clock::real_sleep(silence) => {
-                        warn!(node_id = %node_id, ?silence, "agent silent for the node timeout; closing its session");
-                        silent = true;
-                        break;
+                        // A controller that stalled itself (a host frozen by I/O) wakes with
+                        // its timer and the agent's waiting messages ready at once: a moment
+                        // for them to be read before the agent is judged silent.
+                        match tokio::time::timeout(STALL_GRACE, inbound.message()).await {
+                            Ok(next) => next,
+                            Err(_) => {
+                                warn!(node_id = %node_id, ?silence, "agent silent for the node timeout; closing its session");
+                                silent = true;
+                                break;
+                            }
+                        }
                     }
                 };
                 let mut arrived = match next {
