@@ -650,7 +650,11 @@ impl Agent {
         // these tasks waits for its clearing (`start_task`).
         for (id, spec) in discards {
             let (done, cleared) = watch::channel(false);
-            self.inner.discarding.lock().unwrap().insert(id.clone(), cleared);
+            self.inner
+                .discarding
+                .lock()
+                .unwrap()
+                .insert(id.clone(), cleared);
             let inner = self.inner.clone();
             tokio::spawn(async move {
                 let began = std::time::Instant::now();

@@ -105,6 +105,8 @@ async fn ingest(batch: usize, clients: usize, per_client: usize) {
         local_buckets: None,
         smtp: None,
         public_url: None,
+        task_history: None,
+        event_log: None,
     })
     .await
     .unwrap();

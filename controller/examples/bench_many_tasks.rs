@@ -3,7 +3,9 @@
 //! `Tasks.List` as the CLI calls it (`tasks ls` and its filters, the newest 100 and the count
 //! of the rest), the placer's read of a pass with tasks waiting, the service loop's read of
 //! the active tasks (and its first read after a reopen, before the store has them decoded),
-//! a whole placement pass of 100 tasks (read, plan, write, flush), and reopening the store.
+//! a whole placement pass of 100 tasks (read, plan, write, flush), and reopening the store;
+//! with a history of any length (`1000000` for a million): the store's bytes per task, a page
+//! of a time range and the page after it, and the history sweep deleting the oldest tenth.
 //! Prints medians for docs/benchmarks.md.
 //!
 //! Usage: cargo run --release -p skiff-controller --example bench_many_tasks [STOPPED] [ACTIVE]
@@ -134,6 +136,13 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).expect("open store");
     let made = Instant::now();
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let written_from_ms = wall_ms();
     let statuses = std::iter::repeat_n(TaskStatus::Stopped, stopped)
         .chain(std::iter::repeat_n(TaskStatus::Running, active))
         .chain(std::iter::repeat_n(TaskStatus::Provisioning, 100))
@@ -147,6 +156,7 @@ async fn main() {
         }))
         .await;
     }
+    let written_to_ms = wall_ms();
     println!(
         "{stopped} STOPPED + {active} RUNNING + 100 PROVISIONING tasks written in {:.1} s",
         made.elapsed().as_secs_f64()
@@ -162,10 +172,27 @@ async fn main() {
         status,
         family: family.map(String::from),
         group: group.map(String::from),
-        node: None,
+        ..Default::default()
     };
     let node = TaskFilter {
         node: Some("node-3".into()),
+        ..Default::default()
+    };
+    // The middle of the history in time, and a page token there: a listing of a range, and
+    // the page after a page.
+    let (first_ms, last_ms) = (written_from_ms, written_to_ms);
+    let mid_ms = first_ms + (last_ms - first_ms) / 2;
+    let since_mid = TaskFilter {
+        created_from_ms: Some(mid_ms),
+        ..Default::default()
+    };
+    let older_than_mid = TaskFilter {
+        older_than: Some(skiff_controller::store::task_id_bound(mid_ms)),
+        ..Default::default()
+    };
+    let family_range = TaskFilter {
+        family: Some("app7".into()),
+        created_from_ms: Some(mid_ms),
         ..Default::default()
     };
     type Read<'a> = Box<dyn Fn() -> usize + 'a>;
@@ -192,6 +219,18 @@ async fn main() {
         ),
         ("tasks ls --node node-3", Box::new(list(node))),
         (
+            "tasks ls --since (the middle; 100 + count)",
+            Box::new(list(since_mid)),
+        ),
+        (
+            "tasks ls --page-token (a page in the middle)",
+            Box::new(list(older_than_mid)),
+        ),
+        (
+            "tasks ls --family app7 --since (the middle)",
+            Box::new(list(family_range)),
+        ),
+        (
             "placer pass read (100 waiting + node sums)",
             Box::new(|| store.waiting_tasks().unwrap().len() + store.node_reservations().len()),
         ),
@@ -208,6 +247,14 @@ async fn main() {
         let (ms, found) = median_ms(11, f.as_ref());
         println!("{what:<48} {ms:>9.2} ms  (median of 11; returned + counted: {found})");
     }
+    store.commit().await.unwrap();
+    let tasks = stopped + active + 100;
+    println!(
+        "{:<48} {:>9} bytes ({} on disk for {tasks} tasks)",
+        "store bytes per task",
+        store.size_on_disk() / tasks as u64,
+        store.size_on_disk()
+    );
     let mut passes = Vec::new();
     for round in 0..11 {
         passes.push(placement_pass(&store, round).await);
@@ -239,6 +286,21 @@ async fn main() {
         "{:<48} {:>9.2} ms  ({n} tasks, each decoded once)",
         "service loop read, first after the reopen",
         first.elapsed().as_secs_f64() * 1000.0
+    );
+    // The history sweep's deletion of the oldest tenth (all STOPPED): what retention costs.
+    let doomed: Vec<String> = store
+        .stopped_tasks_created_before(i64::MAX, stopped / 10)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let deleting = Instant::now();
+    let deleted = store.delete_stopped_tasks(&doomed).await.unwrap();
+    let secs = deleting.elapsed().as_secs_f64();
+    println!(
+        "{:<48} {:>9.0} tasks/s ({deleted} in {secs:.2} s, durable)",
+        "history sweep: deleting stopped tasks",
+        deleted as f64 / secs
     );
     drop(store);
 }

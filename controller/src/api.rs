@@ -253,6 +253,52 @@ impl pb::tasks_server::Tasks for TasksApi {
         )?)))
     }
 
+    async fn put_retention(
+        &self,
+        req: Request<pb::TaskRetention>,
+    ) -> Result<Response<pb::TaskRetention>, Status> {
+        let req = req.into_inner();
+        let policy = skiff_model::history::TaskRetention {
+            scope: skiff_model::history::Scope::parse("scope", &req.scope).map_err(invalid)?,
+            keep: (req.keep > 0).then_some(req.keep),
+            max_age_secs: (req.max_age_seconds > 0).then_some(req.max_age_seconds),
+        };
+        skiff_model::history::check(&policy).map_err(invalid)?;
+        self.core.store.task_retention.put(&policy).await?;
+        self.core.loops.wake(crate::wake::Loop::History);
+        Ok(Response::new(convert::retention(&policy)))
+    }
+
+    async fn list_retention(
+        &self,
+        _req: Request<pb::ListRetentionRequest>,
+    ) -> Result<Response<pb::ListRetentionResponse>, Status> {
+        let policies = self.core.store.task_retention.list()?;
+        let d = self.core.history_limits;
+        Ok(Response::new(pb::ListRetentionResponse {
+            policies: policies.iter().map(convert::retention).collect(),
+            default: Some(pb::TaskRetention {
+                scope: "default".into(),
+                keep: d.keep.unwrap_or(0),
+                max_age_seconds: d.max_age_ms.map_or(0, |ms| (ms / 1000) as u64),
+            }),
+        }))
+    }
+
+    async fn delete_retention(
+        &self,
+        req: Request<pb::RetentionRef>,
+    ) -> Result<Response<pb::TaskRetention>, Status> {
+        let scope = skiff_model::history::Scope::parse("scope", &req.into_inner().scope)
+            .map_err(invalid)?;
+        let gone = self.core.store.task_retention.delete(scope.key()).await?;
+        let gone = gone.ok_or_else(|| {
+            Status::not_found(format!("scope: no retention policy for {}", scope.key()))
+        })?;
+        self.core.loops.wake(crate::wake::Loop::History);
+        Ok(Response::new(convert::retention(&gone)))
+    }
+
     async fn list(
         &self,
         req: Request<pb::ListTasksRequest>,
@@ -267,16 +313,51 @@ impl pb::tasks_server::Tasks for TasksApi {
             })?),
         };
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let group = match (some(&req.group), some(&req.service)) {
+            (Some(_), Some(_)) => return Err(Status::invalid_argument(
+                "service: give a service or a group, not both (a service's group is service:NAME)",
+            )),
+            (g, s) => g.or(s.map(|s| crate::model::service_group(&s))),
+        };
+        let older_than = match req.page_token.as_str() {
+            "" => None,
+            t => {
+                ulid::Ulid::from_string(t).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "page_token: {t:?} is not a token from a listing"
+                    ))
+                })?;
+                Some(t.to_lowercase())
+            }
+        };
+        let bound = |field: &str, ms: i64| match ms {
+            0 => Ok(None),
+            ms if ms < 0 => Err(Status::invalid_argument(format!(
+                "{field}: {ms} is before 1970"
+            ))),
+            ms => Ok(Some(ms)),
+        };
         let filter = TaskFilter {
             status,
             family: some(&req.family),
             node: some(&req.node_id),
-            group: some(&req.group),
+            group,
+            created_from_ms: bound("created_from_ms", req.created_from_ms)?,
+            created_before_ms: bound("created_before_ms", req.created_before_ms)?,
+            older_than,
         };
         let (tasks, total) = self.core.store.list_tasks(&filter, req.limit as usize)?;
+        let next_page_token = match tasks.last() {
+            Some(last) if total > tasks.len() => last.id.clone(),
+            _ => String::new(),
+        };
         let tasks = tasks.iter().map(convert::task).collect();
         let total = total.min(u32::MAX as usize) as u32;
-        Ok(Response::new(pb::ListTasksResponse { tasks, total }))
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks,
+            total,
+            next_page_token,
+        }))
     }
 
     async fn wait(&self, req: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
@@ -538,7 +619,19 @@ impl pb::events_server::Events for EventsApi {
                 Some(id.to_string())
             }
         };
-        match req.tail {
+        let consumer = match req.consumer.as_str() {
+            "" => None,
+            name => {
+                validate::check_name("consumer", name).map_err(invalid)?;
+                self.core.store.event_consumers.get(name)?
+            }
+        };
+        // A consumer known already resumes after its cursor (unless told where).
+        let resumes = cursor.is_none() && consumer.is_some();
+        if let (true, Some(c)) = (resumes, &consumer) {
+            cursor = (!c.cursor.is_empty()).then(|| c.cursor.clone());
+        }
+        match req.tail.filter(|_| !resumes) {
             // Only what comes next: start after the newest event there is.
             Some(0) if cursor.is_none() => {
                 cursor = self.core.store.last_events(1)?.pop().map(|e| e.id);
@@ -550,6 +643,18 @@ impl pb::events_server::Events for EventsApi {
                 }
             }
             _ => {}
+        }
+        if let (false, name) = (resumes, req.consumer.as_str()) {
+            if !name.is_empty() {
+                // A new consumer (or one told where to start): kept from here on, so the
+                // log's retention holds what it has not read.
+                let c = skiff_model::history::EventConsumer {
+                    name: name.to_string(),
+                    cursor: cursor.clone().unwrap_or_default(),
+                    acked_at_ms: self.core.clock.now_ms(),
+                };
+                self.core.store.event_consumers.put(&c).await?;
+            }
         }
         let core = self.core.clone();
         let (tx, rx) = mpsc::channel(256);
@@ -641,6 +746,63 @@ impl pb::events_server::Events for EventsApi {
         }))
     }
 
+    async fn ack(
+        &self,
+        req: Request<pb::AckEventsRequest>,
+    ) -> Result<Response<pb::EventConsumer>, Status> {
+        let req = req.into_inner();
+        let at = ulid::Ulid::from_string(&req.event_id).map_err(|_| {
+            Status::invalid_argument(format!("event_id: {:?} is not an event id", req.event_id))
+        })?;
+        let now = self.core.clock.now_ms();
+        let moved = self
+            .core
+            .store
+            .event_consumers
+            .update(&req.consumer, |c| {
+                // Forward only: an acknowledgement that comes late moves nothing back.
+                let behind = ulid::Ulid::from_string(&c.cursor).map_or(true, |cur| cur < at);
+                if behind {
+                    c.cursor = req.event_id.to_uppercase();
+                    c.acked_at_ms = now;
+                }
+                Ok::<(), ()>(())
+            })
+            .await?;
+        let c = moved.ok().flatten().ok_or_else(|| {
+            Status::not_found(format!(
+                "consumer: no consumer {:?} (a watch with --consumer makes one)",
+                req.consumer
+            ))
+        })?;
+        Ok(Response::new(consumer(&self.core, &c)?))
+    }
+
+    async fn list_consumers(
+        &self,
+        _req: Request<pb::ListConsumersRequest>,
+    ) -> Result<Response<pb::ListConsumersResponse>, Status> {
+        let consumers = self
+            .core
+            .store
+            .event_consumers
+            .list()?
+            .iter()
+            .map(|c| consumer(&self.core, c))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListConsumersResponse { consumers }))
+    }
+
+    async fn delete_consumer(
+        &self,
+        req: Request<pb::ConsumerRef>,
+    ) -> Result<Response<pb::EventConsumer>, Status> {
+        let name = req.into_inner().name;
+        let gone = self.core.store.event_consumers.delete(&name).await?;
+        let gone = gone.ok_or_else(|| Status::not_found(format!("name: no consumer {name:?}")))?;
+        Ok(Response::new(consumer(&self.core, &gone)?))
+    }
+
     async fn list_dead_letters(
         &self,
         req: Request<pb::ListDeadLettersRequest>,
@@ -726,5 +888,19 @@ fn check_entry(e: &pb::PutEventsEntry, now_ms: i64) -> Result<Event, (&'static s
         time_ms: if e.time_ms > 0 { e.time_ms } else { now_ms },
         resources: e.resources.clone(),
         detail,
+    })
+}
+
+/// A consumer as the API shows it, with how many events wait after its cursor.
+fn consumer(
+    core: &Core,
+    c: &skiff_model::history::EventConsumer,
+) -> Result<pb::EventConsumer, Status> {
+    let after = (!c.cursor.is_empty()).then_some(c.cursor.as_str());
+    Ok(pb::EventConsumer {
+        name: c.name.clone(),
+        cursor: c.cursor.clone(),
+        acked_at_ms: c.acked_at_ms,
+        behind: core.store.count_events_after(after, 1_000_000)? as u64,
     })
 }

@@ -729,3 +729,11 @@ mod input_tests {
         assert!(taskdef_ref("t", ":1").is_err());
     }
 }
+
+pub fn retention(p: &skiff_model::history::TaskRetention) -> pb::TaskRetention {
+    pb::TaskRetention {
+        scope: p.scope.key(),
+        keep: p.keep.unwrap_or(0),
+        max_age_seconds: p.max_age_secs.unwrap_or(0),
+    }
+}

@@ -96,6 +96,10 @@ pub struct Core {
     pub names: crate::names::Names,
     /// The HTTP listener's port, told to agents (their bridge tasks reach it through them).
     pub http_port: Option<u16>,
+    /// How long stopped tasks stay where no retention policy says otherwise.
+    pub history_limits: skiff_model::history::Limits,
+    /// How long the event log keeps what every reader has read.
+    pub event_limits: skiff_model::history::EventLogLimits,
     /// Makes ULIDs stamped with the clock's time (increasing within a millisecond).
     ids: Mutex<ulid::Generator>,
 }
@@ -172,6 +176,8 @@ impl Core {
             queue_waits: Default::default(),
             names: Default::default(),
             http_port: None,
+            history_limits: crate::history::DEFAULT_LIMITS,
+            event_limits: crate::history::DEFAULT_EVENT_LIMITS,
             ids: Mutex::new(ulid::Generator::new()),
         }
     }

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod core;
 pub mod credentials;
 pub mod events;
+pub mod history;
 pub mod http;
 pub mod images_api;
 pub mod job_loop;
@@ -92,6 +93,12 @@ pub struct ControllerConfig {
     /// The HTTP listener's URL as users reach it (e-mail confirmation links); default
     /// http://<http_listen>.
     pub public_url: Option<String>,
+    /// How long stopped tasks stay where no retention policy says otherwise (default
+    /// `history::DEFAULT_LIMITS`).
+    pub task_history: Option<skiff_model::history::Limits>,
+    /// How long the event log keeps events every reader has read (default
+    /// `history::DEFAULT_EVENT_LIMITS`).
+    pub event_log: Option<skiff_model::history::EventLogLimits>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +201,8 @@ impl Controller {
         };
         let mut core = core::Core::new(store, cfg.timing, cfg.clock.clone(), sealer, task_keys);
         core.pki = pki;
+        core.history_limits = cfg.task_history.unwrap_or(history::DEFAULT_LIMITS);
+        core.event_limits = cfg.event_log.unwrap_or(history::DEFAULT_EVENT_LIMITS);
         core.http_port = http_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())

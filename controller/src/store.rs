@@ -19,12 +19,14 @@ use crate::model::{
     ScheduleRetry, ScheduleState, SealedSecret, Service, ServiceState, Source, SourceHealth,
     Subscription, Task, TaskDefinition, TaskRole, Topic,
 };
+use skiff_model::history::{EventConsumer, TaskRetention};
 use skiff_model::lifecycle::TaskStatus;
 
 mod due;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
+mod history;
 mod memory_engine;
 mod notify;
 mod reserved;
@@ -100,6 +102,14 @@ record!(ServiceState, "service_states", |self| self
     .name
     .as_bytes()
     .to_vec());
+record!(EventConsumer, "event_consumers", |self| self
+    .name
+    .as_bytes()
+    .to_vec());
+record!(TaskRetention, "task_retention", |self| self
+    .scope
+    .key()
+    .into_bytes());
 record!(Backlog, "backlogs", |self| self.source.as_bytes().to_vec());
 record!(JobLease, "job_leases", |self| self.task.as_bytes().to_vec());
 record!(DedupEntry, "fifo_dedup", |self| Store::message_key(
@@ -357,6 +367,11 @@ pub struct Store {
     pub job_leases: Table<JobLease>,
     /// FIFO queues' deduplication ids of the last 5 minutes: queue NUL id → DedupEntry.
     pub fifo_dedup: Table<DedupEntry>,
+    /// Retention policies of task history, by scope key (`family/web`, `service/api`).
+    pub task_retention: Table<TaskRetention>,
+    /// Named readers of the event log and their cursors: the log's retention keeps what they
+    /// have not read.
+    pub event_consumers: Table<EventConsumer>,
     commit: GroupCommit,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
@@ -364,8 +379,8 @@ pub struct Store {
     /// Task creations waiting for the writer lock: whoever takes it writes them all in one
     /// transaction (a burst of fires or deliveries pays one, not one each).
     creations: Arc<std::sync::Mutex<Vec<Creation>>>,
-    /// How many tasks the tasks tree holds (tasks are never deleted): counted once at open,
-    /// then kept by the creations, so a listing's total costs no scan.
+    /// How many tasks the tasks tree holds: counted once at open, then kept by the creations
+    /// and the history sweep's deletions, so a listing's total costs no scan.
     task_count: Arc<std::sync::atomic::AtomicUsize>,
     /// Decoded active tasks by id, kept by every task write under the writer lock (see
     /// `active_tasks`).
@@ -479,6 +494,8 @@ impl Store {
             backlogs: Table::open(&engine, &commit)?,
             job_leases: Table::open(&engine, &commit)?,
             fifo_dedup: Table::open(&engine, &commit)?,
+            task_retention: Table::open(&engine, &commit)?,
+            event_consumers: Table::open(&engine, &commit)?,
             commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             creations: Default::default(),
@@ -745,12 +762,21 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Task>, usize), StoreError> {
         let take = if limit == 0 { usize::MAX } else { limit };
+        let range = filter.id_range();
+        let in_range = |id: &[u8]| TaskFilter::in_range(&range, id);
         let suffix_ids = |tree: &Tree, prefix: &str| -> Result<Vec<Vec<u8>>, StoreError> {
             let mut p = prefix.as_bytes().to_vec();
             p.push(0);
-            tree.scan_prefix(&p)
-                .map(|kv| Ok(kv?.0[p.len()..].to_vec()))
-                .collect()
+            let from = range.0.as_ref().map(|f| [&p[..], f.as_bytes()].concat());
+            let to = range.1.as_ref().map(|t| [&p[..], t.as_bytes()].concat());
+            let ids = match (from, to) {
+                (None, None) => tree.scan_prefix(&p),
+                (from, to) => tree.range(
+                    Bound::Included(from.unwrap_or_else(|| p.clone())),
+                    to.map_or_else(|| tree::prefix_end(&p), Bound::Excluded),
+                ),
+            };
+            ids.map(|kv| Ok(kv?.0[p.len()..].to_vec())).collect()
         };
         // Each look at the kept statuses takes the lock for itself: writers update them.
         let reserved = || self.reserved.lock().expect("reserved lock");
@@ -791,17 +817,40 @@ impl Store {
             }
             ids
         } else if let Some(status) = filter.status.filter(|s| s.is_active()) {
-            reserved().ids_in(status)
+            let mut ids = reserved().ids_in(status);
+            ids.retain(|id| in_range(id));
+            ids
         } else {
-            // Everything, or everything STOPPED: the newest `limit` from the end of the
-            // tasks tree (active ones skipped by key), counted without decoding.
+            // Everything, or everything STOPPED, in the id range: the newest `limit` from the
+            // end of the range (active ones skipped by key). With no range the total is the
+            // count kept; with one, it is counted from the keys (no decoding).
             let stopped_only = filter.status == Some(TaskStatus::Stopped);
-            let mut total = self.task_count.load(std::sync::atomic::Ordering::Acquire);
-            if stopped_only {
-                total = total.saturating_sub(reserved().len());
-            }
+            let from = range.0.clone().map(String::into_bytes);
+            let to = range.1.clone().map(String::into_bytes);
+            let keys = || {
+                self.tasks.range(
+                    from.clone().map_or(Bound::Unbounded, Bound::Included),
+                    to.clone().map_or(Bound::Unbounded, Bound::Excluded),
+                )
+            };
+            let total = if from.is_none() && to.is_none() {
+                let mut total = self.task_count.load(std::sync::atomic::Ordering::Acquire);
+                if stopped_only {
+                    total = total.saturating_sub(reserved().len());
+                }
+                total
+            } else {
+                let mut n = 0;
+                for kv in keys() {
+                    let id = key_of(kv)?;
+                    if !stopped_only || reserved().status(&id).is_none() {
+                        n += 1;
+                    }
+                }
+                n
+            };
             let mut out = Vec::new();
-            for kv in self.tasks.iter().rev() {
+            for kv in keys().rev() {
                 if out.len() >= take {
                     break;
                 }
@@ -1149,6 +1198,24 @@ impl Store {
             .take(limit)
             .map(|kv| decode("events", &kv?.1))
             .collect()
+    }
+
+    /// How many events come after `after` (None: all), counting at most `limit` of them.
+    pub fn count_events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self
+            .events
+            .range(after_bound(after), Bound::Unbounded)
+            .take(limit)
+        {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The last of the `limit` events after `after`, decoding only that one: where a cursor
@@ -1768,6 +1835,32 @@ pub struct TaskFilter {
     pub family: Option<String>,
     pub node: Option<String>,
     pub group: Option<String>,
+    /// Only tasks created at or after this time (ms since the epoch).
+    pub created_from_ms: Option<i64>,
+    /// Only tasks created before this time.
+    pub created_before_ms: Option<i64>,
+    /// Only tasks older than this one: the last id of the page before (a page token).
+    pub older_than: Option<String>,
+}
+
+impl TaskFilter {
+    /// The id range the filter allows: [from, to).
+    fn id_range(&self) -> (Option<String>, Option<String>) {
+        let from = self.created_from_ms.map(task_id_bound);
+        let to = [
+            self.created_before_ms.map(task_id_bound),
+            self.older_than.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        (from, to)
+    }
+
+    fn in_range(range: &(Option<String>, Option<String>), id: &[u8]) -> bool {
+        range.0.as_ref().is_none_or(|f| id >= f.as_bytes())
+            && range.1.as_ref().is_none_or(|t| id < t.as_bytes())
+    }
 }
 
 impl TaskFilter {
@@ -1781,10 +1874,19 @@ impl TaskFilter {
                 .as_deref()
                 .is_none_or(|n| t.node_id.as_deref() == Some(n))
             && self.group.as_deref().is_none_or(|g| t.group == g)
+            && Self::in_range(&self.id_range(), t.id.as_bytes())
     }
 }
 
 /// An entry's key.
+/// The smallest task id (a lowercase ULID) created at `ms`: ids below it were created
+/// earlier, so a time range of tasks is a key range.
+pub fn task_id_bound(ms: i64) -> String {
+    ulid::Ulid::from_parts(ms.max(0) as u64, 0)
+        .to_string()
+        .to_lowercase()
+}
+
 fn key_of(kv: Result<Entry, StoreError>) -> Result<Vec<u8>, StoreError> {
     kv.map(|(k, _)| k)
 }
@@ -2091,6 +2193,7 @@ mod tests {
                                 group: pick(&["g1", "g2"], g),
                                 family: pick(&["fam0", "fam1"], f),
                                 node: pick(&["n0", "n2"], n),
+                                ..Default::default()
                             };
                             let mut want: Vec<String> = all
                                 .iter()

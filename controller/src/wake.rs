@@ -15,6 +15,7 @@ pub enum Loop {
     Schedules,
     Notifications,
     Services,
+    History,
 }
 
 /// One wake-up per loop (a wake-up while the loop is busy is kept for its next wait).
@@ -26,6 +27,7 @@ pub struct Wakeups {
     schedules: Notify,
     notifications: Notify,
     services: Notify,
+    history: Notify,
 }
 
 impl Wakeups {
@@ -47,6 +49,7 @@ impl Wakeups {
             Loop::Schedules => &self.schedules,
             Loop::Notifications => &self.notifications,
             Loop::Services => &self.services,
+            Loop::History => &self.history,
         }
     }
 }

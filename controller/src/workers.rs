@@ -37,6 +37,7 @@ impl Workers {
         w.spawn("schedules", crate::schedules::run);
         w.spawn("notifications", crate::notify::run);
         w.spawn("queue-retention", crate::queues::run);
+        w.spawn("task-history", crate::history::run);
         w.spawn("services", crate::service_loop::run);
         w.spawn("redis-backlog", crate::backlog_poller::run);
         w

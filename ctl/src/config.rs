@@ -25,6 +25,14 @@ pub struct ControllerFile {
     pub public_url: Option<String>,
     /// The mail server for e-mail subscriptions.
     pub smtp: Option<SmtpFile>,
+    /// Keep the newest N tasks of each family ("none": no count limit).
+    pub task_history_keep: Option<String>,
+    /// Delete stopped tasks older than this ("none": keep them).
+    pub task_history_max_age: Option<String>,
+    /// Delete events older than this that every reader has read ("none": keep them).
+    pub event_log_max_age: Option<String>,
+    /// Keep at most the newest N events (none by default).
+    pub event_log_keep: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

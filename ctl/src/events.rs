@@ -34,7 +34,15 @@ pub enum EventsCmd {
         /// `all` for the whole log.
         #[arg(short = 'n', long, default_value = "20", value_parser = parse_lines)]
         lines: EventCount,
+        /// Read as this named consumer: resume after the last event it acknowledged (a new one
+        /// starts where --after / -n say), acknowledging what is printed. The log keeps every
+        /// event a consumer has not acknowledged (`skiff events consumers rm` lets go).
+        #[arg(long)]
+        consumer: Option<String>,
     },
+    /// Named consumers of the event log and how far behind each is.
+    #[command(subcommand)]
+    Consumers(ConsumersCmd),
     /// Put an app event on the bus (like EventBridge PutEvents); prints its id.
     Put {
         /// The event's source (any name but skiff.*).
@@ -63,6 +71,17 @@ pub enum EventsCmd {
         /// The event: JSON text, or @FILE.
         #[arg(long)]
         event: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConsumersCmd {
+    /// List the consumers, their cursors and how many events wait for each.
+    Ls,
+    /// Forget a consumer: the log no longer keeps events for it.
+    Rm {
+        /// The consumer's name.
+        name: String,
     },
 }
 
@@ -139,12 +158,14 @@ pub fn test_pattern(pattern: &str, event: &str) -> i32 {
 }
 
 pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i32> {
-    let (follow, after, lines) = match cmd {
+    let (follow, after, lines, consumer) = match cmd {
         EventsCmd::Tail {
             follow,
             after,
             lines,
-        } => (follow, after, lines),
+            consumer,
+        } => (follow, after, lines, consumer),
+        EventsCmd::Consumers(cmd) => return consumers(addr, fmt, cmd).await,
         EventsCmd::TestPattern { pattern, event } => return Ok(test_pattern(&pattern, &event)),
         EventsCmd::Put {
             source,
@@ -160,11 +181,145 @@ pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i
             after: after.clone().unwrap_or_default(),
             follow,
             tail: if after.is_some() { None } else { lines.0 },
+            consumer: consumer.clone().unwrap_or_default(),
         })
         .await
         .map_err(api_error)?
         .into_inner();
-    while let Some(e) = stream.message().await.map_err(api_error)? {
+    // A consumer acknowledges what it printed every 100 events or second, and at the end: a
+    // tail cut short sees at most that much again.
+    let mut acks = consumer.map(|name| Acks::new(client.clone(), name));
+    loop {
+        let next = match acks.as_mut() {
+            Some(a) => {
+                tokio::select! {
+                    m = stream.message() => m,
+                    _ = a.due() => {
+                        a.send().await?;
+                        continue;
+                    }
+                }
+            }
+            None => stream.message().await,
+        };
+        let Some(e) = next.map_err(api_error)? else {
+            break;
+        };
+        print_event(fmt, &e);
+        if let Some(a) = acks.as_mut() {
+            a.printed(&e.id).await?;
+        }
+    }
+    if let Some(a) = acks.as_mut() {
+        a.send().await?;
+    }
+    Ok(0)
+}
+
+/// A consumer's acknowledgements of what `events tail` printed, sent in batches.
+struct Acks {
+    client: pb::events_client::EventsClient<crate::conn::Conn>,
+    name: String,
+    last: Option<String>,
+    unsent: usize,
+    since: tokio::time::Instant,
+}
+
+impl Acks {
+    fn new(client: pb::events_client::EventsClient<crate::conn::Conn>, name: String) -> Acks {
+        Acks {
+            client,
+            name,
+            last: None,
+            unsent: 0,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn printed(&mut self, id: &str) -> anyhow::Result<()> {
+        self.last = Some(id.to_string());
+        self.unsent += 1;
+        if self.unsent >= 100 {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    /// When the unsent acknowledgements are a second old (never, with none).
+    async fn due(&self) {
+        if self.unsent == 0 {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep_until(self.since + std::time::Duration::from_secs(1)).await;
+    }
+
+    async fn send(&mut self) -> anyhow::Result<()> {
+        if let (Some(id), true) = (&self.last, self.unsent > 0) {
+            self.client
+                .ack(pb::AckEventsRequest {
+                    consumer: self.name.clone(),
+                    event_id: id.clone(),
+                })
+                .await
+                .map_err(api_error)?;
+        }
+        self.unsent = 0;
+        self.since = tokio::time::Instant::now();
+        Ok(())
+    }
+}
+
+/// `skiff events consumers ls|rm`.
+async fn consumers(addr: &str, fmt: Format, cmd: ConsumersCmd) -> anyhow::Result<i32> {
+    let mut client = pb::events_client::EventsClient::new(connect(addr).await?);
+    match cmd {
+        ConsumersCmd::Ls => {
+            let list = client
+                .list_consumers(pb::ListConsumersRequest {})
+                .await
+                .map_err(api_error)?
+                .into_inner()
+                .consumers;
+            match fmt {
+                Format::Json => println!("{}", output::json(&list)),
+                Format::Table => println!(
+                    "{}",
+                    output::table(
+                        &["NAME", "CURSOR", "ACKNOWLEDGED", "BEHIND"],
+                        list.iter()
+                            .map(|c| vec![
+                                c.name.clone(),
+                                if c.cursor.is_empty() {
+                                    "-".into()
+                                } else {
+                                    c.cursor.clone()
+                                },
+                                output::time(c.acked_at_ms),
+                                c.behind.to_string(),
+                            ])
+                            .collect()
+                    )
+                ),
+            }
+        }
+        ConsumersCmd::Rm { name } => {
+            let c = client
+                .delete_consumer(pb::ConsumerRef { name })
+                .await
+                .map_err(api_error)?
+                .into_inner();
+            match fmt {
+                Format::Json => println!("{}", output::json(&c)),
+                Format::Table => println!("removed consumer {}", c.name),
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// One event as `events tail` prints it.
+fn print_event(fmt: Format, e: &pb::Event) {
+    {
         match fmt {
             Format::Json => {
                 // One EventBridge-style envelope per line, for jq.
@@ -204,7 +359,6 @@ pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i
             }
         }
     }
-    Ok(0)
 }
 
 /// `skiff events put`: one app event. Exits 1 if the bus refused it.

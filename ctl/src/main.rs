@@ -8,6 +8,7 @@ mod images;
 mod nodes;
 mod output;
 mod queues;
+mod retention;
 mod roles;
 mod rules;
 mod run_task;

@@ -275,6 +275,22 @@ pub struct ControllerArgs {
     /// Lifetime of node certificates (default 30d); agents renew after two thirds of it.
     #[arg(long = "node-cert-ttl")]
     node_cert_ttl: Option<String>,
+    /// Keep the newest N tasks of each family (default 10000; "none" for no count limit);
+    /// `skiff tasks retention set` overrides it for a family, service or group.
+    #[arg(long = "task-history-keep")]
+    task_history_keep: Option<String>,
+    /// Delete stopped tasks that stopped longer ago than this (default 30d; "none" keeps
+    /// them for ever).
+    #[arg(long = "task-history-max-age")]
+    task_history_max_age: Option<String>,
+    /// Delete events older than this from the event log (default 7d; "none" keeps them) —
+    /// never one the rule dispatcher or a named consumer has not read.
+    #[arg(long = "event-log-max-age")]
+    event_log_max_age: Option<String>,
+    /// Keep only the newest N events in the log (default: no count limit), with the same
+    /// exception.
+    #[arg(long = "event-log-keep")]
+    event_log_keep: Option<u64>,
     #[command(flatten)]
     notify: NotifyArgs,
 }
@@ -351,6 +367,8 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
     init_tracing();
     let data_dir = a.data_dir.unwrap_or_else(|| default_data_dir("dev"));
     let ctl = Controller::bind(ControllerConfig {
+        task_history: None,
+        event_log: None,
         data_dir: data_dir.join("controller"),
         listen: a.listen,
         timing: NodeTiming::default(),
@@ -411,6 +429,31 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The default task history limits from `task_history_keep` and `task_history_max_age`.
+fn task_history(
+    keep: Option<String>,
+    max_age: Option<String>,
+) -> anyhow::Result<skiff_model::history::Limits> {
+    let mut limits = skiff_controller::history::DEFAULT_LIMITS;
+    match keep.as_deref() {
+        None => {}
+        Some("none") => limits.keep = None,
+        Some(n) => match n.parse::<u32>() {
+            Ok(n) if n > 0 => limits.keep = Some(n),
+            _ => anyhow::bail!("task_history_keep: {n:?} is not a count of 1 or more (or none)"),
+        },
+    }
+    match max_age.as_deref() {
+        None => {}
+        Some("none") => limits.max_age_ms = None,
+        Some(d) => {
+            let d = config::duration("task_history_max_age", d)?;
+            limits.max_age_ms = Some(d.as_millis().min(i64::MAX as u128) as i64);
+        }
+    }
+    Ok(limits)
+}
+
 pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
     init_tracing();
     let file: ControllerFile = config::load(a.config.as_deref())?;
@@ -455,7 +498,30 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         ),
         None => Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
     };
+    let task_history = task_history(
+        a.task_history_keep.or(file.task_history_keep.clone()),
+        a.task_history_max_age.or(file.task_history_max_age.clone()),
+    )?;
+    let mut event_log = skiff_controller::history::DEFAULT_EVENT_LIMITS;
+    match a
+        .event_log_max_age
+        .or(file.event_log_max_age.clone())
+        .as_deref()
+    {
+        None => {}
+        Some("none") => event_log.max_age_ms = None,
+        Some(d) => {
+            let d = config::duration("event_log_max_age", d)?;
+            event_log.max_age_ms = Some(d.as_millis().min(i64::MAX as u128) as i64);
+        }
+    }
+    match a.event_log_keep.or(file.event_log_keep) {
+        Some(0) => anyhow::bail!("event_log_keep: 0 would empty the log; give 1 or more"),
+        n => event_log.keep = n.or(event_log.keep),
+    }
     let ctl = Controller::bind(ControllerConfig {
+        task_history: Some(task_history),
+        event_log: Some(event_log),
         data_dir: data_dir.clone(),
         listen,
         timing,

@@ -23,11 +23,24 @@ pub enum TasksCmd {
         #[arg(long)]
         node: Option<String>,
         /// Only tasks of this group (e.g. family:thumbs, or a rule's group).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "service")]
         group: Option<String>,
-        /// At most this many (the newest); says on stderr how many more there are.
+        /// Only this service's tasks.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only tasks created since then: a duration ago (10m, 2h) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+        /// Only tasks created before then: a duration ago or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        until: Option<i64>,
+        /// At most this many (the newest); says on stderr how many more there are and the
+        /// token for the next page.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// The next page: the token a listing before gave (the tasks older than its last).
+        #[arg(long)]
+        page_token: Option<String>,
     },
     /// Show one task: status, stop code, reason, per-container exit codes.
     Describe {
@@ -67,6 +80,11 @@ pub enum TasksCmd {
     Wait {
         /// The task id, or a unique prefix of it.
         id: String,
+    },
+    /// How long stopped tasks stay, per family, service or group.
+    Retention {
+        #[command(subcommand)]
+        cmd: crate::retention::RetentionCmd,
     },
 }
 
@@ -244,7 +262,11 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
             family,
             node,
             group,
+            service,
+            since,
+            until,
             limit,
+            page_token,
         } => {
             let resp = client
                 .list(pb::ListTasksRequest {
@@ -252,6 +274,10 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
                     family: family.unwrap_or_default(),
                     node_id: node.unwrap_or_default(),
                     group: group.unwrap_or_default(),
+                    service: service.unwrap_or_default(),
+                    created_from_ms: since.unwrap_or(0),
+                    created_before_ms: until.unwrap_or(0),
+                    page_token: page_token.unwrap_or_default(),
                     limit,
                 })
                 .await
@@ -264,8 +290,8 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
             let shown = resp.tasks.len() as u32;
             if resp.total > shown {
                 eprintln!(
-                    "skiff: {shown} of {} tasks shown (newest first); raise --limit or filter to see more",
-                    resp.total
+                    "skiff: {shown} of {} tasks shown (newest first); the next page: --page-token {}",
+                    resp.total, resp.next_page_token
                 );
             }
         }
@@ -314,6 +340,7 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
             };
             stream_logs(&mut client, &id, &opts).await?;
         }
+        TasksCmd::Retention { cmd } => crate::retention::retention(&mut client, fmt, cmd).await?,
         TasksCmd::Wait { id } => {
             let t = match wait(&mut client, &id).await {
                 Ok(t) => t,

@@ -11,11 +11,13 @@
 //! - [`placement`]: which node gets a task, or why none does.
 //! - [`pattern`]: EventBridge event patterns; [`ruleset`]: the enabled rules, compiled and
 //!   indexed; [`transform`]: a target's input.
+//! - [`history`]: how long stopped tasks stay (retention policies and their rules).
 //! - [`retry`]: the backoff between attempts of any retried work.
 //! - [`trust`]: what a task role's API grants allow.
 //! - [`cron`]: schedule expressions (cron / rate / at) in IANA zones and their fire times.
 
 pub mod cron;
+pub mod history;
 pub mod lifecycle;
 pub mod model;
 pub mod names;

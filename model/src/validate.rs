@@ -13,6 +13,11 @@ pub struct InvalidField {
     pub problem: String,
 }
 
+/// An error naming `field` and what is wrong with it.
+pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidField {
+    bad(field, problem)
+}
+
 fn bad(field: impl Into<String>, problem: impl Into<String>) -> InvalidField {
     InvalidField {
         field: field.into(),

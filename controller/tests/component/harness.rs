@@ -51,6 +51,8 @@ impl Harness {
             local_buckets: None,
             smtp: None,
             public_url: None,
+            task_history: None,
+            event_log: None,
         })
         .await
         .unwrap();

@@ -5,5 +5,6 @@
 mod access;
 mod api;
 mod containers;
+mod history;
 mod lifecycle;
 mod recovery;
