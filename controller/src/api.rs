@@ -351,12 +351,15 @@ impl pb::tasks_server::Tasks for TasksApi {
             Some(last) if total > tasks.len() => last.id.clone(),
             _ => String::new(),
         };
+        let total_at_least =
+            req.limit > 0 && total >= (req.limit as usize).saturating_add(crate::store::COUNT_CAP);
         let tasks = tasks.iter().map(convert::task).collect();
         let total = total.min(u32::MAX as usize) as u32;
         Ok(Response::new(pb::ListTasksResponse {
             tasks,
             total,
             next_page_token,
+            total_at_least,
         }))
     }
 

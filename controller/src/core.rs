@@ -176,8 +176,8 @@ impl Core {
             queue_waits: Default::default(),
             names: Default::default(),
             http_port: None,
-            history_limits: crate::history::DEFAULT_LIMITS,
-            event_limits: crate::history::DEFAULT_EVENT_LIMITS,
+            history_limits: skiff_model::history::DEFAULT_LIMITS,
+            event_limits: skiff_model::history::DEFAULT_EVENT_LIMITS,
             ids: Mutex::new(ulid::Generator::new()),
         }
     }

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use skiff_model::history::{governing, EventLogLimits, Limits, Scope, TaskRetention};
+use skiff_model::history::{governing, Scope, TaskRetention};
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
@@ -18,19 +18,7 @@ use crate::wake::Loop;
 /// How often the sweep runs when nothing wakes it.
 const SWEEP_EVERY_MS: i64 = 60_000;
 
-/// The controller's default limits: stopped tasks stay 30 days, the newest 10,000 of each
-/// family (ECS keeps them an hour).
-pub const DEFAULT_LIMITS: Limits = Limits {
-    keep: Some(10_000),
-    max_age_ms: Some(30 * 24 * 3600 * 1000),
-};
-
-/// The event log's default: events stay 7 days (none is deleted before every reader has
-/// read it).
-pub const DEFAULT_EVENT_LIMITS: EventLogLimits = EventLogLimits {
-    max_age_ms: Some(7 * 24 * 3600 * 1000),
-    keep: None,
-};
+pub use skiff_model::history::{DEFAULT_EVENT_LIMITS, DEFAULT_LIMITS};
 
 /// What one pass deleted.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -191,6 +179,7 @@ async fn sweep_events(core: &Core) -> Result<usize, CoreError> {
 mod tests {
     use std::time::Duration;
 
+    use skiff_model::history::Limits;
     use skiff_model::lifecycle::TaskStatus;
 
     use super::*;
@@ -337,7 +326,7 @@ mod tests {
 mod event_log_tests {
     use std::time::Duration;
 
-    use skiff_model::history::EventConsumer;
+    use skiff_model::history::{EventConsumer, EventLogLimits};
 
     use super::*;
     use crate::model::Event;

@@ -379,8 +379,8 @@ pub struct Store {
     /// Task creations waiting for the writer lock: whoever takes it writes them all in one
     /// transaction (a burst of fires or deliveries pays one, not one each).
     creations: Arc<std::sync::Mutex<Vec<Creation>>>,
-    /// How many tasks the tasks tree holds: counted once at open, then kept by the creations
-    /// and the history sweep's deletions, so a listing's total costs no scan.
+    /// How many tasks the tasks tree holds: read at open (`TASK_COUNT`), then kept by the
+    /// creations and the history sweep's deletions, so a listing's total costs no scan.
     task_count: Arc<std::sync::atomic::AtomicUsize>,
     /// Decoded active tasks by id, kept by every task write under the writer lock (see
     /// `active_tasks`).
@@ -505,10 +505,25 @@ impl Store {
             engine,
         };
         store.rebuild_indexes()?;
+        let count = store.stored_task_count()?;
         store
             .task_count
-            .store(store.tasks.len(), std::sync::atomic::Ordering::Release);
+            .store(count, std::sync::atomic::Ordering::Release);
         Ok(store)
+    }
+
+    /// The count of tasks kept with every creation and deletion; counted (a scan of every
+    /// task) and kept once for a data dir from before it.
+    fn stored_task_count(&self) -> Result<usize, StoreError> {
+        if let Some(v) = self.index_versions.get(TASK_COUNT)? {
+            if let Ok(bytes) = <[u8; 8]>::try_from(v.as_slice()) {
+                return Ok(u64::from_le_bytes(bytes) as usize);
+            }
+        }
+        let count = self.tasks.len();
+        self.index_versions
+            .insert(TASK_COUNT, (count as u64).to_le_bytes())?;
+        Ok(count)
     }
 
     /// Derives every secondary index from its records, at open: a data dir from before an
@@ -753,7 +768,8 @@ impl Store {
     }
 
     /// The tasks `filter` wants, newest first, at most `limit` (0 = all), and how many match
-    /// in all. Read through the narrowest index the filter allows (group, node, family, the
+    /// in all (for a time range or a page with no other filter: counted up to `limit +
+    /// COUNT_CAP`, so a total that reaches it means at least that many). Read through the narrowest index the filter allows (group, node, family, the
     /// active tasks' statuses kept in memory), and counted from the indexes: only the tasks
     /// returned are decoded, so a long history costs key reads, not decodes.
     pub fn list_tasks(
@@ -833,32 +849,30 @@ impl Store {
                     to.clone().map_or(Bound::Unbounded, Bound::Excluded),
                 )
             };
-            let total = if from.is_none() && to.is_none() {
-                let mut total = self.task_count.load(std::sync::atomic::Ordering::Acquire);
-                if stopped_only {
-                    total = total.saturating_sub(reserved().len());
-                }
-                total
-            } else {
-                let mut n = 0;
-                for kv in keys() {
-                    let id = key_of(kv)?;
-                    if !stopped_only || reserved().status(&id).is_none() {
-                        n += 1;
-                    }
-                }
-                n
-            };
-            let mut out = Vec::new();
+            // With no range the total is the count kept. A range (a time range, a page) is
+            // walked once from its newest end, its keys past the page counted only up to
+            // `COUNT_CAP` (a page deep in a long history would count hundreds of thousands).
+            let unranged = from.is_none() && to.is_none();
+            let cap = take.saturating_add(COUNT_CAP);
+            let (mut out, mut total) = (Vec::new(), 0);
             for kv in keys().rev() {
-                if out.len() >= take {
+                if out.len() >= take && (unranged || total >= cap) {
                     break;
                 }
                 let (id, v) = kv?;
                 if stopped_only && reserved().status(&id).is_some() {
                     continue;
                 }
-                out.push(decode("tasks", &v)?);
+                if out.len() < take {
+                    out.push(decode("tasks", &v)?);
+                }
+                total += 1;
+            }
+            if unranged {
+                total = self.task_count.load(std::sync::atomic::Ordering::Acquire);
+                if stopped_only {
+                    total = total.saturating_sub(reserved().len());
+                }
             }
             return Ok((out, total));
         };
@@ -957,7 +971,10 @@ impl Store {
         let mut gen = self.writer.lock().await;
         let event = event(next_event_id(&mut gen));
         let new = self.tasks.get(&task.id)?.is_none();
-        self.write_tasks_and_events(&[(Arc::new(task.clone()), Some(&event), Before::NEW)], new)?;
+        self.write_tasks_and_events(
+            &[(Arc::new(task.clone()), Some(&event), Before::NEW)],
+            usize::from(new),
+        )?;
         if new {
             self.task_count
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -1066,7 +1083,7 @@ impl Store {
                 .iter()
                 .map(|(t, e, b)| (t.clone(), e.as_ref(), *b))
                 .collect();
-            self.write_tasks_and_events(&rows, new_tasks > 0)?;
+            self.write_tasks_and_events(&rows, new_tasks)?;
             self.task_count
                 .fetch_add(new_tasks, std::sync::atomic::Ordering::AcqRel);
         }
@@ -1079,8 +1096,9 @@ impl Store {
     fn write_tasks_and_events(
         &self,
         writes: &[(Arc<Task>, Option<&Event>, Before)],
-        created: bool,
+        new_tasks: usize,
     ) -> Result<(), StoreError> {
+        let created = new_tasks > 0;
         struct Row {
             id: String,
             task: Vec<u8>,
@@ -1120,7 +1138,19 @@ impl Store {
         if rows.iter().any(|r| r.family.is_some()) {
             trees.push(&self.by_family);
         }
+        if created {
+            trees.push(&self.index_versions);
+        }
+        // The writer lock is held: the count cannot move between this read and the write.
+        let count = self.task_count.load(std::sync::atomic::Ordering::Acquire) + new_tasks;
         self.transact(&trees, |tx| {
+            if created {
+                tx.insert(
+                    &self.index_versions,
+                    TASK_COUNT,
+                    (count as u64).to_le_bytes(),
+                )?;
+            }
             for r in &rows {
                 tx.insert(&self.tasks, &r.id, &r.task)?;
                 if let Some(k) = &r.family {
@@ -1452,6 +1482,7 @@ impl Store {
             &self.deliveries,
             &self.by_group,
             &self.by_node,
+            &self.index_versions,
         ];
         if prepared.iter().any(|p| p.family.is_some()) {
             trees.push(&self.by_family);
@@ -1462,6 +1493,8 @@ impl Store {
         if prepared.iter().any(|p| p.schedule_retry) {
             trees.extend(self.schedule_retries.trees());
         }
+        // Under the writer lock: the count cannot move before this transaction writes it.
+        let count_before = self.task_count.load(std::sync::atomic::Ordering::Acquire);
         let res = self.transact(&trees, |tx| {
             let mut existing = Vec::with_capacity(prepared.len());
             for p in &prepared {
@@ -1491,6 +1524,15 @@ impl Store {
                 tx.insert(&self.events, &p.event_key, &p.event)?;
                 tx.insert(&self.deliveries, &p.key, &p.task_id)?;
                 existing.push(None);
+            }
+            let created = existing.iter().filter(|e| e.is_none()).count();
+            if created > 0 {
+                let count = count_before + created;
+                tx.insert(
+                    &self.index_versions,
+                    TASK_COUNT,
+                    (count as u64).to_le_bytes(),
+                )?;
             }
             Ok(existing)
         });
@@ -1879,6 +1921,13 @@ impl TaskFilter {
 }
 
 /// An entry's key.
+/// The key (in `index_versions`) of the count of tasks, written in every transaction that
+/// creates or deletes tasks, so an open reads it instead of counting a long history.
+pub(crate) const TASK_COUNT: &str = "task_count";
+
+/// How far past a page a listing of a range counts: beyond it, its total is "at least".
+pub const COUNT_CAP: usize = 10_000;
+
 /// The smallest task id (a lowercase ULID) created at `ms`: ids below it were created
 /// earlier, so a time range of tasks is a key range.
 pub fn task_id_bound(ms: i64) -> String {
@@ -1920,7 +1969,7 @@ mod tests {
 
     /// The store on each engine: the callers' code is the same on both.
     /// (The data dir is None in memory.)
-    fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
+    pub(super) fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().unwrap();
         let on_sled = Store::open(dir.path()).unwrap();
         let on_memory = Store::with_engine(Arc::new(MemoryEngine::new())).unwrap();
@@ -1984,7 +2033,7 @@ mod tests {
         }
     }
 
-    fn event(id: String) -> Event {
+    pub(super) fn event(id: String) -> Event {
         Event {
             id,
             source: "t".into(),

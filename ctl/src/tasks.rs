@@ -289,8 +289,9 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
             }
             let shown = resp.tasks.len() as u32;
             if resp.total > shown {
+                let of = if resp.total_at_least { "at least " } else { "" };
                 eprintln!(
-                    "skiff: {shown} of {} tasks shown (newest first); the next page: --page-token {}",
+                    "skiff: {shown} of {of}{} tasks shown (newest first); the next page: --page-token {}",
                     resp.total, resp.next_page_token
                 );
             }

@@ -62,6 +62,20 @@ impl Scope {
     }
 }
 
+/// The controller's default for task history: stopped tasks stay 30 days, the newest 10,000
+/// of each family (ECS keeps them an hour).
+pub const DEFAULT_LIMITS: Limits = Limits {
+    keep: Some(10_000),
+    max_age_ms: Some(30 * 24 * 3600 * 1000),
+};
+
+/// The event log's default: events stay 7 days (none is deleted before every reader has
+/// read it).
+pub const DEFAULT_EVENT_LIMITS: EventLogLimits = EventLogLimits {
+    max_age_ms: Some(7 * 24 * 3600 * 1000),
+    keep: None,
+};
+
 /// The limits one scope's tasks live under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

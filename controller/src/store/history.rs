@@ -114,7 +114,14 @@ impl Store {
         let mut deleted = 0;
         for chunk in ids.chunks(DELETE_BATCH) {
             let gen = self.writer.lock().await;
-            let trees = [&self.tasks, &self.by_family, &self.by_group, &self.by_node];
+            let trees = [
+                &self.tasks,
+                &self.by_family,
+                &self.by_group,
+                &self.by_node,
+                &self.index_versions,
+            ];
+            let count_before = self.task_count.load(std::sync::atomic::Ordering::Acquire);
             let gone = self.transact(&trees, |tx| {
                 let mut gone = 0;
                 for id in chunk {
@@ -134,6 +141,10 @@ impl Store {
                         tx.remove(&self.by_node, k)?;
                     }
                     gone += 1;
+                }
+                if gone > 0 {
+                    let count = count_before.saturating_sub(gone) as u64;
+                    tx.insert(&self.index_versions, super::TASK_COUNT, count.to_le_bytes())?;
                 }
                 Ok(gone)
             })?;
@@ -214,13 +225,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use skiff_model::history::Scope;
     use skiff_model::lifecycle::TaskStatus;
 
-    use super::super::{MemoryEngine, Store, TaskFilter};
-    use crate::model::{Event, Task};
+    use super::super::tests::{event, stores};
+    use super::super::{Store, TaskFilter};
+    use crate::model::Task;
 
     /// A task created at `ms` (its id a ULID of that time), of family `fam`, group `group`.
     fn task(ms: u64, n: u128, status: TaskStatus, fam: &str, group: &str) -> Task {
@@ -238,22 +248,18 @@ mod tests {
         t
     }
 
-    fn event(id: String) -> Event {
-        Event {
-            id,
-            source: "t".into(),
-            detail_type: "T".into(),
-            time_ms: 0,
-            resources: vec![],
-            detail: serde_json::json!({}),
+    /// The sled store in `dir` again (its lock goes a moment after the last handle).
+    fn reopen(dir: &std::path::Path) -> Store {
+        let started = std::time::Instant::now();
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("reopening: {e}"),
+            }
         }
-    }
-
-    fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
-        let dir = tempfile::tempdir().unwrap();
-        let on_sled = Store::open(dir.path()).unwrap();
-        let on_memory = Store::with_engine(Arc::new(MemoryEngine::new())).unwrap();
-        vec![(on_sled, Some(dir)), (on_memory, None)]
     }
 
     /// 30 tasks, one per second from t = 1,000 s: families a/b alternating, every third
@@ -323,8 +329,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_range_deep_in_a_long_history_is_counted_only_so_far_past_its_page() {
+        let store =
+            Store::with_engine(std::sync::Arc::new(super::super::MemoryEngine::new())).unwrap();
+        let n = super::super::COUNT_CAP + 50;
+        for i in 0..n as u64 {
+            let t = task(1_000_000 + i, 1, TaskStatus::Stopped, "a", "g");
+            store.create_task(&t, event).await.unwrap();
+        }
+        let range = TaskFilter {
+            created_from_ms: Some(1_000_000),
+            ..Default::default()
+        };
+        let (page, total) = store.list_tasks(&range, 10).unwrap();
+        assert_eq!(page.len(), 10);
+        assert_eq!(total, 10 + super::super::COUNT_CAP, "counted up to the cap");
+        // A smaller range, or no limit, is counted exactly.
+        let near = TaskFilter {
+            created_from_ms: Some(1_000_000 + n as i64 - 30),
+            ..Default::default()
+        };
+        assert_eq!(store.list_tasks(&near, 10).unwrap().1, 30);
+        assert_eq!(store.list_tasks(&range, 0).unwrap().1, n);
+    }
+
+    #[tokio::test]
     async fn deleting_takes_stopped_tasks_and_their_index_entries_and_never_an_active_one() {
-        for (store, _dir) in stores() {
+        for (store, dir) in stores() {
             let all = history(&store).await;
             let ids: Vec<String> = all.iter().map(|t| t.id.clone()).collect();
             let deleted = store.delete_stopped_tasks(&ids).await.unwrap();
@@ -359,6 +390,17 @@ mod tests {
                     Scope::Group("g1".into())
                 ]
             );
+            // The count is kept on disk with the deletions: a reopen reads it.
+            if let Some(dir) = dir {
+                drop(store);
+                let store = reopen(dir.path());
+                assert_eq!(store.list_tasks(&TaskFilter::default(), 1).unwrap().1, 10);
+                let more = task(2_000_000, 1, TaskStatus::Stopped, "a", "g0");
+                store.create_task(&more, event).await.unwrap();
+                drop(store);
+                let store = reopen(dir.path());
+                assert_eq!(store.list_tasks(&TaskFilter::default(), 1).unwrap().1, 11);
+            }
         }
     }
 }
