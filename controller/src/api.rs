@@ -264,8 +264,7 @@ impl pb::tasks_server::Tasks for TasksApi {
             max_age_secs: (req.max_age_seconds > 0).then_some(req.max_age_seconds),
         };
         skiff_model::history::check(&policy).map_err(invalid)?;
-        self.core.store.task_retention.put(&policy).await?;
-        self.core.loops.wake(crate::wake::Loop::History);
+        crate::history::put_policy(&self.core, &policy).await?;
         Ok(Response::new(convert::retention(&policy)))
     }
 
@@ -291,11 +290,11 @@ impl pb::tasks_server::Tasks for TasksApi {
     ) -> Result<Response<pb::TaskRetention>, Status> {
         let scope = skiff_model::history::Scope::parse("scope", &req.into_inner().scope)
             .map_err(invalid)?;
-        let gone = self.core.store.task_retention.delete(scope.key()).await?;
-        let gone = gone.ok_or_else(|| {
-            Status::not_found(format!("scope: no retention policy for {}", scope.key()))
-        })?;
-        self.core.loops.wake(crate::wake::Loop::History);
+        let gone = crate::history::delete_policy(&self.core, &scope)
+            .await?
+            .ok_or_else(|| {
+                Status::not_found(format!("scope: no retention policy for {}", scope.key()))
+            })?;
         Ok(Response::new(convert::retention(&gone)))
     }
 
@@ -651,12 +650,7 @@ impl pb::events_server::Events for EventsApi {
             if !name.is_empty() {
                 // A new consumer (or one told where to start): kept from here on, so the
                 // log's retention holds what it has not read.
-                let c = skiff_model::history::EventConsumer {
-                    name: name.to_string(),
-                    cursor: cursor.clone().unwrap_or_default(),
-                    acked_at_ms: self.core.clock.now_ms(),
-                };
-                self.core.store.event_consumers.put(&c).await?;
+                crate::history::place_consumer(&self.core, name, cursor.clone()).await?;
             }
         }
         let core = self.core.clone();
@@ -757,27 +751,14 @@ impl pb::events_server::Events for EventsApi {
         let at = ulid::Ulid::from_string(&req.event_id).map_err(|_| {
             Status::invalid_argument(format!("event_id: {:?} is not an event id", req.event_id))
         })?;
-        let now = self.core.clock.now_ms();
-        let moved = self
-            .core
-            .store
-            .event_consumers
-            .update(&req.consumer, |c| {
-                // Forward only: an acknowledgement that comes late moves nothing back.
-                let behind = ulid::Ulid::from_string(&c.cursor).map_or(true, |cur| cur < at);
-                if behind {
-                    c.cursor = req.event_id.to_uppercase();
-                    c.acked_at_ms = now;
-                }
-                Ok::<(), ()>(())
-            })
-            .await?;
-        let c = moved.ok().flatten().ok_or_else(|| {
-            Status::not_found(format!(
-                "consumer: no consumer {:?} (a watch with --consumer makes one)",
-                req.consumer
-            ))
-        })?;
+        let c = crate::history::ack(&self.core, &req.consumer, at)
+            .await?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "consumer: no consumer {:?} (a watch with --consumer makes one)",
+                    req.consumer
+                ))
+            })?;
         Ok(Response::new(consumer(&self.core, &c)?))
     }
 
@@ -801,7 +782,7 @@ impl pb::events_server::Events for EventsApi {
         req: Request<pb::ConsumerRef>,
     ) -> Result<Response<pb::EventConsumer>, Status> {
         let name = req.into_inner().name;
-        let gone = self.core.store.event_consumers.delete(&name).await?;
+        let gone = crate::history::delete_consumer(&self.core, &name).await?;
         let gone = gone.ok_or_else(|| Status::not_found(format!("name: no consumer {name:?}")))?;
         Ok(Response::new(consumer(&self.core, &gone)?))
     }

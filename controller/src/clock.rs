@@ -45,6 +45,12 @@ impl Clock {
         }
     }
 
+    /// The wall clock the store stamps event ids with (their ULIDs), whichever clock the
+    /// controller runs on: an event's age in the log is measured against it.
+    pub fn wall_ms() -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+
     /// Milliseconds on a clock that never goes back (the system's monotonic clock, or the
     /// manual time): what silences and timeouts are measured with.
     pub fn monotonic_ms(&self) -> i64 {

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use skiff_model::history::{governing, Scope, TaskRetention};
+use skiff_model::history::{governing, EventConsumer, Scope, TaskRetention};
 use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
@@ -142,6 +142,66 @@ impl Sweeper {
     }
 }
 
+// --- operations: the API's one path to each change ---
+
+/// Sets a scope's retention policy (replacing the one there) and wakes the sweep.
+pub async fn put_policy(core: &Core, policy: &TaskRetention) -> Result<(), CoreError> {
+    core.store.task_retention.put(policy).await?;
+    core.loops.wake(Loop::History);
+    Ok(())
+}
+
+/// Removes a scope's policy (the default applies there again); None if it had none.
+pub async fn delete_policy(core: &Core, scope: &Scope) -> Result<Option<TaskRetention>, CoreError> {
+    let gone = core.store.task_retention.delete(scope.key()).await?;
+    core.loops.wake(Loop::History);
+    Ok(gone)
+}
+
+/// Keeps a consumer's place in the log from now on: a new one, or one told where to start
+/// (`cursor`: the event before the first it reads; None: before the oldest).
+pub async fn place_consumer(
+    core: &Core,
+    name: &str,
+    cursor: Option<String>,
+) -> Result<(), CoreError> {
+    let c = EventConsumer {
+        name: name.to_string(),
+        cursor: cursor.unwrap_or_default(),
+        acked_at_ms: core.clock.now_ms(),
+    };
+    core.store.event_consumers.put(&c).await?;
+    Ok(())
+}
+
+/// Moves a consumer's cursor forward to `event_id` — never back: an acknowledgement that
+/// comes late moves nothing. None if there is no such consumer.
+pub async fn ack(
+    core: &Core,
+    name: &str,
+    event_id: ulid::Ulid,
+) -> Result<Option<EventConsumer>, CoreError> {
+    let now = core.clock.now_ms();
+    let moved = core
+        .store
+        .event_consumers
+        .update(name, |c| {
+            let behind = ulid::Ulid::from_string(&c.cursor).map_or(true, |cur| cur < event_id);
+            if behind {
+                c.cursor = event_id.to_string();
+                c.acked_at_ms = now;
+            }
+            Ok::<(), ()>(())
+        })
+        .await?;
+    Ok(moved.ok().flatten())
+}
+
+/// Forgets a consumer: the log no longer keeps events for it. None if there was none.
+pub async fn delete_consumer(core: &Core, name: &str) -> Result<Option<EventConsumer>, CoreError> {
+    Ok(core.store.event_consumers.delete(name).await?)
+}
+
 /// Deletes the events past the log's limits that every reader has read; returns how many.
 async fn sweep_events(core: &Core) -> Result<usize, CoreError> {
     let limits = core.event_limits;
@@ -169,7 +229,11 @@ async fn sweep_events(core: &Core) -> Result<usize, CoreError> {
     else {
         return Ok(0);
     };
-    let before = limits.max_age_ms.map(|age| core.clock.now_ms() - age);
+    // Event ids carry the wall clock's time (the store stamps them), so their age is
+    // measured on it, not on the controller's clock (a manual one in component tests).
+    let before = limits
+        .max_age_ms
+        .map(|age| crate::clock::Clock::wall_ms() - age);
     Ok(store
         .delete_old_events(before, limits.keep, Some(&floor))
         .await?)
@@ -324,14 +388,10 @@ mod tests {
 
 #[cfg(test)]
 mod event_log_tests {
-    use std::time::Duration;
-
     use skiff_model::history::{EventConsumer, EventLogLimits};
 
     use super::*;
     use crate::model::Event;
-
-    const DAY: Duration = Duration::from_secs(24 * 3600);
 
     async fn append(core: &Core, n: usize) -> Vec<String> {
         let mut ids = Vec::new();
@@ -377,21 +437,20 @@ mod event_log_tests {
     #[tokio::test]
     async fn old_events_go_but_never_one_the_dispatcher_or_a_consumer_has_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        let clock = crate::clock::Clock::manual(now);
-        let core = Core::new(
+        let mut core = Core::new(
             crate::store::Store::open(&dir.path().join("store")).unwrap(),
             crate::core::NodeTiming::default(),
-            clock.clone(),
+            crate::clock::Clock::system(),
             crate::sealing::SecretBox::open(dir.path()).unwrap(),
             crate::task_tokens::TaskTokenKey::open(dir.path()).unwrap(),
         );
+        // Only the newest 2 are wanted (no age limit).
+        core.event_limits = EventLogLimits {
+            max_age_ms: None,
+            keep: Some(2),
+        };
         let ids = append(&core, 10).await;
-        clock.advance(8 * DAY);
-        // The dispatcher has read nothing: everything stays, however old.
+        // The dispatcher has read nothing: everything stays.
         assert_eq!(sweep_events(&core).await.unwrap(), 0);
         // It has read the first 6, a consumer the first 3: 3 go.
         core.store.set_bus_cursor(&ids[5]).await.unwrap();
@@ -407,22 +466,28 @@ mod event_log_tests {
         core.store.set_bus_cursor(&ids[9]).await.unwrap();
         assert_eq!(sweep_events(&core).await.unwrap(), 0);
         core.store.event_consumers.delete("late").await.unwrap();
-        // Under the age limit nothing goes; the count limit keeps the newest 2 of what
-        // every reader has read (audit is at the 8th).
-        let mut core = core;
-        core.event_limits = EventLogLimits {
-            max_age_ms: None,
-            keep: Some(2),
-        };
+        // The newest 2 of what every reader has read (audit is at the 8th): 2 go.
         assert_eq!(sweep_events(&core).await.unwrap(), 2);
         assert_eq!(left(&core), ids[8..]);
+        // By age alone: events under it stay; either limit is enough for the rest.
         consumer(&core, "audit", &ids[9]).await;
-        core.event_limits.max_age_ms = Some(30 * 24 * 3600 * 1000);
-        core.event_limits.keep = None;
-        assert_eq!(sweep_events(&core).await.unwrap(), 0, "8 days is under 30");
-        // Either limit is enough: within the age, past the count of 1.
+        core.event_limits = EventLogLimits {
+            max_age_ms: Some(24 * 3600 * 1000),
+            keep: None,
+        };
+        assert_eq!(sweep_events(&core).await.unwrap(), 0, "a day old: none is");
         core.event_limits.keep = Some(1);
         assert_eq!(sweep_events(&core).await.unwrap(), 1);
         assert_eq!(left(&core), ids[9..]);
+        // Older than a moment from now: all of them, but the floor still holds.
+        let more = append(&core, 2).await;
+        let later = crate::clock::Clock::wall_ms() + 60_000;
+        let deleted = core
+            .store
+            .delete_old_events(Some(later), None, Some(&more[0]))
+            .await
+            .unwrap();
+        assert_eq!(deleted, 2, "the 10th and the first new one");
+        assert_eq!(left(&core), more[1..]);
     }
 }

@@ -138,7 +138,13 @@ pub async fn connect(addr: &str) -> anyhow::Result<Conn> {
     let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("--addr: {addr:?} is not a URL like http://127.0.0.1:7400"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A controller gone without a word (a cut link, a host powered off) answers no ping:
+        // the call fails after 15 s unanswered instead of hanging (long waits and follows
+        // keep going while it answers).
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     let (token, origin) = token_for(addr);
     let _ = TOKEN_ORIGIN.set(origin);
     let token = match token {
@@ -192,6 +198,11 @@ pub fn api_error(s: tonic::Status) -> anyhow::Error {
         (Unauthenticated, Some(origin)) => {
             anyhow::anyhow!("{kind}: {} ({origin})", s.message())
         }
+        // The keepalive gave up (or the connection broke mid-call): say what that means.
+        (Unavailable, _) if s.message().contains("http2 error") => anyhow::anyhow!(
+            "{kind}: the controller stopped answering (no reply to pings for 10 s, or the connection broke): {}",
+            s.message()
+        ),
         _ => anyhow::anyhow!("{kind}: {}", s.message()),
     }
 }

@@ -634,3 +634,23 @@ fn an_init_reaps_orphans_that_a_pid_1_without_one_leaves_as_zombies() {
         wait_status(&addr, &id, "STOPPED", Duration::from_secs(60));
     }
 }
+
+#[test]
+fn a_call_to_a_controller_that_went_silent_fails_instead_of_hanging() {
+    // A dead link: the connection is accepted and then nothing ever answers (no reset).
+    let gate = skiff_tests::gate::Gate::closed("127.0.0.1:9");
+    let addr = format!("http://{}", gate.addr);
+    let started = Instant::now();
+    let out = cli_as(&addr, Some("any-token"), &["tasks", "ls"]);
+    let took = started.elapsed();
+    assert!(out.code != 0, "{out:?}");
+    assert!(
+        out.stderr.contains("stopped answering"),
+        "an error says why: {out:?}"
+    );
+    assert!(
+        took < Duration::from_secs(40),
+        "failed after {took:?}, not at the dead link's 15 s of silence"
+    );
+    assert!(gate.held() >= 1, "the call reached the gate");
+}

@@ -257,7 +257,7 @@ impl Harness {
         }
         // Every background loop finished its pass and returned.
         let workers = self.core.workers.all();
-        assert_eq!(workers.len(), 8, "{workers:?}");
+        assert_eq!(workers.len(), 9, "{workers:?}");
         assert!(
             workers.values().all(|s| *s == WorkerState::Stopped),
             "{workers:?}"
