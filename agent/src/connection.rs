@@ -132,6 +132,9 @@ async fn session(
     let mut ports_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            // The agent is shutting down (it no longer takes what the link hands over): end
+            // the session now, so the stream to the controller ends with it.
+            _ = handed.closed() => return Ok(()),
             msg = inbound.message() => {
                 let Some(msg) = msg? else { return Ok(()) };
                 let Some(body) = msg.body else { continue };
