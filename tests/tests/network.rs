@@ -13,13 +13,27 @@ use std::time::Duration;
 
 use skiff_tests::{cli, run_task, wait_for, wait_status, Env, OwnBridge};
 
-/// A TCP port nobody on the node listens on now.
+/// A TCP port nobody on the node uses now, below the kernel's ephemeral range (32768 and up):
+/// a port the kernel hands out could become another test's connection's local port before a
+/// task publishes it — the agent then reports it in use and the task waits for it (seen once,
+/// a task left PROVISIONING for 30 s while the test binary's other tests ran).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Each call tries the next port, starting from one spread by the process id.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 1_000) as u16 * 10,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::AcqRel);
+        assert!(port < 32_768, "no free port below the ephemeral range");
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn sh(cmd: &[&str]) -> String {
