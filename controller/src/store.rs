@@ -2033,6 +2033,15 @@ mod tests {
         }
     }
 
+    /// The ids of the tasks `filter` wants, newest first: what a listing must return.
+    pub(super) fn matching_newest_first(all: &[Task], filter: &TaskFilter) -> Vec<String> {
+        all.iter()
+            .rev()
+            .filter(|t| filter.matches(t))
+            .map(|t| t.id.clone())
+            .collect()
+    }
+
     pub(super) fn event(id: String) -> Event {
         Event {
             id,
@@ -2244,12 +2253,7 @@ mod tests {
                                 node: pick(&["n0", "n2"], n),
                                 ..Default::default()
                             };
-                            let mut want: Vec<String> = all
-                                .iter()
-                                .filter(|t| filter.matches(t))
-                                .map(|t| t.id.clone())
-                                .collect();
-                            want.reverse();
+                            let mut want = matching_newest_first(&all, &filter);
                             let (got, total) = store.list_tasks(&filter, 3).unwrap();
                             let got: Vec<String> = got.into_iter().map(|t| t.id).collect();
                             assert_eq!(total, want.len(), "{filter:?}");

@@ -228,7 +228,7 @@ mod tests {
     use skiff_model::history::Scope;
     use skiff_model::lifecycle::TaskStatus;
 
-    use super::super::tests::{event, stores};
+    use super::super::tests::{event, matching_newest_first, stores};
     use super::super::{Store, TaskFilter};
     use crate::model::Task;
 
@@ -303,12 +303,7 @@ mod tests {
                 // Created in [1,005 s, 1,025 s).
                 filter.created_from_ms = Some(1_005_000);
                 filter.created_before_ms = Some(1_025_000);
-                let mut want: Vec<String> = all
-                    .iter()
-                    .filter(|t| filter.matches(t))
-                    .map(|t| t.id.clone())
-                    .collect();
-                want.reverse();
+                let want = matching_newest_first(&all, &filter);
                 assert!(!want.is_empty() && want.len() <= 20, "{base:?}");
                 let mut got = Vec::new();
                 let mut pages = 0;
