@@ -265,20 +265,26 @@ async fn main() {
         "placement pass: read, plan, write, flush", passes[5]
     );
     drop(store);
+    // Reopening, in its two parts: sled opening its files, then the store's own work at open
+    // (the active tasks decoded, the derived indexes, the due tables).
     let opened = Instant::now();
-    let store = loop {
-        match Store::open(dir.path()) {
-            Ok(s) => break s,
+    let engine = loop {
+        match skiff_controller::store::SledEngine::open(dir.path()) {
+            Ok(e) => break e,
             Err(_) if opened.elapsed().as_secs() < 10 => {
                 std::thread::sleep(std::time::Duration::from_millis(5))
             }
             Err(e) => panic!("reopening: {e}"),
         }
     };
+    let engine_ms = opened.elapsed().as_secs_f64() * 1000.0;
+    let store = Store::with_engine(std::sync::Arc::new(engine)).expect("reopening");
+    let total_ms = opened.elapsed().as_secs_f64() * 1000.0;
     println!(
-        "{:<48} {:>9.2} ms",
+        "{:<48} {:>9.2} ms  (sled's open {engine_ms:.0} ms, the store's own {:.0} ms)",
         "reopening the store (indexes rebuilt)",
-        opened.elapsed().as_secs_f64() * 1000.0
+        total_ms,
+        total_ms - engine_ms
     );
     let first = Instant::now();
     let n = store.active_tasks().unwrap().len();
