@@ -216,19 +216,16 @@ async fn sweep_events(core: &Core) -> Result<usize, CoreError> {
             .into_iter()
             .map(|c| (!c.cursor.is_empty()).then_some(c.cursor)),
     );
-    let Some(floor) = cursors
-        .into_iter()
-        .map(|c| c.map(|id| (ulid::Ulid::from_string(&id).ok(), id)))
-        .min_by(|a, b| match (a, b) {
-            (None, _) => std::cmp::Ordering::Less,
-            (_, None) => std::cmp::Ordering::Greater,
-            (Some((x, _)), Some((y, _))) => x.cmp(y),
-        })
-        .flatten()
-        .map(|(_, id)| id)
-    else {
+    // Every reader has read something, or nothing goes. Event ids are ULIDs: the oldest
+    // cursor is the smallest once parsed (an unreadable one counts as having read nothing).
+    let parsed: Option<Vec<ulid::Ulid>> = cursors
+        .iter()
+        .map(|c| c.as_deref().and_then(|id| ulid::Ulid::from_string(id).ok()))
+        .collect();
+    let Some(floor) = parsed.and_then(|p| p.into_iter().min()) else {
         return Ok(0);
     };
+    let floor = floor.to_string();
     // Event ids carry the wall clock's time (the store stamps them), so their age is
     // measured on it, not on the controller's clock (a manual one in component tests).
     let before = limits
