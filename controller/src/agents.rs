@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::applier;
+use crate::combiner::Combiner;
 use crate::convert;
 use crate::core::{Core, CoreError};
 use crate::model::PortProtocol;
@@ -32,7 +33,20 @@ const MAX_BATCH: usize = 256;
 const STALL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub struct AgentService {
-    pub core: Arc<Core>,
+    core: Arc<Core>,
+    reports: Arc<Reports>,
+}
+
+/// Task reports (node, reports) from every session, applied together (`handle_reports`).
+type Reports = Combiner<(String, Vec<pb::TaskReport>)>;
+
+impl AgentService {
+    pub fn new(core: Arc<Core>) -> Self {
+        AgentService {
+            core,
+            reports: Default::default(),
+        }
+    }
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
@@ -72,6 +86,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
             ));
         }
         let core = self.core.clone();
+        let combined = self.reports.clone();
         let node_id = reg.node_id.clone();
         let registration = crate::nodes::Registration {
             node_id: node_id.clone(),
@@ -96,7 +111,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         let names = tokio::spawn(forward_names(core.names.subscribe(), tx.clone()));
 
         tokio::spawn(async move {
-            if let Err(e) = reconcile(&core, &node_id, &reg.tasks).await {
+            if let Err(e) = reconcile(&core, &combined, &node_id, &reg.tasks).await {
                 warn!(node_id = %node_id, error = %e, "reconcile failed");
             }
             core.loops.wake(Loop::Placer);
@@ -165,7 +180,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
                         other => handle_message(&core, &node_id, &tx, other),
                     }
                 }
-                handle_reports(&core, &node_id, reports).await;
+                handle_reports(&core, &combined, &node_id, reports).await;
                 if closed {
                     break 'session;
                 }
@@ -431,28 +446,45 @@ async fn credentials_reply(
     reply
 }
 
-/// Applies an agent's task reports in the order they came, with one flush for all of them,
-/// then answers each (forget a STOPPED task, stop one that must not run).
-async fn handle_reports(core: &Core, node_id: &str, reports: Vec<pb::TaskReport>) {
-    let mut applicable = Vec::with_capacity(reports.len());
-    for r in reports {
-        match report_event(core, node_id, &r).await {
-            Ok(Some(event)) => applicable.push((r, event)),
-            Ok(None) => {}
-            Err(e) => {
-                warn!(node_id = %node_id, task_id = %r.task_id, error = %e, "report not applied")
+/// Applies an agent's task reports in the order they came, then answers each (forget a
+/// STOPPED task, stop one that must not run). Reports other sessions hand in meanwhile are
+/// applied with them: one transaction and one flush for all (`Combiner`).
+async fn handle_reports(
+    core: &Core,
+    combined: &Reports,
+    node_id: &str,
+    reports: Vec<pb::TaskReport>,
+) {
+    if reports.is_empty() {
+        return;
+    }
+    combined
+        .run((node_id.to_string(), reports), |batches| {
+            apply_reports(core, batches)
+        })
+        .await;
+}
+
+/// Applies the reports of one or more sessions (node, reports) in one `transition_all`.
+async fn apply_reports(core: &Core, batches: Vec<(String, Vec<pb::TaskReport>)>) {
+    let mut applicable = Vec::new();
+    for (node_id, reports) in &batches {
+        for r in reports {
+            match report_event(core, node_id, r).await {
+                Ok(Some(event)) => applicable.push((node_id.as_str(), r, event)),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(node_id = %node_id, task_id = %r.task_id, error = %e, "report not applied")
+                }
             }
         }
     }
     let (reports, changes): (Vec<_>, Vec<_>) = applicable
         .into_iter()
-        .map(|(r, event)| {
-            let id = r.task_id.clone();
-            (r, (id, event))
-        })
+        .map(|(node_id, r, event)| ((node_id, r), (r.task_id.clone(), event)))
         .unzip();
     let results = core.transition_all(changes).await;
-    for (r, result) in reports.iter().zip(results) {
+    for ((node_id, r), result) in reports.into_iter().zip(results) {
         if let Err(e) = answer_report(core, node_id, r, result).await {
             warn!(node_id = %node_id, task_id = %r.task_id, error = %e, "report not applied");
         }
@@ -466,7 +498,7 @@ async fn report_event(
     node_id: &str,
     r: &pb::TaskReport,
 ) -> Result<Option<TaskEvent>, CoreError> {
-    let Some(task) = core.store.task(&r.task_id)? else {
+    let Some(task) = core.store.task_shared(&r.task_id)? else {
         // Not ours (a data dir was wiped?): it must not run.
         warn!(task_id = %r.task_id, node_id, "agent runs an unknown task; stopping it");
         core.send_stop(
@@ -517,7 +549,7 @@ async fn answer_report(
     core: &Core,
     node_id: &str,
     r: &pb::TaskReport,
-    result: Result<(crate::model::Task, bool), CoreError>,
+    result: Result<(Arc<crate::model::Task>, bool), CoreError>,
 ) -> Result<(), CoreError> {
     let task = match result {
         Ok((t, _)) => t,
@@ -526,6 +558,7 @@ async fn answer_report(
             warn!(task_id = %r.task_id, error = %e, "stale report");
             core.store
                 .task(&r.task_id)?
+                .map(Arc::new)
                 .ok_or_else(|| CoreError::NoSuchTask(r.task_id.clone()))?
         }
         Err(e) => return Err(e),
@@ -557,10 +590,11 @@ async fn answer_report(
 /// Brings stored state and the agent's reality together after a (re)connect.
 async fn reconcile(
     core: &Core,
+    combined: &Reports,
     node_id: &str,
     reports: &[pb::TaskReport],
 ) -> Result<(), CoreError> {
-    handle_reports(core, node_id, reports.to_vec()).await;
+    handle_reports(core, combined, node_id, reports.to_vec()).await;
     for task in core.store.active_tasks()? {
         if task.node_id.as_deref() != Some(node_id) || reports.iter().any(|r| r.task_id == task.id)
         {

@@ -52,9 +52,9 @@ pub async fn apply(core: &Core, steps: Vec<Step>) -> Result<(), CoreError> {
             }
         };
         if moved && task.status == skiff_model::lifecycle::TaskStatus::Pending {
-            if let Some(node) = task.node_id.clone() {
+            if let Some(node) = &task.node_id {
                 info!(task_id = %task.id, node_id = %node, "placed");
-                send_start(core, &node, &task).await;
+                send_start(core, node, &task).await;
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -258,7 +258,11 @@ impl Core {
 
     /// Moves a task through the lifecycle. Returns the task as stored afterwards and whether it
     /// moved. A repeated event is a no-op; an illegal one is an error and changes nothing.
-    pub async fn transition(&self, id: &str, event: TaskEvent) -> Result<(Task, bool), CoreError> {
+    pub async fn transition(
+        &self,
+        id: &str,
+        event: TaskEvent,
+    ) -> Result<(Arc<Task>, bool), CoreError> {
         let mut all = self.transition_all(vec![(id.to_string(), event)]).await;
         all.pop().expect("one result per change")
     }
@@ -270,7 +274,7 @@ impl Core {
     pub async fn transition_all(
         &self,
         changes: Vec<(String, TaskEvent)>,
-    ) -> Vec<Result<(Task, bool), CoreError>> {
+    ) -> Vec<Result<(Arc<Task>, bool), CoreError>> {
         let now = self.clock.now_ms();
         let (ids, mut events): (Vec<String>, Vec<Option<TaskEvent>>) =
             changes.into_iter().map(|(id, e)| (id, Some(e))).unzip();
@@ -308,14 +312,11 @@ impl Core {
             Ok(d) => d,
             Err(e) => return ids.iter().map(|_| Err(e.clone().into())).collect(),
         };
-        let results: Vec<Result<(Task, bool), CoreError>> = ids
+        let results: Vec<Result<(Arc<Task>, bool), CoreError>> = ids
             .into_iter()
             .zip(decided)
             .map(|(id, decision)| match decision {
-                Ok(Some(Decision::Keep(task))) => Ok((task, false)),
-                Ok(Some(Decision::Write { task, .. } | Decision::Replace { task, .. })) => {
-                    Ok((task, true))
-                }
+                Ok(Some(changed)) => Ok((changed.task, changed.wrote)),
                 Ok(None) => Err(CoreError::NoSuchTask(id)),
                 Err(e) => Err(e),
             })
@@ -517,7 +518,7 @@ impl Core {
         id: &str,
         code: lifecycle::StopCode,
         reason: String,
-    ) -> Result<Task, CoreError> {
+    ) -> Result<Arc<Task>, CoreError> {
         let (task, _) = self
             .transition(id, lifecycle::TaskEvent::StopRequested { code, reason })
             .await?;

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod backlog_poller;
 pub mod bus;
 pub mod clock;
+pub mod combiner;
 pub mod convert;
 pub mod core;
 pub mod credentials;
@@ -395,7 +396,7 @@ impl Controller {
                 ),
             )
             .add_service(pb::agent_channel_server::AgentChannelServer::new(
-                agents::AgentService { core: core.clone() },
+                agents::AgentService::new(core.clone()),
             ))
             // Accepted sockets need TCP_NODELAY themselves (the builder's setting only covers
             // listeners tonic binds): Nagle + delayed ACK adds ~40 ms to every agent message.

@@ -300,6 +300,24 @@ impl Decision {
     }
 }
 
+/// What a task update came to: the task as it is now (shared with the store's copy of the
+/// active tasks, not copied again) and whether it was written.
+pub struct Changed {
+    pub task: Arc<Task>,
+    pub wrote: bool,
+}
+
+impl Changed {
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// Whether it stored anything.
+    pub fn writes(&self) -> bool {
+        self.wrote
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
@@ -987,16 +1005,22 @@ impl Store {
     /// Task `id` as it is now, for a writer holding the writer lock: from the decoded active
     /// tasks when kept there (never older than the last write, see `Decoded`), else decoded.
     fn task_to_change(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        Ok(self.task_shared(id)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// Task `id`, shared: an active task is the decoded copy the store's writes keep (no
+    /// decode, no copy); any other is read from the store.
+    pub fn task_shared(&self, id: &str) -> Result<Option<Arc<Task>>, StoreError> {
         let kept = self
             .active_cache
             .lock()
             .expect("active cache lock")
             .tasks
             .get(id.as_bytes())
-            .map(|t| (**t).clone());
+            .cloned();
         match kept {
             Some(t) => Ok(Some(t)),
-            None => self.task(id),
+            None => Ok(self.task(id)?.map(Arc::new)),
         }
     }
 
@@ -1006,7 +1030,7 @@ impl Store {
         &self,
         id: &str,
         change: impl FnOnce(Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
-    ) -> Result<Result<Option<Decision>, E>, StoreError> {
+    ) -> Result<Result<Option<Changed>, E>, StoreError> {
         let out = self.update_task_uncommitted(id, change).await?;
         if matches!(&out, Ok(Some(d)) if d.writes()) {
             self.commit().await?;
@@ -1020,7 +1044,7 @@ impl Store {
         &self,
         id: &str,
         change: impl FnOnce(Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
-    ) -> Result<Result<Option<Decision>, E>, StoreError> {
+    ) -> Result<Result<Option<Changed>, E>, StoreError> {
         let mut change = Some(change);
         let mut out = self
             .update_tasks_uncommitted(&[id.to_string()], |_, task, next_id| {
@@ -1037,7 +1061,7 @@ impl Store {
         &self,
         ids: &[String],
         mut change: impl FnMut(usize, Task, &mut dyn FnMut() -> String) -> Result<Decision, E>,
-    ) -> Result<Vec<Result<Option<Decision>, E>>, StoreError> {
+    ) -> Result<Vec<Result<Option<Changed>, E>>, StoreError> {
         let mut gen = self.writer.lock().await;
         let mut changed: HashMap<&str, Arc<Task>> = HashMap::new();
         let mut writes: Vec<(Arc<Task>, Option<Event>, Before)> = Vec::new();
@@ -1055,26 +1079,34 @@ impl Store {
             };
             let mut next_id = || next_event_id(&mut gen);
             let before = Before::of(&task);
-            match change(i, task, &mut next_id) {
-                Ok(decision) => {
-                    let (task, event) = match &decision {
-                        Decision::Keep(_) => (None, None),
-                        Decision::Write { task, event } => (Some(task), event.clone()),
-                        Decision::Replace { task, event, next } => {
-                            let (new, first) = &**next;
-                            created.push((Arc::new(new.clone()), Some(first.clone()), Before::NEW));
-                            (Some(task), Some(event.clone()))
-                        }
-                    };
-                    if let Some(task) = task {
-                        let written = Arc::new(task.clone());
-                        changed.insert(id, written.clone());
-                        writes.push((written, event, before));
-                    }
-                    out.push(Ok(Some(decision)));
+            // The decision is taken apart, not copied: its task is shared with the cache and
+            // the caller, its events go to the store.
+            let (task, event, wrote) = match change(i, task, &mut next_id) {
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
                 }
-                Err(e) => out.push(Err(e)),
-            }
+                Ok(Decision::Keep(task)) => {
+                    out.push(Ok(Some(Changed {
+                        task: Arc::new(task),
+                        wrote: false,
+                    })));
+                    continue;
+                }
+                Ok(Decision::Write { task, event }) => (task, event, true),
+                Ok(Decision::Replace { task, event, next }) => {
+                    let (new, first) = *next;
+                    created.push((Arc::new(new), Some(first), Before::NEW));
+                    (task, Some(event), true)
+                }
+            };
+            let written = Arc::new(task);
+            changed.insert(id, written.clone());
+            writes.push((written.clone(), event, before));
+            out.push(Ok(Some(Changed {
+                task: written,
+                wrote,
+            })));
         }
         let new_tasks = created.len();
         writes.append(&mut created);

@@ -13,6 +13,9 @@
 //!   controller has every task RUNNING (the reports taken in).
 //!
 //! Usage: bench_cluster [--nodes N] [--tasks N] [--skiff PATH]
+//!
+//! With `BENCH_PERF_OUT=FILE` set, `perf record --call-graph dwarf` samples the controller
+//! from the uncordon call to all RUNNING (build with symbols to read it).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -289,6 +292,16 @@ fn main() {
             making.elapsed().as_secs_f64()
         );
         let starts0 = seen.starts.load(Ordering::Acquire);
+        let perf = std::env::var("BENCH_PERF_OUT").ok().map(|out| {
+            let child = std::process::Command::new("perf")
+                .args(["record", "-q", "--call-graph", "dwarf,16384", "-F", "999", "-o", &out])
+                .args(["-p", &pid.to_string()])
+                .spawn()
+                .expect("running perf");
+            // perf is sampling once it has written its header.
+            std::thread::sleep(Duration::from_millis(500));
+            child
+        });
         let (_, cpu_before) = usage(pid);
         let go = Instant::now();
         let uncordon = {
@@ -310,6 +323,11 @@ fn main() {
         }
         let all_running = go.elapsed().as_secs_f64();
         let (_, cpu_after) = usage(pid);
+        if let Some(mut p) = perf {
+            // SIGINT: perf writes its file and exits.
+            unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+            let _ = p.wait();
+        }
         println!(
             "{tasks_n} tasks over {nodes_n} nodes: every StartTask at the agents {all_started:.2} s after the uncordon call ({:.0} placements/s); all RUNNING at the controller after {all_running:.2} s ({:.0}/s); the call took {uncordoned:.2} s",
             tasks_n as f64 / all_started,
