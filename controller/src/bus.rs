@@ -100,9 +100,7 @@ async fn pass(core: &Core, rules: &RuleSet) -> Result<bool, CoreError> {
         let Some(last) = core.store.last_event_after(cursor.as_deref(), BATCH)? else {
             return Ok(false);
         };
-        core.store
-            .advance_bus(&last.id, &Default::default())
-            .await?;
+        core.store.advance_bus(&last, &Default::default()).await?;
         return Ok(true);
     }
     let events = core.store.events_after(cursor.as_deref(), BATCH)?;

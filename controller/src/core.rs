@@ -7,17 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::agent_link::{AgentLink, Offline, Outbox};
-use crate::model::{Event, Task};
+use crate::model::Task;
 use crate::store::{Decision, Store, StoreError};
 use crate::wake::Loop;
 use skiff_model::lifecycle::{self, Outcome, TaskEvent};
 
-pub const TASK_SOURCE: &str = "skiff.task";
-pub const TASK_STATE_CHANGE: &str = "Task State Change";
+pub use crate::task_event::{state_change_event, TASK_SOURCE, TASK_STATE_CHANGE};
 
 /// How often agents check in, and how long a silent node keeps its tasks.
 #[derive(Clone, Debug)]
@@ -542,55 +540,6 @@ impl Core {
         reason: &str,
     ) -> Result<(), CoreError> {
         Ok(self.link.send_stop(node_id, task_id, code, reason).await?)
-    }
-}
-
-/// The `Task State Change` event for a task as it is now. The detail mirrors the ECS event.
-pub fn state_change_event(id: String, t: &Task, time_ms: i64) -> Event {
-    let ts = |ms: i64| {
-        (ms > 0).then(|| {
-            chrono::DateTime::from_timestamp_millis(ms)
-                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        })
-    };
-    let detail = json!({
-        "taskArn": t.id,
-        "taskDefinitionArn": t.task_definition,
-        "group": t.group,
-        "startedBy": t.started_by,
-        "nodeId": t.node_id,
-        "lastStatus": t.status.as_str(),
-        "desiredStatus": t.desired.as_str(),
-        "stopCode": t.stop_code.map(|c| c.as_str()),
-        "stoppedReason": (!t.stopped_reason.is_empty()).then_some(&t.stopped_reason),
-        "cpu": t.spec.cpu(),
-        "memory": t.spec.memory_mib(),
-        "containers": t.containers.iter().map(|c| json!({
-            "name": c.name,
-            "image": c.image,
-            "lastStatus": c.last_status,
-            "exitCode": c.exit_code,
-            "reason": (!c.reason.is_empty()).then_some(&c.reason),
-            "essential": c.essential,
-            "healthStatus": c.health.map(|h| h.as_str()),
-        })).collect::<Vec<_>>(),
-        "createdAt": ts(t.created_at_ms),
-        "pullStartedAt": ts(t.pending_at_ms),
-        "startedAt": ts(t.started_at_ms),
-        "stoppingAt": ts(t.stopping_at_ms),
-        "stoppedAt": ts(t.stopped_at_ms),
-        "version": t.version,
-        "attempt": t.attempt.max(1),
-        "replaces": (!t.replaces.is_empty()).then_some(&t.replaces),
-        "replacedBy": (!t.replaced_by.is_empty()).then_some(&t.replaced_by),
-    });
-    Event {
-        id,
-        source: TASK_SOURCE.to_string(),
-        detail_type: TASK_STATE_CHANGE.to_string(),
-        time_ms,
-        resources: vec![format!("skiff:task/{}", t.id)],
-        detail,
     }
 }
 

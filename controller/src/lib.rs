@@ -52,6 +52,7 @@ pub mod sources_api;
 pub mod sqs_api;
 pub mod status;
 pub mod store;
+pub mod task_event;
 pub mod task_tokens;
 pub mod taskdefs;
 pub mod tokens;

@@ -269,10 +269,37 @@ impl GroupCommit {
     }
 }
 
+/// An event ready for the store: its id and its record's bytes. Task events are written
+/// this way straight from the task (`task_event.rs`); any `Event` converts.
+pub struct EncodedEvent {
+    pub id: String,
+    pub json: Vec<u8>,
+}
+
+impl EncodedEvent {
+    /// `value` is what an `Event` with id `id` serializes to.
+    pub fn encode(id: String, value: &impl Serialize) -> Self {
+        EncodedEvent {
+            id,
+            json: encode(value),
+        }
+    }
+}
+
+impl From<Event> for EncodedEvent {
+    fn from(e: Event) -> Self {
+        let json = encode(&e);
+        EncodedEvent { id: e.id, json }
+    }
+}
+
 /// What a task update closure decided.
 pub enum Decision {
     /// Store this task, with this event if any.
-    Write { task: Task, event: Option<Event> },
+    Write {
+        task: Task,
+        event: Option<EncodedEvent>,
+    },
     /// Nothing changed; here is the task as it is.
     Keep(Task),
     /// Store this task with its event, and create `next` (a new task, with its first event)
@@ -280,8 +307,8 @@ pub enum Decision {
     /// (`lifecycle::start_again`) are durable together or not at all.
     Replace {
         task: Task,
-        event: Event,
-        next: Box<(Task, Event)>,
+        event: EncodedEvent,
+        next: Box<(Task, EncodedEvent)>,
     },
 }
 
@@ -459,8 +486,8 @@ impl Before {
 struct Creation {
     key: String,
     task: Task,
-    event: Box<dyn FnOnce(String) -> Event + Send>,
-    done: oneshot::Sender<Result<Result<Event, String>, StoreError>>,
+    event: Box<dyn FnOnce(String) -> EncodedEvent + Send>,
+    done: oneshot::Sender<Result<Result<String, String>, StoreError>>,
 }
 
 impl Store {
@@ -981,13 +1008,13 @@ impl Store {
     }
 
     /// Creates a task and its first event atomically. Durable on return.
-    pub async fn create_task(
+    pub async fn create_task<E: Into<EncodedEvent>>(
         &self,
         task: &Task,
-        event: impl FnOnce(String) -> Event,
-    ) -> Result<Event, StoreError> {
+        event: impl FnOnce(String) -> E,
+    ) -> Result<(), StoreError> {
         let mut gen = self.writer.lock().await;
-        let event = event(next_event_id(&mut gen));
+        let event = event(next_event_id(&mut gen)).into();
         let new = self.tasks.get(&task.id)?.is_none();
         self.write_tasks_and_events(
             &[(Arc::new(task.clone()), Some(&event), Before::NEW)],
@@ -999,7 +1026,7 @@ impl Store {
         }
         drop(gen);
         self.commit().await?;
-        Ok(event)
+        Ok(())
     }
 
     /// Task `id` as it is now, for a writer holding the writer lock: from the decoded active
@@ -1064,9 +1091,9 @@ impl Store {
     ) -> Result<Vec<Result<Option<Changed>, E>>, StoreError> {
         let mut gen = self.writer.lock().await;
         let mut changed: HashMap<&str, Arc<Task>> = HashMap::new();
-        let mut writes: Vec<(Arc<Task>, Option<Event>, Before)> = Vec::new();
+        let mut writes: Vec<(Arc<Task>, Option<EncodedEvent>, Before)> = Vec::new();
         // Tasks created by `Decision::Replace`, written after the changes.
-        let mut created: Vec<(Arc<Task>, Option<Event>, Before)> = Vec::new();
+        let mut created: Vec<(Arc<Task>, Option<EncodedEvent>, Before)> = Vec::new();
         let mut out = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
             let task = match changed.get(id.as_str()) {
@@ -1111,7 +1138,7 @@ impl Store {
         let new_tasks = created.len();
         writes.append(&mut created);
         if !writes.is_empty() {
-            let rows: Vec<(Arc<Task>, Option<&Event>, Before)> = writes
+            let rows: Vec<(Arc<Task>, Option<&EncodedEvent>, Before)> = writes
                 .iter()
                 .map(|(t, e, b)| (t.clone(), e.as_ref(), *b))
                 .collect();
@@ -1127,14 +1154,14 @@ impl Store {
     /// their events in one transaction; a task written twice ends as its last write.
     fn write_tasks_and_events(
         &self,
-        writes: &[(Arc<Task>, Option<&Event>, Before)],
+        writes: &[(Arc<Task>, Option<&EncodedEvent>, Before)],
         new_tasks: usize,
     ) -> Result<(), StoreError> {
         let created = new_tasks > 0;
-        struct Row {
+        struct Row<'a> {
             id: String,
             task: Vec<u8>,
-            event: Option<(Vec<u8>, Vec<u8>)>,
+            event: Option<(Vec<u8>, &'a [u8])>,
             active: Option<Vec<u8>>,
             /// Some(in the waiting index or not); None: it was not and is not.
             waiting: Option<bool>,
@@ -1147,7 +1174,7 @@ impl Store {
             .map(|(task, event, before)| Row {
                 id: task.id.clone(),
                 task: encode(&**task),
-                event: event.map(|e| (event_key(&e.id), encode(e))),
+                event: event.map(|e| (event_key(&e.id), e.json.as_slice())),
                 active: task
                     .status
                     .is_active()
@@ -1280,22 +1307,27 @@ impl Store {
         Ok(n)
     }
 
-    /// The last of the `limit` events after `after`, decoding only that one: where a cursor
-    /// that reads no event (the bus with no rules) moves to.
+    /// The id of the last of the `limit` events after `after`, read from its key (nothing
+    /// decoded): where a cursor that reads no event (the bus with no rules) moves to.
     pub fn last_event_after(
         &self,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Option<Event>, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let mut last = None;
-        for kv in self
+        for k in self
             .events
             .range(after_bound(after), Bound::Unbounded)
             .take(limit)
+            .map(key_of)
         {
-            last = Some(kv?.1);
+            last = Some(k?);
         }
-        last.map(|v| decode("events", &v)).transpose()
+        // The key is the id's ULID bytes (`event_key`): no need to decode the record.
+        Ok(last.and_then(|k| {
+            let bytes: [u8; 16] = k.as_slice().try_into().ok()?;
+            Some(ulid::Ulid::from_bytes(bytes).to_string())
+        }))
     }
 
     /// Appends a batch of events (ids in order) with one flush. Durable on return.
@@ -1424,12 +1456,12 @@ impl Store {
     /// delivery already created one: the task, its first event, the delivery record and the
     /// end of any pending retry are one transaction. Returns Err(existing task id) when it
     /// had (its retry ends too, durable with the next commit). Durable on return.
-    pub async fn create_task_once(
+    pub async fn create_task_once<E: Into<EncodedEvent>>(
         &self,
         key: &str,
         task: &Task,
-        event: impl FnOnce(String) -> Event + Send + 'static,
-    ) -> Result<Result<Event, String>, StoreError> {
+        event: impl FnOnce(String) -> E + Send + 'static,
+    ) -> Result<Result<String, String>, StoreError> {
         let (done, result) = oneshot::channel();
         self.creations
             .lock()
@@ -1437,7 +1469,7 @@ impl Store {
             .push(Creation {
                 key: key.to_string(),
                 task: task.clone(),
-                event: Box::new(event),
+                event: Box::new(move |id| event(id).into()),
                 done,
             });
         let mut gen = self.writer.lock().await;
@@ -1475,7 +1507,7 @@ impl Store {
         let mut prepared = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
         for c in batch {
-            let event = (c.event)(next_event_id(gen));
+            let mut event = (c.event)(next_event_id(gen));
             // Most deliveries have no pending retry: their transaction leaves the retry
             // tables out (sled runs one transaction at a time, and every tree in it costs).
             // The one writer of a key's retry is the loop calling here, so a retry cannot
@@ -1500,11 +1532,11 @@ impl Store {
                 node: node_key(&c.task),
                 family: family_key(&c.task),
                 event_key: event_key(&event.id),
-                event: encode(&event),
+                event: std::mem::take(&mut event.json),
                 rule_retry,
                 schedule_retry,
             });
-            answers.push((c.done, event));
+            answers.push((c.done, event.id));
         }
         let mut trees = vec![
             &self.tasks,
@@ -1580,8 +1612,8 @@ impl Store {
                 drop(reserved);
                 self.task_count
                     .fetch_add(created, std::sync::atomic::Ordering::AcqRel);
-                for ((done, event), existing) in answers.into_iter().zip(existing) {
-                    let _ = done.send(Ok(existing.map_or(Ok(event), Err)));
+                for ((done, event_id), existing) in answers.into_iter().zip(existing) {
+                    let _ = done.send(Ok(existing.map_or(Ok(event_id), Err)));
                 }
             }
             Err(e) => {
@@ -1996,7 +2028,7 @@ fn event_key(id: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The store on each engine: the callers' code is the same on both.
@@ -2036,7 +2068,7 @@ mod tests {
         }
     }
 
-    fn task(id: &str, status: TaskStatus, node: Option<&str>) -> Task {
+    pub(crate) fn task(id: &str, status: TaskStatus, node: Option<&str>) -> Task {
         let mut t = Task::new(
             id.into(),
             None,
@@ -2102,9 +2134,9 @@ mod tests {
                     next.replaces = t.id.clone();
                     t.replaced_by = next.id.clone();
                     Ok::<_, ()>(Decision::Replace {
-                        event: event(next_id()),
+                        event: event(next_id()).into(),
                         task: t,
-                        next: Box::new((next, event(next_id()))),
+                        next: Box::new((next, event(next_id()).into())),
                     })
                 })
                 .await
@@ -2322,7 +2354,7 @@ mod tests {
                 };
                 t.node_id = Some("n1".into());
                 Ok::<_, ()>(Decision::Write {
-                    event: Some(event(next_id())),
+                    event: Some(event(next_id()).into()),
                     task: t,
                 })
             })
@@ -2355,7 +2387,7 @@ mod tests {
         let all = store.events_after(None, 100).unwrap();
         assert_eq!(all.len(), 5);
         // Where a cursor that reads nothing moves to: the last of the batch.
-        let last = |after: Option<&str>, n| store.last_event_after(after, n).unwrap().map(|e| e.id);
+        let last = |after: Option<&str>, n| store.last_event_after(after, n).unwrap();
         assert_eq!(last(None, 3), Some(all[2].id.clone()));
         assert_eq!(last(Some(&all[2].id), 100), Some(all[4].id.clone()));
         assert_eq!(last(Some(&all[4].id), 100), None);
@@ -2378,7 +2410,7 @@ mod tests {
                 })
             })
             .collect();
-        type Calls = Vec<(String, Result<Event, String>)>;
+        type Calls = Vec<(String, Result<String, String>)>;
         let mut by_key: BTreeMap<usize, Calls> = BTreeMap::new();
         for c in calls {
             let (key, id, made) = c.await.unwrap();
@@ -2386,7 +2418,7 @@ mod tests {
         }
         let mut event_ids = Vec::new();
         for (key, calls) in &by_key {
-            let created: Vec<&(String, Result<Event, String>)> =
+            let created: Vec<&(String, Result<String, String>)> =
                 calls.iter().filter(|(_, m)| m.is_ok()).collect();
             assert_eq!(created.len(), 1, "delivery {key}: {calls:?}");
             let winner = &created[0].0;
@@ -2394,7 +2426,7 @@ mod tests {
             assert_eq!(other.1.as_ref().unwrap_err(), winner, "delivery {key}");
             assert!(store.task(winner).unwrap().is_some());
             assert!(store.task(&other.0).unwrap().is_none());
-            event_ids.push(created[0].1.as_ref().unwrap().id.clone());
+            event_ids.push(created[0].1.as_ref().unwrap().clone());
         }
         // Every task's event is stored, in id order with the rest.
         assert_eq!(store.active_tasks().unwrap().len(), 60);
