@@ -934,7 +934,27 @@ impl Store {
     /// PROVISIONING tasks, in creation order (read through their index), from the decoded
     /// active tasks the store keeps (a placer pass with 10,000 waiting decoded each one).
     pub fn waiting_tasks(&self) -> Result<Vec<Arc<Task>>, StoreError> {
-        let keys: Vec<Vec<u8>> = self.waiting.iter().map(key_of).collect::<Result<_, _>>()?;
+        self.waiting_tasks_after(None, usize::MAX)
+    }
+
+    /// Up to `limit` of the waiting tasks after task `after` (None: from the oldest), oldest
+    /// first: the placer reads a burst of 100,000 a window at a time instead of whole on
+    /// every pass.
+    pub fn waiting_tasks_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Task>>, StoreError> {
+        let from = match after {
+            Some(id) => Bound::Excluded(id.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let keys: Vec<Vec<u8>> = self
+            .waiting
+            .range(from, Bound::Unbounded)
+            .take(limit)
+            .map(key_of)
+            .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let (seen, hit) = {

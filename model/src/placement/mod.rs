@@ -118,38 +118,6 @@ pub struct Snapshot<'a> {
     pub node_timeout_secs: u64,
 }
 
-/// `plan` over the waiting tasks `window` at a time, oldest first, up to and including the
-/// first window that places a task (a window that places nothing reserves nothing, so the
-/// next sees the same nodes; tasks that never fit at the front do not hold back those
-/// behind them). Returns the steps and whether windows are left after the last one planned.
-/// The placer commits each plan in one transaction: a window bounds it.
-pub fn plan_window(s: &Snapshot, window: usize) -> (Vec<Step>, bool) {
-    let windows: Vec<&[Waiting]> = if s.waiting.is_empty() {
-        vec![&[]]
-    } else {
-        s.waiting.chunks(window.max(1)).collect()
-    };
-    let mut steps = Vec::new();
-    for (i, part) in windows.iter().enumerate() {
-        let mut planned = plan(&Snapshot {
-            waiting: part.to_vec(),
-            nodes: s.nodes.clone(),
-            on_lost_nodes: if i == 0 {
-                s.on_lost_nodes.clone()
-            } else {
-                vec![]
-            },
-            node_timeout_secs: s.node_timeout_secs,
-        });
-        let placed = planned.iter().any(|s| matches!(s, Step::Place { .. }));
-        steps.append(&mut planned);
-        if placed {
-            return (steps, i + 1 < windows.len());
-        }
-    }
-    (steps, false)
-}
-
 /// Whether a node chosen for a task stays the best for the next task of the same spec (see
 /// `plan`): bin-pack ranks by what is left, which only falls on the node chosen.
 fn keeps_its_node(spec: &TaskSpec) -> bool {
@@ -607,60 +575,5 @@ mod tests {
             .collect();
             assert_eq!(got, expected, "round {round}");
         }
-    }
-
-    /// Windows: a burst is planned a window at a time; tasks that never fit at the front do
-    /// not hold back a task behind them that fits.
-    #[test]
-    fn a_window_that_places_ends_the_plan_and_one_that_places_nothing_does_not() {
-        let (small, huge) = (spec(0.5, 10), spec(64.0, 10));
-        let ids: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
-        let w = |i: usize, spec| Waiting {
-            id: &ids[i],
-            group: "g",
-            spec,
-            reason: "",
-            unplaceable: false,
-        };
-        let nodes = vec![node("a", 2.0, 100)];
-        // t0..t3 never fit; t4..t6 do.
-        let waiting: Vec<Waiting> = (0..7)
-            .map(|i| w(i, if i < 4 { &huge } else { &small }))
-            .collect();
-        let snapshot = Snapshot {
-            waiting,
-            nodes,
-            on_lost_nodes: vec![("old", "gone")],
-            node_timeout_secs: 30,
-        };
-        let (steps, more) = plan_window(&snapshot, 2);
-        let placed: Vec<&str> = steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Place { task, .. } => Some(task.as_str()),
-                _ => None,
-            })
-            .collect();
-        // Windows [t0 t1] and [t2 t3] place nothing (their reasons are written), [t4 t5]
-        // places both; [t6] is left for the next pass.
-        assert_eq!(placed, ["t4", "t5"]);
-        assert!(more);
-        let waited = steps
-            .iter()
-            .filter(|s| matches!(s, Step::Wait { .. }))
-            .count();
-        assert_eq!(waited, 4);
-        assert_eq!(
-            steps
-                .iter()
-                .filter(|s| matches!(s, Step::Lose { .. }))
-                .count(),
-            1,
-            "lost tasks once, with the first window"
-        );
-        // One window for all: the same as `plan`.
-        let (all, more) = plan_window(&snapshot, 100);
-        assert_eq!(all, plan(&snapshot));
-        assert!(!more);
     }
 }
