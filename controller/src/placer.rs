@@ -64,7 +64,9 @@ async fn pass(core: &Core, window_size: usize) -> Result<bool, CoreError> {
                 .filter(|t| t.status.is_active()),
         );
     }
-    let mut nodes = None;
+    // Built once per pass: a window that places nothing reserves nothing, so the next one
+    // sees the same loads (they move into each snapshot and back out of it).
+    let mut nodes: Option<Vec<NodeLoad>> = None;
     let mut after: Option<String> = None;
     let mut more = false;
     loop {
@@ -81,7 +83,7 @@ async fn pass(core: &Core, window_size: usize) -> Result<bool, CoreError> {
         let full = window.len() == window_size;
         let snapshot = Snapshot {
             waiting: window.iter().map(|t| Waiting::of(t)).collect(),
-            nodes: nodes.clone().unwrap_or_default(),
+            nodes: nodes.take().unwrap_or_default(),
             // Lost nodes' tasks are decided with the first window.
             on_lost_nodes: on_lost
                 .iter()
@@ -91,6 +93,7 @@ async fn pass(core: &Core, window_size: usize) -> Result<bool, CoreError> {
             node_timeout_secs: core.timing.node_timeout.as_secs(),
         };
         let steps = placement::plan(&snapshot);
+        nodes = Some(snapshot.nodes);
         let placed = steps
             .iter()
             .any(|s| matches!(s, placement::Step::Place { .. }));

@@ -277,12 +277,9 @@ pub struct EncodedEvent {
 }
 
 impl EncodedEvent {
-    /// `value` is what an `Event` with id `id` serializes to.
-    pub fn encode(id: String, value: &impl Serialize) -> Self {
-        EncodedEvent {
-            id,
-            json: encode(value),
-        }
+    /// The record of an event that serializes as `value` (what an `Event` serializes to).
+    pub fn record(value: &impl Serialize) -> Vec<u8> {
+        encode(value)
     }
 }
 

@@ -23,7 +23,8 @@ pub fn state_change_event(id: String, t: &Task, time_ms: i64) -> EncodedEvent {
         resources: &resource,
         detail: Detail::of(t),
     };
-    EncodedEvent::encode(id.clone(), &envelope)
+    let json = EncodedEvent::record(&envelope);
+    EncodedEvent { id, json }
 }
 
 /// `Event`'s fields, in its order.
