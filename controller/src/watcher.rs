@@ -122,6 +122,7 @@ fn buckets(core: &Core, s: &Source) -> Result<Vec<Bucket>, String> {
             access_key_id_secret,
             secret_access_key_secret,
         } => {
+            crate::outbound::install_crypto_provider();
             let store = object_store::aws::AmazonS3Builder::new()
                 .with_endpoint(endpoint)
                 .with_region(region)

@@ -169,6 +169,8 @@ impl Registry {
     }
 
     fn client(&self) -> Client {
+        // skiff links ring as its only crypto stack; reqwest panics without a provider set.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Client::new(ClientConfig {
             protocol: ClientProtocol::Http,
             ..Default::default()

@@ -38,6 +38,8 @@ const ATTEMPTS: u32 = 4;
 /// minimal edge image without ca-certificates): check the trust store first, so such a node
 /// still runs local images and fails only registry pulls, with a message that says why.
 pub(super) fn client(insecure: &[String]) -> Result<Client, String> {
+    // ring is the binary's one crypto stack; reqwest panics building a client without one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().build().map_err(|e| {
         let cause = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
         format!(
