@@ -19,6 +19,7 @@ mod imageserve;
 pub mod init_binary;
 pub mod logs;
 mod logserve;
+pub mod metrics;
 pub mod mountinfo;
 pub mod network;
 pub mod peer;
@@ -30,6 +31,7 @@ pub mod spec;
 pub mod state_dir;
 pub mod supervisor;
 pub mod tls;
+pub mod usage;
 pub mod zygote;
 
 use std::collections::{BTreeMap, HashMap};
@@ -76,6 +78,8 @@ pub struct AgentConfig {
     pub network: network::NetworkConfig,
     /// Resolvers the tasks' DNS server forwards to; empty: the node's (/etc/resolv.conf).
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Where `GET /metrics` is served (`metrics.rs`); None: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -102,6 +106,7 @@ impl AgentConfig {
             cgroup_favordynmods: false,
             network: network::NetworkConfig::default(),
             dns_upstreams: Vec::new(),
+            metrics_listen: None,
         }
     }
 }
@@ -516,6 +521,15 @@ impl Agent {
             }
             Err(e) => {
                 warn!(%listen, error = %e, "the credentials endpoint is not available; tasks with roles cannot start")
+            }
+        }
+        if let Some(listen) = self.inner.cfg.metrics_listen {
+            match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => {
+                    info!(%listen, "serving metrics at /metrics");
+                    tokio::spawn(metrics::serve(self.inner.clone(), listener));
+                }
+                Err(e) => warn!(%listen, error = %e, "cannot serve metrics there"),
             }
         }
         tokio::select! {

@@ -242,7 +242,7 @@ pub fn ensure_cgroup_parent() -> std::io::Result<()> {
 /// once: a node running a thousand containers has thousands of mounts, and reading them
 /// while containers mount and unmount took seconds — per container start, stop and reap.
 /// (Hierarchies are mounted at boot; one mounted later is seen by the next agent.)
-fn cgroup_mounts() -> &'static [PathBuf] {
+pub(crate) fn cgroup_mounts() -> &'static [PathBuf] {
     static MOUNTS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
     MOUNTS.get_or_init(|| {
         let mut mounts: Vec<PathBuf> = crate::mountinfo::read()

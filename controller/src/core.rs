@@ -86,6 +86,8 @@ pub struct Core {
     rules_version: AtomicU64,
     /// Delivers notifications (webhooks, mail) from the outbox.
     pub notifier: crate::notifier::Notifier,
+    /// Counters the loops keep for `/metrics` (the store keeps its own).
+    pub metrics: crate::metrics::Metrics,
     /// Whether each background loop is running (`workers.rs` starts and stops them).
     pub workers: crate::worker_state::WorkerStates,
     /// Each queue's lock and arrival signal.
@@ -155,6 +157,7 @@ impl Core {
             .map(|n| (n.id, now))
             .collect();
         Core {
+            metrics: Default::default(),
             store,
             timing,
             clock,

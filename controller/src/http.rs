@@ -1,7 +1,8 @@
 //! The controller's HTTP listener, for what speaks HTTP rather than gRPC: object-store
 //! notifications (`POST /notify/<source>`, as S3/MinIO webhooks and EventBridge API
 //! destinations send them), e-mail subscription confirmations (`GET /confirm/<id>?token=`, the
-//! link the confirmation mail carries), `GET /healthz`, and the queues in SQS's JSON protocol
+//! link the confirmation mail carries), `GET /healthz`, `GET /metrics` (Prometheus, with any
+//! API token: `metrics.rs`), and the queues in SQS's JSON protocol
 //! (`POST /`, `sqs_api.rs`).
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/notify/{source}", post(notify))
         .route("/confirm/{id}", get(confirm))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/", post(crate::sqs_api::handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
@@ -44,6 +46,40 @@ async fn healthz(State(core): State<Arc<Core>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(json!({"workers": workers}))).into_response()
+}
+
+/// The metrics, for a scraper holding an API token of any role (a task's token is refused:
+/// the numbers name every family, queue and service).
+async fn metrics(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match crate::auth::authenticate(&core, header) {
+        Err(s) => return error(StatusCode::UNAUTHORIZED, s.message()),
+        Ok(caller) if caller.task.is_some() => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "metrics need an API token (skiff tokens create --role read-only), not a task's",
+            )
+        }
+        Ok(_) => {}
+    }
+    let rendered = tokio::task::spawn_blocking(move || crate::metrics::render(&core)).await;
+    match rendered {
+        Ok(Ok(text)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("state store: {e}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 pub async fn serve(core: Arc<Core>, listener: tokio::net::TcpListener) -> std::io::Result<()> {

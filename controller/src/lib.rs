@@ -20,6 +20,7 @@ pub mod http;
 pub mod images_api;
 pub mod job_loop;
 pub mod keyfile;
+pub mod metrics;
 // The pure layer, re-exported so `crate::lifecycle` and friends name it (see skiff-model).
 pub use skiff_model::{cron, lifecycle, pattern, placement, retry, ruleset, transform, trust};
 pub mod model;

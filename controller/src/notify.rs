@@ -209,6 +209,7 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
                 .expect("counter lock")
                 .entry(sub.id.clone())
                 .or_default() += 1;
+            core.metrics.delivery(&d.topic, "delivered");
             info!(delivery = %d.id, topic = %d.topic, subscription = %sub.id, attempts = d.attempts, "notification delivered");
         }
         Err(f) => {
@@ -224,6 +225,7 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
                 d.next_attempt_ms = at;
                 warn!(delivery = %d.id, subscription = %sub.id, attempts = d.attempts, error = %d.last_error, "notification failed; will retry");
                 core.store.outbox.put(&d).await?;
+                core.metrics.delivery(&d.topic, "retrying");
                 return Ok(true);
             } else {
                 d.dead_ms = Some(core.clock.now_ms());
@@ -242,6 +244,7 @@ async fn attempt(core: &Core, mut d: Delivery) -> Result<bool, CoreError> {
                     .dead_letter_delivery(&d, message.as_ref())
                     .await?;
                 crate::queues::dead_letter_queued(core, message.as_ref());
+                core.metrics.delivery(&d.topic, "dead_lettered");
             }
         }
     }

@@ -162,6 +162,11 @@ async fn reconcile_one(
         info!(service = %svc.name, started = pass.start.len(), stopped = pass.stop.len(), "service reconciled");
     }
     for a in pass.events {
+        if a.detail_type == skiff_model::service::SERVICE_ACTION {
+            if let Some(action) = a.detail["action"].as_str() {
+                core.metrics.service_action(&svc.name, action);
+            }
+        }
         crate::services::announce(core, &svc.name, a.detail_type, a.detail).await?;
     }
     if pass.delete {

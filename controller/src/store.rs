@@ -28,6 +28,7 @@ mod engine;
 mod engine_tests;
 mod history;
 mod memory_engine;
+mod metrics;
 mod notify;
 mod reserved;
 mod sled_engine;
@@ -39,6 +40,8 @@ use due::due_key;
 pub use due::{Due, DueTable};
 pub use engine::{Change, Engine, Entries, Entry, TreeId, TxBody, TxError, TxTrees};
 pub use memory_engine::MemoryEngine;
+pub use metrics::StoreMetrics;
+use prometheus_client::metrics::histogram::Histogram;
 pub use reserved::NodeReserved;
 use reserved::Reserved;
 pub use sled_engine::SledEngine;
@@ -238,7 +241,7 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    fn start(engine: Arc<dyn Engine>) -> Self {
+    fn start(engine: Arc<dyn Engine>, flush_seconds: Histogram) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
         std::thread::Builder::new()
             .name("skiff-group-commit".into())
@@ -248,7 +251,9 @@ impl GroupCommit {
                     while let Ok(more) = rx.try_recv() {
                         waiters.push(more);
                     }
+                    let began = std::time::Instant::now();
                     let result = engine.flush().map_err(|e| e.to_string());
+                    flush_seconds.observe(began.elapsed().as_secs_f64());
                     for w in waiters {
                         let _ = w.send(result.clone());
                     }
@@ -415,6 +420,8 @@ pub struct Store {
     /// have not read.
     pub event_consumers: Table<EventConsumer>,
     commit: GroupCommit,
+    /// What the writes count, for `/metrics`.
+    pub metrics: StoreMetrics,
     /// Serialises writers that append events, so event keys (ULIDs) are in commit order and a
     /// cursor never skips an event that commits late.
     writer: Arc<Mutex<ulid::Generator>>,
@@ -459,6 +466,8 @@ impl Decoded {
 struct Before {
     /// No such task yet (or not known): write every entry.
     new: bool,
+    /// Its status (None for a new task), for the metrics.
+    status: Option<TaskStatus>,
     placed: bool,
     waiting: bool,
 }
@@ -466,6 +475,7 @@ struct Before {
 impl Before {
     const NEW: Before = Before {
         new: true,
+        status: None,
         placed: false,
         waiting: true,
     };
@@ -473,6 +483,7 @@ impl Before {
     fn of(t: &Task) -> Before {
         Before {
             new: false,
+            status: Some(t.status),
             placed: t.node_id.is_some(),
             waiting: t.status == TaskStatus::Provisioning,
         }
@@ -495,8 +506,10 @@ impl Store {
 
     /// Opens the store on any engine (see `engine.rs`).
     pub fn with_engine(engine: Arc<dyn Engine>) -> Result<Store, StoreError> {
-        let commit = GroupCommit::start(engine.clone());
+        let metrics = StoreMetrics::default();
+        let commit = GroupCommit::start(engine.clone(), metrics.flush_seconds.clone());
         let store = Store {
+            metrics,
             taskdefs: Table::open(&engine, &commit)?,
             tasks: Tree::open(&engine, "tasks")?,
             active: Tree::open(&engine, "tasks_active")?,
@@ -814,6 +827,11 @@ impl Store {
     /// COUNT_CAP`, so a total that reaches it means at least that many). Read through the narrowest index the filter allows (group, node, family, the
     /// active tasks' statuses kept in memory), and counted from the indexes: only the tasks
     /// returned are decoded, so a long history costs key reads, not decodes.
+    /// How many tasks the store keeps, stopped ones included (kept, not counted).
+    pub fn task_total(&self) -> usize {
+        self.task_count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn list_tasks(
         &self,
         filter: &TaskFilter,
@@ -1257,7 +1275,12 @@ impl Store {
         cache.generation += 1;
         let cache = &mut cache.tasks;
         let mut reserved = self.reserved.lock().expect("reserved lock");
-        for (task, _, _) in writes {
+        for (task, event, before) in writes {
+            self.metrics.task_written(
+                before.status.map(|s| (s, before.placed)),
+                task,
+                event.is_some(),
+            );
             if task.status.is_active() {
                 cache.insert(task.id.as_bytes().to_vec(), task.clone());
                 reserved.set(&task.id, Some(Reservation::of(task)));
@@ -1290,6 +1313,7 @@ impl Store {
         self.events.insert(event_key(&event.id), encode(&event))?;
         drop(gen);
         self.commit().await?;
+        self.metrics.event_appended(&event.source);
         Ok(event)
     }
 
@@ -1363,6 +1387,9 @@ impl Store {
         self.events.apply(batch)?;
         drop(gen);
         self.commit().await?;
+        for e in &out {
+            self.metrics.event_appended(&e.source);
+        }
         Ok(out)
     }
 
@@ -1520,6 +1547,8 @@ impl Store {
             event: Vec<u8>,
             rule_retry: bool,
             schedule_retry: bool,
+            /// The task, for the metrics once it is written.
+            created: Task,
         }
         let mut prepared = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
@@ -1552,6 +1581,7 @@ impl Store {
                 event: std::mem::take(&mut event.json),
                 rule_retry,
                 schedule_retry,
+                created: c.task,
             });
             answers.push((c.done, event.id));
         }
@@ -1624,6 +1654,7 @@ impl Store {
                 for (p, existing) in prepared.into_iter().zip(&existing) {
                     if existing.is_none() {
                         reserved.set(&p.task_id, Some(p.reserves));
+                        self.metrics.task_written(None, &p.created, true);
                     }
                 }
                 drop(reserved);
@@ -1864,6 +1895,9 @@ impl Store {
         drop(gen);
         let appended = res?;
         self.commit().await?;
+        if appended {
+            self.metrics.event_appended(&event.source);
+        }
         Ok(appended.then_some(event))
     }
 

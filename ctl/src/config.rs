@@ -63,6 +63,8 @@ pub struct AgentFile {
     pub image_disk_budget: Option<String>,
     /// Where the container-credentials endpoint listens (default 127.0.0.1:51679).
     pub credentials_listen: Option<SocketAddr>,
+    /// Where Prometheus metrics are served (GET /metrics; default: not served).
+    pub metrics_listen: Option<SocketAddr>,
     /// Per-boot runtime state (default DATA_DIR/state, on a tmpfs the agent mounts).
     pub state_dir: Option<PathBuf>,
     /// Set the host-wide cgroup2 option favordynmods at start (faster container starts).

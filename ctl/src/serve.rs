@@ -115,6 +115,11 @@ pub struct NodeArgs {
     /// port 0 picks one, kept across agent restarts).
     #[arg(long = "credentials-listen", env = "SKIFF_CREDENTIALS_LISTEN")]
     credentials_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics of this node (GET /metrics: each container's CPU, memory and
+    /// OOM kills from its cgroups; the agent's tasks) at this address, e.g. 127.0.0.1:7490.
+    /// No token is asked: bind it to loopback or a network only your Prometheus shares.
+    #[arg(long = "metrics-listen", env = "SKIFF_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Per-boot runtime state (task records, bundles, shim files; default DATA_DIR/state). A
     /// tmpfs is mounted there unless it is on one already (e.g. under /run).
     #[arg(long = "state-dir", env = "SKIFF_STATE_DIR")]
@@ -195,6 +200,7 @@ impl NodeArgs {
         if let Some(a) = self.credentials_listen.or(file.credentials_listen) {
             cfg.credentials_listen = a;
         }
+        cfg.metrics_listen = self.metrics_listen.or(file.metrics_listen);
         if let Some(p) = self.state_dir.or_else(|| file.state_dir.clone()) {
             cfg.state_dir = p;
         }

@@ -7,6 +7,7 @@ pub mod gate;
 pub mod images;
 pub mod moto;
 pub mod netns;
+pub mod prometheus;
 pub mod receiver;
 pub mod redis;
 pub mod registry;
