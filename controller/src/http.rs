@@ -2,7 +2,7 @@
 //! notifications (`POST /notify/<source>`, as S3/MinIO webhooks and EventBridge API
 //! destinations send them), e-mail subscription confirmations (`GET /confirm/<id>?token=`, the
 //! link the confirmation mail carries), `GET /healthz`, `GET /metrics` (Prometheus, with any
-//! API token: `metrics.rs`), and the queues in SQS's JSON protocol
+//! API token: `scrape.rs`), and the queues in SQS's JSON protocol
 //! (`POST /`, `sqs_api.rs`).
 
 use std::net::SocketAddr;
@@ -64,12 +64,12 @@ async fn metrics(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response 
         }
         Ok(_) => {}
     }
-    let rendered = tokio::task::spawn_blocking(move || crate::metrics::render(&core)).await;
+    let rendered = tokio::task::spawn_blocking(move || crate::scrape::render(&core)).await;
     match rendered {
         Ok(Ok(text)) => (
             [(
                 axum::http::header::CONTENT_TYPE,
-                crate::metrics::CONTENT_TYPE,
+                crate::scrape::CONTENT_TYPE,
             )],
             text,
         )

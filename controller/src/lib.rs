@@ -42,6 +42,7 @@ pub mod rules;
 pub mod rules_api;
 pub mod schedules;
 pub mod schedules_api;
+pub mod scrape;
 pub mod sealing;
 pub mod secrets;
 pub mod secrets_api;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::model::Task;
 use crate::store::EncodedEvent;
 
-pub const TASK_SOURCE: &str = "skiff.task";
+pub use skiff_model::lifecycle::TASK_SOURCE;
 pub const TASK_STATE_CHANGE: &str = "Task State Change";
 
 /// The event for a task as it is now; the detail mirrors the ECS event.

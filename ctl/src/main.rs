@@ -5,6 +5,7 @@ mod config;
 mod conn;
 mod events;
 mod images;
+mod man;
 mod nodes;
 mod output;
 mod queues;
@@ -17,6 +18,7 @@ mod secrets;
 mod serve;
 mod services;
 mod sources;
+mod systemd;
 mod taskdef_file;
 mod taskdefs;
 mod tasks;
@@ -112,6 +114,12 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write man pages generated from this CLI's definition: skiff.1 and one per command
+    /// (skiff-run-task.1, skiff-queues-send.1, …), e.g. `skiff man /usr/local/share/man/man1`.
+    Man {
+        /// Directory to write the pages to (created if missing).
+        dir: PathBuf,
+    },
     /// Internal: own one container (started by the agent). With --zygote, fork one shim per
     /// request from the agent on standard input (see skiff_agent::zygote).
     #[command(hide = true)]
@@ -131,8 +139,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Two TLS stacks link rustls with different crypto backends (the registry client's and
-    // tonic's); name the one every TLS connection of this process uses.
+    // ring is the binary's one crypto stack (reqwest, object_store, lettre and tonic are all
+    // built on it); every TLS connection of this process uses it.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The shim must stay single-threaded: libcontainer forks and clones. No runtime for it.
     if let Command::Shim { dir, zygote } = &cli.command {
@@ -155,6 +163,21 @@ fn main() -> ExitCode {
     if let Command::Completion { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut std::io::stdout());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Man { dir } = &cli.command {
+        return match man::write_pages(Cli::command(), dir) {
+            Ok(pages) => {
+                match cli.output {
+                    output::Format::Json => println!("{}", output::json(&pages)),
+                    output::Format::Table => pages.iter().for_each(|p| println!("{p}")),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("skiff: man pages in {}: {e:#}", dir.display());
+                ExitCode::from(1)
+            }
+        };
     }
     // Servers get worker threads; a client command is one request at a time, and starting
     // worker threads would only add to every command's latency.
@@ -196,7 +219,9 @@ fn main() -> ExitCode {
             Command::Services(c) => services::services(&cli.addr, fmt, c).await,
             Command::Topics(c) => topics::topics(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
-            Command::Shim { .. } | Command::Completion { .. } => unreachable!("handled above"),
+            Command::Shim { .. } | Command::Completion { .. } | Command::Man { .. } => {
+                unreachable!("handled above")
+            }
         }
     });
     // Client streams may leave tasks behind; do not wait for them.

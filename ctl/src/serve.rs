@@ -345,19 +345,39 @@ fn init_tracing() {
             "info,h2=warn,tower=warn,hyper=warn,libcontainer=warn,libcgroups=warn",
         )
     });
+    if crate::systemd::logs_to_journal() {
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_level(false)
+            .with_ansi(false);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(crate::systemd::JournalFormat(format))
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Resolves on Ctrl-C or SIGTERM (and tells systemd the process is stopping). The handlers
+/// are installed when this is called, not when the future is first polled: a SIGTERM that
+/// comes while the agent re-adopts its containers, before it waits for one, still stops it
+/// gracefully instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        crate::systemd::stopping();
     }
 }
 
@@ -418,6 +438,10 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
         );
     }
     println!("skiff dev: try  skiff run-task --wait --image dir:/path/to/rootfs -- echo hello");
+    let signal = shutdown_signal();
+    let core = ctl.core();
+    crate::systemd::keep_watchdog(move || core.workers.healthy());
+    crate::systemd::ready(&format!("serving on {addr}"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(agent.run({
         let mut rx = stop_rx.clone();
@@ -426,7 +450,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
         }
     }));
     let serve = ctl.serve(async move {
-        shutdown_signal().await;
+        signal.await;
         let _ = stop_tx.send(true);
     });
     serve.await.context("controller")?;
@@ -567,7 +591,11 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
-    ctl.serve(shutdown_signal()).await.context("controller")?;
+    let signal = shutdown_signal();
+    let core = ctl.core();
+    crate::systemd::keep_watchdog(move || core.workers.healthy());
+    crate::systemd::ready(&format!("serving on {}", ctl.local_addr()));
+    ctl.serve(signal).await.context("controller")?;
     Ok(())
 }
 
@@ -628,7 +656,11 @@ pub async fn agent(a: AgentArgs, default_controller: &str) -> anyhow::Result<()>
         cfg.data_dir.display()
     );
     let agent = Agent::open(cfg).context("starting the agent")?;
-    agent.run(shutdown_signal()).await;
+    // Fed while the runtime turns: a wedged agent is restarted, its containers left running.
+    let signal = shutdown_signal();
+    crate::systemd::keep_watchdog(|| true);
+    crate::systemd::ready("re-adopting running containers, then connecting");
+    agent.run(signal).await;
     // Give in-flight reports a moment to leave; containers keep running under their shims.
     tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(())

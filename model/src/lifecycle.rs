@@ -8,6 +8,9 @@ use crate::model::{ContainerState, Task};
 // The statuses are records' fields (model.rs); they are named here too, where the machine is.
 pub use crate::model::{DesiredStatus, StopCode, TaskStatus};
 
+/// The `source` of the events every task change puts on the bus.
+pub const TASK_SOURCE: &str = "skiff.task";
+
 /// Something that happened to a task.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TaskEvent {

@@ -112,6 +112,34 @@ fn a_real_prometheus_scrapes_the_controller_and_the_agent() {
     prom.wait_value(&series("skiff_container_oom_kills_total"), |v| v == 0.0);
     prom.wait_value("skiff_agent_tasks{phase=\"RUNNING\"}", |v| v == 1.0);
 
+    // Every query of the Grafana dashboard in deploy/ is valid PromQL to a real Prometheus,
+    // and every skiff metric it names is one the controller or the agent serves.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/grafana/skiff-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            prom.query(expr);
+            for name in metric_names(expr) {
+                assert!(
+                    controller_text.contains(&format!("\n{name}"))
+                        || agent_text.contains(&format!("\n{name}")),
+                    "the dashboard's {:?} names {name}, which skiff does not serve",
+                    panel["title"]
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 18, "{checked} dashboard queries");
+
     // Stopped, the burner leaves the running count and its container's series.
     assert_eq!(cli(&addr, &["tasks", "stop", &burner]).code, 0);
     wait_status(&addr, &burner, "STOPPED", Duration::from_secs(30));
@@ -127,4 +155,19 @@ fn a_real_prometheus_scrapes_the_controller_and_the_agent() {
             .then_some(())
         },
     );
+}
+
+/// The `skiff_…` metric names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("skiff_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
 }

@@ -24,7 +24,7 @@ pub struct EventSource {
 }
 
 /// The source of the events the store writes with task changes.
-const TASK_EVENTS: &str = crate::task_event::TASK_SOURCE;
+const TASK_EVENTS: &str = skiff_model::lifecycle::TASK_SOURCE;
 
 #[derive(Clone, Debug)]
 pub struct StoreMetrics {
