@@ -3,6 +3,7 @@
 
 mod config;
 mod conn;
+mod doctor;
 mod events;
 mod images;
 mod man;
@@ -114,6 +115,10 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Check that this node can run skiff's containers and reach the controller (cgroups,
+    /// namespaces, overlayfs, seccomp, CNI plugins, disk space, the node certificate, the
+    /// controller's health and clock), and say what to do about each problem.
+    Doctor(doctor::DoctorArgs),
     /// Write man pages generated from this CLI's definition: skiff.1 and one per command
     /// (skiff-run-task.1, skiff-queues-send.1, …), e.g. `skiff man /usr/local/share/man/man1`.
     Man {
@@ -219,6 +224,7 @@ fn main() -> ExitCode {
             Command::Services(c) => services::services(&cli.addr, fmt, c).await,
             Command::Topics(c) => topics::topics(&cli.addr, fmt, c).await,
             Command::RegistryCreds(c) => images::registry_creds(&cli.addr, fmt, c).await,
+            Command::Doctor(a) => doctor::doctor(&cli.addr, fmt, a).await,
             Command::Shim { .. } | Command::Completion { .. } | Command::Man { .. } => {
                 unreachable!("handled above")
             }
