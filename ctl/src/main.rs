@@ -4,6 +4,7 @@
 mod config;
 mod conn;
 mod doctor;
+mod ecs_import;
 mod events;
 mod images;
 mod man;
