@@ -29,6 +29,7 @@ fn event(id: String) -> Event {
         id,
         source: "bench".into(),
         detail_type: "Bench".into(),
+        replay: None,
         time_ms: now_ms(),
         resources: vec![],
         detail: serde_json::json!({}),

@@ -23,6 +23,7 @@ fn event(id: String) -> Event {
         id,
         source: "bench".into(),
         detail_type: "Bench".into(),
+        replay: None,
         time_ms: 0,
         resources: vec![],
         detail: serde_json::json!({}),

@@ -689,6 +689,28 @@ impl pb::events_server::Events for EventsApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn replay(
+        &self,
+        req: Request<pb::ReplayEventsRequest>,
+    ) -> Result<Response<pb::ReplayEventsResponse>, Status> {
+        let r = req.into_inner();
+        if r.from_ms <= 0 || r.to_ms <= r.from_ms {
+            return Err(Status::invalid_argument(format!(
+                "from, to: give a range with from before to (from_ms {}, to_ms {})",
+                r.from_ms, r.to_ms
+            )));
+        }
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        let done =
+            crate::events::replay(&self.core, r.from_ms, r.to_ms, opt(r.rule), opt(r.name)).await?;
+        Ok(Response::new(pb::ReplayEventsResponse {
+            name: done.name,
+            replayed: done.count,
+            first_event_id: done.first.unwrap_or_default(),
+            last_event_id: done.last.unwrap_or_default(),
+        }))
+    }
+
     async fn put(
         &self,
         req: Request<pb::PutEventsRequest>,
@@ -869,6 +891,7 @@ fn check_entry(e: &pb::PutEventsEntry, now_ms: i64) -> Result<Event, (&'static s
         id: String::new(),
         source: e.source.clone(),
         detail_type: e.detail_type.clone(),
+        replay: None,
         time_ms: if e.time_ms > 0 { e.time_ms } else { now_ms },
         resources: e.resources.clone(),
         detail,

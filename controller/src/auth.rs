@@ -107,7 +107,7 @@ pub fn required_role(path: &str) -> Option<Role> {
             _ => Role::Admin,
         }),
         "skiff.v1.Events" => Some(match method {
-            "Put" => Role::Operator,
+            "Put" | "Replay" => Role::Operator,
             _ => Role::ReadOnly,
         }),
         "skiff.v1.Schedules" => Some(match method {

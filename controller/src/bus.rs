@@ -113,7 +113,12 @@ async fn pass(core: &Core, rules: &RuleSet) -> Result<bool, CoreError> {
     let envelopes: Vec<Value> = events.iter().map(Event::envelope).collect();
     let mut deliveries = Vec::new();
     for (ev, envelope) in events.iter().zip(&envelopes) {
+        // A replay for one rule reaches that rule alone.
+        let only = ev.replay.as_ref().and_then(|r| r.rule.as_deref());
         for rule in rules.matching(envelope) {
+            if only.is_some_and(|r| r != rule.name) {
+                continue;
+            }
             let m = matched.entry(rule.name.clone()).or_default();
             m.0 += 1;
             m.1 = m.1.max(ev.time_ms);

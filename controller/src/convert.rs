@@ -202,6 +202,16 @@ pub fn event(e: &Event) -> pb::Event {
         time_ms: e.time_ms,
         resources: e.resources.clone(),
         detail_json: e.detail.to_string(),
+        replay_name: e
+            .replay
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default(),
+        replay_of: e
+            .replay
+            .as_ref()
+            .map(|r| r.original.clone())
+            .unwrap_or_default(),
     }
 }
 

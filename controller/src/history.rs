@@ -399,6 +399,7 @@ mod event_log_tests {
                     id,
                     source: "test".into(),
                     detail_type: "Tick".into(),
+                    replay: None,
                     time_ms: 0,
                     resources: vec![],
                     detail: serde_json::json!({"i": i}),

@@ -74,6 +74,7 @@ pub async fn set_state(
             id: String::new(),
             source: NODE_SOURCE.to_string(),
             detail_type: NODE_STATE_CHANGE.to_string(),
+            replay: None,
             time_ms: now,
             resources: vec![format!("node/{node}")],
             detail: serde_json::json!({

@@ -179,6 +179,7 @@ pub fn event(source: &str, via: &str, c: &ObjectChange, id: String) -> Event {
         id,
         source: EVENT_SOURCE.into(),
         detail_type: if c.created { CREATED } else { DELETED }.into(),
+        replay: None,
         time_ms: c.time_ms,
         resources: vec![format!("arn:aws:s3:::{}", c.bucket)],
         detail: json!({

@@ -393,6 +393,7 @@ async fn put_event(
             id,
             source: SCHEDULER_SOURCE.into(),
             detail_type: ev.detail_type.clone(),
+            replay: None,
             time_ms: scheduled,
             resources: vec![format!("schedule/{}", s.name)],
             detail,

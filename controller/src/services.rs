@@ -235,6 +235,7 @@ pub async fn announce(
         id: String::new(),
         source: SERVICE_SOURCE.to_string(),
         detail_type: detail_type.to_string(),
+        replay: None,
         time_ms: core.clock.now_ms(),
         resources: vec![format!("service/{service}")],
         detail,

@@ -2043,6 +2043,12 @@ pub(crate) const TASK_COUNT: &str = "task_count";
 /// How far past a page a listing of a range counts: beyond it, its total is "at least".
 pub const COUNT_CAP: usize = 10_000;
 
+/// The smallest event id of `ms` (a ULID with no random part): the events of a time range
+/// are the ids between two bounds.
+pub fn event_id_bound(ms: i64) -> String {
+    ulid::Ulid::from_parts(ms.max(0) as u64, 0).to_string()
+}
+
 /// The smallest task id (a lowercase ULID) created at `ms`: ids below it were created
 /// earlier, so a time range of tasks is a key range.
 pub fn task_id_bound(ms: i64) -> String {
@@ -2162,6 +2168,7 @@ pub(crate) mod tests {
             id,
             source: "t".into(),
             detail_type: "T".into(),
+            replay: None,
             time_ms: 0,
             resources: vec![],
             detail: serde_json::json!({}),

@@ -215,6 +215,7 @@ mod tests {
                 id: "01ev".into(),
                 source: TASK_SOURCE.into(),
                 detail_type: TASK_STATE_CHANGE.into(),
+                replay: None,
                 time_ms: 1_700_000_000_500,
                 resources: vec![format!("skiff:task/{}", t.id)],
                 detail: expected(&t),

@@ -61,6 +61,24 @@ pub enum EventsCmd {
     /// Deliveries that ran out of retries.
     #[command(subcommand)]
     Dlq(DlqCmd),
+    /// Put the events that reached the bus in a time range back on it, for one rule or all
+    /// (EventBridge's replay): e.g. run a new rule over last week's uploads. The copies carry
+    /// the replay's name (`replay-name` in what targets receive); the log's retention
+    /// (--event-log-max-age) says how far back. Prints the replay's name and how many.
+    Replay {
+        /// From then: a duration ago (7d, 2h) or an RFC 3339 time.
+        #[arg(long, value_parser = crate::tasks::parse_since)]
+        from: i64,
+        /// Until then (not included; default now): a duration ago or an RFC 3339 time.
+        #[arg(long, value_parser = crate::tasks::parse_since)]
+        to: Option<i64>,
+        /// Only this rule gets the copies (default: every rule that matches them).
+        #[arg(long)]
+        rule: Option<String>,
+        /// The replay's name (default replay-<time>).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Check an event pattern against an event, locally (like `aws events
     /// test-event-pattern`): prints {"result": true|false}; exits 0 on a match, 1 on none,
     /// 2 when the pattern or the event is invalid.
@@ -157,6 +175,32 @@ pub fn test_pattern(pattern: &str, event: &str) -> i32 {
     }
 }
 
+async fn replay(
+    addr: &str,
+    fmt: Format,
+    from: i64,
+    to: Option<i64>,
+    rule: Option<String>,
+    name: Option<String>,
+) -> anyhow::Result<i32> {
+    let mut client = pb::events_client::EventsClient::new(connect(addr).await?);
+    let r = client
+        .replay(pb::ReplayEventsRequest {
+            from_ms: from,
+            to_ms: to.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
+            rule: rule.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+        })
+        .await
+        .map_err(api_error)?
+        .into_inner();
+    match fmt {
+        Format::Json => println!("{}", output::json(&r)),
+        Format::Table => println!("{}: {} events replayed", r.name, r.replayed),
+    }
+    Ok(0)
+}
+
 pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i32> {
     let (follow, after, lines, consumer) = match cmd {
         EventsCmd::Tail {
@@ -174,6 +218,12 @@ pub async fn events(addr: &str, fmt: Format, cmd: EventsCmd) -> anyhow::Result<i
             resources,
         } => return put_event(addr, fmt, source, detail_type, detail, resources).await,
         EventsCmd::Dlq(DlqCmd::Ls { rule }) => return dead_letters(addr, fmt, rule).await,
+        EventsCmd::Replay {
+            from,
+            to,
+            rule,
+            name,
+        } => return replay(addr, fmt, from, to, rule, name).await,
     };
     let mut client = pb::events_client::EventsClient::new(connect(addr).await?);
     let mut stream = client
@@ -325,11 +375,15 @@ fn print_event(fmt: Format, e: &pb::Event) {
                 // One EventBridge-style envelope per line, for jq.
                 let detail: serde_json::Value =
                     serde_json::from_str(&e.detail_json).unwrap_or(serde_json::Value::Null);
-                let v = serde_json::json!({
+                let mut v = serde_json::json!({
                     "version": "0", "id": e.id, "source": e.source, "detail-type": e.detail_type,
                     "time": chrono::DateTime::from_timestamp_millis(e.time_ms).map(|d| d.to_rfc3339()),
                     "resources": e.resources, "detail": detail,
                 });
+                if !e.replay_name.is_empty() {
+                    v["replay-name"] = serde_json::json!(e.replay_name);
+                    v["replay-of"] = serde_json::json!(e.replay_of);
+                }
                 println!("{v}");
             }
             Format::Table => {
@@ -348,8 +402,13 @@ fn print_event(fmt: Format, e: &pb::Event) {
                     ),
                     _ => e.detail_json.clone(),
                 };
+                let replay = if e.replay_name.is_empty() {
+                    String::new()
+                } else {
+                    format!("  (replay {} of {})", e.replay_name, e.replay_of)
+                };
                 println!(
-                    "{}  {}  {}  {}  {}",
+                    "{}  {}  {}  {}  {}{replay}",
                     e.id,
                     output::time(e.time_ms),
                     e.source,

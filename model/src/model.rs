@@ -557,6 +557,20 @@ pub struct Event {
     pub time_ms: i64,
     pub resources: Vec<String>,
     pub detail: serde_json::Value,
+    /// Set on a copy of an earlier event put back on the bus by a replay (`skiff events
+    /// replay`); targets see its name as the envelope's `replay-name`, as EventBridge's do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
+}
+
+/// What a replayed event carries: the replay, the event it copies, and the one rule it is
+/// for (None: every rule).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Replay {
+    pub name: String,
+    pub original: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 /// Credentials for one registry, stored by the controller and sent only to the agent that
@@ -821,7 +835,7 @@ pub const BUS_REGION: &str = "local";
 impl Event {
     /// The event as EventBridge shapes it: what patterns match and targets receive.
     pub fn envelope(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut envelope = serde_json::json!({
             "version": "0",
             "id": self.id,
             "detail-type": self.detail_type,
@@ -833,7 +847,11 @@ impl Event {
             "region": BUS_REGION,
             "resources": self.resources,
             "detail": self.detail,
-        })
+        });
+        if let Some(r) = &self.replay {
+            envelope["replay-name"] = serde_json::json!(r.name);
+        }
+        envelope
     }
 }
 
