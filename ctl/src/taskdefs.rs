@@ -87,13 +87,7 @@ pub async fn taskdefs(addr: &str, fmt: Format, cmd: TaskdefsCmd) -> anyhow::Resu
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let definition = crate::taskdef_file::parse(&file, &text)?;
-            let d = client
-                .register(pb::RegisterTaskDefinitionRequest {
-                    definition: Some(definition),
-                })
-                .await
-                .map_err(api_error)?
-                .into_inner();
+            let d = register_definition(&mut client, definition).await?;
             match fmt {
                 Format::Json => println!("{}", output::json(&d)),
                 Format::Table => println!("registered {}:{}", d.family, d.revision),
@@ -183,13 +177,7 @@ async fn import_ecs(
     if register {
         let mut client =
             pb::task_definitions_client::TaskDefinitionsClient::new(connect(addr).await?);
-        let d = client
-            .register(pb::RegisterTaskDefinitionRequest {
-                definition: Some(definition),
-            })
-            .await
-            .map_err(api_error)?
-            .into_inner();
+        let d = register_definition(&mut client, definition).await?;
         registered = Some(format!("{}:{}", d.family, d.revision));
     }
     match fmt {
@@ -219,4 +207,18 @@ async fn import_ecs(
         }
     }
     Ok(0)
+}
+
+/// Registers a definition as the next revision of its family.
+async fn register_definition(
+    client: &mut pb::task_definitions_client::TaskDefinitionsClient<crate::conn::Conn>,
+    definition: pb::TaskDefinitionInput,
+) -> anyhow::Result<pb::TaskDefinition> {
+    Ok(client
+        .register(pb::RegisterTaskDefinitionRequest {
+            definition: Some(definition),
+        })
+        .await
+        .map_err(api_error)?
+        .into_inner())
 }

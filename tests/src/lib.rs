@@ -301,6 +301,18 @@ pub fn cli_as(addr: &str, token: Option<&str>, args: &[&str]) -> Cli {
     c.stdin(Stdio::null()).output().unwrap().into()
 }
 
+/// A new read-only API token (`skiff tokens create --role read-only`).
+pub fn read_only_token(addr: &str) -> String {
+    cli(
+        addr,
+        &["tokens", "create", "--role", "read-only", "-o", "json"],
+    )
+    .json()["token"]
+        .as_str()
+        .expect("tokens create prints the token")
+        .to_string()
+}
+
 /// A plain HTTP/1.1 request (loopback test servers): returns the status and the body.
 pub fn http(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     let auth = token.map(|t| format!("Bearer {t}"));

@@ -19,14 +19,7 @@ fn a_real_prometheus_scrapes_the_controller_and_the_agent() {
     // The controller's metrics need an API token; a read-only one is enough.
     let (code, body) = http("GET", &format!("{base}/metrics"), None, b"");
     assert_eq!(code, 401, "{body}");
-    let token = cli(
-        &addr,
-        &["tokens", "create", "--role", "read-only", "-o", "json"],
-    )
-    .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = skiff_tests::read_only_token(&addr);
 
     // A task that holds ~40 MB and spins, under a 256 MiB limit; one that fails; a queue
     // with three messages.

@@ -269,14 +269,7 @@ fn bad_notifications_get_clear_http_errors() {
     let big = vec![b' '; 2 << 20];
     assert_eq!(http("POST", &url, Some(&token), &big).0, 413);
     // A read-only token may not post events.
-    let ro = cli(
-        &addr,
-        &["tokens", "create", "--role", "read-only", "-o", "json"],
-    )
-    .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ro = skiff_tests::read_only_token(&addr);
     let (got, resp) = http("POST", &url, Some(&ro), good.as_bytes());
     assert_eq!(got, 403, "{resp}");
     // Other buckets and prefixes than the source's are not its events.
