@@ -31,6 +31,30 @@ fn a_real_prometheus_scrapes_the_controller_and_the_agent() {
     );
     let burner = run_task(&addr, &["--task-def", "burner"]);
     wait_status(&addr, &burner, "RUNNING", Duration::from_secs(30));
+    // A rule that publishes every stopped task to a topic fanned out to a queue, and a
+    // service: rule counts, deliveries and service actions have series to show.
+    assert_eq!(cli(&addr, &["queues", "create", "alerts-q"]).code, 0);
+    assert_eq!(cli(&addr, &["topics", "put", "alerts"]).code, 0);
+    let sub = cli(
+        &addr,
+        &["topics", "subscribe", "alerts", "--queue", "alerts-q"],
+    );
+    assert_eq!(sub.code, 0, "{sub:?}");
+    env.put_yaml(
+        &addr,
+        "rules",
+        "stops",
+        "name: stops\npattern:\n  source: [skiff.task]\n  detail:\n    lastStatus: [STOPPED]\ntargets:\n  - id: t\n    notify: alerts\n",
+    );
+    env.register_busybox(&addr, "sleeper", &["sleep", "300"]);
+    let svc = env.path("sleepers.yaml");
+    std::fs::write(
+        &svc,
+        "name: sleepers\ntask_definition: sleeper\ndesired_count: 1\n",
+    )
+    .unwrap();
+    let created = cli(&addr, &["services", "create", "-f", svc.to_str().unwrap()]);
+    assert_eq!(created.code, 0, "{created:?}");
     let failed = run_task(&addr, &["--image", &env.busybox_image(), "--", "false"]);
     wait_status(&addr, &failed, "STOPPED", Duration::from_secs(30));
     assert_eq!(cli(&addr, &["queues", "create", "jobs"]).code, 0);
@@ -103,7 +127,17 @@ fn a_real_prometheus_scrapes_the_controller_and_the_agent() {
         v == (256u64 << 20) as f64
     });
     prom.wait_value(&series("skiff_container_oom_kills_total"), |v| v == 0.0);
-    prom.wait_value("skiff_agent_tasks{phase=\"RUNNING\"}", |v| v == 1.0);
+    // The burner and the service's sleeper.
+    prom.wait_value("skiff_agent_tasks{phase=\"RUNNING\"}", |v| v == 2.0);
+    prom.wait_value(
+        "skiff_service_actions_total{service=\"sleepers\",action=\"start\"}",
+        |v| v >= 1.0,
+    );
+    prom.wait_value(
+        "skiff_deliveries_total{topic=\"alerts\",outcome=\"delivered\"}",
+        |v| v >= 1.0,
+    );
+    prom.wait_value("skiff_rule_matches_total{rule=\"stops\"}", |v| v >= 1.0);
 
     // Every query of the Grafana dashboard in deploy/ is valid PromQL to a real Prometheus,
     // and every skiff metric it names is one the controller or the agent serves.
@@ -115,6 +149,24 @@ fn a_real_prometheus_scrapes_the_controller_and_the_agent() {
         .unwrap(),
     )
     .unwrap();
+    // Read again now that every kind of series exists (rule counts, deliveries, service
+    // actions appear with their first event).
+    let (_, controller_text) = http("GET", &format!("{base}/metrics"), Some(&token), b"");
+    let (_, agent_text) = http("GET", &format!("http://{agent_metrics}/metrics"), None, b"");
+    // What is served: each family's TYPE line and the sample names its type makes.
+    let mut served = Vec::new();
+    for line in controller_text.lines().chain(agent_text.lines()) {
+        let Some((family, kind)) = line.strip_prefix("# TYPE ").and_then(|t| t.split_once(' '))
+        else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_count", "_sum"],
+            _ => &[""],
+        };
+        served.extend(suffixes.iter().map(|s| format!("{family}{s}")));
+    }
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
@@ -122,8 +174,7 @@ fn a_real_prometheus_scrapes_the_controller_and_the_agent() {
             prom.query(expr);
             for name in metric_names(expr) {
                 assert!(
-                    controller_text.contains(&format!("\n{name}"))
-                        || agent_text.contains(&format!("\n{name}")),
+                    served.contains(&name),
                     "the dashboard's {:?} names {name}, which skiff does not serve",
                     panel["title"]
                 );
