@@ -127,21 +127,31 @@ fn logs_to_the_journal_carry_its_priorities_and_no_colours_or_times() {
     let file = std::fs::File::create(&err).unwrap();
     let meta = std::os::unix::fs::MetadataExt::dev(&file.metadata().unwrap());
     let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
-    let mut child = Command::new(skiff_bin())
-        .args(["controller", "--plaintext", "--listen", "127.0.0.1:0"])
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .env("JOURNAL_STREAM", format!("{meta}:{ino}"))
-        .env("SKIFF_LOG", "debug")
-        .env("XDG_CONFIG_HOME", config_home())
-        .stdout(std::process::Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    /// Kills the controller however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(
+        Command::new(skiff_bin())
+            .args(["controller", "--plaintext", "--listen", "127.0.0.1:0"])
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .env("JOURNAL_STREAM", format!("{meta}:{ino}"))
+            .env("SKIFF_LOG", "debug")
+            .env("XDG_CONFIG_HOME", config_home())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
     let text = wait_for(
         "the controller's first log lines",
         Duration::from_secs(20),
@@ -150,8 +160,6 @@ fn logs_to_the_journal_carry_its_priorities_and_no_colours_or_times() {
             (t.lines().count() >= 2).then_some(t)
         },
     );
-    let _ = child.kill();
-    let _ = child.wait();
     for line in text.lines() {
         assert!(
             ["<3>", "<4>", "<6>", "<7>"]
