@@ -47,33 +47,25 @@ pub fn render(inner: &AgentInner) -> String {
             })
             .set(0);
     }
-    let containers: Vec<(String, String, Phase)> = {
-        let tasks = inner.tasks.lock().unwrap();
-        tasks
-            .iter()
-            .flat_map(|(id, t)| {
+    // One pass under the lock: the phases counted, the live containers listed; their cgroup
+    // files are read after it is let go.
+    let mut containers: Vec<(String, String)> = Vec::new();
+    for (id, t) in inner.tasks.lock().unwrap().iter() {
+        phases
+            .get_or_create(&PhaseLabel {
+                phase: t.record.phase.as_str().to_string(),
+            })
+            .inc();
+        if t.record.phase != Phase::Stopped {
+            containers.extend(
                 t.record
                     .containers
                     .iter()
-                    .map(|c| (id.clone(), c.name.clone(), t.record.phase))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    {
-        let tasks = inner.tasks.lock().unwrap();
-        for t in tasks.values() {
-            phases
-                .get_or_create(&PhaseLabel {
-                    phase: t.record.phase.as_str().to_string(),
-                })
-                .inc();
+                    .map(|c| (id.clone(), c.name.clone())),
+            );
         }
     }
-    for (task, container, phase) in containers {
-        if phase == Phase::Stopped {
-            continue;
-        }
+    for (task, container) in containers {
         let Some(u) = crate::usage::read(&crate::runtime::cgroup_path(&task, &container)) else {
             continue;
         };

@@ -1275,12 +1275,7 @@ impl Store {
         cache.generation += 1;
         let cache = &mut cache.tasks;
         let mut reserved = self.reserved.lock().expect("reserved lock");
-        for (task, event, before) in writes {
-            self.metrics.task_written(
-                before.status.map(|s| (s, before.placed)),
-                task,
-                event.is_some(),
-            );
+        for (task, _, _) in writes {
             if task.status.is_active() {
                 cache.insert(task.id.as_bytes().to_vec(), task.clone());
                 reserved.set(&task.id, Some(Reservation::of(task)));
@@ -1288,6 +1283,15 @@ impl Store {
                 cache.remove(task.id.as_bytes());
                 reserved.set(&task.id, None);
             }
+        }
+        drop(reserved);
+        // Counted once the locks every reader of the active tasks takes are let go.
+        for (task, event, before) in writes {
+            self.metrics.task_written(
+                before.status.map(|s| (s, before.placed)),
+                task,
+                event.is_some(),
+            );
         }
         Ok(())
     }
@@ -1651,13 +1655,17 @@ impl Store {
             Ok(existing) => {
                 let created = existing.iter().filter(|e| e.is_none()).count();
                 let mut reserved = self.reserved.lock().expect("reserved lock");
+                let mut written = Vec::with_capacity(created);
                 for (p, existing) in prepared.into_iter().zip(&existing) {
                     if existing.is_none() {
                         reserved.set(&p.task_id, Some(p.reserves));
-                        self.metrics.task_written(None, &p.created, true);
+                        written.push(p.created);
                     }
                 }
                 drop(reserved);
+                for task in &written {
+                    self.metrics.task_written(None, task, true);
+                }
                 self.task_count
                     .fetch_add(created, std::sync::atomic::Ordering::AcqRel);
                 for ((done, event_id), existing) in answers.into_iter().zip(existing) {
