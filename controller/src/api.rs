@@ -88,6 +88,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
         req: Request<pb::RegisterTaskDefinitionRequest>,
     ) -> Result<Response<pb::TaskDefinition>, Status> {
         let role = crate::auth::caller_role(&req);
+        let dry_run = crate::apply_sets_api::dry_run(&req);
         let input = req
             .into_inner()
             .definition
@@ -95,6 +96,15 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
         validate::check_name("family", &input.family).map_err(invalid)?;
         let spec = convert::task_spec_input(&input).map_err(invalid)?;
         check_privileged(&spec, role)?;
+        if dry_run {
+            return Ok(Response::new(convert::task_definition(&TaskDefinition {
+                family: input.family.clone(),
+                revision: 0,
+                spec,
+                status: DefinitionStatus::Active,
+                registered_at_ms: 0,
+            })));
+        }
         self.core.check_references(&spec)?;
         let def = crate::taskdefs::register(&self.core, &input.family, spec).await?;
         Ok(Response::new(convert::task_definition(&def)))

@@ -130,6 +130,10 @@ pub fn required_role(path: &str) -> Option<Role> {
             "List" => Role::ReadOnly,
             _ => Role::Admin,
         }),
+        "skiff.v1.ApplySets" => Some(match method {
+            "Get" | "List" => Role::ReadOnly,
+            _ => Role::Operator,
+        }),
         "skiff.v1.Rules" => Some(match method {
             "Get" | "List" => Role::ReadOnly,
             _ => Role::Operator,

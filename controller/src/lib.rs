@@ -6,6 +6,7 @@ pub mod agent_link;
 pub mod agents;
 pub mod api;
 pub mod applier;
+pub mod apply_sets_api;
 pub mod auth;
 pub mod backlog_poller;
 pub mod bus;
@@ -365,6 +366,9 @@ impl Controller {
             )))
             .add_service(pb::secrets_server::SecretsServer::new(
                 secrets_api::SecretsApi { core: core.clone() },
+            ))
+            .add_service(pb::apply_sets_server::ApplySetsServer::new(
+                apply_sets_api::ApplySetsApi { core: core.clone() },
             ))
             .add_service(pb::roles_server::RolesServer::new(roles_api::RolesApi {
                 core: core.clone(),

@@ -114,6 +114,9 @@ impl QueuesApi {
 impl pb::queues_server::Queues for QueuesApi {
     async fn put(&self, req: Request<pb::Queue>) -> Result<Response<pb::Queue>, Status> {
         let q = from_pb(req.get_ref()).map_err(invalid)?;
+        if crate::apply_sets_api::dry_run(&req) {
+            return Ok(Response::new(to_pb(&q)));
+        }
         let stored = queues::put(&self.core, q).await?;
         Ok(Response::new(to_pb(&stored)))
     }

@@ -326,6 +326,9 @@ impl pb::roles_server::Roles for RolesApi {
                 }
             }
         }
+        if crate::apply_sets_api::dry_run(&req) {
+            return Ok(Response::new(to_pb(&role)));
+        }
         let role = crate::roles::put(&self.core, role).await?;
         Ok(Response::new(to_pb(&role)))
     }

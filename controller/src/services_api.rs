@@ -283,11 +283,20 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         req: Request<pb::PutServiceRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
+        let dry_run = crate::apply_sets_api::dry_run(&req);
         let req = req.into_inner();
         let input = req
             .service
             .ok_or_else(|| Status::invalid_argument("service: missing"))?;
         let svc = from_pb(&input).map_err(invalid)?;
+        if dry_run {
+            return Ok(Response::new(status_pb(
+                &self.core,
+                &svc,
+                &Default::default(),
+                None,
+            )));
+        }
         let (svc, st) = services::put(&self.core, svc, req.force_new_deployment).await?;
         Ok(Response::new(status_pb(&self.core, &svc, &st, None)))
     }

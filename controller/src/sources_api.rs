@@ -138,6 +138,9 @@ pub struct SourcesApi {
 impl pb::sources_server::Sources for SourcesApi {
     async fn put(&self, req: Request<pb::Source>) -> Result<Response<pb::Source>, Status> {
         let source = from_pb(&self.core, req.get_ref())?;
+        if crate::apply_sets_api::dry_run(&req) {
+            return Ok(Response::new(to_pb(&source, &Default::default())));
+        }
         let stored = crate::sources::put(&self.core, source).await?;
         Ok(Response::new(to_pb(&stored, &Default::default())))
     }

@@ -14,7 +14,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{
-    ApiToken, Backlog, DeadLetter, DedupEntry, Delivery, Event, JobLease, Node, NodeCert,
+    ApiToken, ApplySet, Backlog, DeadLetter, DedupEntry, Delivery, Event, JobLease, Node, NodeCert,
     PendingRetry, Queue, QueueMessage, RegistryCreds, Rule, RuleCounter, RuleStats, Schedule,
     ScheduleRetry, ScheduleState, SealedSecret, Service, ServiceState, Source, SourceHealth,
     Subscription, Task, TaskDefinition, TaskRole, Topic,
@@ -109,6 +109,7 @@ record!(EventConsumer, "event_consumers", |self| self
     .name
     .as_bytes()
     .to_vec());
+record!(ApplySet, "apply_sets", |self| self.name.as_bytes().to_vec());
 record!(TaskRetention, "task_retention", |self| self
     .scope
     .key()
@@ -419,6 +420,8 @@ pub struct Store {
     /// Named readers of the event log and their cursors: the log's retention keeps what they
     /// have not read.
     pub event_consumers: Table<EventConsumer>,
+    /// What each `skiff apply` set applied, by set name (what `--prune` may delete).
+    pub apply_sets: Table<ApplySet>,
     commit: GroupCommit,
     /// What the writes count, for `/metrics`.
     pub metrics: StoreMetrics,
@@ -551,6 +554,7 @@ impl Store {
             fifo_dedup: Table::open(&engine, &commit)?,
             task_retention: Table::open(&engine, &commit)?,
             event_consumers: Table::open(&engine, &commit)?,
+            apply_sets: Table::open(&engine, &commit)?,
             commit,
             writer: Arc::new(Mutex::new(ulid::Generator::new())),
             creations: Default::default(),

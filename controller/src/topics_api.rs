@@ -201,6 +201,16 @@ impl pb::topics_server::Topics for TopicsApi {
             validate::check_name("dead_letter_queue", &t.dead_letter_queue)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
+        if crate::apply_sets_api::dry_run(&req) {
+            return Ok(Response::new(topic_pb(&Topic {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                delivery,
+                dead_letter_queue: t.dead_letter_queue.clone(),
+                created_ms: 0,
+                updated_ms: 0,
+            })));
+        }
         let topic = crate::topics::put(
             &self.core,
             &t.name,

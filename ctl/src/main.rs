@@ -1,6 +1,7 @@
 //! The `skiff` binary: argument parsing and wiring only. The controller and agent are
 //! libraries; the client commands are thin gRPC calls; only this crate knows about terminals.
 
+mod apply;
 mod config;
 mod conn;
 mod doctor;
@@ -65,6 +66,13 @@ enum Command {
     Agent(serve::AgentArgs),
     /// Run a one-off task.
     RunTask(run_task::RunTaskArgs),
+    /// Make the controller hold what files declare (task definitions, roles, queues, topics
+    /// and subscriptions, sources, rules, schedules, services), in dependency order. Exit 0:
+    /// nothing to do; 2: changes applied.
+    Apply(apply::ApplyArgs),
+    /// Show what `skiff apply` would change, field by field, changing nothing. Exit 0: no
+    /// differences; 2: changes pending.
+    Diff(apply::ApplyArgs),
     /// Inspect and control tasks.
     #[command(subcommand)]
     Tasks(tasks::TasksCmd),
@@ -210,6 +218,8 @@ fn main() -> ExitCode {
             Command::Controller(a) => serve::controller(a).await.map(|_| 0),
             Command::Agent(a) => serve::agent(a, &cli.addr).await.map(|_| 0),
             Command::RunTask(a) => run_task::run(&cli.addr, fmt, a).await,
+            Command::Apply(a) => apply::run(&cli.addr, fmt, a, apply::Mode::Apply).await,
+            Command::Diff(a) => apply::run(&cli.addr, fmt, a, apply::Mode::Diff).await,
             Command::Tasks(c) => tasks::tasks(&cli.addr, fmt, c).await,
             Command::Taskdefs(c) => taskdefs::taskdefs(&cli.addr, fmt, c).await,
             Command::Nodes(c) => nodes::nodes(&cli.addr, fmt, c).await,

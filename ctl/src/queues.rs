@@ -10,6 +10,7 @@ use skiff_proto::v1 as pb;
 
 use crate::conn::{api_error, connect};
 use crate::output::{self, Format};
+use crate::taskdef_file::DurationField;
 
 fn secs(field: &str, d: Option<Duration>) -> anyhow::Result<Option<u32>> {
     d.map(|d| {
@@ -17,6 +18,57 @@ fn secs(field: &str, d: Option<Duration>) -> anyhow::Result<Option<u32>> {
             .map_err(|_| anyhow::anyhow!("{field}: {} s is too long", d.as_secs()))
     })
     .transpose()
+}
+
+/// A queue as a `queue:` document of `skiff apply` declares it; unset settings take SQS's
+/// defaults, as with `skiff queues create`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QueueFile {
+    name: String,
+    visibility_timeout: Option<DurationField>,
+    delay: Option<DurationField>,
+    retention: Option<DurationField>,
+    max_message_bytes: Option<u32>,
+    receive_wait: Option<DurationField>,
+    /// Move a message here after `max_receives` receives.
+    dead_letter_queue: Option<String>,
+    max_receives: Option<u32>,
+    #[serde(default)]
+    fifo: bool,
+    #[serde(default)]
+    content_based_deduplication: bool,
+}
+
+pub(crate) fn from_file(f: QueueFile) -> anyhow::Result<pb::Queue> {
+    let secs = |field: &str, d: Option<DurationField>| -> anyhow::Result<Option<u32>> {
+        d.map(|d| {
+            let s = d.seconds(field)?;
+            u32::try_from(s).map_err(|_| anyhow::anyhow!("{field}: {s} s is too long"))
+        })
+        .transpose()
+    };
+    let redrive = match (f.dead_letter_queue, f.max_receives) {
+        (Some(dead_letter_queue), Some(max_receive_count)) => Some(pb::QueueRedrivePolicy {
+            dead_letter_queue,
+            max_receive_count,
+        }),
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("max_receives: needed with dead_letter_queue"),
+        (None, Some(_)) => anyhow::bail!("dead_letter_queue: needed with max_receives"),
+    };
+    Ok(pb::Queue {
+        name: f.name,
+        visibility_timeout_seconds: secs("visibility_timeout", f.visibility_timeout)?,
+        delay_seconds: secs("delay", f.delay)?,
+        retention_seconds: secs("retention", f.retention)?,
+        max_message_bytes: f.max_message_bytes,
+        receive_wait_seconds: secs("receive_wait", f.receive_wait)?,
+        redrive,
+        fifo: f.fifo,
+        content_based_deduplication: f.content_based_deduplication,
+        ..Default::default()
+    })
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

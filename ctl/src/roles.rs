@@ -100,7 +100,8 @@ pub fn load(path: &Path) -> anyhow::Result<pb::TaskRole> {
     to_pb(file)
 }
 
-fn to_pb(f: RoleFile) -> anyhow::Result<pb::TaskRole> {
+/// A role as its file declares it (also a `role:` document of `skiff apply`).
+pub(crate) fn to_pb(f: RoleFile) -> anyhow::Result<pb::TaskRole> {
     let storage = match f.storage {
         None => None,
         Some(s) => {

@@ -47,7 +47,7 @@ pub enum RulesCmd {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RuleFile {
+pub(crate) struct RuleFile {
     name: String,
     #[serde(default)]
     description: String,
@@ -137,7 +137,11 @@ pub(crate) fn retry_policy(field: &str, r: RetryFile) -> anyhow::Result<pb::Retr
 
 /// Reads a rule file; the format follows the extension (YAML unless .json or .toml).
 pub fn load(path: &Path) -> anyhow::Result<pb::Rule> {
-    let file: RuleFile = crate::config::read_definition(path, "rule")?;
+    from_file(crate::config::read_definition(path, "rule")?)
+}
+
+/// A rule as its file declares it (also a `rule:` document of `skiff apply`).
+pub(crate) fn from_file(file: RuleFile) -> anyhow::Result<pb::Rule> {
     let pattern_json = match &file.pattern {
         serde_json::Value::String(s) => s.clone(),
         v => v.to_string(),

@@ -46,7 +46,7 @@ pub enum SchedulesCmd {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ScheduleFile {
+pub(crate) struct ScheduleFile {
     name: String,
     #[serde(default)]
     description: String,
@@ -87,7 +87,11 @@ struct EventFile {
 }
 
 pub fn load(path: &Path) -> anyhow::Result<pb::Schedule> {
-    let f: ScheduleFile = crate::config::read_definition(path, "schedule")?;
+    from_file(crate::config::read_definition(path, "schedule")?)
+}
+
+/// A schedule as its file declares it (also a `schedule:` document of `skiff apply`).
+pub(crate) fn from_file(f: ScheduleFile) -> anyhow::Result<pb::Schedule> {
     Ok(pb::Schedule {
         name: f.name,
         description: f.description,

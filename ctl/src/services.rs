@@ -85,7 +85,7 @@ pub enum ServicesCmd {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ServiceFile {
+pub(crate) struct ServiceFile {
     name: String,
     #[serde(default)]
     description: String,
@@ -238,7 +238,11 @@ pub fn constraint(field: &str, s: &str) -> anyhow::Result<pb::PlacementConstrain
 }
 
 pub fn load(path: &Path) -> anyhow::Result<pb::Service> {
-    let f: ServiceFile = crate::config::read_definition(path, "service")?;
+    from_file(crate::config::read_definition(path, "service")?)
+}
+
+/// A service as its file declares it (also a `service:` document of `skiff apply`).
+pub(crate) fn from_file(f: ServiceFile) -> anyhow::Result<pb::Service> {
     Ok(pb::Service {
         name: f.name,
         description: f.description,

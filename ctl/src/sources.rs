@@ -36,7 +36,7 @@ pub enum SourcesCmd {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SourceFile {
+pub(crate) struct SourceFile {
     name: String,
     /// s3 or local.
     kind: String,
@@ -59,7 +59,11 @@ struct SourceFile {
 }
 
 pub fn load(path: &Path) -> anyhow::Result<pb::Source> {
-    let f: SourceFile = crate::config::read_definition(path, "source")?;
+    from_file(crate::config::read_definition(path, "source")?)
+}
+
+/// A source as its file declares it (also a `source:` document of `skiff apply`).
+pub(crate) fn from_file(f: SourceFile) -> anyhow::Result<pb::Source> {
     let poll_interval_seconds = match f.poll {
         Some(d) => u32::try_from(d.seconds("poll")?).context("poll: too long")?,
         None => 0,

@@ -199,6 +199,12 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<pb::TaskDefinitionInput>
         }
         _ => serde_json::from_str(text).with_context(|| format!("{}", path.display()))?,
     };
+    input(file)
+}
+
+/// A task definition as its file declares it (also a `task_definition:` document of `skiff
+/// apply`).
+pub fn input(file: TaskDefFile) -> anyhow::Result<pb::TaskDefinitionInput> {
     let mut containers = Vec::new();
     for (i, c) in file.containers.into_iter().enumerate() {
         let stop_timeout_seconds = match &c.stop_timeout {

@@ -106,7 +106,7 @@ pub enum TopicsCmd {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TopicFile {
+pub(crate) struct TopicFile {
     name: String,
     #[serde(default)]
     description: String,
@@ -114,6 +114,52 @@ struct TopicFile {
     /// A queue that also gets each notification that ran out of attempts.
     #[serde(default)]
     dead_letter_queue: String,
+    /// The topic's subscriptions, all of them (`skiff apply` only: `topics put` sets the
+    /// topic and leaves its subscriptions as they are).
+    #[serde(default)]
+    pub(crate) subscriptions: Vec<SubscriptionFile>,
+}
+
+/// A subscription as a topic document declares it: one of webhook, email or queue.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubscriptionFile {
+    webhook: Option<String>,
+    email: Option<String>,
+    queue: Option<String>,
+    /// An event pattern (a mapping, or JSON text): only matching messages are delivered.
+    filter: Option<serde_json::Value>,
+    /// Webhook: the message as is (default true); e-mail: as is instead of readable text.
+    raw: Option<bool>,
+    /// E-mail: confirmed before it receives anything (default true; false needs an admin).
+    require_confirmation: Option<bool>,
+}
+
+/// A declared subscription of `topic` as the API takes it.
+pub(crate) fn subscription(
+    topic: &str,
+    i: usize,
+    f: SubscriptionFile,
+) -> anyhow::Result<pb::Subscription> {
+    let (protocol, endpoint) = match (f.webhook, f.email, f.queue) {
+        (Some(w), None, None) => ("webhook", w),
+        (None, Some(e), None) => ("email", e),
+        (None, None, Some(q)) => ("queue", q),
+        _ => anyhow::bail!("subscriptions[{i}]: give exactly one of webhook, email or queue"),
+    };
+    Ok(pb::Subscription {
+        topic: topic.to_string(),
+        protocol: protocol.to_string(),
+        endpoint,
+        filter_json: match f.filter {
+            None => String::new(),
+            Some(serde_json::Value::String(s)) => s,
+            Some(v) => v.to_string(),
+        },
+        raw: f.raw,
+        require_confirmation: f.require_confirmation,
+        ..Default::default()
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,7 +192,18 @@ fn policy(d: DeliveryFile) -> anyhow::Result<pb::DeliveryPolicy> {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<pb::Topic> {
-    let f: TopicFile = crate::config::read_definition(path, "topic")?;
+    from_file(crate::config::read_definition(path, "topic")?)
+}
+
+/// A topic as its file declares it (also a `topic:` document of `skiff apply`, whose
+/// subscriptions `skiff apply` keeps apart).
+pub(crate) fn from_file(f: TopicFile) -> anyhow::Result<pb::Topic> {
+    if !f.subscriptions.is_empty() {
+        anyhow::bail!(
+            "subscriptions: `skiff topics put` sets the topic only; subscribe with `skiff topics \
+             subscribe`, or declare the topic with its subscriptions for `skiff apply -f`"
+        );
+    }
     Ok(pb::Topic {
         name: f.name,
         description: f.description,

@@ -1458,3 +1458,21 @@ pub struct ServiceDecision {
     /// The numbers behind it.
     pub detail: serde_json::Value,
 }
+
+// --- apply sets ---
+
+/// What `skiff apply` applied under a name: `--prune` deletes only these, so nothing made by
+/// hand or by another set is ever pruned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplySet {
+    pub name: String,
+    pub members: Vec<ApplySetMember>,
+    pub updated_ms: i64,
+}
+
+/// One resource of an apply set: its kind (`rule`, `queue`, …) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ApplySetMember {
+    pub kind: String,
+    pub name: String,
+}
