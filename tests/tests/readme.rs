@@ -108,6 +108,11 @@ fn the_readme_examples_run_as_written() {
         "exit code 1",                          // test-pattern: no match
         "pinger: stable, 2 running (pinger:1)", // services wait
         "pinger: stable, 3 running (pinger:2)", // the rolled-out revision
+        "+ service/order-workers\n",            // diff lists what apply would create
+        "3 to create, 0 to update, 0 to replace, 0 to delete, 0 unchanged\ndiff: exit 2\n",
+        "3 created, 0 updated, 0 replaced, 0 deleted, 0 unchanged\napply: exit 2\n",
+        "0 created, 0 updated, 0 replaced, 0 deleted, 3 unchanged\n", // idempotent
+        "autoscaling.max: 2 → 4\n0 to create, 1 to update",           // an edit, field by field
     ] {
         assert!(out.contains(expected), "{expected:?} missing: {all_out}");
     }
