@@ -64,6 +64,7 @@ fn dispatch(agent: &Arc<AgentInner>, msg: In) {
         In::Image(cmd) => crate::imageserve::start(agent.clone(), cmd),
         In::Credentials(reply) => agent.credentials.answered(reply),
         In::Names(names) => agent.dns.set_names(names),
+        In::Exec(req) => crate::execserve::start(agent.clone(), req),
     }
 }
 

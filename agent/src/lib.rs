@@ -10,6 +10,8 @@ pub mod cgroup_tuning;
 pub(crate) mod connection;
 pub mod credserve;
 pub mod dnsserve;
+pub mod exec_helper;
+mod execserve;
 pub mod executable;
 pub mod hardening;
 pub mod health;

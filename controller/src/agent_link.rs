@@ -58,6 +58,8 @@ pub struct AgentLink {
     log_routes: Mutex<HashMap<u64, mpsc::Sender<pb::LogData>>>,
     /// Image commands in flight: request id → (node, where its replies go).
     image_routes: Mutex<HashMap<u64, ImageRoute>>,
+    /// Execs waiting for their node's stream: request id → the caller's side.
+    exec_routes: Mutex<HashMap<u64, crate::exec::ExecRoute>>,
     next_id: AtomicU64,
 }
 
@@ -173,6 +175,16 @@ impl AgentLink {
 
     pub fn log_route(&self, request_id: u64) -> Option<mpsc::Sender<pb::LogData>> {
         self.log_routes.lock().unwrap().get(&request_id).cloned()
+    }
+
+    // --- exec routing: an agent's Exec stream ↔ the API call that asked for it ---
+
+    pub fn open_exec_route(&self, request_id: u64, route: crate::exec::ExecRoute) {
+        self.exec_routes.lock().unwrap().insert(request_id, route);
+    }
+
+    pub fn take_exec_route(&self, request_id: u64) -> Option<crate::exec::ExecRoute> {
+        self.exec_routes.lock().unwrap().remove(&request_id)
     }
 
     // --- image commands: replies on a node's session → the API call that sent the command ---

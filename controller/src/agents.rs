@@ -235,6 +235,22 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         Ok(Response::new(resp))
     }
 
+    type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecInput, Status>> + Send>>;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<pb::ExecOutput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let cert = authenticate_node(&self.core, &request)?;
+        let inputs = crate::exec::attach(
+            &self.core,
+            cert.as_ref().map(|c| c.node_id.as_str()),
+            request.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(Box::pin(inputs.map(Ok))))
+    }
+
     async fn logs(
         &self,
         request: Request<Streaming<pb::LogData>>,

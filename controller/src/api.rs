@@ -378,6 +378,15 @@ impl pb::tasks_server::Tasks for TasksApi {
         Ok(Response::new(convert::task(&task)))
     }
 
+    type ExecStream = ApiStream<pb::ExecOutput>;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        Ok(Response::new(crate::exec::start(&self.core, req).await?))
+    }
+
     type LogsStream = ApiStream<pb::LogChunk>;
 
     async fn logs(

@@ -16,6 +16,7 @@ pub mod convert;
 pub mod core;
 pub mod credentials;
 pub mod events;
+pub mod exec;
 pub mod history;
 pub mod http;
 pub mod images_api;

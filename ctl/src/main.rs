@@ -7,6 +7,7 @@ mod conn;
 mod doctor;
 mod ecs_import;
 mod events;
+mod exec;
 mod images;
 mod man;
 mod nodes;
@@ -138,10 +139,14 @@ enum Command {
     /// request from the agent on standard input (see skiff_agent::zygote).
     #[command(hide = true)]
     Shim {
-        #[arg(required_unless_present = "zygote")]
+        #[arg(required_unless_present_any = ["zygote", "exec"])]
         dir: Option<PathBuf>,
         #[arg(long)]
         zygote: bool,
+        /// Run one `skiff tasks exec` command in a container (JSON from the agent; see
+        /// skiff_agent::exec_helper).
+        #[arg(long, conflicts_with_all = ["dir", "zygote"])]
+        exec: Option<String>,
     },
 }
 
@@ -157,9 +162,10 @@ fn main() -> ExitCode {
     // built on it); every TLS connection of this process uses it.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The shim must stay single-threaded: libcontainer forks and clones. No runtime for it.
-    if let Command::Shim { dir, zygote } = &cli.command {
-        let code = match dir {
-            Some(dir) if !zygote => skiff_agent::shim::main(dir),
+    if let Command::Shim { dir, zygote, exec } = &cli.command {
+        let code = match (dir, exec) {
+            (_, Some(json)) => skiff_agent::exec_helper::main(json),
+            (Some(dir), None) if !zygote => skiff_agent::shim::main(dir),
             _ => skiff_agent::zygote::serve(),
         };
         return ExitCode::from(code as u8);

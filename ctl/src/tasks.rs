@@ -55,6 +55,11 @@ pub enum TasksCmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Run a command in a running task's container — its namespaces and cgroups, as its
+    /// user, with its capabilities and seccomp filter — e.g. `skiff tasks exec ID -it -- sh`.
+    /// Exits with the command's exit code. Admin and operator tokens only; every exec is a
+    /// "Task Exec" event.
+    Exec(crate::exec::ExecArgs),
     /// Print a task's logs: stdout to stdout, stderr to stderr.
     Logs {
         /// The task id, or a unique prefix of it.
@@ -342,6 +347,7 @@ pub async fn tasks(addr: &str, fmt: Format, cmd: TasksCmd) -> anyhow::Result<i32
             stream_logs(&mut client, &id, &opts).await?;
         }
         TasksCmd::Retention { cmd } => crate::retention::retention(&mut client, fmt, cmd).await?,
+        TasksCmd::Exec(a) => return crate::exec::exec(&mut client, fmt, a).await,
         TasksCmd::Wait { id } => {
             let t = match wait(&mut client, &id).await {
                 Ok(t) => t,
