@@ -100,6 +100,8 @@ fn the_readme_examples_run_as_written() {
     for expected in [
         "exit code 3\n",                        // run-task --wait exits with the exit code
         "hi\n",                                 // --follow streams the output
+        ": /dev/init -- sleep 3600\n",          // tasks exec, in the container (PID 1 is its init)
+        "sent in\n",                            // tasks exec -i: standard input
         "uid=1000 gid=1000",                    // --user
         "18080->80/tcp",                        // a published port in tasks describe
         "exit code 143",                        // --init: sleep ends at the SIGTERM
