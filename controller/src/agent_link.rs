@@ -51,6 +51,15 @@ struct Session {
 
 type ImageRoute = (String, mpsc::UnboundedSender<pb::ImageReply>);
 
+/// An exec waiting for (then joined to) its node's stream.
+pub struct ExecRoute {
+    /// The node the request went to: only its stream may attach.
+    pub node_id: String,
+    pub to_caller: mpsc::Sender<Result<pb::ExecOutput, tonic::Status>>,
+    pub from_caller: mpsc::Receiver<pb::ExecInput>,
+    pub attached: tokio::sync::oneshot::Sender<()>,
+}
+
 #[derive(Default)]
 pub struct AgentLink {
     sessions: Mutex<HashMap<String, Session>>,
@@ -59,7 +68,7 @@ pub struct AgentLink {
     /// Image commands in flight: request id → (node, where its replies go).
     image_routes: Mutex<HashMap<u64, ImageRoute>>,
     /// Execs waiting for their node's stream: request id → the caller's side.
-    exec_routes: Mutex<HashMap<u64, crate::exec::ExecRoute>>,
+    exec_routes: Mutex<HashMap<u64, ExecRoute>>,
     next_id: AtomicU64,
 }
 
@@ -179,11 +188,11 @@ impl AgentLink {
 
     // --- exec routing: an agent's Exec stream ↔ the API call that asked for it ---
 
-    pub fn open_exec_route(&self, request_id: u64, route: crate::exec::ExecRoute) {
+    pub fn open_exec_route(&self, request_id: u64, route: ExecRoute) {
         self.exec_routes.lock().unwrap().insert(request_id, route);
     }
 
-    pub fn take_exec_route(&self, request_id: u64) -> Option<crate::exec::ExecRoute> {
+    pub fn take_exec_route(&self, request_id: u64) -> Option<ExecRoute> {
         self.exec_routes.lock().unwrap().remove(&request_id)
     }
 

@@ -88,7 +88,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
         req: Request<pb::RegisterTaskDefinitionRequest>,
     ) -> Result<Response<pb::TaskDefinition>, Status> {
         let role = crate::auth::caller_role(&req);
-        let dry_run = crate::apply_sets_api::dry_run(&req);
+        let dry_run = crate::dry_run::requested(&req);
         let input = req
             .into_inner()
             .definition
@@ -384,7 +384,12 @@ impl pb::tasks_server::Tasks for TasksApi {
         &self,
         req: Request<tonic::Streaming<pb::ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        Ok(Response::new(crate::exec::start(&self.core, req).await?))
+        let caller = req.extensions().get::<crate::auth::Caller>().cloned();
+        let mut inbound = req.into_inner();
+        let start = crate::exec::first_message(&mut inbound).await?;
+        let task = get_task(&self.core, &start.task_id)?;
+        let out = crate::exec::start(&self.core, caller, start, task, inbound).await?;
+        Ok(Response::new(Box::pin(out)))
     }
 
     type LogsStream = ApiStream<pb::LogChunk>;

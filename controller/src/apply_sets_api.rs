@@ -1,6 +1,5 @@
 //! The ApplySets service: what `skiff apply` applied under each set name, so its `--prune`
-//! deletes only what an earlier apply of the same set created. Also the dry-run switch the
-//! Put handlers honour (`skiff diff` reads the normalised records they would store).
+//! deletes only what an earlier apply of the same set created.
 
 use std::sync::Arc;
 
@@ -10,9 +9,6 @@ use tonic::{Request, Response, Status};
 use crate::core::Core;
 use crate::model::{ApplySet, ApplySetMember};
 use skiff_model::validate;
-
-/// The request metadata that turns a Put into a dry run.
-pub const DRY_RUN_HEADER: &str = "skiff-dry-run";
 
 /// The kinds an apply set may name (what `skiff apply` manages).
 pub const KINDS: [&str; 9] = [
@@ -26,15 +22,6 @@ pub const KINDS: [&str; 9] = [
     "schedule",
     "service",
 ];
-
-/// Whether a Put request asks only to check and normalise (`skiff-dry-run: 1`): the handler
-/// returns the record it would store and stores nothing.
-pub fn dry_run<T>(req: &Request<T>) -> bool {
-    req.metadata()
-        .get(DRY_RUN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| matches!(v, "1" | "true"))
-}
 
 fn set_pb(s: &ApplySet) -> pb::ApplySet {
     pb::ApplySet {

@@ -12,51 +12,46 @@ use skiff_model::lifecycle::TASK_SOURCE;
 use skiff_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Status, Streaming};
+use tonic::{Status, Streaming};
 
-use crate::api::ApiStream;
+use crate::agent_link::ExecRoute;
 use crate::auth::Caller;
 use crate::core::Core;
-use crate::model::{Event, TaskStatus};
-
-/// An exec waiting for (then joined to) its node's stream.
-pub struct ExecRoute {
-    /// The node the request went to: only its stream may attach.
-    pub node_id: String,
-    pub to_caller: mpsc::Sender<Result<pb::ExecOutput, Status>>,
-    pub from_caller: mpsc::Receiver<pb::ExecInput>,
-    pub attached: oneshot::Sender<()>,
-}
+use crate::model::{Event, Task, TaskStatus};
 
 /// How long a node may take to attach its stream before the caller is told it did not answer.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts an exec for the caller of `Tasks.Exec`.
+/// The `start` an exec's first message must be.
+pub async fn first_message(
+    inbound: &mut Streaming<pb::ExecInput>,
+) -> Result<pb::ExecStart, Status> {
+    match inbound.message().await? {
+        Some(pb::ExecInput {
+            body: Some(pb::exec_input::Body::Start(s)),
+        }) => Ok(s),
+        _ => Err(Status::invalid_argument(
+            "start: the first message of an exec must be `start`",
+        )),
+    }
+}
+
+/// Starts an exec of `task` for the caller of `Tasks.Exec`; returns the stream of its output.
 pub async fn start(
     core: &Core,
-    req: Request<Streaming<pb::ExecInput>>,
-) -> Result<ApiStream<pb::ExecOutput>, Status> {
-    let caller = req.extensions().get::<Caller>().cloned();
+    caller: Option<Caller>,
+    start: pb::ExecStart,
+    task: Task,
+    mut inbound: Streaming<pb::ExecInput>,
+) -> Result<ReceiverStream<Result<pb::ExecOutput, Status>>, Status> {
     if caller.as_ref().is_some_and(|c| c.task.is_some()) {
         return Err(Status::permission_denied(
             "tasks:Exec: a task's token may not exec into tasks; use an operator or admin token",
         ));
     }
-    let mut inbound = req.into_inner();
-    let start = match inbound.message().await? {
-        Some(pb::ExecInput {
-            body: Some(pb::exec_input::Body::Start(s)),
-        }) => s,
-        _ => {
-            return Err(Status::invalid_argument(
-                "start: the first message of an exec must be `start`",
-            ))
-        }
-    };
     if start.command.is_empty() || start.command[0].is_empty() {
         return Err(Status::invalid_argument("command: empty; name what to run"));
     }
-    let task = crate::api::get_task(core, &start.task_id)?;
     let container = match (start.container.as_str(), task.spec.containers.as_slice()) {
         ("", [only]) => only.name.clone(),
         ("", many) => {
@@ -167,7 +162,7 @@ pub async fn start(
             task.id
         )));
     }
-    Ok(Box::pin(ReceiverStream::new(out_rx)))
+    Ok(ReceiverStream::new(out_rx))
 }
 
 /// Joins a node's exec stream (whose first message names the request) to its caller: returns

@@ -15,6 +15,7 @@ pub mod combiner;
 pub mod convert;
 pub mod core;
 pub mod credentials;
+pub mod dry_run;
 pub mod events;
 pub mod exec;
 pub mod history;

@@ -114,7 +114,7 @@ impl QueuesApi {
 impl pb::queues_server::Queues for QueuesApi {
     async fn put(&self, req: Request<pb::Queue>) -> Result<Response<pb::Queue>, Status> {
         let q = from_pb(req.get_ref()).map_err(invalid)?;
-        if crate::apply_sets_api::dry_run(&req) {
+        if crate::dry_run::requested(&req) {
             return Ok(Response::new(to_pb(&q)));
         }
         let stored = queues::put(&self.core, q).await?;

@@ -326,7 +326,7 @@ impl pb::roles_server::Roles for RolesApi {
                 }
             }
         }
-        if crate::apply_sets_api::dry_run(&req) {
+        if crate::dry_run::requested(&req) {
             return Ok(Response::new(to_pb(&role)));
         }
         let role = crate::roles::put(&self.core, role).await?;
