@@ -55,7 +55,8 @@ type ImageRoute = (String, mpsc::UnboundedSender<pb::ImageReply>);
 pub struct ExecRoute {
     /// The node the request went to: only its stream may attach.
     pub node_id: String,
-    pub to_caller: mpsc::Sender<Result<pb::ExecOutput, tonic::Status>>,
+    /// The node's output; an Err says why the relay broke before the command's exit.
+    pub to_caller: mpsc::Sender<Result<pb::ExecOutput, String>>,
     pub from_caller: mpsc::Receiver<pb::ExecInput>,
     pub attached: tokio::sync::oneshot::Sender<()>,
 }

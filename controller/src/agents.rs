@@ -242,7 +242,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         request: Request<Streaming<pb::ExecOutput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let cert = authenticate_node(&self.core, &request)?;
-        let inputs = crate::exec::attach(
+        let inputs = crate::exec_api::attach(
             &self.core,
             cert.as_ref().map(|c| c.node_id.as_str()),
             request.into_inner(),

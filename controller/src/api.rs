@@ -88,7 +88,7 @@ impl pb::task_definitions_server::TaskDefinitions for TaskDefinitionsApi {
         req: Request<pb::RegisterTaskDefinitionRequest>,
     ) -> Result<Response<pb::TaskDefinition>, Status> {
         let role = crate::auth::caller_role(&req);
-        let dry_run = crate::dry_run::requested(&req);
+        let dry_run = crate::auth::dry_run(&req);
         let input = req
             .into_inner()
             .definition
@@ -386,10 +386,10 @@ impl pb::tasks_server::Tasks for TasksApi {
     ) -> Result<Response<Self::ExecStream>, Status> {
         let caller = req.extensions().get::<crate::auth::Caller>().cloned();
         let mut inbound = req.into_inner();
-        let start = crate::exec::first_message(&mut inbound).await?;
+        let start = crate::exec_api::first_message(&mut inbound).await?;
         let task = get_task(&self.core, &start.task_id)?;
-        let out = crate::exec::start(&self.core, caller, start, task, inbound).await?;
-        Ok(Response::new(Box::pin(out)))
+        let out = crate::exec_api::start(&self.core, caller, start, task, inbound).await?;
+        Ok(Response::new(out))
     }
 
     type LogsStream = ApiStream<pb::LogChunk>;

@@ -84,7 +84,7 @@ impl pb::apply_sets_server::ApplySets for ApplySetsApi {
 
     async fn put(&self, req: Request<pb::ApplySet>) -> Result<Response<pb::ApplySet>, Status> {
         let set = from_pb(req.get_ref(), self.core.clock.now_ms())?;
-        self.core.store.apply_sets.put(&set).await?;
+        crate::apply_sets::put(&self.core, &set).await?;
         Ok(Response::new(set_pb(&set)))
     }
 
@@ -108,7 +108,7 @@ impl pb::apply_sets_server::ApplySets for ApplySetsApi {
         req: Request<pb::ApplySetRef>,
     ) -> Result<Response<pb::ApplySet>, Status> {
         let name = &req.get_ref().name;
-        match self.core.store.apply_sets.delete(name).await? {
+        match crate::apply_sets::delete(&self.core, name).await? {
             Some(s) => Ok(Response::new(set_pb(&s))),
             None => Err(Status::not_found(format!("name: no apply set {name:?}"))),
         }

@@ -308,6 +308,19 @@ pub fn authorize(core: &Core, path: &str, header: Option<&str>) -> Result<Option
     Ok(Some(caller))
 }
 
+/// The request metadata that turns a Put into a dry run: checked and normalised as the Put
+/// would be, answered with the record it would store, nothing stored (`skiff diff` compares
+/// files with the server this way).
+pub const DRY_RUN_HEADER: &str = "skiff-dry-run";
+
+/// Whether a Put request asks only for a dry run (`skiff-dry-run: 1`).
+pub fn dry_run<T>(req: &tonic::Request<T>) -> bool {
+    req.metadata()
+        .get(DRY_RUN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v, "1" | "true"))
+}
+
 /// The role of the caller of a handler (admin when no layer ran, as in unit tests).
 pub fn caller_role<T>(req: &tonic::Request<T>) -> Role {
     req.extensions()

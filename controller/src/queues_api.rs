@@ -114,7 +114,7 @@ impl QueuesApi {
 impl pb::queues_server::Queues for QueuesApi {
     async fn put(&self, req: Request<pb::Queue>) -> Result<Response<pb::Queue>, Status> {
         let q = from_pb(req.get_ref()).map_err(invalid)?;
-        if crate::dry_run::requested(&req) {
+        if crate::auth::dry_run(&req) {
             return Ok(Response::new(to_pb(&q)));
         }
         let stored = queues::put(&self.core, q).await?;

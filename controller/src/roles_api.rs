@@ -326,7 +326,7 @@ impl pb::roles_server::Roles for RolesApi {
                 }
             }
         }
-        if crate::dry_run::requested(&req) {
+        if crate::auth::dry_run(&req) {
             return Ok(Response::new(to_pb(&role)));
         }
         let role = crate::roles::put(&self.core, role).await?;

@@ -238,7 +238,7 @@ pub struct RulesApi {
 impl pb::rules_server::Rules for RulesApi {
     async fn put(&self, req: Request<pb::Rule>) -> Result<Response<pb::Rule>, Status> {
         let rule = from_pb(&self.core, req.get_ref())?;
-        if crate::dry_run::requested(&req) {
+        if crate::auth::dry_run(&req) {
             return Ok(Response::new(to_pb(&rule, &Default::default())));
         }
         let rule = crate::rules::put(&self.core, rule).await?;

@@ -297,7 +297,7 @@ pub struct SchedulesApi {
 impl pb::schedules_server::Schedules for SchedulesApi {
     async fn put(&self, req: Request<pb::Schedule>) -> Result<Response<pb::Schedule>, Status> {
         let s = from_pb(&self.core, req.get_ref())?;
-        if crate::dry_run::requested(&req) {
+        if crate::auth::dry_run(&req) {
             return Ok(Response::new(to_pb(&s)));
         }
         let s = crate::schedules::put(&self.core, s).await?;

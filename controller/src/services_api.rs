@@ -283,7 +283,7 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         req: Request<pb::PutServiceRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        let dry_run = crate::dry_run::requested(&req);
+        let dry_run = crate::auth::dry_run(&req);
         let req = req.into_inner();
         let input = req
             .service

@@ -138,7 +138,7 @@ pub struct SourcesApi {
 impl pb::sources_server::Sources for SourcesApi {
     async fn put(&self, req: Request<pb::Source>) -> Result<Response<pb::Source>, Status> {
         let source = from_pb(&self.core, req.get_ref())?;
-        if crate::dry_run::requested(&req) {
+        if crate::auth::dry_run(&req) {
             return Ok(Response::new(to_pb(&source, &Default::default())));
         }
         let stored = crate::sources::put(&self.core, source).await?;

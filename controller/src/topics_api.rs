@@ -201,7 +201,7 @@ impl pb::topics_server::Topics for TopicsApi {
             validate::check_name("dead_letter_queue", &t.dead_letter_queue)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
-        if crate::dry_run::requested(&req) {
+        if crate::auth::dry_run(&req) {
             return Ok(Response::new(topic_pb(&Topic {
                 name: t.name.clone(),
                 description: t.description.clone(),

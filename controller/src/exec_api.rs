@@ -12,12 +12,17 @@ use skiff_model::lifecycle::TASK_SOURCE;
 use skiff_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
 use crate::agent_link::ExecRoute;
 use crate::auth::Caller;
 use crate::core::Core;
 use crate::model::{Event, Task, TaskStatus};
+
+/// What the caller of an exec reads.
+pub type OutputStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
 
 /// How long a node may take to attach its stream before the caller is told it did not answer.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +48,7 @@ pub async fn start(
     start: pb::ExecStart,
     task: Task,
     mut inbound: Streaming<pb::ExecInput>,
-) -> Result<ReceiverStream<Result<pb::ExecOutput, Status>>, Status> {
+) -> Result<OutputStream, Status> {
     if caller.as_ref().is_some_and(|c| c.task.is_some()) {
         return Err(Status::permission_denied(
             "tasks:Exec: a task's token may not exec into tasks; use an operator or admin token",
@@ -162,7 +167,9 @@ pub async fn start(
             task.id
         )));
     }
-    Ok(ReceiverStream::new(out_rx))
+    Ok(Box::pin(ReceiverStream::new(out_rx).map(
+        |r: Result<pb::ExecOutput, String>| r.map_err(Status::unavailable),
+    )))
 }
 
 /// Joins a node's exec stream (whose first message names the request) to its caller: returns
@@ -198,9 +205,10 @@ pub async fn attach(
                 }
                 Ok(None) | Err(_) => {
                     let _ = to_caller
-                        .send(Err(Status::unavailable(
-                            "the node's exec stream ended before the command did (the agent went away)",
-                        )))
+                        .send(Err(
+                            "the node's exec stream ended before the command did (the agent went away)"
+                                .to_string(),
+                        ))
                         .await;
                     break;
                 }
