@@ -2,8 +2,8 @@
 //! notifications (`POST /notify/<source>`, as S3/MinIO webhooks and EventBridge API
 //! destinations send them), e-mail subscription confirmations (`GET /confirm/<id>?token=`, the
 //! link the confirmation mail carries), `GET /healthz`, `GET /metrics` (Prometheus, with any
-//! API token: `scrape.rs`), and the queues in SQS's JSON protocol
-//! (`POST /`, `sqs_api.rs`).
+//! API token: `scrape.rs`), the queues in SQS's JSON protocol (`POST /`, `sqs_api.rs`), and
+//! the web dashboard (`/ui/`, `dashboard/`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
-pub fn router(core: Arc<Core>) -> Router {
+pub fn router(core: Arc<Core>, series: Arc<crate::dashboard::Series>) -> Router {
     Router::new()
         .route("/notify/{source}", post(notify))
         .route("/confirm/{id}", get(confirm))
@@ -34,7 +34,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/metrics", get(metrics))
         .route("/", post(crate::sqs_api::handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(core)
+        .with_state(core.clone())
+        .merge(crate::dashboard::router(core, series))
 }
 
 /// 200 while every background loop runs; 503 naming the ones that do not.
@@ -83,7 +84,12 @@ async fn metrics(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response 
 }
 
 pub async fn serve(core: Arc<Core>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, router(core)).await
+    let series = Arc::new(crate::dashboard::Series::default());
+    // The dashboard's plots are sampled while the listener serves.
+    let sampler = tokio::spawn(series.clone().run(core.clone()));
+    let served = axum::serve(listener, router(core, series)).await;
+    sampler.abort();
+    served
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

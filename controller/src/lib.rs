@@ -16,6 +16,7 @@ pub mod combiner;
 pub mod convert;
 pub mod core;
 pub mod credentials;
+pub mod dashboard;
 pub mod events;
 pub mod exec_api;
 pub mod history;

@@ -436,6 +436,9 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<()> {
             "skiff dev: local buckets in {} (every directory is a bucket; new files become events); notifications on http://{http}/notify/<source>",
             data_dir.join("buckets").display()
         );
+        println!(
+            "skiff dev: dashboard on http://{http}/ui/ (log in with the admin token, or one from skiff tokens create --role read-only)"
+        );
     }
     println!("skiff dev: try  skiff run-task --wait --image dir:/path/to/rootfs -- echo hello");
     let signal = shutdown_signal();
@@ -577,6 +580,7 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
     );
     if let Some(http) = ctl.http_addr() {
         println!("skiff controller: notifications on http://{http}/notify/<source>");
+        println!("skiff controller: dashboard on http://{http}/ui/ (any API token logs in)");
     }
     if ctl.ca_pem().is_some() {
         println!(

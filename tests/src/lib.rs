@@ -3,6 +3,7 @@
 //! with deadlines instead of sleeping.
 
 pub mod bench;
+pub mod browser;
 pub mod gate;
 pub mod images;
 pub mod moto;

@@ -36,6 +36,9 @@ pub struct StoreMetrics {
     pub start_seconds: Histogram,
     /// Tasks given a node.
     pub placements: Counter,
+    /// Tasks that reached RUNNING (the dashboard plots its rate; `task_changes` has it by
+    /// family for Prometheus).
+    pub started: Counter,
     /// Events appended to the log, by source.
     pub events: Family<EventSource, Counter>,
 }
@@ -49,6 +52,7 @@ impl Default for StoreMetrics {
             // 5 ms … ~82 s: a warm start, an image pull, a long wait for capacity.
             start_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
             placements: Counter::default(),
+            started: Counter::default(),
             events: Family::default(),
         }
     }
@@ -71,6 +75,9 @@ impl StoreMetrics {
                     status: task.status.as_str().to_string(),
                 })
                 .inc();
+            if task.status == TaskStatus::Running {
+                self.started.inc();
+            }
             if task.status == TaskStatus::Running && task.started_at_ms >= task.created_at_ms {
                 self.start_seconds
                     .observe((task.started_at_ms - task.created_at_ms) as f64 / 1000.0);
