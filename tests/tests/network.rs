@@ -471,12 +471,14 @@ fn nothing_of_a_tasks_network_is_left_after_kill_9_of_the_agent_or_a_reboot() {
         wait_status(&addr, &rebooted, "RUNNING", Duration::from_secs(5))["id"],
         rebooted.as_str()
     );
-    assert_eq!(
-        wget(None, &format!("http://127.0.0.1:{p2}/"))
-            .unwrap()
-            .trim(),
-        "two"
+    // (Once in CI, its published port did not answer the first request right after the
+    // restart: it is asked until it does, for at most 10 s.)
+    let answer = skiff_tests::wait_for(
+        "the re-adopted task to answer",
+        Duration::from_secs(10),
+        || wget(None, &format!("http://127.0.0.1:{p2}/")),
     );
+    assert_eq!(answer.trim(), "two");
 
     // A reboot: every process, mount and namespace gone, and the kernel's NAT rules with them;
     // the disk (address leases, skiff's CNI cache) survives. The next agent releases the lease.
