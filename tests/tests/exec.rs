@@ -135,6 +135,46 @@ tr '\0' ' ' < /proc/1/cmdline; echo"#;
     let out = cli_as(&addr, Some(&ro), &["tasks", "exec", &id, "--", "true"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("permission denied"), "{out:?}");
+    // A task's own token, even one whose role grants tasks:Exec, may not exec (it is read
+    // from inside the task, where it lives).
+    let role = env.path("role.yaml");
+    std::fs::write(
+        &role,
+        "name: execer\napi:\n  - actions: [tasks:Exec, tasks:Describe]\n    resources: [\"*\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cli(&addr, &["roles", "put", "-f", role.to_str().unwrap()]).code,
+        0
+    );
+    let image = env.busybox_image();
+    let with_role = run_task(
+        &addr,
+        &[
+            "--image",
+            &image,
+            "--role",
+            "execer",
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    wait_status(&addr, &with_role, "RUNNING", LONG);
+    let token = exec(&addr, &with_role, &["sh", "-c", "echo $SKIFF_TASK_TOKEN"]);
+    assert_eq!(token.code, 0, "{token:?}");
+    let out = cli_as(
+        &addr,
+        Some(token.stdout.trim()),
+        &["tasks", "exec", &with_role, "--", "true"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("a task's token may not exec"),
+        "{out:?}"
+    );
     let out = cli(
         &addr,
         &["tasks", "exec", &id, "-c", "sidecar", "--", "true"],
@@ -149,7 +189,7 @@ tr '\0' ' ' < /proc/1/cmdline; echo"#;
     // Each exec above (that reached a running task) is on the bus with what ran.
     let execs = wait_for("the execs on the queue", LONG, || {
         let got = cli(&addr, &["queues", "describe", "execs", "-o", "json"]).json();
-        (got["visible"].as_u64()? >= 7).then_some(got)
+        (got["visible"].as_u64()? >= 8).then_some(got)
     });
     let got = cli(
         &addr,
@@ -161,14 +201,22 @@ tr '\0' ' ' < /proc/1/cmdline; echo"#;
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .map(|m| {
             let ev: serde_json::Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
-            assert_eq!(ev["detail"]["taskId"], id.as_str());
-            ev["detail"]["command"].to_string()
+            format!(
+                "{} {}",
+                ev["detail"]["taskId"].as_str().unwrap(),
+                ev["detail"]["command"]
+            )
         })
         .collect();
-    assert!(
-        commands.contains(&r#"["sh","-c","echo out; echo err >&2; exit 3"]"#.to_string()),
-        "{commands:?} {execs}"
-    );
+    for expected in [
+        format!("{id} [\"sh\",\"-c\",\"echo out; echo err >&2; exit 3\"]"),
+        format!("{with_role} [\"sh\",\"-c\",\"echo $SKIFF_TASK_TOKEN\"]"),
+    ] {
+        assert!(
+            commands.contains(&expected),
+            "{expected} not in {commands:?} {execs}"
+        );
+    }
 
     assert_eq!(cli(&addr, &["tasks", "stop", &id]).code, 0);
     wait_status(&addr, &id, "STOPPED", LONG);
