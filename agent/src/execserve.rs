@@ -23,12 +23,9 @@ use crate::AgentInner;
 /// not hold up the task reports on the session's connection).
 pub fn start(agent: Arc<AgentInner>, req: pb::ExecRequest) {
     tokio::spawn(async move {
-        let channel = match crate::tls::endpoint(&agent.cfg.controller, agent.tls().as_ref()) {
-            Ok(e) => e.connect().await,
-            Err(e) => Err(e),
-        };
-        let mut client = match channel {
-            Ok(c) => pb::agent_channel_client::AgentChannelClient::new(c),
+        let client = crate::tls::own_connection(&agent.cfg.controller, agent.tls().as_ref()).await;
+        let mut client = match client {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open an exec connection to the controller");
                 return;

@@ -29,12 +29,9 @@ pub fn start(agent: Arc<AgentInner>, req: pb::LogRequest) {
         .unwrap()
         .insert(req.request_id, cancel_tx);
     tokio::spawn(async move {
-        let channel = match crate::tls::endpoint(&agent.cfg.controller, agent.tls().as_ref()) {
-            Ok(e) => e.connect().await,
-            Err(e) => Err(e),
-        };
-        let mut client = match channel {
-            Ok(c) => pb::agent_channel_client::AgentChannelClient::new(c),
+        let client = crate::tls::own_connection(&agent.cfg.controller, agent.tls().as_ref()).await;
+        let mut client = match client {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open a log connection to the controller");
                 agent.log_cancels.lock().unwrap().remove(&req.request_id);

@@ -177,6 +177,19 @@ pub async fn renew(
 /// every 2 s, unanswered for 4 s, end a connection that a cut cable left open: TCP would keep
 /// retransmitting into it for minutes, and after the cable is back its backed-off timer can
 /// hold the next heartbeat past the node timeout. A new connection goes through at once.
+/// A client of the agent channel on a connection of its own (not the session's): what logs
+/// and execs stream on, so their data never holds up the task reports.
+pub async fn own_connection(
+    controller: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<
+    skiff_proto::v1::agent_channel_client::AgentChannelClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
+    let channel = endpoint(controller, tls)?.connect().await?;
+    Ok(skiff_proto::v1::agent_channel_client::AgentChannelClient::new(channel))
+}
+
 pub fn endpoint(
     controller: &str,
     tls: Option<&tonic::transport::ClientTlsConfig>,
