@@ -27,7 +27,7 @@ fn the_dashboard_logs_in_and_shows_a_task_from_the_cli_appear_and_stop() {
             "queue: {{name: jobs}}\n---\n\
              task_definition:\n  family: worker\n  containers:\n    - name: main\n      image: {image}\n      command: [sleep, \"3600\"]\n      stop_timeout: 1s\n---\n\
              topic:\n  name: ops\n  subscriptions:\n    - queue: jobs\n---\n\
-             rule:\n  name: failures\n  pattern: {{source: [skiff.task], detail: {{stopCode: [EssentialContainerExited]}}}}\n  targets: [{{id: ops, topic: ops}}]\n---\n\
+             rule:\n  name: stops\n  pattern: {{source: [skiff.task], detail-type: [Task State Change], detail: {{lastStatus: [STOPPED]}}}}\n  targets: [{{id: ops, topic: ops}}]\n---\n\
              schedule:\n  name: nightly\n  expression: cron(0 3 * * ? *)\n  task: {{task_definition: worker}}\n---\n\
              service:\n  name: workers\n  task_definition: worker\n  desired_count: 1\n  stop_timeout: 1s\n"
         ),
@@ -93,14 +93,17 @@ fn the_dashboard_logs_in_and_shows_a_task_from_the_cli_appear_and_stop() {
         ("nodes", "local"),
         ("services", "worker:1"),
         ("queues", "jobs"),
-        ("rules", "failures"),
+        ("rules", "stops"),
         ("schedules", "cron(0 3 * * ? *)"),
         ("topics", "ops"),
     ] {
         b.eval(&format!("location.hash = '#/{page}'"));
         b.wait_text("#view", what, LONG);
     }
-    // …the schedule's next fire time (03:00 UTC), and the service's running task.
+    // …the rule's recent matches (the stopped task's event), the schedule's next fire time
+    // (03:00 UTC), and the service's running task.
+    b.eval("location.hash = '#/rules'");
+    b.wait_text("#view", &format!("Task State Change skiff:task/{id}"), LONG);
     b.eval("location.hash = '#/schedules'");
     b.wait_text("#view", "T03:00:00", LONG);
     b.eval("location.hash = '#/services'");

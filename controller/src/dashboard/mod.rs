@@ -215,14 +215,53 @@ async fn rules(State(ui): State<Ui>, Viewer(c): Viewer) -> Response {
             },
         ))
         .await;
+    let recent = match recent_matches(&rules.core) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("state store: {e}"),
+            )
+        }
+    };
     match (list, dead) {
         (Ok(l), Ok(d)) => Json(json!({
             "rules": l.into_inner().rules,
+            "recentMatches": recent,
             "deadLetters": d.into_inner().dead_letters,
         }))
         .into_response(),
         (Err(s), _) | (_, Err(s)) => error(crate::status::http_code(s.code()), s.message()),
     }
+}
+
+/// How far back the rules page looks for each rule's recent matches.
+const RECENT_EVENTS: usize = 1000;
+/// How many matches it shows per rule.
+const MATCHES_SHOWN: usize = 5;
+
+/// Each enabled rule's newest matches among the last events of the log (what its pattern
+/// matches now, the way the dispatcher matches).
+fn recent_matches(
+    core: &Core,
+) -> Result<std::collections::BTreeMap<String, Vec<serde_json::Value>>, crate::store::StoreError> {
+    let (set, _) = skiff_model::ruleset::RuleSet::new(core.store.rules.list()?);
+    let mut out: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for ev in core.store.last_events(RECENT_EVENTS)?.iter().rev() {
+        for rule in set.matching(&ev.envelope()) {
+            let shown = out.entry(rule.name.clone()).or_default();
+            if shown.len() < MATCHES_SHOWN {
+                shown.push(json!({
+                    "id": ev.id,
+                    "timeMs": ev.time_ms,
+                    "source": ev.source,
+                    "detailType": ev.detail_type,
+                    "resources": ev.resources,
+                }));
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn schedules(State(ui): State<Ui>, Viewer(c): Viewer) -> Response {

@@ -221,7 +221,7 @@ const views = {
 
   async rules() {
     every(3000, async () => {
-      const { rules, deadLetters } = await api("rules");
+      const { rules, recentMatches, deadLetters } = await api("rules");
       show(`<h1>Rules</h1>` + table(rules, [
         ["Rule", (r) => esc(r.name)],
         ["State", (r) => (r.enabled === false ? "disabled" : "enabled")],
@@ -229,6 +229,9 @@ const views = {
         ["Targets", (r) => esc((r.targets || []).map((t) => t.id).join(", "))],
         ["Matched", (r) => esc(r.stats?.matched ?? 0)],
         ["Last match", (r) => ago(r.stats?.lastMatchedMs)],
+        ["Recent matches", (r) => ((recentMatches || {})[r.name] || [])
+          .map((e) => `${time(e.timeMs).slice(11)} ${esc(e.detailType)} <span class="muted">${esc((e.resources || []).join(", "))}</span>`)
+          .join("<br>") || "-"],
         ["Failed", (r) => esc(r.stats?.failed ?? 0)],
         ["Dead letters", (r) => esc(r.stats?.deadLettered ?? 0)],
       ]) + `<h2>Dead letters</h2>` + table(deadLetters, [
