@@ -20,9 +20,19 @@ fn queues_yaml() -> &'static str {
      ---\nqueue:\n  name: jobs-dlq\n"
 }
 
-fn app_yaml(image: &str, sleep: &str, with_rule_and_schedule: bool, with_webhook: bool) -> String {
+fn app_yaml(
+    image: &str,
+    uploads: &Path,
+    sleep: &str,
+    with_rule_and_schedule: bool,
+    with_webhook: bool,
+) -> String {
     let mut docs = vec![
         "role:\n  name: workers\n  api:\n    - actions: [queues:Receive, queues:DeleteMessages]\n      resources: [queue/jobs]\n".to_string(),
+        format!(
+            "source:\n  name: uploads\n  kind: local\n  path: {}\n  poll: 5s\n",
+            uploads.display()
+        ),
         format!(
             "task_definition:\n  family: worker\n  task_role: workers\n  containers:\n    - name: main\n      image: {image}\n      command: [sleep, \"{sleep}\"]\n      memory: 32\n      stop_timeout: 1s\n"
         ),
@@ -103,7 +113,9 @@ fn a_directory_is_applied_in_order_then_changes_nothing_then_rolls_out_edits_and
     let addr = env.dev();
     let dir = env.path("declared");
     let image = env.busybox_image();
-    write_dir(&dir, &app_yaml(&image, "3600", true, true));
+    let uploads = env.path("uploads");
+    fs::create_dir_all(&uploads).unwrap();
+    write_dir(&dir, &app_yaml(&image, &uploads, "3600", true, true));
     let d = dir.to_str().unwrap();
 
     // diff: everything to create, nothing made.
@@ -117,7 +129,7 @@ fn a_directory_is_applied_in_order_then_changes_nothing_then_rolls_out_edits_and
     ] {
         assert!(out.stdout.contains(line), "{line} missing: {out:?}");
     }
-    assert!(out.stdout.contains("10 to create"), "{out:?}");
+    assert!(out.stdout.contains("11 to create"), "{out:?}");
     assert_eq!(
         describe(&addr, &["queues", "ls"]).as_array().unwrap().len(),
         0
@@ -142,6 +154,7 @@ fn a_directory_is_applied_in_order_then_changes_nothing_then_rolls_out_edits_and
             "subscription/ops/queue:jobs-dlq",
             "subscription/ops/webhook:http://127.0.0.1:9/hook",
             "task_definition/worker",
+            "source/uploads",
             "rule/failures",
             "schedule/nightly",
             "service/workers"
@@ -161,12 +174,17 @@ fn a_directory_is_applied_in_order_then_changes_nothing_then_rolls_out_edits_and
     let rule = describe(&addr, &["rules", "describe", "failures"]);
     assert_eq!(rule["targets"][0]["kind"]["topic"], "ops", "{rule}");
     describe(&addr, &["schedules", "describe", "nightly"]);
+    let sources = describe(&addr, &["sources", "ls"]);
+    assert!(
+        sources.to_string().contains(uploads.to_str().unwrap()),
+        "{sources}"
+    );
     let first = wait_service_runs(&addr, "worker:1");
 
     // Again: nothing to do, and diff agrees (every default the server fills in matches).
     let out = run(&addr, &["apply", "-f", d]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("10 unchanged"), "{out:?}");
+    assert!(out.stdout.contains("11 unchanged"), "{out:?}");
     let out = run(&addr, &["diff", "-f", d, "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.json()["changed"], false);
@@ -183,7 +201,7 @@ fn a_directory_is_applied_in_order_then_changes_nothing_then_rolls_out_edits_and
     assert_eq!(out.code, 2, "{out:?}");
 
     // An edit: diff shows each field and changes nothing.
-    write_dir(&dir, &app_yaml(&image, "7200", true, true));
+    write_dir(&dir, &app_yaml(&image, &uploads, "7200", true, true));
     fs::write(dir.join("queues.yaml"), queues_yaml().replace("5s", "10s")).unwrap();
     let out = run(&addr, &["diff", "-f", d, "-o", "json"]);
     assert_eq!(out.code, 2, "{out:?}");
@@ -245,7 +263,7 @@ fn a_directory_is_applied_in_order_then_changes_nothing_then_rolls_out_edits_and
 
     // The rule, the schedule and the webhook leave the files: without --prune they stay
     // (and the output says so); diff --prune lists them; apply --prune deletes them.
-    write_dir(&dir, &app_yaml(&image, "7200", false, false));
+    write_dir(&dir, &app_yaml(&image, &uploads, "7200", false, false));
     fs::write(dir.join("queues.yaml"), queues_yaml().replace("5s", "10s")).unwrap();
     let out = run(&addr, &["apply", "-f", d]);
     assert_eq!(out.code, 0, "{out:?}");
