@@ -23,14 +23,14 @@ use server::Server;
 
 #[derive(clap::Args)]
 pub struct ApplyArgs {
-    /// A file, or a directory of them (its *.yaml, *.yml, *.json and *.toml files); repeat
-    /// for more. Each YAML document is one resource under its kind's key — task_definition,
+    /// A file, a directory of them (its *.yaml, *.yml, *.json and *.toml files), or - for
+    /// standard input (YAML); repeat for more. Each YAML document is one resource under its kind's key — task_definition,
     /// role, queue, topic (with its subscriptions), source, rule, schedule or service —
     /// holding what that kind's own `-f` file holds, e.g. `queue: {name: jobs}`.
     #[arg(short = 'f', long = "file", required = true)]
     files: Vec<PathBuf>,
-    /// Also delete what an earlier apply of this set created and the files no longer name
-    /// (never what was made by hand or by another set).
+    /// Also delete (`diff`: list) what an earlier apply of this set created and the files no
+    /// longer name (never what was made by hand or by another set).
     #[arg(long)]
     prune: bool,
     /// The apply set: the name under which the applied resources are recorded for --prune
