@@ -195,7 +195,7 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         });
 
         let out = ReceiverStream::new(rx).map(Ok);
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(crate::api::until_stopping(&self.core, out)))
     }
 
     async fn join(
@@ -248,7 +248,10 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
             request.into_inner(),
         )
         .await?;
-        Ok(Response::new(Box::pin(inputs.map(Ok))))
+        Ok(Response::new(crate::api::until_stopping(
+            &self.core,
+            inputs.map(Ok),
+        )))
     }
 
     async fn logs(
@@ -256,7 +259,11 @@ impl pb::agent_channel_server::AgentChannel for AgentService {
         request: Request<Streaming<pb::LogData>>,
     ) -> Result<Response<pb::LogsDone>, Status> {
         authenticate_node(&self.core, &request)?;
-        forward_logs(&self.core, request.into_inner()).await?;
+        // (A follow's stream stays open until its reader goes; a stopping controller ends it.)
+        tokio::select! {
+            forwarded = forward_logs(&self.core, request.into_inner()) => forwarded?,
+            _ = self.core.stopped() => {}
+        }
         Ok(Response::new(pb::LogsDone {}))
     }
 }

@@ -20,6 +20,33 @@ use skiff_model::validate::{self, InvalidField};
 
 pub(crate) type ApiStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// `stream` until the controller begins to stop; then one `Unavailable` ("stopping; retry")
+/// and the end. A graceful shutdown waits for every open stream, so without this an agent's
+/// session or a `--follow` would hold the controller up forever.
+pub(crate) fn until_stopping<T: Send + 'static>(
+    core: &Core,
+    stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+) -> ApiStream<T> {
+    use futures::StreamExt;
+    let state = (Box::pin(stream), Box::pin(core.stopped()), false);
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut stream, mut stopped, ended)| async move {
+            if ended {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                _ = &mut stopped => Some((
+                    Err(Status::unavailable("the controller is stopping; retry")),
+                    (stream, stopped, true),
+                )),
+                item = stream.next() => item.map(|i| (i, (stream, stopped, false))),
+            }
+        },
+    ))
+}
+
 fn invalid(e: InvalidField) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -389,7 +416,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         let start = crate::exec_api::first_message(&mut inbound).await?;
         let task = get_task(&self.core, &start.task_id)?;
         let out = crate::exec_api::start(&self.core, caller, start, task, inbound).await?;
-        Ok(Response::new(out))
+        Ok(Response::new(until_stopping(&self.core, out)))
     }
 
     type LogsStream = ApiStream<pb::LogChunk>;
@@ -499,7 +526,10 @@ impl pb::tasks_server::Tasks for TasksApi {
             let cancel = pb::controller_message::Body::CancelLogs(pb::LogCancel { request_id });
             let _ = core.link.send(&node, cancel).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(until_stopping(
+            &self.core,
+            ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -710,7 +740,10 @@ impl pb::events_server::Events for EventsApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(until_stopping(
+            &self.core,
+            ReceiverStream::new(rx),
+        )))
     }
 
     async fn replay(

@@ -102,6 +102,10 @@ pub struct Core {
     pub event_limits: skiff_model::history::EventLogLimits,
     /// Makes ULIDs stamped with the clock's time (increasing within a millisecond).
     ids: Mutex<ulid::Generator>,
+    /// Set when the controller is told to stop: every long-lived response stream ends then
+    /// (`api::until_stopping`), or a graceful shutdown would wait forever for agents' sessions and
+    /// followers.
+    stopping: watch::Sender<bool>,
 }
 
 impl Core {
@@ -180,6 +184,20 @@ impl Core {
             history_limits: skiff_model::history::DEFAULT_LIMITS,
             event_limits: skiff_model::history::DEFAULT_EVENT_LIMITS,
             ids: Mutex::new(ulid::Generator::new()),
+            stopping: watch::channel(false).0,
+        }
+    }
+
+    /// Ends every stream `api::until_stopping` wraps (the controller is shutting down).
+    pub fn begin_stopping(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once `begin_stopping` was called.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
         }
     }
 

@@ -167,7 +167,10 @@ impl pb::images_server::Images for ImagesApi {
                     .await;
             });
         }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(crate::api::until_stopping(
+            &self.core,
+            ReceiverStream::new(rx),
+        )))
     }
 
     async fn remove(

@@ -350,7 +350,17 @@ impl Controller {
                     .client_auth_optional(true),
             )?;
         }
-        let result = builder
+        // On the signal every long-lived stream ends (`api::until_stopping`), so the graceful
+        // shutdown finishes what is in flight and returns; a call still open after
+        // STOP_GRACE is cut off.
+        let shutdown = {
+            let core = core.clone();
+            async move {
+                shutdown.await;
+                core.begin_stopping();
+            }
+        };
+        let server = builder
             .tcp_nodelay(true)
             .layer(auth::AuthLayer { core: core.clone() })
             .add_service(health_service)
@@ -413,8 +423,17 @@ impl Controller {
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
                 shutdown,
-            )
-            .await;
+            );
+        let result = tokio::select! {
+            result = server => result,
+            _ = async {
+                core.stopped().await;
+                tokio::time::sleep(STOP_GRACE).await;
+            } => {
+                tracing::warn!("calls still open {STOP_GRACE:?} after the stop signal: cut off");
+                Ok(())
+            }
+        };
         // Each loop finishes its pass; one still going after the deadline is cut short (what
         // it did is durable or redone, as after a crash).
         let aborted = workers.stop(std::time::Duration::from_secs(5)).await;
@@ -456,6 +475,9 @@ async fn local_source(core: &core::Core, dir: &std::path::Path) -> Result<(), st
         })
         .await
 }
+
+/// How long a stopping controller lets calls in flight finish.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The name of `skiff dev`'s local-buckets source.
 pub const LOCAL_SOURCE: &str = "local";

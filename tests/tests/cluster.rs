@@ -74,6 +74,75 @@ fn controller_kill_9_and_restart_loses_no_task() {
 }
 
 #[test]
+fn a_controller_with_an_agent_and_followers_connected_stops_at_once_on_sigterm() {
+    let mut env = Env::new();
+    let (ctl, addr) = env.controller("127.0.0.1:0", &[]);
+    env.agent(&addr, "n1", &[]);
+    let img = env.busybox_image();
+    let id = run_task(
+        &addr,
+        &[
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do echo tick; sleep 0.2; done",
+        ],
+    );
+    wait_status(&addr, &id, "RUNNING", LONG);
+    // Two followers on long-lived streams, besides the agent's session.
+    let follow = |name: &str, args: &[&str]| {
+        let out = std::fs::File::create(env.path(&format!("{name}.out"))).unwrap();
+        let err = std::fs::File::create(env.path(&format!("{name}.err"))).unwrap();
+        skiff_tests::skiff_command()
+            .args(args)
+            .env("SKIFF_ADDR", &addr)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap()
+    };
+    let mut logs = follow("logs", &["tasks", "logs", &id, "--follow"]);
+    let mut events = follow("events", &["events", "tail", "-f", "-n", "1"]);
+    wait_for("the log follower's first lines", LONG, || {
+        let out = std::fs::read_to_string(env.path("logs.out")).ok()?;
+        out.contains("tick").then_some(())
+    });
+    wait_for("the event follower's first line", LONG, || {
+        let out = std::fs::read_to_string(env.path("events.out")).ok()?;
+        (!out.is_empty()).then_some(())
+    });
+
+    // SIGTERM: every stream ends ("stopping; retry"), so the graceful shutdown returns
+    // without cutting a call off, and the state is flushed: exit 0.
+    assert_eq!(env.procs[ctl].terminate(), Some(0));
+    let stderr = env.procs[ctl].stderr_text();
+    assert!(!stderr.contains("cut off"), "{stderr}");
+    for (name, child) in [("logs", &mut logs), ("events", &mut events)] {
+        let status = wait_for(&format!("the {name} follower to end"), LONG, || {
+            child.try_wait().unwrap()
+        });
+        let err = std::fs::read_to_string(env.path(&format!("{name}.err"))).unwrap();
+        assert_eq!(status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("the controller is stopping; retry"),
+            "{name}: {err}"
+        );
+    }
+
+    // Back on the same address, the agent reconnects to the task it kept running.
+    env.controller(hostport(&addr), &[]);
+    wait_for("the agent to reconnect", LONG, || {
+        node_connected(&addr, "n1").then_some(())
+    });
+    assert_eq!(task(&addr, &id)["lastStatus"], "RUNNING");
+    cli(&addr, &["tasks", "stop", &id]);
+    let t = wait_status(&addr, &id, "STOPPED", LONG);
+    assert_eq!(t["containers"][0]["exitCode"], 0, "{t}");
+}
+
+#[test]
 fn agent_restart_readopts_running_containers() {
     let mut env = Env::new();
     let (_, addr) = env.controller("127.0.0.1:0", &["--node-timeout", "20s"]);
