@@ -3,7 +3,9 @@
 //! kernel of our own: Debian's cloud kernel (fetched by `scripts/deps test` into
 //! target/test-tools/vm) under QEMU, booting an initramfs the test assembles — the static
 //! busybox, the workspace's `skiff` with the shared libraries it links, a busybox image, and the
-//! test's script — whose output comes back over the serial console.
+//! test's script — whose output comes back over the serial console. The script runs as init
+//! under busybox (`Initramfs::new`) or as a service of this machine's systemd booted as PID 1
+//! (`Initramfs::with_systemd`).
 //!
 //! QEMU runs with TCG (software emulation): KVM is exposed on this machine kind but hangs a
 //! guest at boot. A boot to the script takes about 3 s.
@@ -30,29 +32,55 @@ pub fn tools_dir() -> PathBuf {
 }
 
 /// The first stage runs on the kernel's rootfs, where pivot_root (which every container start
-/// needs) is refused: it copies the tree to a tmpfs and switches root to it.
-const STAGE1: &str = r#"#!/bin/busybox sh
+/// needs) is refused: it copies the tree to a tmpfs and switches root to it, running `init`
+/// there. It links busybox's applets and loads overlayfs first (systemd, as `init`, does not).
+fn stage1(init: &str) -> String {
+    format!(
+        r#"#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+/bin/busybox insmod /lib/modules/overlay.ko
 /bin/busybox mount -t tmpfs -o size=90% tmpfs /newroot
 for d in /*; do
   case "$d" in /newroot|/proc) ;; *) /bin/busybox cp -a "$d" /newroot/ ;; esac
 done
 /bin/busybox mkdir -p /newroot/proc
 /bin/busybox umount /proc
-exec /bin/busybox switch_root /newroot /stage2
-"#;
+exec /bin/busybox switch_root /newroot {init}
+"#
+    )
+}
 
 /// The second stage mounts the usual filesystems, runs the test's script and powers off,
 /// printing the script's exit code last.
 const STAGE2: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
 export PATH=/usr/local/bin:/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 ip link set lo up
-insmod /lib/modules/overlay.ko
+sh /scenario.sh
+echo "@script-exit=$?"
+poweroff -f
+"#;
+
+/// The service systemd runs the scenario as, its output on the serial console.
+const SCENARIO_UNIT: &str = "[Unit]
+Description=the test's scenario
+After=basic.target
+
+[Service]
+Type=simple
+Environment=PATH=/usr/local/bin:/bin:/usr/bin:/sbin:/usr/sbin HOME=/root
+ExecStart=/run-scenario
+StandardOutput=tty
+StandardError=inherit
+TTYPath=/dev/ttyS0
+";
+
+/// Runs the scenario under systemd and powers off, printing the script's exit code last.
+const RUN_SCENARIO: &str = r#"#!/bin/sh
 sh /scenario.sh
 echo "@script-exit=$?"
 poweroff -f
@@ -66,8 +94,88 @@ pub struct Initramfs {
 impl Initramfs {
     /// busybox, `skiff` (with its shared libraries), a busybox image at /images/busybox (use it
     /// as `dir:/images/busybox`), the kernel modules in `tools_dir()` at /lib/modules (overlayfs
-    /// is loaded at boot), and `scenario` as /scenario.sh.
+    /// is loaded at boot), and `scenario` as /scenario.sh, which a busybox shell runs as the
+    /// VM's init.
     pub fn new(dir: &Path, scenario: &str) -> Initramfs {
+        let fs = Initramfs::common(dir, scenario);
+        fs.add_script("init", &stage1("/stage2"));
+        fs.add_script("stage2", STAGE2);
+        fs
+    }
+
+    /// As `new`, but the VM's init is this machine's systemd (Debian's), which runs `scenario`
+    /// as a service once the system is up: systemd, journald, systemctl and journalctl with
+    /// their libraries, this machine's targets, journald's units, and the files systemd reads
+    /// at boot (machine-id, os-release, groups). Install units into /etc/systemd/system.
+    pub fn with_systemd(dir: &Path, scenario: &str) -> Initramfs {
+        let fs = Initramfs::common(dir, scenario);
+        fs.add_script("init", &stage1("/lib/systemd/systemd"));
+        for program in [
+            "/lib/systemd/systemd",
+            "/lib/systemd/systemd-journald",
+            "/bin/systemctl",
+            "/bin/journalctl",
+        ] {
+            fs.add_program(Path::new(program));
+        }
+        let units = fs.root.join("lib/systemd/system");
+        fs::create_dir_all(units.join("sockets.target.wants")).unwrap();
+        fs::create_dir_all(fs.root.join("etc/systemd/system/multi-user.target.wants")).unwrap();
+        // The targets (not what the host's .wants folders pull in): what units order
+        // themselves against, default dependencies included.
+        for entry in fs::read_dir("/lib/systemd/system").unwrap().flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(".target") && name != "default.target" {
+                fs::copy(entry.path(), units.join(&name)).unwrap();
+            }
+        }
+        std::os::unix::fs::symlink("multi-user.target", units.join("default.target")).unwrap();
+        for unit in [
+            "systemd-journald.service",
+            "systemd-journald.socket",
+            "systemd-journald-dev-log.socket",
+        ] {
+            fs::copy(
+                Path::new("/lib/systemd/system").join(unit),
+                units.join(unit),
+            )
+            .unwrap();
+            if unit.ends_with(".socket") {
+                std::os::unix::fs::symlink(
+                    format!("../{unit}"),
+                    units.join("sockets.target.wants").join(unit),
+                )
+                .unwrap();
+            }
+        }
+        fs::write(
+            fs.root.join("etc/systemd/system/scenario.service"),
+            SCENARIO_UNIT,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "../scenario.service",
+            fs.root
+                .join("etc/systemd/system/multi-user.target.wants/scenario.service"),
+        )
+        .unwrap();
+        fs.add_script("run-scenario", RUN_SCENARIO);
+        fs::write(
+            fs.root.join("etc/machine-id"),
+            "5c1ff0e5c1ff0e5c1ff0e5c1ff0e5c1f\n",
+        )
+        .unwrap();
+        fs::copy("/etc/os-release", fs.root.join("etc/os-release")).unwrap();
+        fs::write(
+            fs.root.join("etc/group"),
+            "root:x:0:\nsystemd-journal:x:101:\n",
+        )
+        .unwrap();
+        fs
+    }
+
+    /// What both kinds of VM hold (see `new`).
+    fn common(dir: &Path, scenario: &str) -> Initramfs {
         let root = dir.to_path_buf();
         for d in [
             "bin",
@@ -97,10 +205,25 @@ impl Initramfs {
         images::busybox_rootfs(&root.join("images/busybox"));
         fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         let fs = Initramfs { root };
-        fs.add_script("init", STAGE1);
-        fs.add_script("stage2", STAGE2);
         fs.add_script("scenario.sh", scenario);
         fs
+    }
+
+    /// Copies the directory `from` of this machine to `to` in the VM.
+    pub fn add_tree(&self, from: &Path, to: &str) {
+        let dest = self.root.join(to.trim_start_matches('/'));
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(&dest)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "copying {} into the VM: {status}",
+            from.display()
+        );
     }
 
     /// Adds a program of this machine (e.g. /usr/sbin/tc) at the same path, with its shared

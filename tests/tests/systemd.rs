@@ -1,14 +1,19 @@
-//! skiff under systemd, as far as this machine (no systemd as PID 1) lets a test go: the
-//! notify protocol spoken to a socket the test binds as systemd would (READY=1 once serving,
-//! WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM), journald's log format when
-//! standard error is the journal, the install script, and the units it installs checked by
-//! `systemd-analyze verify` and `systemd-analyze security` (Debian's systemd).
+//! skiff under systemd. On this machine (systemd installed, not PID 1): the notify protocol
+//! spoken to a socket the test binds as systemd would (READY=1 once serving, WATCHDOG=1 at
+//! half of WATCHDOG_USEC, STOPPING=1 on SIGTERM), journald's log format when standard error is
+//! the journal, the install script, and the units it installs checked by `systemd-analyze
+//! verify` and `systemd-analyze security` (Debian's systemd). And in a VM whose PID 1 is this
+//! machine's systemd (`skiff_tests::vm`): the units installed by the script and run for real —
+//! readiness, sandbox, a container through the agent unit, restarts by systemctl and by the
+//! watchdog, a clean stop, and the journal's priorities.
 
+use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use skiff_tests::vm::{boot, reports, Initramfs};
 use skiff_tests::{config_home, skiff_bin, wait_for, Env, Proc};
 
 /// The messages the process sends within `within`, until one containing `until` (each
@@ -283,4 +288,246 @@ fn the_install_script_installs_keeps_edited_config_and_its_units_verify() {
         score <= 2.5,
         "the controller's exposure level is {score}: {text}"
     );
+}
+
+/// The VM's script: skiff installed by `deploy/install.sh` and run by a real systemd as PID 1,
+/// as an operator would have it, with the units' watchdogs shortened to 4 s by drop-ins so a
+/// hang is caught within the test's time. Reports `@key=value` lines; the assertions are in
+/// the test.
+const UNDER_SYSTEMD: &str = r##"
+uptime_s() { cut -d. -f1 /proc/uptime; }
+say() { echo "@$1=$2"; echo "# at $(uptime_s) s"; }
+unit() { systemctl show "skiff-$1.service" -p "$2" --value; }
+show_state() {
+  echo "# --- $1 ---"
+  systemctl --no-pager status skiff-controller skiff-agent
+  journalctl --no-pager -n 80
+  timeout 20 skiff tasks ls; timeout 20 skiff nodes ls
+  echo "# ---"
+}
+( sleep 500; show_state "still running after 500 s"; poweroff -f ) &
+# Waits (up to $2 s) for command $1 to succeed; shows the state if it does not.
+until_ok() {
+  end=$(( $(uptime_s) + $2 ))
+  while [ "$(uptime_s)" -lt "$end" ]; do eval "$1" && return 0; sleep 0.5; done
+  show_state "not within $2 s: $1"; return 1
+}
+has_status() { timeout 20 skiff tasks describe "$1" -o json 2>/dev/null | grep -q "\"lastStatus\": *\"$2\""; }
+node_ready() { timeout 20 skiff nodes ls 2>/dev/null | grep -q '^edge-1 *READY *yes'; }
+status_of() { awk -v k="$2:" '$1 == k {print $2}' /proc/$1/status; }
+same_ns() { [ "$(readlink /proc/$1/ns/$3)" = "$(readlink /proc/$2/ns/$3)" ] && echo yes || echo no; }
+# Waits for systemd to record $3 more watchdog pings of unit $1 within $2 s.
+pings() {
+  last=$(unit $1 WatchdogTimestampMonotonic); n=0; end=$(( $(uptime_s) + $2 ))
+  while [ "$(uptime_s)" -lt "$end" ]; do
+    now=$(unit $1 WatchdogTimestampMonotonic)
+    [ "$now" != "$last" ] && { last=$now; n=$((n+1)); }
+    [ $n -ge $3 ] && return 0
+    sleep 0.5
+  done
+  show_state "$1: $n watchdog pings in $2 s"; return 1
+}
+
+say pid1 "$(cat /proc/1/comm)"
+say hierarchies "$(awk '$3 ~ /^cgroup/ {printf "%s %s;", $3, $2}' /proc/mounts)"
+for u in controller agent; do
+  mkdir -p /etc/systemd/system/skiff-$u.service.d
+  printf '[Service]\nWatchdogSec=4s\n' > /etc/systemd/system/skiff-$u.service.d/watchdog.conf
+done
+
+# The controller, installed and started as the README says.
+sh /src/deploy/install.sh --binary /usr/local/bin/skiff --enable controller >/tmp/install.log 2>&1
+say install-controller $?
+export SKIFF_ADDR=https://127.0.0.1:7400 SKIFF_CA_FILE=/var/lib/skiff/controller/pki/ca.crt
+export SKIFF_TOKEN="$(cat /var/lib/skiff/controller/admin.token)"
+# Type=notify: `systemctl enable --now` returned on READY=1, so the API answers at the first try.
+skiff nodes ls >/tmp/first.out 2>&1; say api-on-ready "$? $(tr '\n' ';' < /tmp/first.out)"
+say controller-state "$(unit controller ActiveState)/$(unit controller SubState)"
+say controller-status "$(unit controller StatusText)"
+cpid=$(unit controller MainPID)
+say controller-sandbox "nnp=$(status_of $cpid NoNewPrivs) seccomp=$(status_of $cpid Seccomp) capbnd=$(status_of $cpid CapBnd) mounts-shared=$(same_ns $cpid 1 mnt)"
+
+# The agent: joined with a one-time join string given in a drop-in, installed by a second run
+# of the script (which keeps the config files).
+join=$(skiff tokens create --role join --ttl 1h 2>/dev/null)
+printf '[Service]\nEnvironment=SKIFF_JOIN=%s\n' "$join" > /etc/systemd/system/skiff-agent.service.d/join.conf
+sh /src/deploy/install.sh --binary /usr/local/bin/skiff --enable agent >/tmp/install2.log 2>&1
+say install-agent $?
+say install-kept "$(grep -c '^install.sh: kept /etc/skiff/' /tmp/install2.log)"
+until_ok node_ready 120; say node-ready $?
+apid=$(unit agent MainPID)
+say agent-state "$(unit agent ActiveState)/$(unit agent SubState)"
+say agent-process "nnp=$(status_of $apid NoNewPrivs) mounts-shared=$(same_ns $apid 1 mnt) cgroup=$(cat /proc/$apid/cgroup)"
+
+# A container through the agent unit.
+id=$(skiff run-task --network none --image dir:/images/busybox -- sh -c 'trap "exit 0" TERM; while true; do sleep 1; done')
+until_ok 'has_status $id RUNNING' 120; say task-running $?
+cg=/sys/fs/cgroup/skiff/$id-main
+cproc=$(sort -n $cg/cgroup.procs | head -n1)
+shim=$(cut -d' ' -f1 /var/lib/skiff/agent/state/tasks/$id/main/shim.pid)
+say task-cgroup "$(cat /proc/$cproc/cgroup)"
+say shim-cgroup "$(cat /proc/$shim/cgroup)"
+say container-sandbox "nnp=$(status_of $cproc NoNewPrivs) seccomp=$(status_of $cproc Seccomp)"
+
+# systemd sees both watchdogs fed: pings recorded, no restart.
+pings controller 20 3; say controller-pings $?
+pings agent 20 3; say agent-pings $?
+say restarts-while-fed "$(unit controller NRestarts) $(unit agent NRestarts)"
+
+# An upgrade's restart: only the agent process goes (KillMode=process); the next one
+# re-adopts the container.
+systemctl restart skiff-agent; say agent-restart $?
+apid2=$(unit agent MainPID)
+say restart-new-agent "$([ "$apid2" != "$apid" ] && [ -d /proc/$shim ] && [ "$(sort -n $cg/cgroup.procs | head -n1)" = "$cproc" ] && echo yes || echo no)"
+until_ok node_ready 120; say node-ready-after-restart $?
+
+# A hung agent: systemd finds its watchdog unfed, aborts it and starts another; the container
+# stays, and the new agent still controls it.
+kill -STOP $apid2
+until_ok '[ "$(unit agent NRestarts)" = 1 ] && [ "$(unit agent ActiveState)" = active ]' 60; say agent-watchdog-restart $?
+apid3=$(unit agent MainPID)
+say watchdog-agent "$([ "$apid3" != "$apid2" ] && [ -d /proc/$shim ] && [ "$(sort -n $cg/cgroup.procs | head -n1)" = "$cproc" ] && echo yes || echo no)"
+say agent-watchdog-logged "$(journalctl -u skiff-agent -o cat --no-pager | grep -c 'Watchdog timeout')"
+until_ok node_ready 120
+skiff tasks stop "$id" >/dev/null; until_ok 'has_status $id STOPPED' 120; say task-stopped $?
+say task-exit "$(skiff tasks describe $id -o json | grep -o '"exitCode": *[0-9]*' | tr -d ' ')"
+until_ok '[ ! -d $cg ] && [ ! -d /proc/$cproc ]' 30; say container-gone $?
+
+# A hung controller: restarted the same way, its state intact.
+kill -STOP $cpid
+until_ok '[ "$(unit controller NRestarts)" = 1 ] && [ "$(unit controller ActiveState)" = active ]' 60; say controller-watchdog-restart $?
+say task-kept "$(skiff tasks describe $id -o json | grep -q '"lastStatus": *"STOPPED"' && echo yes)"
+until_ok node_ready 120; say node-back $?
+
+# A stop: SIGTERM, the state flushed, exit 0.
+systemctl stop skiff-controller; say controller-stop $?
+say controller-stopped "$(unit controller ActiveState) $(unit controller Result) $(unit controller ExecMainCode) $(unit controller ExecMainStatus)"
+
+# The journal: skiff's lines carry their priorities, with no time or colour of their own.
+agent_log() { journalctl _SYSTEMD_UNIT=skiff-agent.service --no-pager -o cat "$@"; }
+until_ok 'agent_log -p warning..warning | grep -q reconnecting' 60; say agent-warning $?
+say agent-info "$(agent_log -p info..info | grep -c 'favordynmods is off')"
+say info-among-warnings "$(agent_log -p warning | grep -c 'favordynmods is off')"
+both=$(journalctl _SYSTEMD_UNIT=skiff-agent.service + _SYSTEMD_UNIT=skiff-controller.service --no-pager -o cat)
+say journal-lines "$(echo "$both" | grep -c .)"
+say raw-prefixes "$(echo "$both" | grep -c '^<[0-9]>')"
+say own-times "$(echo "$both" | grep -cE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T|\[[0-9;]*m')"
+"##;
+
+#[test]
+fn installed_by_the_script_the_units_run_under_a_real_systemd_with_their_watchdogs_and_journal() {
+    let env = Env::new();
+    let fs = Initramfs::with_systemd(&env.path("initramfs"), UNDER_SYSTEMD);
+    fs.add_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy"),
+        "/src/deploy",
+    );
+    let console = boot(
+        &fs,
+        env.dir.path(),
+        "systemd.unified_cgroup_hierarchy=1",
+        Duration::from_secs(600),
+    );
+    let reported = reports(&console);
+    eprintln!("the VM reported: {reported:?}");
+    let got: HashMap<String, String> = reported.into_iter().collect();
+    let get = |k: &str| {
+        got.get(k)
+            .unwrap_or_else(|| panic!("the VM did not report {k}; console:\n{console}"))
+            .as_str()
+    };
+    let ctx = || format!("console:\n{console}");
+    assert_eq!(get("script-exit"), "0", "{}", ctx());
+    assert_eq!(get("pid1"), "systemd", "{}", ctx());
+    assert_eq!(get("hierarchies"), "cgroup2 /sys/fs/cgroup;", "{}", ctx());
+
+    // Installed and started by the script; ready means the API answers.
+    assert_eq!(get("install-controller"), "0", "{}", ctx());
+    assert!(get("api-on-ready").starts_with("0 NODE"), "{}", ctx());
+    assert_eq!(get("controller-state"), "active/running", "{}", ctx());
+    assert_eq!(
+        get("controller-status"),
+        "serving on 127.0.0.1:7400",
+        "{}",
+        ctx()
+    );
+    // The controller's sandbox as the kernel holds it: no new privileges, a seccomp filter,
+    // only CAP_NET_BIND_SERVICE (bit 10), a mount namespace of its own (ProtectSystem...).
+    assert_eq!(
+        get("controller-sandbox"),
+        "nnp=1 seccomp=2 capbnd=0000000000000400 mounts-shared=no",
+        "{}",
+        ctx()
+    );
+
+    // The agent joined through its drop-in; it shares the host's mounts (the containers' must
+    // stay visible to the next agent) and runs in its unit's cgroup.
+    assert_eq!(get("install-agent"), "0", "{}", ctx());
+    assert_eq!(get("install-kept"), "2", "{}", ctx());
+    assert_eq!(get("node-ready"), "0", "{}", ctx());
+    assert_eq!(get("agent-state"), "active/running", "{}", ctx());
+    assert_eq!(
+        get("agent-process"),
+        "nnp=1 mounts-shared=yes cgroup=0::/system.slice/skiff-agent.service",
+        "{}",
+        ctx()
+    );
+    // The container runs in a cgroup of its own, its shim in the agent's unit (which is how
+    // KillMode=process leaves it running); NoNewPrivileges=yes takes nothing from it.
+    assert_eq!(get("task-running"), "0", "{}", ctx());
+    let task_cgroup = get("task-cgroup");
+    assert!(
+        task_cgroup.starts_with("0::/skiff/") && task_cgroup.ends_with("-main"),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        get("shim-cgroup"),
+        "0::/system.slice/skiff-agent.service",
+        "{}",
+        ctx()
+    );
+    assert_eq!(get("container-sandbox"), "nnp=1 seccomp=2", "{}", ctx());
+
+    // Both watchdogs fed as systemd records it.
+    assert_eq!(get("controller-pings"), "0", "{}", ctx());
+    assert_eq!(get("agent-pings"), "0", "{}", ctx());
+    assert_eq!(get("restarts-while-fed"), "0 0", "{}", ctx());
+
+    // Restarted by systemctl and by the watchdog, the agent leaves the container running and
+    // the next one re-adopts it: it stops it on request.
+    assert_eq!(get("agent-restart"), "0", "{}", ctx());
+    assert_eq!(get("restart-new-agent"), "yes", "{}", ctx());
+    assert_eq!(get("node-ready-after-restart"), "0", "{}", ctx());
+    assert_eq!(get("agent-watchdog-restart"), "0", "{}", ctx());
+    assert_eq!(get("watchdog-agent"), "yes", "{}", ctx());
+    assert_eq!(get("agent-watchdog-logged"), "1", "{}", ctx());
+    // (Its SIGTERM reached it: the shell's trap exits 0.)
+    assert_eq!(get("task-stopped"), "0", "{}", ctx());
+    assert_eq!(get("task-exit"), "\"exitCode\":0", "{}", ctx());
+    assert_eq!(get("container-gone"), "0", "{}", ctx());
+
+    // A hung controller is restarted with its state; a stop is clean.
+    assert_eq!(get("controller-watchdog-restart"), "0", "{}", ctx());
+    assert_eq!(get("task-kept"), "yes", "{}", ctx());
+    assert_eq!(get("node-back"), "0", "{}", ctx());
+    assert_eq!(get("controller-stop"), "0", "{}", ctx());
+    // ExecMainCode 1 is CLD_EXITED: it exited (status 0), it was not killed.
+    assert_eq!(
+        get("controller-stopped"),
+        "inactive success 1 0",
+        "{}",
+        ctx()
+    );
+
+    // journald read the priorities: the agent's reconnect warning is a warning, its start
+    // notes info; no line kept a raw prefix, a time or a colour.
+    assert_eq!(get("agent-warning"), "0", "{}", ctx());
+    // (one favordynmods note per agent start: the first, the restart, the watchdog's)
+    assert_eq!(get("agent-info"), "3", "{}", ctx());
+    assert_eq!(get("info-among-warnings"), "0", "{}", ctx());
+    let lines: usize = get("journal-lines").parse().unwrap();
+    assert!(lines > 10, "{}", ctx());
+    assert_eq!(get("raw-prefixes"), "0", "{}", ctx());
+    assert_eq!(get("own-times"), "0", "{}", ctx());
 }
