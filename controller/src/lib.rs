@@ -428,7 +428,7 @@ impl Controller {
             result = server => result,
             _ = async {
                 core.stopped().await;
-                tokio::time::sleep(STOP_GRACE).await;
+                clock::Clock::real_sleep(STOP_GRACE).await;
             } => {
                 tracing::warn!("calls still open {STOP_GRACE:?} after the stop signal: cut off");
                 Ok(())
