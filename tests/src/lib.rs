@@ -634,6 +634,7 @@ impl Drop for Env {
             p.kill9();
         }
         kill_shims_under(self.dir.path());
+        remove_task_cgroups_under(self.dir.path());
         release_networks_under(self.dir.path());
         unmount_under(self.dir.path());
         if std::thread::panicking() {
@@ -853,28 +854,18 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 /// command line), and any `skiff shim DIR` whose DIR is under `dir`.
 pub fn shims_under(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), 0)];
-    while let Some((d, depth)) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() && depth < 8 && e.file_name() != "rootfs" {
-                stack.push((p, depth + 1));
-            } else if e.file_name() == "shim.pid" {
-                let text = fs::read_to_string(&p).unwrap_or_default();
-                let mut f = text.split_whitespace();
-                let (Some(pid), start) = (f.next().and_then(|s| s.parse::<i32>().ok()), f.next())
-                else {
-                    continue;
-                };
-                let alive_same = match start.and_then(|s| s.parse::<u64>().ok()) {
-                    Some(t) => shim_start_time(pid) == Some(t),
-                    None => shim_start_time(pid).is_some(),
-                };
-                if alive_same && !out.contains(&pid) {
-                    out.push(pid);
-                }
-            }
+    for p in shim_pid_files(dir) {
+        let text = fs::read_to_string(&p).unwrap_or_default();
+        let mut f = text.split_whitespace();
+        let (Some(pid), start) = (f.next().and_then(|s| s.parse::<i32>().ok()), f.next()) else {
+            continue;
+        };
+        let alive_same = match start.and_then(|s| s.parse::<u64>().ok()) {
+            Some(t) => shim_start_time(pid) == Some(t),
+            None => shim_start_time(pid).is_some(),
+        };
+        if alive_same && !out.contains(&pid) {
+            out.push(pid);
         }
     }
     let needle = dir.as_os_str().as_encoded_bytes();
@@ -894,6 +885,62 @@ pub fn shims_under(dir: &Path) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Every `shim.pid` under `dir` (an agent keeps one per container it started, in
+/// `…/tasks/<task>/<container>/`), not looking into root filesystems.
+fn shim_pid_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() && depth < 8 && e.file_name() != "rootfs" {
+                stack.push((e.path(), depth + 1));
+            } else if e.file_name() == "shim.pid" {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Removes the cgroups of the containers started under `dir` (`/skiff/<task>-<container>` in
+/// every hierarchy), once `kill_shims_under` has killed what ran in them: the agent that would
+/// have removed them was killed first. rmdir takes only empty cgroups, so nothing running
+/// is touched; without this, every test that ends with a task running left its cgroups.
+pub fn remove_task_cgroups_under(dir: &Path) {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let roots: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then_some(f[1])
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for pid_file in shim_pid_files(dir) {
+        let Some(container_dir) = pid_file.parent() else {
+            continue;
+        };
+        let (Some(container), Some(task)) = (
+            container_dir.file_name(),
+            container_dir.parent().and_then(Path::file_name),
+        ) else {
+            continue;
+        };
+        let name = format!("{}-{}", task.to_string_lossy(), container.to_string_lossy());
+        for root in &roots {
+            let cgroup = Path::new(root).join("skiff").join(&name);
+            // A killed process leaves its cgroup a moment after the signal.
+            while let Err(e) = fs::remove_dir(&cgroup) {
+                if e.kind() == std::io::ErrorKind::NotFound || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
 }
 
 /// Field 22 of /proc/PID/stat (the process's start time), as the shim records it; None for a

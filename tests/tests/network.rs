@@ -484,6 +484,7 @@ fn nothing_of_a_tasks_network_is_left_after_kill_9_of_the_agent_or_a_reboot() {
     // the disk (address leases, skiff's CNI cache) survives. The next agent releases the lease.
     env.procs.last_mut().unwrap().kill9();
     skiff_tests::kill_shims_under(env.dir.path());
+    skiff_tests::remove_task_cgroups_under(env.dir.path());
     skiff_tests::unmount_under(env.dir.path());
     skiff_tests::reboot_forgets_the_iptables_rules_of(&env.path("dev/agent"));
     wait_for(
