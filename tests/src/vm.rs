@@ -339,6 +339,37 @@ pub fn boot(initramfs: &Initramfs, work: &Path, cmdline: &str, timeout: Duration
     }
 }
 
+/// What a VM's script reported (its `@key=value` lines, the last of each key), with the
+/// console for failure messages.
+pub struct Reported {
+    console: String,
+    values: std::collections::HashMap<String, String>,
+}
+
+impl Reported {
+    /// Reads the reports from `console` (and prints them, for the test's log).
+    pub fn of(console: String) -> Reported {
+        let reported = reports(&console);
+        eprintln!("the VM reported: {reported:?}");
+        Reported {
+            values: reported.into_iter().collect(),
+            console,
+        }
+    }
+
+    /// The value reported for `key`; panics, with the console, if there is none.
+    pub fn get(&self, key: &str) -> &str {
+        self.values
+            .get(key)
+            .unwrap_or_else(|| panic!("the VM did not report {key}; {}", self.context()))
+    }
+
+    /// The console, for an assertion's message.
+    pub fn context(&self) -> String {
+        format!("console:\n{}", self.console)
+    }
+}
+
 /// The `@key=value` lines a VM script printed, in order (values run to the end of the line).
 pub fn reports(console: &str) -> Vec<(String, String)> {
     console

@@ -4,10 +4,9 @@
 //! `skiff dev` there, with real containers. The script inside reports `@key=value` lines; the
 //! assertions are here.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use skiff_tests::vm::{boot, reports, Initramfs};
+use skiff_tests::vm::{boot, Initramfs, Reported};
 use skiff_tests::Env;
 
 const SCENARIO: &str = r##"
@@ -120,15 +119,9 @@ fn containers_run_limited_and_tracked_on_a_pure_cgroup_v2_machine() {
         "cgroup_no_v1=all",
         Duration::from_secs(600),
     );
-    let reported = reports(&console);
-    eprintln!("the VM reported: {reported:?}");
-    let got: HashMap<String, String> = reported.into_iter().collect();
-    let get = |k: &str| {
-        got.get(k)
-            .unwrap_or_else(|| panic!("the VM did not report {k}; console:\n{console}"))
-            .as_str()
-    };
-    let ctx = || format!("console:\n{console}");
+    let vm = Reported::of(console);
+    let get = |k: &str| vm.get(k);
+    let ctx = || vm.context();
     assert_eq!(get("script-exit"), "0", "{}", ctx());
 
     // Only cgroup2, with the controllers a container needs on it.

@@ -5,11 +5,10 @@
 //! 100 ms and dropping 5 % of them. The script inside reports `@key=value` lines; the
 //! assertions are here.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use skiff_tests::vm::{boot, reports, Initramfs};
+use skiff_tests::vm::{boot, Initramfs, Reported};
 use skiff_tests::Env;
 
 const SCENARIO: &str = r##"
@@ -70,13 +69,9 @@ fn tasks_converge_over_a_slow_lossy_link_without_a_spurious_node_loss() {
         "cgroup_no_v1=all",
         Duration::from_secs(600),
     );
-    let got: HashMap<String, String> = reports(&console).into_iter().collect();
-    let get = |k: &str| {
-        got.get(k)
-            .unwrap_or_else(|| panic!("the VM did not report {k}; console:\n{console}"))
-            .as_str()
-    };
-    eprintln!("the VM reported: {got:?}");
+    let vm = Reported::of(console);
+    let get = |k: &str| vm.get(k);
+    let console = vm.context();
     assert_eq!(get("script-exit"), "0", "{console}");
     assert_eq!(get("netem-module"), "0", "{console}");
     assert_eq!(get("connected-before"), "0", "{console}");

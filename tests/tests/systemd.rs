@@ -7,13 +7,12 @@
 //! readiness, sandbox, a container through the agent unit, restarts by systemctl and by the
 //! watchdog, a clean stop, and the journal's priorities.
 
-use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use skiff_tests::vm::{boot, reports, Initramfs};
+use skiff_tests::vm::{boot, Initramfs, Reported};
 use skiff_tests::{config_home, skiff_bin, wait_for, Env, Proc};
 
 /// The messages the process sends within `within`, until one containing `until` (each
@@ -428,15 +427,9 @@ fn installed_by_the_script_the_units_run_under_a_real_systemd_with_their_watchdo
         "systemd.unified_cgroup_hierarchy=1",
         Duration::from_secs(600),
     );
-    let reported = reports(&console);
-    eprintln!("the VM reported: {reported:?}");
-    let got: HashMap<String, String> = reported.into_iter().collect();
-    let get = |k: &str| {
-        got.get(k)
-            .unwrap_or_else(|| panic!("the VM did not report {k}; console:\n{console}"))
-            .as_str()
-    };
-    let ctx = || format!("console:\n{console}");
+    let vm = Reported::of(console);
+    let get = |k: &str| vm.get(k);
+    let ctx = || vm.context();
     assert_eq!(get("script-exit"), "0", "{}", ctx());
     assert_eq!(get("pid1"), "systemd", "{}", ctx());
     assert_eq!(get("hierarchies"), "cgroup2 /sys/fs/cgroup;", "{}", ctx());
