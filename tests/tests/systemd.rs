@@ -302,6 +302,7 @@ show_state() {
   systemctl --no-pager status skiff-controller skiff-agent
   journalctl --no-pager -n 80
   timeout 20 skiff tasks ls; timeout 20 skiff nodes ls
+  for f in /var/lib/skiff/agent/state/tasks/*/*/shim.log; do echo "# $f:"; tail -n 30 "$f"; done
   echo "# ---"
 }
 ( sleep 500; show_state "still running after 500 s"; poweroff -f ) &
@@ -313,6 +314,9 @@ until_ok() {
 }
 has_status() { timeout 20 skiff tasks describe "$1" -o json 2>/dev/null | grep -q "\"lastStatus\": *\"$2\""; }
 node_ready() { timeout 20 skiff nodes ls 2>/dev/null | grep -q '^edge-1 *READY *yes'; }
+# A process's cgroup as "<unified path>|<pids path>" (on a pure cgroup v2 host the second is
+# empty: there is no v1 pids hierarchy).
+cgroups_of() { echo "$(awk -F: '$1 == 0 {print $3}' /proc/$1/cgroup)|$(awk -F: '$2 == "pids" {print $3}' /proc/$1/cgroup)"; }
 status_of() { awk -v k="$2:" '$1 == k {print $2}' /proc/$1/status; }
 same_ns() { [ "$(readlink /proc/$1/ns/$3)" = "$(readlink /proc/$2/ns/$3)" ] && echo yes || echo no; }
 # Waits for systemd to record $3 more watchdog pings of unit $1 within $2 s.
@@ -356,16 +360,17 @@ say install-kept "$(grep -c '^install.sh: kept /etc/skiff/' /tmp/install2.log)"
 until_ok node_ready 120; say node-ready $?
 apid=$(unit agent MainPID)
 say agent-state "$(unit agent ActiveState)/$(unit agent SubState)"
-say agent-process "nnp=$(status_of $apid NoNewPrivs) mounts-shared=$(same_ns $apid 1 mnt) cgroup=$(cat /proc/$apid/cgroup)"
+say agent-process "nnp=$(status_of $apid NoNewPrivs) mounts-shared=$(same_ns $apid 1 mnt) cgroups=$(cgroups_of $apid)"
 
 # A container through the agent unit.
 id=$(skiff run-task --network none --image dir:/images/busybox -- sh -c 'trap "exit 0" TERM; while true; do sleep 1; done')
 until_ok 'has_status $id RUNNING' 120; say task-running $?
-cg=/sys/fs/cgroup/skiff/$id-main
+# (the hierarchy whose cgroup.procs lists the container's processes: cgroup2, or v1 pids)
+if [ -f /sys/fs/cgroup/cgroup.procs ]; then cg=/sys/fs/cgroup/skiff/$id-main; else cg=/sys/fs/cgroup/pids/skiff/$id-main; fi
 cproc=$(sort -n $cg/cgroup.procs | head -n1)
 shim=$(cut -d' ' -f1 /var/lib/skiff/agent/state/tasks/$id/main/shim.pid)
-say task-cgroup "$(cat /proc/$cproc/cgroup)"
-say shim-cgroup "$(cat /proc/$shim/cgroup)"
+say task-cgroups "$(cgroups_of $cproc)"
+say shim-cgroups "$(cgroups_of $shim)"
 say container-sandbox "nnp=$(status_of $cproc NoNewPrivs) seccomp=$(status_of $cproc Seccomp)"
 
 # systemd sees both watchdogs fed: pings recorded, no restart.
@@ -415,6 +420,30 @@ say own-times "$(echo "$both" | grep -cE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T|\[[0-9;]*
 
 #[test]
 fn installed_by_the_script_the_units_run_under_a_real_systemd_with_their_watchdogs_and_journal() {
+    units_under_systemd(Layout::Unified);
+}
+
+/// The same on systemd's hybrid layout (Debian 11, Ubuntu 20.04): the controllers on cgroup
+/// v1 — cpu,cpuacct and net_cls,net_prio co-mounted, misc, rdma, hugetlb, perf_event among
+/// them — and cgroup2 at /sys/fs/cgroup/unified. (This machine kind is hybrid too, but mounts
+/// each controller apart and fewer of them; there containers run.)
+#[test]
+#[ignore = "a known bug, open: on this layout every container start fails with libcontainer's \
+            'failed to prepare rootfs' (seen 2026-12-08); run with --ignored"]
+fn the_same_on_a_hybrid_cgroup_host() {
+    units_under_systemd(Layout::Hybrid);
+}
+
+/// How the VM's systemd lays out cgroups.
+#[derive(PartialEq)]
+enum Layout {
+    /// cgroup2 alone, at /sys/fs/cgroup (systemd's default).
+    Unified,
+    /// v1 hierarchies for the controllers, cgroup2 at /sys/fs/cgroup/unified.
+    Hybrid,
+}
+
+fn units_under_systemd(layout: Layout) {
     let env = Env::new();
     let fs = Initramfs::with_systemd(&env.path("initramfs"), UNDER_SYSTEMD);
     fs.add_tree(
@@ -424,7 +453,10 @@ fn installed_by_the_script_the_units_run_under_a_real_systemd_with_their_watchdo
     let console = boot(
         &fs,
         env.dir.path(),
-        "systemd.unified_cgroup_hierarchy=1",
+        match layout {
+            Layout::Unified => "systemd.unified_cgroup_hierarchy=1",
+            Layout::Hybrid => "systemd.unified_cgroup_hierarchy=0",
+        },
         Duration::from_secs(600),
     );
     let vm = Reported::of(console);
@@ -432,7 +464,21 @@ fn installed_by_the_script_the_units_run_under_a_real_systemd_with_their_watchdo
     let ctx = || vm.context();
     assert_eq!(get("script-exit"), "0", "{}", ctx());
     assert_eq!(get("pid1"), "systemd", "{}", ctx());
-    assert_eq!(get("hierarchies"), "cgroup2 /sys/fs/cgroup;", "{}", ctx());
+    let hierarchies = get("hierarchies");
+    match layout {
+        Layout::Unified => assert_eq!(hierarchies, "cgroup2 /sys/fs/cgroup;", "{}", ctx()),
+        Layout::Hybrid => assert!(
+            hierarchies.contains("cgroup2 /sys/fs/cgroup/unified;")
+                && hierarchies.contains("cgroup /sys/fs/cgroup/pids;"),
+            "{}",
+            ctx()
+        ),
+    }
+    // Where the agent's unit lives in the v1 pids hierarchy (none on a pure v2 host).
+    let unit_pids = match layout {
+        Layout::Unified => "",
+        Layout::Hybrid => "/system.slice/skiff-agent.service",
+    };
 
     // Installed and started by the script; ready means the API answers.
     assert_eq!(get("install-controller"), "0", "{}", ctx());
@@ -461,22 +507,27 @@ fn installed_by_the_script_the_units_run_under_a_real_systemd_with_their_watchdo
     assert_eq!(get("agent-state"), "active/running", "{}", ctx());
     assert_eq!(
         get("agent-process"),
-        "nnp=1 mounts-shared=yes cgroup=0::/system.slice/skiff-agent.service",
+        format!("nnp=1 mounts-shared=yes cgroups=/system.slice/skiff-agent.service|{unit_pids}"),
         "{}",
         ctx()
     );
     // The container runs in a cgroup of its own, its shim in the agent's unit (which is how
     // KillMode=process leaves it running); NoNewPrivileges=yes takes nothing from it.
     assert_eq!(get("task-running"), "0", "{}", ctx());
-    let task_cgroup = get("task-cgroup");
+    let (unified, pids) = get("task-cgroups").split_once('|').unwrap();
+    let limited_by = if layout == Layout::Unified {
+        unified
+    } else {
+        pids
+    };
     assert!(
-        task_cgroup.starts_with("0::/skiff/") && task_cgroup.ends_with("-main"),
+        limited_by.starts_with("/skiff/") && limited_by.ends_with("-main"),
         "{}",
         ctx()
     );
     assert_eq!(
-        get("shim-cgroup"),
-        "0::/system.slice/skiff-agent.service",
+        get("shim-cgroups"),
+        format!("/system.slice/skiff-agent.service|{unit_pids}"),
         "{}",
         ctx()
     );
