@@ -160,11 +160,9 @@ fn after_a_reboot_the_agent_removes_what_running_containers_left_on_disk_and_kee
     // with them; the data dir's disk survives.
     env.procs[0].kill9();
     skiff_tests::kill_shims_under(env.dir.path());
+    skiff_tests::remove_task_cgroups_under(env.dir.path());
     skiff_tests::unmount_under(env.dir.path());
     skiff_tests::reboot_forgets_the_iptables_rules_of(&env.path("dev/agent"));
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let _ = std::fs::remove_dir(hierarchy.path().join(format!("skiff/{id}-main")));
-    }
     assert!(disk.join("upper/written").exists());
 
     let addr = env.dev();
